@@ -1,0 +1,162 @@
+"""The extractor: preprocessed images -> feature vector, style vector and packed mask."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..models import create_backbone, load_checkpoint, state_fingerprint
+from ..models.baseline_segmenter import OtsuSegmenter
+from ..models.ensemble import EnsembleFeatureNet, PooledFeatureNet
+from .gram import average_grams, layer_weights, style_dim, style_vector
+from .images import resize_rgb
+from .masks import pack_masks, resize_mask
+
+__all__ = ["ExtractorConfig", "Extractor", "Extracted", "PREPROCESS_VERSION"]
+
+# Bump when decoding/resizing/normalisation changes in a way that alters extracted values.
+PREPROCESS_VERSION = 1
+
+NORMALISATIONS = {
+    # TensorFlow-converted Lite weights expect (x - 127) / 128 on 0..255 pixels.
+    "tf": (np.array([127.0, 127.0, 127.0]), np.array([128.0, 128.0, 128.0])),
+    "imagenet": (np.array([0.485, 0.456, 0.406]) * 255, np.array([0.229, 0.224, 0.225]) * 255),
+}
+
+
+@dataclass(frozen=True)
+class ExtractorConfig:
+    """Everything that determines the stored vectors. Saved in every index's manifest."""
+
+    backbone: str = "efficientnet-lite0"
+    weights: str = "imagenet"     # "imagenet" (Lite only), "random", or a .safetensors path
+    members: int = 1
+    feature: str = "pooled"       # "pooled" (single pretrained backbone) or "ensemble" (Dense+SELU)
+    feature_dim: int = 1024       # ensemble only
+    image_size: int = 224
+    normalization: str = "auto"   # "auto": tf for Lite, imagenet for B0-B7
+    gram_weights: str = "inverse-channels"
+    style: bool = True
+    masks: bool = True
+    mask_size: int = 128
+    segmenter: str = "otsu"
+    seed: int = 0                 # random initialisation only
+
+    def __post_init__(self) -> None:
+        if self.feature not in ("pooled", "ensemble"):
+            raise ValueError(f"feature must be 'pooled' or 'ensemble', not {self.feature!r}")
+        if self.feature == "pooled" and self.members != 1:
+            raise ValueError("the pooled feature uses exactly one backbone (members=1)")
+        if self.members < 1:
+            raise ValueError("members must be at least 1")
+        if self.mask_size % 8:
+            raise ValueError("mask_size must be a multiple of 8")
+        if self.segmenter not in ("otsu",):
+            raise ValueError(f"unknown segmenter {self.segmenter!r}; valid: otsu")
+
+    @property
+    def resolved_normalization(self) -> str:
+        if self.normalization != "auto":
+            return self.normalization
+        return "tf" if "lite" in self.backbone else "imagenet"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ExtractorConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown extractor settings: {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Extracted:
+    features: np.ndarray          # [B, D] float32
+    styles: np.ndarray | None     # [B, S] float32
+    masks: np.ndarray | None      # [B, mask_size²/8] uint8 (bit-packed)
+    mask_areas: np.ndarray | None  # [B] int32, pixels set
+
+
+class Extractor:
+    """Builds the networks of an :class:`ExtractorConfig` and extracts batches of images."""
+
+    def __init__(self, config: ExtractorConfig | None = None, threads: int | None = None):
+        self.config = config = config or ExtractorConfig()
+        if threads:
+            torch.set_num_threads(threads)
+        self.net = self._build(config).eval()
+        first = self.net.members[0]
+        self.tap_channels: tuple[int, ...] = tuple(first.out_channels)
+        self.betas = layer_weights(self.tap_channels, config.gram_weights)
+        self.feature_dim = self.net.feature_dim
+        self.style_dim = style_dim(self.tap_channels) if config.style else 0
+        self.mask_bytes = config.mask_size**2 // 8 if config.masks else 0
+        mean, std = NORMALISATIONS[config.resolved_normalization]
+        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self._segmenter = OtsuSegmenter() if config.masks else None
+        self.fingerprint = self._fingerprint()
+
+    @staticmethod
+    def _build(cfg: ExtractorConfig) -> torch.nn.Module:
+        torch.manual_seed(cfg.seed)
+        if cfg.feature == "pooled":
+            if cfg.weights == "imagenet":
+                backbone = create_backbone(cfg.backbone, "imagenet")
+            elif cfg.weights == "random":
+                backbone = create_backbone(cfg.backbone)
+            else:
+                backbone = create_backbone(cfg.backbone, cfg.weights)
+            return PooledFeatureNet(backbone)
+        members = [create_backbone(cfg.backbone, "imagenet" if cfg.weights == "imagenet" else None)
+                   for _ in range(cfg.members)]
+        for m in members:
+            m.classifier = None
+        net = EnsembleFeatureNet(members, cfg.feature_dim)
+        if cfg.weights not in ("imagenet", "random"):
+            load_checkpoint(net, cfg.weights)
+        return net
+
+    def _fingerprint(self) -> str:
+        h = hashlib.sha256()
+        h.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+        h.update(f"preprocess={PREPROCESS_VERSION}".encode())
+        h.update(state_fingerprint(self.net).encode())
+        return h.hexdigest()[:16]
+
+    def preprocess(self, images: list[Image.Image]) -> tuple[torch.Tensor, list[np.ndarray]]:
+        size = self.config.image_size
+        arrays = [resize_rgb(img, size) for img in images]
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
+        mask_inputs = []
+        if self._segmenter is not None:
+            ms = self.config.mask_size
+            mask_inputs = arrays if ms == size else [resize_rgb(img, ms) for img in images]
+        return (x - self._mean) / self._std, mask_inputs
+
+    @torch.inference_mode()
+    def extract(self, images: list[Image.Image]) -> Extracted:
+        """Extract a batch of decoded RGB images."""
+        if not images:
+            raise ValueError("no images to extract")
+        x, mask_inputs = self.preprocess(images)
+        out = self.net(x)
+        features = out.feature.float().numpy().astype(np.float32, copy=False)
+        styles = None
+        if self.config.style:
+            styles = style_vector(average_grams(out.member_taps), self.betas)
+        masks = areas = None
+        if self._segmenter is not None:
+            ms = self.config.mask_size
+            bool_masks = np.stack([resize_mask(self._segmenter(a), ms) for a in mask_inputs])
+            masks = pack_masks(bool_masks)
+            areas = bool_masks.reshape(len(images), -1).sum(1).astype(np.int32)
+        return Extracted(features, styles, masks, areas)
