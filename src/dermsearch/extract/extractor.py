@@ -84,6 +84,13 @@ class Extracted:
     masks: np.ndarray | None      # [B, mask_size²/8] uint8 (bit-packed)
     mask_areas: np.ndarray | None  # [B] int32, pixels set
 
+    @staticmethod
+    def concat(parts: list[Extracted]) -> Extracted:
+        def cat(name: str) -> np.ndarray | None:
+            arrays = [getattr(p, name) for p in parts]
+            return None if arrays[0] is None else np.concatenate(arrays)
+        return Extracted(cat("features"), cat("styles"), cat("masks"), cat("mask_areas"))
+
 
 class Extractor:
     """Builds the networks of an :class:`ExtractorConfig` and extracts batches of images."""

@@ -1,0 +1,149 @@
+"""Index build as three stages: reader (sources) -> extractor -> writer (the store).
+
+Decoding runs in a thread pool one batch ahead of inference. Rows are committed every
+``commit_every`` images, each commit atomic; images already in the index are skipped, so a
+crashed or interrupted run resumes where its last commit ended.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from ..extract import Extracted, Extractor, ExtractorConfig, ImageError, load_image
+from .sources import Problem, read_source
+from .store import Index, Record
+
+__all__ = ["BuildConfig", "BuildReport", "build_index", "decode_batches"]
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    batch_size: int = 16
+    commit_every: int = 128
+    decode_threads: int = 2
+
+
+@dataclass
+class BuildReport:
+    index: Path
+    found: int = 0
+    added: int = 0
+    already_indexed: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.added / self.seconds if self.seconds > 0 else 0.0
+
+
+def _decode(record: Record) -> tuple[Record, Image.Image | None, str | None]:
+    try:
+        return record, load_image(record.path), None
+    except ImageError as e:
+        return record, None, str(e)
+    except Exception as e:  # noqa: BLE001 - one bad file must never stop the batch
+        return record, None, f"unreadable ({type(e).__name__}: {e})"
+
+
+def decode_batches(records: Sequence[Record], batch_size: int, threads: int
+                   ) -> Iterator[list[tuple[Record, Image.Image | None, str | None]]]:
+    """Yield decoded batches, decoding batch i+1 while the caller works on batch i."""
+    batches = [records[i:i + batch_size] for i in range(0, len(records), batch_size)]
+    if not batches:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        pending: list[Future] = [pool.submit(_decode, r) for r in batches[0]]
+        for i in range(len(batches)):
+            current = [f.result() for f in pending]
+            pending = [pool.submit(_decode, r) for r in batches[i + 1]] if i + 1 < len(batches) else []
+            yield current
+
+
+def build_index(
+    source: str | os.PathLike,
+    directory: str | os.PathLike,
+    extractor_config: ExtractorConfig | None = None,
+    config: BuildConfig = BuildConfig(),
+    on_problem: Callable[[Problem], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    extractor: Extractor | None = None,
+) -> BuildReport:
+    """Index ``source`` (a folder or labels CSV) into ``directory``; add only what is new.
+
+    ``extractor_config``: the model for a new index; for an existing index, ``None`` means
+    "the index's own model", and a different model is a :class:`ModelMismatchError`.
+    ``progress(done, total)`` is called after each batch.
+    """
+    t0 = time.perf_counter()
+    directory = Path(directory)
+    report = BuildReport(index=directory)
+
+    def problem(p: Problem) -> None:
+        report.problems.append(p)
+        if on_problem:
+            on_problem(p)
+
+    records, source_problems = read_source(source)
+    for p in source_problems:
+        problem(p)
+    report.found = len(records)
+
+    if extractor is None:
+        if extractor_config is None:
+            try:
+                extractor_config = Index.open(directory).extractor_config
+            except Exception:  # noqa: BLE001 - no index yet: the default model
+                extractor_config = ExtractorConfig()
+        extractor = Extractor(extractor_config)
+    index = Index.open_or_create(directory, extractor)
+    with index.writing():
+        existing = index.ids()
+        todo = [r for r in records if r.id not in existing]
+        report.already_indexed = len(records) - len(todo)
+        buffer_records: list[Record] = []
+        buffer_parts = []
+        done = 0
+
+        def flush() -> None:
+            if buffer_records:
+                report.added += index.add(buffer_records, Extracted.concat(buffer_parts))
+                buffer_records.clear()
+                buffer_parts.clear()
+
+        for batch in decode_batches(todo, config.batch_size, config.decode_threads):
+            good = []
+            for record, image, error in batch:
+                if error is not None:
+                    problem(Problem(record.path, error))
+                else:
+                    good.append((record, image))
+            if good:
+                try:
+                    part = extractor.extract([img for _, img in good])
+                    buffer_records.extend(r for r, _ in good)
+                    buffer_parts.append(part)
+                except Exception:  # noqa: BLE001 - isolate the image that breaks the batch
+                    for record, image in good:
+                        try:
+                            buffer_parts.append(extractor.extract([image]))
+                            buffer_records.append(record)
+                        except Exception as e:  # noqa: BLE001
+                            problem(Problem(record.path, f"extraction failed ({type(e).__name__}: {e})"))
+            done += len(batch)
+            if len(buffer_records) >= config.commit_every:
+                flush()
+            if progress:
+                progress(done, len(todo))
+        flush()
+        if report.added:
+            index.compact()
+    report.seconds = time.perf_counter() - t0
+    return report

@@ -1,0 +1,336 @@
+"""The index ("RIS database"): a directory holding a manifest and a LanceDB table.
+
+Layout of an index directory::
+
+    DIR/dermsearch.json   manifest: format, extractor config, model fingerprint, dimensions
+    DIR/lance/            LanceDB database with one table, ``images``, one row per image
+    DIR/.write.lock       advisory lock held by the one writer
+
+Every ``add`` and ``remove`` is a single LanceDB commit (a new table version), so a crash
+leaves the index at the last committed version; readers work on one version (a snapshot).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+
+from ..extract import Extracted, Extractor, ExtractorConfig
+
+__all__ = [
+    "Index", "IndexError_", "IndexLockedError", "ModelMismatchError", "Record", "Snapshot", "FORMAT",
+]
+
+FORMAT = 1
+MANIFEST = "dermsearch.json"
+TABLE = "images"
+
+
+class IndexError_(RuntimeError):
+    """A problem with an index directory (named so as not to shadow the builtin)."""
+
+
+class IndexLockedError(IndexError_):
+    pass
+
+
+class ModelMismatchError(IndexError_):
+    pass
+
+
+@dataclass(frozen=True)
+class Record:
+    """Everything about one image except its vectors."""
+
+    id: str
+    path: str
+    diagnosis: str | None = None
+    melanoma: int | None = None
+    lesion_id: str | None = None
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Snapshot:
+    """One version of the index, loaded into numpy for search."""
+
+    version: int
+    ids: np.ndarray                 # [N] object (str)
+    paths: np.ndarray               # [N] object (str)
+    diagnosis: np.ndarray           # [N] object (str or None)
+    melanoma: np.ndarray            # [N] float (nan where unknown)
+    lesion_id: np.ndarray           # [N] object
+    meta_json: np.ndarray           # [N] object (JSON text)
+    features: np.ndarray            # [N, D] float32
+    styles: np.ndarray | None       # [N, S] float32
+    masks: np.ndarray | None        # [N, B] uint8 (bit-packed)
+    mask_areas: np.ndarray | None   # [N] int32
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def meta(self, i: int) -> dict[str, str]:
+        return json.loads(self.meta_json[i])
+
+
+def _schema(manifest: dict) -> pa.Schema:
+    cols = [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("path", pa.string()),
+        pa.field("diagnosis", pa.string()),
+        pa.field("melanoma", pa.int8()),
+        pa.field("lesion_id", pa.string()),
+        pa.field("meta", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("added", pa.timestamp("s", tz="UTC")),
+        pa.field("feature", pa.list_(pa.float32(), manifest["feature_dim"])),
+    ]
+    if manifest["style_dim"]:
+        cols.append(pa.field("style", pa.list_(pa.float32(), manifest["style_dim"])))
+    if manifest["mask_bytes"]:
+        cols.append(pa.field("mask", pa.binary(manifest["mask_bytes"])))
+        cols.append(pa.field("mask_area", pa.int32()))
+    return pa.schema(cols)
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def _fixed_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
+
+
+def _to_matrix(column: pa.ChunkedArray, width: int) -> np.ndarray:
+    arr = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if len(arr) == 0:
+        return np.zeros((0, width), dtype=np.float32)
+    values = arr.values.to_numpy(zero_copy_only=False)
+    start = arr.offset * width
+    return values[start:start + len(arr) * width].reshape(len(arr), width)
+
+
+def _sql_list(ids: Iterable[str]) -> str:
+    return ", ".join("'" + i.replace("'", "''") + "'" for i in ids)
+
+
+class Index:
+    """An index directory. Use :meth:`create`, :meth:`open` or :meth:`open_or_create`."""
+
+    def __init__(self, directory: Path, manifest: dict):
+        self.directory = Path(directory)
+        self.manifest = manifest
+        self._db = lancedb.connect(str(self.directory / "lance"))
+        self._table = self._db.open_table(TABLE)
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def create(cls, directory: str | os.PathLike, extractor: Extractor) -> Index:
+        directory = Path(directory)
+        if (directory / MANIFEST).exists():
+            raise IndexError_(f"{directory} already holds an index")
+        directory.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "format": FORMAT,
+            "fingerprint": extractor.fingerprint,
+            "extractor": extractor.config.to_dict(),
+            "feature_dim": int(extractor.feature_dim),
+            "style_dim": int(extractor.style_dim),
+            "mask_bytes": int(extractor.mask_bytes),
+            "mask_size": int(extractor.config.mask_size) if extractor.mask_bytes else 0,
+            "tap_channels": list(extractor.tap_channels),
+            "gram_betas": list(extractor.betas),
+            "gram_normalisation": "G = F F^T / (H*W), averaged over members",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        db = lancedb.connect(str(directory / "lance"))
+        if TABLE not in db.table_names():
+            db.create_table(TABLE, schema=_schema(manifest))
+        # The manifest is written last: a directory without it is not an index yet.
+        _write_json_atomic(directory / MANIFEST, manifest)
+        return cls(directory, manifest)
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike) -> Index:
+        directory = Path(directory)
+        path = directory / MANIFEST
+        if not path.is_file():
+            raise IndexError_(f"{directory} is not a dermsearch index (no {MANIFEST}); build one with "
+                              f"'dermsearch index SOURCE --index {directory}'")
+        manifest = json.loads(path.read_text())
+        if manifest.get("format") != FORMAT:
+            raise IndexError_(f"{directory}: index format {manifest.get('format')} is not supported "
+                              f"(this dermsearch reads format {FORMAT})")
+        return cls(directory, manifest)
+
+    @classmethod
+    def open_or_create(cls, directory: str | os.PathLike, extractor: Extractor) -> Index:
+        directory = Path(directory)
+        if not (directory / MANIFEST).exists():
+            return cls.create(directory, extractor)
+        index = cls.open(directory)
+        index.check_fingerprint(extractor.fingerprint, extractor.config)
+        return index
+
+    # --------------------------------------------------------------- properties
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+    @property
+    def extractor_config(self) -> ExtractorConfig:
+        return ExtractorConfig.from_dict(self.manifest["extractor"])
+
+    @property
+    def version(self) -> int:
+        return self._table.version
+
+    def __len__(self) -> int:
+        return self._table.count_rows()
+
+    def check_fingerprint(self, fingerprint: str, config: ExtractorConfig | None = None) -> None:
+        if fingerprint != self.fingerprint:
+            raise ModelMismatchError(
+                f"{self.directory} was built with model {self.fingerprint} "
+                f"({self.manifest['extractor']['backbone']}, weights={self.manifest['extractor']['weights']}); "
+                f"this run uses model {fingerprint}"
+                + (f" ({config.backbone}, weights={config.weights})" if config else "")
+                + ". An index never mixes models: use another --index directory."
+            )
+
+    # ------------------------------------------------------------------ writing
+    @contextmanager
+    def writing(self):
+        """Hold the index's write lock; a second writer gets :class:`IndexLockedError`."""
+        path = self.directory / ".write.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise IndexLockedError(f"index {self.directory} is locked by another writer") from None
+            yield self
+        finally:
+            os.close(fd)
+
+    def ids(self) -> set[str]:
+        return set(self._table.to_arrow().column("id").to_pylist()) if len(self) else set()
+
+    def add(self, records: Sequence[Record], extracted: Extracted) -> int:
+        """Append rows in one commit. Ids already present are an error (callers filter first)."""
+        n = len(records)
+        if n == 0:
+            return 0
+        if extracted.features.shape != (n, self.manifest["feature_dim"]):
+            raise ValueError(f"feature matrix {extracted.features.shape} does not match {n} records "
+                             f"x {self.manifest['feature_dim']}")
+        ids = [r.id for r in records]
+        if len(set(ids)) != n:
+            raise ValueError("duplicate ids within one add")
+        clash = self._existing(ids)
+        if clash:
+            raise ValueError(f"ids already in the index: {sorted(clash)[:5]}")
+        now = pa.array([int(time.time())] * n, pa.timestamp("s", tz="UTC"))
+        data = {
+            "id": ids,
+            "path": [r.path for r in records],
+            "diagnosis": [r.diagnosis for r in records],
+            "melanoma": pa.array([r.melanoma for r in records], pa.int8()),
+            "lesion_id": [r.lesion_id for r in records],
+            "meta": [json.dumps(r.meta, ensure_ascii=False) for r in records],
+            "model": [self.fingerprint] * n,
+            "added": now,
+            "feature": _fixed_list(extracted.features),
+        }
+        if self.manifest["style_dim"]:
+            if extracted.styles is None or extracted.styles.shape != (n, self.manifest["style_dim"]):
+                raise ValueError("style vectors missing or of the wrong size")
+            data["style"] = _fixed_list(extracted.styles)
+        if self.manifest["mask_bytes"]:
+            if extracted.masks is None or extracted.masks.shape != (n, self.manifest["mask_bytes"]):
+                raise ValueError("masks missing or of the wrong size")
+            data["mask"] = pa.array([m.tobytes() for m in extracted.masks], pa.binary(self.manifest["mask_bytes"]))
+            data["mask_area"] = pa.array(extracted.mask_areas, pa.int32())
+        self._table.add(pa.table(data, schema=_schema(self.manifest)))
+        return n
+
+    def _existing(self, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            rows = self._table.search().where(f"id IN ({_sql_list(chunk)})").select(["id"]).to_arrow()
+            found.update(rows.column("id").to_pylist())
+        return found
+
+    def remove(self, ids: Iterable[str]) -> tuple[list[str], list[str]]:
+        """Remove images by id in one commit. Returns (removed, unknown)."""
+        ids = list(dict.fromkeys(ids))
+        present = self._existing(ids)
+        removed = [i for i in ids if i in present]
+        if removed:
+            self._table.delete(f"id IN ({_sql_list(removed)})")
+        return removed, [i for i in ids if i not in present]
+
+    def compact(self) -> None:
+        """Merge small fragments (one per commit) into larger files; a new version, atomic."""
+        self._table.optimize()
+
+    # ------------------------------------------------------------------ reading
+    def snapshot(self, vectors: bool = True) -> Snapshot:
+        """Load the current version into numpy (one consistent version)."""
+        m = self.manifest
+        version = self._table.version
+        table = self._table.to_arrow()
+        def col(name):
+            return np.array(table.column(name).to_pylist(), dtype=object)
+        mel = table.column("melanoma").to_numpy(zero_copy_only=False)
+        melanoma = np.array([np.nan if v is None else float(v) for v in mel], dtype=np.float64) \
+            if mel.dtype == object else mel.astype(np.float64)
+        features = _to_matrix(table.column("feature"), m["feature_dim"]) if vectors else None
+        styles = masks = areas = None
+        if vectors and m["style_dim"]:
+            styles = _to_matrix(table.column("style"), m["style_dim"])
+        if vectors and m["mask_bytes"]:
+            raw = table.column("mask").combine_chunks()
+            buf = np.frombuffer(raw.buffers()[1], dtype=np.uint8)
+            start = raw.offset * m["mask_bytes"]
+            masks = buf[start:start + len(raw) * m["mask_bytes"]].reshape(len(raw), m["mask_bytes"])
+            areas = table.column("mask_area").to_numpy().astype(np.int32)
+        return Snapshot(version, col("id"), col("path"), col("diagnosis"), melanoma, col("lesion_id"),
+                        col("meta"), features, styles, masks, areas)
+
+    def check(self) -> list[str]:
+        """Integrity problems of the current version (empty list = healthy)."""
+        problems = []
+        table = self._table.to_arrow()
+        ids = table.column("id").to_pylist()
+        if len(ids) != len(set(ids)):
+            dup = sorted({i for i in ids if ids.count(i) > 1})
+            problems.append(f"duplicate ids: {dup[:10]}")
+        models = set(table.column("model").to_pylist())
+        if models - {self.fingerprint}:
+            problems.append(f"rows from other models: {sorted(models - {self.fingerprint})}")
+        for name, dim in (("feature", "feature_dim"), ("style", "style_dim")):
+            if self.manifest[dim]:
+                mat = _to_matrix(table.column(name), self.manifest[dim])
+                if mat.shape[0] != len(ids):
+                    problems.append(f"{name}: {mat.shape[0]} vectors for {len(ids)} rows")
+                if not np.isfinite(mat).all():
+                    problems.append(f"{name}: non-finite values")
+        return problems
