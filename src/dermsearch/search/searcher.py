@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,8 +13,16 @@ from PIL import Image
 from ..extract import Extractor, load_image
 from ..index import Index, Snapshot
 from .measures import (
-    COMPONENTS, MEASURE_COMPONENTS, MEASURES, cosine_new, cosine_similarities, dice_coefficients,
-    euclidean_distances, max_normalised, measure_scores, style_losses,
+    COMPONENTS,
+    MEASURE_COMPONENTS,
+    MEASURES,
+    cosine_new,
+    cosine_similarities,
+    dice_coefficients,
+    euclidean_distances,
+    max_normalised,
+    measure_scores,
+    style_losses,
 )
 
 __all__ = ["Filters", "Hit", "Query", "SearchResult", "Searcher"]
@@ -228,17 +235,16 @@ class Searcher:
         s = self.snapshot
         keep = self.candidate_mask(exclude_ids, filters)
         rows = np.flatnonzero(keep)
-        needed = {c for m in wanted for c in MEASURE_COMPONENTS[m]}
+        # Every available component is computed: each hit reports all four (SPEC section 3).
         raw: dict[str, np.ndarray] = {}
         comp: dict[str, np.ndarray] = {}
         if rows.size:
             sub = (lambda a: a) if rows.size == len(s) else (lambda a: a[rows])
-            if "euclidean" in needed or "cosine" in needed:
-                feats = sub(s.features)
-                raw["euclidean"] = euclidean_distances(query.feature, feats)
-                raw["cosine"] = cosine_similarities(query.feature, feats)
-                comp["euclidean"] = max_normalised(raw["euclidean"])
-                comp["cosine"] = cosine_new(raw["cosine"])
+            feats = sub(s.features)
+            raw["euclidean"] = euclidean_distances(query.feature, feats)
+            raw["cosine"] = cosine_similarities(query.feature, feats)
+            comp["euclidean"] = max_normalised(raw["euclidean"])
+            comp["cosine"] = cosine_new(raw["cosine"])
             if "style" in self.available_components and query.style is not None:
                 raw["style"] = style_losses(query.style, sub(s.styles))
                 comp["style"] = max_normalised(raw["style"])
@@ -265,11 +271,10 @@ class Searcher:
         return SearchResult(query.label, k, int(rows.size), results, messages)
 
     def _missing_message(self, measures: list[str]) -> str:
-        have = set(self.available_components)
-        lacking = sorted({c for m in measures for c in MEASURE_COMPONENTS[m]} - have)
-        what = {"style": "style (Gram) vectors", "dice": "lesion masks"}
+        lacking = sorted({c for m in measures for c in MEASURE_COMPONENTS[m]} - set(self.available_components))
+        what = {"style": "style (Gram) vectors (built with --no-style)", "dice": "lesion masks (built with --no-masks)"}
         return (f"measures {', '.join(measures)} are unavailable: this index stores no "
-                f"{' and no '.join(what[c] for c in lacking)} (rebuild without --no-{'/--no-'.join('style' if c == 'style' else 'masks' for c in lacking)})")
+                + " and no ".join(what[c] for c in lacking))
 
 
 def _to_float(v) -> float:

@@ -1,0 +1,199 @@
+"""The ``dermsearch`` command: a thin layer over the Python API (Index, Searcher)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from .. import __version__
+from ..extract import ExtractorConfig, ImageError
+from ..index import Index, IndexError_
+from ..index.build import BuildConfig, build_index
+from ..index.sources import SourceError
+from ..models import WeightsNotFoundError, list_backbones
+from ..search import MEASURES, Filters, Searcher
+from .render import print_tables, write_contact_sheet
+
+err = Console(stderr=True, highlight=False)
+
+
+class UsageError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dermsearch", description="Reverse image search for dermoscopic images.")
+    p.add_argument("--version", action="version", version=f"dermsearch {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ix = sub.add_parser("index", help="build or extend an index from a folder or a labels CSV",
+                        description="Index SOURCE (a folder of images or a labels CSV) into --index DIR. "
+                                    "Images already in the index are skipped, so an interrupted run resumes.")
+    ix.add_argument("source", nargs="?", help="folder of images, or labels CSV (image_id, image_path, ...)")
+    ix.add_argument("--index", required=True, type=Path, metavar="DIR")
+    ix.add_argument("--remove", nargs="+", metavar="ID", help="remove these image ids from the index")
+    ix.add_argument("--check", action="store_true", help="verify the index's integrity and exit")
+    m = ix.add_argument_group("model (new index only; an existing index keeps its own)")
+    m.add_argument("--backbone", choices=list_backbones(), help="default efficientnet-lite0")
+    m.add_argument("--weights", help="imagenet (Lite only, default), random, or a .safetensors checkpoint")
+    m.add_argument("--image-size", type=int)
+    m.add_argument("--mask-size", type=int, help="stored mask side in pixels (multiple of 8; default 128)")
+    m.add_argument("--gram-weights", choices=["inverse-channels", "ones"])
+    m.add_argument("--no-style", action="store_true", help="store no style vectors (smaller index)")
+    m.add_argument("--no-masks", action="store_true", help="store no lesion masks")
+    ix.add_argument("--batch-size", type=int, default=16)
+    ix.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("search", help="find the most similar indexed images for a query image")
+    s.add_argument("index", type=Path, metavar="DIR")
+    s.add_argument("query", metavar="QUERY_IMAGE")
+    s.add_argument("-k", type=int, default=5, help="results per measure; 0 ranks every candidate")
+    s.add_argument("--measure", nargs="+", choices=MEASURES, metavar="NAME",
+                   help=f"measures to compute (default all): {', '.join(MEASURES)}")
+    s.add_argument("--exclude-id", nargs="+", default=[], metavar="ID", help="leave these ids out of the candidates")
+    s.add_argument("--where", action="append", default=[], metavar="COL=V1,V2",
+                   help="keep candidates whose COL is one of the values (e.g. diagnosis=mel,nv; sex=female)")
+    s.add_argument("--range", action="append", default=[], metavar="COL=LO:HI",
+                   help="keep candidates with LO <= COL <= HI (e.g. age=30:60; either end may be empty)")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("--html", type=Path, metavar="FILE", help="write an HTML contact sheet")
+
+    inf = sub.add_parser("info", help="facts about an index")
+    inf.add_argument("index", type=Path, metavar="DIR")
+    sub.add_parser("backbones", help="list the registered backbones")
+    return p
+
+
+def _filters(args) -> Filters:
+    equals, ranges = {}, {}
+    for item in args.where:
+        col, sep, values = item.partition("=")
+        if not sep or not col or not values:
+            raise UsageError(f"--where expects COL=V1,V2, got {item!r}")
+        equals[col.strip()] = tuple(v.strip() for v in values.split(","))
+    for item in args.range:
+        col, sep, bounds = item.partition("=")
+        lo, sep2, hi = bounds.partition(":")
+        try:
+            ranges[col.strip()] = (float(lo) if lo.strip() else None, float(hi) if hi.strip() else None)
+        except ValueError:
+            sep2 = ""
+        if not sep or not sep2 or not col:
+            raise UsageError(f"--range expects COL=LO:HI with numbers, got {item!r}")
+    return Filters(equals, ranges)
+
+
+def _cmd_index(args) -> int:
+    if args.check:
+        index = Index.open(args.index)
+        problems = index.check()
+        for p in problems:
+            err.print(f"[red]problem:[/red] {p}")
+        print(f"{args.index}: {len(index)} images, version {index.version}: "
+              + ("OK" if not problems else f"{len(problems)} problem(s)"))
+        return 1 if problems else 0
+    if args.remove:
+        index = Index.open(args.index)
+        with index.writing():
+            removed, unknown = index.remove(args.remove)
+        for i in unknown:
+            err.print(f"[yellow]not in the index:[/yellow] {i}")
+        print(f"removed {len(removed)} image(s); {len(index)} remain")
+        return 0
+    if not args.source:
+        raise UsageError("index needs a SOURCE (or --remove / --check)")
+
+    overrides = {k: v for k, v in {
+        "backbone": args.backbone, "weights": args.weights, "image_size": args.image_size,
+        "mask_size": args.mask_size, "gram_weights": args.gram_weights,
+        "style": False if args.no_style else None, "masks": False if args.no_masks else None,
+    }.items() if v is not None}
+    if (args.index / "dermsearch.json").exists():
+        # An existing index keeps its model; explicit options must agree with it (checked by fingerprint).
+        stored = Index.open(args.index).manifest["extractor"]
+        config = ExtractorConfig.from_dict({**stored, **overrides}) if overrides else None
+    else:
+        config = ExtractorConfig(**overrides)
+
+    def on_problem(p):
+        progress.console.print(f"[yellow]skipped[/yellow] {p.where}: {p.reason}", highlight=False)
+
+    progress = Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=err, disable=args.quiet, transient=False)
+    with progress:
+        task = progress.add_task("index", total=None)
+        report = build_index(args.source, args.index, config, BuildConfig(batch_size=args.batch_size),
+                             on_problem=on_problem,
+                             progress=lambda done, total: progress.update(task, completed=done, total=total))
+    if args.quiet:
+        for p in report.problems:
+            err.print(f"skipped {p.where}: {p.reason}", highlight=False)
+    print(f"{report.index}: added {report.added}, already indexed {report.already_indexed}, "
+          f"skipped {len(report.problems)} (of {report.found} found) in {report.seconds:.1f} s "
+          f"({report.images_per_second:.1f} images/s); index holds {len(Index.open(args.index))} images")
+    return 0
+
+
+def _cmd_search(args) -> int:
+    searcher = Searcher(args.index)
+    try:
+        query = searcher.encode(args.query)
+    except ImageError as e:
+        raise UsageError(f"query {args.query}: {e}") from None
+    result = searcher.search(query, k=args.k, measures=args.measure, exclude_ids=args.exclude_id,
+                             filters=_filters(args))
+    if args.json:
+        json.dump(result.to_json(), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print_tables(result)
+    if args.html:
+        write_contact_sheet(result, args.query, args.html)
+        if not args.json:
+            print(f"contact sheet: {args.html}")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    index = Index.open(args.index)
+    m = index.manifest
+    snap = index.snapshot(vectors=False)
+    diagnoses: dict[str, int] = {}
+    for d in snap.diagnosis:
+        diagnoses[d or "(none)"] = diagnoses.get(d or "(none)", 0) + 1
+    print(json.dumps({"directory": str(args.index), "images": len(snap), "version": snap.version,
+                      "fingerprint": m["fingerprint"], "extractor": m["extractor"],
+                      "feature_dim": m["feature_dim"], "style_dim": m["style_dim"], "mask_size": m["mask_size"],
+                      "diagnoses": dict(sorted(diagnoses.items()))}, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "index":
+            return _cmd_index(args)
+        if args.command == "search":
+            return _cmd_search(args)
+        if args.command == "info":
+            return _cmd_info(args)
+        if args.command == "backbones":
+            print("\n".join(list_backbones()))
+            return 0
+    except (UsageError, IndexError_, SourceError, WeightsNotFoundError, KeyError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        err.print(f"dermsearch {args.command}: error: {msg}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        err.print("interrupted; committed rows are kept, rerun the command to resume")
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
