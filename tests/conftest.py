@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dermsearch.extract import ExtractorConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+ISIC = SHARED / "isic-uda1"
+
+# A tiny, fast model configuration for unit tests (real architecture, small input).
+TINY = ExtractorConfig(weights="random", image_size=64, mask_size=32)
+
+
+def lesion_image(seed: int, size: int = 96) -> Image.Image:
+    """A synthetic 'lesion': a dark textured ellipse on skin-coloured, noisy background."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    cy, cx = rng.uniform(0.35, 0.65, 2) * size
+    ry, rx = rng.uniform(0.12, 0.3, 2) * size
+    inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    skin = np.array([225, 180, 160]) + rng.normal(0, 6, (size, size, 3))
+    lesion = np.array(rng.uniform([60, 30, 20], [140, 90, 70])) + rng.normal(0, 15, (size, size, 3))
+    img = np.where(inside[..., None], lesion, skin)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(8):
+        lesion_image(i).save(folder / f"img{i:02d}.png")
+    return folder
+
+
+def require_isic() -> Path:
+    if not (ISIC / "labels.csv").is_file():
+        pytest.skip(f"real data not found at {ISIC} (see ../shared/data/README.md); skipping")
+    return ISIC
