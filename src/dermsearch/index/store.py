@@ -160,7 +160,7 @@ class Index:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         db = lancedb.connect(str(directory / "lance"))
-        if TABLE not in db.table_names():
+        if TABLE not in db.list_tables().tables:
             db.create_table(TABLE, schema=_schema(manifest))
         # The manifest is written last: a directory without it is not an index yet.
         _write_json_atomic(directory / MANIFEST, manifest)
