@@ -19,7 +19,7 @@ from ..models import WeightsNotFoundError, list_backbones
 from ..search import MEASURES, Filters, Searcher
 from .render import print_tables, write_contact_sheet
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class UsageError(Exception):

@@ -1,0 +1,127 @@
+"""The CLI end to end on 30 real isic-uda1 images (skipped when ../shared/data is absent),
+and on the bundled demo sample (always present)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dermsearch.cli.main import main
+from dermsearch.search import MEASURES
+
+from .conftest import REPO, require_isic
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dermsearch.cli.main", *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def real_subset(tmp_path_factory):
+    isic = require_isic()
+    root = tmp_path_factory.mktemp("isic30")
+    with open(isic / "labels.csv") as f:
+        rows = list(csv.DictReader(f))
+    nev = [r for r in rows if r["diagnosis"] == "nevus"][:20]
+    mel = [r for r in rows if r["diagnosis"] == "melanoma"][:10]
+    (root / "images").mkdir()
+    for r in nev + mel:
+        shutil.copy(isic / r["image_path"], root / r["image_path"])
+    (root / "images" / "ISIC_broken.jpg").write_bytes((isic / nev[0]["image_path"]).read_bytes()[:1000])
+    with open(root / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(nev + mel)
+        w.writerow({**nev[0], "image_id": "ISIC_broken", "image_path": "images/ISIC_broken.jpg"})
+        w.writerow({**nev[0], "image_id": "ISIC_missing", "image_path": "images/ISIC_missing.jpg"})
+    index = root / "ix"
+    res = run("index", str(root / "labels.csv"), "--index", str(index), "--quiet")
+    assert res.returncode == 0, res.stderr
+    return root, index, res, nev, mel
+
+
+def test_index_reports_bad_files_and_indexes_the_rest(real_subset):
+    root, index, res, *_ = real_subset
+    assert "added 30" in res.stdout and "skipped 2" in res.stdout
+    assert "ISIC_broken.jpg: corrupt or truncated" in res.stderr
+    assert "ISIC_missing.jpg: file not found" in res.stderr
+    check = run("index", "--index", str(index), "--check")
+    assert check.returncode == 0 and "30 images" in check.stdout and "OK" in check.stdout
+
+
+def test_search_json_every_measure(real_subset):
+    root, index, _, nev, mel = real_subset
+    q = mel[0]
+    res = run("search", str(index), str(root / q["image_path"]), "-k", "5", "--json",
+              "--exclude-id", q["image_id"], "--html", str(root / "sheet.html"))
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["k"] == 5 and out["candidates"] == 29
+    assert list(out["results"]) == list(MEASURES)
+    for measure, hits in out["results"].items():
+        assert len(hits) == 5
+        assert q["image_id"] not in {h["id"] for h in hits}
+        assert all(0.0 <= h["score"] <= 1.0 for h in hits)
+        assert all(h["components"]["style"] is not None and h["raw"]["dice"] is not None for h in hits)
+        assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    html = (root / "sheet.html").read_text()
+    assert html.count("data:image/jpeg;base64") >= 6 and "i1_sd" in html
+
+
+def test_search_self_and_k0(real_subset):
+    root, index, _, nev, _ = real_subset
+    q = nev[3]
+    res = run("search", str(index), str(root / q["image_path"]), "-k", "0", "--json", "--measure", "euclidean", "style")
+    out = json.loads(res.stdout)
+    assert set(out["results"]) == {"euclidean", "style"}
+    assert len(out["results"]["style"]) == 30
+    # the query is indexed: it comes first with distance exactly 0 (same pixels, same model)
+    assert out["results"]["euclidean"][0]["id"] == q["image_id"]
+    assert out["results"]["euclidean"][0]["raw"]["ed"] == 0.0
+
+
+def test_table_output_and_filters(real_subset):
+    root, index, _, nev, _ = real_subset
+    res = run("search", str(index), str(root / nev[0]["image_path"]), "-k", "3", "--where", "diagnosis=melanoma")
+    assert res.returncode == 0, res.stderr
+    assert "candidates: 10" in res.stdout and "i1_ecd" in res.stdout and "nevus" not in res.stdout.split("I1")[-1]
+
+
+def test_remove_and_readd(real_subset, tmp_path):
+    root, index, *_ = real_subset
+    copy = tmp_path / "ix"
+    shutil.copytree(index, copy)
+    res = run("index", "--index", str(copy), "--remove", "ISIC_0000000", "nope")
+    assert res.returncode == 0 and "removed 1" in res.stdout and "nope" in res.stderr
+    res = run("index", str(root / "labels.csv"), "--index", str(copy), "--quiet")
+    assert "added 1" in res.stdout and "already indexed 29" in res.stdout
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    assert main(["search", str(tmp_path), str(tmp_path / "q.jpg")]) == 2
+    assert "not a dermsearch index" in capsys.readouterr().err
+    assert main(["index", str(tmp_path / "nothing"), "--index", str(tmp_path / "ix")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    assert main(["index", str(tmp_path), "--index", str(tmp_path / "ix"), "--backbone", "efficientnet-b0",
+                 "--weights", "imagenet"]) == 2
+    assert "efficientnet-lite0/1/2" in capsys.readouterr().err
+
+
+def test_bundled_demo_sample(tmp_path):
+    sample = REPO / "examples" / "isic-sample" / "labels.csv"
+    assert (REPO / "examples" / "isic-sample" / "ATTRIBUTION.txt").is_file()
+    with open(sample) as f:
+        assert len(list(csv.DictReader(f))) <= 60
+    res = run("index", str(sample), "--index", str(tmp_path / "ix"), "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert "added 48" in res.stdout
+    res = run("search", str(tmp_path / "ix"), str(REPO / "examples/queries/ISIC_0000022.jpg"), "--json")
+    out = json.loads(res.stdout)
+    assert out["candidates"] == 48 and all(len(v) == 5 for v in out["results"].values())
+    assert {h["diagnosis"] for v in out["results"].values() for h in v} <= {"nevus", "melanoma"}
