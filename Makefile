@@ -21,7 +21,7 @@ demo: $(STAMP)
 	@echo "contact sheet written to demo-output/results.html"
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

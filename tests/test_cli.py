@@ -8,7 +8,6 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -64,7 +63,7 @@ def test_search_json_every_measure(real_subset):
     out = json.loads(res.stdout)
     assert out["k"] == 5 and out["candidates"] == 29
     assert list(out["results"]) == list(MEASURES)
-    for measure, hits in out["results"].items():
+    for hits in out["results"].values():
         assert len(hits) == 5
         assert q["image_id"] not in {h["id"] for h in hits}
         assert all(0.0 <= h["score"] <= 1.0 for h in hits)

@@ -60,8 +60,13 @@ def test_decompression_bomb_is_refused(tmp_path):
 @pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16", "1", "F"])
 def test_modes_convert_to_rgb(tmp_path, mode):
     base = lesion_image(1, 32)
-    img = base.convert(mode) if mode not in ("I;16", "F") else Image.fromarray(
-        (np.asarray(base.convert("L"), np.uint16) * 257) if mode == "I;16" else np.asarray(base.convert("L"), np.float32))
+    grey = np.asarray(base.convert("L"))
+    if mode == "I;16":
+        img = Image.fromarray(grey.astype(np.uint16) * 257)
+    elif mode == "F":
+        img = Image.fromarray(grey.astype(np.float32))
+    else:
+        img = base.convert(mode)
     fmt, ext = ("TIFF", "tif") if mode in ("CMYK", "F", "I;16") else ("PNG", "png")
     p = tmp_path / f"m.{ext}"
     img.save(p, format=fmt)

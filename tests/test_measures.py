@@ -12,8 +12,15 @@ import torch
 from dermsearch.extract.gram import gram_matrix, style_vector
 from dermsearch.extract.masks import pack_masks
 from dermsearch.search.measures import (
-    MEASURES, cosine_new, cosine_similarities, dice_coefficients, euclidean_distances, harmonic_mean,
-    max_normalised, measure_scores, style_losses,
+    MEASURES,
+    cosine_new,
+    cosine_similarities,
+    dice_coefficients,
+    euclidean_distances,
+    harmonic_mean,
+    max_normalised,
+    measure_scores,
+    style_losses,
 )
 
 

@@ -30,7 +30,8 @@ def _fmt(v: float | None) -> str:
 
 def print_tables(result: SearchResult, console: Console | None = None) -> None:
     console = console or Console()
-    console.print(f"[bold]Query[/bold] {result.query}   candidates: {result.candidates}   k: {result.k or 'all'}", soft_wrap=True)
+    header = f"[bold]Query[/bold] {result.query}   candidates: {result.candidates}   k: {result.k or 'all'}"
+    console.print(header, soft_wrap=True)
     for msg in result.messages:
         console.print(f"[yellow]note:[/yellow] {msg}", soft_wrap=True)
     for measure, hits in result.results.items():
