@@ -11,7 +11,8 @@ import numpy as np
 
 __all__ = [
     "MEASURES", "COMPONENTS", "MEASURE_COMPONENTS",
-    "euclidean_distances", "cosine_similarities", "style_losses", "dice_coefficients",
+    "row_sqnorms", "squared_distances", "euclidean_distances", "cosine_similarities", "style_losses",
+    "dice_coefficients",
     "max_normalised", "cosine_new", "harmonic_mean", "measure_scores",
 ]
 
@@ -30,44 +31,57 @@ MEASURE_COMPONENTS: dict[str, tuple[str, ...]] = {
 }
 MEASURES = tuple(MEASURE_COMPONENTS)
 
-_CHUNK_BYTES = 16 << 20  # temporary memory per chunk of candidates
+# Rows whose expanded distance is below this fraction of ||x||² + ||q||² are recomputed from
+# their differences in float64 (cancellation would otherwise cost precision there).
+RECHECK_FRACTION = 0.05
 
 
-def _chunks(n: int, row_bytes: int):
-    step = max(1, _CHUNK_BYTES // max(1, row_bytes))
-    for start in range(0, n, step):
-        yield slice(start, min(n, start + step))
+def row_sqnorms(X: np.ndarray) -> np.ndarray:
+    """||x||² of every row, accumulated in float64 (cache these per index version)."""
+    return np.einsum("ij,ij->i", X, X, dtype=np.float64)
 
 
-def squared_distances(q: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """Σ_j (X_ij − q_j)² for every row i, from the differences themselves (no cancellation
-    for near-duplicates), in float32 chunks; returned as float64."""
-    q = np.asarray(q, dtype=np.float32)
-    out = np.empty(X.shape[0], dtype=np.float64)
-    for sl in _chunks(X.shape[0], X.shape[1] * 4):
-        d = X[sl] - q
-        out[sl] = np.einsum("ij,ij->i", d, d, dtype=np.float64)
-    return out
+def squared_distances(q: np.ndarray, X: np.ndarray, x_sqnorms: np.ndarray | None = None) -> np.ndarray:
+    """||x − q||² for every row x of X, as float64.
+
+    ||x||² + ||q||² − 2 x·q with one float32 matrix-vector product (memory-bound: X is read
+    once); rows where that expansion would cancel (near-duplicates, distance below
+    ``RECHECK_FRACTION`` of the norms) are recomputed exactly from their differences.
+    """
+    q32 = np.asarray(q, dtype=np.float32)
+    q64 = q32.astype(np.float64)
+    if x_sqnorms is None:
+        x_sqnorms = row_sqnorms(X)
+    qn = float(q64 @ q64)
+    d = x_sqnorms + qn - 2.0 * (X @ q32).astype(np.float64)
+    near = np.flatnonzero(d <= RECHECK_FRACTION * (x_sqnorms + qn))
+    for start in range(0, near.size, 64):
+        idx = near[start:start + 64]
+        diff = X[idx].astype(np.float64) - q64
+        d[idx] = np.einsum("ij,ij->i", diff, diff)
+    return np.maximum(d, 0.0)
 
 
-def euclidean_distances(q: np.ndarray, X: np.ndarray) -> np.ndarray:
+def euclidean_distances(q: np.ndarray, X: np.ndarray, x_sqnorms: np.ndarray | None = None) -> np.ndarray:
     """ED(q, y) for every row y of X (eq. 1)."""
-    return np.sqrt(squared_distances(q, X))
+    return np.sqrt(squared_distances(q, X, x_sqnorms))
 
 
-def cosine_similarities(q: np.ndarray, X: np.ndarray) -> np.ndarray:
+def cosine_similarities(q: np.ndarray, X: np.ndarray, x_sqnorms: np.ndarray | None = None) -> np.ndarray:
     """CS(q, y) (eq. 3). A zero vector has cosine 0 with everything (no direction)."""
-    q64 = np.asarray(q, dtype=np.float64)
-    dots = (X @ np.asarray(q, dtype=np.float32)).astype(np.float64)
-    norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64)) * np.linalg.norm(q64)
+    q32 = np.asarray(q, dtype=np.float32)
+    if x_sqnorms is None:
+        x_sqnorms = row_sqnorms(X)
+    dots = (X @ q32).astype(np.float64)
+    norms = np.sqrt(x_sqnorms) * np.linalg.norm(q32.astype(np.float64))
     with np.errstate(invalid="ignore", divide="ignore"):
         cs = np.where(norms > 0, dots / norms, 0.0)
     return np.clip(cs, -1.0, 1.0)
 
 
-def style_losses(q: np.ndarray, S: np.ndarray) -> np.ndarray:
-    """LS(q, y) of eq. 6, exact, given style vectors packed as in ``extract.gram``."""
-    return squared_distances(q, S)
+def style_losses(q: np.ndarray, S: np.ndarray, s_sqnorms: np.ndarray | None = None) -> np.ndarray:
+    """LS(q, y) of eq. 6, given style vectors packed as in ``extract.gram``."""
+    return squared_distances(q, S, s_sqnorms)
 
 
 def dice_coefficients(q_packed: np.ndarray, q_area: int, M_packed: np.ndarray, areas: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from ..extract import Extractor, load_image
-from ..index import Index, Snapshot
+from ..index import Index
 from .measures import (
     COMPONENTS,
     MEASURE_COMPONENTS,
@@ -22,6 +22,7 @@ from .measures import (
     euclidean_distances,
     max_normalised,
     measure_scores,
+    row_sqnorms,
     style_losses,
 )
 
@@ -118,16 +119,16 @@ class Searcher:
         self._extractor = extractor
         if extractor is not None:
             self.index.check_fingerprint(extractor.fingerprint, extractor.config)
-        self._meta_cache: list[dict] | None = None
-        self.snapshot: Snapshot = self.index.snapshot()
-        self._positions = {i: n for n, i in enumerate(self.snapshot.ids)}
+        self.refresh()
 
     # ------------------------------------------------------------------ setup
     def refresh(self) -> None:
-        """Load the index's newest version."""
-        self.snapshot = self.index.snapshot()
-        self._positions = {i: n for n, i in enumerate(self.snapshot.ids)}
-        self._meta_cache = None
+        """Load the index's newest version (and the row norms the measures reuse)."""
+        s = self.snapshot = self.index.snapshot()
+        self._positions = {i: n for n, i in enumerate(s.ids)}
+        self._meta_cache: list[dict] | None = None
+        self._feature_sqnorms = row_sqnorms(s.features)
+        self._style_sqnorms = None if s.styles is None else row_sqnorms(s.styles)
 
     @property
     def extractor(self) -> Extractor:
@@ -236,20 +237,21 @@ class Searcher:
         keep = self.candidate_mask(exclude_ids, filters)
         rows = np.flatnonzero(keep)
         # Every available component is computed: each hit reports all four (SPEC section 3).
+        # Raw values are computed over all rows (one pass over the matrices, no copies of
+        # them) and then restricted; the max-normalisers see the candidates only.
         raw: dict[str, np.ndarray] = {}
         comp: dict[str, np.ndarray] = {}
         if rows.size:
-            sub = (lambda a: a) if rows.size == len(s) else (lambda a: a[rows])
-            feats = sub(s.features)
-            raw["euclidean"] = euclidean_distances(query.feature, feats)
-            raw["cosine"] = cosine_similarities(query.feature, feats)
+            pick = (lambda a: a) if rows.size == len(s) else (lambda a: a[rows])
+            raw["euclidean"] = pick(euclidean_distances(query.feature, s.features, self._feature_sqnorms))
+            raw["cosine"] = pick(cosine_similarities(query.feature, s.features, self._feature_sqnorms))
             comp["euclidean"] = max_normalised(raw["euclidean"])
             comp["cosine"] = cosine_new(raw["cosine"])
             if "style" in self.available_components and query.style is not None:
-                raw["style"] = style_losses(query.style, sub(s.styles))
+                raw["style"] = pick(style_losses(query.style, s.styles, self._style_sqnorms))
                 comp["style"] = max_normalised(raw["style"])
             if "dice" in self.available_components and query.mask is not None:
-                raw["dice"] = dice_coefficients(query.mask, query.mask_area, sub(s.masks), sub(s.mask_areas))
+                raw["dice"] = pick(dice_coefficients(query.mask, query.mask_area, s.masks, s.mask_areas))
                 comp["dice"] = raw["dice"]
         scores = measure_scores(comp, wanted) if rows.size else {m: np.zeros(0) for m in wanted}
 
