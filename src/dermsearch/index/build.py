@@ -143,7 +143,5 @@ def build_index(
             if progress:
                 progress(done, len(todo))
         flush()
-        if report.added:
-            index.compact()
     report.seconds = time.perf_counter() - t0
     return report

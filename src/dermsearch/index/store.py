@@ -287,10 +287,6 @@ class Index:
             self._table.delete(f"id IN ({_sql_list(removed)})")
         return removed, [i for i in ids if i not in present]
 
-    def compact(self) -> None:
-        """Merge small fragments (one per commit) into larger files; a new version, atomic."""
-        self._table.optimize()
-
     # ------------------------------------------------------------------ reading
     def snapshot(self, vectors: bool = True) -> Snapshot:
         """Load the current version into numpy (one consistent version)."""
