@@ -63,6 +63,31 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--html", type=Path, metavar="FILE", help="write an HTML contact sheet")
 
+    ev = sub.add_parser("evaluate", help="label-based retrieval metrics of every measure, with bootstrap CIs",
+                        description="Rank all candidates for each query by each measure (the query and images of "
+                                    "the same lesion_id excluded) and report P@k, macro-P@k, per-diagnosis and "
+                                    "melanoma P@k, mAP@k and the melanoma AUC of a neighbour vote.")
+    ev.add_argument("index", type=Path, metavar="DIR")
+    ev.add_argument("--queries", type=Path, metavar="CSV", help="external labelled query images (a labels CSV); "
+                    "default: rows of the index")
+    ev.add_argument("--split-csv", type=Path, metavar="CSV", help="image_id,split file (e.g. ham10000/split.csv)")
+    ev.add_argument("--query-split", nargs="+", metavar="NAME", help="index rows of these splits are the queries")
+    ev.add_argument("--candidate-split", nargs="+", metavar="NAME",
+                    help="index rows of these splits are the candidates")
+    ev.add_argument("-k", type=int, default=5)
+    ev.add_argument("--vote-k", type=int, default=16, help="neighbours in the melanoma vote (default 16)")
+    ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--diagnosis-map", metavar="A=B,C=D", help="rename query diagnoses to the index's labels "
+                    "(e.g. nevus=nv,melanoma=mel)")
+    ev.add_argument("--json", action="store_true", help="print the report as JSON")
+    ev.add_argument("--out", type=Path, metavar="REPORT_DIR", help="write report.json, report.md and PNG plots")
+    ev.add_argument("--rating-sheet", type=Path, metavar="DIR", help="also write a blinded rating sheet here")
+    ev.add_argument("--rating-queries", type=int, default=50, help="queries on the rating sheet (paper: 50)")
+    ev.add_argument("--ratings", type=Path, metavar="CSV", help="score a filled rating sheet (needs --rating-key)")
+    ev.add_argument("--rating-key", type=Path, metavar="CSV", help="the key.csv written with the rating sheet")
+    ev.add_argument("--quiet", "-q", action="store_true")
+
     inf = sub.add_parser("info", help="facts about an index")
     inf.add_argument("index", type=Path, metavar="DIR")
     sub.add_parser("backbones", help="list the registered backbones")
@@ -159,6 +184,70 @@ def _cmd_search(args) -> int:
     return 0
 
 
+def _cmd_evaluate(args) -> int:
+    from ..evaluate import EvaluationConfig, Evaluator, read_split
+    from ..evaluate.rating import score_ratings, write_rating_sheet
+    from ..evaluate.report import to_markdown, write_report
+
+    if args.ratings:
+        if not args.rating_key:
+            raise UsageError("--ratings needs --rating-key (the key.csv written with the sheet)")
+        scores = score_ratings(args.rating_key, args.ratings, args.bootstrap, args.seed)
+        if args.json:
+            print(json.dumps(scores, indent=1))
+        else:
+            for m, v in scores.items():
+                print(f"{m:10s} success rate {100 * v['success_rate']:.1f}% "
+                      f"(95% CI {100 * v['ci95'][0]:.1f}-{100 * v['ci95'][1]:.1f}) over {v['queries']} queries")
+        return 0
+    evaluator = Evaluator(args.index)
+    snap = evaluator.searcher.snapshot
+    split = read_split(args.split_csv) if args.split_csv else None
+    if (args.query_split or args.candidate_split) and split is None:
+        raise UsageError("--query-split / --candidate-split need --split-csv")
+
+    def in_splits(names):
+        return [i for i in snap.ids if split.get(i) in set(names)]
+
+    candidates = in_splits(args.candidate_split) if args.candidate_split else None
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=err, disable=args.quiet)
+    with progress:
+        if args.queries:
+            dmap = dict(p.split("=", 1) for p in args.diagnosis_map.split(",")) if args.diagnosis_map else None
+            task = progress.add_task("extracting queries", total=None)
+            queries = evaluator.queries_from_csv(
+                args.queries, dmap, on_problem=lambda p: err.print(f"skipped {p.where}: {p.reason}"),
+                progress=lambda d, t: progress.update(task, completed=d, total=t))
+        else:
+            ids = in_splits(args.query_split) if args.query_split else None
+            queries = evaluator.queries_from_index(ids)
+        if len(queries) == 0:
+            raise UsageError("no queries")
+        task = progress.add_task("ranking", total=len(queries))
+        report = evaluator.run(queries, candidates, EvaluationConfig(
+            k=args.k, vote_k=args.vote_k, bootstrap=args.bootstrap, seed=args.seed),
+            progress=lambda d, t: progress.update(task, completed=d))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+    else:
+        print(to_markdown(report))
+        print(f"{report.queries} queries x {len(report.measures)} measures x {report.candidates} candidates "
+              f"ranked in {report.ranking_seconds:.1f} s ({report.seconds:.1f} s with the bootstrap CIs)")
+    if args.out:
+        index = evaluator.searcher.index
+        extra = {"command": sys.argv, "index": str(args.index), "index_fingerprint": index.fingerprint,
+                 "extractor": index.manifest["extractor"]}
+        write_report(report, args.out, extra)
+        if not args.json:
+            print(f"report written to {args.out}/ (report.json, report.md, measures.png, per_diagnosis.png)")
+    if args.rating_sheet:
+        write_rating_sheet(report, dict(zip(snap.ids, snap.paths)), args.rating_sheet, args.rating_queries, args.seed)
+        if not args.json:
+            print(f"rating sheet written to {args.rating_sheet}/sheet.html (key: {args.rating_sheet}/key.csv)")
+    return 0
+
+
 def _cmd_info(args) -> int:
     index = Index.open(args.index)
     m = index.manifest
@@ -180,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_index(args)
         if args.command == "search":
             return _cmd_search(args)
+        if args.command == "evaluate":
+            return _cmd_evaluate(args)
         if args.command == "info":
             return _cmd_info(args)
         if args.command == "backbones":

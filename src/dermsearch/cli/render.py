@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 
-from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from ..extract import ImageError, load_image
+from ..extract.images import thumbnail_data_uri
 from ..search import SearchResult
 
 __all__ = ["print_tables", "write_contact_sheet"]
@@ -46,18 +43,6 @@ def print_tables(result: SearchResult, console: Console | None = None) -> None:
         console.print(table)
 
 
-def _thumb(source, size: int = 160) -> str:
-    try:
-        img = source if isinstance(source, Image.Image) else load_image(source)
-    except ImageError:
-        return ""
-    img = img.copy()
-    img.thumbnail((size, size))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 h1{font-size:1.3em} h2{font-size:1.05em;margin:1.2em 0 .4em}
@@ -77,7 +62,7 @@ def write_contact_sheet(result: SearchResult, query_image, path: str | Path) -> 
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>dermsearch: {esc(result.query)}</title>"
              f"<style>{_CSS}</style></head><body>",
              "<h1>dermsearch results</h1>",
-             f"<div class='card q'><img alt='query' src='{_thumb(query_image, 240)}'>"
+             f"<div class='card q'><img alt='query' src='{thumbnail_data_uri(query_image, 240)}'>"
              f"<div>query: {esc(result.query)}</div><div>{result.candidates} candidates</div></div>"]
     for msg in result.messages:
         parts.append(f"<p><em>{esc(msg)}</em></p>")
@@ -86,7 +71,7 @@ def write_contact_sheet(result: SearchResult, query_image, path: str | Path) -> 
         parts.append(f"<h2>{esc(_LABELS[measure])} <code>{measure}</code></h2><div class='row'>")
         for h in hits:
             if h.id not in thumbs:
-                thumbs[h.id] = _thumb(h.path)
+                thumbs[h.id] = thumbnail_data_uri(h.path)
             c = h.components
             comps = "".join(f"<tr><td>{n}</td><td>{_fmt(c[k])}</td></tr>" for n, k in
                             (("ES", "euclidean"), ("CSnew", "cosine"), ("SS", "style"), ("DC", "dice")))

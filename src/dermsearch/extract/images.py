@@ -3,6 +3,7 @@ EXIF orientation applied, every mode converted to RGB."""
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import warnings
@@ -12,7 +13,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageError", "load_image", "resize_rgb", "MAX_PIXELS"]
+__all__ = ["ImageError", "load_image", "resize_rgb", "thumbnail_data_uri", "MAX_PIXELS"]
 
 # Images above this many pixels are refused (Pillow's own guard raises at twice its limit;
 # dermsearch refuses at the limit itself).
@@ -87,3 +88,15 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def resize_rgb(img: Image.Image, size: int) -> np.ndarray:
     """Resize to ``size`` x ``size`` (bilinear with antialiasing) and return HxWx3 uint8."""
     return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def thumbnail_data_uri(source, size: int = 160) -> str:
+    """A JPEG thumbnail as a data: URI (for self-contained HTML); "" when it cannot be read."""
+    try:
+        img = source.copy() if isinstance(source, Image.Image) else load_image(source)
+    except ImageError:
+        return ""
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()

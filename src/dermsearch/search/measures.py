@@ -62,6 +62,51 @@ def squared_distances(q: np.ndarray, X: np.ndarray, x_sqnorms: np.ndarray | None
     return np.maximum(d, 0.0)
 
 
+def squared_distances_batch(Q: np.ndarray, X: np.ndarray, x_sqnorms: np.ndarray | None = None) -> np.ndarray:
+    """[B, N] squared distances for a batch of queries: one matrix-matrix product, then the
+    same exact float64 recheck of cancelling (near-duplicate) pairs as :func:`squared_distances`."""
+    Q32 = np.asarray(Q, dtype=np.float32)
+    if x_sqnorms is None:
+        x_sqnorms = row_sqnorms(X)
+    q_sqnorms = row_sqnorms(Q32)
+    scale = q_sqnorms[:, None] + x_sqnorms[None, :]
+    d = scale - 2.0 * (Q32 @ X.T).astype(np.float64)
+    qi, xi = np.nonzero(d <= RECHECK_FRACTION * scale)
+    for start in range(0, qi.size, 64):
+        a, b = qi[start:start + 64], xi[start:start + 64]
+        diff = X[b].astype(np.float64) - Q32[a].astype(np.float64)
+        d[a, b] = np.einsum("ij,ij->i", diff, diff)
+    return np.maximum(d, 0.0)
+
+
+def cosine_similarities_batch(Q: np.ndarray, X: np.ndarray, x_sqnorms: np.ndarray | None = None) -> np.ndarray:
+    """[B, N] cosine similarities; zero vectors have cosine 0."""
+    Q32 = np.asarray(Q, dtype=np.float32)
+    if x_sqnorms is None:
+        x_sqnorms = row_sqnorms(X)
+    norms = np.sqrt(row_sqnorms(Q32))[:, None] * np.sqrt(x_sqnorms)[None, :]
+    dots = (Q32 @ X.T).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.clip(np.where(norms > 0, dots / norms, 0.0), -1.0, 1.0)
+
+
+def dice_batch(Q_masks: np.ndarray, q_areas: np.ndarray, M_float: np.ndarray, areas: np.ndarray) -> np.ndarray:
+    """[B, N] Dice of unpacked query masks [B, P] against unpacked float32 masks [N, P]
+    (overlaps as one matrix product; exact, counts stay far below 2**24)."""
+    inter = np.asarray(Q_masks, dtype=np.float32) @ M_float.T
+    total = np.asarray(q_areas, np.float64)[:, None] + np.asarray(areas, np.float64)[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, 2.0 * inter / total, 1.0)
+
+
+def max_normalised_rows(D: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Row-wise 1 − d / max d, the max over each row's valid (candidate) entries only."""
+    top = np.where(valid, D, -np.inf).max(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(top > 0, 1.0 - D / np.where(top > 0, top, 1.0), 1.0)
+    return out
+
+
 def euclidean_distances(q: np.ndarray, X: np.ndarray, x_sqnorms: np.ndarray | None = None) -> np.ndarray:
     """ED(q, y) for every row y of X (eq. 1)."""
     return np.sqrt(squared_distances(q, X, x_sqnorms))

@@ -1,0 +1,280 @@
+"""Leakage-free, label-based retrieval evaluation of the ten measures (API: :class:`Evaluator`).
+
+For every query, every candidate is ranked by each measure, exactly as :class:`Searcher` does
+(same normalisation over the query's own candidate set, same tie order), but for batches of
+queries at once with matrix-matrix products. The query itself and every image of the same
+lesion (``lesion_id``) are never candidates.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from ..extract import Extracted, ImageError, load_image
+from ..index.sources import Problem, read_labels_csv
+from ..search import MEASURES, Searcher
+from ..search.measures import (
+    MEASURE_COMPONENTS,
+    cosine_similarities_batch,
+    dice_batch,
+    harmonic_mean,
+    max_normalised_rows,
+    squared_distances_batch,
+)
+from .metrics import (
+    average_precision_at_k,
+    bootstrap_ci,
+    macro_mean,
+    precision_at_k,
+    vote_auc,
+)
+
+__all__ = ["EvaluationConfig", "EvaluationReport", "Evaluator", "QuerySet", "read_split"]
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    k: int = 5                 # P@k, mAP@k (the paper used k = 5)
+    vote_k: int = 16           # neighbours voting for melanoma (Tschandl et al. 2019)
+    bootstrap: int = 1000      # resamples of the queries for 95 % CIs
+    seed: int = 0
+    batch_size: int = 64
+    exclude_same_lesion: bool = True
+
+
+@dataclass
+class QuerySet:
+    """Queries with their vectors and labels (from index rows or from external images)."""
+
+    ids: np.ndarray
+    diagnosis: np.ndarray        # str ("" when unknown)
+    melanoma: np.ndarray         # float, nan when unknown
+    lesion_id: np.ndarray        # object (None when unknown)
+    features: np.ndarray
+    styles: np.ndarray | None
+    masks: np.ndarray | None     # packed
+    mask_areas: np.ndarray | None
+    paths: np.ndarray | None = None
+    source: str = "index"
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class EvaluationReport:
+    config: EvaluationConfig
+    queries: int
+    candidates: int
+    source: str
+    seconds: float
+    ranking_seconds: float
+    measures: dict[str, dict]                      # measure -> metric -> {value, ci}
+    neighbours: dict[str, np.ndarray] = field(repr=False, default_factory=dict)  # measure -> [Q, K] ids
+    query_ids: np.ndarray | None = field(repr=False, default=None)
+    query_paths: np.ndarray | None = field(repr=False, default=None)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"config": asdict(self.config), "queries": self.queries, "candidates": self.candidates,
+                "source": self.source, "seconds": round(self.seconds, 2),
+                "ranking_seconds": round(self.ranking_seconds, 2), "measures": self.measures,
+                "notes": self.notes}
+
+
+def read_split(path: str | Path) -> dict[str, str]:
+    """image_id -> split name, from a CSV with columns image_id and split."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"image_id", "split"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: a split CSV needs columns image_id and split")
+        return {r["image_id"]: r["split"] for r in reader}
+
+
+def _label(diagnosis: str | None) -> str:
+    """A query's diagnosis label; "unknown" counts as unlabelled."""
+    d = (diagnosis or "").strip()
+    return "" if d.lower() == "unknown" else d
+
+
+def _stat(value: float, ci: tuple[float, float]) -> dict:
+    return {"value": value, "ci95": [ci[0], ci[1]]}
+
+
+def _mean_stat(values: np.ndarray, rounds: int, seed: int) -> dict:
+    mean = float(values.mean()) if values.size else float("nan")
+    return _stat(mean, bootstrap_ci(lambda i: values[i].mean(), len(values), rounds, seed))
+
+
+def _macro_at(values: np.ndarray, groups: np.ndarray, idx: np.ndarray) -> float:
+    return macro_mean(values[idx], groups[idx])
+
+
+def _auc_at(y: np.ndarray, votes: np.ndarray, idx: np.ndarray) -> float:
+    return vote_auc(y[idx], votes[idx])
+
+
+class Evaluator:
+    """Evaluate an index's ten measures against its labels."""
+
+    def __init__(self, searcher: Searcher | str | Path):
+        self.searcher = searcher if isinstance(searcher, Searcher) else Searcher(searcher)
+
+    # ---------------------------------------------------------------- queries
+    def queries_from_index(self, ids=None) -> QuerySet:
+        s = self.searcher.snapshot
+        rows = np.arange(len(s)) if ids is None else np.array([self._row(i) for i in ids], dtype=np.int64)
+        def pick(a):
+            return None if a is None else a[rows]
+        return QuerySet(s.ids[rows], np.array([_label(d) for d in s.diagnosis[rows]], dtype=object),
+                        s.melanoma[rows], s.lesion_id[rows], pick(s.features), pick(s.styles), pick(s.masks),
+                        pick(s.mask_areas), s.paths[rows], "index")
+
+    def _row(self, image_id: str) -> int:
+        try:
+            return self.searcher._positions[image_id]
+        except KeyError:
+            raise KeyError(f"query id {image_id!r} is not in the index") from None
+
+    def queries_from_csv(self, labels_csv: str | Path, diagnosis_map: dict[str, str] | None = None,
+                         on_problem: Callable[[Problem], None] | None = None,
+                         progress: Callable[[int, int], None] | None = None) -> QuerySet:
+        """External labelled images, extracted with the index's own model."""
+        records, problems = read_labels_csv(Path(labels_csv))
+        extractor = self.searcher.extractor
+        parts, kept = [], []
+        for start in range(0, len(records), 16):
+            batch, images = [], []
+            for r in records[start:start + 16]:
+                try:
+                    images.append(load_image(r.path))
+                    batch.append(r)
+                except ImageError as e:
+                    problems.append(Problem(r.path, str(e)))
+            if images:
+                parts.append(extractor.extract(images))
+                kept.extend(batch)
+            if progress:
+                progress(min(start + 16, len(records)), len(records))
+        for p in problems:
+            if on_problem:
+                on_problem(p)
+        if not kept:
+            raise ValueError(f"{labels_csv}: no usable query images")
+        ex = Extracted.concat(parts)
+        dmap = diagnosis_map or {}
+        diag = np.array([_label(dmap.get(r.diagnosis or "", r.diagnosis or "")) for r in kept], dtype=object)
+        mel = np.array([np.nan if r.melanoma is None else float(r.melanoma) for r in kept])
+        return QuerySet(np.array([r.id for r in kept], dtype=object), diag, mel,
+                        np.array([r.lesion_id for r in kept], dtype=object), ex.features, ex.styles, ex.masks,
+                        ex.mask_areas, np.array([r.path for r in kept], dtype=object), str(labels_csv))
+
+    # -------------------------------------------------------------------- run
+    def rank(self, queries: QuerySet, candidate_ids=None, config: EvaluationConfig = EvaluationConfig(),
+             progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Top-K candidate rows per query and measure (K = max(k, vote_k)); plus the
+        per-query number of same-diagnosis candidates."""
+        s = self.searcher.snapshot
+        n = len(s)
+        allowed = np.ones(n, dtype=bool)
+        if candidate_ids is not None:
+            allowed[:] = False
+            for i in candidate_ids:
+                allowed[self._row(i)] = True
+        if not allowed.any():
+            raise ValueError("no candidates")
+        measures = self.searcher.available_measures()
+        K = max(config.k, config.vote_k)
+        has_style = s.styles is not None and queries.styles is not None
+        has_mask = s.masks is not None and queries.masks is not None
+        fn, sn = self.searcher._feature_sqnorms, self.searcher._style_sqnorms
+        M_float = np.unpackbits(s.masks, axis=1).astype(np.float32) if has_mask else None
+        cand_diag = np.array([d or "" for d in s.diagnosis], dtype=object)
+        lesions = np.array([lid if lid else f"\0row{i}" for i, lid in enumerate(s.lesion_id)], dtype=object)
+        top = {m: np.empty((len(queries), K), dtype=np.int64) for m in measures}
+        n_relevant = np.zeros(len(queries), dtype=np.int64)
+        for start in range(0, len(queries), config.batch_size):
+            sl = slice(start, min(len(queries), start + config.batch_size))
+            b = sl.stop - sl.start
+            valid = np.broadcast_to(allowed, (b, n)).copy()
+            for j, (qid, qles) in enumerate(zip(queries.ids[sl], queries.lesion_id[sl])):
+                pos = self.searcher._positions.get(qid)
+                if pos is not None:
+                    valid[j, pos] = False
+                if config.exclude_same_lesion and qles:
+                    valid[j] &= lesions != qles
+            comp = {}
+            ed = np.sqrt(squared_distances_batch(queries.features[sl], s.features, fn))
+            comp["euclidean"] = max_normalised_rows(ed, valid)
+            comp["cosine"] = (cosine_similarities_batch(queries.features[sl], s.features, fn) + 1.0) / 2.0
+            if has_style:
+                comp["style"] = max_normalised_rows(squared_distances_batch(queries.styles[sl], s.styles, sn), valid)
+            if has_mask:
+                qm = np.unpackbits(queries.masks[sl], axis=1)
+                comp["dice"] = dice_batch(qm, queries.mask_areas[sl], M_float, s.mask_areas)
+            for m in measures:
+                parts = MEASURE_COMPONENTS[m]
+                score = comp[parts[0]] if len(parts) == 1 else harmonic_mean(*(comp[p] for p in parts))
+                score = np.where(valid, score, -np.inf)
+                part = np.argpartition(-score, K - 1, axis=1)[:, :K] if K < n else np.tile(np.arange(n), (b, 1))
+                part_scores = np.take_along_axis(score, part, axis=1)
+                order = np.lexsort((part, -part_scores), axis=1)  # by score, ties by row order
+                top[m][sl] = np.take_along_axis(part, order, axis=1)
+            same = cand_diag[None, :] == queries.diagnosis[sl, None]
+            n_relevant[sl] = (same & valid).sum(axis=1)
+            if progress:
+                progress(sl.stop, len(queries))
+        return top, n_relevant
+
+    def run(self, queries: QuerySet, candidate_ids=None, config: EvaluationConfig = EvaluationConfig(),
+            progress: Callable[[int, int], None] | None = None) -> EvaluationReport:
+        t0 = time.perf_counter()
+        s = self.searcher.snapshot
+        top, n_relevant = self.rank(queries, candidate_ids, config, progress)
+        ranking_seconds = time.perf_counter() - t0
+        notes = []
+        labelled = queries.diagnosis != ""
+        if not labelled.all():
+            notes.append(f"{int((~labelled).sum())} queries without a diagnosis are left out of the diagnosis metrics")
+        mel_known = ~np.isnan(queries.melanoma)
+        cand_diag = np.array([d or "" for d in s.diagnosis], dtype=object)
+        k, rounds, seed = config.k, config.bootstrap, config.seed
+        results: dict[str, dict] = {}
+        for mi, m in enumerate(MEASURES):
+            if m not in top:
+                continue
+            rows = top[m]
+            rel = (cand_diag[rows[:, :k]] == queries.diagnosis[:, None])[labelled]
+            groups = queries.diagnosis[labelled]
+            p = precision_at_k(rel)
+            ap = average_precision_at_k(rel, n_relevant[labelled])
+            mel_rel = (s.melanoma[rows[:, :k]] == queries.melanoma[:, None])[mel_known]
+            pb = precision_at_k(mel_rel)
+            y = queries.melanoma[mel_known]
+            votes = s.melanoma[rows[:, :config.vote_k]][mel_known]
+            votes = np.nan_to_num(votes, nan=0.0)
+            sd = seed + 1000 * mi
+            per_diag = {}
+            for g in sorted(set(groups.tolist())):
+                per_diag[g] = _mean_stat(p[groups == g], rounds, sd)
+            results[m] = {
+                f"p@{k}": _mean_stat(p, rounds, sd),
+                f"macro_p@{k}": _stat(macro_mean(p, groups),
+                                      bootstrap_ci(partial(_macro_at, p, groups), len(p), rounds, sd)),
+                f"melanoma_p@{k}": _mean_stat(pb, rounds, sd),
+                f"map@{k}": _mean_stat(ap, rounds, sd),
+                f"melanoma_auc_vote{config.vote_k}": _stat(
+                    vote_auc(y, votes), bootstrap_ci(partial(_auc_at, y, votes), len(y), rounds, sd)),
+                f"per_diagnosis_p@{k}": per_diag,
+            }
+        n_cand = len(s) if candidate_ids is None else len(set(candidate_ids))
+        ids_top = {m: s.ids[rows] for m, rows in top.items()}
+        return EvaluationReport(config, len(queries), n_cand, queries.source, time.perf_counter() - t0,
+                                ranking_seconds, results, ids_top, queries.ids, queries.paths, notes)

@@ -1,0 +1,121 @@
+"""The paper's human protocol, blinded: a rating sheet of each query's top-k images (all
+measures pooled, shuffled, measure names hidden) and the success rate per measure from a
+person's judgements (paper section 4.1: each of the top k counts 1/k when judged similar)."""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from ..extract.images import thumbnail_data_uri
+from .evaluator import EvaluationReport
+from .metrics import bootstrap_ci
+
+__all__ = ["write_rating_sheet", "score_ratings"]
+
+
+def write_rating_sheet(report: EvaluationReport, paths_by_id: dict[str, str], out: str | Path,
+                       n_queries: int = 50, seed: int = 0) -> list[Path]:
+    """Write ``sheet.html`` and ``sheet.csv`` (for the rater) and ``key.csv`` (kept from the rater)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    k = report.config.k
+    n = len(report.query_ids)
+    chosen = np.sort(rng.choice(n, size=min(n_queries, n), replace=False))
+    key_rows, sheet_rows, blocks = [], [], []
+    for qn, qi in enumerate(chosen, start=1):
+        qid = str(report.query_ids[qi])
+        pooled: dict[str, list[tuple[str, int]]] = {}
+        for m, ids in report.neighbours.items():
+            for rank, cid in enumerate(ids[qi, :k], start=1):
+                pooled.setdefault(str(cid), []).append((m, rank))
+        cands = list(pooled)
+        rng.shuffle(cands)
+        items = []
+        for j, cid in enumerate(cands):
+            item = f"Q{qn:03d}-{j + 1:02d}"
+            for m, rank in pooled[cid]:
+                key_rows.append([qid, item, cid, m, rank])
+            sheet_rows.append([qid, item, ""])
+            items.append((item, cid))
+        qpath = report.query_paths[qi] if report.query_paths is not None else paths_by_id.get(qid)
+        cards = "".join(
+            f"<label class='c'><img src='{thumbnail_data_uri(paths_by_id.get(cid, ''))}' alt=''>"
+            f"<span><input type='checkbox' data-q='{html.escape(qid)}' data-item='{item}'> {item} similar"
+            "</span></label>"
+            for item, cid in items)
+        query_img = thumbnail_data_uri(qpath or "")
+        query_card = f"<div class='c q'><img src='{query_img}' alt='query'><span>query</span></div>"
+        blocks.append(f"<section><h2>Query {qn}</h2><div class='row'>{query_card}{cards}</div></section>")
+    with open(out / "key.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["query_id", "item", "candidate_id", "measure", "rank"])
+        w.writerows(key_rows)
+    with open(out / "sheet.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["query_id", "item", "similar"])
+        w.writerows(sheet_rows)
+    page = f"""<!doctype html><html><head><meta charset='utf-8'><title>dermsearch rating sheet</title><style>
+body{{font-family:system-ui,sans-serif;margin:1.5em}} .row{{display:flex;flex-wrap:wrap;gap:.5em}}
+.c{{border:1px solid #ccc;border-radius:6px;padding:.3em;width:170px;font-size:.8em;display:flex;flex-direction:column}}
+.c img{{width:160px;height:120px;object-fit:cover}} .q{{border:2px solid #333}}
+</style></head><body><h1>Rating sheet ({len(chosen)} queries, top {k})</h1>
+<p>For each query, tick every image you judge similar to it (colour, spread density and texture first;
+then shape, size, unique features, background, location). Which method found an image is hidden.
+When done, press the button and pass the downloaded CSV to <code>dermsearch evaluate --ratings</code>.</p>
+<button id='dl'>Download ratings CSV</button>
+{''.join(blocks)}
+<script>
+document.getElementById('dl').onclick = () => {{
+  const rows = [['query_id','item','similar']];
+  document.querySelectorAll('input[data-item]').forEach(
+    b => rows.push([b.dataset.q, b.dataset.item, b.checked ? 1 : 0]));
+  const csv = rows.map(r => r.map(v => '"' + String(v).replace(/"/g, '""') + '"').join(',')).join('\\n') + '\\n';
+  const a = document.createElement('a');
+  a.href = URL.createObjectURL(new Blob([csv], {{type: 'text/csv'}}));
+  a.download = 'ratings.csv'; a.click();
+}};
+</script></body></html>"""
+    (out / "sheet.html").write_text(page, encoding="utf-8")
+    (out / "sheet.json").write_text(json.dumps({"k": k, "queries": len(chosen), "seed": seed}))
+    return [out / "sheet.html", out / "sheet.csv", out / "key.csv"]
+
+
+def _mean_at(values: np.ndarray, idx: np.ndarray) -> float:
+    return float(values[idx].mean())
+
+
+def score_ratings(key_csv: str | Path, ratings_csv: str | Path, bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Success rate per measure: mean over queries of (similar images in its top k) / k."""
+    with open(key_csv, newline="") as f:
+        key = list(csv.DictReader(f))
+    with open(ratings_csv, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"query_id", "item", "similar"} <= set(reader.fieldnames):
+            raise ValueError(f"{ratings_csv}: needs columns query_id, item, similar")
+        ratings = {}
+        for r in reader:
+            v = (r["similar"] or "").strip().lower()
+            if v not in ("0", "1", "yes", "no", "true", "false", "y", "n"):
+                continue
+            ratings[(r["query_id"], r["item"])] = v in ("1", "yes", "true", "y")
+    missing = sorted({(r["query_id"], r["item"]) for r in key} - set(ratings))
+    if missing:
+        raise ValueError(f"{ratings_csv}: {len(missing)} item(s) not rated (0 or 1), e.g. "
+                         + ", ".join(f"{q}/{i}" for q, i in missing[:5]))
+    k = max(int(r["rank"]) for r in key)
+    per: dict[str, dict[str, list[bool]]] = {}
+    for r in key:
+        per.setdefault(r["measure"], {}).setdefault(r["query_id"], []).append(ratings[(r["query_id"], r["item"])])
+    out = {}
+    for mi, (m, by_query) in enumerate(per.items()):
+        rates = np.array([sum(v) / k for v in by_query.values()])
+        out[m] = {"success_rate": float(rates.mean()), "queries": len(rates),
+                  "ci95": list(bootstrap_ci(partial(_mean_at, rates), len(rates), bootstrap, seed + mi))}
+    return out

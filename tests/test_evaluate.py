@@ -1,0 +1,160 @@
+"""Evaluation: metrics on hand-computed cases, agreement with Searcher, lesion exclusion,
+CIs, the rating round trip, and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from dermsearch.cli.main import main
+from dermsearch.evaluate import EvaluationConfig, Evaluator
+from dermsearch.evaluate.metrics import (
+    average_precision_at_k,
+    bootstrap_ci,
+    macro_mean,
+    precision_at_k,
+    vote_auc,
+)
+from dermsearch.evaluate.rating import score_ratings, write_rating_sheet
+from dermsearch.extract import Extractor
+from dermsearch.index.build import build_index
+from dermsearch.search import Searcher
+
+from .conftest import TINY, lesion_image
+
+
+def test_precision_and_ap_hand_values():
+    rel = np.array([[1, 0, 1, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]], bool)
+    assert precision_at_k(rel).tolist() == [0.4, 0.0, 1.0]
+    # query 0: hits at ranks 1 and 3 -> (1/1 + 2/3) / min(5, R=2)
+    ap = average_precision_at_k(rel, np.array([2, 0, 9]))
+    assert ap[0] == pytest.approx((1 + 2 / 3) / 2)
+    assert ap[1] == 0.0 and ap[2] == pytest.approx(1.0)
+    # R larger than k: the denominator is k
+    assert average_precision_at_k(np.array([[0, 1, 0, 0, 0]], bool), np.array([40]))[0] == pytest.approx(0.5 / 5)
+
+
+def test_macro_mean_weighs_groups_equally():
+    v = np.array([1.0, 1.0, 1.0, 0.0])
+    g = np.array(["nv", "nv", "nv", "mel"])
+    assert macro_mean(v, g) == 0.5 and v.mean() == 0.75
+
+
+def test_vote_auc_matches_sklearn():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 50)
+    votes = rng.integers(0, 2, (50, 16))
+    assert vote_auc(y, votes) == pytest.approx(roc_auc_score(y, votes.mean(1)))
+    assert np.isnan(vote_auc(np.zeros(5), votes[:5]))
+
+
+def test_bootstrap_ci_contains_point_and_is_deterministic():
+    x = np.random.default_rng(1).random(200)
+    lo, hi = bootstrap_ci(lambda i: x[i].mean(), len(x), 500, seed=3)
+    assert lo < x.mean() < hi
+    assert (lo, hi) == bootstrap_ci(lambda i: x[i].mean(), len(x), 500, seed=3)
+
+
+@pytest.fixture(scope="module")
+def lesion_index(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    (root / "images").mkdir()
+    diags = ["nv", "mel", "bkl"]
+    with open(root / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image_id", "image_path", "diagnosis", "lesion_id"])
+        for i in range(18):
+            lesion_image(i).save(root / "images" / f"e{i}.png")  # images 2j and 2j+1: one lesion
+            w.writerow([f"e{i}", f"images/e{i}.png", diags[(i // 2) % 3], f"L{i // 2}"])
+    extractor = Extractor(TINY)
+    build_index(root / "labels.csv", root / "ix", extractor=extractor)
+    return root, Searcher(root / "ix", extractor=extractor)
+
+
+def test_rankings_equal_searcher_and_exclude_same_lesion(lesion_index):
+    _, s = lesion_index
+    ev = Evaluator(s)
+    q = ev.queries_from_index()
+    top, n_rel = ev.rank(q, config=EvaluationConfig(k=5, vote_k=16, batch_size=4))
+    lesion = dict(zip(s.snapshot.ids, s.snapshot.lesion_id))
+    for qi, qid in enumerate(q.ids):
+        same = [i for i in s.snapshot.ids if lesion[i] == lesion[qid]]
+        res = s.search(s.query_for_id(qid), k=16, exclude_ids=same)
+        for m, hits in res.results.items():
+            assert [s.snapshot.ids[j] for j in top[m][qi]] == [h.id for h in hits], (m, qid)
+            assert lesion[qid] not in {lesion[s.snapshot.ids[j]] for j in top[m][qi]}
+    # 18 images, 9 lesions, 3 diagnoses: 6 same-diagnosis images, minus the query's 2 lesion images
+    assert n_rel.tolist() == [4] * 18
+
+
+def test_run_report_cis_contain_points(lesion_index):
+    _, s = lesion_index
+    ev = Evaluator(s)
+    rep = ev.run(ev.queries_from_index(), config=EvaluationConfig(k=3, vote_k=4, bootstrap=300))
+    assert rep.queries == 18 and rep.candidates == 18
+    for stats in rep.measures.values():
+        for key in ("p@3", "macro_p@3", "map@3"):
+            v, (lo, hi) = stats[key]["value"], stats[key]["ci95"]
+            assert lo <= v <= hi, key
+        assert set(stats["per_diagnosis_p@3"]) == {"nv", "mel", "bkl"}
+
+
+def test_candidate_restriction(lesion_index):
+    _, s = lesion_index
+    ev = Evaluator(s)
+    cands = [f"e{i}" for i in range(10, 18)]
+    top, _ = ev.rank(ev.queries_from_index([f"e{i}" for i in range(4)]), cands,
+                     EvaluationConfig(k=3, vote_k=3))
+    for rows in top.values():
+        assert {str(s.snapshot.ids[j]) for j in rows.ravel()} <= set(cands)
+
+
+def test_rating_round_trip(lesion_index, tmp_path):
+    _, s = lesion_index
+    ev = Evaluator(s)
+    rep = ev.run(ev.queries_from_index(), config=EvaluationConfig(k=3, vote_k=3, bootstrap=50))
+    write_rating_sheet(rep, dict(zip(s.snapshot.ids, s.snapshot.paths)), tmp_path, n_queries=6, seed=2)
+    html = (tmp_path / "sheet.html").read_text()
+    assert "Download ratings CSV" in html and "euclidean" not in html and "style" not in html.lower().split("<body>")[1]
+    # a 'rater' who judges 'similar' = same diagnosis must reproduce P@3 on those queries
+    diag = dict(zip(s.snapshot.ids, s.snapshot.diagnosis))
+    with open(tmp_path / "key.csv") as f:
+        key = list(csv.DictReader(f))
+    item_cand = {(r["query_id"], r["item"]): r["candidate_id"] for r in key}
+    with open(tmp_path / "sheet.csv") as f, open(tmp_path / "ratings.csv", "w", newline="") as g:
+        w = csv.writer(g)
+        w.writerow(["query_id", "item", "similar"])
+        for r in csv.DictReader(f):
+            cand = item_cand[(r["query_id"], r["item"])]
+            w.writerow([r["query_id"], r["item"], int(diag[cand] == diag[r["query_id"]])])
+    scores = score_ratings(tmp_path / "key.csv", tmp_path / "ratings.csv", bootstrap=50)
+    rated = sorted({r["query_id"] for r in key})
+    for m, v in scores.items():
+        expect = np.mean([np.mean([diag[c] == diag[q] for c in rep.neighbours[m][list(rep.query_ids).index(q), :3]])
+                          for q in rated])
+        assert v["success_rate"] == pytest.approx(expect) and v["queries"] == 6
+    # an unrated item is a clear error
+    rows = (tmp_path / "ratings.csv").read_text().splitlines()
+    (tmp_path / "partial.csv").write_text("\n".join(rows[:-1]) + "\n")
+    with pytest.raises(ValueError, match="not rated"):
+        score_ratings(tmp_path / "key.csv", tmp_path / "partial.csv")
+
+
+def test_cli_evaluate_writes_report(lesion_index, tmp_path, capsys):
+    root, _ = lesion_index
+    split = tmp_path / "split.csv"
+    split.write_text("image_id,split\n" + "".join(f"e{i},{'test' if i < 6 else 'train'}\n" for i in range(18)))
+    rc = main(["evaluate", str(root / "ix"), "--split-csv", str(split), "--query-split", "test",
+               "--candidate-split", "train", "-k", "3", "--vote-k", "4", "--bootstrap", "50", "--quiet",
+               "--out", str(tmp_path / "rep"), "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["queries"] == 6 and out["candidates"] == 12
+    for name in ("report.json", "report.md", "measures.png", "per_diagnosis.png"):
+        assert (tmp_path / "rep" / name).stat().st_size > 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| Style Score (`style`) |" in md and "macro-P@3" in md
