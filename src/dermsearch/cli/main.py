@@ -88,6 +88,41 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--rating-key", type=Path, metavar="CSV", help="the key.csv written with the rating sheet")
     ev.add_argument("--quiet", "-q", action="store_true")
 
+    tr = sub.add_parser("train", help="train a model")
+    trs = tr.add_subparsers(dest="what", required=True)
+    ts = trs.add_parser("segmenter", help="train U-Net / RU-Net / R2U-Net with focal Tversky loss",
+                        description="Train a lesion segmenter on image/mask pairs of a labels CSV (mask_path "
+                                    "column). The checkpoint with the best val Dice is kept; rerunning the same "
+                                    "command resumes.")
+    ts.add_argument("--labels", required=True, type=Path, metavar="CSV")
+    ts.add_argument("--split", type=Path, metavar="CSV", help="image_id,split file (e.g. ham10000/split.csv)")
+    ts.add_argument("--out", required=True, type=Path, metavar="DIR", help="run directory (weights, config, history)")
+    ts.add_argument("--arch", choices=["unet", "runet", "r2unet"], default="unet")
+    ts.add_argument("--depth", type=int, default=4)
+    ts.add_argument("--width", type=int, default=16)
+    ts.add_argument("--t", type=int, default=2, help="recurrence steps (runet, r2unet)")
+    ts.add_argument("--image-size", type=int, default=128)
+    ts.add_argument("--epochs", type=int, default=20)
+    ts.add_argument("--batch-size", type=int, default=32)
+    ts.add_argument("--lr", type=float, default=2e-3)
+    ts.add_argument("--alpha", type=float, default=0.7, help="Tversky weight of false negatives")
+    ts.add_argument("--beta", type=float, default=0.3, help="Tversky weight of false positives")
+    ts.add_argument("--gamma", type=float, default=4 / 3, help="focal exponent: loss = (1 - TI)^(1/gamma)")
+    ts.add_argument("--no-augment", action="store_true")
+    ts.add_argument("--seed", type=int, default=0)
+    ts.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ts.add_argument("--limit", type=int, default=0, help="use only the first N pairs per split (smoke runs)")
+    ts.add_argument("--quiet", "-q", action="store_true")
+
+    es = sub.add_parser("eval-segmenter", help="Dice and Jaccard of a segmenter against ground-truth masks")
+    es.add_argument("--labels", required=True, type=Path, metavar="CSV")
+    es.add_argument("--split", type=Path, metavar="CSV")
+    es.add_argument("--on", nargs="+", default=None, metavar="NAME", help="splits to evaluate (default: all rows)")
+    es.add_argument("--segmenter", nargs="+", default=["default"], metavar="S",
+                    help="default (packaged), otsu, a run directory or a .safetensors file; several compare")
+    es.add_argument("--size", type=int, default=128, help="evaluation side in pixels (masks: nearest-neighbour)")
+    es.add_argument("--json", action="store_true")
+
     inf = sub.add_parser("info", help="facts about an index")
     inf.add_argument("index", type=Path, metavar="DIR")
     sub.add_parser("backbones", help="list the registered backbones")
@@ -248,6 +283,56 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from ..train.segmenter import SegTrainConfig, train_segmenter
+
+    cfg = SegTrainConfig(
+        labels=str(args.labels), split=str(args.split) if args.split else None, arch=args.arch, depth=args.depth,
+        width=args.width, t=args.t, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, alpha=args.alpha, beta=args.beta, gamma=args.gamma, augment=not args.no_augment,
+        seed=args.seed, device=args.device, limit=args.limit)
+    result = train_segmenter(cfg, args.out, log=lambda m: err.print(m, highlight=False), progress=not args.quiet)
+    print(f"best val Dice {result['best_val_dice']:.4f}; weights: {args.out / 'best.safetensors'}")
+    return 0
+
+
+def _cmd_eval_segmenter(args) -> int:
+    import torch
+
+    from ..models.baseline_segmenter import OtsuSegmenter
+    from ..models.learned_segmenter import default_segmenter_path
+    from ..train.data import load_pairs
+    from ..train.segmenter import evaluate_masks, load_segmenter, predict_masks
+
+    data = load_pairs(args.labels, args.split, tuple(args.on) if args.on else None, args.size)
+    rows = {}
+    for name in args.segmenter:
+        if name == "otsu":
+            seg = OtsuSegmenter()
+            pred = torch.from_numpy(seg.segment_batch(data.images.permute(0, 2, 3, 1).numpy()))[:, None]
+        else:
+            model, _ = load_segmenter(default_segmenter_path() if name == "default" else name)
+            if model.multiple and args.size % model.multiple:
+                raise UsageError(f"--size must be a multiple of {model.multiple} for {name}")
+            pred = predict_masks(model, data.images)
+        rows[name] = evaluate_masks(pred, data.masks)
+        rows[name]["dice_ci95"] = list(_bootstrap_mean(pred, data.masks))
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        for name, r in rows.items():
+            print(f"{name}: Dice {r['dice']:.4f} (95% CI {r['dice_ci95'][0]:.4f}-{r['dice_ci95'][1]:.4f}, "
+                  f"median {r['dice_median']:.4f}), Jaccard {r['jaccard']:.4f} on {r['images']} images")
+    return 0
+
+
+def _bootstrap_mean(pred, target, rounds: int = 1000):
+    from ..evaluate.metrics import bootstrap_ci
+    from ..train.segmenter import dice_scores
+    d = dice_scores(pred, target).numpy()
+    return bootstrap_ci(lambda i: d[i].mean(), len(d), rounds, seed=0)
+
+
 def _cmd_info(args) -> int:
     index = Index.open(args.index)
     m = index.manifest
@@ -269,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_index(args)
         if args.command == "search":
             return _cmd_search(args)
+        if args.command == "train":
+            return _cmd_train(args)
+        if args.command == "eval-segmenter":
+            return _cmd_eval_segmenter(args)
         if args.command == "evaluate":
             return _cmd_evaluate(args)
         if args.command == "info":

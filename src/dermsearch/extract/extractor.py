@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,6 +14,7 @@ from PIL import Image
 from ..models import create_backbone, load_checkpoint, state_fingerprint
 from ..models.baseline_segmenter import OtsuSegmenter
 from ..models.ensemble import EnsembleFeatureNet, PooledFeatureNet
+from ..models.learned_segmenter import LearnedSegmenter, default_segmenter_path
 from .gram import average_grams, layer_weights, style_dim, style_vector
 from .images import resize_rgb
 from .masks import pack_masks, resize_mask
@@ -44,7 +46,7 @@ class ExtractorConfig:
     style: bool = True
     masks: bool = True
     mask_size: int = 128
-    segmenter: str = "otsu"
+    segmenter: str = "default"    # "default" (packaged U-Net), "otsu" (classical), or a .safetensors path
     seed: int = 0                 # random initialisation only
 
     def __post_init__(self) -> None:
@@ -56,8 +58,8 @@ class ExtractorConfig:
             raise ValueError("members must be at least 1")
         if self.mask_size % 8:
             raise ValueError("mask_size must be a multiple of 8")
-        if self.segmenter not in ("otsu",):
-            raise ValueError(f"unknown segmenter {self.segmenter!r}; valid: otsu")
+        if self.segmenter not in ("default", "otsu") and not self.segmenter.endswith(".safetensors"):
+            raise ValueError(f"unknown segmenter {self.segmenter!r}; valid: default, otsu, or a .safetensors file")
 
     @property
     def resolved_normalization(self) -> str:
@@ -109,7 +111,7 @@ class Extractor:
         mean, std = NORMALISATIONS[config.resolved_normalization]
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        self._segmenter = OtsuSegmenter() if config.masks else None
+        self._segmenter = self._build_segmenter(config) if config.masks else None
         self.fingerprint = self._fingerprint()
 
     @staticmethod
@@ -132,11 +134,19 @@ class Extractor:
             load_checkpoint(net, cfg.weights)
         return net
 
+    @staticmethod
+    def _build_segmenter(cfg: ExtractorConfig) -> OtsuSegmenter | LearnedSegmenter:
+        if cfg.segmenter == "otsu":
+            return OtsuSegmenter()
+        return LearnedSegmenter(default_segmenter_path() if cfg.segmenter == "default" else Path(cfg.segmenter))
+
     def _fingerprint(self) -> str:
         h = hashlib.sha256()
         h.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
         h.update(f"preprocess={PREPROCESS_VERSION}".encode())
         h.update(state_fingerprint(self.net).encode())
+        if isinstance(self._segmenter, LearnedSegmenter):
+            h.update(state_fingerprint(self._segmenter.model).encode())
         return h.hexdigest()[:16]
 
     def preprocess(self, images: list[Image.Image]) -> tuple[torch.Tensor, list[np.ndarray]]:
@@ -145,8 +155,8 @@ class Extractor:
         x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
         mask_inputs = []
         if self._segmenter is not None:
-            ms = self.config.mask_size
-            mask_inputs = arrays if ms == size else [resize_rgb(img, ms) for img in images]
+            ss = self._segmenter.input_size or self.config.mask_size
+            mask_inputs = arrays if ss == size else [resize_rgb(img, ss) for img in images]
         return (x - self._mean) / self._std, mask_inputs
 
     @torch.inference_mode()
@@ -163,7 +173,8 @@ class Extractor:
         masks = areas = None
         if self._segmenter is not None:
             ms = self.config.mask_size
-            bool_masks = np.stack([resize_mask(self._segmenter(a), ms) for a in mask_inputs])
+            raw = self._segmenter.segment_batch(np.stack(mask_inputs))
+            bool_masks = np.stack([m if m.shape == (ms, ms) else resize_mask(m, ms) for m in raw])
             masks = pack_masks(bool_masks)
             areas = bool_masks.reshape(len(images), -1).sum(1).astype(np.int32)
         return Extracted(features, styles, masks, areas)

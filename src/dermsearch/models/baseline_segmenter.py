@@ -23,6 +23,12 @@ class OtsuSegmenter:
     sigma_fraction: float = 1 / 64  # Gaussian sigma as a fraction of the image side
     min_area_fraction: float = 0.002
 
+    input_size = None  # works at whatever size it is given (dermsearch gives it the mask size)
+
+    def segment_batch(self, rgb: np.ndarray) -> np.ndarray:
+        """[B, H, W, 3] uint8 -> [B, H, W] bool."""
+        return np.stack([self(a) for a in rgb])
+
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """``rgb``: HxWx3 uint8. Returns an HxW bool mask (the lesion)."""
         h, w = rgb.shape[:2]

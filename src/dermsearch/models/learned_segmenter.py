@@ -1,0 +1,62 @@
+"""A trained segmenter (U-Net family) used for the index's lesion masks.
+
+Weights are safetensors whose metadata holds the architecture and input convention; the
+default ships inside the package (``dermsearch/weights/segmenter-unet.safetensors``, see
+``dermsearch/weights/MODEL_CARD.md``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from .segmentation import Segmenter, SegmenterConfig
+from .weights import WeightsNotFoundError
+
+__all__ = ["LearnedSegmenter", "default_segmenter_path", "load_segmenter_file"]
+
+DEFAULT_FILE = "segmenter-unet.safetensors"
+
+
+def default_segmenter_path() -> Path:
+    path = Path(__file__).resolve().parents[1] / "weights" / DEFAULT_FILE
+    if not path.is_file():
+        raise WeightsNotFoundError(f"the packaged segmenter {path} is missing; reinstall dermsearch")
+    return path
+
+
+def load_segmenter_file(path: str | Path) -> tuple[Segmenter, dict]:
+    """Load a segmenter checkpoint strictly; its metadata must describe the model."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"segmenter weights not found: {path}")
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: segmenter weights must be a .safetensors file")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if "segmenter" not in meta:
+        raise ValueError(f"{path}: no segmenter description in its metadata (not a dermsearch segmenter?)")
+    info = json.loads(meta["segmenter"])
+    model = Segmenter(SegmenterConfig(**info["model"]))
+    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()}, strict=True)
+    return model.eval(), info
+
+
+class LearnedSegmenter:
+    def __init__(self, path: str | Path):
+        self.model, self.info = load_segmenter_file(path)
+        inp = self.info["input"]
+        self.input_size: int = int(inp["size"])
+        self._mean, self._std = float(inp["mean"]), float(inp["std"])
+
+    @torch.inference_mode()
+    def segment_batch(self, rgb: np.ndarray) -> np.ndarray:
+        """[B, S, S, 3] uint8 at ``input_size`` -> [B, S, S] bool (logit > 0)."""
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float()
+        logits = self.model((x / 255.0 - self._mean) / self._std)
+        return (logits[:, 0] > 0).numpy()

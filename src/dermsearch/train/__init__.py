@@ -1,0 +1,1 @@
+"""Training: losses, augmentation, data loading and the training loops (uses models and extract)."""

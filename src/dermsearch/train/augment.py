@@ -1,0 +1,94 @@
+"""Augmentation (paper section 3.2): GridMask, left-right and up-down flips, brightness,
+contrast, hue and saturation.
+
+Online: :class:`Augmenter` draws a random combination per batch element (kornia for the flips
+and colour operations; geometric operations move image and mask together). Offline:
+:func:`expand_x7` gives the paper's expansion, each image plus 7 variants, one per operation.
+GridMask (Chen et al. 2020) is not in kornia and is written here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import kornia.augmentation as K
+import torch
+
+__all__ = ["AugmentConfig", "Augmenter", "grid_mask", "expand_x7"]
+
+
+def grid_mask(images: torch.Tensor, d_min: int, d_max: int, ratio: float, generator: torch.Generator | None = None,
+              fill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """GridMask: per image, a grid of period d ~ U[d_min, d_max] with a random offset; in each
+    d x d unit a square of side round(ratio·d) is filled. Expected masked fraction ≈ ratio².
+
+    Returns the masked images and the keep mask [B, 1, H, W] (1 = kept)."""
+    b, _, h, w = images.shape
+    keep = torch.ones(b, 1, h, w, dtype=images.dtype, device=images.device)
+    for i in range(b):
+        d = int(torch.randint(d_min, d_max + 1, (1,), generator=generator))
+        side = max(1, round(ratio * d))
+        oy, ox = (int(v) for v in torch.randint(0, d, (2,), generator=generator))
+        ys = ((torch.arange(h) - oy) % d) < side
+        xs = ((torch.arange(w) - ox) % d) < side
+        keep[i, 0] = (~(ys[:, None] & xs[None, :])).to(device=images.device, dtype=images.dtype)
+    return images * keep + fill * (1 - keep), keep
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    p_flip: float = 0.5
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.05
+    p_color: float = 0.8
+    p_gridmask: float = 0.3
+    grid_d: tuple[int, int] = (24, 64)      # at 128-224 px inputs
+    grid_ratio: float = 0.4
+
+
+class Augmenter:
+    """Online random augmentation of a batch in [0, 1]; masks (optional) follow the geometry."""
+
+    def __init__(self, config: AugmentConfig = AugmentConfig()):
+        self.config = c = config
+        self.geometric = K.AugmentationSequential(
+            K.RandomHorizontalFlip(p=c.p_flip), K.RandomVerticalFlip(p=c.p_flip), data_keys=["input", "mask"])
+        self.color = K.ColorJiggle(c.brightness, c.contrast, c.saturation, c.hue, p=c.p_color)
+
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None):
+        c = self.config
+        if masks is None:
+            images = self.geometric(images, torch.zeros_like(images[:, :1]))[0]
+        else:
+            images, masks = self.geometric(images, masks.float())
+        images = self.color(images).clamp(0, 1)
+        if c.p_gridmask > 0:
+            pick = (torch.rand(images.shape[0], generator=generator) < c.p_gridmask).to(images.device)
+            if pick.any():
+                images = images.clone()
+                images[pick] = grid_mask(images[pick], *c.grid_d, c.grid_ratio, generator)[0]
+        return images if masks is None else (images, masks)
+
+
+def expand_x7(images: torch.Tensor, masks: torch.Tensor | None = None, config: AugmentConfig = AugmentConfig(),
+              generator: torch.Generator | None = None):
+    """The paper's offline expansion: each image, then 7 variants (GridMask, LR flip, UD flip,
+    brightness, contrast, hue, saturation), each one operation alone. [B,...] -> [8B,...]."""
+    c = config
+    variants = [
+        grid_mask(images, *c.grid_d, c.grid_ratio, generator)[0],
+        images.flip(-1),
+        images.flip(-2),
+        K.ColorJiggle(brightness=c.brightness, p=1.0)(images),
+        K.ColorJiggle(contrast=c.contrast, p=1.0)(images),
+        K.ColorJiggle(hue=c.hue, p=1.0)(images),
+        K.ColorJiggle(saturation=c.saturation, p=1.0)(images),
+    ]
+    out = torch.cat([images, *[v.clamp(0, 1) for v in variants]])
+    if masks is None:
+        return out
+    mask_variants = [masks, masks, masks.flip(-1), masks.flip(-2), masks, masks, masks, masks]
+    return out, torch.cat(mask_variants)

@@ -1,0 +1,104 @@
+"""Training data: (image, mask) pairs of one split, decoded once into uint8 tensors.
+
+Masks are resized with nearest-neighbour (HAM10000's are 600x450 for 200x150 images).
+``python -m dermsearch.train.data LABELS SPLIT OUT --size 128`` writes a resized copy of a data
+set (JPEG images, PNG masks, labels.csv, split.csv) for fast training on another machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..extract.images import load_image, resize_rgb
+from ..extract.masks import resize_mask
+
+__all__ = ["PairSet", "load_pairs", "read_pairs"]
+
+
+@dataclass
+class PairSet:
+    ids: list[str]
+    images: torch.Tensor   # [N, 3, S, S] uint8
+    masks: torch.Tensor    # [N, 1, S, S] uint8 (0/1)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def read_pairs(labels_csv: str | Path, split_csv: str | Path | None = None,
+               splits: tuple[str, ...] | None = None) -> list[tuple[str, Path, Path]]:
+    """(id, image path, mask path) for rows with a mask, restricted to ``splits``."""
+    labels_csv = Path(labels_csv)
+    split = None
+    if split_csv is not None:
+        with open(split_csv, newline="") as f:
+            split = {r["image_id"]: r["split"] for r in csv.DictReader(f)}
+    out = []
+    with open(labels_csv, newline="") as f:
+        for r in csv.DictReader(f):
+            if not r.get("mask_path"):
+                continue
+            if splits is not None and (split or {}).get(r["image_id"], r.get("split")) not in splits:
+                continue
+            out.append((r["image_id"], labels_csv.parent / r["image_path"], labels_csv.parent / r["mask_path"]))
+    return out
+
+
+def _load_one(item: tuple[str, Path, Path], size: int) -> tuple[np.ndarray, np.ndarray]:
+    _, img_path, mask_path = item
+    rgb = resize_rgb(load_image(img_path), size)
+    with Image.open(mask_path) as m:
+        mask = resize_mask(np.asarray(m.convert("L")) > 127, size)
+    return rgb, mask
+
+
+def load_pairs(labels_csv, split_csv=None, splits=None, size: int = 128, limit: int = 0, threads: int = 4) -> PairSet:
+    items = read_pairs(labels_csv, split_csv, splits)
+    if limit:
+        items = items[:limit]
+    if not items:
+        raise ValueError(f"{labels_csv}: no image/mask pairs for splits {splits}")
+    with ThreadPoolExecutor(threads) as pool:
+        loaded = list(pool.map(lambda it: _load_one(it, size), items))
+    images = torch.from_numpy(np.stack([a for a, _ in loaded])).permute(0, 3, 1, 2).contiguous()
+    masks = torch.from_numpy(np.stack([m for _, m in loaded]).astype(np.uint8))[:, None]
+    return PairSet([i for i, _, _ in items], images, masks)
+
+
+def write_resized_copy(labels_csv, split_csv, out: Path, size: int, splits: tuple[str, ...]) -> int:
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    with open(split_csv, newline="") as f:
+        split = {r["image_id"]: r["split"] for r in csv.DictReader(f)}
+    items = read_pairs(labels_csv, split_csv, splits)
+    with open(out / "labels.csv", "w", newline="") as f, open(out / "split.csv", "w", newline="") as g:
+        w, ws = csv.writer(f), csv.writer(g)
+        w.writerow(["image_id", "image_path", "mask_path"])
+        ws.writerow(["image_id", "split"])
+        for image_id, img_path, mask_path in items:
+            rgb, mask = _load_one((image_id, img_path, mask_path), size)
+            Image.fromarray(rgb).save(out / "images" / f"{image_id}.jpg", quality=92)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / f"{image_id}.png", optimize=True)
+            w.writerow([image_id, f"images/{image_id}.jpg", f"masks/{image_id}.png"])
+            ws.writerow([image_id, split[image_id]])
+    return len(items)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="write a resized copy of an image/mask data set")
+    ap.add_argument("labels")
+    ap.add_argument("split")
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--splits", nargs="+", default=["train", "val"])
+    a = ap.parse_args()
+    print(write_resized_copy(a.labels, a.split, a.out, a.size, tuple(a.splits)), "pairs written to", a.out)

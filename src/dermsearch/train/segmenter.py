@@ -1,0 +1,233 @@
+"""``dermsearch train segmenter``: focal-Tversky training of U-Net / RU-Net / R2U-Net.
+
+The checkpoint with the best validation Dice is kept (``best.safetensors`` + ``config.json``);
+``last.safetensors`` + ``state.safetensors`` + ``state.json`` let an interrupted run resume.
+Every run writes its resolved config and per-epoch history beside the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..models.device import resolve_device
+from ..models.learned_segmenter import load_segmenter_file
+from ..models.segmentation import Segmenter, SegmenterConfig
+from .augment import AugmentConfig, Augmenter
+from .data import PairSet, load_pairs
+from .losses import focal_tversky_loss
+
+__all__ = ["SegTrainConfig", "train_segmenter", "dice_scores", "jaccard_scores", "predict_masks",
+           "load_segmenter", "SEG_MEAN", "SEG_STD"]
+
+SEG_MEAN, SEG_STD = 0.5, 0.25   # inputs: (x/255 − 0.5) / 0.25
+
+
+@dataclass(frozen=True)
+class SegTrainConfig:
+    labels: str
+    split: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    arch: str = "r2unet"
+    depth: int = 4
+    width: int = 16
+    t: int = 2
+    image_size: int = 128
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    alpha: float = 0.7
+    beta: float = 0.3
+    gamma: float = 4 / 3
+    augment: bool = True
+    augment_config: AugmentConfig = field(default_factory=AugmentConfig)
+    seed: int = 0
+    device: str = "auto"
+    limit: int = 0                     # use only the first N pairs of each split (smoke tests)
+
+    def segmenter_config(self) -> SegmenterConfig:
+        return SegmenterConfig(self.arch, self.depth, self.width, self.t)
+
+
+def dice_scores(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image Dice of binary masks [B, 1, H, W]; both empty -> 1."""
+    p, t = pred.bool().flatten(1), target.bool().flatten(1)
+    inter = (p & t).sum(1).double()
+    total = (p.sum(1) + t.sum(1)).double()
+    return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
+
+
+def jaccard_scores(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    p, t = pred.bool().flatten(1), target.bool().flatten(1)
+    inter = (p & t).sum(1).double()
+    union = (p | t).sum(1).double()
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+
+
+def _normalise(images_u8: torch.Tensor) -> torch.Tensor:
+    return (images_u8.float() / 255.0 - SEG_MEAN) / SEG_STD
+
+
+@torch.inference_mode()
+def predict_masks(model: Segmenter, images_u8: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Binary masks [N, 1, S, S] (logit > 0) for uint8 images [N, 3, S, S]."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(images_u8), batch_size):
+        out.append((model(_normalise(images_u8[i:i + batch_size].to(device))) > 0).cpu())
+    return torch.cat(out)
+
+
+def load_segmenter(directory_or_file: str | Path) -> tuple[Segmenter, dict]:
+    """Load a trained segmenter: a run directory (its ``best.safetensors``) or a weights file."""
+    path = Path(directory_or_file)
+    return load_segmenter_file(path / "best.safetensors" if path.is_dir() else path)
+
+
+def _save(model: Segmenter, path: Path, info: dict, half: bool = False) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
+    save_file(state, str(tmp), metadata={"segmenter": json.dumps(info)})
+    tmp.replace(path)
+
+
+def _config_dict(cfg: SegTrainConfig) -> dict:
+    return json.loads(json.dumps(asdict(cfg)))
+
+
+def _evaluate(model: Segmenter, data: PairSet, cfg: SegTrainConfig, device) -> tuple[float, float]:
+    model.eval()
+    losses, dices = [], []
+    with torch.inference_mode():
+        for i in range(0, len(data), 64):
+            x = _normalise(data.images[i:i + 64].to(device))
+            y = data.masks[i:i + 64].to(device)
+            logits = model(x)
+            losses.append(float(focal_tversky_loss(logits, y, cfg.alpha, cfg.beta, cfg.gamma)) * len(x))
+            dices.append(dice_scores(logits > 0, y).cpu())
+    return sum(losses) / len(data), float(torch.cat(dices).mean())
+
+
+def train_segmenter(cfg: SegTrainConfig, out_dir: str | Path,
+                    log: Callable[[str], None] = print, progress: bool = True) -> dict:
+    """Train; returns the history. Resumes from ``out_dir`` when a matching run stopped there."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    t_load = time.perf_counter()
+    train = load_pairs(cfg.labels, cfg.split, (cfg.train_split,), cfg.image_size, cfg.limit)
+    val = load_pairs(cfg.labels, cfg.split, (cfg.val_split,), cfg.image_size, cfg.limit)
+    log(f"data: {len(train)} train / {len(val)} val pairs at {cfg.image_size}px "
+        f"({time.perf_counter() - t_load:.1f} s); device {device}")
+
+    model = Segmenter(cfg.segmenter_config()).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
+    augment = Augmenter(cfg.augment_config) if cfg.augment else None
+    info = {"model": cfg.segmenter_config().to_dict(), "train": _config_dict(cfg), "input": {
+        "size": cfg.image_size, "mean": SEG_MEAN, "std": SEG_STD, "scale": "x/255"}}
+    (out / "config.json").write_text(json.dumps(info, indent=1))
+
+    history: list[dict] = []
+    start_epoch, best = 0, -1.0
+    state_path = out / "state.json"
+    if state_path.is_file() and (out / "last.safetensors").is_file():
+        state = json.loads(state_path.read_text())
+        if state.get("config") == _config_dict(cfg):
+            model.load_state_dict(load_file(str(out / "last.safetensors")), strict=True)
+            opt_state = load_file(str(out / "optimizer.safetensors"))
+            _load_optimizer(opt, opt_state, state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            start_epoch, best, history = state["epoch"] + 1, state["best_dice"], state["history"]
+            torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
+            log(f"resuming after epoch {start_epoch} (best val Dice {best:.4f})")
+        else:
+            log("a run with another config stopped here; starting afresh")
+
+    use_tqdm = progress
+    if use_tqdm:
+        from tqdm import tqdm
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        order = torch.randperm(len(train), generator=g)
+        batches = range(0, len(train), cfg.batch_size)
+        it = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False) if use_tqdm else batches
+        total = 0.0
+        for i in it:
+            idx = order[i:i + cfg.batch_size]
+            x = train.images[idx].to(device).float() / 255.0
+            y = train.masks[idx].to(device).float()
+            if augment is not None:
+                x, y = augment(x, y)
+                y = (y > 0.5).float()
+            logits = model((x - SEG_MEAN) / SEG_STD)
+            loss = focal_tversky_loss(logits, y, cfg.alpha, cfg.beta, cfg.gamma)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+        val_loss, val_dice = _evaluate(model, val, cfg, device)
+        rec = {"epoch": epoch + 1, "train_loss": total / len(train), "val_loss": val_loss, "val_dice": val_dice,
+               "seconds": time.perf_counter() - t0}
+        history.append(rec)
+        improved = val_dice > best
+        if improved:
+            best = val_dice
+            _save(model, out / "best.safetensors", {**info, "epoch": epoch + 1, "val_dice": val_dice})
+        _save(model, out / "last.safetensors", info)
+        opt_tensors, opt_meta = _dump_optimizer(opt)
+        save_file(opt_tensors, str(out / "optimizer.safetensors.tmp"))
+        (out / "optimizer.safetensors.tmp").replace(out / "optimizer.safetensors")
+        tmp = out / "state.json.tmp"
+        tmp.write_text(json.dumps({"config": _config_dict(cfg), "epoch": epoch, "best_dice": best,
+                                   "history": history, "optimizer": opt_meta, "scheduler": sched.state_dict(),
+                                   "rng": torch.get_rng_state().tolist()}))
+        tmp.replace(state_path)
+        (out / "history.json").write_text(json.dumps(history, indent=1))
+        log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {rec['train_loss']:.4f}, val loss {val_loss:.4f}, "
+            f"val Dice {val_dice:.4f}{' (best)' if improved else ''}, {rec['seconds']:.1f} s")
+    return {"history": history, "best_val_dice": best}
+
+
+def _dump_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, meta = {}, {"param_groups": sd["param_groups"], "state": {}}
+    for pid, st in sd["state"].items():
+        meta["state"][str(pid)] = {}
+        for key, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{key}"] = v.detach().cpu().contiguous()
+                meta["state"][str(pid)][key] = "tensor"
+            else:
+                meta["state"][str(pid)][key] = v
+    return tensors, meta
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state = {}
+    for pid, st in meta["state"].items():
+        state[int(pid)] = {k: tensors[f"{pid}.{k}"] if v == "tensor" else v for k, v in st.items()}
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def evaluate_masks(pred: torch.Tensor, target: torch.Tensor) -> dict:
+    d, j = dice_scores(pred, target).numpy(), jaccard_scores(pred, target).numpy()
+    return {"images": len(d), "dice": float(np.mean(d)), "dice_median": float(np.median(d)),
+            "jaccard": float(np.mean(j))}
