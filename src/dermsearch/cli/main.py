@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--image-size", type=int)
     m.add_argument("--mask-size", type=int, help="stored mask side in pixels (multiple of 8; default 128)")
     m.add_argument("--gram-weights", choices=["inverse-channels", "ones"])
+    m.add_argument("--segmenter", metavar="S", help="masks from: default (packaged U-Net), otsu, or a .safetensors")
     m.add_argument("--no-style", action="store_true", help="store no style vectors (smaller index)")
     m.add_argument("--no-masks", action="store_true", help="store no lesion masks")
     ix.add_argument("--batch-size", type=int, default=16)
@@ -170,7 +171,7 @@ def _cmd_index(args) -> int:
 
     overrides = {k: v for k, v in {
         "backbone": args.backbone, "weights": args.weights, "image_size": args.image_size,
-        "mask_size": args.mask_size, "gram_weights": args.gram_weights,
+        "mask_size": args.mask_size, "gram_weights": args.gram_weights, "segmenter": args.segmenter,
         "style": False if args.no_style else None, "masks": False if args.no_masks else None,
     }.items() if v is not None}
     if (args.index / "dermsearch.json").exists():
