@@ -240,6 +240,9 @@ class Evaluator:
         top, n_relevant = self.rank(queries, candidate_ids, config, progress)
         ranking_seconds = time.perf_counter() - t0
         notes = []
+        if self.searcher.index.extractor_config.feature == "pooled":
+            notes.append("the index's model has no classification head (pretrained pooled features), "
+                         "so no head AUC is reported")
         labelled = queries.diagnosis != ""
         if not labelled.all():
             notes.append(f"{int((~labelled).sum())} queries without a diagnosis are left out of the diagnosis metrics")
