@@ -124,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
     es.add_argument("--size", type=int, default=128, help="evaluation side in pixels (masks: nearest-neighbour)")
     es.add_argument("--json", action="store_true")
 
+    sv = sub.add_parser("serve", help="run the web app and REST API (FastAPI) on an index")
+    sv.add_argument("index", type=Path, metavar="DIR")
+    sv.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-upload-mb", type=float, default=20.0)
+
     inf = sub.add_parser("info", help="facts about an index")
     inf.add_argument("index", type=Path, metavar="DIR")
     sub.add_parser("backbones", help="list the registered backbones")
@@ -334,6 +340,17 @@ def _bootstrap_mean(pred, target, rounds: int = 1000):
     return bootstrap_ci(lambda i: d[i].mean(), len(d), rounds, seed=0)
 
 
+def _cmd_serve(args) -> int:
+    import uvicorn
+
+    from ..web.app import WebConfig, create_app
+
+    app = create_app(args.index, WebConfig(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024)))
+    err.print(f"serving {args.index} on http://{args.host}:{args.port}/ (API docs at /docs)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def _cmd_info(args) -> int:
     index = Index.open(args.index)
     m = index.manifest
@@ -361,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_eval_segmenter(args)
         if args.command == "evaluate":
             return _cmd_evaluate(args)
+        if args.command == "serve":
+            return _cmd_serve(args)
         if args.command == "info":
             return _cmd_info(args)
         if args.command == "backbones":

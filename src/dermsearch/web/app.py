@@ -1,0 +1,265 @@
+"""The web app and REST API, on the same :class:`Searcher` as the CLI.
+
+Security: images are served only by indexed id (the path comes from the index, never from the
+request); uploads are size-limited and must decode as images; errors are JSON 4xx with a
+reason, and no stack trace ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import random
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
+
+from ..extract import ImageError, load_image
+from ..extract.masks import unpack_mask
+from ..search import MEASURES, Filters, Searcher
+from .pages import INDEX_HTML, RATE_HTML
+
+__all__ = ["create_app", "WebConfig"]
+
+log = logging.getLogger("dermsearch.web")
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_k: int = 50
+    thumb_size: int = 192
+    rating_k: int = 5
+
+
+class RatingStore:
+    """Blinded ratings, durable in SQLite inside the index directory."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        with self._connect() as db:
+            db.executescript("""
+                CREATE TABLE IF NOT EXISTS items (session TEXT, query_id TEXT, item TEXT, candidate_id TEXT,
+                                                  measure TEXT, rank INTEGER);
+                CREATE TABLE IF NOT EXISTS ratings (session TEXT, query_id TEXT, item TEXT, similar INTEGER,
+                                                    rater TEXT, created REAL, PRIMARY KEY (session, item));
+            """)
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=30)
+
+    def add_session(self, session: str, rows: list[tuple]) -> None:
+        with self._lock, self._connect() as db:
+            db.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)", [(session, *r) for r in rows])
+
+    def rate(self, session: str, ratings: list[tuple[str, str, int]], rater: str) -> int:
+        with self._lock, self._connect() as db:
+            known = {(q, i) for q, i in db.execute(
+                "SELECT DISTINCT query_id, item FROM items WHERE session = ?", (session,))}
+            bad = [(q, i) for q, i, _ in ratings if (q, i) not in known]
+            if bad:
+                raise KeyError(f"unknown items for this session: {bad[:3]}")
+            db.executemany("INSERT OR REPLACE INTO ratings VALUES (?, ?, ?, ?, ?, ?)",
+                           [(session, q, i, int(bool(s)), rater, time.time()) for q, i, s in ratings])
+        return len(ratings)
+
+    def export(self, which: str) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        with self._connect() as db:
+            if which == "key":
+                w.writerow(["query_id", "item", "candidate_id", "measure", "rank"])
+                w.writerows(db.execute("SELECT query_id, session || '/' || item, candidate_id, measure, rank "
+                                       "FROM items ORDER BY rowid"))
+            else:
+                w.writerow(["query_id", "item", "similar", "rater"])
+                w.writerows(db.execute("SELECT query_id, session || '/' || item, similar, rater "
+                                       "FROM ratings ORDER BY created"))
+        return buf.getvalue()
+
+
+def _hit_json(hit) -> dict:
+    d = hit.to_json()
+    d["melanoma"] = hit.melanoma
+    d["lesion_id"] = hit.lesion_id
+    return d
+
+
+def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher: Searcher | None = None) -> FastAPI:
+    index_dir = Path(index_dir)
+    searcher = searcher or Searcher(index_dir)
+    snap = searcher.snapshot
+    meta = searcher._meta()
+    ratings = RatingStore(index_dir / "ratings.sqlite")
+    app = FastAPI(title="dermsearch", version="1", description="Reverse image search for dermoscopic images. "
+                  "Ten similarity measures over an index of diagnosed lesions.")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):  # no stack trace to clients
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+    def _facts() -> dict:
+        diag: dict[str, int] = {}
+        for d in snap.diagnosis:
+            diag[d or "(none)"] = diag.get(d or "(none)", 0) + 1
+
+        def values(col):
+            return sorted({str(m[col]) for m in meta if m.get(col)})
+        ages = [float(m[age_col]) for m in meta if _is_number(m.get(age_col))]
+        return {"images": len(snap), "version": snap.version, "fingerprint": searcher.index.fingerprint,
+                "extractor": searcher.index.manifest["extractor"], "measures": list(searcher.available_measures()),
+                "diagnoses": dict(sorted(diag.items())), "sites": values("localization") or values("site"),
+                "sexes": values("sex"), "age_range": [min(ages), max(ages)] if ages else None,
+                "has_masks": snap.masks is not None, "max_upload_bytes": config.max_upload_bytes}
+
+    site_col = "localization" if any("localization" in m for m in meta) else "site"
+    age_col = "age" if any(_is_number(m.get("age")) for m in meta) else "age_approx"
+    facts = _facts()
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        return INDEX_HTML
+
+    @app.get("/rate", response_class=HTMLResponse, include_in_schema=False)
+    def rate_page() -> str:
+        return RATE_HTML
+
+    @app.get("/api/index", summary="Facts about the index")
+    def index_facts() -> dict:
+        return facts
+
+    @app.post("/api/search", summary="Search with an uploaded image")
+    async def search(file: UploadFile = File(..., description="the query image"),
+                     k: int = Form(5), measures: str = Form("", description="comma-separated; default all"),
+                     diagnosis: str = Form(""), site: str = Form(""), sex: str = Form(""),
+                     age_min: float | None = Form(None), age_max: float | None = Form(None)) -> dict:
+        data = await file.read(config.max_upload_bytes + 1)
+        if len(data) > config.max_upload_bytes:
+            raise HTTPException(413, f"upload larger than {config.max_upload_bytes} bytes")
+        if not 0 <= k <= config.max_k:
+            raise HTTPException(422, f"k must be between 0 and {config.max_k}")
+        wanted = [m.strip() for m in measures.split(",") if m.strip()] or None
+        if wanted:
+            unknown = [m for m in wanted if m not in MEASURES]
+            if unknown:
+                raise HTTPException(422, f"unknown measure(s) {unknown}; valid: {', '.join(MEASURES)}")
+        try:
+            image = load_image(data)
+        except ImageError as e:
+            raise HTTPException(415, f"not a usable image: {e}") from None
+        equals = {}
+        for col, value in (("diagnosis", diagnosis), (site_col, site), ("sex", sex)):
+            vals = tuple(v.strip() for v in value.split(",") if v.strip())
+            if vals:
+                equals[col] = vals
+        ranges = {age_col: (age_min, age_max)} if age_min is not None or age_max is not None else {}
+        query = searcher.encode(image, label=file.filename or "upload")
+        try:
+            result = searcher.search(query, k=k, measures=wanted, filters=Filters(equals, ranges))
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
+        out = result.to_json()
+        out["results"] = {m: [_hit_json(h) for h in hits] for m, hits in result.results.items()}
+        out["melanoma_in_top_k"] = {m: sum(1 for h in hits if h.melanoma == 1) for m, hits in result.results.items()}
+        if query.mask is not None:
+            out["query_mask"] = unpack_mask(query.mask, searcher.index.manifest["mask_size"]).tolist()
+        return out
+
+    def _row(image_id: str) -> int:
+        pos = searcher._positions.get(image_id)
+        if pos is None:
+            raise HTTPException(404, "no such image in the index")
+        return pos
+
+    @app.get("/api/images/{image_id:path}", summary="An indexed image (thumbnail or full), by id only",
+             responses={200: {"content": {"image/jpeg": {}}}})
+    def image(image_id: str, size: str = "thumb") -> Response:
+        pos = _row(image_id)
+        if size not in ("thumb", "full"):
+            raise HTTPException(422, "size must be thumb or full")
+        try:
+            img = load_image(snap.paths[pos])
+        except ImageError as e:
+            raise HTTPException(410, f"the indexed file can no longer be read: {e}") from None
+        if size == "thumb":
+            img.thumbnail((config.thumb_size, config.thumb_size))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=88)
+        return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/api/masks/{image_id:path}", summary="The stored lesion mask of an indexed image (PNG overlay)",
+             responses={200: {"content": {"image/png": {}}}})
+    def mask(image_id: str) -> Response:
+        pos = _row(image_id)
+        if snap.masks is None:
+            raise HTTPException(404, "this index stores no masks")
+        m = unpack_mask(snap.masks[pos], searcher.index.manifest["mask_size"])
+        rgba = np.zeros((*m.shape, 4), np.uint8)
+        rgba[m] = (0, 255, 255, 140)
+        buf = io.BytesIO()
+        Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+        return Response(buf.getvalue(), media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+    @app.post("/api/ratings/session", summary="A blinded rating task: a random indexed query and its pooled top-k")
+    def rating_session(seed: int | None = None) -> dict:
+        rng = random.Random(seed)
+        qid = str(snap.ids[rng.randrange(len(snap))])
+        same = [str(i) for i, les in zip(snap.ids, snap.lesion_id) if les and les == snap.lesion_id[_row(qid)]]
+        result = searcher.search(searcher.query_for_id(qid), k=config.rating_k, exclude_ids=[qid, *same])
+        pooled: dict[str, list[tuple[str, int]]] = {}
+        for m, hits in result.results.items():
+            for h in hits:
+                pooled.setdefault(h.id, []).append((m, h.rank))
+        cands = list(pooled)
+        rng.shuffle(cands)
+        session = f"s{int(time.time() * 1000)}{rng.randrange(1000):03d}"
+        rows, items = [], []
+        for j, cid in enumerate(cands, start=1):
+            item = f"{j:02d}"
+            rows += [(qid, item, cid, m, r) for m, r in pooled[cid]]
+            items.append({"item": item, "image": f"/api/images/{cid}"})
+        ratings.add_session(session, rows)
+        return {"session": session, "query_id": qid, "query_image": f"/api/images/{qid}", "items": items}
+
+    @app.post("/api/ratings", summary="Store a person's judgements for a rating session")
+    async def rate(request: Request) -> dict:
+        try:
+            body = await request.json()
+            session, qid = str(body["session"]), str(body["query_id"])
+            marks = [(qid, str(r["item"]), int(bool(r["similar"]))) for r in body["ratings"]]
+            rater = str(body.get("rater", ""))[:100]
+        except Exception:  # noqa: BLE001
+            raise HTTPException(422, "expected {session, query_id, ratings: [{item, similar}], rater?}") from None
+        try:
+            n = ratings.rate(session, marks, rater)
+        except KeyError as e:
+            raise HTTPException(422, str(e.args[0])) from None
+        return {"stored": n}
+
+    @app.get("/api/ratings.csv", summary="All ratings (for dermsearch evaluate --ratings)")
+    def ratings_csv() -> Response:
+        return Response(ratings.export("ratings"), media_type="text/csv")
+
+    @app.get("/api/ratings-key.csv", summary="Which measure retrieved each rated item (--rating-key)")
+    def ratings_key() -> Response:
+        return Response(ratings.export("key"), media_type="text/csv")
+
+    return app
+
+
+def _is_number(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False

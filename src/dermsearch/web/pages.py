@@ -1,0 +1,140 @@
+"""The two pages of the web app (plain HTML + JavaScript, no build step, no external assets)."""
+
+_STYLE = """
+:root{--b:#d0d5dd;--mel:#c0392b}
+body{font-family:system-ui,sans-serif;margin:0;color:#1d2939;background:#f7f8fa}
+header{background:#1d2939;color:#fff;padding:.7em 1.2em;display:flex;gap:1.5em;align-items:center}
+header a{color:#9ecbff} main{padding:1em 1.2em}
+#drop{border:2px dashed var(--b);border-radius:8px;padding:1em;background:#fff;display:flex;gap:1em;align-items:center}
+#drop.over{border-color:#2e90fa;background:#eef6ff}
+#controls{display:flex;flex-wrap:wrap;gap:.8em;margin:.8em 0;align-items:end}
+#controls label{display:flex;flex-direction:column;font-size:.8em;gap:.2em}
+#qimg{max-height:140px;border-radius:6px}
+#results{display:flex;gap:.6em;overflow-x:auto;padding-bottom:1em}
+.col{min-width:190px;background:#fff;border:1px solid var(--b);border-radius:8px;padding:.5em}
+.col h3{font-size:.9em;margin:.2em 0} .mel-flag{font-size:.75em;margin-bottom:.4em}
+.mel-flag.yes{color:var(--mel);font-weight:600}
+.card{border-top:1px solid #eaecf0;padding:.4em 0;font-size:.75em}
+.card.melanoma .dx{color:var(--mel);font-weight:600}
+.thumb{position:relative;width:176px;height:132px}
+.thumb img{width:176px;height:132px;object-fit:fill;border-radius:4px;display:block}
+.thumb img.ov{position:absolute;left:0;top:0;display:none;image-rendering:pixelated}
+body.overlay .thumb img.ov{display:block}
+.comp{color:#475467} .err{color:var(--mel);font-weight:600}
+"""
+
+INDEX_HTML = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>dermsearch</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><style>""" + _STYLE + """</style></head>
+<body><header><b>dermsearch</b><span id="facts"></span><a href="/rate">rate results</a><a href="/docs">API</a></header>
+<main>
+<div id="drop"><img id="qimg" alt="" hidden><div>Drop a dermoscopic image here, or
+<input type="file" id="file" accept="image/*"></div></div>
+<div id="controls">
+ <label>k <input id="k" type="number" min="1" max="50" value="5" style="width:4em"></label>
+ <label>diagnosis <select id="diagnosis" multiple size="3"></select></label>
+ <label>site <select id="site"><option value="">any</option></select></label>
+ <label>sex <select id="sex"><option value="">any</option></select></label>
+ <label>age from <input id="age_min" type="number" style="width:5em"></label>
+ <label>age to <input id="age_max" type="number" style="width:5em"></label>
+ <label><span>&nbsp;</span><button id="go" disabled>Search</button></label>
+ <label><span>&nbsp;</span><span><input type="checkbox" id="overlay"> overlay lesion masks</span></label>
+</div>
+<div id="status"></div>
+<div id="results"></div>
+</main>
+<script>
+const $ = id => document.getElementById(id);
+let current = null, facts = null;
+const fmt = v => v === null || v === undefined ? '-' : v.toFixed(3);
+fetch('/api/index').then(r => r.json()).then(f => {
+  facts = f;
+  $('facts').textContent = f.images + ' images · ' + f.extractor.backbone;
+  for (const d of Object.keys(f.diagnoses)) $('diagnosis').add(new Option(d + ' (' + f.diagnoses[d] + ')', d));
+  for (const s of f.sites) $('site').add(new Option(s, s));
+  for (const s of f.sexes) $('sex').add(new Option(s, s));
+});
+function pick(file) {
+  current = file; $('go').disabled = !file;
+  $('qimg').src = URL.createObjectURL(file); $('qimg').hidden = false; search();
+}
+$('file').onchange = e => e.target.files[0] && pick(e.target.files[0]);
+const drop = $('drop');
+drop.ondragover = e => { e.preventDefault(); drop.classList.add('over'); };
+drop.ondragleave = () => drop.classList.remove('over');
+drop.ondrop = e => { e.preventDefault(); drop.classList.remove('over'); if (e.dataTransfer.files[0]) pick(e.dataTransfer.files[0]); };
+$('go').onclick = search;
+$('overlay').onchange = e => document.body.classList.toggle('overlay', e.target.checked);
+async function search() {
+  if (!current) return;
+  const fd = new FormData();
+  fd.append('file', current); fd.append('k', $('k').value);
+  fd.append('diagnosis', [...$('diagnosis').selectedOptions].map(o => o.value).join(','));
+  fd.append('site', $('site').value); fd.append('sex', $('sex').value);
+  if ($('age_min').value) fd.append('age_min', $('age_min').value);
+  if ($('age_max').value) fd.append('age_max', $('age_max').value);
+  $('status').textContent = 'searching…'; $('status').className = '';
+  const r = await fetch('/api/search', {method: 'POST', body: fd});
+  const body = await r.json();
+  if (!r.ok) { $('status').textContent = body.detail; $('status').className = 'err'; $('results').innerHTML = ''; return; }
+  $('status').textContent = body.candidates + ' candidates' + (body.messages ? ' · ' + body.messages.join(' ') : '');
+  const res = $('results'); res.innerHTML = '';
+  for (const [m, hits] of Object.entries(body.results)) {
+    const col = document.createElement('div'); col.className = 'col'; col.dataset.measure = m;
+    const mel = body.melanoma_in_top_k[m];
+    col.innerHTML = '<h3>' + m + '</h3><div class="mel-flag ' + (mel ? 'yes' : 'no') + '">melanoma in top ' +
+      hits.length + ': ' + (mel ? 'yes (' + mel + ')' : 'no') + '</div>';
+    for (const h of hits) {
+      const c = h.components, card = document.createElement('div');
+      card.className = 'card' + (h.melanoma === 1 ? ' melanoma' : '');
+      const id = encodeURIComponent(h.id);
+      card.innerHTML = '<div class="thumb"><img loading="lazy" src="/api/images/' + id + '" alt="">' +
+        (facts && facts.has_masks ? '<img class="ov" src="/api/masks/' + id + '" alt="">' : '') + '</div>' +
+        '<div>#' + h.rank + ' <b class="hid"></b></div><div class="dx"></div>' +
+        '<div><b>' + h.score.toFixed(4) + '</b></div><div class="comp">ES ' + fmt(c.euclidean) + ' · CS ' +
+        fmt(c.cosine) + '<br>SS ' + fmt(c.style) + ' · DC ' + fmt(c.dice) + '</div>';
+      card.querySelector('.hid').textContent = h.id;
+      card.querySelector('.dx').textContent = (h.diagnosis || '-') + (h.lesion_id ? ' · ' + h.lesion_id : '');
+      col.appendChild(card);
+    }
+    res.appendChild(col);
+  }
+}
+</script></body></html>"""
+
+RATE_HTML = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>dermsearch · rating</title>
+<style>""" + _STYLE + """
+.grid{display:flex;flex-wrap:wrap;gap:.6em}.item{background:#fff;border:1px solid var(--b);border-radius:8px;padding:.4em}
+.item.sel{border-color:#12b76a;box-shadow:0 0 0 2px #12b76a}.item img{width:200px;height:150px;object-fit:cover}
+</style></head><body><header><b>dermsearch</b><span>blinded rating</span><a href="/">search</a>
+<a href="/api/ratings.csv">ratings.csv</a><a href="/api/ratings-key.csv">key.csv</a></header><main>
+<p>Tick every image similar to the query (colour, spread density and texture first; then shape, size, unique
+features, background, location). Which measure found an image is hidden. Rater:
+<input id="rater" placeholder="your initials" size="8"></p>
+<div class="grid"><div class="item"><b>query</b><br><img id="query" alt="query"></div></div>
+<h3>Retrieved images</h3><div class="grid" id="items"></div>
+<p><button id="save">Save ratings and next query</button> <span id="status"></span></p>
+</main><script>
+let task = null;
+async function next() {
+  task = await (await fetch('/api/ratings/session', {method: 'POST'})).json();
+  document.getElementById('query').src = task.query_image;
+  const box = document.getElementById('items'); box.innerHTML = '';
+  for (const it of task.items) {
+    const d = document.createElement('label'); d.className = 'item'; d.dataset.item = it.item;
+    d.innerHTML = '<img src="' + it.image + '" alt=""><br><input type="checkbox"> similar (' + it.item + ')';
+    d.querySelector('input').onchange = e => d.classList.toggle('sel', e.target.checked);
+    box.appendChild(d);
+  }
+}
+document.getElementById('save').onclick = async () => {
+  const ratings = [...document.querySelectorAll('#items .item')].map(d => ({item: d.dataset.item,
+    similar: d.querySelector('input').checked}));
+  const r = await fetch('/api/ratings', {method: 'POST', headers: {'Content-Type': 'application/json'},
+    body: JSON.stringify({session: task.session, query_id: task.query_id, ratings,
+                          rater: document.getElementById('rater').value})});
+  const body = await r.json();
+  document.getElementById('status').textContent = r.ok ? 'saved ' + body.stored + ' ratings' : body.detail;
+  if (r.ok) next();
+};
+next();
+</script></body></html>"""

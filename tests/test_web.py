@@ -1,0 +1,188 @@
+"""REST API (FastAPI TestClient) and the page in a real browser (Playwright + Debian chromium)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from dermsearch.index.build import build_index
+from dermsearch.search import MEASURES
+from dermsearch.web.app import WebConfig, create_app
+
+from .conftest import REPO
+
+SAMPLE = REPO / "examples" / "isic-sample" / "labels.csv"
+QUERY = REPO / "examples" / "queries" / "ISIC_0000022.jpg"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("web") / "ix"
+    build_index(SAMPLE, d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def client(index_dir):
+    return TestClient(create_app(index_dir, WebConfig(max_upload_bytes=300_000)))
+
+
+def test_index_facts(client):
+    f = client.get("/api/index").json()
+    assert f["images"] == 48 and set(f["diagnoses"]) == {"nevus", "melanoma"}
+    assert f["measures"] == list(MEASURES) and f["sexes"] == ["female", "male"] and f["has_masks"]
+
+
+def test_search_upload(client):
+    with open(QUERY, "rb") as fh:
+        r = client.post("/api/search", files={"file": ("q.jpg", fh, "image/jpeg")}, data={"k": "4"})
+    assert r.status_code == 200
+    js = r.json()
+    assert js["k"] == 4 and js["candidates"] == 48 and list(js["results"]) == list(MEASURES)
+    for m, hits in js["results"].items():
+        assert len(hits) == 4
+        assert js["melanoma_in_top_k"][m] == sum(h["melanoma"] == 1 for h in hits)
+        assert set(hits[0]["components"]) == {"euclidean", "cosine", "style", "dice"}
+    assert len(js["query_mask"]) == 128
+
+
+def test_filters_restrict_candidates(client):
+    with open(QUERY, "rb") as fh:
+        js = client.post("/api/search", files={"file": ("q.jpg", fh)},
+                         data={"k": "0", "diagnosis": "melanoma", "sex": "male", "measures": "style,dice"}).json()
+    with open(SAMPLE) as f:
+        expected = sum(r["diagnosis"] == "melanoma" and r["sex"] == "male" for r in csv.DictReader(f))
+    assert js["candidates"] == expected and set(js["results"]) == {"style", "dice"}
+    assert all(h["diagnosis"] == "melanoma" for h in js["results"]["style"])
+    with open(QUERY, "rb") as fh:
+        js = client.post("/api/search", files={"file": ("q.jpg", fh)}, data={"age_min": "40", "age_max": "50"}).json()
+    with open(SAMPLE) as f:
+        ages = [float(r["age_approx"]) for r in csv.DictReader(f) if r["age_approx"]]
+    assert js["candidates"] == sum(40 <= a <= 50 for a in ages)
+
+
+@pytest.mark.parametrize("payload, status, reason", [
+    (b"", 415, "0 bytes"),
+    (b"<html><body>hi</body></html>", 415, "not a recognised image"),
+    (b"\xff\xd8\xff\xe0" + b"\x00" * 50, 415, "not a usable image"),
+    (b"x" * 300_001, 413, "larger than"),
+])
+def test_bad_uploads_are_clear_4xx(client, payload, status, reason):
+    r = client.post("/api/search", files={"file": ("bad.png", payload, "image/png")})
+    assert r.status_code == status and reason in r.json()["detail"]
+    assert "Traceback" not in r.text
+
+
+def test_bad_parameters(client):
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 150, 120)).save(buf, format="PNG")
+    r = client.post("/api/search", files={"file": ("a.png", buf.getvalue())}, data={"measures": "manhattan"})
+    assert r.status_code == 422 and "unknown measure" in r.json()["detail"]
+    r = client.post("/api/search", files={"file": ("a.png", buf.getvalue())}, data={"k": "999"})
+    assert r.status_code == 422
+
+
+def test_images_only_by_indexed_id(client):
+    r = client.get("/api/images/ISIC_0000000")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(r.content)).size) <= 192
+    full = client.get("/api/images/ISIC_0000000", params={"size": "full"})
+    assert max(Image.open(io.BytesIO(full.content)).size) == 256
+    for attack in ("../../../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "/etc/passwd", "images/ISIC_0000000.jpg",
+                   "%2e%2e/labels.csv"):
+        assert client.get(f"/api/images/{attack}").status_code == 404, attack
+    assert client.get("/api/masks/ISIC_0000000").headers["content-type"] == "image/png"
+
+
+def test_openapi_docs(client):
+    spec = client.get("/openapi.json").json()
+    assert {"/api/search", "/api/index", "/api/images/{image_id}"} <= set(spec["paths"])
+
+
+def test_rating_api_round_trip(client, index_dir):
+    task = client.post("/api/ratings/session", params={"seed": 3}).json()
+    assert task["items"] and all(it["image"].startswith("/api/images/") for it in task["items"])
+    marks = [{"item": it["item"], "similar": i % 2 == 0} for i, it in enumerate(task["items"])]
+    r = client.post("/api/ratings", json={"session": task["session"], "query_id": task["query_id"],
+                                          "ratings": marks, "rater": "t"})
+    assert r.json() == {"stored": len(marks)}
+    bad = client.post("/api/ratings", json={"session": task["session"], "query_id": task["query_id"],
+                                            "ratings": [{"item": "99", "similar": 1}]})
+    assert bad.status_code == 422
+    rows = list(csv.DictReader(io.StringIO(client.get("/api/ratings.csv").text)))
+    assert len(rows) == len(marks) and (index_dir / "ratings.sqlite").is_file()
+    key = list(csv.DictReader(io.StringIO(client.get("/api/ratings-key.csv").text)))
+    assert {r["measure"] for r in key} == set(MEASURES)
+
+
+# ------------------------------------------------------------------ real browser
+@pytest.fixture(scope="module")
+def live_server(index_dir):
+    import uvicorn
+    if not shutil.which("chromium") and not (CHROMIUM and __import__("os").path.exists(CHROMIUM)):
+        pytest.skip("Debian chromium not installed (apt-get install chromium); skipping browser tests")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(index_dir), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def browser(live_server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        yield b
+        b.close()
+
+
+def test_browser_search_overlay_filter_and_rate(browser, live_server):
+    page = browser.new_page()
+    page.goto(live_server + "/")
+    page.wait_for_function("document.querySelectorAll('#diagnosis option').length == 2")
+    page.set_input_files("#file", str(QUERY))
+    page.wait_for_function("document.querySelectorAll('#results .col').length == 10")
+    cols = page.locator("#results .col")
+    for i in range(10):
+        assert cols.nth(i).locator(".card").count() == 5
+    assert page.locator(".mel-flag").count() == 10
+    # overlay toggle shows the mask images
+    overlay = page.locator(".thumb img.ov").first
+    assert not overlay.is_visible()
+    page.check("#overlay")
+    assert overlay.is_visible()
+    # filter: melanoma only -> every result is a melanoma
+    page.select_option("#diagnosis", "melanoma")
+    page.click("#go")
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('18 candidates')")
+    dx = page.locator("#results .dx").all_inner_texts()
+    assert len(dx) == 50 and all(t.startswith("melanoma") for t in dx)
+    # rate one query
+    page.goto(live_server + "/rate")
+    page.wait_for_selector("#items .item")
+    page.locator("#items .item input").first.check()
+    page.click("#save")
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('saved')")
+    rows = list(csv.DictReader(io.StringIO(page.request.get(live_server + "/api/ratings.csv").text())))
+    assert any(r["similar"] == "1" for r in rows)
+    page.close()
