@@ -52,6 +52,8 @@ def test_search_upload(client):
         assert len(hits) == 4
         assert js["melanoma_in_top_k"][m] == sum(h["melanoma"] == 1 for h in hits)
         assert set(hits[0]["components"]) == {"euclidean", "cosine", "style", "dice"}
+        assert all(set(h["meta"]) <= {"age_approx", "sex"} for h in hits)
+    assert any("sex" in h["meta"] for hits in js["results"].values() for h in hits)
     assert len(js["query_mask"]) == 128
 
 

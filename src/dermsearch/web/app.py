@@ -87,10 +87,14 @@ class RatingStore:
         return buf.getvalue()
 
 
-def _hit_json(hit) -> dict:
+_HIDDEN_META = {"image_id", "image_path", "mask_path", "diagnosis", "lesion_id", "melanoma"}
+
+
+def _hit_json(hit, meta: dict) -> dict:
     d = hit.to_json()
     d["melanoma"] = hit.melanoma
     d["lesion_id"] = hit.lesion_id
+    d["meta"] = {k: v for k, v in meta.items() if k not in _HIDDEN_META and v not in ("", None)}
     return d
 
 
@@ -169,7 +173,8 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
         out = result.to_json()
-        out["results"] = {m: [_hit_json(h) for h in hits] for m, hits in result.results.items()}
+        out["results"] = {m: [_hit_json(h, meta[searcher._positions[h.id]]) for h in hits]
+                          for m, hits in result.results.items()}
         out["melanoma_in_top_k"] = {m: sum(1 for h in hits if h.melanoma == 1) for m, hits in result.results.items()}
         if query.mask is not None:
             out["query_mask"] = unpack_mask(query.mask, searcher.index.manifest["mask_size"]).tolist()

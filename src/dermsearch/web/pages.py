@@ -89,11 +89,12 @@ async function search() {
       const id = encodeURIComponent(h.id);
       card.innerHTML = '<div class="thumb"><img loading="lazy" src="/api/images/' + id + '" alt="">' +
         (facts && facts.has_masks ? '<img class="ov" src="/api/masks/' + id + '" alt="">' : '') + '</div>' +
-        '<div>#' + h.rank + ' <b class="hid"></b></div><div class="dx"></div>' +
+        '<div>#' + h.rank + ' <b class="hid"></b></div><div class="dx"></div><div class="meta comp"></div>' +
         '<div><b>' + h.score.toFixed(4) + '</b></div><div class="comp">ES ' + fmt(c.euclidean) + ' · CS ' +
         fmt(c.cosine) + '<br>SS ' + fmt(c.style) + ' · DC ' + fmt(c.dice) + '</div>';
       card.querySelector('.hid').textContent = h.id;
       card.querySelector('.dx').textContent = (h.diagnosis || '-') + (h.lesion_id ? ' · ' + h.lesion_id : '');
+      card.querySelector('.meta').textContent = Object.entries(h.meta || {}).map(([k, v]) => k + ' ' + v).join(' · ');
       col.appendChild(card);
     }
     res.appendChild(col);
