@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--no-style", action="store_true", help="store no style vectors (smaller index)")
     m.add_argument("--no-masks", action="store_true", help="store no lesion masks")
     ix.add_argument("--batch-size", type=int, default=16)
+    ix.add_argument("--commit-every", type=int, default=128, help="images per atomic commit (default 128)")
     ix.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     s = sub.add_parser("search", help="find the most similar indexed images for a query image")
@@ -187,19 +188,17 @@ def _cmd_index(args) -> int:
     else:
         config = ExtractorConfig(**overrides)
 
-    def on_problem(p):
+    def on_problem(p):  # printed with or without the progress bar
         progress.console.print(f"[yellow]skipped[/yellow] {p.where}: {p.reason}", highlight=False)
 
     progress = Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=err, disable=args.quiet, transient=False)
     with progress:
         task = progress.add_task("index", total=None)
-        report = build_index(args.source, args.index, config, BuildConfig(batch_size=args.batch_size),
+        build_config = BuildConfig(batch_size=args.batch_size, commit_every=args.commit_every)
+        report = build_index(args.source, args.index, config, build_config,
                              on_problem=on_problem,
                              progress=lambda done, total: progress.update(task, completed=done, total=total))
-    if args.quiet:
-        for p in report.problems:
-            err.print(f"skipped {p.where}: {p.reason}", highlight=False)
     print(f"{report.index}: added {report.added}, already indexed {report.already_indexed}, "
           f"skipped {len(report.problems)} (of {report.found} found) in {report.seconds:.1f} s "
           f"({report.images_per_second:.1f} images/s); index holds {len(Index.open(args.index))} images")
