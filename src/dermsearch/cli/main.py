@@ -366,24 +366,13 @@ def _cmd_info(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    commands = {
+        "index": _cmd_index, "search": _cmd_search, "evaluate": _cmd_evaluate, "train": _cmd_train,
+        "eval-segmenter": _cmd_eval_segmenter, "serve": _cmd_serve, "info": _cmd_info,
+        "backbones": lambda _: print("\n".join(list_backbones())) or 0,
+    }
     try:
-        if args.command == "index":
-            return _cmd_index(args)
-        if args.command == "search":
-            return _cmd_search(args)
-        if args.command == "train":
-            return _cmd_train(args)
-        if args.command == "eval-segmenter":
-            return _cmd_eval_segmenter(args)
-        if args.command == "evaluate":
-            return _cmd_evaluate(args)
-        if args.command == "serve":
-            return _cmd_serve(args)
-        if args.command == "info":
-            return _cmd_info(args)
-        if args.command == "backbones":
-            print("\n".join(list_backbones()))
-            return 0
+        return commands[args.command](args)
     except (UsageError, IndexError_, SourceError, WeightsNotFoundError, KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         err.print(f"dermsearch {args.command}: error: {msg}", highlight=False)
@@ -391,7 +380,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted; committed rows are kept, rerun the command to resume")
         return 130
-    return 2
 
 
 if __name__ == "__main__":

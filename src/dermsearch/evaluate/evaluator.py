@@ -138,10 +138,10 @@ class Evaluator:
                         pick(s.mask_areas), s.paths[rows], "index")
 
     def _row(self, image_id: str) -> int:
-        try:
-            return self.searcher._positions[image_id]
-        except KeyError:
-            raise KeyError(f"query id {image_id!r} is not in the index") from None
+        pos = self.searcher.row(image_id)
+        if pos is None:
+            raise KeyError(f"query id {image_id!r} is not in the index")
+        return pos
 
     def queries_from_csv(self, labels_csv: str | Path, diagnosis_map: dict[str, str] | None = None,
                          on_problem: Callable[[Problem], None] | None = None,
@@ -194,7 +194,7 @@ class Evaluator:
         K = max(config.k, config.vote_k)
         has_style = s.styles is not None and queries.styles is not None
         has_mask = s.masks is not None and queries.masks is not None
-        fn, sn = self.searcher._feature_sqnorms, self.searcher._style_sqnorms
+        fn, sn = self.searcher.row_sqnorms
         M_float = np.unpackbits(s.masks, axis=1).astype(np.float32) if has_mask else None
         cand_diag = np.array([d or "" for d in s.diagnosis], dtype=object)
         lesions = np.array([lid if lid else f"\0row{i}" for i, lid in enumerate(s.lesion_id)], dtype=object)
@@ -205,7 +205,7 @@ class Evaluator:
             b = sl.stop - sl.start
             valid = np.broadcast_to(allowed, (b, n)).copy()
             for j, (qid, qles) in enumerate(zip(queries.ids[sl], queries.lesion_id[sl])):
-                pos = self.searcher._positions.get(qid)
+                pos = self.searcher.row(qid)
                 if pos is not None:
                     valid[j, pos] = False
                 if config.exclude_same_lesion and qles:

@@ -130,6 +130,21 @@ class Searcher:
         self._feature_sqnorms = row_sqnorms(s.features)
         self._style_sqnorms = None if s.styles is None else row_sqnorms(s.styles)
 
+    def row(self, image_id: str) -> int | None:
+        """Position of an id in the current snapshot (None when absent)."""
+        return self._positions.get(image_id)
+
+    def metadata(self) -> list[dict]:
+        """Every row's labels-CSV columns, parsed once per snapshot."""
+        if self._meta_cache is None:
+            self._meta_cache = [json.loads(m) for m in self.snapshot.meta_json]
+        return self._meta_cache
+
+    @property
+    def row_sqnorms(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Cached float64 ||x||² of the feature and style rows (for batched distances)."""
+        return self._feature_sqnorms, self._style_sqnorms
+
     @property
     def extractor(self) -> Extractor:
         """The index's own model, built on first use (never a different one)."""
@@ -171,11 +186,6 @@ class Searcher:
                      0 if s.mask_areas is None else int(s.mask_areas[i]), image_id)
 
     # ------------------------------------------------------------- candidates
-    def _meta(self) -> list[dict]:
-        if self._meta_cache is None:
-            self._meta_cache = [json.loads(m) for m in self.snapshot.meta_json]
-        return self._meta_cache
-
     def _column(self, name: str) -> list:
         s = self.snapshot
         if name == "diagnosis":
@@ -184,7 +194,7 @@ class Searcher:
             return list(s.lesion_id)
         if name == "melanoma":
             return [None if np.isnan(v) else str(int(v)) for v in s.melanoma]
-        return [m.get(name) for m in self._meta()]
+        return [m.get(name) for m in self.metadata()]
 
     def candidate_mask(self, exclude_ids=(), filters: Filters | None = None) -> np.ndarray:
         s = self.snapshot

@@ -102,7 +102,7 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
     index_dir = Path(index_dir)
     searcher = searcher or Searcher(index_dir)
     snap = searcher.snapshot
-    meta = searcher._meta()
+    meta = searcher.metadata()
     ratings = RatingStore(index_dir / "ratings.sqlite")
     app = FastAPI(title="dermsearch", version="1", description="Reverse image search for dermoscopic images. "
                   "Ten similarity measures over an index of diagnosed lesions.")
@@ -173,7 +173,7 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
         out = result.to_json()
-        out["results"] = {m: [_hit_json(h, meta[searcher._positions[h.id]]) for h in hits]
+        out["results"] = {m: [_hit_json(h, meta[searcher.row(h.id)]) for h in hits]
                           for m, hits in result.results.items()}
         out["melanoma_in_top_k"] = {m: sum(1 for h in hits if h.melanoma == 1) for m, hits in result.results.items()}
         if query.mask is not None:
@@ -181,7 +181,7 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
         return out
 
     def _row(image_id: str) -> int:
-        pos = searcher._positions.get(image_id)
+        pos = searcher.row(image_id)
         if pos is None:
             raise HTTPException(404, "no such image in the index")
         return pos
