@@ -18,7 +18,6 @@ demo: $(STAMP)
 	$(BIN)/dermsearch index examples/isic-sample/labels.csv --index demo-output/index
 	$(BIN)/dermsearch search demo-output/index examples/queries/ISIC_0000022.jpg -k 5 \
 		--html demo-output/results.html
-	@echo "contact sheet written to demo-output/results.html"
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples

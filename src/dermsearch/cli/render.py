@@ -50,7 +50,7 @@ h1{font-size:1.3em} h2{font-size:1.05em;margin:1.2em 0 .4em}
 .card{border:1px solid #ccc;border-radius:6px;padding:.4em;width:170px;font-size:.78em}
 .card img{width:160px;height:120px;object-fit:cover;display:block;margin-bottom:.3em}
 .mel{border-color:#c0392b;border-width:2px}
-.q img{width:240px;height:auto}
+.card.q{width:auto;max-width:260px} .q img{width:240px;height:auto}
 td{padding:0 .4em 0 0} .s{font-weight:600}
 """
 
