@@ -2,7 +2,8 @@
 
     python benchmarks/crash_index.py [--runs 50] [--seed 0] [--source CSV] [--commit-every 8]
 
-Each run starts from an empty index directory, kills the indexer after a random delay, then
+Each run starts from an empty index directory, kills the indexer after a random delay (a run
+that finished first is redone with an earlier kill, up to 5 times), then
 checks that the index opens and passes `dermsearch index --check` (no duplicate or half-written
 rows, vector counts match the row count), reruns the same command to completion, and compares
 every row with a reference index built without interruption. Prints JSON.
@@ -65,8 +66,15 @@ def main() -> None:
         results = []
         for run in range(args.runs):
             d = tmp / f"run{run}"
-            delay = rng.uniform(0.3, full_time * 1.1)
-            killed, _ = run_index(args.source, d, args.commit_every, delay)
+            upper, tries = full_time, 0
+            while True:  # a run that finished before its kill is redone with an earlier kill
+                delay = rng.uniform(0.3, upper)
+                killed, _ = run_index(args.source, d, args.commit_every, delay)
+                tries += 1
+                if killed or tries == 5:
+                    break
+                shutil.rmtree(d, ignore_errors=True)
+                upper = max(0.5, delay * 0.8)
             rec = {"run": run, "kill_after_s": round(delay, 2), "killed": killed}
             if (d / "dermsearch.json").exists():
                 index = Index.open(d)
