@@ -188,3 +188,28 @@ def test_browser_search_overlay_filter_and_rate(browser, live_server):
     rows = list(csv.DictReader(io.StringIO(page.request.get(live_server + "/api/ratings.csv").text())))
     assert any(r["similar"] == "1" for r in rows)
     page.close()
+
+
+def test_serve_command_binds_loopback(index_dir):
+    import subprocess
+    import sys
+
+    import httpx
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "dermsearch.cli.main", "serve", str(index_dir), "--port",
+                             str(port)], stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(240):
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/index", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.25)
+        assert r.status_code == 200 and r.json()["images"] == 48
+        assert "<title>dermsearch</title>" in httpx.get(f"http://127.0.0.1:{port}/").text
+    finally:
+        proc.terminate()
+        proc.wait(10)

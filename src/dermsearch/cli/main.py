@@ -305,6 +305,7 @@ def _cmd_train(args) -> int:
 def _cmd_eval_segmenter(args) -> int:
     import torch
 
+    from ..evaluate.metrics import bootstrap_ci
     from ..models.baseline_segmenter import OtsuSegmenter
     from ..models.learned_segmenter import default_segmenter_path
     from ..train.data import load_pairs
@@ -321,8 +322,8 @@ def _cmd_eval_segmenter(args) -> int:
             if model.multiple and args.size % model.multiple:
                 raise UsageError(f"--size must be a multiple of {model.multiple} for {name}")
             pred = predict_masks(model, data.images)
-        rows[name] = evaluate_masks(pred, data.masks)
-        rows[name]["dice_ci95"] = list(_bootstrap_mean(pred, data.masks))
+        rows[name], dice = evaluate_masks(pred, data.masks)
+        rows[name]["dice_ci95"] = list(bootstrap_ci(lambda i, d=dice: d[i].mean(), len(dice), 1000, seed=0))
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
@@ -330,13 +331,6 @@ def _cmd_eval_segmenter(args) -> int:
             print(f"{name}: Dice {r['dice']:.4f} (95% CI {r['dice_ci95'][0]:.4f}-{r['dice_ci95'][1]:.4f}, "
                   f"median {r['dice_median']:.4f}), Jaccard {r['jaccard']:.4f} on {r['images']} images")
     return 0
-
-
-def _bootstrap_mean(pred, target, rounds: int = 1000):
-    from ..evaluate.metrics import bootstrap_ci
-    from ..train.segmenter import dice_scores
-    d = dice_scores(pred, target).numpy()
-    return bootstrap_ci(lambda i: d[i].mean(), len(d), rounds, seed=0)
 
 
 def _cmd_serve(args) -> int:

@@ -227,7 +227,9 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def evaluate_masks(pred: torch.Tensor, target: torch.Tensor) -> dict:
+def evaluate_masks(pred: torch.Tensor, target: torch.Tensor) -> tuple[dict, np.ndarray]:
+    """Summary (mean and median Dice, mean Jaccard) and the per-image Dice values."""
     d, j = dice_scores(pred, target).numpy(), jaccard_scores(pred, target).numpy()
-    return {"images": len(d), "dice": float(np.mean(d)), "dice_median": float(np.median(d)),
-            "jaccard": float(np.mean(j))}
+    summary = {"images": len(d), "dice": float(np.mean(d)), "dice_median": float(np.median(d)),
+               "jaccard": float(np.mean(j))}
+    return summary, d
