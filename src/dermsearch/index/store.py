@@ -229,8 +229,12 @@ class Index:
         finally:
             os.close(fd)
 
+    def _columns(self, columns: list[str]) -> pa.Table:
+        """Only these columns of every row (the vectors are not read)."""
+        return self._table.search().select(columns).limit(max(1, self._table.count_rows())).to_arrow()
+
     def ids(self) -> set[str]:
-        return set(self._table.to_arrow().column("id").to_pylist()) if len(self) else set()
+        return set(self._columns(["id"]).column("id").to_pylist()) if len(self) else set()
 
     def add(self, records: Sequence[Record], extracted: Extracted) -> int:
         """Append rows in one commit. Ids already present are an error (callers filter first)."""
@@ -274,7 +278,8 @@ class Index:
         found: set[str] = set()
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
-            rows = self._table.search().where(f"id IN ({_sql_list(chunk)})").select(["id"]).to_arrow()
+            query = self._table.search().where(f"id IN ({_sql_list(chunk)})").select(["id"]).limit(len(chunk))
+            rows = query.to_arrow()
             found.update(rows.column("id").to_pylist())
         return found
 
@@ -292,7 +297,8 @@ class Index:
         """Load the current version into numpy (one consistent version)."""
         m = self.manifest
         version = self._table.version
-        table = self._table.to_arrow()
+        light = ["id", "path", "diagnosis", "melanoma", "lesion_id", "meta"]
+        table = self._table.to_arrow() if vectors else self._columns(light)
         def col(name):
             return np.array(table.column(name).to_pylist(), dtype=object)
         mel = table.column("melanoma").to_numpy(zero_copy_only=False)
