@@ -79,9 +79,6 @@ class Snapshot:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def meta(self, i: int) -> dict[str, str]:
-        return json.loads(self.meta_json[i])
-
 
 def _schema(manifest: dict) -> pa.Schema:
     cols = [
