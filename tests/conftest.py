@@ -13,7 +13,7 @@ SHARED = REPO.parent / "shared" / "data"
 ISIC = SHARED / "isic-uda1"
 
 # A tiny, fast model configuration for unit tests (real architecture, small input).
-TINY = ExtractorConfig(weights="random", image_size=64, mask_size=32)
+TINY = ExtractorConfig(weights="random", feature="pooled", members=1, image_size=64, mask_size=32)
 
 
 def lesion_image(seed: int, size: int = 96) -> Image.Image:

@@ -98,7 +98,8 @@ def test_k_limits_and_json_shape(labelled_index):
 
 
 def test_index_without_masks_or_style(tmp_path, image_folder):
-    ex = Extractor(ExtractorConfig(weights="random", image_size=64, masks=False, style=False))
+    ex = Extractor(ExtractorConfig(weights="random", feature="pooled", members=1, image_size=64, masks=False,
+                                   style=False))
     build_index(image_folder, tmp_path / "ix", extractor=ex)
     s = Searcher(tmp_path / "ix", extractor=ex)
     res = s.search(s.query_for_id("img01"), k=3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -16,10 +17,14 @@ from ..index import Index, IndexError_
 from ..index.build import BuildConfig, build_index
 from ..index.sources import SourceError
 from ..models import WeightsNotFoundError, list_backbones
+from ..presets import PRESETS, get_preset
 from ..search import MEASURES, Filters, Searcher
 from .render import print_tables, write_contact_sheet
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+DEVICE_HELP = "where the networks run: auto (CUDA when torch sees it, else CPU), cpu, cuda or cuda:N"
 
 
 class UsageError(Exception):
@@ -40,14 +45,18 @@ def _parser() -> argparse.ArgumentParser:
     ix.add_argument("--check", action="store_true", help="verify the index's integrity and exit")
     m = ix.add_argument_group("model (new index only; an existing index keeps its own)")
     m.add_argument("--backbone", choices=list_backbones(), help="default efficientnet-lite0")
-    m.add_argument("--weights", help="imagenet (Lite only, default), random, or a .safetensors checkpoint")
+    m.add_argument("--weights", help="default (the packaged trained ensemble), imagenet (untrained Lite, pooled "
+                   "feature), random, or a trained ensemble .safetensors (its architecture is read from the file)")
     m.add_argument("--image-size", type=int)
     m.add_argument("--mask-size", type=int, help="stored mask side in pixels (multiple of 8; default 128)")
     m.add_argument("--gram-weights", choices=["inverse-channels", "ones"])
     m.add_argument("--segmenter", metavar="S", help="masks from: default (packaged U-Net), otsu, or a .safetensors")
     m.add_argument("--no-style", action="store_true", help="store no style vectors (smaller index)")
     m.add_argument("--no-masks", action="store_true", help="store no lesion masks")
+    m.add_argument("--preset", choices=sorted(PRESETS), help="paper: needs --weights and --segmenter from "
+                   "`train ... --preset paper` runs (see `dermsearch presets`)")
     ix.add_argument("--batch-size", type=int, default=16)
+    ix.add_argument("--device", default="auto", help=DEVICE_HELP)
     ix.add_argument("--commit-every", type=int, default=128, help="images per atomic commit (default 128)")
     ix.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
@@ -63,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--range", action="append", default=[], metavar="COL=LO:HI",
                    help="keep candidates with LO <= COL <= HI (e.g. age=30:60; either end may be empty)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.add_argument("--html", type=Path, metavar="FILE", help="write an HTML contact sheet")
 
     ev = sub.add_parser("evaluate", help="label-based retrieval metrics of every measure, with bootstrap CIs",
@@ -88,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--rating-queries", type=int, default=50, help="queries on the rating sheet (paper: 50)")
     ev.add_argument("--ratings", type=Path, metavar="CSV", help="score a filled rating sheet (needs --rating-key)")
     ev.add_argument("--rating-key", type=Path, metavar="CSV", help="the key.csv written with the rating sheet")
+    ev.add_argument("--device", default="auto", help=DEVICE_HELP)
     ev.add_argument("--quiet", "-q", action="store_true")
 
     tr = sub.add_parser("train", help="train a model")
@@ -99,22 +110,77 @@ def _parser() -> argparse.ArgumentParser:
     ts.add_argument("--labels", required=True, type=Path, metavar="CSV")
     ts.add_argument("--split", type=Path, metavar="CSV", help="image_id,split file (e.g. ham10000/split.csv)")
     ts.add_argument("--out", required=True, type=Path, metavar="DIR", help="run directory (weights, config, history)")
-    ts.add_argument("--arch", choices=["unet", "runet", "r2unet"], default="unet")
-    ts.add_argument("--depth", type=int, default=4)
-    ts.add_argument("--width", type=int, default=16)
-    ts.add_argument("--t", type=int, default=2, help="recurrence steps (runet, r2unet)")
-    ts.add_argument("--image-size", type=int, default=128)
-    ts.add_argument("--epochs", type=int, default=20)
-    ts.add_argument("--batch-size", type=int, default=32)
-    ts.add_argument("--lr", type=float, default=2e-3)
-    ts.add_argument("--alpha", type=float, default=0.7, help="Tversky weight of false negatives")
-    ts.add_argument("--beta", type=float, default=0.3, help="Tversky weight of false positives")
-    ts.add_argument("--gamma", type=float, default=4 / 3, help="focal exponent: loss = (1 - TI)^(1/gamma)")
+    ts.add_argument("--arch", choices=["unet", "runet", "r2unet"])
+    ts.add_argument("--depth", type=int)
+    ts.add_argument("--width", type=int)
+    ts.add_argument("--t", type=int, help="recurrence steps (runet, r2unet)")
+    ts.add_argument("--image-size", type=int)
+    ts.add_argument("--epochs", type=int)
+    ts.add_argument("--batch-size", type=int)
+    ts.add_argument("--lr", type=float)
+    ts.add_argument("--alpha", type=float, help="Tversky weight of false negatives")
+    ts.add_argument("--beta", type=float, help="Tversky weight of false positives")
+    ts.add_argument("--gamma", type=float, help="focal exponent: loss = (1 - TI)^(1/gamma)")
     ts.add_argument("--no-augment", action="store_true")
-    ts.add_argument("--seed", type=int, default=0)
-    ts.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ts.add_argument("--seed", type=int)
+    ts.add_argument("--device", help=DEVICE_HELP + " (default auto)")
     ts.add_argument("--limit", type=int, default=0, help="use only the first N pairs per split (smoke runs)")
+    ts.add_argument("--preset", default="default", choices=sorted(PRESETS),
+                    help="default (U-Net w16 at 128 px, what ships) or paper "
+                    "(R2U-Net at 384 px); explicit flags override it")
+    ts.add_argument("--dry-run", action="store_true", help="print parameters, memory and measured seconds per batch")
+    ts.add_argument("--dry-run-steps", type=int, default=3, metavar="N")
     ts.add_argument("--quiet", "-q", action="store_true")
+
+    tc = trs.add_parser("classifier", help="train the EfficientNet ensemble (two phases, focal loss)",
+                        description="Phase one trains each member alone with focal loss; phase two freezes them "
+                                    "and trains GAP -> BN -> concat -> Dense(1024, SELU) -> head. The best "
+                                    "checkpoint by val metric is kept; rerunning the same command resumes.")
+    tc.add_argument("--labels", required=True, type=Path, metavar="CSV")
+    tc.add_argument("--split", type=Path, metavar="CSV", help="image_id,split file (e.g. ham10000/split.csv)")
+    tc.add_argument("--out", required=True, type=Path, metavar="DIR", help="run directory (weights, config, history)")
+    tc.add_argument("--target", choices=["melanoma", "diagnosis"],
+                    help="melanoma: sigmoid vs rest (the paper's); diagnosis: softmax over the label column")
+    tc.add_argument("--label-column", help="default: melanoma / diagnosis, after --target")
+    tc.add_argument("--backbone", choices=list_backbones())
+    tc.add_argument("--weights", choices=["imagenet", "random"], help="member initialisation")
+    tc.add_argument("--members", type=int)
+    tc.add_argument("--trainable-stages", type=int, metavar="N",
+                    help="train the last N of the 7 stages; the others are frozen and shared (7: whole members)")
+    tc.add_argument("--image-size", type=int)
+    tc.add_argument("--epochs", type=int, help="phase one epochs per member")
+    tc.add_argument("--head-epochs", type=int, help="phase two epochs")
+    tc.add_argument("--batch-size", type=int)
+    tc.add_argument("--lr", type=float)
+    tc.add_argument("--head-lr", type=float)
+    tc.add_argument("--focal-alpha", type=float, help="binary: weight of the positive class")
+    tc.add_argument("--focal-gamma", type=float)
+    tc.add_argument("--class-weights", action="store_true", default=None,
+                    help="diagnosis: inverse-frequency class weights")
+    tc.add_argument("--balanced", action="store_true", default=None, help="class-balanced sampling")
+    tc.add_argument("--augment", choices=["x7", "online", "none"],
+                    help="x7: the paper's offline expansion (default); online: random per batch")
+    tc.add_argument("--diversity", choices=["bootstrap", "fold", "seed"],
+                    help="how members differ (default bootstrap: bagging)")
+    tc.add_argument("--cache", type=Path, metavar="DIR", help="frozen-stage cache (default OUT/cache; shareable)")
+    tc.add_argument("--seed", type=int)
+    tc.add_argument("--device", help=DEVICE_HELP + " (default auto)")
+    tc.add_argument("--limit", type=int, help="use only the first N images per split (smoke runs)")
+    tc.add_argument("--preset", default="default", choices=sorted(PRESETS),
+                    help="default (the shipped CPU configuration) or paper "
+                    "(5 x EfficientNet-B6 at 384 px); explicit flags override it; see `dermsearch presets`")
+    tc.add_argument("--dry-run", action="store_true", help="print parameters, memory and measured seconds per "
+                    "batch from a few real steps on this device, then the estimated training time; train nothing")
+    tc.add_argument("--dry-run-steps", type=int, default=3, metavar="N")
+    tc.add_argument("--quiet", "-q", action="store_true")
+
+    ec = sub.add_parser("eval-classifier", help="melanoma AUC of a trained ensemble's head and of each member")
+    ec.add_argument("weights", nargs="?", default="default", help="default (packaged) or a .safetensors / run dir")
+    ec.add_argument("--labels", required=True, type=Path, metavar="CSV")
+    ec.add_argument("--split", type=Path, metavar="CSV")
+    ec.add_argument("--on", metavar="NAME", help="split to evaluate (default: every row)")
+    ec.add_argument("--device", default="auto", help=DEVICE_HELP)
+    ec.add_argument("--limit", type=int, default=0)
 
     es = sub.add_parser("eval-segmenter", help="Dice and Jaccard of a segmenter against ground-truth masks")
     es.add_argument("--labels", required=True, type=Path, metavar="CSV")
@@ -130,10 +196,13 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--max-upload-mb", type=float, default=20.0)
+    sv.add_argument("--device", default="auto", help=DEVICE_HELP)
 
     inf = sub.add_parser("info", help="facts about an index")
     inf.add_argument("index", type=Path, metavar="DIR")
     sub.add_parser("backbones", help="list the registered backbones")
+    pr = sub.add_parser("presets", help="list the presets and what they set")
+    pr.add_argument("--json", action="store_true")
     return p
 
 
@@ -181,12 +250,20 @@ def _cmd_index(args) -> int:
         "mask_size": args.mask_size, "gram_weights": args.gram_weights, "segmenter": args.segmenter,
         "style": False if args.no_style else None, "masks": False if args.no_masks else None,
     }.items() if v is not None}
+    if args.preset:
+        preset = get_preset(args.preset)
+        missing = [f"--{r}" for r in preset.index.get("requires", []) if getattr(args, r) is None]
+        if missing:
+            raise UsageError(f"--preset {args.preset} needs {' and '.join(missing)}: the ensemble from "
+                             f"`dermsearch train classifier --preset {args.preset}` and the best.safetensors from "
+                             f"`dermsearch train segmenter --preset {args.preset}`")
+        overrides = {**{k: v for k, v in preset.index.items() if k != "requires"}, **overrides}
     if (args.index / "dermsearch.json").exists():
         # An existing index keeps its model; explicit options must agree with it (checked by fingerprint).
         stored = Index.open(args.index).manifest["extractor"]
         config = ExtractorConfig.from_dict({**stored, **overrides}) if overrides else None
     else:
-        config = ExtractorConfig(**overrides)
+        config = ExtractorConfig.for_weights(overrides.pop("weights", "default"), **overrides)
 
     def on_problem(p):  # printed with or without the progress bar
         progress.console.print(f"[yellow]skipped[/yellow] {p.where}: {p.reason}", highlight=False)
@@ -195,7 +272,7 @@ def _cmd_index(args) -> int:
                         console=err, disable=args.quiet, transient=False)
     with progress:
         task = progress.add_task("index", total=None)
-        build_config = BuildConfig(batch_size=args.batch_size, commit_every=args.commit_every)
+        build_config = BuildConfig(batch_size=args.batch_size, commit_every=args.commit_every, device=args.device)
         report = build_index(args.source, args.index, config, build_config,
                              on_problem=on_problem,
                              progress=lambda done, total: progress.update(task, completed=done, total=total))
@@ -206,7 +283,7 @@ def _cmd_index(args) -> int:
 
 
 def _cmd_search(args) -> int:
-    searcher = Searcher(args.index)
+    searcher = Searcher(args.index, device=args.device)
     try:
         query = searcher.encode(args.query)
     except ImageError as e:
@@ -241,7 +318,7 @@ def _cmd_evaluate(args) -> int:
                 print(f"{m:10s} success rate {100 * v['success_rate']:.1f}% "
                       f"(95% CI {100 * v['ci95'][0]:.1f}-{100 * v['ci95'][1]:.1f}) over {v['queries']} queries")
         return 0
-    evaluator = Evaluator(args.index)
+    evaluator = Evaluator(Searcher(args.index, device=args.device))
     snap = evaluator.searcher.snapshot
     split = read_split(args.split_csv) if args.split_csv else None
     if (args.query_split or args.candidate_split) and split is None:
@@ -289,16 +366,88 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
-def _cmd_train(args) -> int:
-    from ..train.segmenter import SegTrainConfig, train_segmenter
+def _explicit(args, cls, skip: tuple[str, ...] = ()) -> dict:
+    """The flags given on the command line (argparse default None) that name fields of ``cls``."""
+    names = {f.name for f in dataclasses.fields(cls)} - set(skip)
+    out = {}
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None:
+            out[name] = str(v) if isinstance(v, Path) else v
+    return out
 
-    cfg = SegTrainConfig(
-        labels=str(args.labels), split=str(args.split) if args.split else None, arch=args.arch, depth=args.depth,
-        width=args.width, t=args.t, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, alpha=args.alpha, beta=args.beta, gamma=args.gamma, augment=not args.no_augment,
-        seed=args.seed, device=args.device, limit=args.limit)
+
+def _cmd_train(args) -> int:
+    preset = get_preset(args.preset)
+    if args.what == "classifier":
+        return _cmd_train_classifier(args, preset)
+    from ..train.segmenter import SegTrainConfig, dry_run_segmenter, train_segmenter
+
+    given = _explicit(args, SegTrainConfig)
+    if args.no_augment:
+        given["augment"] = False
+    cfg = SegTrainConfig(**{**preset.segmenter, **given})
+    if args.dry_run:
+        return _print_dry_run(dry_run_segmenter(cfg, args.dry_run_steps))
     result = train_segmenter(cfg, args.out, log=lambda m: err.print(m, highlight=False), progress=not args.quiet)
     print(f"best val Dice {result['best_val_dice']:.4f}; weights: {args.out / 'best.safetensors'}")
+    return 0
+
+
+def _print_dry_run(estimate) -> int:
+    err.print(estimate.describe(), highlight=False)
+    print(json.dumps(estimate.to_json()))
+    return 0
+
+
+def _cmd_train_classifier(args, preset) -> int:
+    from ..train.classifier import ClassifierTrainConfig, dry_run_classifier, train_classifier
+
+    cfg = ClassifierTrainConfig(**{**preset.classifier, **_explicit(args, ClassifierTrainConfig)})
+    if args.dry_run:
+        return _print_dry_run(dry_run_classifier(cfg, args.dry_run_steps))
+    metrics = train_classifier(cfg, args.out, log=lambda m: err.print(m, highlight=False), progress=not args.quiet,
+                               cache_dir=args.cache)
+    print(json.dumps({"val": metrics["val"]["ensemble"], "weights": str(args.out / "ensemble.safetensors")}))
+    return 0
+
+
+def _cmd_presets(args) -> int:
+    from ..train.classifier import ClassifierTrainConfig
+    from ..train.segmenter import SegTrainConfig
+
+    resolved = {}
+    for name, p in PRESETS.items():
+        resolved[name] = {
+            "description": p.description,
+            "train classifier": ClassifierTrainConfig(labels="LABELS", **p.classifier).to_dict(),
+            "train segmenter": json.loads(json.dumps(dataclasses.asdict(SegTrainConfig(labels="LABELS",
+                                                                                       **p.segmenter)))),
+            "index": p.index, "notes": list(p.notes)}
+    if args.json:
+        print(json.dumps(resolved, indent=1))
+        return 0
+    for name, r in resolved.items():
+        p = PRESETS[name]
+        print(f"{name}: {r['description']}")
+        print("  train classifier: " + ", ".join(f"{k}={v}" for k, v in p.classifier.items()))
+        print("  train segmenter:  " + ", ".join(f"{k}={v}" for k, v in p.segmenter.items()))
+        print("  index:            " + ", ".join(f"{k}={v}" for k, v in p.index.items()))
+        for note in p.notes:
+            print(f"  note: {note}")
+    print("Any flag given explicitly overrides the preset; `--json` prints every resolved setting.")
+    return 0
+
+
+def _cmd_eval_classifier(args) -> int:
+    from ..models.ensemble import default_ensemble_path
+    from ..train.classifier import evaluate_classifier
+
+    weights = default_ensemble_path() if args.weights == "default" else Path(args.weights)
+    if weights.is_dir():
+        weights = weights / "ensemble.safetensors"
+    evaluate_classifier(weights, args.labels, args.split, args.on, args.limit, device=args.device,
+                        log=lambda m: print(m))
     return 0
 
 
@@ -338,7 +487,8 @@ def _cmd_serve(args) -> int:
 
     from ..web.app import WebConfig, create_app
 
-    app = create_app(args.index, WebConfig(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024)))
+    app = create_app(args.index, WebConfig(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024)),
+                     searcher=Searcher(args.index, device=args.device))
     err.print(f"serving {args.index} on http://{args.host}:{args.port}/ (API docs at /docs)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
@@ -362,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {
         "index": _cmd_index, "search": _cmd_search, "evaluate": _cmd_evaluate, "train": _cmd_train,
-        "eval-segmenter": _cmd_eval_segmenter, "serve": _cmd_serve, "info": _cmd_info,
+        "eval-segmenter": _cmd_eval_segmenter, "eval-classifier": _cmd_eval_classifier,
+        "presets": _cmd_presets, "serve": _cmd_serve, "info": _cmd_info,
         "backbones": lambda _: print("\n".join(list_backbones())) or 0,
     }
     try:

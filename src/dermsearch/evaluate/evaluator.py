@@ -81,12 +81,13 @@ class EvaluationReport:
     query_ids: np.ndarray | None = field(repr=False, default=None)
     query_paths: np.ndarray | None = field(repr=False, default=None)
     notes: list[str] = field(default_factory=list)
+    head: dict | None = None                       # the ensemble head's melanoma AUC, when it has one
 
     def to_json(self) -> dict:
         return {"config": asdict(self.config), "queries": self.queries, "candidates": self.candidates,
                 "source": self.source, "seconds": round(self.seconds, 2),
                 "ranking_seconds": round(self.ranking_seconds, 2), "measures": self.measures,
-                "notes": self.notes}
+                "head": self.head, "notes": self.notes}
 
 
 def read_split(path: str | Path) -> dict[str, str]:
@@ -240,9 +241,10 @@ class Evaluator:
         top, n_relevant = self.rank(queries, candidate_ids, config, progress)
         ranking_seconds = time.perf_counter() - t0
         notes = []
-        if self.searcher.index.extractor_config.feature == "pooled":
-            notes.append("the index's model has no classification head (pretrained pooled features), "
-                         "so no head AUC is reported")
+        head = self._head_auc(queries, config)
+        if head is None:
+            notes.append("the index's model has no trained classification head (pretrained pooled features "
+                         "or an untrained ensemble), so no head AUC is reported")
         labelled = queries.diagnosis != ""
         if not labelled.all():
             notes.append(f"{int((~labelled).sum())} queries without a diagnosis are left out of the diagnosis metrics")
@@ -280,4 +282,18 @@ class Evaluator:
         n_cand = len(s) if candidate_ids is None else len(set(candidate_ids))
         ids_top = {m: s.ids[rows] for m, rows in top.items()}
         return EvaluationReport(config, len(queries), n_cand, queries.source, time.perf_counter() - t0,
-                                ranking_seconds, results, ids_top, queries.ids, queries.paths, notes)
+                                ranking_seconds, results, ids_top, queries.ids, queries.paths, notes, head)
+
+    def _head_auc(self, queries: QuerySet, config: EvaluationConfig) -> dict | None:
+        """Melanoma AUC of the ensemble's own head on the queries' feature vectors (with a CI)."""
+        cfg = self.searcher.index.extractor_config
+        if cfg.feature != "ensemble" or cfg.weights in ("imagenet", "random"):
+            return None
+        extractor = self.searcher.extractor
+        if not extractor.has_head:
+            return None
+        known = ~np.isnan(queries.melanoma)
+        y = queries.melanoma[known]
+        p = extractor.melanoma_probability(queries.features[known])[:, None]
+        return {"melanoma_auc_head": _stat(vote_auc(y, p), bootstrap_ci(partial(_auc_at, y, p), len(y),
+                                                                            config.bootstrap, config.seed))}

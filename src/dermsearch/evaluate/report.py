@@ -47,6 +47,10 @@ def to_markdown(report: EvaluationReport) -> str:
             per = stats[f"per_diagnosis_p@{k}"]
             lines.append(f"| `{m}` | " + " | ".join(f"{100 * per[d]['value']:.1f}%" if d in per else "-"
                                                    for d in diags) + " |")
+    if report.head:
+        h = report.head["melanoma_auc_head"]
+        lines += ["", f"Melanoma AUC of the ensemble's own classification head on the same queries: "
+                      f"{h['value']:.3f} ({h['ci95'][0]:.3f}-{h['ci95'][1]:.3f})."]
     for note in report.notes:
         lines += ["", f"Note: {note}"]
     return "\n".join(lines) + "\n"

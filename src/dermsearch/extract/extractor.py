@@ -11,9 +11,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..models import create_backbone, load_checkpoint, state_fingerprint
+from ..models import create_backbone, state_fingerprint
 from ..models.baseline_segmenter import OtsuSegmenter
-from ..models.ensemble import EnsembleFeatureNet, PooledFeatureNet
+from ..models.device import resolve_device
+from ..models.ensemble import (
+    EnsembleFeatureNet,
+    PooledFeatureNet,
+    default_ensemble_path,
+    load_ensemble,
+    melanoma_probability,
+    read_ensemble_spec,
+)
 from ..models.learned_segmenter import LearnedSegmenter, default_segmenter_path
 from .gram import average_grams, layer_weights, style_dim, style_vector
 from .images import resize_rgb
@@ -33,12 +41,18 @@ NORMALISATIONS = {
 
 @dataclass(frozen=True)
 class ExtractorConfig:
-    """Everything that determines the stored vectors. Saved in every index's manifest."""
+    """Everything that determines the stored vectors. Saved in every index's manifest.
+
+    The default is the packaged trained ensemble (``weights="default"``: 5 EfficientNet-Lite0
+    members, 1024-d Dense feature; see ``dermsearch/weights/MODEL_CARD.md``). ``feature="pooled"``
+    with ``weights="imagenet"`` is the untrained single-backbone baseline. Use :meth:`for_weights`
+    to describe a trained ensemble file: its architecture is read from the file.
+    """
 
     backbone: str = "efficientnet-lite0"
-    weights: str = "imagenet"     # "imagenet" (Lite only), "random", or a .safetensors path
-    members: int = 1
-    feature: str = "pooled"       # "pooled" (single pretrained backbone) or "ensemble" (Dense+SELU)
+    weights: str = "default"      # "default" (packaged ensemble), "imagenet" (Lite), "random", or a .safetensors
+    members: int = 5
+    feature: str = "ensemble"     # "ensemble" (Dense+SELU over members) or "pooled" (one backbone's GAP vector)
     feature_dim: int = 1024       # ensemble only
     image_size: int = 224
     normalization: str = "auto"   # "auto": tf for Lite, imagenet for B0-B7
@@ -58,8 +72,25 @@ class ExtractorConfig:
             raise ValueError("members must be at least 1")
         if self.mask_size % 8:
             raise ValueError("mask_size must be a multiple of 8")
+        if self.weights == "default" and self.feature != "ensemble":
+            raise ValueError("weights='default' is the packaged ensemble: it needs feature='ensemble'")
         if self.segmenter not in ("default", "otsu") and not self.segmenter.endswith(".safetensors"):
             raise ValueError(f"unknown segmenter {self.segmenter!r}; valid: default, otsu, or a .safetensors file")
+
+    @classmethod
+    def for_weights(cls, weights: str = "default", **overrides) -> ExtractorConfig:
+        """The config for ``weights``: a trained ensemble's architecture comes from its file;
+        ``imagenet``/``random`` give the single pooled backbone unless ``overrides`` say otherwise."""
+        if weights in ("imagenet", "random"):
+            base = {"weights": weights, "feature": "pooled", "members": 1}
+            if overrides.get("feature") == "ensemble":
+                base.pop("members")
+                base.pop("feature")
+            return cls(**{**base, **overrides})
+        spec = read_ensemble_spec(default_ensemble_path() if weights == "default" else weights)
+        base = {"weights": weights, "feature": "ensemble", "backbone": spec.backbone, "members": spec.members,
+                "feature_dim": spec.feature_dim, "image_size": spec.image_size, "normalization": spec.normalization}
+        return cls(**{**base, **overrides})
 
     @property
     def resolved_normalization(self) -> str:
@@ -97,10 +128,13 @@ class Extracted:
 class Extractor:
     """Builds the networks of an :class:`ExtractorConfig` and extracts batches of images."""
 
-    def __init__(self, config: ExtractorConfig | None = None, threads: int | None = None):
+    def __init__(self, config: ExtractorConfig | None = None, threads: int | None = None,
+                 device: str | torch.device = "cpu"):
         self.config = config = config or ExtractorConfig()
         if threads:
             torch.set_num_threads(threads)
+        # the device changes where the networks run, not what the index means (not in the fingerprint)
+        self.device = resolve_device(device) if isinstance(device, str) else device
         self.net = self._build(config).eval()
         first = self.net.members[0]
         self.tap_channels: tuple[int, ...] = tuple(first.out_channels)
@@ -111,8 +145,10 @@ class Extractor:
         mean, std = NORMALISATIONS[config.resolved_normalization]
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        self._segmenter = self._build_segmenter(config) if config.masks else None
+        self._segmenter = self._build_segmenter(config, self.device) if config.masks else None
         self.fingerprint = self._fingerprint()
+        self.net.to(self.device)
+        self._mean, self._std = self._mean.to(self.device), self._std.to(self.device)
 
     @staticmethod
     def _build(cfg: ExtractorConfig) -> torch.nn.Module:
@@ -125,20 +161,32 @@ class Extractor:
             else:
                 backbone = create_backbone(cfg.backbone, cfg.weights)
             return PooledFeatureNet(backbone)
-        members = [create_backbone(cfg.backbone, "imagenet" if cfg.weights == "imagenet" else None)
-                   for _ in range(cfg.members)]
-        for m in members:
-            m.classifier = None
-        net = EnsembleFeatureNet(members, cfg.feature_dim)
-        if cfg.weights not in ("imagenet", "random"):
-            load_checkpoint(net, cfg.weights)
+        if cfg.weights in ("imagenet", "random"):
+            # an untrained ensemble (ImageNet or random members, random Dense): for experiments only
+            members = [create_backbone(cfg.backbone, "imagenet" if cfg.weights == "imagenet" else None)
+                       for _ in range(cfg.members)]
+            for m in members:
+                m.classifier = None
+            return EnsembleFeatureNet(members, cfg.feature_dim)
+        path = default_ensemble_path() if cfg.weights == "default" else Path(cfg.weights)
+        net, spec = load_ensemble(path)
+        got = {"backbone": spec.backbone, "members": spec.members, "feature_dim": spec.feature_dim,
+               "image_size": spec.image_size, "normalization": spec.normalization}
+        want = {"backbone": cfg.backbone, "members": cfg.members, "feature_dim": cfg.feature_dim,
+                "image_size": cfg.image_size, "normalization": cfg.resolved_normalization}
+        if got != want:
+            diff = {k: (want[k], got[k]) for k in got if got[k] != want[k]}
+            raise ValueError(f"{path}: the settings disagree with the trained ensemble (config, file): {diff}; "
+                             "use ExtractorConfig.for_weights() to read them from the file")
+        net.spec = spec
         return net
 
     @staticmethod
-    def _build_segmenter(cfg: ExtractorConfig) -> OtsuSegmenter | LearnedSegmenter:
+    def _build_segmenter(cfg: ExtractorConfig, device: torch.device) -> OtsuSegmenter | LearnedSegmenter:
         if cfg.segmenter == "otsu":
             return OtsuSegmenter()
-        return LearnedSegmenter(default_segmenter_path() if cfg.segmenter == "default" else Path(cfg.segmenter))
+        return LearnedSegmenter(default_segmenter_path() if cfg.segmenter == "default" else Path(cfg.segmenter),
+                                device)
 
     def _fingerprint(self) -> str:
         h = hashlib.sha256()
@@ -149,10 +197,23 @@ class Extractor:
             h.update(state_fingerprint(self._segmenter.model).encode())
         return h.hexdigest()[:16]
 
+    @property
+    def has_head(self) -> bool:
+        """True for a trained ensemble file: its classification head is kept for the head AUC."""
+        return getattr(self.net, "spec", None) is not None and getattr(self.net, "head", None) is not None
+
+    @torch.inference_mode()
+    def melanoma_probability(self, features: np.ndarray) -> np.ndarray:
+        """P(melanoma) from stored feature vectors through the trained ensemble's head."""
+        if not self.has_head:
+            raise ValueError("this extractor's model has no trained classification head")
+        logits = self.net.head(torch.from_numpy(np.asarray(features, dtype=np.float32)).to(self.device))
+        return melanoma_probability(logits, self.net.spec).cpu().numpy()
+
     def preprocess(self, images: list[Image.Image]) -> tuple[torch.Tensor, list[np.ndarray]]:
         size = self.config.image_size
         arrays = [resize_rgb(img, size) for img in images]
-        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
+        x = torch.from_numpy(np.stack(arrays)).to(self.device).permute(0, 3, 1, 2).float()
         mask_inputs = []
         if self._segmenter is not None:
             ss = self._segmenter.input_size or self.config.mask_size
@@ -166,10 +227,10 @@ class Extractor:
             raise ValueError("no images to extract")
         x, mask_inputs = self.preprocess(images)
         out = self.net(x)
-        features = out.feature.float().numpy().astype(np.float32, copy=False)
+        features = out.feature.float().cpu().numpy().astype(np.float32, copy=False)
         styles = None
         if self.config.style:
-            styles = style_vector(average_grams(out.member_taps), self.betas)
+            styles = style_vector([g.cpu() for g in average_grams(out.member_taps)], self.betas)
         masks = areas = None
         if self._segmenter is not None:
             ms = self.config.mask_size

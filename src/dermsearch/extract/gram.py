@@ -32,7 +32,11 @@ def average_grams(member_taps: Sequence[Sequence[torch.Tensor]]) -> list[torch.T
         raise ValueError(f"members disagree on the number of taps: {sorted(n_layers)}")
     layers = []
     for taps in zip(*member_taps):
-        layers.append(torch.stack([gram_matrix(t) for t in taps]).mean(0))
+        grams: dict[int, torch.Tensor] = {}   # a tap shared by members (frozen shared stages) is computed once
+        for t in taps:
+            if id(t) not in grams:
+                grams[id(t)] = gram_matrix(t)
+        layers.append(torch.stack([grams[id(t)] for t in taps]).mean(0))
     return layers
 
 

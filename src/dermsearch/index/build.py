@@ -28,6 +28,7 @@ class BuildConfig:
     batch_size: int = 16
     commit_every: int = 128
     decode_threads: int = 2
+    device: str = "auto"          # where the networks run: auto (CUDA when torch sees it), cpu, cuda[:N]
 
 
 @dataclass
@@ -102,7 +103,7 @@ def build_index(
                 extractor_config = Index.open(directory).extractor_config
             except Exception:  # noqa: BLE001 - no index yet: the default model
                 extractor_config = ExtractorConfig()
-        extractor = Extractor(extractor_config)
+        extractor = Extractor(extractor_config, device=config.device)
     index = Index.open_or_create(directory, extractor)
     with index.writing():
         existing = index.ids()

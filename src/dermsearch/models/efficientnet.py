@@ -238,13 +238,34 @@ class EfficientNet(Backbone):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> BackboneOutput:
+        x, features = self.forward_prefix(x, len(self.stages))
+        return self.forward_suffix(x, len(self.stages), features)
+
+    def forward_prefix(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stem and the first ``k`` stages: (output of stage k, the k stage taps)."""
+        if self.stem is None:
+            raise RuntimeError(f"{self.name}: the prefix was dropped (it is shared with another member)")
         x = self.stem(x)
         features = []
-        for stage in self.stages:
+        for stage in self.stages[:k]:
+            x = stage(x)
+            features.append(x)
+        return x, features
+
+    def forward_suffix(self, x: torch.Tensor, k: int, features: list[torch.Tensor]) -> BackboneOutput:
+        """Stages ``k+1..7`` and the head on the output of stage ``k`` (``features``: the k prefix taps)."""
+        features = list(features)
+        for stage in self.stages[k:]:
             x = stage(x)
             features.append(x)
         pooled = F.adaptive_avg_pool2d(self.head(x), 1).flatten(1)
         return BackboneOutput(features, pooled)
+
+    def drop_prefix(self, k: int) -> None:
+        """Delete the stem and the first ``k`` stages (another member computes them for this one)."""
+        self.stem = None
+        for i in range(k):
+            self.stages[i] = nn.Identity()
 
     def logits(self, pooled: torch.Tensor) -> torch.Tensor:
         """ImageNet logits from the pooled vector (only when built with a classifier)."""

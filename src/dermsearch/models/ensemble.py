@@ -2,18 +2,35 @@
 
 Both return a :class:`FeatureNetOutput`: the feature vector and, per member, the 7 stage taps,
 so that style (Gram) code downstream only deals with the tap contract.
+
+The ensemble may share its first ``shared_stages`` stages (stem included) between members: they
+are then computed once, by member 0, and the other members hold only their later stages. That is
+how the CPU-trained default works (frozen ImageNet early stages, fine-tuned late stages per member);
+``shared_stages=0`` gives the paper's fully independent members.
+
+Trained ensembles are safetensors files whose metadata (key ``ensemble``) describes the
+architecture, the target and its classes, so that :func:`load_ensemble` rebuilds them alone.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .efficientnet import Backbone
+from .registry import create_backbone
+from .weights import WeightsNotFoundError
 
-__all__ = ["FeatureNetOutput", "PooledFeatureNet", "EnsembleFeatureNet"]
+__all__ = ["FeatureNetOutput", "PooledFeatureNet", "EnsembleFeatureNet", "EnsembleSpec", "save_ensemble",
+           "load_ensemble", "read_ensemble_spec", "default_ensemble_path", "melanoma_probability"]
+
+DEFAULT_FILE = "classifier-ensemble.safetensors"
 
 
 @dataclass(frozen=True)
@@ -21,6 +38,7 @@ class FeatureNetOutput:
     feature: torch.Tensor                   # [B, D]
     member_taps: list[list[torch.Tensor]]   # per member, the 7 stage outputs
     logits: torch.Tensor | None = None      # training head, when present
+    member_logits: list[torch.Tensor] | None = None   # each member's own (phase-one) head, when present
 
 
 class PooledFeatureNet(nn.Module):
@@ -36,29 +54,135 @@ class PooledFeatureNet(nn.Module):
         return FeatureNetOutput(out.pooled, [out.features])
 
 
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """What a trained ensemble file holds, beside its tensors."""
+
+    backbone: str = "efficientnet-lite0"
+    members: int = 5
+    shared_stages: int = 0
+    feature_dim: int = 1024
+    head_outputs: int = 1              # 1: sigmoid (melanoma); C: softmax over ``classes``
+    member_heads: bool = True
+    target: str = "melanoma"           # "melanoma" or "diagnosis"
+    classes: tuple[str, ...] = ("melanoma",)
+    melanoma_class: str = "mel"        # diagnosis target: the class whose probability is melanoma's
+    image_size: int = 224
+    normalization: str = "tf"
+    train: dict = field(default_factory=dict)    # the resolved training config
+    metrics: dict = field(default_factory=dict)  # validation figures at save time
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> EnsembleSpec:
+        d = json.loads(text)
+        d["classes"] = tuple(d.get("classes", ()))
+        return cls(**d)
+
+
 class EnsembleFeatureNet(nn.Module):
     """N backbones -> (GAP, BatchNorm) each -> concatenation -> Dense(feature_dim, SELU) [-> head].
 
-    The head (``head_outputs`` > 0) exists for training only; search uses ``feature``.
+    The head (``head_outputs`` > 0) exists for training and for the head AUC; search uses
+    ``feature``. ``member_heads`` keeps each member's own phase-one classifier (per-member AUC).
     """
 
-    def __init__(self, members: list[Backbone], feature_dim: int = 1024, head_outputs: int = 0):
+    def __init__(self, members: list[Backbone], feature_dim: int = 1024, head_outputs: int = 0,
+                 shared_stages: int = 0, member_heads: bool = False):
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one member")
+        n_stages = len(members[0].out_channels)
+        if not 0 <= shared_stages < n_stages:
+            raise ValueError(f"shared_stages must be in 0..{n_stages - 1}, not {shared_stages}")
+        self.shared_stages = shared_stages
+        if shared_stages:
+            for m in members[1:]:
+                m.drop_prefix(shared_stages)
         self.members = nn.ModuleList(members)
         self.norms = nn.ModuleList(nn.BatchNorm1d(m.pooled_dim) for m in members)
         self.dense = nn.Linear(sum(m.pooled_dim for m in members), feature_dim)
         self.act = nn.SELU()
         self.head = nn.Linear(feature_dim, head_outputs) if head_outputs else None
+        self.member_heads = (nn.ModuleList(nn.Linear(m.pooled_dim, head_outputs) for m in members)
+                             if member_heads and head_outputs else None)
         self.feature_dim = feature_dim
 
+    def member_outputs(self, x: torch.Tensor):
+        """Each member's BackboneOutput; the shared prefix is computed once."""
+        k = self.shared_stages
+        if not k:
+            return [m(x) for m in self.members]
+        h, taps = self.members[0].forward_prefix(x, k)
+        return [m.forward_suffix(h, k, taps) for m in self.members]
+
+    def combine(self, pooled: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(feature, head logits) from the members' pooled vectors."""
+        normed = [norm(p) for norm, p in zip(self.norms, pooled)]
+        feature = self.act(self.dense(torch.cat(normed, dim=1)))
+        return feature, (self.head(feature) if self.head is not None else None)
+
     def forward(self, x: torch.Tensor) -> FeatureNetOutput:
-        pooled, taps = [], []
-        for member, norm in zip(self.members, self.norms):
-            out = member(x)
-            pooled.append(norm(out.pooled))
-            taps.append(out.features)
-        feature = self.act(self.dense(torch.cat(pooled, dim=1)))
-        logits = self.head(feature) if self.head is not None else None
-        return FeatureNetOutput(feature, taps, logits)
+        outs = self.member_outputs(x)
+        pooled = [o.pooled for o in outs]
+        feature, logits = self.combine(pooled)
+        member_logits = None
+        if self.member_heads is not None:
+            member_logits = [h(p) for h, p in zip(self.member_heads, pooled)]
+        return FeatureNetOutput(feature, [o.features for o in outs], logits, member_logits)
+
+
+def melanoma_probability(logits: torch.Tensor, spec: EnsembleSpec) -> torch.Tensor:
+    """P(melanoma) from head logits: the sigmoid unit, or the softmax share of the melanoma class."""
+    if spec.head_outputs == 1:
+        return torch.sigmoid(logits[:, 0])
+    if spec.melanoma_class not in spec.classes:
+        raise ValueError(f"the classes {list(spec.classes)} hold no melanoma class {spec.melanoma_class!r}")
+    return torch.softmax(logits, dim=1)[:, spec.classes.index(spec.melanoma_class)]
+
+
+def default_ensemble_path() -> Path:
+    path = Path(__file__).resolve().parents[1] / "weights" / DEFAULT_FILE
+    if not path.is_file():
+        raise WeightsNotFoundError(f"the packaged classifier ensemble {path} is missing; reinstall dermsearch")
+    return path
+
+
+def build_ensemble(spec: EnsembleSpec, imagenet: bool = False) -> EnsembleFeatureNet:
+    members = [create_backbone(spec.backbone, "imagenet" if imagenet else None) for _ in range(spec.members)]
+    for m in members:
+        m.classifier = None
+    return EnsembleFeatureNet(members, spec.feature_dim, spec.head_outputs, spec.shared_stages, spec.member_heads)
+
+
+def save_ensemble(net: EnsembleFeatureNet, spec: EnsembleSpec, path: str | Path, half: bool = True) -> None:
+    """Write the ensemble as safetensors (fp16 floats when ``half``), atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in net.state_dict().items()}
+    save_file(state, str(tmp), metadata={"ensemble": spec.to_json()})
+    tmp.replace(path)
+
+
+def read_ensemble_spec(path: str | Path) -> EnsembleSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"ensemble weights not found: {path}")
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: ensemble weights must be a .safetensors file (pickle is not loaded)")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if "ensemble" not in meta:
+        raise ValueError(f"{path}: not a dermsearch ensemble (no 'ensemble' metadata)")
+    return EnsembleSpec.from_json(meta["ensemble"])
+
+
+def load_ensemble(path: str | Path) -> tuple[EnsembleFeatureNet, EnsembleSpec]:
+    """Rebuild a trained ensemble from its file alone (strict; fp16 weights are widened to fp32)."""
+    spec = read_ensemble_spec(path)
+    net = build_ensemble(spec)
+    net.load_state_dict(load_file(str(path)), strict=True)
+    return net.float().eval(), spec

@@ -48,8 +48,10 @@ def load_segmenter_file(path: str | Path) -> tuple[Segmenter, dict]:
 
 
 class LearnedSegmenter:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, device: torch.device | str = "cpu"):
         self.model, self.info = load_segmenter_file(path)
+        self.device = torch.device(device)
+        self.model.to(self.device)
         inp = self.info["input"]
         self.input_size: int = int(inp["size"])
         self._mean, self._std = float(inp["mean"]), float(inp["std"])
@@ -57,6 +59,6 @@ class LearnedSegmenter:
     @torch.inference_mode()
     def segment_batch(self, rgb: np.ndarray) -> np.ndarray:
         """[B, S, S, 3] uint8 at ``input_size`` -> [B, S, S] bool (logit > 0)."""
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float()
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device).permute(0, 3, 1, 2).float()
         logits = self.model((x / 255.0 - self._mean) / self._std)
-        return (logits[:, 0] > 0).numpy()
+        return (logits[:, 0] > 0).cpu().numpy()

@@ -114,9 +114,10 @@ class Searcher:
     >>> result.results["style"][0].id
     """
 
-    def __init__(self, index: Index | str | os.PathLike, extractor: Extractor | None = None):
+    def __init__(self, index: Index | str | os.PathLike, extractor: Extractor | None = None, device: str = "auto"):
         self.index = index if isinstance(index, Index) else Index.open(index)
         self._extractor = extractor
+        self.device = device          # where queries are encoded (``auto``: CUDA when torch sees it)
         if extractor is not None:
             self.index.check_fingerprint(extractor.fingerprint, extractor.config)
         self.refresh()
@@ -149,7 +150,7 @@ class Searcher:
     def extractor(self) -> Extractor:
         """The index's own model, built on first use (never a different one)."""
         if self._extractor is None:
-            extractor = Extractor(self.index.extractor_config)
+            extractor = Extractor(self.index.extractor_config, device=self.device)
             self.index.check_fingerprint(extractor.fingerprint, extractor.config)
             self._extractor = extractor
         return self._extractor

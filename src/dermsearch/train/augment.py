@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import kornia.augmentation as K
 import torch
 
-__all__ = ["AugmentConfig", "Augmenter", "grid_mask", "expand_x7"]
+__all__ = ["AugmentConfig", "Augmenter", "grid_mask", "expand_x7", "x7_variant", "X7_VARIANTS"]
 
 
 def grid_mask(images: torch.Tensor, d_min: int, d_max: int, ratio: float, generator: torch.Generator | None = None,
@@ -73,21 +73,33 @@ class Augmenter:
         return images if masks is None else (images, masks)
 
 
+X7_VARIANTS = ("original", "gridmask", "flip-lr", "flip-ud", "brightness", "contrast", "hue", "saturation")
+
+
+def x7_variant(images: torch.Tensor, variant: int, config: AugmentConfig = AugmentConfig(),
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Variant ``variant`` (0..7, see ``X7_VARIANTS``; 0 is the image itself) of a batch in [0, 1]."""
+    c = config
+    if variant == 0:
+        return images
+    if variant == 1:
+        return grid_mask(images, *c.grid_d, c.grid_ratio, generator)[0]
+    if variant == 2:
+        return images.flip(-1)
+    if variant == 3:
+        return images.flip(-2)
+    jiggle = {4: {"brightness": c.brightness}, 5: {"contrast": c.contrast}, 6: {"hue": c.hue},
+              7: {"saturation": c.saturation}}
+    if variant not in jiggle:
+        raise ValueError(f"x7 variants are 0..7, not {variant}")
+    return K.ColorJiggle(**jiggle[variant], p=1.0)(images).clamp(0, 1)
+
+
 def expand_x7(images: torch.Tensor, masks: torch.Tensor | None = None, config: AugmentConfig = AugmentConfig(),
               generator: torch.Generator | None = None):
     """The paper's offline expansion: each image, then 7 variants (GridMask, LR flip, UD flip,
     brightness, contrast, hue, saturation), each one operation alone. [B,...] -> [8B,...]."""
-    c = config
-    variants = [
-        grid_mask(images, *c.grid_d, c.grid_ratio, generator)[0],
-        images.flip(-1),
-        images.flip(-2),
-        K.ColorJiggle(brightness=c.brightness, p=1.0)(images),
-        K.ColorJiggle(contrast=c.contrast, p=1.0)(images),
-        K.ColorJiggle(hue=c.hue, p=1.0)(images),
-        K.ColorJiggle(saturation=c.saturation, p=1.0)(images),
-    ]
-    out = torch.cat([images, *[v.clamp(0, 1) for v in variants]])
+    out = torch.cat([x7_variant(images, v, config, generator) for v in range(8)])
     if masks is None:
         return out
     mask_variants = [masks, masks, masks.flip(-1), masks.flip(-2), masks, masks, masks, masks]

@@ -20,7 +20,7 @@ from PIL import Image
 from ..extract.images import load_image, resize_rgb
 from ..extract.masks import resize_mask
 
-__all__ = ["PairSet", "load_pairs", "read_pairs"]
+__all__ = ["PairSet", "load_pairs", "read_pairs", "LabelledSet", "load_labelled"]
 
 
 @dataclass
@@ -71,6 +71,63 @@ def load_pairs(labels_csv, split_csv=None, splits=None, size: int = 128, limit: 
     images = torch.from_numpy(np.stack([a for a, _ in loaded])).permute(0, 3, 1, 2).contiguous()
     masks = torch.from_numpy(np.stack([m for _, m in loaded]).astype(np.uint8))[:, None]
     return PairSet([i for i, _, _ in items], images, masks)
+
+
+@dataclass
+class LabelledSet:
+    """Images of one or more splits with their label strings and melanoma flags."""
+
+    ids: list[str]
+    images: torch.Tensor     # [N, 3, S, S] uint8
+    labels: list[str]        # the label column's values
+    melanoma: np.ndarray     # [N] 0/1 (from the ``melanoma`` column, else diagnosis == melanoma class)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _truthy(value: str) -> int:
+    v = value.strip().lower()
+    if v in ("1", "1.0", "true", "yes", "malignant"):
+        return 1
+    if v in ("0", "0.0", "false", "no", "benign"):
+        return 0
+    raise ValueError(f"not a 0/1 value: {value!r}")
+
+
+def load_labelled(labels_csv, split_csv=None, splits=None, size: int = 224, label_column: str = "melanoma",
+                  melanoma_class: str = "mel", limit: int = 0, threads: int = 4) -> LabelledSet:
+    """Decode the images of ``splits`` (all rows when no split is given) at ``size`` x ``size``.
+
+    Images are resized exactly as the extractor resizes them, so training and indexing agree."""
+    labels_csv = Path(labels_csv)
+    split = None
+    if split_csv is not None:
+        with open(split_csv, newline="") as f:
+            split = {r["image_id"]: r["split"] for r in csv.DictReader(f)}
+    rows = []
+    with open(labels_csv, newline="") as f:
+        reader = csv.DictReader(f)
+        if label_column not in (reader.fieldnames or []):
+            raise ValueError(f"{labels_csv}: no column {label_column!r} (columns: {reader.fieldnames})")
+        for r in reader:
+            if splits is not None:
+                s = (split or {}).get(r["image_id"], r.get("split"))
+                if s not in splits:
+                    continue
+            rows.append(r)
+    if limit:
+        rows = rows[:limit]
+    if not rows:
+        raise ValueError(f"{labels_csv}: no rows for splits {splits}")
+    if "melanoma" in rows[0]:
+        mel = np.array([_truthy(r["melanoma"]) for r in rows], dtype=np.int64)
+    else:
+        mel = np.array([int(r[label_column] == melanoma_class) for r in rows], dtype=np.int64)
+    with ThreadPoolExecutor(threads) as pool:
+        arrays = list(pool.map(lambda r: resize_rgb(load_image(labels_csv.parent / r["image_path"]), size), rows))
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return LabelledSet([r["image_id"] for r in rows], images, [r[label_column].strip() for r in rows], mel)
 
 
 def write_resized_copy(labels_csv, split_csv, out: Path, size: int, splits: tuple[str, ...]) -> int:

@@ -6,15 +6,20 @@ with soft TP/FN/FP from sigmoid probabilities, per image, averaged over the batc
 Defaults α = 0.7, β = 0.3, γ = 4/3 (their choice). The Tversky index comes from MONAI's
 ``TverskyLoss`` (whose own ``alpha`` weighs false positives and ``beta`` false negatives, so the
 two are swapped when handed over).
+
+Focal loss (Lin et al. 2017), from MONAI's ``FocalLoss``:
+    binary:      FL = −α_t (1 − p_t)^γ log p_t,  α_t = α for positives, 1 − α for negatives
+    multi-class: FL = −w_y (1 − p_y)^γ log p_y   (softmax p; optional class weights w)
+averaged over the batch.
 """
 
 from __future__ import annotations
 
 import torch
-from monai.losses import TverskyLoss
+from monai.losses import FocalLoss, TverskyLoss
 from torch import nn
 
-__all__ = ["focal_tversky_loss", "FocalTverskyLoss"]
+__all__ = ["focal_tversky_loss", "FocalTverskyLoss", "binary_focal_loss", "multiclass_focal_loss"]
 
 
 def focal_tversky_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.7, beta: float = 0.3,
@@ -33,3 +38,21 @@ class FocalTverskyLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return focal_tversky_loss(logits, target, self.alpha, self.beta, self.gamma)
+
+
+def binary_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float | None = 0.25,
+                      gamma: float = 2.0) -> torch.Tensor:
+    """``logits``, ``target``: [B] or [B, 1]; target 0/1. ``alpha=None``: no class balancing."""
+    logits = logits.reshape(-1, 1)
+    target = target.reshape(-1, 1).to(logits.dtype)
+    loss = FocalLoss(gamma=gamma, alpha=alpha, reduction="none")(logits, target)
+    return loss.mean()
+
+
+def multiclass_focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
+                          class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``logits`` [B, C]; ``target`` [B] class indices; ``class_weights`` [C] or None."""
+    onehot = torch.nn.functional.one_hot(target.long(), logits.shape[1]).to(logits.dtype)
+    alpha = None if class_weights is None else class_weights.to(logits)
+    loss = FocalLoss(gamma=gamma, alpha=alpha, use_softmax=True, reduction="none")(logits, onehot)
+    return loss.sum(dim=1).mean()

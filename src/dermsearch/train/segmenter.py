@@ -25,7 +25,7 @@ from .augment import AugmentConfig, Augmenter
 from .data import PairSet, load_pairs
 from .losses import focal_tversky_loss
 
-__all__ = ["SegTrainConfig", "train_segmenter", "dice_scores", "jaccard_scores", "predict_masks",
+__all__ = ["SegTrainConfig", "train_segmenter", "dry_run_segmenter", "dice_scores", "jaccard_scores", "predict_masks",
            "load_segmenter", "SEG_MEAN", "SEG_STD"]
 
 SEG_MEAN, SEG_STD = 0.5, 0.25   # inputs: (x/255 − 0.5) / 0.25
@@ -233,3 +233,27 @@ def evaluate_masks(pred: torch.Tensor, target: torch.Tensor) -> tuple[dict, np.n
     summary = {"images": len(d), "dice": float(np.mean(d)), "dice_median": float(np.median(d)),
                "jaccard": float(np.mean(j))}
     return summary, d
+
+
+def dry_run_segmenter(cfg: SegTrainConfig, steps: int = 3):
+    """Parameters, memory and measured seconds per batch of ``cfg`` on its device; nothing is trained."""
+    from .resources import DryRun, adam_bytes, batches_for, count_rows, dry_run_steps
+
+    n = count_rows(cfg.labels, cfg.split, cfg.train_split, cfg.limit)
+    torch.manual_seed(cfg.seed)
+    model = Segmenter(cfg.segmenter_config())
+    params = list(model.parameters())
+    total = sum(p.numel() for p in params)
+    b, s = cfg.batch_size, cfg.image_size
+
+    def make_batch(dev):
+        return torch.randn(b, 3, s, s, device=dev), (torch.rand(b, 1, s, s, device=dev) < 0.3).float()
+
+    def loss_fn(m, x, y):
+        return focal_tversky_loss(m(x), y, cfg.alpha, cfg.beta, cfg.gamma)
+
+    device = str(resolve_device(cfg.device))
+    per_batch, act, how = dry_run_steps(model, params, make_batch, loss_fn, steps, device)
+    batches = batches_for(n, b, cfg.epochs)
+    return DryRun(f"train segmenter ({cfg.arch}, width {cfg.width})", device, total, total, b, s, per_batch,
+                  adam_bytes(total, 0) + act, how, batches, per_batch * batches)

@@ -1,0 +1,671 @@
+"""``dermsearch train classifier``: the paper's two-phase training of the EfficientNet ensemble.
+
+Phase one trains each member alone (its backbone and its own head) with focal loss. Phase two
+freezes the members and trains GAP -> BatchNorm -> concatenation -> Dense(1024, SELU) -> head.
+
+Targets: ``melanoma`` (the paper's: one sigmoid unit, binary focal loss) or ``diagnosis`` (softmax
+over the label column's classes, multi-class focal loss, optional class weights).
+
+Frozen shared stages (``trainable_stages`` < 7): the first ``7 − trainable_stages`` stages keep
+their ImageNet weights and are shared by every member, so their outputs are computed once per
+training image (and, with the offline x7 expansion, per variant) and cached. That is what makes
+training feasible on a CPU; ``trainable_stages=7`` trains whole members as the paper did.
+
+Member diversity: ``bootstrap`` (default; each member sees its own bootstrap sample of the
+training images and its own seed: bagging), ``fold`` (member i leaves out the i-th of M folds)
+or ``seed`` (all images, different seeds only).
+
+Outputs in ``out_dir``: ``ensemble.safetensors`` (fp16, with its spec and metrics as metadata),
+``config.json`` (the resolved config), ``history.json``, ``metrics.json``; ``members/`` and
+``cache/`` hold the resumable state of an interrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from torch import nn
+
+from ..extract.extractor import NORMALISATIONS
+from ..models.device import resolve_device
+from ..models.efficientnet import Backbone
+from ..models.ensemble import EnsembleFeatureNet, EnsembleSpec, build_ensemble, melanoma_probability, save_ensemble
+from ..models.registry import create_backbone
+from .augment import AugmentConfig, Augmenter, x7_variant
+from .data import LabelledSet, load_labelled
+from .losses import binary_focal_loss, multiclass_focal_loss
+from .segmenter import _dump_optimizer, _load_optimizer
+
+__all__ = ["ClassifierTrainConfig", "train_classifier", "evaluate_classifier", "dry_run_classifier", "TARGETS"]
+
+TARGETS = ("melanoma", "diagnosis")
+N_STAGES = 7
+
+
+@dataclass(frozen=True)
+class ClassifierTrainConfig:
+    labels: str
+    split: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    target: str = "melanoma"
+    label_column: str = ""            # default: "melanoma" or "diagnosis", after the target
+    melanoma_class: str = "mel"       # diagnosis target: the class that is melanoma
+    backbone: str = "efficientnet-lite0"
+    weights: str = "imagenet"         # member initialisation: "imagenet" (Lite) or "random"
+    members: int = 5
+    trainable_stages: int = 2         # the last N of the 7 stages are trained; the rest are shared, frozen
+    image_size: int = 224
+    feature_dim: int = 1024
+    epochs: int = 3                   # phase one, per member
+    head_epochs: int = 20             # phase two
+    batch_size: int = 64
+    lr: float = 1e-3
+    head_lr: float = 1e-3
+    weight_decay: float = 1e-4
+    focal_alpha: float = 0.75         # binary: weight of positives (melanoma is ~11% of HAM10000)
+    focal_gamma: float = 2.0
+    class_weights: bool = False       # diagnosis: inverse-frequency weights in the loss
+    balanced: bool = False            # class-balanced sampling
+    augment: str = "x7"               # "x7" (offline expansion), "online" (random per batch) or "none"
+    augment_config: AugmentConfig = field(default_factory=AugmentConfig)
+    diversity: str = "bootstrap"      # "bootstrap", "fold" or "seed"
+    dropout: float = 0.2
+    head_variants: bool = False       # phase two also on the x7 variants (default: the originals only)
+    seed: int = 0
+    device: str = "auto"
+    limit: int = 0                    # first N images of each split only (smoke tests)
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, not {self.target!r}")
+        if self.augment not in ("x7", "online", "none"):
+            raise ValueError(f"augment must be x7, online or none, not {self.augment!r}")
+        if self.diversity not in ("bootstrap", "fold", "seed"):
+            raise ValueError(f"diversity must be bootstrap, fold or seed, not {self.diversity!r}")
+        if not 1 <= self.trainable_stages <= N_STAGES:
+            raise ValueError(f"trainable_stages must be in 1..{N_STAGES}")
+        if self.members < 1:
+            raise ValueError("members must be at least 1")
+
+    @property
+    def column(self) -> str:
+        return self.label_column or self.target
+
+    @property
+    def shared_stages(self) -> int:
+        return N_STAGES - self.trainable_stages
+
+    @property
+    def normalization(self) -> str:
+        return "tf" if "lite" in self.backbone else "imagenet"
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+
+# ------------------------------------------------------------------ helpers
+
+class _Labels:
+    """Class list and integer targets for a split."""
+
+    def __init__(self, cfg: ClassifierTrainConfig, train: LabelledSet):
+        self.target = cfg.target
+        if cfg.target == "melanoma":
+            self.classes: tuple[str, ...] = ("melanoma",)
+        else:
+            self.classes = tuple(sorted(set(train.labels)))
+            if len(self.classes) < 2:
+                raise ValueError(f"the diagnosis target needs at least 2 classes, found {self.classes}")
+
+    def encode(self, data: LabelledSet) -> torch.Tensor:
+        if self.target == "melanoma":
+            return torch.from_numpy(data.melanoma.astype(np.int64))
+        unknown = sorted(set(data.labels) - set(self.classes))
+        if unknown:
+            raise ValueError(f"labels not seen in training: {unknown}")
+        index = {c: i for i, c in enumerate(self.classes)}
+        return torch.tensor([index[v] for v in data.labels], dtype=torch.long)
+
+    @property
+    def outputs(self) -> int:
+        return 1 if self.target == "melanoma" else len(self.classes)
+
+
+def _loss(cfg: ClassifierTrainConfig, logits: torch.Tensor, y: torch.Tensor,
+          class_weights: torch.Tensor | None) -> torch.Tensor:
+    if cfg.target == "melanoma":
+        return binary_focal_loss(logits, y, cfg.focal_alpha, cfg.focal_gamma)
+    return multiclass_focal_loss(logits, y, cfg.focal_gamma, class_weights)
+
+
+def _mel_prob(cfg: ClassifierTrainConfig, logits: torch.Tensor, classes: tuple[str, ...]) -> torch.Tensor:
+    spec = EnsembleSpec(head_outputs=logits.shape[1], classes=classes, melanoma_class=cfg.melanoma_class)
+    return melanoma_probability(logits, spec)
+
+
+def _metrics(cfg: ClassifierTrainConfig, logits: torch.Tensor, y: torch.Tensor, melanoma: np.ndarray,
+             classes: tuple[str, ...], class_weights: torch.Tensor | None) -> dict:
+    out = {"loss": float(_loss(cfg, logits, y, class_weights))}
+    p = _mel_prob(cfg, logits, classes).numpy() if (cfg.target == "melanoma" or cfg.melanoma_class in classes) \
+        else None
+    out["auc"] = float(roc_auc_score(melanoma, p)) if p is not None and 0 < melanoma.sum() < len(melanoma) \
+        else float("nan")
+    if cfg.target == "diagnosis":
+        out["balanced_accuracy"] = float(balanced_accuracy_score(y.numpy(), logits.argmax(1).numpy()))
+    return out
+
+
+def _score(cfg: ClassifierTrainConfig, m: dict) -> float:
+    """The model-selection figure: val melanoma AUC, or balanced accuracy for the diagnosis target."""
+    v = m["balanced_accuracy"] if cfg.target == "diagnosis" else m["auc"]
+    return -math.inf if math.isnan(v) else v
+
+
+def _normaliser(cfg: ClassifierTrainConfig, device):
+    mean, std = NORMALISATIONS[cfg.normalization]
+    mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return lambda unit: (unit * 255.0 - mean) / std      # [0, 1] images -> network input
+
+
+def _fingerprint(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
+def _iterate(n: int, step: int, desc: str, progress: bool):
+    batches = range(0, n, step)
+    if not progress:
+        return batches
+    from tqdm import tqdm
+    return tqdm(batches, desc=desc, leave=False, unit="batch")
+
+
+class _Prefix:
+    """The frozen shared stages (stem + the first k stages) and their cached outputs."""
+
+    def __init__(self, base: Backbone, k: int, cfg: ClassifierTrainConfig, device):
+        self.base, self.k, self.cfg, self.device = base, k, cfg, device
+        self.normalise = _normaliser(cfg, device)
+
+    @torch.no_grad()
+    def run(self, unit: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] in [0, 1] -> stage-k output (or the normalised images when k = 0)."""
+        x = self.normalise(unit.to(self.device))
+        if self.k == 0:
+            return x
+        return self.base.forward_prefix(x, self.k)[0]
+
+    def variants(self, images_u8: torch.Tensor, variant: int, generator: torch.Generator) -> torch.Tensor:
+        unit = images_u8.float() / 255.0
+        return x7_variant(unit, variant, self.cfg.augment_config, generator)
+
+    def cache(self, data: LabelledSet, n_variants: int, path: Path, log, progress: bool,
+              batch: int = 16) -> torch.Tensor:
+        """Outputs for every (image, variant), row i * n_variants + v; resumable via ``path``."""
+        n = len(data)
+        rows = n * n_variants
+        probe = self.run(data.images[:1].float() / 255.0)
+        shape = (rows, *probe.shape[1:])
+        done_path = path.with_name(path.name + ".done")
+        if path.is_file() and not done_path.exists():
+            mm = np.load(path, mmap_mode="r")
+            if mm.shape == shape:
+                log(f"prefix cache: reusing {path.name} ({rows} rows)")
+                return torch.from_numpy(np.array(mm))
+        partial = path.with_name(path.name + ".partial")
+        start = 0
+        if partial.is_file() and done_path.is_file():
+            mm = np.lib.format.open_memmap(partial, mode="r+")
+            start = json.loads(done_path.read_text())["images"] if mm.shape == shape else 0
+            if mm.shape != shape:
+                mm = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=shape)
+        else:
+            mm = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=shape)
+        if start:
+            log(f"prefix cache: resuming at image {start}/{n}")
+        t0 = time.perf_counter()
+        for i in _iterate(n - start, batch, f"caching stage-{self.k} outputs x{n_variants}", progress):
+            lo = start + i
+            hi = min(lo + batch, n)
+            for v in range(n_variants):
+                g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + lo * 8 + v)
+                out = self.run(self.variants(data.images[lo:hi], v, g)).half().cpu().numpy()
+                mm[np.arange(lo, hi) * n_variants + v] = out
+            if (hi // batch) % 32 == 0 or hi == n:
+                mm.flush()
+                _atomic_json(done_path, {"images": hi})
+        mm.flush()
+        del mm
+        partial.replace(path)
+        done_path.unlink(missing_ok=True)
+        log(f"prefix cache: {rows} rows {tuple(shape[1:])} in {time.perf_counter() - t0:.0f} s")
+        return torch.from_numpy(np.load(path))
+
+
+class _Member(nn.Module):
+    """One member in phase one: its backbone (prefix unused when shared) and its own head."""
+
+    def __init__(self, backbone: Backbone, k: int, outputs: int, dropout: float):
+        super().__init__()
+        self.backbone, self.k = backbone, k
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(backbone.pooled_dim, outputs)
+
+    def pooled(self, h: torch.Tensor) -> torch.Tensor:
+        if self.k == 0:
+            return self.backbone(h).pooled
+        return self.backbone.forward_suffix(h, self.k, []).pooled
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.pooled(h)))
+
+    def trainable(self) -> list[nn.Parameter]:
+        if self.k == 0:
+            return list(self.parameters())
+        mods = [*self.backbone.stages[self.k:], self.backbone.head, self.head]
+        return [p for m in mods for p in m.parameters()]
+
+    def set_train(self) -> None:
+        self.train()
+        if self.k:
+            self.backbone.stem.eval()
+            for s in self.backbone.stages[:self.k]:
+                s.eval()
+
+
+def _member_indices(cfg: ClassifierTrainConfig, member: int, n: int) -> np.ndarray:
+    rng = np.random.default_rng(cfg.seed * 7919 + member)
+    if cfg.diversity == "bootstrap":
+        return np.sort(rng.integers(0, n, n))
+    if cfg.diversity == "fold" and cfg.members > 1:
+        fold = np.random.default_rng(cfg.seed).permutation(n) % cfg.members
+        return np.flatnonzero(fold != member)
+    return np.arange(n)
+
+
+def _epoch_sample(cfg: ClassifierTrainConfig, base: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if not cfg.balanced:
+        return rng.permutation(base)
+    counts = np.bincount(y[base])
+    w = 1.0 / counts[y[base]]
+    return rng.choice(base, size=len(base), replace=True, p=w / w.sum())
+
+
+# ------------------------------------------------------------------ training
+
+def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Callable[[str], None] = print,
+                     progress: bool = True, cache_dir: str | Path | None = None) -> dict:
+    """Train the ensemble; returns the validation metrics. Resumes where an interrupted run stopped.
+
+    ``cache_dir`` (default ``out_dir/cache``) holds the frozen-prefix outputs; runs that differ only
+    in target or later settings can share it."""
+    out = Path(out_dir)
+    (out / "members").mkdir(parents=True, exist_ok=True)
+    cache = Path(cache_dir) if cache_dir else out / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    _atomic_json(out / "config.json", cfg.to_dict())
+    t_start = time.perf_counter()
+
+    train = load_labelled(cfg.labels, cfg.split, (cfg.train_split,), cfg.image_size, cfg.column,
+                          cfg.melanoma_class, cfg.limit)
+    val = load_labelled(cfg.labels, cfg.split, (cfg.val_split,), cfg.image_size, cfg.column,
+                        cfg.melanoma_class, cfg.limit)
+    labels = _Labels(cfg, train)
+    y_train, y_val = labels.encode(train), labels.encode(val)
+    class_weights = None
+    if cfg.target == "diagnosis" and cfg.class_weights:
+        counts = torch.bincount(y_train, minlength=labels.outputs).float().clamp_min(1)
+        class_weights = (counts.sum() / (len(counts) * counts)).to(device)
+    log(f"data: {len(train)} train / {len(val)} val images at {cfg.image_size}px, target {cfg.target} "
+        f"({labels.outputs} output{'s' if labels.outputs > 1 else ''}), device {device} "
+        f"({time.perf_counter() - t_start:.0f} s)")
+
+    def fresh_backbone() -> Backbone:
+        b = create_backbone(cfg.backbone, "imagenet" if cfg.weights == "imagenet" else None)
+        b.classifier = None
+        return b.to(device)
+
+    k = cfg.shared_stages
+    torch.manual_seed(cfg.seed)
+    base = fresh_backbone().eval()
+    prefix = _Prefix(base, k, cfg, device)
+    key = _fingerprint(cfg.labels, cfg.split, cfg.limit, cfg.backbone, cfg.weights, k, cfg.image_size,
+                       asdict(cfg.augment_config), cfg.seed)
+    n_var = 8 if cfg.augment == "x7" else 1
+    cached = k > 0 and cfg.augment != "online"
+    pool = prefix.cache(train, n_var, cache / f"train-{cfg.train_split}-x{n_var}-{key}.npy", log,
+                        progress) if cached else None
+    val_h = prefix.cache(val, 1, cache / f"val-{cfg.val_split}-{key}.npy", log, progress) if k else None
+    augmenter = Augmenter(cfg.augment_config) if cfg.augment == "online" else None
+
+    def batch_input(idx: np.ndarray, variants: np.ndarray, g: torch.Generator) -> torch.Tensor:
+        if pool is not None:
+            return pool[torch.from_numpy(idx * n_var + variants)].to(device).float()
+        unit = train.images[torch.from_numpy(idx)].float() / 255.0
+        if augmenter is not None:
+            unit = augmenter(unit.to(device), generator=g)
+        elif n_var == 8:
+            unit = torch.cat([x7_variant(unit[j:j + 1], int(v), cfg.augment_config, g)
+                              for j, v in enumerate(variants)])
+        return prefix.run(unit).float() if k else prefix.normalise(unit.to(device))
+
+    def val_inputs():
+        for i in range(0, len(val), 128):
+            if val_h is not None:
+                yield val_h[i:i + 128].to(device).float()
+            else:
+                yield prefix.normalise(val.images[i:i + 128].to(device).float() / 255.0)
+
+    # ---- phase one
+    members_state: list[dict] = []
+    for m in range(cfg.members):
+        members_state.append(_train_member(cfg, m, out, fresh_backbone, k, labels, y_train, y_val, val,
+                                           class_weights, batch_input, val_inputs, device, log, progress))
+
+    # ---- phase two
+    spec = EnsembleSpec(backbone=cfg.backbone, members=cfg.members, shared_stages=k, feature_dim=cfg.feature_dim,
+                        head_outputs=labels.outputs, member_heads=True, target=cfg.target, classes=labels.classes,
+                        melanoma_class=cfg.melanoma_class, image_size=cfg.image_size,
+                        normalization=cfg.normalization, train=cfg.to_dict())
+    net = build_ensemble(spec).to(device)
+    for m in range(cfg.members):
+        _load_member_into(net, m, load_file(str(out / "members" / f"m{m}-best.safetensors")))
+    if k:
+        # the shared prefix is the frozen ImageNet one
+        shared = {n: p for n, p in base.state_dict().items() if n.startswith("stem.") or
+                  any(n.startswith(f"stages.{i}.") for i in range(k))}
+        net.members[0].load_state_dict(shared, strict=False)
+    metrics = _train_head(cfg, net, spec, out, labels, y_train, y_val, val, class_weights, pool, n_var,
+                          train, prefix, val_inputs, members_state, device, log, progress)
+    metrics["seconds"] = time.perf_counter() - t_start
+    _atomic_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _member_paths(out: Path, m: int) -> dict[str, Path]:
+    d = out / "members"
+    return {"best": d / f"m{m}-best.safetensors", "last": d / f"m{m}-last.safetensors",
+            "opt": d / f"m{m}-optimizer.safetensors", "state": d / f"m{m}-state.json"}
+
+
+def _save_state(module: nn.Module, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp))
+    tmp.replace(path)
+
+
+def _train_member(cfg, m, out, fresh_backbone, k, labels, y_train, y_val, val, class_weights, batch_input,
+                  val_inputs, device, log, progress) -> dict:
+    paths = _member_paths(out, m)
+    state = json.loads(paths["state"].read_text()) if paths["state"].is_file() else None
+    if state and state.get("config") != cfg.to_dict():
+        log(f"member {m + 1}: a run with another config stopped here; starting it afresh")
+        state = None
+    if state and state["epoch"] + 1 >= cfg.epochs and paths["best"].is_file():
+        log(f"member {m + 1}/{cfg.members}: done earlier (best val {state['best']:.4f})")
+        return state
+    torch.manual_seed(cfg.seed * 1000 + m)
+    member = _Member(fresh_backbone(), k, labels.outputs, cfg.dropout).to(device)
+    if cfg.weights == "random" and k:
+        # the shared prefix must be the same network for every member: member 0's initialisation
+        torch.manual_seed(cfg.seed)
+        ref = fresh_backbone()
+        member.backbone.load_state_dict(ref.state_dict())
+    opt = torch.optim.AdamW(member.trainable(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    base_idx = _member_indices(cfg, m, len(y_train))
+    steps = math.ceil(len(base_idx) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=max(1, cfg.epochs * steps), pct_start=0.15)
+    start, best, history = 0, -math.inf, []
+    if state:
+        member.load_state_dict(load_file(str(paths["last"])), strict=True)
+        _load_optimizer(opt, load_file(str(paths["opt"])), state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start, best, history = state["epoch"] + 1, state["best"], state["history"]
+        log(f"member {m + 1}: resuming after epoch {start}")
+    y_np = y_train.numpy()
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        member.set_train()
+        rng = np.random.default_rng([cfg.seed, m, epoch])
+        g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        order = _epoch_sample(cfg, base_idx, y_np, rng)
+        total = 0.0
+        for i in _iterate(len(order), cfg.batch_size, f"member {m + 1}/{cfg.members} epoch {epoch + 1}", progress):
+            idx = order[i:i + cfg.batch_size]
+            variants = rng.integers(0, 8, len(idx))
+            h = batch_input(idx, variants, g)
+            loss = _loss(cfg, member(h), y_train[torch.from_numpy(idx)].to(device), class_weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+        member.eval()
+        with torch.inference_mode():
+            logits = torch.cat([member(h) for h in val_inputs()]).float().cpu()
+        vm = _metrics(cfg, logits, y_val, val.melanoma, labels.classes,
+                      None if class_weights is None else class_weights.cpu())
+        rec = {"member": m + 1, "epoch": epoch + 1, "train_loss": total / len(order),
+               **{f"val_{a}": b for a, b in vm.items()},
+               "seconds": time.perf_counter() - t0}
+        history.append(rec)
+        improved = not paths["best"].is_file() or _score(cfg, vm) > best
+        if improved:
+            best = _score(cfg, vm)
+            _save_state(member, paths["best"])
+        _save_state(member, paths["last"])
+        tensors, meta = _dump_optimizer(opt)
+        save_file(tensors, str(paths["opt"]) + ".tmp")
+        Path(str(paths["opt"]) + ".tmp").replace(paths["opt"])
+        state = {"config": cfg.to_dict(), "epoch": epoch, "best": best, "history": history,
+                 "optimizer": meta, "scheduler": sched.state_dict()}
+        _atomic_json(paths["state"], state)
+        extra = f", val bal. acc {vm['balanced_accuracy']:.4f}" if "balanced_accuracy" in vm else ""
+        log(f"member {m + 1}/{cfg.members} epoch {epoch + 1}/{cfg.epochs}: train loss {rec['train_loss']:.4f}, "
+            f"val loss {vm['loss']:.4f}, val melanoma AUC {vm['auc']:.4f}{extra}"
+            f"{' (best)' if improved else ''}, {rec['seconds']:.0f} s")
+    return state
+
+
+def _load_member_into(net: EnsembleFeatureNet, m: int, member_state: dict[str, torch.Tensor]) -> None:
+    target = net.members[m].state_dict()
+    backbone = {n[len("backbone."):]: v for n, v in member_state.items() if n.startswith("backbone.")}
+    missing = set(target) - set(backbone)
+    if missing:
+        raise KeyError(f"member {m}: checkpoint lacks {sorted(missing)[:5]}")
+    net.members[m].load_state_dict({n: backbone[n] for n in target}, strict=True)
+    net.member_heads[m].load_state_dict({"weight": member_state["head.weight"], "bias": member_state["head.bias"]})
+
+
+def _train_head(cfg, net, spec, out, labels, y_train, y_val, val, class_weights, pool, n_var, train, prefix,
+                val_inputs, members_state, device, log, progress) -> dict:
+    """Phase two on the frozen members' pooled vectors (computed once)."""
+    net.eval()
+    for p in net.members.parameters():
+        p.requires_grad_(False)
+
+    @torch.inference_mode()
+    def pooled_of(inputs) -> torch.Tensor:
+        rows = []
+        for h in inputs:
+            k = net.shared_stages
+            if k:
+                outs = [mb.forward_suffix(h, k, []) for mb in net.members]
+            else:
+                outs = [mb(h) for mb in net.members]
+            rows.append(torch.stack([o.pooled for o in outs], 1).cpu())
+        return torch.cat(rows)
+
+    variants = n_var if pool is not None and cfg.head_variants else 1
+
+    def train_inputs():
+        for i in range(0, len(train), 256):
+            if pool is not None:
+                rows = torch.arange(i, min(i + 256, len(train)))[:, None] * n_var + torch.arange(variants)
+                yield pool[rows.flatten()].to(device).float()
+            else:
+                yield prefix.run(train.images[i:i + 256].float() / 255.0)
+
+    t0 = time.perf_counter()
+    x_tr = pooled_of(train_inputs())                    # [N·n_var or N, M, P]
+    x_val = pooled_of(val_inputs())
+    y_tr = y_train.repeat_interleave(variants)
+    log(f"phase two: pooled vectors of {len(x_tr)} training rows and {len(x_val)} val images "
+        f"({time.perf_counter() - t0:.0f} s)")
+
+    # per-member validation figures (their own phase-one heads)
+    member_metrics = []
+    with torch.inference_mode():
+        for m in range(cfg.members):
+            lm = net.member_heads[m](x_val[:, m].to(device)).cpu()
+            member_metrics.append(_metrics(cfg, lm, y_val, val.melanoma, labels.classes,
+                                           None if class_weights is None else class_weights.cpu()))
+    params = [*net.norms.parameters(), *net.dense.parameters(), *net.head.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.head_lr, weight_decay=cfg.weight_decay)
+    bs = max(cfg.batch_size, 256)
+    steps = math.ceil(len(x_tr) / bs)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.head_lr, total_steps=max(1, cfg.head_epochs * steps))
+    best, best_state, history = -math.inf, None, []
+    y_np = y_tr.numpy()
+
+    def forward(xb: torch.Tensor) -> torch.Tensor:
+        return net.combine(list(xb.unbind(1)))[1]
+
+    for epoch in range(cfg.head_epochs):
+        t1 = time.perf_counter()
+        for mod in (net.norms, net.dense, net.head):
+            mod.train()
+        rng = np.random.default_rng([cfg.seed, 99, epoch])
+        order = _epoch_sample(cfg, np.arange(len(x_tr)), y_np, rng)
+        total = 0.0
+        for i in range(0, len(order), bs):
+            idx = torch.from_numpy(order[i:i + bs])
+            loss = _loss(cfg, forward(x_tr[idx].to(device)), y_tr[idx].to(device), class_weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+        net.eval()
+        with torch.inference_mode():
+            logits = forward(x_val.to(device)).cpu()
+        vm = _metrics(cfg, logits, y_val, val.melanoma, labels.classes,
+                      None if class_weights is None else class_weights.cpu())
+        history.append({"phase": 2, "epoch": epoch + 1, "train_loss": total / len(order),
+                        **{f"val_{a}": b for a, b in vm.items()}, "seconds": time.perf_counter() - t1})
+        if best_state is None or _score(cfg, vm) > best:
+            best = _score(cfg, vm)
+            best_state = {n: v.detach().clone() for n, v in net.state_dict().items()}
+            best_metrics = vm
+        log(f"head epoch {epoch + 1}/{cfg.head_epochs}: train loss {total / len(order):.4f}, "
+            f"val loss {vm['loss']:.4f}, "
+            f"val melanoma AUC {vm['auc']:.4f}" + (f", val bal. acc {vm['balanced_accuracy']:.4f}"
+                                                    if "balanced_accuracy" in vm else ""))
+    net.load_state_dict(best_state)
+    metrics = {"val": {"ensemble": best_metrics, "members": member_metrics}}
+    spec = EnsembleSpec(**{**asdict(spec), "metrics": metrics})
+    save_ensemble(net.cpu(), spec, out / "ensemble.safetensors")
+    phase_one = [rec for st in members_state for rec in st["history"]]
+    _atomic_json(out / "history.json", phase_one + history)
+    log(f"ensemble: val melanoma AUC {best_metrics['auc']:.4f} (members "
+        + ", ".join(f"{mm['auc']:.4f}" for mm in member_metrics) + f") -> {out / 'ensemble.safetensors'}")
+    return metrics
+
+
+# ------------------------------------------------------------------ evaluation
+
+@torch.inference_mode()
+def evaluate_classifier(weights: str | Path, labels_csv: str | Path, split_csv: str | Path | None = None,
+                        on: str | None = "test", limit: int = 0, batch_size: int = 32, device: str = "auto",
+                        log: Callable[[str], None] = print) -> dict:
+    """Melanoma AUC of the ensemble head and of each member's own head on a split (or on every row)."""
+    from ..models.ensemble import load_ensemble
+    net, spec = load_ensemble(weights)
+    dev = resolve_device(device)
+    net = net.to(dev)
+    data = load_labelled(labels_csv, split_csv if on else None, (on,) if on else None, spec.image_size,
+                         "melanoma" if spec.target == "melanoma" else "diagnosis", spec.melanoma_class, limit)
+    mean, std = NORMALISATIONS[spec.normalization]
+    mean = torch.tensor(mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    head, members = [], []
+    for i in range(0, len(data), batch_size):
+        x = (data.images[i:i + batch_size].to(dev).float() - mean) / std
+        o = net(x)
+        head.append(melanoma_probability(o.logits, spec).cpu())
+        if o.member_logits is not None:
+            members.append(torch.stack([melanoma_probability(lg, spec) for lg in o.member_logits], 1).cpu())
+    p = torch.cat(head).numpy()
+    y = data.melanoma
+    result = {"images": len(data), "melanoma": int(y.sum()), "target": spec.target,
+              "auc_ensemble": float(roc_auc_score(y, p))}
+    if members:
+        pm = torch.cat(members).numpy()
+        result["auc_members"] = [float(roc_auc_score(y, pm[:, j])) for j in range(pm.shape[1])]
+        result["auc_member_mean_prob"] = float(roc_auc_score(y, pm.mean(1)))
+    log(json.dumps(result))
+    return result
+
+
+# ------------------------------------------------------------------ resource estimate
+
+def dry_run_classifier(cfg: ClassifierTrainConfig, steps: int = 3):
+    """Parameters, memory and measured seconds per batch of ``cfg`` on its device; nothing is trained."""
+    from .resources import DryRun, adam_bytes, batches_for, count_rows, dry_run_steps
+
+    n = count_rows(cfg.labels, cfg.split, cfg.train_split, cfg.limit)
+    k, b, s = cfg.shared_stages, cfg.batch_size, cfg.image_size
+    spec = EnsembleSpec(backbone=cfg.backbone, members=cfg.members, shared_stages=k, feature_dim=cfg.feature_dim,
+                        head_outputs=1, member_heads=True)
+    total = sum(p.numel() for p in build_ensemble(spec).parameters())
+    torch.manual_seed(cfg.seed)
+    backbone = create_backbone(cfg.backbone)
+    backbone.classifier = None
+    member = _Member(backbone, k, 1, cfg.dropout)
+    trainable = member.trainable()
+    n_trained = sum(p.numel() for p in trainable)
+    device = resolve_device(cfg.device)
+    with torch.no_grad():
+        shape = backbone.forward_prefix(torch.zeros(1, 3, s, s), k)[0].shape[1:] if k else (3, s, s)
+
+    def make_batch(dev):
+        return torch.randn(b, *shape, device=dev), (torch.rand(b, device=dev) < 0.2).float()
+
+    def loss_fn(model, x, y):
+        return binary_focal_loss(model(x), y, cfg.focal_alpha, cfg.focal_gamma)
+
+    per_batch, act, how = dry_run_steps(member, trainable, make_batch, loss_fn, steps, str(device))
+    batches = batches_for(n, b, cfg.epochs, cfg.members)
+    estimate = per_batch * batches
+    if k:   # the frozen shared stages: once per (image, variant) when cached, else on every batch
+        x = torch.randn(b, 3, s, s, device=device)
+        backbone.to(device).eval()
+        with torch.no_grad():
+            backbone.forward_prefix(x, k)
+            t0 = time.perf_counter()
+            backbone.forward_prefix(x, k)
+            prefix_s = time.perf_counter() - t0
+        cached = cfg.augment != "online"
+        estimate += prefix_s * (math.ceil(n * (8 if cfg.augment == "x7" else 1) / b) if cached else batches)
+    return DryRun(f"train classifier ({cfg.members} x {cfg.backbone}, {cfg.trainable_stages} trained stages)",
+                  str(device), total, n_trained, b, s, per_batch, adam_bytes(n_trained, total - n_trained) + act, how,
+                  batches, estimate)

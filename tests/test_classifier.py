@@ -1,0 +1,237 @@
+"""The classifier ensemble: focal losses, the shared-prefix ensemble, two-phase training, targets, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dermsearch.cli.main import main
+from dermsearch.evaluate import EvaluationConfig, Evaluator
+from dermsearch.extract import Extractor, ExtractorConfig
+from dermsearch.index.build import build_index
+from dermsearch.models import create_backbone
+from dermsearch.models.ensemble import EnsembleFeatureNet, default_ensemble_path, load_ensemble, read_ensemble_spec
+from dermsearch.search import Searcher
+from dermsearch.train.classifier import ClassifierTrainConfig, evaluate_classifier, train_classifier
+from dermsearch.train.losses import binary_focal_loss, multiclass_focal_loss
+
+from .conftest import REPO, SHARED, lesion_image
+
+HAM = SHARED / "ham10000"
+
+
+# ------------------------------------------------------------------ losses
+
+def test_binary_focal_loss_hand_values():
+    # logit 0 -> p = 0.5: positive 0.25·0.5²·ln 2, negative 0.75·0.5²·ln 2 (alpha 0.25, gamma 2)
+    assert float(binary_focal_loss(torch.tensor([0.0]), torch.tensor([1.0]))) == pytest.approx(
+        0.25 * 0.25 * math.log(2), rel=1e-6)
+    assert float(binary_focal_loss(torch.tensor([0.0]), torch.tensor([0.0]))) == pytest.approx(
+        0.75 * 0.25 * math.log(2), rel=1e-6)
+    # logit ln 3 -> p = 0.75; positive with alpha 0.75, gamma 1: 0.75·0.25·(−ln 0.75)
+    v = binary_focal_loss(torch.tensor([math.log(3)]), torch.tensor([1.0]), alpha=0.75, gamma=1.0)
+    assert float(v) == pytest.approx(0.75 * 0.25 * -math.log(0.75), rel=1e-6)
+    # gamma 0, no alpha: plain binary cross-entropy
+    x, y = torch.randn(32), (torch.rand(32) > 0.5).float()
+    assert float(binary_focal_loss(x, y, alpha=None, gamma=0.0)) == pytest.approx(
+        float(torch.nn.functional.binary_cross_entropy_with_logits(x, y)), rel=1e-5)
+
+
+def test_multiclass_focal_loss_hand_values_and_loop_reference():
+    logits = torch.tensor([[0.0, math.log(3)]])  # softmax (0.25, 0.75)
+    assert float(multiclass_focal_loss(logits, torch.tensor([1]))) == pytest.approx(
+        -(0.25**2) * math.log(0.75), rel=1e-6)
+    assert float(multiclass_focal_loss(logits, torch.tensor([0]), class_weights=torch.tensor([2.0, 1.0]))) \
+        == pytest.approx(-2 * 0.75**2 * math.log(0.25), rel=1e-6)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20, 5, generator=g)
+    y = torch.randint(0, 5, (20,), generator=g)
+    w = torch.rand(5, generator=g) + 0.5
+    ref = 0.0
+    for i in range(20):   # the naive loop
+        p = math.exp(float(x[i, y[i]])) / sum(math.exp(float(v)) for v in x[i])
+        ref += -float(w[y[i]]) * (1 - p) ** 1.5 * math.log(p)
+    assert float(multiclass_focal_loss(x, y, gamma=1.5, class_weights=w)) == pytest.approx(ref / 20, rel=1e-5)
+    # gamma 0: cross-entropy
+    assert float(multiclass_focal_loss(x, y, gamma=0.0)) == pytest.approx(
+        float(torch.nn.functional.cross_entropy(x, y)), rel=1e-5)
+
+
+# ------------------------------------------------------------------ the ensemble with a shared prefix
+
+def test_shared_prefix_ensemble_equals_independent_members():
+    torch.manual_seed(0)
+    members = [create_backbone("efficientnet-lite0") for _ in range(3)]
+    for m in members[1:]:   # same early stages, different late ones
+        for k in ["stem", *[f"stages.{i}" for i in range(5)]]:
+            m.get_submodule(k).load_state_dict(members[0].get_submodule(k).state_dict())
+    full = EnsembleFeatureNet([_clone(m) for m in members], 64, head_outputs=2).eval()
+    shared = EnsembleFeatureNet([_clone(m) for m in members], 64, head_outputs=2, shared_stages=5).eval()
+    shared.dense.load_state_dict(full.dense.state_dict())
+    shared.head.load_state_dict(full.head.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = full(x), shared(x)
+    torch.testing.assert_close(a.feature, b.feature)
+    for ta, tb in zip(a.member_taps, b.member_taps):
+        assert len(ta) == len(tb) == 7
+        for u, v in zip(ta, tb):
+            torch.testing.assert_close(u, v)
+    # the later members hold no copy of the shared stages
+    assert not any(k.startswith(("members.1.stem", "members.1.stages.0")) for k in shared.state_dict())
+    assert sum(p.numel() for p in shared.parameters()) < sum(p.numel() for p in full.parameters())
+
+
+def _clone(m):
+    c = create_backbone(m.name)
+    c.load_state_dict(m.state_dict())
+    c.classifier = None
+    return c
+
+
+# ------------------------------------------------------------------ training
+
+def _synthetic_set(root: Path, n_train: int = 24, n_val: int = 12) -> Path:
+    """Melanomas are large dark lesions, the rest small light ones: a learnable signal."""
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for i in range(n_train + n_val):
+        mel = i % 3 == 0
+        img = lesion_image(i, 48)
+        arr = np.asarray(img).astype(np.float32)
+        arr = arr * (0.45 if mel else 1.1)
+        from PIL import Image
+        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(root / "images" / f"s{i}.png")
+        diag = "mel" if mel else ("nv" if i % 3 == 1 else "bkl")
+        rows.append({"image_id": f"s{i}", "lesion_id": f"L{i}", "image_path": f"images/s{i}.png", "diagnosis": diag,
+                     "melanoma": int(mel), "split": "train" if i < n_train else "val"})
+    with open(root / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root / "labels.csv"
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    return _synthetic_set(tmp_path_factory.mktemp("clf"))
+
+
+TINY_TRAIN = dict(members=2, image_size=32, epochs=4, head_epochs=3, batch_size=8, lr=3e-3, feature_dim=32)
+
+
+def test_tiny_two_phase_training_melanoma(synthetic, tmp_path):
+    cfg = ClassifierTrainConfig(labels=str(synthetic), target="melanoma", **TINY_TRAIN)
+    logs: list[str] = []
+    metrics = train_classifier(cfg, tmp_path / "run", log=logs.append, progress=False)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    for m in (1, 2):
+        losses = [r["train_loss"] for r in history if r.get("member") == m]
+        assert len(losses) == 4 and losses[-1] < losses[0], losses
+    assert {"ensemble", "members"} <= set(metrics["val"]) and len(metrics["val"]["members"]) == 2
+    # the config is written beside the weights; the weights load without pickle and describe themselves
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["members"] == 2
+    net, spec = load_ensemble(tmp_path / "run" / "ensemble.safetensors")
+    assert (spec.target, spec.classes, spec.head_outputs, spec.members) == ("melanoma", ("melanoma",), 1, 2)
+    assert spec.shared_stages == 5 and spec.train["epochs"] == 4
+    assert all(v.dtype == torch.float16 for k, v in load_file(str(tmp_path / "run" / "ensemble.safetensors")).items()
+               if v.is_floating_point())
+    # members differ (bootstrap samples and seeds)
+    s = net.state_dict()
+    assert not torch.equal(s["members.0.head.conv.weight"], s["members.1.head.conv.weight"])
+    # the extractor uses it: the 1024-d (here 32-d) Dense feature, Grams averaged over the members
+    ex = Extractor(ExtractorConfig.for_weights(str(tmp_path / "run" / "ensemble.safetensors"), masks=False))
+    assert ex.feature_dim == 32 and ex.has_head
+    out = ex.extract([lesion_image(0, 48), lesion_image(1, 48)])
+    assert out.features.shape == (2, 32) and np.isfinite(out.styles).all()
+    # evaluation of the head and each member on the val split
+    result = evaluate_classifier(tmp_path / "run" / "ensemble.safetensors", synthetic, on="val", log=logs.append)
+    assert result["images"] == 12 and len(result["auc_members"]) == 2 and 0 <= result["auc_ensemble"] <= 1
+
+    # rerunning the same command resumes: finished members are not retrained
+    before = load_file(str(tmp_path / "run" / "members" / "m1-best.safetensors"))
+    logs.clear()
+    train_classifier(cfg, tmp_path / "run", log=logs.append, progress=False)
+    assert sum("done earlier" in line for line in logs) == 2
+    after = load_file(str(tmp_path / "run" / "members" / "m1-best.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_interrupted_member_resumes_from_its_last_epoch(synthetic, tmp_path):
+    cfg = ClassifierTrainConfig(labels=str(synthetic), target="melanoma", **{**TINY_TRAIN, "members": 1})
+
+    def killer(line: str) -> None:   # the run is interrupted right after its second epoch is saved
+        if "epoch 2/4" in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(cfg, tmp_path / "run", log=killer, progress=False)
+    assert not (tmp_path / "run" / "ensemble.safetensors").exists()
+    logs: list[str] = []
+    train_classifier(cfg, tmp_path / "run", log=logs.append, progress=False)
+    assert any("resuming after epoch 2" in line for line in logs)
+    assert sum("member 1/1 epoch" in line for line in logs) == 2   # epochs 3 and 4 only
+    assert (tmp_path / "run" / "ensemble.safetensors").is_file()
+
+
+def test_tiny_training_diagnosis_target_and_evaluator_head_auc(synthetic, tmp_path):
+    cfg = ClassifierTrainConfig(labels=str(synthetic), target="diagnosis", class_weights=True, balanced=True,
+                                augment="online", diversity="fold", **TINY_TRAIN)
+    metrics = train_classifier(cfg, tmp_path / "run", log=lambda m: None, progress=False)
+    assert "balanced_accuracy" in metrics["val"]["ensemble"]
+    spec = read_ensemble_spec(tmp_path / "run" / "ensemble.safetensors")
+    assert spec.target == "diagnosis" and spec.classes == ("bkl", "mel", "nv") and spec.head_outputs == 3
+    # an index built with it reports the head's melanoma AUC next to the retrieval figures
+    config = ExtractorConfig.for_weights(str(tmp_path / "run" / "ensemble.safetensors"), mask_size=32)
+    ex = Extractor(config)
+    build_index(synthetic, tmp_path / "ix", extractor=ex)
+    ev = Evaluator(Searcher(tmp_path / "ix", ex))
+    report = ev.run(ev.queries_from_index(), config=EvaluationConfig(k=3, vote_k=4, bootstrap=50))
+    assert report.head is not None and 0 <= report.head["melanoma_auc_head"]["value"] <= 1
+
+
+def test_config_rejects_bad_settings():
+    with pytest.raises(ValueError, match="target"):
+        ClassifierTrainConfig(labels="x", target="benign")
+    with pytest.raises(ValueError, match="trainable_stages"):
+        ClassifierTrainConfig(labels="x", trainable_stages=0)
+    with pytest.raises(ValueError, match="augment"):
+        ClassifierTrainConfig(labels="x", augment="x8")
+
+
+def test_cli_train_classifier_on_real_subset(tmp_path, capsys):
+    if not (HAM / "labels.csv").is_file():
+        pytest.skip(f"HAM10000 not found at {HAM}")
+    rc = main(["train", "classifier", "--labels", str(HAM / "labels.csv"), "--split", str(HAM / "split.csv"),
+               "--out", str(tmp_path / "run"), "--members", "2", "--image-size", "32", "--epochs", "1",
+               "--head-epochs", "1", "--batch-size", "16", "--limit", "48", "--quiet"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "auc" in out["val"] and Path(out["weights"]).is_file()
+    rc = main(["eval-classifier", str(tmp_path / "run"), "--labels", str(HAM / "labels.csv"),
+               "--split", str(HAM / "split.csv"), "--on", "test", "--limit", "40"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["images"] == 40 and len(res["auc_members"]) == 2
+
+
+# ------------------------------------------------------------------ the shipped default
+
+def test_packaged_default_ensemble_matches_the_default_config_and_size_budget():
+    path = default_ensemble_path()
+    spec = read_ensemble_spec(path)
+    default = ExtractorConfig()
+    assert (spec.backbone, spec.members, spec.feature_dim, spec.image_size) == (
+        default.backbone, default.members, default.feature_dim, default.image_size)
+    assert ExtractorConfig.for_weights("default") == default
+    weights = REPO / "src" / "dermsearch" / "weights"
+    total = sum(p.stat().st_size for p in weights.glob("*.safetensors"))
+    assert total <= 60 * 1024 * 1024, f"shipped weights are {total / 2**20:.1f} MB (budget 60 MB)"
+    assert "melanoma" in (weights / "MODEL_CARD.md").read_text().lower()
