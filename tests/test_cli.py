@@ -80,9 +80,11 @@ def test_search_self_and_k0(real_subset):
     out = json.loads(res.stdout)
     assert set(out["results"]) == {"euclidean", "style"}
     assert len(out["results"]["style"]) == 30
-    # the query is indexed: it comes first with distance exactly 0 (same pixels, same model)
-    assert out["results"]["euclidean"][0]["id"] == q["image_id"]
-    assert out["results"]["euclidean"][0]["raw"]["ed"] == 0.0
+    # the query is indexed: it comes first with distance ~0 (same pixels, same model; float32 GEMMs
+    # round differently for a batch of 16 at indexing and a batch of 1 at query time: ~1e-5)
+    hits = out["results"]["euclidean"]
+    assert hits[0]["id"] == q["image_id"]
+    assert hits[0]["raw"]["ed"] < 1e-3 and hits[1]["raw"]["ed"] > 1000 * hits[0]["raw"]["ed"]
 
 
 def test_table_output_and_filters(real_subset):

@@ -41,6 +41,7 @@ from ..models.device import resolve_device
 from ..models.efficientnet import Backbone
 from ..models.ensemble import EnsembleFeatureNet, EnsembleSpec, build_ensemble, melanoma_probability, save_ensemble
 from ..models.registry import create_backbone
+from ..models.weights import state_fingerprint
 from .augment import AugmentConfig, Augmenter, x7_variant
 from .data import LabelledSet, load_labelled
 from .losses import binary_focal_loss, multiclass_focal_loss
@@ -82,6 +83,8 @@ class ClassifierTrainConfig:
     diversity: str = "bootstrap"      # "bootstrap", "fold" or "seed"
     dropout: float = 0.2
     head_variants: bool = False       # phase two also on the x7 variants (default: the originals only)
+    head_dropout: float = 0.5         # phase two: dropout on the members' pooled vectors while training
+    head_weight_decay: float = 1e-2   # phase two: AdamW weight decay
     seed: int = 0
     device: str = "auto"
     limit: int = 0                    # first N images of each split only (smoke tests)
@@ -401,6 +404,14 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Calla
     return metrics
 
 
+PHASE_TWO_FIELDS = ("head_epochs", "head_lr", "head_variants", "head_dropout", "head_weight_decay", "feature_dim")
+
+
+def _phase_one(config: dict) -> dict:
+    """The settings a member's training depends on (phase-two settings may change without retraining it)."""
+    return {k: v for k, v in config.items() if k not in PHASE_TWO_FIELDS}
+
+
 def _member_paths(out: Path, m: int) -> dict[str, Path]:
     d = out / "members"
     return {"best": d / f"m{m}-best.safetensors", "last": d / f"m{m}-last.safetensors",
@@ -417,7 +428,7 @@ def _train_member(cfg, m, out, fresh_backbone, k, labels, y_train, y_val, val, c
                   val_inputs, device, log, progress) -> dict:
     paths = _member_paths(out, m)
     state = json.loads(paths["state"].read_text()) if paths["state"].is_file() else None
-    if state and state.get("config") != cfg.to_dict():
+    if state and _phase_one(state.get("config", {})) != _phase_one(cfg.to_dict()):
         log(f"member {m + 1}: a run with another config stopped here; starting it afresh")
         state = None
     if state and state["epoch"] + 1 >= cfg.epochs and paths["best"].is_file():
@@ -526,8 +537,17 @@ def _train_head(cfg, net, spec, out, labels, y_train, y_val, val, class_weights,
                 yield prefix.run(train.images[i:i + 256].float() / 255.0)
 
     t0 = time.perf_counter()
-    x_tr = pooled_of(train_inputs())                    # [N·n_var or N, M, P]
-    x_val = pooled_of(val_inputs())
+    # the pooled vectors depend only on the trained members: cached, so phase two can be rerun cheaply
+    key = _fingerprint([state_fingerprint(m) for m in net.members], variants, cfg.limit, cfg.labels, cfg.split)
+    cache_file = out / "members" / f"pooled-{key}.safetensors"
+    if cache_file.is_file():
+        cached = load_file(str(cache_file))
+        x_tr, x_val = cached["train"].float(), cached["val"].float()
+    else:
+        x_tr = pooled_of(train_inputs())                    # [N·n_var or N, M, P]
+        x_val = pooled_of(val_inputs())
+        save_file({"train": x_tr.half().contiguous(), "val": x_val.half().contiguous()}, str(cache_file) + ".tmp")
+        Path(str(cache_file) + ".tmp").replace(cache_file)
     y_tr = y_train.repeat_interleave(variants)
     log(f"phase two: pooled vectors of {len(x_tr)} training rows and {len(x_val)} val images "
         f"({time.perf_counter() - t0:.0f} s)")
@@ -540,14 +560,16 @@ def _train_head(cfg, net, spec, out, labels, y_train, y_val, val, class_weights,
             member_metrics.append(_metrics(cfg, lm, y_val, val.melanoma, labels.classes,
                                            None if class_weights is None else class_weights.cpu()))
     params = [*net.norms.parameters(), *net.dense.parameters(), *net.head.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.head_lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=cfg.head_lr, weight_decay=cfg.head_weight_decay)
     bs = max(cfg.batch_size, 256)
     steps = math.ceil(len(x_tr) / bs)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.head_lr, total_steps=max(1, cfg.head_epochs * steps))
     best, best_state, history = -math.inf, None, []
     y_np = y_tr.numpy()
 
-    def forward(xb: torch.Tensor) -> torch.Tensor:
+    def forward(xb: torch.Tensor, train: bool = False) -> torch.Tensor:
+        if train and cfg.head_dropout > 0:
+            xb = nn.functional.dropout(xb, cfg.head_dropout, training=True)
         return net.combine(list(xb.unbind(1)))[1]
 
     for epoch in range(cfg.head_epochs):
@@ -559,7 +581,7 @@ def _train_head(cfg, net, spec, out, labels, y_train, y_val, val, class_weights,
         total = 0.0
         for i in range(0, len(order), bs):
             idx = torch.from_numpy(order[i:i + bs])
-            loss = _loss(cfg, forward(x_tr[idx].to(device)), y_tr[idx].to(device), class_weights)
+            loss = _loss(cfg, forward(x_tr[idx].to(device), train=True), y_tr[idx].to(device), class_weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -52,8 +52,11 @@ class DryRun:
 def count_rows(labels_csv: str | Path, split_csv: str | Path | None, split: str, limit: int = 0) -> int:
     """Rows of ``split`` (all rows without a split file) in a labels CSV."""
     with open(labels_csv, newline="") as f:
-        ids = [r["image_id"] for r in csv.DictReader(f)]
-    if split_csv is not None:
+        rows = list(csv.DictReader(f))
+    ids = [r["image_id"] for r in rows]
+    if split_csv is None and rows and "split" in rows[0]:
+        ids = [r["image_id"] for r in rows if r["split"] == split]
+    elif split_csv is not None:
         with open(split_csv, newline="") as f:
             s = {r["image_id"]: r["split"] for r in csv.DictReader(f)}
         ids = [i for i in ids if s.get(i) == split]

@@ -1,0 +1,100 @@
+"""Presets (`--preset default|paper`), device selection and the dry-run resource estimate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dermsearch.cli.main import main
+from dermsearch.index import Index
+from dermsearch.models.device import resolve_device
+from dermsearch.models.ensemble import read_ensemble_spec
+from dermsearch.presets import PRESETS, get_preset
+from dermsearch.train.classifier import ClassifierTrainConfig
+from dermsearch.train.segmenter import SegTrainConfig
+
+from .conftest import SHARED
+from .test_classifier import _synthetic_set
+
+HAM = SHARED / "ham10000"
+
+
+def test_paper_preset_resolves_to_the_papers_configuration():
+    p = get_preset("paper")
+    c = ClassifierTrainConfig(labels="x", **p.classifier)
+    assert (c.backbone, c.members, c.image_size, c.augment, c.trainable_stages, c.target) == (
+        "efficientnet-b6", 5, 384, "x7", 7, "melanoma")
+    assert c.shared_stages == 0     # whole members trained, as in the paper
+    s = SegTrainConfig(labels="x", **p.segmenter)
+    assert (s.arch, s.image_size) == ("r2unet", 384)
+    assert set(p.index["requires"]) == {"weights", "segmenter"}
+
+
+def test_default_preset_is_what_the_configs_default_to():
+    p = get_preset("default")
+    assert ClassifierTrainConfig(labels="x", **p.classifier) == ClassifierTrainConfig(labels="x")
+    with pytest.raises(KeyError, match="valid presets: default, paper"):
+        get_preset("huge")
+
+
+def test_presets_command_lists_both(capsys):
+    assert main(["presets", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == set(PRESETS)
+    assert out["paper"]["train classifier"]["backbone"] == "efficientnet-b6"
+    assert out["paper"]["train segmenter"]["arch"] == "r2unet"
+
+
+def test_device_auto_falls_back_to_cpu_and_cuda_fails_cleanly(image_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ValueError, match="no CUDA device"):
+        resolve_device("cuda:0")
+    rc = main(["index", str(image_folder), "--index", str(tmp_path / "ix"), "--weights", "random",
+               "--image-size", "64", "--device", "cuda", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no CUDA device" in err and "Traceback" not in err
+    assert main(["index", str(image_folder), "--index", str(tmp_path / "ix"), "--weights", "random",
+                 "--image-size", "64", "--mask-size", "32", "--device", "auto", "-q"]) == 0
+
+
+def test_dry_run_measures_real_steps_and_explicit_flags_override_the_preset(tmp_path, capsys):
+    labels = _synthetic_set(tmp_path / "data")
+    rc = main(["train", "classifier", "--preset", "paper", "--labels", str(labels), "--out", str(tmp_path / "run"),
+               "--members", "2", "--image-size", "32", "--batch-size", "2", "--dry-run", "--dry-run-steps", "1"])
+    assert rc == 0
+    est = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "2 x efficientnet-b6" in est["what"] and est["image_size"] == 32 and est["batch_size"] == 2
+    assert est["seconds_per_batch"] > 0 and est["estimated_seconds"] > 0
+    # whole B6 members: every parameter trained; 2 members' worth of parameters
+    assert est["trainable"] > 30e6 and est["parameters"] > 2 * est["trainable"] * 0.9
+    assert est["batches"] == 12 * 10 * 2      # ceil(24 / 2) batches x 10 epochs (preset) x 2 members
+    assert not (tmp_path / "run" / "ensemble.safetensors").exists()
+
+
+def test_tiny_paper_preset_trains_and_indexes_end_to_end(tmp_path, capsys):
+    if not (HAM / "labels.csv").is_file():
+        pytest.skip(f"HAM10000 (with masks) not found at {HAM}")
+    labels = _synthetic_set(tmp_path / "data", n_train=8, n_val=4)
+    small = ["--image-size", "32", "--members", "2", "--epochs", "1", "--head-epochs", "1", "--batch-size", "4",
+             "--quiet"]
+    assert main(["train", "classifier", "--preset", "paper", "--labels", str(labels),
+                 "--out", str(tmp_path / "clf"), *small]) == 0
+    spec = read_ensemble_spec(tmp_path / "clf" / "ensemble.safetensors")
+    assert (spec.backbone, spec.shared_stages, spec.members, spec.image_size) == ("efficientnet-b6", 0, 2, 32)
+    assert main(["train", "segmenter", "--preset", "paper", "--labels", str(HAM / "labels.csv"),
+                 "--split", str(HAM / "split.csv"), "--out", str(tmp_path / "seg"), "--image-size", "32",
+                 "--width", "4", "--epochs", "1", "--limit", "8", "--quiet"]) == 0
+    capsys.readouterr()
+    # the paper preset refuses to index without the trained files ...
+    assert main(["index", str(labels), "--index", str(tmp_path / "ix"), "--preset", "paper", "-q"]) == 2
+    assert "needs --weights and --segmenter" in capsys.readouterr().err
+    # ... and indexes with them
+    assert main(["index", str(labels), "--index", str(tmp_path / "ix"), "--preset", "paper", "-q",
+                 "--weights", str(tmp_path / "clf" / "ensemble.safetensors"),
+                 "--segmenter", str(tmp_path / "seg" / "best.safetensors")]) == 0
+    ix = Index.open(tmp_path / "ix")
+    assert len(ix) == 12 and ix.extractor_config.backbone == "efficientnet-b6"
+    assert ix.manifest["feature_dim"] == 1024
