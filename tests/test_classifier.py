@@ -210,7 +210,8 @@ def test_cli_train_classifier_on_real_subset(tmp_path, capsys):
     if not (HAM / "labels.csv").is_file():
         pytest.skip(f"HAM10000 not found at {HAM}")
     rc = main(["train", "classifier", "--labels", str(HAM / "labels.csv"), "--split", str(HAM / "split.csv"),
-               "--out", str(tmp_path / "run"), "--members", "2", "--image-size", "32", "--epochs", "1",
+               "--out", str(tmp_path / "run"), "--target", "melanoma", "--members", "2", "--image-size", "32",
+               "--epochs", "1",
                "--head-epochs", "1", "--batch-size", "16", "--limit", "48", "--quiet"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

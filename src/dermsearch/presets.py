@@ -27,7 +27,8 @@ PRESETS: dict[str, Preset] = {
         "default",
         "the configuration that ships: trainable on a 2-core CPU in about an hour",
         classifier={"backbone": "efficientnet-lite0", "weights": "imagenet", "members": 5, "image_size": 224,
-                    "trainable_stages": 2, "augment": "x7", "epochs": 3, "head_epochs": 20, "batch_size": 64},
+                    "trainable_stages": 2, "augment": "x7", "epochs": 3, "head_epochs": 20, "batch_size": 64,
+                    "target": "diagnosis"},
         segmenter={"arch": "unet", "width": 16, "image_size": 128, "epochs": 50, "batch_size": 32},
         index={"weights": "default", "segmenter": "default"},
         notes=("members: EfficientNet-Lite0 from the packaged ImageNet weights; stages 1-5 frozen and shared, "

@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     tc.add_argument("--split", type=Path, metavar="CSV", help="image_id,split file (e.g. ham10000/split.csv)")
     tc.add_argument("--out", required=True, type=Path, metavar="DIR", help="run directory (weights, config, history)")
     tc.add_argument("--target", choices=["melanoma", "diagnosis"],
-                    help="melanoma: sigmoid vs rest (the paper's); diagnosis: softmax over the label column")
+                    help="diagnosis (default): softmax over the label column; melanoma: sigmoid vs rest (the paper's)")
     tc.add_argument("--label-column", help="default: melanoma / diagnosis, after --target")
     tc.add_argument("--backbone", choices=list_backbones())
     tc.add_argument("--weights", choices=["imagenet", "random"], help="member initialisation")

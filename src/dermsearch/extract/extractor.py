@@ -89,7 +89,9 @@ class ExtractorConfig:
             return cls(**{**base, **overrides})
         spec = read_ensemble_spec(default_ensemble_path() if weights == "default" else weights)
         base = {"weights": weights, "feature": "ensemble", "backbone": spec.backbone, "members": spec.members,
-                "feature_dim": spec.feature_dim, "image_size": spec.image_size, "normalization": spec.normalization}
+                "feature_dim": spec.feature_dim, "image_size": spec.image_size}
+        auto = "tf" if "lite" in spec.backbone else "imagenet"
+        base["normalization"] = "auto" if spec.normalization == auto else spec.normalization
         return cls(**{**base, **overrides})
 
     @property

@@ -59,7 +59,7 @@ class ClassifierTrainConfig:
     split: str | None = None
     train_split: str = "train"
     val_split: str = "val"
-    target: str = "melanoma"
+    target: str = "diagnosis"         # the shipped default (chosen on val over "melanoma", see MODEL_CARD)
     label_column: str = ""            # default: "melanoma" or "diagnosis", after the target
     melanoma_class: str = "mel"       # diagnosis target: the class that is melanoma
     backbone: str = "efficientnet-lite0"
