@@ -19,13 +19,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from .efficientnet import Backbone
 from .registry import create_backbone
-from .weights import WeightsNotFoundError
+from .weights import WeightsNotFoundError, read_metadata, save_checkpoint
 
 __all__ = ["FeatureNetOutput", "PooledFeatureNet", "EnsembleFeatureNet", "EnsembleSpec", "save_ensemble",
            "load_ensemble", "read_ensemble_spec", "default_ensemble_path", "melanoma_probability"]
@@ -159,25 +158,11 @@ def build_ensemble(spec: EnsembleSpec, imagenet: bool = False) -> EnsembleFeatur
 
 def save_ensemble(net: EnsembleFeatureNet, spec: EnsembleSpec, path: str | Path, half: bool = True) -> None:
     """Write the ensemble as safetensors (fp16 floats when ``half``), atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
-             for k, v in net.state_dict().items()}
-    save_file(state, str(tmp), metadata={"ensemble": spec.to_json()})
-    tmp.replace(path)
+    save_checkpoint(net, Path(path), {"ensemble": spec.to_json()}, half=half)
 
 
 def read_ensemble_spec(path: str | Path) -> EnsembleSpec:
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsNotFoundError(f"ensemble weights not found: {path}")
-    if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: ensemble weights must be a .safetensors file (pickle is not loaded)")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if "ensemble" not in meta:
-        raise ValueError(f"{path}: not a dermsearch ensemble (no 'ensemble' metadata)")
-    return EnsembleSpec.from_json(meta["ensemble"])
+    return EnsembleSpec.from_json(read_metadata(path, "ensemble", "ensemble"))
 
 
 def load_ensemble(path: str | Path) -> tuple[EnsembleFeatureNet, EnsembleSpec]:

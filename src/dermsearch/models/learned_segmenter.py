@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 from .segmentation import Segmenter, SegmenterConfig
-from .weights import WeightsNotFoundError
+from .weights import WeightsNotFoundError, read_metadata
 
 __all__ = ["LearnedSegmenter", "default_segmenter_path", "load_segmenter_file"]
 
@@ -32,16 +31,7 @@ def default_segmenter_path() -> Path:
 
 def load_segmenter_file(path: str | Path) -> tuple[Segmenter, dict]:
     """Load a segmenter checkpoint strictly; its metadata must describe the model."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsNotFoundError(f"segmenter weights not found: {path}")
-    if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: segmenter weights must be a .safetensors file")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if "segmenter" not in meta:
-        raise ValueError(f"{path}: no segmenter description in its metadata (not a dermsearch segmenter?)")
-    info = json.loads(meta["segmenter"])
+    info = json.loads(read_metadata(path, "segmenter", "segmenter"))
     model = Segmenter(SegmenterConfig(**info["model"]))
     model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()}, strict=True)
     return model.eval(), info

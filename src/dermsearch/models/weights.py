@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -20,6 +21,7 @@ __all__ = [
     "load_imagenet_lite",
     "load_checkpoint",
     "save_checkpoint",
+    "read_metadata",
     "state_fingerprint",
 ]
 
@@ -72,13 +74,29 @@ def load_imagenet_lite(model: nn.Module) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def save_checkpoint(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write a model's state as safetensors (atomic: written aside, then renamed)."""
+def save_checkpoint(model: nn.Module, path: Path, metadata: dict[str, str] | None = None, half: bool = False) -> None:
+    """Write a model's state as safetensors (atomic: written aside, then renamed); ``half`` stores
+    floating-point tensors as fp16 (a strict load widens them back)."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().contiguous().cpu()
+             for k, v in model.state_dict().items()}
     save_file(state, str(tmp), metadata=metadata)
     tmp.replace(path)
+
+
+def read_metadata(path: str | Path, key: str, what: str) -> str:
+    """The ``key`` entry of a safetensors file's metadata, with clear errors for ``what`` it should be."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"{what} weights not found: {path}")
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: {what} weights must be a .safetensors file (pickle is not loaded)")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if key not in meta:
+        raise ValueError(f"{path}: not a dermsearch {what} (no {key!r} metadata)")
+    return meta[key]
 
 
 def load_checkpoint(model: nn.Module, path: Path) -> None:

@@ -41,7 +41,7 @@ from ..models.device import resolve_device
 from ..models.efficientnet import Backbone
 from ..models.ensemble import EnsembleFeatureNet, EnsembleSpec, build_ensemble, melanoma_probability, save_ensemble
 from ..models.registry import create_backbone
-from ..models.weights import state_fingerprint
+from ..models.weights import save_checkpoint, state_fingerprint
 from .augment import AugmentConfig, Augmenter, x7_variant
 from .data import LabelledSet, load_labelled
 from .losses import binary_focal_loss, multiclass_focal_loss
@@ -175,8 +175,8 @@ def _score(cfg: ClassifierTrainConfig, m: dict) -> float:
     return -math.inf if math.isnan(v) else v
 
 
-def _normaliser(cfg: ClassifierTrainConfig, device):
-    mean, std = NORMALISATIONS[cfg.normalization]
+def _normaliser(normalization: str, device):
+    mean, std = NORMALISATIONS[normalization]
     mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     return lambda unit: (unit * 255.0 - mean) / std      # [0, 1] images -> network input
@@ -205,7 +205,7 @@ class _Prefix:
 
     def __init__(self, base: Backbone, k: int, cfg: ClassifierTrainConfig, device):
         self.base, self.k, self.cfg, self.device = base, k, cfg, device
-        self.normalise = _normaliser(cfg, device)
+        self.normalise = _normaliser(cfg.normalization, device)
 
     @torch.no_grad()
     def run(self, unit: torch.Tensor) -> torch.Tensor:
@@ -418,12 +418,6 @@ def _member_paths(out: Path, m: int) -> dict[str, Path]:
             "opt": d / f"m{m}-optimizer.safetensors", "state": d / f"m{m}-state.json"}
 
 
-def _save_state(module: nn.Module, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp))
-    tmp.replace(path)
-
-
 def _train_member(cfg, m, out, fresh_backbone, k, labels, y_train, y_val, val, class_weights, batch_input,
                   val_inputs, device, log, progress) -> dict:
     paths = _member_paths(out, m)
@@ -482,8 +476,8 @@ def _train_member(cfg, m, out, fresh_backbone, k, labels, y_train, y_val, val, c
         improved = not paths["best"].is_file() or _score(cfg, vm) > best
         if improved:
             best = _score(cfg, vm)
-            _save_state(member, paths["best"])
-        _save_state(member, paths["last"])
+            save_checkpoint(member, paths["best"])
+        save_checkpoint(member, paths["last"])
         tensors, meta = _dump_optimizer(opt)
         save_file(tensors, str(paths["opt"]) + ".tmp")
         Path(str(paths["opt"]) + ".tmp").replace(paths["opt"])
@@ -626,12 +620,10 @@ def evaluate_classifier(weights: str | Path, labels_csv: str | Path, split_csv: 
     net = net.to(dev)
     data = load_labelled(labels_csv, split_csv if on else None, (on,) if on else None, spec.image_size,
                          "melanoma" if spec.target == "melanoma" else "diagnosis", spec.melanoma_class, limit)
-    mean, std = NORMALISATIONS[spec.normalization]
-    mean = torch.tensor(mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    normalise = _normaliser(spec.normalization, dev)
     head, members = [], []
     for i in range(0, len(data), batch_size):
-        x = (data.images[i:i + batch_size].to(dev).float() - mean) / std
+        x = normalise(data.images[i:i + batch_size].to(dev).float() / 255.0)
         o = net(x)
         head.append(melanoma_probability(o.logits, spec).cpu())
         if o.member_logits is not None:

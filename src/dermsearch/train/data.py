@@ -20,7 +20,7 @@ from PIL import Image
 from ..extract.images import load_image, resize_rgb
 from ..extract.masks import resize_mask
 
-__all__ = ["PairSet", "load_pairs", "read_pairs", "LabelledSet", "load_labelled"]
+__all__ = ["PairSet", "load_pairs", "read_pairs", "read_split_map", "LabelledSet", "load_labelled"]
 
 
 @dataclass
@@ -33,14 +33,19 @@ class PairSet:
         return len(self.ids)
 
 
+def read_split_map(split_csv: str | Path | None) -> dict[str, str] | None:
+    """image_id -> split name from an ``image_id,split`` CSV; None without one."""
+    if split_csv is None:
+        return None
+    with open(split_csv, newline="") as f:
+        return {r["image_id"]: r["split"] for r in csv.DictReader(f)}
+
+
 def read_pairs(labels_csv: str | Path, split_csv: str | Path | None = None,
                splits: tuple[str, ...] | None = None) -> list[tuple[str, Path, Path]]:
     """(id, image path, mask path) for rows with a mask, restricted to ``splits``."""
     labels_csv = Path(labels_csv)
-    split = None
-    if split_csv is not None:
-        with open(split_csv, newline="") as f:
-            split = {r["image_id"]: r["split"] for r in csv.DictReader(f)}
+    split = read_split_map(split_csv)
     out = []
     with open(labels_csv, newline="") as f:
         for r in csv.DictReader(f):
@@ -101,10 +106,7 @@ def load_labelled(labels_csv, split_csv=None, splits=None, size: int = 224, labe
 
     Images are resized exactly as the extractor resizes them, so training and indexing agree."""
     labels_csv = Path(labels_csv)
-    split = None
-    if split_csv is not None:
-        with open(split_csv, newline="") as f:
-            split = {r["image_id"]: r["split"] for r in csv.DictReader(f)}
+    split = read_split_map(split_csv)
     rows = []
     with open(labels_csv, newline="") as f:
         reader = csv.DictReader(f)
@@ -134,8 +136,7 @@ def write_resized_copy(labels_csv, split_csv, out: Path, size: int, splits: tupl
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    with open(split_csv, newline="") as f:
-        split = {r["image_id"]: r["split"] for r in csv.DictReader(f)}
+    split = read_split_map(split_csv)
     items = read_pairs(labels_csv, split_csv, splits)
     with open(out / "labels.csv", "w", newline="") as f, open(out / "split.csv", "w", newline="") as g:
         w, ws = csv.writer(f), csv.writer(g)

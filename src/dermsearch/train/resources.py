@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..models.device import resolve_device
+from .data import read_split_map
 
 __all__ = ["DryRun", "dry_run_steps", "count_rows"]
 
@@ -57,8 +58,7 @@ def count_rows(labels_csv: str | Path, split_csv: str | Path | None, split: str,
     if split_csv is None and rows and "split" in rows[0]:
         ids = [r["image_id"] for r in rows if r["split"] == split]
     elif split_csv is not None:
-        with open(split_csv, newline="") as f:
-            s = {r["image_id"]: r["split"] for r in csv.DictReader(f)}
+        s = read_split_map(split_csv)
         ids = [i for i in ids if s.get(i) == split]
     return min(len(ids), limit) if limit else len(ids)
 

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from ..models.device import resolve_device
 from ..models.learned_segmenter import load_segmenter_file
 from ..models.segmentation import Segmenter, SegmenterConfig
+from ..models.weights import save_checkpoint
 from .augment import AugmentConfig, Augmenter
 from .data import PairSet, load_pairs
 from .losses import focal_tversky_loss
@@ -93,14 +94,6 @@ def load_segmenter(directory_or_file: str | Path) -> tuple[Segmenter, dict]:
     """Load a trained segmenter: a run directory (its ``best.safetensors``) or a weights file."""
     path = Path(directory_or_file)
     return load_segmenter_file(path / "best.safetensors" if path.is_dir() else path)
-
-
-def _save(model: Segmenter, path: Path, info: dict, half: bool = False) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
-             for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"segmenter": json.dumps(info)})
-    tmp.replace(path)
 
 
 def _config_dict(cfg: SegTrainConfig) -> dict:
@@ -190,8 +183,9 @@ def train_segmenter(cfg: SegTrainConfig, out_dir: str | Path,
         improved = val_dice > best
         if improved:
             best = val_dice
-            _save(model, out / "best.safetensors", {**info, "epoch": epoch + 1, "val_dice": val_dice})
-        _save(model, out / "last.safetensors", info)
+            best_info = {**info, "epoch": epoch + 1, "val_dice": val_dice}
+            save_checkpoint(model, out / "best.safetensors", {"segmenter": json.dumps(best_info)})
+        save_checkpoint(model, out / "last.safetensors", {"segmenter": json.dumps(info)})
         opt_tensors, opt_meta = _dump_optimizer(opt)
         save_file(opt_tensors, str(out / "optimizer.safetensors.tmp"))
         (out / "optimizer.safetensors.tmp").replace(out / "optimizer.safetensors")
