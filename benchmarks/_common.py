@@ -32,3 +32,29 @@ def dir_bytes(path: Path) -> int:
 
 def emit(result: dict) -> None:
     print(json.dumps(result, indent=1))
+
+
+def read_bandwidth(arrays, threads: int | None = None, repeat: int = 5) -> float:
+    """Bytes per second of a pure read of ``arrays`` (an integer OR-reduction over their bytes,
+    split across ``threads`` threads; numpy releases the GIL), best of ``repeat``. The
+    memory-bandwidth yardstick for exact search: measured on the same matrices, in the same run."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    threads = threads or os.cpu_count() or 1
+    chunks = []
+    for a in arrays:
+        raw = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+        words = raw[: raw.size - raw.size % 8].view(np.uint64)
+        chunks += [words[i * words.size // threads:(i + 1) * words.size // threads] for i in range(threads)]
+    total = sum(c.nbytes for c in chunks)
+    best = float("inf")
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(np.bitwise_or.reduce, chunks))
+        for _ in range(repeat):
+            t = time.perf_counter()
+            list(pool.map(np.bitwise_or.reduce, chunks))
+            best = min(best, time.perf_counter() - t)
+    return total / best

@@ -1,13 +1,20 @@
-"""Query latency for all ten measures, exact, on a real index.
+"""Exact search: latency against the memory-bandwidth bound, batching, FAISS, precision.
 
-    python benchmarks/bench_search.py INDEX_DIR [--queries 20]
+    python benchmarks/bench_search.py INDEX_DIR [--queries 20] [--batch 64]
 
 With no INDEX_DIR, indexes isic-uda1 (557 images) into a temporary directory first. For
 N = 10,015: ``dermsearch index ../shared/data/ham10000/labels.csv --index /tmp/ham-index``
 then ``python benchmarks/bench_search.py /tmp/ham-index``.
 
-Baseline in the same run: a per-image Python loop over the candidates (how the measures are
-naturally written from the paper), on the same query, checked to give the same scores.
+All in the same run, on the same matrices:
+- the read bandwidth of this machine (``_common.read_bandwidth``) and the bound it implies:
+  the bytes an exact query must read / bandwidth;
+- single-query latency per measure and for all ten at once, and its ratio to the bound;
+- a batch of queries through ``Searcher.search_batch`` (matrix-matrix products);
+- FAISS IndexFlatL2 / IndexFlatIP (exact, same vectors) against the engine's Euclidean and cosine
+  top-5, one query and a batch;
+- a per-image Python loop in float64 (how the measures read in the paper), checked to agree;
+- precision: the engine's distances against float64 references, including near-duplicates.
 """
 
 from __future__ import annotations
@@ -19,10 +26,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import DATA, dir_bytes, emit, machine, require
+from _common import DATA, dir_bytes, emit, machine, read_bandwidth, require
 
 from dermsearch.index.build import build_index
 from dermsearch.search import MEASURES, Searcher
+from dermsearch.search.engine import ExactEngine, QueryBatch, top_k_rows
 from dermsearch.search.measures import cosine_new, harmonic_mean
 
 
@@ -44,23 +52,124 @@ def naive_scores(s: Searcher, q) -> dict[str, np.ndarray]:
     return {"euclidean": es, "cosine": csn, "style": ss, "dice": dc, "i1_sd": harmonic_mean(ss, dc)}
 
 
-def run(index_dir: Path, n_queries: int) -> dict:
+def timed(fn, repeat: int) -> list[float]:
+    fn()
+    out = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def ms(values: list[float]) -> float:
+    return round(statistics.median(values) * 1000, 2)
+
+
+def engine_top5(engine: ExactEngine, Q: QueryBatch, component: str) -> list[np.ndarray]:
+    raw = engine.raw(Q, [component])
+    valid = np.ones((len(Q), len(engine)), dtype=bool)
+    comp = ExactEngine.normalise(raw, valid)
+    return top_k_rows(comp[component], valid, 5)
+
+
+def faiss_comparison(engine: ExactEngine, Qf: np.ndarray, repeat: int) -> dict:
+    try:
+        import faiss
+    except ImportError:
+        return {"skipped": "faiss-cpu is not installed (pip install -e '.[bench]')"}
+    F = np.ascontiguousarray(engine.features, dtype=np.float32)
+    l2 = faiss.IndexFlatL2(F.shape[1])
+    l2.add(F)
+    norms = np.linalg.norm(F, axis=1, keepdims=True)
+    ip = faiss.IndexFlatIP(F.shape[1])      # cosine = inner product of unit vectors (FAISS's recipe)
+    ip.add(F / np.where(norms > 0, norms, 1))
+    Qn = Qf / np.linalg.norm(Qf, axis=1, keepdims=True)
+    out = {"faiss_version": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads()}
+    for label, Q in (("one_query", Qf[:1]), (f"batch_{len(Qf)}", Qf)):
+        qb = QueryBatch(Q)
+        row = {
+            "dermsearch_euclidean_ms": ms(timed(lambda qb=qb: engine_top5(engine, qb, "euclidean"), repeat)),
+            "faiss_flat_l2_ms": ms(timed(lambda Q=Q: l2.search(Q, 5), repeat)),
+            "dermsearch_cosine_ms": ms(timed(lambda qb=qb: engine_top5(engine, qb, "cosine"), repeat)),
+            "faiss_flat_ip_ms": ms(timed(lambda Q=Q: ip.search(Qn[: len(Q)], 5), repeat)),
+        }
+        ours = engine_top5(engine, qb, "euclidean")
+        _, theirs = l2.search(Q, 5)
+        row["same_top5_as_faiss_l2"] = float(np.mean([set(a) == set(b) for a, b in zip(ours, theirs)]))
+        ours = engine_top5(engine, qb, "cosine")
+        _, theirs = ip.search(Qn[: len(Q)], 5)
+        row["same_top5_as_faiss_ip"] = float(np.mean([set(a) == set(b) for a, b in zip(ours, theirs)]))
+        out[label] = row
+    return out
+
+
+def precision(engine: ExactEngine, s: Searcher, ids) -> dict:
+    """Largest relative error of ED and LS against float64, over some queries and every row,
+    and for near-duplicates (a stored row plus noise of 1e-4 of its norm)."""
+    snap = s.snapshot
+    worst_ed = worst_ls = 0.0
+    for i in ids[:3]:
+        q = s.query_for_id(i)
+        raw = engine.raw(QueryBatch.of([q]), ["euclidean", "style"])
+        F64, q64 = snap.features.astype(np.float64), q.feature.astype(np.float64)
+        ref_ed = np.sqrt(((F64 - q64) ** 2).sum(1))
+        ref_ls = np.array([((snap.styles[j].astype(np.float64) - q.style) ** 2).sum() for j in range(len(snap))])
+        ok = ref_ed > 0
+        worst_ed = max(worst_ed, float((np.abs(raw["euclidean"][0] - ref_ed)[ok] / ref_ed[ok]).max()))
+        worst_ls = max(worst_ls, float((np.abs(raw["style"][0] - ref_ls)[ok] / ref_ls[ok]).max()))
+    rng = np.random.default_rng(1)
+    j = s.row(ids[0])
+    f, st = snap.features[j], snap.styles[j]
+    fq = (f + rng.standard_normal(f.shape) * 1e-4 * np.linalg.norm(f) / np.sqrt(f.size)).astype(np.float32)
+    sq = (st + rng.standard_normal(st.shape) * 1e-4 * np.linalg.norm(st) / np.sqrt(st.size)).astype(np.float32)
+    raw = engine.raw(QueryBatch(fq[None], sq[None]), ["euclidean", "style"])
+    ref_ed = float(np.sqrt(((f.astype(np.float64) - fq) ** 2).sum()))
+    ref_ls = float(((st.astype(np.float64) - sq) ** 2).sum())
+    naive32_ls = float(np.float32(np.dot(st, st)) + np.float32(np.dot(sq, sq)) - 2 * np.float32(np.dot(st, sq)))
+    return {
+        "max_relative_error_ed": worst_ed, "max_relative_error_ls": worst_ls,
+        "near_duplicate_relative_error_ed": abs(float(raw["euclidean"][0, j]) - ref_ed) / ref_ed,
+        "near_duplicate_relative_error_ls": abs(float(raw["style"][0, j]) - ref_ls) / ref_ls,
+        "near_duplicate_relative_error_ls_plain_float32_expansion": abs(naive32_ls - ref_ls) / ref_ls,
+    }
+
+
+def run(index_dir: Path, n_queries: int, batch: int) -> dict:
     t0 = time.perf_counter()
     s = Searcher(index_dir)
     open_s = time.perf_counter() - t0
-    n = len(s.snapshot)
+    snap, engine = s.snapshot, s.engine
+    n = len(snap)
     rng = np.random.default_rng(0)
-    ids = rng.choice(s.snapshot.ids, size=min(n_queries, n), replace=False)
-    s.search(s.query_for_id(ids[0]), k=5)  # warm-up
-    lat = []
-    for i in ids:
-        q = s.query_for_id(i)
-        t = time.perf_counter()
-        s.search(q, k=5, exclude_ids=[i])
-        lat.append(time.perf_counter() - t)
-    q = s.query_for_id(ids[0])
+    ids = rng.choice(snap.ids, size=min(n_queries, n), replace=False)
+    queries = [s.query_for_id(i) for i in ids]
 
-    # baseline: per-image loop, same query; verify identical scores
+    matrices = [a for a in (snap.features, snap.styles, snap.masks) if a is not None]
+    bandwidth = read_bandwidth(matrices)
+    scanned = engine.bytes_per_query
+    bound_ms = scanned / bandwidth * 1000
+
+    def one(m=None):
+        lat = []
+        for i, q in zip(ids, queries):
+            t = time.perf_counter()
+            s.search(q, k=5, measures=m, exclude_ids=[i])
+            lat.append(time.perf_counter() - t)
+        return lat
+
+    one()  # warm-up
+    all_ten = one()
+    per_measure = {m: ms(one([m])) for m in MEASURES}
+    nb = min(batch, n)
+    bq = [s.query_for_id(i) for i in rng.choice(snap.ids, size=nb, replace=False)]
+    batch_s = statistics.median(timed(lambda: s.search_batch(bq, k=5), 3))
+    one_by_one = [s.search(q, k=5) for q in bq[:4]]
+    same_as_single = all(
+        [h.id for h in a.results[m]] == [h.id for h in b.results[m]]
+        for a, b in zip(one_by_one, s.search_batch(bq[:4], k=5)) for m in a.results)
+
+    q = queries[0]
     t = time.perf_counter()
     ref = naive_scores(s, q)
     naive = time.perf_counter() - t
@@ -68,30 +177,35 @@ def run(index_dir: Path, n_queries: int) -> dict:
     max_diff = 0.0
     for m, scores in ref.items():
         by_id = {h.id: h.score for h in full.results[m]}
-        got = np.array([by_id[i] for i in s.snapshot.ids])
+        got = np.array([by_id[i] for i in snap.ids])
         max_diff = max(max_diff, float(np.abs(got - scores).max()))
 
-    # end to end from an image file (decode + extraction + search)
-    path = s.snapshot.paths[0]
+    path = snap.paths[0]
     s.search(path, k=5)
-    t = time.perf_counter()
-    for _ in range(3):
-        s.search(path, k=5)
-    e2e = (time.perf_counter() - t) / 3
-
-    snap = s.snapshot
+    e2e = statistics.median(timed(lambda: s.search(path, k=5), 3))
+    Qf = np.stack([x.feature for x in bq]).astype(np.float32)
     return {
         "images": n,
-        "measures": list(MEASURES),
         "open_seconds": round(open_s, 2),
-        "query_ms_all_ten_measures": {"median": round(statistics.median(lat) * 1000, 2),
-                                      "p95": round(float(np.percentile(lat, 95)) * 1000, 2), "queries": len(lat)},
+        "bytes_per_image_exact": int(scanned / n),
+        "bytes_scanned_per_query": scanned,
+        "read_bandwidth_gb_s": round(bandwidth / 1e9, 2),
+        "bandwidth_bound_ms": round(bound_ms, 2),
+        "query_ms_all_ten_measures": {"median": ms(all_ten), "p95": round(float(np.percentile(all_ten, 95)) * 1000, 2),
+                                      "queries": len(all_ten)},
+        "ratio_to_bound_all_ten": round(statistics.median(all_ten) * 1000 / bound_ms, 3),
+        "query_ms_per_measure": per_measure,
+        "worst_ratio_to_bound_per_measure": round(max(per_measure.values()) / bound_ms, 3),
+        f"batch_{nb}_ms_per_query": round(batch_s / nb * 1000, 2),
+        "batch_speedup_vs_single": round(statistics.median(all_ten) / (batch_s / nb), 2),
+        "batch_same_ranks_as_single": same_as_single,
+        "faiss": faiss_comparison(engine, Qf, 5),
         "baseline_per_image_loop_ms": round(naive * 1000, 1),
-        "speedup_vs_loop": round(naive / statistics.median(lat), 1),
+        "speedup_vs_loop": round(naive / statistics.median(all_ten), 1),
         "max_abs_score_diff_vs_loop": max_diff,
+        "precision": precision(engine, s, ids),
         "end_to_end_ms_from_image_file": round(e2e * 1000, 1),
-        "bytes_scanned_per_query": int(snap.features.nbytes + snap.styles.nbytes + snap.masks.nbytes),
-        "index_bytes_per_image": int(dir_bytes(index_dir) / n),
+        "index_bytes_per_image_on_disk": int(dir_bytes(index_dir) / n),
     }
 
 
@@ -99,15 +213,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("index", nargs="?", type=Path)
     ap.add_argument("--queries", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=64)
     args = ap.parse_args()
     if args.index:
-        result = run(args.index, args.queries)
+        result = run(args.index, args.queries, args.batch)
         result["data"] = str(args.index)
     else:
         labels = require(DATA / "isic-uda1" / "labels.csv")
         with tempfile.TemporaryDirectory() as tmp:
             build_index(labels, Path(tmp) / "ix")
-            result = run(Path(tmp) / "ix", args.queries)
+            result = run(Path(tmp) / "ix", args.queries, args.batch)
         result["data"] = "isic-uda1"
     emit({"benchmark": "search", **result, "machine": machine()})
 

@@ -10,7 +10,7 @@ import pytest
 from dermsearch.extract import Extractor, ExtractorConfig
 from dermsearch.index.build import build_index
 from dermsearch.search import MEASURES, Filters, Searcher
-from dermsearch.search.measures import euclidean_distances, max_normalised, style_losses
+from dermsearch.search.measures import max_normalised
 
 from .conftest import TINY, lesion_image
 
@@ -51,13 +51,15 @@ def test_scores_are_exact_over_candidate_set(labelled_index):
     assert res.candidates == 11 and all(len(h) == 11 for h in res.results.values())
     snap = s.snapshot
     keep = snap.ids != "x1"
-    es = max_normalised(euclidean_distances(q.feature, snap.features[keep]))
-    ss = max_normalised(style_losses(q.style, snap.styles[keep]))
+    # float64 references, no BLAS: the engine's float32 products differ by rounding only
+    f64, s64 = snap.features[keep].astype(np.float64), snap.styles[keep].astype(np.float64)
+    es = max_normalised(np.sqrt(((f64 - q.feature) ** 2).sum(1)))
+    ss = max_normalised(((s64 - q.style) ** 2).sum(1))
     by_id = dict(zip(snap.ids[keep], es))
     ss_by_id = dict(zip(snap.ids[keep], ss))
     for h in res.results["euclidean"]:
-        assert h.score == pytest.approx(by_id[h.id], abs=1e-12)
-        assert h.components["style"] == pytest.approx(ss_by_id[h.id], abs=1e-12)
+        assert h.score == pytest.approx(by_id[h.id], abs=1e-5)  # float32 products: see docs/performance.md
+        assert h.components["style"] == pytest.approx(ss_by_id[h.id], abs=1e-5)
     scores = [h.score for h in res.results["i1_sc"]]
     assert scores == sorted(scores, reverse=True)
     # the farthest candidate has ES exactly 0

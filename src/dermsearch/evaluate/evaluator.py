@@ -20,14 +20,8 @@ import numpy as np
 from ..extract import Extracted, ImageError, load_image
 from ..index.sources import Problem, read_labels_csv
 from ..search import MEASURES, Searcher
-from ..search.measures import (
-    MEASURE_COMPONENTS,
-    cosine_similarities_batch,
-    dice_batch,
-    harmonic_mean,
-    max_normalised_rows,
-    squared_distances_batch,
-)
+from ..search.engine import ExactEngine, QueryBatch
+from ..search.measures import measure_scores
 from .metrics import (
     average_precision_at_k,
     bootstrap_ci,
@@ -195,8 +189,7 @@ class Evaluator:
         K = max(config.k, config.vote_k)
         has_style = s.styles is not None and queries.styles is not None
         has_mask = s.masks is not None and queries.masks is not None
-        fn, sn = self.searcher.row_sqnorms
-        M_float = np.unpackbits(s.masks, axis=1).astype(np.float32) if has_mask else None
+        engine = self.searcher.engine
         cand_diag = np.array([d or "" for d in s.diagnosis], dtype=object)
         lesions = np.array([lid if lid else f"\0row{i}" for i, lid in enumerate(s.lesion_id)], dtype=object)
         top = {m: np.empty((len(queries), K), dtype=np.int64) for m in measures}
@@ -211,19 +204,13 @@ class Evaluator:
                     valid[j, pos] = False
                 if config.exclude_same_lesion and qles:
                     valid[j] &= lesions != qles
-            comp = {}
-            ed = np.sqrt(squared_distances_batch(queries.features[sl], s.features, fn))
-            comp["euclidean"] = max_normalised_rows(ed, valid)
-            comp["cosine"] = (cosine_similarities_batch(queries.features[sl], s.features, fn) + 1.0) / 2.0
-            if has_style:
-                comp["style"] = max_normalised_rows(squared_distances_batch(queries.styles[sl], s.styles, sn), valid)
-            if has_mask:
-                qm = np.unpackbits(queries.masks[sl], axis=1)
-                comp["dice"] = dice_batch(qm, queries.mask_areas[sl], M_float, s.mask_areas)
+            batch = QueryBatch(queries.features[sl], queries.styles[sl] if has_style else None,
+                               queries.masks[sl] if has_mask else None,
+                               queries.mask_areas[sl] if has_mask else None)
+            comp = ExactEngine.normalise(engine.raw(batch), valid)
+            scores = measure_scores(comp, measures)
             for m in measures:
-                parts = MEASURE_COMPONENTS[m]
-                score = comp[parts[0]] if len(parts) == 1 else harmonic_mean(*(comp[p] for p in parts))
-                score = np.where(valid, score, -np.inf)
+                score = np.where(valid, scores[m], -np.inf)
                 part = np.argpartition(-score, K - 1, axis=1)[:, :K] if K < n else np.tile(np.arange(n), (b, 1))
                 part_scores = np.take_along_axis(score, part, axis=1)
                 order = np.lexsort((part, -part_scores), axis=1)  # by score, ties by row order

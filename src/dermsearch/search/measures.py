@@ -11,7 +11,9 @@ import numpy as np
 
 __all__ = [
     "MEASURES", "COMPONENTS", "MEASURE_COMPONENTS",
-    "row_sqnorms", "squared_distances", "euclidean_distances", "cosine_similarities", "style_losses",
+    "row_sqnorms", "squared_distances", "squared_distances_batch", "distances_from_dots", "cosines_from_dots",
+    "cosine_similarities_batch", "mask_intersections", "dice_from_intersections", "max_normalised_rows",
+    "euclidean_distances", "cosine_similarities", "style_losses",
     "dice_coefficients",
     "max_normalised", "cosine_new", "harmonic_mean", "measure_scores",
 ]
@@ -32,8 +34,11 @@ MEASURE_COMPONENTS: dict[str, tuple[str, ...]] = {
 MEASURES = tuple(MEASURE_COMPONENTS)
 
 # Rows whose expanded distance is below this fraction of ||x||² + ||q||² are recomputed from
-# their differences in float64 (cancellation would otherwise cost precision there).
-RECHECK_FRACTION = 0.05
+# their differences (cancellation would otherwise cost precision there: near-duplicates). On
+# HAM10000 style vectors 1% catches the near-duplicates and almost nothing else (5% would
+# recheck up to 600 rows for some queries); the measured worst relative error of the rows not
+# rechecked is in docs/performance.md.
+RECHECK_FRACTION = 0.01
 
 
 def row_sqnorms(X: np.ndarray) -> np.ndarray:
@@ -62,21 +67,40 @@ def squared_distances(q: np.ndarray, X: np.ndarray, x_sqnorms: np.ndarray | None
     return np.maximum(d, 0.0)
 
 
+def distances_from_dots(dots: np.ndarray, Q: np.ndarray, X: np.ndarray, q_sqnorms: np.ndarray,
+                        x_sqnorms: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """[B, N] squared distances from the float32 products ``dots = Q @ X[rows].T``.
+
+    ||q||² + ||x||² − 2 q·x in float64; pairs where that expansion cancels (near-duplicates:
+    distance below ``RECHECK_FRACTION`` of the norms) are recomputed from their differences in
+    float64, so a near-duplicate's distance keeps full precision (an image's distance to itself is 0).
+    ``rows``: the rows of X the columns of ``dots`` refer to (all rows when None).
+    """
+    scale = q_sqnorms[:, None] + x_sqnorms[None, :]
+    d = scale - 2.0 * dots.astype(np.float64)
+    qi, xi = np.nonzero(d <= RECHECK_FRACTION * scale)
+    for start in range(0, qi.size, 64):
+        a, b = qi[start:start + 64], xi[start:start + 64]
+        xr = b if rows is None else rows[b]
+        diff = np.asarray(X[xr], dtype=np.float64) - Q[a].astype(np.float64)
+        d[a, b] = np.einsum("ij,ij->i", diff, diff)
+    return np.maximum(d, 0.0)
+
+
 def squared_distances_batch(Q: np.ndarray, X: np.ndarray, x_sqnorms: np.ndarray | None = None) -> np.ndarray:
     """[B, N] squared distances for a batch of queries: one matrix-matrix product, then the
     same exact float64 recheck of cancelling (near-duplicate) pairs as :func:`squared_distances`."""
     Q32 = np.asarray(Q, dtype=np.float32)
     if x_sqnorms is None:
         x_sqnorms = row_sqnorms(X)
-    q_sqnorms = row_sqnorms(Q32)
-    scale = q_sqnorms[:, None] + x_sqnorms[None, :]
-    d = scale - 2.0 * (Q32 @ X.T).astype(np.float64)
-    qi, xi = np.nonzero(d <= RECHECK_FRACTION * scale)
-    for start in range(0, qi.size, 64):
-        a, b = qi[start:start + 64], xi[start:start + 64]
-        diff = X[b].astype(np.float64) - Q32[a].astype(np.float64)
-        d[a, b] = np.einsum("ij,ij->i", diff, diff)
-    return np.maximum(d, 0.0)
+    return distances_from_dots(Q32 @ X.T, Q32, X, row_sqnorms(Q32), x_sqnorms)
+
+
+def cosines_from_dots(dots: np.ndarray, q_sqnorms: np.ndarray, x_sqnorms: np.ndarray) -> np.ndarray:
+    """[B, N] cosine similarities from the products; a zero vector has cosine 0."""
+    norms = np.sqrt(q_sqnorms)[:, None] * np.sqrt(x_sqnorms)[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.clip(np.where(norms > 0, dots.astype(np.float64) / norms, 0.0), -1.0, 1.0)
 
 
 def cosine_similarities_batch(Q: np.ndarray, X: np.ndarray, x_sqnorms: np.ndarray | None = None) -> np.ndarray:
@@ -84,19 +108,44 @@ def cosine_similarities_batch(Q: np.ndarray, X: np.ndarray, x_sqnorms: np.ndarra
     Q32 = np.asarray(Q, dtype=np.float32)
     if x_sqnorms is None:
         x_sqnorms = row_sqnorms(X)
-    norms = np.sqrt(row_sqnorms(Q32))[:, None] * np.sqrt(x_sqnorms)[None, :]
-    dots = (Q32 @ X.T).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.clip(np.where(norms > 0, dots / norms, 0.0), -1.0, 1.0)
+    return cosines_from_dots(Q32 @ X.T, row_sqnorms(Q32), x_sqnorms)
 
 
-def dice_batch(Q_masks: np.ndarray, q_areas: np.ndarray, M_float: np.ndarray, areas: np.ndarray) -> np.ndarray:
-    """[B, N] Dice of unpacked query masks [B, P] against unpacked float32 masks [N, P]
-    (overlaps as one matrix product; exact, counts stay far below 2**24)."""
-    inter = np.asarray(Q_masks, dtype=np.float32) @ M_float.T
+def dice_from_intersections(inter: np.ndarray, q_areas: np.ndarray, areas: np.ndarray) -> np.ndarray:
+    """[B, N] Dice from overlap counts: 2|A∩B| / (|A| + |B|); both empty -> 1."""
     total = np.asarray(q_areas, np.float64)[:, None] + np.asarray(areas, np.float64)[None, :]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, 2.0 * inter / total, 1.0)
+
+
+def mask_intersections(Q_packed: np.ndarray, M_packed: np.ndarray, block: int = 2048) -> np.ndarray:
+    """[B, N] pixel overlaps of bit-packed query masks with bit-packed rows.
+
+    One query: AND + popcount over the packed bytes (the masks are read once, 1 bit per pixel).
+    Several: per block of rows, unpacked to float32 and one matrix product (exact: counts stay far
+    below 2**24), so each block is read once for the whole batch.
+    """
+    Q = np.ascontiguousarray(Q_packed, dtype=np.uint8)
+    M = np.asarray(M_packed)
+    if Q.shape[0] == 1:
+        # in blocks of rows that stay in cache: AND and popcount in place, then one row sum
+        q = Q[0].view(np.uint64) if Q.shape[1] % 8 == 0 else Q[0]
+        out = np.empty((1, M.shape[0]), dtype=np.float64)
+        step = 256
+        tmp = np.empty((step, q.shape[0]), dtype=q.dtype)
+        for start in range(0, M.shape[0], step):
+            blk = np.ascontiguousarray(M[start:start + step], dtype=np.uint8).view(q.dtype)
+            t = tmp[:blk.shape[0]]
+            np.bitwise_and(blk, q, out=t)
+            np.bitwise_count(t, out=t)
+            out[0, start:start + blk.shape[0]] = t.sum(axis=1, dtype=np.int64)
+        return out
+    Qf = np.unpackbits(Q, axis=1).astype(np.float32)
+    out = np.empty((Q.shape[0], M.shape[0]), dtype=np.float64)
+    for start in range(0, M.shape[0], block):
+        blk = np.unpackbits(np.asarray(M[start:start + block], dtype=np.uint8), axis=1).astype(np.float32)
+        out[:, start:start + blk.shape[0]] = Qf @ blk.T
+    return out
 
 
 def max_normalised_rows(D: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -131,14 +180,8 @@ def style_losses(q: np.ndarray, S: np.ndarray, s_sqnorms: np.ndarray | None = No
 
 def dice_coefficients(q_packed: np.ndarray, q_area: int, M_packed: np.ndarray, areas: np.ndarray) -> np.ndarray:
     """DC (eq. 8) of one bit-packed mask against every row; both empty -> 1, one empty -> 0."""
-    M = np.ascontiguousarray(M_packed, dtype=np.uint8)
-    qp = np.ascontiguousarray(q_packed, dtype=np.uint8)
-    if M.shape[1] % 8 == 0:
-        M, qp = M.view(np.uint64), qp.view(np.uint64)
-    inter = np.bitwise_count(M & qp).sum(axis=1, dtype=np.int64)
-    total = np.asarray(areas, dtype=np.int64) + int(q_area)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, 2.0 * inter / total, 1.0)
+    inter = mask_intersections(np.asarray(q_packed, dtype=np.uint8)[None, :], M_packed)
+    return dice_from_intersections(inter, np.array([q_area]), areas)[0]
 
 
 def max_normalised(distances: np.ndarray) -> np.ndarray:

@@ -12,35 +12,13 @@ from PIL import Image
 
 from ..extract import Extractor, load_image
 from ..index import Index
-from .measures import (
-    COMPONENTS,
-    MEASURE_COMPONENTS,
-    MEASURES,
-    cosine_new,
-    cosine_similarities,
-    dice_coefficients,
-    euclidean_distances,
-    max_normalised,
-    measure_scores,
-    row_sqnorms,
-    style_losses,
-)
+from .engine import ExactEngine, Query, QueryBatch, top_k_rows
+from .measures import COMPONENTS, MEASURE_COMPONENTS, MEASURES, measure_scores
 
-__all__ = ["Filters", "Hit", "Query", "SearchResult", "Searcher"]
+__all__ = ["Filters", "Hit", "Query", "SearchResult", "Searcher", "top_k"]
 
 _COMPONENT_NEEDS = {"style": "styles", "dice": "masks"}
 _RAW_KEYS = {"euclidean": "ed", "cosine": "cs", "style": "ls", "dice": "dice"}
-
-
-@dataclass(frozen=True)
-class Query:
-    """The extracted form of a query image."""
-
-    feature: np.ndarray
-    style: np.ndarray | None = None
-    mask: np.ndarray | None = None      # bit-packed
-    mask_area: int = 0
-    label: str = "query"
 
 
 @dataclass(frozen=True)
@@ -97,13 +75,7 @@ class SearchResult:
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k best scores, best first; ties keep index order (deterministic).
     ``k <= 0`` ranks everything."""
-    n = scores.shape[0]
-    neg = -scores
-    if k <= 0 or k >= n:
-        return np.argsort(neg, kind="stable")
-    kth = np.partition(neg, k - 1)[k - 1]
-    cand = np.flatnonzero(neg <= kth)
-    return cand[np.argsort(neg[cand], kind="stable")][:k]
+    return top_k_rows(scores[None, :], np.ones((1, scores.shape[0]), dtype=bool), k)[0]
 
 
 class Searcher:
@@ -128,8 +100,7 @@ class Searcher:
         s = self.snapshot = self.index.snapshot()
         self._positions = {i: n for n, i in enumerate(s.ids)}
         self._meta_cache: list[dict] | None = None
-        self._feature_sqnorms = row_sqnorms(s.features)
-        self._style_sqnorms = None if s.styles is None else row_sqnorms(s.styles)
+        self.engine = ExactEngine(s.features, s.styles, s.masks, s.mask_areas)
 
     def row(self, image_id: str) -> int | None:
         """Position of an id in the current snapshot (None when absent)."""
@@ -144,7 +115,7 @@ class Searcher:
     @property
     def row_sqnorms(self) -> tuple[np.ndarray, np.ndarray | None]:
         """Cached float64 ||x||² of the feature and style rows (for batched distances)."""
-        return self._feature_sqnorms, self._style_sqnorms
+        return self.engine.feature_sqnorms, self.engine.style_sqnorms
 
     @property
     def extractor(self) -> Extractor:
@@ -224,11 +195,46 @@ class Searcher:
                measures: list[str] | tuple[str, ...] | None = None, exclude_ids=(),
                filters: Filters | None = None) -> SearchResult:
         """Rank every candidate by each requested measure; return the top ``k`` (0 = all)."""
-        if not isinstance(query, Query):
-            query = self.encode(query)
+        return self.search_batch([query], k, measures, [exclude_ids], filters)[0]
+
+    def search_batch(self, queries: list, k: int = 5, measures: list[str] | tuple[str, ...] | None = None,
+                     exclude_ids: list | None = None, filters: Filters | None = None) -> list[SearchResult]:
+        """:meth:`search` for several queries at once: the index matrices are read once for the
+        whole batch (matrix-matrix products), so a batch costs far less than its queries one by
+        one. ``exclude_ids``: one list of ids per query (or None)."""
+        queries = [q if isinstance(q, Query) else self.encode(q) for q in queries]
         if k < 0:
             raise ValueError("k must be >= 0")
-        messages: list[str] = []
+        if exclude_ids is not None and len(exclude_ids) != len(queries):
+            raise ValueError("exclude_ids needs one list per query")
+        wanted, messages = self._resolve_measures(measures)
+        s = self.snapshot
+        allowed = self.candidate_mask((), filters)
+        valid = np.broadcast_to(allowed, (len(queries), len(s))).copy()
+        for j, ids in enumerate(exclude_ids or ()):
+            for image_id in ids:
+                i = self._positions.get(image_id)
+                if i is not None:
+                    valid[j, i] = False
+        # Every available component is computed: each hit reports all four (SPEC section 3).
+        # Raw values cover all rows (one pass over the matrices, no copies of them); the
+        # max-normalisers see each query's candidates only.
+        batch = QueryBatch.of(queries)
+        raw = self.engine.raw(batch) if len(s) else {}
+        comp = ExactEngine.normalise(raw, valid) if raw else {}
+        scores = measure_scores(comp, wanted) if comp else {}
+        results = []
+        for j, query in enumerate(queries):
+            per_measure: dict[str, list[Hit]] = {}
+            for m in wanted:
+                rows = top_k_rows(scores[m][j], valid[j], k)[0] if scores else np.zeros(0, dtype=np.int64)
+                per_measure[m] = [self._hit(rank, int(i), float(scores[m][j, i]),
+                                            {c: comp[c][j, i] for c in comp}, {c: raw[c][j, i] for c in raw})
+                                  for rank, i in enumerate(rows, start=1)]
+            results.append(SearchResult(query.label, k, int(valid[j].sum()), per_measure, list(messages)))
+        return results
+
+    def _resolve_measures(self, measures) -> tuple[tuple[str, ...], list[str]]:
         available = self.available_measures()
         if measures:
             unknown = [m for m in measures if m not in MEASURE_COMPONENTS]
@@ -237,51 +243,17 @@ class Searcher:
             missing = [m for m in measures if m not in available]
             if missing:
                 raise ValueError(self._missing_message(missing))
-            wanted = tuple(dict.fromkeys(measures))
-        else:
-            wanted = available
-            absent = [m for m in MEASURES if m not in available]
-            if absent:
-                messages.append(self._missing_message(absent))
+            return tuple(dict.fromkeys(measures)), []
+        absent = [m for m in MEASURES if m not in available]
+        return available, [self._missing_message(absent)] if absent else []
 
+    def _hit(self, rank: int, i: int, score: float, comp: dict, raw: dict) -> Hit:
         s = self.snapshot
-        keep = self.candidate_mask(exclude_ids, filters)
-        rows = np.flatnonzero(keep)
-        # Every available component is computed: each hit reports all four (SPEC section 3).
-        # Raw values are computed over all rows (one pass over the matrices, no copies of
-        # them) and then restricted; the max-normalisers see the candidates only.
-        raw: dict[str, np.ndarray] = {}
-        comp: dict[str, np.ndarray] = {}
-        if rows.size:
-            pick = (lambda a: a) if rows.size == len(s) else (lambda a: a[rows])
-            raw["euclidean"] = pick(euclidean_distances(query.feature, s.features, self._feature_sqnorms))
-            raw["cosine"] = pick(cosine_similarities(query.feature, s.features, self._feature_sqnorms))
-            comp["euclidean"] = max_normalised(raw["euclidean"])
-            comp["cosine"] = cosine_new(raw["cosine"])
-            if "style" in self.available_components and query.style is not None:
-                raw["style"] = pick(style_losses(query.style, s.styles, self._style_sqnorms))
-                comp["style"] = max_normalised(raw["style"])
-            if "dice" in self.available_components and query.mask is not None:
-                raw["dice"] = pick(dice_coefficients(query.mask, query.mask_area, s.masks, s.mask_areas))
-                comp["dice"] = raw["dice"]
-        scores = measure_scores(comp, wanted) if rows.size else {m: np.zeros(0) for m in wanted}
-
-        results: dict[str, list[Hit]] = {}
-        for m in wanted:
-            order = top_k(scores[m], k)
-            hits = []
-            for rank, j in enumerate(order, start=1):
-                i = int(rows[j])
-                mel = s.melanoma[i]
-                hits.append(Hit(
-                    rank=rank, id=str(s.ids[i]), score=float(scores[m][j]), path=str(s.paths[i]),
-                    diagnosis=s.diagnosis[i],
-                    components={c: (float(comp[c][j]) if c in comp else None) for c in COMPONENTS},
-                    raw={_RAW_KEYS[c]: (float(raw[c][j]) if c in raw else None) for c in COMPONENTS},
-                    melanoma=None if np.isnan(mel) else int(mel), lesion_id=s.lesion_id[i],
-                ))
-            results[m] = hits
-        return SearchResult(query.label, k, int(rows.size), results, messages)
+        mel = s.melanoma[i]
+        return Hit(rank=rank, id=str(s.ids[i]), score=score, path=str(s.paths[i]), diagnosis=s.diagnosis[i],
+                   components={c: (float(comp[c]) if c in comp else None) for c in COMPONENTS},
+                   raw={_RAW_KEYS[c]: (float(raw[c]) if c in raw else None) for c in COMPONENTS},
+                   melanoma=None if np.isnan(mel) else int(mel), lesion_id=s.lesion_id[i])
 
     def _missing_message(self, measures: list[str]) -> str:
         lacking = sorted({c for m in measures for c in MEASURE_COMPONENTS[m]} - set(self.available_components))

@@ -1,0 +1,172 @@
+"""The exact engine: raw and normalised components of a batch of queries against every row.
+
+The cost of exact search is reading the index matrices, so each is read once per batch of
+queries: one matrix product ``Q @ Fᵀ`` gives both the Euclidean and the cosine terms, one
+``Q @ Sᵀ`` the style losses, and the bit-packed masks are read once for the Dice overlaps. A
+batch of B queries therefore costs about one pass over memory, not B (matrix-matrix products).
+The matrices may be in RAM or memory-mapped files; nothing here copies them.
+
+Precision: products are float32 (BLAS); everything after them is float64. Squared distances
+use ||q||² + ||x||² − 2 q·x, and the pairs where that would cancel (closer than
+``RECHECK_FRACTION`` of the norms: near-duplicates) are recomputed from their differences in
+float64, so near-duplicate distances keep full precision (``docs/performance.md``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .measures import (
+    COMPONENTS,
+    cosines_from_dots,
+    dice_from_intersections,
+    distances_from_dots,
+    mask_intersections,
+    max_normalised_rows,
+    row_sqnorms,
+)
+
+__all__ = ["Query", "QueryBatch", "ExactEngine", "products", "top_k_rows"]
+
+
+@dataclass(frozen=True)
+class Query:
+    """The extracted form of a query image."""
+
+    feature: np.ndarray
+    style: np.ndarray | None = None
+    mask: np.ndarray | None = None      # bit-packed
+    mask_area: int = 0
+    label: str = "query"
+
+
+@dataclass(frozen=True)
+class QueryBatch:
+    """B queries stacked for the matrix-matrix products."""
+
+    features: np.ndarray                # [B, D] float32
+    styles: np.ndarray | None = None    # [B, S] float32
+    masks: np.ndarray | None = None     # [B, P] uint8, bit-packed
+    mask_areas: np.ndarray | None = None  # [B]
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    @classmethod
+    def of(cls, queries: Sequence[Query]) -> QueryBatch:
+        if not queries:
+            raise ValueError("no queries")
+        has_style = all(q.style is not None for q in queries)
+        has_mask = all(q.mask is not None for q in queries)
+        return cls(np.stack([np.asarray(q.feature, np.float32) for q in queries]),
+                   np.stack([np.asarray(q.style, np.float32) for q in queries]) if has_style else None,
+                   np.stack([np.asarray(q.mask, np.uint8) for q in queries]) if has_mask else None,
+                   np.array([q.mask_area for q in queries], dtype=np.int64) if has_mask else None)
+
+
+def products(Q: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """``Q @ Xᵀ`` in float32 without copying X (RAM or memory map).
+
+    Through torch's BLAS (MKL on x86): its matrix-vector product reads a 3 GB style matrix at the
+    machine's full read bandwidth, where numpy's OpenBLAS build reached ~0.8 of it
+    (``benchmarks/bench_search.py``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)    # read-only arrays (memory maps) are fine: never written
+        q = torch.from_numpy(np.ascontiguousarray(Q, dtype=np.float32))
+        x = torch.from_numpy(np.asarray(X))
+    with torch.inference_mode():
+        out = torch.mv(x, q[0])[None, :] if q.shape[0] == 1 else q @ x.T
+    return out.numpy()
+
+
+class ExactEngine:
+    """Exact components over matrices that stay where they are (RAM or memory map)."""
+
+    def __init__(self, features: np.ndarray, styles: np.ndarray | None = None, masks: np.ndarray | None = None,
+                 mask_areas: np.ndarray | None = None, feature_sqnorms: np.ndarray | None = None,
+                 style_sqnorms: np.ndarray | None = None):
+        self.features, self.styles, self.masks = features, styles, masks
+        self.mask_areas = None if mask_areas is None else np.asarray(mask_areas)
+        # ||x||² per row, float64, computed once per index version
+        self.feature_sqnorms = row_sqnorms(features) if feature_sqnorms is None else feature_sqnorms
+        self.style_sqnorms = None if styles is None else (
+            row_sqnorms(styles) if style_sqnorms is None else style_sqnorms)
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        have = {"euclidean", "cosine"}
+        if self.styles is not None:
+            have.add("style")
+        if self.masks is not None:
+            have.add("dice")
+        return tuple(c for c in COMPONENTS if c in have)
+
+    @property
+    def bytes_per_query(self) -> int:
+        """Bytes one exact query (or one batch) reads: every matrix once, plus the row norms."""
+        total = self.features.nbytes + self.feature_sqnorms.nbytes
+        if self.styles is not None:
+            total += self.styles.nbytes + self.style_sqnorms.nbytes
+        if self.masks is not None:
+            total += self.masks.nbytes + self.mask_areas.nbytes
+        return int(total)
+
+    def raw(self, Q: QueryBatch, components: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """[B, N] raw values over every row: ``euclidean`` (ED), ``cosine`` (CS), ``style`` (LS), ``dice`` (DC)."""
+        want = set(components or self.components)
+        out: dict[str, np.ndarray] = {}
+        if want & {"euclidean", "cosine"}:
+            F = np.asarray(Q.features, dtype=np.float32)
+            q_sq = row_sqnorms(F)
+            dots = products(F, self.features)   # one pass over the feature matrix for both measures
+            if "euclidean" in want:
+                out["euclidean"] = np.sqrt(distances_from_dots(dots, F, self.features, q_sq, self.feature_sqnorms))
+            if "cosine" in want:
+                out["cosine"] = cosines_from_dots(dots, q_sq, self.feature_sqnorms)
+        if "style" in want and self.styles is not None and Q.styles is not None:
+            S = np.asarray(Q.styles, dtype=np.float32)
+            out["style"] = distances_from_dots(products(S, self.styles), S, self.styles, row_sqnorms(S),
+                                               self.style_sqnorms)
+        if "dice" in want and self.masks is not None and Q.masks is not None:
+            out["dice"] = dice_from_intersections(mask_intersections(Q.masks, self.masks), Q.mask_areas,
+                                                  self.mask_areas)
+        return out
+
+    @staticmethod
+    def normalise(raw: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, np.ndarray]:
+        """ES, CSnew, SS, DC: the max-normalisers see each query's valid (candidate) rows only."""
+        comp = {}
+        if "euclidean" in raw:
+            comp["euclidean"] = max_normalised_rows(raw["euclidean"], valid)
+        if "cosine" in raw:
+            comp["cosine"] = (raw["cosine"] + 1.0) / 2.0
+        if "style" in raw:
+            comp["style"] = max_normalised_rows(raw["style"], valid)
+        if "dice" in raw:
+            comp["dice"] = raw["dice"]
+        return comp
+
+
+def top_k_rows(scores: np.ndarray, valid: np.ndarray, k: int) -> list[np.ndarray]:
+    """Per query, the valid rows with the k best scores, best first; ties keep row order.
+    ``k <= 0`` ranks every valid row."""
+    out = []
+    for s, v in zip(np.atleast_2d(scores), np.atleast_2d(valid)):
+        rows = np.flatnonzero(v)
+        neg = -s[rows]
+        if k <= 0 or k >= rows.size:
+            order = np.argsort(neg, kind="stable")
+        else:
+            kth = np.partition(neg, k - 1)[k - 1]
+            cand = np.flatnonzero(neg <= kth)
+            order = cand[np.argsort(neg[cand], kind="stable")][:k]
+        out.append(rows[order])
+    return out
