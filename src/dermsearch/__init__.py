@@ -1,3 +1,11 @@
 """dermsearch: reverse image search for dermoscopic images."""
 
+import os as _os
+
+# OpenMP threads that spin after each parallel region steal the CPU from the Python work between
+# matrix products (on 2 cores fast-mode queries took 54 ms instead of 35; exact search and
+# inference are unaffected within noise: docs/performance.md). Set before torch is imported;
+# an explicit OMP_WAIT_POLICY in the environment wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -19,6 +20,7 @@ from ..index.sources import SourceError
 from ..models import WeightsNotFoundError, list_backbones
 from ..presets import PRESETS, get_preset
 from ..search import MEASURES, Filters, Searcher
+from ..search.fast import FastConfig, FastModeMissing
 from .render import print_tables, write_contact_sheet
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -74,6 +76,23 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.add_argument("--html", type=Path, metavar="FILE", help="write an HTML contact sheet")
+    s.add_argument("--fast", action="store_true", help="fast mode for large archives: compressed vectors pick "
+                   "candidates, exact vectors re-rank them (needs 'dermsearch optimize DIR' first)")
+
+    op = sub.add_parser("optimize", help="write the fast-mode files of an index (PCA-compressed vectors, "
+                        "memory-mapped exact rows); also makes opening the index instant",
+                        description="Fast mode reads a few hundred bytes per image per query instead of 329 KB "
+                                    "and re-ranks its candidates exactly; see docs/performance.md. Rerun after "
+                                    "adding or removing images.")
+    op.add_argument("index", type=Path, metavar="DIR")
+    op.add_argument("--style-dims", type=int, default=FastConfig.style_dims, help="PCA components of the style "
+                    f"vectors (default {FastConfig.style_dims})")
+    op.add_argument("--feature-dims", type=int, default=FastConfig.feature_dims,
+                    help=f"PCA components of the feature vectors (default {FastConfig.feature_dims})")
+    op.add_argument("--mask-grid", type=int, default=FastConfig.mask_grid,
+                    help=f"mask cells per side for the Dice estimate (default {FastConfig.mask_grid})")
+    op.add_argument("--candidates", type=int, default=FastConfig.candidates,
+                    help=f"rows per measure re-ranked exactly (default {FastConfig.candidates})")
 
     ev = sub.add_parser("evaluate", help="label-based retrieval metrics of every measure, with bootstrap CIs",
                         description="Rank all candidates for each query by each measure (the query and images of "
@@ -197,6 +216,7 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--max-upload-mb", type=float, default=20.0)
     sv.add_argument("--device", default="auto", help=DEVICE_HELP)
+    sv.add_argument("--fast", action="store_true", help="fast mode (see 'search --fast')")
 
     inf = sub.add_parser("info", help="facts about an index")
     inf.add_argument("index", type=Path, metavar="DIR")
@@ -283,7 +303,7 @@ def _cmd_index(args) -> int:
 
 
 def _cmd_search(args) -> int:
-    searcher = Searcher(args.index, device=args.device)
+    searcher = Searcher(args.index, device=args.device, mode="fast" if args.fast else "exact")
     try:
         query = searcher.encode(args.query)
     except ImageError as e:
@@ -488,9 +508,25 @@ def _cmd_serve(args) -> int:
     from ..web.app import WebConfig, create_app
 
     app = create_app(args.index, WebConfig(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024)),
-                     searcher=Searcher(args.index, device=args.device))
+                     searcher=Searcher(args.index, device=args.device, mode="fast" if args.fast else "exact"))
     err.print(f"serving {args.index} on http://{args.host}:{args.port}/ (API docs at /docs)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _cmd_optimize(args) -> int:
+    from ..search.fast import optimize
+
+    config = FastConfig(style_dims=args.style_dims, feature_dims=args.feature_dims, mask_grid=args.mask_grid,
+                        candidates=args.candidates)
+    t0 = time.perf_counter()
+    fast = optimize(Index.open(args.index), config, progress=lambda m: err.print(m))
+    info = fast.info
+    err.print(f"fast mode ready for version {info['index_version']} ({len(fast)} images) in "
+              f"{time.perf_counter() - t0:.1f} s: style PCA {config.style_dims} dims "
+              f"({100 * info['style_explained_variance']:.1f}% of the variance), feature PCA "
+              f"{config.feature_dims} dims ({100 * info['feature_explained_variance']:.1f}%); "
+              f"{fast.bytes_scanned_per_query / max(1, len(fast)):.0f} bytes scanned per image per query")
     return 0
 
 
@@ -511,14 +547,14 @@ def _cmd_info(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {
-        "index": _cmd_index, "search": _cmd_search, "evaluate": _cmd_evaluate, "train": _cmd_train,
+        "index": _cmd_index, "search": _cmd_search, "optimize": _cmd_optimize, "evaluate": _cmd_evaluate, "train": _cmd_train,
         "eval-segmenter": _cmd_eval_segmenter, "eval-classifier": _cmd_eval_classifier,
         "presets": _cmd_presets, "serve": _cmd_serve, "info": _cmd_info,
         "backbones": lambda _: print("\n".join(list_backbones())) or 0,
     }
     try:
         return commands[args.command](args)
-    except (UsageError, IndexError_, SourceError, WeightsNotFoundError, KeyError, ValueError) as e:
+    except (UsageError, IndexError_, SourceError, WeightsNotFoundError, FastModeMissing, KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         err.print(f"dermsearch {args.command}: error: {msg}", highlight=False)
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -13,10 +14,12 @@ from PIL import Image
 from ..extract import Extractor, load_image
 from ..index import Index
 from .engine import ExactEngine, Query, QueryBatch, top_k_rows
+from .fast import FastIndex, FastModeMissing, fast_dir
 from .measures import COMPONENTS, MEASURE_COMPONENTS, MEASURES, measure_scores
 
 __all__ = ["Filters", "Hit", "Query", "SearchResult", "Searcher", "top_k"]
 
+MODES = ("exact", "fast")
 _COMPONENT_NEEDS = {"style": "styles", "dice": "masks"}
 _RAW_KEYS = {"euclidean": "ed", "cosine": "cs", "style": "ls", "dice": "dice"}
 
@@ -86,10 +89,14 @@ class Searcher:
     >>> result.results["style"][0].id
     """
 
-    def __init__(self, index: Index | str | os.PathLike, extractor: Extractor | None = None, device: str = "auto"):
+    def __init__(self, index: Index | str | os.PathLike, extractor: Extractor | None = None, device: str = "auto",
+                 mode: str = "exact"):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         self.index = index if isinstance(index, Index) else Index.open(index)
         self._extractor = extractor
         self.device = device          # where queries are encoded (``auto``: CUDA when torch sees it)
+        self.mode = mode              # "exact" (every row, every byte) or "fast" (see search/fast.py)
         if extractor is not None:
             self.index.check_fingerprint(extractor.fingerprint, extractor.config)
         self.refresh()
@@ -97,10 +104,37 @@ class Searcher:
     # ------------------------------------------------------------------ setup
     def refresh(self) -> None:
         """Load the index's newest version (and the row norms the measures reuse)."""
-        s = self.snapshot = self.index.snapshot()
-        self._positions = {i: n for n, i in enumerate(s.ids)}
+        self.fast = self._open_fast()
+        if self.fast is None:
+            s = self.snapshot = self.index.snapshot()
+            self.engine = ExactEngine(s.features, s.styles, s.masks, s.mask_areas)
+        else:
+            # the fast-mode files hold the exact rows memory-mapped: only the metadata is read here
+            s = self.index.snapshot(vectors=False)
+            if s.version != self.fast.info["index_version"] or not np.array_equal(s.ids.astype(str), self.fast.ids):
+                self.fast = None
+                if self.mode == "fast":
+                    raise FastModeMissing(f"the fast-mode files of {self.index.directory} do not match its current "
+                                          f"version; run 'dermsearch optimize {self.index.directory}'")
+                return self.refresh()
+            e = self.engine = self.fast.exact
+            self.snapshot = dataclasses.replace(s, features=e.features, styles=e.styles, masks=e.masks,
+                                                mask_areas=e.mask_areas)
+        self._positions = {i: n for n, i in enumerate(self.snapshot.ids)}
         self._meta_cache: list[dict] | None = None
-        self.engine = ExactEngine(s.features, s.styles, s.masks, s.mask_areas)
+
+    def _open_fast(self) -> FastIndex | None:
+        """The fast-mode files of the current version: required in fast mode; in exact mode they
+        are used when present (the exact rows memory-mapped: opening reads no vectors)."""
+        path = fast_dir(self.index.directory, self.index.version)
+        try:
+            return FastIndex.open(path)
+        except FastModeMissing:
+            if self.mode == "fast":
+                raise FastModeMissing(f"{self.index.directory} has no fast-mode files for version "
+                                      f"{self.index.version}; run 'dermsearch optimize {self.index.directory}'"
+                                      ) from None
+            return None
 
     def row(self, image_id: str) -> int | None:
         """Position of an id in the current snapshot (None when absent)."""
@@ -219,6 +253,8 @@ class Searcher:
         # Every available component is computed: each hit reports all four (SPEC section 3).
         # Raw values cover all rows (one pass over the matrices, no copies of them); the
         # max-normalisers see each query's candidates only.
+        if self.mode == "fast":
+            return [self._search_fast(q, k, wanted, valid[j], messages) for j, q in enumerate(queries)]
         batch = QueryBatch.of(queries)
         raw = self.engine.raw(batch) if len(s) else {}
         comp = ExactEngine.normalise(raw, valid) if raw else {}
@@ -233,6 +269,25 @@ class Searcher:
                                   for rank, i in enumerate(rows, start=1)]
             results.append(SearchResult(query.label, k, int(valid[j].sum()), per_measure, list(messages)))
         return results
+
+    def _search_fast(self, query: Query, k: int, wanted, valid: np.ndarray, messages: list[str]) -> SearchResult:
+        cfg = self.fast.config
+        if k <= 0 or k > cfg.candidates:
+            raise ValueError(f"fast mode returns at most {cfg.candidates} rows per measure (k=1..{cfg.candidates}); "
+                             "use exact mode for k=0 or a larger k")
+        r = self.fast.search(query, k, wanted, valid)
+        at = {int(row): n for n, row in enumerate(r.reranked)}
+        per_measure = {}
+        for m in wanted:
+            per_measure[m] = [self._hit(rank, int(i), float(sc), {c: v[at[int(i)]] for c, v in r.components.items()},
+                                        {c: v[at[int(i)]] for c, v in r.raw.items()})
+                              for rank, (i, sc) in enumerate(zip(r.rows[m], r.scores[m]), start=1)]
+        notes = list(messages) + [f"fast mode: {r.reranked.size} rows re-ranked with exact vectors"]
+        for comp, ok in r.certified.items():
+            lo, hi = r.normaliser_bounds[comp]
+            notes.append(f"{comp} normaliser certified exact" if ok else
+                         f"{comp} normaliser not certified: exact max in [{lo:.6g}, {hi:.6g}]")
+        return SearchResult(query.label, k, int(valid.sum()), per_measure, notes)
 
     def _resolve_measures(self, measures) -> tuple[tuple[str, ...], list[str]]:
         available = self.available_measures()

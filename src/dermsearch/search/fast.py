@@ -1,0 +1,451 @@
+"""Fast mode for large archives: compressed vectors pick candidates, the exact vectors re-rank them.
+
+Exact search reads every stored byte per query (329 KB per image, almost all of it the 80,712-d
+style vector), so at 100,000 images a query reads 33 GB. Fast mode reads instead:
+
+- the PCA projections of the style vectors (``style_dims`` floats per image, the basis fitted on the
+  index itself) and of the feature vectors (``feature_dims``), plus each row's exact norm and the
+  norm of its PCA residual;
+- coarse mask cell counts (``mask_grid``² per image) for an estimate of the Dice overlap;
+
+and with them estimates every component for every candidate, keeps the best ``candidates`` rows per
+requested measure, and re-ranks their union with the exact vectors, read from memory-mapped files
+(the exact engine on those rows only). Scores of returned rows are computed from exact vectors.
+
+The max-normalisers (ES and SS divide by the largest distance over all candidates) are found the
+same way: the ``normaliser_candidates`` rows with the largest estimated distance are measured
+exactly. The PCA residual gives every row a guaranteed interval for its distance,
+``|d² − est| ≤ 2·r_x·r_q`` (Cauchy-Schwarz on the residuals), so each query knows whether its
+normaliser is certified exact: no unchecked row's upper bound exceeds the exact maximum found.
+When it is not certified, the returned ES/SS are still within a stated bound of the exact ones
+(:attr:`FastResult.normaliser_bounds`, tested in ``tests/test_fast.py``).
+
+Files, under ``INDEX/fast/v{version}/`` (one index version; written to a temporary directory and
+renamed into place, so a crash never leaves a half-written set)::
+
+    fast.json      config, row count, index version, explained variance
+    ids.npy        row ids (fixed-width unicode), checked against the snapshot on open
+    features.npy styles.npy masks.npy mask_areas.npy feature_sqnorms.npy style_sqnorms.npy   exact rows
+    {feature,style}_{mean,basis,proj,csq,resid}.npy   PCA mean, basis [k, D], projections [N, k],
+                                                       ||x − μ||², ||residual|| per row
+    mask_cells.npy  [N, G²] float32 pixel counts per cell
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .engine import ExactEngine, Query, QueryBatch, products
+from .measures import MEASURE_COMPONENTS, measure_scores
+
+__all__ = ["FastConfig", "FastIndex", "FastIndexWriter", "FastResult", "FastModeMissing", "fast_dir", "optimize",
+           "score_error_bound"]
+
+FAST_FORMAT = 1
+
+
+class FastModeMissing(RuntimeError):
+    """The index has no fast-mode files for its current version."""
+
+
+@dataclass(frozen=True)
+class FastConfig:
+    style_dims: int = 256          # PCA components kept for the style vectors
+    feature_dims: int = 128        # ... and for the feature vectors
+    mask_grid: int = 16            # mask cells per side for the Dice estimate
+    candidates: int = 32           # rows per measure re-ranked exactly
+    normaliser_candidates: int = 32  # rows measured exactly to find each max-normaliser
+    fit_rows: int = 10_000         # PCA fitted on a random sample of this many rows
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.style_dims, self.feature_dims, self.mask_grid, self.candidates, self.normaliser_candidates) < 1:
+            raise ValueError("fast-mode sizes must be positive")
+
+
+def fast_dir(index_directory: str | os.PathLike, version: int) -> Path:
+    return Path(index_directory) / "fast" / f"v{version}"
+
+
+# ---------------------------------------------------------------------------------- building
+def _fit_pca(sample: np.ndarray, dims: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Mean, orthonormal basis [k, D] and explained-variance fraction of a float32 sample."""
+    from sklearn.utils.extmath import randomized_svd
+
+    mean = sample.mean(axis=0, dtype=np.float64).astype(np.float32)
+    centred = sample - mean
+    k = min(dims, centred.shape[0] - 1, centred.shape[1])
+    _, s, vt = randomized_svd(centred, k, n_iter=3, random_state=seed)
+    total = float(np.einsum("ij,ij->", centred, centred, dtype=np.float64))
+    explained = float((s.astype(np.float64) ** 2).sum() / max(total, 1e-30))
+    return mean, np.ascontiguousarray(vt, dtype=np.float32), explained
+
+
+def _cells(masks_packed: np.ndarray, side: int, grid: int) -> np.ndarray:
+    """[B, grid²] float32 pixel counts of bit-packed square masks."""
+    bits = np.unpackbits(np.asarray(masks_packed, dtype=np.uint8), axis=1)[:, : side * side]
+    cell = side // grid
+    return bits.reshape(-1, grid, cell, grid, cell).sum(axis=(2, 4), dtype=np.int32).reshape(-1, grid * grid
+                                                                                            ).astype(np.float32)
+
+
+class FastIndexWriter:
+    """Writes a fast-mode directory in row chunks (so an archive larger than RAM can be written),
+    then fits the PCA bases on a sample and projects every row in :meth:`finish`."""
+
+    def __init__(self, directory: str | os.PathLike, n: int, feature_dim: int, style_dim: int, mask_bytes: int,
+                 mask_size: int, config: FastConfig = FastConfig(), version: int = 0):
+        if not style_dim:
+            raise ValueError("fast mode needs style vectors (the index was built with --no-style)")
+        self.final = Path(directory)
+        self.tmp = self.final.with_name(self.final.name + f".tmp-{os.getpid()}")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        self.n, self.config, self.version = n, config, version
+        self.mask_size = mask_size
+        if mask_bytes and mask_size % config.mask_grid:
+            raise ValueError(f"mask_grid {config.mask_grid} must divide the mask size {mask_size}")
+
+        def mm(name, dtype, shape):
+            return np.lib.format.open_memmap(self.tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+
+        self._mm = mm
+        self.features = mm("features", np.float32, (n, feature_dim))
+        self.styles = mm("styles", np.float32, (n, style_dim))
+        self.masks = mm("masks", np.uint8, (n, mask_bytes)) if mask_bytes else None
+        self.mask_areas = mm("mask_areas", np.int32, (n,)) if mask_bytes else None
+        self.ids = np.empty(n, dtype=object)
+
+    def write(self, start: int, ids: Sequence[str], features: np.ndarray, styles: np.ndarray,
+              masks: np.ndarray | None = None, mask_areas: np.ndarray | None = None) -> None:
+        stop = start + len(ids)
+        self.ids[start:stop] = list(ids)
+        self.features[start:stop] = features
+        self.styles[start:stop] = styles
+        if self.masks is not None:
+            self.masks[start:stop] = masks
+            self.mask_areas[start:stop] = mask_areas
+
+    def finish(self, progress: Callable[[str], None] | None = None, chunk: int = 2048) -> FastIndex:
+        cfg, n, say = self.config, self.n, progress or (lambda _m: None)
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(cfg.seed)
+        sample = np.sort(rng.choice(n, size=min(n, cfg.fit_rows), replace=False))
+        info: dict = {"format": FAST_FORMAT, "rows": n, "index_version": self.version, "config": asdict(cfg),
+                      "mask_size": self.mask_size}
+        for name, matrix, dims in (("feature", self.features, cfg.feature_dims),
+                                   ("style", self.styles, cfg.style_dims)):
+            say(f"fitting the {name} PCA on {sample.size} rows")
+            mean, basis, explained = _fit_pca(np.asarray(matrix[sample]), dims, cfg.seed)
+            info[f"{name}_explained_variance"] = round(explained, 5)
+            np.save(self.tmp / f"{name}_mean.npy", mean)
+            np.save(self.tmp / f"{name}_basis.npy", basis)
+            proj = self._mm(f"{name}_proj", np.float32, (n, basis.shape[0]))
+            csq = self._mm(f"{name}_csq", np.float64, (n,))
+            resid = self._mm(f"{name}_resid", np.float64, (n,))
+            sq = self._mm(f"{name}_sqnorms", np.float64, (n,))
+            say(f"projecting {n} {name} vectors")
+            for s in range(0, n, chunk):
+                block = np.asarray(matrix[s:s + chunk])
+                centred = block - mean
+                p = products(centred, basis) if centred.shape[0] > 1 else centred @ basis.T
+                proj[s:s + chunk] = p
+                c = np.einsum("ij,ij->i", centred, centred, dtype=np.float64)
+                csq[s:s + chunk] = c
+                resid[s:s + chunk] = np.sqrt(np.maximum(c - np.einsum("ij,ij->i", p, p, dtype=np.float64), 0.0))
+                sq[s:s + chunk] = np.einsum("ij,ij->i", block, block, dtype=np.float64)
+            for a in (proj, csq, resid, sq):
+                a.flush()
+        if self.masks is not None:
+            cells = self._mm("mask_cells", np.float32, (n, cfg.mask_grid ** 2))
+            for s in range(0, n, chunk):
+                cells[s:s + chunk] = _cells(self.masks[s:s + chunk], self.mask_size, cfg.mask_grid)
+            cells.flush()
+        for a in (self.features, self.styles, self.masks, self.mask_areas):
+            if a is not None:
+                a.flush()
+        np.save(self.tmp / "ids.npy", np.array(self.ids.tolist(), dtype=str))
+        info["build_seconds"] = round(time.perf_counter() - t0, 1)
+        with open(self.tmp / "fast.json", "w") as f:
+            json.dump(info, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        if self.final.exists():
+            shutil.rmtree(self.final)
+        self.tmp.replace(self.final)        # atomic: the directory appears complete or not at all
+        return FastIndex.open(self.final)
+
+
+# ---------------------------------------------------------------------------------- querying
+class RowReader:
+    """Reads chosen rows of a 2-D ``.npy`` file with positioned reads from a few threads.
+
+    Faster than fancy-indexing a memory map for scattered rows: no page-table work per 4 KB page,
+    and reads from disk overlap when the file is larger than the page cache."""
+
+    def __init__(self, path: Path, threads: int = 4):
+        mm = np.load(path, mmap_mode="r")
+        self.shape, self.dtype, self.offset = mm.shape, mm.dtype, mm.offset
+        self.row_bytes = int(np.prod(mm.shape[1:])) * mm.dtype.itemsize
+        del mm
+        self.fd = os.open(path, os.O_RDONLY)
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="dermsearch-rows")
+        self._local = threading.local()
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        """The rows, in a buffer owned by the calling thread and reused by its next call (a fresh
+        array per query would cost a page fault per 4 KB)."""
+        buf = getattr(self._local, "buffer", None)
+        if buf is None or buf.shape[0] < len(rows):
+            buf = self._local.buffer = np.zeros((max(len(rows), 2 * (0 if buf is None else buf.shape[0])),)
+                                                + tuple(self.shape[1:]), dtype=self.dtype)
+        out = buf[:len(rows)]
+        self._read(rows, out)
+        return out
+
+    def _read(self, rows: np.ndarray, out: np.ndarray) -> None:
+        flat = out.reshape(len(rows), -1).view(np.uint8)
+
+        def read(part: np.ndarray) -> None:
+            for j in part:
+                view = memoryview(flat[j])
+                got = os.preadv(self.fd, [view], self.offset + int(rows[j]) * self.row_bytes)
+                if got != self.row_bytes:
+                    raise OSError(f"short read of row {rows[j]}")
+
+        parts = np.array_split(np.arange(len(rows)), min(len(rows), self.pool._max_workers) or 1)
+        list(self.pool.map(read, parts))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False)
+        os.close(self.fd)
+
+
+@dataclass
+class FastResult:
+    """Per measure, the returned rows (best first) and their exact scores; plus what the query read."""
+
+    rows: dict[str, np.ndarray]
+    scores: dict[str, np.ndarray]
+    components: dict[str, np.ndarray]          # [n_reranked] exact normalised components of `reranked`
+    raw: dict[str, np.ndarray]
+    reranked: np.ndarray                        # rows scored exactly
+    normalisers: dict[str, float]               # the maxima used (ED for ES, LS for SS)
+    normaliser_bounds: dict[str, tuple[float, float]] = field(default_factory=dict)  # certified [low, high]
+    certified: dict[str, bool] = field(default_factory=dict)
+
+
+class FastIndex:
+    """A fast-mode directory, memory-mapped (see the module doc)."""
+
+    def __init__(self, directory: Path, info: dict, arrays: dict[str, np.ndarray]):
+        self.directory, self.info = directory, info
+        self.config = FastConfig(**info["config"])
+        self.a = arrays
+        self.ids = arrays["ids"]
+        self.exact = ExactEngine(arrays["features"], arrays["styles"], arrays.get("masks"), arrays.get("mask_areas"),
+                                 arrays["feature_sqnorms"], arrays["style_sqnorms"])
+        self.style_rows = RowReader(directory / "styles.npy")
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike) -> FastIndex:
+        directory = Path(directory)
+        path = directory / "fast.json"
+        if not path.is_file():
+            raise FastModeMissing(f"{directory} holds no fast-mode files")
+        info = json.loads(path.read_text())
+        if info.get("format") != FAST_FORMAT:
+            raise FastModeMissing(f"{directory}: fast-mode format {info.get('format')} is not {FAST_FORMAT}")
+        arrays = {}
+        for f in directory.glob("*.npy"):
+            small = f.stem in ("ids", "feature_mean", "feature_basis", "style_mean", "style_basis")
+            arrays[f.stem] = np.load(f) if small else np.load(f, mmap_mode="r")
+        # the scan-per-query arrays are small: keep them in RAM
+        for name in ("feature_proj", "style_proj", "feature_csq", "style_csq", "feature_resid", "style_resid",
+                     "feature_sqnorms", "style_sqnorms", "mask_cells", "mask_areas"):
+            if name in arrays:
+                arrays[name] = np.ascontiguousarray(arrays[name])
+        return cls(directory, info, arrays)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def bytes_scanned_per_query(self) -> int:
+        """Bytes read from every row per query (before the exact re-rank of a few rows)."""
+        a = self.a
+        names = ["feature_proj", "style_proj", "feature_csq", "style_csq", "feature_resid", "style_resid",
+                 "feature_sqnorms", "mask_cells", "mask_areas", "feature_basis", "style_basis"]
+        return int(sum(a[n].nbytes for n in names if n in a))
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes fast mode keeps in RAM (the exact rows stay on disk, memory-mapped)."""
+        return int(sum(v.nbytes for v in self.a.values() if not isinstance(v, np.memmap)))
+
+    # --------------------------------------------------------------- estimates
+    def _estimate(self, kind: str, vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Estimated squared distances to every row and each row's error radius (2·r_x·r_q)."""
+        a = self.a
+        centred = np.asarray(vec, np.float32) - a[f"{kind}_mean"]
+        p = products(centred[None], a[f"{kind}_basis"])[0]    # torch's BLAS only: mixing two thread pools stalls
+        cq = float(np.dot(centred.astype(np.float64), centred))
+        rq = float(np.sqrt(max(cq - float(np.dot(p.astype(np.float64), p)), 0.0)))
+        est = a[f"{kind}_csq"] + cq - 2.0 * products(p[None], a[f"{kind}_proj"])[0]
+        return np.maximum(est, 0.0), 2.0 * a[f"{kind}_resid"] * rq
+
+    def search(self, query: Query, k: int, measures: Sequence[str], valid: np.ndarray) -> FastResult:
+        cfg, a = self.config, self.a
+        rows_valid = np.flatnonzero(valid)
+        if rows_valid.size == 0:
+            empty = np.zeros(0, dtype=np.int64)
+            return FastResult({m: empty for m in measures}, {m: np.zeros(0) for m in measures}, {}, {}, empty, {})
+        needs = {c for m in measures for c in MEASURE_COMPONENTS[m]}
+        est_f, rad_f = self._estimate("feature", query.feature)
+        est_s, rad_s = self._estimate("style", query.style) if query.style is not None else (None, None)
+
+        # 1. max-normalisers: measure exactly the rows with the largest upper bounds
+        checks = {"euclidean": (est_f, rad_f)}
+        if est_s is not None:
+            checks["style"] = (est_s, rad_s)
+        check_rows, upper = {}, {}
+        for comp, (est, rad) in checks.items():
+            hi = (est + rad)[rows_valid]
+            m = min(cfg.normaliser_candidates, rows_valid.size)
+            top = rows_valid[np.argpartition(-hi, m - 1)[:m]] if m < rows_valid.size else rows_valid
+            check_rows[comp], upper[comp] = top, hi
+
+        # 2. candidates: the best `candidates` rows of each requested measure by estimated score
+        qf64 = float(np.dot(query.feature.astype(np.float64), query.feature))
+        fn = a["feature_sqnorms"]
+        max_f_est = float(np.sqrt(est_f[rows_valid].max())) or 1.0
+        comp_est: dict[str, np.ndarray] = {"euclidean": 1.0 - np.sqrt(est_f) / max_f_est}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            denom = 2.0 * np.sqrt(fn * qf64)
+            cos = np.where(denom > 0, (fn + qf64 - est_f) / np.where(denom > 0, denom, 1.0), 0.0)
+        comp_est["cosine"] = (np.clip(cos, -1.0, 1.0) + 1.0) / 2.0
+        if est_s is not None:
+            comp_est["style"] = 1.0 - est_s / (float(est_s[rows_valid].max()) or 1.0)
+        if "mask_cells" in a and query.mask is not None:
+            qcells = _cells(query.mask[None], self.info["mask_size"], cfg.mask_grid)[0]
+            cell_px = (self.info["mask_size"] // cfg.mask_grid) ** 2
+            inter = products(qcells[None], a["mask_cells"])[0] / cell_px
+            total = a["mask_areas"].astype(np.float64) + query.mask_area
+            with np.errstate(invalid="ignore", divide="ignore"):
+                comp_est["dice"] = np.where(total > 0, 2.0 * inter / total, 1.0)
+        est_scores = measure_scores({c: v[rows_valid] for c, v in comp_est.items() if c in needs}, measures)
+        c = min(cfg.candidates, rows_valid.size)
+        picked = {m: rows_valid[np.argpartition(-est_scores[m], c - 1)[:c]] if c < rows_valid.size else rows_valid
+                  for m in measures}
+        with_style = [m for m in measures if "style" in MEASURE_COMPONENTS[m]]
+        rerank = np.unique(np.concatenate(list(picked.values()) + list(check_rows.values())))
+        # style vectors (323 KB a row) are read only for the style measures' candidates and checks
+        style_rows = np.unique(np.concatenate([picked[m] for m in with_style] + [check_rows["style"]])) \
+            if est_s is not None else np.zeros(0, dtype=np.int64)
+
+        # 3. exact components of the re-ranked rows, from the memory-mapped exact vectors
+        raw = self._exact_raw(query, rerank, with_style=False)
+        ls = np.full(rerank.size, np.nan)
+        if est_s is not None:
+            ls[np.searchsorted(rerank, style_rows)] = self._exact_raw(query, style_rows, with_style=True)["style"]
+            raw["style"] = ls
+        normalisers, bounds, certified = {}, {}, {}
+        in_valid = valid[rerank]
+        for comp_name, known_rows in (("euclidean", rerank), ("style", style_rows)):
+            if comp_name not in checks:
+                continue
+            vals = raw["style"] if comp_name == "style" else raw["euclidean"] ** 2   # squared, like the bounds
+            found = float(np.nanmax(np.where(in_valid, vals, np.nan)))
+            unchecked_hi = upper[comp_name][~np.isin(rows_valid, known_rows)]
+            hi = max(found, float(unchecked_hi.max()) if unchecked_hi.size else found)
+            certified[comp_name] = hi <= found
+            root = (lambda v: v) if comp_name == "style" else np.sqrt
+            normalisers[comp_name], bounds[comp_name] = float(root(found)), (float(root(found)), float(root(hi)))
+        comp = self._components(raw, normalisers)
+        scores = measure_scores(comp, measures)
+        rows_out, scores_out = {}, {}
+        for m in measures:
+            ok = in_valid & ~np.isnan(scores[m])
+            sc = np.where(ok, scores[m], -np.inf)
+            order = np.lexsort((rerank, -sc))[:k]
+            order = order[ok[order]]
+            rows_out[m], scores_out[m] = rerank[order], scores[m][order]
+        # every hit reports all four components: fill the style of returned rows not read yet
+        if est_s is not None:
+            hits = np.unique(np.concatenate(list(rows_out.values())))
+            missing = hits[np.isnan(ls[np.searchsorted(rerank, hits)])]
+            if missing.size:
+                ls[np.searchsorted(rerank, missing)] = self._exact_raw(query, missing, with_style=True)["style"]
+                comp["style"] = _normalise(ls, normalisers["style"])
+        return FastResult(rows_out, scores_out, comp, raw, rerank, normalisers, bounds, certified)
+
+    def _exact_raw(self, query: Query, rows: np.ndarray, with_style: bool) -> dict[str, np.ndarray]:
+        """Exact raw values for these rows (sorted), read from the memory maps: the style loss
+        only (``with_style``), or the feature and mask components."""
+        e, a = self.exact, self.a
+        if with_style:
+            sub = ExactEngine(e.features[:0], self.style_rows(rows), feature_sqnorms=a["feature_sqnorms"][:0],
+                              style_sqnorms=a["style_sqnorms"][rows])
+            return {"style": sub.raw(QueryBatch.of([query]), ["style"])["style"][0]}
+        sub = ExactEngine(e.features[rows], None, None if e.masks is None else e.masks[rows],
+                          None if e.mask_areas is None else e.mask_areas[rows], a["feature_sqnorms"][rows])
+        return {name: v[0] for name, v in sub.raw(QueryBatch.of([query]), ["euclidean", "cosine", "dice"]).items()}
+
+    @staticmethod
+    def _components(raw: dict[str, np.ndarray], normalisers: dict[str, float]) -> dict[str, np.ndarray]:
+        comp = {"euclidean": _normalise(raw["euclidean"], normalisers["euclidean"]),
+                "cosine": (raw["cosine"] + 1.0) / 2.0}
+        if "style" in raw:
+            comp["style"] = _normalise(raw["style"], normalisers["style"])
+        if "dice" in raw:
+            comp["dice"] = raw["dice"]
+        return comp
+
+
+def _normalise(values: np.ndarray, top: float) -> np.ndarray:
+    return np.ones_like(values) if top <= 0 else 1.0 - values / top
+
+
+def score_error_bound(value: float, low: float, high: float) -> float:
+    """Largest |returned − exact| of a max-normalised score 1 − v/max, when the max used is
+    ``low`` and the exact max lies in [low, high]."""
+    if low <= 0:
+        return 0.0
+    return float(value) * (1.0 / low - 1.0 / high)
+
+
+def optimize(index, config: FastConfig = FastConfig(), progress: Callable[[str], None] | None = None) -> FastIndex:
+    """Write the fast-mode files of ``index``'s current version (and drop older versions' files).
+
+    Reads the index's vectors once (as an exact :class:`~dermsearch.search.Searcher` does);
+    :class:`FastIndexWriter` itself writes in chunks, for archives that are built elsewhere."""
+    say = progress or (lambda _m: None)
+    say("reading the index")
+    s = index.snapshot()
+    m = index.manifest
+    if s.styles is None:
+        raise ValueError(f"{index.directory} stores no style vectors (built with --no-style): fast mode "
+                         "compresses the style vectors, exact search is already cheap without them")
+    target = fast_dir(index.directory, s.version)
+    w = FastIndexWriter(target, len(s), m["feature_dim"], m["style_dim"], m["mask_bytes"], m["mask_size"],
+                        config, s.version)
+    step = 4096
+    for start in range(0, len(s), step):
+        sl = slice(start, start + step)
+        w.write(start, s.ids[sl], s.features[sl], s.styles[sl], None if s.masks is None else s.masks[sl],
+                None if s.mask_areas is None else s.mask_areas[sl])
+    fast = w.finish(say)
+    for old in target.parent.iterdir():
+        if old.name != target.name and not old.name.startswith(target.name + ".tmp"):
+            shutil.rmtree(old, ignore_errors=True)
+    return fast
