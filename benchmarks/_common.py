@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+import dermsearch  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch loads)
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 

@@ -547,7 +547,8 @@ def _cmd_info(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {
-        "index": _cmd_index, "search": _cmd_search, "optimize": _cmd_optimize, "evaluate": _cmd_evaluate, "train": _cmd_train,
+        "index": _cmd_index, "search": _cmd_search, "optimize": _cmd_optimize, "evaluate": _cmd_evaluate,
+        "train": _cmd_train,
         "eval-segmenter": _cmd_eval_segmenter, "eval-classifier": _cmd_eval_classifier,
         "presets": _cmd_presets, "serve": _cmd_serve, "info": _cmd_info,
         "backbones": lambda _: print("\n".join(list_backbones())) or 0,

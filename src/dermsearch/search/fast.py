@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import ExactEngine, Query, QueryBatch, products
+from .engine import ExactEngine, Query, QueryBatch, products, single_threaded
 from .measures import MEASURE_COMPONENTS, measure_scores
 
 __all__ = ["FastConfig", "FastIndex", "FastIndexWriter", "FastResult", "FastModeMissing", "fast_dir", "optimize",
@@ -305,6 +305,11 @@ class FastIndex:
         return np.maximum(est, 0.0), 2.0 * a[f"{kind}_resid"] * rq
 
     def search(self, query: Query, k: int, measures: Sequence[str], valid: np.ndarray) -> FastResult:
+        """The top ``k`` valid rows per measure, exactly scored (see the module doc)."""
+        with single_threaded():
+            return self._search(query, k, measures, valid)
+
+    def _search(self, query: Query, k: int, measures: Sequence[str], valid: np.ndarray) -> FastResult:
         cfg, a = self.config, self.a
         rows_valid = np.flatnonzero(valid)
         if rows_valid.size == 0:
