@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .. import __version__
 from ..extract import ExtractorConfig, ImageError
+from ..extract.extractor import BACKENDS
 from ..index import Index, IndexError_
 from ..index.build import BuildConfig, build_index
 from ..index.sources import SourceError
@@ -59,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
                    "`train ... --preset paper` runs (see `dermsearch presets`)")
     ix.add_argument("--batch-size", type=int, default=16)
     ix.add_argument("--device", default="auto", help=DEVICE_HELP)
+    ix.add_argument("--backend", choices=BACKENDS, default="auto", help="run the networks with torch or ONNX "
+                    "Runtime (exported once to ~/.cache/dermsearch; same vectors to float32 rounding, "
+                    "~3x faster on CPU); auto: onnx on CPU when onnxruntime is installed (default)")
     ix.add_argument("--commit-every", type=int, default=128, help="images per atomic commit (default 128)")
     ix.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
@@ -218,6 +222,10 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--device", default="auto", help=DEVICE_HELP)
     sv.add_argument("--fast", action="store_true", help="fast mode (see 'search --fast')")
 
+    ex = sub.add_parser("export-onnx", help="export an index's networks to ONNX (for ONNX Runtime elsewhere)")
+    ex.add_argument("index", type=Path, metavar="DIR")
+    ex.add_argument("--out", type=Path, required=True, metavar="OUT_DIR")
+
     inf = sub.add_parser("info", help="facts about an index")
     inf.add_argument("index", type=Path, metavar="DIR")
     sub.add_parser("backbones", help="list the registered backbones")
@@ -292,7 +300,8 @@ def _cmd_index(args) -> int:
                         console=err, disable=args.quiet, transient=False)
     with progress:
         task = progress.add_task("index", total=None)
-        build_config = BuildConfig(batch_size=args.batch_size, commit_every=args.commit_every, device=args.device)
+        build_config = BuildConfig(batch_size=args.batch_size, commit_every=args.commit_every, device=args.device,
+                                   backend=args.backend)
         report = build_index(args.source, args.index, config, build_config,
                              on_problem=on_problem,
                              progress=lambda done, total: progress.update(task, completed=done, total=total))
@@ -530,6 +539,21 @@ def _cmd_optimize(args) -> int:
     return 0
 
 
+def _cmd_export_onnx(args) -> int:
+    from ..extract import Extractor
+    from ..extract.onnx import export_onnx
+
+    index = Index.open(args.index)
+    extractor = Extractor(index.extractor_config)
+    index.check_fingerprint(extractor.fingerprint, extractor.config)
+    out = export_onnx(extractor, args.out)
+    info = json.loads((out / "onnx.json").read_text())
+    print(f"exported model {info['fingerprint']} to {out}: extractor.onnx (pixels [B,3,{info['image_size']},"
+          f"{info['image_size']}] 0..255 -> {', '.join(info['outputs'])})"
+          + (", segmenter.onnx" if info["segmenter"] else ""))
+    return 0
+
+
 def _cmd_info(args) -> int:
     index = Index.open(args.index)
     m = index.manifest
@@ -550,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
         "index": _cmd_index, "search": _cmd_search, "optimize": _cmd_optimize, "evaluate": _cmd_evaluate,
         "train": _cmd_train,
         "eval-segmenter": _cmd_eval_segmenter, "eval-classifier": _cmd_eval_classifier,
-        "presets": _cmd_presets, "serve": _cmd_serve, "info": _cmd_info,
+        "presets": _cmd_presets, "serve": _cmd_serve, "info": _cmd_info, "export-onnx": _cmd_export_onnx,
         "backbones": lambda _: print("\n".join(list_backbones())) or 0,
     }
     try:

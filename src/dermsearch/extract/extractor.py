@@ -26,8 +26,11 @@ from ..models.learned_segmenter import LearnedSegmenter, default_segmenter_path
 from .gram import average_grams, layer_weights, style_dim, style_vector
 from .images import resize_rgb
 from .masks import pack_masks, resize_mask
+from .onnx import OnnxRuntimeBackend, export_onnx, onnx_available
 
-__all__ = ["ExtractorConfig", "Extractor", "Extracted", "PREPROCESS_VERSION"]
+__all__ = ["ExtractorConfig", "Extractor", "Extracted", "PREPROCESS_VERSION", "BACKENDS"]
+
+BACKENDS = ("torch", "onnx", "auto")   # auto: ONNX Runtime on CPU when installed, else torch
 
 # Bump when decoding/resizing/normalisation changes in a way that alters extracted values.
 PREPROCESS_VERSION = 1
@@ -131,10 +134,13 @@ class Extractor:
     """Builds the networks of an :class:`ExtractorConfig` and extracts batches of images."""
 
     def __init__(self, config: ExtractorConfig | None = None, threads: int | None = None,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", backend: str = "torch"):
         self.config = config = config or ExtractorConfig()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
         if threads:
             torch.set_num_threads(threads)
+        self._threads = threads
         # the device changes where the networks run, not what the index means (not in the fingerprint)
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.net = self._build(config).eval()
@@ -149,8 +155,23 @@ class Extractor:
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self._segmenter = self._build_segmenter(config, self.device) if config.masks else None
         self.fingerprint = self._fingerprint()
-        self.net.to(self.device)
-        self._mean, self._std = self._mean.to(self.device), self._std.to(self.device)
+        # the backend, like the device, changes how the networks run, not what the index means
+        if backend == "auto":
+            backend = "onnx" if self.device.type == "cpu" and onnx_available() else "torch"
+        if backend == "onnx" and not onnx_available():
+            raise ValueError("backend 'onnx' needs onnxruntime (pip install onnxruntime)")
+        self.backend = backend
+        self._ort = None
+        if backend == "torch":
+            self.net.to(self.device)
+            self._mean, self._std = self._mean.to(self.device), self._std.to(self.device)
+
+    @property
+    def runtime(self):
+        """The ONNX Runtime sessions (exported to the cache on first use), for backend 'onnx'."""
+        if self._ort is None:
+            self._ort = OnnxRuntimeBackend(export_onnx(self), self._threads, str(self.device))
+        return self._ort
 
     @staticmethod
     def _build(cfg: ExtractorConfig) -> torch.nn.Module:
@@ -212,32 +233,57 @@ class Extractor:
         logits = self.net.head(torch.from_numpy(np.asarray(features, dtype=np.float32)).to(self.device))
         return melanoma_probability(logits, self.net.spec).cpu().numpy()
 
-    def preprocess(self, images: list[Image.Image]) -> tuple[torch.Tensor, list[np.ndarray]]:
+    def prepare(self, image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+        """Resize one decoded image for the networks: (pixels at the model's size, pixels at the
+        segmenter's size or None). Thread-safe: the index build runs it in its decode threads,
+        in parallel with inference."""
         size = self.config.image_size
-        arrays = [resize_rgb(img, size) for img in images]
-        x = torch.from_numpy(np.stack(arrays)).to(self.device).permute(0, 3, 1, 2).float()
-        mask_inputs = []
+        pixels = resize_rgb(image, size)
+        seg = None
         if self._segmenter is not None:
             ss = self._segmenter.input_size or self.config.mask_size
-            mask_inputs = arrays if ss == size else [resize_rgb(img, ss) for img in images]
-        return (x - self._mean) / self._std, mask_inputs
+            seg = pixels if ss == size else resize_rgb(image, ss)
+        return pixels, seg
 
-    @torch.inference_mode()
+    def preprocess(self, images: list[Image.Image]) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """Normalised model input [B, 3, S, S] and the segmenter inputs (torch backend)."""
+        prepared = [self.prepare(img) for img in images]
+        return self._normalised(np.stack([p[0] for p in prepared])), [p[1] for p in prepared]
+
+    def _normalised(self, pixels: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(pixels).to(self.device).permute(0, 3, 1, 2).float()
+        return (x - self._mean) / self._std
+
     def extract(self, images: list[Image.Image]) -> Extracted:
         """Extract a batch of decoded RGB images."""
         if not images:
             raise ValueError("no images to extract")
-        x, mask_inputs = self.preprocess(images)
-        out = self.net(x)
-        features = out.feature.float().cpu().numpy().astype(np.float32, copy=False)
-        styles = None
-        if self.config.style:
-            styles = style_vector([g.cpu() for g in average_grams(out.member_taps)], self.betas)
+        return self.extract_prepared([self.prepare(img) for img in images])
+
+    @torch.inference_mode()
+    def extract_prepared(self, prepared: list[tuple[np.ndarray, np.ndarray | None]]) -> Extracted:
+        """Extract a batch of :meth:`prepare` outputs."""
+        if not prepared:
+            raise ValueError("no images to extract")
+        pixels = np.stack([p[0] for p in prepared])
+        if self.backend == "onnx":
+            features, styles = self.runtime.features(pixels)
+            features = np.ascontiguousarray(features, dtype=np.float32)
+        else:
+            out = self.net(self._normalised(pixels))
+            features = out.feature.float().cpu().numpy().astype(np.float32, copy=False)
+            styles = None
+            if self.config.style:
+                styles = style_vector([g.cpu() for g in average_grams(out.member_taps)], self.betas)
         masks = areas = None
         if self._segmenter is not None:
             ms = self.config.mask_size
-            raw = self._segmenter.segment_batch(np.stack(mask_inputs))
+            seg_in = np.stack([p[1] for p in prepared])
+            if self.backend == "onnx" and self.runtime.segmenter is not None:
+                raw = self.runtime.segment(seg_in)
+            else:
+                raw = self._segmenter.segment_batch(seg_in)
             bool_masks = np.stack([m if m.shape == (ms, ms) else resize_mask(m, ms) for m in raw])
             masks = pack_masks(bool_masks)
-            areas = bool_masks.reshape(len(images), -1).sum(1).astype(np.int32)
+            areas = bool_masks.reshape(len(prepared), -1).sum(1).astype(np.int32)
         return Extracted(features, styles, masks, areas)

@@ -14,8 +14,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
 from ..extract import Extracted, Extractor, ExtractorConfig, ImageError, load_image
 from .sources import Problem, read_source
 from .store import Index, Record
@@ -29,6 +27,7 @@ class BuildConfig:
     commit_every: int = 128
     decode_threads: int = 2
     device: str = "auto"          # where the networks run: auto (CUDA when torch sees it), cpu, cuda[:N]
+    backend: str = "auto"         # torch, onnx (ONNX Runtime), auto: onnx on CPU when onnxruntime is installed
 
 
 @dataclass
@@ -45,26 +44,30 @@ class BuildReport:
         return self.added / self.seconds if self.seconds > 0 else 0.0
 
 
-def _decode(record: Record) -> tuple[Record, Image.Image | None, str | None]:
+def _decode(record: Record, prepare: Callable | None = None) -> tuple[Record, object | None, str | None]:
     try:
-        return record, load_image(record.path), None
+        image = load_image(record.path)
+        return record, (image if prepare is None else prepare(image)), None
     except ImageError as e:
         return record, None, str(e)
     except Exception as e:  # noqa: BLE001 - one bad file must never stop the batch
         return record, None, f"unreadable ({type(e).__name__}: {e})"
 
 
-def decode_batches(records: Sequence[Record], batch_size: int, threads: int
-                   ) -> Iterator[list[tuple[Record, Image.Image | None, str | None]]]:
-    """Yield decoded batches, decoding batch i+1 while the caller works on batch i."""
+def decode_batches(records: Sequence[Record], batch_size: int, threads: int, prepare: Callable | None = None
+                   ) -> Iterator[list[tuple[Record, object | None, str | None]]]:
+    """Yield decoded batches, decoding (and, with ``prepare``, resizing) batch i+1 and i+2 in
+    threads while the caller runs inference on batch i."""
     batches = [records[i:i + batch_size] for i in range(0, len(records), batch_size)]
     if not batches:
         return
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        pending: list[Future] = [pool.submit(_decode, r) for r in batches[0]]
+        ahead = 2
+        pending: list[list[Future]] = [[pool.submit(_decode, r, prepare) for r in b] for b in batches[:ahead]]
         for i in range(len(batches)):
-            current = [f.result() for f in pending]
-            pending = [pool.submit(_decode, r) for r in batches[i + 1]] if i + 1 < len(batches) else []
+            current = [f.result() for f in pending.pop(0)]
+            if i + ahead < len(batches):
+                pending.append([pool.submit(_decode, r, prepare) for r in batches[i + ahead]])
             yield current
 
 
@@ -103,7 +106,7 @@ def build_index(
                 extractor_config = Index.open(directory).extractor_config
             except Exception:  # noqa: BLE001 - no index yet: the default model
                 extractor_config = ExtractorConfig()
-        extractor = Extractor(extractor_config, device=config.device)
+        extractor = Extractor(extractor_config, device=config.device, backend=config.backend)
     index = Index.open_or_create(directory, extractor)
     with index.writing():
         existing = index.ids()
@@ -119,7 +122,7 @@ def build_index(
                 buffer_records.clear()
                 buffer_parts.clear()
 
-        for batch in decode_batches(todo, config.batch_size, config.decode_threads):
+        for batch in decode_batches(todo, config.batch_size, config.decode_threads, extractor.prepare):
             good = []
             for record, image, error in batch:
                 if error is not None:
@@ -128,13 +131,13 @@ def build_index(
                     good.append((record, image))
             if good:
                 try:
-                    part = extractor.extract([img for _, img in good])
+                    part = extractor.extract_prepared([img for _, img in good])
                     buffer_records.extend(r for r, _ in good)
                     buffer_parts.append(part)
                 except Exception:  # noqa: BLE001 - isolate the image that breaks the batch
                     for record, image in good:
                         try:
-                            buffer_parts.append(extractor.extract([image]))
+                            buffer_parts.append(extractor.extract_prepared([image]))
                             buffer_records.append(record)
                         except Exception as e:  # noqa: BLE001
                             problem(Problem(record.path, f"extraction failed ({type(e).__name__}: {e})"))

@@ -1,0 +1,155 @@
+"""ONNX export of an extractor's networks and ONNX Runtime inference for them.
+
+Two graphs per model, exported from the very modules the torch backend runs:
+
+- ``extractor.onnx``: raw pixels [B, 3, S, S] float32 (0..255) -> the feature vector [B, D] and, when
+  the model stores style, the packed style vector [B, Σ C(C+1)/2] (input normalisation, the
+  members' Grams, their average, β weights and packing are all inside the graph);
+- ``segmenter.onnx`` (learned segmenters only): raw pixels at the segmenter's size -> logits.
+
+The backend is a runtime choice, like the device: it does not change what the index means, so it
+is not part of the model fingerprint. The two backends agree to float32 rounding; the parity test
+(``tests/test_onnx.py``) and ``docs/performance.md`` state the largest absolute difference.
+
+Exports are cached under ``$DERMSEARCH_CACHE`` (default ``~/.cache/dermsearch``) by model
+fingerprint, written to a temporary directory and renamed into place. Exporting needs only the
+local weights: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .gram import average_grams
+
+__all__ = ["OnnxRuntimeBackend", "export_onnx", "onnx_cache_dir", "onnx_available", "EXPORT_VERSION"]
+
+EXPORT_VERSION = 1
+
+
+def onnx_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def onnx_cache_dir() -> Path:
+    return Path(os.environ.get("DERMSEARCH_CACHE", Path.home() / ".cache" / "dermsearch")) / "onnx"
+
+
+class _ExtractionGraph(nn.Module):
+    """Pixels -> (feature, style): the torch backend's computation as one traceable module."""
+
+    def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor, betas, style: bool):
+        super().__init__()
+        self.net, self.style, self.betas = net, style, [float(b) for b in betas]
+        self.register_buffer("mean", mean.detach().cpu().clone())
+        self.register_buffer("std", std.detach().cpu().clone())
+
+    def forward(self, pixels: torch.Tensor):
+        out = self.net((pixels - self.mean) / self.std)
+        if not self.style:
+            return (out.feature,)
+        parts = []
+        for g, beta in zip(average_grams(out.member_taps), self.betas):
+            c = g.shape[-1]
+            iu = torch.triu_indices(c, c, offset=1)
+            g = g * beta
+            parts.append(torch.diagonal(g, dim1=-2, dim2=-1))
+            parts.append(g[:, iu[0], iu[1]] * float(np.sqrt(2.0)))
+        return out.feature, torch.cat(parts, dim=1)
+
+
+class _SegmenterGraph(nn.Module):
+    def __init__(self, model: nn.Module, mean: float, std: float):
+        super().__init__()
+        self.model, self.mean, self.std = model, mean, std
+
+    def forward(self, pixels: torch.Tensor):
+        return self.model((pixels / 255.0 - self.mean) / self.std)
+
+
+def _export(module: nn.Module, example: torch.Tensor, path: Path, outputs: list[str]) -> None:
+    module = module.eval().cpu()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)         # "torchvision is not installed" notices: irrelevant here
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, (example,), dynamo=True, input_names=["pixels"], output_names=outputs,
+                                    dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+        program.save(str(path))
+    quiet.setLevel(level)
+
+
+def export_onnx(extractor, directory: str | os.PathLike | None = None) -> Path:
+    """Export ``extractor``'s networks to ``directory`` (default: the cache, by fingerprint).
+    Returns the directory; an existing complete export is reused."""
+    directory = Path(directory) if directory else onnx_cache_dir() / f"{extractor.fingerprint}-v{EXPORT_VERSION}"
+    if (directory / "onnx.json").is_file():
+        return directory
+    tmp = directory.with_name(directory.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    cfg = extractor.config
+    size = cfg.image_size
+    graph = _ExtractionGraph(extractor.net, extractor._mean, extractor._std, extractor.betas, cfg.style)
+    outputs = ["feature", "style"] if cfg.style else ["feature"]
+    _export(graph, torch.rand(2, 3, size, size) * 255, tmp / "extractor.onnx", outputs)
+    info = {"fingerprint": extractor.fingerprint, "export_version": EXPORT_VERSION, "image_size": size,
+            "outputs": outputs, "torch": torch.__version__, "segmenter": None}
+    seg = extractor._segmenter
+    if seg is not None and hasattr(seg, "model"):
+        ss = seg.input_size
+        _export(_SegmenterGraph(seg.model, seg._mean, seg._std), torch.rand(2, 3, ss, ss) * 255,
+                tmp / "segmenter.onnx", ["logits"])
+        info["segmenter"] = {"input_size": ss}
+    with open(tmp / "onnx.json", "w") as f:
+        json.dump(info, f, indent=2)
+    if directory.exists():
+        shutil.rmtree(directory)
+    tmp.replace(directory)
+    return directory
+
+
+class OnnxRuntimeBackend:
+    """ONNX Runtime sessions for an extractor's exported graphs (CPU, or CUDA when asked and present)."""
+
+    def __init__(self, directory: Path, threads: int | None = None, device: str = "cpu"):
+        import onnxruntime as ort
+
+        self.info = json.loads((directory / "onnx.json").read_text())
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.extractor = ort.InferenceSession(str(directory / "extractor.onnx"), opts, providers=providers)
+        self.segmenter = None
+        if self.info["segmenter"]:
+            self.segmenter = ort.InferenceSession(str(directory / "segmenter.onnx"), opts, providers=providers)
+
+    def features(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """[B, S, S, 3] uint8 -> feature [B, D], style [B, Sd] or None."""
+        x = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32)
+        out = self.extractor.run(None, {"pixels": x})
+        return out[0], (out[1] if len(out) > 1 else None)
+
+    def segment(self, pixels: np.ndarray) -> np.ndarray:
+        """[B, s, s, 3] uint8 at the segmenter's size -> [B, s, s] bool."""
+        x = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32)
+        return self.segmenter.run(None, {"pixels": x})[0][:, 0] > 0
