@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
                     "Runtime (exported once to ~/.cache/dermsearch; same vectors to float32 rounding, "
                     "~3x faster on CPU); auto: onnx on CPU when onnxruntime is installed (default)")
     ix.add_argument("--commit-every", type=int, default=128, help="images per atomic commit (default 128)")
+    ix.add_argument("--dask", metavar="SCHEDULER_ADDRESS", help="extract on the workers of this Dask cluster "
+                    "(e.g. tcp://10.0.0.5:8786); this process writes the index (docs/distributed.md)")
+    ix.add_argument("--dask-chunk", type=int, default=64, help="images per Dask task (default 64)")
     ix.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     s = sub.add_parser("search", help="find the most similar indexed images for a query image")
@@ -221,6 +224,8 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-upload-mb", type=float, default=20.0)
     sv.add_argument("--device", default="auto", help=DEVICE_HELP)
     sv.add_argument("--fast", action="store_true", help="fast mode (see 'search --fast')")
+    sv.add_argument("--dask", metavar="SCHEDULER_ADDRESS", help="shard the index across this Dask cluster's "
+                    "workers and search there (exact, same results as local)")
 
     ex = sub.add_parser("export-onnx", help="export an index's networks to ONNX (for ONNX Runtime elsewhere)")
     ex.add_argument("index", type=Path, metavar="DIR")
@@ -302,9 +307,16 @@ def _cmd_index(args) -> int:
         task = progress.add_task("index", total=None)
         build_config = BuildConfig(batch_size=args.batch_size, commit_every=args.commit_every, device=args.device,
                                    backend=args.backend)
-        report = build_index(args.source, args.index, config, build_config,
-                             on_problem=on_problem,
-                             progress=lambda done, total: progress.update(task, completed=done, total=total))
+        def show(done, total):
+            progress.update(task, completed=done, total=total)
+
+        if args.dask:
+            from ..index.distributed import build_index_dask
+
+            report = build_index_dask(args.source, args.index, args.dask, config, build_config,
+                                      chunk_size=args.dask_chunk, on_problem=on_problem, progress=show)
+        else:
+            report = build_index(args.source, args.index, config, build_config, on_problem=on_problem, progress=show)
     print(f"{report.index}: added {report.added}, already indexed {report.already_indexed}, "
           f"skipped {len(report.problems)} (of {report.found} found) in {report.seconds:.1f} s "
           f"({report.images_per_second:.1f} images/s); index holds {len(Index.open(args.index))} images")
@@ -517,7 +529,8 @@ def _cmd_serve(args) -> int:
     from ..web.app import WebConfig, create_app
 
     app = create_app(args.index, WebConfig(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024)),
-                     searcher=Searcher(args.index, device=args.device, mode="fast" if args.fast else "exact"))
+                     searcher=Searcher(args.index, device=args.device, mode="fast" if args.fast else "exact",
+                                       dask=args.dask))
     err.print(f"serving {args.index} on http://{args.host}:{args.port}/ (API docs at /docs)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

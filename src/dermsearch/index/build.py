@@ -18,7 +18,7 @@ from ..extract import Extracted, Extractor, ExtractorConfig, ImageError, load_im
 from .sources import Problem, read_source
 from .store import Index, Record
 
-__all__ = ["BuildConfig", "BuildReport", "build_index", "decode_batches"]
+__all__ = ["BuildConfig", "BuildReport", "BufferedWriter", "build_index", "decode_batches", "extract_batch"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,63 @@ def decode_batches(records: Sequence[Record], batch_size: int, threads: int, pre
             yield current
 
 
+def extract_batch(extractor: Extractor, batch: list[tuple[Record, object | None, str | None]]
+                  ) -> tuple[list[Record], Extracted | None, list[Problem]]:
+    """The extractor stage for one decoded batch: (records extracted, their vectors, problems).
+    A batch that fails is retried image by image, so one bad image never costs the others."""
+    problems, good = [], []
+    for record, image, error in batch:
+        if error is not None:
+            problems.append(Problem(record.path, error))
+        else:
+            good.append((record, image))
+    if not good:
+        return [], None, problems
+    try:
+        return [r for r, _ in good], extractor.extract_prepared([img for _, img in good]), problems
+    except Exception:  # noqa: BLE001 - isolate the image that breaks the batch
+        records, parts = [], []
+        for record, image in good:
+            try:
+                parts.append(extractor.extract_prepared([image]))
+                records.append(record)
+            except Exception as e:  # noqa: BLE001
+                problems.append(Problem(record.path, f"extraction failed ({type(e).__name__}: {e})"))
+        return records, (Extracted.concat(parts) if parts else None), problems
+
+
+class BufferedWriter:
+    """The writer stage: buffers extracted rows and commits every ``commit_every`` (each commit
+    atomic). Rows whose id was already written by this writer are dropped, so a retried
+    (distributed) task can never add a row twice."""
+
+    def __init__(self, index: Index, commit_every: int, report: BuildReport):
+        self.index, self.commit_every, self.report = index, commit_every, report
+        self.records: list[Record] = []
+        self.parts: list[Extracted] = []
+        self.seen: set[str] = set()
+
+    def add(self, records: list[Record], part: Extracted | None) -> None:
+        if part is None or not records:
+            return
+        keep = [i for i, r in enumerate(records) if r.id not in self.seen]
+        if len(keep) < len(records):
+            records = [records[i] for i in keep]
+            part = Extracted(*(None if a is None else a[keep] for a in
+                               (part.features, part.styles, part.masks, part.mask_areas)))
+        self.seen.update(r.id for r in records)
+        self.records.extend(records)
+        self.parts.append(part)
+        if len(self.records) >= self.commit_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.records:
+            self.report.added += self.index.add(self.records, Extracted.concat(self.parts))
+            self.records.clear()
+            self.parts.clear()
+
+
 def build_index(
     source: str | os.PathLike,
     directory: str | os.PathLike,
@@ -112,40 +169,16 @@ def build_index(
         existing = index.ids()
         todo = [r for r in records if r.id not in existing]
         report.already_indexed = len(records) - len(todo)
-        buffer_records: list[Record] = []
-        buffer_parts = []
+        writer = BufferedWriter(index, config.commit_every, report)
         done = 0
-
-        def flush() -> None:
-            if buffer_records:
-                report.added += index.add(buffer_records, Extracted.concat(buffer_parts))
-                buffer_records.clear()
-                buffer_parts.clear()
-
         for batch in decode_batches(todo, config.batch_size, config.decode_threads, extractor.prepare):
-            good = []
-            for record, image, error in batch:
-                if error is not None:
-                    problem(Problem(record.path, error))
-                else:
-                    good.append((record, image))
-            if good:
-                try:
-                    part = extractor.extract_prepared([img for _, img in good])
-                    buffer_records.extend(r for r, _ in good)
-                    buffer_parts.append(part)
-                except Exception:  # noqa: BLE001 - isolate the image that breaks the batch
-                    for record, image in good:
-                        try:
-                            buffer_parts.append(extractor.extract_prepared([image]))
-                            buffer_records.append(record)
-                        except Exception as e:  # noqa: BLE001
-                            problem(Problem(record.path, f"extraction failed ({type(e).__name__}: {e})"))
+            good, part, problems = extract_batch(extractor, batch)
+            for p in problems:
+                problem(p)
+            writer.add(good, part)
             done += len(batch)
-            if len(buffer_records) >= config.commit_every:
-                flush()
             if progress:
                 progress(done, len(todo))
-        flush()
+        writer.flush()
     report.seconds = time.perf_counter() - t0
     return report

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +28,8 @@ from .measures import (
     dice_from_intersections,
     distances_from_dots,
     mask_intersections,
-    max_normalised_rows,
+    normalised_by,
+    row_maxima,
     row_sqnorms,
 )
 
@@ -70,6 +71,9 @@ class QueryBatch:
                    np.array([q.mask_area for q in queries], dtype=np.int64) if has_mask else None)
 
 
+SMALL_PRODUCT = 8_000_000        # multiply-adds below which products run on one thread
+
+
 @contextmanager
 def single_threaded():
     """Run torch's products on one thread: for the many small products of a fast-mode query,
@@ -96,7 +100,8 @@ def products(Q: np.ndarray, X: np.ndarray) -> np.ndarray:
         warnings.simplefilter("ignore", UserWarning)    # read-only arrays (memory maps) are fine: never written
         q = torch.from_numpy(np.ascontiguousarray(Q, dtype=np.float32))
         x = torch.from_numpy(np.asarray(X))
-    with torch.inference_mode():
+    # a small product is over before a second thread would be awake: one thread is faster
+    with torch.inference_mode(), (single_threaded() if x.numel() * q.shape[0] < SMALL_PRODUCT else nullcontext()):
         out = torch.mv(x, q[0])[None, :] if q.shape[0] == 1 else q @ x.T
     return out.numpy()
 
@@ -158,15 +163,24 @@ class ExactEngine:
         return out
 
     @staticmethod
-    def normalise(raw: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, np.ndarray]:
-        """ES, CSnew, SS, DC: the max-normalisers see each query's valid (candidate) rows only."""
+    def maxima(raw: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, np.ndarray]:
+        """[B] max-normalisers of ES (max ED) and SS (max LS) over each query's valid rows."""
+        return {c: row_maxima(raw[c], valid) for c in ("euclidean", "style") if c in raw}
+
+    @staticmethod
+    def normalise(raw: dict[str, np.ndarray], valid: np.ndarray,
+                  maxima: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """ES, CSnew, SS, DC. The max-normalisers are each query's maxima over its valid
+        (candidate) rows, or ``maxima`` when given (a shard normalising by the global maxima)."""
+        if maxima is None:
+            maxima = ExactEngine.maxima(raw, valid)
         comp = {}
         if "euclidean" in raw:
-            comp["euclidean"] = max_normalised_rows(raw["euclidean"], valid)
+            comp["euclidean"] = normalised_by(raw["euclidean"], maxima["euclidean"])
         if "cosine" in raw:
             comp["cosine"] = (raw["cosine"] + 1.0) / 2.0
         if "style" in raw:
-            comp["style"] = max_normalised_rows(raw["style"], valid)
+            comp["style"] = normalised_by(raw["style"], maxima["style"])
         if "dice" in raw:
             comp["dice"] = raw["dice"]
         return comp

@@ -45,13 +45,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import ExactEngine, Query, QueryBatch, products, single_threaded
+from .engine import ExactEngine, Query, QueryBatch, products
 from .measures import MEASURE_COMPONENTS, measure_scores
 
 __all__ = ["FastConfig", "FastIndex", "FastIndexWriter", "FastResult", "FastModeMissing", "fast_dir", "optimize",
            "score_error_bound"]
 
 FAST_FORMAT = 1
+RESIDENT = ("feature_proj", "style_proj", "feature_csq", "style_csq", "feature_resid", "style_resid",
+            "feature_sqnorms", "style_sqnorms", "mask_cells", "mask_areas")
 
 
 class FastModeMissing(RuntimeError):
@@ -63,13 +65,15 @@ class FastConfig:
     style_dims: int = 256          # PCA components kept for the style vectors
     feature_dims: int = 128        # ... and for the feature vectors
     mask_grid: int = 16            # mask cells per side for the Dice estimate
-    candidates: int = 32           # rows per measure re-ranked exactly
-    normaliser_candidates: int = 32  # rows measured exactly to find each max-normaliser
+    candidates: int = 64           # rows per style measure re-ranked exactly (each reads a 323 KB style row)
+    wide_candidates: int = 256     # rows per measure without style re-ranked exactly (6 KB a row)
+    normaliser_candidates: int = 16  # rows measured exactly to find each max-normaliser
     fit_rows: int = 10_000         # PCA fitted on a random sample of this many rows
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if min(self.style_dims, self.feature_dims, self.mask_grid, self.candidates, self.normaliser_candidates) < 1:
+        if min(self.style_dims, self.feature_dims, self.mask_grid, self.candidates, self.wide_candidates,
+               self.normaliser_candidates) < 1:
             raise ValueError("fast-mode sizes must be positive")
 
 
@@ -126,6 +130,34 @@ class FastIndexWriter:
         self.mask_areas = mm("mask_areas", np.int32, (n,)) if mask_bytes else None
         self.ids = np.empty(n, dtype=object)
 
+    @classmethod
+    def refit(cls, directory: str | os.PathLike, config: FastConfig) -> FastIndexWriter:
+        """A writer over an existing fast-mode directory's exact rows (hard-linked, not copied), to
+        :meth:`finish` with other PCA sizes or mask grid without reading the index again."""
+        old = FastIndex.open(directory)
+        w = cls.__new__(cls)
+        w.final = Path(directory)
+        w.tmp = w.final.with_name(w.final.name + f".tmp-{os.getpid()}")
+        shutil.rmtree(w.tmp, ignore_errors=True)
+        w.tmp.mkdir(parents=True)
+        w.n, w.config, w.version, w.mask_size = len(old), config, old.info["index_version"], old.info["mask_size"]
+        for name in ("features", "styles", "masks", "mask_areas"):
+            if (w.final / f"{name}.npy").exists():
+                os.link(w.final / f"{name}.npy", w.tmp / f"{name}.npy")
+
+        def mm(name, dtype, shape):
+            return np.lib.format.open_memmap(w.tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+
+        w._mm = mm
+        w.features, w.styles = np.load(w.tmp / "features.npy", mmap_mode="r"), np.load(w.tmp / "styles.npy",
+                                                                                            mmap_mode="r")
+        has_masks = (w.tmp / "masks.npy").exists()
+        w.masks = np.load(w.tmp / "masks.npy", mmap_mode="r") if has_masks else None
+        w.mask_areas = np.load(w.tmp / "mask_areas.npy", mmap_mode="r") if has_masks else None
+        w.ids = np.array(old.ids, dtype=object)
+        old.style_rows.close()
+        return w
+
     def write(self, start: int, ids: Sequence[str], features: np.ndarray, styles: np.ndarray,
               masks: np.ndarray | None = None, mask_areas: np.ndarray | None = None) -> None:
         stop = start + len(ids)
@@ -172,7 +204,7 @@ class FastIndexWriter:
                 cells[s:s + chunk] = _cells(self.masks[s:s + chunk], self.mask_size, cfg.mask_grid)
             cells.flush()
         for a in (self.features, self.styles, self.masks, self.mask_areas):
-            if a is not None:
+            if isinstance(a, np.memmap) and a.mode != "r":
                 a.flush()
         np.save(self.tmp / "ids.npy", np.array(self.ids.tolist(), dtype=str))
         info["build_seconds"] = round(time.perf_counter() - t0, 1)
@@ -270,11 +302,11 @@ class FastIndex:
         for f in directory.glob("*.npy"):
             small = f.stem in ("ids", "feature_mean", "feature_basis", "style_mean", "style_basis")
             arrays[f.stem] = np.load(f) if small else np.load(f, mmap_mode="r")
-        # the scan-per-query arrays are small: keep them in RAM
-        for name in ("feature_proj", "style_proj", "feature_csq", "style_csq", "feature_resid", "style_resid",
-                     "feature_sqnorms", "style_sqnorms", "mask_cells", "mask_areas"):
+        # the arrays every query scans are small: copy them into RAM (a memory map's pages would be
+        # evicted by the exact rows streaming through the page cache, then re-read from disk)
+        for name in RESIDENT:
             if name in arrays:
-                arrays[name] = np.ascontiguousarray(arrays[name])
+                arrays[name] = np.array(arrays[name])
         return cls(directory, info, arrays)
 
     def __len__(self) -> int:
@@ -291,7 +323,7 @@ class FastIndex:
     @property
     def resident_bytes(self) -> int:
         """Bytes fast mode keeps in RAM (the exact rows stay on disk, memory-mapped)."""
-        return int(sum(v.nbytes for v in self.a.values() if not isinstance(v, np.memmap)))
+        return int(sum(v.nbytes for n, v in self.a.items() if n in RESIDENT or not isinstance(v, np.memmap)))
 
     # --------------------------------------------------------------- estimates
     def _estimate(self, kind: str, vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -306,8 +338,7 @@ class FastIndex:
 
     def search(self, query: Query, k: int, measures: Sequence[str], valid: np.ndarray) -> FastResult:
         """The top ``k`` valid rows per measure, exactly scored (see the module doc)."""
-        with single_threaded():
-            return self._search(query, k, measures, valid)
+        return self._search(query, k, measures, valid)
 
     def _search(self, query: Query, k: int, measures: Sequence[str], valid: np.ndarray) -> FastResult:
         cfg, a = self.config, self.a
@@ -341,7 +372,7 @@ class FastIndex:
         comp_est["cosine"] = (np.clip(cos, -1.0, 1.0) + 1.0) / 2.0
         if est_s is not None:
             comp_est["style"] = 1.0 - est_s / (float(est_s[rows_valid].max()) or 1.0)
-        if "mask_cells" in a and query.mask is not None:
+        if "dice" in needs and "mask_cells" in a and query.mask is not None:
             qcells = _cells(query.mask[None], self.info["mask_size"], cfg.mask_grid)[0]
             cell_px = (self.info["mask_size"] // cfg.mask_grid) ** 2
             inter = products(qcells[None], a["mask_cells"])[0] / cell_px
@@ -349,9 +380,11 @@ class FastIndex:
             with np.errstate(invalid="ignore", divide="ignore"):
                 comp_est["dice"] = np.where(total > 0, 2.0 * inter / total, 1.0)
         est_scores = measure_scores({c: v[rows_valid] for c, v in comp_est.items() if c in needs}, measures)
-        c = min(cfg.candidates, rows_valid.size)
-        picked = {m: rows_valid[np.argpartition(-est_scores[m], c - 1)[:c]] if c < rows_valid.size else rows_valid
-                  for m in measures}
+        def best(m: str) -> np.ndarray:
+            c = min(cfg.candidates if "style" in MEASURE_COMPONENTS[m] else cfg.wide_candidates, rows_valid.size)
+            return rows_valid[np.argpartition(-est_scores[m], c - 1)[:c]] if c < rows_valid.size else rows_valid
+
+        picked = {m: best(m) for m in measures}
         with_style = [m for m in measures if "style" in MEASURE_COMPONENTS[m]]
         rerank = np.unique(np.concatenate(list(picked.values()) + list(check_rows.values())))
         # style vectors (323 KB a row) are read only for the style measures' candidates and checks

@@ -13,6 +13,7 @@ __all__ = [
     "MEASURES", "COMPONENTS", "MEASURE_COMPONENTS",
     "row_sqnorms", "squared_distances", "squared_distances_batch", "distances_from_dots", "cosines_from_dots",
     "cosine_similarities_batch", "mask_intersections", "dice_from_intersections", "max_normalised_rows",
+    "row_maxima", "normalised_by",
     "euclidean_distances", "cosine_similarities", "style_losses",
     "dice_coefficients",
     "max_normalised", "cosine_new", "harmonic_mean", "measure_scores",
@@ -148,12 +149,23 @@ def mask_intersections(Q_packed: np.ndarray, M_packed: np.ndarray, block: int = 
     return out
 
 
+def row_maxima(D: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """[B] the largest valid entry of each row (−inf where a row has none)."""
+    if D.shape[1] == 0:
+        return np.full(D.shape[0], -np.inf)
+    return np.where(valid, D, -np.inf).max(axis=1)
+
+
+def normalised_by(D: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """Row-wise 1 − d / top (eqs. 2 and 7) for given maxima; a max of 0 (or none) gives 1."""
+    top = np.asarray(top, dtype=np.float64)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(top > 0, 1.0 - D / np.where(top > 0, top, 1.0), 1.0)
+
+
 def max_normalised_rows(D: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Row-wise 1 − d / max d, the max over each row's valid (candidate) entries only."""
-    top = np.where(valid, D, -np.inf).max(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(top > 0, 1.0 - D / np.where(top > 0, top, 1.0), 1.0)
-    return out
+    return normalised_by(D, row_maxima(D, valid))
 
 
 def euclidean_distances(q: np.ndarray, X: np.ndarray, x_sqnorms: np.ndarray | None = None) -> np.ndarray:

@@ -20,7 +20,6 @@ from .measures import COMPONENTS, MEASURE_COMPONENTS, MEASURES, measure_scores
 __all__ = ["Filters", "Hit", "Query", "SearchResult", "Searcher", "top_k"]
 
 MODES = ("exact", "fast")
-_COMPONENT_NEEDS = {"style": "styles", "dice": "masks"}
 _RAW_KEYS = {"euclidean": "ed", "cosine": "cs", "style": "ls", "dice": "dice"}
 
 
@@ -90,9 +89,19 @@ class Searcher:
     """
 
     def __init__(self, index: Index | str | os.PathLike, extractor: Extractor | None = None, device: str = "auto",
-                 mode: str = "exact"):
+                 mode: str = "exact", dask=None):
+        """``mode``: ``exact`` or ``fast`` (see :mod:`dermsearch.search.fast`). ``dask``: a
+        ``distributed.Client`` or scheduler address: the matrices are sharded across its workers
+        and searched there (exact; :mod:`dermsearch.search.sharded`)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if dask is not None and mode != "exact":
+            raise ValueError("sharded (Dask) search is exact: use mode='exact' with dask")
+        self.sharded = None
+        if dask is not None:
+            from distributed import Client
+            dask = dask if isinstance(dask, Client) else Client(dask)
+        self.dask = dask
         self.index = index if isinstance(index, Index) else Index.open(index)
         self._extractor = extractor
         self.device = device          # where queries are encoded (``auto``: CUDA when torch sees it)
@@ -104,6 +113,8 @@ class Searcher:
     # ------------------------------------------------------------------ setup
     def refresh(self) -> None:
         """Load the index's newest version (and the row norms the measures reuse)."""
+        if self.dask is not None:
+            return self._refresh_sharded()
         self.fast = self._open_fast()
         if self.fast is None:
             s = self.snapshot = self.index.snapshot()
@@ -122,6 +133,17 @@ class Searcher:
                                                 mask_areas=e.mask_areas)
         self._positions = {i: n for n, i in enumerate(self.snapshot.ids)}
         self._meta_cache: list[dict] | None = None
+
+    def _refresh_sharded(self) -> None:
+        from .sharded import ShardedEngine
+
+        if self.sharded is not None:
+            self.sharded.close()
+        s = self.snapshot = self.index.snapshot(vectors=False)     # the vectors stay on the workers
+        self.fast, self.engine = None, None
+        self.sharded = ShardedEngine(self.dask, self.index.directory, s.version, len(s))
+        self._positions = {i: n for n, i in enumerate(s.ids)}
+        self._meta_cache = None
 
     def _open_fast(self) -> FastIndex | None:
         """The fast-mode files of the current version: required in fast mode; in exact mode they
@@ -162,8 +184,9 @@ class Searcher:
 
     @property
     def available_components(self) -> tuple[str, ...]:
-        s = self.snapshot
-        return tuple(c for c in COMPONENTS if c not in _COMPONENT_NEEDS or getattr(s, _COMPONENT_NEEDS[c]) is not None)
+        m = self.index.manifest
+        stored = {"style": bool(m["style_dim"]), "dice": bool(m["mask_bytes"])}
+        return tuple(c for c in COMPONENTS if stored.get(c, True))
 
     def available_measures(self) -> tuple[str, ...]:
         have = set(self.available_components)
@@ -186,6 +209,9 @@ class Searcher:
             i = self._positions[image_id]
         except KeyError:
             raise KeyError(f"id {image_id!r} is not in the index") from None
+        if self.sharded is not None:
+            f, st, m, a = self.sharded.row(i)
+            return Query(f, st, m, a, image_id)
         s = self.snapshot
         return Query(s.features[i], None if s.styles is None else s.styles[i],
                      None if s.masks is None else s.masks[i],
@@ -255,6 +281,8 @@ class Searcher:
         # max-normalisers see each query's candidates only.
         if self.mode == "fast":
             return [self._search_fast(q, k, wanted, valid[j], messages) for j, q in enumerate(queries)]
+        if self.sharded is not None:
+            return self._search_sharded(queries, k, wanted, valid, messages)
         batch = QueryBatch.of(queries)
         raw = self.engine.raw(batch) if len(s) else {}
         comp = ExactEngine.normalise(raw, valid) if raw else {}
@@ -288,6 +316,21 @@ class Searcher:
             notes.append(f"{comp} normaliser certified exact" if ok else
                          f"{comp} normaliser not certified: exact max in [{lo:.6g}, {hi:.6g}]")
         return SearchResult(query.label, k, int(valid.sum()), per_measure, notes)
+
+    def _search_sharded(self, queries, k, wanted, valid, messages) -> list[SearchResult]:
+        if not len(self.snapshot):
+            return [SearchResult(q.label, k, 0, {m: [] for m in wanted}, list(messages)) for q in queries]
+        merged = self.sharded.search(QueryBatch.of(queries), valid, wanted, k)
+        out = []
+        for j, (query, per_measure) in enumerate(zip(queries, merged)):
+            results = {}
+            for m in wanted:
+                rows, scores, comp, raw = per_measure[m]
+                results[m] = [self._hit(rank, int(i), float(sc), {c: v[n] for c, v in comp.items()},
+                                        {c: v[n] for c, v in raw.items()})
+                              for n, (rank, i, sc) in enumerate(zip(range(1, len(rows) + 1), rows, scores))]
+            out.append(SearchResult(query.label, k, int(valid[j].sum()), results, list(messages)))
+        return out
 
     def _resolve_measures(self, measures) -> tuple[tuple[str, ...], list[str]]:
         available = self.available_measures()

@@ -1,0 +1,131 @@
+"""Dask scale-out: extraction throughput with 1 vs 2 local workers, and sharded vs local exact
+search at 100,000 images. All in one run, on this machine (a LocalCluster).
+
+    python benchmarks/bench_dask.py [--images 160] [--archive /tmp/dermsearch-scaling/fast]
+
+Extraction: the first ``--images`` of isic-uda1 with the default model (ONNX Runtime backend),
+indexed locally (``build_index``, both cores) and through Dask with 1 worker x 2 threads and
+2 workers x 1 thread. Search: the fast-mode files written by ``bench_scaling.py`` (100,000 rows,
+real + synthetic) searched by the local exact engine and by 2 shards on 2 workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import DATA, emit, machine, require
+
+from dermsearch.extract import ExtractorConfig
+from dermsearch.index.build import BuildConfig, build_index
+from dermsearch.index.distributed import build_index_dask
+from dermsearch.search.engine import ExactEngine, Query, QueryBatch, top_k_rows
+from dermsearch.search.fast import FastIndex
+from dermsearch.search.measures import MEASURES, measure_scores
+from dermsearch.search.sharded import ShardedEngine
+
+
+def subset(labels: Path, n: int, tmp: Path) -> Path:
+    lines = labels.read_text().splitlines()
+    out = tmp / "labels.csv"
+    header = lines[0].split(",")
+    col = header.index("image_path")
+    rows = []
+    for line in lines[1: n + 1]:
+        cells = line.split(",")
+        cells[col] = str((labels.parent / cells[col]).resolve())
+        rows.append(",".join(cells))
+    out.write_text("\n".join([lines[0]] + rows) + "\n")
+    return out
+
+
+def extraction(n: int) -> dict:
+    from distributed import Client, LocalCluster
+
+    labels = require(DATA / "isic-uda1" / "labels.csv")
+    cfg = BuildConfig(backend="onnx")
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        src = subset(labels, n, Path(tmp))
+        build_index(src, Path(tmp) / "warm", ExtractorConfig(), cfg)       # ONNX export cached, not timed
+        t = time.perf_counter()
+        build_index(src, Path(tmp) / "local", ExtractorConfig(), cfg)
+        out["local_build_index_images_per_s"] = round(n / (time.perf_counter() - t), 2)
+        for workers, threads in ((1, 2), (2, 1)):
+            with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                              silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+                # warm-up: every worker loads its models once (that cost is per worker, not per image)
+                build_index_dask(src, Path(tmp) / f"warm{workers}", client, ExtractorConfig(), cfg,
+                                 chunk_size=8, worker_threads=threads)
+                t = time.perf_counter()
+                build_index_dask(src, Path(tmp) / f"dask{workers}", client, ExtractorConfig(), cfg,
+                                 chunk_size=16, worker_threads=threads)
+                out[f"dask_{workers}_workers_x_{threads}_threads_images_per_s"] = round(
+                    n / (time.perf_counter() - t), 2)
+    out["speedup_2_vs_1_workers"] = round(out["dask_2_workers_x_1_threads_images_per_s"]
+                                          / out["dask_1_workers_x_2_threads_images_per_s"], 3)
+    out["images"] = n
+    return out
+
+
+def search(archive: Path, queries: int) -> dict:
+    from distributed import Client, LocalCluster
+
+    fast = FastIndex.open(archive)
+    e = fast.exact
+    n = len(fast)
+    rng = np.random.default_rng(0)
+    rows = rng.choice(n, queries, replace=False)
+    qs = [Query(np.array(e.features[i]), np.array(e.styles[i]), np.array(e.masks[i]), int(e.mask_areas[i]))
+          for i in rows]
+    valid = np.ones((1, n), dtype=bool)
+
+    def local(q):
+        raw = e.raw(QueryBatch.of([q]))
+        scores = measure_scores(ExactEngine.normalise(raw, valid), MEASURES)
+        return {m: top_k_rows(scores[m], valid, 5)[0] for m in MEASURES}
+
+    local_lat, local_top = [], []
+    for q in qs:
+        t = time.perf_counter()
+        local_top.append(local(q))
+        local_lat.append(time.perf_counter() - t)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        t = time.perf_counter()
+        sharded = ShardedEngine(client, None, 0, n, fast_path=archive)
+        load = time.perf_counter() - t
+        sharded.search(QueryBatch.of(qs[:1]), valid, MEASURES, 5)
+        lat, same = [], 0
+        for q, ref in zip(qs, local_top):
+            t = time.perf_counter()
+            got = sharded.search(QueryBatch.of([q]), valid, MEASURES, 5)[0]
+            lat.append(time.perf_counter() - t)
+            same += all(list(got[m][0]) == list(ref[m]) for m in MEASURES)
+    return {"images": n, "queries": queries, "local_exact_ms": round(statistics.median(local_lat) * 1000, 1),
+            "sharded_2_workers_ms": round(statistics.median(lat) * 1000, 1), "shard_load_seconds": round(load, 1),
+            "queries_with_identical_top5_all_measures": f"{same}/{queries}",
+            "bytes_per_query": e.bytes_per_query}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=160)
+    ap.add_argument("--archive", type=Path, default=Path("/tmp/dermsearch-scaling/fast"))
+    ap.add_argument("--queries", type=int, default=3)
+    args = ap.parse_args()
+    result = {"benchmark": "dask", "extraction": extraction(args.images)}
+    if (args.archive / "fast.json").is_file():
+        result["search"] = search(args.archive, args.queries)
+    else:
+        result["search"] = {"skipped": f"{args.archive} not found: run bench_scaling.py first"}
+    emit({**result, "machine": machine()})
+
+
+if __name__ == "__main__":
+    main()
