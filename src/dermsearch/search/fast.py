@@ -8,9 +8,16 @@ style vector), so at 100,000 images a query reads 33 GB. Fast mode reads instead
   norm of its PCA residual;
 - coarse mask cell counts (``mask_grid``² per image) for an estimate of the Dice overlap;
 
-and with them estimates every component for every candidate, keeps the best ``candidates`` rows per
-requested measure, and re-ranks their union with the exact vectors, read from memory-mapped files
-(the exact engine on those rows only). Scores of returned rows are computed from exact vectors.
+and with them estimates every component for every candidate. Then, per requested measure:
+
+- stage A: the best ``wide_candidates`` rows by the estimates get their feature and mask components
+  computed exactly (6 KB a row);
+- stage B (measures with style): those rows are re-scored with the exact feature and mask parts and
+  the style estimate, and the best ``candidates`` get their exact style vectors read (323 KB a row,
+  positioned reads of a memory-mappable file, several threads);
+
+and the returned rows are ranked and scored with exact vectors only (the exact engine on those
+rows).
 
 The max-normalisers (ES and SS divide by the largest distance over all candidates) are found the
 same way: the ``normaliser_candidates`` rows with the largest estimated distance are measured
@@ -45,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import ExactEngine, Query, QueryBatch, products
+from .engine import ExactEngine, Query, QueryBatch, blas_single_threaded, products, row_parallel_products
 from .measures import MEASURE_COMPONENTS, measure_scores
 
 __all__ = ["FastConfig", "FastIndex", "FastIndexWriter", "FastResult", "FastModeMissing", "fast_dir", "optimize",
@@ -62,11 +69,11 @@ class FastModeMissing(RuntimeError):
 
 @dataclass(frozen=True)
 class FastConfig:
-    style_dims: int = 256          # PCA components kept for the style vectors
+    style_dims: int = 512          # PCA components kept for the style vectors
     feature_dims: int = 128        # ... and for the feature vectors
     mask_grid: int = 16            # mask cells per side for the Dice estimate
-    candidates: int = 64           # rows per style measure re-ranked exactly (each reads a 323 KB style row)
-    wide_candidates: int = 256     # rows per measure without style re-ranked exactly (6 KB a row)
+    candidates: int = 96           # rows per style measure re-ranked exactly (each reads a 323 KB style row)
+    wide_candidates: int = 512     # rows per measure whose feature and mask components are computed exactly
     normaliser_candidates: int = 16  # rows measured exactly to find each max-normaliser
     fit_rows: int = 10_000         # PCA fitted on a random sample of this many rows
     seed: int = 0
@@ -330,15 +337,16 @@ class FastIndex:
         """Estimated squared distances to every row and each row's error radius (2·r_x·r_q)."""
         a = self.a
         centred = np.asarray(vec, np.float32) - a[f"{kind}_mean"]
-        p = products(centred[None], a[f"{kind}_basis"])[0]    # torch's BLAS only: mixing two thread pools stalls
+        p = row_parallel_products(centred[None], a[f"{kind}_basis"])[0]
         cq = float(np.dot(centred.astype(np.float64), centred))
         rq = float(np.sqrt(max(cq - float(np.dot(p.astype(np.float64), p)), 0.0)))
-        est = a[f"{kind}_csq"] + cq - 2.0 * products(p[None], a[f"{kind}_proj"])[0]
+        est = a[f"{kind}_csq"] + cq - 2.0 * row_parallel_products(p[None], a[f"{kind}_proj"])[0]
         return np.maximum(est, 0.0), 2.0 * a[f"{kind}_resid"] * rq
 
     def search(self, query: Query, k: int, measures: Sequence[str], valid: np.ndarray) -> FastResult:
         """The top ``k`` valid rows per measure, exactly scored (see the module doc)."""
-        return self._search(query, k, measures, valid)
+        with blas_single_threaded():
+            return self._search(query, k, measures, valid)
 
     def _search(self, query: Query, k: int, measures: Sequence[str], valid: np.ndarray) -> FastResult:
         cfg, a = self.config, self.a
@@ -375,24 +383,41 @@ class FastIndex:
         if "dice" in needs and "mask_cells" in a and query.mask is not None:
             qcells = _cells(query.mask[None], self.info["mask_size"], cfg.mask_grid)[0]
             cell_px = (self.info["mask_size"] // cfg.mask_grid) ** 2
-            inter = products(qcells[None], a["mask_cells"])[0] / cell_px
+            inter = row_parallel_products(qcells[None], a["mask_cells"])[0] / cell_px
             total = a["mask_areas"].astype(np.float64) + query.mask_area
             with np.errstate(invalid="ignore", divide="ignore"):
                 comp_est["dice"] = np.where(total > 0, 2.0 * inter / total, 1.0)
         est_scores = measure_scores({c: v[rows_valid] for c, v in comp_est.items() if c in needs}, measures)
-        def best(m: str) -> np.ndarray:
-            c = min(cfg.candidates if "style" in MEASURE_COMPONENTS[m] else cfg.wide_candidates, rows_valid.size)
-            return rows_valid[np.argpartition(-est_scores[m], c - 1)[:c]] if c < rows_valid.size else rows_valid
 
-        picked = {m: best(m) for m in measures}
-        with_style = [m for m in measures if "style" in MEASURE_COMPONENTS[m]]
-        rerank = np.unique(np.concatenate(list(picked.values()) + list(check_rows.values())))
-        # style vectors (323 KB a row) are read only for the style measures' candidates and checks
-        style_rows = np.unique(np.concatenate([picked[m] for m in with_style] + [check_rows["style"]])) \
-            if est_s is not None else np.zeros(0, dtype=np.int64)
+        def top(scores: np.ndarray, rows: np.ndarray, c: int) -> np.ndarray:
+            c = min(c, rows.size)
+            return rows[np.argpartition(-scores, c - 1)[:c]] if c < rows.size else rows
 
-        # 3. exact components of the re-ranked rows, from the memory-mapped exact vectors
+        # stage A: the best `wide_candidates` rows of every measure by the estimates; their feature
+        # and mask components are then computed exactly (6 KB a row)
+        wide = {m: top(est_scores[m], rows_valid, cfg.wide_candidates) for m in measures}
+        rerank = np.unique(np.concatenate(list(wide.values()) + list(check_rows.values())))
         raw = self._exact_raw(query, rerank, with_style=False)
+        # stage B (style measures): re-score stage A's rows with their exact feature and mask
+        # components and the style estimate, keep the best `candidates`, and read their style rows
+        # (323 KB each) with the normaliser checks
+        with_style = [m for m in measures if "style" in MEASURE_COMPONENTS[m]]
+        style_rows = np.zeros(0, dtype=np.int64)
+        if est_s is not None:
+            e2 = raw["euclidean"] ** 2
+            max_f = float(np.sqrt(max(e2[valid[rerank]].max(), float(est_f[rows_valid].max()))))
+            refined = {"euclidean": _normalise(raw["euclidean"], max_f), "cosine": (raw["cosine"] + 1.0) / 2.0,
+                       "style": comp_est["style"][rerank]}
+            if "dice" in raw:
+                refined["dice"] = raw["dice"]
+            refined_scores = measure_scores(refined, with_style)
+            picked = []
+            for m in with_style:
+                pos = np.flatnonzero(np.isin(rerank, wide[m]))
+                picked.append(top(refined_scores[m][pos], rerank[pos], cfg.candidates))
+            style_rows = np.unique(np.concatenate(picked + [check_rows["style"]]))
+
+        # 3. exact style losses of those rows, from the memory-mapped exact vectors
         ls = np.full(rerank.size, np.nan)
         if est_s is not None:
             ls[np.searchsorted(rerank, style_rows)] = self._exact_raw(query, style_rows, with_style=True)["style"]
@@ -433,10 +458,11 @@ class FastIndex:
         e, a = self.exact, self.a
         if with_style:
             sub = ExactEngine(e.features[:0], self.style_rows(rows), feature_sqnorms=a["feature_sqnorms"][:0],
-                              style_sqnorms=a["style_sqnorms"][rows])
+                              style_sqnorms=a["style_sqnorms"][rows], product=row_parallel_products)
             return {"style": sub.raw(QueryBatch.of([query]), ["style"])["style"][0]}
         sub = ExactEngine(e.features[rows], None, None if e.masks is None else e.masks[rows],
-                          None if e.mask_areas is None else e.mask_areas[rows], a["feature_sqnorms"][rows])
+                          None if e.mask_areas is None else e.mask_areas[rows], a["feature_sqnorms"][rows],
+                          product=row_parallel_products)
         return {name: v[0] for name, v in sub.raw(QueryBatch.of([query]), ["euclidean", "cosine", "dice"]).items()}
 
     @staticmethod
