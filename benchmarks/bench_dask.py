@@ -12,6 +12,8 @@ real + synthetic) searched by the local exact engine and by 2 shards on 2 worker
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import logging
 import statistics
 import tempfile
@@ -92,6 +94,7 @@ def search(archive: Path, queries: int) -> dict:
 
     local_lat, local_top = [], []
     for q in qs:
+        print(f"local query ({n} rows)", file=sys.stderr, flush=True)
         t = time.perf_counter()
         local_top.append(local(q))
         local_lat.append(time.perf_counter() - t)
@@ -120,7 +123,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=3)
     args = ap.parse_args()
     result = {"benchmark": "dask", "extraction": extraction(args.images)}
-    if (args.archive / "fast.json").is_file():
+    print(json.dumps(result["extraction"]), file=sys.stderr, flush=True)     # partial result, early
+    if args.queries and (args.archive / "fast.json").is_file():
         result["search"] = search(args.archive, args.queries)
     else:
         result["search"] = {"skipped": f"{args.archive} not found: run bench_scaling.py first"}

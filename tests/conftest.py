@@ -42,3 +42,17 @@ def require_isic() -> Path:
     if not (ISIC / "labels.csv").is_file():
         pytest.skip(f"real data not found at {ISIC} (see ../shared/data/README.md); skipping")
     return ISIC
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _onnx_cache(tmp_path_factory):
+    """ONNX exports made by the tests go to a temporary cache, never the user's ~/.cache."""
+    import os
+
+    old = os.environ.get("DERMSEARCH_CACHE")
+    os.environ["DERMSEARCH_CACHE"] = str(tmp_path_factory.mktemp("dermsearch-cache"))
+    yield
+    if old is None:
+        os.environ.pop("DERMSEARCH_CACHE", None)
+    else:
+        os.environ["DERMSEARCH_CACHE"] = old
