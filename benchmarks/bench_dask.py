@@ -75,12 +75,14 @@ def extraction(n: int) -> dict:
     return out
 
 
-def search(archive: Path, queries: int) -> dict:
+def search(archive: Path, queries: int, rows_limit: int = 0) -> dict:
     from distributed import Client, LocalCluster
 
     fast = FastIndex.open(archive)
-    e = fast.exact
-    n = len(fast)
+    n = min(len(fast), rows_limit) if rows_limit else len(fast)
+    full = fast.exact
+    e = ExactEngine(full.features[:n], full.styles[:n], full.masks[:n], full.mask_areas[:n],
+                    full.feature_sqnorms[:n], full.style_sqnorms[:n])
     rng = np.random.default_rng(0)
     rows = rng.choice(n, queries, replace=False)
     qs = [Query(np.array(e.features[i]), np.array(e.styles[i]), np.array(e.masks[i]), int(e.mask_areas[i]))
@@ -121,11 +123,15 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=160)
     ap.add_argument("--archive", type=Path, default=Path("/tmp/dermsearch-scaling/fast"))
     ap.add_argument("--queries", type=int, default=3)
+    ap.add_argument("--search-rows", type=int, default=0, help="search the first N rows of the archive only "
+                    "(default all)")
     args = ap.parse_args()
-    result = {"benchmark": "dask", "extraction": extraction(args.images)}
-    print(json.dumps(result["extraction"]), file=sys.stderr, flush=True)     # partial result, early
+    result = {"benchmark": "dask"}
+    if args.images:
+        result["extraction"] = extraction(args.images)
+        print(json.dumps(result["extraction"]), file=sys.stderr, flush=True)     # partial result, early
     if args.queries and (args.archive / "fast.json").is_file():
-        result["search"] = search(args.archive, args.queries)
+        result["search"] = search(args.archive, args.queries, args.search_rows)
     else:
         result["search"] = {"skipped": f"{args.archive} not found: run bench_scaling.py first"}
     emit({**result, "machine": machine()})
