@@ -11,8 +11,8 @@ import numpy as np
 
 __all__ = [
     "MEASURES", "COMPONENTS", "MEASURE_COMPONENTS",
-    "row_sqnorms", "squared_distances", "squared_distances_batch", "distances_from_dots", "cosines_from_dots",
-    "cosine_similarities_batch", "mask_intersections", "dice_from_intersections", "max_normalised_rows",
+    "row_sqnorms", "squared_distances", "distances_from_dots", "cosines_from_dots",
+    "mask_intersections", "dice_from_intersections",
     "row_maxima", "normalised_by",
     "euclidean_distances", "cosine_similarities", "style_losses",
     "dice_coefficients",
@@ -54,18 +54,10 @@ def squared_distances(q: np.ndarray, X: np.ndarray, x_sqnorms: np.ndarray | None
     once); rows where that expansion would cancel (near-duplicates, distance below
     ``RECHECK_FRACTION`` of the norms) are recomputed exactly from their differences.
     """
-    q32 = np.asarray(q, dtype=np.float32)
-    q64 = q32.astype(np.float64)
+    q32 = np.asarray(q, dtype=np.float32)[None, :]
     if x_sqnorms is None:
         x_sqnorms = row_sqnorms(X)
-    qn = float(q64 @ q64)
-    d = x_sqnorms + qn - 2.0 * (X @ q32).astype(np.float64)
-    near = np.flatnonzero(d <= RECHECK_FRACTION * (x_sqnorms + qn))
-    for start in range(0, near.size, 64):
-        idx = near[start:start + 64]
-        diff = X[idx].astype(np.float64) - q64
-        d[idx] = np.einsum("ij,ij->i", diff, diff)
-    return np.maximum(d, 0.0)
+    return distances_from_dots((X @ q32[0])[None, :], q32, X, row_sqnorms(q32), x_sqnorms)[0]
 
 
 def distances_from_dots(dots: np.ndarray, Q: np.ndarray, X: np.ndarray, q_sqnorms: np.ndarray,
@@ -88,28 +80,11 @@ def distances_from_dots(dots: np.ndarray, Q: np.ndarray, X: np.ndarray, q_sqnorm
     return np.maximum(d, 0.0)
 
 
-def squared_distances_batch(Q: np.ndarray, X: np.ndarray, x_sqnorms: np.ndarray | None = None) -> np.ndarray:
-    """[B, N] squared distances for a batch of queries: one matrix-matrix product, then the
-    same exact float64 recheck of cancelling (near-duplicate) pairs as :func:`squared_distances`."""
-    Q32 = np.asarray(Q, dtype=np.float32)
-    if x_sqnorms is None:
-        x_sqnorms = row_sqnorms(X)
-    return distances_from_dots(Q32 @ X.T, Q32, X, row_sqnorms(Q32), x_sqnorms)
-
-
 def cosines_from_dots(dots: np.ndarray, q_sqnorms: np.ndarray, x_sqnorms: np.ndarray) -> np.ndarray:
     """[B, N] cosine similarities from the products; a zero vector has cosine 0."""
     norms = np.sqrt(q_sqnorms)[:, None] * np.sqrt(x_sqnorms)[None, :]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.clip(np.where(norms > 0, dots.astype(np.float64) / norms, 0.0), -1.0, 1.0)
-
-
-def cosine_similarities_batch(Q: np.ndarray, X: np.ndarray, x_sqnorms: np.ndarray | None = None) -> np.ndarray:
-    """[B, N] cosine similarities; zero vectors have cosine 0."""
-    Q32 = np.asarray(Q, dtype=np.float32)
-    if x_sqnorms is None:
-        x_sqnorms = row_sqnorms(X)
-    return cosines_from_dots(Q32 @ X.T, row_sqnorms(Q32), x_sqnorms)
 
 
 def dice_from_intersections(inter: np.ndarray, q_areas: np.ndarray, areas: np.ndarray) -> np.ndarray:
@@ -161,11 +136,6 @@ def normalised_by(D: np.ndarray, top: np.ndarray) -> np.ndarray:
     top = np.asarray(top, dtype=np.float64)[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(top > 0, 1.0 - D / np.where(top > 0, top, 1.0), 1.0)
-
-
-def max_normalised_rows(D: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Row-wise 1 − d / max d, the max over each row's valid (candidate) entries only."""
-    return normalised_by(D, row_maxima(D, valid))
 
 
 def euclidean_distances(q: np.ndarray, X: np.ndarray, x_sqnorms: np.ndarray | None = None) -> np.ndarray:
