@@ -128,6 +128,30 @@ class BufferedWriter:
             self.parts.clear()
 
 
+def start_build(source, directory, extractor_config: ExtractorConfig | None,
+                on_problem: Callable[[Problem], None] | None):
+    """The reader stage and the model choice, shared by the local and the Dask build: returns the
+    report, a problem callback (recording into it), the records, and the model settings (``None``:
+    the existing index's own, else the default)."""
+    report = BuildReport(index=Path(directory))
+
+    def problem(p: Problem) -> None:
+        report.problems.append(p)
+        if on_problem:
+            on_problem(p)
+
+    records, source_problems = read_source(source)
+    for p in source_problems:
+        problem(p)
+    report.found = len(records)
+    if extractor_config is None:
+        try:
+            extractor_config = Index.open(directory).extractor_config
+        except Exception:  # noqa: BLE001 - no index yet: the default model
+            extractor_config = ExtractorConfig()
+    return report, problem, records, extractor_config
+
+
 def build_index(
     source: str | os.PathLike,
     directory: str | os.PathLike,
@@ -144,25 +168,8 @@ def build_index(
     ``progress(done, total)`` is called after each batch.
     """
     t0 = time.perf_counter()
-    directory = Path(directory)
-    report = BuildReport(index=directory)
-
-    def problem(p: Problem) -> None:
-        report.problems.append(p)
-        if on_problem:
-            on_problem(p)
-
-    records, source_problems = read_source(source)
-    for p in source_problems:
-        problem(p)
-    report.found = len(records)
-
+    report, problem, records, extractor_config = start_build(source, directory, extractor_config, on_problem)
     if extractor is None:
-        if extractor_config is None:
-            try:
-                extractor_config = Index.open(directory).extractor_config
-            except Exception:  # noqa: BLE001 - no index yet: the default model
-                extractor_config = ExtractorConfig()
         extractor = Extractor(extractor_config, device=config.device, backend=config.backend)
     index = Index.open_or_create(directory, extractor)
     with index.writing():

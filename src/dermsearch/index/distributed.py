@@ -20,11 +20,10 @@ import json
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from ..extract import Extractor, ExtractorConfig
-from .build import BufferedWriter, BuildConfig, BuildReport, _decode, extract_batch
-from .sources import Problem, read_source
+from .build import BufferedWriter, BuildConfig, BuildReport, _decode, extract_batch, start_build
+from .sources import Problem
 from .store import Index, ModelMismatchError, Record
 
 __all__ = ["build_index_dask", "extract_chunk"]
@@ -94,23 +93,7 @@ def build_index_dask(
     if not isinstance(client, Client):
         client = Client(client)
     t0 = time.perf_counter()
-    directory = Path(directory)
-    report = BuildReport(index=directory)
-
-    def problem(p: Problem) -> None:
-        report.problems.append(p)
-        if on_problem:
-            on_problem(p)
-
-    records, source_problems = read_source(source)
-    for p in source_problems:
-        problem(p)
-    report.found = len(records)
-    if extractor_config is None:
-        try:
-            extractor_config = Index.open(directory).extractor_config
-        except Exception:  # noqa: BLE001 - no index yet: the default model
-            extractor_config = ExtractorConfig()
+    report, problem, records, extractor_config = start_build(source, directory, extractor_config, on_problem)
     # the client builds the model once too: it fingerprints it and creates the index
     local = Extractor(extractor_config)
     index = Index.open_or_create(directory, local)

@@ -61,21 +61,19 @@ def squared_distances(q: np.ndarray, X: np.ndarray, x_sqnorms: np.ndarray | None
 
 
 def distances_from_dots(dots: np.ndarray, Q: np.ndarray, X: np.ndarray, q_sqnorms: np.ndarray,
-                        x_sqnorms: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-    """[B, N] squared distances from the float32 products ``dots = Q @ X[rows].T``.
+                        x_sqnorms: np.ndarray) -> np.ndarray:
+    """[B, N] squared distances from the float32 products ``dots = Q @ X.T``.
 
     ||q||² + ||x||² − 2 q·x in float64; pairs where that expansion cancels (near-duplicates:
     distance below ``RECHECK_FRACTION`` of the norms) are recomputed from their differences in
     float64, so a near-duplicate's distance keeps full precision (an image's distance to itself is 0).
-    ``rows``: the rows of X the columns of ``dots`` refer to (all rows when None).
     """
     scale = q_sqnorms[:, None] + x_sqnorms[None, :]
     d = scale - 2.0 * dots.astype(np.float64)
     qi, xi = np.nonzero(d <= RECHECK_FRACTION * scale)
     for start in range(0, qi.size, 64):
         a, b = qi[start:start + 64], xi[start:start + 64]
-        xr = b if rows is None else rows[b]
-        diff = np.asarray(X[xr], dtype=np.float64) - Q[a].astype(np.float64)
+        diff = np.asarray(X[b], dtype=np.float64) - Q[a].astype(np.float64)
         d[a, b] = np.einsum("ij,ij->i", diff, diff)
     return np.maximum(d, 0.0)
 
