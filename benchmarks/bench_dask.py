@@ -75,7 +75,12 @@ def extraction(n: int) -> dict:
     return out
 
 
-def search(archive: Path, queries: int, rows_limit: int = 0) -> dict:
+def search(archive: Path, queries: int, rows_limit: int = 0, memory_limit: str = "0") -> dict:
+    """Local exact engine vs 2 shards on 2 local worker processes, all ten measures, top 5.
+
+    Both read the same memory-mapped fast-mode files; each side runs one untimed query first.
+    ``memory_limit``: the workers' Dask memory limit. The default 0 (none) because memory-mapped
+    rows count in a worker's resident memory: a shard larger than 80% of the limit is refused."""
     from distributed import Client, LocalCluster
 
     fast = FastIndex.open(archive)
@@ -94,6 +99,7 @@ def search(archive: Path, queries: int, rows_limit: int = 0) -> dict:
         scores = measure_scores(ExactEngine.normalise(raw, valid), MEASURES)
         return {m: top_k_rows(scores[m], valid, 5)[0] for m in MEASURES}
 
+    local(qs[0])                                   # warm-up, untimed (as for the shards)
     local_lat, local_top = [], []
     for q in qs:
         print(f"local query ({n} rows)", file=sys.stderr, flush=True)
@@ -101,21 +107,24 @@ def search(archive: Path, queries: int, rows_limit: int = 0) -> dict:
         local_top.append(local(q))
         local_lat.append(time.perf_counter() - t)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+                      memory_limit=memory_limit, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         t = time.perf_counter()
         sharded = ShardedEngine(client, None, 0, n, fast_path=archive)
         load = time.perf_counter() - t
         sharded.search(QueryBatch.of(qs[:1]), valid, MEASURES, 5)
         lat, same = [], 0
         for q, ref in zip(qs, local_top):
+            print(f"sharded query ({n} rows)", file=sys.stderr, flush=True)
             t = time.perf_counter()
             got = sharded.search(QueryBatch.of([q]), valid, MEASURES, 5)[0]
             lat.append(time.perf_counter() - t)
             same += all(list(got[m][0]) == list(ref[m]) for m in MEASURES)
     return {"images": n, "queries": queries, "local_exact_ms": round(statistics.median(local_lat) * 1000, 1),
             "sharded_2_workers_ms": round(statistics.median(lat) * 1000, 1), "shard_load_seconds": round(load, 1),
+            "local_exact_ms_all": [round(x * 1000, 1) for x in local_lat],
+            "sharded_2_workers_ms_all": [round(x * 1000, 1) for x in lat],
             "queries_with_identical_top5_all_measures": f"{same}/{queries}",
-            "bytes_per_query": e.bytes_per_query}
+            "bytes_per_query": e.bytes_per_query, "worker_memory_limit": memory_limit}
 
 
 def main() -> None:
@@ -123,15 +132,19 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=160)
     ap.add_argument("--archive", type=Path, default=Path("/tmp/dermsearch-scaling/fast"))
     ap.add_argument("--queries", type=int, default=3)
-    ap.add_argument("--search-rows", type=int, default=0, help="search the first N rows of the archive only "
-                    "(default all)")
+    ap.add_argument("--search-rows", default="0", help="comma-separated sizes: search the first N rows of the "
+                    "archive (0 = all; default all)")
+    ap.add_argument("--worker-memory-limit", default="0", help="Dask memory limit per worker (default 0 = none)")
     args = ap.parse_args()
     result = {"benchmark": "dask"}
     if args.images:
         result["extraction"] = extraction(args.images)
         print(json.dumps(result["extraction"]), file=sys.stderr, flush=True)     # partial result, early
     if args.queries and (args.archive / "fast.json").is_file():
-        result["search"] = search(args.archive, args.queries, args.search_rows)
+        result["search"] = []
+        for rows in (int(x) for x in args.search_rows.split(",")):
+            result["search"].append(search(args.archive, args.queries, rows, args.worker_memory_limit))
+            print(json.dumps(result["search"][-1]), file=sys.stderr, flush=True)
     else:
         result["search"] = {"skipped": f"{args.archive} not found: run bench_scaling.py first"}
     emit({**result, "machine": machine()})

@@ -80,6 +80,50 @@ def test_sharded_search_matches_local(indexes, client):
     assert [r.results["style"][0].id for r in batch] == ids
 
 
+def test_sharded_search_survives_a_lost_worker(indexes, client):
+    """A worker holding a shard dies between queries: its shard is loaded again on a live worker
+    and the next query still gives the local results (it does not wait forever for the dead one)."""
+    import os
+
+    root, _, _ = indexes
+    local = Searcher(root / "remote", extractor=Extractor(TINY))
+    sharded = Searcher(root / "remote", extractor=Extractor(TINY), dask=client)
+    engine = sharded.sharded
+    victim = engine.shards[0].worker
+    with pytest.raises(Exception):            # noqa: B017 - the connection drops as the process exits
+        client.run(os._exit, 1, workers=[victim])
+    q = local.query_for_id(local.snapshot.ids[0])
+    a, b = local.search(q, k=5), sharded.search(q, k=5)
+    assert engine.reloads >= 1 and all(sh.worker != victim for sh in engine.shards)
+    for m in MEASURES:
+        assert [h.id for h in a.results[m]] == [h.id for h in b.results[m]], m
+        np.testing.assert_allclose([h.score for h in a.results[m]], [h.score for h in b.results[m]], atol=1e-6)
+    client.wait_for_workers(2, timeout=60)       # the nanny restarted the killed worker for the other tests
+
+
+def test_shard_memory_guard():
+    from dermsearch.search.sharded import shard_memory_problem
+
+    gb = 10**9
+    assert shard_memory_problem(5 * gb, 1 * gb, None) is None                    # no limit
+    assert shard_memory_problem(5 * gb, 1 * gb, 0) is None
+    assert shard_memory_problem(6 * gb, 1 * gb, 10 * gb) is None                  # 7 GB <= 0.8 x 10 GB
+    why = shard_memory_problem(8 * gb, 1 * gb, 10 * gb)                            # 9 GB > 8 GB (pause)
+    assert why and "8.00 GB" in why and "pauses it at 8.00 GB" in why and "--memory-limit" in why
+    assert shard_memory_problem(8 * gb, 1 * gb, 10 * gb, pause=False) is None     # 9 GB <= 0.95 x 10 GB
+    assert shard_memory_problem(9 * gb, 1 * gb, 10 * gb, pause=False) is not None
+    assert shard_memory_problem(99 * gb, 1 * gb, 10 * gb, terminate=False, pause=False) is None
+
+
+def test_worker_reports_its_memory_limit():
+    from dermsearch.search.sharded import _worker_memory
+
+    with _cluster(memory_limit="1.5GB") as cluster, distributed.Client(cluster) as c:
+        for w in c.scheduler_info()["workers"]:
+            rss, limit, terminate, pause = c.submit(_worker_memory, workers=[w], pure=False).result()
+            assert limit == 1.5e9 and terminate == 0.95 and pause == 0.8 and 0 < rss < limit
+
+
 def test_killed_worker_during_indexing_leaves_no_duplicates(tmp_path):
     from dermsearch.index.distributed import build_index_dask
 

@@ -12,11 +12,19 @@ from LanceDB) and kept there between queries. A batch of queries costs two round
 Every row gets the same arithmetic as in the local engine, with the same global normalisers, so
 ranks and scores match local search; the only differences are float32 rounding of the products
 (a product over a shard may round differently from one over the whole matrix).
+
+Workers can go away (a crash, the nanny restarting one over its memory limit, a pre-empted job).
+A shard whose worker left is loaded again on a live worker and the query is run again, up to
+``ShardedEngine.retries`` times; tasks pinned to a worker that is gone would otherwise wait
+forever. Before keeping a shard a worker checks that it fits under its Dask memory limit:
+memory-mapped rows count in the worker's resident memory once touched, and a worker past 95% of
+its limit is restarted, so a shard too large for its worker is refused with a message instead.
 """
 
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,7 +33,7 @@ import numpy as np
 from .engine import ExactEngine, QueryBatch, top_k_rows
 from .measures import measure_scores
 
-__all__ = ["ShardedEngine"]
+__all__ = ["ShardedEngine", "ShardLost", "shard_memory_problem"]
 
 _SHARDS: dict[str, ExactEngine] = {}      # per worker process
 _RAW: dict[str, dict] = {}                # per worker: raw components of a query batch between the rounds
@@ -39,15 +47,78 @@ class ShardTop:
     raw: dict[str, list[dict]]
 
 
+class ShardLost(RuntimeError):
+    """A shard is no longer held where it was placed (its worker left or was restarted)."""
+
+    def __init__(self, keys: Sequence[str], why: str):
+        super().__init__(why)
+        self.keys, self.why = list(keys), why
+
+    def __reduce__(self):                 # raised on a worker, re-raised on the client
+        return ShardLost, (self.keys, self.why)
+
+
+def shard_memory_problem(shard_bytes: int, resident_bytes: int, memory_limit: int | None,
+                         terminate: float | bool = 0.95, pause: float | bool = 0.8) -> str | None:
+    """Why a shard of ``shard_bytes`` cannot be kept by a worker already using ``resident_bytes``
+    under Dask's ``memory_limit`` (None or 0: no limit), or None when it fits.
+
+    Past ``pause`` x limit a worker stops running tasks; past ``terminate`` x limit its nanny
+    restarts it. The shard must stay under the pause threshold, since every query touches all of
+    it (memory-mapped pages included: they are resident memory of the worker process).
+    """
+    if not memory_limit:
+        return None
+    fractions = [f for f in (pause, terminate) if f]
+    if not fractions:
+        return None
+    ceiling = min(fractions) * memory_limit
+    if resident_bytes + shard_bytes <= ceiling:
+        return None
+    gb = 1e9
+    return (f"a shard of {shard_bytes / gb:.2f} GB does not fit this worker: it already uses "
+            f"{resident_bytes / gb:.2f} GB and Dask pauses it at {ceiling / gb:.2f} GB "
+            f"({min(fractions):.0%} of its {memory_limit / gb:.2f} GB memory limit; memory-mapped rows count "
+            "once touched). Start more workers, or workers with a larger --memory-limit (0 = none, when the "
+            "rows are memory-mapped from the fast-mode files and the page cache may hold them)")
+
+
+def _worker_memory() -> tuple[int, int | None, float | bool, float | bool]:
+    """(resident bytes, memory limit, terminate fraction, pause fraction) of this worker process."""
+    import dask
+    import psutil
+
+    rss = psutil.Process().memory_info().rss
+    try:
+        from distributed import get_worker
+
+        mm = get_worker().memory_manager
+    except (ImportError, ValueError):       # not on a worker (direct calls)
+        return rss, None, False, False
+    return (rss, mm.memory_limit, dask.config.get("distributed.worker.memory.terminate"),   # the nanny's
+            mm.memory_pause_fraction)
+
+
+def _engine_bytes(arrays) -> int:
+    return int(sum(a.nbytes for a in arrays if a is not None))
+
+
 def _load_shard(key: str, index_dir: str | None, version: int, start: int, stop: int,
                 fast_path: str | None = None) -> int:
-    """On a worker: load rows [start, stop) of one index version and keep them. Returns the row count."""
+    """On a worker: load rows [start, stop) of one index version and keep them. Returns the row
+    count. Raises MemoryError when the shard cannot fit under this worker's memory limit."""
     from ..index import Index
     from .fast import FastIndex, FastModeMissing, fast_dir
+
+    def check(arrays) -> None:
+        problem = shard_memory_problem(_engine_bytes(arrays), *_worker_memory())
+        if problem:
+            raise MemoryError(f"rows {start}-{stop}: {problem}")
 
     try:
         fast = FastIndex.open(fast_path or fast_dir(index_dir, version))
         e = fast.exact
+        check([a[start:stop] for a in (e.features, e.styles, e.masks, e.mask_areas)])     # nothing read yet
         engine = ExactEngine(e.features[start:stop], None if e.styles is None else e.styles[start:stop],
                              None if e.masks is None else e.masks[start:stop],
                              None if e.mask_areas is None else e.mask_areas[start:stop],
@@ -60,14 +131,23 @@ def _load_shard(key: str, index_dir: str | None, version: int, start: int, stop:
         def rows(a):
             return None if a is None else np.ascontiguousarray(a[start:stop])
 
-        engine = ExactEngine(rows(s.features), rows(s.styles), rows(s.masks), rows(s.mask_areas))
+        arrays = [rows(s.features), rows(s.styles), rows(s.masks), rows(s.mask_areas)]
         del s
+        check([])           # the whole snapshot was read to slice it: what is resident now must fit
+        engine = ExactEngine(*arrays)
     _SHARDS[key] = engine
     return len(engine)
 
 
+def _shard(key: str) -> ExactEngine:
+    try:
+        return _SHARDS[key]
+    except KeyError:
+        raise ShardLost([key], f"shard {key} is not on this worker (restarted?)") from None
+
+
 def _shard_row(key: str, i: int):
-    e = _SHARDS[key]
+    e = _shard(key)
     return (np.array(e.features[i]), None if e.styles is None else np.array(e.styles[i]),
             None if e.masks is None else np.array(e.masks[i]), 0 if e.mask_areas is None else int(e.mask_areas[i]))
 
@@ -77,7 +157,7 @@ def _drop_shard(key: str) -> None:
 
 
 def _round_one(key: str, query_key: str, batch: QueryBatch, valid: np.ndarray) -> dict[str, np.ndarray]:
-    engine = _SHARDS[key]
+    engine = _shard(key)
     raw = engine.raw(batch)
     _RAW[query_key] = raw
     return ExactEngine.maxima(raw, valid)
@@ -85,7 +165,10 @@ def _round_one(key: str, query_key: str, batch: QueryBatch, valid: np.ndarray) -
 
 def _round_two(key: str, query_key: str, valid: np.ndarray, maxima: dict[str, np.ndarray], measures: Sequence[str],
                k: int, offset: int) -> ShardTop:
-    raw = _RAW.pop(query_key)
+    try:
+        raw = _RAW.pop(query_key)
+    except KeyError:
+        raise ShardLost([key], f"round one of {query_key} is not on this worker (restarted?)") from None
     comp = ExactEngine.normalise(raw, valid, maxima)
     scores = measure_scores(comp, measures)
     out = ShardTop({}, {}, {}, {})
@@ -98,57 +181,141 @@ def _round_two(key: str, query_key: str, valid: np.ndarray, maxima: dict[str, np
     return out
 
 
+def _wait(futures, seconds: float) -> None:
+    """Until all ``futures`` are done or ``seconds`` have passed (through their own client)."""
+    end = time.monotonic() + seconds
+    for f in futures:
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        try:
+            f.result(timeout=left)
+        except TimeoutError:
+            return
+        except Exception:         # noqa: BLE001 - the caller inspects the future's status
+            pass
+
+
+@dataclass
+class Shard:
+    key: str
+    start: int
+    stop: int
+    worker: str
+
+
 class ShardedEngine:
-    """The client side: one shard per worker, loaded on the workers and kept there."""
+    """The client side: one shard per worker, loaded on the workers and kept there.
+
+    ``poll_s``: while waiting for a round, how often to check that the shards' workers are still
+    there. ``retries``: how many times a query is run again after shards were lost and reloaded.
+    """
 
     _ids = itertools.count()
 
-    def __init__(self, client, index_dir, version: int, n_rows: int, fast_path=None):
-        from distributed import wait
-
+    def __init__(self, client, index_dir, version: int, n_rows: int, fast_path=None, poll_s: float = 1.0,
+                 retries: int = 2):
         self.client = client
-        workers = sorted(client.scheduler_info()["workers"])
+        self.index_dir = None if index_dir is None else str(index_dir)
+        self.version = version
+        self.fast_path = None if fast_path is None else str(fast_path)
+        self.poll_s = poll_s
+        self.retries = retries
+        self.reloads = 0
+        workers = self._workers()
         if not workers:
             raise RuntimeError("the Dask cluster has no workers")
         bounds = np.linspace(0, n_rows, len(workers) + 1).astype(int)
         tag = f"dermsearch-{next(self._ids)}-{id(self)}"
-        self.shards = []      # (key, start, stop, worker)
-        futures = []
-        for w, (a, b) in zip(workers, itertools.pairwise(bounds)):
-            key = f"{tag}-{a}"
-            self.shards.append((key, int(a), int(b), w))
-            futures.append(client.submit(_load_shard, key, None if index_dir is None else str(index_dir), version,
-                                         int(a), int(b), None if fast_path is None else str(fast_path),
-                                         workers=[w], allow_other_workers=False, pure=False))
-        wait(futures)
-        loaded = client.gather(futures)
+        self.shards = [Shard(f"{tag}-{a}", int(a), int(b), w) for w, (a, b) in zip(workers, itertools.pairwise(bounds))]
+        loaded = self._load(self.shards)
         if sum(loaded) != n_rows:
             raise RuntimeError(f"the shards hold {sum(loaded)} rows, the index {n_rows}")
         self._queries = itertools.count()
 
+    def _workers(self) -> list[str]:
+        return sorted(self.client.scheduler_info()["workers"])
+
+    def _submit(self, fn, shard: Shard, *args):
+        return self.client.submit(fn, shard.key, *args, workers=[shard.worker], allow_other_workers=False,
+                                  pure=False)
+
+    def _load(self, shards: Sequence[Shard]) -> list[int]:
+        futures = [self._submit(_load_shard, sh, self.index_dir, self.version, sh.start, sh.stop, self.fast_path)
+                   for sh in shards]
+        return self._gather(futures, shards)
+
+    def _gather(self, futures, shards: Sequence[Shard]) -> list:
+        """Results of tasks pinned to ``shards``' workers; ShardLost as soon as one of those
+        workers has left the cluster (its pinned task would never run)."""
+        while True:
+            _wait(futures, self.poll_s)
+            pending = [f for f in futures if not f.done()]
+            failed = [(f, sh) for f, sh in zip(futures, shards) if f.status == "error"]
+            lost = [sh.key for f, sh in failed if isinstance(f.exception(), ShardLost)]
+            if failed and not lost:
+                return self.client.gather(futures)              # raises the task's own error
+            alive = set(self._workers())
+            lost += [sh.key for f, sh in zip(futures, shards) if sh.worker not in alive and not f.done()]
+            if lost:
+                for f in futures:
+                    f.cancel()
+                raise ShardLost(lost, "worker(s) holding shards left the cluster")
+            if not pending:
+                return self.client.gather(futures)
+
+    def _replace(self, keys: Sequence[str]) -> None:
+        """Load the lost shards again on the live workers holding the fewest shards."""
+        alive = self._workers()
+        if not alive:
+            raise RuntimeError("the Dask cluster has no workers left")
+        lost = [sh for sh in self.shards if sh.key in set(keys) or sh.worker not in alive]
+        held = {w: sum(sh.worker == w for sh in self.shards if sh not in lost) for w in alive}
+        for sh in lost:
+            sh.worker = min(alive, key=lambda w: (held[w], w))
+            held[sh.worker] += 1
+        self._load(lost)
+        self.reloads += len(lost)
+
     def row(self, i: int):
         """The stored vectors of row i, fetched from the worker that holds them."""
-        for key, a, b, w in self.shards:
-            if a <= i < b:
-                return self.client.submit(_shard_row, key, i - a, workers=[w], allow_other_workers=False,
-                                          pure=False).result()
-        raise IndexError(i)
+        for attempt in range(self.retries + 1):
+            for sh in self.shards:
+                if sh.start <= i < sh.stop:
+                    try:
+                        return self._gather([self._submit(_shard_row, sh, i - sh.start)], [sh])[0]
+                    except ShardLost as e:
+                        if attempt == self.retries:
+                            raise
+                        self._replace(e.keys)
+                        break
+            else:
+                raise IndexError(i)
 
     def close(self) -> None:
-        for key, _, _, w in self.shards:
-            self.client.submit(_drop_shard, key, workers=[w], pure=False)
+        for sh in self.shards:
+            self._submit(_drop_shard, sh)
 
     def search(self, batch: QueryBatch, valid: np.ndarray, measures: Sequence[str], k: int):
         """Per query and measure: (rows, scores, components, raw) of the global top k."""
-        c = self.client
+        for attempt in range(self.retries + 1):
+            try:
+                return self._search(batch, valid, measures, k)
+            except ShardLost as e:
+                if attempt == self.retries:
+                    raise RuntimeError(f"sharded search failed: shards lost {self.retries + 1} times "
+                                       f"(last: {e})") from e
+                self._replace(e.keys)
+
+    def _search(self, batch: QueryBatch, valid: np.ndarray, measures: Sequence[str], k: int):
         qk = f"q{next(self._queries)}"
-        one = [c.submit(_round_one, key, f"{key}-{qk}", batch, valid[:, a:b], workers=[w], allow_other_workers=False,
-                        pure=False) for key, a, b, w in self.shards]
-        maxima = c.gather(one)
+        one = [self._submit(_round_one, sh, f"{sh.key}-{qk}", batch, valid[:, sh.start:sh.stop])
+               for sh in self.shards]
+        maxima = self._gather(one, self.shards)
         glob = {comp: np.max(np.stack([m[comp] for m in maxima]), axis=0) for comp in maxima[0]}
-        two = [c.submit(_round_two, key, f"{key}-{qk}", valid[:, a:b], glob, tuple(measures), k, a, workers=[w],
-                        allow_other_workers=False, pure=False) for key, a, b, w in self.shards]
-        parts: list[ShardTop] = c.gather(two)
+        two = [self._submit(_round_two, sh, f"{sh.key}-{qk}", valid[:, sh.start:sh.stop], glob, tuple(measures), k,
+                            sh.start) for sh in self.shards]
+        parts: list[ShardTop] = self._gather(two, self.shards)
         merged = []
         for j in range(len(batch)):
             per_measure = {}
