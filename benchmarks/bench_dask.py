@@ -2,11 +2,13 @@
 search at 100,000 images. All in one run, on this machine (a LocalCluster).
 
     python benchmarks/bench_dask.py [--images 160] [--archive /tmp/dermsearch-scaling/fast]
+                                    [--search-rows 20000,100000] [--worker-memory-limit 0]
 
 Extraction: the first ``--images`` of isic-uda1 with the default model (ONNX Runtime backend),
 indexed locally (``build_index``, both cores) and through Dask with 1 worker x 2 threads and
 2 workers x 1 thread. Search: the fast-mode files written by ``bench_scaling.py`` (100,000 rows,
-real + synthetic) searched by the local exact engine and by 2 shards on 2 workers.
+real + synthetic) searched by the local exact engine and by 2 shards on 2 workers, at each size of
+``--search-rows`` (e.g. ``20000,100000``), plus one shard's half alone with its rows in RAM.
 """
 
 from __future__ import annotations
@@ -119,7 +121,19 @@ def search(archive: Path, queries: int, rows_limit: int = 0, memory_limit: str =
             got = sharded.search(QueryBatch.of([q]), valid, MEASURES, 5)[0]
             lat.append(time.perf_counter() - t)
             same += all(list(got[m][0]) == list(ref[m]) for m in MEASURES)
+    # One shard's share alone (rows [0, n/2), local engine, warmed): what each of 2 machines would
+    # spend if its shard stayed in its own RAM (the Dask rounds add the sharded-minus-local overhead).
+    half = ExactEngine(e.features[: n // 2], e.styles[: n // 2], e.masks[: n // 2], e.mask_areas[: n // 2],
+                       e.feature_sqnorms[: n // 2], e.style_sqnorms[: n // 2])
+    valid_half = valid[:, : n // 2]
+    half.raw(QueryBatch.of(qs[:1]))
+    half_lat = []
+    for q in qs:
+        t = time.perf_counter()
+        measure_scores(ExactEngine.normalise(half.raw(QueryBatch.of([q])), valid_half), MEASURES)
+        half_lat.append(time.perf_counter() - t)
     return {"images": n, "queries": queries, "local_exact_ms": round(statistics.median(local_lat) * 1000, 1),
+            "one_shard_of_2_alone_ms": round(statistics.median(half_lat) * 1000, 1),
             "sharded_2_workers_ms": round(statistics.median(lat) * 1000, 1), "shard_load_seconds": round(load, 1),
             "local_exact_ms_all": [round(x * 1000, 1) for x in local_lat],
             "sharded_2_workers_ms_all": [round(x * 1000, 1) for x in lat],

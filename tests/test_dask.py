@@ -101,6 +101,17 @@ def test_sharded_search_survives_a_lost_worker(indexes, client):
     client.wait_for_workers(2, timeout=60)       # the nanny restarted the killed worker for the other tests
 
 
+def test_shard_errors_travel_from_workers():
+    import pickle
+
+    from dermsearch.search.sharded import ShardLost, ShardTooLarge
+
+    lost = pickle.loads(pickle.dumps(ShardLost(["a", "b"], "gone")))
+    assert isinstance(lost, ShardLost) and lost.keys == ["a", "b"] and str(lost) == "gone"
+    big = pickle.loads(pickle.dumps(ShardTooLarge("rows 0-10: too big")))
+    assert isinstance(big, MemoryError) and str(big) == "rows 0-10: too big"
+
+
 def test_shard_memory_guard():
     from dermsearch.search.sharded import shard_memory_problem
 

@@ -22,6 +22,7 @@ from ..models import WeightsNotFoundError, list_backbones
 from ..presets import PRESETS, get_preset
 from ..search import MEASURES, Filters, Searcher
 from ..search.fast import FastConfig, FastModeMissing
+from ..search.sharded import ShardTooLarge
 from .render import print_tables, write_contact_sheet
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -592,7 +593,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return commands[args.command](args)
-    except (UsageError, IndexError_, SourceError, WeightsNotFoundError, FastModeMissing, KeyError, ValueError) as e:
+    except (UsageError, IndexError_, SourceError, WeightsNotFoundError, FastModeMissing, ShardTooLarge, KeyError,
+            ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         err.print(f"dermsearch {args.command}: error: {msg}", highlight=False)
         return 2

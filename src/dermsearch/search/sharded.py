@@ -33,7 +33,7 @@ import numpy as np
 from .engine import ExactEngine, QueryBatch, top_k_rows
 from .measures import measure_scores
 
-__all__ = ["ShardedEngine", "ShardLost", "shard_memory_problem"]
+__all__ = ["ShardedEngine", "ShardLost", "ShardTooLarge", "shard_memory_problem"]
 
 _SHARDS: dict[str, ExactEngine] = {}      # per worker process
 _RAW: dict[str, dict] = {}                # per worker: raw components of a query batch between the rounds
@@ -56,6 +56,10 @@ class ShardLost(RuntimeError):
 
     def __reduce__(self):                 # raised on a worker, re-raised on the client
         return ShardLost, (self.keys, self.why)
+
+
+class ShardTooLarge(MemoryError):
+    """A worker refused a shard that cannot fit under its Dask memory limit."""
 
 
 def shard_memory_problem(shard_bytes: int, resident_bytes: int, memory_limit: int | None,
@@ -106,14 +110,14 @@ def _engine_bytes(arrays) -> int:
 def _load_shard(key: str, index_dir: str | None, version: int, start: int, stop: int,
                 fast_path: str | None = None) -> int:
     """On a worker: load rows [start, stop) of one index version and keep them. Returns the row
-    count. Raises MemoryError when the shard cannot fit under this worker's memory limit."""
+    count. Raises ShardTooLarge when the shard cannot fit under this worker's memory limit."""
     from ..index import Index
     from .fast import FastIndex, FastModeMissing, fast_dir
 
     def check(arrays) -> None:
         problem = shard_memory_problem(_engine_bytes(arrays), *_worker_memory())
         if problem:
-            raise MemoryError(f"rows {start}-{stop}: {problem}")
+            raise ShardTooLarge(f"rows {start}-{stop}: {problem}")
 
     try:
         fast = FastIndex.open(fast_path or fast_dir(index_dir, version))
