@@ -145,3 +145,32 @@ def test_killed_worker_during_indexing_leaves_no_duplicates(tmp_path):
     assert report.added == 48 and not report.problems
     index = Index.open(tmp_path / "ix")
     assert len(index) == 48 and index.check() == []
+
+
+def test_round_one_results_are_bounded_and_a_missing_one_reruns_the_query():
+    """Round-one results left by clients that died between the rounds do not pile up on a worker;
+    a round two whose round one was dropped asks for the query to be run again (no shard reload)."""
+    from dermsearch.search import sharded
+    from dermsearch.search.engine import ExactEngine, Query, QueryBatch
+
+    rng = np.random.default_rng(0)
+    F, S = rng.normal(size=(30, 8)).astype(np.float32), rng.normal(size=(30, 12)).astype(np.float32)
+    sharded._SHARDS["t"] = ExactEngine(F, S)
+    try:
+        batch, valid = QueryBatch.of([Query(F[0], S[0])]), np.ones((1, 30), bool)
+        for n in range(sharded._RAW_KEPT + 5):
+            maxima = sharded._round_one("t", f"t-q{n}", batch, valid)
+            assert maxima["euclidean"].shape == (1,) and maxima["euclidean"][0] > 0
+        assert len(sharded._RAW) == sharded._RAW_KEPT and "t-q0" not in sharded._RAW
+        last = sharded._RAW_KEPT + 4
+        top = sharded._round_two("t", f"t-q{last}", valid, maxima, ("euclidean",), 3, 100)
+        assert list(top.rows["euclidean"][0]) == [100, *top.rows["euclidean"][0][1:]]     # row 0 is itself
+        with pytest.raises(sharded.ShardLost) as lost:
+            sharded._round_two("t", "t-q0", valid, maxima, ("euclidean",), 3, 0)
+        assert lost.value.keys == []
+        with pytest.raises(sharded.ShardLost) as lost:
+            sharded._round_one("gone", "gone-q0", batch, valid)
+        assert lost.value.keys == ["gone"]
+    finally:
+        sharded._SHARDS.pop("t", None)
+        sharded._RAW.clear()

@@ -37,6 +37,7 @@ __all__ = ["ShardedEngine", "ShardLost", "ShardTooLarge", "shard_memory_problem"
 
 _SHARDS: dict[str, ExactEngine] = {}      # per worker process
 _RAW: dict[str, dict] = {}                # per worker: raw components of a query batch between the rounds
+_RAW_KEPT = 16                            # at most this many batches between rounds per worker (oldest dropped)
 
 
 @dataclass
@@ -160,10 +161,16 @@ def _drop_shard(key: str) -> None:
     _SHARDS.pop(key, None)
 
 
+def _drop_raw(key: str, query_key: str) -> None:
+    _RAW.pop(query_key, None)
+
+
 def _round_one(key: str, query_key: str, batch: QueryBatch, valid: np.ndarray) -> dict[str, np.ndarray]:
     engine = _shard(key)
     raw = engine.raw(batch)
     _RAW[query_key] = raw
+    while len(_RAW) > _RAW_KEPT:          # left by clients that died between the rounds
+        _RAW.pop(next(iter(_RAW)))
     return ExactEngine.maxima(raw, valid)
 
 
@@ -172,7 +179,7 @@ def _round_two(key: str, query_key: str, valid: np.ndarray, maxima: dict[str, np
     try:
         raw = _RAW.pop(query_key)
     except KeyError:
-        raise ShardLost([key], f"round one of {query_key} is not on this worker (restarted?)") from None
+        raise ShardLost([], f"round one of {query_key} is no longer on this worker") from None   # rerun the query
     comp = ExactEngine.normalise(raw, valid, maxima)
     scores = measure_scores(comp, measures)
     out = ShardTop({}, {}, {}, {})
@@ -281,20 +288,26 @@ class ShardedEngine:
         self._load(lost)
         self.reloads += len(lost)
 
+    def _retrying(self, what: str, fn):
+        """fn(), run again after reloading lost shards, up to ``retries`` times."""
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except ShardLost as e:
+                if attempt == self.retries:
+                    raise RuntimeError(f"{what} failed: shards lost {self.retries + 1} times (last: {e})") from e
+                try:
+                    self._replace(e.keys)
+                except ShardLost:
+                    pass                  # lost again while reloading: the next attempt finds out which
+
     def row(self, i: int):
         """The stored vectors of row i, fetched from the worker that holds them."""
-        for attempt in range(self.retries + 1):
-            for sh in self.shards:
-                if sh.start <= i < sh.stop:
-                    try:
-                        return self._gather([self._submit(_shard_row, sh, i - sh.start)], [sh])[0]
-                    except ShardLost as e:
-                        if attempt == self.retries:
-                            raise
-                        self._replace(e.keys)
-                        break
-            else:
-                raise IndexError(i)
+        sh = next((sh for sh in self.shards if sh.start <= i < sh.stop), None)
+        if sh is None:
+            raise IndexError(i)
+        return self._retrying(f"fetching row {i}",
+                              lambda: self._gather([self._submit(_shard_row, sh, i - sh.start)], [sh])[0])
 
     def close(self) -> None:
         for sh in self.shards:
@@ -302,20 +315,18 @@ class ShardedEngine:
 
     def search(self, batch: QueryBatch, valid: np.ndarray, measures: Sequence[str], k: int):
         """Per query and measure: (rows, scores, components, raw) of the global top k."""
-        for attempt in range(self.retries + 1):
-            try:
-                return self._search(batch, valid, measures, k)
-            except ShardLost as e:
-                if attempt == self.retries:
-                    raise RuntimeError(f"sharded search failed: shards lost {self.retries + 1} times "
-                                       f"(last: {e})") from e
-                self._replace(e.keys)
+        return self._retrying("sharded search", lambda: self._search(batch, valid, measures, k))
 
     def _search(self, batch: QueryBatch, valid: np.ndarray, measures: Sequence[str], k: int):
         qk = f"q{next(self._queries)}"
         one = [self._submit(_round_one, sh, f"{sh.key}-{qk}", batch, valid[:, sh.start:sh.stop])
                for sh in self.shards]
-        maxima = self._gather(one, self.shards)
+        try:
+            maxima = self._gather(one, self.shards)
+        except ShardLost:
+            for sh in self.shards:        # the surviving shards' round-one results are not needed
+                self._submit(_drop_raw, sh, f"{sh.key}-{qk}")
+            raise
         glob = {comp: np.max(np.stack([m[comp] for m in maxima]), axis=0) for comp in maxima[0]}
         two = [self._submit(_round_two, sh, f"{sh.key}-{qk}", valid[:, sh.start:sh.stop], glob, tuple(measures), k,
                             sh.start) for sh in self.shards]
