@@ -80,6 +80,23 @@ def test_sharded_search_matches_local(indexes, client):
     assert [r.results["style"][0].id for r in batch] == ids
 
 
+def test_concurrent_sharded_searches(indexes, client):
+    """Web-server style: 24 searches from 12 threads at once on one sharded searcher."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root, _, _ = indexes
+    local = Searcher(root / "remote", extractor=Extractor(TINY))
+    sharded = Searcher(root / "remote", extractor=Extractor(TINY), dask=client)
+    ids = list(local.snapshot.ids[:24])
+    queries = [local.query_for_id(i) for i in ids]
+    with ThreadPoolExecutor(12) as pool:
+        got = list(pool.map(lambda q: sharded.search(q, k=3), queries))
+    for q, b in zip(queries, got):
+        a = local.search(q, k=3)
+        for m in MEASURES:
+            assert [h.id for h in a.results[m]] == [h.id for h in b.results[m]], m
+
+
 def test_sharded_search_survives_a_lost_worker(indexes, client):
     """A worker holding a shard dies between queries: its shard is loaded again on a live worker
     and the next query still gives the local results (it does not wait forever for the dead one)."""

@@ -24,6 +24,7 @@ its limit is restarted, so a shard too large for its worker is refused with a me
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -243,6 +244,9 @@ class ShardedEngine:
         if sum(loaded) != n_rows:
             raise RuntimeError(f"the shards hold {sum(loaded)} rows, the index {n_rows}")
         self._queries = itertools.count()
+        # concurrent searches from this client (web server threads): fewer than the round-one results
+        # a worker keeps, so that none is dropped while its round two is still coming
+        self._in_flight = threading.BoundedSemaphore(_RAW_KEPT // 2)
 
     def _workers(self) -> list[str]:
         return sorted(self.client.scheduler_info()["workers"])
@@ -315,7 +319,8 @@ class ShardedEngine:
 
     def search(self, batch: QueryBatch, valid: np.ndarray, measures: Sequence[str], k: int):
         """Per query and measure: (rows, scores, components, raw) of the global top k."""
-        return self._retrying("sharded search", lambda: self._search(batch, valid, measures, k))
+        with self._in_flight:
+            return self._retrying("sharded search", lambda: self._search(batch, valid, measures, k))
 
     def _search(self, batch: QueryBatch, valid: np.ndarray, measures: Sequence[str], k: int):
         qk = f"q{next(self._queries)}"
