@@ -191,3 +191,18 @@ def test_round_one_results_are_bounded_and_a_missing_one_reruns_the_query():
     finally:
         sharded._SHARDS.pop("t", None)
         sharded._RAW.clear()
+
+
+def test_load_shard_from_fast_files_outside_a_worker(tmp_path):
+    from dermsearch.search import sharded
+
+    from .test_fast import _synthetic
+
+    fast = _synthetic(tmp_path)
+    try:
+        assert sharded._load_shard("f", None, 0, 100, 250, fast_path=str(tmp_path / "fast")) == 150
+        e = sharded._SHARDS["f"]
+        np.testing.assert_array_equal(e.styles[0], fast.exact.styles[100])
+        np.testing.assert_array_equal(e.masks[-1], fast.exact.masks[249])
+    finally:
+        sharded._SHARDS.pop("f", None)

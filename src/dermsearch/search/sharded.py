@@ -124,7 +124,8 @@ def _load_shard(key: str, index_dir: str | None, version: int, start: int, stop:
     try:
         fast = FastIndex.open(fast_path or fast_dir(index_dir, version))
         e = fast.exact
-        check([a[start:stop] for a in (e.features, e.styles, e.masks, e.mask_areas)])     # nothing read yet
+        kept = (e.features, e.styles, e.masks, e.mask_areas)
+        check([a[start:stop] for a in kept if a is not None])         # slices of memory maps: nothing read yet
         engine = ExactEngine(e.features[start:stop], None if e.styles is None else e.styles[start:stop],
                              None if e.masks is None else e.masks[start:stop],
                              None if e.mask_areas is None else e.mask_areas[start:stop],
