@@ -128,6 +128,15 @@ class BufferedWriter:
             self.parts.clear()
 
 
+def pending(index: Index, records: list, report: BuildReport, commit_every: int) -> tuple[list, BufferedWriter]:
+    """Inside ``index.writing()``: the records not in the index yet (counting the others in the
+    report) and the writer that will add them."""
+    existing = index.ids()
+    todo = [r for r in records if r.id not in existing]
+    report.already_indexed = len(records) - len(todo)
+    return todo, BufferedWriter(index, commit_every, report)
+
+
 def start_build(source, directory, extractor_config: ExtractorConfig | None,
                 on_problem: Callable[[Problem], None] | None):
     """The reader stage and the model choice, shared by the local and the Dask build: returns the
@@ -173,10 +182,7 @@ def build_index(
         extractor = Extractor(extractor_config, device=config.device, backend=config.backend)
     index = Index.open_or_create(directory, extractor)
     with index.writing():
-        existing = index.ids()
-        todo = [r for r in records if r.id not in existing]
-        report.already_indexed = len(records) - len(todo)
-        writer = BufferedWriter(index, config.commit_every, report)
+        todo, writer = pending(index, records, report, config.commit_every)
         done = 0
         for batch in decode_batches(todo, config.batch_size, config.decode_threads, extractor.prepare):
             good, part, problems = extract_batch(extractor, batch)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 
 from ..extract import Extractor, ExtractorConfig
-from .build import BufferedWriter, BuildConfig, BuildReport, _decode, extract_batch, start_build
+from .build import BuildConfig, BuildReport, _decode, extract_batch, pending, start_build
 from .sources import Problem
 from .store import Index, ModelMismatchError, Record
 
@@ -98,10 +98,7 @@ def build_index_dask(
     local = Extractor(extractor_config)
     index = Index.open_or_create(directory, local)
     with index.writing():
-        existing = index.ids()
-        todo = [r for r in records if r.id not in existing]
-        report.already_indexed = len(records) - len(todo)
-        writer = BufferedWriter(index, config.commit_every, report)
+        todo, writer = pending(index, records, report, config.commit_every)
         chunks = [todo[i:i + chunk_size] for i in range(0, len(todo), chunk_size)]
         cfg = local.config.to_dict()
         device = config.device if config.device != "auto" else "cpu"

@@ -266,19 +266,16 @@ class ShardedEngine:
         workers has left the cluster (its pinned task would never run)."""
         while True:
             _wait(futures, self.poll_s)
-            pending = [f for f in futures if not f.done()]
             failed = [(f, sh) for f, sh in zip(futures, shards) if f.status == "error"]
             lost = [sh.key for f, sh in failed if isinstance(f.exception(), ShardLost)]
-            if failed and not lost:
-                return self.client.gather(futures)              # raises the task's own error
+            if not lost and (failed or all(f.done() for f in futures)):
+                return self.client.gather(futures)              # results, or the task's own error
             alive = set(self._workers())
             lost += [sh.key for f, sh in zip(futures, shards) if sh.worker not in alive and not f.done()]
             if lost:
                 for f in futures:
                     f.cancel()
                 raise ShardLost(lost, "worker(s) holding shards left the cluster")
-            if not pending:
-                return self.client.gather(futures)
 
     def _replace(self, keys: Sequence[str]) -> None:
         """Load the lost shards again on the live workers holding the fewest shards."""
