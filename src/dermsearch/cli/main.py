@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .. import __version__
 from ..extract import ExtractorConfig, ImageError
 from ..extract.extractor import BACKENDS
+from ..extract.gram import GRAM_POOLS
 from ..index import Index, IndexError_
 from ..index.build import BuildConfig, build_index
 from ..index.sources import SourceError
@@ -53,7 +54,12 @@ def _parser() -> argparse.ArgumentParser:
                    "feature), random, or a trained ensemble .safetensors (its architecture is read from the file)")
     m.add_argument("--image-size", type=int)
     m.add_argument("--mask-size", type=int, help="stored mask side in pixels (multiple of 8; default 128)")
-    m.add_argument("--gram-weights", choices=["inverse-channels", "ones"])
+    m.add_argument("--gram-weights", metavar="W", help="style layer weights: inverse-channels (paper default), ones, "
+                   "learned (fitted on HAM10000 val for the packaged model), or a .json from fit-gram-weights")
+    m.add_argument("--gram-pool", choices=list(GRAM_POOLS), help="Gram statistics over the whole image (paper), "
+                   "over the lesion mask, or lesion then surrounding skin")
+    m.add_argument("--gram-margin", type=float, metavar="F", help="dilate the lesion mask by F x the image side "
+                   "before pooling (with --gram-pool lesion*)")
     m.add_argument("--segmenter", metavar="S", help="masks from: default (packaged U-Net), otsu, or a .safetensors")
     m.add_argument("--no-style", action="store_true", help="store no style vectors (smaller index)")
     m.add_argument("--no-masks", action="store_true", help="store no lesion masks")
@@ -127,6 +133,18 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--rating-key", type=Path, metavar="CSV", help="the key.csv written with the rating sheet")
     ev.add_argument("--device", default="auto", help=DEVICE_HELP)
     ev.add_argument("--quiet", "-q", action="store_true")
+
+    fw = sub.add_parser("fit-gram-weights", help="fit the style measure's layer weights on labelled index rows",
+                        description="Fit non-negative layer weights beta_l of the style loss that maximise the "
+                                    "style measure's macro-P@k for the query rows against the candidate rows "
+                                    "(same lesion excluded), and write them as JSON for 'index --gram-weights "
+                                    "FILE'. Fit on val, report test once.")
+    fw.add_argument("index", type=Path, metavar="DIR")
+    fw.add_argument("--split-csv", required=True, type=Path, metavar="CSV", help="image_id,split file")
+    fw.add_argument("--query-split", nargs="+", default=["val"], metavar="NAME", help="default: val")
+    fw.add_argument("--candidate-split", nargs="+", default=["train"], metavar="NAME", help="default: train")
+    fw.add_argument("-k", type=int, default=5)
+    fw.add_argument("--out", required=True, type=Path, metavar="JSON")
 
     tr = sub.add_parser("train", help="train a model")
     trs = tr.add_subparsers(dest="what", required=True)
@@ -282,6 +300,7 @@ def _cmd_index(args) -> int:
     overrides = {k: v for k, v in {
         "backbone": args.backbone, "weights": args.weights, "image_size": args.image_size,
         "mask_size": args.mask_size, "gram_weights": args.gram_weights, "segmenter": args.segmenter,
+        "gram_pool": args.gram_pool, "gram_margin": args.gram_margin,
         "style": False if args.no_style else None, "masks": False if args.no_masks else None,
     }.items() if v is not None}
     if args.preset:
@@ -405,6 +424,63 @@ def _cmd_evaluate(args) -> int:
         write_rating_sheet(report, dict(zip(snap.ids, snap.paths)), args.rating_sheet, args.rating_queries, args.seed)
         if not args.json:
             print(f"rating sheet written to {args.rating_sheet}/sheet.html (key: {args.rating_sheet}/key.csv)")
+    return 0
+
+
+def _cmd_fit_gram_weights(args) -> int:
+    import numpy as np
+
+    from ..evaluate import read_split
+    from ..evaluate.gram_weights import (
+        cross_validated,
+        fit_gram_weights,
+        layer_distance_stack,
+        macro_precision_at_k,
+        save_gram_weights,
+    )
+
+    index = Index.open(args.index)
+    m = index.manifest
+    if not m["style_dim"]:
+        raise UsageError(f"{args.index} stores no style vectors")
+    layout = m.get("style_layers")
+    if not layout:
+        raise UsageError(f"{args.index} was built before style layouts were recorded; rebuild it")
+    split = read_split(args.split_csv)
+    s = Searcher(args.index, device="cpu").snapshot
+    diag = np.array([d or "" for d in s.diagnosis], dtype=object)
+    splits = np.array([split.get(i, "") for i in s.ids], dtype=object)
+    q = np.flatnonzero(np.isin(splits, args.query_split) & (diag != "") & (diag != "unknown"))
+    c = np.flatnonzero(np.isin(splits, args.candidate_split) & (diag != ""))
+    if not len(q) or not len(c):
+        raise UsageError(f"no labelled rows in the query splits {args.query_split} or candidate splits "
+                         f"{args.candidate_split}")
+    lesions = np.array([lid if lid else f"\0row{i}" for i, lid in enumerate(s.lesion_id)], dtype=object)
+    valid = (lesions[q][:, None] != lesions[c][None, :]) & (q[:, None] != c[None, :])
+    stack = layer_distance_stack(s.styles[q], s.styles[c], layout)
+    chans = [e["channels"] for e in layout]
+    before = np.asarray([e["beta"] for e in layout]) ** 2
+    score_before = macro_precision_at_k(np.tensordot(before.astype(np.float32), stack, 1), valid, diag[q], diag[c],
+                                        args.k)
+    fit = fit_gram_weights(stack, valid, diag[q], diag[c], args.k, chans)
+    cv = cross_validated(stack, valid, diag[q], diag[c], lesions[q], args.k, chans)
+    ext = m["extractor"]
+    save_gram_weights(args.out, fit, {
+        "gram_pool": ext.get("gram_pool", "image"), "gram_margin": ext.get("gram_margin", 0.0),
+        "tap_channels": m["tap_channels"],
+        "layers": [{"stage": e["stage"], "region": e["region"], "channels": e["channels"]} for e in layout],
+        "fitted_on": {"index": str(args.index), "index_fingerprint": index.fingerprint, "queries": args.query_split,
+                      "candidates": args.candidate_split, "n_queries": int(len(q)), "n_candidates": int(len(c)),
+                      "k": args.k, f"macro_p@{args.k}_index_weights": score_before,
+                      f"macro_p@{args.k}_fitted": fit.score, f"macro_p@{args.k}_cv2_held_out": cv}})
+    print(f"style macro-P@{args.k} on {'+'.join(args.query_split)} vs {'+'.join(args.candidate_split)}: "
+          f"{score_before:.3f} with the index's weights, {fit.score:.3f} fitted "
+          f"({cv['mean']:.3f} held out in 2-fold cross-validation over lesions)")
+    for e, share in zip(layout, fit.shares):
+        print(f"  stage {e['stage']} {e['region']:6s} C={e['channels']:4d}  share of the loss {share:.3f}")
+    print(f"weights written to {args.out}; use them with: dermsearch index SOURCE --index NEW_DIR "
+          f"--gram-weights {args.out}" + (f" --gram-pool {ext['gram_pool']} --gram-margin {ext['gram_margin']}"
+                                          if ext.get("gram_pool", "image") != "image" else ""))
     return 0
 
 
@@ -586,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {
         "index": _cmd_index, "search": _cmd_search, "optimize": _cmd_optimize, "evaluate": _cmd_evaluate,
-        "train": _cmd_train,
+        "train": _cmd_train, "fit-gram-weights": _cmd_fit_gram_weights,
         "eval-segmenter": _cmd_eval_segmenter, "eval-classifier": _cmd_eval_classifier,
         "presets": _cmd_presets, "serve": _cmd_serve, "info": _cmd_info, "export-onnx": _cmd_export_onnx,
         "backbones": lambda _: print("\n".join(list_backbones())) or 0,

@@ -23,12 +23,16 @@ from ..models.ensemble import (
     read_ensemble_spec,
 )
 from ..models.learned_segmenter import LearnedSegmenter, default_segmenter_path
-from .gram import average_grams, layer_weights, style_dim, style_vector
+from .gram import GRAM_POOLS, average_grams, gram_channels, layer_weights, style_dim, style_layout, style_vector
 from .images import resize_rgb
 from .masks import pack_masks, resize_mask
 from .onnx import OnnxRuntimeBackend, export_onnx, onnx_available
 
-__all__ = ["ExtractorConfig", "Extractor", "Extracted", "PREPROCESS_VERSION", "BACKENDS"]
+__all__ = ["ExtractorConfig", "Extractor", "Extracted", "PREPROCESS_VERSION", "BACKENDS", "resolve_gram_weights",
+           "LEARNED_GRAM_WEIGHTS"]
+
+# The layer weights fitted on HAM10000 val for the packaged model (``dermsearch fit-gram-weights``).
+LEARNED_GRAM_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "gram-weights.json"
 
 BACKENDS = ("torch", "onnx", "auto")   # auto: ONNX Runtime on CPU when installed, else torch
 
@@ -59,7 +63,9 @@ class ExtractorConfig:
     feature_dim: int = 1024       # ensemble only
     image_size: int = 224
     normalization: str = "auto"   # "auto": tf for Lite, imagenet for B0-B7
-    gram_weights: str = "inverse-channels"
+    gram_weights: str = "inverse-channels"   # "inverse-channels", "ones", "learned" (packaged fit) or a .json file
+    gram_pool: str = "image"      # "image" (paper), "lesion" (Grams over the dilated mask) or "lesion+skin"
+    gram_margin: float = 0.0      # lesion-mask dilation, as a fraction of the image side
     style: bool = True
     masks: bool = True
     mask_size: int = 128
@@ -77,6 +83,12 @@ class ExtractorConfig:
             raise ValueError("mask_size must be a multiple of 8")
         if self.weights == "default" and self.feature != "ensemble":
             raise ValueError("weights='default' is the packaged ensemble: it needs feature='ensemble'")
+        if self.gram_pool not in GRAM_POOLS:
+            raise ValueError(f"unknown gram pooling {self.gram_pool!r}; valid: {', '.join(GRAM_POOLS)}")
+        if self.gram_pool != "image" and not self.masks:
+            raise ValueError(f"gram pooling {self.gram_pool!r} pools over the lesion mask: it needs masks")
+        if not 0.0 <= self.gram_margin <= 0.5:
+            raise ValueError(f"gram_margin must be in [0, 0.5] (a fraction of the image side), not {self.gram_margin}")
         if self.segmenter not in ("default", "otsu") and not self.segmenter.endswith(".safetensors"):
             raise ValueError(f"unknown segmenter {self.segmenter!r}; valid: default, otsu, or a .safetensors file")
 
@@ -130,6 +142,33 @@ class Extracted:
         return Extracted(cat("features"), cat("styles"), cat("masks"), cat("mask_areas"))
 
 
+def resolve_gram_weights(config: ExtractorConfig, tap_channels) -> list[float]:
+    """β per stored Gram for ``config.gram_weights``: a named scheme, ``learned`` (the weights
+    fitted for the packaged model) or a JSON file written by ``dermsearch fit-gram-weights``.
+    A file must describe the same pooling and channels as ``config``."""
+    chans = gram_channels(tap_channels, config.gram_pool)
+    scheme = config.gram_weights
+    if scheme in ("inverse-channels", "ones"):
+        return layer_weights(chans, scheme)
+    path = LEARNED_GRAM_WEIGHTS if scheme == "learned" else Path(scheme)
+    if scheme != "learned" and path.suffix != ".json":
+        raise ValueError(f"unknown gram weighting {scheme!r}; valid: inverse-channels, ones, learned, or a .json "
+                         "file of fitted weights")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read gram weights ({e})") from e
+    betas = doc.get("betas")
+    want = {"gram_pool": config.gram_pool, "gram_margin": config.gram_margin, "tap_channels": list(tap_channels)}
+    got = {k: doc.get(k) for k in want}
+    if got != want:
+        raise ValueError(f"{path}: these gram weights were fitted for {got}, not for this model's {want}")
+    if (not isinstance(betas, list) or len(betas) != len(chans)
+            or not all(isinstance(b, (int, float)) and b >= 0 for b in betas) or not any(b > 0 for b in betas)):
+        raise ValueError(f"{path}: 'betas' must be {len(chans)} non-negative numbers, not all zero")
+    return [float(b) for b in betas]
+
+
 class Extractor:
     """Builds the networks of an :class:`ExtractorConfig` and extracts batches of images."""
 
@@ -146,9 +185,11 @@ class Extractor:
         self.net = self._build(config).eval()
         first = self.net.members[0]
         self.tap_channels: tuple[int, ...] = tuple(first.out_channels)
-        self.betas = layer_weights(self.tap_channels, config.gram_weights)
+        self.gram_channels = gram_channels(self.tap_channels, config.gram_pool)
+        self.betas = resolve_gram_weights(config, self.tap_channels)
+        self.style_layout = style_layout(self.tap_channels, config.gram_pool, self.betas) if config.style else []
         self.feature_dim = self.net.feature_dim
-        self.style_dim = style_dim(self.tap_channels) if config.style else 0
+        self.style_dim = style_dim(self.gram_channels) if config.style else 0
         self.mask_bytes = config.mask_size**2 // 8 if config.masks else 0
         mean, std = NORMALISATIONS[config.resolved_normalization]
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
@@ -215,6 +256,8 @@ class Extractor:
         h = hashlib.sha256()
         h.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
         h.update(f"preprocess={PREPROCESS_VERSION}".encode())
+        if self.config.gram_weights not in ("inverse-channels", "ones"):   # a file: what counts is its numbers
+            h.update(json.dumps([round(b, 12) for b in self.betas]).encode())
         h.update(state_fingerprint(self.net).encode())
         if isinstance(self._segmenter, LearnedSegmenter):
             h.update(state_fingerprint(self._segmenter.model).encode())
@@ -266,17 +309,8 @@ class Extractor:
         if not prepared:
             raise ValueError("no images to extract")
         pixels = np.stack([p[0] for p in prepared])
-        if self.backend == "onnx":
-            features, styles = self.runtime.features(pixels)
-            features = np.ascontiguousarray(features, dtype=np.float32)
-        else:
-            out = self.net(self._normalised(pixels))
-            features = out.feature.float().cpu().numpy().astype(np.float32, copy=False)
-            styles = None
-            if self.config.style:
-                styles = style_vector([g.cpu() for g in average_grams(out.member_taps)], self.betas)
-        masks = areas = None
-        if self._segmenter is not None:
+        masks = areas = raw = None
+        if self._segmenter is not None:    # first: lesion-aware Grams pool over these masks
             ms = self.config.mask_size
             seg_in = np.stack([p[1] for p in prepared])
             if self.backend == "onnx" and self.runtime.segmenter is not None:
@@ -286,4 +320,23 @@ class Extractor:
             bool_masks = np.stack([m if m.shape == (ms, ms) else resize_mask(m, ms) for m in raw])
             masks = pack_masks(bool_masks)
             areas = bool_masks.reshape(len(prepared), -1).sum(1).astype(np.int32)
+        pool = self.pool_masks(raw) if self.config.style and self.config.gram_pool != "image" else None
+        if self.backend == "onnx":
+            features, styles = self.runtime.features(pixels, pool)
+            features = np.ascontiguousarray(features, dtype=np.float32)
+        else:
+            out = self.net(self._normalised(pixels))
+            features = out.feature.float().cpu().numpy().astype(np.float32, copy=False)
+            styles = None
+            if self.config.style:
+                grams = average_grams(out.member_taps, None if pool is None else torch.from_numpy(pool).to(self.device),
+                                      self.config.gram_pool, self.config.gram_margin)
+                styles = style_vector([g.cpu() for g in grams], self.betas)
         return Extracted(features, styles, masks, areas)
+
+    def pool_masks(self, raw: np.ndarray) -> np.ndarray:
+        """The segmenter's masks [B, s, s] as 0/1 float32 [B, 1, S, S] at the model's input size
+        (nearest neighbour), for lesion-aware Gram pooling."""
+        size = self.config.image_size
+        out = np.stack([m if m.shape == (size, size) else resize_mask(m, size) for m in raw])
+        return out[:, None].astype(np.float32)

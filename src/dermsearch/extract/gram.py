@@ -6,6 +6,14 @@ members' Grams are averaged. The style loss of eq. 6,
 equals the squared L2 distance between the vectors built here: for each layer, the diagonal
 of β_l·G_l followed by √2 times its strict upper triangle (G is symmetric, so every
 off-diagonal pair counts twice in eq. 6).
+
+Lesion-aware pooling (an extension beyond the paper, ``ExtractorConfig.gram_pool``): instead of
+averaging f fᵀ over all H·W positions, average it with weights w_p in [0, 1] that say how much of
+tap cell p lies inside the lesion mask (dilated by a margin):
+    G = Σ_p w_p f_p f_pᵀ / Σ_p w_p.
+With a 0/1 mask aligned to the tap grid this is exactly the plain Gram of the lesion cells alone.
+An empty weight map (no lesion found, or a lesion that fills the image for ``skin``) falls back
+to the whole image. The packing, and so the exactness of LS as a squared distance, is unchanged.
 """
 
 from __future__ import annotations
@@ -14,8 +22,15 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-__all__ = ["gram_matrix", "average_grams", "style_vector", "style_dim", "layer_weights"]
+__all__ = ["gram_matrix", "masked_gram_matrix", "gram_pool_weights", "dilate_masks", "average_grams",
+           "style_vector", "style_dim", "layer_weights", "gram_channels", "style_layout", "layer_losses",
+           "GRAM_POOLS"]
+
+# "image": the paper's Gram over the whole map; "lesion": over the (dilated) lesion mask;
+# "lesion+skin": the lesion Gram followed by the Gram of the skin outside the (undilated) mask.
+GRAM_POOLS = ("image", "lesion", "lesion+skin")
 
 
 def gram_matrix(fmap: torch.Tensor) -> torch.Tensor:
@@ -25,17 +40,76 @@ def gram_matrix(fmap: torch.Tensor) -> torch.Tensor:
     return torch.bmm(f, f.transpose(1, 2)) / (h * w)
 
 
-def average_grams(member_taps: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
-    """Per layer, the mean over members of the members' Gram matrices."""
+def masked_gram_matrix(fmap: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """[B, C, H, W] and weights [B, 1, H, W] (or None: all ones) -> [B, C, C],
+    Σ_p w_p f_p f_pᵀ / Σ_p w_p; a row whose weights sum to 0 uses the whole map."""
+    if weights is None:
+        return gram_matrix(fmap)
+    b, c, h, w = fmap.shape
+    f = fmap.reshape(b, c, h * w)
+    wt = weights.reshape(b, 1, h * w).to(f.dtype)
+    total = wt.sum(dim=2, keepdim=True)                      # [B, 1, 1]
+    empty = total <= 0
+    wt = torch.where(empty, torch.ones_like(wt), wt)
+    total = torch.where(empty, torch.full_like(total, float(h * w)), total)
+    return torch.bmm(f * wt, f.transpose(1, 2)) / total
+
+
+def dilate_masks(masks: torch.Tensor, radius: int) -> torch.Tensor:
+    """Square (Chebyshev) dilation of [B, 1, S, S] 0/1 masks by ``radius`` pixels, separable."""
+    if radius <= 0:
+        return masks
+    k = 2 * radius + 1
+    m = F.max_pool2d(masks, (1, k), stride=1, padding=(0, radius))
+    return F.max_pool2d(m, (k, 1), stride=1, padding=(radius, 0))
+
+
+def gram_pool_weights(masks: torch.Tensor, size: tuple[int, int], margin: float = 0.0,
+                      outside: bool = False) -> torch.Tensor:
+    """Per-cell pooling weights [B, 1, h, w] for a tap of spatial ``size`` from lesion masks
+    [B, 1, S, S] (0/1 float, at the model's input size): the mask is dilated by ``margin`` x S
+    pixels, complemented when ``outside`` (the skin), and each tap cell gets the fraction of its
+    pixels that are set."""
+    s = masks.shape[-1]
+    m = dilate_masks(masks, int(round(margin * s)))
+    if outside:
+        m = 1.0 - m
+    h, w = size
+    if s % h == 0 and masks.shape[-2] % w == 0 and s // h == masks.shape[-2] // w:
+        return F.avg_pool2d(m, s // h)
+    return F.adaptive_avg_pool2d(m, (h, w))
+
+
+def average_grams(member_taps: Sequence[Sequence[torch.Tensor]], masks: torch.Tensor | None = None,
+                  pool: str = "image", margin: float = 0.0) -> list[torch.Tensor]:
+    """Per layer, the mean over members of the members' Gram matrices. With ``pool`` "lesion"
+    the Grams are pooled over ``masks`` (see :func:`gram_pool_weights`); with "lesion+skin"
+    each layer yields two Grams, the lesion's then the skin's (2 x the layers)."""
+    if pool not in GRAM_POOLS:
+        raise KeyError(f"unknown gram pooling {pool!r}; valid: {', '.join(GRAM_POOLS)}")
+    if pool == "image":
+        return _average_grams(member_taps, None, False, 0.0)
+    if masks is None:
+        raise ValueError(f"gram pooling {pool!r} needs lesion masks")
+    lesion = _average_grams(member_taps, masks, False, margin)
+    if pool == "lesion":
+        return lesion
+    skin = _average_grams(member_taps, masks, True, 0.0)   # everything outside the lesion mask itself
+    return [g for pair in zip(lesion, skin) for g in pair]
+
+
+def _average_grams(member_taps, masks, outside: bool, margin: float) -> list[torch.Tensor]:
     n_layers = {len(t) for t in member_taps}
     if len(n_layers) != 1:
         raise ValueError(f"members disagree on the number of taps: {sorted(n_layers)}")
     layers = []
     for taps in zip(*member_taps):
         grams: dict[int, torch.Tensor] = {}   # a tap shared by members (frozen shared stages) is computed once
+        weights = None if masks is None else gram_pool_weights(masks.to(taps[0].dtype), tuple(taps[0].shape[-2:]),
+                                                                 margin, outside)
         for t in taps:
             if id(t) not in grams:
-                grams[id(t)] = gram_matrix(t)
+                grams[id(t)] = masked_gram_matrix(t, weights)
         layers.append(torch.stack([grams[id(t)] for t in taps]).mean(0))
     return layers
 
@@ -52,6 +126,36 @@ def layer_weights(channels: Sequence[int], scheme: str) -> list[float]:
 
 def style_dim(channels: Sequence[int]) -> int:
     return sum(c * (c + 1) // 2 for c in channels)
+
+
+def gram_channels(tap_channels: Sequence[int], pool: str) -> list[int]:
+    """The channels of each stored Gram, in storage order (two per tap for "lesion+skin")."""
+    if pool not in GRAM_POOLS:
+        raise KeyError(f"unknown gram pooling {pool!r}; valid: {', '.join(GRAM_POOLS)}")
+    return [c for c in tap_channels for _ in range(2 if pool == "lesion+skin" else 1)]
+
+
+def style_layout(tap_channels: Sequence[int], pool: str, betas: Sequence[float]) -> list[dict]:
+    """Where each Gram sits in the packed style vector: one entry per stored Gram with its
+    stage (1-based), region ("image", "lesion" or "skin"), channels, β, offset and size."""
+    regions = {"image": ("image",), "lesion": ("lesion",), "lesion+skin": ("lesion", "skin")}[pool]
+    chans = gram_channels(tap_channels, pool)
+    if len(betas) != len(chans):
+        raise ValueError(f"{len(betas)} layer weights for {len(chans)} Gram matrices")
+    out, offset = [], 0
+    for i, (c, beta) in enumerate(zip(chans, betas)):
+        size = c * (c + 1) // 2
+        out.append({"stage": i // len(regions) + 1, "region": regions[i % len(regions)], "channels": c,
+                    "beta": float(beta), "offset": offset, "size": size})
+        offset += size
+    return out
+
+
+def layer_losses(q: np.ndarray, rows: np.ndarray, layout: Sequence[dict]) -> np.ndarray:
+    """Each stored Gram's share of LS: [R, L] with Σ_l = LS(q, row) (float64). ``q`` [S], ``rows`` [R, S]."""
+    d = np.asarray(rows, dtype=np.float64) - np.asarray(q, dtype=np.float64)[None, :]
+    return np.stack([np.einsum("ij,ij->i", d[:, e["offset"]:e["offset"] + e["size"]],
+                               d[:, e["offset"]:e["offset"] + e["size"]]) for e in layout], axis=1)
 
 
 def style_vector(grams: Sequence[torch.Tensor], betas: Sequence[float]) -> np.ndarray:

@@ -51,18 +51,20 @@ def onnx_cache_dir() -> Path:
 class _ExtractionGraph(nn.Module):
     """Pixels -> (feature, style): the torch backend's computation as one traceable module."""
 
-    def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor, betas, style: bool):
+    def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor, betas, style: bool,
+                 pool: str = "image", margin: float = 0.0):
         super().__init__()
         self.net, self.style, self.betas = net, style, [float(b) for b in betas]
+        self.pool, self.margin = pool, margin
         self.register_buffer("mean", mean.detach().cpu().clone())
         self.register_buffer("std", std.detach().cpu().clone())
 
-    def forward(self, pixels: torch.Tensor):
+    def forward(self, pixels: torch.Tensor, masks: torch.Tensor | None = None):
         out = self.net((pixels - self.mean) / self.std)
         if not self.style:
             return (out.feature,)
         parts = []
-        for g, beta in zip(average_grams(out.member_taps), self.betas):
+        for g, beta in zip(average_grams(out.member_taps, masks, self.pool, self.margin), self.betas):
             c = g.shape[-1]
             iu = torch.triu_indices(c, c, offset=1)
             g = g * beta
@@ -80,16 +82,20 @@ class _SegmenterGraph(nn.Module):
         return self.model((pixels / 255.0 - self.mean) / self.std)
 
 
-def _export(module: nn.Module, example: torch.Tensor, path: Path, outputs: list[str]) -> None:
+def _export(module: nn.Module, example: torch.Tensor, path: Path, outputs: list[str],
+            masks: torch.Tensor | None = None) -> None:
     module = module.eval().cpu()
     batch = torch.export.Dim("batch", min=1, max=4096)
+    args, names, shapes = (example,), ["pixels"], ({0: batch},)
+    if masks is not None:   # lesion-aware Grams: the pooling masks are a second input
+        args, names, shapes = (example, masks), ["pixels", "masks"], ({0: batch}, {0: batch})
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     quiet.setLevel(logging.ERROR)         # "torchvision is not installed" notices: irrelevant here
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, (example,), dynamo=True, input_names=["pixels"], output_names=outputs,
-                                    dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+        program = torch.onnx.export(module, args, dynamo=True, input_names=names, output_names=outputs,
+                                    dynamic_shapes=shapes, external_data=False, verbose=False)
         program.save(str(path))
     quiet.setLevel(level)
 
@@ -105,11 +111,14 @@ def export_onnx(extractor, directory: str | os.PathLike | None = None) -> Path:
     tmp.mkdir(parents=True)
     cfg = extractor.config
     size = cfg.image_size
-    graph = _ExtractionGraph(extractor.net, extractor._mean, extractor._std, extractor.betas, cfg.style)
+    pooled = cfg.style and cfg.gram_pool != "image"
+    graph = _ExtractionGraph(extractor.net, extractor._mean, extractor._std, extractor.betas, cfg.style,
+                             cfg.gram_pool, cfg.gram_margin)
     outputs = ["feature", "style"] if cfg.style else ["feature"]
-    _export(graph, torch.rand(2, 3, size, size) * 255, tmp / "extractor.onnx", outputs)
+    example_masks = (torch.rand(2, 1, size, size) > 0.5).float() if pooled else None
+    _export(graph, torch.rand(2, 3, size, size) * 255, tmp / "extractor.onnx", outputs, example_masks)
     info = {"fingerprint": extractor.fingerprint, "export_version": EXPORT_VERSION, "image_size": size,
-            "outputs": outputs, "torch": torch.__version__, "segmenter": None}
+            "outputs": outputs, "torch": torch.__version__, "segmenter": None, "masks_input": bool(pooled)}
     seg = extractor._segmenter
     if seg is not None and hasattr(seg, "model"):
         ss = seg.input_size
@@ -143,10 +152,16 @@ class OnnxRuntimeBackend:
         if self.info["segmenter"]:
             self.segmenter = ort.InferenceSession(str(directory / "segmenter.onnx"), opts, providers=providers)
 
-    def features(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """[B, S, S, 3] uint8 -> feature [B, D], style [B, Sd] or None."""
+    def features(self, pixels: np.ndarray, masks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """[B, S, S, 3] uint8 (and [B, 1, S, S] float 0/1 pooling masks for lesion-aware Grams)
+        -> feature [B, D], style [B, Sd] or None."""
         x = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32)
-        out = self.extractor.run(None, {"pixels": x})
+        feeds = {"pixels": x}
+        if self.info.get("masks_input"):
+            if masks is None:
+                raise ValueError("this exported model pools its Grams over lesion masks: pass the masks")
+            feeds["masks"] = np.ascontiguousarray(masks, dtype=np.float32)
+        out = self.extractor.run(None, feeds)
         return out[0], (out[1] if len(out) > 1 else None)
 
     def segment(self, pixels: np.ndarray) -> np.ndarray:

@@ -153,7 +153,11 @@ class Index:
             "mask_size": int(extractor.config.mask_size) if extractor.mask_bytes else 0,
             "tap_channels": list(extractor.tap_channels),
             "gram_betas": list(extractor.betas),
-            "gram_normalisation": "G = F F^T / (H*W), averaged over members",
+            "gram_normalisation": ("G = F F^T / (H*W), averaged over members" if extractor.config.gram_pool == "image"
+                                   else "G = sum_p w_p f_p f_p^T / sum_p w_p, w_p = the fraction of tap cell p inside "
+                                        "the lesion mask (dilated by gram_margin; for skin, outside the mask), "
+                                        "averaged over members"),
+            "style_layers": list(extractor.style_layout),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         db = lancedb.connect(str(directory / "lance"))
