@@ -87,10 +87,9 @@ def main() -> None:
     ed = np.sqrt(np.maximum(nq[:, None] + nc[None] - 2 * dots, 0))
     cs = dots / np.sqrt(nq[:, None] * nc[None])
     es, csn = normalised(ed, valid), (cs + 1) / 2
-    report = {"queries": int(len(q)), "candidates": int(len(c)), "baselines": {
-        "euclidean": {"macro_p@5": macro_precision_at_k(ed, valid, ql, cl), "vote_auc16": vote_auc(ed, valid, qmel, cmel)},
-        "cosine": {"macro_p@5": macro_precision_at_k(-cs, valid, ql, cl), "vote_auc16": vote_auc(-cs, valid, qmel, cmel)},
-    }, "variants": {}}
+    base = {name: {"macro_p@5": macro_precision_at_k(d, valid, ql, cl), "vote_auc16": vote_auc(d, valid, qmel, cmel)}
+            for name, d in (("euclidean", ed), ("cosine", -cs))}
+    report = {"queries": int(len(q)), "candidates": int(len(c)), "baselines": base, "variants": {}}
     log(json.dumps(report["baselines"]))
     variants = args.variants.split(",") if args.variants else meta["variants"]
     stacks = {}

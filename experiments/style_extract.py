@@ -94,7 +94,7 @@ def main() -> None:
                                                     size=pix.shape[1:3], mode="nearest")
             for v in variants:
                 parts = []
-                for li, taps in enumerate(zip(*o.member_taps)):
+                for taps in zip(*o.member_taps):
                     h, w = taps[0].shape[-2:]
                     if v == "image":
                         wts = None

@@ -173,7 +173,8 @@ def test_extractor_pools_grams_over_the_lesion_and_records_it():
     both = Extractor(dataclasses.replace(TINY, gram_pool="lesion+skin"))
     assert lesion.fingerprint != plain.fingerprint != both.fingerprint
     assert lesion.style_dim == plain.style_dim and both.style_dim == 2 * plain.style_dim
-    a, b, c = plain.extract(images), lesion.extract(images), both.extract(images)
+    a, b = plain.extract(images), lesion.extract(images)
+    assert both.extract(images).styles.shape == (3, both.style_dim)
     assert np.array_equal(a.features, b.features) and np.array_equal(a.masks, b.masks)
     assert not np.allclose(a.styles, b.styles)
     assert [e["region"] for e in both.style_layout[:2]] == ["lesion", "skin"]
@@ -190,3 +191,100 @@ def test_onnx_backend_matches_torch_for_lesion_grams(tmp_path, monkeypatch):
     t = Extractor(cfg).extract(images)
     o = Extractor(cfg, backend="onnx").extract(images)
     assert np.abs(t.styles - o.styles).max() <= 1e-4 * max(1.0, float(np.abs(t.styles).max()))
+
+
+@pytest.fixture(scope="module")
+def lesion_index(tmp_path_factory):
+    from dermsearch.index.build import build_index
+
+    root = tmp_path_factory.mktemp("lesion-index")
+    folder = root / "images"
+    folder.mkdir()
+    for i in range(10):
+        lesion_image(i).save(folder / f"img{i:02d}.png")
+    ex = Extractor(dataclasses.replace(TINY, gram_pool="lesion+skin", gram_margin=0.05))
+    build_index(folder, root / "ix", extractor=ex)
+    return root, ex
+
+
+def test_search_explains_each_hit(lesion_index):
+    from dermsearch.search import Searcher
+
+    root, ex = lesion_index
+    s = Searcher(root / "ix", extractor=ex)
+    layout = s.index.manifest["style_layers"]
+    assert layout == ex.style_layout and len(layout) == 14
+    q = s.encode(lesion_image(42))
+    plain = s.search(q, k=3)
+    assert all(h.explain is None for hits in plain.results.values() for h in hits)
+    r = s.search(q, k=3, explain=True)
+    for hits in r.results.values():
+        for h in hits:
+            st, mk = h.explain["style"], h.explain["mask"]
+            assert st["ls"] == pytest.approx(h.raw["ls"], rel=1e-4)               # the engine's own LS
+            assert sum(e["ls"] for e in st["layers"]) == pytest.approx(st["ls"], rel=1e-9)
+            assert sum(e["share"] for e in st["layers"]) == pytest.approx(1.0)
+            assert [(e["stage"], e["region"]) for e in st["layers"]][:3] == [(1, "lesion"), (1, "skin"), (2, "lesion")]
+            assert mk["dice"] == pytest.approx(h.components["dice"], abs=1e-9)
+            assert mk["overlap"] <= min(mk["query_area"], mk["match_area"])
+    doc = r.to_json()
+    hit = doc["results"]["style"][0]
+    assert set(hit["explain"]) == {"style", "mask"}
+    assert set(hit["explain"]["style"]["layers"][0]) == {"stage", "region", "channels", "ls", "share"}
+    assert set(hit["explain"]["mask"]) == {"size", "query_area", "match_area", "overlap", "dice"}
+    png = s.mask_overlay(q, hit["id"])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_search_json_and_contact_sheet_carry_explanations(lesion_index, tmp_path, capsys):
+    from dermsearch.cli.main import main
+
+    root, _ = lesion_index
+    query = tmp_path / "q.png"
+    lesion_image(7).save(query)
+    sheet = tmp_path / "sheet.html"
+    assert main(["search", str(root / "ix"), str(query), "-k", "2", "--json", "--html", str(sheet),
+                 "--device", "cpu"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert "explain" in doc["results"]["i1_sc"][1]
+    page = sheet.read_text()
+    assert page.count("class='bar'") == 20 and "data:image/png;base64," in page and "Dice" in page
+    assert main(["search", str(root / "ix"), str(query), "-k", "2", "--json", "--no-explain"]) == 0
+    assert "explain" not in capsys.readouterr().out
+
+
+def test_fit_gram_weights_command_writes_usable_weights(tmp_path, capsys):
+    import csv
+
+    from dermsearch.cli.main import main
+    from dermsearch.index.build import build_index
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rows = []
+    for i in range(16):
+        lesion_image(i).save(folder / f"i{i}.png")
+        rows.append({"image_id": f"i{i}", "image_path": f"imgs/i{i}.png", "diagnosis": "ab"[i % 2],
+                     "lesion_id": f"L{i // 2}", "split": "val" if i < 6 else "train"})
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["image_id", "image_path", "diagnosis", "lesion_id"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    with open(tmp_path / "split.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["image_id", "split"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    build_index(tmp_path / "labels.csv", tmp_path / "ix", extractor=Extractor(TINY))
+    out = tmp_path / "w.json"
+    assert main(["fit-gram-weights", str(tmp_path / "ix"), "--split-csv", str(tmp_path / "split.csv"),
+                 "-k", "2", "--out", str(out)]) == 0
+    assert "share of the loss" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert len(doc["betas"]) == 7 and doc["gram_pool"] == "image" and doc["fitted_on"]["n_queries"] == 6
+    cfg = dataclasses.replace(TINY, gram_weights=str(out))
+    ex = Extractor(cfg)
+    assert ex.betas == pytest.approx(doc["betas"]) and ex.fingerprint != Extractor(TINY).fingerprint
+    assert main(["index", str(tmp_path / "labels.csv"), "--index", str(tmp_path / "ix2"), "--weights", "random",
+                 "--image-size", "64", "--mask-size", "32", "--gram-weights", str(out), "--backend", "torch"]) == 0
+    from dermsearch.index import Index
+    assert Index.open(tmp_path / "ix2").manifest["gram_betas"] == pytest.approx(doc["betas"])

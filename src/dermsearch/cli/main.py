@@ -90,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.add_argument("--html", type=Path, metavar="FILE", help="write an HTML contact sheet")
+    s.add_argument("--no-explain", action="store_true", help="leave out each hit's per-layer style loss and mask "
+                   "overlap (the 'explain' block; never computed for -k 0)")
     s.add_argument("--fast", action="store_true", help="fast mode for large archives: compressed vectors pick "
                    "candidates, exact vectors re-rank them (needs 'dermsearch optimize DIR' first)")
 
@@ -349,15 +351,22 @@ def _cmd_search(args) -> int:
         query = searcher.encode(args.query)
     except ImageError as e:
         raise UsageError(f"query {args.query}: {e}") from None
+    explain = args.k > 0 and not args.no_explain and (args.json or args.html is not None)
     result = searcher.search(query, k=args.k, measures=args.measure, exclude_ids=args.exclude_id,
-                             filters=_filters(args))
+                             filters=_filters(args), explain=explain)
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
         print_tables(result)
     if args.html:
-        write_contact_sheet(result, args.query, args.html)
+        overlays = {}
+        if explain:
+            for hits in result.results.values():
+                for h in hits:
+                    if h.id not in overlays:
+                        overlays[h.id] = searcher.mask_overlay(query, h.id)
+        write_contact_sheet(result, args.query, args.html, overlays)
         if not args.json:
             print(f"contact sheet: {args.html}")
     return 0

@@ -14,6 +14,7 @@ from PIL import Image
 from ..extract import Extractor, load_image
 from ..index import Index
 from .engine import ExactEngine, Query, QueryBatch, top_k_rows
+from .explain import mask_explanation, overlap_png, style_explanation
 from .fast import FastIndex, FastModeMissing, fast_dir
 from .measures import COMPONENTS, MEASURE_COMPONENTS, MEASURES, measure_scores
 
@@ -50,10 +51,14 @@ class Hit:
     raw: dict[str, float | None]
     melanoma: int | None = None
     lesion_id: str | None = None
+    explain: dict | None = None       # see search/explain.py; set when asked for
 
     def to_json(self) -> dict[str, Any]:
-        return {"rank": self.rank, "id": self.id, "score": self.score, "path": self.path,
-                "diagnosis": self.diagnosis, "components": self.components, "raw": self.raw}
+        out = {"rank": self.rank, "id": self.id, "score": self.score, "path": self.path,
+               "diagnosis": self.diagnosis, "components": self.components, "raw": self.raw}
+        if self.explain is not None:
+            out["explain"] = self.explain
+        return out
 
 
 @dataclass
@@ -253,16 +258,70 @@ class Searcher:
     # ----------------------------------------------------------------- search
     def search(self, query: Query | str | os.PathLike | bytes | Image.Image, k: int = 5,
                measures: list[str] | tuple[str, ...] | None = None, exclude_ids=(),
-               filters: Filters | None = None) -> SearchResult:
-        """Rank every candidate by each requested measure; return the top ``k`` (0 = all)."""
-        return self.search_batch([query], k, measures, [exclude_ids], filters)[0]
+               filters: Filters | None = None, explain: bool = False) -> SearchResult:
+        """Rank every candidate by each requested measure; return the top ``k`` (0 = all).
+        ``explain``: attach each hit's per-layer style loss and mask overlap (search/explain.py)."""
+        return self.search_batch([query], k, measures, [exclude_ids], filters, explain)[0]
 
     def search_batch(self, queries: list, k: int = 5, measures: list[str] | tuple[str, ...] | None = None,
-                     exclude_ids: list | None = None, filters: Filters | None = None) -> list[SearchResult]:
+                     exclude_ids: list | None = None, filters: Filters | None = None,
+                     explain: bool = False) -> list[SearchResult]:
         """:meth:`search` for several queries at once: the index matrices are read once for the
         whole batch (matrix-matrix products), so a batch costs far less than its queries one by
         one. ``exclude_ids``: one list of ids per query (or None)."""
         queries = [q if isinstance(q, Query) else self.encode(q) for q in queries]
+        results = self._search_batch(queries, k, measures, exclude_ids, filters)
+        if explain:
+            for q, r in zip(queries, results):
+                self.explain(q, r)
+        return results
+
+    def explain(self, query: Query, result: SearchResult) -> SearchResult:
+        """Attach an ``explain`` block to every hit of ``result`` (rows shared by several measures
+        are explained once): each stored Gram's part of the style loss, and the two masks' overlap."""
+        positions = sorted({self._positions[h.id] for hits in result.results.values() for h in hits})
+        if not positions:
+            return result
+        m = self.index.manifest
+        layout = m.get("style_layers") or []
+        styles = masks = None
+        if self.sharded is not None:
+            rows = [self.sharded.row(i) for i in positions]
+            if query.style is not None and rows[0][1] is not None:
+                styles = np.stack([r[1] for r in rows])
+            if query.mask is not None and rows[0][2] is not None:
+                masks = np.stack([r[2] for r in rows])
+        else:
+            s = self.snapshot
+            if query.style is not None and s.styles is not None:
+                styles = np.asarray(s.styles[positions])
+            if query.mask is not None and s.masks is not None:
+                masks = np.asarray(s.masks[positions])
+        style_parts = style_explanation(query.style, styles, layout) if styles is not None and layout else None
+        by_row = {}
+        for n, i in enumerate(positions):
+            block = {}
+            if style_parts is not None:
+                block["style"] = style_parts[n]
+            if masks is not None:
+                block["mask"] = mask_explanation(query.mask, masks[n], m["mask_size"])
+            by_row[i] = block
+        for hits in result.results.values():
+            for h in hits:
+                h.explain = by_row[self._positions[h.id]]
+        return result
+
+    def mask_overlay(self, query: Query, image_id: str) -> bytes | None:
+        """PNG of the query's mask over the stored mask of ``image_id`` (None without masks)."""
+        i = self._positions.get(image_id)
+        if i is None:
+            raise KeyError(f"id {image_id!r} is not in the index")
+        if query.mask is None or not self.index.manifest["mask_bytes"]:
+            return None
+        row = self.sharded.row(i)[2] if self.sharded is not None else self.snapshot.masks[i]
+        return overlap_png(query.mask, row, self.index.manifest["mask_size"])
+
+    def _search_batch(self, queries: list[Query], k, measures, exclude_ids, filters) -> list[SearchResult]:
         if k < 0:
             raise ValueError("k must be >= 0")
         if exclude_ids is not None and len(exclude_ids) != len(queries):

@@ -7,6 +7,7 @@ reason, and no stack trace ever reaches a client.
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import logging
@@ -169,12 +170,21 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
         ranges = {age_col: (age_min, age_max)} if age_min is not None or age_max is not None else {}
         query = searcher.encode(image, label=file.filename or "upload")
         try:
-            result = searcher.search(query, k=k, measures=wanted, filters=Filters(equals, ranges))
+            result = searcher.search(query, k=k, measures=wanted, filters=Filters(equals, ranges), explain=k > 0)
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
         out = result.to_json()
         out["results"] = {m: [_hit_json(h, meta[searcher.row(h.id)]) for h in hits]
                           for m, hits in result.results.items()}
+        overlays: dict[str, str | None] = {}
+        for hits in out["results"].values():
+            for h in hits:
+                if "explain" in h and "mask" in h["explain"]:
+                    if h["id"] not in overlays:
+                        png = searcher.mask_overlay(query, h["id"])
+                        overlays[h["id"]] = None if png is None else \
+                            "data:image/png;base64," + base64.b64encode(png).decode()
+                    h["explain"] = {**h["explain"], "overlap_png": overlays[h["id"]]}
         out["melanoma_in_top_k"] = {m: sum(1 for h in hits if h.melanoma == 1) for m, hits in result.results.items()}
         if query.mask is not None:
             out["query_mask"] = unpack_mask(query.mask, searcher.index.manifest["mask_size"]).tolist()

@@ -21,6 +21,8 @@ header a{color:#9ecbff} main{padding:1em 1.2em}
 .thumb img.ov{position:absolute;left:0;top:0;display:none;image-rendering:pixelated}
 body.overlay .thumb img.ov{display:block}
 .comp{color:#475467} .err{color:var(--mel);font-weight:600}
+.bar{display:flex;height:8px;width:176px;background:#eaecf0;border-radius:2px;overflow:hidden;margin-top:.3em}
+.bar span{display:block;height:100%} .why{color:#475467;font-size:.95em}
 """
 
 INDEX_HTML = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>dermsearch</title>
@@ -64,6 +66,28 @@ drop.ondragleave = () => drop.classList.remove('over');
 drop.ondrop = e => { e.preventDefault(); drop.classList.remove('over'); if (e.dataTransfer.files[0]) pick(e.dataTransfer.files[0]); };
 $('go').onclick = search;
 $('overlay').onchange = e => document.body.classList.toggle('overlay', e.target.checked);
+const STAGE = ['#98a2b3', '#7a5af8', '#2e90fa', '#06aed4', '#12b76a', '#f79009', '#d92d20'];
+function styleBar(st) {     // each stored Gram's share of the style loss (numbers only, built with the DOM)
+  const wrap = document.createElement('div'), bar = document.createElement('div');
+  bar.className = 'bar'; bar.title = 'share of the style loss per layer';
+  let top = null;
+  for (const e of st.layers) {
+    const share = Number(e.share) || 0;
+    if (!top || share > top.share) top = {share: share, stage: Number(e.stage), region: String(e.region)};
+    if (share <= 0) continue;
+    const s = document.createElement('span');
+    s.style.width = (100 * share).toFixed(2) + '%';
+    s.style.background = STAGE[(Number(e.stage) - 1) % STAGE.length];
+    if (e.region === 'skin') s.style.opacity = '0.45';
+    s.title = 'stage ' + Number(e.stage) + ' ' + String(e.region) + ': ' + (100 * share).toFixed(1) + '% of LS';
+    bar.appendChild(s);
+  }
+  const t = document.createElement('div'); t.className = 'why';
+  t.textContent = top ? 'style: most from stage ' + top.stage + ' ' + top.region + ' (' +
+    Math.round(100 * top.share) + '%)' : '';
+  wrap.appendChild(bar); wrap.appendChild(t);
+  return wrap;
+}
 async function search() {
   if (!current) return;
   const fd = new FormData();
@@ -88,10 +112,22 @@ async function search() {
       card.className = 'card' + (h.melanoma === 1 ? ' melanoma' : '');
       const id = encodeURIComponent(h.id);
       card.innerHTML = '<div class="thumb"><img loading="lazy" src="/api/images/' + id + '" alt="">' +
-        (facts && facts.has_masks ? '<img class="ov" src="/api/masks/' + id + '" alt="">' : '') + '</div>' +
+        (facts && facts.has_masks ? '<img class="ov" alt="">' : '') + '</div>' +
         '<div>#' + h.rank + ' <b class="hid"></b></div><div class="dx"></div><div class="meta comp"></div>' +
         '<div><b>' + h.score.toFixed(4) + '</b></div><div class="comp">ES ' + fmt(c.euclidean) + ' · CS ' +
         fmt(c.cosine) + '<br>SS ' + fmt(c.style) + ' · DC ' + fmt(c.dice) + '</div>';
+      const ov = card.querySelector('img.ov'), ex = h.explain || {};
+      if (ov) {
+        const png = ex.overlap_png;   // query mask over the match's: green both, red query only, blue match only
+        ov.src = (typeof png === 'string' && png.startsWith('data:image/png;base64,')) ? png : '/api/masks/' + id;
+        ov.title = png ? 'green: both masks · red: query only · blue: match only' : 'lesion mask';
+      }
+      if (ex.style) card.appendChild(styleBar(ex.style));
+      if (ex.mask) {
+        const w = document.createElement('div'); w.className = 'why';
+        w.textContent = 'masks overlap ' + ex.mask.overlap + ' px · Dice ' + fmt(ex.mask.dice);
+        card.appendChild(w);
+      }
       card.querySelector('.hid').textContent = h.id;
       card.querySelector('.dx').textContent = (h.diagnosis || '-') + (h.lesion_id ? ' · ' + h.lesion_id : '');
       card.querySelector('.meta').textContent = Object.entries(h.meta || {}).map(([k, v]) => k + ' ' + v).join(' · ');
