@@ -158,3 +158,31 @@ def test_cli_evaluate_writes_report(lesion_index, tmp_path, capsys):
         assert (tmp_path / "rep" / name).stat().st_size > 0
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| Style Score (`style`) |" in md and "macro-P@3" in md
+
+
+def test_cluster_bootstrap_resamples_lesions_not_images():
+    from dermsearch.evaluate.metrics import bootstrap_ci, lesion_clusters
+
+    # two lesions of 50 images each, one always right, one always wrong: two observations, not 100
+    values = np.r_[np.ones(50), np.zeros(50)]
+    lesions = np.array(["A"] * 50 + ["B"] * 50)
+
+    def mean(i):
+        return values[i].mean()
+
+    per_image = bootstrap_ci(mean, 100, 2000, 0)
+    per_lesion = bootstrap_ci(mean, 100, 2000, 0, clusters=lesions)
+    assert per_image[0] > 0.35 and per_image[1] < 0.65           # ~0.5 +- 0.1
+    assert per_lesion == (0.0, 1.0)                             # resamples of 2 lesions: 0, 0.5 or 1
+    # 100 singletons: the cluster bootstrap is the ordinary one, draw for draw
+    singles = lesion_clusters([None] * 100)
+    assert len(set(singles)) == 100
+    a = bootstrap_ci(mean, 100, 500, 3, clusters=np.arange(100))
+    assert abs(a[0] - per_image[0]) < 0.05 and abs(a[1] - per_image[1]) < 0.05
+    # every resample keeps a lesion's images together
+    seen = []
+    bootstrap_ci(lambda i: seen.append(i) or 0.0, 100, 20, 1, clusters=lesions)
+    for idx in seen:
+        assert len(idx) == 100 and np.all((idx < 50).sum() % 50 == 0)
+    with pytest.raises(ValueError, match="cluster labels"):
+        bootstrap_ci(mean, 100, 10, 0, clusters=lesions[:10])

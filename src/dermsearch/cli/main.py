@@ -124,6 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("-k", type=int, default=5)
     ev.add_argument("--vote-k", type=int, default=16, help="neighbours in the melanoma vote (default 16)")
     ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    ev.add_argument("--ci-unit", choices=["lesion", "image"], default="lesion", help="what the bootstrap resamples: "
+                    "lesions (all images of a lesion together; default) or single images")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--diagnosis-map", metavar="A=B,C=D", help="rename query diagnoses to the index's labels "
                     "(e.g. nevus=nv,melanoma=mel)")
@@ -414,7 +416,7 @@ def _cmd_evaluate(args) -> int:
             raise UsageError("no queries")
         task = progress.add_task("ranking", total=len(queries))
         report = evaluator.run(queries, candidates, EvaluationConfig(
-            k=args.k, vote_k=args.vote_k, bootstrap=args.bootstrap, seed=args.seed),
+            k=args.k, vote_k=args.vote_k, bootstrap=args.bootstrap, seed=args.seed, ci_unit=args.ci_unit),
             progress=lambda d, t: progress.update(task, completed=d))
     if args.json:
         print(json.dumps(report.to_json(), indent=1))

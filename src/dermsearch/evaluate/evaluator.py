@@ -25,6 +25,7 @@ from ..search.measures import measure_scores
 from .metrics import (
     average_precision_at_k,
     bootstrap_ci,
+    lesion_clusters,
     macro_mean,
     precision_at_k,
     vote_auc,
@@ -37,7 +38,8 @@ __all__ = ["EvaluationConfig", "EvaluationReport", "Evaluator", "QuerySet", "rea
 class EvaluationConfig:
     k: int = 5                 # P@k, mAP@k (the paper used k = 5)
     vote_k: int = 16           # neighbours voting for melanoma (Tschandl et al. 2019)
-    bootstrap: int = 1000      # resamples of the queries for 95 % CIs
+    bootstrap: int = 1000      # resamples for 95 % CIs
+    ci_unit: str = "lesion"    # "lesion": resample lesions (all of a lesion's images together); "image": images
     seed: int = 0
     batch_size: int = 64
     exclude_same_lesion: bool = True
@@ -103,9 +105,9 @@ def _stat(value: float, ci: tuple[float, float]) -> dict:
     return {"value": value, "ci95": [ci[0], ci[1]]}
 
 
-def _mean_stat(values: np.ndarray, rounds: int, seed: int) -> dict:
+def _mean_stat(values: np.ndarray, rounds: int, seed: int, clusters: np.ndarray | None = None) -> dict:
     mean = float(values.mean()) if values.size else float("nan")
-    return _stat(mean, bootstrap_ci(lambda i: values[i].mean(), len(values), rounds, seed))
+    return _stat(mean, bootstrap_ci(lambda i: values[i].mean(), len(values), rounds, seed, clusters=clusters))
 
 
 def _macro_at(values: np.ndarray, groups: np.ndarray, idx: np.ndarray) -> float:
@@ -238,6 +240,11 @@ class Evaluator:
         mel_known = ~np.isnan(queries.melanoma)
         cand_diag = np.array([d or "" for d in s.diagnosis], dtype=object)
         k, rounds, seed = config.k, config.bootstrap, config.seed
+        if config.ci_unit not in ("lesion", "image"):
+            raise ValueError(f"ci_unit must be 'lesion' or 'image', not {config.ci_unit!r}")
+        clusters = lesion_clusters(queries.lesion_id) if config.ci_unit == "lesion" else None
+        cl_lab = None if clusters is None else clusters[labelled]
+        cl_mel = None if clusters is None else clusters[mel_known]
         results: dict[str, dict] = {}
         for mi, m in enumerate(MEASURES):
             if m not in top:
@@ -255,15 +262,15 @@ class Evaluator:
             sd = seed + 1000 * mi
             per_diag = {}
             for g in sorted(set(groups.tolist())):
-                per_diag[g] = _mean_stat(p[groups == g], rounds, sd)
+                per_diag[g] = _mean_stat(p[groups == g], rounds, sd, None if cl_lab is None else cl_lab[groups == g])
             results[m] = {
-                f"p@{k}": _mean_stat(p, rounds, sd),
+                f"p@{k}": _mean_stat(p, rounds, sd, cl_lab),
                 f"macro_p@{k}": _stat(macro_mean(p, groups),
-                                      bootstrap_ci(partial(_macro_at, p, groups), len(p), rounds, sd)),
-                f"melanoma_p@{k}": _mean_stat(pb, rounds, sd),
-                f"map@{k}": _mean_stat(ap, rounds, sd),
+                                      bootstrap_ci(partial(_macro_at, p, groups), len(p), rounds, sd, clusters=cl_lab)),
+                f"melanoma_p@{k}": _mean_stat(pb, rounds, sd, cl_mel),
+                f"map@{k}": _mean_stat(ap, rounds, sd, cl_lab),
                 f"melanoma_auc_vote{config.vote_k}": _stat(
-                    vote_auc(y, votes), bootstrap_ci(partial(_auc_at, y, votes), len(y), rounds, sd)),
+                    vote_auc(y, votes), bootstrap_ci(partial(_auc_at, y, votes), len(y), rounds, sd, clusters=cl_mel)),
                 f"per_diagnosis_p@{k}": per_diag,
             }
         n_cand = len(s) if candidate_ids is None else len(set(candidate_ids))
@@ -282,5 +289,7 @@ class Evaluator:
         known = ~np.isnan(queries.melanoma)
         y = queries.melanoma[known]
         p = extractor.melanoma_probability(queries.features[known])[:, None]
+        clusters = lesion_clusters(queries.lesion_id[known]) if config.ci_unit == "lesion" else None
         return {"melanoma_auc_head": _stat(vote_auc(y, p), bootstrap_ci(partial(_auc_at, y, p), len(y),
-                                                                            config.bootstrap, config.seed))}
+                                                                            config.bootstrap, config.seed,
+                                                                            clusters=clusters))}

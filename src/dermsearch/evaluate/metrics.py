@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 __all__ = [
     "precision_at_k", "average_precision_at_k", "group_means", "macro_mean", "vote_auc",
-    "bootstrap_ci",
+    "bootstrap_ci", "lesion_clusters",
 ]
 
 
@@ -47,14 +47,37 @@ def vote_auc(is_melanoma: np.ndarray, neighbour_melanoma: np.ndarray) -> float:
 
 
 def bootstrap_ci(statistic: Callable[[np.ndarray], float], n: int, rounds: int, seed: int,
-                 level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap over queries: ``statistic(indices)`` on ``rounds`` resamples."""
+                 level: float = 0.95, clusters: np.ndarray | None = None) -> tuple[float, float]:
+    """Percentile bootstrap: ``statistic(indices)`` on ``rounds`` resamples of the ``n`` items.
+
+    ``clusters`` (one label per item, e.g. the query's lesion_id): resample whole clusters with
+    replacement and take all their items (a cluster bootstrap), so that several images of one
+    lesion count as the one observation they are; ``None`` resamples items one by one."""
     if rounds <= 0 or n == 0:
         return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
-    values = np.array([statistic(rng.integers(0, n, n)) for _ in range(rounds)], dtype=np.float64)
+    if clusters is None:
+        draws = (rng.integers(0, n, n) for _ in range(rounds))
+    else:
+        labels = np.asarray(clusters)
+        if len(labels) != n:
+            raise ValueError(f"{len(labels)} cluster labels for {n} items")
+        _, inverse = np.unique(labels, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        sizes = np.bincount(inverse)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        members = [order[a:a + b] for a, b in zip(starts, sizes)]
+        draws = (np.concatenate([members[c] for c in rng.integers(0, len(members), len(members))])
+                 for _ in range(rounds))
+    values = np.array([statistic(idx) for idx in draws], dtype=np.float64)
     values = values[~np.isnan(values)]
     if values.size == 0:
         return (float("nan"), float("nan"))
     a = (1 - level) / 2
     return (float(np.quantile(values, a)), float(np.quantile(values, 1 - a)))
+
+
+def lesion_clusters(lesion_ids) -> np.ndarray:
+    """Cluster labels for :func:`bootstrap_ci`: the lesion id, or the item's own position when it has none."""
+    return np.array([str(lid) if lid not in (None, "") and not (isinstance(lid, float) and np.isnan(lid))
+                     else f"\0item{i}" for i, lid in enumerate(lesion_ids)], dtype=object)

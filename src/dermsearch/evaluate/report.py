@@ -37,7 +37,9 @@ def to_markdown(report: EvaluationReport) -> str:
         lines.append(f"| {_NAMES[m]} (`{m}`) | {' | '.join(cells)} |")
     lines.append("")
     lines.append(f"{report.queries} queries, {report.candidates} candidates, 95% bootstrap CIs "
-                 f"({report.config.bootstrap} resamples of the queries); the query and images of the same "
+                 f"({report.config.bootstrap} resamples of the query "
+                 f"{'lesions, each with all its images' if report.config.ci_unit == 'lesion' else 'images'}); "
+                 f"the query and images of the same "
                  f"lesion are never candidates.")
     diags = sorted({d for s in report.measures.values() for d in s[f"per_diagnosis_p@{k}"]})
     if diags:
