@@ -118,7 +118,9 @@ def main() -> None:
                                                        "cv": r["fitted"]["cv2_macro_p@5"]["mean"]}))
     # lesion + skin: the two stacks side by side (14 Grams)
     skin = stacks.get("skin")
-    for v in [v for v in stacks if v.startswith("lesion")] if skin is not None else []:
+    lesion_variants = [v for v in stacks if v.startswith("lesion")]
+    best = max(lesion_variants, key=lambda v: report["variants"][v]["fitted"]["cv2_macro_p@5"]["mean"], default=None)
+    for v in [best] if skin is not None and best else []:
         t0 = time.time()
         stack = np.concatenate([stacks[v], skin])
         ch2 = list(chans) * 2

@@ -288,3 +288,8 @@ def test_fit_gram_weights_command_writes_usable_weights(tmp_path, capsys):
                  "--image-size", "64", "--mask-size", "32", "--gram-weights", str(out), "--backend", "torch"]) == 0
     from dermsearch.index import Index
     assert Index.open(tmp_path / "ix2").manifest["gram_betas"] == pytest.approx(doc["betas"])
+    assert doc["network"] == ex.network_fingerprint
+    doc["network"] = "0" * 64                     # fitted for another network: refused, with the way out
+    out.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="another feature network.*fit-gram-weights"):
+        Extractor(cfg)

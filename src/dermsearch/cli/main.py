@@ -478,7 +478,7 @@ def _cmd_fit_gram_weights(args) -> int:
     ext = m["extractor"]
     save_gram_weights(args.out, fit, {
         "gram_pool": ext.get("gram_pool", "image"), "gram_margin": ext.get("gram_margin", 0.0),
-        "tap_channels": m["tap_channels"],
+        "tap_channels": m["tap_channels"], "network": m.get("network_fingerprint"),
         "layers": [{"stage": e["stage"], "region": e["region"], "channels": e["channels"]} for e in layout],
         "fitted_on": {"index": str(args.index), "index_fingerprint": index.fingerprint, "queries": args.query_split,
                       "candidates": args.candidate_split, "n_queries": int(len(q)), "n_candidates": int(len(c)),

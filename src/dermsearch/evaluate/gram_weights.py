@@ -70,7 +70,7 @@ def layer_distance_stack(queries: np.ndarray, candidates: np.ndarray, layout: Se
 
 def fit_gram_weights(stack: np.ndarray, valid: np.ndarray, query_labels: np.ndarray,
                      candidate_labels: np.ndarray, k: int = 5, channels: Sequence[int] | None = None,
-                     factors: Sequence[float] = (4.0, 2.0, 1.5, 1.2), rounds: int = 5) -> GramWeightFit:
+                     factors: Sequence[float] = (3.0, 1.5), rounds: int = 4) -> GramWeightFit:
     """Fit w_l = β_l² >= 0 to maximise macro-P@k of ranking by Σ_l w_l D_l.
 
     ``stack`` [L, Q, N]: per-layer distances with β = 1 (:func:`layer_distance_stack`). Starts:

@@ -124,6 +124,8 @@ class ExtractorConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown extractor settings: {sorted(unknown)}")
+        if "gram_pool" not in d:      # written before lesion-aware Grams existed: the paper's whole-image Grams
+            d = {**d, "gram_pool": "image", "gram_margin": 0.0}
         return cls(**d)
 
 
@@ -142,10 +144,12 @@ class Extracted:
         return Extracted(cat("features"), cat("styles"), cat("masks"), cat("mask_areas"))
 
 
-def resolve_gram_weights(config: ExtractorConfig, tap_channels) -> list[float]:
+def resolve_gram_weights(config: ExtractorConfig, tap_channels, network: str | None = None) -> list[float]:
     """β per stored Gram for ``config.gram_weights``: a named scheme, ``learned`` (the weights
     fitted for the packaged model) or a JSON file written by ``dermsearch fit-gram-weights``.
-    A file must describe the same pooling and channels as ``config``."""
+    A file must describe the same pooling and channels as ``config`` and, when it names the
+    network it was fitted for and ``network`` (the feature network's state fingerprint) is
+    given, that same network."""
     chans = gram_channels(tap_channels, config.gram_pool)
     scheme = config.gram_weights
     if scheme in ("inverse-channels", "ones"):
@@ -163,6 +167,10 @@ def resolve_gram_weights(config: ExtractorConfig, tap_channels) -> list[float]:
     got = {k: doc.get(k) for k in want}
     if got != want:
         raise ValueError(f"{path}: these gram weights were fitted for {got}, not for this model's {want}")
+    if network is not None and doc.get("network") not in (None, network):
+        raise ValueError(f"{path}: these gram weights were fitted for another feature network "
+                         f"({str(doc['network'])[:16]}), not this one ({network[:16]}); use inverse-channels "
+                         "or fit weights for this model with 'dermsearch fit-gram-weights'")
     if (not isinstance(betas, list) or len(betas) != len(chans)
             or not all(isinstance(b, (int, float)) and b >= 0 for b in betas) or not any(b > 0 for b in betas)):
         raise ValueError(f"{path}: 'betas' must be {len(chans)} non-negative numbers, not all zero")
@@ -186,7 +194,8 @@ class Extractor:
         first = self.net.members[0]
         self.tap_channels: tuple[int, ...] = tuple(first.out_channels)
         self.gram_channels = gram_channels(self.tap_channels, config.gram_pool)
-        self.betas = resolve_gram_weights(config, self.tap_channels)
+        self.network_fingerprint = state_fingerprint(self.net)
+        self.betas = resolve_gram_weights(config, self.tap_channels, self.network_fingerprint)
         self.style_layout = style_layout(self.tap_channels, config.gram_pool, self.betas) if config.style else []
         self.feature_dim = self.net.feature_dim
         self.style_dim = style_dim(self.gram_channels) if config.style else 0
@@ -254,11 +263,14 @@ class Extractor:
 
     def _fingerprint(self) -> str:
         h = hashlib.sha256()
-        h.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+        settings = self.config.to_dict()
+        if settings["gram_pool"] == "image":    # the paper's Grams hash as before these options existed
+            del settings["gram_pool"], settings["gram_margin"]
+        h.update(json.dumps(settings, sort_keys=True).encode())
         h.update(f"preprocess={PREPROCESS_VERSION}".encode())
         if self.config.gram_weights not in ("inverse-channels", "ones"):   # a file: what counts is its numbers
             h.update(json.dumps([round(b, 12) for b in self.betas]).encode())
-        h.update(state_fingerprint(self.net).encode())
+        h.update(self.network_fingerprint.encode())
         if isinstance(self._segmenter, LearnedSegmenter):
             h.update(state_fingerprint(self._segmenter.model).encode())
         return h.hexdigest()[:16]

@@ -158,6 +158,7 @@ class Index:
                                         "the lesion mask (dilated by gram_margin; for skin, outside the mask), "
                                         "averaged over members"),
             "style_layers": list(extractor.style_layout),
+            "network_fingerprint": getattr(extractor, "network_fingerprint", None),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         db = lancedb.connect(str(directory / "lance"))
