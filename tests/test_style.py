@@ -170,6 +170,7 @@ def test_extractor_pools_grams_over_the_lesion_and_records_it():
     images = [lesion_image(i) for i in range(3)]
     plain = Extractor(TINY)
     lesion = Extractor(dataclasses.replace(TINY, gram_pool="lesion", gram_margin=0.05))
+    assert Extractor(dataclasses.replace(TINY, gram_norm="l2")).fingerprint != plain.fingerprint
     both = Extractor(dataclasses.replace(TINY, gram_pool="lesion+skin"))
     assert lesion.fingerprint != plain.fingerprint != both.fingerprint
     assert lesion.style_dim == plain.style_dim and both.style_dim == 2 * plain.style_dim
@@ -183,10 +184,23 @@ def test_extractor_pools_grams_over_the_lesion_and_records_it():
         Extractor(dataclasses.replace(TINY, gram_pool="lesion", masks=False))
 
 
+def test_gram_normalisations_by_hand():
+    from dermsearch.extract.gram import normalise_grams
+
+    g = torch.tensor([[[4.0, -1.0], [-1.0, 9.0]]], dtype=torch.float64)
+    np.testing.assert_allclose(normalise_grams([g], "sqrt")[0][0].numpy(), [[2, -1], [-1, 3]])
+    np.testing.assert_allclose(normalise_grams([g], "l2")[0][0].numpy(), g[0].numpy() / np.sqrt(16 + 1 + 1 + 81))
+    np.testing.assert_allclose(normalise_grams([g], "sqrt+l2")[0][0].numpy(), np.array([[2, -1], [-1, 3]]) / np.sqrt(15.0))
+    v = style_vector(normalise_grams([g, 3 * g], "l2"), [1.0, 1.0]).astype(np.float64)
+    assert np.linalg.norm(v[0, :3]) == pytest.approx(1.0) and np.linalg.norm(v[0, 3:]) == pytest.approx(1.0)
+    with pytest.raises(KeyError, match="valid: none, l2, sqrt, sqrt\\+l2"):
+        normalise_grams([g], "cube")
+
+
 def test_onnx_backend_matches_torch_for_lesion_grams(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     monkeypatch.setenv("DERMSEARCH_CACHE", str(tmp_path))
-    cfg = dataclasses.replace(TINY, gram_pool="lesion+skin", gram_margin=0.1)
+    cfg = dataclasses.replace(TINY, gram_pool="lesion+skin", gram_margin=0.1, gram_norm="sqrt+l2")
     images = [lesion_image(i) for i in range(4)]
     t = Extractor(cfg).extract(images)
     o = Extractor(cfg, backend="onnx").extract(images)

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .. import __version__
 from ..extract import ExtractorConfig, ImageError
 from ..extract.extractor import BACKENDS
-from ..extract.gram import GRAM_POOLS
+from ..extract.gram import GRAM_NORMS, GRAM_POOLS
 from ..index import Index, IndexError_
 from ..index.build import BuildConfig, build_index
 from ..index.sources import SourceError
@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
                    "learned (fitted on HAM10000 val for the packaged model), or a .json from fit-gram-weights")
     m.add_argument("--gram-pool", choices=list(GRAM_POOLS), help="Gram statistics over the whole image (paper), "
                    "over the lesion mask, or lesion then surrounding skin")
+    m.add_argument("--gram-norm", choices=list(GRAM_NORMS), help="normalise each Gram before weighting: none "
+                   "(paper), l2 (Frobenius), sqrt (signed square root), sqrt+l2")
     m.add_argument("--gram-margin", type=float, metavar="F", help="dilate the lesion mask by F x the image side "
                    "before pooling (with --gram-pool lesion*)")
     m.add_argument("--segmenter", metavar="S", help="masks from: default (packaged U-Net), otsu, or a .safetensors")
@@ -304,7 +306,7 @@ def _cmd_index(args) -> int:
     overrides = {k: v for k, v in {
         "backbone": args.backbone, "weights": args.weights, "image_size": args.image_size,
         "mask_size": args.mask_size, "gram_weights": args.gram_weights, "segmenter": args.segmenter,
-        "gram_pool": args.gram_pool, "gram_margin": args.gram_margin,
+        "gram_pool": args.gram_pool, "gram_margin": args.gram_margin, "gram_norm": args.gram_norm,
         "style": False if args.no_style else None, "masks": False if args.no_masks else None,
     }.items() if v is not None}
     if args.preset:
@@ -478,6 +480,7 @@ def _cmd_fit_gram_weights(args) -> int:
     ext = m["extractor"]
     save_gram_weights(args.out, fit, {
         "gram_pool": ext.get("gram_pool", "image"), "gram_margin": ext.get("gram_margin", 0.0),
+        "gram_norm": ext.get("gram_norm", "none"),
         "tap_channels": m["tap_channels"], "network": m.get("network_fingerprint"),
         "layers": [{"stage": e["stage"], "region": e["region"], "channels": e["channels"]} for e in layout],
         "fitted_on": {"index": str(args.index), "index_fingerprint": index.fingerprint, "queries": args.query_split,
@@ -491,7 +494,8 @@ def _cmd_fit_gram_weights(args) -> int:
         print(f"  stage {e['stage']} {e['region']:6s} C={e['channels']:4d}  share of the loss {share:.3f}")
     print(f"weights written to {args.out}; use them with: dermsearch index SOURCE --index NEW_DIR "
           f"--gram-weights {args.out}" + (f" --gram-pool {ext['gram_pool']} --gram-margin {ext['gram_margin']}"
-                                          if ext.get("gram_pool", "image") != "image" else ""))
+                                          if ext.get("gram_pool", "image") != "image" else "")
+          + (f" --gram-norm {ext['gram_norm']}" if ext.get("gram_norm", "none") != "none" else ""))
     return 0
 
 

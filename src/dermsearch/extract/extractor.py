@@ -23,7 +23,17 @@ from ..models.ensemble import (
     read_ensemble_spec,
 )
 from ..models.learned_segmenter import LearnedSegmenter, default_segmenter_path
-from .gram import GRAM_POOLS, average_grams, gram_channels, layer_weights, style_dim, style_layout, style_vector
+from .gram import (
+    GRAM_NORMS,
+    GRAM_POOLS,
+    average_grams,
+    gram_channels,
+    layer_weights,
+    normalise_grams,
+    style_dim,
+    style_layout,
+    style_vector,
+)
 from .images import resize_rgb
 from .masks import pack_masks, resize_mask
 from .onnx import OnnxRuntimeBackend, export_onnx, onnx_available
@@ -66,6 +76,7 @@ class ExtractorConfig:
     gram_weights: str = "inverse-channels"   # "inverse-channels", "ones", "learned" (packaged fit) or a .json file
     gram_pool: str = "image"      # "image" (paper), "lesion" (Grams over the dilated mask) or "lesion+skin"
     gram_margin: float = 0.0      # lesion-mask dilation, as a fraction of the image side
+    gram_norm: str = "none"       # each Gram entry-wise before β: "none" (paper), "l2", "sqrt", "sqrt+l2"
     style: bool = True
     masks: bool = True
     mask_size: int = 128
@@ -87,6 +98,8 @@ class ExtractorConfig:
             raise ValueError(f"unknown gram pooling {self.gram_pool!r}; valid: {', '.join(GRAM_POOLS)}")
         if self.gram_pool != "image" and not self.masks:
             raise ValueError(f"gram pooling {self.gram_pool!r} pools over the lesion mask: it needs masks")
+        if self.gram_norm not in GRAM_NORMS:
+            raise ValueError(f"unknown gram normalisation {self.gram_norm!r}; valid: {', '.join(GRAM_NORMS)}")
         if not 0.0 <= self.gram_margin <= 0.5:
             raise ValueError(f"gram_margin must be in [0, 0.5] (a fraction of the image side), not {self.gram_margin}")
         if self.segmenter not in ("default", "otsu") and not self.segmenter.endswith(".safetensors"):
@@ -126,6 +139,8 @@ class ExtractorConfig:
             raise ValueError(f"unknown extractor settings: {sorted(unknown)}")
         if "gram_pool" not in d:      # written before lesion-aware Grams existed: the paper's whole-image Grams
             d = {**d, "gram_pool": "image", "gram_margin": 0.0}
+        if "gram_norm" not in d:
+            d = {**d, "gram_norm": "none"}
         return cls(**d)
 
 
@@ -163,8 +178,9 @@ def resolve_gram_weights(config: ExtractorConfig, tap_channels, network: str | N
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: cannot read gram weights ({e})") from e
     betas = doc.get("betas")
-    want = {"gram_pool": config.gram_pool, "gram_margin": config.gram_margin, "tap_channels": list(tap_channels)}
-    got = {k: doc.get(k) for k in want}
+    want = {"gram_pool": config.gram_pool, "gram_margin": config.gram_margin, "gram_norm": config.gram_norm,
+            "tap_channels": list(tap_channels)}
+    got = {k: doc.get(k, "none" if k == "gram_norm" else None) for k in want}
     if got != want:
         raise ValueError(f"{path}: these gram weights were fitted for {got}, not for this model's {want}")
     if network is not None and doc.get("network") not in (None, network):
@@ -266,6 +282,8 @@ class Extractor:
         settings = self.config.to_dict()
         if settings["gram_pool"] == "image":    # the paper's Grams hash as before these options existed
             del settings["gram_pool"], settings["gram_margin"]
+        if settings["gram_norm"] == "none":
+            del settings["gram_norm"]
         h.update(json.dumps(settings, sort_keys=True).encode())
         h.update(f"preprocess={PREPROCESS_VERSION}".encode())
         if self.config.gram_weights not in ("inverse-channels", "ones"):   # a file: what counts is its numbers
@@ -343,7 +361,7 @@ class Extractor:
             if self.config.style:
                 grams = average_grams(out.member_taps, None if pool is None else torch.from_numpy(pool).to(self.device),
                                       self.config.gram_pool, self.config.gram_margin)
-                styles = style_vector([g.cpu() for g in grams], self.betas)
+                styles = style_vector([g.cpu() for g in normalise_grams(grams, self.config.gram_norm)], self.betas)
         return Extracted(features, styles, masks, areas)
 
     def pool_masks(self, raw: np.ndarray) -> np.ndarray:

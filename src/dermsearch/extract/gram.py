@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 __all__ = ["gram_matrix", "masked_gram_matrix", "gram_pool_weights", "dilate_masks", "average_grams",
            "style_vector", "style_dim", "layer_weights", "gram_channels", "style_layout", "layer_losses",
-           "GRAM_POOLS"]
+           "normalise_grams", "GRAM_POOLS", "GRAM_NORMS"]
 
 # "image": the paper's Gram over the whole map; "lesion": over the (dilated) lesion mask;
 # "lesion+skin": the lesion Gram followed by the Gram of the skin outside the (undilated) mask.
@@ -112,6 +112,25 @@ def _average_grams(member_taps, masks, outside: bool, margin: float) -> list[tor
                 grams[id(t)] = masked_gram_matrix(t, weights)
         layers.append(torch.stack([grams[id(t)] for t in taps]).mean(0))
     return layers
+
+
+GRAM_NORMS = ("none", "l2", "sqrt", "sqrt+l2")
+
+
+def normalise_grams(grams: Sequence[torch.Tensor], norm: str) -> list[torch.Tensor]:
+    """Entry-wise normalisation of each (member-averaged) Gram before β and packing:
+    ``none``; ``sqrt``: sign(G)·|G|^½ (signed square root); ``l2``: G/‖G‖_F; ``sqrt+l2``: both,
+    in that order. LS stays the exact squared distance of the stored (packed) vectors."""
+    if norm not in GRAM_NORMS:
+        raise KeyError(f"unknown gram normalisation {norm!r}; valid: {', '.join(GRAM_NORMS)}")
+    out = []
+    for g in grams:
+        if "sqrt" in norm:
+            g = torch.sign(g) * torch.sqrt(torch.abs(g))
+        if "l2" in norm:
+            g = g / torch.sqrt((g * g).sum(dim=(-2, -1), keepdim=True)).clamp_min(1e-12)
+        out.append(g)
+    return out
 
 
 def layer_weights(channels: Sequence[int], scheme: str) -> list[float]:

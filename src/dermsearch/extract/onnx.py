@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .gram import average_grams
+from .gram import average_grams, normalise_grams
 
 __all__ = ["OnnxRuntimeBackend", "export_onnx", "onnx_cache_dir", "onnx_available", "EXPORT_VERSION"]
 
@@ -52,10 +52,10 @@ class _ExtractionGraph(nn.Module):
     """Pixels -> (feature, style): the torch backend's computation as one traceable module."""
 
     def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor, betas, style: bool,
-                 pool: str = "image", margin: float = 0.0):
+                 pool: str = "image", margin: float = 0.0, norm: str = "none"):
         super().__init__()
         self.net, self.style, self.betas = net, style, [float(b) for b in betas]
-        self.pool, self.margin = pool, margin
+        self.pool, self.margin, self.norm = pool, margin, norm
         self.register_buffer("mean", mean.detach().cpu().clone())
         self.register_buffer("std", std.detach().cpu().clone())
 
@@ -64,7 +64,8 @@ class _ExtractionGraph(nn.Module):
         if not self.style:
             return (out.feature,)
         parts = []
-        for g, beta in zip(average_grams(out.member_taps, masks, self.pool, self.margin), self.betas):
+        grams = normalise_grams(average_grams(out.member_taps, masks, self.pool, self.margin), self.norm)
+        for g, beta in zip(grams, self.betas):
             c = g.shape[-1]
             iu = torch.triu_indices(c, c, offset=1)
             g = g * beta
@@ -113,7 +114,7 @@ def export_onnx(extractor, directory: str | os.PathLike | None = None) -> Path:
     size = cfg.image_size
     pooled = cfg.style and cfg.gram_pool != "image"
     graph = _ExtractionGraph(extractor.net, extractor._mean, extractor._std, extractor.betas, cfg.style,
-                             cfg.gram_pool, cfg.gram_margin)
+                             cfg.gram_pool, cfg.gram_margin, cfg.gram_norm)
     outputs = ["feature", "style"] if cfg.style else ["feature"]
     example_masks = (torch.rand(2, 1, size, size) > 0.5).float() if pooled else None
     _export(graph, torch.rand(2, 3, size, size) * 255, tmp / "extractor.onnx", outputs, example_masks)

@@ -156,7 +156,9 @@ class Index:
             "gram_normalisation": ("G = F F^T / (H*W), averaged over members" if extractor.config.gram_pool == "image"
                                    else "G = sum_p w_p f_p f_p^T / sum_p w_p, w_p = the fraction of tap cell p inside "
                                         "the lesion mask (dilated by gram_margin; for skin, outside the mask), "
-                                        "averaged over members"),
+                                        "averaged over members")
+                                  + {"none": "", "l2": "; then G / ||G||_F", "sqrt": "; then sign(G) |G|^0.5",
+                                     "sqrt+l2": "; then sign(G) |G|^0.5, then / ||.||_F"}[extractor.config.gram_norm],
             "style_layers": list(extractor.style_layout),
             "network_fingerprint": getattr(extractor, "network_fingerprint", None),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
