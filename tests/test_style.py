@@ -190,7 +190,8 @@ def test_gram_normalisations_by_hand():
     g = torch.tensor([[[4.0, -1.0], [-1.0, 9.0]]], dtype=torch.float64)
     np.testing.assert_allclose(normalise_grams([g], "sqrt")[0][0].numpy(), [[2, -1], [-1, 3]])
     np.testing.assert_allclose(normalise_grams([g], "l2")[0][0].numpy(), g[0].numpy() / np.sqrt(16 + 1 + 1 + 81))
-    np.testing.assert_allclose(normalise_grams([g], "sqrt+l2")[0][0].numpy(), np.array([[2, -1], [-1, 3]]) / np.sqrt(15.0))
+    np.testing.assert_allclose(normalise_grams([g], "sqrt+l2")[0][0].numpy(),
+                               np.array([[2, -1], [-1, 3]]) / np.sqrt(15.0))
     v = style_vector(normalise_grams([g, 3 * g], "l2"), [1.0, 1.0]).astype(np.float64)
     assert np.linalg.norm(v[0, :3]) == pytest.approx(1.0) and np.linalg.norm(v[0, 3:]) == pytest.approx(1.0)
     with pytest.raises(KeyError, match="valid: none, l2, sqrt, sqrt\\+l2"):
