@@ -7,13 +7,15 @@ import pytest
 from PIL import Image
 
 from dermsearch.extract import ExtractorConfig
+from dermsearch.extract.extractor import PAPER_STYLE
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 ISIC = SHARED / "isic-uda1"
 
 # A tiny, fast model configuration for unit tests (real architecture, small input).
-TINY = ExtractorConfig(weights="random", feature="pooled", members=1, image_size=64, mask_size=32)
+# The paper's style definition (the packaged default's fitted layer weights belong to the packaged model).
+TINY = ExtractorConfig(weights="random", feature="pooled", members=1, image_size=64, mask_size=32, **PAPER_STYLE)
 
 
 def lesion_image(seed: int, size: int = 96) -> Image.Image:

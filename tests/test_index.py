@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 
 import numpy as np
 import pytest
 
-from dermsearch.extract import Extractor, ExtractorConfig
+from dermsearch.extract import Extractor
 from dermsearch.index import Index, IndexLockedError, ModelMismatchError
 from dermsearch.index.build import build_index, decode_batches
 from dermsearch.index.sources import SourceError, read_folder, read_labels_csv
@@ -104,8 +105,7 @@ def test_build_skips_bad_files_resumes_and_removes(tmp_path, image_folder, tiny_
 
 def test_fingerprint_mismatch_is_a_clear_error(tmp_path, image_folder, tiny_extractor):
     build_index(image_folder, tmp_path / "ix", extractor=tiny_extractor)
-    other = Extractor(ExtractorConfig(weights="random", feature="pooled", members=1, image_size=64, mask_size=32,
-                                      seed=1))
+    other = Extractor(dataclasses.replace(TINY, seed=1))
     assert other.fingerprint != tiny_extractor.fingerprint
     with pytest.raises(ModelMismatchError, match="never mixes models"):
         build_index(image_folder, tmp_path / "ix", extractor=other)

@@ -308,3 +308,22 @@ def test_fit_gram_weights_command_writes_usable_weights(tmp_path, capsys):
     out.write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="another feature network.*fit-gram-weights"):
         Extractor(cfg)
+
+
+def test_packaged_learned_weights_belong_to_the_packaged_default():
+    from dermsearch.extract import ExtractorConfig
+    from dermsearch.extract.extractor import LEARNED_GRAM_WEIGHTS, PAPER_STYLE
+    from dermsearch.models import state_fingerprint
+    from dermsearch.models.ensemble import default_ensemble_path, load_ensemble
+
+    doc = json.loads(LEARNED_GRAM_WEIGHTS.read_text())
+    cfg = ExtractorConfig()
+    assert cfg.gram_weights == "learned"
+    assert (doc["gram_pool"], doc["gram_margin"], doc["gram_norm"]) == (cfg.gram_pool, cfg.gram_margin, cfg.gram_norm)
+    net, _ = load_ensemble(default_ensemble_path())
+    assert doc["network"] == state_fingerprint(net)
+    assert doc["fitted_on"]["queries"] == ["val"] and "test" not in doc["fitted_on"]["candidates"]
+    betas = resolve_gram_weights(cfg, tuple(net.members[0].out_channels), doc["network"])
+    assert len(betas) == 7 and max(betas) > 0
+    # any other model gets the paper's definition, whose weights need no fit
+    assert {k: getattr(ExtractorConfig.for_weights("imagenet"), k) for k in PAPER_STYLE} == PAPER_STYLE

@@ -30,7 +30,8 @@ PRESETS: dict[str, Preset] = {
                     "trainable_stages": 2, "augment": "x7", "epochs": 3, "head_epochs": 20, "batch_size": 64,
                     "target": "diagnosis"},
         segmenter={"arch": "unet", "width": 16, "image_size": 128, "epochs": 50, "batch_size": 32},
-        index={"weights": "default", "segmenter": "default"},
+        index={"weights": "default", "segmenter": "default", "gram_pool": "lesion", "gram_margin": 0.05,
+               "gram_norm": "l2", "gram_weights": "learned"},
         notes=("members: EfficientNet-Lite0 from the packaged ImageNet weights; stages 1-5 frozen and shared, "
                "stages 6-7 and the head fine-tuned per member",),
     ),
@@ -42,7 +43,8 @@ PRESETS: dict[str, Preset] = {
                     "target": "melanoma"},
         segmenter={"arch": "r2unet", "width": 32, "depth": 4, "t": 2, "image_size": 384, "epochs": 50,
                    "batch_size": 8},
-        index={"requires": ["weights", "segmenter"]},
+        index={"requires": ["weights", "segmenter"], "gram_pool": "image", "gram_margin": 0.0, "gram_norm": "none",
+               "gram_weights": "inverse-channels"},
         notes=("no ImageNet weights for EfficientNet-B6 ship offline, so members start from random weights "
                "(the paper's were ImageNet-pretrained), so expect to need more epochs than the paper",
                "index --preset paper needs --weights (an ensemble from `train classifier --preset paper`) and "

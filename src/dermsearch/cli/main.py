@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .. import __version__
 from ..extract import ExtractorConfig, ImageError
-from ..extract.extractor import BACKENDS
+from ..extract.extractor import BACKENDS, PAPER_STYLE
 from ..extract.gram import GRAM_NORMS, GRAM_POOLS
 from ..index import Index, IndexError_
 from ..index.build import BuildConfig, build_index
@@ -309,6 +309,10 @@ def _cmd_index(args) -> int:
         "gram_pool": args.gram_pool, "gram_margin": args.gram_margin, "gram_norm": args.gram_norm,
         "style": False if args.no_style else None, "masks": False if args.no_masks else None,
     }.items() if v is not None}
+    if args.no_masks and not args.no_style and "gram_pool" not in overrides:
+        # lesion-aware Grams pool over the masks: without masks, the paper's whole-image Grams
+        overrides = {**{k: v for k, v in PAPER_STYLE.items() if k not in overrides}, **overrides}
+        err.print("note: --no-masks: style uses the paper's whole-image Gram matrices", highlight=False)
     if args.preset:
         preset = get_preset(args.preset)
         missing = [f"--{r}" for r in preset.index.get("requires", []) if getattr(args, r) is None]

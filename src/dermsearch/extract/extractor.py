@@ -38,8 +38,8 @@ from .images import resize_rgb
 from .masks import pack_masks, resize_mask
 from .onnx import OnnxRuntimeBackend, export_onnx, onnx_available
 
-__all__ = ["ExtractorConfig", "Extractor", "Extracted", "PREPROCESS_VERSION", "BACKENDS", "resolve_gram_weights",
-           "LEARNED_GRAM_WEIGHTS"]
+__all__ = ["ExtractorConfig", "Extractor", "PAPER_STYLE", "Extracted", "PREPROCESS_VERSION", "BACKENDS",
+           "resolve_gram_weights", "LEARNED_GRAM_WEIGHTS"]
 
 # The layer weights fitted on HAM10000 val for the packaged model (``dermsearch fit-gram-weights``).
 LEARNED_GRAM_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "gram-weights.json"
@@ -54,6 +54,10 @@ NORMALISATIONS = {
     "tf": (np.array([127.0, 127.0, 127.0]), np.array([128.0, 128.0, 128.0])),
     "imagenet": (np.array([0.485, 0.456, 0.406]) * 255, np.array([0.229, 0.224, 0.225]) * 255),
 }
+
+
+# The paper's style measure: whole-image Grams, no normalisation, β_l = 1/C_l.
+PAPER_STYLE = {"gram_pool": "image", "gram_margin": 0.0, "gram_norm": "none", "gram_weights": "inverse-channels"}
 
 
 @dataclass(frozen=True)
@@ -73,10 +77,13 @@ class ExtractorConfig:
     feature_dim: int = 1024       # ensemble only
     image_size: int = 224
     normalization: str = "auto"   # "auto": tf for Lite, imagenet for B0-B7
-    gram_weights: str = "inverse-channels"   # "inverse-channels", "ones", "learned" (packaged fit) or a .json file
-    gram_pool: str = "image"      # "image" (paper), "lesion" (Grams over the dilated mask) or "lesion+skin"
-    gram_margin: float = 0.0      # lesion-mask dilation, as a fraction of the image side
-    gram_norm: str = "none"       # each Gram entry-wise before β: "none" (paper), "l2", "sqrt", "sqrt+l2"
+    # Style (docs/style.md). The defaults were chosen on HAM10000 val for the packaged model; the
+    # paper's definition is gram_pool="image", gram_margin=0, gram_norm="none", "inverse-channels"
+    # (PAPER_STYLE; what models other than the packaged one get from for_weights()).
+    gram_weights: str = "learned"   # "inverse-channels", "ones", "learned" (packaged fit) or a .json file
+    gram_pool: str = "lesion"     # "image" (paper), "lesion" (Grams over the dilated mask) or "lesion+skin"
+    gram_margin: float = 0.05     # lesion-mask dilation, as a fraction of the image side
+    gram_norm: str = "l2"         # each Gram entry-wise before β: "none" (paper), "l2", "sqrt", "sqrt+l2"
     style: bool = True
     masks: bool = True
     mask_size: int = 128
@@ -96,7 +103,7 @@ class ExtractorConfig:
             raise ValueError("weights='default' is the packaged ensemble: it needs feature='ensemble'")
         if self.gram_pool not in GRAM_POOLS:
             raise ValueError(f"unknown gram pooling {self.gram_pool!r}; valid: {', '.join(GRAM_POOLS)}")
-        if self.gram_pool != "image" and not self.masks:
+        if self.style and self.gram_pool != "image" and not self.masks:
             raise ValueError(f"gram pooling {self.gram_pool!r} pools over the lesion mask: it needs masks")
         if self.gram_norm not in GRAM_NORMS:
             raise ValueError(f"unknown gram normalisation {self.gram_norm!r}; valid: {', '.join(GRAM_NORMS)}")
@@ -110,7 +117,7 @@ class ExtractorConfig:
         """The config for ``weights``: a trained ensemble's architecture comes from its file;
         ``imagenet``/``random`` give the single pooled backbone unless ``overrides`` say otherwise."""
         if weights in ("imagenet", "random"):
-            base = {"weights": weights, "feature": "pooled", "members": 1}
+            base = {"weights": weights, "feature": "pooled", "members": 1, **PAPER_STYLE}
             if overrides.get("feature") == "ensemble":
                 base.pop("members")
                 base.pop("feature")
@@ -118,6 +125,8 @@ class ExtractorConfig:
         spec = read_ensemble_spec(default_ensemble_path() if weights == "default" else weights)
         base = {"weights": weights, "feature": "ensemble", "backbone": spec.backbone, "members": spec.members,
                 "feature_dim": spec.feature_dim, "image_size": spec.image_size}
+        if weights != "default":      # the fitted layer weights belong to the packaged model
+            base.update(PAPER_STYLE)
         auto = "tf" if "lite" in spec.backbone else "imagenet"
         base["normalization"] = "auto" if spec.normalization == auto else spec.normalization
         return cls(**{**base, **overrides})
@@ -211,7 +220,7 @@ class Extractor:
         self.tap_channels: tuple[int, ...] = tuple(first.out_channels)
         self.gram_channels = gram_channels(self.tap_channels, config.gram_pool)
         self.network_fingerprint = state_fingerprint(self.net)
-        self.betas = resolve_gram_weights(config, self.tap_channels, self.network_fingerprint)
+        self.betas = resolve_gram_weights(config, self.tap_channels, self.network_fingerprint) if config.style else []
         self.style_layout = style_layout(self.tap_channels, config.gram_pool, self.betas) if config.style else []
         self.feature_dim = self.net.feature_dim
         self.style_dim = style_dim(self.gram_channels) if config.style else 0
