@@ -55,6 +55,11 @@ def test_search_upload(client):
         assert all(set(h["meta"]) <= {"age_approx", "sex"} for h in hits)
     assert any("sex" in h["meta"] for hits in js["results"].values() for h in hits)
     assert len(js["query_mask"]) == 128
+    ex = js["results"]["style"][0]["explain"]          # per-hit explanation (docs/style.md)
+    assert sum(e["share"] for e in ex["style"]["layers"]) == pytest.approx(1.0)
+    assert ex["style"]["ls"] == pytest.approx(js["results"]["style"][0]["raw"]["ls"], rel=1e-4)
+    assert ex["mask"]["dice"] == pytest.approx(js["results"]["style"][0]["components"]["dice"])
+    assert ex["overlap_png"].startswith("data:image/png;base64,")
 
 
 def test_filters_restrict_candidates(client):
@@ -173,6 +178,11 @@ def test_browser_search_overlay_filter_and_rate(browser, live_server):
     assert not overlay.is_visible()
     page.check("#overlay")
     assert overlay.is_visible()
+    # each card explains its match: a per-layer style bar and the masks' overlap drawn over the thumbnail
+    assert page.locator(".card .bar").count() == 50
+    assert page.locator(".card .bar span").count() >= 50
+    assert overlay.get_attribute("src").startswith("data:image/png;base64,")
+    assert page.locator(".card .why").first.inner_text().startswith("style: most from stage")
     # filter: melanoma only -> every result is a melanoma
     page.select_option("#diagnosis", "melanoma")
     page.click("#go")
