@@ -186,3 +186,17 @@ def test_cluster_bootstrap_resamples_lesions_not_images():
         assert len(idx) == 100 and np.all((idx < 50).sum() % 50 == 0)
     with pytest.raises(ValueError, match="cluster labels"):
         bootstrap_ci(mean, 100, 10, 0, clusters=lesions[:10])
+
+
+def test_unknown_diagnosis_queries_leave_the_melanoma_metrics(lesion_index, tmp_path):
+    """isic-uda1 marks its 'unknown' rows melanoma=0: they must not count as non-melanoma."""
+    root, searcher = lesion_index
+    with open(tmp_path / "q.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image_id", "image_path", "diagnosis", "melanoma"])
+        for i, (d, m) in enumerate([("mel", 1), ("nv", 0), ("unknown", 0), ("nv", 0)]):
+            lesion_image(100 + i).save(tmp_path / f"q{i}.png")
+            w.writerow([f"q{i}", f"q{i}.png", d, m])
+    q = Evaluator(searcher).queries_from_csv(tmp_path / "q.csv")
+    assert list(q.diagnosis) == ["mel", "nv", "", "nv"]
+    assert np.isnan(q.melanoma[2]) and q.melanoma.tolist()[:2] == [1.0, 0.0]

@@ -101,6 +101,10 @@ def _label(diagnosis: str | None) -> str:
     return "" if d.lower() == "unknown" else d
 
 
+def _unknown(diagnosis: str | None) -> bool:
+    return (diagnosis or "").strip().lower() == "unknown"
+
+
 def _stat(value: float, ci: tuple[float, float]) -> dict:
     return {"value": value, "ci95": [ci[0], ci[1]]}
 
@@ -130,8 +134,9 @@ class Evaluator:
         rows = np.arange(len(s)) if ids is None else np.array([self._row(i) for i in ids], dtype=np.int64)
         def pick(a):
             return None if a is None else a[rows]
+        mel = np.where([_unknown(d) for d in s.diagnosis[rows]], np.nan, s.melanoma[rows])
         return QuerySet(s.ids[rows], np.array([_label(d) for d in s.diagnosis[rows]], dtype=object),
-                        s.melanoma[rows], s.lesion_id[rows], pick(s.features), pick(s.styles), pick(s.masks),
+                        mel, s.lesion_id[rows], pick(s.features), pick(s.styles), pick(s.masks),
                         pick(s.mask_areas), s.paths[rows], "index")
 
     def _row(self, image_id: str) -> int:
@@ -168,7 +173,9 @@ class Evaluator:
         ex = Extracted.concat(parts)
         dmap = diagnosis_map or {}
         diag = np.array([_label(dmap.get(r.diagnosis or "", r.diagnosis or "")) for r in kept], dtype=object)
-        mel = np.array([np.nan if r.melanoma is None else float(r.melanoma) for r in kept])
+        # a query whose diagnosis is "unknown" has no known melanoma status either (isic-uda1 marks
+        # its two unknown rows melanoma=0): leave it out of the melanoma metrics too
+        mel = np.array([np.nan if r.melanoma is None or _unknown(r.diagnosis) else float(r.melanoma) for r in kept])
         return QuerySet(np.array([r.id for r in kept], dtype=object), diag, mel,
                         np.array([r.lesion_id for r in kept], dtype=object), ex.features, ex.styles, ex.masks,
                         ex.mask_areas, np.array([r.path for r in kept], dtype=object), str(labels_csv))
