@@ -20,7 +20,7 @@ demo: $(STAMP)
 		--html demo-output/results.html
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples experiments
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
