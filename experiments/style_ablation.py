@@ -64,29 +64,35 @@ def figures(d, valid, ql, cl, qmel, cmel, es, csn, k=5):
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("data")
-    ap.add_argument("--variants", default="")
-    args = ap.parse_args()
-    root = Path(args.data)
+def load_split(root: Path) -> dict:
+    """val queries, train candidates, labels, the valid-pair mask, and the feature components."""
     meta = json.loads((root / "meta.json").read_text())
     split = np.array(meta["split"])
     q, c = np.flatnonzero(split == "val"), np.flatnonzero(split == "train")
-    diag = np.array(meta["diagnosis"], dtype=object)
-    mel = np.array(meta["melanoma"])
+    diag, mel = np.array(meta["diagnosis"], dtype=object), np.array(meta["melanoma"])
     les = np.array(meta["lesion_id"], dtype=object)
-    ql, cl, qmel, cmel = diag[q], diag[c], mel[q], mel[c]
     valid = les[q][:, None] != les[c][None, :]
     chans = meta["channels"]
-    layout = style_layout(chans, "image", [1.0] * len(chans))
     feats = np.load(root / "features.npy").astype(np.float64)
     fq, fc = feats[q], feats[c]
     dots = fq @ fc.T
     nq, nc = (fq * fq).sum(1), (fc * fc).sum(1)
     ed = np.sqrt(np.maximum(nq[:, None] + nc[None] - 2 * dots, 0))
     cs = dots / np.sqrt(nq[:, None] * nc[None])
-    es, csn = normalised(ed, valid), (cs + 1) / 2
+    return {"meta": meta, "q": q, "c": c, "ql": diag[q], "cl": diag[c], "qmel": mel[q], "cmel": mel[c], "les": les,
+            "valid": valid, "chans": chans, "layout": style_layout(chans, "image", [1.0] * len(chans)),
+            "ed": ed, "cs": cs, "es": normalised(ed, valid), "csn": (cs + 1) / 2}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("data")
+    ap.add_argument("--variants", default="")
+    args = ap.parse_args()
+    root = Path(args.data)
+    d = load_split(root)
+    meta, q, c, ql, cl, qmel, cmel, les = d["meta"], d["q"], d["c"], d["ql"], d["cl"], d["qmel"], d["cmel"], d["les"]
+    valid, chans, layout, es, csn, ed, cs = d["valid"], d["chans"], d["layout"], d["es"], d["csn"], d["ed"], d["cs"]
     base = {name: {"macro_p@5": macro_precision_at_k(d, valid, ql, cl), "vote_auc16": vote_auc(d, valid, qmel, cmel)}
             for name, d in (("euclidean", ed), ("cosine", -cs))}
     report = {"queries": int(len(q)), "candidates": int(len(c)), "baselines": base, "variants": {}}

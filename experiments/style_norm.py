@@ -23,10 +23,9 @@ from dermsearch.evaluate.gram_weights import (
     layer_distance_stack,
     macro_precision_at_k,
 )
-from dermsearch.extract.gram import style_layout
 
 sys.path.insert(0, str(Path(__file__).parent))
-from style_ablation import figures, normalised  # noqa: E402
+from style_ablation import figures, load_split  # noqa: E402
 
 
 def transform(v: np.ndarray, layout, how: str) -> np.ndarray:
@@ -51,20 +50,9 @@ def transform(v: np.ndarray, layout, how: str) -> np.ndarray:
 def main() -> None:
     root, variant = Path(sys.argv[1]), sys.argv[2]
     hows = sys.argv[3].split(",") if len(sys.argv) > 3 else ["l2", "sqrt", "sqrt+l2"]
-    meta = json.loads((root / "meta.json").read_text())
-    split = np.array(meta["split"])
-    q, c = np.flatnonzero(split == "val"), np.flatnonzero(split == "train")
-    diag, mel = np.array(meta["diagnosis"], dtype=object), np.array(meta["melanoma"])
-    les = np.array(meta["lesion_id"], dtype=object)
-    valid = les[q][:, None] != les[c][None, :]
-    chans = meta["channels"]
-    layout = style_layout(chans, "image", [1.0] * len(chans))
-    feats = np.load(root / "features.npy").astype(np.float64)
-    fq, fc = feats[q], feats[c]
-    dots = fq @ fc.T
-    nq, nc = (fq * fq).sum(1), (fc * fc).sum(1)
-    es = normalised(np.sqrt(np.maximum(nq[:, None] + nc[None] - 2 * dots, 0)), valid)
-    csn = (dots / np.sqrt(nq[:, None] * nc[None]) + 1) / 2
+    d = load_split(root)
+    q, c, ql, cl, qmel, cmel, les = d["q"], d["c"], d["ql"], d["cl"], d["qmel"], d["cmel"], d["les"]
+    valid, chans, layout, es, csn = d["valid"], d["chans"], d["layout"], d["es"], d["csn"]
     mm = np.load(root / f"{variant}.npy", mmap_mode="r")
     report = {}
     for how in hows:
@@ -79,16 +67,15 @@ def main() -> None:
             stack = layer_distance_stack(transform(np.asarray(mm[q]), layout, how), cand, layout)
             del cand
             np.save(cache, stack)
-        ql, cl = diag[q], diag[c]
         inv = (1.0 / np.asarray(chans, dtype=np.float64) ** 2).astype(np.float32)
-        r = {"inverse-channels": figures(np.tensordot(inv, stack, 1), valid, ql, cl, mel[q], mel[c], es, csn),
+        r = {"inverse-channels": figures(np.tensordot(inv, stack, 1), valid, ql, cl, qmel, cmel, es, csn),
              "equal-median": figures(np.tensordot((1 / np.median(stack.reshape(len(chans), -1), 1)).astype(np.float32),
-                                                  stack, 1), valid, ql, cl, mel[q], mel[c], es, csn),
+                                                  stack, 1), valid, ql, cl, qmel, cmel, es, csn),
              "layer_alone_macro_p@5": [macro_precision_at_k(stack[i], valid, ql, cl) for i in range(len(chans))]}
         fit = fit_gram_weights(stack, valid, ql, cl, channels=chans)
         w = (np.asarray(fit.betas) ** 2).astype(np.float32)
         r["fitted"] = {"shares": fit.shares, "betas": fit.betas, "start": fit.start,
-                       **figures(np.tensordot(w, stack, 1), valid, ql, cl, mel[q], mel[c], es, csn),
+                       **figures(np.tensordot(w, stack, 1), valid, ql, cl, qmel, cmel, es, csn),
                        "cv2_macro_p@5": cross_validated(stack, valid, ql, cl, les[q], channels=chans)}
         report[how] = r
         print(variant, how, f"{time.time() - t0:.0f}s", json.dumps({
