@@ -200,3 +200,39 @@ def test_unknown_diagnosis_queries_leave_the_melanoma_metrics(lesion_index, tmp_
     q = Evaluator(searcher).queries_from_csv(tmp_path / "q.csv")
     assert list(q.diagnosis) == ["mel", "nv", "", "nv"]
     assert np.isnan(q.melanoma[2]) and q.melanoma.tolist()[:2] == [1.0, 0.0]
+
+
+def test_knn_majority_and_balanced_accuracy_by_hand():
+    from sklearn.metrics import balanced_accuracy_score
+
+    from dermsearch.evaluate.metrics import balanced_accuracy, knn_majority
+
+    nb = np.array([["nv", "mel", "mel", "nv", "bcc"],      # 2 nv, 2 mel: the tie goes to the nearer (nv, rank 1)
+                   ["mel", "mel", "nv", "nv", "nv"],       # 3 nv
+                   ["bcc", "nv", "mel", "df", "akiec"]], dtype=object)   # all single: the nearest
+    assert knn_majority(nb).tolist() == ["nv", "nv", "bcc"]
+    rng = np.random.default_rng(0)
+    true = rng.choice(["nv", "mel", "bcc"], 200, p=[0.7, 0.2, 0.1]).astype(object)
+    pred = np.where(rng.random(200) < 0.6, true, "nv").astype(object)
+    assert balanced_accuracy(true, pred) == pytest.approx(balanced_accuracy_score(true, pred))
+
+
+def test_cli_headline_is_chosen_on_other_queries(lesion_index, tmp_path, capsys):
+    root, _ = lesion_index
+    split = tmp_path / "split.csv"
+    names = ["test"] * 6 + ["val"] * 4 + ["train"] * 8
+    split.write_text("image_id,split\n" + "".join(f"e{i},{s}\n" for i, s in enumerate(names)))
+    base = ["evaluate", str(root / "ix"), "--split-csv", str(split), "--query-split", "test", "-k", "3",
+            "--vote-k", "4", "--bootstrap", "20", "--quiet"]
+    assert main(base + ["--candidate-split", "train", "val", "--choose-on", "val", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    h = out["headline"]
+    assert h["metric"] == "macro_p@3" and "against the 8 candidates outside them (4 queries)" in h["rule"]
+    assert h["measure"] == max(h["selection"], key=lambda m: h["selection"][m])      # best on val ...
+    assert h["value"] == out["measures"][h["measure"]]["macro_p@3"]["value"]         # ... reported on test
+    assert "knn3_balanced_accuracy" in out["measures"]["style"]
+    assert main(base + ["--headline", "cosine"]) == 0
+    md = capsys.readouterr().out
+    assert md.startswith("**Headline: `cosine`, macro_p@3") and "3-NN balanced accuracy" in md
+    assert main(base + ["--choose-on", "test"]) == 2                                 # never choose on test
+    assert "overlaps the query splits" in capsys.readouterr().err

@@ -126,6 +126,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("-k", type=int, default=5)
     ev.add_argument("--vote-k", type=int, default=16, help="neighbours in the melanoma vote (default 16)")
     ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    ev.add_argument("--choose-on", nargs="+", metavar="SPLIT", help="name the headline measure by a rule fixed in "
+                    "advance: the best --choose-metric for these index rows (e.g. val) as queries against the "
+                    "candidates outside them (needs --split-csv)")
+    ev.add_argument("--choose-metric", default="macro_p@k", metavar="METRIC",
+                    help="the metric --choose-on maximises (default macro_p@k, k as given by -k)")
+    ev.add_argument("--headline", choices=MEASURES, metavar="MEASURE", help="headline this measure (fixed in advance)")
     ev.add_argument("--ci-unit", choices=["lesion", "image"], default="lesion", help="what the bootstrap resamples: "
                     "lesions (all images of a lesion together; default) or single images")
     ev.add_argument("--seed", type=int, default=0)
@@ -424,6 +430,8 @@ def _cmd_evaluate(args) -> int:
         report = evaluator.run(queries, candidates, EvaluationConfig(
             k=args.k, vote_k=args.vote_k, bootstrap=args.bootstrap, seed=args.seed, ci_unit=args.ci_unit),
             progress=lambda d, t: progress.update(task, completed=d))
+    if args.choose_on or args.headline:
+        _headline(args, evaluator, report, split, candidates)
     if args.json:
         print(json.dumps(report.to_json(), indent=1))
     else:
@@ -442,6 +450,40 @@ def _cmd_evaluate(args) -> int:
         if not args.json:
             print(f"rating sheet written to {args.rating_sheet}/sheet.html (key: {args.rating_sheet}/key.csv)")
     return 0
+
+
+def _headline(args, evaluator, report, split, candidates) -> None:
+    """Name the report's headline measure: given (--headline), or chosen on other queries (--choose-on)."""
+    from ..evaluate import EvaluationConfig, choose_headline
+
+    metric = args.choose_metric.replace("@k", f"@{args.k}")
+    if args.headline:
+        if args.choose_on:
+            raise UsageError("give either --headline or --choose-on, not both")
+        report.set_headline(args.headline, metric, "named with --headline before the evaluation")
+        return
+    if split is None:
+        raise UsageError("--choose-on needs --split-csv")
+    chosen = set(args.choose_on)
+    if args.query_split and chosen & set(args.query_split):
+        raise UsageError(f"--choose-on {' '.join(args.choose_on)} overlaps the query splits: choose on other "
+                         "queries than those reported")
+    ids = evaluator.searcher.snapshot.ids
+    sel_queries = [i for i in ids if split.get(i) in chosen]
+    pool = candidates if candidates is not None else list(ids)
+    sel_candidates = [i for i in pool if split.get(i) not in chosen]
+    if not sel_queries or not sel_candidates:
+        raise UsageError(f"--choose-on {' '.join(args.choose_on)}: no selection queries or no candidates outside them")
+    sel = evaluator.run(evaluator.queries_from_index(sel_queries), sel_candidates,
+                        EvaluationConfig(k=args.k, vote_k=args.vote_k, bootstrap=0, seed=args.seed))
+    first = next(iter(sel.measures.values()))
+    if metric not in first:
+        raise UsageError(f"unknown --choose-metric {args.choose_metric!r}; valid: "
+                         f"{', '.join(k for k, v in first.items() if 'value' in v)}")
+    measure, values = choose_headline(sel, metric)
+    report.set_headline(measure, metric, f"highest {metric} with the {'+'.join(args.choose_on)} rows as queries "
+                        f"against the {len(sel_candidates)} candidates outside them ({len(sel_queries)} queries)",
+                        values)
 
 
 def _cmd_fit_gram_weights(args) -> int:

@@ -24,14 +24,16 @@ from ..search.engine import ExactEngine, QueryBatch
 from ..search.measures import measure_scores
 from .metrics import (
     average_precision_at_k,
+    balanced_accuracy,
     bootstrap_ci,
+    knn_majority,
     lesion_clusters,
     macro_mean,
     precision_at_k,
     vote_auc,
 )
 
-__all__ = ["EvaluationConfig", "EvaluationReport", "Evaluator", "QuerySet", "read_split"]
+__all__ = ["EvaluationConfig", "EvaluationReport", "Evaluator", "QuerySet", "read_split", "choose_headline"]
 
 
 @dataclass(frozen=True)
@@ -78,12 +80,31 @@ class EvaluationReport:
     query_paths: np.ndarray | None = field(repr=False, default=None)
     notes: list[str] = field(default_factory=list)
     head: dict | None = None                       # the ensemble head's melanoma AUC, when it has one
+    headline: dict | None = None                   # the measure named in advance (see choose_headline)
 
     def to_json(self) -> dict:
         return {"config": asdict(self.config), "queries": self.queries, "candidates": self.candidates,
                 "source": self.source, "seconds": round(self.seconds, 2),
                 "ranking_seconds": round(self.ranking_seconds, 2), "measures": self.measures,
-                "head": self.head, "notes": self.notes}
+                "head": self.head, "headline": self.headline, "notes": self.notes}
+
+    def set_headline(self, measure: str, metric: str, rule: str, selection: dict[str, float] | None = None) -> None:
+        """Name the measure this report headlines, by a rule fixed before looking at these queries."""
+        if measure not in self.measures:
+            raise ValueError(f"headline measure {measure!r} is not in this report ({', '.join(self.measures)})")
+        if metric not in self.measures[measure]:
+            raise ValueError(f"unknown metric {metric!r}; valid: "
+                             f"{', '.join(k for k, v in self.measures[measure].items() if 'value' in v)}")
+        self.headline = {"measure": measure, "metric": metric, "rule": rule, "selection": selection,
+                         **self.measures[measure][metric]}
+
+
+def choose_headline(selection: EvaluationReport, metric: str) -> tuple[str, dict[str, float]]:
+    """The measure with the highest ``metric`` in ``selection`` (an evaluation on other queries,
+    e.g. val), ties in the order of MEASURES; and every measure's value there."""
+    values = {m: float(v[metric]["value"]) for m, v in selection.measures.items()}
+    best = max(values, key=lambda m: (values[m], -MEASURES.index(m)))
+    return best, values
 
 
 def read_split(path: str | Path) -> dict[str, str]:
@@ -116,6 +137,10 @@ def _mean_stat(values: np.ndarray, rounds: int, seed: int, clusters: np.ndarray 
 
 def _macro_at(values: np.ndarray, groups: np.ndarray, idx: np.ndarray) -> float:
     return macro_mean(values[idx], groups[idx])
+
+
+def _bacc_at(true: np.ndarray, predicted: np.ndarray, idx: np.ndarray) -> float:
+    return balanced_accuracy(true[idx], predicted[idx])
 
 
 def _auc_at(y: np.ndarray, votes: np.ndarray, idx: np.ndarray) -> float:
@@ -266,6 +291,7 @@ class Evaluator:
             y = queries.melanoma[mel_known]
             votes = s.melanoma[rows[:, :config.vote_k]][mel_known]
             votes = np.nan_to_num(votes, nan=0.0)
+            predicted = knn_majority(cand_diag[rows[:, :k]])[labelled]
             sd = seed + 1000 * mi
             per_diag = {}
             for g in sorted(set(groups.tolist())):
@@ -276,6 +302,9 @@ class Evaluator:
                                       bootstrap_ci(partial(_macro_at, p, groups), len(p), rounds, sd, clusters=cl_lab)),
                 f"melanoma_p@{k}": _mean_stat(pb, rounds, sd, cl_mel),
                 f"map@{k}": _mean_stat(ap, rounds, sd, cl_lab),
+                f"knn{k}_balanced_accuracy": _stat(
+                    balanced_accuracy(groups, predicted),
+                    bootstrap_ci(partial(_bacc_at, groups, predicted), len(groups), rounds, sd, clusters=cl_lab)),
                 f"melanoma_auc_vote{config.vote_k}": _stat(
                     vote_auc(y, votes), bootstrap_ci(partial(_auc_at, y, votes), len(y), rounds, sd, clusters=cl_mel)),
                 f"per_diagnosis_p@{k}": per_diag,

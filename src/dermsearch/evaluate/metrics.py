@@ -8,7 +8,8 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 __all__ = [
-    "precision_at_k", "average_precision_at_k", "group_means", "macro_mean", "vote_auc",
+    "precision_at_k", "average_precision_at_k", "group_means", "macro_mean", "vote_auc", "knn_majority",
+    "balanced_accuracy",
     "bootstrap_ci", "lesion_clusters",
 ]
 
@@ -27,6 +28,28 @@ def average_precision_at_k(relevant: np.ndarray, n_relevant: np.ndarray) -> np.n
     denom = np.minimum(k, np.asarray(n_relevant))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denom > 0, (prec * rel).sum(axis=1) / np.where(denom > 0, denom, 1), 0.0)
+
+
+def knn_majority(neighbour_labels: np.ndarray) -> np.ndarray:
+    """Per query, the most frequent label among its ranked neighbours [Q, k]; a tie goes to the
+    tied label whose first neighbour ranks highest (the nearest wins)."""
+    out = np.empty(len(neighbour_labels), dtype=object)
+    for i, row in enumerate(neighbour_labels):
+        counts: dict = {}
+        for lab in row:
+            counts[lab] = counts.get(lab, 0) + 1
+        best = max(counts.values())
+        out[i] = next(lab for lab in row if counts[lab] == best)
+    return out
+
+
+def balanced_accuracy(true: np.ndarray, predicted: np.ndarray) -> float:
+    """Mean over the true classes of the fraction predicted right (sklearn's balanced accuracy)."""
+    true, predicted = np.asarray(true, dtype=object), np.asarray(predicted, dtype=object)
+    classes = sorted(set(true.tolist()))
+    if not classes:
+        return float("nan")
+    return float(np.mean([(predicted[true == c] == c).mean() for c in classes]))
 
 
 def group_means(values: np.ndarray, groups: np.ndarray) -> dict[str, float]:

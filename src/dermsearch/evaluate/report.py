@@ -29,9 +29,16 @@ def to_markdown(report: EvaluationReport) -> str:
     k, vk = report.config.k, report.config.vote_k
     cols = [f"p@{k}", f"macro_p@{k}", f"melanoma_p@{k}", f"map@{k}", f"melanoma_auc_vote{vk}"]
     heads = [f"P@{k}", f"macro-P@{k}", f"melanoma P@{k}", f"mAP@{k}", f"melanoma AUC ({vk}-NN vote)"]
-    lines = [f"| Similarity Measure | {' | '.join(heads)} |", "|---" * (len(cols) + 1) + "|"]
+    lines = []
+    if report.headline:
+        h = report.headline
+        lines += [f"**Headline: `{h['measure']}`, {h['metric']} {h['value']:.3f} "
+                  f"({h['ci95'][0]:.3f}-{h['ci95'][1]:.3f})**; chosen by a rule fixed in advance: {h['rule']}.", ""]
+    cols.insert(4, f"knn{k}_balanced_accuracy")
+    heads.insert(4, f"{k}-NN balanced accuracy")
+    lines += [f"| Similarity Measure | {' | '.join(heads)} |", "|---" * (len(cols) + 1) + "|"]
     for m, stats in report.measures.items():
-        cells = [_pct(stats[c]) if "auc" not in c else
+        cells = ["n/a" if c not in stats else _pct(stats[c]) if "auc" not in c else
                  ("n/a" if math.isnan(stats[c]["value"]) else
                   f"{stats[c]['value']:.3f} ({stats[c]['ci95'][0]:.3f}-{stats[c]['ci95'][1]:.3f})") for c in cols]
         lines.append(f"| {_NAMES[m]} (`{m}`) | {' | '.join(cells)} |")
