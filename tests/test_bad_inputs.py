@@ -99,7 +99,8 @@ _CLIENTS = {}
 def _client(corpus, extractor):
     if "c" not in _CLIENTS:
         from dermsearch.search import Searcher
-        _CLIENTS["c"] = TestClient(create_app(corpus / "ix", searcher=Searcher(corpus / "ix", extractor=extractor)))
+        _CLIENTS["c"] = TestClient(create_app(corpus / "ix", searcher=Searcher(corpus / "ix", extractor=extractor)),
+                                   base_url="http://localhost")
     return _CLIENTS["c"]
 
 

@@ -253,6 +253,10 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--max-upload-mb", type=float, default=20.0)
+    sv.add_argument("--allowed-host", action="append", default=[], metavar="NAME", help="a name this server may be "
+                    "reached by (Host header), besides localhost, 127.0.0.1, ::1 and --host; repeatable")
+    sv.add_argument("--concurrency", type=int, default=2, help="searches computed at once (default 2)")
+    sv.add_argument("--queue", type=int, default=8, help="searches waiting beyond those; more get 429 (default 8)")
     sv.add_argument("--device", default="auto", help=DEVICE_HELP)
     sv.add_argument("--fast", action="store_true", help="fast mode (see 'search --fast')")
     sv.add_argument("--dask", metavar="SCHEDULER_ADDRESS", help="shard the index across this Dask cluster's "
@@ -666,9 +670,16 @@ def _cmd_serve(args) -> int:
 
     from ..web.app import WebConfig, create_app
 
-    app = create_app(args.index, WebConfig(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024)),
+    hosts = ("localhost", "127.0.0.1", "::1", *([] if args.host in ("0.0.0.0", "::") else [args.host]),
+             *args.allowed_host)
+    app = create_app(args.index, WebConfig(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                                           allowed_hosts=hosts, concurrency=args.concurrency, queue=args.queue),
                      searcher=Searcher(args.index, device=args.device, mode="fast" if args.fast else "exact",
                                        dask=args.dask))
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"warning: binding {args.host}: dermsearch serve has no authentication yet; anyone who can reach "
+                  "this port can search and read the images and ratings. Put it behind an authenticating reverse "
+                  "proxy, and name the proxy's host with --allowed-host.", highlight=False)
     err.print(f"serving {args.index} on http://{args.host}:{args.port}/ (API docs at /docs)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

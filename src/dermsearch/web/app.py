@@ -1,8 +1,11 @@
 """The web app and REST API, on the same :class:`Searcher` as the CLI.
 
 Security: images are served only by indexed id (the path comes from the index, never from the
-request); uploads are size-limited and must decode as images; errors are JSON 4xx with a
-reason, and no stack trace ever reaches a client.
+request, and no response carries a server path); every request passes :class:`RequestGuard`
+(Host allow-list, same-origin state changes, body limit before reading, security headers and a
+CSP without inline script); uploads must decode as images within a pixel limit; searches run
+in a bounded thread pool, never on the event loop, and a full queue answers 429; errors are JSON
+4xx with a reason, and no stack trace ever reaches a client.
 """
 
 from __future__ import annotations
@@ -15,9 +18,13 @@ import random
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
+import anyio
+import anyio.to_thread
 import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -26,7 +33,8 @@ from PIL import Image
 from ..extract import ImageError, load_image
 from ..extract.masks import unpack_mask
 from ..search import MEASURES, Filters, Searcher
-from .pages import INDEX_HTML, RATE_HTML
+from .pages import INDEX_HTML, RATE_HTML, RATE_JS, SEARCH_JS
+from .security import RequestGuard
 
 __all__ = ["create_app", "WebConfig"]
 
@@ -36,9 +44,15 @@ log = logging.getLogger("dermsearch.web")
 @dataclass(frozen=True)
 class WebConfig:
     max_upload_bytes: int = 20 * 1024 * 1024
-    max_k: int = 50
+    max_pixels: int = 25_000_000          # uploads above this are refused before decoding (Pillow's guard: 179 M)
+    max_k: int = 50                       # also caps k = 0 ("all") in the web API
     thumb_size: int = 192
     rating_k: int = 5
+    # the names this server answers to (Host header); None: any (only behind a proxy that checks it)
+    allowed_hosts: tuple[str, ...] | None = ("localhost", "127.0.0.1", "::1")
+    concurrency: int = 2                  # searches computed at once, off the event loop
+    queue: int = 8                        # searches waiting beyond those; more get 429 + Retry-After
+    thumb_cache: int = 512                # encoded thumbnails kept in memory
 
 
 class RatingStore:
@@ -93,6 +107,7 @@ _HIDDEN_META = {"image_id", "image_path", "mask_path", "diagnosis", "lesion_id",
 
 def _hit_json(hit, meta: dict) -> dict:
     d = hit.to_json()
+    d.pop("path", None)            # ids only: server paths never reach a client
     d["melanoma"] = hit.melanoma
     d["lesion_id"] = hit.lesion_id
     d["meta"] = {k: v for k, v in meta.items() if k not in _HIDDEN_META and v not in ("", None)}
@@ -107,6 +122,13 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
     ratings = RatingStore(index_dir / "ratings.sqlite")
     app = FastAPI(title="dermsearch", version="1", description="Reverse image search for dermoscopic images. "
                   "Ten similarity measures over an index of diagnosed lesions.")
+    # multipart overhead on top of the file itself; the guard refuses anything larger unread
+    app.add_middleware(RequestGuard, allowed_hosts=config.allowed_hosts,
+                       max_body_bytes=config.max_upload_bytes + 64 * 1024)
+    limiter = anyio.CapacityLimiter(max(1, config.concurrency))
+    pending = {"n": 0}
+    thumbs: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+    thumbs_lock = threading.Lock()
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):  # no stack trace to clients
@@ -139,41 +161,68 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
     def rate_page() -> str:
         return RATE_HTML
 
+    @app.get("/static/{name}", include_in_schema=False)
+    def script(name: str) -> Response:
+        scripts = {"search.js": SEARCH_JS, "rate.js": RATE_JS}
+        if name not in scripts:
+            raise HTTPException(404, "not found")
+        return Response(scripts[name], media_type="text/javascript", headers={"Cache-Control": "no-cache"})
+
     @app.get("/api/index", summary="Facts about the index")
     def index_facts() -> dict:
         return facts
 
-    @app.post("/api/search", summary="Search with an uploaded image")
+    @app.post("/api/search", summary="Search with an uploaded image",
+              responses={413: {"description": "upload too large"}, 429: {"description": "busy: retry later"}})
     async def search(file: UploadFile = File(..., description="the query image"),
-                     k: int = Form(5), measures: str = Form("", description="comma-separated; default all"),
+                     k: int = Form(5, description=f"results per measure, 1..{config.max_k}; 0: all, capped at "
+                                                  f"{config.max_k}"),
+                     measures: str = Form("", description="comma-separated; default all"),
                      diagnosis: str = Form(""), site: str = Form(""), sex: str = Form(""),
-                     age_min: float | None = Form(None), age_max: float | None = Form(None)) -> dict:
-        data = await file.read(config.max_upload_bytes + 1)
-        if len(data) > config.max_upload_bytes:
-            raise HTTPException(413, f"upload larger than {config.max_upload_bytes} bytes")
+                     age_min: float | None = Form(None), age_max: float | None = Form(None),
+                     query_mask: str = Form("none", description="none, or png: the query's mask as a PNG data URI"),
+                     ) -> dict:
         if not 0 <= k <= config.max_k:
             raise HTTPException(422, f"k must be between 0 and {config.max_k}")
+        if query_mask not in ("none", "png"):
+            raise HTTPException(422, "query_mask must be none or png")
         wanted = [m.strip() for m in measures.split(",") if m.strip()] or None
         if wanted:
             unknown = [m for m in wanted if m not in MEASURES]
             if unknown:
                 raise HTTPException(422, f"unknown measure(s) {unknown}; valid: {', '.join(MEASURES)}")
-        try:
-            image = load_image(data)
-        except ImageError as e:
-            raise HTTPException(415, f"not a usable image: {e}") from None
+        data = await file.read(config.max_upload_bytes + 1)
+        if len(data) > config.max_upload_bytes:
+            raise HTTPException(413, f"upload larger than {config.max_upload_bytes} bytes")
         equals = {}
         for col, value in (("diagnosis", diagnosis), (site_col, site), ("sex", sex)):
             vals = tuple(v.strip() for v in value.split(",") if v.strip())
             if vals:
                 equals[col] = vals
         ranges = {age_col: (age_min, age_max)} if age_min is not None or age_max is not None else {}
-        query = searcher.encode(image, label=file.filename or "upload")
+        if pending["n"] >= config.concurrency + config.queue:
+            raise HTTPException(429, "too many searches in progress; retry shortly", headers={"Retry-After": "1"})
+        pending["n"] += 1
         try:
-            result = searcher.search(query, k=k, measures=wanted, filters=Filters(equals, ranges), explain=k > 0)
+            # decoding, extraction and ranking are CPU work: a bounded pool, never the event loop
+            return await anyio.to_thread.run_sync(
+                _search_work, data, k, wanted, Filters(equals, ranges), query_mask == "png", limiter=limiter)
+        finally:
+            pending["n"] -= 1
+
+    def _search_work(data: bytes, k: int, wanted, filters: Filters, with_mask: bool) -> dict:
+        try:
+            image = load_image(data, max_pixels=config.max_pixels)
+        except ImageError as e:
+            raise HTTPException(415, f"not a usable image: {e}") from None
+        query = searcher.encode(image, label="upload")
+        try:
+            result = searcher.search(query, k=k if k else config.max_k, measures=wanted, filters=filters,
+                                     explain=True)
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
         out = result.to_json()
+        out["k"] = k
         out["results"] = {m: [_hit_json(h, meta[searcher.row(h.id)]) for h in hits]
                           for m, hits in result.results.items()}
         overlays: dict[str, str | None] = {}
@@ -186,8 +235,13 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
                             "data:image/png;base64," + base64.b64encode(png).decode()
                     h["explain"] = {**h["explain"], "overlap_png": overlays[h["id"]]}
         out["melanoma_in_top_k"] = {m: sum(1 for h in hits if h.melanoma == 1) for m, hits in result.results.items()}
-        if query.mask is not None:
-            out["query_mask"] = unpack_mask(query.mask, searcher.index.manifest["mask_size"]).tolist()
+        if with_mask and query.mask is not None:
+            m = unpack_mask(query.mask, searcher.index.manifest["mask_size"])
+            rgba = np.zeros((*m.shape, 4), np.uint8)
+            rgba[m] = (255, 255, 255, 255)
+            buf = io.BytesIO()
+            Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+            out["query_mask_png"] = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
         return out
 
     def _row(image_id: str) -> int:
@@ -202,15 +256,27 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
         pos = _row(image_id)
         if size not in ("thumb", "full"):
             raise HTTPException(422, "size must be thumb or full")
-        try:
-            img = load_image(snap.paths[pos])
-        except ImageError as e:
-            raise HTTPException(410, f"the indexed file can no longer be read: {e}") from None
-        if size == "thumb":
-            img.thumbnail((config.thumb_size, config.thumb_size))
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=88)
-        return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+        key = (image_id, size)
+        with thumbs_lock:
+            body = thumbs.get(key) if size == "thumb" else None
+            if body is not None:
+                thumbs.move_to_end(key)
+        if body is None:
+            try:
+                img = load_image(snap.paths[pos])
+            except ImageError as e:
+                raise HTTPException(410, f"the indexed file can no longer be read: {e}") from None
+            if size == "thumb":
+                img.thumbnail((config.thumb_size, config.thumb_size))
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=88)
+            body = buf.getvalue()
+            if size == "thumb" and config.thumb_cache > 0:
+                with thumbs_lock:
+                    thumbs[key] = body
+                    while len(thumbs) > config.thumb_cache:
+                        thumbs.popitem(last=False)
+        return Response(body, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/api/masks/{image_id:path}", summary="The stored lesion mask of an indexed image (PNG overlay)",
              responses={200: {"content": {"image/png": {}}}})
@@ -242,16 +308,20 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
         for j, cid in enumerate(cands, start=1):
             item = f"{j:02d}"
             rows += [(qid, item, cid, m, r) for m, r in pooled[cid]]
-            items.append({"item": item, "image": f"/api/images/{cid}"})
+            items.append({"item": item, "image": f"/api/images/{quote(cid, safe='')}"})
         ratings.add_session(session, rows)
-        return {"session": session, "query_id": qid, "query_image": f"/api/images/{qid}", "items": items}
+        return {"session": session, "query_id": qid, "query_image": f"/api/images/{quote(qid, safe='')}",
+                "items": items}
 
     @app.post("/api/ratings", summary="Store a person's judgements for a rating session")
     async def rate(request: Request) -> dict:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":   # a form or text/plain post from another site cannot be JSON
+            raise HTTPException(415, "ratings must be posted as application/json")
         try:
             body = await request.json()
             session, qid = str(body["session"]), str(body["query_id"])
-            marks = [(qid, str(r["item"]), int(bool(r["similar"]))) for r in body["ratings"]]
+            marks = [(qid, str(r["item"]), int(_strict_bool(r["similar"]))) for r in body["ratings"]]
             rater = str(body.get("rater", ""))[:100]
         except Exception:  # noqa: BLE001
             raise HTTPException(422, "expected {session, query_id, ratings: [{item, similar}], rater?}") from None
@@ -278,3 +348,10 @@ def _is_number(v) -> bool:
         return True
     except (TypeError, ValueError):
         return False
+
+
+def _strict_bool(v) -> bool:
+    """JSON true/false only: the strings "false" or "0" must not count as similar."""
+    if not isinstance(v, bool):
+        raise ValueError(f"'similar' must be true or false, not {v!r}")
+    return v

@@ -1,4 +1,8 @@
-"""The two pages of the web app (plain HTML + JavaScript, no build step, no external assets)."""
+"""The two pages of the web app (plain HTML + JavaScript, no build step, no external assets).
+
+The scripts are served as files (``/static/search.js``, ``/static/rate.js``), never inline, so the
+Content-Security-Policy can forbid inline script; they build result markup from DOM nodes and
+properties (``textContent``, ``src``), so no indexed data can become markup."""
 
 _STYLE = """
 :root{--b:#d0d5dd;--mel:#c0392b}
@@ -44,8 +48,23 @@ INDEX_HTML = """<!doctype html><html lang="en"><head><meta charset="utf-8"><titl
 <div id="status"></div>
 <div id="results"></div>
 </main>
-<script>
-const $ = id => document.getElementById(id);
+<script src="/static/search.js" defer></script></body></html>"""
+
+RATE_HTML = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>dermsearch · rating</title>
+<style>""" + _STYLE + """
+.grid{display:flex;flex-wrap:wrap;gap:.6em}.item{background:#fff;border:1px solid var(--b);border-radius:8px;padding:.4em}
+.item.sel{border-color:#12b76a;box-shadow:0 0 0 2px #12b76a}.item img{width:200px;height:150px;object-fit:cover}
+</style></head><body><header><b>dermsearch</b><span>blinded rating</span><a href="/">search</a>
+<a href="/api/ratings.csv">ratings.csv</a><a href="/api/ratings-key.csv">key.csv</a></header><main>
+<p>Tick every image similar to the query (colour, spread density and texture first; then shape, size, unique
+features, background, location). Which measure found an image is hidden. Rater:
+<input id="rater" placeholder="your initials" size="8"></p>
+<div class="grid"><div class="item"><b>query</b><br><img id="query" alt="query"></div></div>
+<h3>Retrieved images</h3><div class="grid" id="items"></div>
+<p><button id="save">Save ratings and next query</button> <span id="status"></span></p>
+</main><script src="/static/rate.js" defer></script></body></html>"""
+
+SEARCH_JS = r"""const $ = id => document.getElementById(id);
 let current = null, facts = null;
 const fmt = v => v === null || v === undefined ? '-' : v.toFixed(3);
 fetch('/api/index').then(r => r.json()).then(f => {
@@ -136,30 +155,19 @@ async function search() {
     res.appendChild(col);
   }
 }
-</script></body></html>"""
+"""
 
-RATE_HTML = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>dermsearch · rating</title>
-<style>""" + _STYLE + """
-.grid{display:flex;flex-wrap:wrap;gap:.6em}.item{background:#fff;border:1px solid var(--b);border-radius:8px;padding:.4em}
-.item.sel{border-color:#12b76a;box-shadow:0 0 0 2px #12b76a}.item img{width:200px;height:150px;object-fit:cover}
-</style></head><body><header><b>dermsearch</b><span>blinded rating</span><a href="/">search</a>
-<a href="/api/ratings.csv">ratings.csv</a><a href="/api/ratings-key.csv">key.csv</a></header><main>
-<p>Tick every image similar to the query (colour, spread density and texture first; then shape, size, unique
-features, background, location). Which measure found an image is hidden. Rater:
-<input id="rater" placeholder="your initials" size="8"></p>
-<div class="grid"><div class="item"><b>query</b><br><img id="query" alt="query"></div></div>
-<h3>Retrieved images</h3><div class="grid" id="items"></div>
-<p><button id="save">Save ratings and next query</button> <span id="status"></span></p>
-</main><script>
-let task = null;
+RATE_JS = r"""let task = null;
 async function next() {
   task = await (await fetch('/api/ratings/session', {method: 'POST'})).json();
   document.getElementById('query').src = task.query_image;
   const box = document.getElementById('items'); box.innerHTML = '';
-  for (const it of task.items) {
-    const d = document.createElement('label'); d.className = 'item'; d.dataset.item = it.item;
-    d.innerHTML = '<img src="' + it.image + '" alt=""><br><input type="checkbox"> similar (' + it.item + ')';
-    d.querySelector('input').onchange = e => d.classList.toggle('sel', e.target.checked);
+  for (const it of task.items) {      // DOM nodes and properties only: no data ever becomes markup
+    const d = document.createElement('label'); d.className = 'item'; d.dataset.item = String(it.item);
+    const img = document.createElement('img'); img.alt = ''; img.src = String(it.image);
+    const box2 = document.createElement('input'); box2.type = 'checkbox';
+    box2.onchange = e => d.classList.toggle('sel', e.target.checked);
+    d.append(img, document.createElement('br'), box2, document.createTextNode(' similar (' + it.item + ')'));
     box.appendChild(d);
   }
 }
@@ -174,4 +182,4 @@ document.getElementById('save').onclick = async () => {
   if (r.ok) next();
 };
 next();
-</script></body></html>"""
+"""
