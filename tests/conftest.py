@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +59,50 @@ def _onnx_cache(tmp_path_factory):
         os.environ.pop("DERMSEARCH_CACHE", None)
     else:
         os.environ["DERMSEARCH_CACHE"] = old
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@contextmanager
+def running_server(app):
+    """Serve an ASGI app with uvicorn on a free loopback port in a thread; yields its base URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(5)
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Headless Debian chromium driven by Playwright (skipped where chromium is not installed)."""
+    import os
+    import shutil
+
+    path = shutil.which("chromium") or CHROMIUM
+    if not os.path.exists(path):
+        pytest.skip("Debian chromium not installed (apt-get install chromium); skipping browser tests")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        yield b
+        b.close()

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-import shutil
 import socket
-import threading
 import time
 
 import pytest
@@ -17,11 +15,10 @@ from dermsearch.index.build import build_index
 from dermsearch.search import MEASURES
 from dermsearch.web.app import WebConfig, create_app
 
-from .conftest import REPO
+from .conftest import REPO, running_server
 
 SAMPLE = REPO / "examples" / "isic-sample" / "labels.csv"
 QUERY = REPO / "examples" / "queries" / "ISIC_0000022.jpg"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
@@ -133,34 +130,14 @@ def test_rating_api_round_trip(client, index_dir):
 
 # ------------------------------------------------------------------ real browser
 @pytest.fixture(scope="module")
-def live_server(index_dir):
-    import uvicorn
-    if not shutil.which("chromium") and not (CHROMIUM and __import__("os").path.exists(CHROMIUM)):
-        pytest.skip("Debian chromium not installed (apt-get install chromium); skipping browser tests")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(index_dir), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(5)
+def live_server(index_dir, chromium):
+    with running_server(create_app(index_dir)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
-def browser(live_server):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-quic"])
-        yield b
-        b.close()
+def browser(chromium):
+    return chromium
 
 
 def test_browser_search_overlay_filter_and_rate(browser, live_server):

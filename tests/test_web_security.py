@@ -6,9 +6,6 @@ import csv
 import http.client
 import io
 import json
-import shutil
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,9 +19,8 @@ from dermsearch.search import Searcher
 from dermsearch.web.app import WebConfig, create_app
 from dermsearch.web.security import CSP
 
-from .conftest import TINY, lesion_image
+from .conftest import TINY, lesion_image, running_server
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 HOSTILE_IDS = ['x" onerror="alert(1)', "<img src=x onerror=alert(2)>", "a'b?c#d", "plain"]
 
 
@@ -132,85 +128,42 @@ def test_hostile_ids_are_served_by_id_and_quoted(client):
 def test_busy_server_answers_429_and_keeps_serving(hostile_index):
     """One search at a time, no queue: concurrent searches beyond it get 429 + Retry-After, and the
     event loop still answers /api/index while searches run."""
-    import uvicorn
-
     app = _app(hostile_index, concurrency=1, queue=0, allowed_hosts=("127.0.0.1",))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
     body, boundary = _png((200, 200)), "bnd"
     payload = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"q.png\"\r\n"
                f"Content-Type: image/png\r\n\r\n").encode() + body + f"\r\n--{boundary}--\r\n".encode()
 
     def search():
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        c = http.client.HTTPConnection(host, port, timeout=60)
         c.request("POST", "/api/search", payload, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
         r = c.getresponse()
         return r.status, r.getheader("Retry-After")
 
     def index_latency():
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        c = http.client.HTTPConnection(host, port, timeout=60)
         t0 = time.perf_counter()
         c.request("GET", "/api/index")
         assert c.getresponse().status == 200
         return time.perf_counter() - t0
 
-    try:
-        with ThreadPoolExecutor(8) as pool:
-            futures = [pool.submit(search) for _ in range(6)]
-            time.sleep(0.05)
-            latency = max(index_latency() for _ in range(3))
-            results = [f.result() for f in futures]
-        assert any(s == 200 for s, _ in results)
-        assert any(s == 429 and ra == "1" for s, ra in results)
-        assert latency < 2.0            # loose: the measured figure is in benchmarks/bench_web.py
-    finally:
-        server.should_exit = True
-        thread.join(5)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    import os
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian chromium not installed (apt-get install chromium); skipping browser tests")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-quic"])
-        yield b
-        b.close()
-
-
-def test_hostile_data_renders_inert_in_the_browser(browser, hostile_index, tmp_path):
-    import uvicorn
-
-    app = _app(hostile_index)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
+    with running_server(app) as url, ThreadPoolExecutor(8) as pool:
+        host, port = url.split("//")[1].split(":")[0], int(url.rsplit(":", 1)[1])
+        futures = [pool.submit(search) for _ in range(6)]
         time.sleep(0.05)
+        latency = max(index_latency() for _ in range(3))
+        results = [f.result() for f in futures]
+    assert any(s == 200 for s, _ in results)
+    assert any(s == 429 and ra == "1" for s, ra in results)
+    assert latency < 2.0            # loose: the measured figure is in benchmarks/bench_web.py
+
+
+def test_hostile_data_renders_inert_in_the_browser(chromium, hostile_index, tmp_path):
     query = tmp_path / "q.png"
     query.write_bytes(_png())
     dialogs = []
-    page = browser.new_page()
+    page = chromium.new_page()
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    try:
-        base = f"http://127.0.0.1:{port}"
+    with running_server(_app(hostile_index)) as base:
         page.goto(base + "/rate")
         page.wait_for_selector("#items .item img")
         page.wait_for_timeout(300)
@@ -225,7 +178,4 @@ def test_hostile_data_renders_inert_in_the_browser(browser, hostile_index, tmp_p
         texts = page.locator("#results .hid").all_inner_texts()
         assert any(t.startswith('x" onerror="alert(1)') for t in texts)      # shown as text, verbatim
         assert dialogs == []
-    finally:
-        page.close()
-        server.should_exit = True
-        thread.join(5)
+    page.close()
