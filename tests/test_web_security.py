@@ -6,6 +6,7 @@ import csv
 import http.client
 import io
 import json
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,6 +18,7 @@ from dermsearch.extract import Extractor
 from dermsearch.index.build import build_index
 from dermsearch.search import Searcher
 from dermsearch.web.app import WebConfig, create_app
+from dermsearch.web.auth import TokenStore
 from dermsearch.web.security import CSP
 
 from .conftest import TINY, lesion_image, running_server
@@ -178,4 +180,108 @@ def test_hostile_data_renders_inert_in_the_browser(chromium, hostile_index, tmp_
         texts = page.locator("#results .hid").all_inner_texts()
         assert any(t.startswith('x" onerror="alert(1)') for t in texts)      # shown as text, verbatim
         assert dialogs == []
+    page.close()
+
+
+# ------------------------------------------------------------------ authentication
+@pytest.fixture
+def auth_index(hostile_index, tmp_path):
+    """A copy of the index with a rater, a second rater and an admin token."""
+    root, extractor = hostile_index
+    ix = tmp_path / "ix"
+    shutil.copytree(root / "ix", ix)
+    store = TokenStore.for_index(ix)
+    tokens = {name: store.create(name, role) for name, role in (("ana", "rater"), ("bo", "rater"), ("root", "admin"))}
+    return ix, extractor, tokens
+
+
+def _tokens(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+
+
+def test_token_cli_hashes_at_rest_and_revokes(hostile_index, tmp_path, capsys):
+    from dermsearch.cli.main import main
+
+    root, _ = hostile_index
+    ix = tmp_path / "ix"
+    shutil.copytree(root / "ix", ix)
+    assert main(["token", "create", str(ix), "--name", "ana"]) == 0
+    token = _tokens(capsys)[-1]
+    stored = (ix / "web-tokens.json").read_text()
+    assert token not in stored and "sha256" in stored and oct((ix / "web-tokens.json").stat().st_mode)[-3:] == "600"
+    assert TokenStore.for_index(ix).verify(token).name == "ana"
+    assert main(["token", "create", str(ix), "--name", "ana"]) == 2            # one active token per user
+    assert main(["token", "list", str(ix)]) == 0 and "ana\trater" in capsys.readouterr().out
+    assert main(["token", "revoke", str(ix), "--name", "ana"]) == 0
+    assert TokenStore.for_index(ix).verify(token) is None
+
+
+def test_auth_on_every_endpoint_and_roles(auth_index):
+    ix, extractor, tokens = auth_index
+    ana, bo, root = tokens["ana"], tokens["bo"], tokens["root"]
+    app = create_app(ix, WebConfig(), searcher=Searcher(ix, extractor=extractor))
+    c = TestClient(app, base_url="http://localhost")
+    spec_paths = [r.path for r in app.routes if r.path.startswith("/api/") and r.path not in
+                  ("/api/login", "/api/logout", "/api/whoami")]
+    for path in [*spec_paths, "/openapi.json", "/docs"]:
+        p = path.replace("{image_id:path}", "plain0").replace("{image_id}", "plain0")
+        for method in ("GET", "POST"):
+            r = c.request(method, p)
+            assert r.status_code in (401, 405), (method, p, r.status_code)
+    assert c.get("/").status_code == 200 and c.get("/static/search.js").status_code == 200   # no data in them
+    bearer = {"Authorization": f"Bearer {ana}"}
+    assert c.get("/api/index", headers=bearer).status_code == 200
+    assert c.get("/api/index", headers={"Authorization": "Bearer nope"}).status_code == 401
+    # raters rate as themselves, only their own sessions; only an admin exports
+    task = c.post("/api/ratings/session", headers=bearer).json()
+    mark = {"session": task["session"], "query_id": task["query_id"], "rater": "=HYPERLINK(\"x\")",
+            "ratings": [{"item": task["items"][0]["item"], "similar": True}]}
+    assert c.post("/api/ratings", json=mark, headers={"Authorization": f"Bearer {bo}"}).status_code == 403
+    assert c.post("/api/ratings", json=mark, headers=bearer).json() == {"stored": 1}
+    assert c.get("/api/ratings.csv", headers=bearer).status_code == 403
+    assert c.get("/api/ratings-key.csv", headers=bearer).status_code == 403
+    admin = {"Authorization": f"Bearer {root}"}
+    rows = list(csv.DictReader(io.StringIO(c.get("/api/ratings.csv", headers=admin).text)))
+    mine = [r for r in rows if r["item"].startswith(task["session"] + "/")]
+    assert [r["rater"] for r in mine] == ["ana"]                   # the token's user, not the posted name
+    # the browser pages: a cookie from /api/login
+    assert c.post("/api/login", json={"token": "wrong"}).status_code == 401
+    r = c.post("/api/login", json={"token": bo})
+    assert r.json() == {"user": "bo", "role": "rater"}
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    assert c.get("/api/whoami").json()["user"] == "bo" and c.get("/api/index").status_code == 200
+
+
+def test_csv_exports_are_formula_safe(client):
+    task = client.post("/api/ratings/session", params={"seed": 5}).json()
+    client.post("/api/ratings", json={"session": task["session"], "query_id": task["query_id"], "rater": "=1+2",
+                                      "ratings": [{"item": task["items"][0]["item"], "similar": False}]})
+    rows = list(csv.DictReader(io.StringIO(client.get("/api/ratings.csv").text)))
+    assert any(r["rater"] == "'=1+2" for r in rows) and not any(r["rater"].startswith("=") for r in rows)
+
+
+def test_serve_refuses_to_expose_an_index_without_tokens(hostile_index, capsys):
+    from dermsearch.cli.main import main
+
+    root, _ = hostile_index
+    assert main(["serve", str(root / "ix"), "--host", "0.0.0.0", "--port", "1"]) == 2
+    assert "dermsearch token create" in capsys.readouterr().err
+
+
+def test_browser_sign_in_flow(chromium, auth_index):
+    ix, extractor, tokens = auth_index
+    app = create_app(ix, WebConfig(), searcher=Searcher(ix, extractor=extractor))
+    page = chromium.new_page()
+    with running_server(app) as base:
+        page.goto(base + "/")
+        page.wait_for_url("**/login")                         # no token: sent to the sign-in page
+        page.fill("#token", "not-a-token")
+        page.click("#go")
+        page.locator("#status", has_text="unknown or revoked token").wait_for()
+        page.fill("#token", tokens["ana"])
+        page.click("#go")
+        page.wait_for_url(base + "/")
+        page.locator("#facts", has_text="8 images").wait_for()
+        assert page.request.get(base + "/api/whoami").json()["user"] == "ana"
     page.close()

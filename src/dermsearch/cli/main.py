@@ -255,12 +255,30 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-upload-mb", type=float, default=20.0)
     sv.add_argument("--allowed-host", action="append", default=[], metavar="NAME", help="a name this server may be "
                     "reached by (Host header), besides localhost, 127.0.0.1, ::1 and --host; repeatable")
+    sv.add_argument("--auth", choices=["auto", "on", "off"], default="auto", help="require an API token: auto "
+                    "(default) when the index has active tokens ('dermsearch token create'); a non-loopback --host "
+                    "always requires them")
     sv.add_argument("--concurrency", type=int, default=2, help="searches computed at once (default 2)")
     sv.add_argument("--queue", type=int, default=8, help="searches waiting beyond those; more get 429 (default 8)")
     sv.add_argument("--device", default="auto", help=DEVICE_HELP)
     sv.add_argument("--fast", action="store_true", help="fast mode (see 'search --fast')")
     sv.add_argument("--dask", metavar="SCHEDULER_ADDRESS", help="shard the index across this Dask cluster's "
                     "workers and search there (exact, same results as local)")
+
+    tk = sub.add_parser("token", help="API tokens for 'dermsearch serve' (hashed at rest)",
+                        description="Create, list or revoke the API tokens that 'dermsearch serve' accepts for an "
+                                    "index. A token is printed once, when created; only its SHA-256 is stored.")
+    tks = tk.add_subparsers(dest="action", required=True)
+    tc_ = tks.add_parser("create", help="a new token for a user (printed once)")
+    tc_.add_argument("index", type=Path, metavar="DIR")
+    tc_.add_argument("--name", required=True, help="the user (a rater's identity in the ratings)")
+    tc_.add_argument("--role", choices=["rater", "admin"], default="rater",
+                     help="rater (search, rate) or admin (also export ratings and keys)")
+    tr_ = tks.add_parser("revoke", help="revoke a user's tokens (effective at once)")
+    tr_.add_argument("index", type=Path, metavar="DIR")
+    tr_.add_argument("--name", required=True)
+    tl_ = tks.add_parser("list", help="users, roles, dates (never the tokens)")
+    tl_.add_argument("index", type=Path, metavar="DIR")
 
     ex = sub.add_parser("export-onnx", help="export an index's networks to ONNX (for ONNX Runtime elsewhere)")
     ex.add_argument("index", type=Path, metavar="DIR")
@@ -665,21 +683,56 @@ def _cmd_eval_segmenter(args) -> int:
     return 0
 
 
+def _cmd_token(args) -> int:
+    from ..web.auth import TokenStore
+
+    Index.open(args.index)                  # a real index, or a clear error
+    store = TokenStore.for_index(args.index)
+    if args.action == "create":
+        token = store.create(args.name, args.role)
+        err.print(f"token for {args.name} ({args.role}); it is shown only now:", highlight=False)
+        print(token)
+    elif args.action == "revoke":
+        n = store.revoke(args.name)
+        if not n:
+            raise UsageError(f"{args.name!r} has no active token")
+        print(f"revoked {n} token(s) of {args.name}")
+    else:
+        for t in store._read():
+            state = "revoked " + time.strftime("%Y-%m-%d", time.gmtime(t["revoked"])) if t.get("revoked") else "active"
+            print(f"{t['name']}\t{t['role']}\tcreated {time.strftime('%Y-%m-%d', time.gmtime(t['created']))}\t{state}")
+    return 0
+
+
 def _cmd_serve(args) -> int:
     import uvicorn
 
     from ..web.app import WebConfig, create_app
+    from ..web.auth import TokenStore
+
+    loopback = args.host in ("127.0.0.1", "localhost", "::1")
+    if not loopback and (args.auth == "off" or not TokenStore.for_index(args.index).active()):
+        raise UsageError(f"--host {args.host} would expose the archive beyond this machine without authentication. "
+                         f"Create tokens first ('dermsearch token create {args.index} --name NAME --role rater', "
+                         f"and one with --role admin), then serve with --auth auto or on; see docs/deploy.md")
 
     hosts = ("localhost", "127.0.0.1", "::1", *([] if args.host in ("0.0.0.0", "::") else [args.host]),
              *args.allowed_host)
     app = create_app(args.index, WebConfig(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-                                           allowed_hosts=hosts, concurrency=args.concurrency, queue=args.queue),
+                                           allowed_hosts=hosts, concurrency=args.concurrency, queue=args.queue,
+                                           auth="on" if not loopback else args.auth),
                      searcher=Searcher(args.index, device=args.device, mode="fast" if args.fast else "exact",
                                        dask=args.dask))
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        err.print(f"warning: binding {args.host}: dermsearch serve has no authentication yet; anyone who can reach "
-                  "this port can search and read the images and ratings. Put it behind an authenticating reverse "
-                  "proxy, and name the proxy's host with --allowed-host.", highlight=False)
+    if not loopback:
+        err.print(f"binding {args.host}: API tokens required; serve it over TLS (a reverse proxy: docs/deploy.md) "
+                  "and name the proxy's host with --allowed-host", highlight=False)
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    access = logging.getLogger("dermsearch.web.access")   # one line per request, with the user
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
     err.print(f"serving {args.index} on http://{args.host}:{args.port}/ (API docs at /docs)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
@@ -736,7 +789,8 @@ def main(argv: list[str] | None = None) -> int:
         "index": _cmd_index, "search": _cmd_search, "optimize": _cmd_optimize, "evaluate": _cmd_evaluate,
         "train": _cmd_train, "fit-gram-weights": _cmd_fit_gram_weights,
         "eval-segmenter": _cmd_eval_segmenter, "eval-classifier": _cmd_eval_classifier,
-        "presets": _cmd_presets, "serve": _cmd_serve, "info": _cmd_info, "export-onnx": _cmd_export_onnx,
+        "presets": _cmd_presets, "serve": _cmd_serve, "token": _cmd_token, "info": _cmd_info,
+        "export-onnx": _cmd_export_onnx,
         "backbones": lambda _: print("\n".join(list_backbones())) or 0,
     }
     try:

@@ -33,7 +33,8 @@ from PIL import Image
 from ..extract import ImageError, load_image
 from ..extract.masks import unpack_mask
 from ..search import MEASURES, Filters, Searcher
-from .pages import INDEX_HTML, RATE_HTML, RATE_JS, SEARCH_JS
+from .auth import COOKIE, TokenStore
+from .pages import INDEX_HTML, LOGIN_HTML, LOGIN_JS, RATE_HTML, RATE_JS, SEARCH_JS
 from .security import RequestGuard
 
 __all__ = ["create_app", "WebConfig"]
@@ -53,6 +54,7 @@ class WebConfig:
     concurrency: int = 2                  # searches computed at once, off the event loop
     queue: int = 8                        # searches waiting beyond those; more get 429 + Retry-After
     thumb_cache: int = 512                # encoded thumbnails kept in memory
+    auth: str = "auto"                    # "on", "off", or "auto": on when the index has active API tokens
 
 
 class RatingStore:
@@ -67,17 +69,25 @@ class RatingStore:
                                                   measure TEXT, rank INTEGER);
                 CREATE TABLE IF NOT EXISTS ratings (session TEXT, query_id TEXT, item TEXT, similar INTEGER,
                                                     rater TEXT, created REAL, PRIMARY KEY (session, item));
+                CREATE TABLE IF NOT EXISTS owners (session TEXT PRIMARY KEY, owner TEXT);
             """)
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)
 
-    def add_session(self, session: str, rows: list[tuple]) -> None:
+    def add_session(self, session: str, rows: list[tuple], owner: str | None = None) -> None:
         with self._lock, self._connect() as db:
             db.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)", [(session, *r) for r in rows])
+            if owner is not None:
+                db.execute("INSERT OR REPLACE INTO owners VALUES (?, ?)", (session, owner))
 
-    def rate(self, session: str, ratings: list[tuple[str, str, int]], rater: str) -> int:
+    def rate(self, session: str, ratings: list[tuple[str, str, int]], rater: str, user: str | None = None) -> int:
+        """Store judgements; with ``user`` (authentication on) only the session's own user may."""
         with self._lock, self._connect() as db:
+            if user is not None:
+                row = db.execute("SELECT owner FROM owners WHERE session = ?", (session,)).fetchone()
+                if row is None or row[0] != user:
+                    raise PermissionError("this rating session belongs to another rater")
             known = {(q, i) for q, i in db.execute(
                 "SELECT DISTINCT query_id, item FROM items WHERE session = ?", (session,))}
             bad = [(q, i) for q, i, _ in ratings if (q, i) not in known]
@@ -93,12 +103,12 @@ class RatingStore:
         with self._connect() as db:
             if which == "key":
                 w.writerow(["query_id", "item", "candidate_id", "measure", "rank"])
-                w.writerows(db.execute("SELECT query_id, session || '/' || item, candidate_id, measure, rank "
-                                       "FROM items ORDER BY rowid"))
+                w.writerows([_cell(c) for c in row] for row in db.execute(
+                    "SELECT query_id, session || '/' || item, candidate_id, measure, rank FROM items ORDER BY rowid"))
             else:
                 w.writerow(["query_id", "item", "similar", "rater"])
-                w.writerows(db.execute("SELECT query_id, session || '/' || item, similar, rater "
-                                       "FROM ratings ORDER BY created"))
+                w.writerows([_cell(c) for c in row] for row in db.execute(
+                    "SELECT query_id, session || '/' || item, similar, rater FROM ratings ORDER BY created"))
         return buf.getvalue()
 
 
@@ -125,6 +135,67 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
     # multipart overhead on top of the file itself; the guard refuses anything larger unread
     app.add_middleware(RequestGuard, allowed_hosts=config.allowed_hosts,
                        max_body_bytes=config.max_upload_bytes + 64 * 1024)
+    tokens = TokenStore.for_index(index_dir)
+    if config.auth not in ("on", "off", "auto"):
+        raise ValueError(f"auth must be on, off or auto, not {config.auth!r}")
+
+    def auth_on() -> bool:
+        return config.auth == "on" or (config.auth == "auto" and bool(tokens.active()))
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next):
+        t0 = time.perf_counter()
+        path = request.url.path
+        user = None
+        if auth_on():
+            header = request.headers.get("authorization", "")
+            token = header[7:].strip() if header.lower().startswith("bearer ") else request.cookies.get(COOKIE)
+            user = tokens.verify(token)
+            public = path in _PUBLIC or path.startswith("/static/")
+            if user is None and not public:
+                response = JSONResponse({"detail": "authentication required: send 'Authorization: Bearer TOKEN' "
+                                                   "or sign in at /login"}, status_code=401,
+                                        headers={"WWW-Authenticate": "Bearer"})
+                _access(request, None, response.status_code, t0)
+                return response
+            if path in _ADMIN and not (user and user.is_admin):
+                response = JSONResponse({"detail": "only an admin token may export ratings and keys"}, 403)
+                _access(request, user, response.status_code, t0)
+                return response
+        request.state.user = user
+        response = await call_next(request)
+        _access(request, user, response.status_code, t0)
+        return response
+
+    @app.post("/api/login", summary="Exchange an API token for a session cookie (browser pages)")
+    async def login(request: Request) -> Response:
+        try:
+            token = str((await request.json())["token"])
+        except Exception:  # noqa: BLE001
+            raise HTTPException(422, "expected {token}") from None
+        user = tokens.verify(token)
+        if user is None:
+            raise HTTPException(401, "unknown or revoked token")
+        response = JSONResponse({"user": user.name, "role": user.role})
+        https = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=https, path="/")
+        return response
+
+    @app.post("/api/logout", summary="Forget the session cookie")
+    def logout() -> Response:
+        response = JSONResponse({"signed_out": True})
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
+    @app.get("/api/whoami", summary="Who this request is signed in as")
+    def whoami(request: Request) -> dict:
+        user = getattr(request.state, "user", None)
+        return {"auth": auth_on(), "user": user.name if user else None, "role": user.role if user else None}
+
+    @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
+    def login_page() -> str:
+        return LOGIN_HTML
+
     limiter = anyio.CapacityLimiter(max(1, config.concurrency))
     pending = {"n": 0}
     thumbs: OrderedDict[tuple[str, str], bytes] = OrderedDict()
@@ -163,7 +234,7 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
 
     @app.get("/static/{name}", include_in_schema=False)
     def script(name: str) -> Response:
-        scripts = {"search.js": SEARCH_JS, "rate.js": RATE_JS}
+        scripts = {"search.js": SEARCH_JS, "rate.js": RATE_JS, "login.js": LOGIN_JS}
         if name not in scripts:
             raise HTTPException(404, "not found")
         return Response(scripts[name], media_type="text/javascript", headers={"Cache-Control": "no-cache"})
@@ -292,7 +363,7 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
         return Response(buf.getvalue(), media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     @app.post("/api/ratings/session", summary="A blinded rating task: a random indexed query and its pooled top-k")
-    def rating_session(seed: int | None = None) -> dict:
+    def rating_session(request: Request, seed: int | None = None) -> dict:
         rng = random.Random(seed)
         qid = str(snap.ids[rng.randrange(len(snap))])
         same = [str(i) for i, les in zip(snap.ids, snap.lesion_id) if les and les == snap.lesion_id[_row(qid)]]
@@ -309,7 +380,8 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
             item = f"{j:02d}"
             rows += [(qid, item, cid, m, r) for m, r in pooled[cid]]
             items.append({"item": item, "image": f"/api/images/{quote(cid, safe='')}"})
-        ratings.add_session(session, rows)
+        user = getattr(request.state, "user", None)
+        ratings.add_session(session, rows, user.name if user else None)
         return {"session": session, "query_id": qid, "query_image": f"/api/images/{quote(qid, safe='')}",
                 "items": items}
 
@@ -325,10 +397,15 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
             rater = str(body.get("rater", ""))[:100]
         except Exception:  # noqa: BLE001
             raise HTTPException(422, "expected {session, query_id, ratings: [{item, similar}], rater?}") from None
+        user = getattr(request.state, "user", None)
+        if user is not None:
+            rater = user.name                       # with authentication the rater is the token's user
         try:
-            n = ratings.rate(session, marks, rater)
+            n = ratings.rate(session, marks, rater, user.name if user else None)
         except KeyError as e:
             raise HTTPException(422, str(e.args[0])) from None
+        except PermissionError as e:
+            raise HTTPException(403, str(e)) from None
         return {"stored": n}
 
     @app.get("/api/ratings.csv", summary="All ratings (for dermsearch evaluate --ratings)")
@@ -354,4 +431,22 @@ def _strict_bool(v) -> bool:
     """JSON true/false only: the strings "false" or "0" must not count as similar."""
     if not isinstance(v, bool):
         raise ValueError(f"'similar' must be true or false, not {v!r}")
+    return v
+
+
+_PUBLIC = {"/", "/rate", "/login", "/api/login", "/api/logout", "/api/whoami", "/favicon.ico"}
+_ADMIN = {"/api/ratings.csv", "/api/ratings-key.csv"}
+access_log = logging.getLogger("dermsearch.web.access")
+
+
+def _access(request: Request, user, status: int, t0: float) -> None:
+    client = request.client.host if request.client else "-"
+    access_log.info("%s %s %s %s %d %.1fms", client, user.name if user else "-", request.method, request.url.path,
+                    status, 1e3 * (time.perf_counter() - t0))
+
+
+def _cell(v):
+    """A CSV cell a spreadsheet will not run as a formula."""
+    if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + v
     return v

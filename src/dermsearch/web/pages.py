@@ -55,7 +55,7 @@ RATE_HTML = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title
 .grid{display:flex;flex-wrap:wrap;gap:.6em}.item{background:#fff;border:1px solid var(--b);border-radius:8px;padding:.4em}
 .item.sel{border-color:#12b76a;box-shadow:0 0 0 2px #12b76a}.item img{width:200px;height:150px;object-fit:cover}
 </style></head><body><header><b>dermsearch</b><span>blinded rating</span><a href="/">search</a>
-<a href="/api/ratings.csv">ratings.csv</a><a href="/api/ratings-key.csv">key.csv</a></header><main>
+</header><main>
 <p>Tick every image similar to the query (colour, spread density and texture first; then shape, size, unique
 features, background, location). Which measure found an image is hidden. Rater:
 <input id="rater" placeholder="your initials" size="8"></p>
@@ -67,7 +67,7 @@ features, background, location). Which measure found an image is hidden. Rater:
 SEARCH_JS = r"""const $ = id => document.getElementById(id);
 let current = null, facts = null;
 const fmt = v => v === null || v === undefined ? '-' : v.toFixed(3);
-fetch('/api/index').then(r => r.json()).then(f => {
+fetch('/api/index').then(r => { if (r.status === 401) { location.href = '/login'; throw 0; } return r.json(); }).then(f => {
   facts = f;
   $('facts').textContent = f.images + ' images · ' + f.extractor.backbone;
   for (const d of Object.keys(f.diagnoses)) $('diagnosis').add(new Option(d + ' (' + f.diagnoses[d] + ')', d));
@@ -159,7 +159,9 @@ async function search() {
 
 RATE_JS = r"""let task = null;
 async function next() {
-  task = await (await fetch('/api/ratings/session', {method: 'POST'})).json();
+  const r = await fetch('/api/ratings/session', {method: 'POST'});
+  if (r.status === 401) { location.href = '/login'; return; }
+  task = await r.json();
   document.getElementById('query').src = task.query_image;
   const box = document.getElementById('items'); box.innerHTML = '';
   for (const it of task.items) {      // DOM nodes and properties only: no data ever becomes markup
@@ -182,4 +184,20 @@ document.getElementById('save').onclick = async () => {
   if (r.ok) next();
 };
 next();
+"""
+
+LOGIN_HTML = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>dermsearch · sign in</title>
+<style>""" + _STYLE + """</style></head><body><header><b>dermsearch</b><span>sign in</span></header><main>
+<p>This server needs an API token (ask its administrator; created with <code>dermsearch token create</code>).</p>
+<p><input id="token" type="password" size="50" autocomplete="off" placeholder="API token">
+<button id="go">Sign in</button> <span id="status"></span></p>
+</main><script src="/static/login.js" defer></script></body></html>"""
+
+LOGIN_JS = r"""document.getElementById('go').onclick = async () => {
+  const r = await fetch('/api/login', {method: 'POST', headers: {'Content-Type': 'application/json'},
+    body: JSON.stringify({token: document.getElementById('token').value})});
+  const body = await r.json();
+  if (r.ok) { location.href = '/'; return; }
+  document.getElementById('status').textContent = body.detail; document.getElementById('status').className = 'err';
+};
 """
