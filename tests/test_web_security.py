@@ -285,3 +285,28 @@ def test_browser_sign_in_flow(chromium, auth_index):
         page.locator("#facts", has_text="8 images").wait_for()
         assert page.request.get(base + "/api/whoami").json()["user"] == "ana"
     page.close()
+
+
+def test_live_archive_removed_image_is_gone_at_once(hostile_index, tmp_path):
+    """A patient withdraws consent: 'index --remove' in another process, while the server runs."""
+    from dermsearch.index import Index
+
+    root, extractor = hostile_index
+    ix = tmp_path / "ix"
+    shutil.copytree(root / "ix", ix)
+    c = TestClient(create_app(ix, WebConfig(max_k=8), searcher=Searcher(ix, extractor=extractor)),
+                   base_url="http://localhost")
+    before = c.get("/api/index").json()
+    victim = "plain3"
+    assert c.get(f"/api/images/{victim}").status_code == 200
+    hits = c.post("/api/search", files={"file": ("q.png", _png())}, data={"k": "0"}).json()["results"]["cosine"]
+    assert victim in [h["id"] for h in hits]
+    other = Index.open(ix)                               # a separate writer, as the CLI would be
+    with other.writing():
+        other.remove([victim])
+    after = c.get("/api/index").json()
+    assert after["version"] > before["version"] and after["images"] == before["images"] - 1
+    assert c.get(f"/api/images/{victim}").status_code == 404
+    assert c.get(f"/api/masks/{victim}").status_code == 404
+    js = c.post("/api/search", files={"file": ("q.png", _png())}, data={"k": "0"}).json()
+    assert js["candidates"] == 7 and all(h["id"] != victim for hs in js["results"].values() for h in hs)

@@ -205,6 +205,12 @@ class Index:
     def version(self) -> int:
         return self._table.version
 
+    def latest_version(self) -> int:
+        """The newest committed version (another process may have written since this one opened
+        the index); cheap: a LanceDB checkout of the latest manifest."""
+        self._table.checkout_latest()
+        return self._table.version
+
     def __len__(self) -> int:
         return self._table.count_rows()
 

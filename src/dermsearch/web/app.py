@@ -19,6 +19,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -126,9 +127,7 @@ def _hit_json(hit, meta: dict) -> dict:
 
 def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher: Searcher | None = None) -> FastAPI:
     index_dir = Path(index_dir)
-    searcher = searcher or Searcher(index_dir)
-    snap = searcher.snapshot
-    meta = searcher.metadata()
+    live = LiveIndex(searcher or Searcher(index_dir), config)
     ratings = RatingStore(index_dir / "ratings.sqlite")
     app = FastAPI(title="dermsearch", version="1", description="Reverse image search for dermoscopic images. "
                   "Ten similarity measures over an index of diagnosed lesions.")
@@ -206,24 +205,6 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
         log.exception("unhandled error on %s", request.url.path)
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
-    def _facts() -> dict:
-        diag: dict[str, int] = {}
-        for d in snap.diagnosis:
-            diag[d or "(none)"] = diag.get(d or "(none)", 0) + 1
-
-        def values(col):
-            return sorted({str(m[col]) for m in meta if m.get(col)})
-        ages = [float(m[age_col]) for m in meta if _is_number(m.get(age_col))]
-        return {"images": len(snap), "version": snap.version, "fingerprint": searcher.index.fingerprint,
-                "extractor": searcher.index.manifest["extractor"], "measures": list(searcher.available_measures()),
-                "diagnoses": dict(sorted(diag.items())), "sites": values("localization") or values("site"),
-                "sexes": values("sex"), "age_range": [min(ages), max(ages)] if ages else None,
-                "has_masks": snap.masks is not None, "max_upload_bytes": config.max_upload_bytes}
-
-    site_col = "localization" if any("localization" in m for m in meta) else "site"
-    age_col = "age" if any(_is_number(m.get("age")) for m in meta) else "age_approx"
-    facts = _facts()
-
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
         return INDEX_HTML
@@ -239,9 +220,10 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
             raise HTTPException(404, "not found")
         return Response(scripts[name], media_type="text/javascript", headers={"Cache-Control": "no-cache"})
 
-    @app.get("/api/index", summary="Facts about the index")
+    @app.get("/api/index", summary="Facts about the index (the version served: every request uses the newest)")
     def index_facts() -> dict:
-        return facts
+        with live.current() as st:
+            return st.facts
 
     @app.post("/api/search", summary="Search with an uploaded image",
               responses={413: {"description": "upload too large"}, 429: {"description": "busy: retry later"}})
@@ -266,11 +248,11 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
         if len(data) > config.max_upload_bytes:
             raise HTTPException(413, f"upload larger than {config.max_upload_bytes} bytes")
         equals = {}
-        for col, value in (("diagnosis", diagnosis), (site_col, site), ("sex", sex)):
+        for col, value in (("diagnosis", diagnosis), (live.site_col, site), ("sex", sex)):
             vals = tuple(v.strip() for v in value.split(",") if v.strip())
             if vals:
                 equals[col] = vals
-        ranges = {age_col: (age_min, age_max)} if age_min is not None or age_max is not None else {}
+        ranges = {live.age_col: (age_min, age_max)} if age_min is not None or age_max is not None else {}
         if pending["n"] >= config.concurrency + config.queue:
             raise HTTPException(429, "too many searches in progress; retry shortly", headers={"Retry-After": "1"})
         pending["n"] += 1
@@ -286,6 +268,11 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
             image = load_image(data, max_pixels=config.max_pixels)
         except ImageError as e:
             raise HTTPException(415, f"not a usable image: {e}") from None
+        with live.current() as st:
+            return _search_in(st, image, k, wanted, filters, with_mask)
+
+    def _search_in(st, image, k: int, wanted, filters: Filters, with_mask: bool) -> dict:
+        searcher, meta = st.searcher, st.meta
         query = searcher.encode(image, label="upload")
         try:
             result = searcher.search(query, k=k if k else config.max_k, measures=wanted, filters=filters,
@@ -315,8 +302,8 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
             out["query_mask_png"] = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
         return out
 
-    def _row(image_id: str) -> int:
-        pos = searcher.row(image_id)
+    def _row(st, image_id: str) -> int:
+        pos = st.searcher.row(image_id)
         if pos is None:
             raise HTTPException(404, "no such image in the index")
         return pos
@@ -324,17 +311,21 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
     @app.get("/api/images/{image_id:path}", summary="An indexed image (thumbnail or full), by id only",
              responses={200: {"content": {"image/jpeg": {}}}})
     def image(image_id: str, size: str = "thumb") -> Response:
-        pos = _row(image_id)
+        with live.current() as st:          # a removed image is gone at once
+            return _image(st, image_id, size)
+
+    def _image(st, image_id: str, size: str) -> Response:
+        pos = _row(st, image_id)
         if size not in ("thumb", "full"):
             raise HTTPException(422, "size must be thumb or full")
-        key = (image_id, size)
+        key = (image_id, size, st.version)
         with thumbs_lock:
             body = thumbs.get(key) if size == "thumb" else None
             if body is not None:
                 thumbs.move_to_end(key)
         if body is None:
             try:
-                img = load_image(snap.paths[pos])
+                img = load_image(st.snap.paths[pos])
             except ImageError as e:
                 raise HTTPException(410, f"the indexed file can no longer be read: {e}") from None
             if size == "thumb":
@@ -352,10 +343,11 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
     @app.get("/api/masks/{image_id:path}", summary="The stored lesion mask of an indexed image (PNG overlay)",
              responses={200: {"content": {"image/png": {}}}})
     def mask(image_id: str) -> Response:
-        pos = _row(image_id)
-        if snap.masks is None:
-            raise HTTPException(404, "this index stores no masks")
-        m = unpack_mask(snap.masks[pos], searcher.index.manifest["mask_size"])
+        with live.current() as st:
+            pos = _row(st, image_id)
+            if st.snap.masks is None:
+                raise HTTPException(404, "this index stores no masks")
+            m = unpack_mask(st.snap.masks[pos], st.searcher.index.manifest["mask_size"])
         rgba = np.zeros((*m.shape, 4), np.uint8)
         rgba[m] = (0, 255, 255, 140)
         buf = io.BytesIO()
@@ -364,9 +356,14 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
 
     @app.post("/api/ratings/session", summary="A blinded rating task: a random indexed query and its pooled top-k")
     def rating_session(request: Request, seed: int | None = None) -> dict:
+        with live.current() as st:
+            return _rating_session(st, request, seed)
+
+    def _rating_session(st, request: Request, seed: int | None) -> dict:
+        snap, searcher = st.snap, st.searcher
         rng = random.Random(seed)
         qid = str(snap.ids[rng.randrange(len(snap))])
-        same = [str(i) for i, les in zip(snap.ids, snap.lesion_id) if les and les == snap.lesion_id[_row(qid)]]
+        same = [str(i) for i, les in zip(snap.ids, snap.lesion_id) if les and les == snap.lesion_id[_row(st, qid)]]
         result = searcher.search(searcher.query_for_id(qid), k=config.rating_k, exclude_ids=[qid, *same])
         pooled: dict[str, list[tuple[str, int]]] = {}
         for m, hits in result.results.items():
@@ -432,6 +429,71 @@ def _strict_bool(v) -> bool:
     if not isinstance(v, bool):
         raise ValueError(f"'similar' must be true or false, not {v!r}")
     return v
+
+
+class LiveIndex:
+    """The searcher at the index's newest version. Each request checks the version (a LanceDB
+    ``checkout_latest``, well under a millisecond); when another process has added or removed
+    images, the snapshot is reloaded while requests wait (a readers/writer lock), so a removed
+    image is gone from the very next response."""
+
+    def __init__(self, searcher: Searcher, config: WebConfig):
+        self.searcher, self.config = searcher, config
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._check = threading.Lock()
+        self._load()
+
+    def _load(self) -> None:
+        s = self.searcher
+        self.snap, self.meta, self.version = s.snapshot, s.metadata(), s.snapshot.version
+        self.site_col = "localization" if any("localization" in m for m in self.meta) else "site"
+        self.age_col = "age" if any(_is_number(m.get("age")) for m in self.meta) else "age_approx"
+        self.facts = self._facts()
+
+    def _facts(self) -> dict:
+        snap, meta, s = self.snap, self.meta, self.searcher
+        diag: dict[str, int] = {}
+        for d in snap.diagnosis:
+            diag[d or "(none)"] = diag.get(d or "(none)", 0) + 1
+
+        def values(col):
+            return sorted({str(m[col]) for m in meta if m.get(col)})
+        ages = [float(m[self.age_col]) for m in meta if _is_number(m.get(self.age_col))]
+        return {"images": len(snap), "version": snap.version, "fingerprint": s.index.fingerprint,
+                "extractor": s.index.manifest["extractor"], "measures": list(s.available_measures()),
+                "diagnoses": dict(sorted(diag.items())), "sites": values("localization") or values("site"),
+                "sexes": values("sex"), "age_range": [min(ages), max(ages)] if ages else None,
+                "has_masks": snap.masks is not None, "max_upload_bytes": self.config.max_upload_bytes}
+
+    @contextmanager
+    def current(self):
+        with self._check:
+            latest = self.searcher.index.latest_version()
+        if latest != self.version:
+            with self._cond:
+                while self._writing or self._readers:
+                    self._cond.wait()
+                self._writing = True
+            try:
+                if self.searcher.index.latest_version() != self.version:
+                    self.searcher.refresh()
+                    self._load()
+            finally:
+                with self._cond:
+                    self._writing = False
+                    self._cond.notify_all()
+        with self._cond:
+            while self._writing:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield self
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
 
 
 _PUBLIC = {"/", "/rate", "/login", "/api/login", "/api/logout", "/api/whoami", "/favicon.ico"}
