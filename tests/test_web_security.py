@@ -310,3 +310,28 @@ def test_live_archive_removed_image_is_gone_at_once(hostile_index, tmp_path):
     assert c.get(f"/api/masks/{victim}").status_code == 404
     js = c.post("/api/search", files={"file": ("q.png", _png())}, data={"k": "0"}).json()
     assert js["candidates"] == 7 and all(h["id"] != victim for hs in js["results"].values() for h in hs)
+
+
+def test_rating_protocol_sessions_unrated_and_strict(hostile_index, tmp_path):
+    from dermsearch.evaluate.rating import score_ratings
+
+    root, extractor = hostile_index
+    ix = tmp_path / "ix"
+    shutil.copytree(root / "ix", ix)
+    (ix / "ratings.sqlite").unlink(missing_ok=True)
+    one = "plain3"
+    c = TestClient(create_app(ix, WebConfig(rating_k=3, rating_query_ids=frozenset({one})),
+                              searcher=Searcher(ix, extractor=extractor)), base_url="http://localhost")
+    a, b, unrated = (c.post("/api/ratings/session").json() for _ in range(3))
+    assert a["query_id"] == b["query_id"] == unrated["query_id"] == one         # --query-split honoured
+    for task, similar in ((a, True), (b, False)):
+        r = c.post("/api/ratings", json={"session": task["session"], "query_id": task["query_id"],
+                                         "ratings": [{"item": it["item"], "similar": similar} for it in task["items"]]})
+        assert r.status_code == 200
+    key = c.get("/api/ratings-key.csv").text
+    assert unrated["session"] not in key and a["session"] in key and b["session"] in key
+    (tmp_path / "key.csv").write_text(key)
+    (tmp_path / "ratings.csv").write_text(c.get("/api/ratings.csv").text)
+    scores = score_ratings(tmp_path / "key.csv", tmp_path / "ratings.csv", bootstrap=50)
+    for m, v in scores.items():            # every top-3 image similar in one session, none in the other
+        assert v["queries"] == 2 and v["success_rate"] == pytest.approx(0.5), m

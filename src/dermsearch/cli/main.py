@@ -258,6 +258,8 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--auth", choices=["auto", "on", "off"], default="auto", help="require an API token: auto "
                     "(default) when the index has active tokens ('dermsearch token create'); a non-loopback --host "
                     "always requires them")
+    sv.add_argument("--split-csv", type=Path, metavar="CSV", help="image_id,split file for --query-split")
+    sv.add_argument("--query-split", nargs="+", metavar="NAME", help="/rate draws its queries from these splits only")
     sv.add_argument("--concurrency", type=int, default=2, help="searches computed at once (default 2)")
     sv.add_argument("--queue", type=int, default=8, help="searches waiting beyond those; more get 429 (default 8)")
     sv.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -716,11 +718,19 @@ def _cmd_serve(args) -> int:
                          f"Create tokens first ('dermsearch token create {args.index} --name NAME --role rater', "
                          f"and one with --role admin), then serve with --auth auto or on; see docs/deploy.md")
 
+    rating_ids = None
+    if args.query_split:
+        from ..evaluate import read_split
+
+        if not args.split_csv:
+            raise UsageError("--query-split needs --split-csv")
+        split = read_split(args.split_csv)
+        rating_ids = frozenset(i for i, sp in split.items() if sp in set(args.query_split))
     hosts = ("localhost", "127.0.0.1", "::1", *([] if args.host in ("0.0.0.0", "::") else [args.host]),
              *args.allowed_host)
     app = create_app(args.index, WebConfig(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                                            allowed_hosts=hosts, concurrency=args.concurrency, queue=args.queue,
-                                           auth="on" if not loopback else args.auth),
+                                           auth="on" if not loopback else args.auth, rating_query_ids=rating_ids),
                      searcher=Searcher(args.index, device=args.device, mode="fast" if args.fast else "exact",
                                        dask=args.dask))
     if not loopback:

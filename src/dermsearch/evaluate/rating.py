@@ -92,7 +92,7 @@ def _mean_at(values: np.ndarray, idx: np.ndarray) -> float:
 
 
 def score_ratings(key_csv: str | Path, ratings_csv: str | Path, bootstrap: int = 1000, seed: int = 0) -> dict:
-    """Success rate per measure: mean over queries of (similar images in its top k) / k."""
+    """Success rate per measure: mean over rated (query, session) pairs of (similar images in its top k) / k."""
     with open(key_csv, newline="") as f:
         key = list(csv.DictReader(f))
     with open(ratings_csv, newline="") as f:
@@ -110,9 +110,12 @@ def score_ratings(key_csv: str | Path, ratings_csv: str | Path, bootstrap: int =
         raise ValueError(f"{ratings_csv}: {len(missing)} item(s) not rated (0 or 1), e.g. "
                          + ", ".join(f"{q}/{i}" for q, i in missing[:5]))
     k = max(int(r["rank"]) for r in key)
-    per: dict[str, dict[str, list[bool]]] = {}
+    # one unit per query *and* rating session (web items are "SESSION/ITEM"): a query rated in two
+    # sessions is two judgements, each of at most k similar images
+    per: dict[str, dict[tuple[str, str], list[bool]]] = {}
     for r in key:
-        per.setdefault(r["measure"], {}).setdefault(r["query_id"], []).append(ratings[(r["query_id"], r["item"])])
+        unit = (r["query_id"], r["item"].rsplit("/", 1)[0] if "/" in r["item"] else "")
+        per.setdefault(r["measure"], {}).setdefault(unit, []).append(ratings[(r["query_id"], r["item"])])
     out = {}
     for mi, (m, by_query) in enumerate(per.items()):
         rates = np.array([sum(v) / k for v in by_query.values()])

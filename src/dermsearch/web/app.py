@@ -56,6 +56,7 @@ class WebConfig:
     queue: int = 8                        # searches waiting beyond those; more get 429 + Retry-After
     thumb_cache: int = 512                # encoded thumbnails kept in memory
     auth: str = "auto"                    # "on", "off", or "auto": on when the index has active API tokens
+    rating_query_ids: frozenset[str] | None = None   # /rate draws its queries from these ids only (e.g. a split)
 
 
 class RatingStore:
@@ -104,8 +105,10 @@ class RatingStore:
         with self._connect() as db:
             if which == "key":
                 w.writerow(["query_id", "item", "candidate_id", "measure", "rank"])
+                # rated sessions only: a page load that was never rated is not a judgement
                 w.writerows([_cell(c) for c in row] for row in db.execute(
-                    "SELECT query_id, session || '/' || item, candidate_id, measure, rank FROM items ORDER BY rowid"))
+                    "SELECT query_id, session || '/' || item, candidate_id, measure, rank FROM items "
+                    "WHERE session IN (SELECT DISTINCT session FROM ratings) ORDER BY rowid"))
             else:
                 w.writerow(["query_id", "item", "similar", "rater"])
                 w.writerows([_cell(c) for c in row] for row in db.execute(
@@ -362,7 +365,10 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
     def _rating_session(st, request: Request, seed: int | None) -> dict:
         snap, searcher = st.snap, st.searcher
         rng = random.Random(seed)
-        qid = str(snap.ids[rng.randrange(len(snap))])
+        pool = [str(i) for i in snap.ids if config.rating_query_ids is None or str(i) in config.rating_query_ids]
+        if not pool:
+            raise HTTPException(409, "no indexed image is in the rating query set")
+        qid = pool[rng.randrange(len(pool))]
         same = [str(i) for i, les in zip(snap.ids, snap.lesion_id) if les and les == snap.lesion_id[_row(st, qid)]]
         result = searcher.search(searcher.query_for_id(qid), k=config.rating_k, exclude_ids=[qid, *same])
         pooled: dict[str, list[tuple[str, int]]] = {}
