@@ -3,8 +3,10 @@
     python benchmarks/bench_web.py INDEX_DIR [--clients 20] [--seconds 60]
 
 The server (``dermsearch serve``) runs in its own process on 127.0.0.1; the clients upload
-HAM10000 `test` images (or the bundled queries when ../shared/data is absent). Baseline in the
-same run: the same searches called directly on the Python API, one at a time.
+HAM10000 `test` images (or the bundled queries when ../shared/data is absent) and, when the
+server answers 429, wait as its Retry-After asks. Meanwhile a prober requests ``/api/index`` and a
+thumbnail every 0.25 s (their latency under load is what a user of the page feels). Baseline in
+the same run: the same searches called directly on the Python API, one at a time.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ def query_images(limit: int = 200) -> list[bytes]:
     return [p.read_bytes() for p in paths]
 
 
+def _first_id(base: str, image: bytes) -> str:
+    r = httpx.post(base + "/api/search", files={"file": ("q.jpg", image, "image/jpeg")}, data={"k": "1"}, timeout=120)
+    return next(iter(r.json()["results"].values()))[0]["id"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("index", type=Path)
@@ -63,8 +70,22 @@ def main() -> None:
 
     lat: list[float] = []
     errors: list[str] = []
+    busy = [0]
     lock = threading.Lock()
     deadline = time.perf_counter() + args.seconds
+    probes: dict[str, list[float]] = {"index": [], "thumbnail": []}
+    first_id = _first_id(base, images[0])
+
+    def prober() -> None:
+        """While the searches run: the page's small requests, as a user would make them."""
+        with httpx.Client(base_url=base, timeout=120) as c:
+            while time.perf_counter() < deadline:
+                for name, url in (("index", "/api/index"), ("thumbnail", f"/api/images/{first_id}")):
+                    t = time.perf_counter()
+                    r = c.get(url)
+                    if r.status_code == 200:
+                        probes[name].append(time.perf_counter() - t)
+                time.sleep(0.25)
 
     def client(seed: int) -> None:
         rng = np.random.default_rng(seed)
@@ -74,6 +95,11 @@ def main() -> None:
                 t = time.perf_counter()
                 try:
                     r = c.post("/api/search", files={"file": ("q.jpg", img, "image/jpeg")}, data={"k": "5"})
+                    if r.status_code == 429:          # the server's queue is full: wait as it asks
+                        with lock:
+                            busy[0] += 1
+                        time.sleep(float(r.headers.get("Retry-After", "1")))
+                        continue
                     ok = r.status_code == 200 and len(r.json()["results"]) == 10
                     err = None if ok else f"HTTP {r.status_code}"
                 except httpx.HTTPError as e:
@@ -82,6 +108,7 @@ def main() -> None:
                     (errors.append(err) if err else lat.append(time.perf_counter() - t))
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+    threads.append(threading.Thread(target=prober))
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -106,7 +133,10 @@ def main() -> None:
         "error_kinds": sorted(set(errors)),
         "latency_ms": {"p50": round(1000 * statistics.median(lat), 1) if lat else None,
                        "p95": round(1000 * float(np.percentile(lat, 95)), 1) if lat else None},
-        "throughput_rps": round(len(lat) / wall, 2),
+        "throughput_rps": round(len(lat) / wall, 2), "busy_429": busy[0],
+        "during_load_ms": {name: {"n": len(v), "p50": round(1000 * statistics.median(v), 1) if v else None,
+                                  "p95": round(1000 * float(np.percentile(v, 95)), 1) if v else None}
+                           for name, v in probes.items()},
         "baseline_api_sequential_ms_median": round(1000 * statistics.median(seq), 1),
         "baseline_api_sequential_rps": round(1 / statistics.median(seq), 2),
         "server_startup_seconds": round(startup, 1),
