@@ -48,12 +48,16 @@ def main() -> None:
     ap.add_argument("index", type=Path)
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--no-rate-limit", action="store_true", help="serve with --rate-limit 0 (dermsearch versions "
+                    "with a per-client limit)")
     args = ap.parse_args()
     images = query_images()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "dermsearch.cli.main", "serve", str(args.index), "--port", str(port)]
+    if args.no_rate_limit:            # all clients share 127.0.0.1: the per-client limit would be the figure
+        cmd += ["--rate-limit", "0"]
     server = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     t_start = time.perf_counter()

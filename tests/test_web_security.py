@@ -335,3 +335,25 @@ def test_rating_protocol_sessions_unrated_and_strict(hostile_index, tmp_path):
     scores = score_ratings(tmp_path / "key.csv", tmp_path / "ratings.csv", bootstrap=50)
     for m, v in scores.items():            # every top-3 image similar in one session, none in the other
         assert v["queries"] == 2 and v["success_rate"] == pytest.approx(0.5), m
+
+
+def test_per_client_rate_limit(hostile_index):
+    from dermsearch.web.app import RateLimiter
+
+    limiter = RateLimiter(60)                                  # 1 a second, bursts of 10
+    assert [limiter.take("a") for _ in range(10)] == [0] * 10
+    assert limiter.take("a") >= 1 and limiter.take("b") == 0   # per client
+    assert RateLimiter(0).take("a") == 0
+    c = TestClient(_app(hostile_index, rate_limit=6), base_url="http://localhost")
+    assert c.post("/api/search", files={"file": ("q.png", _png())}, data={"k": "1"}).status_code == 200
+    r = c.post("/api/search", files={"file": ("q.png", _png())}, data={"k": "1"})
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1 and "a minute" in r.json()["detail"]
+
+
+def test_api_docs_are_served_from_local_files(client):
+    for page, asset in (("/docs", "/static/docs/swagger-ui-bundle.js"), ("/redoc", "/static/docs/redoc.standalone.js")):
+        html = client.get(page).text
+        assert asset in html and "cdn" not in html.lower() and "fonts.googleapis" not in html
+        r = client.get(asset)
+        assert r.status_code == 200 and len(r.content) > 100_000
+    assert client.get("/static/docs/../../app.py").status_code == 404

@@ -262,6 +262,8 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--query-split", nargs="+", metavar="NAME", help="/rate draws its queries from these splits only")
     sv.add_argument("--concurrency", type=int, default=2, help="searches computed at once (default 2)")
     sv.add_argument("--queue", type=int, default=8, help="searches waiting beyond those; more get 429 (default 8)")
+    sv.add_argument("--rate-limit", type=int, default=120, metavar="N", help="searches per minute per client (the "
+                    "token's user, else the address); 0: no limit (default 120)")
     sv.add_argument("--device", default="auto", help=DEVICE_HELP)
     sv.add_argument("--fast", action="store_true", help="fast mode (see 'search --fast')")
     sv.add_argument("--dask", metavar="SCHEDULER_ADDRESS", help="shard the index across this Dask cluster's "
@@ -730,7 +732,8 @@ def _cmd_serve(args) -> int:
              *args.allowed_host)
     app = create_app(args.index, WebConfig(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                                            allowed_hosts=hosts, concurrency=args.concurrency, queue=args.queue,
-                                           auth="on" if not loopback else args.auth, rating_query_ids=rating_ids),
+                                           auth="on" if not loopback else args.auth, rating_query_ids=rating_ids,
+                                           rate_limit=args.rate_limit),
                      searcher=Searcher(args.index, device=args.device, mode="fast" if args.fast else "exact",
                                        dask=args.dask))
     if not loopback:

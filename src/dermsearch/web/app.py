@@ -14,6 +14,7 @@ import base64
 import csv
 import io
 import logging
+import math
 import random
 import sqlite3
 import threading
@@ -28,6 +29,7 @@ import anyio
 import anyio.to_thread
 import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 
@@ -57,6 +59,7 @@ class WebConfig:
     thumb_cache: int = 512                # encoded thumbnails kept in memory
     auth: str = "auto"                    # "on", "off", or "auto": on when the index has active API tokens
     rating_query_ids: frozenset[str] | None = None   # /rate draws its queries from these ids only (e.g. a split)
+    rate_limit: int = 0                   # searches per minute per client (user with tokens, else address); 0: off
 
 
 class RatingStore:
@@ -133,7 +136,7 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
     live = LiveIndex(searcher or Searcher(index_dir), config)
     ratings = RatingStore(index_dir / "ratings.sqlite")
     app = FastAPI(title="dermsearch", version="1", description="Reverse image search for dermoscopic images. "
-                  "Ten similarity measures over an index of diagnosed lesions.")
+                  "Ten similarity measures over an index of diagnosed lesions.", docs_url=None, redoc_url=None)
     # multipart overhead on top of the file itself; the guard refuses anything larger unread
     app.add_middleware(RequestGuard, allowed_hosts=config.allowed_hosts,
                        max_body_bytes=config.max_upload_bytes + 64 * 1024)
@@ -200,6 +203,7 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
 
     limiter = anyio.CapacityLimiter(max(1, config.concurrency))
     pending = {"n": 0}
+    buckets = RateLimiter(config.rate_limit)
     thumbs: OrderedDict[tuple[str, str], bytes] = OrderedDict()
     thumbs_lock = threading.Lock()
 
@@ -216,6 +220,26 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
     def rate_page() -> str:
         return RATE_HTML
 
+    @app.get("/docs", include_in_schema=False)
+    def swagger() -> HTMLResponse:               # Swagger UI from the installed package, never a CDN
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="dermsearch API",
+                                   swagger_js_url="/static/docs/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/docs/swagger-ui.css",
+                                   swagger_favicon_url="/static/docs/favicon.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title="dermsearch API",
+                              redoc_js_url="/static/docs/redoc.standalone.js",
+                              redoc_favicon_url="/static/docs/favicon.png", with_google_fonts=False)
+
+    @app.get("/static/docs/{name}", include_in_schema=False)
+    def docs_asset(name: str) -> Response:
+        if name not in _DOC_ASSETS:
+            raise HTTPException(404, "not found")
+        return Response((_doc_assets_dir() / name).read_bytes(), media_type=_DOC_ASSETS[name],
+                        headers={"Cache-Control": "max-age=86400"})
+
     @app.get("/static/{name}", include_in_schema=False)
     def script(name: str) -> Response:
         scripts = {"search.js": SEARCH_JS, "rate.js": RATE_JS, "login.js": LOGIN_JS}
@@ -230,7 +254,7 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
 
     @app.post("/api/search", summary="Search with an uploaded image",
               responses={413: {"description": "upload too large"}, 429: {"description": "busy: retry later"}})
-    async def search(file: UploadFile = File(..., description="the query image"),
+    async def search(request: Request, file: UploadFile = File(..., description="the query image"),
                      k: int = Form(5, description=f"results per measure, 1..{config.max_k}; 0: all, capped at "
                                                   f"{config.max_k}"),
                      measures: str = Form("", description="comma-separated; default all"),
@@ -256,6 +280,11 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
             if vals:
                 equals[col] = vals
         ranges = {live.age_col: (age_min, age_max)} if age_min is not None or age_max is not None else {}
+        user = getattr(request.state, "user", None)
+        wait = buckets.take(user.name if user else (request.client.host if request.client else "-"))
+        if wait:
+            raise HTTPException(429, f"more than {config.rate_limit} searches a minute from this client; retry "
+                                     f"in {wait} s", headers={"Retry-After": str(wait)})
         if pending["n"] >= config.concurrency + config.queue:
             raise HTTPException(429, "too many searches in progress; retry shortly", headers={"Retry-After": "1"})
         pending["n"] += 1
@@ -437,6 +466,32 @@ def _strict_bool(v) -> bool:
     return v
 
 
+class RateLimiter:
+    """A token bucket per client: ``per_minute`` searches a minute, bursts of up to a sixth of that."""
+
+    def __init__(self, per_minute: int):
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, per_minute / 6.0)
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, client: str) -> int:
+        """0 when the request may go on, else the seconds to wait."""
+        if self.rate <= 0:
+            return 0
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(client, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - last) * self.rate)
+            if tokens >= 1:
+                self._buckets[client] = (tokens - 1, now)
+                return 0
+            self._buckets[client] = (tokens, now)
+            if len(self._buckets) > 10_000:          # forget idle clients
+                self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 600}
+            return max(1, math.ceil((1 - tokens) / self.rate))
+
+
 class LiveIndex:
     """The searcher at the index's newest version. Each request checks the version (a LanceDB
     ``checkout_latest``, well under a millisecond); when another process has added or removed
@@ -500,6 +555,16 @@ class LiveIndex:
             with self._cond:
                 self._readers -= 1
                 self._cond.notify_all()
+
+
+_DOC_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
+               "redoc.standalone.js": "text/javascript", "favicon.png": "image/png"}
+
+
+def _doc_assets_dir() -> Path:
+    import fastapi_offline
+
+    return Path(fastapi_offline.__file__).parent / "static"
 
 
 _PUBLIC = {"/", "/rate", "/login", "/api/login", "/api/logout", "/api/whoami", "/favicon.ico"}
