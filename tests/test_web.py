@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import io
 import socket
 import time
@@ -201,3 +202,47 @@ def test_serve_command_binds_loopback(index_dir):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_browser_consensus_compare_export_and_empty_filters(browser, live_server, tmp_path):
+    page = browser.new_page()
+    page.goto(live_server + "/")
+    page.locator("#diagnosis option").nth(1).wait_for(state="attached")
+    page.set_input_files("#file", str(QUERY))
+    page.locator("#results .col").nth(9).wait_for()
+    # plain-language measure names with a line each, and the consensus over the ten measures
+    assert page.locator("#results .col h3").first.inner_text().startswith("Overall appearance")
+    assert page.locator("#results .col .about").first.inner_text()
+    consensus = page.locator("#consensus").inner_text()
+    flags = page.locator(".mel-flag.yes").count()
+    assert (f"of {flags} of 10 measures" in consensus) if flags else consensus.startswith("No melanoma")
+    # the query's own mask, over the query
+    assert page.locator("#qmask").get_attribute("src").startswith("data:image/png;base64,")
+    # a match, side by side with the query, full size, both masks
+    page.locator("#results .card .thumb").first.click()
+    page.locator("#compare").wait_for()
+    assert "size=full" in page.locator("#cmp-m").get_attribute("src")
+    assert page.locator("#cmp-mm").get_attribute("src").startswith("/api/masks/")
+    assert page.locator("#cmp-q").get_attribute("src").startswith("blob:")
+    # export: the JSON and the contact sheet of this search
+    with page.expect_download() as d:
+        page.click("#dljson")
+    js = json.loads(open(d.value.path()).read())
+    assert set(js["results"]) == set(MEASURES)
+    with page.expect_download() as d:
+        page.click("#dlsheet")
+    sheet = open(d.value.path()).read()
+    assert sheet.startswith("<!doctype html>") and "Colour and texture" in sheet and "<script" not in sheet
+    # filters that leave nothing: a clear message, no empty columns
+    page.fill("#age_min", "150")
+    page.click("#go")
+    page.locator("#status", has_text="No indexed image matches these filters").wait_for()
+    assert page.locator("#results .col").count() == 0
+    page.close()
+
+
+def test_search_export_as_contact_sheet(client):
+    with open(QUERY, "rb") as fh:
+        r = client.post("/api/search", files={"file": ("q.jpg", fh)}, data={"k": "2", "format": "html"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "attachment" in r.headers["content-disposition"] and r.text.count("class='bar'") == 20

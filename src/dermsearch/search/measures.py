@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "MEASURE_INFO",
     "MEASURES", "COMPONENTS", "MEASURE_COMPONENTS",
     "row_sqnorms", "squared_distances", "distances_from_dots", "cosines_from_dots",
     "mask_intersections", "dice_from_intersections",
@@ -33,6 +34,24 @@ MEASURE_COMPONENTS: dict[str, tuple[str, ...]] = {
     "i1_sd": ("style", "dice"),
 }
 MEASURES = tuple(MEASURE_COMPONENTS)
+
+# For people: a plain-language name and one line on what each measure compares (pages, sheets).
+MEASURE_INFO: dict[str, tuple[str, str]] = {
+    "euclidean": ("Overall appearance", "Distance between the two lesions' learned descriptions (1024 numbers from the "
+                                        "network); 1 = the same, 0 = the least alike here."),
+    "cosine": ("Overall appearance (pattern)", "Like overall appearance, but compares the pattern of the description, "
+                                               "not its strength."),
+    "style": ("Colour and texture", "Colour, texture and structure statistics of the lesion at seven levels of detail "
+                                    "(Gram matrices)."),
+    "dice": ("Outline overlap", "How much the two lesion outlines overlap when the images are laid on each other."),
+    "i1_ed": ("Appearance + outline", "High only when the overall appearance and the outline overlap both are."),
+    "i1_cd": ("Appearance pattern + outline", "High only when the appearance pattern and the outline overlap "
+                                              "both are."),
+    "i1_ecd": ("Appearance, pattern + outline", "High only when appearance, pattern and outline overlap all are."),
+    "i1_se": ("Texture + appearance", "High only when colour/texture and overall appearance both are."),
+    "i1_sc": ("Texture + appearance pattern", "High only when colour/texture and the appearance pattern both are."),
+    "i1_sd": ("Texture + outline", "High only when colour/texture and the outline overlap both are."),
+}
 
 # Rows whose expanded distance is below this fraction of ||x||² + ||q||² are recomputed from
 # their differences (cancellation would otherwise cost precision there: near-duplicates). On

@@ -36,6 +36,8 @@ from PIL import Image
 from ..extract import ImageError, load_image
 from ..extract.masks import unpack_mask
 from ..search import MEASURES, Filters, Searcher
+from ..search.measures import MEASURE_INFO
+from ..search.sheet import contact_sheet_html
 from .auth import COOKIE, TokenStore
 from .pages import INDEX_HTML, LOGIN_HTML, LOGIN_JS, RATE_HTML, RATE_JS, SEARCH_JS
 from .security import RequestGuard
@@ -261,11 +263,14 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
                      diagnosis: str = Form(""), site: str = Form(""), sex: str = Form(""),
                      age_min: float | None = Form(None), age_max: float | None = Form(None),
                      query_mask: str = Form("none", description="none, or png: the query's mask as a PNG data URI"),
-                     ) -> dict:
+                     format: str = Form("json", description="json, or html: the contact sheet as a download"),
+                     ):
         if not 0 <= k <= config.max_k:
             raise HTTPException(422, f"k must be between 0 and {config.max_k}")
         if query_mask not in ("none", "png"):
             raise HTTPException(422, "query_mask must be none or png")
+        if format not in ("json", "html"):
+            raise HTTPException(422, "format must be json or html")
         wanted = [m.strip() for m in measures.split(",") if m.strip()] or None
         if wanted:
             unknown = [m for m in wanted if m not in MEASURES]
@@ -290,20 +295,25 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
         pending["n"] += 1
         try:
             # decoding, extraction and ranking are CPU work: a bounded pool, never the event loop
-            return await anyio.to_thread.run_sync(
-                _search_work, data, k, wanted, Filters(equals, ranges), query_mask == "png", limiter=limiter)
+            out = await anyio.to_thread.run_sync(
+                _search_work, data, k, wanted, Filters(equals, ranges), query_mask == "png", format == "html",
+                limiter=limiter)
+            if format == "html":
+                return HTMLResponse(out, headers={"Content-Disposition":
+                                                  'attachment; filename="dermsearch-search.html"'})
+            return out
         finally:
             pending["n"] -= 1
 
-    def _search_work(data: bytes, k: int, wanted, filters: Filters, with_mask: bool) -> dict:
+    def _search_work(data: bytes, k: int, wanted, filters: Filters, with_mask: bool, sheet: bool):
         try:
             image = load_image(data, max_pixels=config.max_pixels)
         except ImageError as e:
             raise HTTPException(415, f"not a usable image: {e}") from None
         with live.current() as st:
-            return _search_in(st, image, k, wanted, filters, with_mask)
+            return _search_in(st, image, k, wanted, filters, with_mask, sheet)
 
-    def _search_in(st, image, k: int, wanted, filters: Filters, with_mask: bool) -> dict:
+    def _search_in(st, image, k: int, wanted, filters: Filters, with_mask: bool, sheet: bool = False):
         searcher, meta = st.searcher, st.meta
         query = searcher.encode(image, label="upload")
         try:
@@ -311,8 +321,12 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
                                      explain=True)
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
+        if sheet:                # the contact sheet of this search, as the CLI's --html writes it
+            overlays = {h.id: searcher.mask_overlay(query, h.id) for hits in result.results.values() for h in hits}
+            return contact_sheet_html(result, image, overlays)
         out = result.to_json()
         out["k"] = k
+        out["k_shown"] = k if k else config.max_k
         out["results"] = {m: [_hit_json(h, meta[searcher.row(h.id)]) for h in hits]
                           for m, hits in result.results.items()}
         overlays: dict[str, str | None] = {}
@@ -328,7 +342,7 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
         if with_mask and query.mask is not None:
             m = unpack_mask(query.mask, searcher.index.manifest["mask_size"])
             rgba = np.zeros((*m.shape, 4), np.uint8)
-            rgba[m] = (255, 255, 255, 255)
+            rgba[m] = (217, 45, 32, 120)         # the query's mask: red (a match's is cyan)
             buf = io.BytesIO()
             Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
             out["query_mask_png"] = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
@@ -523,6 +537,7 @@ class LiveIndex:
             return sorted({str(m[col]) for m in meta if m.get(col)})
         ages = [float(m[self.age_col]) for m in meta if _is_number(m.get(self.age_col))]
         return {"images": len(snap), "version": snap.version, "fingerprint": s.index.fingerprint,
+                "measure_info": {m: {"name": n, "about": a} for m, (n, a) in MEASURE_INFO.items()},
                 "extractor": s.index.manifest["extractor"], "measures": list(s.available_measures()),
                 "diagnoses": dict(sorted(diag.items())), "sites": values("localization") or values("site"),
                 "sexes": values("sex"), "age_range": [min(ages), max(ages)] if ages else None,

@@ -25,6 +25,16 @@ header a{color:#9ecbff} main{padding:1em 1.2em}
 .thumb img.ov{position:absolute;left:0;top:0;display:none;image-rendering:pixelated}
 body.overlay .thumb img.ov{display:block}
 .comp{color:#475467} .err{color:var(--mel);font-weight:600}
+.qbox{position:relative;display:inline-block;line-height:0} #qmask{position:absolute;left:0;top:0;width:100%;
+ height:100%;border-radius:6px;image-rendering:pixelated} body:not(.overlay) #qmask{display:none}
+#consensus{background:#fff;border:1px solid var(--b);border-radius:8px;padding:.5em .8em;margin:.5em 0}
+#consensus.warn{border-color:var(--mel)} #export{margin:.4em 0}
+.col h3 small{font-weight:400;color:#667085} .about{font-size:.72em;color:#475467;margin:0 0 .3em}
+.card .thumb{cursor:zoom-in}
+#compare{background:#fff;border:1px solid var(--b);border-radius:8px;padding:.6em;margin:.5em 0}
+.cmp-row{display:flex;gap:1em;flex-wrap:wrap} .full{position:relative;display:inline-block}
+.full img{max-width:min(45vw,600px);max-height:450px;display:block} .full img.ov{position:absolute;left:0;top:0;
+ width:100%;height:100%;image-rendering:pixelated} #compare.nomask .full img.ov{display:none}
 .bar{display:flex;height:8px;width:176px;background:#eaecf0;border-radius:2px;overflow:hidden;margin-top:.3em}
 .bar span{display:block;height:100%} .why{color:#475467;font-size:.95em}
 """
@@ -33,7 +43,8 @@ INDEX_HTML = """<!doctype html><html lang="en"><head><meta charset="utf-8"><titl
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>""" + _STYLE + """</style></head>
 <body><header><b>dermsearch</b><span id="facts"></span><a href="/rate">rate results</a><a href="/docs">API</a></header>
 <main>
-<div id="drop"><img id="qimg" alt="" hidden><div>Drop a dermoscopic image here, or
+<div id="drop"><div class="qbox"><img id="qimg" alt="" hidden><img id="qmask" class="ov" alt=""
+ title="the query's lesion mask" hidden></div><div>Drop a dermoscopic image here, or
 <input type="file" id="file" accept="image/*"></div></div>
 <div id="controls">
  <label>k <input id="k" type="number" min="1" max="50" value="5" style="width:4em"></label>
@@ -46,6 +57,14 @@ INDEX_HTML = """<!doctype html><html lang="en"><head><meta charset="utf-8"><titl
  <label><span>&nbsp;</span><span><input type="checkbox" id="overlay"> overlay lesion masks</span></label>
 </div>
 <div id="status"></div>
+<div id="consensus" hidden></div>
+<div id="export" hidden><button id="dljson">Download results (JSON)</button>
+ <button id="dlsheet">Download contact sheet (HTML)</button></div>
+<div id="compare" hidden><div class="cmp-head"><b>Side by side</b> <span id="cmp-title"></span>
+ <label><input type="checkbox" id="cmp-masks" checked> lesion masks</label> <button id="cmp-close">Close</button></div>
+ <div class="cmp-row"><figure><div class="full"><img id="cmp-q" alt="query"><img id="cmp-qm" class="ov" alt=""></div>
+ <figcaption>query</figcaption></figure><figure><div class="full"><img id="cmp-m" alt="match">
+ <img id="cmp-mm" class="ov" alt=""></div><figcaption id="cmp-cap"></figcaption></figure></div></div>
 <div id="results"></div>
 </main>
 <script src="/static/search.js" defer></script></body></html>"""
@@ -65,7 +84,7 @@ features, background, location). Which measure found an image is hidden. Rater:
 </main><script src="/static/rate.js" defer></script></body></html>"""
 
 SEARCH_JS = r"""const $ = id => document.getElementById(id);
-let current = null, facts = null;
+let current = null, facts = null, last = null;
 const fmt = v => v === null || v === undefined ? '-' : v.toFixed(3);
 fetch('/api/index').then(r => { if (r.status === 401) { location.href = '/login'; throw 0; } return r.json(); }).then(f => {
   facts = f;
@@ -110,7 +129,7 @@ function styleBar(st) {     // each stored Gram's share of the style loss (numbe
 async function search() {
   if (!current) return;
   const fd = new FormData();
-  fd.append('file', current); fd.append('k', $('k').value);
+  fd.append('file', current); fd.append('k', $('k').value); fd.append('query_mask', 'png');
   fd.append('diagnosis', [...$('diagnosis').selectedOptions].map(o => o.value).join(','));
   fd.append('site', $('site').value); fd.append('sex', $('sex').value);
   if ($('age_min').value) fd.append('age_min', $('age_min').value);
@@ -119,13 +138,26 @@ async function search() {
   const r = await fetch('/api/search', {method: 'POST', body: fd});
   const body = await r.json();
   if (!r.ok) { $('status').textContent = body.detail; $('status').className = 'err'; $('results').innerHTML = ''; return; }
+  last = {body: body, form: fd};
+  const res = $('results'); res.innerHTML = ''; $('compare').hidden = true;
+  if (!body.candidates) {
+    $('status').textContent = 'No indexed image matches these filters: widen or clear them (diagnosis, site, sex, age).';
+    $('status').className = 'err'; $('consensus').hidden = true; $('export').hidden = true; return;
+  }
   $('status').textContent = body.candidates + ' candidates' + (body.messages ? ' · ' + body.messages.join(' ') : '');
-  const res = $('results'); res.innerHTML = '';
+  if (typeof body.query_mask_png === 'string' && body.query_mask_png.startsWith('data:image/png;base64,')) {
+    $('qmask').src = body.query_mask_png; $('qmask').hidden = false;
+  }
+  consensus(body); $('export').hidden = false;
   for (const [m, hits] of Object.entries(body.results)) {
     const col = document.createElement('div'); col.className = 'col'; col.dataset.measure = m;
     const mel = body.melanoma_in_top_k[m];
-    col.innerHTML = '<h3>' + m + '</h3><div class="mel-flag ' + (mel ? 'yes' : 'no') + '">melanoma in top ' +
+    col.innerHTML = '<h3></h3><p class="about"></p><div class="mel-flag ' + (mel ? 'yes' : 'no') + '">melanoma in top ' +
       hits.length + ': ' + (mel ? 'yes (' + mel + ')' : 'no') + '</div>';
+    const info = (facts && facts.measure_info && facts.measure_info[m]) || {name: m, about: ''};
+    col.querySelector('h3').append(String(info.name) + ' ', Object.assign(document.createElement('small'),
+      {textContent: m}));
+    col.querySelector('.about').textContent = String(info.about);
     for (const h of hits) {
       const c = h.components, card = document.createElement('div');
       card.className = 'card' + (h.melanoma === 1 ? ' melanoma' : '');
@@ -148,6 +180,7 @@ async function search() {
         card.appendChild(w);
       }
       card.querySelector('.hid').textContent = h.id;
+      card.querySelector('.thumb').onclick = () => compare(h, m);
       card.querySelector('.dx').textContent = (h.diagnosis || '-') + (h.lesion_id ? ' · ' + h.lesion_id : '');
       card.querySelector('.meta').textContent = Object.entries(h.meta || {}).map(([k, v]) => k + ' ' + v).join(' · ');
       col.appendChild(card);
@@ -155,6 +188,40 @@ async function search() {
     res.appendChild(col);
   }
 }
+function consensus(body) {   // how many of the measures put a melanoma in their top k, and which
+  const ms = Object.keys(body.melanoma_in_top_k), yes = ms.filter(m => body.melanoma_in_top_k[m] > 0);
+  const box = $('consensus'); box.hidden = false; box.className = yes.length ? 'warn' : '';
+  const name = m => (facts && facts.measure_info && facts.measure_info[m] ? facts.measure_info[m].name : m);
+  box.textContent = yes.length
+    ? 'Melanoma among the top ' + body.k_shown + ' of ' + yes.length + ' of ' + ms.length + ' measures: ' +
+      yes.map(m => name(m) + ' (' + body.melanoma_in_top_k[m] + ')').join(', ') + '.'
+    : 'No melanoma among the top ' + body.k_shown + ' of any of the ' + ms.length + ' measures.';
+}
+function compare(h, m) {
+  const id = encodeURIComponent(h.id);
+  $('cmp-q').src = $('qimg').src;
+  $('cmp-qm').src = $('qmask').src || ''; $('cmp-qm').hidden = !$('qmask').src;
+  $('cmp-m').src = '/api/images/' + id + '?size=full';
+  $('cmp-mm').src = '/api/masks/' + id;
+  $('cmp-title').textContent = h.id + ' · ' + (h.diagnosis || '-') + ' · found by ' + m;
+  $('cmp-cap').textContent = h.id + ' (' + (h.diagnosis || '-') + '), score ' + h.score.toFixed(4);
+  $('compare').hidden = false; $('compare').scrollIntoView({behavior: 'smooth'});
+}
+$('cmp-close').onclick = () => { $('compare').hidden = true; };
+$('cmp-masks').onchange = e => $('compare').classList.toggle('nomask', !e.target.checked);
+function download(blob, name) {
+  const a = document.createElement('a'); a.href = URL.createObjectURL(blob); a.download = name; a.click();
+}
+$('dljson').onclick = () => last && download(new Blob([JSON.stringify(last.body, null, 1)],
+  {type: 'application/json'}), 'dermsearch-search.json');
+$('dlsheet').onclick = async () => {
+  if (!last) return;
+  const fd = new FormData();
+  for (const [key, v] of last.form.entries()) if (key !== 'query_mask') fd.append(key, v);
+  fd.append('format', 'html');
+  const r = await fetch('/api/search', {method: 'POST', body: fd});
+  if (r.ok) download(await r.blob(), 'dermsearch-search.html');
+};
 """
 
 RATE_JS = r"""let task = null;
