@@ -180,6 +180,14 @@ def test_hostile_data_renders_inert_in_the_browser(chromium, hostile_index, tmp_
         texts = page.locator("#results .hid").all_inner_texts()
         assert any(t.startswith('x" onerror="alert(1)') for t in texts)      # shown as text, verbatim
         assert dialogs == []
+        # the contact sheet of the same search (export), opened as a page
+        sheet = page.request.post(base + "/api/search", multipart={
+            "file": {"name": "q.png", "mimeType": "image/png", "buffer": _png()}, "k": "5", "format": "html"}).text()
+        page.set_content(sheet)
+        page.wait_for_timeout(300)
+        assert page.locator("[onerror]").count() == 0 and page.locator("script").count() == 0
+        assert page.get_by_text('x" onerror="alert(1)', exact=False).count() >= 1
+        assert dialogs == []
     page.close()
 
 
