@@ -365,3 +365,23 @@ def test_api_docs_are_served_from_local_files(client):
         r = client.get(asset)
         assert r.status_code == 200 and len(r.content) > 100_000
     assert client.get("/static/docs/../../app.py").status_code == 404
+
+
+def test_live_archive_in_fast_mode_falls_back_to_exact(hostile_index, tmp_path):
+    from dermsearch.index import Index
+    from dermsearch.search.fast import FastConfig, optimize
+
+    root, extractor = hostile_index
+    ix = tmp_path / "ix"
+    shutil.copytree(root / "ix", ix)
+    optimize(Index.open(ix), FastConfig(style_dims=2, feature_dims=2, mask_grid=4, candidates=8,
+                                        normaliser_candidates=2))
+    searcher = Searcher(ix, extractor=extractor, mode="fast")
+    c = TestClient(create_app(ix, WebConfig(), searcher=searcher), base_url="http://localhost")
+    assert c.post("/api/search", files={"file": ("q.png", _png())}, data={"k": "3"}).status_code == 200
+    other = Index.open(ix)
+    with other.writing():
+        other.remove(["plain3"])
+    js = c.post("/api/search", files={"file": ("q.png", _png())}, data={"k": "3"}).json()
+    assert js["candidates"] == 7 and searcher.mode == "exact"     # stale fast files: exact, still correct
+    assert c.get("/api/images/plain3").status_code == 404

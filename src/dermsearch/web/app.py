@@ -36,6 +36,7 @@ from PIL import Image
 from ..extract import ImageError, load_image
 from ..extract.masks import unpack_mask
 from ..search import MEASURES, Filters, Searcher
+from ..search.fast import FastModeMissing
 from ..search.measures import MEASURE_INFO
 from ..search.sheet import contact_sheet_html
 from .auth import COOKIE, TokenStore
@@ -554,7 +555,15 @@ class LiveIndex:
                 self._writing = True
             try:
                 if self.searcher.index.latest_version() != self.version:
-                    self.searcher.refresh()
+                    try:
+                        self.searcher.refresh()
+                    except FastModeMissing:
+                        # the fast-mode files describe an older version: stay correct (a removed image
+                        # must go at once) with exact search until 'dermsearch optimize' is run again
+                        log.warning("the index changed and its fast-mode files are stale: serving exact search "
+                                    "until 'dermsearch optimize %s' is run", self.searcher.index.directory)
+                        self.searcher.mode = "exact"
+                        self.searcher.refresh()
                     self._load()
             finally:
                 with self._cond:
