@@ -84,6 +84,31 @@ def load_split(root: Path) -> dict:
             "ed": ed, "cs": cs, "es": normalised(ed, valid), "csn": (cs + 1) / 2}
 
 
+def cached(path: Path, make) -> np.ndarray:
+    """``make()``, saved at ``path`` the first time and read from there afterwards."""
+    if path.exists():
+        return np.load(path)
+    a = make()
+    np.save(path, a)
+    return a
+
+
+def score_stack(stack: np.ndarray, d: dict) -> dict:
+    """A per-layer distance stack scored three ways: today's β = 1/C, each layer alone, and fitted
+    weights (with the two-fold held-out figure)."""
+    valid, ql, cl, qmel, cmel, es, csn = d["valid"], d["ql"], d["cl"], d["qmel"], d["cmel"], d["es"], d["csn"]
+    chans = d["chans"]
+    inv = (1.0 / np.asarray(chans, dtype=np.float64) ** 2).astype(np.float32)
+    r = {"inverse-channels": figures(np.tensordot(inv, stack, 1), valid, ql, cl, qmel, cmel, es, csn),
+         "layer_alone_macro_p@5": [macro_precision_at_k(stack[i], valid, ql, cl) for i in range(len(chans))]}
+    fit = fit_gram_weights(stack, valid, ql, cl, channels=chans)
+    w = (np.asarray(fit.betas) ** 2).astype(np.float32)
+    r["fitted"] = {"shares": fit.shares, "betas": fit.betas, "start": fit.start, "evaluations": fit.evaluations,
+                   **figures(np.tensordot(w, stack, 1), valid, ql, cl, qmel, cmel, es, csn),
+                   "cv2_macro_p@5": cross_validated(stack, valid, ql, cl, d["les"][d["q"]], channels=chans)}
+    return r
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("data")
@@ -101,23 +126,13 @@ def main() -> None:
     stacks = {}
     for v in variants:
         t0 = time.time()
-        cache = root / f"stack-{v}.npy"
-        if cache.exists():
-            stack = np.load(cache)
-        else:
+
+        def make(v=v):
             mm = np.load(root / f"{v}.npy", mmap_mode="r")
-            stack = layer_distance_stack(np.asarray(mm[q], dtype=np.float32), mm[c], layout)
-            np.save(cache, stack)
-        stacks[v] = stack
-        inv = (1.0 / np.asarray(chans, dtype=np.float64) ** 2).astype(np.float32)
-        r = {"inverse-channels": figures(np.tensordot(inv, stack, 1), valid, ql, cl, qmel, cmel, es, csn),
-             "layer_alone_macro_p@5": [macro_precision_at_k(stack[i], valid, ql, cl) for i in range(len(chans))]}
-        fit = fit_gram_weights(stack, valid, ql, cl, channels=chans)
-        w = (np.asarray(fit.betas) ** 2).astype(np.float32)
-        r["fitted"] = {"shares": fit.shares, "betas": fit.betas, "start": fit.start, "evaluations": fit.evaluations,
-                       **figures(np.tensordot(w, stack, 1), valid, ql, cl, qmel, cmel, es, csn)}
-        r["fitted"]["cv2_macro_p@5"] = cross_validated(stack, valid, ql, cl, les[q], channels=chans)
-        report["variants"][v] = r
+            return layer_distance_stack(np.asarray(mm[q], dtype=np.float32), mm[c], layout)
+
+        stack = stacks[v] = cached(root / f"stack-{v}.npy", make)
+        r = report["variants"][v] = score_stack(stack, d)
         log(v, f"{time.time() - t0:.0f}s", json.dumps({"inv": r["inverse-channels"]["macro_p@5"],
                                                        "alone": [round(x, 3) for x in r["layer_alone_macro_p@5"]],
                                                        "fit": r["fitted"]["macro_p@5"],

@@ -26,16 +26,10 @@ import numpy as np
 import torch
 
 from dermsearch.extract import Extractor, ExtractorConfig, load_image
-from dermsearch.extract.gram import gram_pool_weights, masked_gram_matrix, style_dim
+from dermsearch.extract.gram import average_grams, style_dim, style_vector
 from dermsearch.extract.masks import pack_masks, resize_mask
 
 MARGINS = (0.0, 0.05, 0.1, 0.2)
-
-
-def pack(g: torch.Tensor) -> torch.Tensor:
-    c = g.shape[-1]
-    iu = torch.triu_indices(c, c, offset=1)
-    return torch.cat([torch.diagonal(g, dim1=-2, dim2=-1), g[:, iu[0], iu[1]] * 2**0.5], dim=1)
 
 
 def main() -> None:
@@ -93,22 +87,13 @@ def main() -> None:
             seg_t = torch.nn.functional.interpolate(torch.from_numpy(seg).float()[:, None],
                                                     size=pix.shape[1:3], mode="nearest")
             for v in variants:
-                parts = []
-                for taps in zip(*o.member_taps):
-                    h, w = taps[0].shape[-2:]
-                    if v == "image":
-                        wts = None
-                    elif v == "skin":
-                        wts = gram_pool_weights(seg_t, (h, w), 0.0, outside=True)
-                    else:
-                        wts = gram_pool_weights(seg_t, (h, w), float(v.split("-m")[1]))
-                    grams = {}
-                    for t in taps:
-                        if id(t) not in grams:
-                            grams[id(t)] = masked_gram_matrix(t, wts)
-                    g = torch.stack([grams[id(t)] for t in taps]).mean(0).double()
-                    parts.append(pack(g))
-                mm[v][s:e] = torch.cat(parts, 1).float().numpy().astype(np.float16)
+                if v == "image":
+                    grams = average_grams(o.member_taps)
+                elif v == "skin":     # the product's skin Grams: outside the undilated mask
+                    grams = average_grams(o.member_taps, seg_t, "lesion+skin")[1::2]
+                else:
+                    grams = average_grams(o.member_taps, seg_t, "lesion", float(v.split("-m")[1]))
+                mm[v][s:e] = style_vector(grams, [1.0] * len(grams)).astype(np.float16)
         if bi % 20 == 0:
             el = time.time() - t0
             print(f"{e}/{n} {e / el:.1f} img/s", file=sys.stderr, flush=True)

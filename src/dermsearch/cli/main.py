@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .. import __version__
@@ -24,16 +23,11 @@ from ..presets import PRESETS, get_preset
 from ..search import MEASURES, Filters, Searcher
 from ..search.fast import FastConfig, FastModeMissing
 from ..search.sharded import ShardTooLarge
+from .common import UsageError, err
 from .render import print_tables, write_contact_sheet
-
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
+from .serve import cmd_serve, cmd_token
 
 DEVICE_HELP = "where the networks run: auto (CUDA when torch sees it, else CPU), cpu, cuda or cuda:N"
-
-
-class UsageError(Exception):
-    pass
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -480,7 +474,7 @@ def _cmd_evaluate(args) -> int:
 
 def _headline(args, evaluator, report, split, candidates) -> None:
     """Name the report's headline measure: given (--headline), or chosen on other queries (--choose-on)."""
-    from ..evaluate import EvaluationConfig, choose_headline
+    from ..evaluate import EvaluationConfig
 
     metric = args.choose_metric.replace("@k", f"@{args.k}")
     if args.headline:
@@ -495,79 +489,29 @@ def _headline(args, evaluator, report, split, candidates) -> None:
         raise UsageError(f"--choose-on {' '.join(args.choose_on)} overlaps the query splits: choose on other "
                          "queries than those reported")
     ids = evaluator.searcher.snapshot.ids
-    sel_queries = [i for i in ids if split.get(i) in chosen]
     pool = candidates if candidates is not None else list(ids)
-    sel_candidates = [i for i in pool if split.get(i) not in chosen]
-    if not sel_queries or not sel_candidates:
-        raise UsageError(f"--choose-on {' '.join(args.choose_on)}: no selection queries or no candidates outside them")
-    sel = evaluator.run(evaluator.queries_from_index(sel_queries), sel_candidates,
-                        EvaluationConfig(k=args.k, vote_k=args.vote_k, bootstrap=0, seed=args.seed))
-    first = next(iter(sel.measures.values()))
-    if metric not in first:
-        raise UsageError(f"unknown --choose-metric {args.choose_metric!r}; valid: "
-                         f"{', '.join(k for k, v in first.items() if 'value' in v)}")
-    measure, values = choose_headline(sel, metric)
-    report.set_headline(measure, metric, f"highest {metric} with the {'+'.join(args.choose_on)} rows as queries "
-                        f"against the {len(sel_candidates)} candidates outside them ({len(sel_queries)} queries)",
-                        values)
+    evaluator.headline_from(report, [i for i in ids if split.get(i) in chosen],
+                            [i for i in pool if split.get(i) not in chosen], metric,
+                            EvaluationConfig(k=args.k, vote_k=args.vote_k, seed=args.seed), "+".join(args.choose_on))
 
 
 def _cmd_fit_gram_weights(args) -> int:
-    import numpy as np
-
     from ..evaluate import read_split
-    from ..evaluate.gram_weights import (
-        cross_validated,
-        fit_gram_weights,
-        layer_distance_stack,
-        macro_precision_at_k,
-        save_gram_weights,
-    )
+    from ..evaluate.gram_weights import fit_index_gram_weights, save_gram_weights
 
-    index = Index.open(args.index)
-    m = index.manifest
-    if not m["style_dim"]:
-        raise UsageError(f"{args.index} stores no style vectors")
-    layout = m.get("style_layers")
-    if not layout:
-        raise UsageError(f"{args.index} was built before style layouts were recorded; rebuild it")
-    split = read_split(args.split_csv)
-    s = Searcher(args.index, device="cpu").snapshot
-    diag = np.array([d or "" for d in s.diagnosis], dtype=object)
-    splits = np.array([split.get(i, "") for i in s.ids], dtype=object)
-    q = np.flatnonzero(np.isin(splits, args.query_split) & (diag != "") & (diag != "unknown"))
-    c = np.flatnonzero(np.isin(splits, args.candidate_split) & (diag != ""))
-    if not len(q) or not len(c):
-        raise UsageError(f"no labelled rows in the query splits {args.query_split} or candidate splits "
-                         f"{args.candidate_split}")
-    lesions = np.array([lid if lid else f"\0row{i}" for i, lid in enumerate(s.lesion_id)], dtype=object)
-    valid = (lesions[q][:, None] != lesions[c][None, :]) & (q[:, None] != c[None, :])
-    stack = layer_distance_stack(s.styles[q], s.styles[c], layout)
-    chans = [e["channels"] for e in layout]
-    before = np.asarray([e["beta"] for e in layout]) ** 2
-    score_before = macro_precision_at_k(np.tensordot(before.astype(np.float32), stack, 1), valid, diag[q], diag[c],
-                                        args.k)
-    fit = fit_gram_weights(stack, valid, diag[q], diag[c], args.k, chans)
-    cv = cross_validated(stack, valid, diag[q], diag[c], lesions[q], args.k, chans)
-    ext = m["extractor"]
-    save_gram_weights(args.out, fit, {
-        "gram_pool": ext.get("gram_pool", "image"), "gram_margin": ext.get("gram_margin", 0.0),
-        "gram_norm": ext.get("gram_norm", "none"),
-        "tap_channels": m["tap_channels"], "network": m.get("network_fingerprint"),
-        "layers": [{"stage": e["stage"], "region": e["region"], "channels": e["channels"]} for e in layout],
-        "fitted_on": {"index": str(args.index), "index_fingerprint": index.fingerprint, "queries": args.query_split,
-                      "candidates": args.candidate_split, "n_queries": int(len(q)), "n_candidates": int(len(c)),
-                      "k": args.k, f"macro_p@{args.k}_index_weights": score_before,
-                      f"macro_p@{args.k}_fitted": fit.score, f"macro_p@{args.k}_cv2_held_out": cv}})
+    r = fit_index_gram_weights(Index.open(args.index), read_split(args.split_csv), args.query_split,
+                               args.candidate_split, args.k)
+    save_gram_weights(args.out, r.fit, r.info)
     print(f"style macro-P@{args.k} on {'+'.join(args.query_split)} vs {'+'.join(args.candidate_split)}: "
-          f"{score_before:.3f} with the index's weights, {fit.score:.3f} fitted "
-          f"({cv['mean']:.3f} held out in 2-fold cross-validation over lesions)")
-    for e, share in zip(layout, fit.shares):
+          f"{r.before:.3f} with the index's weights, {r.fit.score:.3f} fitted "
+          f"({r.held_out['mean']:.3f} held out in 2-fold cross-validation over lesions)")
+    for e, share in zip(r.layout, r.fit.shares):
         print(f"  stage {e['stage']} {e['region']:6s} C={e['channels']:4d}  share of the loss {share:.3f}")
+    flags = f" --gram-pool {r.info['gram_pool']} --gram-margin {r.info['gram_margin']}" \
+        if r.info["gram_pool"] != "image" else ""
+    flags += f" --gram-norm {r.info['gram_norm']}" if r.info["gram_norm"] != "none" else ""
     print(f"weights written to {args.out}; use them with: dermsearch index SOURCE --index NEW_DIR "
-          f"--gram-weights {args.out}" + (f" --gram-pool {ext['gram_pool']} --gram-margin {ext['gram_margin']}"
-                                          if ext.get("gram_pool", "image") != "image" else "")
-          + (f" --gram-norm {ext['gram_norm']}" if ext.get("gram_norm", "none") != "none" else ""))
+          f"--gram-weights {args.out}{flags}")
     return 0
 
 
@@ -687,70 +631,6 @@ def _cmd_eval_segmenter(args) -> int:
     return 0
 
 
-def _cmd_token(args) -> int:
-    from ..web.auth import TokenStore
-
-    Index.open(args.index)                  # a real index, or a clear error
-    store = TokenStore.for_index(args.index)
-    if args.action == "create":
-        token = store.create(args.name, args.role)
-        err.print(f"token for {args.name} ({args.role}); it is shown only now:", highlight=False)
-        print(token)
-    elif args.action == "revoke":
-        n = store.revoke(args.name)
-        if not n:
-            raise UsageError(f"{args.name!r} has no active token")
-        print(f"revoked {n} token(s) of {args.name}")
-    else:
-        for t in store._read():
-            state = "revoked " + time.strftime("%Y-%m-%d", time.gmtime(t["revoked"])) if t.get("revoked") else "active"
-            print(f"{t['name']}\t{t['role']}\tcreated {time.strftime('%Y-%m-%d', time.gmtime(t['created']))}\t{state}")
-    return 0
-
-
-def _cmd_serve(args) -> int:
-    import uvicorn
-
-    from ..web.app import WebConfig, create_app
-    from ..web.auth import TokenStore
-
-    loopback = args.host in ("127.0.0.1", "localhost", "::1")
-    if not loopback and (args.auth == "off" or not TokenStore.for_index(args.index).active()):
-        raise UsageError(f"--host {args.host} would expose the archive beyond this machine without authentication. "
-                         f"Create tokens first ('dermsearch token create {args.index} --name NAME --role rater', "
-                         f"and one with --role admin), then serve with --auth auto or on; see docs/deploy.md")
-
-    rating_ids = None
-    if args.query_split:
-        from ..evaluate import read_split
-
-        if not args.split_csv:
-            raise UsageError("--query-split needs --split-csv")
-        split = read_split(args.split_csv)
-        rating_ids = frozenset(i for i, sp in split.items() if sp in set(args.query_split))
-    hosts = ("localhost", "127.0.0.1", "::1", *([] if args.host in ("0.0.0.0", "::") else [args.host]),
-             *args.allowed_host)
-    app = create_app(args.index, WebConfig(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-                                           allowed_hosts=hosts, concurrency=args.concurrency, queue=args.queue,
-                                           auth="on" if not loopback else args.auth, rating_query_ids=rating_ids,
-                                           rate_limit=args.rate_limit),
-                     searcher=Searcher(args.index, device=args.device, mode="fast" if args.fast else "exact",
-                                       dask=args.dask))
-    if not loopback:
-        err.print(f"binding {args.host}: API tokens required; serve it over TLS (a reverse proxy: docs/deploy.md) "
-                  "and name the proxy's host with --allowed-host", highlight=False)
-    import logging
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    access = logging.getLogger("dermsearch.web.access")   # one line per request, with the user
-    access.addHandler(handler)
-    access.setLevel(logging.INFO)
-    err.print(f"serving {args.index} on http://{args.host}:{args.port}/ (API docs at /docs)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    return 0
-
-
 def _cmd_optimize(args) -> int:
     from ..search.fast import optimize
 
@@ -802,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
         "index": _cmd_index, "search": _cmd_search, "optimize": _cmd_optimize, "evaluate": _cmd_evaluate,
         "train": _cmd_train, "fit-gram-weights": _cmd_fit_gram_weights,
         "eval-segmenter": _cmd_eval_segmenter, "eval-classifier": _cmd_eval_classifier,
-        "presets": _cmd_presets, "serve": _cmd_serve, "token": _cmd_token, "info": _cmd_info,
+        "presets": _cmd_presets, "serve": cmd_serve, "token": cmd_token, "info": _cmd_info,
         "export-onnx": _cmd_export_onnx,
         "backbones": lambda _: print("\n".join(list_backbones())) or 0,
     }

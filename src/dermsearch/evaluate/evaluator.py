@@ -9,6 +9,7 @@ lesion (``lesion_id``) are never candidates.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -116,14 +117,13 @@ def read_split(path: str | Path) -> dict[str, str]:
         return {r["image_id"]: r["split"] for r in reader}
 
 
-def _label(diagnosis: str | None) -> str:
-    """A query's diagnosis label; "unknown" counts as unlabelled."""
-    d = (diagnosis or "").strip()
-    return "" if d.lower() == "unknown" else d
-
-
 def _unknown(diagnosis: str | None) -> bool:
     return (diagnosis or "").strip().lower() == "unknown"
+
+
+def _label(diagnosis: str | None) -> str:
+    """A query's diagnosis label; "unknown" counts as unlabelled."""
+    return "" if _unknown(diagnosis) else (diagnosis or "").strip()
 
 
 def _stat(value: float, ci: tuple[float, float]) -> dict:
@@ -313,6 +313,24 @@ class Evaluator:
         ids_top = {m: s.ids[rows] for m, rows in top.items()}
         return EvaluationReport(config, len(queries), n_cand, queries.source, time.perf_counter() - t0,
                                 ranking_seconds, results, ids_top, queries.ids, queries.paths, notes, head)
+
+    def headline_from(self, report: EvaluationReport, selection_ids, candidate_ids, metric: str,
+                      config: EvaluationConfig, label: str) -> None:
+        """Name ``report``'s headline measure by a rule fixed in advance: the best ``metric`` with
+        other index rows (``selection_ids``, e.g. val) as queries against ``candidate_ids``."""
+        if set(selection_ids) & set(report.query_ids if report.query_ids is not None else ()):
+            raise ValueError("the headline must be chosen on other queries than those reported")
+        if not selection_ids or not candidate_ids:
+            raise ValueError(f"{label}: no selection queries or no candidates outside them")
+        sel = self.run(self.queries_from_index(selection_ids), candidate_ids,
+                       dataclasses.replace(config, bootstrap=0))
+        first = next(iter(sel.measures.values()))
+        if metric not in first:
+            valid = ", ".join(k for k, v in first.items() if "value" in v)
+            raise ValueError(f"unknown metric {metric!r}; valid: {valid}")
+        measure, values = choose_headline(sel, metric)
+        report.set_headline(measure, metric, f"highest {metric} with the {label} rows as queries against the "
+                            f"{len(candidate_ids)} candidates outside them ({len(selection_ids)} queries)", values)
 
     def _head_auc(self, queries: QuerySet, config: EvaluationConfig) -> dict | None:
         """Melanoma AUC of the ensemble's own head on the queries' feature vectors (with a CI)."""

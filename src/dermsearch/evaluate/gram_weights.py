@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["GramWeightFit", "macro_precision_at_k", "fit_gram_weights", "cross_validated",
-           "layer_distance_stack", "save_gram_weights"]
+__all__ = ["GramWeightFit", "IndexFit", "macro_precision_at_k", "fit_gram_weights", "cross_validated",
+           "layer_distance_stack", "save_gram_weights", "fit_index_gram_weights"]
 
 
 @dataclass
@@ -143,6 +143,57 @@ def cross_validated(stack: np.ndarray, valid: np.ndarray, query_labels: np.ndarr
                                                            query_labels[part], candidate_labels, k)))
     total = sum(n for n, _ in held)
     return {"folds": [s for _, s in held], "mean": sum(n * s for n, s in held) / total}
+
+
+@dataclass
+class IndexFit:
+    fit: GramWeightFit
+    held_out: dict              # cross_validated(): the two folds' held-out macro-P@k and their mean
+    before: float               # macro-P@k with the index's own weights
+    layout: list[dict]
+    info: dict                  # what save_gram_weights writes beside the betas
+
+
+def fit_index_gram_weights(index, split: dict[str, str], query_splits: Sequence[str] = ("val",),
+                           candidate_splits: Sequence[str] = ("train",), k: int = 5) -> IndexFit:
+    """Fit the layer weights on an index's labelled rows: the ``query_splits`` rows as queries
+    against the ``candidate_splits`` rows (same lesion never a candidate), from the stored style
+    vectors (per-layer distances recovered through the index's own β)."""
+    from .metrics import lesion_clusters
+
+    m = index.manifest
+    if not m["style_dim"]:
+        raise ValueError(f"{index.directory} stores no style vectors")
+    layout = m.get("style_layers")
+    if not layout:
+        raise ValueError(f"{index.directory} was built before style layouts were recorded; rebuild it")
+    s = index.snapshot()
+    diag = np.array([d or "" for d in s.diagnosis], dtype=object)
+    splits = np.array([split.get(i, "") for i in s.ids], dtype=object)
+    q = np.flatnonzero(np.isin(splits, list(query_splits)) & (diag != "") & (diag != "unknown"))
+    c = np.flatnonzero(np.isin(splits, list(candidate_splits)) & (diag != ""))
+    if not len(q) or not len(c):
+        raise ValueError(f"no labelled rows in the query splits {list(query_splits)} or the candidate splits "
+                         f"{list(candidate_splits)}")
+    lesions = lesion_clusters(s.lesion_id)
+    valid = (lesions[q][:, None] != lesions[c][None, :]) & (q[:, None] != c[None, :])
+    stack = layer_distance_stack(s.styles[q], s.styles[c], layout)
+    chans = [e["channels"] for e in layout]
+    before = (np.asarray([e["beta"] for e in layout]) ** 2).astype(np.float32)
+    score_before = macro_precision_at_k(np.tensordot(before, stack, 1), valid, diag[q], diag[c], k)
+    fit = fit_gram_weights(stack, valid, diag[q], diag[c], k, chans)
+    held_out = cross_validated(stack, valid, diag[q], diag[c], lesions[q], k, chans)
+    ext = m["extractor"]
+    info = {"gram_pool": ext.get("gram_pool", "image"), "gram_margin": ext.get("gram_margin", 0.0),
+            "gram_norm": ext.get("gram_norm", "none"), "tap_channels": m["tap_channels"],
+            "network": m.get("network_fingerprint"),
+            "layers": [{"stage": e["stage"], "region": e["region"], "channels": e["channels"]} for e in layout],
+            "fitted_on": {"index": str(index.directory), "index_fingerprint": index.fingerprint,
+                          "queries": list(query_splits), "candidates": list(candidate_splits),
+                          "n_queries": int(len(q)), "n_candidates": int(len(c)), "k": k,
+                          f"macro_p@{k}_index_weights": score_before, f"macro_p@{k}_fitted": fit.score,
+                          f"macro_p@{k}_cv2_held_out": held_out}}
+    return IndexFit(fit, held_out, score_before, layout, info)
 
 
 def save_gram_weights(path: str | os.PathLike, fit: GramWeightFit, info: dict) -> None:

@@ -23,7 +23,7 @@ from PIL import Image
 from ..extract.gram import layer_losses
 from ..extract.masks import unpack_mask
 
-__all__ = ["style_explanation", "mask_explanation", "overlap_png", "OVERLAP_COLOURS"]
+__all__ = ["style_explanation", "mask_explanation", "overlap_png", "mask_png", "OVERLAP_COLOURS"]
 
 # RGBA: both masks, the query's only, the match's only (transparent where neither).
 OVERLAP_COLOURS = {"both": (18, 183, 106, 170), "query": (217, 45, 32, 150), "match": (46, 144, 250, 150)}
@@ -55,6 +55,18 @@ def overlap_png(query_packed: np.ndarray, row_packed: np.ndarray, size: int) -> 
     img[q & m] = OVERLAP_COLOURS["both"]
     img[q & ~m] = OVERLAP_COLOURS["query"]
     img[~q & m] = OVERLAP_COLOURS["match"]
+    return _png(img)
+
+
+def mask_png(packed: np.ndarray, size: int, colour: tuple[int, int, int, int]) -> bytes:
+    """One stored mask as an RGBA PNG overlay: ``colour`` where set, transparent elsewhere."""
+    m = unpack_mask(packed, size)
+    img = np.zeros((size, size, 4), np.uint8)
+    img[m] = colour
+    return _png(img)
+
+
+def _png(rgba: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(img, "RGBA").save(buf, format="PNG", optimize=True)
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG", optimize=True)
     return buf.getvalue()

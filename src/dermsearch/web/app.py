@@ -11,36 +11,30 @@ in a bounded thread pool, never on the event loop, and a full queue answers 429;
 from __future__ import annotations
 
 import base64
-import csv
 import io
 import logging
-import math
 import random
-import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import anyio
 import anyio.to_thread
-import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from PIL import Image
 
 from ..extract import ImageError, load_image
-from ..extract.masks import unpack_mask
 from ..search import MEASURES, Filters, Searcher
-from ..search.fast import FastModeMissing
-from ..search.measures import MEASURE_INFO
+from ..search.explain import mask_png
 from ..search.sheet import contact_sheet_html
 from .auth import COOKIE, TokenStore
+from .live import LiveIndex, RateLimiter
 from .pages import INDEX_HTML, LOGIN_HTML, LOGIN_JS, RATE_HTML, RATE_JS, SEARCH_JS
+from .ratings import RatingStore, strict_bool
 from .security import RequestGuard
 
 __all__ = ["create_app", "WebConfig"]
@@ -65,63 +59,6 @@ class WebConfig:
     rate_limit: int = 0                   # searches per minute per client (user with tokens, else address); 0: off
 
 
-class RatingStore:
-    """Blinded ratings, durable in SQLite inside the index directory."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._lock = threading.Lock()
-        with self._connect() as db:
-            db.executescript("""
-                CREATE TABLE IF NOT EXISTS items (session TEXT, query_id TEXT, item TEXT, candidate_id TEXT,
-                                                  measure TEXT, rank INTEGER);
-                CREATE TABLE IF NOT EXISTS ratings (session TEXT, query_id TEXT, item TEXT, similar INTEGER,
-                                                    rater TEXT, created REAL, PRIMARY KEY (session, item));
-                CREATE TABLE IF NOT EXISTS owners (session TEXT PRIMARY KEY, owner TEXT);
-            """)
-
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=30)
-
-    def add_session(self, session: str, rows: list[tuple], owner: str | None = None) -> None:
-        with self._lock, self._connect() as db:
-            db.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)", [(session, *r) for r in rows])
-            if owner is not None:
-                db.execute("INSERT OR REPLACE INTO owners VALUES (?, ?)", (session, owner))
-
-    def rate(self, session: str, ratings: list[tuple[str, str, int]], rater: str, user: str | None = None) -> int:
-        """Store judgements; with ``user`` (authentication on) only the session's own user may."""
-        with self._lock, self._connect() as db:
-            if user is not None:
-                row = db.execute("SELECT owner FROM owners WHERE session = ?", (session,)).fetchone()
-                if row is None or row[0] != user:
-                    raise PermissionError("this rating session belongs to another rater")
-            known = {(q, i) for q, i in db.execute(
-                "SELECT DISTINCT query_id, item FROM items WHERE session = ?", (session,))}
-            bad = [(q, i) for q, i, _ in ratings if (q, i) not in known]
-            if bad:
-                raise KeyError(f"unknown items for this session: {bad[:3]}")
-            db.executemany("INSERT OR REPLACE INTO ratings VALUES (?, ?, ?, ?, ?, ?)",
-                           [(session, q, i, int(bool(s)), rater, time.time()) for q, i, s in ratings])
-        return len(ratings)
-
-    def export(self, which: str) -> str:
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        with self._connect() as db:
-            if which == "key":
-                w.writerow(["query_id", "item", "candidate_id", "measure", "rank"])
-                # rated sessions only: a page load that was never rated is not a judgement
-                w.writerows([_cell(c) for c in row] for row in db.execute(
-                    "SELECT query_id, session || '/' || item, candidate_id, measure, rank FROM items "
-                    "WHERE session IN (SELECT DISTINCT session FROM ratings) ORDER BY rowid"))
-            else:
-                w.writerow(["query_id", "item", "similar", "rater"])
-                w.writerows([_cell(c) for c in row] for row in db.execute(
-                    "SELECT query_id, session || '/' || item, similar, rater FROM ratings ORDER BY created"))
-        return buf.getvalue()
-
-
 _HIDDEN_META = {"image_id", "image_path", "mask_path", "diagnosis", "lesion_id", "melanoma"}
 
 
@@ -136,7 +73,7 @@ def _hit_json(hit, meta: dict) -> dict:
 
 def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher: Searcher | None = None) -> FastAPI:
     index_dir = Path(index_dir)
-    live = LiveIndex(searcher or Searcher(index_dir), config)
+    live = LiveIndex(searcher or Searcher(index_dir), config.max_upload_bytes)
     ratings = RatingStore(index_dir / "ratings.sqlite")
     app = FastAPI(title="dermsearch", version="1", description="Reverse image search for dermoscopic images. "
                   "Ten similarity measures over an index of diagnosed lesions.", docs_url=None, redoc_url=None)
@@ -341,12 +278,8 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
                     h["explain"] = {**h["explain"], "overlap_png": overlays[h["id"]]}
         out["melanoma_in_top_k"] = {m: sum(1 for h in hits if h.melanoma == 1) for m, hits in result.results.items()}
         if with_mask and query.mask is not None:
-            m = unpack_mask(query.mask, searcher.index.manifest["mask_size"])
-            rgba = np.zeros((*m.shape, 4), np.uint8)
-            rgba[m] = (217, 45, 32, 120)         # the query's mask: red (a match's is cyan)
-            buf = io.BytesIO()
-            Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
-            out["query_mask_png"] = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+            png = mask_png(query.mask, searcher.index.manifest["mask_size"], QUERY_MASK)
+            out["query_mask_png"] = "data:image/png;base64," + base64.b64encode(png).decode()
         return out
 
     def _row(st, image_id: str) -> int:
@@ -394,12 +327,8 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
             pos = _row(st, image_id)
             if st.snap.masks is None:
                 raise HTTPException(404, "this index stores no masks")
-            m = unpack_mask(st.snap.masks[pos], st.searcher.index.manifest["mask_size"])
-        rgba = np.zeros((*m.shape, 4), np.uint8)
-        rgba[m] = (0, 255, 255, 140)
-        buf = io.BytesIO()
-        Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
-        return Response(buf.getvalue(), media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+            png = mask_png(st.snap.masks[pos], st.searcher.index.manifest["mask_size"], MATCH_MASK)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     @app.post("/api/ratings/session", summary="A blinded rating task: a random indexed query and its pooled top-k")
     def rating_session(request: Request, seed: int | None = None) -> dict:
@@ -440,7 +369,7 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
         try:
             body = await request.json()
             session, qid = str(body["session"]), str(body["query_id"])
-            marks = [(qid, str(r["item"]), int(_strict_bool(r["similar"]))) for r in body["ratings"]]
+            marks = [(qid, str(r["item"]), int(strict_bool(r["similar"]))) for r in body["ratings"]]
             rater = str(body.get("rater", ""))[:100]
         except Exception:  # noqa: BLE001
             raise HTTPException(422, "expected {session, query_id, ratings: [{item, similar}], rater?}") from None
@@ -466,121 +395,8 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
     return app
 
 
-def _is_number(v) -> bool:
-    try:
-        float(v)
-        return True
-    except (TypeError, ValueError):
-        return False
-
-
-def _strict_bool(v) -> bool:
-    """JSON true/false only: the strings "false" or "0" must not count as similar."""
-    if not isinstance(v, bool):
-        raise ValueError(f"'similar' must be true or false, not {v!r}")
-    return v
-
-
-class RateLimiter:
-    """A token bucket per client: ``per_minute`` searches a minute, bursts of up to a sixth of that."""
-
-    def __init__(self, per_minute: int):
-        self.rate = per_minute / 60.0
-        self.capacity = max(1.0, per_minute / 6.0)
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def take(self, client: str) -> int:
-        """0 when the request may go on, else the seconds to wait."""
-        if self.rate <= 0:
-            return 0
-        now = time.monotonic()
-        with self._lock:
-            tokens, last = self._buckets.get(client, (self.capacity, now))
-            tokens = min(self.capacity, tokens + (now - last) * self.rate)
-            if tokens >= 1:
-                self._buckets[client] = (tokens - 1, now)
-                return 0
-            self._buckets[client] = (tokens, now)
-            if len(self._buckets) > 10_000:          # forget idle clients
-                self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 600}
-            return max(1, math.ceil((1 - tokens) / self.rate))
-
-
-class LiveIndex:
-    """The searcher at the index's newest version. Each request checks the version (a LanceDB
-    ``checkout_latest``, well under a millisecond); when another process has added or removed
-    images, the snapshot is reloaded while requests wait (a readers/writer lock), so a removed
-    image is gone from the very next response."""
-
-    def __init__(self, searcher: Searcher, config: WebConfig):
-        self.searcher, self.config = searcher, config
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writing = False
-        self._check = threading.Lock()
-        self._load()
-
-    def _load(self) -> None:
-        s = self.searcher
-        self.snap, self.meta, self.version = s.snapshot, s.metadata(), s.snapshot.version
-        self.site_col = "localization" if any("localization" in m for m in self.meta) else "site"
-        self.age_col = "age" if any(_is_number(m.get("age")) for m in self.meta) else "age_approx"
-        self.facts = self._facts()
-
-    def _facts(self) -> dict:
-        snap, meta, s = self.snap, self.meta, self.searcher
-        diag: dict[str, int] = {}
-        for d in snap.diagnosis:
-            diag[d or "(none)"] = diag.get(d or "(none)", 0) + 1
-
-        def values(col):
-            return sorted({str(m[col]) for m in meta if m.get(col)})
-        ages = [float(m[self.age_col]) for m in meta if _is_number(m.get(self.age_col))]
-        return {"images": len(snap), "version": snap.version, "fingerprint": s.index.fingerprint,
-                "measure_info": {m: {"name": n, "about": a} for m, (n, a) in MEASURE_INFO.items()},
-                "extractor": s.index.manifest["extractor"], "measures": list(s.available_measures()),
-                "diagnoses": dict(sorted(diag.items())), "sites": values("localization") or values("site"),
-                "sexes": values("sex"), "age_range": [min(ages), max(ages)] if ages else None,
-                "has_masks": snap.masks is not None, "max_upload_bytes": self.config.max_upload_bytes}
-
-    @contextmanager
-    def current(self):
-        with self._check:
-            latest = self.searcher.index.latest_version()
-        if latest != self.version:
-            with self._cond:
-                while self._writing or self._readers:
-                    self._cond.wait()
-                self._writing = True
-            try:
-                if self.searcher.index.latest_version() != self.version:
-                    try:
-                        self.searcher.refresh()
-                    except FastModeMissing:
-                        # the fast-mode files describe an older version: stay correct (a removed image
-                        # must go at once) with exact search until 'dermsearch optimize' is run again
-                        log.warning("the index changed and its fast-mode files are stale: serving exact search "
-                                    "until 'dermsearch optimize %s' is run", self.searcher.index.directory)
-                        self.searcher.mode = "exact"
-                        self.searcher.refresh()
-                    self._load()
-            finally:
-                with self._cond:
-                    self._writing = False
-                    self._cond.notify_all()
-        with self._cond:
-            while self._writing:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield self
-        finally:
-            with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
-
-
+QUERY_MASK = (217, 45, 32, 120)     # the query's mask overlay: red
+MATCH_MASK = (0, 255, 255, 140)     # an indexed image's: cyan
 _DOC_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
                "redoc.standalone.js": "text/javascript", "favicon.png": "image/png"}
 
@@ -602,8 +418,3 @@ def _access(request: Request, user, status: int, t0: float) -> None:
                     status, 1e3 * (time.perf_counter() - t0))
 
 
-def _cell(v):
-    """A CSV cell a spreadsheet will not run as a formula."""
-    if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + v
-    return v

@@ -65,6 +65,10 @@ class TokenStore:
         tmp.replace(self.path)
         self._cache = None
 
+    def all(self) -> list[dict]:
+        """Every token record (hashes, never tokens), revoked ones included."""
+        return list(self._read())
+
     def active(self) -> list[dict]:
         return [t for t in self._read() if not t.get("revoked")]
 
