@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -175,7 +176,9 @@ def test_interrupted_member_resumes_from_its_last_epoch(synthetic, tmp_path):
         train_classifier(cfg, tmp_path / "run", log=killer, progress=False)
     assert not (tmp_path / "run" / "ensemble.safetensors").exists()
     logs: list[str] = []
-    train_classifier(cfg, tmp_path / "run", log=logs.append, progress=False)
+    # another device for the second sitting (the device is not part of the resume key)
+    train_classifier(replace(cfg, device="cpu"), tmp_path / "run", log=logs.append, progress=False)
+    assert not any("afresh" in line for line in logs)
     assert any("resuming after epoch 2" in line for line in logs)
     assert sum("member 1/1 epoch" in line for line in logs) == 2   # epochs 3 and 4 only
     assert (tmp_path / "run" / "ensemble.safetensors").is_file()

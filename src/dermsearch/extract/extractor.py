@@ -34,6 +34,7 @@ from .gram import (
     style_layout,
     style_vector,
 )
+from .colour import COLOUR_METHODS, apply_colour
 from .images import resize_rgb
 from .masks import pack_masks, resize_mask
 from .onnx import OnnxRuntimeBackend, export_onnx, onnx_available
@@ -89,6 +90,7 @@ class ExtractorConfig:
     mask_size: int = 128
     segmenter: str = "default"    # "default" (packaged U-Net), "otsu" (classical), or a .safetensors path
     seed: int = 0                 # random initialisation only
+    colour: str = "none"          # colour constancy on the network's input: "none" or "shades-of-gray"
 
     def __post_init__(self) -> None:
         if self.feature not in ("pooled", "ensemble"):
@@ -109,6 +111,8 @@ class ExtractorConfig:
             raise ValueError(f"unknown gram normalisation {self.gram_norm!r}; valid: {', '.join(GRAM_NORMS)}")
         if not 0.0 <= self.gram_margin <= 0.5:
             raise ValueError(f"gram_margin must be in [0, 0.5] (a fraction of the image side), not {self.gram_margin}")
+        if self.colour not in COLOUR_METHODS:
+            raise ValueError(f"unknown colour method {self.colour!r}; valid: {', '.join(COLOUR_METHODS)}")
         if self.segmenter not in ("default", "otsu") and not self.segmenter.endswith(".safetensors"):
             raise ValueError(f"unknown segmenter {self.segmenter!r}; valid: default, otsu, or a .safetensors file")
 
@@ -293,6 +297,8 @@ class Extractor:
             del settings["gram_pool"], settings["gram_margin"]
         if settings["gram_norm"] == "none":
             del settings["gram_norm"]
+        if settings["colour"] == "none":         # indexes from before the option hash as before
+            del settings["colour"]
         h.update(json.dumps(settings, sort_keys=True).encode())
         h.update(f"preprocess={PREPROCESS_VERSION}".encode())
         if self.config.gram_weights not in ("inverse-channels", "ones"):   # a file: what counts is its numbers
@@ -320,11 +326,12 @@ class Extractor:
         segmenter's size or None). Thread-safe: the index build runs it in its decode threads,
         in parallel with inference."""
         size = self.config.image_size
-        pixels = resize_rgb(image, size)
+        raw = resize_rgb(image, size)
+        pixels = apply_colour(raw, self.config.colour)    # the segmenter sees the uncorrected image
         seg = None
         if self._segmenter is not None:
             ss = self._segmenter.input_size or self.config.mask_size
-            seg = pixels if ss == size else resize_rgb(image, ss)
+            seg = raw if ss == size else resize_rgb(image, ss)
         return pixels, seg
 
     def preprocess(self, images: list[Image.Image]) -> tuple[torch.Tensor, list[np.ndarray]]:

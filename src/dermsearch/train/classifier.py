@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from torch import nn
 
+from ..extract.colour import COLOUR_METHODS, shades_of_gray_batch
 from ..extract.extractor import NORMALISATIONS
 from ..models.device import resolve_device
 from ..models.efficientnet import Backbone
@@ -44,7 +45,8 @@ from ..models.registry import create_backbone
 from ..models.weights import save_checkpoint, state_fingerprint
 from .augment import AugmentConfig, Augmenter, x7_variant
 from .data import LabelledSet, load_labelled
-from .losses import binary_focal_loss, multiclass_focal_loss
+from .head import HEAD_SELECT, HeadData, epoch_sample, fit_head, head_loss
+from .losses import METRIC_LOSSES, binary_focal_loss
 from .segmenter import _dump_optimizer, _load_optimizer
 
 __all__ = ["ClassifierTrainConfig", "train_classifier", "evaluate_classifier", "dry_run_classifier", "TARGETS"]
@@ -85,6 +87,12 @@ class ClassifierTrainConfig:
     head_variants: bool = False       # phase two also on the x7 variants (default: the originals only)
     head_dropout: float = 0.5         # phase two: dropout on the members' pooled vectors while training
     head_weight_decay: float = 1e-2   # phase two: AdamW weight decay
+    metric_loss: str = "none"         # phase two: "none", "supcon" or "proxy-anchor" on the search feature
+    metric_weight: float = 1.0        # phase two: weight of the metric loss beside the head's focal loss
+    metric_temperature: float = 0.1   # supcon's temperature
+    ema: float = 0.0                  # phase two: decay of an exponential moving average of the weights (0: off)
+    head_select: str = "balanced_accuracy"   # phase two: keep the epoch best by this ("retrieval": feature P@5)
+    colour: str = "none"              # colour constancy before the network ("shades-of-gray"), as at indexing
     seed: int = 0
     device: str = "auto"
     limit: int = 0                    # first N images of each split only (smoke tests)
@@ -100,6 +108,14 @@ class ClassifierTrainConfig:
             raise ValueError(f"trainable_stages must be in 1..{N_STAGES}")
         if self.members < 1:
             raise ValueError("members must be at least 1")
+        if self.metric_loss not in METRIC_LOSSES:
+            raise ValueError(f"metric_loss must be one of {METRIC_LOSSES}, not {self.metric_loss!r}")
+        if self.head_select not in HEAD_SELECT:
+            raise ValueError(f"head_select must be one of {HEAD_SELECT}, not {self.head_select!r}")
+        if self.colour not in COLOUR_METHODS:
+            raise ValueError(f"colour must be one of {COLOUR_METHODS}, not {self.colour!r}")
+        if not 0 <= self.ema < 1:
+            raise ValueError("ema must be in [0, 1)")
 
     @property
     def column(self) -> str:
@@ -145,13 +161,6 @@ class _Labels:
         return 1 if self.target == "melanoma" else len(self.classes)
 
 
-def _loss(cfg: ClassifierTrainConfig, logits: torch.Tensor, y: torch.Tensor,
-          class_weights: torch.Tensor | None) -> torch.Tensor:
-    if cfg.target == "melanoma":
-        return binary_focal_loss(logits, y, cfg.focal_alpha, cfg.focal_gamma)
-    return multiclass_focal_loss(logits, y, cfg.focal_gamma, class_weights)
-
-
 def _mel_prob(cfg: ClassifierTrainConfig, logits: torch.Tensor, classes: tuple[str, ...]) -> torch.Tensor:
     spec = EnsembleSpec(head_outputs=logits.shape[1], classes=classes, melanoma_class=cfg.melanoma_class)
     return melanoma_probability(logits, spec)
@@ -159,7 +168,7 @@ def _mel_prob(cfg: ClassifierTrainConfig, logits: torch.Tensor, classes: tuple[s
 
 def _metrics(cfg: ClassifierTrainConfig, logits: torch.Tensor, y: torch.Tensor, melanoma: np.ndarray,
              classes: tuple[str, ...], class_weights: torch.Tensor | None) -> dict:
-    out = {"loss": float(_loss(cfg, logits, y, class_weights))}
+    out = {"loss": float(head_loss(cfg, logits, y, class_weights))}
     p = _mel_prob(cfg, logits, classes).numpy() if (cfg.target == "melanoma" or cfg.melanoma_class in classes) \
         else None
     out["auc"] = float(roc_auc_score(melanoma, p)) if p is not None and 0 < melanoma.sum() < len(melanoma) \
@@ -303,14 +312,6 @@ def _member_indices(cfg: ClassifierTrainConfig, member: int, n: int) -> np.ndarr
     return np.arange(n)
 
 
-def _epoch_sample(cfg: ClassifierTrainConfig, base: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    if not cfg.balanced:
-        return rng.permutation(base)
-    counts = np.bincount(y[base])
-    w = 1.0 / counts[y[base]]
-    return rng.choice(base, size=len(base), replace=True, p=w / w.sum())
-
-
 # ------------------------------------------------------------------ training
 
 def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Callable[[str], None] = print,
@@ -332,6 +333,9 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Calla
                           cfg.melanoma_class, cfg.limit)
     val = load_labelled(cfg.labels, cfg.split, (cfg.val_split,), cfg.image_size, cfg.column,
                         cfg.melanoma_class, cfg.limit)
+    if cfg.colour == "shades-of-gray":     # the same correction the extractor applies at index and query time
+        train.images = shades_of_gray_batch(train.images)
+        val.images = shades_of_gray_batch(val.images)
     labels = _Labels(cfg, train)
     y_train, y_val = labels.encode(train), labels.encode(val)
     class_weights = None
@@ -352,7 +356,7 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Calla
     base = fresh_backbone().eval()
     prefix = _Prefix(base, k, cfg, device)
     key = _fingerprint(cfg.labels, cfg.split, cfg.limit, cfg.backbone, cfg.weights, k, cfg.image_size,
-                       asdict(cfg.augment_config), cfg.seed)
+                       asdict(cfg.augment_config), cfg.seed, *([cfg.colour] if cfg.colour != "none" else []))
     n_var = 8 if cfg.augment == "x7" else 1
     cached = k > 0 and cfg.augment != "online"
     pool = prefix.cache(train, n_var, cache / f"train-{cfg.train_split}-x{n_var}-{key}.npy", log,
@@ -404,12 +408,15 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Calla
     return metrics
 
 
-PHASE_TWO_FIELDS = ("head_epochs", "head_lr", "head_variants", "head_dropout", "head_weight_decay", "feature_dim")
+PHASE_TWO_FIELDS = ("head_epochs", "head_lr", "head_variants", "head_dropout", "head_weight_decay", "feature_dim",
+                    "metric_loss", "metric_weight", "metric_temperature", "ema", "head_select")
+RUNTIME_FIELDS = ("device",)   # how a run executes, not what it computes: never part of a resume key
 
 
 def _phase_one(config: dict) -> dict:
-    """The settings a member's training depends on (phase-two settings may change without retraining it)."""
-    return {k: v for k, v in config.items() if k not in PHASE_TWO_FIELDS}
+    """The settings a member's training depends on (phase-two settings may change without retraining it;
+    runtime settings such as the device may change between sittings of one run)."""
+    return {k: v for k, v in config.items() if k not in PHASE_TWO_FIELDS + RUNTIME_FIELDS}
 
 
 def _member_paths(out: Path, m: int) -> dict[str, Path]:
@@ -452,13 +459,13 @@ def _train_member(cfg, m, out, fresh_backbone, k, labels, y_train, y_val, val, c
         member.set_train()
         rng = np.random.default_rng([cfg.seed, m, epoch])
         g = torch.Generator().manual_seed(int(rng.integers(2**31)))
-        order = _epoch_sample(cfg, base_idx, y_np, rng)
+        order = epoch_sample(cfg.balanced, base_idx, y_np, rng)
         total = 0.0
         for i in _iterate(len(order), cfg.batch_size, f"member {m + 1}/{cfg.members} epoch {epoch + 1}", progress):
             idx = order[i:i + cfg.batch_size]
             variants = rng.integers(0, 8, len(idx))
             h = batch_input(idx, variants, g)
-            loss = _loss(cfg, member(h), y_train[torch.from_numpy(idx)].to(device), class_weights)
+            loss = head_loss(cfg, member(h), y_train[torch.from_numpy(idx)].to(device), class_weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -532,7 +539,8 @@ def _train_head(cfg, net, spec, out, labels, y_train, y_val, val, class_weights,
 
     t0 = time.perf_counter()
     # the pooled vectors depend only on the trained members: cached, so phase two can be rerun cheaply
-    key = _fingerprint([state_fingerprint(m) for m in net.members], variants, cfg.limit, cfg.labels, cfg.split)
+    key = _fingerprint([state_fingerprint(m) for m in net.members], variants, cfg.limit, cfg.labels, cfg.split,
+                       cfg.train_split, cfg.val_split, cfg.colour)
     cache_file = out / "members" / f"pooled-{key}.safetensors"
     if cache_file.is_file():
         cached = load_file(str(cache_file))
@@ -553,50 +561,13 @@ def _train_head(cfg, net, spec, out, labels, y_train, y_val, val, class_weights,
             lm = net.member_heads[m](x_val[:, m].to(device)).cpu()
             member_metrics.append(_metrics(cfg, lm, y_val, val.melanoma, labels.classes,
                                            None if class_weights is None else class_weights.cpu()))
-    params = [*net.norms.parameters(), *net.dense.parameters(), *net.head.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.head_lr, weight_decay=cfg.head_weight_decay)
-    bs = max(cfg.batch_size, 256)
-    steps = math.ceil(len(x_tr) / bs)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.head_lr, total_steps=max(1, cfg.head_epochs * steps))
-    best, best_state, history = -math.inf, None, []
-    y_np = y_tr.numpy()
-
-    def forward(xb: torch.Tensor, train: bool = False) -> torch.Tensor:
-        if train and cfg.head_dropout > 0:
-            xb = nn.functional.dropout(xb, cfg.head_dropout, training=True)
-        return net.combine(list(xb.unbind(1)))[1]
-
-    for epoch in range(cfg.head_epochs):
-        t1 = time.perf_counter()
-        for mod in (net.norms, net.dense, net.head):
-            mod.train()
-        rng = np.random.default_rng([cfg.seed, 99, epoch])
-        order = _epoch_sample(cfg, np.arange(len(x_tr)), y_np, rng)
-        total = 0.0
-        for i in range(0, len(order), bs):
-            idx = torch.from_numpy(order[i:i + bs])
-            loss = _loss(cfg, forward(x_tr[idx].to(device), train=True), y_tr[idx].to(device), class_weights)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-        net.eval()
-        with torch.inference_mode():
-            logits = forward(x_val.to(device)).cpu()
-        vm = _metrics(cfg, logits, y_val, val.melanoma, labels.classes,
-                      None if class_weights is None else class_weights.cpu())
-        history.append({"phase": 2, "epoch": epoch + 1, "train_loss": total / len(order),
-                        **{f"val_{a}": b for a, b in vm.items()}, "seconds": time.perf_counter() - t1})
-        if best_state is None or _score(cfg, vm) > best:
-            best = _score(cfg, vm)
-            best_state = {n: v.detach().clone() for n, v in net.state_dict().items()}
-            best_metrics = vm
-        log(f"head epoch {epoch + 1}/{cfg.head_epochs}: train loss {total / len(order):.4f}, "
-            f"val loss {vm['loss']:.4f}, "
-            f"val melanoma AUC {vm['auc']:.4f}" + (f", val bal. acc {vm['balanced_accuracy']:.4f}"
-                                                    if "balanced_accuracy" in vm else ""))
-    net.load_state_dict(best_state)
+    labels_tr = np.asarray(train.labels, dtype=object)
+    data = HeadData(x_tr, y_tr, x_val, y_val, val.melanoma, labels_tr, np.asarray(val.labels, dtype=object),
+                    train.melanoma, np.arange(0, len(x_tr), variants))
+    cw = None if class_weights is None else class_weights.cpu()
+    best_metrics, history = fit_head(
+        net, cfg, data, lambda logits: _metrics(cfg, logits, y_val, val.melanoma, labels.classes, cw),
+        lambda vm: _score(cfg, vm), class_weights, device, log)
     metrics = {"val": {"ensemble": best_metrics, "members": member_metrics}}
     spec = EnsembleSpec(**{**asdict(spec), "metrics": metrics})
     save_ensemble(net.cpu(), spec, out / "ensemble.safetensors")

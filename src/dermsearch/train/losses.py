@@ -19,7 +19,8 @@ import torch
 from monai.losses import FocalLoss, TverskyLoss
 from torch import nn
 
-__all__ = ["focal_tversky_loss", "FocalTverskyLoss", "binary_focal_loss", "multiclass_focal_loss"]
+__all__ = ["focal_tversky_loss", "FocalTverskyLoss", "binary_focal_loss", "multiclass_focal_loss", "METRIC_LOSSES",
+           "metric_loss_module"]
 
 
 def focal_tversky_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.7, beta: float = 0.3,
@@ -56,3 +57,25 @@ def multiclass_focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: flo
     alpha = None if class_weights is None else class_weights.to(logits)
     loss = FocalLoss(gamma=gamma, alpha=alpha, use_softmax=True, reduction="none")(logits, onehot)
     return loss.sum(dim=1).mean()
+
+
+# ------------------------------------------------------------------ metric learning on the search feature
+
+METRIC_LOSSES = ("none", "supcon", "proxy-anchor")
+
+
+def metric_loss_module(name: str, classes: int, dim: int, temperature: float = 0.1) -> nn.Module | None:
+    """A metric-learning loss on the search feature, from pytorch-metric-learning, or None for "none".
+
+    ``supcon``: supervised contrastive loss (Khosla et al. 2020) over cosine similarity at
+    ``temperature``; ``proxy-anchor`` (Kim et al. 2020; margin 0.1, α 32): one learned proxy per
+    class (its parameters must be optimised with the rest). Both take (embeddings [B, D], labels [B])."""
+    if name == "none":
+        return None
+    from pytorch_metric_learning import losses as pml
+
+    if name == "supcon":
+        return pml.SupConLoss(temperature=temperature)
+    if name == "proxy-anchor":
+        return pml.ProxyAnchorLoss(num_classes=classes, embedding_size=dim, margin=0.1, alpha=32)
+    raise ValueError(f"unknown metric loss {name!r}; valid: {', '.join(METRIC_LOSSES)}")

@@ -1,0 +1,164 @@
+"""Phase two of the ensemble's training: BatchNorm -> Dense(SELU) = the search feature -> head.
+
+Runs on the frozen members' pooled vectors, so a variant costs seconds, not hours. Beside the
+focal loss of the head, an optional metric-learning loss (``metric_loss``: supervised contrastive or
+proxy-anchor, weighted by ``metric_weight``) acts on the feature itself, which is what search uses.
+Options: class-balanced sampling (``balanced``), an exponential moving average of the weights
+(``ema`` = its decay, 0 = off; the average is what is evaluated and kept), and the selection rule
+(``head_select``): the epoch with the best val balanced accuracy of the head, or the best val
+macro-P@5 of the feature's Euclidean neighbours among the training images (``retrieval``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..evaluate.feature_knn import feature_retrieval
+from .losses import binary_focal_loss, metric_loss_module, multiclass_focal_loss
+
+__all__ = ["HeadData", "HEAD_SELECT", "fit_head", "head_loss", "epoch_sample"]
+
+HEAD_SELECT = ("balanced_accuracy", "retrieval")
+
+
+@dataclass
+class HeadData:
+    """Pooled vectors [N, members, P] with integer targets; labels/lesions/melanoma of the images for
+    the retrieval figures (``train_rows``: the rows of ``x_train`` that are original images)."""
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    val_melanoma: np.ndarray
+    train_labels: np.ndarray
+    val_labels: np.ndarray
+    train_melanoma: np.ndarray
+    train_rows: np.ndarray | None = None
+
+
+def head_loss(cfg, logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
+    if cfg.target == "melanoma":
+        return binary_focal_loss(logits, y, cfg.focal_alpha, cfg.focal_gamma)
+    return multiclass_focal_loss(logits, y, cfg.focal_gamma, class_weights)
+
+
+def epoch_sample(balanced: bool, base: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One epoch's order: a permutation of ``base``, or as many class-balanced draws with replacement."""
+    if not balanced:
+        return rng.permutation(base)
+    counts = np.bincount(y[base])
+    w = 1.0 / counts[y[base]]
+    return rng.choice(base, size=len(base), replace=True, p=w / w.sum())
+
+
+class _Ema:
+    """Exponential moving average of a set of modules' parameters and buffers."""
+
+    def __init__(self, modules: list[nn.Module], decay: float):
+        self.modules, self.decay = modules, decay
+        self.shadow = [{n: t.detach().clone() for n, t in m.state_dict().items()} for m in modules]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for m, sh in zip(self.modules, self.shadow):
+            for n, t in m.state_dict().items():
+                if t.dtype.is_floating_point:
+                    sh[n].mul_(self.decay).add_(t.detach(), alpha=1 - self.decay)
+                else:
+                    sh[n].copy_(t)
+
+    def swap(self) -> None:
+        """Exchange the live weights and the average (call twice to restore)."""
+        for m, sh in zip(self.modules, self.shadow):
+            live = {n: t.detach().clone() for n, t in m.state_dict().items()}
+            m.load_state_dict(sh)
+            sh.clear()
+            sh.update(live)
+
+
+def fit_head(net, cfg, data: HeadData, metrics_fn: Callable, score_fn: Callable, class_weights, device,
+             log: Callable[[str], None] = print) -> tuple[dict, list[dict]]:
+    """Train ``net``'s norms, dense layer and head on ``data``; loads the selected epoch's weights into
+    ``net`` and returns (its val metrics, the per-epoch history)."""
+    if cfg.head_select not in HEAD_SELECT:
+        raise ValueError(f"head_select must be one of {HEAD_SELECT}, not {cfg.head_select!r}")
+    modules = [net.norms, net.dense, net.head]
+    outputs = net.head.out_features
+    metric = metric_loss_module(cfg.metric_loss, max(outputs, 2), net.feature_dim, cfg.metric_temperature)
+    params = [p for m in modules for p in m.parameters()]
+    groups = [{"params": params}]
+    if metric is not None and any(True for _ in metric.parameters()):
+        metric = metric.to(device)
+        groups.append({"params": list(metric.parameters()), "lr": cfg.head_lr * 100})   # proxies learn fast
+    opt = torch.optim.AdamW(groups, lr=cfg.head_lr, weight_decay=cfg.head_weight_decay)
+    bs = max(cfg.batch_size, 256)
+    steps = math.ceil(len(data.x_train) / bs)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, [g.get("lr", cfg.head_lr) for g in groups],
+                                                total_steps=max(1, cfg.head_epochs * steps))
+    ema = _Ema(modules, cfg.ema) if cfg.ema > 0 else None
+    rows = np.arange(len(data.x_train)) if data.train_rows is None else data.train_rows
+    y_np = data.y_train.numpy()
+
+    def forward(xb: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        if train and cfg.head_dropout > 0:
+            xb = nn.functional.dropout(xb, cfg.head_dropout, training=True)
+        return net.combine(list(xb.unbind(1)))
+
+    @torch.inference_mode()
+    def features(x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+        f, lg = zip(*(forward(x[i:i + 2048].to(device)) for i in range(0, len(x), 2048)))
+        return torch.cat(f).float().cpu().numpy(), torch.cat(lg).float().cpu()
+
+    best, best_state, best_metrics, history = -math.inf, None, None, []
+    for epoch in range(cfg.head_epochs):
+        t1 = time.perf_counter()
+        for mod in modules:
+            mod.train()
+        rng = np.random.default_rng([cfg.seed, 99, epoch])
+        order = epoch_sample(cfg.balanced, np.arange(len(data.x_train)), y_np, rng)
+        total = 0.0
+        for i in range(0, len(order), bs):
+            idx = torch.from_numpy(order[i:i + bs])
+            y = data.y_train[idx].to(device)
+            feature, logits = forward(data.x_train[idx].to(device), train=True)
+            loss = head_loss(cfg, logits, y, class_weights)
+            if metric is not None:
+                loss = loss + cfg.metric_weight * metric(feature, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if ema is not None:
+                ema.update()
+            total += float(loss.detach()) * len(idx)
+        net.eval()
+        if ema is not None:
+            ema.swap()
+        f_val, logits = features(data.x_val)
+        vm = metrics_fn(logits)
+        f_tr, _ = features(data.x_train[torch.from_numpy(rows)])
+        r = feature_retrieval(f_val, data.val_labels, data.val_melanoma, f_tr, data.train_labels,
+                              data.train_melanoma)
+        vm.update({f"retrieval_{a}": b for a, b in r.items()})
+        score = vm["retrieval_macro_p_at_5"] if cfg.head_select == "retrieval" else score_fn(vm)
+        history.append({"phase": 2, "epoch": epoch + 1, "train_loss": total / len(order),
+                        **{f"val_{a}": b for a, b in vm.items()}, "seconds": time.perf_counter() - t1})
+        if best_state is None or score > best:
+            best, best_metrics = score, vm
+            best_state = {n: v.detach().clone() for n, v in net.state_dict().items()}
+        if ema is not None:
+            ema.swap()
+        log(f"head epoch {epoch + 1}/{cfg.head_epochs}: train loss {total / len(order):.4f}, "
+            f"val loss {vm['loss']:.4f}, val melanoma AUC {vm['auc']:.4f}"
+            + (f", val bal. acc {vm['balanced_accuracy']:.4f}" if "balanced_accuracy" in vm else "")
+            + f", val feature macro-P@5 {vm['retrieval_macro_p_at_5']:.4f}")
+    net.load_state_dict(best_state)
+    net.eval()
+    return best_metrics, history

@@ -1,0 +1,219 @@
+"""#17's training tools: colour constancy, feature-retrieval figures, metric losses, EMA, phase-two selection."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dermsearch.evaluate.feature_knn import feature_neighbours, feature_retrieval
+from dermsearch.evaluate.metrics import macro_mean, vote_auc
+from dermsearch.extract import Extractor, ExtractorConfig
+from dermsearch.extract.colour import apply_colour, shades_of_gray, shades_of_gray_batch
+from dermsearch.models.ensemble import EnsembleFeatureNet
+from dermsearch.models.registry import create_backbone
+from dermsearch.train.classifier import ClassifierTrainConfig
+from dermsearch.train.head import HeadData, fit_head
+from dermsearch.train.losses import metric_loss_module
+
+from .conftest import lesion_image
+
+# ------------------------------------------------------------------ colour constancy
+
+
+def test_shades_of_gray_hand_values():
+    # a uniform (100, 50, 200) image: e = (100, 50, 200) for every p, |e| = 229.129...;
+    # gain_c = |e| / (sqrt(3) e_c) maps every channel to |e| / sqrt(3) = 132.29 -> 132: grey
+    img = np.tile(np.array([100, 50, 200], np.uint8), (4, 3, 1))
+    assert (shades_of_gray(img) == 132).all()
+    # a grey image is left as it is
+    grey = np.full((5, 5, 3), 80, np.uint8)
+    assert np.array_equal(shades_of_gray(grey), grey)
+    # p = 6 by hand: R is 0 on half the pixels and 200 on the other half -> e_R = 200 / 2^(1/6);
+    # G and B are 100 everywhere -> e_G = e_B = 100
+    img = np.zeros((2, 2, 3), np.uint8)
+    img[..., 1:] = 100
+    img[0, :, 0] = 200
+    e = np.array([200 / 2 ** (1 / 6), 100, 100])
+    gain = np.linalg.norm(e) / (math.sqrt(3) * e)
+    want = np.clip(np.rint(img * gain), 0, 255).astype(np.uint8)
+    assert np.array_equal(shades_of_gray(img, p=6), want)
+    assert want[0, 0, 0] == round(200 * gain[0]) and want[1, 1, 1] == round(100 * gain[1])
+    # p = 1 is Gray World: the channel means become equal (up to rounding)
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 200, (16, 16, 3)).astype(np.uint8)
+    means = shades_of_gray(img, p=1).reshape(-1, 3).astype(float).mean(0)
+    assert means.max() - means.min() < 1.0
+    assert np.array_equal(apply_colour(img, "none"), img)
+    with pytest.raises(ValueError, match="shades-of-gray"):
+        apply_colour(img, "retinex")
+
+
+def test_shades_of_gray_batch_matches_the_image_function():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (3, 24, 20, 3)).astype(np.uint8)
+    images[2] = 0                                      # all black: left alone
+    batch = shades_of_gray_batch(torch.from_numpy(images).permute(0, 3, 1, 2))
+    for i in range(3):
+        assert np.array_equal(batch[i].permute(1, 2, 0).numpy(), shades_of_gray(images[i]))
+
+
+def test_colour_is_applied_identically_at_index_and_query_time():
+    """The extractor corrects the network's input the same way for every call (index build or query):
+    extracting an image with colour="shades-of-gray" equals extracting its corrected pixels without."""
+    base = dict(weights="imagenet", feature="pooled", members=1, image_size=64, style=True, masks=False,
+                gram_pool="image", gram_margin=0.0, gram_norm="none", gram_weights="inverse-channels")
+    sog = Extractor(ExtractorConfig(**base, colour="shades-of-gray"), backend="torch")
+    plain = Extractor(ExtractorConfig(**base), backend="torch")
+    img = lesion_image(3, 64)
+    a = sog.extract([img])
+    corrected = Image.fromarray(shades_of_gray(np.asarray(img.resize((64, 64), Image.Resampling.BILINEAR))))
+    b = plain.extract([corrected])
+    np.testing.assert_allclose(a.features, b.features, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(a.styles, b.styles, rtol=1e-4, atol=1e-7)
+    again = sog.extract([lesion_image(3, 64), lesion_image(4, 64)])   # a batch (index) vs one query
+    np.testing.assert_allclose(again.features[:1], a.features, rtol=1e-5, atol=1e-5)
+    assert sog.fingerprint != plain.fingerprint
+    assert "colour" not in plain.config.to_dict() or plain.config.colour == "none"
+    with pytest.raises(ValueError, match="colour"):
+        ExtractorConfig(**base, colour="grey-edge")
+
+
+# ------------------------------------------------------------------ feature retrieval figures
+
+
+def _naive_neighbours(q, c, k, metric, qg, cg):
+    out = []
+    for i in range(len(q)):
+        scored = []
+        for j in range(len(c)):
+            if qg is not None and qg[i] == cg[j]:
+                continue
+            if metric == "euclidean":
+                d = float(((q[i] - c[j]) ** 2).sum())
+            else:
+                d = -float(q[i] @ c[j] / (np.linalg.norm(q[i]) * np.linalg.norm(c[j])))
+            scored.append((d, j))
+        out.append([j for _, j in sorted(scored)[:k]])
+    return np.array(out)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_feature_neighbours_match_a_naive_loop(metric):
+    rng = np.random.default_rng(2)
+    q, c = rng.normal(size=(13, 6)), rng.normal(size=(40, 6))
+    qg = np.array([f"L{i % 5}" for i in range(13)], dtype=object)
+    cg = np.array([f"L{i % 9}" for i in range(40)], dtype=object)
+    got = feature_neighbours(q, c, 7, metric, qg, cg, block=4)
+    assert np.array_equal(got, _naive_neighbours(q, c, 7, metric, qg, cg))
+    assert not any(qg[i] == cg[j] for i in range(13) for j in got[i])
+
+
+def test_feature_retrieval_figures_by_hand():
+    # 1-d features: queries at 0 and 10; candidates near each
+    c = np.array([[0.1], [0.2], [0.3], [9.9], [10.2]])
+    cl = np.array(["a", "b", "a", "b", "b"], dtype=object)
+    cm = np.array([0, 1, 0, 1, 1])
+    q = np.array([[0.0], [10.0], [10.05]])
+    ql = np.array(["a", "b", "x"], dtype=object)
+    qm = np.array([0, 1, -1])                          # -1: unknown, left out of the AUC
+    r = feature_retrieval(q, ql, qm, c, cl, cm, k=2, vote_k=2)
+    # query 0: neighbours 0.1 (a), 0.2 (b) -> P@2 1/2; query 1: 9.9 (b), 10.2 (b) -> 1; query 2: 0
+    assert r["p_at_5"] == pytest.approx(0.5)
+    assert r["macro_p_at_5"] == pytest.approx(macro_mean(np.array([0.5, 1.0, 0.0]), ql))
+    assert r["vote_auc"] == pytest.approx(vote_auc(np.array([0, 1]), np.array([[0, 1], [1, 1]])))
+    assert r["knn_balanced_accuracy"] == pytest.approx((1 + 1 + 0) / 3)   # 'a' wins its tie by the nearest
+
+
+# ------------------------------------------------------------------ metric learning, EMA, selection
+
+
+def _clustered(n=96, classes=3, dim=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    centres = torch.randn(classes, dim, generator=g) * 2
+    return centres[y] + torch.randn(n, dim, generator=g), y
+
+
+@pytest.mark.parametrize("name", ["supcon", "proxy-anchor"])
+def test_metric_loss_is_wired_and_falls_with_training(name):
+    x, y = _clustered()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.SELU(), torch.nn.Linear(16, 16))
+    loss_fn = metric_loss_module(name, 3, 16)
+    params = list(model.parameters()) + list(loss_fn.parameters())
+    opt = torch.optim.Adam(params, lr=1e-2)
+    with torch.no_grad():
+        first = float(loss_fn(model(x), y))
+    for _ in range(40):
+        loss = loss_fn(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        last = float(loss_fn(model(x), y))
+    assert last < first - 0.3, (first, last)   # supcon's floor is log(positives) > 0: a fall, not a ratio
+    assert metric_loss_module("none", 3, 16) is None
+    with pytest.raises(ValueError, match="supcon"):
+        metric_loss_module("triplet", 3, 16)
+
+
+def _tiny_ensemble(dim=16, outputs=3):
+    members = [create_backbone("efficientnet-lite0") for _ in range(2)]
+    for m in members:
+        m.classifier = None
+    return EnsembleFeatureNet(members, dim, outputs, shared_stages=5)
+
+
+def _head_data(members=2, pooled=1280, n_tr=120, n_val=45, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(3, members, pooled, generator=g)
+
+    def make(n):
+        y = torch.arange(n) % 3
+        return centres[y] + 0.8 * torch.randn(n, members, pooled, generator=g), y
+
+    (xt, yt), (xv, yv) = make(n_tr), make(n_val)
+    names = np.array(["bkl", "mel", "nv"], dtype=object)
+    return HeadData(xt, yt, xv, yv, (yv.numpy() == 1).astype(int), names[yt.numpy()], names[yv.numpy()],
+                    (yt.numpy() == 1).astype(int))
+
+
+@pytest.mark.parametrize("overrides", [
+    {"metric_loss": "supcon", "head_select": "retrieval"},
+    {"metric_loss": "proxy-anchor", "ema": 0.9, "balanced": True},
+])
+def test_phase_two_with_metric_loss_learns_and_selects(overrides):
+    cfg = replace(ClassifierTrainConfig(labels="-", head_epochs=4, batch_size=32, feature_dim=16, head_lr=3e-3),
+                  **overrides)
+    torch.manual_seed(0)
+    net = _tiny_ensemble()
+    data = _head_data()
+
+    def metrics(logits):
+        return {"loss": 0.0, "auc": 0.5, "balanced_accuracy": float((logits.argmax(1) == data.y_val).float().mean())}
+
+    best, history = fit_head(net, cfg, data, metrics, lambda vm: vm["balanced_accuracy"], None, "cpu",
+                             log=lambda s: None)
+    assert len(history) == 4 and history[-1]["train_loss"] < history[0]["train_loss"]
+    key = "retrieval_macro_p_at_5" if cfg.head_select == "retrieval" else "balanced_accuracy"
+    scores = [h[f"val_{key}"] for h in history]
+    assert best[key] == max(scores)              # the kept epoch is the best by the rule
+    assert best["retrieval_macro_p_at_5"] > 0.8  # three well-separated classes
+    # the net now holds the selected epoch's weights: its val feature reproduces the kept figure
+    with torch.inference_mode():
+        f_val, _ = net.combine(list(data.x_val.unbind(1)))
+        f_tr, _ = net.combine(list(data.x_train.unbind(1)))
+    r = feature_retrieval(f_val.numpy(), data.val_labels, data.val_melanoma, f_tr.numpy(), data.train_labels,
+                          data.train_melanoma)
+    assert r["macro_p_at_5"] == pytest.approx(best["retrieval_macro_p_at_5"], abs=1e-9)
+
+
+def test_training_config_rejects_unknown_options():
+    for bad in ({"metric_loss": "arcface"}, {"head_select": "loss"}, {"colour": "retinex"}, {"ema": 1.0}):
+        with pytest.raises(ValueError):
+            ClassifierTrainConfig(labels="-", **bad)
