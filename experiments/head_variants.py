@@ -22,7 +22,7 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from dermsearch.evaluate.feature_knn import feature_retrieval
-from dermsearch.models.ensemble import EnsembleSpec, default_ensemble_path, load_ensemble, melanoma_probability
+from dermsearch.models.ensemble import default_ensemble_path, load_ensemble, melanoma_probability
 from dermsearch.train.classifier import ClassifierTrainConfig
 from dermsearch.train.head import HeadData, fit_head, head_loss
 
@@ -68,12 +68,11 @@ def main() -> None:
     y = torch.tensor([classes.index(d) for d in dx])
     tviews = a.train_views or a.views
     if tviews == a.views:
-        x_tr, y_tr, rows = x_ham[tr], y[tr], None
+        x_tr, y_tr = x_ham[tr], y[tr]
     else:   # each training image once per view
         stack = [torch.from_numpy(np.load(f"{a.fv}/ham-{v}.npy")[tr].astype(np.float32)) for v in tviews]
         x_tr = torch.stack(stack, 1).flatten(0, 1)
         y_tr = y[tr].repeat_interleave(len(tviews))
-        rows = None
     i_dx = np.array(isic["diagnosis"], dtype=object)
     i_mel = np.where(i_dx == "unknown", -1, np.array(isic["melanoma"]))
     for name in a.variants:
@@ -88,7 +87,7 @@ def main() -> None:
             net.dense.reset_parameters()
             net.head.reset_parameters()
 
-            def metrics_fn(logits):
+            def metrics_fn(logits, cfg=cfg):
                 p = melanoma_probability(logits, spec).numpy()
                 return {"loss": float(head_loss(cfg, logits, y[va], None)),
                         "auc": float(roc_auc_score(mel[va], p)),

@@ -23,6 +23,7 @@ from ..models.ensemble import (
     read_ensemble_spec,
 )
 from ..models.learned_segmenter import LearnedSegmenter, default_segmenter_path
+from .colour import COLOUR_METHODS, apply_colour
 from .gram import (
     GRAM_NORMS,
     GRAM_POOLS,
@@ -34,7 +35,6 @@ from .gram import (
     style_layout,
     style_vector,
 )
-from .colour import COLOUR_METHODS, apply_colour
 from .images import resize_rgb
 from .masks import pack_masks, resize_mask
 from .onnx import OnnxRuntimeBackend, export_onnx, onnx_available
