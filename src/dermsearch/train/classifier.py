@@ -42,12 +42,12 @@ from ..models.device import resolve_device
 from ..models.efficientnet import Backbone
 from ..models.ensemble import EnsembleFeatureNet, EnsembleSpec, build_ensemble, melanoma_probability, save_ensemble
 from ..models.registry import create_backbone
-from ..models.weights import save_checkpoint, state_fingerprint
+from ..models.weights import state_fingerprint
 from .augment import AugmentConfig, Augmenter, x7_variant
 from .data import LabelledSet, load_labelled
+from .harness import Run, RunFiles, atomic_json, fit, iterate, resume_key
 from .head import HEAD_SELECT, HeadData, epoch_sample, fit_head, head_loss
 from .losses import METRIC_LOSSES, binary_focal_loss
-from .segmenter import _dump_optimizer, _load_optimizer
 
 __all__ = ["ClassifierTrainConfig", "train_classifier", "evaluate_classifier", "dry_run_classifier", "TARGETS"]
 
@@ -195,20 +195,6 @@ def _fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
-
-
-def _iterate(n: int, step: int, desc: str, progress: bool):
-    batches = range(0, n, step)
-    if not progress:
-        return batches
-    from tqdm import tqdm
-    return tqdm(batches, desc=desc, leave=False, unit="batch")
-
-
 class _Prefix:
     """The frozen shared stages (stem + the first k stages) and their cached outputs."""
 
@@ -253,7 +239,7 @@ class _Prefix:
         if start:
             log(f"prefix cache: resuming at image {start}/{n}")
         t0 = time.perf_counter()
-        for i in _iterate(n - start, batch, f"caching stage-{self.k} outputs x{n_variants}", progress):
+        for i in iterate(n - start, batch, f"caching stage-{self.k} outputs x{n_variants}", progress):
             lo = start + i
             hi = min(lo + batch, n)
             for v in range(n_variants):
@@ -262,7 +248,7 @@ class _Prefix:
                 mm[np.arange(lo, hi) * n_variants + v] = out
             if (hi // batch) % 32 == 0 or hi == n:
                 mm.flush()
-                _atomic_json(done_path, {"images": hi})
+                atomic_json(done_path, {"images": hi})
         mm.flush()
         del mm
         partial.replace(path)
@@ -314,6 +300,30 @@ def _member_indices(cfg: ClassifierTrainConfig, member: int, n: int) -> np.ndarr
 
 # ------------------------------------------------------------------ training
 
+@dataclass
+class _Session:
+    """What every stage of one ``train_classifier`` call shares: its config, where it writes, the data,
+    the frozen prefix (and its cached outputs) and how batches reach the members."""
+    cfg: ClassifierTrainConfig
+    out: Path
+    device: torch.device
+    log: Callable[[str], None]
+    progress: bool
+    train: LabelledSet
+    val: LabelledSet
+    labels: _Labels
+    y_train: torch.Tensor
+    y_val: torch.Tensor
+    class_weights: torch.Tensor | None
+    k: int
+    fresh_backbone: Callable[[], Backbone]
+    batch_input: Callable
+    val_inputs: Callable
+    prefix: _Prefix
+    pool: torch.Tensor | None
+    n_var: int
+
+
 def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Callable[[str], None] = print,
                      progress: bool = True, cache_dir: str | Path | None = None) -> dict:
     """Train the ensemble; returns the validation metrics. Resumes where an interrupted run stopped.
@@ -326,7 +336,7 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Calla
     cache.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    _atomic_json(out / "config.json", cfg.to_dict())
+    atomic_json(out / "config.json", cfg.to_dict())
     t_start = time.perf_counter()
 
     train = load_labelled(cfg.labels, cfg.split, (cfg.train_split,), cfg.image_size, cfg.column,
@@ -383,10 +393,9 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Calla
                 yield prefix.normalise(val.images[i:i + 128].to(device).float() / 255.0)
 
     # ---- phase one
-    members_state: list[dict] = []
-    for m in range(cfg.members):
-        members_state.append(_train_member(cfg, m, out, fresh_backbone, k, labels, y_train, y_val, val,
-                                           class_weights, batch_input, val_inputs, device, log, progress))
+    ses = _Session(cfg, out, device, log, progress, train, val, labels, y_train, y_val, class_weights, k,
+                   fresh_backbone, batch_input, val_inputs, prefix, pool, n_var)
+    members_state = [_train_member(ses, m) for m in range(cfg.members)]
 
     # ---- phase two
     spec = EnsembleSpec(backbone=cfg.backbone, members=cfg.members, shared_stages=k, feature_dim=cfg.feature_dim,
@@ -401,100 +410,65 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Calla
         shared = {n: p for n, p in base.state_dict().items() if n.startswith("stem.") or
                   any(n.startswith(f"stages.{i}.") for i in range(k))}
         net.members[0].load_state_dict(shared, strict=False)
-    metrics = _train_head(cfg, net, spec, out, labels, y_train, y_val, val, class_weights, pool, n_var,
-                          train, prefix, val_inputs, members_state, device, log, progress)
+    metrics = _train_head(ses, net, spec, members_state)
     metrics["seconds"] = time.perf_counter() - t_start
-    _atomic_json(out / "metrics.json", metrics)
+    atomic_json(out / "metrics.json", metrics)
     return metrics
 
 
 PHASE_TWO_FIELDS = ("head_epochs", "head_lr", "head_variants", "head_dropout", "head_weight_decay", "feature_dim",
                     "metric_loss", "metric_weight", "metric_temperature", "ema", "head_select")
-RUNTIME_FIELDS = ("device",)   # how a run executes, not what it computes: never part of a resume key
-
-
-def _phase_one(config: dict) -> dict:
-    """The settings a member's training depends on (phase-two settings may change without retraining it;
-    runtime settings such as the device may change between sittings of one run)."""
-    return {k: v for k, v in config.items() if k not in PHASE_TWO_FIELDS + RUNTIME_FIELDS}
-
-
-def _member_paths(out: Path, m: int) -> dict[str, Path]:
-    d = out / "members"
-    return {"best": d / f"m{m}-best.safetensors", "last": d / f"m{m}-last.safetensors",
-            "opt": d / f"m{m}-optimizer.safetensors", "state": d / f"m{m}-state.json"}
-
-
-def _train_member(cfg, m, out, fresh_backbone, k, labels, y_train, y_val, val, class_weights, batch_input,
-                  val_inputs, device, log, progress) -> dict:
-    paths = _member_paths(out, m)
-    state = json.loads(paths["state"].read_text()) if paths["state"].is_file() else None
-    if state and _phase_one(state.get("config", {})) != _phase_one(cfg.to_dict()):
-        log(f"member {m + 1}: a run with another config stopped here; starting it afresh")
-        state = None
-    if state and state["epoch"] + 1 >= cfg.epochs and paths["best"].is_file():
-        log(f"member {m + 1}/{cfg.members}: done earlier (best val {state['best']:.4f})")
-        return state
+def _train_member(ses: _Session, m: int) -> dict:
+    cfg = ses.cfg
+    files = RunFiles(ses.out / "members", f"m{m}-")
     torch.manual_seed(cfg.seed * 1000 + m)
-    member = _Member(fresh_backbone(), k, labels.outputs, cfg.dropout).to(device)
-    if cfg.weights == "random" and k:
+    member = _Member(ses.fresh_backbone(), ses.k, ses.labels.outputs, cfg.dropout).to(ses.device)
+    if cfg.weights == "random" and ses.k:
         # the shared prefix must be the same network for every member: member 0's initialisation
         torch.manual_seed(cfg.seed)
-        ref = fresh_backbone()
-        member.backbone.load_state_dict(ref.state_dict())
+        member.backbone.load_state_dict(ses.fresh_backbone().state_dict())
     opt = torch.optim.AdamW(member.trainable(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    base_idx = _member_indices(cfg, m, len(y_train))
+    base_idx = _member_indices(cfg, m, len(ses.y_train))
     steps = math.ceil(len(base_idx) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=max(1, cfg.epochs * steps), pct_start=0.15)
-    start, best, history = 0, -math.inf, []
-    if state:
-        member.load_state_dict(load_file(str(paths["last"])), strict=True)
-        _load_optimizer(opt, load_file(str(paths["opt"])), state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start, best, history = state["epoch"] + 1, state["best"], state["history"]
-        log(f"member {m + 1}: resuming after epoch {start}")
-    y_np = y_train.numpy()
-    for epoch in range(start, cfg.epochs):
-        t0 = time.perf_counter()
+    y_np = ses.y_train.numpy()
+    cw = None if ses.class_weights is None else ses.class_weights.cpu()
+
+    def train_epoch(epoch: int) -> float:
         member.set_train()
         rng = np.random.default_rng([cfg.seed, m, epoch])
         g = torch.Generator().manual_seed(int(rng.integers(2**31)))
         order = epoch_sample(cfg.balanced, base_idx, y_np, rng)
         total = 0.0
-        for i in _iterate(len(order), cfg.batch_size, f"member {m + 1}/{cfg.members} epoch {epoch + 1}", progress):
+        for i in iterate(len(order), cfg.batch_size, f"member {m + 1}/{cfg.members} epoch {epoch + 1}", ses.progress):
             idx = order[i:i + cfg.batch_size]
-            variants = rng.integers(0, 8, len(idx))
-            h = batch_input(idx, variants, g)
-            loss = head_loss(cfg, member(h), y_train[torch.from_numpy(idx)].to(device), class_weights)
+            h = ses.batch_input(idx, rng.integers(0, 8, len(idx)), g)
+            loss = head_loss(cfg, member(h), ses.y_train[torch.from_numpy(idx)].to(ses.device), ses.class_weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             total += float(loss.detach()) * len(idx)
+        return total / len(order)
+
+    def validate() -> tuple[dict, float]:
         member.eval()
         with torch.inference_mode():
-            logits = torch.cat([member(h) for h in val_inputs()]).float().cpu()
-        vm = _metrics(cfg, logits, y_val, val.melanoma, labels.classes,
-                      None if class_weights is None else class_weights.cpu())
-        rec = {"member": m + 1, "epoch": epoch + 1, "train_loss": total / len(order),
-               **{f"val_{a}": b for a, b in vm.items()},
-               "seconds": time.perf_counter() - t0}
-        history.append(rec)
-        improved = not paths["best"].is_file() or _score(cfg, vm) > best
-        if improved:
-            best = _score(cfg, vm)
-            save_checkpoint(member, paths["best"])
-        save_checkpoint(member, paths["last"])
-        tensors, meta = _dump_optimizer(opt)
-        save_file(tensors, str(paths["opt"]) + ".tmp")
-        Path(str(paths["opt"]) + ".tmp").replace(paths["opt"])
-        state = {"config": cfg.to_dict(), "epoch": epoch, "best": best, "history": history,
-                 "optimizer": meta, "scheduler": sched.state_dict()}
-        _atomic_json(paths["state"], state)
-        extra = f", val bal. acc {vm['balanced_accuracy']:.4f}" if "balanced_accuracy" in vm else ""
-        log(f"member {m + 1}/{cfg.members} epoch {epoch + 1}/{cfg.epochs}: train loss {rec['train_loss']:.4f}, "
-            f"val loss {vm['loss']:.4f}, val melanoma AUC {vm['auc']:.4f}{extra}"
-            f"{' (best)' if improved else ''}, {rec['seconds']:.0f} s")
+            logits = torch.cat([member(h) for h in ses.val_inputs()]).float().cpu()
+        vm = _metrics(cfg, logits, ses.y_val, ses.val.melanoma, ses.labels.classes, cw)
+        return vm, _score(cfg, vm)
+
+    def describe(rec: dict, improved: bool) -> str:
+        extra = f", val bal. acc {rec['val_balanced_accuracy']:.4f}" if "val_balanced_accuracy" in rec else ""
+        return (f"member {m + 1}/{cfg.members} epoch {rec['epoch']}/{cfg.epochs}: train loss {rec['train_loss']:.4f}, "
+                f"val loss {rec['val_loss']:.4f}, val melanoma AUC {rec['val_auc']:.4f}{extra}"
+                f"{' (best)' if improved else ''}, {rec['seconds']:.0f} s")
+
+    run = Run(member, opt, sched, files, resume_key(cfg.to_dict(), PHASE_TWO_FIELDS), cfg.epochs,
+              name=f"member {m + 1}/{cfg.members}", log=ses.log)
+    state = fit(run, train_epoch, validate, describe)
+    for rec in state["history"]:
+        rec.setdefault("member", m + 1)
     return state
 
 
@@ -508,9 +482,11 @@ def _load_member_into(net: EnsembleFeatureNet, m: int, member_state: dict[str, t
     net.member_heads[m].load_state_dict({"weight": member_state["head.weight"], "bias": member_state["head.bias"]})
 
 
-def _train_head(cfg, net, spec, out, labels, y_train, y_val, val, class_weights, pool, n_var, train, prefix,
-                val_inputs, members_state, device, log, progress) -> dict:
+def _train_head(ses: _Session, net: EnsembleFeatureNet, spec: EnsembleSpec, members_state: list[dict]) -> dict:
     """Phase two on the frozen members' pooled vectors (computed once)."""
+    cfg, out, device, log, labels, train, val = ses.cfg, ses.out, ses.device, ses.log, ses.labels, ses.train, ses.val
+    y_train, y_val, class_weights, pool, n_var, prefix = (ses.y_train, ses.y_val, ses.class_weights, ses.pool,
+                                                          ses.n_var, ses.prefix)
     net.eval()
     for p in net.members.parameters():
         p.requires_grad_(False)
@@ -536,6 +512,8 @@ def _train_head(cfg, net, spec, out, labels, y_train, y_val, val, class_weights,
                 yield pool[rows.flatten()].to(device).float()
             else:
                 yield prefix.run(train.images[i:i + 256].float() / 255.0)
+
+    val_inputs = ses.val_inputs
 
     t0 = time.perf_counter()
     # the pooled vectors depend only on the trained members: cached, so phase two can be rerun cheaply
@@ -572,7 +550,7 @@ def _train_head(cfg, net, spec, out, labels, y_train, y_val, val, class_weights,
     spec = EnsembleSpec(**{**asdict(spec), "metrics": metrics})
     save_ensemble(net.cpu(), spec, out / "ensemble.safetensors")
     phase_one = [rec for st in members_state for rec in st["history"]]
-    _atomic_json(out / "history.json", phase_one + history)
+    atomic_json(out / "history.json", phase_one + history)
     log(f"ensemble: val melanoma AUC {best_metrics['auc']:.4f} (members "
         + ", ".join(f"{mm['auc']:.4f}" for mm in member_metrics) + f") -> {out / 'ensemble.safetensors'}")
     return metrics

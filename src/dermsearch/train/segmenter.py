@@ -16,14 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from ..models.device import resolve_device
 from ..models.learned_segmenter import load_segmenter_file
 from ..models.segmentation import Segmenter, SegmenterConfig
-from ..models.weights import save_checkpoint
 from .augment import AugmentConfig, Augmenter
 from .data import PairSet, load_pairs
+from .harness import Run, RunFiles, atomic_json, fit, iterate, resume_key
 from .losses import focal_tversky_loss
 
 __all__ = ["SegTrainConfig", "train_segmenter", "dry_run_segmenter", "dice_scores", "jaccard_scores", "predict_masks",
@@ -133,36 +132,14 @@ def train_segmenter(cfg: SegTrainConfig, out_dir: str | Path,
     augment = Augmenter(cfg.augment_config) if cfg.augment else None
     info = {"model": cfg.segmenter_config().to_dict(), "train": _config_dict(cfg), "input": {
         "size": cfg.image_size, "mean": SEG_MEAN, "std": SEG_STD, "scale": "x/255"}}
-    (out / "config.json").write_text(json.dumps(info, indent=1))
+    atomic_json(out / "config.json", info)
 
-    history: list[dict] = []
-    start_epoch, best = 0, -1.0
-    state_path = out / "state.json"
-    if state_path.is_file() and (out / "last.safetensors").is_file():
-        state = json.loads(state_path.read_text())
-        if state.get("config") == _config_dict(cfg):
-            model.load_state_dict(load_file(str(out / "last.safetensors")), strict=True)
-            opt_state = load_file(str(out / "optimizer.safetensors"))
-            _load_optimizer(opt, opt_state, state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            start_epoch, best, history = state["epoch"] + 1, state["best_dice"], state["history"]
-            torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
-            log(f"resuming after epoch {start_epoch} (best val Dice {best:.4f})")
-        else:
-            log("a run with another config stopped here; starting afresh")
-
-    use_tqdm = progress
-    if use_tqdm:
-        from tqdm import tqdm
-    for epoch in range(start_epoch, cfg.epochs):
+    def train_epoch(epoch: int) -> float:
         model.train()
-        t0 = time.perf_counter()
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         order = torch.randperm(len(train), generator=g)
-        batches = range(0, len(train), cfg.batch_size)
-        it = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False) if use_tqdm else batches
         total = 0.0
-        for i in it:
+        for i in iterate(len(train), cfg.batch_size, f"epoch {epoch + 1}/{cfg.epochs}", progress):
             idx = order[i:i + cfg.batch_size]
             x = train.images[idx].to(device).float() / 255.0
             y = train.masks[idx].to(device).float()
@@ -176,49 +153,25 @@ def train_segmenter(cfg: SegTrainConfig, out_dir: str | Path,
             opt.step()
             sched.step()
             total += float(loss.detach()) * len(idx)
-        val_loss, val_dice = _evaluate(model, val, cfg, device)
-        rec = {"epoch": epoch + 1, "train_loss": total / len(train), "val_loss": val_loss, "val_dice": val_dice,
-               "seconds": time.perf_counter() - t0}
-        history.append(rec)
-        improved = val_dice > best
-        if improved:
-            best = val_dice
-            best_info = {**info, "epoch": epoch + 1, "val_dice": val_dice}
-            save_checkpoint(model, out / "best.safetensors", {"segmenter": json.dumps(best_info)})
-        save_checkpoint(model, out / "last.safetensors", {"segmenter": json.dumps(info)})
-        opt_tensors, opt_meta = _dump_optimizer(opt)
-        save_file(opt_tensors, str(out / "optimizer.safetensors.tmp"))
-        (out / "optimizer.safetensors.tmp").replace(out / "optimizer.safetensors")
-        tmp = out / "state.json.tmp"
-        tmp.write_text(json.dumps({"config": _config_dict(cfg), "epoch": epoch, "best_dice": best,
-                                   "history": history, "optimizer": opt_meta, "scheduler": sched.state_dict(),
-                                   "rng": torch.get_rng_state().tolist()}))
-        tmp.replace(state_path)
-        (out / "history.json").write_text(json.dumps(history, indent=1))
-        log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {rec['train_loss']:.4f}, val loss {val_loss:.4f}, "
-            f"val Dice {val_dice:.4f}{' (best)' if improved else ''}, {rec['seconds']:.1f} s")
+        return total / len(train)
+
+    def validate() -> tuple[dict, float]:
+        loss, dice = _evaluate(model, val, cfg, device)
+        return {"loss": loss, "dice": dice}, dice
+
+    def describe(rec: dict, improved: bool) -> str:
+        return (f"epoch {rec['epoch']}/{cfg.epochs}: train loss {rec['train_loss']:.4f}, val loss "
+                f"{rec['val_loss']:.4f}, val Dice {rec['val_dice']:.4f}{' (best)' if improved else ''}, "
+                f"{rec['seconds']:.1f} s")
+
+    run = Run(model, opt, sched, RunFiles(out), resume_key(_config_dict(cfg)), cfg.epochs, log=log,
+              best_metadata=lambda rec: {"segmenter": json.dumps({**info, "epoch": rec["epoch"],
+                                                                  "val_dice": rec["val_dice"]})},
+              last_metadata={"segmenter": json.dumps(info)})
+    state = fit(run, train_epoch, validate, describe)
+    history, best = state["history"], state["best"]
+    atomic_json(out / "history.json", history)
     return {"history": history, "best_val_dice": best}
-
-
-def _dump_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = opt.state_dict()
-    tensors, meta = {}, {"param_groups": sd["param_groups"], "state": {}}
-    for pid, st in sd["state"].items():
-        meta["state"][str(pid)] = {}
-        for key, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{pid}.{key}"] = v.detach().cpu().contiguous()
-                meta["state"][str(pid)][key] = "tensor"
-            else:
-                meta["state"][str(pid)][key] = v
-    return tensors, meta
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    state = {}
-    for pid, st in meta["state"].items():
-        state[int(pid)] = {k: tensors[f"{pid}.{k}"] if v == "tensor" else v for k, v in st.items()}
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
 def evaluate_masks(pred: torch.Tensor, target: torch.Tensor) -> tuple[dict, np.ndarray]:

@@ -1,0 +1,171 @@
+"""One resumable epoch loop for every trainer (segmenter, ensemble members).
+
+A :class:`Run` names what a loop trains (model, optimiser, schedule), where its files go
+(:class:`RunFiles`: ``best``/``last`` weights, optimiser tensors, ``state.json``), the settings it
+resumes against (its *resume key*: the config without runtime fields such as the device) and how
+many epochs it runs. :func:`fit` drives it: it resumes after the last saved epoch when the key
+matches (and starts afresh, saying so, when it does not), runs ``train_epoch`` and ``validate``
+for each remaining epoch, keeps the best checkpoint by the validation score, and writes every
+file atomically (temporary name, then rename), so an interruption at any point leaves a run that
+resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..models.weights import save_checkpoint
+
+__all__ = ["RUNTIME_FIELDS", "resume_key", "atomic_json", "RunFiles", "Run", "fit", "iterate", "dump_optimizer",
+           "load_optimizer"]
+
+RUNTIME_FIELDS = ("device",)   # how a run executes, not what it computes: never part of a resume key
+
+
+def resume_key(config: dict, ignore: tuple[str, ...] = ()) -> dict:
+    """The settings a run's saved state depends on: ``config`` without runtime fields and ``ignore``."""
+    return {k: v for k, v in config.items() if k not in RUNTIME_FIELDS + tuple(ignore)}
+
+
+def atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
+def dump_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimiser's state as safetensors-storable tensors plus JSON metadata."""
+    sd = opt.state_dict()
+    tensors, meta = {}, {"param_groups": sd["param_groups"], "state": {}}
+    for pid, st in sd["state"].items():
+        meta["state"][str(pid)] = {}
+        for key, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{key}"] = v.detach().cpu().contiguous()
+                meta["state"][str(pid)][key] = "tensor"
+            else:
+                meta["state"][str(pid)][key] = v
+    return tensors, meta
+
+
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state = {}
+    for pid, st in meta["state"].items():
+        state[int(pid)] = {k: tensors[f"{pid}.{k}"] if v == "tensor" else v for k, v in st.items()}
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Where one loop keeps its state: ``directory/{prefix}best.safetensors`` and so on."""
+    directory: Path
+    prefix: str = ""
+
+    def _p(self, name: str) -> Path:
+        return Path(self.directory) / f"{self.prefix}{name}"
+
+    @property
+    def best(self) -> Path:
+        return self._p("best.safetensors")
+
+    @property
+    def last(self) -> Path:
+        return self._p("last.safetensors")
+
+    @property
+    def optimizer(self) -> Path:
+        return self._p("optimizer.safetensors")
+
+    @property
+    def state(self) -> Path:
+        return self._p("state.json")
+
+
+@dataclass
+class Run:
+    """One resumable training loop (see the module docstring)."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    files: RunFiles
+    key: dict
+    epochs: int
+    name: str = ""                                            # log prefix, e.g. "member 2"
+    log: Callable[[str], None] = print
+    best_metadata: Callable[[dict], dict] = field(default=lambda rec: {})   # safetensors metadata of "best"
+    last_metadata: dict = field(default_factory=dict)
+
+
+def _read_state(run: Run) -> dict | None:
+    f = run.files
+    if not (f.state.is_file() and f.last.is_file() and f.optimizer.is_file()):
+        return None
+    state = json.loads(f.state.read_text())
+    if state.get("key") != run.key:
+        run.log(f"{run.name + ': ' if run.name else ''}a run with another config stopped here; starting afresh")
+        return None
+    return state
+
+
+def fit(run: Run, train_epoch: Callable[[int], float], validate: Callable[[], tuple[dict, float]],
+        describe: Callable[[dict, bool], str]) -> dict:
+    """Train ``run`` to its last epoch; returns its state (``epoch``, ``best``, ``history``).
+
+    ``train_epoch(epoch)`` trains one epoch and returns its mean training loss; ``validate()``
+    returns (metrics, score), higher score better; ``describe(record, improved)`` is the log line."""
+    f = run.files
+    f.directory.mkdir(parents=True, exist_ok=True)
+    state = _read_state(run)
+    start, best, history = 0, -math.inf, []
+    if state is not None:
+        if state["epoch"] + 1 >= run.epochs and f.best.is_file():
+            run.log(f"{run.name + ': ' if run.name else ''}done earlier (best val {state['best']:.4f})")
+            return state
+        run.model.load_state_dict(load_file(str(f.last)), strict=True)
+        load_optimizer(run.optimizer, load_file(str(f.optimizer)), state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
+        start, best, history = state["epoch"] + 1, state["best"], state["history"]
+        run.log(f"{run.name + ': ' if run.name else ''}resuming after epoch {start} (best val {best:.4f})")
+    for epoch in range(start, run.epochs):
+        t0 = time.perf_counter()
+        train_loss = train_epoch(epoch)
+        metrics, score = validate()
+        rec = {"epoch": epoch + 1, "train_loss": train_loss, **{f"val_{k}": v for k, v in metrics.items()},
+               "seconds": time.perf_counter() - t0}
+        history.append(rec)
+        score = -math.inf if math.isnan(score) else score
+        improved = not f.best.is_file() or score > best
+        if improved:
+            best = score
+            save_checkpoint(run.model, f.best, run.best_metadata(rec))
+        save_checkpoint(run.model, f.last, run.last_metadata)
+        tensors, meta = dump_optimizer(run.optimizer)
+        tmp = f.optimizer.with_name(f.optimizer.name + ".tmp")
+        save_file(tensors, str(tmp))
+        tmp.replace(f.optimizer)
+        state = {"key": run.key, "epoch": epoch, "best": best, "history": history, "optimizer": meta,
+                 "scheduler": run.scheduler.state_dict(), "rng": torch.get_rng_state().tolist()}
+        atomic_json(f.state, state)
+        run.log(describe(rec, improved))
+    if state is None:
+        raise RuntimeError(f"{f.state}: no epochs to run (epochs = {run.epochs})")
+    return state
+
+
+def iterate(n: int, step: int, desc: str, progress: bool):
+    """Batch starts 0, step, ... < n, with a progress bar when ``progress``."""
+    batches = range(0, n, step)
+    if not progress:
+        return batches
+    from tqdm import tqdm
+    return tqdm(batches, desc=desc, leave=False, unit="batch")
