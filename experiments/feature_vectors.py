@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from dermsearch.extract.colour import shades_of_gray_batch
+from dermsearch.extract.datasets import load_labelled
 from dermsearch.models.ensemble import default_ensemble_path, load_ensemble
-from dermsearch.train.data import load_labelled
 
 VIEWS = {
     "id": lambda x: x, "hflip": lambda x: x.flip(3), "vflip": lambda x: x.flip(2),

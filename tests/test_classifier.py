@@ -15,12 +15,13 @@ from safetensors.torch import load_file
 
 from dermsearch.cli.main import main
 from dermsearch.evaluate import EvaluationConfig, Evaluator
+from dermsearch.evaluate.classifier import evaluate_classifier
 from dermsearch.extract import Extractor, ExtractorConfig
 from dermsearch.index.build import build_index
 from dermsearch.models import create_backbone
 from dermsearch.models.ensemble import EnsembleFeatureNet, default_ensemble_path, load_ensemble, read_ensemble_spec
 from dermsearch.search import Searcher
-from dermsearch.train.classifier import ClassifierTrainConfig, evaluate_classifier, train_classifier
+from dermsearch.train.classifier import ClassifierTrainConfig, train_classifier
 from dermsearch.train.losses import binary_focal_loss, multiclass_focal_loss
 
 from .conftest import REPO, SHARED, lesion_image

@@ -12,11 +12,12 @@ from monai.metrics import compute_dice
 from PIL import Image
 
 from dermsearch.cli.main import main
+from dermsearch.evaluate.masks import dice_scores, jaccard_scores
 from dermsearch.models.learned_segmenter import LearnedSegmenter, default_segmenter_path
 from dermsearch.models.segmentation import create_segmenter, list_segmenters
 from dermsearch.train.augment import Augmenter, expand_x7, grid_mask
 from dermsearch.train.losses import FocalTverskyLoss, focal_tversky_loss
-from dermsearch.train.segmenter import SegTrainConfig, dice_scores, jaccard_scores, train_segmenter
+from dermsearch.train.segmenter import SegTrainConfig, train_segmenter
 
 from .conftest import SHARED
 

@@ -589,8 +589,8 @@ def _cmd_presets(args) -> int:
 
 
 def _cmd_eval_classifier(args) -> int:
+    from ..evaluate.classifier import evaluate_classifier
     from ..models.ensemble import default_ensemble_path
-    from ..train.classifier import evaluate_classifier
 
     weights = default_ensemble_path() if args.weights == "default" else Path(args.weights)
     if weights.is_dir():
@@ -603,11 +603,12 @@ def _cmd_eval_classifier(args) -> int:
 def _cmd_eval_segmenter(args) -> int:
     import torch
 
+    from ..evaluate.masks import evaluate_masks
     from ..evaluate.metrics import bootstrap_ci
+    from ..extract.datasets import load_pairs
     from ..models.baseline_segmenter import OtsuSegmenter
     from ..models.learned_segmenter import default_segmenter_path
-    from ..train.data import load_pairs
-    from ..train.segmenter import evaluate_masks, load_segmenter, predict_masks
+    from ..train.segmenter import load_segmenter, predict_masks
 
     data = load_pairs(args.labels, args.split, tuple(args.on) if args.on else None, args.size)
     rows = {}

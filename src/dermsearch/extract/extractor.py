@@ -131,6 +131,7 @@ class ExtractorConfig:
                 "feature_dim": spec.feature_dim, "image_size": spec.image_size}
         if weights != "default":      # the fitted layer weights belong to the packaged model
             base.update(PAPER_STYLE)
+        base["colour"] = (spec.train or {}).get("colour", "none")   # the network sees what it was trained on
         auto = "tf" if "lite" in spec.backbone else "imagenet"
         base["normalization"] = "auto" if spec.normalization == auto else spec.normalization
         return cls(**{**base, **overrides})

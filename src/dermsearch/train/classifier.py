@@ -49,7 +49,7 @@ from .harness import Run, RunFiles, atomic_json, fit, iterate, resume_key
 from .head import HEAD_SELECT, HeadData, epoch_sample, fit_head, head_loss
 from .losses import METRIC_LOSSES, binary_focal_loss
 
-__all__ = ["ClassifierTrainConfig", "train_classifier", "evaluate_classifier", "dry_run_classifier", "TARGETS"]
+__all__ = ["ClassifierTrainConfig", "train_classifier", "dry_run_classifier", "TARGETS"]
 
 TARGETS = ("melanoma", "diagnosis")
 N_STAGES = 7
@@ -554,39 +554,6 @@ def _train_head(ses: _Session, net: EnsembleFeatureNet, spec: EnsembleSpec, memb
     log(f"ensemble: val melanoma AUC {best_metrics['auc']:.4f} (members "
         + ", ".join(f"{mm['auc']:.4f}" for mm in member_metrics) + f") -> {out / 'ensemble.safetensors'}")
     return metrics
-
-
-# ------------------------------------------------------------------ evaluation
-
-@torch.inference_mode()
-def evaluate_classifier(weights: str | Path, labels_csv: str | Path, split_csv: str | Path | None = None,
-                        on: str | None = "test", limit: int = 0, batch_size: int = 32, device: str = "auto",
-                        log: Callable[[str], None] = print) -> dict:
-    """Melanoma AUC of the ensemble head and of each member's own head on a split (or on every row)."""
-    from ..models.ensemble import load_ensemble
-    net, spec = load_ensemble(weights)
-    dev = resolve_device(device)
-    net = net.to(dev)
-    data = load_labelled(labels_csv, split_csv if on else None, (on,) if on else None, spec.image_size,
-                         "melanoma" if spec.target == "melanoma" else "diagnosis", spec.melanoma_class, limit)
-    normalise = _normaliser(spec.normalization, dev)
-    head, members = [], []
-    for i in range(0, len(data), batch_size):
-        x = normalise(data.images[i:i + batch_size].to(dev).float() / 255.0)
-        o = net(x)
-        head.append(melanoma_probability(o.logits, spec).cpu())
-        if o.member_logits is not None:
-            members.append(torch.stack([melanoma_probability(lg, spec) for lg in o.member_logits], 1).cpu())
-    p = torch.cat(head).numpy()
-    y = data.melanoma
-    result = {"images": len(data), "melanoma": int(y.sum()), "target": spec.target,
-              "auc_ensemble": float(roc_auc_score(y, p))}
-    if members:
-        pm = torch.cat(members).numpy()
-        result["auc_members"] = [float(roc_auc_score(y, pm[:, j])) for j in range(pm.shape[1])]
-        result["auc_member_mean_prob"] = float(roc_auc_score(y, pm.mean(1)))
-    log(json.dumps(result))
-    return result
 
 
 # ------------------------------------------------------------------ resource estimate

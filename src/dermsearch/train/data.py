@@ -1,135 +1,22 @@
-"""Training data: (image, mask) pairs of one split, decoded once into uint8 tensors.
-
-Masks are resized with nearest-neighbour (HAM10000's are 600x450 for 200x150 images).
-``python -m dermsearch.train.data LABELS SPLIT OUT --size 128`` writes a resized copy of a data
+"""``python -m dermsearch.train.data LABELS SPLIT OUT --size 128`` writes a resized copy of a data
 set (JPEG images, PNG masks, labels.csv, split.csv) for fast training on another machine.
+
+The loaders themselves live in :mod:`dermsearch.extract.datasets` (evaluation uses them too).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from ..extract.images import load_image, resize_rgb
-from ..extract.masks import resize_mask
+from ..extract.datasets import LabelledSet, PairSet, load_labelled, load_pair, load_pairs, read_pairs, read_split_map
 
-__all__ = ["PairSet", "load_pairs", "read_pairs", "read_split_map", "LabelledSet", "load_labelled"]
-
-
-@dataclass
-class PairSet:
-    ids: list[str]
-    images: torch.Tensor   # [N, 3, S, S] uint8
-    masks: torch.Tensor    # [N, 1, S, S] uint8 (0/1)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def read_split_map(split_csv: str | Path | None) -> dict[str, str] | None:
-    """image_id -> split name from an ``image_id,split`` CSV; None without one."""
-    if split_csv is None:
-        return None
-    with open(split_csv, newline="") as f:
-        return {r["image_id"]: r["split"] for r in csv.DictReader(f)}
-
-
-def read_pairs(labels_csv: str | Path, split_csv: str | Path | None = None,
-               splits: tuple[str, ...] | None = None) -> list[tuple[str, Path, Path]]:
-    """(id, image path, mask path) for rows with a mask, restricted to ``splits``."""
-    labels_csv = Path(labels_csv)
-    split = read_split_map(split_csv)
-    out = []
-    with open(labels_csv, newline="") as f:
-        for r in csv.DictReader(f):
-            if not r.get("mask_path"):
-                continue
-            if splits is not None and (split or {}).get(r["image_id"], r.get("split")) not in splits:
-                continue
-            out.append((r["image_id"], labels_csv.parent / r["image_path"], labels_csv.parent / r["mask_path"]))
-    return out
-
-
-def _load_one(item: tuple[str, Path, Path], size: int) -> tuple[np.ndarray, np.ndarray]:
-    _, img_path, mask_path = item
-    rgb = resize_rgb(load_image(img_path), size)
-    with Image.open(mask_path) as m:
-        mask = resize_mask(np.asarray(m.convert("L")) > 127, size)
-    return rgb, mask
-
-
-def load_pairs(labels_csv, split_csv=None, splits=None, size: int = 128, limit: int = 0, threads: int = 4) -> PairSet:
-    items = read_pairs(labels_csv, split_csv, splits)
-    if limit:
-        items = items[:limit]
-    if not items:
-        raise ValueError(f"{labels_csv}: no image/mask pairs for splits {splits}")
-    with ThreadPoolExecutor(threads) as pool:
-        loaded = list(pool.map(lambda it: _load_one(it, size), items))
-    images = torch.from_numpy(np.stack([a for a, _ in loaded])).permute(0, 3, 1, 2).contiguous()
-    masks = torch.from_numpy(np.stack([m for _, m in loaded]).astype(np.uint8))[:, None]
-    return PairSet([i for i, _, _ in items], images, masks)
-
-
-@dataclass
-class LabelledSet:
-    """Images of one or more splits with their label strings and melanoma flags."""
-
-    ids: list[str]
-    images: torch.Tensor     # [N, 3, S, S] uint8
-    labels: list[str]        # the label column's values
-    melanoma: np.ndarray     # [N] 0/1 (from the ``melanoma`` column, else diagnosis == melanoma class)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def _truthy(value: str) -> int:
-    v = value.strip().lower()
-    if v in ("1", "1.0", "true", "yes", "malignant"):
-        return 1
-    if v in ("0", "0.0", "false", "no", "benign"):
-        return 0
-    raise ValueError(f"not a 0/1 value: {value!r}")
-
-
-def load_labelled(labels_csv, split_csv=None, splits=None, size: int = 224, label_column: str = "melanoma",
-                  melanoma_class: str = "mel", limit: int = 0, threads: int = 4) -> LabelledSet:
-    """Decode the images of ``splits`` (all rows when no split is given) at ``size`` x ``size``.
-
-    Images are resized exactly as the extractor resizes them, so training and indexing agree."""
-    labels_csv = Path(labels_csv)
-    split = read_split_map(split_csv)
-    rows = []
-    with open(labels_csv, newline="") as f:
-        reader = csv.DictReader(f)
-        if label_column not in (reader.fieldnames or []):
-            raise ValueError(f"{labels_csv}: no column {label_column!r} (columns: {reader.fieldnames})")
-        for r in reader:
-            if splits is not None:
-                s = (split or {}).get(r["image_id"], r.get("split"))
-                if s not in splits:
-                    continue
-            rows.append(r)
-    if limit:
-        rows = rows[:limit]
-    if not rows:
-        raise ValueError(f"{labels_csv}: no rows for splits {splits}")
-    if "melanoma" in rows[0]:
-        mel = np.array([_truthy(r["melanoma"]) for r in rows], dtype=np.int64)
-    else:
-        mel = np.array([int(r[label_column] == melanoma_class) for r in rows], dtype=np.int64)
-    with ThreadPoolExecutor(threads) as pool:
-        arrays = list(pool.map(lambda r: resize_rgb(load_image(labels_csv.parent / r["image_path"]), size), rows))
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return LabelledSet([r["image_id"] for r in rows], images, [r[label_column].strip() for r in rows], mel)
+__all__ = ["PairSet", "load_pairs", "read_pairs", "read_split_map", "LabelledSet", "load_labelled",
+           "write_resized_copy"]
 
 
 def write_resized_copy(labels_csv, split_csv, out: Path, size: int, splits: tuple[str, ...]) -> int:
@@ -143,7 +30,7 @@ def write_resized_copy(labels_csv, split_csv, out: Path, size: int, splits: tupl
         w.writerow(["image_id", "image_path", "mask_path"])
         ws.writerow(["image_id", "split"])
         for image_id, img_path, mask_path in items:
-            rgb, mask = _load_one((image_id, img_path, mask_path), size)
+            rgb, mask = load_pair((image_id, img_path, mask_path), size)
             Image.fromarray(rgb).save(out / "images" / f"{image_id}.jpg", quality=92)
             Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / f"{image_id}.png", optimize=True)
             w.writerow([image_id, f"images/{image_id}.jpg", f"masks/{image_id}.png"])

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from ..evaluate.masks import dice_scores
 from ..models.device import resolve_device
 from ..models.learned_segmenter import load_segmenter_file
 from ..models.segmentation import Segmenter, SegmenterConfig
@@ -25,7 +25,7 @@ from .data import PairSet, load_pairs
 from .harness import Run, RunFiles, atomic_json, fit, iterate, resume_key
 from .losses import focal_tversky_loss
 
-__all__ = ["SegTrainConfig", "train_segmenter", "dry_run_segmenter", "dice_scores", "jaccard_scores", "predict_masks",
+__all__ = ["SegTrainConfig", "train_segmenter", "dry_run_segmenter", "predict_masks",
            "load_segmenter", "SEG_MEAN", "SEG_STD"]
 
 SEG_MEAN, SEG_STD = 0.5, 0.25   # inputs: (x/255 − 0.5) / 0.25
@@ -57,21 +57,6 @@ class SegTrainConfig:
 
     def segmenter_config(self) -> SegmenterConfig:
         return SegmenterConfig(self.arch, self.depth, self.width, self.t)
-
-
-def dice_scores(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image Dice of binary masks [B, 1, H, W]; both empty -> 1."""
-    p, t = pred.bool().flatten(1), target.bool().flatten(1)
-    inter = (p & t).sum(1).double()
-    total = (p.sum(1) + t.sum(1)).double()
-    return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
-
-
-def jaccard_scores(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    p, t = pred.bool().flatten(1), target.bool().flatten(1)
-    inter = (p & t).sum(1).double()
-    union = (p | t).sum(1).double()
-    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
 
 
 def _normalise(images_u8: torch.Tensor) -> torch.Tensor:
@@ -172,14 +157,6 @@ def train_segmenter(cfg: SegTrainConfig, out_dir: str | Path,
     history, best = state["history"], state["best"]
     atomic_json(out / "history.json", history)
     return {"history": history, "best_val_dice": best}
-
-
-def evaluate_masks(pred: torch.Tensor, target: torch.Tensor) -> tuple[dict, np.ndarray]:
-    """Summary (mean and median Dice, mean Jaccard) and the per-image Dice values."""
-    d, j = dice_scores(pred, target).numpy(), jaccard_scores(pred, target).numpy()
-    summary = {"images": len(d), "dice": float(np.mean(d)), "dice_median": float(np.median(d)),
-               "jaccard": float(np.mean(j))}
-    return summary, d
 
 
 def dry_run_segmenter(cfg: SegTrainConfig, steps: int = 3):

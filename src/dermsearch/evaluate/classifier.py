@@ -1,0 +1,51 @@
+"""Classification figures of a trained ensemble file: melanoma AUC of its head and of each member's own head."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from sklearn.metrics import roc_auc_score
+
+from ..extract.colour import shades_of_gray_batch
+from ..extract.datasets import load_labelled
+from ..extract.extractor import NORMALISATIONS
+from ..models.device import resolve_device
+from ..models.ensemble import load_ensemble, melanoma_probability
+
+__all__ = ["evaluate_classifier"]
+
+
+@torch.inference_mode()
+def evaluate_classifier(weights: str | Path, labels_csv: str | Path, split_csv: str | Path | None = None,
+                        on: str | None = "test", limit: int = 0, batch_size: int = 32, device: str = "auto",
+                        log: Callable[[str], None] = print) -> dict:
+    """Melanoma AUC of the ensemble head and of each member's own head on a split (or on every row)."""
+    net, spec = load_ensemble(weights)
+    dev = resolve_device(device)
+    net = net.to(dev)
+    data = load_labelled(labels_csv, split_csv if on else None, (on,) if on else None, spec.image_size,
+                         "melanoma" if spec.target == "melanoma" else "diagnosis", spec.melanoma_class, limit)
+    if (spec.train or {}).get("colour", "none") == "shades-of-gray":   # as the network was trained
+        data.images = shades_of_gray_batch(data.images)
+    mean, std = (torch.tensor(v, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+                 for v in NORMALISATIONS[spec.normalization])
+    head, members = [], []
+    for i in range(0, len(data), batch_size):
+        x = (data.images[i:i + batch_size].to(dev).float() - mean) / std
+        o = net(x)
+        head.append(melanoma_probability(o.logits, spec).cpu())
+        if o.member_logits is not None:
+            members.append(torch.stack([melanoma_probability(lg, spec) for lg in o.member_logits], 1).cpu())
+    p = torch.cat(head).numpy()
+    y = data.melanoma
+    result = {"images": len(data), "melanoma": int(y.sum()), "target": spec.target,
+              "auc_ensemble": float(roc_auc_score(y, p))}
+    if members:
+        pm = torch.cat(members).numpy()
+        result["auc_members"] = [float(roc_auc_score(y, pm[:, j])) for j in range(pm.shape[1])]
+        result["auc_member_mean_prob"] = float(roc_auc_score(y, pm.mean(1)))
+    log(json.dumps(result))
+    return result
