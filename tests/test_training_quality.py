@@ -217,3 +217,15 @@ def test_training_config_rejects_unknown_options():
     for bad in ({"metric_loss": "arcface"}, {"head_select": "loss"}, {"colour": "retinex"}, {"ema": 1.0}):
         with pytest.raises(ValueError):
             ClassifierTrainConfig(labels="-", **bad)
+
+
+def test_autocast_is_a_no_op_on_cpu_and_bf16_on_cuda():
+    from dermsearch.train.harness import autocast
+
+    with autocast(torch.device("cpu")):
+        y = torch.nn.Linear(4, 4)(torch.randn(2, 4))
+    assert y.dtype == torch.float32
+    if torch.cuda.is_available():   # exercised on a GPU machine only
+        with autocast(torch.device("cuda")):
+            z = torch.nn.Linear(4, 4).cuda()(torch.randn(2, 4, device="cuda"))
+        assert z.dtype == torch.bfloat16

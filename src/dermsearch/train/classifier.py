@@ -45,7 +45,7 @@ from ..models.registry import create_backbone
 from ..models.weights import state_fingerprint
 from .augment import AugmentConfig, Augmenter, x7_variant
 from .data import LabelledSet, load_labelled
-from .harness import Run, RunFiles, atomic_json, fit, iterate, resume_key
+from .harness import Run, RunFiles, atomic_json, autocast, fit, iterate, resume_key
 from .head import HEAD_SELECT, HeadData, epoch_sample, fit_head, head_loss
 from .losses import METRIC_LOSSES, binary_focal_loss
 
@@ -443,7 +443,10 @@ def _train_member(ses: _Session, m: int) -> dict:
         for i in iterate(len(order), cfg.batch_size, f"member {m + 1}/{cfg.members} epoch {epoch + 1}", ses.progress):
             idx = order[i:i + cfg.batch_size]
             h = ses.batch_input(idx, rng.integers(0, 8, len(idx)), g)
-            loss = head_loss(cfg, member(h), ses.y_train[torch.from_numpy(idx)].to(ses.device), ses.class_weights)
+            with autocast(ses.device):
+                logits = member(h)
+            loss = head_loss(cfg, logits.float(), ses.y_train[torch.from_numpy(idx)].to(ses.device),
+                             ses.class_weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -25,8 +25,8 @@ from torch import nn
 
 from ..models.weights import save_checkpoint
 
-__all__ = ["RUNTIME_FIELDS", "resume_key", "atomic_json", "RunFiles", "Run", "fit", "iterate", "dump_optimizer",
-           "load_optimizer"]
+__all__ = ["RUNTIME_FIELDS", "resume_key", "atomic_json", "RunFiles", "Run", "fit", "iterate", "autocast",
+           "dump_optimizer", "load_optimizer"]
 
 RUNTIME_FIELDS = ("device",)   # how a run executes, not what it computes: never part of a resume key
 
@@ -169,3 +169,12 @@ def iterate(n: int, step: int, desc: str, progress: bool):
         return batches
     from tqdm import tqdm
     return tqdm(batches, desc=desc, leave=False, unit="batch")
+
+
+def autocast(device: torch.device):
+    """Mixed precision where it pays: bfloat16 autocast on CUDA (no loss scaling needed), nothing on CPU."""
+    import contextlib
+
+    if torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

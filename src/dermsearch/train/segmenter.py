@@ -22,7 +22,7 @@ from ..models.learned_segmenter import load_segmenter_file
 from ..models.segmentation import Segmenter, SegmenterConfig
 from .augment import AugmentConfig, Augmenter
 from .data import PairSet, load_pairs
-from .harness import Run, RunFiles, atomic_json, fit, iterate, resume_key
+from .harness import Run, RunFiles, atomic_json, autocast, fit, iterate, resume_key
 from .losses import focal_tversky_loss
 
 __all__ = ["SegTrainConfig", "train_segmenter", "dry_run_segmenter", "predict_masks",
@@ -131,8 +131,9 @@ def train_segmenter(cfg: SegTrainConfig, out_dir: str | Path,
             if augment is not None:
                 x, y = augment(x, y)
                 y = (y > 0.5).float()
-            logits = model((x - SEG_MEAN) / SEG_STD)
-            loss = focal_tversky_loss(logits, y, cfg.alpha, cfg.beta, cfg.gamma)
+            with autocast(device):
+                logits = model((x - SEG_MEAN) / SEG_STD)
+            loss = focal_tversky_loss(logits.float(), y, cfg.alpha, cfg.beta, cfg.gamma)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
