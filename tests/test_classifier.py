@@ -240,3 +240,23 @@ def test_packaged_default_ensemble_matches_the_default_config_and_size_budget():
     total = sum(p.stat().st_size for p in weights.glob("*.safetensors"))
     assert total <= 60 * 1024 * 1024, f"shipped weights are {total / 2**20:.1f} MB (budget 60 MB)"
     assert "melanoma" in (weights / "MODEL_CARD.md").read_text().lower()
+
+
+def test_phase_two_only_on_reused_members_with_a_metric_loss(synthetic, tmp_path):
+    cfg = ClassifierTrainConfig(labels=str(synthetic), target="diagnosis", **{**TINY_TRAIN, "epochs": 1})
+    train_classifier(cfg, tmp_path / "src", log=lambda m: None, progress=False)
+    source, _ = load_ensemble(tmp_path / "src" / "ensemble.safetensors")
+    logs: list[str] = []
+    cfg2 = replace(cfg, init_members=str(tmp_path / "src" / "ensemble.safetensors"), metric_loss="supcon",
+                   head_select="retrieval", ema=0.5, head_epochs=2)
+    metrics = train_classifier(cfg2, tmp_path / "head", log=logs.append, progress=False)
+    assert any("phase one: skipped" in line for line in logs)
+    assert not any(line.startswith("member ") for line in logs)
+    net, spec = load_ensemble(tmp_path / "head" / "ensemble.safetensors")
+    a, b = source.state_dict(), net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("members.", "member_heads.")))
+    assert not torch.equal(a["dense.weight"], b["dense.weight"])
+    assert spec.train["metric_loss"] == "supcon" and "retrieval_macro_p_at_5" in metrics["val"]["ensemble"]
+    # members that do not fit the config are refused with the differing setting named
+    with pytest.raises(ValueError, match="members"):
+        train_classifier(replace(cfg2, members=3), tmp_path / "bad", log=lambda m: None, progress=False)

@@ -213,6 +213,19 @@ def _parser() -> argparse.ArgumentParser:
                     help="x7: the paper's offline expansion (default); online: random per batch")
     tc.add_argument("--diversity", choices=["bootstrap", "fold", "seed"],
                     help="how members differ (default bootstrap: bagging)")
+    tc.add_argument("--metric-loss", choices=["none", "supcon", "proxy-anchor"],
+                    help="phase two: a metric-learning loss on the search feature beside the head's focal loss")
+    tc.add_argument("--metric-weight", type=float, help="weight of the metric loss (default 1)")
+    tc.add_argument("--metric-temperature", type=float, help="supcon temperature (default 0.1)")
+    tc.add_argument("--ema", type=float, metavar="DECAY", help="phase two: moving average of the weights (0: off)")
+    tc.add_argument("--head-select", choices=["balanced_accuracy", "retrieval"],
+                    help="phase two keeps the epoch best by the head's val balanced accuracy or by the val "
+                         "macro-P@5 of the feature's nearest training images")
+    tc.add_argument("--colour", choices=["none", "shades-of-gray"],
+                    help="colour constancy on the network's input (indexing then applies it too)")
+    tc.add_argument("--init-members", metavar="ENSEMBLE",
+                    help="reuse the members of this ensemble file ('default': the packaged one) and train "
+                         "phase two only")
     tc.add_argument("--cache", type=Path, metavar="DIR", help="frozen-stage cache (default OUT/cache; shareable)")
     tc.add_argument("--seed", type=int)
     tc.add_argument("--device", help=DEVICE_HELP + " (default auto)")

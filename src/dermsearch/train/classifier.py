@@ -93,6 +93,8 @@ class ClassifierTrainConfig:
     ema: float = 0.0                  # phase two: decay of an exponential moving average of the weights (0: off)
     head_select: str = "balanced_accuracy"   # phase two: keep the epoch best by this ("retrieval": feature P@5)
     colour: str = "none"              # colour constancy before the network ("shades-of-gray"), as at indexing
+    init_members: str = ""            # an ensemble file ("default": the packaged one) whose members are reused:
+                                      # phase one is skipped and only phase two (BN, Dense, head) is trained
     seed: int = 0
     device: str = "auto"
     limit: int = 0                    # first N images of each split only (smoke tests)
@@ -364,11 +366,14 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Calla
     k = cfg.shared_stages
     torch.manual_seed(cfg.seed)
     base = fresh_backbone().eval()
+    source = _source_members(cfg, labels) if cfg.init_members else None
+    if source is not None:       # the frozen prefix is the source ensemble's own
+        base.load_state_dict(source.members[0].state_dict(), strict=False)
     prefix = _Prefix(base, k, cfg, device)
     key = _fingerprint(cfg.labels, cfg.split, cfg.limit, cfg.backbone, cfg.weights, k, cfg.image_size,
                        asdict(cfg.augment_config), cfg.seed, *([cfg.colour] if cfg.colour != "none" else []))
     n_var = 8 if cfg.augment == "x7" else 1
-    cached = k > 0 and cfg.augment != "online"
+    cached = k > 0 and cfg.augment != "online" and source is None   # reused members: no phase one to feed
     pool = prefix.cache(train, n_var, cache / f"train-{cfg.train_split}-x{n_var}-{key}.npy", log,
                         progress) if cached else None
     val_h = prefix.cache(val, 1, cache / f"val-{cfg.val_split}-{key}.npy", log, progress) if k else None
@@ -395,7 +400,7 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Calla
     # ---- phase one
     ses = _Session(cfg, out, device, log, progress, train, val, labels, y_train, y_val, class_weights, k,
                    fresh_backbone, batch_input, val_inputs, prefix, pool, n_var)
-    members_state = [_train_member(ses, m) for m in range(cfg.members)]
+    members_state = [] if source is not None else [_train_member(ses, m) for m in range(cfg.members)]
 
     # ---- phase two
     spec = EnsembleSpec(backbone=cfg.backbone, members=cfg.members, shared_stages=k, feature_dim=cfg.feature_dim,
@@ -403,9 +408,13 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Calla
                         melanoma_class=cfg.melanoma_class, image_size=cfg.image_size,
                         normalization=cfg.normalization, train=cfg.to_dict())
     net = build_ensemble(spec).to(device)
-    for m in range(cfg.members):
+    if source is not None:
+        net.members.load_state_dict(source.members.state_dict())
+        net.member_heads.load_state_dict(source.member_heads.state_dict())
+        log(f"phase one: skipped, the {cfg.members} members of {cfg.init_members} are reused")
+    for m in range(cfg.members if source is None else 0):
         _load_member_into(net, m, load_file(str(out / "members" / f"m{m}-best.safetensors")))
-    if k:
+    if k and source is None:
         # the shared prefix is the frozen ImageNet one
         shared = {n: p for n, p in base.state_dict().items() if n.startswith("stem.") or
                   any(n.startswith(f"stages.{i}.") for i in range(k))}
@@ -414,6 +423,25 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Calla
     metrics["seconds"] = time.perf_counter() - t_start
     atomic_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _source_members(cfg: ClassifierTrainConfig, labels: _Labels) -> EnsembleFeatureNet:
+    """The ensemble whose members ``cfg.init_members`` reuses, checked against ``cfg``."""
+    from ..models.ensemble import default_ensemble_path, load_ensemble
+
+    path = default_ensemble_path() if cfg.init_members == "default" else Path(cfg.init_members)
+    net, spec = load_ensemble(path)
+    want = {"backbone": cfg.backbone, "members": cfg.members, "shared_stages": cfg.shared_stages,
+            "image_size": cfg.image_size, "target": cfg.target, "classes": tuple(labels.classes),
+            "normalization": cfg.normalization, "member_heads": True,
+            "colour": cfg.colour}
+    got = {**{k: getattr(spec, k) for k in want if k != "colour"}, "colour": (spec.train or {}).get("colour", "none")}
+    got["classes"] = tuple(got["classes"])
+    diff = {k: (got[k], want[k]) for k in want if got[k] != want[k]}
+    if diff:
+        raise ValueError(f"{path}: its members cannot be reused for this config; differing settings "
+                         + ", ".join(f"{k}: file {a!r} vs config {b!r}" for k, (a, b) in diff.items()))
+    return net
 
 
 PHASE_TWO_FIELDS = ("head_epochs", "head_lr", "head_variants", "head_dropout", "head_weight_decay", "feature_dim",
