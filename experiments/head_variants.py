@@ -115,6 +115,10 @@ def main() -> None:
             r = feature_retrieval(f_isic, i_dx, i_mel, f_ham, dx, mel, metric)
             rec[f"isic_{metric}_vote_auc"] = round(r["vote_auc"], 4)
         rec["isic_head_auc"] = round(float(roc_auc_score(i_mel[known], p_isic[known])), 4)
+        if VARIANTS[name] is not None:   # the selection's optimism: the last epoch's figure beside the kept one
+            rec["val_last_epoch_macro_p_at_5"] = round(history[-1]["val_retrieval_macro_p_at_5"], 4)
+            rec["kept_epoch"] = max(history, key=lambda h: h["val_retrieval_macro_p_at_5"]
+                                    if cfg.head_select == "retrieval" else h["val_balanced_accuracy"])["epoch"]
         rec["seconds"] = round(time.perf_counter() - t0, 1)
         print(json.dumps(rec), flush=True)
         with open(a.out, "a") as f:
