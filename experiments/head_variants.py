@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--views", nargs="+", default=["id"], help="views averaged at query and index time (TTA)")
     ap.add_argument("--train-views", nargs="+", default=None, help="views the head trains on (default: --views)")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--seed", type=int, default=0, help="phase-two seed (initialisation and batch order)")
     a = ap.parse_args()
     net0, spec = load_ensemble(default_ensemble_path())
     classes = list(spec.classes)
@@ -78,7 +79,7 @@ def main() -> None:
     for name in a.variants:
         t0 = time.perf_counter()
         net, _ = load_ensemble(default_ensemble_path())
-        cfg = ClassifierTrainConfig(labels="-", target=spec.target)
+        cfg = ClassifierTrainConfig(labels="-", target=spec.target, seed=a.seed)
         if VARIANTS[name] is not None:
             cfg = replace(cfg, **VARIANTS[name])
             torch.manual_seed(cfg.seed)
@@ -104,7 +105,7 @@ def main() -> None:
         f_ham, f_isic = f_ham.numpy(), f_isic.numpy()
         p_ham = melanoma_probability(lg_ham, spec).numpy()
         p_isic = melanoma_probability(lg_isic, spec).numpy()
-        rec = {"variant": name, "views": a.views, "train_views": tviews, "tag": a.tag, "config": VARIANTS[name]}
+        rec = {"variant": name, "seed": a.seed, "views": a.views, "train_views": tviews, "tag": a.tag, "config": VARIANTS[name]}
         for metric in ("euclidean", "cosine"):
             r = feature_retrieval(f_ham[va], dx[va], mel[va], f_ham[tr], dx[tr], mel[tr], metric)
             rec.update({f"val_{metric}_{k}": round(v, 4) for k, v in r.items()})
