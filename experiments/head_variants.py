@@ -105,7 +105,8 @@ def main() -> None:
         f_ham, f_isic = f_ham.numpy(), f_isic.numpy()
         p_ham = melanoma_probability(lg_ham, spec).numpy()
         p_isic = melanoma_probability(lg_isic, spec).numpy()
-        rec = {"variant": name, "seed": a.seed, "views": a.views, "train_views": tviews, "tag": a.tag, "config": VARIANTS[name]}
+        rec = {"variant": name, "seed": a.seed, "views": a.views, "train_views": tviews, "tag": a.tag,
+               "config": VARIANTS[name]}
         for metric in ("euclidean", "cosine"):
             r = feature_retrieval(f_ham[va], dx[va], mel[va], f_ham[tr], dx[tr], mel[tr], metric)
             rec.update({f"val_{metric}_{k}": round(v, 4) for k, v in r.items()})
