@@ -248,7 +248,7 @@ def test_phase_two_only_on_reused_members_with_a_metric_loss(synthetic, tmp_path
     source, _ = load_ensemble(tmp_path / "src" / "ensemble.safetensors")
     logs: list[str] = []
     cfg2 = replace(cfg, init_members=str(tmp_path / "src" / "ensemble.safetensors"), metric_loss="supcon",
-                   head_select="retrieval", ema=0.5, head_epochs=2)
+                   head_select="retrieval", ema=0.5, head_epochs=2, tta=2)
     metrics = train_classifier(cfg2, tmp_path / "head", log=logs.append, progress=False)
     assert any("phase one: skipped" in line for line in logs)
     assert not any(line.startswith("member ") for line in logs)
@@ -257,6 +257,9 @@ def test_phase_two_only_on_reused_members_with_a_metric_loss(synthetic, tmp_path
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("members.", "member_heads.")))
     assert not torch.equal(a["dense.weight"], b["dense.weight"])
     assert spec.train["metric_loss"] == "supcon" and "retrieval_macro_p_at_5" in metrics["val"]["ensemble"]
+    assert any("x 2 view(s)" in line for line in logs)
+    # the extractor indexes with the views the head was fitted on
+    assert ExtractorConfig.for_weights(str(tmp_path / "head" / "ensemble.safetensors")).tta == 2
     # members that do not fit the config are refused with the differing setting named
     with pytest.raises(ValueError, match="members"):
         train_classifier(replace(cfg2, members=3), tmp_path / "bad", log=lambda m: None, progress=False)

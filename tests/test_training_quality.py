@@ -163,7 +163,7 @@ def test_metric_loss_is_wired_and_falls_with_training(name):
 
 
 def _tiny_ensemble(dim=16, outputs=3):
-    members = [create_backbone("efficientnet-lite0") for _ in range(2)]
+    members = [create_backbone("efficientnet-lite0", "imagenet") for _ in range(2)]
     for m in members:
         m.classifier = None
     return EnsembleFeatureNet(members, dim, outputs, shared_stages=5)
@@ -229,3 +229,42 @@ def test_autocast_is_a_no_op_on_cpu_and_bf16_on_cuda():
         with autocast(torch.device("cuda")):
             z = torch.nn.Linear(4, 4).cuda()(torch.randn(2, 4, device="cuda"))
         assert z.dtype == torch.bfloat16
+
+
+# ------------------------------------------------------------------ test-time views
+
+
+def test_tta_views_average_the_members_pooled_vectors():
+    from dermsearch.models.ensemble import tta_views
+
+    torch.manual_seed(0)
+    net = _tiny_ensemble().eval()
+    x = torch.randn(3, 3, 32, 32)
+    views = tta_views(x, 4)
+    assert torch.equal(views[1], x.flip(3)) and torch.equal(views[3][0, 0], x[0, 0].rot90(1, (0, 1)))
+    with torch.inference_mode():
+        by_hand = [torch.stack([o.pooled for o in net.member_outputs(v)]) for v in views]
+        mean = torch.stack(by_hand).mean(0)
+        want, _ = net.combine(list(mean.unbind(0)))
+        got = net(x, views=4)
+        plain = net(x)
+    torch.testing.assert_close(got.feature, want, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(got.feature, plain.feature)
+    for a, b in zip(got.member_taps[0], plain.member_taps[0]):    # style taps: the image as it is
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="1, 2 or 4"):
+        tta_views(x, 3)
+
+
+def test_extractor_tta_torch_and_onnx_agree_and_style_is_unchanged(tmp_path):
+    base = dict(weights="imagenet", feature="ensemble", members=2, feature_dim=16, image_size=64, masks=False,
+                gram_pool="image", gram_margin=0.0, gram_norm="none", gram_weights="inverse-channels")
+    images = [lesion_image(5, 64), lesion_image(6, 64)]
+    t4 = Extractor(ExtractorConfig(**base, tta=4), backend="torch").extract(images)
+    o4 = Extractor(ExtractorConfig(**base, tta=4), backend="onnx").extract(images)
+    t1 = Extractor(ExtractorConfig(**base), backend="torch").extract(images)
+    np.testing.assert_allclose(o4.features, t4.features, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(t4.styles, t1.styles, rtol=1e-5, atol=1e-8)
+    assert not np.allclose(t4.features, t1.features)
+    with pytest.raises(ValueError, match="tta"):
+        ExtractorConfig(**base, tta=3)

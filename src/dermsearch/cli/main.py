@@ -223,6 +223,9 @@ def _parser() -> argparse.ArgumentParser:
                          "macro-P@5 of the feature's nearest training images")
     tc.add_argument("--colour", choices=["none", "shades-of-gray"],
                     help="colour constancy on the network's input (indexing then applies it too)")
+    tc.add_argument("--tta", type=int, choices=[1, 2, 4],
+                    help="phase two on the members' pooled vectors averaged over 1, 2 or 4 flips/quarter turns; "
+                         "indexing then averages the same views")
     tc.add_argument("--init-members", metavar="ENSEMBLE",
                     help="reuse the members of this ensemble file ('default': the packaged one) and train "
                          "phase two only")

@@ -32,10 +32,11 @@ def evaluate_classifier(weights: str | Path, labels_csv: str | Path, split_csv: 
         data.images = shades_of_gray_batch(data.images)
     mean, std = (torch.tensor(v, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
                  for v in NORMALISATIONS[spec.normalization])
+    views = int((spec.train or {}).get("tta", 1))   # the test-time views its head was fitted on
     head, members = [], []
     for i in range(0, len(data), batch_size):
         x = (data.images[i:i + batch_size].to(dev).float() - mean) / std
-        o = net(x)
+        o = net(x, views=views)
         head.append(melanoma_probability(o.logits, spec).cpu())
         if o.member_logits is not None:
             members.append(torch.stack([melanoma_probability(lg, spec) for lg in o.member_logits], 1).cpu())

@@ -91,6 +91,7 @@ class ExtractorConfig:
     segmenter: str = "default"    # "default" (packaged U-Net), "otsu" (classical), or a .safetensors path
     seed: int = 0                 # random initialisation only
     colour: str = "none"          # colour constancy on the network's input: "none" or "shades-of-gray"
+    tta: int = 1                  # feature: members' pooled vectors averaged over 1, 2 or 4 flips/turns
 
     def __post_init__(self) -> None:
         if self.feature not in ("pooled", "ensemble"):
@@ -111,6 +112,10 @@ class ExtractorConfig:
             raise ValueError(f"unknown gram normalisation {self.gram_norm!r}; valid: {', '.join(GRAM_NORMS)}")
         if not 0.0 <= self.gram_margin <= 0.5:
             raise ValueError(f"gram_margin must be in [0, 0.5] (a fraction of the image side), not {self.gram_margin}")
+        if self.tta not in (1, 2, 4):
+            raise ValueError(f"tta must be 1, 2 or 4 test-time views, not {self.tta}")
+        if self.tta > 1 and self.feature != "ensemble":
+            raise ValueError("test-time views (tta > 1) need feature='ensemble'")
         if self.colour not in COLOUR_METHODS:
             raise ValueError(f"unknown colour method {self.colour!r}; valid: {', '.join(COLOUR_METHODS)}")
         if self.segmenter not in ("default", "otsu") and not self.segmenter.endswith(".safetensors"):
@@ -132,6 +137,7 @@ class ExtractorConfig:
         if weights != "default":      # the fitted layer weights belong to the packaged model
             base.update(PAPER_STYLE)
         base["colour"] = (spec.train or {}).get("colour", "none")   # the network sees what it was trained on
+        base["tta"] = int((spec.train or {}).get("tta", 1))          # and its head was fitted on these views
         auto = "tf" if "lite" in spec.backbone else "imagenet"
         base["normalization"] = "auto" if spec.normalization == auto else spec.normalization
         return cls(**{**base, **overrides})
@@ -300,6 +306,8 @@ class Extractor:
             del settings["gram_norm"]
         if settings["colour"] == "none":         # indexes from before the option hash as before
             del settings["colour"]
+        if settings["tta"] == 1:
+            del settings["tta"]
         h.update(json.dumps(settings, sort_keys=True).encode())
         h.update(f"preprocess={PREPROCESS_VERSION}".encode())
         if self.config.gram_weights not in ("inverse-channels", "ones"):   # a file: what counts is its numbers
@@ -372,7 +380,8 @@ class Extractor:
             features, styles = self.runtime.features(pixels, pool)
             features = np.ascontiguousarray(features, dtype=np.float32)
         else:
-            out = self.net(self._normalised(pixels))
+            x = self._normalised(pixels)
+            out = self.net(x, views=self.config.tta) if self.config.tta > 1 else self.net(x)
             features = out.feature.float().cpu().numpy().astype(np.float32, copy=False)
             styles = None
             if self.config.style:

@@ -52,15 +52,17 @@ class _ExtractionGraph(nn.Module):
     """Pixels -> (feature, style): the torch backend's computation as one traceable module."""
 
     def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor, betas, style: bool,
-                 pool: str = "image", margin: float = 0.0, norm: str = "none"):
+                 pool: str = "image", margin: float = 0.0, norm: str = "none", views: int = 1):
         super().__init__()
+        self.views = views
         self.net, self.style, self.betas = net, style, [float(b) for b in betas]
         self.pool, self.margin, self.norm = pool, margin, norm
         self.register_buffer("mean", mean.detach().cpu().clone())
         self.register_buffer("std", std.detach().cpu().clone())
 
     def forward(self, pixels: torch.Tensor, masks: torch.Tensor | None = None):
-        out = self.net((pixels - self.mean) / self.std)
+        x = (pixels - self.mean) / self.std
+        out = self.net(x, views=self.views) if self.views > 1 else self.net(x)
         if not self.style:
             return (out.feature,)
         parts = []
@@ -114,7 +116,7 @@ def export_onnx(extractor, directory: str | os.PathLike | None = None) -> Path:
     size = cfg.image_size
     pooled = cfg.style and cfg.gram_pool != "image"
     graph = _ExtractionGraph(extractor.net, extractor._mean, extractor._std, extractor.betas, cfg.style,
-                             cfg.gram_pool, cfg.gram_margin, cfg.gram_norm)
+                             cfg.gram_pool, cfg.gram_margin, cfg.gram_norm, cfg.tta)
     outputs = ["feature", "style"] if cfg.style else ["feature"]
     example_masks = (torch.rand(2, 1, size, size) > 0.5).float() if pooled else None
     _export(graph, torch.rand(2, 3, size, size) * 255, tmp / "extractor.onnx", outputs, example_masks)

@@ -26,10 +26,23 @@ from .efficientnet import Backbone
 from .registry import create_backbone
 from .weights import WeightsNotFoundError, read_metadata, save_checkpoint
 
-__all__ = ["FeatureNetOutput", "PooledFeatureNet", "EnsembleFeatureNet", "EnsembleSpec", "save_ensemble",
-           "load_ensemble", "read_ensemble_spec", "default_ensemble_path", "melanoma_probability"]
+__all__ = ["TTA_VIEWS", "tta_views", "FeatureNetOutput", "PooledFeatureNet", "EnsembleFeatureNet", "EnsembleSpec",
+           "save_ensemble", "load_ensemble", "read_ensemble_spec", "default_ensemble_path", "melanoma_probability"]
 
 DEFAULT_FILE = "classifier-ensemble.safetensors"
+
+# Test-time views of a square image batch [B, C, S, S]: dermoscopy has no "up", so flips and
+# quarter turns show the same lesion. ``views=n`` averages the members' pooled vectors over the
+# first n (1, 2 or 4); the Grams (style) always come from the image as it is.
+TTA_VIEWS = ("identity", "hflip", "vflip", "rot90")
+
+
+def tta_views(x: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """The first ``n`` of :data:`TTA_VIEWS` applied to ``x`` (identity first)."""
+    if n not in (1, 2, 4):
+        raise ValueError(f"test-time views must be 1, 2 or 4, not {n}")
+    views = [x, x.flip(3), x.flip(2), x.rot90(1, (2, 3))]
+    return views[:n]
 
 
 @dataclass(frozen=True)
@@ -123,9 +136,20 @@ class EnsembleFeatureNet(nn.Module):
         feature = self.act(self.dense(torch.cat(normed, dim=1)))
         return feature, (self.head(feature) if self.head is not None else None)
 
-    def forward(self, x: torch.Tensor) -> FeatureNetOutput:
+    def pooled_views(self, x: torch.Tensor, views: int) -> list[torch.Tensor]:
+        """Each member's pooled vector averaged over the first ``views`` test-time views of ``x``."""
+        total = None
+        for xv in tta_views(x, views):
+            pooled = [o.pooled for o in self.member_outputs(xv)]
+            total = pooled if total is None else [a + b for a, b in zip(total, pooled)]
+        return [t / views for t in total]
+
+    def forward(self, x: torch.Tensor, views: int = 1) -> FeatureNetOutput:
         outs = self.member_outputs(x)
         pooled = [o.pooled for o in outs]
+        if views > 1:      # test-time averaging of the pooled vectors; taps stay those of x itself
+            extra = [self.pooled_views(xv, 1) for xv in tta_views(x, views)[1:]]
+            pooled = [sum((e[i] for e in extra), p) / views for i, p in enumerate(pooled)]
         feature, logits = self.combine(pooled)
         member_logits = None
         if self.member_heads is not None:
