@@ -268,3 +268,23 @@ def test_extractor_tta_torch_and_onnx_agree_and_style_is_unchanged(tmp_path):
     assert not np.allclose(t4.features, t1.features)
     with pytest.raises(ValueError, match="tta"):
         ExtractorConfig(**base, tta=3)
+
+
+def test_learned_gram_weights_follow_the_members_not_the_dense_layer(tmp_path):
+    """The packaged β are bound to the members that make the Grams: a new Dense layer/head on the same
+    members keeps them; other members are refused."""
+    from dermsearch.models.ensemble import default_ensemble_path, load_ensemble, read_ensemble_spec, save_ensemble
+
+    net, spec = load_ensemble(default_ensemble_path())
+    torch.manual_seed(1)
+    net.dense.reset_parameters()
+    save_ensemble(net, spec, tmp_path / "new-head.safetensors")
+    learned = dict(gram_pool="lesion", gram_margin=0.05, gram_norm="l2", gram_weights="learned")
+    ex = Extractor(ExtractorConfig.for_weights(str(tmp_path / "new-head.safetensors"), **learned))
+    packaged = Extractor(ExtractorConfig())
+    assert ex.betas == packaged.betas and ex.network_fingerprint != packaged.network_fingerprint
+    torch.manual_seed(2)
+    net.members[1].head.conv.reset_parameters()
+    save_ensemble(net, read_ensemble_spec(default_ensemble_path()), tmp_path / "new-members.safetensors")
+    with pytest.raises(ValueError, match="other member networks"):
+        Extractor(ExtractorConfig.for_weights(str(tmp_path / "new-members.safetensors"), **learned))

@@ -179,7 +179,8 @@ class Extracted:
         return Extracted(cat("features"), cat("styles"), cat("masks"), cat("mask_areas"))
 
 
-def resolve_gram_weights(config: ExtractorConfig, tap_channels, network: str | None = None) -> list[float]:
+def resolve_gram_weights(config: ExtractorConfig, tap_channels, network: str | None = None,
+                         style_network: str | None = None) -> list[float]:
     """β per stored Gram for ``config.gram_weights``: a named scheme, ``learned`` (the weights
     fitted for the packaged model) or a JSON file written by ``dermsearch fit-gram-weights``.
     A file must describe the same pooling and channels as ``config`` and, when it names the
@@ -199,11 +200,18 @@ def resolve_gram_weights(config: ExtractorConfig, tap_channels, network: str | N
         raise ValueError(f"{path}: cannot read gram weights ({e})") from e
     betas = doc.get("betas")
     want = {"gram_pool": config.gram_pool, "gram_margin": config.gram_margin, "gram_norm": config.gram_norm,
-            "tap_channels": list(tap_channels)}
-    got = {k: doc.get(k, "none" if k == "gram_norm" else None) for k in want}
+            "tap_channels": list(tap_channels), "colour": config.colour}
+    got = {k: doc.get(k, "none" if k in ("gram_norm", "colour") else None) for k in want}
     if got != want:
         raise ValueError(f"{path}: these gram weights were fitted for {got}, not for this model's {want}")
-    if network is not None and doc.get("network") not in (None, network):
+    # Grams come from the members alone: a file naming the members it was fitted for ("style_network")
+    # stays valid when only the ensemble's Dense layer or head change; older files name the whole network
+    if style_network is not None and doc.get("style_network") is not None:
+        if doc["style_network"] != style_network:
+            raise ValueError(f"{path}: these gram weights were fitted for other member networks "
+                             f"({str(doc['style_network'])[:16]}), not these ({style_network[:16]}); use "
+                             "inverse-channels or fit weights for this model with 'dermsearch fit-gram-weights'")
+    elif network is not None and doc.get("network") not in (None, network):
         raise ValueError(f"{path}: these gram weights were fitted for another feature network "
                          f"({str(doc['network'])[:16]}), not this one ({network[:16]}); use inverse-channels "
                          "or fit weights for this model with 'dermsearch fit-gram-weights'")
@@ -231,7 +239,9 @@ class Extractor:
         self.tap_channels: tuple[int, ...] = tuple(first.out_channels)
         self.gram_channels = gram_channels(self.tap_channels, config.gram_pool)
         self.network_fingerprint = state_fingerprint(self.net)
-        self.betas = resolve_gram_weights(config, self.tap_channels, self.network_fingerprint) if config.style else []
+        self.style_fingerprint = state_fingerprint(self.net.members)   # what the Grams depend on
+        self.betas = (resolve_gram_weights(config, self.tap_channels, self.network_fingerprint, self.style_fingerprint)
+                      if config.style else [])
         self.style_layout = style_layout(self.tap_channels, config.gram_pool, self.betas) if config.style else []
         self.feature_dim = self.net.feature_dim
         self.style_dim = style_dim(self.gram_channels) if config.style else 0

@@ -161,6 +161,7 @@ class Index:
                                      "sqrt+l2": "; then sign(G) |G|^0.5, then / ||.||_F"}[extractor.config.gram_norm],
             "style_layers": list(extractor.style_layout),
             "network_fingerprint": getattr(extractor, "network_fingerprint", None),
+            "style_network_fingerprint": getattr(extractor, "style_fingerprint", None),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         db = lancedb.connect(str(directory / "lance"))
