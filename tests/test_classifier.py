@@ -257,6 +257,7 @@ def test_phase_two_only_on_reused_members_with_a_metric_loss(synthetic, tmp_path
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("members.", "member_heads.")))
     assert not torch.equal(a["dense.weight"], b["dense.weight"])
     assert spec.train["metric_loss"] == "supcon" and "retrieval_macro_p_at_5" in metrics["val"]["ensemble"]
+    assert metrics["machine"]["device"] == "cpu" and metrics["machine"]["cpu_count"] >= 1
     assert any("x 2 view(s)" in line for line in logs)
     # the extractor indexes with the views the head was fitted on
     assert ExtractorConfig.for_weights(str(tmp_path / "head" / "ensemble.safetensors")).tta == 2

@@ -45,7 +45,7 @@ from ..models.registry import create_backbone
 from ..models.weights import state_fingerprint
 from .augment import AugmentConfig, Augmenter, x7_variant
 from .data import LabelledSet, load_labelled
-from .harness import Run, RunFiles, atomic_json, autocast, fit, iterate, resume_key
+from .harness import Run, RunFiles, atomic_json, autocast, fit, iterate, machine, resume_key
 from .head import HEAD_SELECT, HeadData, epoch_sample, fit_head, head_loss
 from .losses import METRIC_LOSSES, binary_focal_loss
 
@@ -381,7 +381,8 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Calla
     cached = k > 0 and cfg.augment != "online" and source is None   # reused members: no phase one to feed
     pool = prefix.cache(train, n_var, cache / f"train-{cfg.train_split}-x{n_var}-{key}.npy", log,
                         progress) if cached else None
-    val_h = prefix.cache(val, 1, cache / f"val-{cfg.val_split}-{key}.npy", log, progress) if k else None
+    val_h = (prefix.cache(val, 1, cache / f"val-{cfg.val_split}-{key}.npy", log, progress)
+             if k and source is None else None)   # reused members: phase two encodes whole images
     augmenter = Augmenter(cfg.augment_config) if cfg.augment == "online" else None
 
     def batch_input(idx: np.ndarray, variants: np.ndarray, g: torch.Generator) -> torch.Tensor:
@@ -636,7 +637,7 @@ def _train_head(ses: _Session, net: EnsembleFeatureNet, spec: EnsembleSpec, memb
     best_metrics, history = fit_head(
         net, cfg, data, lambda logits: _metrics(cfg, logits, y_val, val.melanoma, labels.classes, cw),
         lambda vm: _score(cfg, vm), class_weights, device, log)
-    metrics = {"val": {"ensemble": best_metrics, "members": member_metrics}}
+    metrics = {"val": {"ensemble": best_metrics, "members": member_metrics}, "machine": machine(device)}
     spec = EnsembleSpec(**{**asdict(spec), "metrics": metrics})
     save_ensemble(net.cpu(), spec, out / "ensemble.safetensors")
     phase_one = [rec for st in members_state for rec in st["history"]]

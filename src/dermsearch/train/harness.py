@@ -26,7 +26,7 @@ from torch import nn
 from ..models.weights import save_checkpoint
 
 __all__ = ["RUNTIME_FIELDS", "resume_key", "atomic_json", "RunFiles", "Run", "fit", "iterate", "autocast",
-           "dump_optimizer", "load_optimizer"]
+           "dump_optimizer", "load_optimizer", "machine"]
 
 RUNTIME_FIELDS = ("device",)   # how a run executes, not what it computes: never part of a resume key
 
@@ -178,3 +178,20 @@ def autocast(device: torch.device):
     if torch.device(device).type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def machine(device: torch.device) -> dict:
+    """Which machine made a run's weights: device, processor or GPU model, thread count, torch version."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    out = {"device": str(device), "cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__}
+    if torch.device(device).type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out
