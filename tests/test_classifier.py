@@ -126,7 +126,7 @@ def synthetic(tmp_path_factory) -> Path:
     return _synthetic_set(tmp_path_factory.mktemp("clf"))
 
 
-TINY_TRAIN = dict(members=2, image_size=32, epochs=4, head_epochs=3, batch_size=8, lr=3e-3, feature_dim=32)
+TINY_TRAIN = dict(members=2, image_size=32, epochs=4, head_epochs=3, batch_size=8, lr=3e-3, feature_dim=32, tta=1)
 
 
 def test_tiny_two_phase_training_melanoma(synthetic, tmp_path):
@@ -260,7 +260,9 @@ def test_phase_two_only_on_reused_members_with_a_metric_loss(synthetic, tmp_path
     assert metrics["machine"]["device"] == "cpu" and metrics["machine"]["cpu_count"] >= 1
     assert any("x 2 view(s)" in line for line in logs)
     # the extractor indexes with the views the head was fitted on
-    assert ExtractorConfig.for_weights(str(tmp_path / "head" / "ensemble.safetensors")).tta == 2
+    config = ExtractorConfig.for_weights(str(tmp_path / "head" / "ensemble.safetensors"), masks=False)
+    assert config.tta == 0 and Extractor(config).tta == 2      # "auto": the views its head was fitted on
+    assert Extractor(replace(config, tta=1)).fingerprint != Extractor(config).fingerprint
     # members that do not fit the config are refused with the differing setting named
     with pytest.raises(ValueError, match="members"):
         train_classifier(replace(cfg2, members=3), tmp_path / "bad", log=lambda m: None, progress=False)

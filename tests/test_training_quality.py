@@ -111,6 +111,8 @@ def test_feature_neighbours_match_a_naive_loop(metric):
     got = feature_neighbours(q, c, 7, metric, qg, cg, block=4)
     assert np.array_equal(got, _naive_neighbours(q, c, 7, metric, qg, cg))
     assert not any(qg[i] == cg[j] for i in range(13) for j in got[i])
+    # fewer candidates than k: all of them, ranked
+    assert feature_neighbours(q, c[:3], 7, metric).shape == (13, 3)
 
 
 def test_feature_retrieval_figures_by_hand():

@@ -28,19 +28,22 @@ PRESETS: dict[str, Preset] = {
         "the configuration that ships: trainable on a 2-core CPU in about an hour",
         classifier={"backbone": "efficientnet-lite0", "weights": "imagenet", "members": 5, "image_size": 224,
                     "trainable_stages": 2, "augment": "x7", "epochs": 3, "head_epochs": 20, "batch_size": 64,
-                    "target": "diagnosis"},
+                    "target": "diagnosis", "metric_loss": "supcon", "head_select": "retrieval", "tta": 4},
         segmenter={"arch": "unet", "width": 16, "image_size": 128, "epochs": 50, "batch_size": 32},
         index={"weights": "default", "segmenter": "default", "gram_pool": "lesion", "gram_margin": 0.05,
                "gram_norm": "l2", "gram_weights": "learned"},
         notes=("members: EfficientNet-Lite0 from the packaged ImageNet weights; stages 1-5 frozen and shared, "
-               "stages 6-7 and the head fine-tuned per member",),
+               "stages 6-7 and the head fine-tuned per member",
+               "phase two: focal loss on the head plus supervised contrastive loss on the 1024-d search feature, "
+               "epoch kept by val macro-P@5 of the feature, on the members' pooled vectors averaged over 4 "
+               "flips/quarter turns (indexing averages the same views)"),
     ),
     "paper": Preset(
         "paper",
         "the paper's configuration: 5 EfficientNet-B6 at 384 px, x7 augmentation, R2U-Net at 384 px",
         classifier={"backbone": "efficientnet-b6", "weights": "random", "members": 5, "image_size": 384,
                     "trainable_stages": 7, "augment": "x7", "epochs": 10, "head_epochs": 20, "batch_size": 16,
-                    "target": "melanoma"},
+                    "target": "melanoma", "metric_loss": "none", "head_select": "balanced_accuracy", "tta": 1},
         segmenter={"arch": "r2unet", "width": 32, "depth": 4, "t": 2, "image_size": 384, "epochs": 50,
                    "batch_size": 8},
         index={"requires": ["weights", "segmenter"], "gram_pool": "image", "gram_margin": 0.0, "gram_norm": "none",

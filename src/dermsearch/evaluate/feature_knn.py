@@ -18,7 +18,8 @@ __all__ = ["feature_neighbours", "feature_retrieval"]
 
 def feature_neighbours(queries: np.ndarray, candidates: np.ndarray, k: int, metric: str = "euclidean",
                        query_groups=None, candidate_groups=None, block: int = 1024) -> np.ndarray:
-    """[Q, k] candidate indices, nearest first (ties: lower index first); same-group pairs excluded."""
+    """[Q, min(k, C)] candidate indices, nearest first (ties: lower index first); same-group pairs are
+    ranked last (as infinitely far)."""
     if metric not in ("euclidean", "cosine"):
         raise ValueError(f"metric must be euclidean or cosine, not {metric!r}")
     q = np.asarray(queries, dtype=np.float64)
@@ -29,6 +30,7 @@ def feature_neighbours(queries: np.ndarray, candidates: np.ndarray, k: int, metr
     c2 = (c * c).sum(1)
     qg = None if query_groups is None else np.asarray(query_groups, dtype=object)
     cg = None if candidate_groups is None else np.asarray(candidate_groups, dtype=object)
+    k = min(k, len(c))       # fewer candidates than k: all of them, ranked
     out = np.empty((len(q), k), dtype=np.int64)
     for lo in range(0, len(q), block):
         qb = q[lo:lo + block]

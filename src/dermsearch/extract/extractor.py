@@ -91,7 +91,8 @@ class ExtractorConfig:
     segmenter: str = "default"    # "default" (packaged U-Net), "otsu" (classical), or a .safetensors path
     seed: int = 0                 # random initialisation only
     colour: str = "none"          # colour constancy on the network's input: "none" or "shades-of-gray"
-    tta: int = 1                  # feature: members' pooled vectors averaged over 1, 2 or 4 flips/turns
+    tta: int = 0                  # feature: members' pooled vectors averaged over 1, 2 or 4 flips/turns;
+                                  # 0 = the views the ensemble's head was fitted on (1 for other models)
 
     def __post_init__(self) -> None:
         if self.feature not in ("pooled", "ensemble"):
@@ -112,8 +113,8 @@ class ExtractorConfig:
             raise ValueError(f"unknown gram normalisation {self.gram_norm!r}; valid: {', '.join(GRAM_NORMS)}")
         if not 0.0 <= self.gram_margin <= 0.5:
             raise ValueError(f"gram_margin must be in [0, 0.5] (a fraction of the image side), not {self.gram_margin}")
-        if self.tta not in (1, 2, 4):
-            raise ValueError(f"tta must be 1, 2 or 4 test-time views, not {self.tta}")
+        if self.tta not in (0, 1, 2, 4):
+            raise ValueError(f"tta must be 1, 2 or 4 test-time views (0: the model's own), not {self.tta}")
         if self.tta > 1 and self.feature != "ensemble":
             raise ValueError("test-time views (tta > 1) need feature='ensemble'")
         if self.colour not in COLOUR_METHODS:
@@ -137,7 +138,6 @@ class ExtractorConfig:
         if weights != "default":      # the fitted layer weights belong to the packaged model
             base.update(PAPER_STYLE)
         base["colour"] = (spec.train or {}).get("colour", "none")   # the network sees what it was trained on
-        base["tta"] = int((spec.train or {}).get("tta", 1))          # and its head was fitted on these views
         auto = "tf" if "lite" in spec.backbone else "imagenet"
         base["normalization"] = "auto" if spec.normalization == auto else spec.normalization
         return cls(**{**base, **overrides})
@@ -238,6 +238,8 @@ class Extractor:
         first = self.net.members[0]
         self.tap_channels: tuple[int, ...] = tuple(first.out_channels)
         self.gram_channels = gram_channels(self.tap_channels, config.gram_pool)
+        spec = getattr(self.net, "spec", None)
+        self.tta = config.tta or (int((spec.train or {}).get("tta", 1)) if spec is not None else 1)
         self.network_fingerprint = state_fingerprint(self.net)
         self.style_fingerprint = state_fingerprint(self.net.members)   # what the Grams depend on
         self.betas = (resolve_gram_weights(config, self.tap_channels, self.network_fingerprint, self.style_fingerprint)
@@ -316,7 +318,8 @@ class Extractor:
             del settings["gram_norm"]
         if settings["colour"] == "none":         # indexes from before the option hash as before
             del settings["colour"]
-        if settings["tta"] == 1:
+        settings["tta"] = self.tta               # "auto" hashes as what it resolves to
+        if self.tta == 1:
             del settings["tta"]
         h.update(json.dumps(settings, sort_keys=True).encode())
         h.update(f"preprocess={PREPROCESS_VERSION}".encode())
@@ -391,7 +394,7 @@ class Extractor:
             features = np.ascontiguousarray(features, dtype=np.float32)
         else:
             x = self._normalised(pixels)
-            out = self.net(x, views=self.config.tta) if self.config.tta > 1 else self.net(x)
+            out = self.net(x, views=self.tta) if self.tta > 1 else self.net(x)
             features = out.feature.float().cpu().numpy().astype(np.float32, copy=False)
             styles = None
             if self.config.style:

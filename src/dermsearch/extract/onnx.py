@@ -116,7 +116,7 @@ def export_onnx(extractor, directory: str | os.PathLike | None = None) -> Path:
     size = cfg.image_size
     pooled = cfg.style and cfg.gram_pool != "image"
     graph = _ExtractionGraph(extractor.net, extractor._mean, extractor._std, extractor.betas, cfg.style,
-                             cfg.gram_pool, cfg.gram_margin, cfg.gram_norm, cfg.tta)
+                             cfg.gram_pool, cfg.gram_margin, cfg.gram_norm, extractor.tta)
     outputs = ["feature", "style"] if cfg.style else ["feature"]
     example_masks = (torch.rand(2, 1, size, size) > 0.5).float() if pooled else None
     _export(graph, torch.rand(2, 3, size, size) * 255, tmp / "extractor.onnx", outputs, example_masks)

@@ -87,13 +87,13 @@ class ClassifierTrainConfig:
     head_variants: bool = False       # phase two also on the x7 variants (default: the originals only)
     head_dropout: float = 0.5         # phase two: dropout on the members' pooled vectors while training
     head_weight_decay: float = 1e-2   # phase two: AdamW weight decay
-    metric_loss: str = "none"         # phase two: "none", "supcon" or "proxy-anchor" on the search feature
+    metric_loss: str = "supcon"       # phase two: "none", "supcon" or "proxy-anchor" on the search feature
     metric_weight: float = 1.0        # phase two: weight of the metric loss beside the head's focal loss
     metric_temperature: float = 0.1   # supcon's temperature
     ema: float = 0.0                  # phase two: decay of an exponential moving average of the weights (0: off)
-    head_select: str = "balanced_accuracy"   # phase two: keep the epoch best by this ("retrieval": feature P@5)
+    head_select: str = "retrieval"    # phase two: keep the epoch best by this ("retrieval": feature P@5)
     colour: str = "none"              # colour constancy before the network ("shades-of-gray"), as at indexing
-    tta: int = 1                      # phase two: pooled vectors averaged over 1, 2 or 4 flips/turns (as indexed)
+    tta: int = 4                      # phase two: pooled vectors averaged over 1, 2 or 4 flips/turns (as indexed)
     init_members: str = ""            # an ensemble file ("default": the packaged one) whose members are reused:
                                       # phase one is skipped and only phase two (BN, Dense, head) is trained
     seed: int = 0
