@@ -303,8 +303,13 @@ def test_fit_gram_weights_command_writes_usable_weights(tmp_path, capsys):
                  "--image-size", "64", "--mask-size", "32", "--gram-weights", str(out), "--backend", "torch"]) == 0
     from dermsearch.index import Index
     assert Index.open(tmp_path / "ix2").manifest["gram_betas"] == pytest.approx(doc["betas"])
-    assert doc["network"] == ex.network_fingerprint
-    doc["network"] = "0" * 64                     # fitted for another network: refused, with the way out
+    assert doc["network"] == ex.network_fingerprint and doc["style_network"] == ex.style_fingerprint
+    doc["style_network"] = "0" * 64               # fitted for other members: refused, with the way out
+    out.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="other member networks.*fit-gram-weights"):
+        Extractor(cfg)
+    del doc["style_network"]                      # an older file names the whole network only
+    doc["network"] = "0" * 64
     out.write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="another feature network.*fit-gram-weights"):
         Extractor(cfg)
@@ -321,9 +326,10 @@ def test_packaged_learned_weights_belong_to_the_packaged_default():
     assert cfg.gram_weights == "learned"
     assert (doc["gram_pool"], doc["gram_margin"], doc["gram_norm"]) == (cfg.gram_pool, cfg.gram_margin, cfg.gram_norm)
     net, _ = load_ensemble(default_ensemble_path())
-    assert doc["network"] == state_fingerprint(net)
+    assert doc["style_network"] == state_fingerprint(net.members)    # the members that make the Grams
     assert doc["fitted_on"]["queries"] == ["val"] and "test" not in doc["fitted_on"]["candidates"]
-    betas = resolve_gram_weights(cfg, tuple(net.members[0].out_channels), doc["network"])
+    betas = resolve_gram_weights(cfg, tuple(net.members[0].out_channels), state_fingerprint(net),
+                                 doc["style_network"])
     assert len(betas) == 7 and max(betas) > 0
     # any other model gets the paper's definition, whose weights need no fit
     assert {k: getattr(ExtractorConfig.for_weights("imagenet"), k) for k in PAPER_STYLE} == PAPER_STYLE

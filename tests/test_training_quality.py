@@ -111,6 +111,9 @@ def test_feature_neighbours_match_a_naive_loop(metric):
     got = feature_neighbours(q, c, 7, metric, qg, cg, block=4)
     assert np.array_equal(got, _naive_neighbours(q, c, 7, metric, qg, cg))
     assert not any(qg[i] == cg[j] for i in range(13) for j in got[i])
+    # exact ties go to the lower index, also across the k-th place
+    tied = feature_neighbours(np.zeros((1, 2)), np.array([[1.0, 0]] * 6 + [[0.5, 0]]), 3)
+    assert tied.tolist() == [[6, 0, 1]]
     # fewer candidates than k: all of them, ranked
     assert feature_neighbours(q, c[:3], 7, metric).shape == (13, 3)
 
@@ -290,3 +293,61 @@ def test_learned_gram_weights_follow_the_members_not_the_dense_layer(tmp_path):
     save_ensemble(net, read_ensemble_spec(default_ensemble_path()), tmp_path / "new-members.safetensors")
     with pytest.raises(ValueError, match="other member networks"):
         Extractor(ExtractorConfig.for_weights(str(tmp_path / "new-members.safetensors"), **learned))
+
+
+# ------------------------------------------------------------------ the harness
+
+
+def _toy_run(directory, epochs, log, legacy_key=None):
+    from dermsearch.train.harness import Run, RunFiles
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1)
+    return Run(model, opt, sched, RunFiles(directory, "m0-"), {"lr": 0.1}, epochs, log=log, legacy_key=legacy_key)
+
+
+def _toy_fit(run):
+    from dermsearch.train.harness import fit
+
+    x, y = torch.randn(16, 3, generator=torch.Generator().manual_seed(1)), torch.ones(16, 1)
+
+    def train_epoch(epoch):
+        loss = ((run.model(x) - y) ** 2).mean()
+        run.optimizer.zero_grad()
+        loss.backward()
+        run.optimizer.step()
+        run.scheduler.step()
+        return float(loss.detach())
+
+    def validate():
+        with torch.no_grad():
+            v = float(((run.model(x) - y) ** 2).mean())
+        return {"loss": v}, -v
+
+    return fit(run, train_epoch, validate, lambda rec, imp: f"epoch {rec['epoch']}")
+
+
+def test_harness_resumes_legacy_state_and_refuses_a_half_saved_epoch(tmp_path):
+    import json
+
+    logs: list[str] = []
+    state = _toy_fit(_toy_run(tmp_path, 2, logs.append))
+    assert [h["epoch"] for h in state["history"]] == [1, 2]
+    # a state file from before the harness: "config" instead of "key", no rng; it resumes
+    st = json.loads((tmp_path / "m0-state.json").read_text())
+    legacy = {"config": {"lr": 0.1, "device": "cuda"}, **{k: st[k] for k in ("epoch", "best", "history",
+                                                                               "optimizer", "scheduler")}}
+    (tmp_path / "m0-state.json").write_text(json.dumps(legacy))
+    logs.clear()
+    state = _toy_fit(_toy_run(tmp_path, 3, logs.append, legacy_key=lambda old: {"lr": old["lr"]}))
+    assert any("resuming after epoch 2" in line for line in logs) and [h["epoch"] for h in state["history"]] == [
+        1, 2, 3]
+    # the weights of epoch 3 were saved but the run stopped before its state: nothing of it is trusted
+    st = json.loads((tmp_path / "m0-state.json").read_text())
+    (tmp_path / "m0-state.json").write_text(json.dumps({**st, "epoch": 1, "history": st["history"][:2]}))
+    logs.clear()
+    state = _toy_fit(_toy_run(tmp_path, 3, logs.append))
+    assert any("unfinished epoch" in line for line in logs)
+    assert [h["epoch"] for h in state["history"]] == [1, 2, 3]      # trained again from the start

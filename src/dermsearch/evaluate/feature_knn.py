@@ -37,11 +37,7 @@ def feature_neighbours(queries: np.ndarray, candidates: np.ndarray, k: int, metr
         d = c2[None, :] - 2.0 * qb @ c.T if metric == "euclidean" else -(qb @ c.T)
         if qg is not None:
             d[qg[lo:lo + block, None] == cg[None, :]] = np.inf
-        part = np.argpartition(d, k - 1, axis=1)[:, :k] if k < d.shape[1] else np.tile(np.arange(d.shape[1]),
-                                                                                     (len(qb), 1))
-        rows = np.arange(len(qb))[:, None]
-        order = np.lexsort((part, d[rows, part]), axis=1)
-        out[lo:lo + block] = part[rows, order]
+        out[lo:lo + block] = np.argsort(d, axis=1, kind="stable")[:, :k]   # ties: lower index first
     return out
 
 

@@ -412,7 +412,9 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Calla
     spec = EnsembleSpec(backbone=cfg.backbone, members=cfg.members, shared_stages=k, feature_dim=cfg.feature_dim,
                         head_outputs=labels.outputs, member_heads=True, target=cfg.target, classes=labels.classes,
                         melanoma_class=cfg.melanoma_class, image_size=cfg.image_size,
-                        normalization=cfg.normalization, train=cfg.to_dict())
+                        normalization=cfg.normalization,
+                        train={**cfg.to_dict(), **({"members_trained_with": source.spec.train}
+                                                   if source is not None else {})})
     net = build_ensemble(spec).to(device)
     if source is not None:
         net.members.load_state_dict(source.members.state_dict())
@@ -444,7 +446,7 @@ class _PooledGraph(nn.Module):
         return torch.stack(self.net.pooled_views((pixels - self.mean) / self.std, self.views), 1)
 
 
-def _pooled_encoder(net: EnsembleFeatureNet, cfg: ClassifierTrainConfig, device, directory: Path):
+def _pooled_encoder(net: EnsembleFeatureNet, cfg: ClassifierTrainConfig, device, directory: Path, log=print):
     """A function (uint8 images [N, 3, S, S], log) -> pooled vectors [N, M, P] on the CPU. On a CPU the
     graph runs in ONNX Runtime (several times torch's speed on 2 cores); elsewhere in torch."""
     mean, std = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in NORMALISATIONS[cfg.normalization])
@@ -462,7 +464,8 @@ def _pooled_encoder(net: EnsembleFeatureNet, cfg: ClassifierTrainConfig, device,
 
             def run(x: torch.Tensor) -> torch.Tensor:
                 return torch.from_numpy(session.run(["pooled"], {"pixels": x.numpy()})[0])
-        except ImportError:
+        except Exception as e:   # no ONNX Runtime, or a graph it cannot export: torch does the same work
+            log(f"phase two: ONNX Runtime not used ({type(e).__name__}: {e}); encoding with torch")
             run = None
     if run is None:
         graph = graph.to(device)
@@ -487,6 +490,7 @@ def _source_members(cfg: ClassifierTrainConfig, labels: _Labels) -> EnsembleFeat
 
     path = default_ensemble_path() if cfg.init_members == "default" else Path(cfg.init_members)
     net, spec = load_ensemble(path)
+    net.spec = spec
     want = {"backbone": cfg.backbone, "members": cfg.members, "shared_stages": cfg.shared_stages,
             "image_size": cfg.image_size, "target": cfg.target, "classes": tuple(labels.classes),
             "normalization": cfg.normalization, "member_heads": True,
@@ -552,7 +556,9 @@ def _train_member(ses: _Session, m: int) -> dict:
                 f"{' (best)' if improved else ''}, {rec['seconds']:.0f} s")
 
     run = Run(member, opt, sched, files, resume_key(cfg.to_dict(), PHASE_TWO_FIELDS), cfg.epochs,
-              name=f"member {m + 1}/{cfg.members}", log=ses.log)
+              name=f"member {m + 1}/{cfg.members}", log=ses.log,
+              # members trained before these settings existed trained as their defaults-of-then
+              legacy_key=lambda old: resume_key({"colour": "none", "init_members": "", **old}, PHASE_TWO_FIELDS))
     state = fit(run, train_epoch, validate, describe)
     for rec in state["history"]:
         rec.setdefault("member", m + 1)
@@ -611,14 +617,18 @@ def _train_head(ses: _Session, net: EnsembleFeatureNet, spec: EnsembleSpec, memb
     if cache_file.is_file():
         cached = load_file(str(cache_file))
         x_tr, x_val = cached["train"].float(), cached["val"].float()
-    elif from_images:
-        encode = _pooled_encoder(net, cfg, device, out / "members")
-        x_tr, x_val = encode(train.images, log), encode(val.images, log)
     else:
-        x_tr = pooled_of(train_inputs())                    # [N·n_var or N, M, P]
-        x_val = pooled_of(val_inputs())
-        save_file({"train": x_tr.half().contiguous(), "val": x_val.half().contiguous()}, str(cache_file) + ".tmp")
+        if from_images:
+            encode = _pooled_encoder(net, cfg, device, out / "members", log)
+            x_tr, x_val = encode(train.images, log), encode(val.images, log)
+        else:
+            x_tr = pooled_of(train_inputs())                    # [N·n_var or N, M, P]
+            x_val = pooled_of(val_inputs())
+        # stored as fp16; this run uses the stored values too, so a rerun computes exactly the same
+        x_tr, x_val = x_tr.half().contiguous(), x_val.half().contiguous()
+        save_file({"train": x_tr, "val": x_val}, str(cache_file) + ".tmp")
         Path(str(cache_file) + ".tmp").replace(cache_file)
+        x_tr, x_val = x_tr.float(), x_val.float()
     y_tr = y_train.repeat_interleave(variants)
     log(f"phase two: pooled vectors of {len(x_tr)} training rows and {len(x_val)} val images "
         f"({time.perf_counter() - t0:.0f} s)")

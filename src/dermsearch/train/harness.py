@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -103,6 +104,13 @@ class Run:
     log: Callable[[str], None] = print
     best_metadata: Callable[[dict], dict] = field(default=lambda rec: {})   # safetensors metadata of "best"
     last_metadata: dict = field(default_factory=dict)
+    legacy_key: Callable[[dict], dict] | None = None   # state files from before the harness: old config -> key
+    after_epoch: Callable[[dict], None] | None = None  # called with the state after each saved epoch
+
+
+def load_metadata(path: Path) -> dict:
+    with safe_open(str(path), framework="pt") as fh:
+        return fh.metadata() or {}
 
 
 def _read_state(run: Run) -> dict | None:
@@ -110,8 +118,15 @@ def _read_state(run: Run) -> dict | None:
     if not (f.state.is_file() and f.last.is_file() and f.optimizer.is_file()):
         return None
     state = json.loads(f.state.read_text())
-    if state.get("key") != run.key:
-        run.log(f"{run.name + ': ' if run.name else ''}a run with another config stopped here; starting afresh")
+    if "key" not in state and "config" in state and run.legacy_key is not None:   # written before the harness
+        state = {**state, "key": run.legacy_key(state["config"]),
+                 "best": state.get("best", state.get("best_dice", -math.inf))}
+    saved = load_metadata(f.last).get("epoch")
+    if state.get("key") != run.key or (saved is not None and int(saved) != state["epoch"]):
+        why = "another config" if state.get("key") != run.key else "an unfinished epoch"
+        run.log(f"{run.name + ': ' if run.name else ''}a run with {why} stopped here; starting afresh")
+        for path in (f.best, f.last, f.optimizer, f.state):      # nothing of it may pass for this run's
+            path.unlink(missing_ok=True)
         return None
     return state
 
@@ -133,7 +148,8 @@ def fit(run: Run, train_epoch: Callable[[int], float], validate: Callable[[], tu
         run.model.load_state_dict(load_file(str(f.last)), strict=True)
         load_optimizer(run.optimizer, load_file(str(f.optimizer)), state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
+        if "rng" in state:
+            torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
         start, best, history = state["epoch"] + 1, state["best"], state["history"]
         run.log(f"{run.name + ': ' if run.name else ''}resuming after epoch {start} (best val {best:.4f})")
     for epoch in range(start, run.epochs):
@@ -148,7 +164,7 @@ def fit(run: Run, train_epoch: Callable[[int], float], validate: Callable[[], tu
         if improved:
             best = score
             save_checkpoint(run.model, f.best, run.best_metadata(rec))
-        save_checkpoint(run.model, f.last, run.last_metadata)
+        save_checkpoint(run.model, f.last, {**run.last_metadata, "epoch": str(epoch)})
         tensors, meta = dump_optimizer(run.optimizer)
         tmp = f.optimizer.with_name(f.optimizer.name + ".tmp")
         save_file(tensors, str(tmp))
@@ -156,6 +172,8 @@ def fit(run: Run, train_epoch: Callable[[int], float], validate: Callable[[], tu
         state = {"key": run.key, "epoch": epoch, "best": best, "history": history, "optimizer": meta,
                  "scheduler": run.scheduler.state_dict(), "rng": torch.get_rng_state().tolist()}
         atomic_json(f.state, state)
+        if run.after_epoch is not None:
+            run.after_epoch(state)
         run.log(describe(rec, improved))
     if state is None:
         raise RuntimeError(f"{f.state}: no epochs to run (epochs = {run.epochs})")

@@ -153,7 +153,9 @@ def train_segmenter(cfg: SegTrainConfig, out_dir: str | Path,
     run = Run(model, opt, sched, RunFiles(out), resume_key(_config_dict(cfg)), cfg.epochs, log=log,
               best_metadata=lambda rec: {"segmenter": json.dumps({**info, "epoch": rec["epoch"],
                                                                   "val_dice": rec["val_dice"]})},
-              last_metadata={"segmenter": json.dumps(info)})
+              last_metadata={"segmenter": json.dumps(info)},
+              legacy_key=lambda old: resume_key(old),
+              after_epoch=lambda state: atomic_json(out / "history.json", state["history"]))
     state = fit(run, train_epoch, validate, describe)
     history, best = state["history"], state["best"]
     atomic_json(out / "history.json", history)
