@@ -37,7 +37,6 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from torch import nn
 
 from ..extract.colour import COLOUR_METHODS, shades_of_gray_batch
-from ..extract.extractor import NORMALISATIONS
 from ..models.device import resolve_device
 from ..models.efficientnet import Backbone
 from ..models.ensemble import EnsembleFeatureNet, EnsembleSpec, build_ensemble, melanoma_probability, save_ensemble
@@ -46,8 +45,9 @@ from ..models.weights import state_fingerprint
 from .augment import AugmentConfig, Augmenter, x7_variant
 from .data import LabelledSet, load_labelled
 from .harness import Run, RunFiles, atomic_json, autocast, fit, iterate, machine, resume_key
-from .head import HEAD_SELECT, HeadData, epoch_sample, fit_head, head_loss
+from .head import HEAD_SELECT, HeadData, epoch_sample, fit_head, head_loss, pooled_encoder
 from .losses import METRIC_LOSSES, binary_focal_loss
+from .prefix import FrozenPrefix
 
 __all__ = ["ClassifierTrainConfig", "train_classifier", "dry_run_classifier", "TARGETS"]
 
@@ -191,77 +191,8 @@ def _score(cfg: ClassifierTrainConfig, m: dict) -> float:
     return -math.inf if math.isnan(v) else v
 
 
-def _normaliser(normalization: str, device):
-    mean, std = NORMALISATIONS[normalization]
-    mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    return lambda unit: (unit * 255.0 - mean) / std      # [0, 1] images -> network input
-
-
 def _fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-class _Prefix:
-    """The frozen shared stages (stem + the first k stages) and their cached outputs."""
-
-    def __init__(self, base: Backbone, k: int, cfg: ClassifierTrainConfig, device):
-        self.base, self.k, self.cfg, self.device = base, k, cfg, device
-        self.normalise = _normaliser(cfg.normalization, device)
-
-    @torch.no_grad()
-    def run(self, unit: torch.Tensor) -> torch.Tensor:
-        """[B, 3, S, S] in [0, 1] -> stage-k output (or the normalised images when k = 0)."""
-        x = self.normalise(unit.to(self.device))
-        if self.k == 0:
-            return x
-        return self.base.forward_prefix(x, self.k)[0]
-
-    def variants(self, images_u8: torch.Tensor, variant: int, generator: torch.Generator) -> torch.Tensor:
-        unit = images_u8.float() / 255.0
-        return x7_variant(unit, variant, self.cfg.augment_config, generator)
-
-    def cache(self, data: LabelledSet, n_variants: int, path: Path, log, progress: bool,
-              batch: int = 16) -> torch.Tensor:
-        """Outputs for every (image, variant), row i * n_variants + v; resumable via ``path``."""
-        n = len(data)
-        rows = n * n_variants
-        probe = self.run(data.images[:1].float() / 255.0)
-        shape = (rows, *probe.shape[1:])
-        done_path = path.with_name(path.name + ".done")
-        if path.is_file() and not done_path.exists():
-            mm = np.load(path, mmap_mode="r")
-            if mm.shape == shape:
-                log(f"prefix cache: reusing {path.name} ({rows} rows)")
-                return torch.from_numpy(np.array(mm))
-        partial = path.with_name(path.name + ".partial")
-        start = 0
-        if partial.is_file() and done_path.is_file():
-            mm = np.lib.format.open_memmap(partial, mode="r+")
-            start = json.loads(done_path.read_text())["images"] if mm.shape == shape else 0
-            if mm.shape != shape:
-                mm = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=shape)
-        else:
-            mm = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=shape)
-        if start:
-            log(f"prefix cache: resuming at image {start}/{n}")
-        t0 = time.perf_counter()
-        for i in iterate(n - start, batch, f"caching stage-{self.k} outputs x{n_variants}", progress):
-            lo = start + i
-            hi = min(lo + batch, n)
-            for v in range(n_variants):
-                g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + lo * 8 + v)
-                out = self.run(self.variants(data.images[lo:hi], v, g)).half().cpu().numpy()
-                mm[np.arange(lo, hi) * n_variants + v] = out
-            if (hi // batch) % 32 == 0 or hi == n:
-                mm.flush()
-                atomic_json(done_path, {"images": hi})
-        mm.flush()
-        del mm
-        partial.replace(path)
-        done_path.unlink(missing_ok=True)
-        log(f"prefix cache: {rows} rows {tuple(shape[1:])} in {time.perf_counter() - t0:.0f} s")
-        return torch.from_numpy(np.load(path))
 
 
 class _Member(nn.Module):
@@ -326,7 +257,7 @@ class _Session:
     fresh_backbone: Callable[[], Backbone]
     batch_input: Callable
     val_inputs: Callable
-    prefix: _Prefix
+    prefix: FrozenPrefix
     pool: torch.Tensor | None
     n_var: int
 
@@ -374,7 +305,7 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Calla
     source = _source_members(cfg, labels) if cfg.init_members else None
     if source is not None:       # the frozen prefix is the source ensemble's own
         base.load_state_dict(source.members[0].state_dict(), strict=False)
-    prefix = _Prefix(base, k, cfg, device)
+    prefix = FrozenPrefix(base, k, cfg, device)
     key = _fingerprint(cfg.labels, cfg.split, cfg.limit, cfg.backbone, cfg.weights, k, cfg.image_size,
                        asdict(cfg.augment_config), cfg.seed, *([cfg.colour] if cfg.colour != "none" else []))
     n_var = 8 if cfg.augment == "x7" else 1
@@ -431,57 +362,6 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Calla
     metrics["seconds"] = time.perf_counter() - t_start
     atomic_json(out / "metrics.json", metrics)
     return metrics
-
-
-class _PooledGraph(nn.Module):
-    """uint8-range pixels [B, 3, S, S] -> the members' pooled vectors [B, M, P], averaged over test-time views."""
-
-    def __init__(self, net: EnsembleFeatureNet, mean: torch.Tensor, std: torch.Tensor, views: int):
-        super().__init__()
-        self.net, self.views = net, views
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return torch.stack(self.net.pooled_views((pixels - self.mean) / self.std, self.views), 1)
-
-
-def _pooled_encoder(net: EnsembleFeatureNet, cfg: ClassifierTrainConfig, device, directory: Path, log=print):
-    """A function (uint8 images [N, 3, S, S], log) -> pooled vectors [N, M, P] on the CPU. On a CPU the
-    graph runs in ONNX Runtime (several times torch's speed on 2 cores); elsewhere in torch."""
-    mean, std = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in NORMALISATIONS[cfg.normalization])
-    graph = _PooledGraph(net, mean, std, cfg.tta).eval()
-    run = None
-    if device.type == "cpu":
-        try:
-            import onnxruntime as ort
-
-            from ..extract.onnx import _export
-            path = directory / f"pooled-x{cfg.tta}.onnx.tmp"
-            _export(graph, torch.rand(2, 3, cfg.image_size, cfg.image_size) * 255, path, ["pooled"])
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            path.unlink(missing_ok=True)
-
-            def run(x: torch.Tensor) -> torch.Tensor:
-                return torch.from_numpy(session.run(["pooled"], {"pixels": x.numpy()})[0])
-        except Exception as e:   # no ONNX Runtime, or a graph it cannot export: torch does the same work
-            log(f"phase two: ONNX Runtime not used ({type(e).__name__}: {e}); encoding with torch")
-            run = None
-    if run is None:
-        graph = graph.to(device)
-
-        def run(x: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode():
-                return graph(x.to(device)).float().cpu()
-
-    def encode(images: torch.Tensor, log) -> torch.Tensor:
-        t0 = time.perf_counter()
-        out = torch.cat([run(images[i:i + 32].float()) for i in range(0, len(images), 32)])
-        log(f"phase two: members' pooled vectors of {len(images)} images x {cfg.tta} view(s) "
-            f"in {time.perf_counter() - t0:.0f} s")
-        return out
-
-    return encode
 
 
 def _source_members(cfg: ClassifierTrainConfig, labels: _Labels) -> EnsembleFeatureNet:
@@ -619,7 +499,7 @@ def _train_head(ses: _Session, net: EnsembleFeatureNet, spec: EnsembleSpec, memb
         x_tr, x_val = cached["train"].float(), cached["val"].float()
     else:
         if from_images:
-            encode = _pooled_encoder(net, cfg, device, out / "members", log)
+            encode = pooled_encoder(net, cfg.normalization, cfg.tta, cfg.image_size, device, out / "members", log)
             x_tr, x_val = encode(train.images, log), encode(val.images, log)
         else:
             x_tr = pooled_of(train_inputs())                    # [N·n_var or N, M, P]
