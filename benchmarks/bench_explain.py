@@ -14,27 +14,16 @@ Prints JSON; CPU model in "machine".
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import DATA, emit, machine
+from _common import DATA, cpu_model, emit, machine
 
 from dermsearch.extract import Extractor, ExtractorConfig, load_image
 from dermsearch.extract.extractor import PAPER_STYLE
 from dermsearch.search import Searcher
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main() -> None:

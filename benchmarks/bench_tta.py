@@ -15,10 +15,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from _common import DATA, emit, machine, require
+from _common import DATA, cpu_model, emit, machine, require
 
 from dermsearch.extract import Extractor, ExtractorConfig, load_image
-from dermsearch.train.harness import machine as run_machine
 
 
 def main() -> None:
@@ -53,7 +52,7 @@ def main() -> None:
     emit({"images": len(prepared), "rounds": a.rounds, "extraction": out,
           "ratio_batch16": round(new["ms_per_image_batch16"] / base["ms_per_image_batch16"], 2),
           "ratio_batch1": round(new["ms_per_image_batch1"] / base["ms_per_image_batch1"], 2),
-          "machine": {**machine(), "cpu": run_machine("cpu")["cpu"]}})
+          "machine": {**machine(), "cpu": cpu_model()}})
 
 
 if __name__ == "__main__":
