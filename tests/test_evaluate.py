@@ -148,7 +148,7 @@ def test_cli_evaluate_writes_report(lesion_index, tmp_path, capsys):
     root, _ = lesion_index
     split = tmp_path / "split.csv"
     split.write_text("image_id,split\n" + "".join(f"e{i},{'test' if i < 6 else 'train'}\n" for i in range(18)))
-    rc = main(["evaluate", str(root / "ix"), "--split-csv", str(split), "--query-split", "test",
+    rc = main(["evaluate", str(root / "ix"), "--split", str(split), "--query-split", "test",
                "--candidate-split", "train", "-k", "3", "--vote-k", "4", "--bootstrap", "50", "--quiet",
                "--out", str(tmp_path / "rep"), "--json"])
     assert rc == 0
@@ -222,7 +222,7 @@ def test_cli_headline_is_chosen_on_other_queries(lesion_index, tmp_path, capsys)
     split = tmp_path / "split.csv"
     names = ["test"] * 6 + ["val"] * 4 + ["train"] * 8
     split.write_text("image_id,split\n" + "".join(f"e{i},{s}\n" for i, s in enumerate(names)))
-    base = ["evaluate", str(root / "ix"), "--split-csv", str(split), "--query-split", "test", "-k", "3",
+    base = ["evaluate", str(root / "ix"), "--split", str(split), "--query-split", "test", "-k", "3",
             "--vote-k", "4", "--bootstrap", "20", "--quiet"]
     assert main(base + ["--candidate-split", "train", "val", "--choose-on", "val", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -124,6 +124,6 @@ def test_second_writer_gets_locked_error(tmp_path, image_folder, tiny_extractor)
 
 
 def test_not_an_index(tmp_path):
-    from dermsearch.index import IndexError_
-    with pytest.raises(IndexError_, match="not a dermsearch index"):
+    from dermsearch.index import IndexDirectoryError
+    with pytest.raises(IndexDirectoryError, match="not a dermsearch index"):
         Index.open(tmp_path)

@@ -291,7 +291,7 @@ def test_fit_gram_weights_command_writes_usable_weights(tmp_path, capsys):
         w.writerows(rows)
     build_index(tmp_path / "labels.csv", tmp_path / "ix", extractor=Extractor(TINY))
     out = tmp_path / "w.json"
-    assert main(["fit-gram-weights", str(tmp_path / "ix"), "--split-csv", str(tmp_path / "split.csv"),
+    assert main(["fit-gram-weights", str(tmp_path / "ix"), "--split", str(tmp_path / "split.csv"),
                  "-k", "2", "--out", str(out)]) == 0
     assert "share of the loss" in capsys.readouterr().out
     doc = json.loads(out.read_text())

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Preset", "PRESETS", "get_preset"]
+from .errors import ConfigError, NotFoundError
+
+__all__ = ["Preset", "PRESETS", "get_preset", "index_settings", "merged"]
 
 
 @dataclass(frozen=True)
@@ -63,4 +65,21 @@ def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise KeyError(f"unknown preset {name!r}; valid presets: {', '.join(sorted(PRESETS))}") from None
+        raise NotFoundError(f"unknown preset {name!r}; valid presets: {', '.join(sorted(PRESETS))}") from None
+
+
+def merged(preset: dict, given: dict) -> dict:
+    """A preset's settings for one config, overridden by the settings given explicitly."""
+    return {**{k: v for k, v in preset.items() if k != "requires"}, **given}
+
+
+def index_settings(name: str, given: dict) -> dict:
+    """The model settings of a new index under preset ``name``: the preset's, overridden by
+    ``given``. A preset whose model is trained, not packaged, requires its files in ``given``."""
+    preset = get_preset(name)
+    missing = [r for r in preset.index.get("requires", []) if given.get(r) is None]
+    if missing:
+        raise ConfigError(f"preset {name!r} needs the settings {' and '.join(missing)}: the ensemble trained with "
+                          f"this preset ('train classifier') and the best.safetensors of the segmenter trained "
+                          f"with it ('train segmenter')")
+    return merged(preset.index, given)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError, NotFoundError
 from ..extract import Extracted, ImageError, load_image
 from ..index.sources import Problem, read_labels_csv
 from ..search import MEASURES, Searcher
@@ -92,9 +93,9 @@ class EvaluationReport:
     def set_headline(self, measure: str, metric: str, rule: str, selection: dict[str, float] | None = None) -> None:
         """Name the measure this report headlines, by a rule fixed before looking at these queries."""
         if measure not in self.measures:
-            raise ValueError(f"headline measure {measure!r} is not in this report ({', '.join(self.measures)})")
+            raise ConfigError(f"headline measure {measure!r} is not in this report ({', '.join(self.measures)})")
         if metric not in self.measures[measure]:
-            raise ValueError(f"unknown metric {metric!r}; valid: "
+            raise ConfigError(f"unknown metric {metric!r}; valid: "
                              f"{', '.join(k for k, v in self.measures[measure].items() if 'value' in v)}")
         self.headline = {"measure": measure, "metric": metric, "rule": rule, "selection": selection,
                          **self.measures[measure][metric]}
@@ -113,7 +114,7 @@ def read_split(path: str | Path) -> dict[str, str]:
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"image_id", "split"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: a split CSV needs columns image_id and split")
+            raise ConfigError(f"{path}: a split CSV needs columns image_id and split")
         return {r["image_id"]: r["split"] for r in reader}
 
 
@@ -167,7 +168,7 @@ class Evaluator:
     def _row(self, image_id: str) -> int:
         pos = self.searcher.row(image_id)
         if pos is None:
-            raise KeyError(f"query id {image_id!r} is not in the index")
+            raise NotFoundError(f"query id {image_id!r} is not in the index")
         return pos
 
     def queries_from_csv(self, labels_csv: str | Path, diagnosis_map: dict[str, str] | None = None,
@@ -194,7 +195,7 @@ class Evaluator:
             if on_problem:
                 on_problem(p)
         if not kept:
-            raise ValueError(f"{labels_csv}: no usable query images")
+            raise ConfigError(f"{labels_csv}: no usable query images")
         ex = Extracted.concat(parts)
         dmap = diagnosis_map or {}
         diag = np.array([_label(dmap.get(r.diagnosis or "", r.diagnosis or "")) for r in kept], dtype=object)
@@ -218,7 +219,7 @@ class Evaluator:
             for i in candidate_ids:
                 allowed[self._row(i)] = True
         if not allowed.any():
-            raise ValueError("no candidates")
+            raise ConfigError("no candidates")
         measures = self.searcher.available_measures()
         K = max(config.k, config.vote_k)
         has_style = s.styles is not None and queries.styles is not None
@@ -273,7 +274,7 @@ class Evaluator:
         cand_diag = np.array([d or "" for d in s.diagnosis], dtype=object)
         k, rounds, seed = config.k, config.bootstrap, config.seed
         if config.ci_unit not in ("lesion", "image"):
-            raise ValueError(f"ci_unit must be 'lesion' or 'image', not {config.ci_unit!r}")
+            raise ConfigError(f"ci_unit must be 'lesion' or 'image', not {config.ci_unit!r}")
         clusters = lesion_clusters(queries.lesion_id) if config.ci_unit == "lesion" else None
         cl_lab = None if clusters is None else clusters[labelled]
         cl_mel = None if clusters is None else clusters[mel_known]
@@ -319,15 +320,15 @@ class Evaluator:
         """Name ``report``'s headline measure by a rule fixed in advance: the best ``metric`` with
         other index rows (``selection_ids``, e.g. val) as queries against ``candidate_ids``."""
         if set(selection_ids) & set(report.query_ids if report.query_ids is not None else ()):
-            raise ValueError("the headline must be chosen on other queries than those reported")
+            raise ConfigError("the headline must be chosen on other queries than those reported")
         if not selection_ids or not candidate_ids:
-            raise ValueError(f"{label}: no selection queries or no candidates outside them")
+            raise ConfigError(f"{label}: no selection queries or no candidates outside them")
         sel = self.run(self.queries_from_index(selection_ids), candidate_ids,
                        dataclasses.replace(config, bootstrap=0))
         first = next(iter(sel.measures.values()))
         if metric not in first:
             valid = ", ".join(k for k, v in first.items() if "value" in v)
-            raise ValueError(f"unknown metric {metric!r}; valid: {valid}")
+            raise ConfigError(f"unknown metric {metric!r}; valid: {valid}")
         measure, values = choose_headline(sel, metric)
         report.set_headline(measure, metric, f"highest {metric} with the {label} rows as queries against the "
                             f"{len(candidate_ids)} candidates outside them ({len(selection_ids)} queries)", values)

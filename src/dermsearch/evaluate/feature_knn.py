@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ConfigError
 from .metrics import balanced_accuracy, knn_majority, macro_mean, precision_at_k, vote_auc
 
 __all__ = ["feature_neighbours", "feature_retrieval"]
@@ -21,7 +22,7 @@ def feature_neighbours(queries: np.ndarray, candidates: np.ndarray, k: int, metr
     """[Q, min(k, C)] candidate indices, nearest first (ties: lower index first); same-group pairs are
     ranked last (as infinitely far)."""
     if metric not in ("euclidean", "cosine"):
-        raise ValueError(f"metric must be euclidean or cosine, not {metric!r}")
+        raise ConfigError(f"metric must be euclidean or cosine, not {metric!r}")
     q = np.asarray(queries, dtype=np.float64)
     c = np.asarray(candidates, dtype=np.float64)
     if metric == "cosine":

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
+
 __all__ = ["GramWeightFit", "IndexFit", "macro_precision_at_k", "fit_gram_weights", "cross_validated",
            "layer_distance_stack", "save_gram_weights", "fit_index_gram_weights"]
 
@@ -57,7 +59,7 @@ def layer_distance_stack(queries: np.ndarray, candidates: np.ndarray, layout: Se
     out = np.empty((len(layout), len(queries), len(candidates)), dtype=np.float32)
     for li, e in enumerate(layout):
         if e["beta"] <= 0:
-            raise ValueError(f"layer {li} has weight {e['beta']}: its distances cannot be recovered")
+            raise ConfigError(f"layer {li} has weight {e['beta']}: its distances cannot be recovered")
         sl = slice(e["offset"], e["offset"] + e["size"])
         q = np.asarray(queries[:, sl], dtype=np.float64) / e["beta"]
         qn = (q * q).sum(1)
@@ -163,17 +165,17 @@ def fit_index_gram_weights(index, split: dict[str, str], query_splits: Sequence[
 
     m = index.manifest
     if not m["style_dim"]:
-        raise ValueError(f"{index.directory} stores no style vectors")
+        raise ConfigError(f"{index.directory} stores no style vectors")
     layout = m.get("style_layers")
     if not layout:
-        raise ValueError(f"{index.directory} was built before style layouts were recorded; rebuild it")
+        raise ConfigError(f"{index.directory} was built before style layouts were recorded; rebuild it")
     s = index.snapshot()
     diag = np.array([d or "" for d in s.diagnosis], dtype=object)
     splits = np.array([split.get(i, "") for i in s.ids], dtype=object)
     q = np.flatnonzero(np.isin(splits, list(query_splits)) & (diag != "") & (diag != "unknown"))
     c = np.flatnonzero(np.isin(splits, list(candidate_splits)) & (diag != ""))
     if not len(q) or not len(c):
-        raise ValueError(f"no labelled rows in the query splits {list(query_splits)} or the candidate splits "
+        raise ConfigError(f"no labelled rows in the query splits {list(query_splits)} or the candidate splits "
                          f"{list(candidate_splits)}")
     lesions = lesion_clusters(s.lesion_id)
     valid = (lesions[q][:, None] != lesions[c][None, :]) & (q[:, None] != c[None, :])

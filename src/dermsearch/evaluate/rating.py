@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..extract.images import thumbnail_data_uri
 from .evaluator import EvaluationReport
 from .metrics import bootstrap_ci
@@ -98,7 +99,7 @@ def score_ratings(key_csv: str | Path, ratings_csv: str | Path, bootstrap: int =
     with open(ratings_csv, newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"query_id", "item", "similar"} <= set(reader.fieldnames):
-            raise ValueError(f"{ratings_csv}: needs columns query_id, item, similar")
+            raise ConfigError(f"{ratings_csv}: needs columns query_id, item, similar")
         ratings = {}
         for r in reader:
             v = (r["similar"] or "").strip().lower()
@@ -107,7 +108,7 @@ def score_ratings(key_csv: str | Path, ratings_csv: str | Path, bootstrap: int =
             ratings[(r["query_id"], r["item"])] = v in ("1", "yes", "true", "y")
     missing = sorted({(r["query_id"], r["item"]) for r in key} - set(ratings))
     if missing:
-        raise ValueError(f"{ratings_csv}: {len(missing)} item(s) not rated (0 or 1), e.g. "
+        raise ConfigError(f"{ratings_csv}: {len(missing)} item(s) not rated (0 or 1), e.g. "
                          + ", ".join(f"{q}/{i}" for q, i in missing[:5]))
     k = max(int(r["rank"]) for r in key)
     # one unit per query *and* rating session (web items are "SESSION/ITEM"): a query rated in two

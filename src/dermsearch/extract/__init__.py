@@ -1,6 +1,8 @@
 """Extraction: decode images, run the networks, produce feature/style vectors and masks."""
 
-from .extractor import Extracted, Extractor, ExtractorConfig
-from .images import ImageError, load_image
+from .._lazy import lazy_exports
 
-__all__ = ["Extracted", "Extractor", "ExtractorConfig", "ImageError", "load_image"]
+_EXPORTS = {"Extracted": ".extractor", "Extractor": ".extractor", "ExtractorConfig": ".extractor",
+            "ImageError": ".images", "load_image": ".images"}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

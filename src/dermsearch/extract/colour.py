@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ConfigError
+from ..names import COLOUR_METHODS
+
 __all__ = ["COLOUR_METHODS", "shades_of_gray", "shades_of_gray_batch", "apply_colour"]
 
-COLOUR_METHODS = ("none", "shades-of-gray")
 
 
 def shades_of_gray(image: np.ndarray, p: float = 6.0) -> np.ndarray:
@@ -48,4 +50,4 @@ def apply_colour(image: np.ndarray, method: str) -> np.ndarray:
         return image
     if method == "shades-of-gray":
         return shades_of_gray(image)
-    raise ValueError(f"unknown colour method {method!r}; valid: {', '.join(COLOUR_METHODS)}")
+    raise ConfigError(f"unknown colour method {method!r}; valid: {', '.join(COLOUR_METHODS)}")

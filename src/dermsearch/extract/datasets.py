@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import ConfigError
 from .images import load_image, resize_rgb
 from .masks import resize_mask
 
@@ -69,7 +70,7 @@ def load_pairs(labels_csv, split_csv=None, splits=None, size: int = 128, limit: 
     if limit:
         items = items[:limit]
     if not items:
-        raise ValueError(f"{labels_csv}: no image/mask pairs for splits {splits}")
+        raise ConfigError(f"{labels_csv}: no image/mask pairs for splits {splits}")
     with ThreadPoolExecutor(threads) as pool:
         loaded = list(pool.map(lambda it: load_pair(it, size), items))
     images = torch.from_numpy(np.stack([a for a, _ in loaded])).permute(0, 3, 1, 2).contiguous()
@@ -96,7 +97,7 @@ def _truthy(value: str) -> int:
         return 1
     if v in ("0", "0.0", "false", "no", "benign"):
         return 0
-    raise ValueError(f"not a 0/1 value: {value!r}")
+    raise ConfigError(f"not a 0/1 value: {value!r}")
 
 
 def load_labelled(labels_csv, split_csv=None, splits=None, size: int = 224, label_column: str = "melanoma",
@@ -110,7 +111,7 @@ def load_labelled(labels_csv, split_csv=None, splits=None, size: int = 224, labe
     with open(labels_csv, newline="") as f:
         reader = csv.DictReader(f)
         if label_column not in (reader.fieldnames or []):
-            raise ValueError(f"{labels_csv}: no column {label_column!r} (columns: {reader.fieldnames})")
+            raise ConfigError(f"{labels_csv}: no column {label_column!r} (columns: {reader.fieldnames})")
         for r in reader:
             if splits is not None:
                 s = (split or {}).get(r["image_id"], r.get("split"))
@@ -120,7 +121,7 @@ def load_labelled(labels_csv, split_csv=None, splits=None, size: int = 224, labe
     if limit:
         rows = rows[:limit]
     if not rows:
-        raise ValueError(f"{labels_csv}: no rows for splits {splits}")
+        raise ConfigError(f"{labels_csv}: no rows for splits {splits}")
     if "melanoma" in rows[0]:
         mel = np.array([_truthy(r["melanoma"]) for r in rows], dtype=np.int64)
     else:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import ConfigError
 from ..models import create_backbone, state_fingerprint
 from ..models.baseline_segmenter import OtsuSegmenter
 from ..models.device import resolve_device
@@ -23,6 +24,7 @@ from ..models.ensemble import (
     read_ensemble_spec,
 )
 from ..models.learned_segmenter import LearnedSegmenter, default_segmenter_path
+from ..names import BACKENDS  # auto: ONNX Runtime on CPU when installed, else torch
 from .colour import COLOUR_METHODS, apply_colour
 from .gram import (
     GRAM_NORMS,
@@ -45,7 +47,6 @@ __all__ = ["ExtractorConfig", "Extractor", "PAPER_STYLE", "Extracted", "PREPROCE
 # The layer weights fitted on HAM10000 val for the packaged model (``dermsearch fit-gram-weights``).
 LEARNED_GRAM_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "gram-weights.json"
 
-BACKENDS = ("torch", "onnx", "auto")   # auto: ONNX Runtime on CPU when installed, else torch
 
 # Bump when decoding/resizing/normalisation changes in a way that alters extracted values.
 PREPROCESS_VERSION = 1
@@ -96,31 +97,31 @@ class ExtractorConfig:
 
     def __post_init__(self) -> None:
         if self.feature not in ("pooled", "ensemble"):
-            raise ValueError(f"feature must be 'pooled' or 'ensemble', not {self.feature!r}")
+            raise ConfigError(f"feature must be 'pooled' or 'ensemble', not {self.feature!r}")
         if self.feature == "pooled" and self.members != 1:
-            raise ValueError("the pooled feature uses exactly one backbone (members=1)")
+            raise ConfigError("the pooled feature uses exactly one backbone (members=1)")
         if self.members < 1:
-            raise ValueError("members must be at least 1")
+            raise ConfigError("members must be at least 1")
         if self.mask_size % 8:
-            raise ValueError("mask_size must be a multiple of 8")
+            raise ConfigError("mask_size must be a multiple of 8")
         if self.weights == "default" and self.feature != "ensemble":
-            raise ValueError("weights='default' is the packaged ensemble: it needs feature='ensemble'")
+            raise ConfigError("weights='default' is the packaged ensemble: it needs feature='ensemble'")
         if self.gram_pool not in GRAM_POOLS:
-            raise ValueError(f"unknown gram pooling {self.gram_pool!r}; valid: {', '.join(GRAM_POOLS)}")
+            raise ConfigError(f"unknown gram pooling {self.gram_pool!r}; valid: {', '.join(GRAM_POOLS)}")
         if self.style and self.gram_pool != "image" and not self.masks:
-            raise ValueError(f"gram pooling {self.gram_pool!r} pools over the lesion mask: it needs masks")
+            raise ConfigError(f"gram pooling {self.gram_pool!r} pools over the lesion mask: it needs masks")
         if self.gram_norm not in GRAM_NORMS:
-            raise ValueError(f"unknown gram normalisation {self.gram_norm!r}; valid: {', '.join(GRAM_NORMS)}")
+            raise ConfigError(f"unknown gram normalisation {self.gram_norm!r}; valid: {', '.join(GRAM_NORMS)}")
         if not 0.0 <= self.gram_margin <= 0.5:
-            raise ValueError(f"gram_margin must be in [0, 0.5] (a fraction of the image side), not {self.gram_margin}")
+            raise ConfigError(f"gram_margin must be in [0, 0.5] (a fraction of the image side), not {self.gram_margin}")
         if self.tta not in (0, 1, 2, 4):
-            raise ValueError(f"tta must be 1, 2 or 4 test-time views (0: the model's own), not {self.tta}")
+            raise ConfigError(f"tta must be 1, 2 or 4 test-time views (0: the model's own), not {self.tta}")
         if self.tta > 1 and self.feature != "ensemble":
-            raise ValueError("test-time views (tta > 1) need feature='ensemble'")
+            raise ConfigError("test-time views (tta > 1) need feature='ensemble'")
         if self.colour not in COLOUR_METHODS:
-            raise ValueError(f"unknown colour method {self.colour!r}; valid: {', '.join(COLOUR_METHODS)}")
+            raise ConfigError(f"unknown colour method {self.colour!r}; valid: {', '.join(COLOUR_METHODS)}")
         if self.segmenter not in ("default", "otsu") and not self.segmenter.endswith(".safetensors"):
-            raise ValueError(f"unknown segmenter {self.segmenter!r}; valid: default, otsu, or a .safetensors file")
+            raise ConfigError(f"unknown segmenter {self.segmenter!r}; valid: default, otsu, or a .safetensors file")
 
     @classmethod
     def for_weights(cls, weights: str = "default", **overrides) -> ExtractorConfig:
@@ -156,7 +157,7 @@ class ExtractorConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown extractor settings: {sorted(unknown)}")
+            raise ConfigError(f"unknown extractor settings: {sorted(unknown)}")
         if "gram_pool" not in d:      # written before lesion-aware Grams existed: the paper's whole-image Grams
             d = {**d, "gram_pool": "image", "gram_margin": 0.0}
         if "gram_norm" not in d:
@@ -192,32 +193,32 @@ def resolve_gram_weights(config: ExtractorConfig, tap_channels, network: str | N
         return layer_weights(chans, scheme)
     path = LEARNED_GRAM_WEIGHTS if scheme == "learned" else Path(scheme)
     if scheme != "learned" and path.suffix != ".json":
-        raise ValueError(f"unknown gram weighting {scheme!r}; valid: inverse-channels, ones, learned, or a .json "
+        raise ConfigError(f"unknown gram weighting {scheme!r}; valid: inverse-channels, ones, learned, or a .json "
                          "file of fitted weights")
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read gram weights ({e})") from e
+        raise ConfigError(f"{path}: cannot read gram weights ({e})") from e
     betas = doc.get("betas")
     want = {"gram_pool": config.gram_pool, "gram_margin": config.gram_margin, "gram_norm": config.gram_norm,
             "tap_channels": list(tap_channels), "colour": config.colour}
     got = {k: doc.get(k, "none" if k in ("gram_norm", "colour") else None) for k in want}
     if got != want:
-        raise ValueError(f"{path}: these gram weights were fitted for {got}, not for this model's {want}")
+        raise ConfigError(f"{path}: these gram weights were fitted for {got}, not for this model's {want}")
     # Grams come from the members alone: a file naming the members it was fitted for ("style_network")
     # stays valid when only the ensemble's Dense layer or head change; older files name the whole network
     if style_network is not None and doc.get("style_network") is not None:
         if doc["style_network"] != style_network:
-            raise ValueError(f"{path}: these gram weights were fitted for other member networks "
+            raise ConfigError(f"{path}: these gram weights were fitted for other member networks "
                              f"({str(doc['style_network'])[:16]}), not these ({style_network[:16]}); use "
                              "inverse-channels or fit weights for this model with 'dermsearch fit-gram-weights'")
     elif network is not None and doc.get("network") not in (None, network):
-        raise ValueError(f"{path}: these gram weights were fitted for another feature network "
+        raise ConfigError(f"{path}: these gram weights were fitted for another feature network "
                          f"({str(doc['network'])[:16]}), not this one ({network[:16]}); use inverse-channels "
                          "or fit weights for this model with 'dermsearch fit-gram-weights'")
     if (not isinstance(betas, list) or len(betas) != len(chans)
             or not all(isinstance(b, (int, float)) and b >= 0 for b in betas) or not any(b > 0 for b in betas)):
-        raise ValueError(f"{path}: 'betas' must be {len(chans)} non-negative numbers, not all zero")
+        raise ConfigError(f"{path}: 'betas' must be {len(chans)} non-negative numbers, not all zero")
     return [float(b) for b in betas]
 
 
@@ -228,7 +229,7 @@ class Extractor:
                  device: str | torch.device = "cpu", backend: str = "torch"):
         self.config = config = config or ExtractorConfig()
         if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
         if threads:
             torch.set_num_threads(threads)
         self._threads = threads
@@ -257,7 +258,7 @@ class Extractor:
         if backend == "auto":
             backend = "onnx" if self.device.type == "cpu" and onnx_available() else "torch"
         if backend == "onnx" and not onnx_available():
-            raise ValueError("backend 'onnx' needs onnxruntime (pip install onnxruntime)")
+            raise ConfigError("backend 'onnx' needs onnxruntime (pip install onnxruntime)")
         self.backend = backend
         self._ort = None
         if backend == "torch":
@@ -298,7 +299,7 @@ class Extractor:
                 "image_size": cfg.image_size, "normalization": cfg.resolved_normalization, "colour": cfg.colour}
         if got != want:
             diff = {k: (want[k], got[k]) for k in got if got[k] != want[k]}
-            raise ValueError(f"{path}: the settings disagree with the trained ensemble (config, file): {diff}; "
+            raise ConfigError(f"{path}: the settings disagree with the trained ensemble (config, file): {diff}; "
                              "use ExtractorConfig.for_weights() to read them from the file")
         net.spec = spec
         return net
@@ -340,7 +341,7 @@ class Extractor:
     def melanoma_probability(self, features: np.ndarray) -> np.ndarray:
         """P(melanoma) from stored feature vectors through the trained ensemble's head."""
         if not self.has_head:
-            raise ValueError("this extractor's model has no trained classification head")
+            raise ConfigError("this extractor's model has no trained classification head")
         logits = self.net.head(torch.from_numpy(np.asarray(features, dtype=np.float32)).to(self.device))
         return melanoma_probability(logits, self.net.spec).cpu().numpy()
 
@@ -369,14 +370,14 @@ class Extractor:
     def extract(self, images: list[Image.Image]) -> Extracted:
         """Extract a batch of decoded RGB images."""
         if not images:
-            raise ValueError("no images to extract")
+            raise ConfigError("no images to extract")
         return self.extract_prepared([self.prepare(img) for img in images])
 
     @torch.inference_mode()
     def extract_prepared(self, prepared: list[tuple[np.ndarray, np.ndarray | None]]) -> Extracted:
         """Extract a batch of :meth:`prepare` outputs."""
         if not prepared:
-            raise ValueError("no images to extract")
+            raise ConfigError("no images to extract")
         pixels = np.stack([p[0] for p in prepared])
         masks = areas = raw = None
         if self._segmenter is not None:    # first: lesion-aware Grams pool over these masks

@@ -24,13 +24,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError, NotFoundError
+from ..names import GRAM_NORMS, GRAM_POOLS
+
 __all__ = ["gram_matrix", "masked_gram_matrix", "gram_pool_weights", "dilate_masks", "average_grams",
            "style_vector", "style_dim", "layer_weights", "gram_channels", "style_layout", "layer_losses",
            "normalise_grams", "GRAM_POOLS", "GRAM_NORMS"]
 
 # "image": the paper's Gram over the whole map; "lesion": over the (dilated) lesion mask;
 # "lesion+skin": the lesion Gram followed by the Gram of the skin outside the (undilated) mask.
-GRAM_POOLS = ("image", "lesion", "lesion+skin")
 
 
 def gram_matrix(fmap: torch.Tensor) -> torch.Tensor:
@@ -86,11 +88,11 @@ def average_grams(member_taps: Sequence[Sequence[torch.Tensor]], masks: torch.Te
     the Grams are pooled over ``masks`` (see :func:`gram_pool_weights`); with "lesion+skin"
     each layer yields two Grams, the lesion's then the skin's (2 x the layers)."""
     if pool not in GRAM_POOLS:
-        raise KeyError(f"unknown gram pooling {pool!r}; valid: {', '.join(GRAM_POOLS)}")
+        raise NotFoundError(f"unknown gram pooling {pool!r}; valid: {', '.join(GRAM_POOLS)}")
     if pool == "image":
         return _average_grams(member_taps, None, False, 0.0)
     if masks is None:
-        raise ValueError(f"gram pooling {pool!r} needs lesion masks")
+        raise ConfigError(f"gram pooling {pool!r} needs lesion masks")
     lesion = _average_grams(member_taps, masks, False, margin)
     if pool == "lesion":
         return lesion
@@ -114,7 +116,6 @@ def _average_grams(member_taps, masks, outside: bool, margin: float) -> list[tor
     return layers
 
 
-GRAM_NORMS = ("none", "l2", "sqrt", "sqrt+l2")
 
 
 def normalise_grams(grams: Sequence[torch.Tensor], norm: str) -> list[torch.Tensor]:
@@ -122,7 +123,7 @@ def normalise_grams(grams: Sequence[torch.Tensor], norm: str) -> list[torch.Tens
     ``none``; ``sqrt``: sign(G)·|G|^½ (signed square root); ``l2``: G/‖G‖_F; ``sqrt+l2``: both,
     in that order. LS stays the exact squared distance of the stored (packed) vectors."""
     if norm not in GRAM_NORMS:
-        raise KeyError(f"unknown gram normalisation {norm!r}; valid: {', '.join(GRAM_NORMS)}")
+        raise NotFoundError(f"unknown gram normalisation {norm!r}; valid: {', '.join(GRAM_NORMS)}")
     out = []
     for g in grams:
         if "sqrt" in norm:
@@ -140,7 +141,7 @@ def layer_weights(channels: Sequence[int], scheme: str) -> list[float]:
         return [1.0 / c for c in channels]
     if scheme == "ones":
         return [1.0] * len(channels)
-    raise KeyError(f"unknown gram weighting {scheme!r}; valid: inverse-channels, ones")
+    raise NotFoundError(f"unknown gram weighting {scheme!r}; valid: inverse-channels, ones")
 
 
 def style_dim(channels: Sequence[int]) -> int:
@@ -150,7 +151,7 @@ def style_dim(channels: Sequence[int]) -> int:
 def gram_channels(tap_channels: Sequence[int], pool: str) -> list[int]:
     """The channels of each stored Gram, in storage order (two per tap for "lesion+skin")."""
     if pool not in GRAM_POOLS:
-        raise KeyError(f"unknown gram pooling {pool!r}; valid: {', '.join(GRAM_POOLS)}")
+        raise NotFoundError(f"unknown gram pooling {pool!r}; valid: {', '.join(GRAM_POOLS)}")
     return [c for c in tap_channels for _ in range(2 if pool == "lesion+skin" else 1)]
 
 

@@ -13,6 +13,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import DermsearchError
+
 __all__ = ["ImageError", "load_image", "resize_rgb", "thumbnail_data_uri", "MAX_PIXELS"]
 
 # Images above this many pixels are refused (Pillow's own guard raises at twice its limit;
@@ -20,7 +22,7 @@ __all__ = ["ImageError", "load_image", "resize_rgb", "thumbnail_data_uri", "MAX_
 MAX_PIXELS = 89_478_485
 
 
-class ImageError(ValueError):
+class ImageError(DermsearchError, ValueError):
     """An input that cannot be used as an image; the message says why."""
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .gram import average_grams, normalise_grams
 
 __all__ = ["OnnxRuntimeBackend", "export_onnx", "onnx_cache_dir", "onnx_available", "EXPORT_VERSION"]
@@ -162,7 +163,7 @@ class OnnxRuntimeBackend:
         feeds = {"pixels": x}
         if self.info.get("masks_input"):
             if masks is None:
-                raise ValueError("this exported model pools its Grams over lesion masks: pass the masks")
+                raise ConfigError("this exported model pools its Grams over lesion masks: pass the masks")
             feeds["masks"] = np.ascontiguousarray(masks, dtype=np.float32)
         out = self.extractor.run(None, feeds)
         return out[0], (out[1] if len(out) > 1 else None)

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..extract import Extracted, Extractor, ExtractorConfig, ImageError, load_image
+from .records import Record
 from .sources import Problem, read_source
-from .store import Index, Record
+from .store import Index
 
-__all__ = ["BuildConfig", "BuildReport", "BufferedWriter", "build_index", "decode_batches", "extract_batch"]
+__all__ = ["BuildConfig", "BuildReport", "BufferedWriter", "build_index", "decode_batches", "extract_batch",
+           "model_settings"]
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,25 @@ def start_build(source, directory, extractor_config: ExtractorConfig | None,
         except Exception:  # noqa: BLE001 - no index yet: the default model
             extractor_config = ExtractorConfig()
     return report, problem, records, extractor_config
+
+
+def model_settings(directory: str | os.PathLike, settings: dict) -> tuple[ExtractorConfig | None, list[str]]:
+    """The model to index ``directory`` with, from explicit ``settings`` (ExtractorConfig fields),
+    and notes for the user. An existing index keeps its own model: the settings must agree with it
+    (``None`` when there are none; the build checks the fingerprint). A new index gets
+    :meth:`ExtractorConfig.for_weights`. Without masks, style uses the paper's whole-image Grams
+    unless a pooling is given (lesion-aware Grams pool over the masks)."""
+    from ..extract.extractor import PAPER_STYLE
+
+    notes = []
+    if settings.get("masks") is False and settings.get("style") is not False and "gram_pool" not in settings:
+        settings = {**{k: v for k, v in PAPER_STYLE.items() if k not in settings}, **settings}
+        notes.append("no masks: style uses the paper's whole-image Gram matrices")
+    if (Path(directory) / "dermsearch.json").exists():
+        stored = Index.open(directory).manifest["extractor"]
+        return (ExtractorConfig.from_dict({**stored, **settings}) if settings else None), notes
+    settings = dict(settings)
+    return ExtractorConfig.for_weights(settings.pop("weights", "default"), **settings), notes
 
 
 def build_index(

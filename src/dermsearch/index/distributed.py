@@ -23,8 +23,9 @@ from collections.abc import Callable
 
 from ..extract import Extractor, ExtractorConfig
 from .build import BuildConfig, BuildReport, _decode, extract_batch, pending, start_build
+from .records import Record
 from .sources import Problem
-from .store import Index, ModelMismatchError, Record
+from .store import Index, ModelMismatchError
 
 __all__ = ["build_index_dask", "extract_chunk"]
 

@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .store import Record
+from ..errors import DermsearchError
+from .records import Record
 
 __all__ = ["IMAGE_SUFFIXES", "Problem", "SourceError", "read_source", "read_folder", "read_labels_csv"]
 
@@ -20,7 +21,7 @@ REQUIRED = ("image_id", "image_path")
 MELANOMA_DIAGNOSES = {"mel", "melanoma"}
 
 
-class SourceError(ValueError):
+class SourceError(DermsearchError, ValueError):
     pass
 
 

@@ -18,17 +18,19 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import lancedb
 import numpy as np
 import pyarrow as pa
 
+from ..errors import ConfigError, DermsearchError
 from ..extract import Extracted, Extractor, ExtractorConfig
+from .records import Record
 
 __all__ = [
-    "Index", "IndexError_", "IndexLockedError", "ModelMismatchError", "Record", "Snapshot", "FORMAT",
+    "Index", "IndexDirectoryError", "IndexLockedError", "ModelMismatchError", "Record", "Snapshot", "FORMAT",
 ]
 
 FORMAT = 1
@@ -36,28 +38,16 @@ MANIFEST = "dermsearch.json"
 TABLE = "images"
 
 
-class IndexError_(RuntimeError):
-    """A problem with an index directory (named so as not to shadow the builtin)."""
+class IndexDirectoryError(DermsearchError, RuntimeError):
+    """A problem with an index directory: missing, of another format, locked, or of another model."""
 
 
-class IndexLockedError(IndexError_):
+class IndexLockedError(IndexDirectoryError):
     pass
 
 
-class ModelMismatchError(IndexError_):
+class ModelMismatchError(IndexDirectoryError):
     pass
-
-
-@dataclass(frozen=True)
-class Record:
-    """Everything about one image except its vectors."""
-
-    id: str
-    path: str
-    diagnosis: str | None = None
-    melanoma: int | None = None
-    lesion_id: str | None = None
-    meta: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -141,7 +131,7 @@ class Index:
     def create(cls, directory: str | os.PathLike, extractor: Extractor) -> Index:
         directory = Path(directory)
         if (directory / MANIFEST).exists():
-            raise IndexError_(f"{directory} already holds an index")
+            raise IndexDirectoryError(f"{directory} already holds an index")
         directory.mkdir(parents=True, exist_ok=True)
         manifest = {
             "format": FORMAT,
@@ -176,11 +166,11 @@ class Index:
         directory = Path(directory)
         path = directory / MANIFEST
         if not path.is_file():
-            raise IndexError_(f"{directory} is not a dermsearch index (no {MANIFEST}); build one with "
+            raise IndexDirectoryError(f"{directory} is not a dermsearch index (no {MANIFEST}); build one with "
                               f"'dermsearch index SOURCE --index {directory}'")
         manifest = json.loads(path.read_text())
         if manifest.get("format") != FORMAT:
-            raise IndexError_(f"{directory}: index format {manifest.get('format')} is not supported "
+            raise IndexDirectoryError(f"{directory}: index format {manifest.get('format')} is not supported "
                               f"(this dermsearch reads format {FORMAT})")
         return cls(directory, manifest)
 
@@ -222,7 +212,7 @@ class Index:
                 f"({self.manifest['extractor']['backbone']}, weights={self.manifest['extractor']['weights']}); "
                 f"this run uses model {fingerprint}"
                 + (f" ({config.backbone}, weights={config.weights})" if config else "")
-                + ". An index never mixes models: use another --index directory."
+                + ". An index never mixes models: build a new index in another directory."
             )
 
     # ------------------------------------------------------------------ writing
@@ -253,14 +243,14 @@ class Index:
         if n == 0:
             return 0
         if extracted.features.shape != (n, self.manifest["feature_dim"]):
-            raise ValueError(f"feature matrix {extracted.features.shape} does not match {n} records "
+            raise ConfigError(f"feature matrix {extracted.features.shape} does not match {n} records "
                              f"x {self.manifest['feature_dim']}")
         ids = [r.id for r in records]
         if len(set(ids)) != n:
-            raise ValueError("duplicate ids within one add")
+            raise ConfigError("duplicate ids within one add")
         clash = self._existing(ids)
         if clash:
-            raise ValueError(f"ids already in the index: {sorted(clash)[:5]}")
+            raise ConfigError(f"ids already in the index: {sorted(clash)[:5]}")
         now = pa.array([int(time.time())] * n, pa.timestamp("s", tz="UTC"))
         data = {
             "id": ids,
@@ -275,11 +265,11 @@ class Index:
         }
         if self.manifest["style_dim"]:
             if extracted.styles is None or extracted.styles.shape != (n, self.manifest["style_dim"]):
-                raise ValueError("style vectors missing or of the wrong size")
+                raise ConfigError("style vectors missing or of the wrong size")
             data["style"] = _fixed_list(extracted.styles)
         if self.manifest["mask_bytes"]:
             if extracted.masks is None or extracted.masks.shape != (n, self.manifest["mask_bytes"]):
-                raise ValueError("masks missing or of the wrong size")
+                raise ConfigError("masks missing or of the wrong size")
             data["mask"] = pa.array([m.tobytes() for m in extracted.masks], pa.binary(self.manifest["mask_bytes"]))
             data["mask_area"] = pa.array(extracted.mask_areas, pa.int32())
         self._table.add(pa.table(data, schema=_schema(self.manifest)))

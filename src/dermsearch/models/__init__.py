@@ -1,11 +1,12 @@
 """Networks: EfficientNet backbones, the ensemble feature net, segmenters. Imports nothing above it."""
 
-from .efficientnet import SPECS, Backbone, BackboneOutput, EfficientNet
-from .registry import create_backbone, list_backbones, register_backbone
-from .weights import WeightsNotFoundError, load_checkpoint, save_checkpoint, state_fingerprint
+from .._lazy import lazy_exports
 
-__all__ = [
-    "SPECS", "Backbone", "BackboneOutput", "EfficientNet", "WeightsNotFoundError",
-    "create_backbone", "list_backbones", "register_backbone", "load_checkpoint",
-    "save_checkpoint", "state_fingerprint",
-]
+_EXPORTS = {
+    "SPECS": ".efficientnet", "Backbone": ".efficientnet", "BackboneOutput": ".efficientnet",
+    "EfficientNet": ".efficientnet", "WeightsNotFoundError": ".weights", "create_backbone": ".registry",
+    "list_backbones": ".registry", "register_backbone": ".registry", "load_checkpoint": ".weights",
+    "save_checkpoint": ".weights", "state_fingerprint": ".weights",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
+
 __all__ = ["resolve_device"]
 
 
@@ -12,5 +14,5 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device; use --device cpu or auto")
+        raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA device; use device 'cpu' or 'auto'")
     return dev

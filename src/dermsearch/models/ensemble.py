@@ -22,6 +22,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from ..errors import ConfigError
+from ..names import TTA_VIEWS
 from .efficientnet import Backbone
 from .registry import create_backbone
 from .weights import WeightsNotFoundError, read_metadata, save_checkpoint
@@ -34,13 +36,12 @@ DEFAULT_FILE = "classifier-ensemble.safetensors"
 # Test-time views of a square image batch [B, C, S, S]: dermoscopy has no "up", so flips and
 # quarter turns show the same lesion. ``views=n`` averages the members' pooled vectors over the
 # first n (1, 2 or 4); the Grams (style) always come from the image as it is.
-TTA_VIEWS = ("identity", "hflip", "vflip", "rot90")
 
 
 def tta_views(x: torch.Tensor, n: int) -> list[torch.Tensor]:
     """The first ``n`` of :data:`TTA_VIEWS` applied to ``x`` (identity first)."""
     if n not in (1, 2, 4):
-        raise ValueError(f"test-time views must be 1, 2 or 4, not {n}")
+        raise ConfigError(f"test-time views must be 1, 2 or 4, not {n}")
     views = [x, x.flip(3), x.flip(2), x.rot90(1, (2, 3))]
     return views[:n]
 
@@ -105,10 +106,10 @@ class EnsembleFeatureNet(nn.Module):
                  shared_stages: int = 0, member_heads: bool = False):
         super().__init__()
         if not members:
-            raise ValueError("an ensemble needs at least one member")
+            raise ConfigError("an ensemble needs at least one member")
         n_stages = len(members[0].out_channels)
         if not 0 <= shared_stages < n_stages:
-            raise ValueError(f"shared_stages must be in 0..{n_stages - 1}, not {shared_stages}")
+            raise ConfigError(f"shared_stages must be in 0..{n_stages - 1}, not {shared_stages}")
         self.shared_stages = shared_stages
         if shared_stages:
             for m in members[1:]:
@@ -162,7 +163,7 @@ def melanoma_probability(logits: torch.Tensor, spec: EnsembleSpec) -> torch.Tens
     if spec.head_outputs == 1:
         return torch.sigmoid(logits[:, 0])
     if spec.melanoma_class not in spec.classes:
-        raise ValueError(f"the classes {list(spec.classes)} hold no melanoma class {spec.melanoma_class!r}")
+        raise ConfigError(f"the classes {list(spec.classes)} hold no melanoma class {spec.melanoma_class!r}")
     return torch.softmax(logits, dim=1)[:, spec.classes.index(spec.melanoma_class)]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import NotFoundError
 from .efficientnet import SPECS, Backbone, EfficientNet
 from .weights import load_checkpoint, load_imagenet_lite
 
@@ -38,7 +39,7 @@ def create_backbone(name: str, weights: str | Path | None = None, num_classes: i
     try:
         builder = _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown backbone {name!r}; valid names: {', '.join(list_backbones())}") from None
+        raise NotFoundError(f"unknown backbone {name!r}; valid names: {', '.join(list_backbones())}") from None
     if weights == "imagenet":
         model = builder(1000)
         load_imagenet_lite(model)

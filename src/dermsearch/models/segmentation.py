@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ..errors import ConfigError, NotFoundError
+
 __all__ = ["SegmenterConfig", "Segmenter", "create_segmenter", "list_segmenters"]
 
 
@@ -93,7 +95,7 @@ class Segmenter(nn.Module):
     def __init__(self, config: SegmenterConfig):
         super().__init__()
         if config.arch not in BLOCKS:
-            raise KeyError(f"unknown segmenter {config.arch!r}; valid names: {', '.join(list_segmenters())}")
+            raise NotFoundError(f"unknown segmenter {config.arch!r}; valid names: {', '.join(list_segmenters())}")
         self.config = config
         block = BLOCKS[config.arch]
         widths = [config.width * 2**i for i in range(config.depth)]
@@ -117,7 +119,7 @@ class Segmenter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         if h % self.multiple or w % self.multiple:
-            raise ValueError(f"input side must be a multiple of {self.multiple}, got {h}x{w}")
+            raise ConfigError(f"input side must be a multiple of {self.multiple}, got {h}x{w}")
         skips = []
         for i, block in enumerate(self.down):
             x = block(x if i == 0 else self.pool(x))
@@ -135,5 +137,5 @@ def list_segmenters() -> list[str]:
 def create_segmenter(arch: str = "r2unet", **kwargs) -> Segmenter:
     """Build a segmenter by name (``unet``, ``runet``, ``r2unet``); unknown -> KeyError."""
     if arch not in BLOCKS:
-        raise KeyError(f"unknown segmenter {arch!r}; valid names: {', '.join(list_segmenters())}")
+        raise NotFoundError(f"unknown segmenter {arch!r}; valid names: {', '.join(list_segmenters())}")
     return Segmenter(SegmenterConfig(arch=arch, **kwargs))

@@ -15,6 +15,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..errors import ConfigError, DermsearchError
+
 __all__ = [
     "WeightsNotFoundError",
     "imagenet_lite_path",
@@ -26,7 +28,7 @@ __all__ = [
 ]
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(DermsearchError, FileNotFoundError):
     """Raised when weights that must be installed locally are absent."""
 
 
@@ -91,11 +93,11 @@ def read_metadata(path: str | Path, key: str, what: str) -> str:
     if not path.is_file():
         raise WeightsNotFoundError(f"{what} weights not found: {path}")
     if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: {what} weights must be a .safetensors file (pickle is not loaded)")
+        raise ConfigError(f"{path}: {what} weights must be a .safetensors file (pickle is not loaded)")
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
     if key not in meta:
-        raise ValueError(f"{path}: not a dermsearch {what} (no {key!r} metadata)")
+        raise ConfigError(f"{path}: not a dermsearch {what} (no {key!r} metadata)")
     return meta[key]
 
 
@@ -105,7 +107,7 @@ def load_checkpoint(model: nn.Module, path: Path) -> None:
     if not path.is_file():
         raise WeightsNotFoundError(f"checkpoint not found: {path}")
     if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: checkpoints must be .safetensors files (pickle is not loaded)")
+        raise ConfigError(f"{path}: checkpoints must be .safetensors files (pickle is not loaded)")
     model.load_state_dict(load_file(str(path)), strict=True)
 
 

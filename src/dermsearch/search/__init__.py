@@ -1,6 +1,9 @@
 """Search: the ten measures (pure functions) and the :class:`Searcher` API."""
 
-from .measures import MEASURES
-from .searcher import Filters, Hit, Query, Searcher, SearchResult
+from .._lazy import lazy_exports
+from ..names import MEASURES
 
-__all__ = ["MEASURES", "Filters", "Hit", "Query", "SearchResult", "Searcher"]
+_EXPORTS = {"Filters": ".searcher", "Hit": ".searcher", "Query": ".searcher", "Searcher": ".searcher",
+            "SearchResult": ".searcher"}
+__all__ = ["MEASURES", *_EXPORTS]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -52,6 +52,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError, DermsearchError
+from .config import FastConfig
 from .engine import ExactEngine, Query, QueryBatch, blas_single_threaded, products, row_parallel_products
 from .measures import MEASURE_COMPONENTS, measure_scores
 
@@ -63,25 +65,8 @@ RESIDENT = ("feature_proj", "style_proj", "feature_csq", "style_csq", "feature_r
             "feature_sqnorms", "style_sqnorms", "mask_cells", "mask_areas")
 
 
-class FastModeMissing(RuntimeError):
+class FastModeMissing(DermsearchError, RuntimeError):
     """The index has no fast-mode files for its current version."""
-
-
-@dataclass(frozen=True)
-class FastConfig:
-    style_dims: int = 512          # PCA components kept for the style vectors
-    feature_dims: int = 128        # ... and for the feature vectors
-    mask_grid: int = 16            # mask cells per side for the Dice estimate
-    candidates: int = 96           # rows per style measure re-ranked exactly (each reads a 323 KB style row)
-    wide_candidates: int = 512     # rows per measure whose feature and mask components are computed exactly
-    normaliser_candidates: int = 16  # rows measured exactly to find each max-normaliser
-    fit_rows: int = 10_000         # PCA fitted on a random sample of this many rows
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if min(self.style_dims, self.feature_dims, self.mask_grid, self.candidates, self.wide_candidates,
-               self.normaliser_candidates) < 1:
-            raise ValueError("fast-mode sizes must be positive")
 
 
 def fast_dir(index_directory: str | os.PathLike, version: int) -> Path:
@@ -117,7 +102,7 @@ class FastIndexWriter:
     def __init__(self, directory: str | os.PathLike, n: int, feature_dim: int, style_dim: int, mask_bytes: int,
                  mask_size: int, config: FastConfig = FastConfig(), version: int = 0):
         if not style_dim:
-            raise ValueError("fast mode needs style vectors (the index was built with --no-style)")
+            raise ConfigError("fast mode needs style vectors (the index was built with style=False)")
         self.final = Path(directory)
         self.tmp = self.final.with_name(self.final.name + f".tmp-{os.getpid()}")
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -125,7 +110,7 @@ class FastIndexWriter:
         self.n, self.config, self.version = n, config, version
         self.mask_size = mask_size
         if mask_bytes and mask_size % config.mask_grid:
-            raise ValueError(f"mask_grid {config.mask_grid} must divide the mask size {mask_size}")
+            raise ConfigError(f"mask_grid {config.mask_grid} must divide the mask size {mask_size}")
 
         def mm(name, dtype, shape):
             return np.lib.format.open_memmap(self.tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
@@ -498,7 +483,7 @@ def optimize(index, config: FastConfig = FastConfig(), progress: Callable[[str],
     s = index.snapshot()
     m = index.manifest
     if s.styles is None:
-        raise ValueError(f"{index.directory} stores no style vectors (built with --no-style): fast mode "
+        raise ConfigError(f"{index.directory} stores no style vectors (built with style=False): fast mode "
                          "compresses the style vectors, exact search is already cheap without them")
     target = fast_dir(index.directory, s.version)
     w = FastIndexWriter(target, len(s), m["feature_dim"], m["style_dim"], m["mask_bytes"], m["mask_size"],

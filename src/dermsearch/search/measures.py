@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import names
+
 __all__ = [
     "MEASURE_INFO",
     "MEASURES", "COMPONENTS", "MEASURE_COMPONENTS",
@@ -34,6 +36,7 @@ MEASURE_COMPONENTS: dict[str, tuple[str, ...]] = {
     "i1_sd": ("style", "dice"),
 }
 MEASURES = tuple(MEASURE_COMPONENTS)
+assert MEASURES == names.MEASURES, "dermsearch.names.MEASURES must list the measures in this order"
 
 # For people: a plain-language name and one line on what each measure compares (pages, sheets).
 MEASURE_INFO: dict[str, tuple[str, str]] = {

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..errors import ConfigError, NotFoundError
 from ..extract import Extractor, load_image
 from ..index import Index
 from .engine import ExactEngine, Query, QueryBatch, top_k_rows
@@ -99,9 +100,9 @@ class Searcher:
         ``distributed.Client`` or scheduler address: the matrices are sharded across its workers
         and searched there (exact; :mod:`dermsearch.search.sharded`)."""
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         if dask is not None and mode != "exact":
-            raise ValueError("sharded (Dask) search is exact: use mode='exact' with dask")
+            raise ConfigError("sharded (Dask) search is exact: use mode='exact' with dask")
         self.sharded = None
         if dask is not None:
             from distributed import Client
@@ -213,7 +214,7 @@ class Searcher:
         try:
             i = self._positions[image_id]
         except KeyError:
-            raise KeyError(f"id {image_id!r} is not in the index") from None
+            raise NotFoundError(f"id {image_id!r} is not in the index") from None
         if self.sharded is not None:
             f, st, m, a = self.sharded.row(i)
             return Query(f, st, m, a, image_id)
@@ -315,7 +316,7 @@ class Searcher:
         """PNG of the query's mask over the stored mask of ``image_id`` (None without masks)."""
         i = self._positions.get(image_id)
         if i is None:
-            raise KeyError(f"id {image_id!r} is not in the index")
+            raise NotFoundError(f"id {image_id!r} is not in the index")
         if query.mask is None or not self.index.manifest["mask_bytes"]:
             return None
         row = self.sharded.row(i)[2] if self.sharded is not None else self.snapshot.masks[i]
@@ -323,9 +324,9 @@ class Searcher:
 
     def _search_batch(self, queries: list[Query], k, measures, exclude_ids, filters) -> list[SearchResult]:
         if k < 0:
-            raise ValueError("k must be >= 0")
+            raise ConfigError("k must be >= 0")
         if exclude_ids is not None and len(exclude_ids) != len(queries):
-            raise ValueError("exclude_ids needs one list per query")
+            raise ConfigError("exclude_ids needs one list per query")
         wanted, messages = self._resolve_measures(measures)
         s = self.snapshot
         allowed = self.candidate_mask((), filters)
@@ -360,7 +361,7 @@ class Searcher:
     def _search_fast(self, query: Query, k: int, wanted, valid: np.ndarray, messages: list[str]) -> SearchResult:
         cfg = self.fast.config
         if k <= 0 or k > cfg.candidates:
-            raise ValueError(f"fast mode returns at most {cfg.candidates} rows per measure (k=1..{cfg.candidates}); "
+            raise ConfigError(f"fast mode returns at most {cfg.candidates} rows per measure (k=1..{cfg.candidates}); "
                              "use exact mode for k=0 or a larger k")
         r = self.fast.search(query, k, wanted, valid)
         at = {int(row): n for n, row in enumerate(r.reranked)}
@@ -396,10 +397,10 @@ class Searcher:
         if measures:
             unknown = [m for m in measures if m not in MEASURE_COMPONENTS]
             if unknown:
-                raise KeyError(f"unknown measure(s) {unknown}; valid: {', '.join(MEASURES)}")
+                raise NotFoundError(f"unknown measure(s) {unknown}; valid: {', '.join(MEASURES)}")
             missing = [m for m in measures if m not in available]
             if missing:
-                raise ValueError(self._missing_message(missing))
+                raise ConfigError(self._missing_message(missing))
             return tuple(dict.fromkeys(measures)), []
         absent = [m for m in MEASURES if m not in available]
         return available, [self._missing_message(absent)] if absent else []
@@ -414,7 +415,8 @@ class Searcher:
 
     def _missing_message(self, measures: list[str]) -> str:
         lacking = sorted({c for m in measures for c in MEASURE_COMPONENTS[m]} - set(self.available_components))
-        what = {"style": "style (Gram) vectors (built with --no-style)", "dice": "lesion masks (built with --no-masks)"}
+        what = {"style": "style (Gram) vectors (built with style=False)",
+                "dice": "lesion masks (built with masks=False)"}
         return (f"measures {', '.join(measures)} are unavailable: this index stores no "
                 + " and no ".join(what[c] for c in lacking))
 

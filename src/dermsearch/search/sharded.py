@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import DermsearchError
 from .engine import ExactEngine, QueryBatch, top_k_rows
 from .measures import measure_scores
 
@@ -49,7 +50,7 @@ class ShardTop:
     raw: dict[str, list[dict]]
 
 
-class ShardLost(RuntimeError):
+class ShardLost(DermsearchError, RuntimeError):
     """A shard is no longer held where it was placed (its worker left or was restarted)."""
 
     def __init__(self, keys: Sequence[str], why: str):
@@ -60,7 +61,7 @@ class ShardLost(RuntimeError):
         return ShardLost, (self.keys, self.why)
 
 
-class ShardTooLarge(MemoryError):
+class ShardTooLarge(DermsearchError, MemoryError):
     """A worker refused a shard that cannot fit under its Dask memory limit."""
 
 

@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from torch import nn
 
+from ..errors import ConfigError
 from ..extract.colour import COLOUR_METHODS, shades_of_gray_batch
 from ..models.device import resolve_device
 from ..models.efficientnet import Backbone
@@ -102,27 +103,27 @@ class ClassifierTrainConfig:
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
-            raise ValueError(f"target must be one of {TARGETS}, not {self.target!r}")
+            raise ConfigError(f"target must be one of {TARGETS}, not {self.target!r}")
         if self.augment not in ("x7", "online", "none"):
-            raise ValueError(f"augment must be x7, online or none, not {self.augment!r}")
+            raise ConfigError(f"augment must be x7, online or none, not {self.augment!r}")
         if self.diversity not in ("bootstrap", "fold", "seed"):
-            raise ValueError(f"diversity must be bootstrap, fold or seed, not {self.diversity!r}")
+            raise ConfigError(f"diversity must be bootstrap, fold or seed, not {self.diversity!r}")
         if not 1 <= self.trainable_stages <= N_STAGES:
-            raise ValueError(f"trainable_stages must be in 1..{N_STAGES}")
+            raise ConfigError(f"trainable_stages must be in 1..{N_STAGES}")
         if self.members < 1:
-            raise ValueError("members must be at least 1")
+            raise ConfigError("members must be at least 1")
         if self.metric_loss not in METRIC_LOSSES:
-            raise ValueError(f"metric_loss must be one of {METRIC_LOSSES}, not {self.metric_loss!r}")
+            raise ConfigError(f"metric_loss must be one of {METRIC_LOSSES}, not {self.metric_loss!r}")
         if self.head_select not in HEAD_SELECT:
-            raise ValueError(f"head_select must be one of {HEAD_SELECT}, not {self.head_select!r}")
+            raise ConfigError(f"head_select must be one of {HEAD_SELECT}, not {self.head_select!r}")
         if self.colour not in COLOUR_METHODS:
-            raise ValueError(f"colour must be one of {COLOUR_METHODS}, not {self.colour!r}")
+            raise ConfigError(f"colour must be one of {COLOUR_METHODS}, not {self.colour!r}")
         if self.tta not in (1, 2, 4):
-            raise ValueError(f"tta must be 1, 2 or 4 test-time views, not {self.tta}")
+            raise ConfigError(f"tta must be 1, 2 or 4 test-time views, not {self.tta}")
         if self.tta > 1 and self.head_variants:
-            raise ValueError("head_variants trains phase two on the x7 variants; it cannot be combined with tta > 1")
+            raise ConfigError("head_variants trains phase two on the x7 variants; it cannot be combined with tta > 1")
         if not 0 <= self.ema < 1:
-            raise ValueError("ema must be in [0, 1)")
+            raise ConfigError("ema must be in [0, 1)")
 
     @property
     def column(self) -> str:
@@ -152,14 +153,14 @@ class _Labels:
         else:
             self.classes = tuple(sorted(set(train.labels)))
             if len(self.classes) < 2:
-                raise ValueError(f"the diagnosis target needs at least 2 classes, found {self.classes}")
+                raise ConfigError(f"the diagnosis target needs at least 2 classes, found {self.classes}")
 
     def encode(self, data: LabelledSet) -> torch.Tensor:
         if self.target == "melanoma":
             return torch.from_numpy(data.melanoma.astype(np.int64))
         unknown = sorted(set(data.labels) - set(self.classes))
         if unknown:
-            raise ValueError(f"labels not seen in training: {unknown}")
+            raise ConfigError(f"labels not seen in training: {unknown}")
         index = {c: i for i, c in enumerate(self.classes)}
         return torch.tensor([index[v] for v in data.labels], dtype=torch.long)
 
@@ -379,7 +380,7 @@ def _source_members(cfg: ClassifierTrainConfig, labels: _Labels) -> EnsembleFeat
     got["classes"] = tuple(got["classes"])
     diff = {k: (got[k], want[k]) for k in want if got[k] != want[k]}
     if diff:
-        raise ValueError(f"{path}: its members cannot be reused for this config; differing settings "
+        raise ConfigError(f"{path}: its members cannot be reused for this config; differing settings "
                          + ", ".join(f"{k}: file {a!r} vs config {b!r}" for k, (a, b) in diff.items()))
     return net
 

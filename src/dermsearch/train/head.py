@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..evaluate.feature_knn import feature_retrieval
 from ..extract.extractor import NORMALISATIONS
 from .losses import binary_focal_loss, metric_loss_module, multiclass_focal_loss
@@ -90,7 +91,7 @@ def fit_head(net, cfg, data: HeadData, metrics_fn: Callable, score_fn: Callable,
     """Train ``net``'s norms, dense layer and head on ``data``; loads the selected epoch's weights into
     ``net`` and returns (its val metrics, the per-epoch history)."""
     if cfg.head_select not in HEAD_SELECT:
-        raise ValueError(f"head_select must be one of {HEAD_SELECT}, not {cfg.head_select!r}")
+        raise ConfigError(f"head_select must be one of {HEAD_SELECT}, not {cfg.head_select!r}")
     modules = [net.norms, net.dense, net.head]
     outputs = net.head.out_features
     metric = metric_loss_module(cfg.metric_loss, max(outputs, 2), net.feature_dim, cfg.metric_temperature)

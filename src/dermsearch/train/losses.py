@@ -19,6 +19,8 @@ import torch
 from monai.losses import FocalLoss, TverskyLoss
 from torch import nn
 
+from ..errors import ConfigError
+
 __all__ = ["focal_tversky_loss", "FocalTverskyLoss", "binary_focal_loss", "multiclass_focal_loss", "METRIC_LOSSES",
            "metric_loss_module"]
 
@@ -78,4 +80,4 @@ def metric_loss_module(name: str, classes: int, dim: int, temperature: float = 0
         return pml.SupConLoss(temperature=temperature)
     if name == "proxy-anchor":
         return pml.ProxyAnchorLoss(num_classes=classes, embedding_size=dim, margin=0.1, alpha=32)
-    raise ValueError(f"unknown metric loss {name!r}; valid: {', '.join(METRIC_LOSSES)}")
+    raise ConfigError(f"unknown metric loss {name!r}; valid: {', '.join(METRIC_LOSSES)}")

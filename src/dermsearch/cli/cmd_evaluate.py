@@ -1,0 +1,216 @@
+"""`evaluate`, `fit-gram-weights`, `eval-classifier`, `eval-segmenter`: measuring retrieval and models."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..names import MEASURES
+from .common import UsageError, err
+from .options import Common
+
+__all__ = ["register"]
+
+
+def register(sub, common: Common) -> None:
+    ev = sub.add_parser("evaluate", parents=[common.index, common.split, common.device, common.json, common.quiet],
+                        help="label-based retrieval metrics of every measure, with bootstrap CIs",
+                        description="Rank all candidates for each query by each measure (the query and images of "
+                                    "the same lesion_id excluded) and report P@k, macro-P@k, per-diagnosis and "
+                                    "melanoma P@k, mAP@k and the melanoma AUC of a neighbour vote.")
+    ev.add_argument("--queries", type=Path, metavar="CSV", help="external labelled query images (a labels CSV); "
+                    "default: rows of the index")
+    ev.add_argument("--query-split", nargs="+", metavar="NAME", help="index rows of these splits are the queries")
+    ev.add_argument("--candidate-split", nargs="+", metavar="NAME",
+                    help="index rows of these splits are the candidates")
+    ev.add_argument("-k", type=int, default=5)
+    ev.add_argument("--vote-k", type=int, default=16, help="neighbours in the melanoma vote (default 16)")
+    ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    ev.add_argument("--choose-on", nargs="+", metavar="SPLIT", help="name the headline measure by a rule fixed in "
+                    "advance: the best --choose-metric for these index rows (e.g. val) as queries against the "
+                    "candidates outside them (needs --split)")
+    ev.add_argument("--choose-metric", default="macro_p@k", metavar="METRIC",
+                    help="the metric --choose-on maximises (default macro_p@k, k as given by -k)")
+    ev.add_argument("--headline", choices=MEASURES, metavar="MEASURE", help="headline this measure (fixed in advance)")
+    ev.add_argument("--ci-unit", choices=["lesion", "image"], default="lesion", help="what the bootstrap resamples: "
+                    "lesions (all images of a lesion together; default) or single images")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--diagnosis-map", metavar="A=B,C=D", help="rename query diagnoses to the index's labels "
+                    "(e.g. nevus=nv,melanoma=mel)")
+    ev.add_argument("--out", type=Path, metavar="REPORT_DIR", help="write report.json, report.md and PNG plots")
+    ev.add_argument("--rating-sheet", type=Path, metavar="DIR", help="also write a blinded rating sheet here")
+    ev.add_argument("--rating-queries", type=int, default=50, help="queries on the rating sheet (paper: 50)")
+    ev.add_argument("--ratings", type=Path, metavar="CSV", help="score a filled rating sheet (needs --rating-key)")
+    ev.add_argument("--rating-key", type=Path, metavar="CSV", help="the key.csv written with the rating sheet")
+    ev.set_defaults(handler=cmd_evaluate)
+
+    fw = sub.add_parser("fit-gram-weights", parents=[common.index],
+                        help="fit the style measure's layer weights on labelled index rows",
+                        description="Fit non-negative layer weights beta_l of the style loss that maximise the "
+                                    "style measure's macro-P@k for the query rows against the candidate rows "
+                                    "(same lesion excluded), and write them as JSON for 'index --gram-weights "
+                                    "FILE'. Fit on val, report test once.")
+    fw.add_argument("--split", required=True, type=Path, metavar="CSV", help="image_id,split file")
+    fw.add_argument("--query-split", nargs="+", default=["val"], metavar="NAME", help="default: val")
+    fw.add_argument("--candidate-split", nargs="+", default=["train"], metavar="NAME", help="default: train")
+    fw.add_argument("-k", type=int, default=5)
+    fw.add_argument("--out", required=True, type=Path, metavar="JSON")
+    fw.set_defaults(handler=cmd_fit_gram_weights)
+
+    ec = sub.add_parser("eval-classifier", parents=[common.labels, common.split, common.device],
+                        help="melanoma AUC of a trained ensemble's head and of each member")
+    ec.add_argument("weights", nargs="?", default="default", help="default (packaged) or a .safetensors / run dir")
+    ec.add_argument("--on", metavar="NAME", help="split to evaluate (default: every row)")
+    ec.add_argument("--limit", type=int, default=0)
+    ec.set_defaults(handler=cmd_eval_classifier)
+
+    es = sub.add_parser("eval-segmenter", parents=[common.labels, common.split, common.json],
+                        help="Dice and Jaccard of a segmenter against ground-truth masks")
+    es.add_argument("--on", nargs="+", default=None, metavar="NAME", help="splits to evaluate (default: all rows)")
+    es.add_argument("--segmenter", nargs="+", default=["default"], metavar="S",
+                    help="default (packaged), otsu, a run directory or a .safetensors file; several compare")
+    es.add_argument("--image-size", type=int, default=128,
+                    help="evaluation side in pixels (masks: nearest-neighbour; default 128)")
+    es.set_defaults(handler=cmd_eval_segmenter)
+
+
+def cmd_evaluate(args) -> int:
+    from ..evaluate import EvaluationConfig, Evaluator, read_split
+    from ..evaluate.rating import score_ratings, write_rating_sheet
+    from ..evaluate.report import to_markdown, write_report
+    from ..search import Searcher
+
+    if args.ratings:
+        if not args.rating_key:
+            raise UsageError("--ratings needs --rating-key (the key.csv written with the sheet)")
+        scores = score_ratings(args.rating_key, args.ratings, args.bootstrap, args.seed)
+        if args.json:
+            print(json.dumps(scores, indent=1))
+        else:
+            for m, v in scores.items():
+                print(f"{m:10s} success rate {100 * v['success_rate']:.1f}% "
+                      f"(95% CI {100 * v['ci95'][0]:.1f}-{100 * v['ci95'][1]:.1f}) over {v['queries']} queries")
+        return 0
+    split = read_split(args.split) if args.split else None
+    if (args.query_split or args.candidate_split) and split is None:
+        raise UsageError("--query-split / --candidate-split need --split")
+    if args.choose_on and args.headline:
+        raise UsageError("give either --headline or --choose-on, not both")
+    if args.choose_on and split is None:
+        raise UsageError("--choose-on needs --split")
+    if args.choose_on and args.query_split and set(args.choose_on) & set(args.query_split):
+        raise UsageError(f"--choose-on {' '.join(args.choose_on)} overlaps the query splits: choose on other "
+                         "queries than those reported")
+    evaluator = Evaluator(Searcher(args.index, device=args.device))
+    snap = evaluator.searcher.snapshot
+
+    def in_splits(names):
+        return [i for i in snap.ids if split.get(i) in set(names)]
+
+    candidates = in_splits(args.candidate_split) if args.candidate_split else None
+    report = _run(args, evaluator, candidates, in_splits, EvaluationConfig)
+    if args.choose_on or args.headline:
+        _headline(args, evaluator, report, split, candidates)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+    else:
+        print(to_markdown(report))
+        print(f"{report.queries} queries x {len(report.measures)} measures x {report.candidates} candidates "
+              f"ranked in {report.ranking_seconds:.1f} s ({report.seconds:.1f} s with the bootstrap CIs)")
+    if args.out:
+        index = evaluator.searcher.index
+        extra = {"command": sys.argv, "index": str(args.index), "index_fingerprint": index.fingerprint,
+                 "extractor": index.manifest["extractor"]}
+        write_report(report, args.out, extra)
+        if not args.json:
+            print(f"report written to {args.out}/ (report.json, report.md, measures.png, per_diagnosis.png)")
+    if args.rating_sheet:
+        write_rating_sheet(report, dict(zip(snap.ids, snap.paths)), args.rating_sheet, args.rating_queries, args.seed)
+        if not args.json:
+            print(f"rating sheet written to {args.rating_sheet}/sheet.html (key: {args.rating_sheet}/key.csv)")
+    return 0
+
+
+def _run(args, evaluator, candidates, in_splits, EvaluationConfig):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=err, disable=args.quiet)
+    with progress:
+        if args.queries:
+            dmap = dict(p.split("=", 1) for p in args.diagnosis_map.split(",")) if args.diagnosis_map else None
+            task = progress.add_task("extracting queries", total=None)
+            queries = evaluator.queries_from_csv(
+                args.queries, dmap, on_problem=lambda p: err.print(f"skipped {p.where}: {p.reason}"),
+                progress=lambda d, t: progress.update(task, completed=d, total=t))
+        else:
+            queries = evaluator.queries_from_index(in_splits(args.query_split) if args.query_split else None)
+        if len(queries) == 0:
+            raise UsageError("no queries")
+        task = progress.add_task("ranking", total=len(queries))
+        return evaluator.run(queries, candidates, EvaluationConfig(
+            k=args.k, vote_k=args.vote_k, bootstrap=args.bootstrap, seed=args.seed, ci_unit=args.ci_unit),
+            progress=lambda d, t: progress.update(task, completed=d))
+
+
+def _headline(args, evaluator, report, split, candidates) -> None:
+    """Name the report's headline measure: given (--headline), or chosen on other queries (--choose-on)."""
+    from ..evaluate import EvaluationConfig
+
+    metric = args.choose_metric.replace("@k", f"@{args.k}")
+    if args.headline:
+        report.set_headline(args.headline, metric, "named with --headline before the evaluation")
+        return
+    chosen = set(args.choose_on)
+    ids = evaluator.searcher.snapshot.ids
+    pool = candidates if candidates is not None else list(ids)
+    evaluator.headline_from(report, [i for i in ids if split.get(i) in chosen],
+                            [i for i in pool if split.get(i) not in chosen], metric,
+                            EvaluationConfig(k=args.k, vote_k=args.vote_k, seed=args.seed), "+".join(args.choose_on))
+
+
+def cmd_fit_gram_weights(args) -> int:
+    from ..evaluate import read_split
+    from ..evaluate.gram_weights import fit_index_gram_weights, save_gram_weights
+    from ..index import Index
+
+    r = fit_index_gram_weights(Index.open(args.index), read_split(args.split), args.query_split,
+                               args.candidate_split, args.k)
+    save_gram_weights(args.out, r.fit, r.info)
+    print(f"style macro-P@{args.k} on {'+'.join(args.query_split)} vs {'+'.join(args.candidate_split)}: "
+          f"{r.before:.3f} with the index's weights, {r.fit.score:.3f} fitted "
+          f"({r.held_out['mean']:.3f} held out in 2-fold cross-validation over lesions)")
+    for e, share in zip(r.layout, r.fit.shares):
+        print(f"  stage {e['stage']} {e['region']:6s} C={e['channels']:4d}  share of the loss {share:.3f}")
+    flags = f" --gram-pool {r.info['gram_pool']} --gram-margin {r.info['gram_margin']}" \
+        if r.info["gram_pool"] != "image" else ""
+    flags += f" --gram-norm {r.info['gram_norm']}" if r.info["gram_norm"] != "none" else ""
+    print(f"weights written to {args.out}; use them with: dermsearch index SOURCE --index NEW_DIR "
+          f"--gram-weights {args.out}{flags}")
+    return 0
+
+
+def cmd_eval_classifier(args) -> int:
+    from ..evaluate.classifier import evaluate_classifier
+    from ..models.ensemble import default_ensemble_path
+
+    weights = default_ensemble_path() if args.weights == "default" else Path(args.weights)
+    if weights.is_dir():
+        weights = weights / "ensemble.safetensors"
+    evaluate_classifier(weights, args.labels, args.split, args.on, args.limit, device=args.device,
+                        log=lambda m: print(m))
+    return 0
+
+
+def cmd_eval_segmenter(args) -> int:
+    from ..train.segmenter import compare_segmenters
+
+    rows = compare_segmenters(args.labels, args.split, args.on, args.image_size, args.segmenter)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        for name, r in rows.items():
+            print(f"{name}: Dice {r['dice']:.4f} (95% CI {r['dice_ci95'][0]:.4f}-{r['dice_ci95'][1]:.4f}, "
+                  f"median {r['dice_median']:.4f}), Jaccard {r['jaccard']:.4f} on {r['images']} images")
+    return 0

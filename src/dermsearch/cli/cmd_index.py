@@ -1,0 +1,210 @@
+"""`index`, `optimize`, `info`, `export-onnx`, `backbones`: building and looking after an index."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ..names import BACKENDS, GRAM_NORMS, GRAM_POOLS
+from ..presets import PRESETS
+from ..search.config import FastConfig
+from .common import UsageError, err
+from .options import Common, given, index_dir, optional
+
+__all__ = ["register"]
+
+# ExtractorConfig fields with a flag of the same name
+_MODEL_FLAGS = ("backbone", "weights", "image_size", "mask_size", "gram_weights", "gram_pool", "gram_margin",
+                "gram_norm", "segmenter")
+
+
+def register(sub, common: Common) -> None:
+    ix = sub.add_parser("index", parents=[common.device, common.quiet],
+                        help="build or extend an index from a folder or a labels CSV",
+                        description="Index SOURCE (a folder of images or a labels CSV) into --index DIR. "
+                                    "Images already in the index are skipped, so an interrupted run resumes.")
+    ix.add_argument("source", nargs="?", help="folder of images, or labels CSV (image_id, image_path, ...)")
+    ix.add_argument("--index", required=True, type=Path, metavar="DIR")
+    ix.add_argument("--remove", nargs="+", metavar="ID", help="remove these image ids from the index")
+    ix.add_argument("--check", action="store_true", help="verify the index's integrity and exit")
+    m = ix.add_argument_group("model (new index only; an existing index keeps its own)")
+    optional(m, "--backbone", metavar="NAME", help="default efficientnet-lite0 ('dermsearch backbones' lists them)")
+    optional(m, "--weights", help="default (the packaged trained ensemble), imagenet (untrained Lite, pooled "
+             "feature), random, or a trained ensemble .safetensors (its architecture is read from the file)")
+    optional(m, "--image-size", type=int)
+    optional(m, "--mask-size", type=int, help="stored mask side in pixels (multiple of 8; default 128)")
+    optional(m, "--gram-weights", metavar="W", help="style layer weights: inverse-channels (paper default), ones, "
+             "learned (fitted on HAM10000 val for the packaged model), or a .json from fit-gram-weights")
+    optional(m, "--gram-pool", choices=GRAM_POOLS, help="Gram statistics over the whole image (paper), over the "
+             "lesion mask, or lesion then surrounding skin")
+    optional(m, "--gram-norm", choices=GRAM_NORMS, help="normalise each Gram before weighting: none (paper), l2 "
+             "(Frobenius), sqrt (signed square root), sqrt+l2")
+    optional(m, "--gram-margin", type=float, metavar="F", help="dilate the lesion mask by F x the image side "
+             "before pooling (with --gram-pool lesion*)")
+    optional(m, "--segmenter", metavar="S", help="masks from: default (packaged U-Net), otsu, or a .safetensors")
+    m.add_argument("--no-style", action="store_true", help="store no style vectors (smaller index)")
+    m.add_argument("--no-masks", action="store_true", help="store no lesion masks")
+    optional(m, "--preset", choices=sorted(PRESETS), help="paper: needs --weights and --segmenter from "
+             "`train ... --preset paper` runs (see `dermsearch presets`)")
+    ix.add_argument("--batch-size", type=int, default=16)
+    ix.add_argument("--backend", choices=BACKENDS, default="auto", help="run the networks with torch or ONNX "
+                    "Runtime (exported once to ~/.cache/dermsearch; same vectors to float32 rounding, "
+                    "~3x faster on CPU); auto: onnx on CPU when onnxruntime is installed (default)")
+    ix.add_argument("--commit-every", type=int, default=128, help="images per atomic commit (default 128)")
+    ix.add_argument("--dask", metavar="SCHEDULER_ADDRESS", help="extract on the workers of this Dask cluster "
+                    "(e.g. tcp://10.0.0.5:8786); this process writes the index (docs/distributed.md)")
+    ix.add_argument("--dask-chunk", type=int, default=64, help="images per Dask task (default 64)")
+    ix.set_defaults(handler=cmd_index)
+
+    op = sub.add_parser("optimize", parents=[common.index],
+                        help="write the fast-mode files of an index (PCA-compressed vectors, memory-mapped exact "
+                             "rows, metadata); also makes opening the index instant",
+                        description="Fast mode reads a few hundred bytes per image per query instead of 329 KB "
+                                    "and re-ranks its candidates exactly; see docs/performance.md. Rerun after "
+                                    "adding or removing images.")
+    d = FastConfig()
+    op.add_argument("--style-dims", type=int, default=d.style_dims,
+                    help=f"PCA components of the style vectors (default {d.style_dims})")
+    op.add_argument("--feature-dims", type=int, default=d.feature_dims,
+                    help=f"PCA components of the feature vectors (default {d.feature_dims})")
+    op.add_argument("--mask-grid", type=int, default=d.mask_grid,
+                    help=f"mask cells per side for the Dice estimate (default {d.mask_grid})")
+    op.add_argument("--candidates", type=int, default=d.candidates,
+                    help=f"rows per measure re-ranked exactly (default {d.candidates})")
+    op.set_defaults(handler=cmd_optimize)
+
+    ex = sub.add_parser("export-onnx", parents=[common.index],
+                        help="export an index's networks to ONNX (for ONNX Runtime elsewhere)")
+    ex.add_argument("--out", type=Path, required=True, metavar="OUT_DIR")
+    ex.set_defaults(handler=cmd_export_onnx)
+
+    inf = sub.add_parser("info", help="facts about an index")
+    index_dir(inf)
+    inf.set_defaults(handler=cmd_info)
+    bb = sub.add_parser("backbones", help="list the registered backbones")
+    bb.set_defaults(handler=cmd_backbones)
+
+
+def cmd_index(args) -> int:
+    from ..index import Index
+
+    if args.check:
+        index = Index.open(args.index)
+        problems = index.check()
+        for p in problems:
+            err.print(f"[red]problem:[/red] {p}")
+        print(f"{args.index}: {len(index)} images, version {index.version}: "
+              + ("OK" if not problems else f"{len(problems)} problem(s)"))
+        return 1 if problems else 0
+    if args.remove:
+        index = Index.open(args.index)
+        with index.writing():
+            removed, unknown = index.remove(args.remove)
+        for i in unknown:
+            err.print(f"[yellow]not in the index:[/yellow] {i}")
+        print(f"removed {len(removed)} image(s); {len(index)} remain")
+        return 0
+    if not args.source:
+        raise UsageError("index needs a SOURCE (or --remove / --check)")
+    return _build(args)
+
+
+def _build(args) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..index import Index
+    from ..index.build import BuildConfig, build_index, model_settings
+    from ..presets import index_settings
+
+    settings = given(args, _MODEL_FLAGS)
+    if args.no_style:
+        settings["style"] = False
+    if args.no_masks:
+        settings["masks"] = False
+    if args.preset:
+        settings = index_settings(args.preset, settings)
+    config, notes = model_settings(args.index, settings)
+    for note in notes:
+        err.print(f"note: {note}")
+
+    def on_problem(p):  # printed with or without the progress bar
+        progress.console.print(f"[yellow]skipped[/yellow] {p.where}: {p.reason}", highlight=False)
+
+    progress = Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=err, disable=args.quiet, transient=False)
+    with progress:
+        task = progress.add_task("index", total=None)
+        build_config = BuildConfig(batch_size=args.batch_size, commit_every=args.commit_every, device=args.device,
+                                   backend=args.backend)
+
+        def show(done, total):
+            progress.update(task, completed=done, total=total)
+
+        if args.dask:
+            from ..index.distributed import build_index_dask
+
+            report = build_index_dask(args.source, args.index, args.dask, config, build_config,
+                                      chunk_size=args.dask_chunk, on_problem=on_problem, progress=show)
+        else:
+            report = build_index(args.source, args.index, config, build_config, on_problem=on_problem, progress=show)
+    print(f"{report.index}: added {report.added}, already indexed {report.already_indexed}, "
+          f"skipped {len(report.problems)} (of {report.found} found) in {report.seconds:.1f} s "
+          f"({report.images_per_second:.1f} images/s); index holds {len(Index.open(args.index))} images")
+    return 0
+
+
+def cmd_optimize(args) -> int:
+    from ..index import Index
+    from ..search.fast import optimize
+
+    config = FastConfig(style_dims=args.style_dims, feature_dims=args.feature_dims, mask_grid=args.mask_grid,
+                        candidates=args.candidates)
+    t0 = time.perf_counter()
+    fast = optimize(Index.open(args.index), config, progress=lambda m: err.print(m))
+    info = fast.info
+    err.print(f"fast mode ready for version {info['index_version']} ({len(fast)} images) in "
+              f"{time.perf_counter() - t0:.1f} s: style PCA {fast.a['style_basis'].shape[0]} dims "
+              f"({100 * info['style_explained_variance']:.1f}% of the variance), feature PCA "
+              f"{fast.a['feature_basis'].shape[0]} dims ({100 * info['feature_explained_variance']:.1f}%); "
+              f"{fast.bytes_scanned_per_query / max(1, len(fast)):.0f} bytes scanned per image per query")
+    return 0
+
+
+def cmd_export_onnx(args) -> int:
+    from ..extract import Extractor
+    from ..extract.onnx import export_onnx
+    from ..index import Index
+
+    index = Index.open(args.index)
+    extractor = Extractor(index.extractor_config)
+    index.check_fingerprint(extractor.fingerprint, extractor.config)
+    out = export_onnx(extractor, args.out)
+    info = json.loads((out / "onnx.json").read_text())
+    print(f"exported model {info['fingerprint']} to {out}: extractor.onnx (pixels [B,3,{info['image_size']},"
+          f"{info['image_size']}] 0..255 -> {', '.join(info['outputs'])})"
+          + (", segmenter.onnx" if info["segmenter"] else ""))
+    return 0
+
+
+def cmd_info(args) -> int:
+    from ..index import Index
+
+    index = Index.open(args.index)
+    m = index.manifest
+    snap = index.snapshot(vectors=False)
+    diagnoses: dict[str, int] = {}
+    for d in snap.diagnosis:
+        diagnoses[d or "(none)"] = diagnoses.get(d or "(none)", 0) + 1
+    print(json.dumps({"directory": str(args.index), "images": len(snap), "version": snap.version,
+                      "fingerprint": m["fingerprint"], "extractor": m["extractor"],
+                      "feature_dim": m["feature_dim"], "style_dim": m["style_dim"], "mask_size": m["mask_size"],
+                      "diagnoses": dict(sorted(diagnoses.items()))}, indent=1))
+    return 0
+
+
+def cmd_backbones(args) -> int:
+    from ..models import list_backbones
+
+    print("\n".join(list_backbones()))
+    return 0

@@ -1,0 +1,90 @@
+"""`search`: the most similar indexed images for one query image."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..names import MEASURES
+from .common import UsageError
+from .options import Common
+
+__all__ = ["register", "filters_from"]
+
+
+def register(sub, common: Common) -> None:
+    s = sub.add_parser("search", parents=[common.index, common.device, common.json],
+                       help="find the most similar indexed images for a query image")
+    s.add_argument("query", metavar="QUERY_IMAGE")
+    s.add_argument("-k", type=int, default=5, help="results per measure; 0 ranks every candidate")
+    s.add_argument("--measure", nargs="+", choices=MEASURES, metavar="NAME",
+                   help=f"measures to compute (default all): {', '.join(MEASURES)}")
+    s.add_argument("--exclude-id", nargs="+", default=[], metavar="ID", help="leave these ids out of the candidates")
+    s.add_argument("--where", action="append", default=[], metavar="COL=V1,V2",
+                   help="keep candidates whose COL is one of the values (e.g. diagnosis=mel,nv; sex=female)")
+    s.add_argument("--range", action="append", default=[], metavar="COL=LO:HI",
+                   help="keep candidates with LO <= COL <= HI (e.g. age=30:60; either end may be empty)")
+    s.add_argument("--html", type=Path, metavar="FILE", help="write an HTML contact sheet")
+    s.add_argument("--no-explain", action="store_true", help="leave out each hit's per-layer style loss and mask "
+                   "overlap (the 'explain' block; never computed for -k 0)")
+    s.add_argument("--fast", action="store_true", help="fast mode for large archives: compressed vectors pick "
+                   "candidates, exact vectors re-rank them (needs 'dermsearch optimize DIR' first)")
+    s.set_defaults(handler=cmd_search)
+
+
+def filters_from(where: list[str], ranges: list[str]):
+    """``--where COL=V1,V2`` and ``--range COL=LO:HI`` as a :class:`Filters`."""
+    from ..search import Filters
+
+    equals, bounds = {}, {}
+    for item in where:
+        col, sep, values = item.partition("=")
+        if not sep or not col or not values:
+            raise UsageError(f"--where expects COL=V1,V2, got {item!r}")
+        equals[col.strip()] = tuple(v.strip() for v in values.split(","))
+    for item in ranges:
+        col, sep, span = item.partition("=")
+        lo, sep2, hi = span.partition(":")
+        try:
+            bounds[col.strip()] = (float(lo) if lo.strip() else None, float(hi) if hi.strip() else None)
+        except ValueError:
+            sep2 = ""
+        if not sep or not sep2 or not col:
+            raise UsageError(f"--range expects COL=LO:HI with numbers, got {item!r}")
+    return Filters(equals, bounds)
+
+
+def cmd_search(args) -> int:
+    from ..extract.images import ImageError
+    from ..search import Searcher
+
+    filters = filters_from(args.where, args.range)
+    searcher = Searcher(args.index, device=args.device, mode="fast" if args.fast else "exact")
+    try:
+        query = searcher.encode(args.query)
+    except ImageError as e:
+        raise UsageError(f"query {args.query}: {e}") from None
+    explain = args.k > 0 and not args.no_explain and (args.json or args.html is not None)
+    result = searcher.search(query, k=args.k, measures=args.measure, exclude_ids=args.exclude_id,
+                             filters=filters, explain=explain)
+    if args.json:
+        json.dump(result.to_json(), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        from .render import print_tables
+
+        print_tables(result)
+    if args.html:
+        from .render import write_contact_sheet
+
+        overlays = {}
+        if explain:
+            for hits in result.results.values():
+                for h in hits:
+                    if h.id not in overlays:
+                        overlays[h.id] = searcher.mask_overlay(query, h.id)
+        write_contact_sheet(result, args.query, args.html, overlays)
+        if not args.json:
+            print(f"contact sheet: {args.html}")
+    return 0

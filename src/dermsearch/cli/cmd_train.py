@@ -1,0 +1,169 @@
+"""`train segmenter`, `train classifier`, `presets`: training the networks.
+
+Model flags default to None ("not given"): a config is the preset's settings overridden by the
+flags given (:func:`dermsearch.presets.merged`), so the preset, not argparse, holds the defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from ..presets import PRESETS, get_preset, merged
+from .common import err
+from .options import Common, given, optional
+
+__all__ = ["register"]
+
+
+def register(sub, common: Common) -> None:
+    tr = sub.add_parser("train", help="train a model")
+    trs = tr.add_subparsers(dest="what", required=True)
+    run = _run_parent()
+
+    ts = trs.add_parser("segmenter", parents=[common.labels, common.split, run, common.device, common.quiet],
+                        help="train U-Net / RU-Net / R2U-Net with focal Tversky loss",
+                        description="Train a lesion segmenter on image/mask pairs of a labels CSV (mask_path "
+                                    "column). The checkpoint with the best val Dice is kept; rerunning the same "
+                                    "command resumes.")
+    optional(ts, "--arch", choices=["unet", "runet", "r2unet"])
+    optional(ts, "--depth", type=int)
+    optional(ts, "--width", type=int)
+    optional(ts, "--t", type=int, help="recurrence steps (runet, r2unet)")
+    optional(ts, "--alpha", type=float, help="Tversky weight of false negatives")
+    optional(ts, "--beta", type=float, help="Tversky weight of false positives")
+    optional(ts, "--gamma", type=float, help="focal exponent: loss = (1 - TI)^(1/gamma)")
+    ts.add_argument("--no-augment", action="store_true")
+    ts.add_argument("--limit", type=int, default=0, help="use only the first N pairs per split (smoke runs)")
+    ts.set_defaults(handler=cmd_train_segmenter)
+
+    tc = trs.add_parser("classifier", parents=[common.labels, common.split, run, common.device, common.quiet],
+                        help="train the EfficientNet ensemble (two phases, focal loss)",
+                        description="Phase one trains each member alone with focal loss; phase two freezes them "
+                                    "and trains GAP -> BN -> concat -> Dense(1024, SELU) -> head. The best "
+                                    "checkpoint by val metric is kept; rerunning the same command resumes.")
+    optional(tc, "--target", choices=["melanoma", "diagnosis"],
+             help="diagnosis (default): softmax over the label column; melanoma: sigmoid vs rest (the paper's)")
+    optional(tc, "--label-column", help="default: melanoma / diagnosis, after --target")
+    optional(tc, "--backbone", metavar="NAME", help="a registered backbone ('dermsearch backbones')")
+    optional(tc, "--weights", choices=["imagenet", "random"], help="member initialisation")
+    optional(tc, "--members", type=int)
+    optional(tc, "--trainable-stages", type=int, metavar="N",
+             help="train the last N of the 7 stages; the others are frozen and shared (7: whole members)")
+    optional(tc, "--head-epochs", type=int, help="phase two epochs")
+    optional(tc, "--head-lr", type=float)
+    optional(tc, "--focal-alpha", type=float, help="binary: weight of the positive class")
+    optional(tc, "--focal-gamma", type=float)
+    optional(tc, "--class-weights", action="store_true", help="diagnosis: inverse-frequency class weights")
+    optional(tc, "--balanced", action="store_true", help="class-balanced sampling")
+    optional(tc, "--augment", choices=["x7", "online", "none"],
+             help="x7: the paper's offline expansion (default); online: random per batch")
+    optional(tc, "--diversity", choices=["bootstrap", "fold", "seed"],
+             help="how members differ (default bootstrap: bagging)")
+    optional(tc, "--metric-loss", choices=["none", "supcon", "proxy-anchor"],
+             help="phase two: a metric-learning loss on the search feature beside the head's focal loss")
+    optional(tc, "--metric-weight", type=float, help="weight of the metric loss (default 1)")
+    optional(tc, "--metric-temperature", type=float, help="supcon temperature (default 0.1)")
+    optional(tc, "--ema", type=float, metavar="DECAY", help="phase two: moving average of the weights (0: off)")
+    optional(tc, "--head-select", choices=["balanced_accuracy", "retrieval"],
+             help="phase two keeps the epoch best by the head's val balanced accuracy or by the val macro-P@5 of "
+                  "the feature's nearest training images")
+    optional(tc, "--colour", choices=["none", "shades-of-gray"],
+             help="colour constancy on the network's input (indexing then applies it too)")
+    optional(tc, "--tta", type=int, choices=[1, 2, 4],
+             help="phase two on the members' pooled vectors averaged over 1, 2 or 4 flips/quarter turns; indexing "
+                  "then averages the same views")
+    optional(tc, "--init-members", metavar="ENSEMBLE",
+             help="reuse the members of this ensemble file ('default': the packaged one) and train phase two only")
+    tc.add_argument("--cache", type=Path, metavar="DIR", help="frozen-stage cache (default OUT/cache; shareable)")
+    optional(tc, "--limit", type=int, help="use only the first N images per split (smoke runs)")
+    tc.set_defaults(handler=cmd_train_classifier)
+
+    pr = sub.add_parser("presets", parents=[common.json], help="list the presets and what they set")
+    pr.set_defaults(handler=cmd_presets)
+
+
+def _run_parent():
+    """What both trainers take: the run directory, the preset, the common optimisation settings
+    and the dry run."""
+    import argparse
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="run directory (weights, config, history)")
+    p.add_argument("--preset", default="default", choices=sorted(PRESETS),
+                   help="default (what ships, trainable on a CPU) or paper (the paper's scale); explicit flags "
+                        "override it; see `dermsearch presets`")
+    optional(p, "--image-size", type=int)
+    optional(p, "--epochs", type=int, help="epochs (classifier: phase one epochs per member)")
+    optional(p, "--batch-size", type=int)
+    optional(p, "--lr", type=float)
+    optional(p, "--seed", type=int)
+    p.add_argument("--dry-run", action="store_true", help="print parameters, memory and measured seconds per "
+                   "batch from a few real steps on this device, then the estimated training time; train nothing")
+    p.add_argument("--dry-run-steps", type=int, default=3, metavar="N")
+    return p
+
+
+def _config(args, cls, preset: dict):
+    names = {f.name for f in dataclasses.fields(cls)}
+    settings = given(args, names)
+    if getattr(args, "no_augment", False):
+        settings["augment"] = False
+    return cls(**merged(preset, settings))
+
+
+def _print_dry_run(estimate) -> int:
+    err.print(estimate.describe(), highlight=False)
+    print(json.dumps(estimate.to_json()))
+    return 0
+
+
+def cmd_train_segmenter(args) -> int:
+    from ..train.segmenter import SegTrainConfig, dry_run_segmenter, train_segmenter
+
+    cfg = _config(args, SegTrainConfig, get_preset(args.preset).segmenter)
+    if args.dry_run:
+        return _print_dry_run(dry_run_segmenter(cfg, args.dry_run_steps))
+    result = train_segmenter(cfg, args.out, log=lambda m: err.print(m, highlight=False), progress=not args.quiet)
+    print(f"best val Dice {result['best_val_dice']:.4f}; weights: {args.out / 'best.safetensors'}")
+    return 0
+
+
+def cmd_train_classifier(args) -> int:
+    from ..train.classifier import ClassifierTrainConfig, dry_run_classifier, train_classifier
+
+    cfg = _config(args, ClassifierTrainConfig, get_preset(args.preset).classifier)
+    if args.dry_run:
+        return _print_dry_run(dry_run_classifier(cfg, args.dry_run_steps))
+    metrics = train_classifier(cfg, args.out, log=lambda m: err.print(m, highlight=False), progress=not args.quiet,
+                               cache_dir=args.cache)
+    print(json.dumps({"val": metrics["val"]["ensemble"], "weights": str(args.out / "ensemble.safetensors")}))
+    return 0
+
+
+def cmd_presets(args) -> int:
+    from ..train.classifier import ClassifierTrainConfig
+    from ..train.segmenter import SegTrainConfig
+
+    resolved = {}
+    for name, p in PRESETS.items():
+        resolved[name] = {
+            "description": p.description,
+            "train classifier": ClassifierTrainConfig(labels="LABELS", **p.classifier).to_dict(),
+            "train segmenter": json.loads(json.dumps(dataclasses.asdict(SegTrainConfig(labels="LABELS",
+                                                                                       **p.segmenter)))),
+            "index": p.index, "notes": list(p.notes)}
+    if args.json:
+        print(json.dumps(resolved, indent=1))
+        return 0
+    for name, r in resolved.items():
+        p = PRESETS[name]
+        print(f"{name}: {r['description']}")
+        print("  train classifier: " + ", ".join(f"{k}={v}" for k, v in p.classifier.items()))
+        print("  train segmenter:  " + ", ".join(f"{k}={v}" for k, v in p.segmenter.items()))
+        print("  index:            " + ", ".join(f"{k}={v}" for k, v in p.index.items()))
+        for note in p.notes:
+            print(f"  note: {note}")
+    print("Any flag given explicitly overrides the preset; `--json` prints every resolved setting.")
+    return 0

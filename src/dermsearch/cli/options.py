@@ -1,0 +1,60 @@
+"""The flags several commands share, declared once each (argparse parent parsers), and the one
+spelling of each: ``--device``, ``--json``, ``--quiet``, ``--labels``, ``--split``, ``--image-size``.
+
+Nothing here imports numpy, torch or lancedb: building the parser must stay instant
+(``dermsearch --help``); the command modules import what they need inside their handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..names import DEVICE_HELP
+
+__all__ = ["Common", "index_dir"]
+
+
+def _parent() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(add_help=False)
+
+
+class Common:
+    """Parent parsers; pass the ones a command takes as ``parents=[...]``."""
+
+    def __init__(self) -> None:
+        self.device = _parent()
+        self.device.add_argument("--device", default="auto", help=DEVICE_HELP + " (default auto)")
+        self.json = _parent()
+        self.json.add_argument("--json", action="store_true", help="print JSON instead of text")
+        self.quiet = _parent()
+        self.quiet.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+        self.labels = _parent()
+        self.labels.add_argument("--labels", required=True, type=Path, metavar="CSV",
+                                 help="labels CSV (image_id, image_path, diagnosis, ...)")
+        self.split = _parent()
+        self.split.add_argument("--split", type=Path, metavar="CSV", help="image_id,split file "
+                                "(e.g. ham10000/split.csv)")
+        self.index = _parent()
+        index_dir(self.index)
+
+
+def index_dir(parser: argparse.ArgumentParser) -> None:
+    """The positional index directory that most commands act on."""
+    parser.add_argument("index", type=Path, metavar="DIR", help="an index directory")
+
+
+def optional(parser: argparse.ArgumentParser, *flags: str, **kwargs) -> None:
+    """A flag whose absence means "the config's default": its value is None unless given, so only
+    flags given on the command line override a preset or a config (:func:`given`)."""
+    parser.add_argument(*flags, default=None, **kwargs)
+
+
+def given(args: argparse.Namespace, names) -> dict:
+    """The flags among ``names`` given on the command line (value not None); paths as strings."""
+    out = {}
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None:
+            out[name] = str(v) if isinstance(v, Path) else v
+    return out

@@ -1,0 +1,21 @@
+"""Names of the choices that configs, the CLI and the web app share, in a module that imports
+nothing, so that building the command line never loads a network library."""
+
+from __future__ import annotations
+
+__all__ = ["GRAM_POOLS", "GRAM_NORMS", "BACKENDS", "COLOUR_METHODS", "TTA_VIEWS", "MEASURES", "DEVICE_HELP"]
+
+# Gram pooling regions: the whole image (paper), the dilated lesion mask, or lesion then skin.
+GRAM_POOLS = ("image", "lesion", "lesion+skin")
+# Entry-wise normalisation of each Gram before the layer weights.
+GRAM_NORMS = ("none", "l2", "sqrt", "sqrt+l2")
+# How the networks run: torch, ONNX Runtime, or auto (ONNX Runtime on CPU when installed).
+BACKENDS = ("torch", "onnx", "auto")
+# Colour constancy on the network's input.
+COLOUR_METHODS = ("none", "shades-of-gray")
+# Test-time views of the feature, in the order they are added (1, 2 or 4 of them).
+TTA_VIEWS = ("identity", "hflip", "vflip", "rot90")
+# The ten measures (SPEC section 3), in report order; search/measures.py defines them.
+MEASURES = ("euclidean", "cosine", "style", "dice", "i1_ed", "i1_cd", "i1_ecd", "i1_se", "i1_sc", "i1_sd")
+
+DEVICE_HELP = "where the networks run: auto (CUDA when present, else CPU), cpu, cuda or cuda:N"

@@ -1,0 +1,27 @@
+"""Settings of the search engines, in a module that imports nothing heavy (the CLI reads its
+defaults while building its parser)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+__all__ = ["FastConfig"]
+
+
+@dataclass(frozen=True)
+class FastConfig:
+    style_dims: int = 512          # PCA components kept for the style vectors
+    feature_dims: int = 128        # ... and for the feature vectors
+    mask_grid: int = 16            # mask cells per side for the Dice estimate
+    candidates: int = 96           # rows per style measure re-ranked exactly (each reads a 323 KB style row)
+    wide_candidates: int = 512     # rows per measure whose feature and mask components are computed exactly
+    normaliser_candidates: int = 16  # rows measured exactly to find each max-normaliser
+    fit_rows: int = 10_000         # PCA fitted on a random sample of this many rows
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.style_dims, self.feature_dims, self.mask_grid, self.candidates, self.wide_candidates,
+               self.normaliser_candidates) < 1:
+            raise ConfigError("fast-mode sizes must be positive")
