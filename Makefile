@@ -2,29 +2,44 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+TORCH  := torch==2.13.0
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
-$(STAMP): pyproject.toml
+# torch first, pinned exactly: the CPU build (an unpinned torch would pull a CUDA build)
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	# torch first, pinned exactly: the CPU build (an unpinned torch would pull a CUDA build)
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	$(BIN)/pip install --quiet $(TORCH)
 
-demo: $(STAMP)
+# the demo needs the core and the ONNX export (the default, faster CPU backend)
+$(VENV)/.demo: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH) -e '.[onnx]'
+	touch $@
+
+# the tests need every extra
+$(VENV)/.test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH) -e '.[all,test]'
+	touch $@ $(VENV)/.demo
+
+demo: $(VENV)/.demo
 	rm -rf demo-output
 	$(BIN)/dermsearch index examples/isic-sample/labels.csv --index demo-output/index
+	$(BIN)/dermsearch optimize demo-output/index
 	$(BIN)/dermsearch search demo-output/index examples/queries/ISIC_0000022.jpg -k 5 \
 		--html demo-output/results.html
 
-test: $(STAMP)
+lint: $(VENV)/.test
 	$(BIN)/ruff check src tests benchmarks examples experiments
+
+test: lint
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+# everything but the tests marked slow (real models on real images, browsers, crash runs)
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: $(VENV)/.test
+	$(BIN)/pip install --quiet $(TORCH) -e '.[all,test,bench]'
 	$(BIN)/python benchmarks/bench_index.py
 	$(BIN)/python benchmarks/bench_search.py
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,9 +42,19 @@ def image_folder(tmp_path: Path) -> Path:
     return folder
 
 
+def require_data(path: Path) -> Path:
+    """``path`` under ../shared/data: the test is skipped where the data is absent, except in CI
+    (``CI`` set), where a missing data set must fail the run, not thin it silently."""
+    if not path.exists():
+        message = f"real data not found at {path} (see ../shared/data/README.md)"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; CI must have it")
+        pytest.skip(message + "; skipping")
+    return path
+
+
 def require_isic() -> Path:
-    if not (ISIC / "labels.csv").is_file():
-        pytest.skip(f"real data not found at {ISIC} (see ../shared/data/README.md); skipping")
+    require_data(ISIC / "labels.csv")
     return ISIC
 
 

@@ -24,7 +24,7 @@ from dermsearch.search import Searcher
 from dermsearch.train.classifier import ClassifierTrainConfig, train_classifier
 from dermsearch.train.losses import binary_focal_loss, multiclass_focal_loss
 
-from .conftest import REPO, SHARED, lesion_image
+from .conftest import REPO, SHARED, lesion_image, require_data
 
 HAM = SHARED / "ham10000"
 
@@ -211,8 +211,7 @@ def test_config_rejects_bad_settings():
 
 
 def test_cli_train_classifier_on_real_subset(tmp_path, capsys):
-    if not (HAM / "labels.csv").is_file():
-        pytest.skip(f"HAM10000 not found at {HAM}")
+    require_data(HAM / "labels.csv")
     rc = main(["train", "classifier", "--labels", str(HAM / "labels.csv"), "--split", str(HAM / "split.csv"),
                "--out", str(tmp_path / "run"), "--target", "melanoma", "--members", "2", "--image-size", "32",
                "--epochs", "1",

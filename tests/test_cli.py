@@ -3,6 +3,7 @@ and on the bundled demo sample (always present)."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import shutil
@@ -126,3 +127,43 @@ def test_bundled_demo_sample(tmp_path):
     out = json.loads(res.stdout)
     assert out["candidates"] == 48 and all(len(v) == 5 for v in out["results"].values())
     assert {h["diagnosis"] for v in out["results"].values() for h in v} <= {"nevus", "melanoma"}
+
+
+def test_parser_loads_no_heavy_library_and_flags_have_one_spelling():
+    code = ("import sys; from dermsearch.cli.main import build_parser; p = build_parser(); "
+            "print(','.join(m for m in ('torch', 'numpy', 'lancedb', 'pyarrow', 'onnxruntime') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "", res.stdout + res.stderr
+    from dermsearch.cli.main import build_parser
+
+    flags: set[str] = set()
+
+    def walk(parser):
+        for action in parser._actions:
+            flags.update(action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    walk(sub)
+
+    walk(build_parser())
+    assert {"--split", "--image-size", "--device", "--json"} <= flags
+    assert not flags & {"--split-csv", "--size"}      # the drifted spellings are gone
+
+
+def test_programming_errors_keep_their_traceback(monkeypatch, capsys):
+    from dermsearch.cli import cmd_index
+    from dermsearch.errors import ConfigError
+
+    def boom(args):
+        raise ValueError("a bug, not a usage error")
+
+    monkeypatch.setattr(cmd_index, "cmd_backbones", boom)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["backbones"])
+
+    def usage(args):
+        raise ConfigError("a setting that cannot work")
+
+    monkeypatch.setattr(cmd_index, "cmd_backbones", usage)
+    assert main(["backbones"]) == 2
+    assert "backbones: error: a setting that cannot work" in capsys.readouterr().err

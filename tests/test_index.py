@@ -101,6 +101,10 @@ def test_build_skips_bad_files_resumes_and_removes(tmp_path, image_folder, tiny_
     assert len(index) == 7 and "img00" not in index.ids()
     # removed images come back on the next run
     assert build_index(image_folder, tmp_path / "ix", extractor=tiny_extractor).added == 2
+    # the version read from the table's files (no LanceDB) is LanceDB's newest, after adds and deletes
+    fresh = Index.open(tmp_path / "ix")
+    assert fresh.head_version() == index.latest_version() == fresh.version
+    assert fresh.head_version() > snap.version
 
 
 def test_fingerprint_mismatch_is_a_clear_error(tmp_path, image_folder, tiny_extractor):

@@ -85,3 +85,41 @@ def test_build_config_backend_and_cli_export(cache, tmp_path, image_folder, caps
 def test_unknown_backend_is_clear():
     with pytest.raises(ValueError, match="backend must be one of"):
         Extractor(TINY, backend="tensorrt")
+
+
+def test_cached_encoder_is_the_index_model_without_torch(pair, cache, tmp_path, image_folder):
+    """A query is encoded from the export that indexing cached (same vectors as the extractor),
+    and on an optimized index a whole search loads neither torch nor LanceDB."""
+    import os
+    import subprocess
+    import sys
+
+    from dermsearch.extract.encoder import cached_encoder
+
+    _, onnx_ex = pair
+    build_index(image_folder, tmp_path / "ix", extractor=onnx_ex, config=BuildConfig(batch_size=4))
+    manifest = Index.open(tmp_path / "ix").manifest
+    encoder = cached_encoder(manifest, "cpu")
+    assert encoder is not None and encoder.fingerprint == manifest["fingerprint"]
+    images = [lesion_image(i) for i in range(3)]
+    a, b = onnx_ex.extract(images), encoder.extract(images)
+    np.testing.assert_allclose(a.features, b.features, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(a.styles, b.styles, rtol=0, atol=1e-6)
+    assert np.array_equal(a.masks, b.masks) and np.array_equal(a.mask_areas, b.mask_areas)
+    assert cached_encoder(manifest, "cuda") is None                       # CUDA: the torch extractor
+    assert cached_encoder({**manifest, "fingerprint": "0" * 16}, "cpu") is None   # no export of that model
+
+    assert main(["optimize", str(tmp_path / "ix"), "--style-dims", "4", "--feature-dims", "4", "--mask-grid", "4",
+                 "--candidates", "8"]) == 0
+    query = str(image_folder / "img03.png")
+    expected = Searcher(tmp_path / "ix", extractor=onnx_ex).search(query, k=3)
+    code = ("import json, sys; from dermsearch.search import Searcher; "
+            "r = Searcher(sys.argv[1], device='cpu').search(sys.argv[2], k=3); "
+            "print(json.dumps({'ids': {m: [h.id for h in r.results[m]] for m in r.results}, "
+            "'loaded': [m for m in ('torch', 'lancedb') if m in sys.modules]}))")
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ix"), query], capture_output=True, text=True,
+                         env={**os.environ, "DERMSEARCH_CACHE": str(cache)})
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    assert got["loaded"] == []
+    assert got["ids"] == {m: [h.id for h in hits] for m, hits in expected.results.items()}

@@ -15,7 +15,7 @@ from dermsearch.presets import PRESETS, get_preset
 from dermsearch.train.classifier import ClassifierTrainConfig
 from dermsearch.train.segmenter import SegTrainConfig
 
-from .conftest import SHARED
+from .conftest import SHARED, require_data
 from .test_classifier import _synthetic_set
 
 HAM = SHARED / "ham10000"
@@ -75,8 +75,7 @@ def test_dry_run_measures_real_steps_and_explicit_flags_override_the_preset(tmp_
 
 
 def test_tiny_paper_preset_trains_and_indexes_end_to_end(tmp_path, capsys):
-    if not (HAM / "labels.csv").is_file():
-        pytest.skip(f"HAM10000 (with masks) not found at {HAM}")
+    require_data(HAM / "labels.csv")
     labels = _synthetic_set(tmp_path / "data", n_train=8, n_val=4)
     small = ["--image-size", "32", "--members", "2", "--epochs", "1", "--head-epochs", "1", "--batch-size", "4",
              "--quiet"]

@@ -19,7 +19,7 @@ from dermsearch.train.augment import Augmenter, expand_x7, grid_mask
 from dermsearch.train.losses import FocalTverskyLoss, focal_tversky_loss
 from dermsearch.train.segmenter import SegTrainConfig, train_segmenter
 
-from .conftest import SHARED
+from .conftest import SHARED, require_data
 
 
 def lesion_pair(seed: int, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -169,8 +169,7 @@ def test_packaged_default_segments_a_lesion():
 
 def test_cli_train_and_eval_on_real_subset(tmp_path, capsys):
     labels = SHARED / "ham10000" / "labels.csv"
-    if not labels.is_file():
-        pytest.skip(f"real data not found at {labels}; skipping")
+    require_data(labels)
     rc = main(["train", "segmenter", "--labels", str(labels), "--split", str(SHARED / "ham10000/split.csv"),
                "--out", str(tmp_path / "run"), "--arch", "r2unet", "--width", "4", "--depth", "3",
                "--image-size", "64", "--epochs", "1", "--batch-size", "8", "--limit", "24", "--device", "cpu",

@@ -5,14 +5,13 @@ from __future__ import annotations
 import csv
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from dermsearch.extract.images import load_image, resize_rgb
 from dermsearch.extract.masks import pack_masks, resize_mask, unpack_mask
 from dermsearch.models.baseline_segmenter import OtsuSegmenter
 
-from .conftest import SHARED
+from .conftest import SHARED, require_data
 
 
 def _dice(a, b):
@@ -49,8 +48,7 @@ def test_pack_round_trip():
 
 def test_real_ham10000_masks_mean_dice():
     root = SHARED / "ham10000-600"
-    if not (root / "labels.csv").is_file():
-        pytest.skip(f"real data not found at {root}; skipping")
+    require_data(root / "labels.csv")
     with open(root / "labels.csv") as f:
         rows = list(csv.DictReader(f))[:40]
     seg = OtsuSegmenter()

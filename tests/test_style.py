@@ -23,12 +23,12 @@ from dermsearch.extract.gram import (
     average_grams,
     dilate_masks,
     gram_pool_weights,
-    layer_losses,
     masked_gram_matrix,
     style_dim,
     style_layout,
     style_vector,
 )
+from dermsearch.search.explain import layer_losses
 
 from .conftest import TINY, lesion_image
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError, NotFoundError
 
-__all__ = ["Preset", "PRESETS", "get_preset", "index_settings", "merged"]
+__all__ = ["Preset", "PRESETS", "get_preset", "index_settings", "merged",
+           "missing_settings"]
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,16 @@ def merged(preset: dict, given: dict) -> dict:
     return {**{k: v for k, v in preset.items() if k != "requires"}, **given}
 
 
+def missing_settings(name: str, given: dict) -> list[str]:
+    """The settings a new index under preset ``name`` must be given (its trained model files)."""
+    return [r for r in get_preset(name).index.get("requires", []) if given.get(r) is None]
+
+
 def index_settings(name: str, given: dict) -> dict:
     """The model settings of a new index under preset ``name``: the preset's, overridden by
     ``given``. A preset whose model is trained, not packaged, requires its files in ``given``."""
     preset = get_preset(name)
-    missing = [r for r in preset.index.get("requires", []) if given.get(r) is None]
+    missing = missing_settings(name, given)
     if missing:
         raise ConfigError(f"preset {name!r} needs the settings {' and '.join(missing)}: the ensemble trained with "
                           f"this preset ('train classifier') and the best.safetensors of the segmenter trained "

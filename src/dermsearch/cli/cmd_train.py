@@ -105,6 +105,13 @@ def _run_parent():
     return p
 
 
+def _require_train() -> None:
+    from ..errors import require
+
+    for module in ("monai", "kornia", "pytorch_metric_learning"):
+        require(module, "train", "training")
+
+
 def _config(args, cls, preset: dict):
     names = {f.name for f in dataclasses.fields(cls)}
     settings = given(args, names)
@@ -120,6 +127,7 @@ def _print_dry_run(estimate) -> int:
 
 
 def cmd_train_segmenter(args) -> int:
+    _require_train()
     from ..train.segmenter import SegTrainConfig, dry_run_segmenter, train_segmenter
 
     cfg = _config(args, SegTrainConfig, get_preset(args.preset).segmenter)
@@ -131,6 +139,7 @@ def cmd_train_segmenter(args) -> int:
 
 
 def cmd_train_classifier(args) -> int:
+    _require_train()
     from ..train.classifier import ClassifierTrainConfig, dry_run_classifier, train_classifier
 
     cfg = _config(args, ClassifierTrainConfig, get_preset(args.preset).classifier)

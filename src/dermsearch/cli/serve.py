@@ -72,8 +72,10 @@ def cmd_token(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    import uvicorn
+    from ..errors import require
 
+    uvicorn = require("uvicorn", "web", "dermsearch serve")
+    require("fastapi", "web", "dermsearch serve")
     from ..search import Searcher
     from ..web.app import WebConfig, create_app
     from ..web.auth import TokenStore

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import require
 from .evaluator import EvaluationReport
 
 __all__ = ["to_markdown", "write_report"]
@@ -66,7 +67,7 @@ def to_markdown(report: EvaluationReport) -> str:
 
 
 def _plots(report: EvaluationReport, out: Path) -> list[Path]:
-    import matplotlib
+    matplotlib = require("matplotlib", "plots", "the evaluation plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -113,7 +114,8 @@ def _plots(report: EvaluationReport, out: Path) -> list[Path]:
 
 
 def write_report(report: EvaluationReport, out: str | Path, extra: dict | None = None) -> list[Path]:
-    """Write report.json, report.md and the PNG plots into ``out``."""
+    """Write report.json, report.md and the PNG plots into ``out`` (the plots need the 'plots'
+    extra: :class:`~dermsearch.errors.MissingExtraError` after the JSON and Markdown are written)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = {**report.to_json(), **(extra or {})}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +20,12 @@ from ..models.ensemble import (
     default_ensemble_path,
     load_ensemble,
     melanoma_probability,
-    read_ensemble_spec,
 )
 from ..models.learned_segmenter import LearnedSegmenter, default_segmenter_path
 from ..names import BACKENDS  # auto: ONNX Runtime on CPU when installed, else torch
-from .colour import COLOUR_METHODS, apply_colour
+from .config import PAPER_STYLE, ExtractorConfig
+from .encoder import finish_masks, pool_masks, prepare_image
 from .gram import (
-    GRAM_NORMS,
-    GRAM_POOLS,
     average_grams,
     gram_channels,
     layer_weights,
@@ -37,9 +34,9 @@ from .gram import (
     style_layout,
     style_vector,
 )
-from .images import resize_rgb
-from .masks import pack_masks, resize_mask
-from .onnx import OnnxRuntimeBackend, export_onnx, onnx_available
+from .onnx import OnnxRuntimeBackend, export_onnx
+from .runtime import export_directory, onnx_available, onnx_export_available
+from .vectors import Extracted
 
 __all__ = ["ExtractorConfig", "Extractor", "PAPER_STYLE", "Extracted", "PREPROCESS_VERSION", "BACKENDS",
            "resolve_gram_weights", "LEARNED_GRAM_WEIGHTS"]
@@ -56,128 +53,6 @@ NORMALISATIONS = {
     "tf": (np.array([127.0, 127.0, 127.0]), np.array([128.0, 128.0, 128.0])),
     "imagenet": (np.array([0.485, 0.456, 0.406]) * 255, np.array([0.229, 0.224, 0.225]) * 255),
 }
-
-
-# The paper's style measure: whole-image Grams, no normalisation, β_l = 1/C_l.
-PAPER_STYLE = {"gram_pool": "image", "gram_margin": 0.0, "gram_norm": "none", "gram_weights": "inverse-channels"}
-
-
-@dataclass(frozen=True)
-class ExtractorConfig:
-    """Everything that determines the stored vectors. Saved in every index's manifest.
-
-    The default is the packaged trained ensemble (``weights="default"``: 5 EfficientNet-Lite0
-    members, 1024-d Dense feature; see ``dermsearch/weights/MODEL_CARD.md``). ``feature="pooled"``
-    with ``weights="imagenet"`` is the untrained single-backbone baseline. Use :meth:`for_weights`
-    to describe a trained ensemble file: its architecture is read from the file.
-    """
-
-    backbone: str = "efficientnet-lite0"
-    weights: str = "default"      # "default" (packaged ensemble), "imagenet" (Lite), "random", or a .safetensors
-    members: int = 5
-    feature: str = "ensemble"     # "ensemble" (Dense+SELU over members) or "pooled" (one backbone's GAP vector)
-    feature_dim: int = 1024       # ensemble only
-    image_size: int = 224
-    normalization: str = "auto"   # "auto": tf for Lite, imagenet for B0-B7
-    # Style (docs/style.md). The defaults were chosen on HAM10000 val for the packaged model; the
-    # paper's definition is gram_pool="image", gram_margin=0, gram_norm="none", "inverse-channels"
-    # (PAPER_STYLE; what models other than the packaged one get from for_weights()).
-    gram_weights: str = "learned"   # "inverse-channels", "ones", "learned" (packaged fit) or a .json file
-    gram_pool: str = "lesion"     # "image" (paper), "lesion" (Grams over the dilated mask) or "lesion+skin"
-    gram_margin: float = 0.05     # lesion-mask dilation, as a fraction of the image side
-    gram_norm: str = "l2"         # each Gram entry-wise before β: "none" (paper), "l2", "sqrt", "sqrt+l2"
-    style: bool = True
-    masks: bool = True
-    mask_size: int = 128
-    segmenter: str = "default"    # "default" (packaged U-Net), "otsu" (classical), or a .safetensors path
-    seed: int = 0                 # random initialisation only
-    colour: str = "none"          # colour constancy on the network's input: "none" or "shades-of-gray"
-    tta: int = 0                  # feature: members' pooled vectors averaged over 1, 2 or 4 flips/turns;
-                                  # 0 = the views the ensemble's head was fitted on (1 for other models)
-
-    def __post_init__(self) -> None:
-        if self.feature not in ("pooled", "ensemble"):
-            raise ConfigError(f"feature must be 'pooled' or 'ensemble', not {self.feature!r}")
-        if self.feature == "pooled" and self.members != 1:
-            raise ConfigError("the pooled feature uses exactly one backbone (members=1)")
-        if self.members < 1:
-            raise ConfigError("members must be at least 1")
-        if self.mask_size % 8:
-            raise ConfigError("mask_size must be a multiple of 8")
-        if self.weights == "default" and self.feature != "ensemble":
-            raise ConfigError("weights='default' is the packaged ensemble: it needs feature='ensemble'")
-        if self.gram_pool not in GRAM_POOLS:
-            raise ConfigError(f"unknown gram pooling {self.gram_pool!r}; valid: {', '.join(GRAM_POOLS)}")
-        if self.style and self.gram_pool != "image" and not self.masks:
-            raise ConfigError(f"gram pooling {self.gram_pool!r} pools over the lesion mask: it needs masks")
-        if self.gram_norm not in GRAM_NORMS:
-            raise ConfigError(f"unknown gram normalisation {self.gram_norm!r}; valid: {', '.join(GRAM_NORMS)}")
-        if not 0.0 <= self.gram_margin <= 0.5:
-            raise ConfigError(f"gram_margin must be in [0, 0.5] (a fraction of the image side), not {self.gram_margin}")
-        if self.tta not in (0, 1, 2, 4):
-            raise ConfigError(f"tta must be 1, 2 or 4 test-time views (0: the model's own), not {self.tta}")
-        if self.tta > 1 and self.feature != "ensemble":
-            raise ConfigError("test-time views (tta > 1) need feature='ensemble'")
-        if self.colour not in COLOUR_METHODS:
-            raise ConfigError(f"unknown colour method {self.colour!r}; valid: {', '.join(COLOUR_METHODS)}")
-        if self.segmenter not in ("default", "otsu") and not self.segmenter.endswith(".safetensors"):
-            raise ConfigError(f"unknown segmenter {self.segmenter!r}; valid: default, otsu, or a .safetensors file")
-
-    @classmethod
-    def for_weights(cls, weights: str = "default", **overrides) -> ExtractorConfig:
-        """The config for ``weights``: a trained ensemble's architecture comes from its file;
-        ``imagenet``/``random`` give the single pooled backbone unless ``overrides`` say otherwise."""
-        if weights in ("imagenet", "random"):
-            base = {"weights": weights, "feature": "pooled", "members": 1, **PAPER_STYLE}
-            if overrides.get("feature") == "ensemble":
-                base.pop("members")
-                base.pop("feature")
-            return cls(**{**base, **overrides})
-        spec = read_ensemble_spec(default_ensemble_path() if weights == "default" else weights)
-        base = {"weights": weights, "feature": "ensemble", "backbone": spec.backbone, "members": spec.members,
-                "feature_dim": spec.feature_dim, "image_size": spec.image_size}
-        if weights != "default":      # the fitted layer weights belong to the packaged model
-            base.update(PAPER_STYLE)
-        base["colour"] = (spec.train or {}).get("colour", "none")   # the network sees what it was trained on
-        auto = "tf" if "lite" in spec.backbone else "imagenet"
-        base["normalization"] = "auto" if spec.normalization == auto else spec.normalization
-        return cls(**{**base, **overrides})
-
-    @property
-    def resolved_normalization(self) -> str:
-        if self.normalization != "auto":
-            return self.normalization
-        return "tf" if "lite" in self.backbone else "imagenet"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ExtractorConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown extractor settings: {sorted(unknown)}")
-        if "gram_pool" not in d:      # written before lesion-aware Grams existed: the paper's whole-image Grams
-            d = {**d, "gram_pool": "image", "gram_margin": 0.0}
-        if "gram_norm" not in d:
-            d = {**d, "gram_norm": "none"}
-        return cls(**d)
-
-
-@dataclass(frozen=True)
-class Extracted:
-    features: np.ndarray          # [B, D] float32
-    styles: np.ndarray | None     # [B, S] float32
-    masks: np.ndarray | None      # [B, mask_size²/8] uint8 (bit-packed)
-    mask_areas: np.ndarray | None  # [B] int32, pixels set
-
-    @staticmethod
-    def concat(parts: list[Extracted]) -> Extracted:
-        def cat(name: str) -> np.ndarray | None:
-            arrays = [getattr(p, name) for p in parts]
-            return None if arrays[0] is None else np.concatenate(arrays)
-        return Extracted(cat("features"), cat("styles"), cat("masks"), cat("mask_areas"))
 
 
 def resolve_gram_weights(config: ExtractorConfig, tap_channels, network: str | None = None,
@@ -255,8 +130,9 @@ class Extractor:
         self._segmenter = self._build_segmenter(config, self.device) if config.masks else None
         self.fingerprint = self._fingerprint()
         # the backend, like the device, changes how the networks run, not what the index means
-        if backend == "auto":
-            backend = "onnx" if self.device.type == "cpu" and onnx_available() else "torch"
+        if backend == "auto":   # ONNX Runtime on CPU, when the model is exported or can be
+            exportable = onnx_export_available() or (export_directory(self.fingerprint) / "onnx.json").is_file()
+            backend = "onnx" if self.device.type == "cpu" and onnx_available() and exportable else "torch"
         if backend == "onnx" and not onnx_available():
             raise ConfigError("backend 'onnx' needs onnxruntime (pip install onnxruntime)")
         self.backend = backend
@@ -349,19 +225,10 @@ class Extractor:
         """Resize one decoded image for the networks: (pixels at the model's size, pixels at the
         segmenter's size or None). Thread-safe: the index build runs it in its decode threads,
         in parallel with inference."""
-        size = self.config.image_size
-        raw = resize_rgb(image, size)
-        pixels = apply_colour(raw, self.config.colour)    # the segmenter sees the uncorrected image
-        seg = None
+        seg_size = None
         if self._segmenter is not None:
-            ss = self._segmenter.input_size or self.config.mask_size
-            seg = raw if ss == size else resize_rgb(image, ss)
-        return pixels, seg
-
-    def preprocess(self, images: list[Image.Image]) -> tuple[torch.Tensor, list[np.ndarray]]:
-        """Normalised model input [B, 3, S, S] and the segmenter inputs (torch backend)."""
-        prepared = [self.prepare(img) for img in images]
-        return self._normalised(np.stack([p[0] for p in prepared])), [p[1] for p in prepared]
+            seg_size = self._segmenter.input_size or self.config.mask_size
+        return prepare_image(image, self.config.image_size, self.config.colour, seg_size)
 
     def _normalised(self, pixels: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(pixels).to(self.device).permute(0, 3, 1, 2).float()
@@ -387,9 +254,7 @@ class Extractor:
                 raw = self.runtime.segment(seg_in)
             else:
                 raw = self._segmenter.segment_batch(seg_in)
-            bool_masks = np.stack([m if m.shape == (ms, ms) else resize_mask(m, ms) for m in raw])
-            masks = pack_masks(bool_masks)
-            areas = bool_masks.reshape(len(prepared), -1).sum(1).astype(np.int32)
+            masks, areas = finish_masks(raw, ms)
         pool = self.pool_masks(raw) if self.config.style and self.config.gram_pool != "image" else None
         if self.backend == "onnx":
             features, styles = self.runtime.features(pixels, pool)
@@ -406,8 +271,5 @@ class Extractor:
         return Extracted(features, styles, masks, areas)
 
     def pool_masks(self, raw: np.ndarray) -> np.ndarray:
-        """The segmenter's masks [B, s, s] as 0/1 float32 [B, 1, S, S] at the model's input size
-        (nearest neighbour), for lesion-aware Gram pooling."""
-        size = self.config.image_size
-        out = np.stack([m if m.shape == (size, size) else resize_mask(m, size) for m in raw])
-        return out[:, None].astype(np.float32)
+        """The segmenter's masks [B, s, s] as 0/1 float32 [B, 1, S, S] at the model's input size."""
+        return pool_masks(raw, self.config.image_size)

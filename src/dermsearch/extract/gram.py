@@ -28,7 +28,7 @@ from ..errors import ConfigError, NotFoundError
 from ..names import GRAM_NORMS, GRAM_POOLS
 
 __all__ = ["gram_matrix", "masked_gram_matrix", "gram_pool_weights", "dilate_masks", "average_grams",
-           "style_vector", "style_dim", "layer_weights", "gram_channels", "style_layout", "layer_losses",
+           "style_vector", "style_dim", "layer_weights", "gram_channels", "style_layout",
            "normalise_grams", "GRAM_POOLS", "GRAM_NORMS"]
 
 # "image": the paper's Gram over the whole map; "lesion": over the (dilated) lesion mask;
@@ -169,13 +169,6 @@ def style_layout(tap_channels: Sequence[int], pool: str, betas: Sequence[float])
                     "beta": float(beta), "offset": offset, "size": size})
         offset += size
     return out
-
-
-def layer_losses(q: np.ndarray, rows: np.ndarray, layout: Sequence[dict]) -> np.ndarray:
-    """Each stored Gram's share of LS: [R, L] with Σ_l = LS(q, row) (float64). ``q`` [S], ``rows`` [R, S]."""
-    d = np.asarray(rows, dtype=np.float64) - np.asarray(q, dtype=np.float64)[None, :]
-    return np.stack([np.einsum("ij,ij->i", d[:, e["offset"]:e["offset"] + e["size"]],
-                               d[:, e["offset"]:e["offset"] + e["size"]]) for e in layout], axis=1)
 
 
 def style_vector(grams: Sequence[torch.Tensor], betas: Sequence[float]) -> np.ndarray:

@@ -29,24 +29,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import MissingExtraError
 from .gram import average_grams, normalise_grams
+from .runtime import (
+    EXPORT_VERSION,
+    OnnxRuntimeBackend,
+    export_directory,
+    onnx_available,
+    onnx_cache_dir,
+    onnx_export_available,
+)
 
 __all__ = ["OnnxRuntimeBackend", "export_onnx", "onnx_cache_dir", "onnx_available", "EXPORT_VERSION"]
 
-EXPORT_VERSION = 1
-
-
-def onnx_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def onnx_cache_dir() -> Path:
-    return Path(os.environ.get("DERMSEARCH_CACHE", Path.home() / ".cache" / "dermsearch")) / "onnx"
 
 
 class _ExtractionGraph(nn.Module):
@@ -107,9 +102,12 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, outputs: list[
 def export_onnx(extractor, directory: str | os.PathLike | None = None) -> Path:
     """Export ``extractor``'s networks to ``directory`` (default: the cache, by fingerprint).
     Returns the directory; an existing complete export is reused."""
-    directory = Path(directory) if directory else onnx_cache_dir() / f"{extractor.fingerprint}-v{EXPORT_VERSION}"
+    directory = Path(directory) if directory else export_directory(extractor.fingerprint)
     if (directory / "onnx.json").is_file():
         return directory
+    if not onnx_export_available():
+        raise MissingExtraError("exporting the networks to ONNX needs the 'onnx' extra (onnx, onnxscript): "
+                                "pip install 'dermsearch[onnx]', or use the torch backend")
     tmp = directory.with_name(directory.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -135,40 +133,3 @@ def export_onnx(extractor, directory: str | os.PathLike | None = None) -> Path:
         shutil.rmtree(directory)
     tmp.replace(directory)
     return directory
-
-
-class OnnxRuntimeBackend:
-    """ONNX Runtime sessions for an extractor's exported graphs (CPU, or CUDA when asked and present)."""
-
-    def __init__(self, directory: Path, threads: int | None = None, device: str = "cpu"):
-        import onnxruntime as ort
-
-        self.info = json.loads((directory / "onnx.json").read_text())
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or os.cpu_count() or 1
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = ["CPUExecutionProvider"]
-        if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        self.extractor = ort.InferenceSession(str(directory / "extractor.onnx"), opts, providers=providers)
-        self.segmenter = None
-        if self.info["segmenter"]:
-            self.segmenter = ort.InferenceSession(str(directory / "segmenter.onnx"), opts, providers=providers)
-
-    def features(self, pixels: np.ndarray, masks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """[B, S, S, 3] uint8 (and [B, 1, S, S] float 0/1 pooling masks for lesion-aware Grams)
-        -> feature [B, D], style [B, Sd] or None."""
-        x = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32)
-        feeds = {"pixels": x}
-        if self.info.get("masks_input"):
-            if masks is None:
-                raise ConfigError("this exported model pools its Grams over lesion masks: pass the masks")
-            feeds["masks"] = np.ascontiguousarray(masks, dtype=np.float32)
-        out = self.extractor.run(None, feeds)
-        return out[0], (out[1] if len(out) > 1 else None)
-
-    def segment(self, pixels: np.ndarray) -> np.ndarray:
-        """[B, s, s, 3] uint8 at the segmenter's size -> [B, s, s] bool."""
-        x = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32)
-        return self.segmenter.run(None, {"pixels": x})[0][:, 0] > 0

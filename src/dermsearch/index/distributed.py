@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Callable
 
+from ..errors import require
 from ..extract import Extractor, ExtractorConfig
 from .build import BuildConfig, BuildReport, _decode, extract_batch, pending, start_build
 from .records import Record
@@ -89,6 +90,7 @@ def build_index_dask(
 
     ``client``: a ``distributed.Client`` or a scheduler address. ``worker_threads``: torch/ONNX
     threads per task (default: the worker's cores / its Dask threads)."""
+    require("distributed", "dask", "indexing on a Dask cluster")
     from distributed import Client, as_completed
 
     if not isinstance(client, Client):

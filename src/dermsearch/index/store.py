@@ -20,14 +20,17 @@ from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import lancedb
 import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError, DermsearchError
-from ..extract import Extracted, Extractor, ExtractorConfig
+from ..extract.config import ExtractorConfig
 from .records import Record
+
+if TYPE_CHECKING:
+    from ..extract import Extracted, Extractor
 
 __all__ = [
     "Index", "IndexDirectoryError", "IndexLockedError", "ModelMismatchError", "Record", "Snapshot", "FORMAT",
@@ -123,8 +126,32 @@ class Index:
     def __init__(self, directory: Path, manifest: dict):
         self.directory = Path(directory)
         self.manifest = manifest
-        self._db = lancedb.connect(str(self.directory / "lance"))
-        self._table = self._db.open_table(TABLE)
+        self._opened = None           # the LanceDB table, opened on first use (importing lancedb takes ~1 s)
+
+    @property
+    def _table(self):
+        if self._opened is None:
+            import lancedb
+
+            self._opened = lancedb.connect(str(self.directory / "lance")).open_table(TABLE)
+        return self._opened
+
+    def head_version(self) -> int:
+        """The newest committed version, read from the table's version manifests without opening
+        the table (Lance names them ``<version>.manifest``, or ``<2^64 - 1 - version>.manifest``
+        in its newer scheme). For readers that only need to know which version is current; the
+        snapshot itself always comes from LanceDB (or fast-mode files of that version)."""
+        if self._opened is not None:
+            return self.latest_version()
+        versions = []
+        for f in os.scandir(self.directory / "lance" / f"{TABLE}.lance" / "_versions"):
+            stem, dot, ext = f.name.partition(".")
+            if ext == "manifest" and stem.isdigit():
+                n = int(stem)
+                versions.append(2**64 - 1 - n if n >= 2**63 else n)
+        if not versions:
+            raise IndexDirectoryError(f"{self.directory}: the table has no committed version")
+        return max(versions)
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -154,6 +181,8 @@ class Index:
             "style_network_fingerprint": getattr(extractor, "style_fingerprint", None),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        import lancedb
+
         db = lancedb.connect(str(directory / "lance"))
         if TABLE not in db.list_tables().tables:
             db.create_table(TABLE, schema=_schema(manifest))

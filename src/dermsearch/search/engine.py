@@ -19,11 +19,10 @@ import threading
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from .measures import (
     COMPONENTS,
@@ -36,8 +35,9 @@ from .measures import (
     row_sqnorms,
 )
 
-__all__ = ["Query", "QueryBatch", "ExactEngine", "products", "row_parallel_products", "blas_single_threaded",
-           "single_threaded", "top_k_rows"]
+__all__ = ["Query", "QueryBatch", "ExactEngine", "products", "numpy_products", "torch_products", "kernel_for",
+           "KERNELS", "row_parallel_products", "blas_single_threaded",
+           "top_k_rows"]
 
 
 @dataclass(frozen=True)
@@ -75,39 +75,44 @@ class QueryBatch:
                    np.array([q.mask_area for q in queries], dtype=np.int64) if has_mask else None)
 
 
-SMALL_PRODUCT = 8_000_000        # multiply-adds below which products run on one thread
+SMALL_PRODUCT = 8_000_000        # multiply-adds below which a product is not worth a second thread
 
 
-@contextmanager
-def single_threaded():
-    """Run torch's products on one thread: for the many small products of a fast-mode query,
-    waking a second thread for each costs more than it gains (measured on 2 cores: 22 ms per
-    query on one thread, 28-86 ms on two). Process-wide while it lasts."""
-    old = torch.get_num_threads()
-    if old == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+def numpy_products(Q: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """``Q @ Xᵀ`` in float32 with numpy's BLAS (X not copied)."""
+    return np.asarray(np.atleast_2d(np.asarray(Q, dtype=np.float32)) @ np.asarray(X).T, dtype=np.float32)
 
 
-def products(Q: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """``Q @ Xᵀ`` in float32 without copying X (RAM or memory map).
+def torch_products(Q: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """``Q @ Xᵀ`` in float32 with torch's BLAS (MKL on x86), X not copied: its matrix-vector
+    product reads a 3 GB style matrix at the machine's full read bandwidth, where numpy's OpenBLAS
+    build reached ~0.8 of it on the CPU where this was tuned (``benchmarks/bench_search.py``)."""
+    import torch
 
-    Through torch's BLAS (MKL on x86): its matrix-vector product reads a 3 GB style matrix at the
-    machine's full read bandwidth, where numpy's OpenBLAS build reached ~0.8 of it
-    (``benchmarks/bench_search.py``)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)    # read-only arrays (memory maps) are fine: never written
         q = torch.from_numpy(np.ascontiguousarray(Q, dtype=np.float32))
         x = torch.from_numpy(np.asarray(X))
-    # a small product is over before a second thread would be awake: one thread is faster
-    with torch.inference_mode(), (single_threaded() if x.numel() * q.shape[0] < SMALL_PRODUCT else nullcontext()):
+    with torch.inference_mode():
         out = torch.mv(x, q[0])[None, :] if q.shape[0] == 1 else q @ x.T
     return out.numpy()
+
+
+KERNELS = {"numpy": numpy_products, "torch": torch_products}
+
+
+def kernel_for(rows: int, width: int) -> str:
+    """The product kernel for a matrix of ``rows`` x ``width``: torch for large ones (bandwidth),
+    numpy below ``SMALL_PRODUCT`` values, where reading is no matter and importing torch (~1 s)
+    would cost a small index's search far more than the search itself. One engine uses one kernel
+    for all its matrices, and a sharded engine its whole index's, so shards and a local search
+    round alike."""
+    return "numpy" if rows * width < SMALL_PRODUCT else "torch"
+
+
+def products(Q: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """``Q @ Xᵀ`` in float32 with the kernel for X's size (:func:`kernel_for`)."""
+    return KERNELS[kernel_for(*np.shape(X))](Q, X)
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -159,8 +164,14 @@ class ExactEngine:
 
     def __init__(self, features: np.ndarray, styles: np.ndarray | None = None, masks: np.ndarray | None = None,
                  mask_areas: np.ndarray | None = None, feature_sqnorms: np.ndarray | None = None,
-                 style_sqnorms: np.ndarray | None = None, product=products):
-        self.product = product
+                 style_sqnorms: np.ndarray | None = None, product=None, kernel: str | None = None):
+        """``product``: a ``Q @ Xᵀ`` function; else ``kernel`` (numpy or torch; default: by the widest
+        matrix's size, :func:`kernel_for`)."""
+        if product is None:
+            width = max(features.shape[1], 0 if styles is None else styles.shape[1])
+            kernel = kernel or kernel_for(features.shape[0], width)
+            product = KERNELS[kernel]
+        self.product, self.kernel = product, kernel
         self.features, self.styles, self.masks = features, styles, masks
         self.mask_areas = None if mask_areas is None else np.asarray(mask_areas)
         # ||x||² per row, float64, computed once per index version

@@ -20,10 +20,9 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from ..extract.gram import layer_losses
 from ..extract.masks import unpack_mask
 
-__all__ = ["style_explanation", "mask_explanation", "overlap_png", "mask_png", "OVERLAP_COLOURS"]
+__all__ = ["layer_losses", "style_explanation", "mask_explanation", "overlap_png", "mask_png", "OVERLAP_COLOURS"]
 
 # RGBA: both masks, the query's only, the match's only (transparent where neither).
 OVERLAP_COLOURS = {"both": (18, 183, 106, 170), "query": (217, 45, 32, 150), "match": (46, 144, 250, 150)}
@@ -70,3 +69,10 @@ def _png(rgba: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgba, "RGBA").save(buf, format="PNG", optimize=True)
     return buf.getvalue()
+
+
+def layer_losses(q: np.ndarray, rows: np.ndarray, layout: Sequence[dict]) -> np.ndarray:
+    """Each stored Gram's share of LS: [R, L] with Σ_l = LS(q, row) (float64). ``q`` [S], ``rows`` [R, S]."""
+    d = np.asarray(rows, dtype=np.float64) - np.asarray(q, dtype=np.float64)[None, :]
+    return np.stack([np.einsum("ij,ij->i", d[:, e["offset"]:e["offset"] + e["size"]],
+                               d[:, e["offset"]:e["offset"] + e["size"]]) for e in layout], axis=1)

@@ -121,34 +121,14 @@ class FastIndexWriter:
         self.masks = mm("masks", np.uint8, (n, mask_bytes)) if mask_bytes else None
         self.mask_areas = mm("mask_areas", np.int32, (n,)) if mask_bytes else None
         self.ids = np.empty(n, dtype=object)
+        self.rows: dict | None = None    # the rows' labels (see :meth:`set_rows`), written as rows.json
 
-    @classmethod
-    def refit(cls, directory: str | os.PathLike, config: FastConfig) -> FastIndexWriter:
-        """A writer over an existing fast-mode directory's exact rows (hard-linked, not copied), to
-        :meth:`finish` with other PCA sizes or mask grid without reading the index again."""
-        old = FastIndex.open(directory)
-        w = cls.__new__(cls)
-        w.final = Path(directory)
-        w.tmp = w.final.with_name(w.final.name + f".tmp-{os.getpid()}")
-        shutil.rmtree(w.tmp, ignore_errors=True)
-        w.tmp.mkdir(parents=True)
-        w.n, w.config, w.version, w.mask_size = len(old), config, old.info["index_version"], old.info["mask_size"]
-        for name in ("features", "styles", "masks", "mask_areas"):
-            if (w.final / f"{name}.npy").exists():
-                os.link(w.final / f"{name}.npy", w.tmp / f"{name}.npy")
-
-        def mm(name, dtype, shape):
-            return np.lib.format.open_memmap(w.tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
-
-        w._mm = mm
-        w.features, w.styles = np.load(w.tmp / "features.npy", mmap_mode="r"), np.load(w.tmp / "styles.npy",
-                                                                                            mmap_mode="r")
-        has_masks = (w.tmp / "masks.npy").exists()
-        w.masks = np.load(w.tmp / "masks.npy", mmap_mode="r") if has_masks else None
-        w.mask_areas = np.load(w.tmp / "mask_areas.npy", mmap_mode="r") if has_masks else None
-        w.ids = np.array(old.ids, dtype=object)
-        old.style_rows.close()
-        return w
+    def set_rows(self, fingerprint: str, paths, diagnosis, melanoma, lesion_id, meta_json) -> None:
+        """The rows' labels, so that a reader needs no LanceDB to show hits (one list per column,
+        in row order; melanoma NaN for unknown), and the index's model fingerprint."""
+        self.rows = {"fingerprint": fingerprint, "paths": [str(p) for p in paths], "diagnosis": list(diagnosis),
+                     "melanoma": [None if np.isnan(v) else int(v) for v in melanoma],
+                     "lesion_id": list(lesion_id), "meta_json": list(meta_json)}
 
     def write(self, start: int, ids: Sequence[str], features: np.ndarray, styles: np.ndarray,
               masks: np.ndarray | None = None, mask_areas: np.ndarray | None = None) -> None:
@@ -199,6 +179,9 @@ class FastIndexWriter:
             if isinstance(a, np.memmap) and a.mode != "r":
                 a.flush()
         np.save(self.tmp / "ids.npy", np.array(self.ids.tolist(), dtype=str))
+        if self.rows is not None:
+            with open(self.tmp / "rows.json", "w") as f:
+                json.dump(self.rows, f)
         info["build_seconds"] = round(time.perf_counter() - t0, 1)
         with open(self.tmp / "fast.json", "w") as f:
             json.dump(info, f, indent=2)
@@ -303,6 +286,19 @@ class FastIndex:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def rows(self, fingerprint: str) -> dict[str, np.ndarray] | None:
+        """The rows' labels as Snapshot columns (paths, diagnosis, melanoma, lesion_id, meta_json),
+        or None for files written without them or for another model than ``fingerprint``."""
+        path = self.directory / "rows.json"
+        if not path.is_file():
+            return None
+        r = json.loads(path.read_text())
+        if r.get("fingerprint") != fingerprint:
+            return None
+        obj = {k: np.array(r[k], dtype=object) for k in ("paths", "diagnosis", "lesion_id", "meta_json")}
+        obj["melanoma"] = np.array([np.nan if v is None else v for v in r["melanoma"]], dtype=np.float64)
+        return obj
 
     @property
     def bytes_scanned_per_query(self) -> int:
@@ -488,6 +484,7 @@ def optimize(index, config: FastConfig = FastConfig(), progress: Callable[[str],
     target = fast_dir(index.directory, s.version)
     w = FastIndexWriter(target, len(s), m["feature_dim"], m["style_dim"], m["mask_bytes"], m["mask_size"],
                         config, s.version)
+    w.set_rows(m["fingerprint"], s.paths, s.diagnosis, s.melanoma, s.lesion_id, s.meta_json)
     step = 4096
     for start in range(0, len(s), step):
         sl = slice(start, start + step)

@@ -12,9 +12,9 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError, NotFoundError
-from ..extract import Extractor, load_image
-from ..index import Index
-from .engine import ExactEngine, Query, QueryBatch, top_k_rows
+from ..extract.images import load_image
+from ..index.store import Index, Snapshot
+from .engine import ExactEngine, Query, QueryBatch, kernel_for, top_k_rows
 from .explain import mask_explanation, overlap_png, style_explanation
 from .fast import FastIndex, FastModeMissing, fast_dir
 from .measures import COMPONENTS, MEASURE_COMPONENTS, MEASURES, measure_scores
@@ -94,7 +94,7 @@ class Searcher:
     >>> result.results["style"][0].id
     """
 
-    def __init__(self, index: Index | str | os.PathLike, extractor: Extractor | None = None, device: str = "auto",
+    def __init__(self, index: Index | str | os.PathLike, extractor=None, device: str = "auto",
                  mode: str = "exact", dask=None):
         """``mode``: ``exact`` or ``fast`` (see :mod:`dermsearch.search.fast`). ``dask``: a
         ``distributed.Client`` or scheduler address: the matrices are sharded across its workers
@@ -105,11 +105,15 @@ class Searcher:
             raise ConfigError("sharded (Dask) search is exact: use mode='exact' with dask")
         self.sharded = None
         if dask is not None:
+            from ..errors import require
+
+            require("distributed", "dask", "searching on a Dask cluster")
             from distributed import Client
             dask = dask if isinstance(dask, Client) else Client(dask)
         self.dask = dask
         self.index = index if isinstance(index, Index) else Index.open(index)
         self._extractor = extractor
+        self._encoder = None
         self.device = device          # where queries are encoded (``auto``: CUDA when torch sees it)
         self.mode = mode              # "exact" (every row, every byte) or "fast" (see search/fast.py)
         if extractor is not None:
@@ -125,6 +129,12 @@ class Searcher:
         if self.fast is None:
             s = self.snapshot = self.index.snapshot()
             self.engine = ExactEngine(s.features, s.styles, s.masks, s.mask_areas)
+        elif (rows := self.fast.rows(self.index.fingerprint)) is not None:
+            # the fast-mode files of the current version hold its rows and labels: LanceDB is not opened
+            e = self.engine = self.fast.exact
+            self.snapshot = Snapshot(self.fast.info["index_version"], self.fast.ids.astype(object), rows["paths"],
+                                     rows["diagnosis"], rows["melanoma"], rows["lesion_id"], rows["meta_json"],
+                                     e.features, e.styles, e.masks, e.mask_areas)
         else:
             # the fast-mode files hold the exact rows memory-mapped: only the metadata is read here
             s = self.index.snapshot(vectors=False)
@@ -147,14 +157,16 @@ class Searcher:
             self.sharded.close()
         s = self.snapshot = self.index.snapshot(vectors=False)     # the vectors stay on the workers
         self.fast, self.engine = None, None
-        self.sharded = ShardedEngine(self.dask, self.index.directory, s.version, len(s))
+        m = self.index.manifest
+        self.sharded = ShardedEngine(self.dask, self.index.directory, s.version, len(s),
+                                     kernel=kernel_for(len(s), max(m["feature_dim"], m["style_dim"])))
         self._positions = {i: n for n, i in enumerate(s.ids)}
         self._meta_cache = None
 
     def _open_fast(self) -> FastIndex | None:
         """The fast-mode files of the current version: required in fast mode; in exact mode they
         are used when present (the exact rows memory-mapped: opening reads no vectors)."""
-        path = fast_dir(self.index.directory, self.index.version)
+        path = fast_dir(self.index.directory, self.index.head_version())
         try:
             return FastIndex.open(path)
         except FastModeMissing:
@@ -180,9 +192,23 @@ class Searcher:
         return self.engine.feature_sqnorms, self.engine.style_sqnorms
 
     @property
-    def extractor(self) -> Extractor:
+    def encoder(self):
+        """What encodes query images: the index's model from its cached ONNX export when that
+        runs here without torch (:func:`~dermsearch.extract.encoder.cached_encoder`), else
+        :attr:`extractor`. Both give the same vectors to float32 rounding."""
+        if self._encoder is None:
+            from ..extract.encoder import cached_encoder
+
+            self._encoder = (None if self._extractor is not None else
+                             cached_encoder(self.index.manifest, self.device)) or self.extractor
+        return self._encoder
+
+    @property
+    def extractor(self):
         """The index's own model, built on first use (never a different one)."""
         if self._extractor is None:
+            from ..extract import Extractor
+
             extractor = Extractor(self.index.extractor_config, device=self.device)
             self.index.check_fingerprint(extractor.fingerprint, extractor.config)
             self._extractor = extractor
@@ -204,7 +230,7 @@ class Searcher:
         if label is None:
             label = str(image) if isinstance(image, (str, os.PathLike)) else "upload"
         img = image if isinstance(image, Image.Image) else load_image(image)
-        ex = self.extractor.extract([img])
+        ex = self.encoder.extract([img])
         return Query(ex.features[0], None if ex.styles is None else ex.styles[0],
                      None if ex.masks is None else ex.masks[0],
                      0 if ex.mask_areas is None else int(ex.mask_areas[0]), label)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import DermsearchError
+from ..errors import DermsearchError, require
 from .engine import ExactEngine, QueryBatch, top_k_rows
 from .measures import measure_scores
 
@@ -92,8 +92,8 @@ def shard_memory_problem(shard_bytes: int, resident_bytes: int, memory_limit: in
 
 def _worker_memory() -> tuple[int, int | None, float | bool, float | bool]:
     """(resident bytes, memory limit, terminate fraction, pause fraction) of this worker process."""
-    import dask
-    import psutil
+    dask = require("dask", "dask", "sharded search")
+    psutil = require("psutil", "dask", "sharded search")
 
     rss = psutil.Process().memory_info().rss
     try:
@@ -111,7 +111,7 @@ def _engine_bytes(arrays) -> int:
 
 
 def _load_shard(key: str, index_dir: str | None, version: int, start: int, stop: int,
-                fast_path: str | None = None) -> int:
+                fast_path: str | None = None, kernel: str | None = None) -> int:
     """On a worker: load rows [start, stop) of one index version and keep them. Returns the row
     count. Raises ShardTooLarge when the shard cannot fit under this worker's memory limit."""
     from ..index import Index
@@ -130,7 +130,8 @@ def _load_shard(key: str, index_dir: str | None, version: int, start: int, stop:
         engine = ExactEngine(e.features[start:stop], None if e.styles is None else e.styles[start:stop],
                              None if e.masks is None else e.masks[start:stop],
                              None if e.mask_areas is None else e.mask_areas[start:stop],
-                             e.feature_sqnorms[start:stop], None if e.styles is None else e.style_sqnorms[start:stop])
+                             e.feature_sqnorms[start:stop], None if e.styles is None else e.style_sqnorms[start:stop],
+                             kernel=kernel)
     except FastModeMissing:
         index = Index.open(index_dir)
         if index.version != version:
@@ -142,7 +143,7 @@ def _load_shard(key: str, index_dir: str | None, version: int, start: int, stop:
         arrays = [rows(s.features), rows(s.styles), rows(s.masks), rows(s.mask_areas)]
         del s
         check([])           # the whole snapshot was read to slice it: what is resident now must fit
-        engine = ExactEngine(*arrays)
+        engine = ExactEngine(*arrays, kernel=kernel)
     _SHARDS[key] = engine
     return len(engine)
 
@@ -228,8 +229,9 @@ class ShardedEngine:
     _ids = itertools.count()
 
     def __init__(self, client, index_dir, version: int, n_rows: int, fast_path=None, poll_s: float = 1.0,
-                 retries: int = 2):
+                 retries: int = 2, kernel: str | None = None):
         self.client = client
+        self.kernel = kernel          # the product kernel of the whole index (None: each shard's own)
         self.index_dir = None if index_dir is None else str(index_dir)
         self.version = version
         self.fast_path = None if fast_path is None else str(fast_path)
@@ -258,8 +260,8 @@ class ShardedEngine:
                                   pure=False)
 
     def _load(self, shards: Sequence[Shard]) -> list[int]:
-        futures = [self._submit(_load_shard, sh, self.index_dir, self.version, sh.start, sh.stop, self.fast_path)
-                   for sh in shards]
+        futures = [self._submit(_load_shard, sh, self.index_dir, self.version, sh.start, sh.stop, self.fast_path,
+                                self.kernel) for sh in shards]
         return self._gather(futures, shards)
 
     def _gather(self, futures, shards: Sequence[Shard]) -> list:

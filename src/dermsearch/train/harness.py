@@ -185,8 +185,10 @@ def iterate(n: int, step: int, desc: str, progress: bool):
     batches = range(0, n, step)
     if not progress:
         return batches
-    from tqdm import tqdm
-    return tqdm(batches, desc=desc, leave=False, unit="batch")
+    from rich.console import Console
+    from rich.progress import track
+
+    return track(batches, description=desc, transient=True, console=Console(stderr=True))  # stdout: results
 
 
 def autocast(device: torch.device):

@@ -27,6 +27,7 @@ from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from ..errors import ConfigError
 from ..extract import ImageError, load_image
 from ..search import MEASURES, Filters, Searcher
 from ..search.explain import mask_png
@@ -82,7 +83,7 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
                        max_body_bytes=config.max_upload_bytes + 64 * 1024)
     tokens = TokenStore.for_index(index_dir)
     if config.auth not in ("on", "off", "auto"):
-        raise ValueError(f"auth must be on, off or auto, not {config.auth!r}")
+        raise ConfigError(f"auth must be on, off or auto, not {config.auth!r}")
 
     def auth_on() -> bool:
         return config.auth == "on" or (config.auth == "auto" and bool(tokens.active()))

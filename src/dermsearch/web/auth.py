@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ConfigError
+
 __all__ = ["TokenStore", "User", "ROLES", "TOKEN_FILE", "COOKIE"]
 
 ROLES = ("rater", "admin")
@@ -75,12 +77,12 @@ class TokenStore:
     def create(self, name: str, role: str) -> str:
         """A new token for ``name``; returns it (the store keeps only its hash)."""
         if role not in ROLES:
-            raise ValueError(f"unknown role {role!r}; valid: {', '.join(ROLES)}")
+            raise ConfigError(f"unknown role {role!r}; valid: {', '.join(ROLES)}")
         name = name.strip()
         if not name or len(name) > 64 or not all(c.isalnum() or c in "._-@" for c in name):
-            raise ValueError("a user name is 1-64 letters, digits or . _ - @")
+            raise ConfigError("a user name is 1-64 letters, digits or . _ - @")
         if any(t["name"] == name for t in self.active()):
-            raise ValueError(f"user {name!r} already has an active token; revoke it first")
+            raise ConfigError(f"user {name!r} already has an active token; revoke it first")
         token = secrets.token_urlsafe(32)
         self._write([*self._read(), {"name": name, "role": role, "sha256": _digest(token), "created": time.time(),
                                      "revoked": None}])

@@ -9,6 +9,8 @@ import threading
 import time
 from pathlib import Path
 
+from ..errors import ConfigError
+
 __all__ = ["RatingStore", "strict_bool"]
 
 
@@ -72,7 +74,7 @@ class RatingStore:
 def strict_bool(v) -> bool:
     """JSON true/false only: the strings "false" or "0" must not count as similar."""
     if not isinstance(v, bool):
-        raise ValueError(f"'similar' must be true or false, not {v!r}")
+        raise ConfigError(f"'similar' must be true or false, not {v!r}")
     return v
 
 

@@ -1,0 +1,120 @@
+"""The typed description of an extraction model (what determines the stored vectors). It imports
+no network library: the CLI, the index and the cached encoder read it without loading torch."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from ..errors import ConfigError
+from ..names import COLOUR_METHODS, GRAM_NORMS, GRAM_POOLS
+
+__all__ = ["ExtractorConfig", "PAPER_STYLE"]
+
+
+# The paper's style measure: whole-image Grams, no normalisation, β_l = 1/C_l.
+PAPER_STYLE = {"gram_pool": "image", "gram_margin": 0.0, "gram_norm": "none", "gram_weights": "inverse-channels"}
+
+
+@dataclass(frozen=True)
+class ExtractorConfig:
+    """Everything that determines the stored vectors. Saved in every index's manifest.
+
+    The default is the packaged trained ensemble (``weights="default"``: 5 EfficientNet-Lite0
+    members, 1024-d Dense feature; see ``dermsearch/weights/MODEL_CARD.md``). ``feature="pooled"``
+    with ``weights="imagenet"`` is the untrained single-backbone baseline. Use :meth:`for_weights`
+    to describe a trained ensemble file: its architecture is read from the file.
+    """
+
+    backbone: str = "efficientnet-lite0"
+    weights: str = "default"      # "default" (packaged ensemble), "imagenet" (Lite), "random", or a .safetensors
+    members: int = 5
+    feature: str = "ensemble"     # "ensemble" (Dense+SELU over members) or "pooled" (one backbone's GAP vector)
+    feature_dim: int = 1024       # ensemble only
+    image_size: int = 224
+    normalization: str = "auto"   # "auto": tf for Lite, imagenet for B0-B7
+    # Style (docs/style.md). The defaults were chosen on HAM10000 val for the packaged model; the
+    # paper's definition is gram_pool="image", gram_margin=0, gram_norm="none", "inverse-channels"
+    # (PAPER_STYLE; what models other than the packaged one get from for_weights()).
+    gram_weights: str = "learned"   # "inverse-channels", "ones", "learned" (packaged fit) or a .json file
+    gram_pool: str = "lesion"     # "image" (paper), "lesion" (Grams over the dilated mask) or "lesion+skin"
+    gram_margin: float = 0.05     # lesion-mask dilation, as a fraction of the image side
+    gram_norm: str = "l2"         # each Gram entry-wise before β: "none" (paper), "l2", "sqrt", "sqrt+l2"
+    style: bool = True
+    masks: bool = True
+    mask_size: int = 128
+    segmenter: str = "default"    # "default" (packaged U-Net), "otsu" (classical), or a .safetensors path
+    seed: int = 0                 # random initialisation only
+    colour: str = "none"          # colour constancy on the network's input: "none" or "shades-of-gray"
+    tta: int = 0                  # feature: members' pooled vectors averaged over 1, 2 or 4 flips/turns;
+                                  # 0 = the views the ensemble's head was fitted on (1 for other models)
+
+    def __post_init__(self) -> None:
+        if self.feature not in ("pooled", "ensemble"):
+            raise ConfigError(f"feature must be 'pooled' or 'ensemble', not {self.feature!r}")
+        if self.feature == "pooled" and self.members != 1:
+            raise ConfigError("the pooled feature uses exactly one backbone (members=1)")
+        if self.members < 1:
+            raise ConfigError("members must be at least 1")
+        if self.mask_size % 8:
+            raise ConfigError("mask_size must be a multiple of 8")
+        if self.weights == "default" and self.feature != "ensemble":
+            raise ConfigError("weights='default' is the packaged ensemble: it needs feature='ensemble'")
+        if self.gram_pool not in GRAM_POOLS:
+            raise ConfigError(f"unknown gram pooling {self.gram_pool!r}; valid: {', '.join(GRAM_POOLS)}")
+        if self.style and self.gram_pool != "image" and not self.masks:
+            raise ConfigError(f"gram pooling {self.gram_pool!r} pools over the lesion mask: it needs masks")
+        if self.gram_norm not in GRAM_NORMS:
+            raise ConfigError(f"unknown gram normalisation {self.gram_norm!r}; valid: {', '.join(GRAM_NORMS)}")
+        if not 0.0 <= self.gram_margin <= 0.5:
+            raise ConfigError(f"gram_margin must be in [0, 0.5] (a fraction of the image side), not {self.gram_margin}")
+        if self.tta not in (0, 1, 2, 4):
+            raise ConfigError(f"tta must be 1, 2 or 4 test-time views (0: the model's own), not {self.tta}")
+        if self.tta > 1 and self.feature != "ensemble":
+            raise ConfigError("test-time views (tta > 1) need feature='ensemble'")
+        if self.colour not in COLOUR_METHODS:
+            raise ConfigError(f"unknown colour method {self.colour!r}; valid: {', '.join(COLOUR_METHODS)}")
+        if self.segmenter not in ("default", "otsu") and not self.segmenter.endswith(".safetensors"):
+            raise ConfigError(f"unknown segmenter {self.segmenter!r}; valid: default, otsu, or a .safetensors file")
+
+    @classmethod
+    def for_weights(cls, weights: str = "default", **overrides) -> ExtractorConfig:
+        """The config for ``weights``: a trained ensemble's architecture comes from its file;
+        ``imagenet``/``random`` give the single pooled backbone unless ``overrides`` say otherwise."""
+        if weights in ("imagenet", "random"):
+            base = {"weights": weights, "feature": "pooled", "members": 1, **PAPER_STYLE}
+            if overrides.get("feature") == "ensemble":
+                base.pop("members")
+                base.pop("feature")
+            return cls(**{**base, **overrides})
+        from ..models.ensemble import default_ensemble_path, read_ensemble_spec
+
+        spec = read_ensemble_spec(default_ensemble_path() if weights == "default" else weights)
+        base = {"weights": weights, "feature": "ensemble", "backbone": spec.backbone, "members": spec.members,
+                "feature_dim": spec.feature_dim, "image_size": spec.image_size}
+        if weights != "default":      # the fitted layer weights belong to the packaged model
+            base.update(PAPER_STYLE)
+        base["colour"] = (spec.train or {}).get("colour", "none")   # the network sees what it was trained on
+        auto = "tf" if "lite" in spec.backbone else "imagenet"
+        base["normalization"] = "auto" if spec.normalization == auto else spec.normalization
+        return cls(**{**base, **overrides})
+
+    @property
+    def resolved_normalization(self) -> str:
+        if self.normalization != "auto":
+            return self.normalization
+        return "tf" if "lite" in self.backbone else "imagenet"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ExtractorConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown extractor settings: {sorted(unknown)}")
+        if "gram_pool" not in d:      # written before lesion-aware Grams existed: the paper's whole-image Grams
+            d = {**d, "gram_pool": "image", "gram_margin": 0.0}
+        if "gram_norm" not in d:
+            d = {**d, "gram_norm": "none"}
+        return cls(**d)
