@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 from skimage import data
 
-from dermsearch.extract.extractor import NORMALISATIONS
 from dermsearch.models import WeightsNotFoundError, create_backbone, list_backbones, save_checkpoint
 from dermsearch.models.ensemble import EnsembleFeatureNet
+from dermsearch.models.normalization import NORMALISATIONS
 
 ALL = list_backbones()
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dermsearch.cli.main import main
+from dermsearch.extract.config import ExtractorConfig
 from dermsearch.index import Index
 from dermsearch.models.device import resolve_device
 from dermsearch.models.ensemble import read_ensemble_spec
@@ -35,6 +36,9 @@ def test_paper_preset_resolves_to_the_papers_configuration():
 def test_default_preset_is_what_the_configs_default_to():
     p = get_preset("default")
     assert ClassifierTrainConfig(labels="x", **p.classifier) == ClassifierTrainConfig(labels="x")
+    assert SegTrainConfig(labels="x", **p.segmenter) == SegTrainConfig(labels="x")
+    assert (SegTrainConfig(labels="x").arch, SegTrainConfig(labels="x").epochs) == ("unet", 50)   # what ships
+    assert ExtractorConfig(**{k: v for k, v in p.index.items() if k != "requires"}) == ExtractorConfig()
     with pytest.raises(KeyError, match="valid presets: default, paper"):
         get_preset("huge")
 

@@ -1,8 +1,10 @@
 """Named configurations: ``default`` (the CPU-friendly one that ships) and ``paper`` (the paper's scale).
 
 A preset is a set of overrides of the typed configs' defaults, per command; any flag given
-explicitly on the command line overrides the preset. ``dermsearch presets`` prints them resolved.
-Nothing here imports a network: presets are plain data.
+explicitly on the command line overrides the preset. The configs' defaults *are* the ``default``
+preset (one source of truth: ``ClassifierTrainConfig``, ``SegTrainConfig``, ``ExtractorConfig``),
+so it overrides nothing, and the Python API and the CLI train and index the same models.
+``dermsearch presets`` prints them resolved. Nothing here imports a network: presets are plain data.
 """
 
 from __future__ import annotations
@@ -29,13 +31,8 @@ PRESETS: dict[str, Preset] = {
     "default": Preset(
         "default",
         "the configuration that ships: trainable on a 2-core CPU in about an hour",
-        classifier={"backbone": "efficientnet-lite0", "weights": "imagenet", "members": 5, "image_size": 224,
-                    "trainable_stages": 2, "augment": "x7", "epochs": 3, "head_epochs": 20, "batch_size": 64,
-                    "target": "diagnosis", "metric_loss": "supcon", "head_select": "retrieval", "tta": 4},
-        segmenter={"arch": "unet", "width": 16, "image_size": 128, "epochs": 50, "batch_size": 32},
-        index={"weights": "default", "segmenter": "default", "gram_pool": "lesion", "gram_margin": 0.05,
-               "gram_norm": "l2", "gram_weights": "learned"},
-        notes=("members: EfficientNet-Lite0 from the packaged ImageNet weights; stages 1-5 frozen and shared, "
+        notes=("the configs' own defaults (`dermsearch presets --json` prints them resolved)",
+               "members: EfficientNet-Lite0 from the packaged ImageNet weights; stages 1-5 frozen and shared, "
                "stages 6-7 and the head fine-tuned per member",
                "phase two: focal loss on the head plus supervised contrastive loss on the 1024-d search feature, "
                "epoch kept by val macro-P@5 of the feature, on the members' pooled vectors averaged over 4 "

@@ -169,9 +169,10 @@ def cmd_presets(args) -> int:
     for name, r in resolved.items():
         p = PRESETS[name]
         print(f"{name}: {r['description']}")
-        print("  train classifier: " + ", ".join(f"{k}={v}" for k, v in p.classifier.items()))
-        print("  train segmenter:  " + ", ".join(f"{k}={v}" for k, v in p.segmenter.items()))
-        print("  index:            " + ", ".join(f"{k}={v}" for k, v in p.index.items()))
+        for what, settings in (("train classifier", p.classifier), ("train segmenter", p.segmenter),
+                               ("index", p.index)):
+            shown = ", ".join(f"{k}={v}" for k, v in settings.items()) or "(the defaults)"
+            print(f"  {what + ':':18s}{shown}")
         for note in p.notes:
             print(f"  note: {note}")
     print("Any flag given explicitly overrides the preset; `--json` prints every resolved setting.")

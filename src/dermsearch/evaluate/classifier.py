@@ -11,9 +11,9 @@ from sklearn.metrics import roc_auc_score
 
 from ..extract.colour import shades_of_gray_batch
 from ..extract.datasets import load_labelled
-from ..extract.extractor import NORMALISATIONS
 from ..models.device import resolve_device
 from ..models.ensemble import load_ensemble, melanoma_probability
+from ..models.normalization import NORMALISATIONS
 
 __all__ = ["evaluate_classifier"]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from ..errors import ConfigError
+from ..models.normalization import backbone_normalization
 from ..names import COLOUR_METHODS, GRAM_NORMS, GRAM_POOLS
 
 __all__ = ["ExtractorConfig", "PAPER_STYLE"]
@@ -94,7 +95,7 @@ class ExtractorConfig:
         if weights != "default":      # the fitted layer weights belong to the packaged model
             base.update(PAPER_STYLE)
         base["colour"] = (spec.train or {}).get("colour", "none")   # the network sees what it was trained on
-        auto = "tf" if "lite" in spec.backbone else "imagenet"
+        auto = backbone_normalization(spec.backbone)
         base["normalization"] = "auto" if spec.normalization == auto else spec.normalization
         return cls(**{**base, **overrides})
 
@@ -102,7 +103,7 @@ class ExtractorConfig:
     def resolved_normalization(self) -> str:
         if self.normalization != "auto":
             return self.normalization
-        return "tf" if "lite" in self.backbone else "imagenet"
+        return backbone_normalization(self.backbone)
 
     def to_dict(self) -> dict:
         return asdict(self)

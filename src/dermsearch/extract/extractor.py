@@ -22,6 +22,7 @@ from ..models.ensemble import (
     melanoma_probability,
 )
 from ..models.learned_segmenter import LearnedSegmenter, default_segmenter_path
+from ..models.normalization import NORMALISATIONS
 from ..names import BACKENDS  # auto: ONNX Runtime on CPU when installed, else torch
 from .config import PAPER_STYLE, ExtractorConfig
 from .encoder import finish_masks, pool_masks, prepare_image
@@ -48,11 +49,6 @@ LEARNED_GRAM_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "gram-w
 # Bump when decoding/resizing/normalisation changes in a way that alters extracted values.
 PREPROCESS_VERSION = 1
 
-NORMALISATIONS = {
-    # TensorFlow-converted Lite weights expect (x - 127) / 128 on 0..255 pixels.
-    "tf": (np.array([127.0, 127.0, 127.0]), np.array([128.0, 128.0, 128.0])),
-    "imagenet": (np.array([0.485, 0.456, 0.406]) * 255, np.array([0.229, 0.224, 0.225]) * 255),
-}
 
 
 def resolve_gram_weights(config: ExtractorConfig, tap_channels, network: str | None = None,
@@ -101,7 +97,7 @@ class Extractor:
     """Builds the networks of an :class:`ExtractorConfig` and extracts batches of images."""
 
     def __init__(self, config: ExtractorConfig | None = None, threads: int | None = None,
-                 device: str | torch.device = "cpu", backend: str = "torch"):
+                 device: str | torch.device = "auto", backend: str = "torch"):
         self.config = config = config or ExtractorConfig()
         if backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")

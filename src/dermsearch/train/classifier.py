@@ -41,6 +41,7 @@ from ..extract.colour import COLOUR_METHODS, shades_of_gray_batch
 from ..models.device import resolve_device
 from ..models.efficientnet import Backbone
 from ..models.ensemble import EnsembleFeatureNet, EnsembleSpec, build_ensemble, melanoma_probability, save_ensemble
+from ..models.normalization import backbone_normalization
 from ..models.registry import create_backbone
 from ..models.weights import state_fingerprint
 from .augment import AugmentConfig, Augmenter, x7_variant
@@ -135,7 +136,7 @@ class ClassifierTrainConfig:
 
     @property
     def normalization(self) -> str:
-        return "tf" if "lite" in self.backbone else "imagenet"
+        return backbone_normalization(self.backbone)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))

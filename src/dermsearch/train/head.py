@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..evaluate.feature_knn import feature_retrieval
-from ..extract.extractor import NORMALISATIONS
+from ..models.normalization import NORMALISATIONS
 from .losses import binary_focal_loss, metric_loss_module, multiclass_focal_loss
 
 __all__ = ["HeadData", "HEAD_SELECT", "fit_head", "head_loss", "epoch_sample", "PooledGraph", "pooled_encoder"]

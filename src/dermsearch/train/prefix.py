@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from ..extract.datasets import LabelledSet
-from ..extract.extractor import NORMALISATIONS
 from ..models.efficientnet import Backbone
+from ..models.normalization import NORMALISATIONS
 from .augment import x7_variant
 from .harness import atomic_json, iterate
 

@@ -38,12 +38,12 @@ class SegTrainConfig:
     split: str | None = None
     train_split: str = "train"
     val_split: str = "val"
-    arch: str = "r2unet"
+    arch: str = "unet"                 # the defaults are the default preset (what ships)
     depth: int = 4
     width: int = 16
     t: int = 2
     image_size: int = 128
-    epochs: int = 20
+    epochs: int = 50
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4

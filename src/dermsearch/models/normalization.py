@@ -1,0 +1,20 @@
+"""Input normalisation of the backbones: which one a backbone's weights expect, and its numbers.
+Plain data (no torch), so configs can resolve it without loading a network."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["NORMALISATIONS", "backbone_normalization"]
+
+NORMALISATIONS = {
+    # TensorFlow-converted Lite weights expect (x - 127) / 128 on 0..255 pixels.
+    "tf": (np.array([127.0, 127.0, 127.0]), np.array([128.0, 128.0, 128.0])),
+    "imagenet": (np.array([0.485, 0.456, 0.406]) * 255, np.array([0.229, 0.224, 0.225]) * 255),
+}
+
+
+def backbone_normalization(backbone: str) -> str:
+    """The normalisation a backbone's weights expect: ``tf`` for the EfficientNet-Lite family
+    (weights converted from TensorFlow), ``imagenet`` for the others (the single place this is decided)."""
+    return "tf" if backbone.startswith("efficientnet-lite") else "imagenet"

@@ -1,0 +1,40 @@
+"""The README's tour runs as written: its shell commands and its Python block, on the bundled
+sample, in a scratch directory (the examples linked in)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _blocks(text: str, lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
+
+
+def test_readme_tour_runs(tmp_path):
+    readme = (REPO / "README.md").read_text()
+    (tmp_path / "examples").symlink_to(REPO / "examples")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    (shell,) = _blocks(readme, "bash")
+    commands = [line.split("  #")[0].strip() for line in shell.splitlines() if line.strip()]
+    assert len(commands) >= 5 and all(c.startswith("dermsearch ") for c in commands)
+    for command in commands:
+        argv = [sys.executable, "-m", "dermsearch.cli.main", *shlex.split(command)[1:]]
+        res = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert res.returncode == 0, f"{command}\n{res.stderr[-3000:]}"
+    assert (tmp_path / "my-index" / "dermsearch.json").is_file()
+
+    (code,) = _blocks(readme, "python")
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.strip().splitlines()
+    assert lines and all(" melanoma " in line for line in lines)     # the filter kept melanomas only
