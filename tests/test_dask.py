@@ -4,7 +4,10 @@ costs no duplicates, and sharded search gives the local ranks and scores for all
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,7 @@ import pytest
 
 from dermsearch.extract import Extractor
 from dermsearch.index import Index
-from dermsearch.index.build import BuildConfig, build_index
+from dermsearch.index.build import BuildConfig, ExtractionMapper, build_index
 from dermsearch.search import MEASURES, Filters, Searcher
 
 from .conftest import TINY
@@ -152,12 +155,33 @@ def test_worker_reports_its_memory_limit():
             assert limit == 1.5e9 and terminate == 0.95 and pause == 0.8 and 0 < rss < limit
 
 
+class KillOnce(ExtractionMapper):
+    """A mapper that kills its worker process (as a crash would) the first time any worker runs a
+    chunk, leaving a marker file so that the retry succeeds."""
+
+    def __init__(self, marker, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.marker = str(marker)
+
+    def __call__(self, records):
+        try:
+            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return super().__call__(records)
+        os.close(fd)
+        os._exit(1)
+
+
 def test_killed_worker_during_indexing_leaves_no_duplicates(tmp_path):
+    import cloudpickle
+
     from dermsearch.index.distributed import build_index_dask
 
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])     # workers need not import the tests
     marker = tmp_path / "killed-once"
-    with _cluster(env={"DERMSEARCH_TEST_KILL_WORKER": str(marker)}) as cluster, distributed.Client(cluster) as c:
-        report = build_index_dask(SAMPLE, tmp_path / "ix", c, TINY, TORCH, chunk_size=6)
+    with _cluster() as cluster, distributed.Client(cluster) as c:
+        report = build_index_dask(SAMPLE, tmp_path / "ix", c, chunk_size=6,
+                                  mapper=KillOnce(marker, TINY, dataclasses.replace(TORCH, device="cpu")))
     assert marker.exists()                     # a worker process really died mid-task
     assert report.added == 48 and not report.problems
     index = Index.open(tmp_path / "ix")

@@ -1,12 +1,15 @@
-"""Index build as three stages: reader (sources) -> extractor -> writer (the store).
+"""Index build as three stages: reader (sources) -> mapper (extraction) -> writer (the store).
 
-Decoding runs in a thread pool one batch ahead of inference. Rows are committed every
+:func:`build` is the one pipeline; where the mapper runs is the distributor's choice (this
+process, or Dask workers: :mod:`dermsearch.index.distributed`). Locally, decoding runs in a
+thread pool one batch ahead of inference. Rows are committed every
 ``commit_every`` images, each commit atomic; images already in the index are skipped, so a
 crashed or interrupted run resumes where its last commit ended.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -15,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..extract import Extracted, Extractor, ExtractorConfig, ImageError, load_image
-from .records import Record
+from .records import IndexSchema, Record
 from .sources import Problem, read_source
-from .store import Index
+from .store import Index, IndexDirectoryError, ModelMismatchError
 
-__all__ = ["BuildConfig", "BuildReport", "BufferedWriter", "build_index", "decode_batches", "extract_batch",
-           "model_settings"]
+__all__ = ["BuildConfig", "BuildReport", "BufferedWriter", "ExtractionMapper", "LocalDistributor", "build",
+           "build_index", "decode_batches", "extract_batch", "model_settings", "own_model"]
 
 
 @dataclass(frozen=True)
@@ -130,39 +133,6 @@ class BufferedWriter:
             self.parts.clear()
 
 
-def pending(index: Index, records: list, report: BuildReport, commit_every: int) -> tuple[list, BufferedWriter]:
-    """Inside ``index.writing()``: the records not in the index yet (counting the others in the
-    report) and the writer that will add them."""
-    existing = index.ids()
-    todo = [r for r in records if r.id not in existing]
-    report.already_indexed = len(records) - len(todo)
-    return todo, BufferedWriter(index, commit_every, report)
-
-
-def start_build(source, directory, extractor_config: ExtractorConfig | None,
-                on_problem: Callable[[Problem], None] | None):
-    """The reader stage and the model choice, shared by the local and the Dask build: returns the
-    report, a problem callback (recording into it), the records, and the model settings (``None``:
-    the existing index's own, else the default)."""
-    report = BuildReport(index=Path(directory))
-
-    def problem(p: Problem) -> None:
-        report.problems.append(p)
-        if on_problem:
-            on_problem(p)
-
-    records, source_problems = read_source(source)
-    for p in source_problems:
-        problem(p)
-    report.found = len(records)
-    if extractor_config is None:
-        try:
-            extractor_config = Index.open(directory).extractor_config
-        except Exception:  # noqa: BLE001 - no index yet: the default model
-            extractor_config = ExtractorConfig()
-    return report, problem, records, extractor_config
-
-
 def model_settings(directory: str | os.PathLike, settings: dict) -> tuple[ExtractorConfig | None, list[str]]:
     """The model to index ``directory`` with, from explicit ``settings`` (ExtractorConfig fields),
     and notes for the user. An existing index keeps its own model: the settings must agree with it
@@ -182,6 +152,124 @@ def model_settings(directory: str | os.PathLike, settings: dict) -> tuple[Extrac
     return ExtractorConfig.for_weights(settings.pop("weights", "default"), **settings), notes
 
 
+Step = tuple[list[Record], list[tuple[list[Record], Extracted | None]], list[Problem]]
+"""What a distributor yields per unit of work: the records it covers, their extracted parts
+(records, vectors), and the problems found on the way."""
+
+
+_EXTRACTORS: dict[str, Extractor] = {}     # per process (a Dask worker too): each model is loaded once
+
+
+class ExtractionMapper:
+    """The mapper stage: records -> vectors with one model. Picklable (it carries the model's
+    settings, not the networks), so a distributor can ship it to other processes, where the
+    extractor is built once per process and checked against the index's fingerprint.
+
+    ``extractor``: an already-built model to use in this process (local builds)."""
+
+    def __init__(self, config: ExtractorConfig, build: BuildConfig = BuildConfig(), threads: int | None = None,
+                 extractor: Extractor | None = None):
+        self.config, self.build, self.threads = config, build, threads
+        self._local = extractor
+        self.fingerprint: str | None = None if extractor is None else extractor.fingerprint
+
+    @classmethod
+    def of(cls, extractor: Extractor, build: BuildConfig = BuildConfig()) -> ExtractionMapper:
+        return cls(extractor.config, build, extractor=extractor)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_local"] = None            # the networks never travel: a worker builds its own
+        return state
+
+    @property
+    def extractor(self) -> Extractor:
+        if self._local is None:
+            b = self.build
+            key = json.dumps([self.config.to_dict(), b.device, b.backend, self.threads], sort_keys=True)
+            if key not in _EXTRACTORS:
+                _EXTRACTORS[key] = Extractor(self.config, threads=self.threads, device=b.device, backend=b.backend)
+            self._local = _EXTRACTORS[key]
+            if self.fingerprint is not None and self._local.fingerprint != self.fingerprint:
+                raise ModelMismatchError(f"{os.uname().nodename} (pid {os.getpid()}) computes model "
+                                         f"{self._local.fingerprint}, the index holds {self.fingerprint}: install "
+                                         "the same dermsearch and weights everywhere")
+        return self._local
+
+    def schema(self) -> IndexSchema:
+        """The index schema of this mapper's vectors (builds the model here, once)."""
+        self.fingerprint = self.extractor.fingerprint
+        return IndexSchema.of(self.extractor)
+
+    def __call__(self, records: list[Record]) -> Step:
+        """One unit of work: decode and extract ``records`` in batches (a distributed task)."""
+        ex, parts, problems = self.extractor, [], []
+        for start in range(0, len(records), self.build.batch_size):
+            batch = [_decode(r, ex.prepare) for r in records[start:start + self.build.batch_size]]
+            good, part, bad = extract_batch(ex, batch)
+            problems.extend(bad)
+            parts.append((good, part))
+        return records, parts, problems
+
+    def stream(self, records: list[Record]) -> Iterator[Step]:
+        """All ``records`` in this process, decoding one batch ahead of inference in threads."""
+        ex = self.extractor
+        for batch in decode_batches(records, self.build.batch_size, self.build.decode_threads, ex.prepare):
+            good, part, problems = extract_batch(ex, batch)
+            yield [r for r, _, _ in batch], [(good, part)], problems
+
+
+class LocalDistributor:
+    """Runs the mapper in this process (decode threads ahead of inference)."""
+
+    def run(self, mapper: ExtractionMapper, records: list[Record]) -> Iterator[Step]:
+        yield from mapper.stream(records)
+
+
+def build(source, directory: str | os.PathLike, mapper: ExtractionMapper, distributor=None,
+          commit_every: int = 128, on_problem: Callable[[Problem], None] | None = None,
+          progress: Callable[[int, int], None] | None = None) -> BuildReport:
+    """Index ``source`` (a folder or labels CSV) into ``directory``: reader -> mapper -> writer.
+
+    The reader lists the source's records; the index is created with the mapper's schema (or an
+    existing one checked against it); the records not in the index yet go to ``distributor``
+    (:class:`LocalDistributor` by default, or
+    :class:`~dermsearch.index.distributed.DaskDistributor`), which runs the mapper on them and
+    yields results in any order; this process, the index's one writer, commits them every
+    ``commit_every`` rows (each commit atomic), so a crashed or interrupted run resumes where its
+    last commit ended. ``progress(done, total)`` is called after each step."""
+    t0 = time.perf_counter()
+    report = BuildReport(index=Path(directory))
+
+    def problem(p: Problem) -> None:
+        report.problems.append(p)
+        if on_problem:
+            on_problem(p)
+
+    records, source_problems = read_source(source)
+    for p in source_problems:
+        problem(p)
+    report.found = len(records)
+    index = Index.open_or_create(directory, mapper.schema())
+    with index.writing():
+        existing = index.ids()
+        todo = [r for r in records if r.id not in existing]
+        report.already_indexed = len(records) - len(todo)
+        writer = BufferedWriter(index, commit_every, report)
+        done = 0
+        for covered, parts, problems in (distributor or LocalDistributor()).run(mapper, todo):
+            for p in problems:
+                problem(p)
+            for good, part in parts:
+                writer.add(good, part)
+            done += len(covered)
+            if progress:
+                progress(done, len(todo))
+        writer.flush()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
 def build_index(
     source: str | os.PathLike,
     directory: str | os.PathLike,
@@ -191,28 +279,22 @@ def build_index(
     progress: Callable[[int, int], None] | None = None,
     extractor: Extractor | None = None,
 ) -> BuildReport:
-    """Index ``source`` (a folder or labels CSV) into ``directory``; add only what is new.
+    """:func:`build` in this process with the model ``extractor`` or ``extractor_config``.
 
     ``extractor_config``: the model for a new index; for an existing index, ``None`` means
-    "the index's own model", and a different model is a :class:`ModelMismatchError`.
-    ``progress(done, total)`` is called after each batch.
-    """
-    t0 = time.perf_counter()
-    report, problem, records, extractor_config = start_build(source, directory, extractor_config, on_problem)
-    if extractor is None:
-        extractor = Extractor(extractor_config, device=config.device, backend=config.backend)
-    index = Index.open_or_create(directory, extractor)
-    with index.writing():
-        todo, writer = pending(index, records, report, config.commit_every)
-        done = 0
-        for batch in decode_batches(todo, config.batch_size, config.decode_threads, extractor.prepare):
-            good, part, problems = extract_batch(extractor, batch)
-            for p in problems:
-                problem(p)
-            writer.add(good, part)
-            done += len(batch)
-            if progress:
-                progress(done, len(todo))
-        writer.flush()
-    report.seconds = time.perf_counter() - t0
-    return report
+    "the index's own model", and a different model is a :class:`ModelMismatchError`."""
+    if extractor is not None:
+        mapper = ExtractionMapper.of(extractor, config)
+    else:
+        mapper = ExtractionMapper(own_model(directory, extractor_config), config)
+    return build(source, directory, mapper, LocalDistributor(), config.commit_every, on_problem, progress)
+
+
+def own_model(directory: str | os.PathLike, config: ExtractorConfig | None) -> ExtractorConfig:
+    """``config``, or for ``None`` the existing index's own model (the default for a new one)."""
+    if config is not None:
+        return config
+    try:
+        return Index.open(directory).extractor_config
+    except IndexDirectoryError:      # no index yet: the default model
+        return ExtractorConfig()

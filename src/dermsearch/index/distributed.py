@@ -1,11 +1,13 @@
 """Distributed extraction on Dask: the workers decode and extract, this process writes.
 
-The same three stages as :func:`~dermsearch.index.build.build_index`, spread out:
+The same pipeline as a local build (:func:`~dermsearch.index.build.build`), with
+:class:`DaskDistributor` as its distributor:
 
 - reader: this process reads the source and leaves out ids the index already holds;
-- extractor: chunks of records become Dask tasks. Each worker builds the extractor once (cached
-  in the worker process by model settings) and returns the chunk's vectors and problems. Tasks
-  have no side effects, so Dask may rerun one (``retries``, or a worker that died mid-task) freely;
+- mapper: chunks of records become Dask tasks, each a call of the (pickled) mapper. Each worker
+  builds the extractor once (cached in the worker process by model settings), checks its
+  fingerprint and returns the chunk's vectors and problems. Tasks have no side effects, so Dask
+  may rerun one (``retries``, or a worker that died mid-task) freely;
 - writer: this process, the index's one writer, commits results as they arrive (atomic commits
   every ``commit_every`` rows) and drops ids it has already written, so a rerun task can never
   add a row twice.
@@ -16,62 +18,43 @@ weight files at the same paths (a shared filesystem); the packaged weights trave
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from ..errors import require
-from ..extract import Extractor, ExtractorConfig
-from .build import BuildConfig, BuildReport, _decode, extract_batch, pending, start_build
+from ..extract import ExtractorConfig
+from .build import BuildConfig, BuildReport, ExtractionMapper, Step, build, own_model
 from .records import Record
 from .sources import Problem
-from .store import Index, ModelMismatchError
 
-__all__ = ["build_index_dask", "extract_chunk"]
-
-_EXTRACTORS: dict[str, Extractor] = {}     # per worker process: the models are loaded once
+__all__ = ["DaskDistributor", "build_index_dask"]
 
 
-def _worker_extractor(config: dict, device: str, backend: str, threads: int | None) -> Extractor:
-    key = json.dumps([config, device, backend, threads], sort_keys=True)
-    ex = _EXTRACTORS.get(key)
-    if ex is None:
-        ex = _EXTRACTORS[key] = Extractor(ExtractorConfig.from_dict(config), threads=threads, device=device,
-                                          backend=backend)
-    return ex
+class DaskDistributor:
+    """Runs the mapper on a Dask cluster's workers, ``chunk_size`` records per task, results in
+    the order they complete. A chunk that fails every retry becomes one problem per record."""
 
+    def __init__(self, client, chunk_size: int = 64, retries: int = 3):
+        require("distributed", "dask", "indexing on a Dask cluster")
+        from distributed import Client
 
-def extract_chunk(records: list[Record], config: dict, fingerprint: str, device: str = "cpu",
-                  backend: str = "auto", batch_size: int = 16, threads: int | None = None):
-    """One task: decode and extract ``records`` on this worker. Returns
-    ``[(records, Extracted | None), ...], problems``; raises if the worker's model differs."""
-    ex = _worker_extractor(config, device, backend, threads)
-    if ex.fingerprint != fingerprint:
-        raise ModelMismatchError(f"worker {os.uname().nodename} (pid {os.getpid()}) computes model "
-                                 f"{ex.fingerprint}, the index holds {fingerprint}: install the same "
-                                 "dermsearch and weights on every worker")
-    _fault_injection_hook(records)
-    out, problems = [], []
-    for start in range(0, len(records), batch_size):
-        batch = [_decode(r, ex.prepare) for r in records[start:start + batch_size]]
-        good, part, bad = extract_batch(ex, batch)
-        problems.extend(bad)
-        out.append((good, part))
-    return out, problems
+        self.client = client if isinstance(client, Client) else Client(client)
+        self.chunk_size, self.retries = chunk_size, retries
 
+    def run(self, mapper: ExtractionMapper, records: list[Record]) -> Iterator[Step]:
+        from distributed import as_completed
 
-def _fault_injection_hook(records: list[Record]) -> None:
-    """Tests only: ``DERMSEARCH_TEST_KILL_WORKER=MARKER_FILE`` kills the worker process (as a crash
-    would) the first time any worker runs a chunk, leaving MARKER_FILE so the retry succeeds."""
-    marker = os.environ.get("DERMSEARCH_TEST_KILL_WORKER")
-    if marker and records:
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.close(fd)
-        os._exit(1)
+        chunks = [records[i:i + self.chunk_size] for i in range(0, len(records), self.chunk_size)]
+        futures = [self.client.submit(mapper, chunk, retries=self.retries, pure=False) for chunk in chunks]
+        chunk_of = {f.key: c for f, c in zip(futures, chunks)}
+        for future in as_completed(futures):
+            try:
+                yield future.result()
+            except Exception as e:  # noqa: BLE001 - a chunk that failed every retry: report, go on
+                reason = f"extraction failed on the cluster ({type(e).__name__}: {e})"
+                yield chunk_of[future.key], [], [Problem(r.path, reason) for r in chunk_of[future.key]]
+            future.release()
 
 
 def build_index_dask(
@@ -85,47 +68,16 @@ def build_index_dask(
     worker_threads: int | None = None,
     on_problem: Callable[[Problem], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    mapper: ExtractionMapper | None = None,
 ) -> BuildReport:
     """:func:`~dermsearch.index.build.build_index` with extraction on the Dask ``client``'s workers.
 
     ``client``: a ``distributed.Client`` or a scheduler address. ``worker_threads``: torch/ONNX
-    threads per task (default: the worker's cores / its Dask threads)."""
-    require("distributed", "dask", "indexing on a Dask cluster")
-    from distributed import Client, as_completed
-
-    if not isinstance(client, Client):
-        client = Client(client)
-    t0 = time.perf_counter()
-    report, problem, records, extractor_config = start_build(source, directory, extractor_config, on_problem)
-    # the client builds the model once too: it fingerprints it and creates the index
-    local = Extractor(extractor_config)
-    index = Index.open_or_create(directory, local)
-    with index.writing():
-        todo, writer = pending(index, records, report, config.commit_every)
-        chunks = [todo[i:i + chunk_size] for i in range(0, len(todo), chunk_size)]
-        cfg = local.config.to_dict()
+    threads per task (default: the worker's cores / its Dask threads). Workers run on the CPU
+    unless ``config.device`` names a device. ``mapper``: another mapper (tests inject faults so)."""
+    distributor = DaskDistributor(client, chunk_size, retries)
+    if mapper is None:
         device = config.device if config.device != "auto" else "cpu"
-        futures = [client.submit(extract_chunk, chunk, cfg, local.fingerprint, device, config.backend,
-                                 config.batch_size, worker_threads, retries=retries, pure=False)
-                   for chunk in chunks]
-        size = {f.key: len(c) for f, c in zip(futures, chunks)}
-        done = 0
-        for future in as_completed(futures):
-            try:
-                parts, problems = future.result()
-            except Exception as e:  # noqa: BLE001 - a chunk that failed every retry: report, go on
-                chunk = chunks[futures.index(future)]
-                for r in chunk:
-                    problem(Problem(r.path, f"extraction failed on the cluster ({type(e).__name__}: {e})"))
-            else:
-                for p in problems:
-                    problem(p)
-                for good, part in parts:
-                    writer.add(good, part)
-            done += size[future.key]
-            future.release()
-            if progress:
-                progress(done, len(todo))
-        writer.flush()
-    report.seconds = time.perf_counter() - t0
-    return report
+        mapper = ExtractionMapper(own_model(directory, extractor_config), dataclasses.replace(config, device=device),
+                                  worker_threads)
+    return build(source, directory, mapper, distributor, config.commit_every, on_problem, progress)

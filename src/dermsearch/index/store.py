@@ -27,10 +27,10 @@ import pyarrow as pa
 
 from ..errors import ConfigError, DermsearchError
 from ..extract.config import ExtractorConfig
-from .records import Record
+from .records import IndexSchema, Record
 
 if TYPE_CHECKING:
-    from ..extract import Extracted, Extractor
+    from ..extract import Extracted
 
 __all__ = [
     "Index", "IndexDirectoryError", "IndexLockedError", "ModelMismatchError", "Record", "Snapshot", "FORMAT",
@@ -155,30 +155,15 @@ class Index:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def create(cls, directory: str | os.PathLike, extractor: Extractor) -> Index:
+    def create(cls, directory: str | os.PathLike, schema: IndexSchema) -> Index:
         directory = Path(directory)
         if (directory / MANIFEST).exists():
             raise IndexDirectoryError(f"{directory} already holds an index")
         directory.mkdir(parents=True, exist_ok=True)
         manifest = {
-            "format": FORMAT,
-            "fingerprint": extractor.fingerprint,
-            "extractor": extractor.config.to_dict(),
-            "feature_dim": int(extractor.feature_dim),
-            "style_dim": int(extractor.style_dim),
-            "mask_bytes": int(extractor.mask_bytes),
-            "mask_size": int(extractor.config.mask_size) if extractor.mask_bytes else 0,
-            "tap_channels": list(extractor.tap_channels),
-            "gram_betas": list(extractor.betas),
-            "gram_normalisation": ("G = F F^T / (H*W), averaged over members" if extractor.config.gram_pool == "image"
-                                   else "G = sum_p w_p f_p f_p^T / sum_p w_p, w_p = the fraction of tap cell p inside "
-                                        "the lesion mask (dilated by gram_margin; for skin, outside the mask), "
-                                        "averaged over members")
-                                  + {"none": "", "l2": "; then G / ||G||_F", "sqrt": "; then sign(G) |G|^0.5",
-                                     "sqrt+l2": "; then sign(G) |G|^0.5, then / ||.||_F"}[extractor.config.gram_norm],
-            "style_layers": list(extractor.style_layout),
-            "network_fingerprint": getattr(extractor, "network_fingerprint", None),
-            "style_network_fingerprint": getattr(extractor, "style_fingerprint", None),
+            "format": FORMAT, "fingerprint": schema.fingerprint, "extractor": dict(schema.extractor),
+            "feature_dim": schema.feature_dim, "style_dim": schema.style_dim, "mask_bytes": schema.mask_bytes,
+            "mask_size": schema.mask_size, **schema.facts,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         import lancedb
@@ -204,12 +189,12 @@ class Index:
         return cls(directory, manifest)
 
     @classmethod
-    def open_or_create(cls, directory: str | os.PathLike, extractor: Extractor) -> Index:
+    def open_or_create(cls, directory: str | os.PathLike, schema: IndexSchema) -> Index:
         directory = Path(directory)
         if not (directory / MANIFEST).exists():
-            return cls.create(directory, extractor)
+            return cls.create(directory, schema)
         index = cls.open(directory)
-        index.check_fingerprint(extractor.fingerprint, extractor.config)
+        index.check_fingerprint(schema.fingerprint, ExtractorConfig.from_dict(schema.extractor))
         return index
 
     # --------------------------------------------------------------- properties
