@@ -33,6 +33,14 @@ def lesion_image(seed: int, size: int = 96) -> Image.Image:
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
+@pytest.fixture(scope="session")
+def tiny_extractor():
+    """One torch extractor of the tiny model for the whole session (building one costs seconds)."""
+    from dermsearch.extract import Extractor
+
+    return Extractor(TINY)
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "images"

@@ -11,13 +11,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from dermsearch.cli.main import main
-from dermsearch.extract import Extractor, ImageError, load_image
+from dermsearch.extract import ImageError, load_image
 from dermsearch.index import Index
 from dermsearch.index.build import build_index
 from dermsearch.web.app import create_app
 
 from .badinputs import _lesion, _save, csv_cases, image_cases
-from .conftest import TINY
 
 CASES = image_cases()
 
@@ -38,8 +37,8 @@ def corpus(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def built(corpus):
-    extractor = Extractor(TINY)
+def built(tiny_extractor, corpus):
+    extractor = tiny_extractor
     problems = []
     report = build_index(corpus / "images", corpus / "ix", extractor=extractor, on_problem=problems.append)
     return extractor, report, {p.where.rsplit("/", 1)[-1]: p.reason for p in problems}
@@ -104,6 +103,7 @@ def _client(corpus, extractor):
     return _CLIENTS["c"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, text, expected", csv_cases(), ids=[c[0] for c in csv_cases()])
 def test_labels_csv_cases(kind, text, expected, corpus, tmp_path, capsys):
     csv_path = corpus / f"case_{abs(hash(kind))}.csv"

@@ -129,6 +129,7 @@ def synthetic(tmp_path_factory) -> Path:
 TINY_TRAIN = dict(members=2, image_size=32, epochs=4, head_epochs=3, batch_size=8, lr=3e-3, feature_dim=32, tta=1)
 
 
+@pytest.mark.slow
 def test_tiny_two_phase_training_melanoma(synthetic, tmp_path):
     cfg = ClassifierTrainConfig(labels=str(synthetic), target="melanoma", **TINY_TRAIN)
     logs: list[str] = []
@@ -185,6 +186,7 @@ def test_interrupted_member_resumes_from_its_last_epoch(synthetic, tmp_path):
     assert (tmp_path / "run" / "ensemble.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_tiny_training_diagnosis_target_and_evaluator_head_auc(synthetic, tmp_path):
     cfg = ClassifierTrainConfig(labels=str(synthetic), target="diagnosis", class_weights=True, balanced=True,
                                 augment="online", diversity="fold", **TINY_TRAIN)
@@ -210,6 +212,7 @@ def test_config_rejects_bad_settings():
         ClassifierTrainConfig(labels="x", augment="x8")
 
 
+@pytest.mark.slow
 def test_cli_train_classifier_on_real_subset(tmp_path, capsys):
     require_data(HAM / "labels.csv")
     rc = main(["train", "classifier", "--labels", str(HAM / "labels.csv"), "--split", str(HAM / "split.csv"),
@@ -241,6 +244,7 @@ def test_packaged_default_ensemble_matches_the_default_config_and_size_budget():
     assert "melanoma" in (weights / "MODEL_CARD.md").read_text().lower()
 
 
+@pytest.mark.slow
 def test_phase_two_only_on_reused_members_with_a_metric_loss(synthetic, tmp_path):
     cfg = ClassifierTrainConfig(labels=str(synthetic), target="diagnosis", **{**TINY_TRAIN, "epochs": 1})
     train_classifier(cfg, tmp_path / "src", log=lambda m: None, progress=False)

@@ -46,6 +46,7 @@ def real_subset(tmp_path_factory):
     return root, index, res, nev, mel
 
 
+@pytest.mark.slow
 def test_index_reports_bad_files_and_indexes_the_rest(real_subset):
     root, index, res, *_ = real_subset
     assert "added 30" in res.stdout and "skipped 2" in res.stdout
@@ -55,6 +56,7 @@ def test_index_reports_bad_files_and_indexes_the_rest(real_subset):
     assert check.returncode == 0 and "30 images" in check.stdout and "OK" in check.stdout
 
 
+@pytest.mark.slow
 def test_search_json_every_measure(real_subset):
     root, index, _, nev, mel = real_subset
     q = mel[0]
@@ -74,6 +76,7 @@ def test_search_json_every_measure(real_subset):
     assert html.count("data:image/jpeg;base64") >= 6 and "i1_sd" in html
 
 
+@pytest.mark.slow
 def test_search_self_and_k0(real_subset):
     root, index, _, nev, _ = real_subset
     q = nev[3]
@@ -88,6 +91,7 @@ def test_search_self_and_k0(real_subset):
     assert hits[0]["raw"]["ed"] < 1e-3 and hits[1]["raw"]["ed"] > 1000 * hits[0]["raw"]["ed"]
 
 
+@pytest.mark.slow
 def test_table_output_and_filters(real_subset):
     root, index, _, nev, _ = real_subset
     res = run("search", str(index), str(root / nev[0]["image_path"]), "-k", "3", "--where", "diagnosis=melanoma")
@@ -95,6 +99,7 @@ def test_table_output_and_filters(real_subset):
     assert "candidates: 10" in res.stdout and "i1_ecd" in res.stdout and "nevus" not in res.stdout.split("I1")[-1]
 
 
+@pytest.mark.slow
 def test_remove_and_readd(real_subset, tmp_path):
     root, index, *_ = real_subset
     copy = tmp_path / "ix"
@@ -115,6 +120,7 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "efficientnet-lite0/1/2" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bundled_demo_sample(tmp_path):
     sample = REPO / "examples" / "isic-sample" / "labels.csv"
     assert (REPO / "examples" / "isic-sample" / "ATTRIBUTION.txt").is_file()

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dermsearch.extract import Extractor
 from dermsearch.index import Index
 from dermsearch.index.build import BuildConfig, ExtractionMapper, build_index
 from dermsearch.search import MEASURES, Filters, Searcher
@@ -24,6 +23,8 @@ distributed = pytest.importorskip("distributed")
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "isic-sample" / "labels.csv"
 TORCH = BuildConfig(backend="torch", batch_size=8, commit_every=16)
+
+pytestmark = pytest.mark.slow   # a Dask cluster of worker processes per module
 
 
 def _cluster(**kwargs):
@@ -38,11 +39,11 @@ def client():
 
 
 @pytest.fixture(scope="module")
-def indexes(client, tmp_path_factory):
+def indexes(tiny_extractor, client, tmp_path_factory):
     from dermsearch.index.distributed import build_index_dask
 
     root = tmp_path_factory.mktemp("dask")
-    local = build_index(SAMPLE, root / "local", extractor=Extractor(TINY), config=TORCH)
+    local = build_index(SAMPLE, root / "local", extractor=tiny_extractor, config=TORCH)
     remote = build_index_dask(SAMPLE, root / "remote", client, TINY, TORCH, chunk_size=10)
     return root, local, remote
 
@@ -59,10 +60,10 @@ def test_distributed_index_equals_local(indexes):
     np.testing.assert_array_equal(a.masks[order_a], b.masks[order_b])
 
 
-def test_sharded_search_matches_local(indexes, client):
+def test_sharded_search_matches_local(tiny_extractor, indexes, client):
     root, _, _ = indexes
-    local = Searcher(root / "remote", extractor=Extractor(TINY))
-    sharded = Searcher(root / "remote", extractor=Extractor(TINY), dask=client)
+    local = Searcher(root / "remote", extractor=tiny_extractor)
+    sharded = Searcher(root / "remote", extractor=tiny_extractor, dask=client)
     assert len(sharded.sharded.shards) == 2
     ids = list(local.snapshot.ids[:3])
     for image_id in ids:
@@ -83,13 +84,13 @@ def test_sharded_search_matches_local(indexes, client):
     assert [r.results["style"][0].id for r in batch] == ids
 
 
-def test_concurrent_sharded_searches(indexes, client):
+def test_concurrent_sharded_searches(tiny_extractor, indexes, client):
     """Web-server style: 24 searches from 12 threads at once on one sharded searcher."""
     from concurrent.futures import ThreadPoolExecutor
 
     root, _, _ = indexes
-    local = Searcher(root / "remote", extractor=Extractor(TINY))
-    sharded = Searcher(root / "remote", extractor=Extractor(TINY), dask=client)
+    local = Searcher(root / "remote", extractor=tiny_extractor)
+    sharded = Searcher(root / "remote", extractor=tiny_extractor, dask=client)
     ids = list(local.snapshot.ids[:24])
     queries = [local.query_for_id(i) for i in ids]
     with ThreadPoolExecutor(12) as pool:
@@ -100,14 +101,14 @@ def test_concurrent_sharded_searches(indexes, client):
             assert [h.id for h in a.results[m]] == [h.id for h in b.results[m]], m
 
 
-def test_sharded_search_survives_a_lost_worker(indexes, client):
+def test_sharded_search_survives_a_lost_worker(tiny_extractor, indexes, client):
     """A worker holding a shard dies between queries: its shard is loaded again on a live worker
     and the next query still gives the local results (it does not wait forever for the dead one)."""
     import os
 
     root, _, _ = indexes
-    local = Searcher(root / "remote", extractor=Extractor(TINY))
-    sharded = Searcher(root / "remote", extractor=Extractor(TINY), dask=client)
+    local = Searcher(root / "remote", extractor=tiny_extractor)
+    sharded = Searcher(root / "remote", extractor=tiny_extractor, dask=client)
     engine = sharded.sharded
     victim = engine.shards[0].worker
     with pytest.raises(Exception):            # noqa: B017 - the connection drops as the process exits

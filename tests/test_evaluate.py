@@ -20,11 +20,10 @@ from dermsearch.evaluate.metrics import (
     vote_auc,
 )
 from dermsearch.evaluate.rating import score_ratings, write_rating_sheet
-from dermsearch.extract import Extractor
 from dermsearch.index.build import build_index
 from dermsearch.search import Searcher
 
-from .conftest import TINY, lesion_image
+from .conftest import lesion_image
 
 
 def test_precision_and_ap_hand_values():
@@ -60,7 +59,7 @@ def test_bootstrap_ci_contains_point_and_is_deterministic():
 
 
 @pytest.fixture(scope="module")
-def lesion_index(tmp_path_factory):
+def lesion_index(tiny_extractor, tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     (root / "images").mkdir()
     diags = ["nv", "mel", "bkl"]
@@ -70,7 +69,7 @@ def lesion_index(tmp_path_factory):
         for i in range(18):
             lesion_image(i).save(root / "images" / f"e{i}.png")  # images 2j and 2j+1: one lesion
             w.writerow([f"e{i}", f"images/e{i}.png", diags[(i // 2) % 3], f"L{i // 2}"])
-    extractor = Extractor(TINY)
+    extractor = tiny_extractor
     build_index(root / "labels.csv", root / "ix", extractor=extractor)
     return root, Searcher(root / "ix", extractor=extractor)
 
@@ -91,6 +90,7 @@ def test_rankings_equal_searcher_and_exclude_same_lesion(lesion_index):
     assert n_rel.tolist() == [4] * 18
 
 
+@pytest.mark.slow
 def test_run_report_cis_contain_points(lesion_index):
     _, s = lesion_index
     ev = Evaluator(s)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dermsearch.cli.main import main
-from dermsearch.extract import Extractor, load_image
+from dermsearch.extract import load_image
 from dermsearch.index.build import build_index
 from dermsearch.search import MEASURES, Searcher
 from dermsearch.search.engine import ExactEngine, Query, QueryBatch, top_k_rows
@@ -25,16 +25,16 @@ from dermsearch.search.fast import (
 )
 from dermsearch.search.measures import mask_intersections, measure_scores
 
-from .conftest import TINY, lesion_image
+from .conftest import lesion_image
 
 
 @pytest.fixture(scope="module")
-def indexed(tmp_path_factory):
+def indexed(tiny_extractor, tmp_path_factory):
     root = tmp_path_factory.mktemp("fast")
     (root / "images").mkdir()
     for i in range(14):
         lesion_image(i).save(root / "images" / f"x{i:02d}.png")
-    extractor = Extractor(TINY)
+    extractor = tiny_extractor
     build_index(root / "images", root / "ix", extractor=extractor)
     return root, extractor
 

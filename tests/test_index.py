@@ -16,11 +16,6 @@ from dermsearch.index.sources import SourceError, read_folder, read_labels_csv
 from .conftest import TINY, lesion_image
 
 
-@pytest.fixture(scope="module")
-def tiny_extractor():
-    return Extractor(TINY)
-
-
 def _add_bad_files(folder):
     (folder / "zero.jpg").write_bytes(b"")
     (folder / "random.jpg").write_bytes(np.random.default_rng(0).bytes(500))

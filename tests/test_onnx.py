@@ -29,10 +29,11 @@ def cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def pair(cache):
-    return Extractor(TINY), Extractor(TINY, backend="onnx")
+def pair(tiny_extractor, cache):
+    return tiny_extractor, Extractor(TINY, backend="onnx")
 
 
+@pytest.mark.slow
 def test_parity_with_torch(pair):
     torch_ex, onnx_ex = pair
     images = [lesion_image(i) for i in range(5)]
@@ -73,10 +74,11 @@ def test_index_with_onnx_then_search_with_torch(pair, tmp_path, image_folder):
             assert res.results[m][0].id == image_id
 
 
-def test_build_config_backend_and_cli_export(cache, tmp_path, image_folder, capsys):
+@pytest.mark.slow
+def test_build_config_backend_and_cli_export(tiny_extractor, cache, tmp_path, image_folder, capsys):
     report = build_index(image_folder, tmp_path / "ix", TINY, BuildConfig(backend="onnx", batch_size=4))
     assert report.added == 8
-    assert Index.open(tmp_path / "ix").fingerprint == Extractor(TINY).fingerprint
+    assert Index.open(tmp_path / "ix").fingerprint == tiny_extractor.fingerprint
     assert main(["export-onnx", str(tmp_path / "ix"), "--out", str(tmp_path / "exported")]) == 0
     assert (tmp_path / "exported" / "extractor.onnx").is_file()
     assert "exported model" in capsys.readouterr().out

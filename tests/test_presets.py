@@ -78,6 +78,7 @@ def test_dry_run_measures_real_steps_and_explicit_flags_override_the_preset(tmp_
     assert not (tmp_path / "run" / "ensemble.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_tiny_paper_preset_trains_and_indexes_end_to_end(tmp_path, capsys):
     require_data(HAM / "labels.csv")
     labels = _synthetic_set(tmp_path / "data", n_train=8, n_val=4)

@@ -10,15 +10,16 @@ import sys
 import threading
 
 import numpy as np
+import pytest
 
 from dermsearch.cli.main import main
-from dermsearch.extract import Extractor
 from dermsearch.index import Index
 from dermsearch.index.build import BuildConfig, build_index
 
-from .conftest import REPO, TINY, lesion_image
+from .conftest import REPO, lesion_image
 
 
+@pytest.mark.slow
 def test_sigkill_short_version():
     """Three seeded SIGKILLs of `dermsearch index` on the bundled sample (the full 50-run
     version: benchmarks/crash_index.py, figures in docs/reliability.md)."""
@@ -29,12 +30,12 @@ def test_sigkill_short_version():
     assert out["survived"] == 3 and out["failures"] == [] and out["images"] == 48
 
 
-def test_searches_during_writes_see_consistent_snapshots(tmp_path):
+def test_searches_during_writes_see_consistent_snapshots(tiny_extractor, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
     for i in range(40):
         lesion_image(i, 64).save(folder / f"c{i:02d}.png")
-    extractor = Extractor(TINY)
+    extractor = tiny_extractor
     build_index(folder, tmp_path / "ix", extractor=extractor, config=BuildConfig(batch_size=4, commit_every=4))
     for i in range(40, 80):
         lesion_image(i, 64).save(folder / f"c{i:02d}.png")
@@ -66,8 +67,8 @@ def test_searches_during_writes_see_consistent_snapshots(tmp_path):
     assert len(Index.open(tmp_path / "ix")) == 80
 
 
-def test_second_writer_cli_gets_locked_error(tmp_path, image_folder, capsys):
-    build_index(image_folder, tmp_path / "ix", extractor=Extractor(TINY))
+def test_second_writer_cli_gets_locked_error(tiny_extractor, tmp_path, image_folder, capsys):
+    build_index(image_folder, tmp_path / "ix", extractor=tiny_extractor)
     lesion_image(77).save(image_folder / "extra.png")
     with Index.open(tmp_path / "ix").writing():
         rc = main(["index", str(image_folder), "--index", str(tmp_path / "ix"), "--quiet"])

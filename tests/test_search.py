@@ -12,11 +12,11 @@ from dermsearch.index.build import build_index
 from dermsearch.search import MEASURES, Filters, Searcher
 from dermsearch.search.measures import max_normalised
 
-from .conftest import TINY, lesion_image
+from .conftest import lesion_image
 
 
 @pytest.fixture(scope="module")
-def labelled_index(tmp_path_factory):
+def labelled_index(tiny_extractor, tmp_path_factory):
     root = tmp_path_factory.mktemp("labelled")
     (root / "images").mkdir()
     rows = []
@@ -28,7 +28,7 @@ def labelled_index(tmp_path_factory):
         w = csv.writer(f)
         w.writerow(["image_id", "image_path", "diagnosis", "lesion_id", "sex", "age"])
         w.writerows(rows)
-    extractor = Extractor(TINY)
+    extractor = tiny_extractor
     build_index(root / "labels.csv", root / "ix", extractor=extractor)
     return root, Searcher(root / "ix", extractor=extractor)
 

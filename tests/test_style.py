@@ -166,9 +166,9 @@ def test_gram_weights_file_round_trip_and_checks(tmp_path):
         resolve_gram_weights(dataclasses.replace(cfg, gram_weights="squares"), chans)
 
 
-def test_extractor_pools_grams_over_the_lesion_and_records_it():
+def test_extractor_pools_grams_over_the_lesion_and_records_it(tiny_extractor):
     images = [lesion_image(i) for i in range(3)]
-    plain = Extractor(TINY)
+    plain = tiny_extractor
     lesion = Extractor(dataclasses.replace(TINY, gram_pool="lesion", gram_margin=0.05))
     assert Extractor(dataclasses.replace(TINY, gram_norm="l2")).fingerprint != plain.fingerprint
     both = Extractor(dataclasses.replace(TINY, gram_pool="lesion+skin"))
@@ -198,6 +198,7 @@ def test_gram_normalisations_by_hand():
         normalise_grams([g], "cube")
 
 
+@pytest.mark.slow
 def test_onnx_backend_matches_torch_for_lesion_grams(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     monkeypatch.setenv("DERMSEARCH_CACHE", str(tmp_path))
@@ -268,7 +269,7 @@ def test_cli_search_json_and_contact_sheet_carry_explanations(lesion_index, tmp_
     assert "explain" not in capsys.readouterr().out
 
 
-def test_fit_gram_weights_command_writes_usable_weights(tmp_path, capsys):
+def test_fit_gram_weights_command_writes_usable_weights(tiny_extractor, tmp_path, capsys):
     import csv
 
     from dermsearch.cli.main import main
@@ -289,7 +290,7 @@ def test_fit_gram_weights_command_writes_usable_weights(tmp_path, capsys):
         w = csv.DictWriter(f, ["image_id", "split"], extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    build_index(tmp_path / "labels.csv", tmp_path / "ix", extractor=Extractor(TINY))
+    build_index(tmp_path / "labels.csv", tmp_path / "ix", extractor=tiny_extractor)
     out = tmp_path / "w.json"
     assert main(["fit-gram-weights", str(tmp_path / "ix"), "--split", str(tmp_path / "split.csv"),
                  "-k", "2", "--out", str(out)]) == 0
@@ -298,7 +299,7 @@ def test_fit_gram_weights_command_writes_usable_weights(tmp_path, capsys):
     assert len(doc["betas"]) == 7 and doc["gram_pool"] == "image" and doc["fitted_on"]["n_queries"] == 6
     cfg = dataclasses.replace(TINY, gram_weights=str(out))
     ex = Extractor(cfg)
-    assert ex.betas == pytest.approx(doc["betas"]) and ex.fingerprint != Extractor(TINY).fingerprint
+    assert ex.betas == pytest.approx(doc["betas"]) and ex.fingerprint != tiny_extractor.fingerprint
     assert main(["index", str(tmp_path / "labels.csv"), "--index", str(tmp_path / "ix2"), "--weights", "random",
                  "--image-size", "64", "--mask-size", "32", "--gram-weights", str(out), "--backend", "torch"]) == 0
     from dermsearch.index import Index

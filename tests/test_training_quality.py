@@ -261,6 +261,7 @@ def test_tta_views_average_the_members_pooled_vectors():
         tta_views(x, 3)
 
 
+@pytest.mark.slow
 def test_extractor_tta_torch_and_onnx_agree_and_style_is_unchanged(tmp_path):
     base = dict(weights="imagenet", feature="ensemble", members=2, feature_dim=16, image_size=64, masks=False,
                 gram_pool="image", gram_margin=0.0, gram_norm="none", gram_weights="inverse-channels")

@@ -141,6 +141,7 @@ def browser(chromium):
     return chromium
 
 
+@pytest.mark.slow
 def test_browser_search_overlay_filter_and_rate(browser, live_server):
     page = browser.new_page()
     page.goto(live_server + "/")
@@ -179,6 +180,7 @@ def test_browser_search_overlay_filter_and_rate(browser, live_server):
     page.close()
 
 
+@pytest.mark.slow
 def test_serve_command_binds_loopback(index_dir):
     import subprocess
     import sys
@@ -204,6 +206,7 @@ def test_serve_command_binds_loopback(index_dir):
         proc.wait(10)
 
 
+@pytest.mark.slow
 def test_browser_consensus_compare_export_and_empty_filters(browser, live_server, tmp_path):
     page = browser.new_page()
     page.goto(live_server + "/")

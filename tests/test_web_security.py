@@ -14,20 +14,19 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from dermsearch.extract import Extractor
 from dermsearch.index.build import build_index
 from dermsearch.search import Searcher
 from dermsearch.web.app import WebConfig, create_app
 from dermsearch.web.auth import TokenStore
 from dermsearch.web.security import CSP
 
-from .conftest import TINY, lesion_image, running_server
+from .conftest import lesion_image, running_server
 
 HOSTILE_IDS = ['x" onerror="alert(1)', "<img src=x onerror=alert(2)>", "a'b?c#d", "plain"]
 
 
 @pytest.fixture(scope="module")
-def hostile_index(tmp_path_factory):
+def hostile_index(tiny_extractor, tmp_path_factory):
     """Ids, diagnoses and metadata that would run script if a page built markup from them."""
     root = tmp_path_factory.mktemp("hostile")
     with open(root / "labels.csv", "w", newline="") as f:
@@ -37,7 +36,7 @@ def hostile_index(tmp_path_factory):
             lesion_image(i).save(root / f"i{i}.png")
             w.writerow([f"{image_id}{i}", f"i{i}.png", "<img src=x onerror=alert(3)>" if i % 2 else "nv",
                         f"L{i}", '"><script>alert(4)</script>'])
-    extractor = Extractor(TINY)
+    extractor = tiny_extractor
     build_index(root / "labels.csv", root / "ix", extractor=extractor)
     return root, extractor
 
@@ -159,6 +158,7 @@ def test_busy_server_answers_429_and_keeps_serving(hostile_index):
     assert latency < 2.0            # loose: the measured figure is in benchmarks/bench_web.py
 
 
+@pytest.mark.slow
 def test_hostile_data_renders_inert_in_the_browser(chromium, hostile_index, tmp_path):
     query = tmp_path / "q.png"
     query.write_bytes(_png())
@@ -277,6 +277,7 @@ def test_serve_refuses_to_expose_an_index_without_tokens(hostile_index, capsys):
     assert "dermsearch token create" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_browser_sign_in_flow(chromium, auth_index):
     ix, extractor, tokens = auth_index
     app = create_app(ix, WebConfig(), searcher=Searcher(ix, extractor=extractor))

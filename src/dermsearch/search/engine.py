@@ -79,8 +79,15 @@ SMALL_PRODUCT = 8_000_000        # multiply-adds below which a product is not wo
 
 
 def numpy_products(Q: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """``Q @ Xᵀ`` in float32 with numpy's BLAS (X not copied)."""
-    return np.asarray(np.atleast_2d(np.asarray(Q, dtype=np.float32)) @ np.asarray(X).T, dtype=np.float32)
+    """``Q @ Xᵀ`` in float32 with numpy's BLAS (X not copied), one matrix-vector product per
+    query: a query's products do not depend on the batch it came in (a matrix-matrix product sums
+    in another order), and X is small enough here to stay in cache between them."""
+    Q = np.atleast_2d(np.asarray(Q, dtype=np.float32))
+    X = np.asarray(X)
+    out = np.empty((Q.shape[0], X.shape[0]), dtype=np.float32)
+    for j in range(Q.shape[0]):
+        out[j] = X @ Q[j]
+    return out
 
 
 def torch_products(Q: np.ndarray, X: np.ndarray) -> np.ndarray:
