@@ -167,6 +167,7 @@ def test_tiny_two_phase_training_melanoma(synthetic, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.slow
 def test_interrupted_member_resumes_from_its_last_epoch(synthetic, tmp_path):
     cfg = ClassifierTrainConfig(labels=str(synthetic), target="melanoma", **{**TINY_TRAIN, "members": 1})
 

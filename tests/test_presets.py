@@ -64,6 +64,7 @@ def test_device_auto_falls_back_to_cpu_and_cuda_fails_cleanly(image_folder, tmp_
                  "--image-size", "64", "--mask-size", "32", "--device", "auto", "-q"]) == 0
 
 
+@pytest.mark.slow
 def test_dry_run_measures_real_steps_and_explicit_flags_override_the_preset(tmp_path, capsys):
     labels = _synthetic_set(tmp_path / "data")
     rc = main(["train", "classifier", "--preset", "paper", "--labels", str(labels), "--out", str(tmp_path / "run"),

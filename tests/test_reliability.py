@@ -30,6 +30,7 @@ def test_sigkill_short_version():
     assert out["survived"] == 3 and out["failures"] == [] and out["images"] == 48
 
 
+@pytest.mark.slow
 def test_searches_during_writes_see_consistent_snapshots(tiny_extractor, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()

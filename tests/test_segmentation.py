@@ -167,6 +167,7 @@ def test_packaged_default_segments_a_lesion():
     assert np.mean(dice) > 0.8
 
 
+@pytest.mark.slow
 def test_cli_train_and_eval_on_real_subset(tmp_path, capsys):
     labels = SHARED / "ham10000" / "labels.csv"
     require_data(labels)

@@ -276,6 +276,7 @@ def test_extractor_tta_torch_and_onnx_agree_and_style_is_unchanged(tmp_path):
         ExtractorConfig(**base, tta=3)
 
 
+@pytest.mark.slow
 def test_learned_gram_weights_follow_the_members_not_the_dense_layer(tmp_path):
     """The packaged β are bound to the members that make the Grams: a new Dense layer/head on the same
     members keeps them; other members are refused."""
