@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..names import MEASURES
-from .common import UsageError, err
+from .common import UsageError, emit, err
 from .options import Common
 
 __all__ = ["register"]
@@ -84,13 +84,9 @@ def cmd_evaluate(args) -> int:
     if args.ratings:
         if not args.rating_key:
             raise UsageError("--ratings needs --rating-key (the key.csv written with the sheet)")
-        scores = score_ratings(args.rating_key, args.ratings, args.bootstrap, args.seed)
-        if args.json:
-            print(json.dumps(scores, indent=1))
-        else:
-            for m, v in scores.items():
-                print(f"{m:10s} success rate {100 * v['success_rate']:.1f}% "
-                      f"(95% CI {100 * v['ci95'][0]:.1f}-{100 * v['ci95'][1]:.1f}) over {v['queries']} queries")
+        emit(score_ratings(args.rating_key, args.ratings, args.bootstrap, args.seed), args.json,
+             lambda m, v: f"{m:10s} success rate {100 * v['success_rate']:.1f}% (95% CI {100 * v['ci95'][0]:.1f}-"
+                          f"{100 * v['ci95'][1]:.1f}) over {v['queries']} queries")
         return 0
     split = read_split(args.split) if args.split else None
     if (args.query_split or args.candidate_split) and split is None:
@@ -206,11 +202,7 @@ def cmd_eval_classifier(args) -> int:
 def cmd_eval_segmenter(args) -> int:
     from ..train.segmenter import compare_segmenters
 
-    rows = compare_segmenters(args.labels, args.split, args.on, args.image_size, args.segmenter)
-    if args.json:
-        print(json.dumps(rows, indent=1))
-    else:
-        for name, r in rows.items():
-            print(f"{name}: Dice {r['dice']:.4f} (95% CI {r['dice_ci95'][0]:.4f}-{r['dice_ci95'][1]:.4f}, "
-                  f"median {r['dice_median']:.4f}), Jaccard {r['jaccard']:.4f} on {r['images']} images")
+    emit(compare_segmenters(args.labels, args.split, args.on, args.image_size, args.segmenter), args.json,
+         lambda name, r: f"{name}: Dice {r['dice']:.4f} (95% CI {r['dice_ci95'][0]:.4f}-{r['dice_ci95'][1]:.4f}, "
+                         f"median {r['dice_median']:.4f}), Jaccard {r['jaccard']:.4f} on {r['images']} images")
     return 0

@@ -4,10 +4,21 @@ from rich.console import Console
 
 from ..errors import ConfigError
 
-__all__ = ["err", "UsageError"]
+__all__ = ["err", "UsageError", "emit"]
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class UsageError(ConfigError):
     """A command given options it cannot work with; the CLI prints the message and exits 2."""
+
+
+def emit(rows: dict, as_json: bool, line) -> None:
+    """Print ``rows`` (name -> figures) as one JSON object, or one ``line(name, figures)`` each."""
+    import json
+
+    if as_json:
+        print(json.dumps(rows, indent=1))
+    else:
+        for name, figures in rows.items():
+            print(line(name, figures))
