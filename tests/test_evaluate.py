@@ -236,3 +236,13 @@ def test_cli_headline_is_chosen_on_other_queries(lesion_index, tmp_path, capsys)
     assert md.startswith("**Headline: `cosine`, macro_p@3") and "3-NN balanced accuracy" in md
     assert main(base + ["--choose-on", "test"]) == 2                                 # never choose on test
     assert "overlaps the query splits" in capsys.readouterr().err
+
+
+def test_item_bootstrap_agrees_with_scipy():
+    """The item-level percentile bootstrap is scipy's (the cluster one has no scipy counterpart)."""
+    from scipy.stats import bootstrap
+
+    x = np.random.default_rng(5).normal(size=300)
+    ours = bootstrap_ci(lambda i: x[i].mean(), len(x), 4000, seed=1)
+    ref = bootstrap((x,), np.mean, n_resamples=4000, method="percentile", random_state=2).confidence_interval
+    assert ours == pytest.approx((ref.low, ref.high), abs=0.015)

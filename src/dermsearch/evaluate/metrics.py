@@ -73,6 +73,10 @@ def bootstrap_ci(statistic: Callable[[np.ndarray], float], n: int, rounds: int, 
                  level: float = 0.95, clusters: np.ndarray | None = None) -> tuple[float, float]:
     """Percentile bootstrap: ``statistic(indices)`` on ``rounds`` resamples of the ``n`` items.
 
+    Written here rather than with ``scipy.stats.bootstrap``, which resamples items (or pairs) but
+    not clusters: the lesion-level CIs need whole lesions drawn together. The item case is the
+    same percentile bootstrap (``tests/test_evaluate.py`` checks both against hand-built data).
+
     ``clusters`` (one label per item, e.g. the query's lesion_id): resample whole clusters with
     replacement and take all their items (a cluster bootstrap), so that several images of one
     lesion count as the one observation they are; ``None`` resamples items one by one."""
