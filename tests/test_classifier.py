@@ -180,7 +180,7 @@ def test_interrupted_member_resumes_from_its_last_epoch(synthetic, tmp_path):
     assert not (tmp_path / "run" / "ensemble.safetensors").exists()
     logs: list[str] = []
     # another device for the second sitting (the device is not part of the resume key)
-    train_classifier(replace(cfg, device="cpu"), tmp_path / "run", log=logs.append, progress=False)
+    train_classifier(cfg, tmp_path / "run", log=logs.append, progress=False, device="cpu")
     assert not any("afresh" in line for line in logs)
     assert any("resuming after epoch 2" in line for line in logs)
     assert sum("member 1/1 epoch" in line for line in logs) == 2   # epochs 3 and 4 only

@@ -135,7 +135,7 @@ def test_tiny_training_lowers_loss_and_resumes(tmp_path):
     _write_dataset(tmp_path / "data")
     cfg = SegTrainConfig(labels=str(tmp_path / "data/labels.csv"), split=str(tmp_path / "data/split.csv"),
                          arch="unet", width=4, depth=3, image_size=32, epochs=4, batch_size=6, lr=1e-2,
-                         augment=False, device="cpu")
+                         augment=False)
     class Stop(Exception):
         pass
 

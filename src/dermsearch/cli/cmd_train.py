@@ -132,8 +132,9 @@ def cmd_train_segmenter(args) -> int:
 
     cfg = _config(args, SegTrainConfig, get_preset(args.preset).segmenter)
     if args.dry_run:
-        return _print_dry_run(dry_run_segmenter(cfg, args.dry_run_steps))
-    result = train_segmenter(cfg, args.out, log=lambda m: err.print(m, highlight=False), progress=not args.quiet)
+        return _print_dry_run(dry_run_segmenter(cfg, args.dry_run_steps, args.device))
+    result = train_segmenter(cfg, args.out, log=lambda m: err.print(m, highlight=False), progress=not args.quiet,
+                             device=args.device)
     print(f"best val Dice {result['best_val_dice']:.4f}; weights: {args.out / 'best.safetensors'}")
     return 0
 
@@ -144,9 +145,9 @@ def cmd_train_classifier(args) -> int:
 
     cfg = _config(args, ClassifierTrainConfig, get_preset(args.preset).classifier)
     if args.dry_run:
-        return _print_dry_run(dry_run_classifier(cfg, args.dry_run_steps))
+        return _print_dry_run(dry_run_classifier(cfg, args.dry_run_steps, args.device))
     metrics = train_classifier(cfg, args.out, log=lambda m: err.print(m, highlight=False), progress=not args.quiet,
-                               cache_dir=args.cache)
+                               cache_dir=args.cache, device=args.device)
     print(json.dumps({"val": metrics["val"]["ensemble"], "weights": str(args.out / "ensemble.safetensors")}))
     return 0
 

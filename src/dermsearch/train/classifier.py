@@ -99,8 +99,8 @@ class ClassifierTrainConfig:
     init_members: str = ""            # an ensemble file ("default": the packaged one) whose members are reused:
                                       # phase one is skipped and only phase two (BN, Dense, head) is trained
     seed: int = 0
-    device: str = "auto"
     limit: int = 0                    # first N images of each split only (smoke tests)
+    # where it runs (device) is not part of what a run computes: an argument of train_classifier
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -265,7 +265,7 @@ class _Session:
 
 
 def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Callable[[str], None] = print,
-                     progress: bool = True, cache_dir: str | Path | None = None) -> dict:
+                     progress: bool = True, cache_dir: str | Path | None = None, device: str = "auto") -> dict:
     """Train the ensemble; returns the validation metrics. Resumes where an interrupted run stopped.
 
     ``cache_dir`` (default ``out_dir/cache``) holds the frozen-prefix outputs; runs that differ only
@@ -274,7 +274,7 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Calla
     (out / "members").mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir else out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
+    device = resolve_device(device)
     torch.manual_seed(cfg.seed)
     atomic_json(out / "config.json", cfg.to_dict())
     t_start = time.perf_counter()
@@ -541,7 +541,7 @@ def _train_head(ses: _Session, net: EnsembleFeatureNet, spec: EnsembleSpec, memb
 
 # ------------------------------------------------------------------ resource estimate
 
-def dry_run_classifier(cfg: ClassifierTrainConfig, steps: int = 3):
+def dry_run_classifier(cfg: ClassifierTrainConfig, steps: int = 3, device: str = "auto"):
     """Parameters, memory and measured seconds per batch of ``cfg`` on its device; nothing is trained."""
     from .resources import DryRun, adam_bytes, batches_for, count_rows, dry_run_steps
 
@@ -556,7 +556,7 @@ def dry_run_classifier(cfg: ClassifierTrainConfig, steps: int = 3):
     member = _Member(backbone, k, 1, cfg.dropout)
     trainable = member.trainable()
     n_trained = sum(p.numel() for p in trainable)
-    device = resolve_device(cfg.device)
+    device = resolve_device(device)
     with torch.no_grad():
         shape = backbone.forward_prefix(torch.zeros(1, 3, s, s), k)[0].shape[1:] if k else (3, s, s)
 

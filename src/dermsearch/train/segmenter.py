@@ -53,7 +53,6 @@ class SegTrainConfig:
     augment: bool = True
     augment_config: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
-    device: str = "auto"
     limit: int = 0                     # use only the first N pairs of each split (smoke tests)
 
     def segmenter_config(self) -> SegmenterConfig:
@@ -123,11 +122,11 @@ def _evaluate(model: Segmenter, data: PairSet, cfg: SegTrainConfig, device) -> t
 
 
 def train_segmenter(cfg: SegTrainConfig, out_dir: str | Path,
-                    log: Callable[[str], None] = print, progress: bool = True) -> dict:
+                    log: Callable[[str], None] = print, progress: bool = True, device: str = "auto") -> dict:
     """Train; returns the history. Resumes from ``out_dir`` when a matching run stopped there."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
+    device = resolve_device(device)
     torch.manual_seed(cfg.seed)
     t_load = time.perf_counter()
     train = load_pairs(cfg.labels, cfg.split, (cfg.train_split,), cfg.image_size, cfg.limit)
@@ -187,7 +186,7 @@ def train_segmenter(cfg: SegTrainConfig, out_dir: str | Path,
     return {"history": history, "best_val_dice": best}
 
 
-def dry_run_segmenter(cfg: SegTrainConfig, steps: int = 3):
+def dry_run_segmenter(cfg: SegTrainConfig, steps: int = 3, device: str = "auto"):
     """Parameters, memory and measured seconds per batch of ``cfg`` on its device; nothing is trained."""
     from .resources import DryRun, adam_bytes, batches_for, count_rows, dry_run_steps
 
@@ -204,7 +203,7 @@ def dry_run_segmenter(cfg: SegTrainConfig, steps: int = 3):
     def loss_fn(m, x, y):
         return focal_tversky_loss(m(x), y, cfg.alpha, cfg.beta, cfg.gamma)
 
-    device = str(resolve_device(cfg.device))
+    device = str(resolve_device(device))
     per_batch, act, how = dry_run_steps(model, params, make_batch, loss_fn, steps, device)
     batches = batches_for(n, b, cfg.epochs)
     return DryRun(f"train segmenter ({cfg.arch}, width {cfg.width})", device, total, total, b, s, per_batch,
