@@ -192,3 +192,29 @@ def test_cli_optimize_and_search_fast(indexed, capsys):
     assert any(m.startswith("fast mode") for m in out["messages"])
     assert load_image(query) is not None
     assert fast_dir(root / "ix", 0).parent.is_dir()
+
+
+def test_rows_in_fast_files_serve_labels_only_for_their_own_index(indexed, tmp_path):
+    """An optimized index is opened from its fast-mode files (labels included, no LanceDB read);
+    files left from another index in the same directory, or damaged ones, are not trusted."""
+    import json
+    import shutil
+
+    from dermsearch.index import Index
+
+    root, extractor = indexed
+    ix = tmp_path / "ix"
+    shutil.copytree(root / "ix", ix)
+    optimize(Index.open(ix), FastConfig(style_dims=4, feature_dims=4, mask_grid=4, candidates=16))
+    reference = Searcher(root / "ix", extractor=extractor).snapshot
+    fast_files = next((ix / "fast").iterdir())
+    s = Searcher(ix, extractor=extractor)
+    assert s.fast is not None and s.fast.rows(s.index.manifest) is not None
+    assert list(s.snapshot.ids) == list(reference.ids) and list(s.snapshot.paths) == list(reference.paths)
+    rows = json.loads((fast_files / "rows.json").read_text())
+    (fast_files / "rows.json").write_text(json.dumps({**rows, "identity": {**rows["identity"], "created": "x"}}))
+    assert s.fast.rows(s.index.manifest) is None                  # another index's labels: not used
+    assert list(Searcher(ix, extractor=extractor).snapshot.paths) == list(reference.paths)
+    (fast_files / "rows.json").write_text('{"truncated')
+    assert s.fast.rows(s.index.manifest) is None
+    assert list(Searcher(ix, extractor=extractor).snapshot.ids) == list(reference.ids)

@@ -125,3 +125,27 @@ def test_cached_encoder_is_the_index_model_without_torch(pair, cache, tmp_path, 
     got = json.loads(res.stdout)
     assert got["loaded"] == []
     assert got["ids"] == {m: [h.id for h in hits] for m, hits in expected.results.items()}
+
+
+def test_cached_encoder_refuses_other_preprocessing_and_unloadable_exports(pair, cache, tmp_path, image_folder):
+    from dermsearch.extract.encoder import cached_encoder
+    from dermsearch.extract.runtime import export_directory
+
+    _, onnx_ex = pair
+    build_index(image_folder, tmp_path / "ix", extractor=onnx_ex, config=BuildConfig(batch_size=4))
+    manifest = Index.open(tmp_path / "ix").manifest
+    directory = export_directory(manifest["fingerprint"])
+    info_path = directory / "onnx.json"
+    info = json.loads(info_path.read_text())
+    model = (directory / "extractor.onnx").read_bytes()
+    try:
+        info_path.write_text(json.dumps({**info, "preprocess_version": -1}))
+        assert cached_encoder(manifest, "cpu") is None         # resized/normalised otherwise: torch decides
+        info_path.write_text(json.dumps(info))
+        (directory / "extractor.onnx").write_bytes(b"not a model")
+        assert cached_encoder(manifest, "cpu") is None         # unloadable: falls back, does not crash
+        s = Searcher(tmp_path / "ix", device="cpu")
+        assert s.search(str(image_folder / "img01.png"), k=1).results["euclidean"][0].id == "img01"
+    finally:
+        info_path.write_text(json.dumps(info))
+        (directory / "extractor.onnx").write_bytes(model)

@@ -88,6 +88,12 @@ def cmd_evaluate(args) -> int:
              lambda m, v: f"{m:10s} success rate {100 * v['success_rate']:.1f}% (95% CI {100 * v['ci95'][0]:.1f}-"
                           f"{100 * v['ci95'][1]:.1f}) over {v['queries']} queries")
         return 0
+    if args.out:
+        from ..errors import require
+
+        require("matplotlib", "plots", "evaluate --out (its PNG plots)")
+    if args.diagnosis_map and not all("=" in p for p in args.diagnosis_map.split(",")):
+        raise UsageError(f"--diagnosis-map expects A=B,C=D, got {args.diagnosis_map!r}")
     split = read_split(args.split) if args.split else None
     if (args.query_split or args.candidate_split) and split is None:
         raise UsageError("--query-split / --candidate-split need --split")

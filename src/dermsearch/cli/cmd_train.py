@@ -10,6 +10,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from ..names import COLOUR_METHODS
 from ..presets import PRESETS, get_preset, merged
 from .common import err
 from .options import Common, given, optional
@@ -69,7 +70,7 @@ def register(sub, common: Common) -> None:
     optional(tc, "--head-select", choices=["balanced_accuracy", "retrieval"],
              help="phase two keeps the epoch best by the head's val balanced accuracy or by the val macro-P@5 of "
                   "the feature's nearest training images")
-    optional(tc, "--colour", choices=["none", "shades-of-gray"],
+    optional(tc, "--colour", choices=COLOUR_METHODS,
              help="colour constancy on the network's input (indexing then applies it too)")
     optional(tc, "--tta", type=int, choices=[1, 2, 4],
              help="phase two on the members' pooled vectors averaged over 1, 2 or 4 flips/quarter turns; indexing "

@@ -9,7 +9,11 @@ from ..errors import ConfigError
 from ..models.normalization import backbone_normalization
 from ..names import COLOUR_METHODS, GRAM_NORMS, GRAM_POOLS
 
-__all__ = ["ExtractorConfig", "PAPER_STYLE"]
+__all__ = ["ExtractorConfig", "PAPER_STYLE", "PREPROCESS_VERSION"]
+
+# Bump when decoding/resizing/normalisation changes in a way that alters extracted values (it is
+# part of the model fingerprint, and recorded in ONNX exports).
+PREPROCESS_VERSION = 1
 
 
 # The paper's style measure: whole-image Grams, no normalisation, β_l = 1/C_l.

@@ -38,7 +38,16 @@ def read_split_map(split_csv: str | Path | None) -> dict[str, str] | None:
     if split_csv is None:
         return None
     with open(split_csv, newline="") as f:
-        return {r["image_id"]: r["split"] for r in csv.DictReader(f)}
+        reader = csv.DictReader(f)
+        if not {"image_id", "split"} <= set(reader.fieldnames or ()):
+            raise ConfigError(f"{split_csv}: a split CSV needs columns image_id and split")
+        return {r["image_id"]: r["split"] for r in reader}
+
+
+def _require_columns(path, reader: csv.DictReader, columns) -> None:
+    missing = [c for c in columns if c not in (reader.fieldnames or ())]
+    if missing:
+        raise ConfigError(f"{path}: no column {', '.join(missing)} (columns: {reader.fieldnames})")
 
 
 def read_pairs(labels_csv: str | Path, split_csv: str | Path | None = None,
@@ -48,7 +57,9 @@ def read_pairs(labels_csv: str | Path, split_csv: str | Path | None = None,
     split = read_split_map(split_csv)
     out = []
     with open(labels_csv, newline="") as f:
-        for r in csv.DictReader(f):
+        reader = csv.DictReader(f)
+        _require_columns(labels_csv, reader, ("image_id", "image_path"))
+        for r in reader:
             if not r.get("mask_path"):
                 continue
             if splits is not None and (split or {}).get(r["image_id"], r.get("split")) not in splits:
@@ -110,6 +121,7 @@ def load_labelled(labels_csv, split_csv=None, splits=None, size: int = 224, labe
     rows = []
     with open(labels_csv, newline="") as f:
         reader = csv.DictReader(f)
+        _require_columns(labels_csv, reader, ("image_id", "image_path"))
         if label_column not in (reader.fieldnames or []):
             raise ConfigError(f"{labels_csv}: no column {label_column!r} (columns: {reader.fieldnames})")
         for r in reader:

@@ -14,6 +14,7 @@ The export is keyed by the model fingerprint the index records, so it is the ind
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .colour import apply_colour
+from .config import PREPROCESS_VERSION
 from .images import resize_rgb
 from .masks import pack_masks, resize_mask
 from .runtime import OnnxRuntimeBackend, export_directory, onnx_available
@@ -116,9 +118,15 @@ def cached_encoder(manifest: dict, device: str = "auto", threads: int | None = N
         info = json.loads((directory / "onnx.json").read_text())
     except (OSError, ValueError):
         return None
-    if info.get("fingerprint") != manifest["fingerprint"] or not onnx_available():
-        return None
+    if (info.get("fingerprint") != manifest["fingerprint"] or info.get("preprocess_version") != PREPROCESS_VERSION
+            or not onnx_available()):
+        return None     # another model, or resizing/normalisation code other than this one's: torch decides
     config = manifest["extractor"]
     if config.get("masks", True) and not info.get("segmenter") and config.get("segmenter") != "otsu":
         return None
-    return OnnxEncoder(directory, config, threads)
+    try:
+        return OnnxEncoder(directory, config, threads)
+    except Exception as e:  # noqa: BLE001 - an export this ONNX Runtime cannot load: the torch extractor will do
+        logging.getLogger(__name__).warning("cached ONNX export %s unusable (%s: %s); encoding with torch",
+                                            directory, type(e).__name__, e)
+        return None

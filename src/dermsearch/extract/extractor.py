@@ -24,7 +24,7 @@ from ..models.ensemble import (
 from ..models.learned_segmenter import LearnedSegmenter, default_segmenter_path
 from ..models.normalization import NORMALISATIONS
 from ..names import BACKENDS  # auto: ONNX Runtime on CPU when installed, else torch
-from .config import PAPER_STYLE, ExtractorConfig
+from .config import PAPER_STYLE, PREPROCESS_VERSION, ExtractorConfig
 from .encoder import finish_masks, pool_masks, prepare_image
 from .gram import (
     average_grams,
@@ -46,8 +46,6 @@ __all__ = ["ExtractorConfig", "Extractor", "PAPER_STYLE", "Extracted", "PREPROCE
 LEARNED_GRAM_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "gram-weights.json"
 
 
-# Bump when decoding/resizing/normalisation changes in a way that alters extracted values.
-PREPROCESS_VERSION = 1
 
 
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import MissingExtraError
+from .config import PREPROCESS_VERSION
 from .gram import average_grams, normalise_grams
 from .runtime import (
     EXPORT_VERSION,
@@ -120,7 +121,8 @@ def export_onnx(extractor, directory: str | os.PathLike | None = None) -> Path:
     example_masks = (torch.rand(2, 1, size, size) > 0.5).float() if pooled else None
     _export(graph, torch.rand(2, 3, size, size) * 255, tmp / "extractor.onnx", outputs, example_masks)
     info = {"fingerprint": extractor.fingerprint, "export_version": EXPORT_VERSION, "image_size": size,
-            "outputs": outputs, "torch": torch.__version__, "segmenter": None, "masks_input": bool(pooled)}
+            "outputs": outputs, "torch": torch.__version__,
+            "preprocess_version": PREPROCESS_VERSION, "segmenter": None, "masks_input": bool(pooled)}
     seg = extractor._segmenter
     if seg is not None and hasattr(seg, "model"):
         ss = seg.input_size

@@ -157,7 +157,7 @@ Step = tuple[list[Record], list[tuple[list[Record], Extracted | None]], list[Pro
 (records, vectors), and the problems found on the way."""
 
 
-_EXTRACTORS: dict[str, Extractor] = {}     # per process (a Dask worker too): each model is loaded once
+_EXTRACTORS: dict[str, Extractor] = {}     # per worker process: each model is loaded once for all its tasks
 
 
 class ExtractionMapper:
@@ -180,16 +180,21 @@ class ExtractionMapper:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_local"] = None            # the networks never travel: a worker builds its own
+        state["_shipped"] = True          # ... once per process, for all the tasks it runs
         return state
 
     @property
     def extractor(self) -> Extractor:
         if self._local is None:
             b = self.build
-            key = json.dumps([self.config.to_dict(), b.device, b.backend, self.threads], sort_keys=True)
-            if key not in _EXTRACTORS:
-                _EXTRACTORS[key] = Extractor(self.config, threads=self.threads, device=b.device, backend=b.backend)
-            self._local = _EXTRACTORS[key]
+            if getattr(self, "_shipped", False):     # a task on a worker: reuse the process's model
+                key = json.dumps([self.config.to_dict(), b.device, b.backend, self.threads], sort_keys=True)
+                if key not in _EXTRACTORS:
+                    _EXTRACTORS[key] = Extractor(self.config, threads=self.threads, device=b.device,
+                                                 backend=b.backend)
+                self._local = _EXTRACTORS[key]
+            else:                                      # this process: the files as they are now
+                self._local = Extractor(self.config, threads=self.threads, device=b.device, backend=b.backend)
             if self.fingerprint is not None and self._local.fingerprint != self.fingerprint:
                 raise ModelMismatchError(f"{os.uname().nodename} (pid {os.getpid()}) computes model "
                                          f"{self._local.fingerprint}, the index holds {self.fingerprint}: install "

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from ..errors import ConfigError, DermsearchError
+from ..errors import DermsearchError
 from ..extract.config import ExtractorConfig
 from .records import IndexSchema, Record
 
@@ -144,7 +144,11 @@ class Index:
         if self._opened is not None:
             return self.latest_version()
         versions = []
-        for f in os.scandir(self.directory / "lance" / f"{TABLE}.lance" / "_versions"):
+        try:
+            entries = list(os.scandir(self.directory / "lance" / f"{TABLE}.lance" / "_versions"))
+        except OSError as e:
+            raise IndexDirectoryError(f"{self.directory}: the table's versions are unreadable ({e})") from None
+        for f in entries:
             stem, dot, ext = f.name.partition(".")
             if ext == "manifest" and stem.isdigit():
                 n = int(stem)
@@ -182,7 +186,10 @@ class Index:
         if not path.is_file():
             raise IndexDirectoryError(f"{directory} is not a dermsearch index (no {MANIFEST}); build one with "
                               f"'dermsearch index SOURCE --index {directory}'")
-        manifest = json.loads(path.read_text())
+        try:
+            manifest = json.loads(path.read_text())
+        except ValueError as e:
+            raise IndexDirectoryError(f"{path}: unreadable manifest ({e})") from None
         if manifest.get("format") != FORMAT:
             raise IndexDirectoryError(f"{directory}: index format {manifest.get('format')} is not supported "
                               f"(this dermsearch reads format {FORMAT})")
@@ -257,14 +264,14 @@ class Index:
         if n == 0:
             return 0
         if extracted.features.shape != (n, self.manifest["feature_dim"]):
-            raise ConfigError(f"feature matrix {extracted.features.shape} does not match {n} records "
+            raise ValueError(f"feature matrix {extracted.features.shape} does not match {n} records "
                              f"x {self.manifest['feature_dim']}")
         ids = [r.id for r in records]
         if len(set(ids)) != n:
-            raise ConfigError("duplicate ids within one add")
+            raise ValueError("duplicate ids within one add")
         clash = self._existing(ids)
         if clash:
-            raise ConfigError(f"ids already in the index: {sorted(clash)[:5]}")
+            raise ValueError(f"ids already in the index: {sorted(clash)[:5]}")
         now = pa.array([int(time.time())] * n, pa.timestamp("s", tz="UTC"))
         data = {
             "id": ids,
@@ -279,11 +286,11 @@ class Index:
         }
         if self.manifest["style_dim"]:
             if extracted.styles is None or extracted.styles.shape != (n, self.manifest["style_dim"]):
-                raise ConfigError("style vectors missing or of the wrong size")
+                raise ValueError("style vectors missing or of the wrong size")
             data["style"] = _fixed_list(extracted.styles)
         if self.manifest["mask_bytes"]:
             if extracted.masks is None or extracted.masks.shape != (n, self.manifest["mask_bytes"]):
-                raise ConfigError("masks missing or of the wrong size")
+                raise ValueError("masks missing or of the wrong size")
             data["mask"] = pa.array([m.tobytes() for m in extracted.masks], pa.binary(self.manifest["mask_bytes"]))
             data["mask_area"] = pa.array(extracted.mask_areas, pa.int32())
         self._table.add(pa.table(data, schema=_schema(self.manifest)))

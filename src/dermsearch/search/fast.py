@@ -69,6 +69,11 @@ class FastModeMissing(DermsearchError, RuntimeError):
     """The index has no fast-mode files for its current version."""
 
 
+def index_identity(manifest: dict) -> dict:
+    """What tells one index from another in the same directory: its model and creation time."""
+    return {"fingerprint": manifest.get("fingerprint"), "created": manifest.get("created")}
+
+
 def fast_dir(index_directory: str | os.PathLike, version: int) -> Path:
     return Path(index_directory) / "fast" / f"v{version}"
 
@@ -123,10 +128,10 @@ class FastIndexWriter:
         self.ids = np.empty(n, dtype=object)
         self.rows: dict | None = None    # the rows' labels (see :meth:`set_rows`), written as rows.json
 
-    def set_rows(self, fingerprint: str, paths, diagnosis, melanoma, lesion_id, meta_json) -> None:
+    def set_rows(self, identity: dict, paths, diagnosis, melanoma, lesion_id, meta_json) -> None:
         """The rows' labels, so that a reader needs no LanceDB to show hits (one list per column,
-        in row order; melanoma NaN for unknown), and the index's model fingerprint."""
-        self.rows = {"fingerprint": fingerprint, "paths": [str(p) for p in paths], "diagnosis": list(diagnosis),
+        in row order; melanoma NaN for unknown), and the identity of the index they belong to."""
+        self.rows = {"identity": identity, "paths": [str(p) for p in paths], "diagnosis": list(diagnosis),
                      "melanoma": [None if np.isnan(v) else int(v) for v in melanoma],
                      "lesion_id": list(lesion_id), "meta_json": list(meta_json)}
 
@@ -181,7 +186,9 @@ class FastIndexWriter:
         np.save(self.tmp / "ids.npy", np.array(self.ids.tolist(), dtype=str))
         if self.rows is not None:
             with open(self.tmp / "rows.json", "w") as f:
-                json.dump(self.rows, f)
+                json.dump({**self.rows, "rows": n}, f)
+                f.flush()
+                os.fsync(f.fileno())
         info["build_seconds"] = round(time.perf_counter() - t0, 1)
         with open(self.tmp / "fast.json", "w") as f:
             json.dump(info, f, indent=2)
@@ -287,14 +294,15 @@ class FastIndex:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def rows(self, fingerprint: str) -> dict[str, np.ndarray] | None:
+    def rows(self, manifest: dict) -> dict[str, np.ndarray] | None:
         """The rows' labels as Snapshot columns (paths, diagnosis, melanoma, lesion_id, meta_json),
-        or None for files written without them or for another model than ``fingerprint``."""
-        path = self.directory / "rows.json"
-        if not path.is_file():
+        or None for files written without them, unreadable, or written for another index than the
+        one of ``manifest`` (another model, or an index rebuilt in the same directory)."""
+        try:
+            r = json.loads((self.directory / "rows.json").read_text())
+        except (OSError, ValueError):
             return None
-        r = json.loads(path.read_text())
-        if r.get("fingerprint") != fingerprint:
+        if r.get("identity") != index_identity(manifest) or r.get("rows") != len(self.ids):
             return None
         obj = {k: np.array(r[k], dtype=object) for k in ("paths", "diagnosis", "lesion_id", "meta_json")}
         obj["melanoma"] = np.array([np.nan if v is None else v for v in r["melanoma"]], dtype=np.float64)
@@ -484,7 +492,7 @@ def optimize(index, config: FastConfig = FastConfig(), progress: Callable[[str],
     target = fast_dir(index.directory, s.version)
     w = FastIndexWriter(target, len(s), m["feature_dim"], m["style_dim"], m["mask_bytes"], m["mask_size"],
                         config, s.version)
-    w.set_rows(m["fingerprint"], s.paths, s.diagnosis, s.melanoma, s.lesion_id, s.meta_json)
+    w.set_rows(index_identity(m), s.paths, s.diagnosis, s.melanoma, s.lesion_id, s.meta_json)
     step = 4096
     for start in range(0, len(s), step):
         sl = slice(start, start + step)

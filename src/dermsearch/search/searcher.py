@@ -129,7 +129,7 @@ class Searcher:
         if self.fast is None:
             s = self.snapshot = self.index.snapshot()
             self.engine = ExactEngine(s.features, s.styles, s.masks, s.mask_areas)
-        elif (rows := self.fast.rows(self.index.fingerprint)) is not None:
+        elif (rows := self.fast.rows(self.index.manifest)) is not None:
             # the fast-mode files of the current version hold its rows and labels: LanceDB is not opened
             e = self.engine = self.fast.exact
             self.snapshot = Snapshot(self.fast.info["index_version"], self.fast.ids.astype(object), rows["paths"],

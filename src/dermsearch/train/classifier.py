@@ -452,7 +452,7 @@ def _load_member_into(net: EnsembleFeatureNet, m: int, member_state: dict[str, t
     backbone = {n[len("backbone."):]: v for n, v in member_state.items() if n.startswith("backbone.")}
     missing = set(target) - set(backbone)
     if missing:
-        raise KeyError(f"member {m}: checkpoint lacks {sorted(missing)[:5]}")
+        raise ConfigError(f"member {m}: the checkpoint lacks {sorted(missing)[:5]}: not members of this architecture")
     net.members[m].load_state_dict({n: backbone[n] for n in target}, strict=True)
     net.member_heads[m].load_state_dict({"weight": member_state["head.weight"], "bias": member_state["head.bias"]})
 
