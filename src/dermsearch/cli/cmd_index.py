@@ -169,9 +169,9 @@ def cmd_optimize(args) -> int:
     fast = optimize(Index.open(args.index), config, progress=lambda m: err.print(m))
     info = fast.info
     err.print(f"fast mode ready for version {info['index_version']} ({len(fast)} images) in "
-              f"{time.perf_counter() - t0:.1f} s: style PCA {fast.a['style_basis'].shape[0]} dims "
+              f"{time.perf_counter() - t0:.1f} s: style PCA {fast.arrays['style_basis'].shape[0]} dims "
               f"({100 * info['style_explained_variance']:.1f}% of the variance), feature PCA "
-              f"{fast.a['feature_basis'].shape[0]} dims ({100 * info['feature_explained_variance']:.1f}%); "
+              f"{fast.arrays['feature_basis'].shape[0]} dims ({100 * info['feature_explained_variance']:.1f}%); "
               f"{fast.bytes_scanned_per_query / max(1, len(fast)):.0f} bytes scanned per image per query")
     return 0
 

@@ -149,8 +149,8 @@ def blas_single_threaded():
 def row_parallel_products(Q: np.ndarray, X: np.ndarray) -> np.ndarray:
     """``Q @ Xᵀ`` in float32 with numpy, X's rows split over one thread per core, each product
     single-threaded (run inside :func:`blas_single_threaded`). For fast mode's many mid-sized
-    products between bits of Python: measured on 2 cores at 100,000 rows, 38 ms per query against
-    51-92 ms with torch's own threads, whose wake-ups stall there (docs/performance.md)."""
+    products between bits of Python, where torch's own threads stall on their wake-ups (the
+    measurements are in docs/performance.md)."""
     Q = np.ascontiguousarray(Q, dtype=np.float32)
     n = X.shape[0]
     if n * X.shape[1] * Q.shape[0] < SMALL_PRODUCT // 2 or n < 2:

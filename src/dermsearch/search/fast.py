@@ -265,7 +265,7 @@ class FastIndex:
     def __init__(self, directory: Path, info: dict, arrays: dict[str, np.ndarray]):
         self.directory, self.info = directory, info
         self.config = FastConfig(**info["config"])
-        self.a = arrays
+        self.arrays = arrays
         self.ids = arrays["ids"]
         self.exact = ExactEngine(arrays["features"], arrays["styles"], arrays.get("masks"), arrays.get("mask_areas"),
                                  arrays["feature_sqnorms"], arrays["style_sqnorms"])
@@ -311,7 +311,7 @@ class FastIndex:
     @property
     def bytes_scanned_per_query(self) -> int:
         """Bytes read from every row per query (before the exact re-rank of a few rows)."""
-        a = self.a
+        a = self.arrays
         names = ["feature_proj", "style_proj", "feature_csq", "style_csq", "feature_resid", "style_resid",
                  "feature_sqnorms", "mask_cells", "mask_areas", "feature_basis", "style_basis"]
         return int(sum(a[n].nbytes for n in names if n in a))
@@ -319,12 +319,12 @@ class FastIndex:
     @property
     def resident_bytes(self) -> int:
         """Bytes fast mode keeps in RAM (the exact rows stay on disk, memory-mapped)."""
-        return int(sum(v.nbytes for n, v in self.a.items() if n in RESIDENT or not isinstance(v, np.memmap)))
+        return int(sum(v.nbytes for n, v in self.arrays.items() if n in RESIDENT or not isinstance(v, np.memmap)))
 
     # --------------------------------------------------------------- estimates
     def _estimate(self, kind: str, vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Estimated squared distances to every row and each row's error radius (2·r_x·r_q)."""
-        a = self.a
+        a = self.arrays
         centred = np.asarray(vec, np.float32) - a[f"{kind}_mean"]
         p = row_parallel_products(centred[None], a[f"{kind}_basis"])[0]
         cq = float(np.dot(centred.astype(np.float64), centred))
@@ -338,7 +338,7 @@ class FastIndex:
             return self._search(query, k, measures, valid)
 
     def _search(self, query: Query, k: int, measures: Sequence[str], valid: np.ndarray) -> FastResult:
-        cfg, a = self.config, self.a
+        cfg, a = self.config, self.arrays
         rows_valid = np.flatnonzero(valid)
         if rows_valid.size == 0:
             empty = np.zeros(0, dtype=np.int64)
@@ -444,7 +444,7 @@ class FastIndex:
     def _exact_raw(self, query: Query, rows: np.ndarray, with_style: bool) -> dict[str, np.ndarray]:
         """Exact raw values for these rows (sorted), read from the memory maps: the style loss
         only (``with_style``), or the feature and mask components."""
-        e, a = self.exact, self.a
+        e, a = self.exact, self.arrays
         if with_style:
             sub = ExactEngine(e.features[:0], self.style_rows(rows), feature_sqnorms=a["feature_sqnorms"][:0],
                               style_sqnorms=a["style_sqnorms"][rows], product=row_parallel_products)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import kornia.augmentation as K
 import torch
 
-__all__ = ["AugmentConfig", "Augmenter", "grid_mask", "expand_x7", "x7_variant", "X7_VARIANTS"]
+__all__ = ["AugmentConfig", "Augmenter", "grid_mask", "expand_x7", "x7_variant"]
 
 
 def grid_mask(images: torch.Tensor, d_min: int, d_max: int, ratio: float, generator: torch.Generator | None = None,
@@ -73,12 +73,12 @@ class Augmenter:
         return images if masks is None else (images, masks)
 
 
-X7_VARIANTS = ("original", "gridmask", "flip-lr", "flip-ud", "brightness", "contrast", "hue", "saturation")
 
 
 def x7_variant(images: torch.Tensor, variant: int, config: AugmentConfig = AugmentConfig(),
                generator: torch.Generator | None = None) -> torch.Tensor:
-    """Variant ``variant`` (0..7, see ``X7_VARIANTS``; 0 is the image itself) of a batch in [0, 1]."""
+    """Variant ``variant`` of a batch in [0, 1]: 0 the original, then GridMask, flip left-right, flip
+    up-down, brightness, contrast, hue, saturation (1..7)."""
     c = config
     if variant == 0:
         return images
