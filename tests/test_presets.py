@@ -61,7 +61,7 @@ def test_device_auto_falls_back_to_cpu_and_cuda_fails_cleanly(image_folder, tmp_
     err = capsys.readouterr().err
     assert rc == 2 and "no CUDA device" in err and "Traceback" not in err
     assert main(["index", str(image_folder), "--index", str(tmp_path / "ix"), "--weights", "random",
-                 "--image-size", "64", "--mask-size", "32", "--device", "auto", "-q"]) == 0
+                 "--image-size", "64", "--mask-size", "32", "--device", "auto", "--backend", "torch", "-q"]) == 0
 
 
 @pytest.mark.slow
