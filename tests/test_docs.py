@@ -1,5 +1,5 @@
 """The README's tour runs as written: its shell commands and its Python block, on the bundled
-sample, in a scratch directory (the examples linked in)."""
+sample, in a scratch directory (the examples linked in); then docs/usage.md's Python example."""
 
 from __future__ import annotations
 
@@ -38,3 +38,9 @@ def test_readme_tour_runs(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     lines = res.stdout.strip().splitlines()
     assert lines and all(" melanoma " in line for line in lines)     # the filter kept melanomas only
+
+    # docs/usage.md's Python example, on the index the tour built and optimized
+    (code,) = _blocks((REPO / "docs" / "usage.md").read_text(), "python")
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "'results'" in res.stdout     # the printed to_json() dict
