@@ -199,8 +199,8 @@ class Searcher:
         if self._encoder is None:
             from ..extract.encoder import cached_encoder
 
-            self._encoder = (None if self._extractor is not None else
-                             cached_encoder(self.index.manifest, self.device)) or self.extractor
+            cached = None if self._extractor is not None else cached_encoder(self.index.manifest, self.device)
+            self._encoder = cached or self.extractor
         return self._encoder
 
     @property
