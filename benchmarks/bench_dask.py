@@ -28,7 +28,7 @@ from _common import DATA, emit, machine, require
 from dermsearch.extract import ExtractorConfig
 from dermsearch.index.build import BuildConfig, build_index
 from dermsearch.index.distributed import build_index_dask
-from dermsearch.search.engine import ExactEngine, Query, QueryBatch, top_k_rows
+from dermsearch.search.engine import ExactEngine, Query, maxima, normalise, top_k_rows
 from dermsearch.search.fast import FastIndex
 from dermsearch.search.measures import MEASURES, measure_scores
 from dermsearch.search.sharded import ShardedEngine
@@ -97,8 +97,8 @@ def search(archive: Path, queries: int, rows_limit: int = 0, memory_limit: str =
     valid = np.ones((1, n), dtype=bool)
 
     def local(q):
-        raw = e.raw(QueryBatch.of([q]))
-        scores = measure_scores(ExactEngine.normalise(raw, valid), MEASURES)
+        raw = e.raw(Query.batch([q]))
+        scores = measure_scores(normalise(raw, maxima(raw, valid)), MEASURES)
         return {m: top_k_rows(scores[m], valid, 5)[0] for m in MEASURES}
 
     local(qs[0])                                   # warm-up, untimed (as for the shards)
@@ -113,24 +113,25 @@ def search(archive: Path, queries: int, rows_limit: int = 0, memory_limit: str =
         t = time.perf_counter()
         sharded = ShardedEngine(client, None, 0, n, fast_path=archive)
         load = time.perf_counter() - t
-        sharded.search(QueryBatch.of(qs[:1]), valid, MEASURES, 5)
+        sharded.rank(Query.batch(qs[:1]), valid, MEASURES, 5)
         lat, same = [], 0
         for q, ref in zip(qs, local_top):
             print(f"sharded query ({n} rows)", file=sys.stderr, flush=True)
             t = time.perf_counter()
-            got = sharded.search(QueryBatch.of([q]), valid, MEASURES, 5)[0]
+            got = sharded.rank(Query.batch([q]), valid, MEASURES, 5)[0].measures
             lat.append(time.perf_counter() - t)
-            same += all(list(got[m][0]) == list(ref[m]) for m in MEASURES)
+            same += all(list(got[m].rows) == list(ref[m]) for m in MEASURES)
     # One shard's share alone (rows [0, n/2), local engine, warmed): what each of 2 machines would
     # spend if its shard stayed in its own RAM (the Dask rounds add the sharded-minus-local overhead).
     half = ExactEngine(e.features[: n // 2], e.styles[: n // 2], e.masks[: n // 2], e.mask_areas[: n // 2],
                        e.feature_sqnorms[: n // 2], e.style_sqnorms[: n // 2])
     valid_half = valid[:, : n // 2]
-    half.raw(QueryBatch.of(qs[:1]))
+    half.raw(Query.batch(qs[:1]))
     half_lat = []
     for q in qs:
         t = time.perf_counter()
-        measure_scores(ExactEngine.normalise(half.raw(QueryBatch.of([q])), valid_half), MEASURES)
+        raw = half.raw(Query.batch([q]))
+        measure_scores(normalise(raw, maxima(raw, valid_half)), MEASURES)
         half_lat.append(time.perf_counter() - t)
     return {"images": n, "queries": queries, "local_exact_ms": round(statistics.median(local_lat) * 1000, 1),
             "one_shard_of_2_alone_ms": round(statistics.median(half_lat) * 1000, 1),

@@ -39,7 +39,7 @@ import numpy as np
 from _common import REPO, emit, machine
 
 from dermsearch.index import Index
-from dermsearch.search.engine import ExactEngine, Query, QueryBatch, top_k_rows
+from dermsearch.search.engine import ExactEngine, Query, maxima, normalise, top_k_rows
 from dermsearch.search.fast import FastConfig, FastIndex, FastIndexWriter, fast_dir
 from dermsearch.search.measures import MEASURES, cosine_new, harmonic_mean, measure_scores
 
@@ -131,8 +131,8 @@ def query_of(engine: ExactEngine, i: int) -> Query:
 def exact_search(engine: ExactEngine, q: Query, exclude: int, k: int = 5) -> dict[str, np.ndarray]:
     valid = np.ones((1, len(engine)), dtype=bool)
     valid[0, exclude] = False
-    raw = engine.raw(QueryBatch.of([q]))
-    scores = measure_scores(ExactEngine.normalise(raw, valid), MEASURES)
+    raw = engine.raw(Query.batch([q]))
+    scores = measure_scores(normalise(raw, maxima(raw, valid)), MEASURES)
     return {m: top_k_rows(scores[m], valid, k)[0] for m in MEASURES}
 
 
@@ -230,7 +230,9 @@ def main() -> None:
         # exact references for the recall: every query at once (one pass over the matrices)
         valid = np.ones((len(queries), n), dtype=bool)
         valid[np.arange(len(queries)), qrows] = False
-        ref_scores = measure_scores(ExactEngine.normalise(e.raw(QueryBatch.of(queries)), valid), MEASURES)
+        raw = e.raw(Query.batch(queries))
+        ref_scores = measure_scores(normalise(raw, maxima(raw, valid)), MEASURES)
+        del raw
         ref = {m: top_k_rows(ref_scores[m], valid, 5) for m in MEASURES}
         del ref_scores
         fast_lat, recall, certified = [], {m: [] for m in MEASURES}, 0

@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 from _common import DATA, dir_bytes, emit, machine, read_bandwidth, require
 
+from dermsearch.extract.vectors import Vectors
 from dermsearch.index.build import build_index
 from dermsearch.search import MEASURES, Searcher
-from dermsearch.search.engine import ExactEngine, QueryBatch, top_k_rows
+from dermsearch.search.engine import ExactEngine, Query, rank_rows
 from dermsearch.search.measures import cosine_new, harmonic_mean
 
 
@@ -67,11 +68,10 @@ def ms(values: list[float]) -> float:
     return round(statistics.median(values) * 1000, 2)
 
 
-def engine_top5(engine: ExactEngine, Q: QueryBatch, component: str) -> list[np.ndarray]:
+def engine_top5(engine: ExactEngine, Q: Vectors, component: str) -> list[np.ndarray]:
     raw = engine.raw(Q, [component])
     valid = np.ones((len(Q), len(engine)), dtype=bool)
-    comp = ExactEngine.normalise(raw, valid)
-    return top_k_rows(comp[component], valid, 5)
+    return [r.measures[component].rows for r in rank_rows(raw, valid, [component], 5)]
 
 
 def faiss_comparison(engine: ExactEngine, Qf: np.ndarray, repeat: int) -> dict:
@@ -88,7 +88,7 @@ def faiss_comparison(engine: ExactEngine, Qf: np.ndarray, repeat: int) -> dict:
     Qn = Qf / np.linalg.norm(Qf, axis=1, keepdims=True)
     out = {"faiss_version": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads()}
     for label, Q in (("one_query", Qf[:1]), (f"batch_{len(Qf)}", Qf)):
-        qb = QueryBatch(Q)
+        qb = Vectors(Q)
         row = {
             "dermsearch_euclidean_ms": ms(timed(lambda qb=qb: engine_top5(engine, qb, "euclidean"), repeat)),
             "faiss_flat_l2_ms": ms(timed(lambda Q=Q: l2.search(Q, 5), repeat)),
@@ -112,7 +112,7 @@ def precision(engine: ExactEngine, s: Searcher, ids) -> dict:
     worst_ed = worst_ls = 0.0
     for i in ids[:3]:
         q = s.query_for_id(i)
-        raw = engine.raw(QueryBatch.of([q]), ["euclidean", "style"])
+        raw = engine.raw(Query.batch([q]), ["euclidean", "style"])
         F64, q64 = snap.features.astype(np.float64), q.feature.astype(np.float64)
         ref_ed = np.sqrt(((F64 - q64) ** 2).sum(1))
         ref_ls = np.array([((snap.styles[j].astype(np.float64) - q.style) ** 2).sum() for j in range(len(snap))])
@@ -124,7 +124,7 @@ def precision(engine: ExactEngine, s: Searcher, ids) -> dict:
     f, st = snap.features[j], snap.styles[j]
     fq = (f + rng.standard_normal(f.shape) * 1e-4 * np.linalg.norm(f) / np.sqrt(f.size)).astype(np.float32)
     sq = (st + rng.standard_normal(st.shape) * 1e-4 * np.linalg.norm(st) / np.sqrt(st.size)).astype(np.float32)
-    raw = engine.raw(QueryBatch(fq[None], sq[None]), ["euclidean", "style"])
+    raw = engine.raw(Vectors(fq[None], sq[None]), ["euclidean", "style"])
     ref_ed = float(np.sqrt(((f.astype(np.float64) - fq) ** 2).sum()))
     ref_ls = float(((st.astype(np.float64) - sq) ** 2).sum())
     naive32_ls = float(np.float32(np.dot(st, st)) + np.float32(np.dot(sq, sq)) - 2 * np.float32(np.dot(st, sq)))

@@ -84,6 +84,22 @@ def test_sharded_search_matches_local(tiny_extractor, indexes, client):
     assert [r.results["style"][0].id for r in batch] == ids
 
 
+def test_evaluation_runs_on_the_sharded_engine(tiny_extractor, indexes, client):
+    """The evaluator runs on the engine contract, so a Dask searcher evaluates like a local one."""
+    from dermsearch.evaluate import EvaluationConfig, Evaluator
+
+    root, _, _ = indexes
+    local = Evaluator(Searcher(root / "remote", extractor=tiny_extractor))
+    sharded = Evaluator(Searcher(root / "remote", extractor=tiny_extractor, dask=client))
+    ids = list(local.searcher.snapshot.ids)
+    cfg = EvaluationConfig(k=3, vote_k=5, bootstrap=20, batch_size=7)
+    a = local.run(local.queries_from_index(ids[:20]), ids[20:], cfg)
+    b = sharded.run(sharded.queries_from_index(ids[:20]), ids[20:], cfg)
+    for m in MEASURES:
+        assert a.neighbours[m].tolist() == b.neighbours[m].tolist(), m
+        assert a.measures[m]["p@3"] == b.measures[m]["p@3"]
+
+
 def test_concurrent_sharded_searches(tiny_extractor, indexes, client):
     """Web-server style: 24 searches from 12 threads at once on one sharded searcher."""
     from concurrent.futures import ThreadPoolExecutor
@@ -193,20 +209,20 @@ def test_round_one_results_are_bounded_and_a_missing_one_reruns_the_query():
     """Round-one results left by clients that died between the rounds do not pile up on a worker;
     a round two whose round one was dropped asks for the query to be run again (no shard reload)."""
     from dermsearch.search import sharded
-    from dermsearch.search.engine import ExactEngine, Query, QueryBatch
+    from dermsearch.search.engine import ExactEngine, Query
 
     rng = np.random.default_rng(0)
     F, S = rng.normal(size=(30, 8)).astype(np.float32), rng.normal(size=(30, 12)).astype(np.float32)
     sharded._SHARDS["t"] = ExactEngine(F, S)
     try:
-        batch, valid = QueryBatch.of([Query(F[0], S[0])]), np.ones((1, 30), bool)
+        batch, valid = Query.batch([Query(F[0], S[0])]), np.ones((1, 30), bool)
         for n in range(sharded._RAW_KEPT + 5):
             maxima = sharded._round_one("t", f"t-q{n}", batch, valid)
             assert maxima["euclidean"].shape == (1,) and maxima["euclidean"][0] > 0
         assert len(sharded._RAW) == sharded._RAW_KEPT and "t-q0" not in sharded._RAW
         last = sharded._RAW_KEPT + 4
         top = sharded._round_two("t", f"t-q{last}", valid, maxima, ("euclidean",), 3, 100)
-        assert list(top.rows["euclidean"][0]) == [100, *top.rows["euclidean"][0][1:]]     # row 0 is itself
+        assert top[0].measures["euclidean"].rows[0] == 100 and len(top[0].measures["euclidean"].rows) == 3  # itself
         with pytest.raises(sharded.ShardLost) as lost:
             sharded._round_two("t", "t-q0", valid, maxima, ("euclidean",), 3, 0)
         assert lost.value.keys == []

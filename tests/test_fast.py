@@ -13,7 +13,7 @@ from dermsearch.cli.main import main
 from dermsearch.extract import load_image
 from dermsearch.index.build import build_index
 from dermsearch.search import MEASURES, Searcher
-from dermsearch.search.engine import ExactEngine, Query, QueryBatch, top_k_rows
+from dermsearch.search.engine import Query, maxima, normalise, rank_rows
 from dermsearch.search.fast import (
     FastConfig,
     FastIndexWriter,
@@ -98,8 +98,10 @@ def _synthetic(tmp_path, n=400, d=24, s=60, side=16, config=FastConfig(style_dim
 def _exact_top(fast, q, i, k=5):
     valid = np.ones((1, len(fast)), bool)
     valid[0, i] = False
-    scores = measure_scores(ExactEngine.normalise(fast.exact.raw(QueryBatch.of([q])), valid), MEASURES)
-    return {m: top_k_rows(scores[m], valid, k)[0] for m in MEASURES}, scores
+    raw = fast.exact.raw(Query.batch([q]))
+    ranking = rank_rows(raw, valid, MEASURES, k)[0]
+    scores = measure_scores(normalise(raw, maxima(raw, valid)), MEASURES)
+    return {m: ranking.measures[m].rows for m in MEASURES}, scores
 
 
 def test_recall_and_exact_scores_on_synthetic_rows(tmp_path):
@@ -136,7 +138,7 @@ def test_uncertified_normaliser_stays_within_the_stated_bound(tmp_path):
         valid = np.ones(n, bool)
         valid[i] = False
         r = fast.search(q, 5, ("euclidean", "style"), valid)
-        raw = fast.exact.raw(QueryBatch.of([q]), ["euclidean", "style"])
+        raw = fast.exact.raw(Query.batch([q]), ["euclidean", "style"])
         for comp in ("euclidean", "style"):
             true_max = float(raw[comp][0][valid].max())
             lo, hi = r.normaliser_bounds[comp]

@@ -19,11 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, NotFoundError
-from ..extract import Extracted, ImageError, load_image
+from ..extract import ImageError, Vectors, load_image
 from ..index.sources import Problem, read_labels_csv
 from ..search import MEASURES, Searcher
-from ..search.engine import ExactEngine, QueryBatch
-from ..search.measures import measure_scores
 from .metrics import (
     average_precision_at_k,
     balanced_accuracy,
@@ -66,6 +64,10 @@ class QuerySet:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def vectors(self) -> Vectors:
+        return Vectors(self.features, self.styles, self.masks, self.mask_areas)
 
 
 @dataclass
@@ -158,12 +160,9 @@ class Evaluator:
     def queries_from_index(self, ids=None) -> QuerySet:
         s = self.searcher.snapshot
         rows = np.arange(len(s)) if ids is None else np.array([self._row(i) for i in ids], dtype=np.int64)
-        def pick(a):
-            return None if a is None else a[rows]
         mel = np.where([_unknown(d) for d in s.diagnosis[rows]], np.nan, s.melanoma[rows])
         return QuerySet(s.ids[rows], np.array([_label(d) for d in s.diagnosis[rows]], dtype=object),
-                        mel, s.lesion_id[rows], pick(s.features), pick(s.styles), pick(s.masks),
-                        pick(s.mask_areas), s.paths[rows], "index")
+                        mel, s.lesion_id[rows], *self.searcher.engine.take(rows).arrays(), s.paths[rows], "index")
 
     def _row(self, image_id: str) -> int:
         pos = self.searcher.row(image_id)
@@ -196,7 +195,7 @@ class Evaluator:
                 on_problem(p)
         if not kept:
             raise ConfigError(f"{labels_csv}: no usable query images")
-        ex = Extracted.concat(parts)
+        ex = Vectors.concat(parts)
         dmap = diagnosis_map or {}
         diag = np.array([_label(dmap.get(r.diagnosis or "", r.diagnosis or "")) for r in kept], dtype=object)
         # a query whose diagnosis is "unknown" has no known melanoma status either (isic-uda1 marks
@@ -222,13 +221,12 @@ class Evaluator:
             raise ConfigError("no candidates")
         measures = self.searcher.available_measures()
         K = max(config.k, config.vote_k)
-        has_style = s.styles is not None and queries.styles is not None
-        has_mask = s.masks is not None and queries.masks is not None
-        engine = self.searcher.engine
+        engine = self.searcher.engine          # any engine: exact, fast or sharded (Dask)
         cand_diag = np.array([d or "" for d in s.diagnosis], dtype=object)
         lesions = np.array([lid if lid else f"\0row{i}" for i, lid in enumerate(s.lesion_id)], dtype=object)
-        top = {m: np.empty((len(queries), K), dtype=np.int64) for m in measures}
+        top = {m: np.full((len(queries), K), -1, dtype=np.int64) for m in measures}   # -1: fewer than K candidates
         n_relevant = np.zeros(len(queries), dtype=np.int64)
+        vectors = queries.vectors
         for start in range(0, len(queries), config.batch_size):
             sl = slice(start, min(len(queries), start + config.batch_size))
             b = sl.stop - sl.start
@@ -239,17 +237,10 @@ class Evaluator:
                     valid[j, pos] = False
                 if config.exclude_same_lesion and qles:
                     valid[j] &= lesions != qles
-            batch = QueryBatch(queries.features[sl], queries.styles[sl] if has_style else None,
-                               queries.masks[sl] if has_mask else None,
-                               queries.mask_areas[sl] if has_mask else None)
-            comp = ExactEngine.normalise(engine.raw(batch), valid)
-            scores = measure_scores(comp, measures)
-            for m in measures:
-                score = np.where(valid, scores[m], -np.inf)
-                part = np.argpartition(-score, K - 1, axis=1)[:, :K] if K < n else np.tile(np.arange(n), (b, 1))
-                part_scores = np.take_along_axis(score, part, axis=1)
-                order = np.lexsort((part, -part_scores), axis=1)  # by score, ties by row order
-                top[m][sl] = np.take_along_axis(part, order, axis=1)
+            for j, ranking in enumerate(engine.rank(vectors.take(sl), valid, measures, K)):
+                for m in measures:
+                    rows = ranking.measures[m].rows
+                    top[m][start + j, :rows.size] = rows
             same = cand_diag[None, :] == queries.diagnosis[sl, None]
             n_relevant[sl] = (same & valid).sum(axis=1)
             if progress:
@@ -271,7 +262,9 @@ class Evaluator:
         if not labelled.all():
             notes.append(f"{int((~labelled).sum())} queries without a diagnosis are left out of the diagnosis metrics")
         mel_known = ~np.isnan(queries.melanoma)
-        cand_diag = np.array([d or "" for d in s.diagnosis], dtype=object)
+        # row -1 (a query with fewer than K candidates) is the sentinel at the end: no label, no melanoma
+        cand_diag = np.array([d or "" for d in s.diagnosis] + [""], dtype=object)
+        cand_mel = np.append(s.melanoma, np.nan)
         k, rounds, seed = config.k, config.bootstrap, config.seed
         if config.ci_unit not in ("lesion", "image"):
             raise ConfigError(f"ci_unit must be 'lesion' or 'image', not {config.ci_unit!r}")
@@ -287,10 +280,10 @@ class Evaluator:
             groups = queries.diagnosis[labelled]
             p = precision_at_k(rel)
             ap = average_precision_at_k(rel, n_relevant[labelled])
-            mel_rel = (s.melanoma[rows[:, :k]] == queries.melanoma[:, None])[mel_known]
+            mel_rel = (cand_mel[rows[:, :k]] == queries.melanoma[:, None])[mel_known]
             pb = precision_at_k(mel_rel)
             y = queries.melanoma[mel_known]
-            votes = s.melanoma[rows[:, :config.vote_k]][mel_known]
+            votes = cand_mel[rows[:, :config.vote_k]][mel_known]
             votes = np.nan_to_num(votes, nan=0.0)
             predicted = knn_majority(cand_diag[rows[:, :k]])[labelled]
             sd = seed + 1000 * mi
@@ -311,7 +304,8 @@ class Evaluator:
                 f"per_diagnosis_p@{k}": per_diag,
             }
         n_cand = len(s) if candidate_ids is None else len(set(candidate_ids))
-        ids_top = {m: s.ids[rows] for m, rows in top.items()}
+        ids = np.append(s.ids.astype(object), None)
+        ids_top = {m: ids[rows] for m, rows in top.items()}
         return EvaluationReport(config, len(queries), n_cand, queries.source, time.perf_counter() - t0,
                                 ranking_seconds, results, ids_top, queries.ids, queries.paths, notes, head)
 

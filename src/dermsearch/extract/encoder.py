@@ -27,7 +27,7 @@ from .config import PREPROCESS_VERSION
 from .images import resize_rgb
 from .masks import pack_masks, resize_mask
 from .runtime import OnnxRuntimeBackend, export_directory, onnx_available
-from .vectors import Extracted
+from .vectors import Vectors
 
 __all__ = ["OnnxEncoder", "cached_encoder", "prepare_image", "finish_masks", "pool_masks", "cuda_possible"]
 
@@ -87,7 +87,7 @@ class OnnxEncoder:
         else:
             raise ValueError(f"{directory}: the export holds no segmenter for {config['segmenter']!r}")
 
-    def extract(self, images: list[Image.Image]) -> Extracted:
+    def extract(self, images: list[Image.Image]) -> Vectors:
         if not images:
             raise ValueError("no images to extract")
         cfg = self.config
@@ -102,7 +102,7 @@ class OnnxEncoder:
             if cfg["style"] and cfg.get("gram_pool", "image") != "image":
                 pool = pool_masks(raw, cfg["image_size"])
         features, styles = self.runtime.features(pixels, pool)
-        return Extracted(np.ascontiguousarray(features, dtype=np.float32), styles, masks, areas)
+        return Vectors(np.ascontiguousarray(features, dtype=np.float32), styles, masks, areas)
 
 
 def cached_encoder(manifest: dict, device: str = "auto", threads: int | None = None) -> OnnxEncoder | None:

@@ -37,9 +37,9 @@ from .gram import (
 )
 from .onnx import OnnxRuntimeBackend, export_onnx
 from .runtime import export_directory, onnx_available, onnx_export_available
-from .vectors import Extracted
+from .vectors import Vectors
 
-__all__ = ["ExtractorConfig", "Extractor", "PAPER_STYLE", "Extracted", "PREPROCESS_VERSION", "BACKENDS",
+__all__ = ["ExtractorConfig", "Extractor", "PAPER_STYLE", "Vectors", "PREPROCESS_VERSION", "BACKENDS",
            "resolve_gram_weights", "LEARNED_GRAM_WEIGHTS"]
 
 # The layer weights fitted on HAM10000 val for the packaged model (``dermsearch fit-gram-weights``).
@@ -228,14 +228,14 @@ class Extractor:
         x = torch.from_numpy(pixels).to(self.device).permute(0, 3, 1, 2).float()
         return (x - self._mean) / self._std
 
-    def extract(self, images: list[Image.Image]) -> Extracted:
+    def extract(self, images: list[Image.Image]) -> Vectors:
         """Extract a batch of decoded RGB images."""
         if not images:
             raise ConfigError("no images to extract")
         return self.extract_prepared([self.prepare(img) for img in images])
 
     @torch.inference_mode()
-    def extract_prepared(self, prepared: list[tuple[np.ndarray, np.ndarray | None]]) -> Extracted:
+    def extract_prepared(self, prepared: list[tuple[np.ndarray, np.ndarray | None]]) -> Vectors:
         """Extract a batch of :meth:`prepare` outputs."""
         if not prepared:
             raise ConfigError("no images to extract")
@@ -262,7 +262,7 @@ class Extractor:
                 grams = average_grams(out.member_taps, None if pool is None else torch.from_numpy(pool).to(self.device),
                                       self.config.gram_pool, self.config.gram_margin)
                 styles = style_vector([g.cpu() for g in normalise_grams(grams, self.config.gram_norm)], self.betas)
-        return Extracted(features, styles, masks, areas)
+        return Vectors(features, styles, masks, areas)
 
     def pool_masks(self, raw: np.ndarray) -> np.ndarray:
         """The segmenter's masks [B, s, s] as 0/1 float32 [B, 1, S, S] at the model's input size."""

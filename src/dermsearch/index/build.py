@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..extract import Extracted, Extractor, ExtractorConfig, ImageError, load_image
+from ..extract import Extractor, ExtractorConfig, ImageError, Vectors, load_image
 from .records import IndexSchema, Record
 from .sources import Problem, read_source
 from .store import Index, IndexDirectoryError, ModelMismatchError
@@ -77,7 +77,7 @@ def decode_batches(records: Sequence[Record], batch_size: int, threads: int, pre
 
 
 def extract_batch(extractor: Extractor, batch: list[tuple[Record, object | None, str | None]]
-                  ) -> tuple[list[Record], Extracted | None, list[Problem]]:
+                  ) -> tuple[list[Record], Vectors | None, list[Problem]]:
     """The extractor stage for one decoded batch: (records extracted, their vectors, problems).
     A batch that fails is retried image by image, so one bad image never costs the others."""
     problems, good = [], []
@@ -98,7 +98,7 @@ def extract_batch(extractor: Extractor, batch: list[tuple[Record, object | None,
                 records.append(record)
             except Exception as e:  # noqa: BLE001
                 problems.append(Problem(record.path, f"extraction failed ({type(e).__name__}: {e})"))
-        return records, (Extracted.concat(parts) if parts else None), problems
+        return records, (Vectors.concat(parts) if parts else None), problems
 
 
 class BufferedWriter:
@@ -109,17 +109,16 @@ class BufferedWriter:
     def __init__(self, index: Index, commit_every: int, report: BuildReport):
         self.index, self.commit_every, self.report = index, commit_every, report
         self.records: list[Record] = []
-        self.parts: list[Extracted] = []
+        self.parts: list[Vectors] = []
         self.seen: set[str] = set()
 
-    def add(self, records: list[Record], part: Extracted | None) -> None:
+    def add(self, records: list[Record], part: Vectors | None) -> None:
         if part is None or not records:
             return
         keep = [i for i, r in enumerate(records) if r.id not in self.seen]
         if len(keep) < len(records):
             records = [records[i] for i in keep]
-            part = Extracted(*(None if a is None else a[keep] for a in
-                               (part.features, part.styles, part.masks, part.mask_areas)))
+            part = part.take(keep)
         self.seen.update(r.id for r in records)
         self.records.extend(records)
         self.parts.append(part)
@@ -128,7 +127,7 @@ class BufferedWriter:
 
     def flush(self) -> None:
         if self.records:
-            self.report.added += self.index.add(self.records, Extracted.concat(self.parts))
+            self.report.added += self.index.add(self.records, Vectors.concat(self.parts))
             self.records.clear()
             self.parts.clear()
 
@@ -152,7 +151,7 @@ def model_settings(directory: str | os.PathLike, settings: dict) -> tuple[Extrac
     return ExtractorConfig.for_weights(settings.pop("weights", "default"), **settings), notes
 
 
-Step = tuple[list[Record], list[tuple[list[Record], Extracted | None]], list[Problem]]
+Step = tuple[list[Record], list[tuple[list[Record], Vectors | None]], list[Problem]]
 """What a distributor yields per unit of work: the records it covers, their extracted parts
 (records, vectors), and the problems found on the way."""
 

@@ -30,7 +30,7 @@ from ..extract.config import ExtractorConfig
 from .records import IndexSchema, Record
 
 if TYPE_CHECKING:
-    from ..extract import Extracted
+    from ..extract import Vectors
 
 __all__ = [
     "Index", "IndexDirectoryError", "IndexLockedError", "ModelMismatchError", "Record", "Snapshot", "FORMAT",
@@ -258,7 +258,7 @@ class Index:
     def ids(self) -> set[str]:
         return set(self._columns(["id"]).column("id").to_pylist()) if len(self) else set()
 
-    def add(self, records: Sequence[Record], extracted: Extracted) -> int:
+    def add(self, records: Sequence[Record], extracted: Vectors) -> int:
         """Append rows in one commit. Ids already present are an error (callers filter first)."""
         n = len(records)
         if n == 0:

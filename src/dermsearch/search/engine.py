@@ -20,29 +20,33 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from ..extract.vectors import Vectors
 from .measures import (
     COMPONENTS,
+    cosine_new,
     cosines_from_dots,
     dice_from_intersections,
     distances_from_dots,
     mask_intersections,
+    measure_scores,
     normalised_by,
     row_maxima,
     row_sqnorms,
 )
 
-__all__ = ["Query", "QueryBatch", "ExactEngine", "products", "numpy_products", "torch_products", "kernel_for",
-           "KERNELS", "row_parallel_products", "blas_single_threaded",
-           "top_k_rows"]
+__all__ = ["Query", "Ranked", "QueryRanking", "Engine", "ExactEngine", "maxima", "normalise", "rank_rows",
+           "merge_rankings", "top_k_rows", "products", "numpy_products", "torch_products", "kernel_for", "KERNELS",
+           "row_parallel_products", "blas_single_threaded"]
 
 
 @dataclass(frozen=True)
 class Query:
-    """The extracted form of a query image."""
+    """The extracted form of one query image."""
 
     feature: np.ndarray
     style: np.ndarray | None = None
@@ -50,29 +54,124 @@ class Query:
     mask_area: int = 0
     label: str = "query"
 
-
-@dataclass(frozen=True)
-class QueryBatch:
-    """B queries stacked for the matrix-matrix products."""
-
-    features: np.ndarray                # [B, D] float32
-    styles: np.ndarray | None = None    # [B, S] float32
-    masks: np.ndarray | None = None     # [B, P] uint8, bit-packed
-    mask_areas: np.ndarray | None = None  # [B]
-
-    def __len__(self) -> int:
-        return self.features.shape[0]
-
     @classmethod
-    def of(cls, queries: Sequence[Query]) -> QueryBatch:
+    def from_row(cls, vectors: Vectors, i: int = 0, label: str = "query") -> Query:
+        """Row ``i`` of a set of vectors, as a query."""
+        v = vectors.take(slice(i, i + 1))
+        return cls(np.asarray(v.features[0]), None if v.styles is None else np.asarray(v.styles[0]),
+                   None if v.masks is None else np.asarray(v.masks[0]),
+                   0 if v.mask_areas is None else int(v.mask_areas[0]), label)
+
+    @staticmethod
+    def batch(queries: Sequence[Query]) -> Vectors:
+        """Queries stacked for the matrix-matrix products (a component is kept when all have it)."""
         if not queries:
             raise ValueError("no queries")
         has_style = all(q.style is not None for q in queries)
         has_mask = all(q.mask is not None for q in queries)
-        return cls(np.stack([np.asarray(q.feature, np.float32) for q in queries]),
-                   np.stack([np.asarray(q.style, np.float32) for q in queries]) if has_style else None,
-                   np.stack([np.asarray(q.mask, np.uint8) for q in queries]) if has_mask else None,
-                   np.array([q.mask_area for q in queries], dtype=np.int64) if has_mask else None)
+        return Vectors(np.stack([np.asarray(q.feature, np.float32) for q in queries]),
+                       np.stack([np.asarray(q.style, np.float32) for q in queries]) if has_style else None,
+                       np.stack([np.asarray(q.mask, np.uint8) for q in queries]) if has_mask else None,
+                       np.array([q.mask_area for q in queries], dtype=np.int64) if has_mask else None)
+
+
+@dataclass
+class Ranked:
+    """One query's best rows by one measure, best first, with every component of those rows."""
+
+    rows: np.ndarray                      # int64 row numbers of the engine's index
+    scores: np.ndarray                    # float64, the measure's score of each row
+    components: dict[str, np.ndarray]     # normalised components (ES, CSnew, SS, DC) of each row
+    raw: dict[str, np.ndarray]            # raw values (ED, CS, LS, DC) of each row
+
+    def take(self, order: np.ndarray) -> Ranked:
+        return Ranked(self.rows[order], self.scores[order], {c: v[order] for c, v in self.components.items()},
+                      {c: v[order] for c, v in self.raw.items()})
+
+    @staticmethod
+    def empty(components=(), raw=()) -> Ranked:
+        return Ranked(np.zeros(0, np.int64), np.zeros(0), {c: np.zeros(0) for c in components},
+                      {c: np.zeros(0) for c in raw})
+
+
+@dataclass
+class QueryRanking:
+    """What an engine returns for one query: per measure its :class:`Ranked` rows, and notes
+    (e.g. what an approximate engine certified)."""
+
+    measures: dict[str, Ranked]
+    notes: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """The contract every search engine (exact, fast, sharded) keeps: rank a batch of queries
+    over its rows, restricted per query by ``valid`` ([B, N] booleans: the candidates), with the
+    max-normalisers of ES and SS taken over each query's candidates (SPEC section 2); and give
+    back stored rows. Ranks are by score, ties in row order; ``k <= 0`` ranks every candidate."""
+
+    kernel: str | None
+
+    def __len__(self) -> int: ...
+
+    @property
+    def components(self) -> tuple[str, ...]: ...
+
+    def rank(self, batch: Vectors, valid: np.ndarray, measures: Sequence[str], k: int) -> list[QueryRanking]: ...
+
+    def take(self, rows: Sequence[int]) -> Vectors: ...
+
+
+def maxima(raw: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, np.ndarray]:
+    """[B] max-normalisers of ES (max ED) and SS (max LS) over each query's valid rows."""
+    return {c: row_maxima(raw[c], valid) for c in ("euclidean", "style") if c in raw}
+
+
+def normalise(raw: dict[str, np.ndarray], tops: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """ES, CSnew, SS, DC of [B, n] raw values, given each query's maxima ``tops`` ([B]) of ED
+    and LS (:func:`maxima`; a shard gets the global ones)."""
+    comp = {}
+    if "euclidean" in raw:
+        comp["euclidean"] = normalised_by(raw["euclidean"], tops["euclidean"])
+    if "cosine" in raw:
+        comp["cosine"] = cosine_new(raw["cosine"])
+    if "style" in raw:
+        comp["style"] = normalised_by(raw["style"], tops["style"])
+    if "dice" in raw:
+        comp["dice"] = raw["dice"]
+    return comp
+
+
+def rank_rows(raw: dict[str, np.ndarray], valid: np.ndarray, measures: Sequence[str], k: int,
+              tops: dict[str, np.ndarray] | None = None, rows: np.ndarray | None = None) -> list[QueryRanking]:
+    """Rank [B, n] raw values: normalise (by ``tops``, else each query's own maxima), score the
+    measures, keep each query's top ``k`` valid entries. ``rows``: the row number of each column
+    (default ``0..n-1``; a shard passes its global row numbers). Every engine ends here."""
+    comp = normalise(raw, maxima(raw, valid) if tops is None else tops)
+    scores = measure_scores(comp, measures)
+    out = []
+    for j in range(valid.shape[0]):
+        per = {}
+        for m in measures:
+            top = top_k_rows(scores[m][j], valid[j], k)[0]
+            per[m] = Ranked(top if rows is None else rows[top], scores[m][j, top],
+                            {c: v[j, top] for c, v in comp.items()}, {c: v[j, top] for c, v in raw.items()})
+        out.append(QueryRanking(per))
+    return out
+
+
+def merge_rankings(parts: Sequence[QueryRanking], k: int) -> QueryRanking:
+    """One query's rankings over disjoint row sets (shards), merged into the top ``k`` over all:
+    the same order as one ranking over every row (by score, ties by row number)."""
+    merged = {}
+    for m in parts[0].measures:
+        pieces = [p.measures[m] for p in parts]
+        allrows = Ranked(np.concatenate([p.rows for p in pieces]), np.concatenate([p.scores for p in pieces]),
+                         {c: np.concatenate([p.components[c] for p in pieces]) for c in pieces[0].components},
+                         {c: np.concatenate([p.raw[c] for p in pieces]) for c in pieces[0].raw})
+        by_row = allrows.take(np.argsort(allrows.rows, kind="stable"))
+        merged[m] = by_row.take(top_k_rows(by_row.scores, np.ones(by_row.rows.size, bool), k)[0])
+    return QueryRanking(merged, [n for p in parts for n in p.notes])
 
 
 SMALL_PRODUCT = 8_000_000        # multiply-adds below which a product is not worth a second thread
@@ -186,8 +285,25 @@ class ExactEngine:
         self.style_sqnorms = None if styles is None else (
             row_sqnorms(styles) if style_sqnorms is None else style_sqnorms)
 
+    @classmethod
+    def of(cls, vectors: Vectors, **kwargs) -> ExactEngine:
+        return cls(*vectors.arrays(), **kwargs)
+
     def __len__(self) -> int:
         return self.features.shape[0]
+
+    @property
+    def vectors(self) -> Vectors:
+        return Vectors(self.features, self.styles, self.masks, self.mask_areas)
+
+    def take(self, rows: Sequence[int]) -> Vectors:
+        return self.vectors.take(np.asarray(rows, dtype=np.int64))
+
+    def rank(self, batch: Vectors, valid: np.ndarray, measures: Sequence[str], k: int) -> list[QueryRanking]:
+        """The contract (:class:`Engine`): one pass over the matrices for the whole batch."""
+        if not len(self):
+            return [QueryRanking({m: Ranked.empty() for m in measures}) for _ in range(len(batch))]
+        return rank_rows(self.raw(batch), valid, measures, k)
 
     @property
     def components(self) -> tuple[str, ...]:
@@ -208,7 +324,7 @@ class ExactEngine:
             total += self.masks.nbytes + self.mask_areas.nbytes
         return int(total)
 
-    def raw(self, Q: QueryBatch, components: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    def raw(self, Q: Vectors, components: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """[B, N] raw values over every row: ``euclidean`` (ED), ``cosine`` (CS), ``style`` (LS), ``dice`` (DC)."""
         want = set(components or self.components)
         out: dict[str, np.ndarray] = {}
@@ -228,29 +344,6 @@ class ExactEngine:
             out["dice"] = dice_from_intersections(mask_intersections(Q.masks, self.masks), Q.mask_areas,
                                                   self.mask_areas)
         return out
-
-    @staticmethod
-    def maxima(raw: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, np.ndarray]:
-        """[B] max-normalisers of ES (max ED) and SS (max LS) over each query's valid rows."""
-        return {c: row_maxima(raw[c], valid) for c in ("euclidean", "style") if c in raw}
-
-    @staticmethod
-    def normalise(raw: dict[str, np.ndarray], valid: np.ndarray,
-                  maxima: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """ES, CSnew, SS, DC. The max-normalisers are each query's maxima over its valid
-        (candidate) rows, or ``maxima`` when given (a shard normalising by the global maxima)."""
-        if maxima is None:
-            maxima = ExactEngine.maxima(raw, valid)
-        comp = {}
-        if "euclidean" in raw:
-            comp["euclidean"] = normalised_by(raw["euclidean"], maxima["euclidean"])
-        if "cosine" in raw:
-            comp["cosine"] = (raw["cosine"] + 1.0) / 2.0
-        if "style" in raw:
-            comp["style"] = normalised_by(raw["style"], maxima["style"])
-        if "dice" in raw:
-            comp["dice"] = raw["dice"]
-        return comp
 
 
 def top_k_rows(scores: np.ndarray, valid: np.ndarray, k: int) -> list[np.ndarray]:

@@ -53,9 +53,20 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DermsearchError
+from ..extract.vectors import Vectors
 from .config import FastConfig
-from .engine import ExactEngine, Query, QueryBatch, blas_single_threaded, products, row_parallel_products
-from .measures import MEASURE_COMPONENTS, measure_scores
+from .engine import (
+    ExactEngine,
+    Query,
+    QueryRanking,
+    Ranked,
+    blas_single_threaded,
+    normalise,
+    products,
+    row_parallel_products,
+    top_k_rows,
+)
+from .measures import MEASURE_COMPONENTS, cosine_new, measure_scores
 
 __all__ = ["FastConfig", "FastIndex", "FastIndexWriter", "FastResult", "FastModeMissing", "fast_dir", "optimize",
            "score_error_bound"]
@@ -366,7 +377,7 @@ class FastIndex:
         with np.errstate(invalid="ignore", divide="ignore"):
             denom = 2.0 * np.sqrt(fn * qf64)
             cos = np.where(denom > 0, (fn + qf64 - est_f) / np.where(denom > 0, denom, 1.0), 0.0)
-        comp_est["cosine"] = (np.clip(cos, -1.0, 1.0) + 1.0) / 2.0
+        comp_est["cosine"] = cosine_new(np.clip(cos, -1.0, 1.0))
         if est_s is not None:
             comp_est["style"] = 1.0 - est_s / (float(est_s[rows_valid].max()) or 1.0)
         if "dice" in needs and "mask_cells" in a and query.mask is not None:
@@ -395,10 +406,8 @@ class FastIndex:
         if est_s is not None:
             e2 = raw["euclidean"] ** 2
             max_f = float(np.sqrt(max(e2[valid[rerank]].max(), float(est_f[rows_valid].max()))))
-            refined = {"euclidean": _normalise(raw["euclidean"], max_f), "cosine": (raw["cosine"] + 1.0) / 2.0,
-                       "style": comp_est["style"][rerank]}
-            if "dice" in raw:
-                refined["dice"] = raw["dice"]
+            refined = _components({c: v for c, v in raw.items() if c != "style"}, {"euclidean": max_f})
+            refined["style"] = comp_est["style"][rerank]
             refined_scores = measure_scores(refined, with_style)
             picked = []
             for m in with_style:
@@ -423,14 +432,11 @@ class FastIndex:
             certified[comp_name] = hi <= found
             root = (lambda v: v) if comp_name == "style" else np.sqrt
             normalisers[comp_name], bounds[comp_name] = float(root(found)), (float(root(found)), float(root(hi)))
-        comp = self._components(raw, normalisers)
+        comp = _components(raw, normalisers)
         scores = measure_scores(comp, measures)
         rows_out, scores_out = {}, {}
         for m in measures:
-            ok = in_valid & ~np.isnan(scores[m])
-            sc = np.where(ok, scores[m], -np.inf)
-            order = np.lexsort((rerank, -sc))[:k]
-            order = order[ok[order]]
+            order = top_k_rows(scores[m], in_valid & ~np.isnan(scores[m]), k)[0]    # rerank is sorted: ties by row
             rows_out[m], scores_out[m] = rerank[order], scores[m][order]
         # every hit reports all four components: fill the style of returned rows not read yet
         if est_s is not None:
@@ -438,7 +444,7 @@ class FastIndex:
             missing = hits[np.isnan(ls[np.searchsorted(rerank, hits)])]
             if missing.size:
                 ls[np.searchsorted(rerank, missing)] = self._exact_raw(query, missing, with_style=True)["style"]
-                comp["style"] = _normalise(ls, normalisers["style"])
+                comp["style"] = _components({"style": ls}, normalisers)["style"]
         return FastResult(rows_out, scores_out, comp, raw, rerank, normalisers, bounds, certified)
 
     def _exact_raw(self, query: Query, rows: np.ndarray, with_style: bool) -> dict[str, np.ndarray]:
@@ -448,25 +454,51 @@ class FastIndex:
         if with_style:
             sub = ExactEngine(e.features[:0], self.style_rows(rows), feature_sqnorms=a["feature_sqnorms"][:0],
                               style_sqnorms=a["style_sqnorms"][rows], product=row_parallel_products)
-            return {"style": sub.raw(QueryBatch.of([query]), ["style"])["style"][0]}
+            return {"style": sub.raw(Query.batch([query]), ["style"])["style"][0]}
         sub = ExactEngine(e.features[rows], None, None if e.masks is None else e.masks[rows],
                           None if e.mask_areas is None else e.mask_areas[rows], a["feature_sqnorms"][rows],
                           product=row_parallel_products)
-        return {name: v[0] for name, v in sub.raw(QueryBatch.of([query]), ["euclidean", "cosine", "dice"]).items()}
+        return {name: v[0] for name, v in sub.raw(Query.batch([query]), ["euclidean", "cosine", "dice"]).items()}
 
-    @staticmethod
-    def _components(raw: dict[str, np.ndarray], normalisers: dict[str, float]) -> dict[str, np.ndarray]:
-        comp = {"euclidean": _normalise(raw["euclidean"], normalisers["euclidean"]),
-                "cosine": (raw["cosine"] + 1.0) / 2.0}
-        if "style" in raw:
-            comp["style"] = _normalise(raw["style"], normalisers["style"])
-        if "dice" in raw:
-            comp["dice"] = raw["dice"]
-        return comp
+    # ------------------------------------------------------- the engine contract
+    @property
+    def kernel(self) -> str | None:
+        return self.exact.kernel
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return self.exact.components
+
+    def take(self, rows) -> Vectors:
+        return self.exact.take(rows)
+
+    def rank(self, batch: Vectors, valid: np.ndarray, measures: Sequence[str], k: int) -> list[QueryRanking]:
+        """The contract (:class:`~dermsearch.search.engine.Engine`), one query at a time; each
+        ranking's notes say how many rows were re-ranked and whether its normalisers are certified."""
+        if k <= 0 or k > self.config.candidates:
+            raise ConfigError(f"fast mode returns at most {self.config.candidates} rows per measure "
+                              f"(k=1..{self.config.candidates}); use exact mode for k=0 or a larger k")
+        out = []
+        for j in range(len(batch)):
+            r = self.search(Query.from_row(batch, j), k, measures, valid[j])
+            per = {}
+            for m in measures:
+                at = np.searchsorted(r.reranked, r.rows[m])
+                per[m] = Ranked(r.rows[m], r.scores[m], {c: v[at] for c, v in r.components.items()},
+                                {c: v[at] for c, v in r.raw.items()})
+            notes = [f"fast mode: {r.reranked.size} rows re-ranked with exact vectors"]
+            for comp, ok in r.certified.items():
+                lo, hi = r.normaliser_bounds[comp]
+                notes.append(f"{comp} normaliser certified exact" if ok else
+                             f"{comp} normaliser not certified: exact max in [{lo:.6g}, {hi:.6g}]")
+            out.append(QueryRanking(per, notes))
+        return out
 
 
-def _normalise(values: np.ndarray, top: float) -> np.ndarray:
-    return np.ones_like(values) if top <= 0 else 1.0 - values / top
+def _components(raw: dict[str, np.ndarray], tops: dict[str, float]) -> dict[str, np.ndarray]:
+    """ES, CSnew, SS, DC of one query's raw values (1-D) for scalar maxima."""
+    comp = normalise({c: v[None] for c, v in raw.items()}, {c: np.array([t]) for c, t in tops.items()})
+    return {c: v[0] for c, v in comp.items()}
 
 
 def score_error_bound(value: float, low: float, high: float) -> float:

@@ -14,10 +14,10 @@ from PIL import Image
 from ..errors import ConfigError, NotFoundError
 from ..extract.images import load_image
 from ..index.store import Index, Snapshot
-from .engine import ExactEngine, Query, QueryBatch, kernel_for, top_k_rows
+from .engine import Engine, ExactEngine, Query, QueryRanking, Ranked, kernel_for, top_k_rows
 from .explain import mask_explanation, overlap_png, style_explanation
 from .fast import FastIndex, FastModeMissing, fast_dir
-from .measures import COMPONENTS, MEASURE_COMPONENTS, MEASURES, measure_scores
+from .measures import COMPONENTS, MEASURE_COMPONENTS, MEASURES
 
 __all__ = ["Filters", "Hit", "Query", "SearchResult", "Searcher", "top_k"]
 
@@ -128,10 +128,11 @@ class Searcher:
         self.fast = self._open_fast()
         if self.fast is None:
             s = self.snapshot = self.index.snapshot()
-            self.engine = ExactEngine(s.features, s.styles, s.masks, s.mask_areas)
+            self.engine: Engine = ExactEngine(s.features, s.styles, s.masks, s.mask_areas)
         elif (rows := self.fast.rows(self.index.manifest)) is not None:
             # the fast-mode files of the current version hold its rows and labels: LanceDB is not opened
-            e = self.engine = self.fast.exact
+            e = self.fast.exact
+            self.engine = self.fast if self.mode == "fast" else e
             self.snapshot = Snapshot(self.fast.info["index_version"], self.fast.ids.astype(object), rows["paths"],
                                      rows["diagnosis"], rows["melanoma"], rows["lesion_id"], rows["meta_json"],
                                      e.features, e.styles, e.masks, e.mask_areas)
@@ -144,7 +145,8 @@ class Searcher:
                     raise FastModeMissing(f"the fast-mode files of {self.index.directory} do not match its current "
                                           f"version; run 'dermsearch optimize {self.index.directory}'")
                 return self.refresh()
-            e = self.engine = self.fast.exact
+            e = self.fast.exact
+            self.engine = self.fast if self.mode == "fast" else e
             self.snapshot = dataclasses.replace(s, features=e.features, styles=e.styles, masks=e.masks,
                                                 mask_areas=e.mask_areas)
         self._positions = {i: n for n, i in enumerate(self.snapshot.ids)}
@@ -156,10 +158,11 @@ class Searcher:
         if self.sharded is not None:
             self.sharded.close()
         s = self.snapshot = self.index.snapshot(vectors=False)     # the vectors stay on the workers
-        self.fast, self.engine = None, None
+        self.fast = None
         m = self.index.manifest
-        self.sharded = ShardedEngine(self.dask, self.index.directory, s.version, len(s),
-                                     kernel=kernel_for(len(s), max(m["feature_dim"], m["style_dim"])))
+        self.engine = self.sharded = ShardedEngine(
+            self.dask, self.index.directory, s.version, len(s), components=self.available_components,
+            kernel=kernel_for(len(s), max(m["feature_dim"], m["style_dim"])))
         self._positions = {i: n for n, i in enumerate(s.ids)}
         self._meta_cache = None
 
@@ -185,11 +188,6 @@ class Searcher:
         if self._meta_cache is None:
             self._meta_cache = [json.loads(m) for m in self.snapshot.meta_json]
         return self._meta_cache
-
-    @property
-    def row_sqnorms(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """Cached float64 ||x||² of the feature and style rows (for batched distances)."""
-        return self.engine.feature_sqnorms, self.engine.style_sqnorms
 
     @property
     def encoder(self):
@@ -230,10 +228,7 @@ class Searcher:
         if label is None:
             label = str(image) if isinstance(image, (str, os.PathLike)) else "upload"
         img = image if isinstance(image, Image.Image) else load_image(image)
-        ex = self.encoder.extract([img])
-        return Query(ex.features[0], None if ex.styles is None else ex.styles[0],
-                     None if ex.masks is None else ex.masks[0],
-                     0 if ex.mask_areas is None else int(ex.mask_areas[0]), label)
+        return Query.from_row(self.encoder.extract([img]), 0, label)
 
     def query_for_id(self, image_id: str) -> Query:
         """The stored vectors of an indexed image, as a query (no re-extraction)."""
@@ -241,13 +236,7 @@ class Searcher:
             i = self._positions[image_id]
         except KeyError:
             raise NotFoundError(f"id {image_id!r} is not in the index") from None
-        if self.sharded is not None:
-            f, st, m, a = self.sharded.row(i)
-            return Query(f, st, m, a, image_id)
-        s = self.snapshot
-        return Query(s.features[i], None if s.styles is None else s.styles[i],
-                     None if s.masks is None else s.masks[i],
-                     0 if s.mask_areas is None else int(s.mask_areas[i]), image_id)
+        return Query.from_row(self.engine.take([i]), 0, image_id)
 
     # ------------------------------------------------------------- candidates
     def _column(self, name: str) -> list:
@@ -311,19 +300,9 @@ class Searcher:
             return result
         m = self.index.manifest
         layout = m.get("style_layers") or []
-        styles = masks = None
-        if self.sharded is not None:
-            rows = [self.sharded.row(i) for i in positions]
-            if query.style is not None and rows[0][1] is not None:
-                styles = np.stack([r[1] for r in rows])
-            if query.mask is not None and rows[0][2] is not None:
-                masks = np.stack([r[2] for r in rows])
-        else:
-            s = self.snapshot
-            if query.style is not None and s.styles is not None:
-                styles = np.asarray(s.styles[positions])
-            if query.mask is not None and s.masks is not None:
-                masks = np.asarray(s.masks[positions])
+        rows = self.engine.take(positions)
+        styles = rows.styles if query.style is not None else None
+        masks = rows.masks if query.mask is not None else None
         style_parts = style_explanation(query.style, styles, layout) if styles is not None and layout else None
         by_row = {}
         for n, i in enumerate(positions):
@@ -345,7 +324,7 @@ class Searcher:
             raise NotFoundError(f"id {image_id!r} is not in the index")
         if query.mask is None or not self.index.manifest["mask_bytes"]:
             return None
-        row = self.sharded.row(i)[2] if self.sharded is not None else self.snapshot.masks[i]
+        row = self.engine.take([i]).masks[0]
         return overlap_png(query.mask, row, self.index.manifest["mask_size"])
 
     def _search_batch(self, queries: list[Query], k, measures, exclude_ids, filters) -> list[SearchResult]:
@@ -363,60 +342,14 @@ class Searcher:
                 if i is not None:
                     valid[j, i] = False
         # Every available component is computed: each hit reports all four (SPEC section 3).
-        # Raw values cover all rows (one pass over the matrices, no copies of them); the
-        # max-normalisers see each query's candidates only.
-        if self.mode == "fast":
-            return [self._search_fast(q, k, wanted, valid[j], messages) for j, q in enumerate(queries)]
-        if self.sharded is not None:
-            return self._search_sharded(queries, k, wanted, valid, messages)
-        batch = QueryBatch.of(queries)
-        raw = self.engine.raw(batch) if len(s) else {}
-        comp = ExactEngine.normalise(raw, valid) if raw else {}
-        scores = measure_scores(comp, wanted) if comp else {}
-        results = []
-        for j, query in enumerate(queries):
-            per_measure: dict[str, list[Hit]] = {}
-            for m in wanted:
-                rows = top_k_rows(scores[m][j], valid[j], k)[0] if scores else np.zeros(0, dtype=np.int64)
-                per_measure[m] = [self._hit(rank, int(i), float(scores[m][j, i]),
-                                            {c: comp[c][j, i] for c in comp}, {c: raw[c][j, i] for c in raw})
-                                  for rank, i in enumerate(rows, start=1)]
-            results.append(SearchResult(query.label, k, int(valid[j].sum()), per_measure, list(messages)))
-        return results
-
-    def _search_fast(self, query: Query, k: int, wanted, valid: np.ndarray, messages: list[str]) -> SearchResult:
-        cfg = self.fast.config
-        if k <= 0 or k > cfg.candidates:
-            raise ConfigError(f"fast mode returns at most {cfg.candidates} rows per measure (k=1..{cfg.candidates}); "
-                             "use exact mode for k=0 or a larger k")
-        r = self.fast.search(query, k, wanted, valid)
-        at = {int(row): n for n, row in enumerate(r.reranked)}
-        per_measure = {}
-        for m in wanted:
-            per_measure[m] = [self._hit(rank, int(i), float(sc), {c: v[at[int(i)]] for c, v in r.components.items()},
-                                        {c: v[at[int(i)]] for c, v in r.raw.items()})
-                              for rank, (i, sc) in enumerate(zip(r.rows[m], r.scores[m]), start=1)]
-        notes = list(messages) + [f"fast mode: {r.reranked.size} rows re-ranked with exact vectors"]
-        for comp, ok in r.certified.items():
-            lo, hi = r.normaliser_bounds[comp]
-            notes.append(f"{comp} normaliser certified exact" if ok else
-                         f"{comp} normaliser not certified: exact max in [{lo:.6g}, {hi:.6g}]")
-        return SearchResult(query.label, k, int(valid.sum()), per_measure, notes)
-
-    def _search_sharded(self, queries, k, wanted, valid, messages) -> list[SearchResult]:
-        if not len(self.snapshot):
-            return [SearchResult(q.label, k, 0, {m: [] for m in wanted}, list(messages)) for q in queries]
-        merged = self.sharded.search(QueryBatch.of(queries), valid, wanted, k)
-        out = []
-        for j, (query, per_measure) in enumerate(zip(queries, merged)):
-            results = {}
-            for m in wanted:
-                rows, scores, comp, raw = per_measure[m]
-                results[m] = [self._hit(rank, int(i), float(sc), {c: v[n] for c, v in comp.items()},
-                                        {c: v[n] for c, v in raw.items()})
-                              for n, (rank, i, sc) in enumerate(zip(range(1, len(rows) + 1), rows, scores))]
-            out.append(SearchResult(query.label, k, int(valid[j].sum()), results, list(messages)))
-        return out
+        # The max-normalisers see each query's candidates only.
+        if len(s):
+            rankings = self.engine.rank(Query.batch(queries), valid, wanted, k)
+        else:
+            rankings = [QueryRanking({m: Ranked.empty() for m in wanted}) for _ in queries]
+        return [SearchResult(q.label, k, int(valid[j].sum()),
+                             {m: self._hits(r) for m, r in ranking.measures.items()}, list(messages) + ranking.notes)
+                for j, (q, ranking) in enumerate(zip(queries, rankings))]
 
     def _resolve_measures(self, measures) -> tuple[tuple[str, ...], list[str]]:
         available = self.available_measures()
@@ -431,13 +364,18 @@ class Searcher:
         absent = [m for m in MEASURES if m not in available]
         return available, [self._missing_message(absent)] if absent else []
 
-    def _hit(self, rank: int, i: int, score: float, comp: dict, raw: dict) -> Hit:
+    def _hits(self, r: Ranked) -> list[Hit]:
         s = self.snapshot
-        mel = s.melanoma[i]
-        return Hit(rank=rank, id=str(s.ids[i]), score=score, path=str(s.paths[i]), diagnosis=s.diagnosis[i],
-                   components={c: (float(comp[c]) if c in comp else None) for c in COMPONENTS},
-                   raw={_RAW_KEYS[c]: (float(raw[c]) if c in raw else None) for c in COMPONENTS},
-                   melanoma=None if np.isnan(mel) else int(mel), lesion_id=s.lesion_id[i])
+        hits = []
+        for n, i in enumerate(r.rows.tolist()):
+            mel = s.melanoma[i]
+            hits.append(Hit(rank=n + 1, id=str(s.ids[i]), score=float(r.scores[n]), path=str(s.paths[i]),
+                            diagnosis=s.diagnosis[i],
+                            components={c: (float(r.components[c][n]) if c in r.components else None)
+                                        for c in COMPONENTS},
+                            raw={_RAW_KEYS[c]: (float(r.raw[c][n]) if c in r.raw else None) for c in COMPONENTS},
+                            melanoma=None if np.isnan(mel) else int(mel), lesion_id=s.lesion_id[i]))
+        return hits
 
     def _missing_message(self, measures: list[str]) -> str:
         lacking = sorted({c for m in measures for c in MEASURE_COMPONENTS[m]} - set(self.available_components))

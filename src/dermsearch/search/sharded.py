@@ -32,22 +32,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import DermsearchError, require
-from .engine import ExactEngine, QueryBatch, top_k_rows
-from .measures import measure_scores
+from ..extract.vectors import Vectors
+from .engine import ExactEngine, QueryRanking, maxima, merge_rankings, rank_rows
+from .measures import COMPONENTS
 
 __all__ = ["ShardedEngine", "ShardLost", "ShardTooLarge", "shard_memory_problem"]
 
 _SHARDS: dict[str, ExactEngine] = {}      # per worker process
 _RAW: dict[str, dict] = {}                # per worker: raw components of a query batch between the rounds
 _RAW_KEPT = 16                            # at most this many batches between rounds per worker (oldest dropped)
-
-
-@dataclass
-class ShardTop:
-    rows: dict[str, list[np.ndarray]]     # measure -> per query, global row numbers
-    scores: dict[str, list[np.ndarray]]
-    comp: dict[str, list[dict]]           # measure -> per query, component -> values of those rows
-    raw: dict[str, list[dict]]
 
 
 class ShardLost(DermsearchError, RuntimeError):
@@ -155,10 +148,8 @@ def _shard(key: str) -> ExactEngine:
         raise ShardLost([key], f"shard {key} is not on this worker (restarted?)") from None
 
 
-def _shard_row(key: str, i: int):
-    e = _shard(key)
-    return (np.array(e.features[i]), None if e.styles is None else np.array(e.styles[i]),
-            None if e.masks is None else np.array(e.masks[i]), 0 if e.mask_areas is None else int(e.mask_areas[i]))
+def _shard_rows(key: str, rows: list[int]) -> Vectors:
+    return _shard(key).take(rows)
 
 
 def _drop_shard(key: str) -> None:
@@ -169,31 +160,22 @@ def _drop_raw(key: str, query_key: str) -> None:
     _RAW.pop(query_key, None)
 
 
-def _round_one(key: str, query_key: str, batch: QueryBatch, valid: np.ndarray) -> dict[str, np.ndarray]:
+def _round_one(key: str, query_key: str, batch: Vectors, valid: np.ndarray) -> dict[str, np.ndarray]:
     engine = _shard(key)
     raw = engine.raw(batch)
     _RAW[query_key] = raw
     while len(_RAW) > _RAW_KEPT:          # left by clients that died between the rounds
         _RAW.pop(next(iter(_RAW)))
-    return ExactEngine.maxima(raw, valid)
+    return maxima(raw, valid)
 
 
-def _round_two(key: str, query_key: str, valid: np.ndarray, maxima: dict[str, np.ndarray], measures: Sequence[str],
-               k: int, offset: int) -> ShardTop:
+def _round_two(key: str, query_key: str, valid: np.ndarray, tops: dict[str, np.ndarray], measures: Sequence[str],
+               k: int, offset: int) -> list[QueryRanking]:
     try:
         raw = _RAW.pop(query_key)
     except KeyError:
         raise ShardLost([], f"round one of {query_key} is no longer on this worker") from None   # rerun the query
-    comp = ExactEngine.normalise(raw, valid, maxima)
-    scores = measure_scores(comp, measures)
-    out = ShardTop({}, {}, {}, {})
-    for m in measures:
-        tops = top_k_rows(scores[m], valid, k)
-        out.rows[m] = [t + offset for t in tops]
-        out.scores[m] = [scores[m][j, t] for j, t in enumerate(tops)]
-        out.comp[m] = [{c: v[j, t] for c, v in comp.items()} for j, t in enumerate(tops)]
-        out.raw[m] = [{c: v[j, t] for c, v in raw.items()} for j, t in enumerate(tops)]
-    return out
+    return rank_rows(raw, valid, measures, k, tops, np.arange(offset, offset + valid.shape[1]))
 
 
 def _wait(futures, seconds: float) -> None:
@@ -229,8 +211,10 @@ class ShardedEngine:
     _ids = itertools.count()
 
     def __init__(self, client, index_dir, version: int, n_rows: int, fast_path=None, poll_s: float = 1.0,
-                 retries: int = 2, kernel: str | None = None):
+                 retries: int = 2, kernel: str | None = None, components: Sequence[str] = COMPONENTS):
+        """``components``: those the index stores (for :attr:`components`)."""
         self.client = client
+        self._components = tuple(components)
         self.kernel = kernel          # the product kernel of the whole index (None: each shard's own)
         self.index_dir = None if index_dir is None else str(index_dir)
         self.version = version
@@ -306,49 +290,51 @@ class ShardedEngine:
                 except ShardLost:
                     pass                  # lost again while reloading: the next attempt finds out which
 
-    def row(self, i: int):
-        """The stored vectors of row i, fetched from the worker that holds them."""
-        sh = next((sh for sh in self.shards if sh.start <= i < sh.stop), None)
-        if sh is None:
-            raise IndexError(i)
-        return self._retrying(f"fetching row {i}",
-                              lambda: self._gather([self._submit(_shard_row, sh, i - sh.start)], [sh])[0])
+    def __len__(self) -> int:
+        return self.shards[-1].stop if self.shards else 0
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return self._components
+
+    def take(self, rows) -> Vectors:
+        """The stored vectors of these rows (in this order), one request per shard that holds some."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows outside 0..{len(self) - 1}")
+        where = np.searchsorted([sh.stop for sh in self.shards], rows, side="right")
+        parts, picked = [], []
+        for n in np.unique(where):
+            sh, sel = self.shards[n], np.flatnonzero(where == n)
+            local = (rows[sel] - sh.start).tolist()
+            parts.append(self._retrying(f"fetching {len(sel)} rows", lambda sh=sh, local=local: self._gather(
+                [self._submit(_shard_rows, sh, local)], [sh])[0]))
+            picked.append(sel)
+        if not parts:
+            raise IndexError("no rows asked for")
+        return Vectors.concat(parts).take(np.argsort(np.concatenate(picked), kind="stable"))
 
     def close(self) -> None:
         for sh in self.shards:
             self._submit(_drop_shard, sh)
 
-    def search(self, batch: QueryBatch, valid: np.ndarray, measures: Sequence[str], k: int):
-        """Per query and measure: (rows, scores, components, raw) of the global top k."""
+    def rank(self, batch: Vectors, valid: np.ndarray, measures: Sequence[str], k: int) -> list[QueryRanking]:
+        """The contract (:class:`~dermsearch.search.engine.Engine`), in two rounds (module doc)."""
         with self._in_flight:
-            return self._retrying("sharded search", lambda: self._search(batch, valid, measures, k))
+            return self._retrying("sharded search", lambda: self._rank(batch, valid, measures, k))
 
-    def _search(self, batch: QueryBatch, valid: np.ndarray, measures: Sequence[str], k: int):
+    def _rank(self, batch: Vectors, valid: np.ndarray, measures: Sequence[str], k: int) -> list[QueryRanking]:
         qk = f"q{next(self._queries)}"
         one = [self._submit(_round_one, sh, f"{sh.key}-{qk}", batch, valid[:, sh.start:sh.stop])
                for sh in self.shards]
         try:
-            maxima = self._gather(one, self.shards)
+            shard_maxima = self._gather(one, self.shards)
         except ShardLost:
             for sh in self.shards:        # the surviving shards' round-one results are not needed
                 self._submit(_drop_raw, sh, f"{sh.key}-{qk}")
             raise
-        glob = {comp: np.max(np.stack([m[comp] for m in maxima]), axis=0) for comp in maxima[0]}
-        two = [self._submit(_round_two, sh, f"{sh.key}-{qk}", valid[:, sh.start:sh.stop], glob, tuple(measures), k,
+        tops = {comp: np.max(np.stack([m[comp] for m in shard_maxima]), axis=0) for comp in shard_maxima[0]}
+        two = [self._submit(_round_two, sh, f"{sh.key}-{qk}", valid[:, sh.start:sh.stop], tops, tuple(measures), k,
                             sh.start) for sh in self.shards]
-        parts: list[ShardTop] = self._gather(two, self.shards)
-        merged = []
-        for j in range(len(batch)):
-            per_measure = {}
-            for m in measures:
-                rows = np.concatenate([p.rows[m][j] for p in parts])
-                scores = np.concatenate([p.scores[m][j] for p in parts])
-                comps = {cn: np.concatenate([p.comp[m][j][cn] for p in parts]) for cn in parts[0].comp[m][j]}
-                raws = {cn: np.concatenate([p.raw[m][j][cn] for p in parts]) for cn in parts[0].raw[m][j]}
-                order = np.lexsort((rows, -scores))           # by score, ties by row: as the local engine
-                if k > 0:
-                    order = order[:k]
-                per_measure[m] = (rows[order], scores[order], {cn: v[order] for cn, v in comps.items()},
-                                  {cn: v[order] for cn, v in raws.items()})
-            merged.append(per_measure)
-        return merged
+        parts: list[list[QueryRanking]] = self._gather(two, self.shards)
+        return [merge_rankings([p[j] for p in parts], k) for j in range(len(batch))]

@@ -1,0 +1,154 @@
+"""The one engine contract: every engine (exact with either product kernel, fast mode with every row
+as a candidate, sharded on a Dask LocalCluster) ranks a batch of queries through ``Engine.rank``
+exactly as a float64 per-image reference written from the SPEC's equations does: same rows in the
+same order (ties by row number), same scores, for all ten measures, with per-query exclusions and
+a candidate filter."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from dermsearch.extract.vectors import Vectors
+from dermsearch.search import MEASURES
+from dermsearch.search.config import FastConfig
+from dermsearch.search.engine import Engine, ExactEngine, Query, merge_rankings, rank_rows
+from dermsearch.search.fast import FastIndexWriter
+
+N, SIDE, K = 90, 16, 7
+
+
+def _data(seed: int = 0) -> Vectors:
+    rng = np.random.default_rng(seed)
+    F = rng.normal(size=(N, 12)).astype(np.float32) + 1
+    S = rng.gamma(2.0, size=(N, 40)).astype(np.float32)
+    yy, xx = np.mgrid[:SIDE, :SIDE]
+    cy, cx, r = rng.uniform(3, 13, N), rng.uniform(3, 13, N), rng.uniform(1, 7, N)
+    bits = (((yy[None] - cy[:, None, None]) ** 2 + (xx[None] - cx[:, None, None]) ** 2) <= r[:, None, None] ** 2
+            ).reshape(N, -1)
+    bits[5] = False                       # an empty mask (Dice with another empty one is 1)
+    F[40], S[40], bits[40] = F[12], S[12], bits[12]      # an exact duplicate: ties go by row number
+    return Vectors(F, S, np.packbits(bits, axis=1), bits.sum(1).astype(np.int32))
+
+
+def _hm(*c):
+    return 0.0 if min(c) <= 0 else len(c) / sum(1.0 / x for x in c)
+
+
+def reference(V: Vectors, q: int, valid: np.ndarray, k: int) -> dict[str, tuple[list[int], list[float]]]:
+    """Equations 1-14 of SPEC section 2, one image at a time, in float64."""
+    F, S = V.features.astype(np.float64), V.styles.astype(np.float64)
+    bits = np.unpackbits(V.masks, axis=1).astype(bool)
+    ed = np.array([np.sqrt(((F[i] - F[q]) ** 2).sum()) for i in range(N)])
+    cs = np.array([F[i] @ F[q] / (np.linalg.norm(F[i]) * np.linalg.norm(F[q])) for i in range(N)])
+    ls = np.array([((S[i] - S[q]) ** 2).sum() for i in range(N)])
+    dc = np.array([1.0 if not bits[i].any() and not bits[q].any()
+                   else 2 * (bits[i] & bits[q]).sum() / (bits[i].sum() + bits[q].sum()) for i in range(N)])
+    es, ss, csn = 1 - ed / ed[valid].max(), 1 - ls / ls[valid].max(), (cs + 1) / 2
+    comp = {"euclidean": es, "cosine": csn, "style": ss, "dice": dc}
+    parts = {"euclidean": ("euclidean",), "cosine": ("cosine",), "style": ("style",), "dice": ("dice",),
+             "i1_ed": ("euclidean", "dice"), "i1_cd": ("cosine", "dice"), "i1_ecd": ("euclidean", "cosine", "dice"),
+             "i1_se": ("style", "euclidean"), "i1_sc": ("style", "cosine"), "i1_sd": ("style", "dice")}
+    out = {}
+    for m in MEASURES:
+        score = {i: _hm(*(comp[c][i] for c in parts[m])) for i in np.flatnonzero(valid)}
+        order = sorted(score, key=lambda i: (-score[i], i))[:k]
+        out[m] = ([int(i) for i in order], [score[i] for i in order])
+    return out
+
+
+def _queries_and_valid(V: Vectors):
+    rows = [0, 5, 12, 33, 61, 89]
+    keep = np.random.default_rng(1).random(N) < 0.8          # a filter on the candidates
+    keep[[12, 40]] = True
+    valid = np.tile(keep, (len(rows), 1))
+    valid[np.arange(len(rows)), rows] = False                # each query excludes itself
+    valid[3, [7, 8, 9]] = False                              # and one query a few more ids
+    return Query.batch([Query.from_row(V, i) for i in rows]), rows, valid
+
+
+def check_engine(engine: Engine, V: Vectors, k: int = K) -> None:
+    assert isinstance(engine, Engine)
+    batch, rows, valid = _queries_and_valid(V)
+    got = engine.rank(batch, valid, MEASURES, k)
+    assert len(got) == len(rows)
+    for j, q in enumerate(rows):
+        ref = reference(V, q, valid[j], k)
+        for m in MEASURES:
+            r = got[j].measures[m]
+            assert r.rows.tolist() == ref[m][0], (type(engine).__name__, q, m)
+            np.testing.assert_allclose(r.scores, ref[m][1], rtol=0, atol=1e-6)
+            assert set(r.components) == {"euclidean", "cosine", "style", "dice"} and set(r.raw) == set(r.components)
+    # the duplicate pair ties on every measure when both are candidates: the lower row comes first
+    r = got[rows.index(0)].measures["euclidean"]
+    both = [x for x in r.rows.tolist() if x in (12, 40)]
+    assert both in ([], [12], [12, 40])
+    np.testing.assert_array_equal(engine.take([3, 1]).features, V.features[[3, 1]])
+
+
+@pytest.mark.parametrize("kernel", ["numpy", "torch"])
+def test_exact_engine_matches_the_reference(kernel):
+    V = _data()
+    check_engine(ExactEngine.of(V, kernel=kernel), V)
+
+
+def test_ranking_all_candidates_and_an_empty_candidate_set():
+    V = _data()
+    e = ExactEngine.of(V)
+    batch = Query.batch([Query.from_row(V, 0)])
+    valid = np.ones((1, N), bool)
+    full = e.rank(batch, valid, ["style"], 0)[0].measures["style"]
+    assert sorted(full.rows.tolist()) == list(range(N)) and np.all(np.diff(full.scores) <= 0)
+    none = e.rank(batch, np.zeros((1, N), bool), MEASURES, 5)[0]
+    assert all(r.rows.size == 0 for r in none.measures.values())
+
+
+def test_merged_shard_rankings_equal_one_ranking():
+    V = _data()
+    e = ExactEngine.of(V)
+    batch, _, valid = _queries_and_valid(V)
+    whole = rank_rows(e.raw(batch), valid, MEASURES, K)
+    cut = 37
+    raw = e.raw(batch)
+    tops = {c: np.where(valid, raw[c], -np.inf).max(axis=1) for c in ("euclidean", "style")}
+    parts = [rank_rows({c: v[:, a:b] for c, v in raw.items()}, valid[:, a:b], MEASURES, K, tops, np.arange(a, b))
+             for a, b in ((0, cut), (cut, N))]
+    for j in range(len(whole)):
+        merged = merge_rankings([parts[0][j], parts[1][j]], K)
+        for m in MEASURES:
+            assert merged.measures[m].rows.tolist() == whole[j].measures[m].rows.tolist()
+            np.testing.assert_array_equal(merged.measures[m].scores, whole[j].measures[m].scores)
+
+
+def _fast(tmp_path, V: Vectors):
+    cfg = FastConfig(style_dims=4, feature_dims=4, mask_grid=4, candidates=N, wide_candidates=N,
+                     normaliser_candidates=N)
+    w = FastIndexWriter(tmp_path / "fast", N, V.features.shape[1], V.styles.shape[1], V.masks.shape[1], SIDE, cfg)
+    w.write(0, [f"r{i}" for i in range(N)], *V.arrays())
+    return w.finish()
+
+
+def test_fast_engine_with_every_row_a_candidate_matches_the_reference(tmp_path):
+    V = _data()
+    fast = _fast(tmp_path, V)
+    check_engine(fast, V)
+    batch, _, valid = _queries_and_valid(V)
+    notes = fast.rank(batch, valid, ["style"], 3)[0].notes
+    assert "style normaliser certified exact" in notes
+
+
+@pytest.mark.slow
+def test_sharded_engine_matches_the_reference(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    from dermsearch.search.sharded import ShardedEngine
+
+    V = _data()
+    fast = _fast(tmp_path, V)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                  silence_logs=logging.ERROR) as cluster, distributed.Client(cluster) as client:
+        engine = ShardedEngine(client, None, 0, N, fast_path=fast.directory, kernel="numpy")
+        assert len(engine.shards) == 2 and len(engine) == N
+        check_engine(engine, V)
+        np.testing.assert_array_equal(engine.take([80, 2, 50]).styles, V.styles[[80, 2, 50]])
