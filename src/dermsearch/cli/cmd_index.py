@@ -1,4 +1,4 @@
-"""`index`, `optimize`, `info`, `export-onnx`, `backbones`: building and looking after an index."""
+"""`index`, `optimize`, `compact`, `info`, `export-onnx`, `backbones`: building and looking after an index."""
 
 from __future__ import annotations
 
@@ -73,6 +73,14 @@ def register(sub, common: Common) -> None:
     op.add_argument("--candidates", type=int, default=d.candidates,
                     help=f"rows per measure re-ranked exactly (default {d.candidates})")
     op.set_defaults(handler=cmd_optimize)
+
+    cp = sub.add_parser("compact", parents=[common.index, common.json],
+                        help="merge the index's small data files and delete old versions no reader holds",
+                        description="Every commit of 'dermsearch index' adds data files; compaction merges them "
+                                    "into one new version (same rows) and deletes the versions older than every "
+                                    "version a running searcher holds. Fast-mode files are carried over.")
+    cp.add_argument("--keep-versions", action="store_true", help="merge only; delete no old version")
+    cp.set_defaults(handler=cmd_compact)
 
     ex = sub.add_parser("export-onnx", parents=[common.index],
                         help="export an index's networks to ONNX (for ONNX Runtime elsewhere)")
@@ -173,6 +181,34 @@ def cmd_optimize(args) -> int:
               f"({100 * info['style_explained_variance']:.1f}% of the variance), feature PCA "
               f"{fast.arrays['feature_basis'].shape[0]} dims ({100 * info['feature_explained_variance']:.1f}%); "
               f"{fast.bytes_scanned_per_query / max(1, len(fast)):.0f} bytes scanned per image per query")
+    return 0
+
+
+def cmd_compact(args) -> int:
+    import dataclasses
+    import json
+
+    from ..index import Index
+    from ..search.fast import carry_forward
+
+    index = Index.open(args.index)
+    report = index.compact(cleanup=not args.keep_versions)
+    fast = None
+    if (index.directory / "fast").is_dir():
+        fast = carry_forward(index, report.version_before)
+    out = {**dataclasses.asdict(report), "fast_mode_files": None if fast is None else str(fast.directory)}
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    r = report
+    err.print(f"version {r.version_before} -> {r.version_after}: {r.fragments_before} -> {r.fragments_after} data "
+              f"fragments, {r.versions_before} -> {r.versions_after} versions kept, "
+              f"{r.bytes_before / 1e6:.1f} -> {r.bytes_after / 1e6:.1f} MB of data files"
+              + (f"; versions held by readers: {', '.join(map(str, r.held))}" if r.held else ""))
+    if fast is not None:
+        err.print(f"fast-mode files carried over to version {r.version_after}")
+    elif (index.directory / "fast").is_dir() and r.version_after != r.version_before:
+        err.print(f"fast-mode files were not for the compacted rows: run 'dermsearch optimize {index.directory}'")
     return 0
 
 

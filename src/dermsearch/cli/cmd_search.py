@@ -1,4 +1,5 @@
-"""`search`: the most similar indexed images for one query image."""
+"""`search`: the most similar indexed images for one query image; `calibrate`: this machine's
+product kernel for exact search."""
 
 from __future__ import annotations
 
@@ -31,6 +32,27 @@ def register(sub, common: Common) -> None:
     s.add_argument("--fast", action="store_true", help="fast mode for large archives: compressed vectors pick "
                    "candidates, exact vectors re-rank them (needs 'dermsearch optimize DIR' first)")
     s.set_defaults(handler=cmd_search)
+
+    c = sub.add_parser("calibrate", parents=[common.json],
+                       help="measure which BLAS reads a large matrix fastest here (exact search uses it; "
+                            "cached per machine, measured on first use otherwise)")
+    c.add_argument("--force", action="store_true", help="measure again even when this machine is cached")
+    c.set_defaults(handler=cmd_calibrate)
+
+
+def cmd_calibrate(args) -> int:
+    from ..search.kernels import calibrate
+
+    record = calibrate(force=args.force)
+    if args.json:
+        print(json.dumps(record, indent=1))
+        return 0
+    m = record["measured"]
+    print(f"{record['machine']['cpu']} ({record['machine']['cores']} cores): exact search uses the "
+          f"{record['choice']} kernel ({'cached' if record['cached'] else 'measured now'}, {record['path']})")
+    for name, figures in m["kernels"].items():
+        print(f"  {name:6s} " + ", ".join(f"{k} {v}" for k, v in figures.items()))
+    return 0
 
 
 def filters_from(where: list[str], ranges: list[str]):

@@ -5,6 +5,7 @@ Layout of an index directory::
     DIR/dermsearch.json   manifest: format, extractor config, model fingerprint, dimensions
     DIR/lance/            LanceDB database with one table, ``images``, one row per image
     DIR/.write.lock       advisory lock held by the one writer
+    DIR/readers/          leases of the versions readers hold (``index/leases.py``)
 
 Every ``add`` and ``remove`` is a single LanceDB commit (a new table version), so a crash
 leaves the index at the last committed version; readers work on one version (a snapshot).
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
     from ..extract import Vectors
 
 __all__ = [
-    "Index", "IndexDirectoryError", "IndexLockedError", "ModelMismatchError", "Record", "Snapshot", "FORMAT",
+    "CompactionReport", "Index", "IndexDirectoryError", "IndexLockedError", "ModelMismatchError", "Record",
+    "Snapshot", "FORMAT",
 ]
 
 FORMAT = 1
@@ -100,6 +102,32 @@ def _write_json_atomic(path: Path, data: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
+
+
+@dataclass
+class CompactionReport:
+    """What :meth:`Index.compact` did: versions, data fragments, versions kept and bytes of the
+    table's files, before and after; the versions readers held and the oldest version kept."""
+
+    version_before: int
+    version_after: int
+    fragments_before: int
+    fragments_after: int
+    versions_before: int
+    versions_after: int
+    bytes_before: int
+    bytes_after: int
+    held: list[int]
+    kept_from: int
+
+
+def _version_facts(table) -> dict:
+    versions = table.list_versions()
+    head = max(versions, key=lambda v: v["version"])
+    files = Path(table.uri if hasattr(table, "uri") else "") / "data"
+    size = sum(f.stat().st_size for f in files.iterdir()) if files.is_dir() else 0
+    return {"version": head["version"], "fragments": int(head["metadata"].get("total_fragments", 0)),
+            "versions": len(versions), "bytes": size}
 
 
 def _fixed_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
@@ -250,6 +278,52 @@ class Index:
             yield self
         finally:
             os.close(fd)
+
+    def compact(self, cleanup: bool = True, stale_after: float = 24 * 3600, margin_s: float = 5.0
+                ) -> CompactionReport:
+        """Merge the table's small data files (many small commits leave many) into a new
+        version with the same rows in the same order, then (``cleanup``) delete the versions
+        older than every version a reader holds (:mod:`~dermsearch.index.leases`; a lease from
+        another host counts until ``stale_after`` seconds old), and the files only they use.
+
+        LanceDB deletes versions by age, not by number, so when a reader holds an older version
+        the versions committed up to ``margin_s`` seconds before it are kept too (the margin
+        covers the time between choosing the age and LanceDB applying it). When no reader holds
+        an older version, every version but the newest goes.
+
+        Holds the write lock. Crash-safe like every write: the compacted version is one atomic
+        commit (a crash before it leaves the old version current and at most unreferenced files,
+        which a later cleanup removes once they are a week old); cleanup deletes only files that no
+        kept version refers to."""
+        import warnings
+        from datetime import UTC, datetime, timedelta
+
+        from .leases import held_versions
+
+        with self.writing():
+            t = self._table
+            t.checkout_latest()
+            before = _version_facts(t)
+            t.optimize(cleanup_older_than=timedelta(days=365 * 100))        # compaction only, nothing pruned
+            t.checkout_latest()
+            held = held_versions(self.directory, stale_after)
+            floor = t.version
+            if cleanup:
+                stamps = {v["version"]: v["timestamp"] for v in t.list_versions()}
+                floor = min([v for v in held if v in stamps] + [t.version])
+                if floor == t.version:
+                    age = timedelta(0)              # nobody holds an older version: all but the newest go
+                else:
+                    stamp = stamps[floor]
+                    now = datetime.now(UTC) if stamp.tzinfo else datetime.now()
+                    age = max(now - stamp, timedelta(0)) + timedelta(seconds=margin_s)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)    # "0 removes every older version": checked
+                    t.optimize(cleanup_older_than=age)
+                t.checkout_latest()
+            after = _version_facts(t)
+        return CompactionReport(before["version"], after["version"], before["fragments"], after["fragments"],
+                                before["versions"], after["versions"], before["bytes"], after["bytes"], held, floor)
 
     def _columns(self, columns: list[str]) -> pa.Table:
         """Only these columns of every row (the vectors are not read)."""

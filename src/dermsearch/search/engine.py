@@ -14,18 +14,14 @@ float64, so near-duplicate distances keep full precision (``docs/performance.md`
 
 from __future__ import annotations
 
-import os
-import threading
-import warnings
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from ..extract.vectors import Vectors
+from .kernels import KERNELS, kernel_for
 from .measures import (
     COMPONENTS,
     cosine_new,
@@ -40,8 +36,7 @@ from .measures import (
 )
 
 __all__ = ["Query", "Ranked", "QueryRanking", "Engine", "ExactEngine", "maxima", "normalise", "rank_rows",
-           "merge_rankings", "top_k_rows", "products", "numpy_products", "torch_products", "kernel_for", "KERNELS",
-           "row_parallel_products", "blas_single_threaded"]
+           "merge_rankings", "top_k_rows"]
 
 
 @dataclass(frozen=True)
@@ -172,97 +167,6 @@ def merge_rankings(parts: Sequence[QueryRanking], k: int) -> QueryRanking:
         by_row = allrows.take(np.argsort(allrows.rows, kind="stable"))
         merged[m] = by_row.take(top_k_rows(by_row.scores, np.ones(by_row.rows.size, bool), k)[0])
     return QueryRanking(merged, [n for p in parts for n in p.notes])
-
-
-SMALL_PRODUCT = 8_000_000        # multiply-adds below which a product is not worth a second thread
-
-
-def numpy_products(Q: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """``Q @ Xᵀ`` in float32 with numpy's BLAS (X not copied), one matrix-vector product per
-    query: a query's products do not depend on the batch it came in (a matrix-matrix product sums
-    in another order), and X is small enough here to stay in cache between them."""
-    Q = np.atleast_2d(np.asarray(Q, dtype=np.float32))
-    X = np.asarray(X)
-    out = np.empty((Q.shape[0], X.shape[0]), dtype=np.float32)
-    for j in range(Q.shape[0]):
-        out[j] = X @ Q[j]
-    return out
-
-
-def torch_products(Q: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """``Q @ Xᵀ`` in float32 with torch's BLAS (MKL on x86), X not copied: its matrix-vector
-    product reads a 3 GB style matrix at the machine's full read bandwidth, where numpy's OpenBLAS
-    build reached ~0.8 of it on the CPU where this was tuned (``benchmarks/bench_search.py``)."""
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)    # read-only arrays (memory maps) are fine: never written
-        q = torch.from_numpy(np.ascontiguousarray(Q, dtype=np.float32))
-        x = torch.from_numpy(np.asarray(X))
-    with torch.inference_mode():
-        out = torch.mv(x, q[0])[None, :] if q.shape[0] == 1 else q @ x.T
-    return out.numpy()
-
-
-KERNELS = {"numpy": numpy_products, "torch": torch_products}
-
-
-def kernel_for(rows: int, width: int) -> str:
-    """The product kernel for a matrix of ``rows`` x ``width``: torch for large ones (bandwidth),
-    numpy below ``SMALL_PRODUCT`` values, where reading is no matter and importing torch (~1 s)
-    would cost a small index's search far more than the search itself. One engine uses one kernel
-    for all its matrices, and a sharded engine its whole index's, so shards and a local search
-    round alike."""
-    return "numpy" if rows * width < SMALL_PRODUCT else "torch"
-
-
-def products(Q: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """``Q @ Xᵀ`` in float32 with the kernel for X's size (:func:`kernel_for`)."""
-    return KERNELS[kernel_for(*np.shape(X))](Q, X)
-
-
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-_BLAS = None
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="dermsearch-products")
-        return _POOL
-
-
-@contextmanager
-def blas_single_threaded():
-    """numpy's BLAS on one thread while it lasts (for :func:`row_parallel_products`)."""
-    global _BLAS
-    if _BLAS is None:
-        from threadpoolctl import ThreadpoolController
-        _BLAS = ThreadpoolController()
-    with _BLAS.limit(limits=1, user_api="blas"):
-        yield
-
-
-def row_parallel_products(Q: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """``Q @ Xᵀ`` in float32 with numpy, X's rows split over one thread per core, each product
-    single-threaded (run inside :func:`blas_single_threaded`). For fast mode's many mid-sized
-    products between bits of Python, where torch's own threads stall on their wake-ups (the
-    measurements are in docs/performance.md)."""
-    Q = np.ascontiguousarray(Q, dtype=np.float32)
-    n = X.shape[0]
-    if n * X.shape[1] * Q.shape[0] < SMALL_PRODUCT // 2 or n < 2:
-        return np.asarray(Q @ np.asarray(X).T, dtype=np.float32)
-    pool = _pool()
-    cuts = np.linspace(0, n, pool._max_workers + 1).astype(int)
-    out = np.empty((Q.shape[0], n), dtype=np.float32)
-
-    def part(a: int, b: int) -> None:
-        out[:, a:b] = Q @ np.asarray(X[a:b]).T
-
-    list(pool.map(part, cuts[:-1], cuts[1:]))
-    return out
 
 
 class ExactEngine:

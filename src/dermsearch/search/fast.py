@@ -60,16 +60,14 @@ from .engine import (
     Query,
     QueryRanking,
     Ranked,
-    blas_single_threaded,
     normalise,
-    products,
-    row_parallel_products,
     top_k_rows,
 )
+from .kernels import blas_single_threaded, products, row_parallel_products
 from .measures import MEASURE_COMPONENTS, cosine_new, measure_scores
 
 __all__ = ["FastConfig", "FastIndex", "FastIndexWriter", "FastResult", "FastModeMissing", "fast_dir", "optimize",
-           "score_error_bound"]
+           "carry_forward", "score_error_bound"]
 
 FAST_FORMAT = 1
 RESIDENT = ("feature_proj", "style_proj", "feature_csq", "style_csq", "feature_resid", "style_resid",
@@ -535,3 +533,39 @@ def optimize(index, config: FastConfig = FastConfig(), progress: Callable[[str],
         if old.name != target.name and not old.name.startswith(target.name + ".tmp"):
             shutil.rmtree(old, ignore_errors=True)
     return fast
+
+
+def carry_forward(index, old_version: int) -> FastIndex | None:
+    """After ``index.compact()`` (the same rows in the same order, a new version), make the
+    fast-mode files of ``old_version`` serve the new one: hard links to the same files and a new
+    ``fast.json``, in a directory renamed into place (atomic). The old version's files go unless a
+    reader still holds that version. None when there is nothing to carry (no files, or the rows
+    changed: then ``optimize`` must run again)."""
+    from ..index.leases import held_versions
+
+    src = fast_dir(index.directory, old_version)
+    new = index.latest_version()
+    if new == old_version or not (src / "fast.json").is_file():
+        return None
+    s = index.snapshot(vectors=False)
+    if not np.array_equal(s.ids.astype(str), np.load(src / "ids.npy")):
+        return None
+    target = fast_dir(index.directory, new)
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.name != "fast.json":
+            os.link(f, tmp / f.name)
+    info = json.loads((src / "fast.json").read_text())
+    info["index_version"] = new
+    with open(tmp / "fast.json", "w") as f:
+        json.dump(info, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.replace(target)
+    if old_version not in held_versions(index.directory):
+        shutil.rmtree(src, ignore_errors=True)
+    return FastIndex.open(target)

@@ -14,9 +14,10 @@ from PIL import Image
 from ..errors import ConfigError, NotFoundError
 from ..extract.images import load_image
 from ..index.store import Index, Snapshot
-from .engine import Engine, ExactEngine, Query, QueryRanking, Ranked, kernel_for, top_k_rows
+from .engine import Engine, ExactEngine, Query, QueryRanking, Ranked, top_k_rows
 from .explain import mask_explanation, overlap_png, style_explanation
 from .fast import FastIndex, FastModeMissing, fast_dir
+from .kernels import kernel_for
 from .measures import COMPONENTS, MEASURE_COMPONENTS, MEASURES
 
 __all__ = ["Filters", "Hit", "Query", "SearchResult", "Searcher", "top_k"]
@@ -116,6 +117,7 @@ class Searcher:
         self._encoder = None
         self.device = device          # where queries are encoded (``auto``: CUDA when torch sees it)
         self.mode = mode              # "exact" (every row, every byte) or "fast" (see search/fast.py)
+        self._lease = None            # holds the version searched against compaction (index/leases.py)
         if extractor is not None:
             self.index.check_fingerprint(extractor.fingerprint, extractor.config)
         self.refresh()
@@ -123,6 +125,7 @@ class Searcher:
     # ------------------------------------------------------------------ setup
     def refresh(self) -> None:
         """Load the index's newest version (and the row norms the measures reuse)."""
+        self._hold(self.index.head_version())     # before reading: compaction keeps what readers hold
         if self.dask is not None:
             return self._refresh_sharded()
         self.fast = self._open_fast()
@@ -151,6 +154,23 @@ class Searcher:
                                                 mask_areas=e.mask_areas)
         self._positions = {i: n for n, i in enumerate(self.snapshot.ids)}
         self._meta_cache: list[dict] | None = None
+        self._hold(self.snapshot.version)
+
+    def _hold(self, version: int) -> None:
+        if self._lease is None:
+            from ..index.leases import Lease
+
+            self._lease = Lease(self.index.directory, version)
+        elif self._lease.version != version:
+            self._lease.move(version)
+
+    def close(self) -> None:
+        """Let go of the index version (and of the shards on a Dask cluster)."""
+        if self.sharded is not None:
+            self.sharded.close()
+            self.sharded = None
+        if self._lease is not None:
+            self._lease.release()
 
     def _refresh_sharded(self) -> None:
         from .sharded import ShardedEngine
@@ -165,6 +185,7 @@ class Searcher:
             kernel=kernel_for(len(s), max(m["feature_dim"], m["style_dim"])))
         self._positions = {i: n for n, i in enumerate(s.ids)}
         self._meta_cache = None
+        self._hold(s.version)
 
     def _open_fast(self) -> FastIndex | None:
         """The fast-mode files of the current version: required in fast mode; in exact mode they

@@ -1,0 +1,139 @@
+"""`dermsearch compact`: small data files merged into one version with the same rows, old versions
+deleted only when no reader holds them, fast-mode files carried over, reader leases."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from dermsearch.cli.main import main
+from dermsearch.index import Index
+from dermsearch.index.build import BuildConfig, build_index
+from dermsearch.index.leases import READERS, Lease, held_versions
+from dermsearch.search import MEASURES, Searcher
+from dermsearch.search.fast import FastConfig, optimize
+
+from .conftest import lesion_image
+
+SMALL_COMMITS = BuildConfig(backend="torch", batch_size=4, commit_every=4)
+
+
+def _add_images(folder, seeds) -> None:
+    for i in seeds:
+        lesion_image(i).save(folder / f"img{i:02d}.png")
+
+
+def _results(searcher: Searcher) -> dict:
+    out = {}
+    for image_id in searcher.snapshot.ids[:4]:
+        r = searcher.search(searcher.query_for_id(image_id), k=5, exclude_ids=[image_id])
+        out[image_id] = {m: [(h.id, round(h.score, 9)) for h in hits] for m, hits in r.results.items()}
+    return out
+
+
+def _can_read(directory, version: int) -> bool:
+    index = Index.open(directory)
+    try:
+        index._table.checkout(version)
+        index._table.to_arrow()
+        return True
+    except Exception:     # noqa: BLE001 - any failure to read it means the version is gone
+        return False
+
+
+def test_compaction_merges_fragments_and_keeps_what_readers_hold(tmp_path, tiny_extractor):
+    folder, ix = tmp_path / "images", tmp_path / "ix"
+    folder.mkdir()
+    _add_images(folder, range(16))
+    build_index(folder, ix, extractor=tiny_extractor, config=SMALL_COMMITS)      # 4 commits of 4 rows
+    reader = Searcher(ix, extractor=tiny_extractor)                               # holds this version
+    held = reader.snapshot.version
+    before = _results(reader)
+    assert held_versions(ix) == [held]
+    time.sleep(0.3)
+    _add_images(folder, range(16, 24))
+    build_index(folder, ix, extractor=tiny_extractor, config=SMALL_COMMITS)      # 2 more commits
+    first = Index.open(ix).compact(margin_s=0.1)
+    assert first.fragments_before >= 6 and first.fragments_after == 1
+    assert first.version_after > first.version_before and first.held == [held] and first.kept_from == held
+    assert first.versions_after < first.versions_before
+    assert _can_read(ix, held)                        # the reader's version survived
+    assert not _can_read(ix, held - 2)                # versions before it did not
+    assert _results(reader) == before                 # and the reader goes on
+    # the compacted version holds the same rows in the same order, and searches alike
+    index = Index.open(ix)
+    assert len(index) == 24 and not index.check()
+    fresh = Searcher(ix, extractor=tiny_extractor)
+    reader.refresh()
+    assert list(fresh.snapshot.ids) == list(reader.snapshot.ids)
+    assert _results(fresh) == _results(reader)
+    # once the readers let go, every version but the newest goes
+    reader.close()
+    fresh.close()
+    assert held_versions(ix) == []
+    second = index.compact()
+    assert second.versions_after == 1 and second.held == [] and not _can_read(ix, held)
+    assert second.bytes_after <= first.bytes_after
+
+
+def test_fast_mode_files_are_carried_over(tmp_path, tiny_extractor, capsys):
+    folder, ix = tmp_path / "images", tmp_path / "ix"
+    folder.mkdir()
+    _add_images(folder, range(12))
+    build_index(folder, ix, extractor=tiny_extractor, config=SMALL_COMMITS)
+    optimize(Index.open(ix), FastConfig(style_dims=4, feature_dims=4, mask_grid=4, candidates=8))
+    fast = Searcher(ix, extractor=tiny_extractor, mode="fast")
+    before = _results(fast)
+    fast.close()
+    assert main(["compact", str(ix), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fragments_before"] == 3 and out["fragments_after"] == 1 and out["fast_mode_files"]
+    assert sorted(p.name for p in (ix / "fast").iterdir()) == [f"v{out['version_after']}"]
+    again = Searcher(ix, extractor=tiny_extractor, mode="fast")     # no 'optimize' needed
+    assert again.snapshot.version == out["version_after"] and _results(again) == before
+    assert set(before[next(iter(before))]) == set(MEASURES)
+
+
+def test_leases_of_dead_processes_and_other_hosts(tmp_path):
+    (tmp_path / READERS).mkdir()
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(done.stdout)
+    here = socket.gethostname()
+
+    def lease(name, version, pid, host, age=0.0):
+        path = tmp_path / READERS / f"{name}.json"
+        path.write_text(json.dumps({"version": version, "pid": pid, "host": host}))
+        os.utime(path, (time.time() - age, time.time() - age))
+        return path
+
+    gone = lease("dead", 3, dead, here)
+    lease("elsewhere-fresh", 5, 1, "another-host")
+    lease("elsewhere-stale", 2, 1, "another-host", age=7200)
+    (tmp_path / READERS / "torn.json").write_text('{"version": ')      # a crash mid-write: not a lease
+    with Lease(tmp_path, 7) as mine:
+        assert mine.held and held_versions(tmp_path, stale_after=3600) == [5, 7]
+        mine.move(8)
+        assert held_versions(tmp_path, stale_after=3600) == [5, 8]
+    assert held_versions(tmp_path, stale_after=3600) == [5]
+    assert not gone.exists()                              # a dead local reader's lease is cleared
+
+
+def test_a_reader_that_cannot_write_its_lease_still_searches(tmp_path, tiny_extractor, monkeypatch):
+    """A read-only index directory (a shared archive): no lease is written and search works."""
+    from dermsearch.index import leases
+
+    folder, ix = tmp_path / "images", tmp_path / "ix"
+    folder.mkdir()
+    _add_images(folder, range(6))
+    build_index(folder, ix, extractor=tiny_extractor, config=SMALL_COMMITS)
+
+    def read_only(path, record):
+        raise PermissionError(13, "Read-only file system", str(path))
+    monkeypatch.setattr(leases, "_write", read_only)
+    s = Searcher(ix, extractor=tiny_extractor)
+    assert not s._lease.held and held_versions(ix) == []
+    assert s.search(s.query_for_id("img00"), k=2).results["style"][0].id == "img00"
