@@ -106,6 +106,39 @@ def faiss_comparison(engine: ExactEngine, Qf: np.ndarray, repeat: int) -> dict:
     return out
 
 
+def certified_comparison(s: Searcher, engine: ExactEngine, ids, queries, bound_ms: float) -> dict:
+    """The certified engine (bfloat16 style pass + exact checks) on the same queries: latency,
+    ratio to the float32 bound, rows checked, and whether its answers equal exact search's."""
+    from dermsearch.search.certified import CertifiedEngine
+
+    t = time.perf_counter()
+    cert = CertifiedEngine(engine)
+    build = time.perf_counter() - t
+    exact = [s.search(q, k=5, exclude_ids=[i]) for i, q in zip(ids, queries)]
+    s.engine = cert
+    got = [s.search(q, k=5, exclude_ids=[i]) for i, q in zip(ids, queries)]        # warm-up
+    lat = []
+    for i, q in zip(ids, queries):
+        t = time.perf_counter()
+        got_one = s.search(q, k=5, exclude_ids=[i])
+        lat.append(time.perf_counter() - t)
+    del got_one
+    s.engine = engine
+    checked = [int(n.split(", ")[1].split()[0]) for r in got for n in r.messages if "rows checked exactly" in n]
+    same = sum(all([h.id for h in a.results[m]] == [h.id for h in b.results[m]] for m in a.results)
+               for a, b in zip(exact, got))
+    diff = max(abs(x.score - y.score) for a, b in zip(exact, got) for m in a.results
+               for x, y in zip(a.results[m], b.results[m]))
+    return {"build_seconds": round(build, 1), "bytes_first_pass_per_query": cert.bytes_per_query,
+            "bytes_ratio_to_exact": round(cert.bytes_per_query / engine.bytes_per_query, 3),
+            "query_ms_all_ten_measures": ms(lat), "ratio_to_float32_bound": round(ms(lat) / bound_ms, 3),
+            "rows_checked_exactly": {"median": float(np.median(checked)) if checked else None,
+                                     "max": max(checked) if checked else None},
+            "queries_certified": f"{len(checked)}/{len(got)}",
+            "queries_with_identical_top5_all_measures": f"{same}/{len(got)}",
+            "max_abs_score_diff_vs_exact": diff}
+
+
 def precision(engine: ExactEngine, s: Searcher, ids) -> dict:
     """Largest relative error of ED and LS against float64, over some queries and every row,
     and for near-duplicates (a stored row plus noise of 1e-4 of its norm)."""
@@ -178,6 +211,7 @@ def run(index_dir: Path, n_queries: int, batch: int) -> dict:
         lat = one()
         by_kernel[name] = {"query_ms_all_ten_measures": ms(lat), "ratio_to_bound": round(ms(lat) / bound_ms, 3)}
     s.engine = engine
+    certified = certified_comparison(s, engine, ids, queries, bound_ms)
     per_measure = {m: ms(one([m])) for m in MEASURES}
     nb = min(batch, n)
     bq = [s.query_for_id(i) for i in rng.choice(snap.ids, size=nb, replace=False)]
@@ -220,6 +254,7 @@ def run(index_dir: Path, n_queries: int, batch: int) -> dict:
         f"batch_{nb}_ms_per_query": round(batch_s / nb * 1000, 2),
         "batch_speedup_vs_single": round(statistics.median(all_ten) / (batch_s / nb), 2),
         "batch_same_ranks_as_single": same_as_single,
+        "certified": certified,
         "faiss": faiss_comparison(engine, Qf, 5),
         "baseline_per_image_loop_ms": round(naive * 1000, 1),
         "speedup_vs_loop": round(naive / statistics.median(all_ten), 1),

@@ -6,6 +6,7 @@ a candidate filter."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -152,3 +153,100 @@ def test_sharded_engine_matches_the_reference(tmp_path):
         assert len(engine.shards) == 2 and len(engine) == N
         check_engine(engine, V)
         np.testing.assert_array_equal(engine.take([80, 2, 50]).styles, V.styles[[80, 2, 50]])
+
+
+def test_certified_engine_matches_the_reference_and_checks_few_rows():
+    from dermsearch.search.certified import CertifiedEngine
+
+    V = _data()
+    engine = CertifiedEngine(ExactEngine.of(V))
+    check_engine(engine, V)
+    batch, _, valid = _queries_and_valid(V)
+    for r in engine.rank(batch, valid, MEASURES, K):
+        assert len(r.notes) == 1 and "rows checked exactly" in r.notes[0], r.notes
+        assert int(r.notes[0].split(", ")[1].split()[0]) < N // 2      # the bound rules most rows out
+
+
+def test_the_style_bound_holds():
+    import torch
+
+    from dermsearch.search.certified import style_bound
+
+    rng = np.random.default_rng(3)
+    for scale in (1e-3, 1.0, 1e4):
+        X = (rng.lognormal(0, 2, size=(200, 3000)) * rng.choice([-1, 1], size=(200, 3000)) * scale)
+        q = X[0] * 0.7 + X[1] * 0.3
+        low = torch.from_numpy(X.astype(np.float32)).bfloat16()
+        qt = torch.from_numpy(q.astype(np.float32)).bfloat16()
+        p = (low @ qt[:, None]).float().numpy()[:, 0].astype(np.float64)
+        lo64, qt64 = low.float().numpy().astype(np.float64), qt.float().numpy().astype(np.float64)
+        b = style_bound(p, np.linalg.norm(q), np.linalg.norm(q - qt64), np.linalg.norm(qt64),
+                        np.linalg.norm(X - lo64, axis=1), np.linalg.norm(lo64, axis=1), X.shape[1])
+        assert np.all(np.abs(p - X @ q) <= b), scale
+
+
+def _adversarial() -> Vectors:
+    """Styles built to defeat the bfloat16 pass: around the query, rows at distances that differ
+    by 1e-4 (far below bfloat16's resolution) at rank k, and two near-equal farthest rows."""
+    V = _data(1)
+    S = V.styles.astype(np.float64)
+    rng = np.random.default_rng(2)
+    q = S[0]
+    direction = rng.normal(size=S.shape[1])
+    direction /= np.linalg.norm(direction)
+    for n, row in enumerate(range(1, 12)):              # near-ties around rank K = 7
+        S[row] = q + direction * (3.0 + 1e-4 * n) * np.where(rng.random(S.shape[1]) < 0.5, 1, -1)
+    far = S[np.argmax(((S - q) ** 2).sum(1))]
+    S[70] = far + 1e-5                                  # a near-duplicate of the farthest row
+    return dataclasses.replace(V, styles=S.astype(np.float32))
+
+
+@pytest.mark.parametrize("max_checked", [1.0, 0.0])
+def test_certification_on_data_built_to_defeat_it(max_checked):
+    """With room to check, the near-ties and the near-duplicate max are checked exactly and the
+    answer is the reference's; with none (max_checked 0) the query falls back to exact search and
+    says so. Both agree with the float64 reference."""
+    from dermsearch.search.certified import CertifiedEngine
+
+    V = _adversarial()
+    engine = CertifiedEngine(ExactEngine.of(V), max_checked=max_checked)
+    batch = Query.batch([Query.from_row(V, 0)])
+    valid = np.ones((1, N), bool)
+    valid[0, 0] = False
+    got = engine.rank(batch, valid, MEASURES, K)[0]
+    ref = reference(V, 0, valid[0], K)
+    for m in MEASURES:
+        assert got.measures[m].rows.tolist() == ref[m][0], m
+        np.testing.assert_allclose(got.measures[m].scores, ref[m][1], rtol=0, atol=1e-6)
+    if max_checked == 0.0:
+        assert any("searched exactly" in n for n in got.notes)
+    else:
+        checked = int(got.notes[0].split(", ")[1].split()[0])
+        assert checked >= 11 + 1                      # every near-tie and the near-duplicate max
+
+
+def test_certified_mode_through_the_searcher_and_the_cli(tmp_path, image_folder, tiny_extractor, capsys):
+    import json
+
+    from dermsearch.cli.main import main
+    from dermsearch.index.build import BuildConfig, build_index
+    from dermsearch.search import Searcher
+
+    build_index(image_folder, tmp_path / "ix", extractor=tiny_extractor, config=BuildConfig(backend="torch"))
+    exact = Searcher(tmp_path / "ix", extractor=tiny_extractor)
+    certified = Searcher(tmp_path / "ix", extractor=tiny_extractor, mode="certified")
+    assert type(certified.engine).__name__ == "CertifiedEngine"
+    for image_id in exact.snapshot.ids:
+        q = exact.query_for_id(image_id)
+        a, b = exact.search(q, k=3, exclude_ids=[image_id]), certified.search(q, k=3, exclude_ids=[image_id])
+        for m in MEASURES:
+            assert [h.id for h in a.results[m]] == [h.id for h in b.results[m]], m
+            # certified style losses are float64; the exact engine's float32 products are within ~1e-5
+            np.testing.assert_allclose([h.score for h in a.results[m]], [h.score for h in b.results[m]], atol=2e-5)
+            for x, y in zip(a.results[m], b.results[m]):
+                assert y.raw["ls"] == pytest.approx(x.raw["ls"], rel=1e-5)
+        assert any("bfloat16 style pass" in n for n in b.messages)
+    assert main(["search", str(tmp_path / "ix"), str(image_folder / "img03.png"), "--mode", "certified",
+                 "--json", "-k", "2", "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["results"]["style"][0]["id"] == "img03"

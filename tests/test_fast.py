@@ -188,7 +188,7 @@ def test_cli_optimize_and_search_fast(indexed, capsys):
                  "--candidates", "16"]) == 0
     assert "fast mode ready" in capsys.readouterr().err
     query = root / "images" / "x03.png"
-    assert main(["search", str(root / "ix"), str(query), "--fast", "--json", "-k", "2"]) == 0
+    assert main(["search", str(root / "ix"), str(query), "--mode", "fast", "--json", "-k", "2"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["results"]["style"][0]["id"] == "x03"
     assert any(m.startswith("fast mode") for m in out["messages"])

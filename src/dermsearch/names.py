@@ -3,7 +3,8 @@ nothing, so that building the command line never loads a network library."""
 
 from __future__ import annotations
 
-__all__ = ["GRAM_POOLS", "GRAM_NORMS", "BACKENDS", "COLOUR_METHODS", "TTA_VIEWS", "MEASURES", "DEVICE_HELP"]
+__all__ = ["GRAM_POOLS", "GRAM_NORMS", "BACKENDS", "COLOUR_METHODS", "TTA_VIEWS", "MEASURES", "SEARCH_MODES",
+           "DEVICE_HELP"]
 
 # Gram pooling regions: the whole image (paper), the dilated lesion mask, or lesion then skin.
 GRAM_POOLS = ("image", "lesion", "lesion+skin")
@@ -18,4 +19,5 @@ TTA_VIEWS = ("identity", "hflip", "vflip", "rot90")
 # The ten measures (SPEC section 3), in report order; search/measures.py defines them.
 MEASURES = ("euclidean", "cosine", "style", "dice", "i1_ed", "i1_cd", "i1_ecd", "i1_se", "i1_sc", "i1_sd")
 
+SEARCH_MODES = ("exact", "fast", "certified")
 DEVICE_HELP = "where the networks run: auto (CUDA when present, else CPU), cpu, cuda or cuda:N"

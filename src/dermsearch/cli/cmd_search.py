@@ -15,7 +15,7 @@ __all__ = ["register", "filters_from"]
 
 
 def register(sub, common: Common) -> None:
-    s = sub.add_parser("search", parents=[common.index, common.device, common.json],
+    s = sub.add_parser("search", parents=[common.index, common.device, common.json, common.mode],
                        help="find the most similar indexed images for a query image")
     s.add_argument("query", metavar="QUERY_IMAGE")
     s.add_argument("-k", type=int, default=5, help="results per measure; 0 ranks every candidate")
@@ -29,8 +29,6 @@ def register(sub, common: Common) -> None:
     s.add_argument("--html", type=Path, metavar="FILE", help="write an HTML contact sheet")
     s.add_argument("--no-explain", action="store_true", help="leave out each hit's per-layer style loss and mask "
                    "overlap (the 'explain' block; never computed for -k 0)")
-    s.add_argument("--fast", action="store_true", help="fast mode for large archives: compressed vectors pick "
-                   "candidates, exact vectors re-rank them (needs 'dermsearch optimize DIR' first)")
     s.set_defaults(handler=cmd_search)
 
     c = sub.add_parser("calibrate", parents=[common.json],
@@ -82,7 +80,7 @@ def cmd_search(args) -> int:
     from ..search import Searcher
 
     filters = filters_from(args.where, args.range)
-    searcher = Searcher(args.index, device=args.device, mode="fast" if args.fast else "exact")
+    searcher = Searcher(args.index, device=args.device, mode=args.mode)
     try:
         query = searcher.encode(args.query)
     except ImageError as e:

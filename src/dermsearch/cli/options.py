@@ -1,5 +1,5 @@
 """The flags several commands share, declared once each (argparse parent parsers), and the one
-spelling of each: ``--device``, ``--json``, ``--quiet``, ``--labels``, ``--split``, ``--image-size``.
+spelling of each: ``--device``, ``--json``, ``--quiet``, ``--labels``, ``--split``, ``--mode``.
 
 Nothing here imports numpy, torch or lancedb: building the parser must stay instant
 (``dermsearch --help``); the command modules import what they need inside their handlers.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..names import DEVICE_HELP
+from ..names import DEVICE_HELP, SEARCH_MODES
 
 __all__ = ["Common", "index_dir"]
 
@@ -37,6 +37,11 @@ class Common:
                                 "(e.g. ham10000/split.csv)")
         self.index = _parent()
         index_dir(self.index)
+        self.mode = _parent()
+        self.mode.add_argument("--mode", choices=SEARCH_MODES, default="exact",
+                               help="exact (every byte of every row), fast (compressed vectors pick candidates, "
+                                    "exact ones re-rank them; needs 'dermsearch optimize DIR'), certified (exact "
+                                    "answers from a bfloat16 first pass, proven per query); default exact")
 
 
 def index_dir(parser: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ __all__ = ["register", "cmd_serve", "cmd_token"]
 
 
 def register(sub, common: Common) -> None:
-    sv = sub.add_parser("serve", parents=[common.index, common.split, common.device],
+    sv = sub.add_parser("serve", parents=[common.index, common.split, common.device, common.mode],
                         help="run the web app and REST API (FastAPI) on an index")
     sv.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8000)
@@ -29,7 +29,6 @@ def register(sub, common: Common) -> None:
     sv.add_argument("--queue", type=int, default=8, help="searches waiting beyond those; more get 429 (default 8)")
     sv.add_argument("--rate-limit", type=int, default=120, metavar="N", help="searches per minute per client (the "
                     "token's user, else the address); 0: no limit (default 120)")
-    sv.add_argument("--fast", action="store_true", help="fast mode (see 'search --fast')")
     sv.add_argument("--dask", metavar="SCHEDULER_ADDRESS", help="shard the index across this Dask cluster's "
                     "workers and search there (exact, same results as local)")
     sv.set_defaults(handler=cmd_serve)
@@ -100,7 +99,7 @@ def cmd_serve(args) -> int:
                                            allowed_hosts=hosts, concurrency=args.concurrency, queue=args.queue,
                                            auth="on" if not loopback else args.auth, rating_query_ids=rating_ids,
                                            rate_limit=args.rate_limit),
-                     searcher=Searcher(args.index, device=args.device, mode="fast" if args.fast else "exact",
+                     searcher=Searcher(args.index, device=args.device, mode=args.mode,
                                        dask=args.dask))
     if not loopback:
         err.print(f"binding {args.host}: API tokens required; serve it over TLS (a reverse proxy: docs/deploy.md) "

@@ -14,6 +14,7 @@ from PIL import Image
 from ..errors import ConfigError, NotFoundError
 from ..extract.images import load_image
 from ..index.store import Index, Snapshot
+from ..names import SEARCH_MODES
 from .engine import Engine, ExactEngine, Query, QueryRanking, Ranked, top_k_rows
 from .explain import mask_explanation, overlap_png, style_explanation
 from .fast import FastIndex, FastModeMissing, fast_dir
@@ -22,7 +23,7 @@ from .measures import COMPONENTS, MEASURE_COMPONENTS, MEASURES
 
 __all__ = ["Filters", "Hit", "Query", "SearchResult", "Searcher", "top_k"]
 
-MODES = ("exact", "fast")
+MODES = SEARCH_MODES
 _RAW_KEYS = {"euclidean": "ed", "cosine": "cs", "style": "ls", "dice": "dice"}
 
 
@@ -97,7 +98,8 @@ class Searcher:
 
     def __init__(self, index: Index | str | os.PathLike, extractor=None, device: str = "auto",
                  mode: str = "exact", dask=None):
-        """``mode``: ``exact`` or ``fast`` (see :mod:`dermsearch.search.fast`). ``dask``: a
+        """``mode``: ``exact``, ``fast`` (see :mod:`dermsearch.search.fast`) or ``certified`` (exact
+        answers from a bfloat16 first pass: :mod:`dermsearch.search.certified`). ``dask``: a
         ``distributed.Client`` or scheduler address: the matrices are sharded across its workers
         and searched there (exact; :mod:`dermsearch.search.sharded`)."""
         if mode not in MODES:
@@ -131,11 +133,11 @@ class Searcher:
         self.fast = self._open_fast()
         if self.fast is None:
             s = self.snapshot = self.index.snapshot()
-            self.engine: Engine = ExactEngine(s.features, s.styles, s.masks, s.mask_areas)
+            self.engine: Engine = self._engine_for(ExactEngine(s.features, s.styles, s.masks, s.mask_areas))
         elif (rows := self.fast.rows(self.index.manifest)) is not None:
             # the fast-mode files of the current version hold its rows and labels: LanceDB is not opened
             e = self.fast.exact
-            self.engine = self.fast if self.mode == "fast" else e
+            self.engine = self._engine_for(e)
             self.snapshot = Snapshot(self.fast.info["index_version"], self.fast.ids.astype(object), rows["paths"],
                                      rows["diagnosis"], rows["melanoma"], rows["lesion_id"], rows["meta_json"],
                                      e.features, e.styles, e.masks, e.mask_areas)
@@ -149,12 +151,21 @@ class Searcher:
                                           f"version; run 'dermsearch optimize {self.index.directory}'")
                 return self.refresh()
             e = self.fast.exact
-            self.engine = self.fast if self.mode == "fast" else e
+            self.engine = self._engine_for(e)
             self.snapshot = dataclasses.replace(s, features=e.features, styles=e.styles, masks=e.masks,
                                                 mask_areas=e.mask_areas)
         self._positions = {i: n for n, i in enumerate(self.snapshot.ids)}
         self._meta_cache: list[dict] | None = None
         self._hold(self.snapshot.version)
+
+    def _engine_for(self, exact: ExactEngine) -> Engine:
+        if self.mode == "fast":
+            return self.fast
+        if self.mode == "certified" and exact.styles is not None:
+            from .certified import CertifiedEngine
+
+            return CertifiedEngine(exact)
+        return exact
 
     def _hold(self, version: int) -> None:
         if self._lease is None:
