@@ -250,3 +250,40 @@ def test_certified_mode_through_the_searcher_and_the_cli(tmp_path, image_folder,
                  "--json", "-k", "2", "--device", "cpu"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["results"]["style"][0]["id"] == "img03"
+
+
+def test_device_engine_on_the_cpu_matches_the_reference():
+    """The torch-tensor engine (what runs on a GPU) checked on the CPU device."""
+    import torch
+
+    from dermsearch.search.device import DeviceEngine
+
+    V = _data()
+    check_engine(DeviceEngine(V, device="cpu"), V)
+    on_device = DeviceEngine.from_tensors(*(torch.as_tensor(a) for a in V.arrays()))    # no host copy
+    check_engine(on_device, V)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA GPU here")
+def test_device_engine_on_cuda_matches_the_reference():
+    from dermsearch.search.device import DeviceEngine
+
+    V = _data()
+    check_engine(DeviceEngine(V, device="cuda"), V)
+
+
+def test_a_cuda_searcher_without_a_gpu_says_so(tmp_path, image_folder, tiny_extractor):
+    import torch
+
+    from dermsearch.errors import ConfigError
+    from dermsearch.index.build import BuildConfig, build_index
+    from dermsearch.search import Searcher
+
+    build_index(image_folder, tmp_path / "ix", extractor=tiny_extractor, config=BuildConfig(backend="torch"))
+    if torch.cuda.is_available():
+        s = Searcher(tmp_path / "ix", extractor=tiny_extractor, device="cuda")
+        assert type(s.engine).__name__ == "DeviceEngine"
+    else:
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            Searcher(tmp_path / "ix", extractor=tiny_extractor, device="cuda")
+    assert type(Searcher(tmp_path / "ix", extractor=tiny_extractor, device="cpu").engine).__name__ == "ExactEngine"

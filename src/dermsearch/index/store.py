@@ -21,17 +21,14 @@ from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from ..errors import DermsearchError
 from ..extract.config import ExtractorConfig
+from ..extract.vectors import Vectors
 from .records import IndexSchema, Record
-
-if TYPE_CHECKING:
-    from ..extract import Vectors
 
 __all__ = [
     "CompactionReport", "Index", "IndexDirectoryError", "IndexLockedError", "ModelMismatchError", "Record",
@@ -73,6 +70,10 @@ class Snapshot:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def vectors(self) -> Vectors:
+        return Vectors(self.features, self.styles, self.masks, self.mask_areas)
 
 
 def _schema(manifest: dict) -> pa.Schema:

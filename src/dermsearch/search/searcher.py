@@ -117,7 +117,8 @@ class Searcher:
         self.index = index if isinstance(index, Index) else Index.open(index)
         self._extractor = extractor
         self._encoder = None
-        self.device = device          # where queries are encoded (``auto``: CUDA when torch sees it)
+        self.device = device          # where queries are encoded and exact search runs (``auto``: CUDA when
+                                      # torch sees it: the engine then keeps the matrices in GPU memory)
         self.mode = mode              # "exact" (every row, every byte) or "fast" (see search/fast.py)
         self._lease = None            # holds the version searched against compaction (index/leases.py)
         if extractor is not None:
@@ -133,7 +134,7 @@ class Searcher:
         self.fast = self._open_fast()
         if self.fast is None:
             s = self.snapshot = self.index.snapshot()
-            self.engine: Engine = self._engine_for(ExactEngine(s.features, s.styles, s.masks, s.mask_areas))
+            self.engine: Engine = self._engine_for(ExactEngine.of(s.vectors))
         elif (rows := self.fast.rows(self.index.manifest)) is not None:
             # the fast-mode files of the current version hold its rows and labels: LanceDB is not opened
             e = self.fast.exact
@@ -165,7 +166,26 @@ class Searcher:
             from .certified import CertifiedEngine
 
             return CertifiedEngine(exact)
+        gpu = self._search_device()
+        if gpu is not None:
+            from .device import DeviceEngine
+
+            return DeviceEngine(exact.vectors, gpu)       # the matrices in GPU memory
         return exact
+
+    def _search_device(self) -> str | None:
+        """The CUDA device exact search runs on: ``device`` when it names one, or the first GPU
+        for ``auto`` when torch sees one; None for the CPU engine."""
+        if self.device.startswith("cuda"):
+            return self.device
+        if self.device == "auto":
+            from ..extract.encoder import cuda_possible
+
+            if cuda_possible():
+                import torch
+
+                return "cuda" if torch.cuda.is_available() else None
+        return None
 
     def _hold(self, version: int) -> None:
         if self._lease is None:
