@@ -120,9 +120,8 @@ def certified_comparison(s: Searcher, engine: ExactEngine, ids, queries, bound_m
     lat = []
     for i, q in zip(ids, queries):
         t = time.perf_counter()
-        got_one = s.search(q, k=5, exclude_ids=[i])
+        s.search(q, k=5, exclude_ids=[i])
         lat.append(time.perf_counter() - t)
-    del got_one
     s.engine = engine
     checked = [int(n.split(", ")[1].split()[0]) for r in got for n in r.messages if "rows checked exactly" in n]
     same = sum(all([h.id for h in a.results[m]] == [h.id for h in b.results[m]] for m in a.results)

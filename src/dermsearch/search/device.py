@@ -77,10 +77,12 @@ class DeviceEngine:
         return tuple(c for c in COMPONENTS if c in have)
 
     def take(self, rows) -> Vectors:
+        import torch
+
         rows = np.asarray(rows, dtype=np.int64)
         if self.host is not None:
             return self.host.take(rows)
-        idx = __import__("torch").as_tensor(rows, device=self.device)
+        idx = torch.as_tensor(rows, device=self.device)
         return Vectors(*(None if a is None else a[idx].cpu().numpy() for a in
                          (self.features, self.styles, self.masks, self.mask_areas)))
 
