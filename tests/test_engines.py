@@ -250,6 +250,19 @@ def test_certified_mode_through_the_searcher_and_the_cli(tmp_path, image_folder,
                  "--json", "-k", "2", "--device", "cpu"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["results"]["style"][0]["id"] == "img03"
+    # the bfloat16 copy written by 'optimize --certified' is read, not rebuilt, and is the same copy
+    assert not certified.engine.stored
+    assert main(["optimize", str(tmp_path / "ix"), "--certified", "--style-dims", "2", "--feature-dims", "2",
+                 "--mask-grid", "4", "--candidates", "4", "--sketch-dims", "8"]) == 0
+    stored = Searcher(tmp_path / "ix", extractor=tiny_extractor, mode="certified")
+    assert stored.engine.stored
+    np.testing.assert_array_equal(stored.engine.low.float().numpy(), certified.engine.low.float().numpy())
+    np.testing.assert_array_equal(stored.engine.err, certified.engine.err)
+    for image_id in exact.snapshot.ids[:3]:
+        q = exact.query_for_id(image_id)
+        a, b = certified.search(q, k=3, exclude_ids=[image_id]), stored.search(q, k=3, exclude_ids=[image_id])
+        for m in MEASURES:
+            assert [(h.id, h.score) for h in a.results[m]] == [(h.id, h.score) for h in b.results[m]], m
 
 
 def test_device_engine_on_the_cpu_matches_the_reference():

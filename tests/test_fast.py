@@ -220,3 +220,31 @@ def test_rows_in_fast_files_serve_labels_only_for_their_own_index(indexed, tmp_p
     (fast_files / "rows.json").write_text('{"truncated')
     assert s.fast.rows(s.index.manifest) is None
     assert list(Searcher(ix, extractor=extractor).snapshot.ids) == list(reference.ids)
+
+
+def test_count_sketch_against_a_naive_reference_and_the_stored_residual_sketches(tmp_path):
+    from dermsearch.search.fast import count_sketch, sketch_hash
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(5, 37)).astype(np.float32)
+    order, signs = sketch_hash(37, 8, seed=1)
+    assert sorted(order.tolist()) == list(range(37)) and set(np.unique(signs).tolist()) == {-1.0, 1.0}
+    naive = np.zeros((5, 8))
+    for pos, coord in enumerate(order):            # position pos of the order falls in bucket b
+        b = max(bb for bb in range(8) if bb * 37 // 8 <= pos)
+        naive[:, b] += signs[pos] * x[:, coord]
+    np.testing.assert_allclose(count_sketch(x, order, signs, 8, block=2), naive, rtol=1e-5, atol=1e-5)
+    # unbiased: averaged over many hashes, the sketches' product is the vectors' product
+    sketches = [count_sketch(x[:2], *sketch_hash(37, 8, seed=s), 8).astype(np.float64) for s in range(2000)]
+    est = np.mean([k @ k.T for k in sketches], axis=0)       # one hash's error: ~|x||y|/sqrt(8) ~ 15
+    np.testing.assert_allclose(est, x[:2].astype(np.float64) @ x[:2].T.astype(np.float64), atol=1.5)
+
+    fast = _synthetic(tmp_path, config=FastConfig(style_dims=6, feature_dims=6, mask_grid=4, candidates=20,
+                                                  sketch_dims=16))
+    a = fast.arrays
+    assert a["style_sketch"].shape == (len(fast), 16)
+    S = np.asarray(a["styles"][:10], np.float64) - a["style_mean"]
+    B = a["style_basis"].astype(np.float64)
+    resid = S - (S @ B.T) @ B                                  # the PCA residuals, directly
+    np.testing.assert_allclose(a["style_sketch"][:10], count_sketch(resid, a["style_sketch_order"],
+                                                                    a["style_sketch_signs"], 16), atol=1e-3)

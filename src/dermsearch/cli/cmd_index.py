@@ -71,7 +71,12 @@ def register(sub, common: Common) -> None:
     op.add_argument("--mask-grid", type=int, default=d.mask_grid,
                     help=f"mask cells per side for the Dice estimate (default {d.mask_grid})")
     op.add_argument("--candidates", type=int, default=d.candidates,
-                    help=f"rows per measure re-ranked exactly (default {d.candidates})")
+                    help=f"rows per style measure re-ranked exactly (default {d.candidates})")
+    op.add_argument("--sketch-dims", type=int, default=d.sketch_dims,
+                    help=f"count-sketch buckets of the style PCA residual, 0 for none (default {d.sketch_dims})")
+    op.add_argument("--certified", action="store_true",
+                    help="also write the bfloat16 style copy that '--mode certified' reads (else it is built "
+                         "each time a searcher opens the index); adds 2 bytes per style value")
     op.set_defaults(handler=cmd_optimize)
 
     cp = sub.add_parser("compact", parents=[common.index, common.json],
@@ -172,9 +177,9 @@ def cmd_optimize(args) -> int:
     from ..search.fast import optimize
 
     config = FastConfig(style_dims=args.style_dims, feature_dims=args.feature_dims, mask_grid=args.mask_grid,
-                        candidates=args.candidates)
+                        candidates=args.candidates, sketch_dims=args.sketch_dims)
     t0 = time.perf_counter()
-    fast = optimize(Index.open(args.index), config, progress=lambda m: err.print(m))
+    fast = optimize(Index.open(args.index), config, progress=lambda m: err.print(m), certified=args.certified)
     info = fast.info
     err.print(f"fast mode ready for version {info['index_version']} ({len(fast)} images) in "
               f"{time.perf_counter() - t0:.1f} s: style PCA {fast.arrays['style_basis'].shape[0]} dims "

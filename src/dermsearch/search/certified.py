@@ -24,11 +24,17 @@ interval for LS, hence for SS (once the max-normaliser is known) and for each me
 is the float64 reference's; ES, CSnew and DC come from the float32 engine as in exact search. A
 query whose bound leaves more than ``max_checked`` rows open, or ``k = 0``, is searched by the
 exact engine instead, and its notes say so. On HAM10000 a query checks a few dozen rows.
+
+The bfloat16 copy and the per-row numbers are built from the float32 rows when the engine opens,
+or read (memory-mapped) from ``certified_*.npy`` beside the fast-mode files when
+``dermsearch optimize --certified`` wrote them (:func:`write_certified`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -37,7 +43,9 @@ from ..extract.vectors import Vectors
 from .engine import ExactEngine, QueryRanking, Ranked, maxima, normalise, top_k_rows
 from .measures import MEASURE_COMPONENTS, harmonic_mean, measure_scores
 
-__all__ = ["CertifiedEngine", "style_bound"]
+__all__ = ["CertifiedEngine", "style_bound", "write_certified"]
+
+CERTIFIED_FORMAT = 1
 
 U32 = 2.0 ** -24          # float32 unit roundoff
 OUT = 2.0 ** -8           # bfloat16 result rounding, relative to the result (2u, conservative)
@@ -65,14 +73,66 @@ def _bf16_accumulates_in_float32() -> bool:
     return float((ones @ ones[0][:, None])[0, 0]) == 4096.0
 
 
+def _centred_bf16(S, out: np.ndarray, block: int = 512, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Write the bfloat16 bits of ``S − μ`` into ``out`` (uint16 [N, D], in RAM or a memory map);
+    return μ (the mean of a sample of rows) and the per-row [‖x − μ‖², e, ‖x̃‖] of the module doc."""
+    import torch
+
+    n, width = S.shape
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, min(n, 2000), replace=False)) if n else np.zeros(0, np.int64)
+    mu = (np.asarray(S[sample]).mean(axis=0, dtype=np.float64) if n else np.zeros(width)).astype(np.float32)
+    per_row = np.empty((n, 3))
+    for a in range(0, n, block):
+        c = np.asarray(S[a:a + block], dtype=np.float32) - mu
+        low = torch.from_numpy(c).to(torch.bfloat16)
+        out[a:a + block] = low.view(torch.uint16).numpy()
+        c64, l64 = c.astype(np.float64), low.float().numpy().astype(np.float64)
+        per_row[a:a + block, 0] = np.einsum("ij,ij->i", c64, c64)
+        per_row[a:a + block, 1] = np.sqrt(np.einsum("ij,ij->i", c64 - l64, c64 - l64))
+        per_row[a:a + block, 2] = np.sqrt(np.einsum("ij,ij->i", l64, l64))
+    return mu, per_row
+
+
+def write_certified(directory: str | Path, styles) -> None:
+    """Write the certified engine's bfloat16 copy of ``styles`` (float32 [N, D], RAM or memory
+    map) into ``directory`` (``certified_bits.npy`` [N, D] uint16, ``certified_mu.npy``,
+    ``certified_rows.npy`` [N, 3], ``certified.json`` last). The caller makes the directory appear
+    atomically (the fast-mode writer writes it into its temporary directory)."""
+    directory = Path(directory)
+    n, width = styles.shape
+    bits = np.lib.format.open_memmap(directory / "certified_bits.npy", mode="w+", dtype=np.uint16, shape=(n, width))
+    mu, per_row = _centred_bf16(styles, bits)
+    bits.flush()
+    del bits
+    np.save(directory / "certified_mu.npy", mu)
+    np.save(directory / "certified_rows.npy", per_row)
+    (directory / "certified.json").write_text(json.dumps({"format": CERTIFIED_FORMAT, "rows": n, "width": width}))
+
+
+def _read_certified(directory: Path, n: int, width: int):
+    """(μ, bits memory-mapped, per-row numbers) from :func:`write_certified`'s files, or None when
+    they are missing or were written for another shape."""
+    try:
+        info = json.loads((directory / "certified.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if info != {"format": CERTIFIED_FORMAT, "rows": n, "width": width}:
+        return None
+    # copy-on-write: torch wants a writable buffer; nothing writes to it
+    return (np.load(directory / "certified_mu.npy"), np.load(directory / "certified_bits.npy", mmap_mode="c"),
+            np.load(directory / "certified_rows.npy"))
+
+
 class CertifiedEngine:
     """The engine contract (:class:`~dermsearch.search.engine.Engine`) with a bfloat16 first pass
     over the style vectors, certified per query (see the module doc). ``exact``: the float32
     engine over the same rows (RAM or memory-mapped: only the rows checked are read from it)."""
 
-    def __init__(self, exact: ExactEngine, max_checked: float = 0.02, block: int = 512, seed: int = 0):
+    def __init__(self, exact: ExactEngine, max_checked: float = 0.02, files: str | Path | None = None):
         """``max_checked``: the largest share of rows one query may check exactly before it falls back
-        to the exact engine."""
+        to the exact engine. ``files``: a directory where :func:`write_certified` wrote the bfloat16
+        copy of these rows (used when it matches them, else the copy is built in memory)."""
         import torch
 
         if exact.styles is None:
@@ -80,22 +140,16 @@ class CertifiedEngine:
         if not _bf16_accumulates_in_float32():
             raise ConfigError("this torch build does not sum bfloat16 products in float32: use exact mode")
         self.exact, self.max_checked, self.kernel = exact, max_checked, exact.kernel
-        S = exact.styles
-        n, self.width = S.shape
-        rng = np.random.default_rng(seed)
-        sample = np.sort(rng.choice(n, min(n, 2000), replace=False)) if n else np.zeros(0, np.int64)
-        self.mu = (np.asarray(S[sample]).mean(axis=0, dtype=np.float64) if n else np.zeros(self.width)
-                   ).astype(np.float32)
-        self.low = torch.empty((n, self.width), dtype=torch.bfloat16)
-        self.c_sq, self.err, self.low_norm = np.empty(n), np.empty(n), np.empty(n)
-        for a in range(0, n, block):
-            c = np.asarray(S[a:a + block], dtype=np.float32) - self.mu
-            low = torch.from_numpy(c).to(torch.bfloat16)
-            self.low[a:a + block] = low
-            c64, l64 = c.astype(np.float64), low.float().numpy().astype(np.float64)
-            self.c_sq[a:a + block] = np.einsum("ij,ij->i", c64, c64)
-            self.err[a:a + block] = np.sqrt(np.einsum("ij,ij->i", c64 - l64, c64 - l64))
-            self.low_norm[a:a + block] = np.sqrt(np.einsum("ij,ij->i", l64, l64))
+        n, self.width = exact.styles.shape
+        saved = _read_certified(Path(files), n, self.width) if files is not None else None
+        if saved is None:
+            bits = np.empty((n, self.width), dtype=np.uint16)
+            self.mu, per_row = _centred_bf16(exact.styles, bits)
+        else:
+            self.mu, bits, per_row = saved
+        self.stored = saved is not None
+        self.low = torch.from_numpy(bits).view(torch.bfloat16)
+        self.c_sq, self.err, self.low_norm = per_row[:, 0], per_row[:, 1], per_row[:, 2]
 
     # ------------------------------------------------------------------ contract
     def __len__(self) -> int:

@@ -6,6 +6,13 @@ style vector), so at 100,000 images a query reads 33 GB. Fast mode reads instead
 - the PCA projections of the style vectors (``style_dims`` floats per image, the basis fitted on the
   index itself) and of the feature vectors (``feature_dims``), plus each row's exact norm and the
   norm of its PCA residual;
+- a count sketch of each style vector's PCA residual (``sketch_dims`` floats): every coordinate of
+  the 80,712 goes, with a random sign, into one of ``sketch_dims`` buckets, so that the product of
+  two sketches is an unbiased estimate of the product of the residuals. PCA alone drops that
+  product, which is what makes near-duplicates near (several images of one lesion, one image
+  with small changes: their residuals agree): ``d² ≈ ‖p_x − p_q‖² + ‖r_x‖² + ‖r_q‖² − 2 s_x·s_q``.
+  The sketch is linear, so the query's residual sketch costs no second pass over the basis:
+  ``s_q = sketch(q − μ) − p_q · sketch(basis)``;
 - coarse mask cell counts (``mask_grid``² per image) for an estimate of the Dice overlap;
 
 and with them estimates every component for every candidate. Then, per requested measure:
@@ -35,6 +42,9 @@ renamed into place, so a crash never leaves a half-written set)::
     features.npy styles.npy masks.npy mask_areas.npy feature_sqnorms.npy style_sqnorms.npy   exact rows
     {feature,style}_{mean,basis,proj,csq,resid}.npy   PCA mean, basis [k, D], projections [N, k],
                                                        ||x − μ||², ||residual|| per row
+    style_sketch.npy [N, m]    count sketches of the style residuals; style_sketch_{order,signs,basis}.npy:
+                               the hash (a permutation cut into m equal buckets, and signs) and
+                               the basis' sketch [k, m]
     mask_cells.npy  [N, G²] float32 pixel counts per cell
 """
 
@@ -69,9 +79,11 @@ from .measures import MEASURE_COMPONENTS, cosine_new, measure_scores
 __all__ = ["FastConfig", "FastIndex", "FastIndexWriter", "FastResult", "FastModeMissing", "fast_dir", "optimize",
            "carry_forward", "score_error_bound"]
 
-FAST_FORMAT = 1
+FAST_FORMAT = 2          # 2: residual sketches
 RESIDENT = ("feature_proj", "style_proj", "feature_csq", "style_csq", "feature_resid", "style_resid",
-            "feature_sqnorms", "style_sqnorms", "mask_cells", "mask_areas")
+            "feature_sqnorms", "style_sqnorms", "mask_cells", "mask_areas", "style_sketch")
+SMALL = ("ids", "feature_mean", "feature_basis", "style_mean", "style_basis", "style_sketch_order",
+         "style_sketch_signs", "style_sketch_basis")
 
 
 class FastModeMissing(DermsearchError, RuntimeError):
@@ -101,6 +113,24 @@ def _fit_pca(sample: np.ndarray, dims: int, seed: int) -> tuple[np.ndarray, np.n
     return mean, np.ascontiguousarray(vt, dtype=np.float32), explained
 
 
+def sketch_hash(width: int, buckets: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The count sketch's hash: a random order of the ``width`` coordinates (bucket b holds
+    positions ``b·width//buckets`` up to the next bucket's start, so every bucket is used) and a
+    random sign per coordinate (in that order)."""
+    rng = np.random.default_rng([seed, 0x5eed])
+    return rng.permutation(width).astype(np.int32), rng.choice(np.array([-1.0, 1.0], np.float32), width)
+
+
+def count_sketch(x: np.ndarray, order: np.ndarray, signs: np.ndarray, buckets: int, block: int = 256) -> np.ndarray:
+    """[B, buckets] float32 count sketches of the rows of ``x`` [B, D]."""
+    x = np.asarray(x, dtype=np.float32)
+    starts = (np.arange(buckets, dtype=np.int64) * x.shape[1]) // buckets
+    out = np.empty((x.shape[0], buckets), dtype=np.float32)
+    for a in range(0, x.shape[0], block):
+        out[a:a + block] = np.add.reduceat(x[a:a + block, order] * signs, starts, axis=1)
+    return out
+
+
 def _cells(masks_packed: np.ndarray, side: int, grid: int) -> np.ndarray:
     """[B, grid²] float32 pixel counts of bit-packed square masks."""
     bits = np.unpackbits(np.asarray(masks_packed, dtype=np.uint8), axis=1)[:, : side * side]
@@ -114,14 +144,17 @@ class FastIndexWriter:
     then fits the PCA bases on a sample and projects every row in :meth:`finish`."""
 
     def __init__(self, directory: str | os.PathLike, n: int, feature_dim: int, style_dim: int, mask_bytes: int,
-                 mask_size: int, config: FastConfig = FastConfig(), version: int = 0):
+                 mask_size: int, config: FastConfig = FastConfig(), version: int = 0, certified: bool = False):
+        """``certified``: also write the certified engine's bfloat16 style copy
+        (:func:`~dermsearch.search.certified.write_certified`), so that ``--mode certified`` opens
+        at once instead of building it (2 bytes per style value: half the styles' size again)."""
         if not style_dim:
             raise ConfigError("fast mode needs style vectors (the index was built with style=False)")
         self.final = Path(directory)
         self.tmp = self.final.with_name(self.final.name + f".tmp-{os.getpid()}")
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
-        self.n, self.config, self.version = n, config, version
+        self.n, self.config, self.version, self.certified = n, config, version, certified
         self.mask_size = mask_size
         if mask_bytes and mask_size % config.mask_grid:
             raise ConfigError(f"mask_grid {config.mask_grid} must divide the mask size {mask_size}")
@@ -169,6 +202,13 @@ class FastIndexWriter:
             np.save(self.tmp / f"{name}_mean.npy", mean)
             np.save(self.tmp / f"{name}_basis.npy", basis)
             proj = self._mm(f"{name}_proj", np.float32, (n, basis.shape[0]))
+            m = min(cfg.sketch_dims, matrix.shape[1]) if name == "style" else 0
+            if m:
+                order, signs = sketch_hash(matrix.shape[1], m, cfg.seed)
+                sketch_basis = count_sketch(basis, order, signs, m)
+                for suffix, v in (("order", order), ("signs", signs), ("basis", sketch_basis)):
+                    np.save(self.tmp / f"{name}_sketch_{suffix}.npy", v)
+                sketch = self._mm(f"{name}_sketch", np.float32, (n, m))
             csq = self._mm(f"{name}_csq", np.float64, (n,))
             resid = self._mm(f"{name}_resid", np.float64, (n,))
             sq = self._mm(f"{name}_sqnorms", np.float64, (n,))
@@ -178,11 +218,13 @@ class FastIndexWriter:
                 centred = block - mean
                 p = products(centred, basis) if centred.shape[0] > 1 else centred @ basis.T
                 proj[s:s + chunk] = p
+                if m:
+                    sketch[s:s + chunk] = count_sketch(centred, order, signs, m) - p @ sketch_basis
                 c = np.einsum("ij,ij->i", centred, centred, dtype=np.float64)
                 csq[s:s + chunk] = c
                 resid[s:s + chunk] = np.sqrt(np.maximum(c - np.einsum("ij,ij->i", p, p, dtype=np.float64), 0.0))
                 sq[s:s + chunk] = np.einsum("ij,ij->i", block, block, dtype=np.float64)
-            for a in (proj, csq, resid, sq):
+            for a in (proj, csq, resid, sq) + ((sketch,) if m else ()):
                 a.flush()
         if self.masks is not None:
             cells = self._mm("mask_cells", np.float32, (n, cfg.mask_grid ** 2))
@@ -192,6 +234,11 @@ class FastIndexWriter:
         for a in (self.features, self.styles, self.masks, self.mask_areas):
             if isinstance(a, np.memmap) and a.mode != "r":
                 a.flush()
+        if self.certified:
+            from .certified import write_certified
+
+            say("writing the bfloat16 style copy for certified mode")
+            write_certified(self.tmp, self.styles)
         np.save(self.tmp / "ids.npy", np.array(self.ids.tolist(), dtype=str))
         if self.rows is not None:
             with open(self.tmp / "rows.json", "w") as f:
@@ -291,8 +338,7 @@ class FastIndex:
             raise FastModeMissing(f"{directory}: fast-mode format {info.get('format')} is not {FAST_FORMAT}")
         arrays = {}
         for f in directory.glob("*.npy"):
-            small = f.stem in ("ids", "feature_mean", "feature_basis", "style_mean", "style_basis")
-            arrays[f.stem] = np.load(f) if small else np.load(f, mmap_mode="r")
+            arrays[f.stem] = np.load(f) if f.stem in SMALL else np.load(f, mmap_mode="r")
         # the arrays every query scans are small: copy them into RAM (a memory map's pages would be
         # evicted by the exact rows streaming through the page cache, then re-read from disk)
         for name in RESIDENT:
@@ -322,7 +368,8 @@ class FastIndex:
         """Bytes read from every row per query (before the exact re-rank of a few rows)."""
         a = self.arrays
         names = ["feature_proj", "style_proj", "feature_csq", "style_csq", "feature_resid", "style_resid",
-                 "feature_sqnorms", "mask_cells", "mask_areas", "feature_basis", "style_basis"]
+                 "feature_sqnorms", "mask_cells", "mask_areas", "feature_basis", "style_basis", "style_sketch",
+                 "style_sketch_basis", "style_sketch_order", "style_sketch_signs"]
         return int(sum(a[n].nbytes for n in names if n in a))
 
     @property
@@ -331,15 +378,23 @@ class FastIndex:
         return int(sum(v.nbytes for n, v in self.arrays.items() if n in RESIDENT or not isinstance(v, np.memmap)))
 
     # --------------------------------------------------------------- estimates
-    def _estimate(self, kind: str, vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Estimated squared distances to every row and each row's error radius (2·r_x·r_q)."""
+    def _estimate(self, kind: str, vec: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per row: the PCA estimate of the squared distance, its proven error radius (2·r_x·r_q),
+        and the estimate that ranks (the PCA one less twice the residual sketches' product, where
+        the files have sketches; not bounded, so never used for certification)."""
         a = self.arrays
         centred = np.asarray(vec, np.float32) - a[f"{kind}_mean"]
         p = row_parallel_products(centred[None], a[f"{kind}_basis"])[0]
         cq = float(np.dot(centred.astype(np.float64), centred))
         rq = float(np.sqrt(max(cq - float(np.dot(p.astype(np.float64), p)), 0.0)))
-        est = a[f"{kind}_csq"] + cq - 2.0 * row_parallel_products(p[None], a[f"{kind}_proj"])[0]
-        return np.maximum(est, 0.0), 2.0 * a[f"{kind}_resid"] * rq
+        est = np.maximum(a[f"{kind}_csq"] + cq - 2.0 * row_parallel_products(p[None], a[f"{kind}_proj"])[0], 0.0)
+        ranking = est
+        if f"{kind}_sketch" in a:
+            sb = a[f"{kind}_sketch_basis"]
+            sq = count_sketch(centred[None], a[f"{kind}_sketch_order"], a[f"{kind}_sketch_signs"], sb.shape[1])[0]
+            sq -= p @ sb
+            ranking = np.maximum(est - 2.0 * row_parallel_products(sq[None], a[f"{kind}_sketch"])[0], 0.0)
+        return est, 2.0 * a[f"{kind}_resid"] * rq, ranking
 
     def search(self, query: Query, k: int, measures: Sequence[str], valid: np.ndarray) -> FastResult:
         """The top ``k`` valid rows per measure, exactly scored (see the module doc)."""
@@ -353,8 +408,8 @@ class FastIndex:
             empty = np.zeros(0, dtype=np.int64)
             return FastResult({m: empty for m in measures}, {m: np.zeros(0) for m in measures}, {}, {}, empty, {})
         needs = {c for m in measures for c in MEASURE_COMPONENTS[m]}
-        est_f, rad_f = self._estimate("feature", query.feature)
-        est_s, rad_s = self._estimate("style", query.style) if query.style is not None else (None, None)
+        est_f, rad_f, _ = self._estimate("feature", query.feature)
+        est_s, rad_s, rank_s = self._estimate("style", query.style) if query.style is not None else (None,) * 3
 
         # 1. max-normalisers: measure exactly the rows with the largest upper bounds
         checks = {"euclidean": (est_f, rad_f)}
@@ -377,7 +432,7 @@ class FastIndex:
             cos = np.where(denom > 0, (fn + qf64 - est_f) / np.where(denom > 0, denom, 1.0), 0.0)
         comp_est["cosine"] = cosine_new(np.clip(cos, -1.0, 1.0))
         if est_s is not None:
-            comp_est["style"] = 1.0 - est_s / (float(est_s[rows_valid].max()) or 1.0)
+            comp_est["style"] = 1.0 - rank_s / (float(est_s[rows_valid].max()) or 1.0)
         if "dice" in needs and "mask_cells" in a and query.mask is not None:
             qcells = _cells(query.mask[None], self.info["mask_size"], cfg.mask_grid)[0]
             cell_px = (self.info["mask_size"] // cfg.mask_grid) ** 2
@@ -385,7 +440,7 @@ class FastIndex:
             total = a["mask_areas"].astype(np.float64) + query.mask_area
             with np.errstate(invalid="ignore", divide="ignore"):
                 comp_est["dice"] = np.where(total > 0, 2.0 * inter / total, 1.0)
-        est_scores = measure_scores({c: v[rows_valid] for c, v in comp_est.items() if c in needs}, measures)
+        est_scores = rough_scores({c: v[rows_valid] for c, v in comp_est.items() if c in needs}, measures)
 
         def top(scores: np.ndarray, rows: np.ndarray, c: int) -> np.ndarray:
             c = min(c, rows.size)
@@ -493,6 +548,25 @@ class FastIndex:
         return out
 
 
+def rough_scores(components: dict[str, np.ndarray], measures: Sequence[str]) -> dict[str, np.ndarray]:
+    """The measures of estimated components, in float32 and without the exact function's guards (a
+    part <= 0 gives a score of about 0): they only choose candidates, over every row."""
+    inv = {c: np.reciprocal(np.maximum(v.astype(np.float32), np.float32(1e-12)))
+           for c, v in components.items() if any(len(MEASURE_COMPONENTS[m]) > 1 and c in MEASURE_COMPONENTS[m]
+                                                  for m in measures)}
+    out = {}
+    for m in measures:
+        parts = MEASURE_COMPONENTS[m]
+        if len(parts) == 1:
+            out[m] = components[parts[0]]
+            continue
+        total = inv[parts[0]].copy()
+        for c in parts[1:]:
+            total += inv[c]
+        out[m] = np.float32(len(parts)) / total
+    return out
+
+
 def _components(raw: dict[str, np.ndarray], tops: dict[str, float]) -> dict[str, np.ndarray]:
     """ES, CSnew, SS, DC of one query's raw values (1-D) for scalar maxima."""
     comp = normalise({c: v[None] for c, v in raw.items()}, {c: np.array([t]) for c, t in tops.items()})
@@ -507,8 +581,10 @@ def score_error_bound(value: float, low: float, high: float) -> float:
     return float(value) * (1.0 / low - 1.0 / high)
 
 
-def optimize(index, config: FastConfig = FastConfig(), progress: Callable[[str], None] | None = None) -> FastIndex:
-    """Write the fast-mode files of ``index``'s current version (and drop older versions' files).
+def optimize(index, config: FastConfig = FastConfig(), progress: Callable[[str], None] | None = None,
+             certified: bool = False) -> FastIndex:
+    """Write the fast-mode files of ``index``'s current version (and drop older versions' files);
+    with ``certified``, also the certified engine's bfloat16 style copy.
 
     Reads the index's vectors once (as an exact :class:`~dermsearch.search.Searcher` does);
     :class:`FastIndexWriter` itself writes in chunks, for archives that are built elsewhere."""
@@ -521,7 +597,7 @@ def optimize(index, config: FastConfig = FastConfig(), progress: Callable[[str],
                          "compresses the style vectors, exact search is already cheap without them")
     target = fast_dir(index.directory, s.version)
     w = FastIndexWriter(target, len(s), m["feature_dim"], m["style_dim"], m["mask_bytes"], m["mask_size"],
-                        config, s.version)
+                        config, s.version, certified=certified)
     w.set_rows(index_identity(m), s.paths, s.diagnosis, s.melanoma, s.lesion_id, s.meta_json)
     step = 4096
     for start in range(0, len(s), step):

@@ -165,7 +165,7 @@ class Searcher:
         if self.mode == "certified" and exact.styles is not None:
             from .certified import CertifiedEngine
 
-            return CertifiedEngine(exact)
+            return CertifiedEngine(exact, files=None if self.fast is None else self.fast.directory)
         gpu = self._search_device()
         if gpu is not None:
             from .device import DeviceEngine
