@@ -82,6 +82,7 @@ __all__ = ["FastConfig", "FastIndex", "FastIndexWriter", "FastResult", "FastMode
 FAST_FORMAT = 2          # 2: residual sketches
 RESIDENT = ("feature_proj", "style_proj", "feature_csq", "style_csq", "feature_resid", "style_resid",
             "feature_sqnorms", "style_sqnorms", "mask_cells", "mask_areas", "style_sketch")
+RESIDENT_EXACT_BYTES = 2 << 30
 SMALL = ("ids", "feature_mean", "feature_basis", "style_mean", "style_basis", "style_sketch_order",
          "style_sketch_signs", "style_sketch_basis")
 
@@ -344,6 +345,13 @@ class FastIndex:
         for name in RESIDENT:
             if name in arrays:
                 arrays[name] = np.array(arrays[name])
+        # so are the exact features and masks while they are small (6 KB a row: 0.6 GB at 100k),
+        # which a query reads for ~1,000 scattered rows: from a memory map every 4 KB page would
+        # fault in (7 ms a query at 100k)
+        if sum(arrays[n].nbytes for n in ("features", "masks") if n in arrays) <= RESIDENT_EXACT_BYTES:
+            for name in ("features", "masks"):
+                if name in arrays:
+                    arrays[name] = np.array(arrays[name])
         return cls(directory, info, arrays)
 
     def __len__(self) -> int:
@@ -374,7 +382,7 @@ class FastIndex:
 
     @property
     def resident_bytes(self) -> int:
-        """Bytes fast mode keeps in RAM (the exact rows stay on disk, memory-mapped)."""
+        """Bytes fast mode keeps in RAM (the exact style rows stay on disk, memory-mapped)."""
         return int(sum(v.nbytes for n, v in self.arrays.items() if n in RESIDENT or not isinstance(v, np.memmap)))
 
     # --------------------------------------------------------------- estimates
@@ -466,6 +474,16 @@ class FastIndex:
             for m in with_style:
                 pos = np.flatnonzero(np.isin(rerank, wide[m]))
                 picked.append(top(refined_scores[m][pos], rerank[pos], cfg.candidates))
+            # and the exact top k of the measures without style (known now: their components are
+            # exact for these rows), whose hits report a style too: one read for all
+            nonstyle = [m for m in measures if m not in with_style]
+            if nonstyle:
+                e2v = np.where(valid[rerank], raw["euclidean"] ** 2, np.nan)
+                ed_top = float(np.sqrt(np.nanmax(e2v))) if np.isfinite(e2v).any() else 0.0
+                exact_scores = measure_scores(_components({c: v for c, v in raw.items() if c != "style"},
+                                                          {"euclidean": ed_top}), nonstyle)
+                picked += [rerank[top_k_rows(exact_scores[m], valid[rerank] & ~np.isnan(exact_scores[m]), k)[0]]
+                           for m in nonstyle]
             style_rows = np.unique(np.concatenate(picked + [check_rows["style"]]))
 
         # 3. exact style losses of those rows, from the memory-mapped exact vectors
