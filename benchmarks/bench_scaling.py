@@ -112,15 +112,7 @@ def build_archive(real: FastIndex, rows: int, workdir: Path, config: FastConfig,
 def head(fast: FastIndex, n: int) -> FastIndex:
     """The same fast-mode files restricted to their first n rows (a prefix archive; the PCA basis
     stays the one fitted on the whole archive)."""
-    arrays = {k: (v[:n] if v.ndim >= 1 and v.shape[0] == len(fast) and not k.endswith(("mean", "basis")) else v)
-              for k, v in fast.arrays.items()}
-    view = FastIndex.__new__(FastIndex)
-    view.directory, view.info, view.config, view.arrays = fast.directory, fast.info, fast.config, arrays
-    view.ids = arrays["ids"]
-    view.exact = ExactEngine(arrays["features"], arrays["styles"], arrays["masks"], arrays["mask_areas"],
-                             arrays["feature_sqnorms"], arrays["style_sqnorms"])
-    view.style_rows = fast.style_rows
-    return view
+    return fast.prefix(n)
 
 
 def query_of(engine: ExactEngine, i: int) -> Query:

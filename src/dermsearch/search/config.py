@@ -12,12 +12,12 @@ __all__ = ["FastConfig"]
 
 @dataclass(frozen=True)
 class FastConfig:
-    style_dims: int = 256          # PCA components kept for the style vectors
+    style_dims: int = 128          # PCA components kept for the style vectors
     sketch_dims: int = 256         # count-sketch buckets of each style vector's PCA residual (0: none)
     feature_dims: int = 128        # PCA components kept for the feature vectors
     mask_grid: int = 16            # mask cells per side for the Dice estimate
     candidates: int = 32           # rows per style measure re-ranked exactly (each reads a 323 KB style row)
-    wide_candidates: int = 256     # rows per measure whose feature and mask components are computed exactly
+    wide_candidates: int = 128     # rows per measure whose feature and mask components are computed exactly
     normaliser_candidates: int = 16  # rows measured exactly to find each max-normaliser
     fit_rows: int = 10_000         # PCA fitted on a random sample of this many rows
     seed: int = 0

@@ -74,7 +74,7 @@ from .engine import (
     top_k_rows,
 )
 from .kernels import blas_single_threaded, products, row_parallel_products
-from .measures import MEASURE_COMPONENTS, cosine_new, measure_scores
+from .measures import MEASURE_COMPONENTS, measure_scores
 
 __all__ = ["FastConfig", "FastIndex", "FastIndexWriter", "FastResult", "FastModeMissing", "fast_dir", "optimize",
            "carry_forward", "score_error_bound"]
@@ -319,14 +319,19 @@ class FastResult:
 class FastIndex:
     """A fast-mode directory, memory-mapped (see the module doc)."""
 
-    def __init__(self, directory: Path, info: dict, arrays: dict[str, np.ndarray]):
+    def __init__(self, directory: Path, info: dict, arrays: dict[str, np.ndarray], style_rows: RowReader | None = None):
         self.directory, self.info = directory, info
         self.config = FastConfig(**info["config"])
         self.arrays = arrays
         self.ids = arrays["ids"]
         self.exact = ExactEngine(arrays["features"], arrays["styles"], arrays.get("masks"), arrays.get("mask_areas"),
                                  arrays["feature_sqnorms"], arrays["style_sqnorms"])
-        self.style_rows = RowReader(directory / "styles.npy")
+        self.style_rows = style_rows or RowReader(directory / "styles.npy")
+        # float32 copies of per-row numbers every query's estimates use
+        self._feature_sqnorms32 = arrays["feature_sqnorms"].astype(np.float32)
+        self._feature_norms = np.sqrt(self._feature_sqnorms32)
+        self._mask_areas32 = (arrays["mask_areas"].astype(np.float32) if "mask_areas" in arrays
+                              else np.zeros(len(self.ids), np.float32))
 
     @classmethod
     def open(cls, directory: str | os.PathLike) -> FastIndex:
@@ -356,6 +361,13 @@ class FastIndex:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def prefix(self, n: int) -> FastIndex:
+        """The same files restricted to their first ``n`` rows (the PCA bases and sketches stay the
+        ones fitted on all rows): a smaller archive for benchmarks, sharing the memory."""
+        per_row = {k for k, v in self.arrays.items() if k not in SMALL and v.ndim >= 1 and v.shape[0] == len(self)}
+        return FastIndex(self.directory, self.info, {k: v[:n] if k in per_row or k == "ids" else v
+                                                     for k, v in self.arrays.items()}, self.style_rows)
 
     def rows(self, manifest: dict) -> dict[str, np.ndarray] | None:
         """The rows' labels as Snapshot columns (paths, diagnosis, melanoma, lesion_id, meta_json),
@@ -419,36 +431,45 @@ class FastIndex:
         est_f, rad_f, _ = self._estimate("feature", query.feature)
         est_s, rad_s, rank_s = self._estimate("style", query.style) if query.style is not None else (None,) * 3
 
-        # 1. max-normalisers: measure exactly the rows with the largest upper bounds
+        # 1. max-normalisers: measure exactly the rows with the largest upper bounds. Candidates are
+        # chosen over every row at once, invalid rows scored -inf (cheaper than gathering the valid)
+        n_valid = rows_valid.size
+        invalid = np.flatnonzero(~valid)
+
+        def largest(scores: np.ndarray, c: int) -> np.ndarray:
+            """The rows of the ``c`` largest valid ``scores`` (invalid rows already -inf)."""
+            if c >= n_valid:
+                return rows_valid
+            return np.argpartition(scores, scores.size - c)[scores.size - c:]
+
         checks = {"euclidean": (est_f, rad_f)}
         if est_s is not None:
             checks["style"] = (est_s, rad_s)
         check_rows, upper = {}, {}
         for comp, (est, rad) in checks.items():
-            hi = (est + rad)[rows_valid]
-            m = min(cfg.normaliser_candidates, rows_valid.size)
-            top = rows_valid[np.argpartition(-hi, m - 1)[:m]] if m < rows_valid.size else rows_valid
-            check_rows[comp], upper[comp] = top, hi
+            hi = est + rad
+            hi[invalid] = -np.inf
+            check_rows[comp], upper[comp] = largest(hi, cfg.normaliser_candidates), hi
 
-        # 2. candidates: the best `candidates` rows of each requested measure by estimated score
-        qf64 = float(np.dot(query.feature.astype(np.float64), query.feature))
-        fn = a["feature_sqnorms"]
-        max_f_est = float(np.sqrt(est_f[rows_valid].max())) or 1.0
-        comp_est: dict[str, np.ndarray] = {"euclidean": 1.0 - np.sqrt(est_f) / max_f_est}
-        with np.errstate(invalid="ignore", divide="ignore"):
-            denom = 2.0 * np.sqrt(fn * qf64)
-            cos = np.where(denom > 0, (fn + qf64 - est_f) / np.where(denom > 0, denom, 1.0), 0.0)
-        comp_est["cosine"] = cosine_new(np.clip(cos, -1.0, 1.0))
+        # 2. candidates: estimated components in float32 (they only choose rows)
+        qf = float(np.dot(query.feature.astype(np.float64), query.feature))
+        f32 = est_f.astype(np.float32)
+        max_f_est = float(np.sqrt(np.max(est_f, where=valid, initial=0.0))) or 1.0
+        comp_est: dict[str, np.ndarray] = {"euclidean": 1.0 - np.sqrt(f32) / np.float32(max_f_est)}
+        denom = self._feature_norms * np.float32(2.0 * np.sqrt(qf))
+        cos = np.divide(self._feature_sqnorms32 + np.float32(qf) - f32, denom, out=np.zeros_like(f32),
+                        where=denom > 0)
+        comp_est["cosine"] = (np.clip(cos, -1.0, 1.0) + 1.0) * np.float32(0.5)
         if est_s is not None:
-            comp_est["style"] = 1.0 - rank_s / (float(est_s[rows_valid].max()) or 1.0)
+            top_s = float(np.max(est_s, where=valid, initial=0.0)) or 1.0
+            comp_est["style"] = 1.0 - rank_s.astype(np.float32) / np.float32(top_s)
         if "dice" in needs and "mask_cells" in a and query.mask is not None:
             qcells = _cells(query.mask[None], self.info["mask_size"], cfg.mask_grid)[0]
             cell_px = (self.info["mask_size"] // cfg.mask_grid) ** 2
-            inter = row_parallel_products(qcells[None], a["mask_cells"])[0] / cell_px
-            total = a["mask_areas"].astype(np.float64) + query.mask_area
-            with np.errstate(invalid="ignore", divide="ignore"):
-                comp_est["dice"] = np.where(total > 0, 2.0 * inter / total, 1.0)
-        est_scores = rough_scores({c: v[rows_valid] for c, v in comp_est.items() if c in needs}, measures)
+            inter = row_parallel_products(qcells[None], a["mask_cells"])[0] * np.float32(2.0 / cell_px)
+            total = self._mask_areas32 + np.float32(query.mask_area)
+            comp_est["dice"] = np.divide(inter, total, out=np.ones_like(inter), where=total > 0)
+        est_scores = rough_scores({c: v for c, v in comp_est.items() if c in needs}, measures)
 
         def top(scores: np.ndarray, rows: np.ndarray, c: int) -> np.ndarray:
             c = min(c, rows.size)
@@ -456,7 +477,10 @@ class FastIndex:
 
         # stage A: the best `wide_candidates` rows of every measure by the estimates; their feature
         # and mask components are then computed exactly (6 KB a row)
-        wide = {m: top(est_scores[m], rows_valid, cfg.wide_candidates) for m in measures}
+        wide = {}
+        for m in measures:
+            est_scores[m][invalid] = -np.inf
+            wide[m] = largest(est_scores[m], cfg.wide_candidates)
         rerank = np.unique(np.concatenate(list(wide.values()) + list(check_rows.values())))
         raw = self._exact_raw(query, rerank, with_style=False)
         # stage B (style measures): re-score stage A's rows with their exact feature and mask
@@ -466,7 +490,7 @@ class FastIndex:
         style_rows = np.zeros(0, dtype=np.int64)
         if est_s is not None:
             e2 = raw["euclidean"] ** 2
-            max_f = float(np.sqrt(max(e2[valid[rerank]].max(), float(est_f[rows_valid].max()))))
+            max_f = float(np.sqrt(max(e2[valid[rerank]].max(), float(np.max(est_f, where=valid, initial=0.0)))))
             refined = _components({c: v for c, v in raw.items() if c != "style"}, {"euclidean": max_f})
             refined["style"] = comp_est["style"][rerank]
             refined_scores = measure_scores(refined, with_style)
@@ -498,8 +522,9 @@ class FastIndex:
                 continue
             vals = raw["style"] if comp_name == "style" else raw["euclidean"] ** 2   # squared, like the bounds
             found = float(np.nanmax(np.where(in_valid, vals, np.nan)))
-            unchecked_hi = upper[comp_name][~np.isin(rows_valid, known_rows)]
-            hi = max(found, float(unchecked_hi.max()) if unchecked_hi.size else found)
+            unchecked_hi = upper[comp_name].copy()
+            unchecked_hi[known_rows] = -np.inf
+            hi = max(found, float(unchecked_hi.max()))
             certified[comp_name] = hi <= found
             root = (lambda v: v) if comp_name == "style" else np.sqrt
             normalisers[comp_name], bounds[comp_name] = float(root(found)), (float(root(found)), float(root(hi)))
@@ -576,7 +601,7 @@ def rough_scores(components: dict[str, np.ndarray], measures: Sequence[str]) -> 
     for m in measures:
         parts = MEASURE_COMPONENTS[m]
         if len(parts) == 1:
-            out[m] = components[parts[0]]
+            out[m] = components[parts[0]].copy()
             continue
         total = inv[parts[0]].copy()
         for c in parts[1:]:
