@@ -65,7 +65,7 @@ def _classify(name, image):
     size = m.default_size
     x = np.asarray(Image.fromarray(image).convert("RGB").resize((size, size), Image.Resampling.BILINEAR), np.float32)
     mean, std = NORMALISATIONS["tf"]
-    x = torch.from_numpy((x - mean) / std).float().permute(2, 0, 1)[None]
+    x = torch.from_numpy((x - np.array(mean)) / np.array(std)).float().permute(2, 0, 1)[None]
     with torch.no_grad():
         return m.logits(m(x).pooled).softmax(1)[0]
 

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from dermsearch.cli.main import main
+from dermsearch.errors import ConfigError
 from dermsearch.extract.config import ExtractorConfig
 from dermsearch.index import Index
 from dermsearch.models.device import resolve_device
 from dermsearch.models.ensemble import read_ensemble_spec
-from dermsearch.presets import PRESETS, get_preset
-from dermsearch.train.classifier import ClassifierTrainConfig
-from dermsearch.train.segmenter import SegTrainConfig
+from dermsearch.presets import PRESETS, changed, get_preset
+from dermsearch.train.config import ClassifierTrainConfig, SegTrainConfig
 
 from .conftest import SHARED, require_data
 from .test_classifier import _synthetic_set
@@ -24,23 +25,42 @@ HAM = SHARED / "ham10000"
 
 def test_paper_preset_resolves_to_the_papers_configuration():
     p = get_preset("paper")
-    c = ClassifierTrainConfig(labels="x", **p.classifier)
+    c = p.classifier
     assert (c.backbone, c.members, c.image_size, c.augment, c.trainable_stages, c.target) == (
         "efficientnet-b6", 5, 384, "x7", 7, "melanoma")
     assert c.shared_stages == 0     # whole members trained, as in the paper
-    s = SegTrainConfig(labels="x", **p.segmenter)
-    assert (s.arch, s.image_size) == ("r2unet", 384)
-    assert set(p.index["requires"]) == {"weights", "segmenter"}
+    assert (p.segmenter.arch, p.segmenter.image_size) == ("r2unet", 384)
+    assert set(p.requires) == {"weights", "segmenter"}
+    assert p.index.gram_pool == "image" and p.index.gram_norm == "none"
+    with pytest.raises(ConfigError, match="needs the settings weights and segmenter"):
+        p.index_settings({})
+    settings = p.index_settings({"weights": "w.safetensors", "segmenter": "s.safetensors", "gram_norm": "l2"})
+    assert settings["gram_pool"] == "image" and settings["gram_norm"] == "l2"      # given wins over the preset
 
 
 def test_default_preset_is_what_the_configs_default_to():
     p = get_preset("default")
-    assert ClassifierTrainConfig(labels="x", **p.classifier) == ClassifierTrainConfig(labels="x")
-    assert SegTrainConfig(labels="x", **p.segmenter) == SegTrainConfig(labels="x")
-    assert (SegTrainConfig(labels="x").arch, SegTrainConfig(labels="x").epochs) == ("unet", 50)   # what ships
-    assert ExtractorConfig(**{k: v for k, v in p.index.items() if k != "requires"}) == ExtractorConfig()
+    assert p.classifier == ClassifierTrainConfig() and p.segmenter == SegTrainConfig()
+    assert p.index == ExtractorConfig() and p.requires == ()
+    assert (SegTrainConfig().arch, SegTrainConfig().epochs) == ("unet", 50)   # what ships
+    assert changed(p.classifier) == {} and p.index_settings({"tta": 2}) == {"tta": 2}
+    assert changed(replace(p.classifier, labels="x.csv", epochs=9)) == {"labels": "x.csv", "epochs": 9}
     with pytest.raises(KeyError, match="valid presets: default, paper"):
         get_preset("huge")
+
+
+def test_training_without_labels_is_refused_and_presets_import_no_network_library():
+    import subprocess
+    import sys
+
+    from dermsearch.train.classifier import train_classifier
+
+    with pytest.raises(ConfigError, match="labels CSV"):
+        train_classifier(ClassifierTrainConfig(), "/nonexistent/run")
+    code = ("import sys, dermsearch.presets, dermsearch.train.config; "
+            "print(sorted(m for m in ('torch', 'kornia', 'monai') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_presets_command_lists_both(capsys):

@@ -4,7 +4,7 @@ nothing, so that building the command line never loads a network library."""
 from __future__ import annotations
 
 __all__ = ["GRAM_POOLS", "GRAM_NORMS", "BACKENDS", "COLOUR_METHODS", "TTA_VIEWS", "MEASURES", "SEARCH_MODES",
-           "DEVICE_HELP"]
+           "DEVICE_HELP", "METRIC_LOSSES", "HEAD_SELECT"]
 
 # Gram pooling regions: the whole image (paper), the dilated lesion mask, or lesion then skin.
 GRAM_POOLS = ("image", "lesion", "lesion+skin")
@@ -20,4 +20,7 @@ TTA_VIEWS = ("identity", "hflip", "vflip", "rot90")
 MEASURES = ("euclidean", "cosine", "style", "dice", "i1_ed", "i1_cd", "i1_ecd", "i1_se", "i1_sc", "i1_sd")
 
 SEARCH_MODES = ("exact", "fast", "certified")
+# Training: the metric-learning objective on the search feature, and how phase two keeps an epoch.
+METRIC_LOSSES = ("none", "supcon", "proxy-anchor")
+HEAD_SELECT = ("balanced_accuracy", "retrieval")
 DEVICE_HELP = "where the networks run: auto (CUDA when present, else CPU), cpu, cuda or cuda:N"

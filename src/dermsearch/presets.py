@@ -1,30 +1,55 @@
 """Named configurations: ``default`` (the CPU-friendly one that ships) and ``paper`` (the paper's scale).
 
-A preset is a set of overrides of the typed configs' defaults, per command; any flag given
-explicitly on the command line overrides the preset. The configs' defaults *are* the ``default``
-preset (one source of truth: ``ClassifierTrainConfig``, ``SegTrainConfig``, ``ExtractorConfig``),
-so it overrides nothing, and the Python API and the CLI train and index the same models.
-``dermsearch presets`` prints them resolved. Nothing here imports a network: presets are plain data.
+A preset is a set of config *instances*: a :class:`~dermsearch.train.config.ClassifierTrainConfig`,
+a :class:`~dermsearch.train.config.SegTrainConfig` and an
+:class:`~dermsearch.extract.config.ExtractorConfig`, plus the index settings a user must supply
+(trained model files). The dataclasses' defaults *are* the ``default`` preset (one source of truth),
+so the Python API and the CLI train and index the same models. Settings given explicitly (command
+line flags, keyword arguments) replace a preset's with :func:`dataclasses.replace`.
+``dermsearch presets`` prints them. Nothing here imports a network.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError, NotFoundError
+from .extract.config import PAPER_STYLE, ExtractorConfig
+from .train.config import ClassifierTrainConfig, SegTrainConfig
 
-__all__ = ["Preset", "PRESETS", "get_preset", "index_settings", "merged",
-           "missing_settings"]
+__all__ = ["Preset", "PRESETS", "get_preset", "changed"]
+
+
+def changed(config) -> dict:
+    """The settings of a config instance that differ from its class's defaults."""
+    default = type(config)()
+    return {f.name: getattr(config, f.name) for f in fields(config) if getattr(config, f.name) != getattr(default,
+                                                                                                        f.name)}
 
 
 @dataclass(frozen=True)
 class Preset:
     name: str
     description: str
-    classifier: dict = field(default_factory=dict)   # ClassifierTrainConfig overrides
-    segmenter: dict = field(default_factory=dict)    # SegTrainConfig overrides
-    index: dict = field(default_factory=dict)        # ExtractorConfig overrides
+    classifier: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)
+    segmenter: SegTrainConfig = field(default_factory=SegTrainConfig)
+    index: ExtractorConfig = field(default_factory=ExtractorConfig)
+    requires: tuple[str, ...] = ()      # index settings the user must give: the trained model files
     notes: tuple[str, ...] = ()
+
+    def index_settings(self, given: dict) -> dict:
+        """The model settings of a new index under this preset: the preset's (where they differ
+        from the defaults), replaced by ``given``; the settings it requires must be in ``given``."""
+        missing = self.missing(given)
+        if missing:
+            raise ConfigError(f"preset {self.name!r} needs the settings {' and '.join(missing)}: the ensemble "
+                              f"trained with this preset ('train classifier') and the best.safetensors of the "
+                              f"segmenter trained with it ('train segmenter')")
+        return {**changed(self.index), **given}
+
+    def missing(self, given: dict) -> list[str]:
+        """The required settings ``given`` lacks."""
+        return [r for r in self.requires if given.get(r) is None]
 
 
 PRESETS: dict[str, Preset] = {
@@ -41,13 +66,13 @@ PRESETS: dict[str, Preset] = {
     "paper": Preset(
         "paper",
         "the paper's configuration: 5 EfficientNet-B6 at 384 px, x7 augmentation, R2U-Net at 384 px",
-        classifier={"backbone": "efficientnet-b6", "weights": "random", "members": 5, "image_size": 384,
-                    "trainable_stages": 7, "augment": "x7", "epochs": 10, "head_epochs": 20, "batch_size": 16,
-                    "target": "melanoma", "metric_loss": "none", "head_select": "balanced_accuracy", "tta": 1},
-        segmenter={"arch": "r2unet", "width": 32, "depth": 4, "t": 2, "image_size": 384, "epochs": 50,
-                   "batch_size": 8},
-        index={"requires": ["weights", "segmenter"], "gram_pool": "image", "gram_margin": 0.0, "gram_norm": "none",
-               "gram_weights": "inverse-channels"},
+        classifier=ClassifierTrainConfig(
+            backbone="efficientnet-b6", weights="random", members=5, image_size=384, trainable_stages=7,
+            augment="x7", epochs=10, head_epochs=20, batch_size=16, target="melanoma", metric_loss="none",
+            head_select="balanced_accuracy", tta=1),
+        segmenter=SegTrainConfig(arch="r2unet", width=32, depth=4, t=2, image_size=384, epochs=50, batch_size=8),
+        index=ExtractorConfig(**PAPER_STYLE),
+        requires=("weights", "segmenter"),
         notes=("no ImageNet weights for EfficientNet-B6 ship offline, so members start from random weights "
                "(the paper's were ImageNet-pretrained), so expect to need more epochs than the paper",
                "index --preset paper needs --weights (an ensemble from `train classifier --preset paper`) and "
@@ -64,25 +89,3 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise NotFoundError(f"unknown preset {name!r}; valid presets: {', '.join(sorted(PRESETS))}") from None
-
-
-def merged(preset: dict, given: dict) -> dict:
-    """A preset's settings for one config, overridden by the settings given explicitly."""
-    return {**{k: v for k, v in preset.items() if k != "requires"}, **given}
-
-
-def missing_settings(name: str, given: dict) -> list[str]:
-    """The settings a new index under preset ``name`` must be given (its trained model files)."""
-    return [r for r in get_preset(name).index.get("requires", []) if given.get(r) is None]
-
-
-def index_settings(name: str, given: dict) -> dict:
-    """The model settings of a new index under preset ``name``: the preset's, overridden by
-    ``given``. A preset whose model is trained, not packaged, requires its files in ``given``."""
-    preset = get_preset(name)
-    missing = missing_settings(name, given)
-    if missing:
-        raise ConfigError(f"preset {name!r} needs the settings {' and '.join(missing)}: the ensemble trained with "
-                          f"this preset ('train classifier') and the best.safetensors of the segmenter trained "
-                          f"with it ('train segmenter')")
-    return merged(preset.index, given)

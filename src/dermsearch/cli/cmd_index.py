@@ -128,7 +128,7 @@ def _build(args) -> int:
 
     from ..index import Index
     from ..index.build import BuildConfig, build_index, model_settings
-    from ..presets import index_settings, missing_settings
+    from ..presets import get_preset
 
     settings = given(args, _MODEL_FLAGS)
     if args.no_style:
@@ -136,12 +136,13 @@ def _build(args) -> int:
     if args.no_masks:
         settings["masks"] = False
     if args.preset:
-        missing = [f"--{m}" for m in missing_settings(args.preset, settings)]
+        preset = get_preset(args.preset)
+        missing = [f"--{m}" for m in preset.missing(settings)]
         if missing:
             raise UsageError(f"--preset {args.preset} needs {' and '.join(missing)}: the ensemble from `dermsearch "
                              f"train classifier --preset {args.preset}` and the best.safetensors from `dermsearch "
                              f"train segmenter --preset {args.preset}`")
-        settings = index_settings(args.preset, settings)
+        settings = preset.index_settings(settings)
     config, notes = model_settings(args.index, settings)
     for note in notes:
         err.print(f"note: {note}")

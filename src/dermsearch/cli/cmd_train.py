@@ -1,7 +1,7 @@
 """`train segmenter`, `train classifier`, `presets`: training the networks.
 
-Model flags default to None ("not given"): a config is the preset's settings overridden by the
-flags given (:func:`dermsearch.presets.merged`), so the preset, not argparse, holds the defaults.
+Model flags default to None ("not given"): a config is the preset's config instance with the flags
+given replaced (``dataclasses.replace``), so the preset, not argparse, holds the defaults.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from ..names import COLOUR_METHODS
-from ..presets import PRESETS, get_preset, merged
+from ..presets import PRESETS, changed, get_preset
 from .common import err
 from .options import Common, given, optional
 
@@ -113,12 +113,12 @@ def _require_train() -> None:
         require(module, "train", "training")
 
 
-def _config(args, cls, preset: dict):
-    names = {f.name for f in dataclasses.fields(cls)}
-    settings = given(args, names)
+def _config(args, preset_config):
+    """The preset's config instance with the settings given on the command line replaced."""
+    settings = given(args, {f.name for f in dataclasses.fields(preset_config)})
     if getattr(args, "no_augment", False):
         settings["augment"] = False
-    return cls(**merged(preset, settings))
+    return dataclasses.replace(preset_config, **settings)
 
 
 def _print_dry_run(estimate) -> int:
@@ -129,9 +129,9 @@ def _print_dry_run(estimate) -> int:
 
 def cmd_train_segmenter(args) -> int:
     _require_train()
-    from ..train.segmenter import SegTrainConfig, dry_run_segmenter, train_segmenter
+    from ..train.segmenter import dry_run_segmenter, train_segmenter
 
-    cfg = _config(args, SegTrainConfig, get_preset(args.preset).segmenter)
+    cfg = _config(args, get_preset(args.preset).segmenter)
     if args.dry_run:
         return _print_dry_run(dry_run_segmenter(cfg, args.dry_run_steps, args.device))
     result = train_segmenter(cfg, args.out, log=lambda m: err.print(m, highlight=False), progress=not args.quiet,
@@ -142,9 +142,9 @@ def cmd_train_segmenter(args) -> int:
 
 def cmd_train_classifier(args) -> int:
     _require_train()
-    from ..train.classifier import ClassifierTrainConfig, dry_run_classifier, train_classifier
+    from ..train.classifier import dry_run_classifier, train_classifier
 
-    cfg = _config(args, ClassifierTrainConfig, get_preset(args.preset).classifier)
+    cfg = _config(args, get_preset(args.preset).classifier)
     if args.dry_run:
         return _print_dry_run(dry_run_classifier(cfg, args.dry_run_steps, args.device))
     metrics = train_classifier(cfg, args.out, log=lambda m: err.print(m, highlight=False), progress=not args.quiet,
@@ -154,27 +154,24 @@ def cmd_train_classifier(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    from ..train.classifier import ClassifierTrainConfig
-    from ..train.segmenter import SegTrainConfig
-
     resolved = {}
     for name, p in PRESETS.items():
         resolved[name] = {
             "description": p.description,
-            "train classifier": ClassifierTrainConfig(labels="LABELS", **p.classifier).to_dict(),
-            "train segmenter": json.loads(json.dumps(dataclasses.asdict(SegTrainConfig(labels="LABELS",
-                                                                                       **p.segmenter)))),
-            "index": p.index, "notes": list(p.notes)}
+            "train classifier": p.classifier.to_dict(),
+            "train segmenter": json.loads(json.dumps(dataclasses.asdict(p.segmenter))),
+            "index": dataclasses.asdict(p.index), "index requires": list(p.requires), "notes": list(p.notes)}
     if args.json:
         print(json.dumps(resolved, indent=1))
         return 0
-    for name, r in resolved.items():
-        p = PRESETS[name]
-        print(f"{name}: {r['description']}")
-        for what, settings in (("train classifier", p.classifier), ("train segmenter", p.segmenter),
-                               ("index", p.index)):
-            shown = ", ".join(f"{k}={v}" for k, v in settings.items()) or "(the defaults)"
+    for name, p in PRESETS.items():
+        print(f"{name}: {p.description}")
+        for what, config in (("train classifier", p.classifier), ("train segmenter", p.segmenter),
+                             ("index", p.index)):
+            shown = ", ".join(f"{k}={v}" for k, v in changed(config).items()) or "(the defaults)"
             print(f"  {what + ':':18s}{shown}")
+        if p.requires:
+            print(f"  {'index requires:':18s}{', '.join(p.requires)}")
         for note in p.notes:
             print(f"  note: {note}")
     print("Any flag given explicitly overrides the preset; `--json` prints every resolved setting.")

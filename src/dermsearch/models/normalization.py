@@ -1,16 +1,15 @@
 """Input normalisation of the backbones: which one a backbone's weights expect, and its numbers.
-Plain data (no torch), so configs can resolve it without loading a network."""
+Plain data (no numerical library), so configs, presets and the command line resolve it without
+loading one."""
 
 from __future__ import annotations
-
-import numpy as np
 
 __all__ = ["NORMALISATIONS", "backbone_normalization"]
 
 NORMALISATIONS = {
     # TensorFlow-converted Lite weights expect (x - 127) / 128 on 0..255 pixels.
-    "tf": (np.array([127.0, 127.0, 127.0]), np.array([128.0, 128.0, 128.0])),
-    "imagenet": (np.array([0.485, 0.456, 0.406]) * 255, np.array([0.229, 0.224, 0.225]) * 255),
+    "tf": ((127.0, 127.0, 127.0), (128.0, 128.0, 128.0)),
+    "imagenet": (tuple(v * 255 for v in (0.485, 0.456, 0.406)), tuple(v * 255 for v in (0.229, 0.224, 0.225))),
 }
 
 

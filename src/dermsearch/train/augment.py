@@ -9,10 +9,10 @@ GridMask (Chen et al. 2020) is not in kornia and is written here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import kornia.augmentation as K
 import torch
+
+from .config import AugmentConfig
 
 __all__ = ["AugmentConfig", "Augmenter", "grid_mask", "expand_x7", "x7_variant"]
 
@@ -33,19 +33,6 @@ def grid_mask(images: torch.Tensor, d_min: int, d_max: int, ratio: float, genera
         xs = ((torch.arange(w) - ox) % d) < side
         keep[i, 0] = (~(ys[:, None] & xs[None, :])).to(device=images.device, dtype=images.dtype)
     return images * keep + fill * (1 - keep), keep
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    p_flip: float = 0.5
-    brightness: float = 0.2
-    contrast: float = 0.2
-    saturation: float = 0.2
-    hue: float = 0.05
-    p_color: float = 0.8
-    p_gridmask: float = 0.3
-    grid_d: tuple[int, int] = (24, 64)      # at 128-224 px inputs
-    grid_ratio: float = 0.4
 
 
 class Augmenter:

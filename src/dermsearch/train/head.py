@@ -24,11 +24,11 @@ from torch import nn
 from ..errors import ConfigError
 from ..evaluate.feature_knn import feature_retrieval
 from ..models.normalization import NORMALISATIONS
+from ..names import HEAD_SELECT
 from .losses import binary_focal_loss, metric_loss_module, multiclass_focal_loss
 
 __all__ = ["HeadData", "HEAD_SELECT", "fit_head", "head_loss", "epoch_sample", "PooledGraph", "pooled_encoder"]
 
-HEAD_SELECT = ("balanced_accuracy", "retrieval")
 
 
 @dataclass

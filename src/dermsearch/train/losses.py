@@ -20,6 +20,7 @@ from monai.losses import FocalLoss, TverskyLoss
 from torch import nn
 
 from ..errors import ConfigError
+from ..names import METRIC_LOSSES
 
 __all__ = ["focal_tversky_loss", "FocalTverskyLoss", "binary_focal_loss", "multiclass_focal_loss", "METRIC_LOSSES",
            "metric_loss_module"]
@@ -63,7 +64,6 @@ def multiclass_focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: flo
 
 # ------------------------------------------------------------------ metric learning on the search feature
 
-METRIC_LOSSES = ("none", "supcon", "proxy-anchor")
 
 
 def metric_loss_module(name: str, classes: int, dim: int, temperature: float = 0.1) -> nn.Module | None:

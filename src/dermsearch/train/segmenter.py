@@ -11,7 +11,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -20,8 +20,9 @@ from ..errors import ConfigError
 from ..evaluate.masks import dice_scores
 from ..models.device import resolve_device
 from ..models.learned_segmenter import load_segmenter_file
-from ..models.segmentation import Segmenter, SegmenterConfig
-from .augment import AugmentConfig, Augmenter
+from ..models.segmentation import Segmenter
+from .augment import Augmenter
+from .config import SegTrainConfig
 from .data import PairSet, load_pairs
 from .harness import Run, RunFiles, atomic_json, autocast, fit, iterate, resume_key
 from .losses import focal_tversky_loss
@@ -30,33 +31,6 @@ __all__ = ["SegTrainConfig", "train_segmenter", "dry_run_segmenter", "predict_ma
            "load_segmenter", "SEG_MEAN", "SEG_STD"]
 
 SEG_MEAN, SEG_STD = 0.5, 0.25   # inputs: (x/255 − 0.5) / 0.25
-
-
-@dataclass(frozen=True)
-class SegTrainConfig:
-    labels: str
-    split: str | None = None
-    train_split: str = "train"
-    val_split: str = "val"
-    arch: str = "unet"                 # the defaults are the default preset (what ships)
-    depth: int = 4
-    width: int = 16
-    t: int = 2
-    image_size: int = 128
-    epochs: int = 50
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    alpha: float = 0.7
-    beta: float = 0.3
-    gamma: float = 4 / 3
-    augment: bool = True
-    augment_config: AugmentConfig = field(default_factory=AugmentConfig)
-    seed: int = 0
-    limit: int = 0                     # use only the first N pairs of each split (smoke tests)
-
-    def segmenter_config(self) -> SegmenterConfig:
-        return SegmenterConfig(self.arch, self.depth, self.width, self.t)
 
 
 def _normalise(images_u8: torch.Tensor) -> torch.Tensor:
@@ -124,6 +98,7 @@ def _evaluate(model: Segmenter, data: PairSet, cfg: SegTrainConfig, device) -> t
 def train_segmenter(cfg: SegTrainConfig, out_dir: str | Path,
                     log: Callable[[str], None] = print, progress: bool = True, device: str = "auto") -> dict:
     """Train; returns the history. Resumes from ``out_dir`` when a matching run stopped there."""
+    cfg.require_labels()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
@@ -188,6 +163,7 @@ def train_segmenter(cfg: SegTrainConfig, out_dir: str | Path,
 
 def dry_run_segmenter(cfg: SegTrainConfig, steps: int = 3, device: str = "auto"):
     """Parameters, memory and measured seconds per batch of ``cfg`` on its device; nothing is trained."""
+    cfg.require_labels()
     from .resources import DryRun, adam_bytes, batches_for, count_rows, dry_run_steps
 
     n = count_rows(cfg.labels, cfg.split, cfg.train_split, cfg.limit)
