@@ -18,11 +18,12 @@ class FastConfig:
     mask_grid: int = 16            # mask cells per side for the Dice estimate
     candidates: int = 32           # rows per style measure re-ranked exactly (each reads a 323 KB style row)
     wide_candidates: int = 128     # rows per measure whose feature and mask components are computed exactly
+    wide_rows: int = 1024          # ... and at least this many rows in all, shared by the measures asked for
     normaliser_candidates: int = 16  # rows measured exactly to find each max-normaliser
     fit_rows: int = 10_000         # PCA fitted on a random sample of this many rows
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if min(self.style_dims, self.feature_dims, self.mask_grid, self.candidates, self.wide_candidates,
+        if min(self.style_dims, self.feature_dims, self.mask_grid, self.candidates, self.wide_candidates, self.wide_rows,
                self.normaliser_candidates) < 1 or self.sketch_dims < 0:
             raise ConfigError("fast-mode sizes must be positive (sketch_dims may be 0)")

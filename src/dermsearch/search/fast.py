@@ -17,8 +17,8 @@ style vector), so at 100,000 images a query reads 33 GB. Fast mode reads instead
 
 and with them estimates every component for every candidate. Then, per requested measure:
 
-- stage A: the best ``wide_candidates`` rows by the estimates get their feature and mask components
-  computed exactly (6 KB a row);
+- stage A: the best ``wide_candidates`` rows by the estimates (more when fewer measures are asked
+  for: ``wide_rows`` in all) get their feature and mask components computed exactly (6 KB a row);
 - stage B (measures with style): those rows are re-scored with the exact feature and mask parts and
   the style estimate, and the best ``candidates`` get their exact style vectors read (323 KB a row,
   positioned reads of a memory-mappable file, several threads);
@@ -27,10 +27,12 @@ and the returned rows are ranked and scored with exact vectors only (the exact e
 rows).
 
 The max-normalisers (ES and SS divide by the largest distance over all candidates) are found the
-same way: the ``normaliser_candidates`` rows with the largest estimated distance are measured
-exactly. The PCA residual gives every row a guaranteed interval for its distance,
-``|d² − est| ≤ 2·r_x·r_q`` (Cauchy-Schwarz on the residuals), so each query knows whether its
-normaliser is certified exact: no unchecked row's upper bound exceeds the exact maximum found.
+same way: the ``normaliser_candidates`` rows with the largest upper bound on their distance are
+measured exactly. The PCA residual gives every row a guaranteed interval for its distance,
+``|d² − est| ≤ 2·r_x·r_q`` (Cauchy-Schwarz on the residuals; the sketch, an estimate, plays no part
+here), so each query knows whether its normaliser is certified exact: no unchecked row's upper
+bound exceeds the exact maximum found. While some do, up to ``NORMALISER_ROUNDS`` more rounds
+measure the rows with the largest such bounds.
 When it is not certified, the returned ES/SS are still within a stated bound of the exact ones
 (:attr:`FastResult.normaliser_bounds`, tested in ``tests/test_fast.py``).
 
@@ -83,6 +85,7 @@ FAST_FORMAT = 2          # 2: residual sketches
 RESIDENT = ("feature_proj", "style_proj", "feature_csq", "style_csq", "feature_resid", "style_resid",
             "feature_sqnorms", "style_sqnorms", "mask_cells", "mask_areas", "style_sketch")
 RESIDENT_EXACT_BYTES = 2 << 30
+NORMALISER_ROUNDS = 3       # extra rounds of exact checks for a normaliser not yet certified
 SMALL = ("ids", "feature_mean", "feature_basis", "style_mean", "style_basis", "style_sketch_order",
          "style_sketch_signs", "style_sketch_basis")
 
@@ -477,10 +480,10 @@ class FastIndex:
 
         # stage A: the best `wide_candidates` rows of every measure by the estimates; their feature
         # and mask components are then computed exactly (6 KB a row)
-        wide = {}
+        wide, per_measure = {}, max(cfg.wide_candidates, cfg.wide_rows // len(measures))
         for m in measures:
             est_scores[m][invalid] = -np.inf
-            wide[m] = largest(est_scores[m], cfg.wide_candidates)
+            wide[m] = largest(est_scores[m], per_measure)
         rerank = np.unique(np.concatenate(list(wide.values()) + list(check_rows.values())))
         raw = self._exact_raw(query, rerank, with_style=False)
         # stage B (style measures): re-score stage A's rows with their exact feature and mask
@@ -524,6 +527,18 @@ class FastIndex:
             found = float(np.nanmax(np.where(in_valid, vals, np.nan)))
             unchecked_hi = upper[comp_name].copy()
             unchecked_hi[known_rows] = -np.inf
+            # rows whose upper bound still exceeds the largest exact value: measure them too (the
+            # largest bounds first, a few rounds), so that the normaliser is certified more often;
+            # such far rows matter only for the maximum, not for any top k
+            for _ in range(NORMALISER_ROUNDS):
+                over = np.flatnonzero(unchecked_hi > found)
+                if not over.size:
+                    break
+                more = np.sort(over[np.argsort(-unchecked_hi[over], kind="stable")[:cfg.normaliser_candidates]])
+                exact_more = (self._exact_raw(query, more, with_style=True)["style"] if comp_name == "style"
+                              else self._exact_raw(query, more, with_style=False)["euclidean"] ** 2)
+                found = max(found, float(exact_more.max()))
+                unchecked_hi[more] = -np.inf
             hi = max(found, float(unchecked_hi.max()))
             certified[comp_name] = hi <= found
             root = (lambda v: v) if comp_name == "style" else np.sqrt
