@@ -24,6 +24,6 @@ class FastConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if min(self.style_dims, self.feature_dims, self.mask_grid, self.candidates, self.wide_candidates, self.wide_rows,
-               self.normaliser_candidates) < 1 or self.sketch_dims < 0:
+        if min(self.style_dims, self.feature_dims, self.mask_grid, self.candidates, self.wide_candidates,
+               self.wide_rows, self.normaliser_candidates) < 1 or self.sketch_dims < 0:
             raise ConfigError("fast-mode sizes must be positive (sketch_dims may be 0)")
