@@ -33,6 +33,34 @@ def lesion_image(seed: int, size: int = 96) -> Image.Image:
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
+def labelled_archive(root: Path, rows: list[dict], folder: str = "images") -> Path:
+    """Write a labelled archive under ``root``: one synthetic lesion image per row (``seed``,
+    default its position) at ``folder/<file>`` (``file``, default ``<image_id>.png``) and a
+    ``labels.csv`` with ``image_id``, ``image_path`` and the rows' other columns. Returns the CSV."""
+    import csv
+
+    (root / folder).mkdir(parents=True, exist_ok=True)
+    columns = ["image_id", "image_path"] + [c for c in rows[0] if c not in ("image_id", "seed", "file")]
+    out = []
+    for i, row in enumerate(rows):
+        path = f"{folder}/{row.get('file', row['image_id'] + '.png')}"
+        lesion_image(row.get("seed", i)).save(root / path)
+        out.append({**{k: v for k, v in row.items() if k not in ("seed", "file")}, "image_path": path})
+    with open(root / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, columns)
+        w.writeheader()
+        w.writerows(out)
+    return root / "labels.csv"
+
+
+def indexed_archive(root: Path, rows: list[dict], extractor, folder: str = "images") -> Path:
+    """:func:`labelled_archive`, indexed with ``extractor`` into ``root/ix``; returns the index directory."""
+    from dermsearch.index.build import build_index
+
+    build_index(labelled_archive(root, rows, folder), root / "ix", extractor=extractor)
+    return root / "ix"
+
+
 @pytest.fixture(scope="session")
 def tiny_extractor():
     """One torch extractor of the tiny model for the whole session (building one costs seconds)."""

@@ -20,10 +20,9 @@ from dermsearch.evaluate.metrics import (
     vote_auc,
 )
 from dermsearch.evaluate.rating import score_ratings, write_rating_sheet
-from dermsearch.index.build import build_index
 from dermsearch.search import Searcher
 
-from .conftest import lesion_image
+from .conftest import indexed_archive, lesion_image
 
 
 def test_precision_and_ap_hand_values():
@@ -61,17 +60,10 @@ def test_bootstrap_ci_contains_point_and_is_deterministic():
 @pytest.fixture(scope="module")
 def lesion_index(tiny_extractor, tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    (root / "images").mkdir()
     diags = ["nv", "mel", "bkl"]
-    with open(root / "labels.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image_id", "image_path", "diagnosis", "lesion_id"])
-        for i in range(18):
-            lesion_image(i).save(root / "images" / f"e{i}.png")  # images 2j and 2j+1: one lesion
-            w.writerow([f"e{i}", f"images/e{i}.png", diags[(i // 2) % 3], f"L{i // 2}"])
-    extractor = tiny_extractor
-    build_index(root / "labels.csv", root / "ix", extractor=extractor)
-    return root, Searcher(root / "ix", extractor=extractor)
+    rows = [{"image_id": f"e{i}", "diagnosis": diags[(i // 2) % 3], "lesion_id": f"L{i // 2}"}   # 2j, 2j+1: one lesion
+            for i in range(18)]
+    return root, Searcher(indexed_archive(root, rows, tiny_extractor), extractor=tiny_extractor)
 
 
 def test_rankings_equal_searcher_and_exclude_same_lesion(lesion_index):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-
 import numpy as np
 import pytest
 
@@ -12,25 +10,15 @@ from dermsearch.index.build import build_index
 from dermsearch.search import MEASURES, Filters, Searcher
 from dermsearch.search.measures import max_normalised
 
-from .conftest import lesion_image
+from .conftest import indexed_archive
 
 
 @pytest.fixture(scope="module")
 def labelled_index(tiny_extractor, tmp_path_factory):
     root = tmp_path_factory.mktemp("labelled")
-    (root / "images").mkdir()
-    rows = []
-    for i in range(12):
-        lesion_image(i).save(root / "images" / f"x{i}.png")
-        rows.append([f"x{i}", f"images/x{i}.png", "mel" if i % 3 == 0 else "nv", f"L{i // 2}",
-                     "female" if i % 2 else "male", str(20 + 5 * i)])
-    with open(root / "labels.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image_id", "image_path", "diagnosis", "lesion_id", "sex", "age"])
-        w.writerows(rows)
-    extractor = tiny_extractor
-    build_index(root / "labels.csv", root / "ix", extractor=extractor)
-    return root, Searcher(root / "ix", extractor=extractor)
+    rows = [{"image_id": f"x{i}", "diagnosis": "mel" if i % 3 == 0 else "nv", "lesion_id": f"L{i // 2}",
+             "sex": "female" if i % 2 else "male", "age": str(20 + 5 * i)} for i in range(12)]
+    return root, Searcher(indexed_archive(root, rows, tiny_extractor), extractor=tiny_extractor)
 
 
 def test_self_query_ranks_itself_first(labelled_index):

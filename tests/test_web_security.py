@@ -14,13 +14,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from dermsearch.index.build import build_index
 from dermsearch.search import Searcher
 from dermsearch.web.app import WebConfig, create_app
 from dermsearch.web.auth import TokenStore
 from dermsearch.web.security import CSP
 
-from .conftest import lesion_image, running_server
+from .conftest import indexed_archive, lesion_image, running_server
 
 HOSTILE_IDS = ['x" onerror="alert(1)', "<img src=x onerror=alert(2)>", "a'b?c#d", "plain"]
 
@@ -29,16 +28,11 @@ HOSTILE_IDS = ['x" onerror="alert(1)', "<img src=x onerror=alert(2)>", "a'b?c#d"
 def hostile_index(tiny_extractor, tmp_path_factory):
     """Ids, diagnoses and metadata that would run script if a page built markup from them."""
     root = tmp_path_factory.mktemp("hostile")
-    with open(root / "labels.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image_id", "image_path", "diagnosis", "lesion_id", "sex"])
-        for i, image_id in enumerate(HOSTILE_IDS * 2):
-            lesion_image(i).save(root / f"i{i}.png")
-            w.writerow([f"{image_id}{i}", f"i{i}.png", "<img src=x onerror=alert(3)>" if i % 2 else "nv",
-                        f"L{i}", '"><script>alert(4)</script>'])
-    extractor = tiny_extractor
-    build_index(root / "labels.csv", root / "ix", extractor=extractor)
-    return root, extractor
+    rows = [{"image_id": f"{image_id}{i}", "file": f"i{i}.png", "diagnosis": "<img src=x onerror=alert(3)>"
+             if i % 2 else "nv", "lesion_id": f"L{i}", "sex": '"><script>alert(4)</script>'}
+            for i, image_id in enumerate(HOSTILE_IDS * 2)]
+    indexed_archive(root, rows, tiny_extractor, folder=".")
+    return root, tiny_extractor
 
 
 def _app(hostile_index, **cfg):
