@@ -18,6 +18,7 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DERMSEARCH_CACHE", str(tmp_path))
     monkeypatch.delenv("DERMSEARCH_KERNEL", raising=False)
     monkeypatch.setattr(kernels, "_CHOICE", None)
+    monkeypatch.setattr(kernels, "_CHOOSER", None)
     return tmp_path / "kernels.json"
 
 
@@ -72,7 +73,45 @@ def test_large_matrices_use_the_calibrated_kernel_and_engines_record_it(cache, c
     F = rng.normal(size=(130, 16)).astype(np.float32)
     S = rng.normal(size=(130, 65_536)).astype(np.float32)
     engine = ExactEngine(F, S)
-    assert engine.kernel == choice and engine.product is kernels.KERNELS[choice]
+    assert engine.kernel == choice and engine.product is kernels.tuned_products
+    assert ExactEngine(F[:, :8], None).product is kernels.KERNELS["numpy"]
+
+
+def test_the_chooser_switches_to_the_kernel_that_reads_faster_in_use(cache):
+    switches = []
+    c = kernels.KernelChooser("numpy", ["numpy", "torch"], explore_every=3, window=5, min_samples=3,
+                              on_switch=lambda name, rates: switches.append((name, rates)))
+    seconds = {"numpy": 0.2, "torch": 0.1}            # torch reads twice as fast in use
+    picks = []
+    for _ in range(40):
+        name = c.pick()
+        picks.append(name)
+        c.record(name, 10**9, seconds[name])
+    assert c.current == "torch" and c.switches == 1 and switches[0][0] == "torch"
+    assert switches[0][1] == {"numpy": 5.0, "torch": 10.0}                  # GB/s medians
+    assert picks[:3] == ["numpy", "numpy", "torch"]                         # every 3rd call explores
+    # and it stays when the serving kernel is the faster one
+    seconds = {"numpy": 0.3, "torch": 0.1}
+    for _ in range(30):
+        name = c.pick()
+        c.record(name, 10**9, seconds[name])
+    assert c.current == "torch" and c.switches == 1
+
+
+def test_tuned_products_record_large_single_queries_and_write_a_switch(cache, monkeypatch):
+    _cached_choice(cache, "numpy")
+    monkeypatch.setattr(kernels, "_CHOOSER", None)
+    monkeypatch.setattr(kernels, "last_level_cache_bytes", lambda: 0)
+    c = kernels.chooser()
+    assert c.current == "numpy"
+    X = np.random.default_rng(0).normal(size=(300, 65_536)).astype(np.float32)     # 79 MB > 64 MB
+    q = np.ones((1, 65_536), np.float32)
+    kernels.tuned_products(q, X)
+    kernels.tuned_products(np.ones((4, 65_536), np.float32), X)                  # a batch: not timed
+    assert sum(len(r) for r in c.rates.values()) == 1
+    c.on_switch("torch", {"numpy": 1.0, "torch": 2.0})
+    on_disk = json.loads(cache.read_text())
+    assert on_disk["choice"] == "torch" and on_disk["switched_in_use"]["median_gb_s"]["torch"] == 2.0
 
 
 def test_the_environment_overrides_the_calibration(cache, monkeypatch):

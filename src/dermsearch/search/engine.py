@@ -14,6 +14,7 @@ float64, so near-duplicate distances keep full precision (``docs/performance.md`
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -21,7 +22,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from ..extract.vectors import Vectors
-from .kernels import KERNELS, kernel_for
+from .kernels import KERNELS, SMALL_PRODUCT, chooser, tuned_products
 from .measures import (
     COMPONENTS,
     cosine_new,
@@ -175,19 +176,32 @@ class ExactEngine:
     def __init__(self, features: np.ndarray, styles: np.ndarray | None = None, masks: np.ndarray | None = None,
                  mask_areas: np.ndarray | None = None, feature_sqnorms: np.ndarray | None = None,
                  style_sqnorms: np.ndarray | None = None, product=None, kernel: str | None = None):
-        """``product``: a ``Q @ Xᵀ`` function; else ``kernel`` (numpy or torch; default: by the widest
-        matrix's size, :func:`kernel_for`)."""
+        """``product``: a ``Q @ Xᵀ`` function; else ``kernel`` (numpy or torch; default: numpy for
+        small matrices, else the kernel this process's :class:`~dermsearch.search.kernels.KernelChooser`
+        picks: the calibrated one, kept checked while the process runs)."""
         if product is None:
             width = max(features.shape[1], 0 if styles is None else styles.shape[1])
-            kernel = kernel or kernel_for(features.shape[0], width)
-            product = KERNELS[kernel]
-        self.product, self.kernel = product, kernel
+            if kernel is not None:
+                product = KERNELS[kernel]
+            elif features.shape[0] * width < SMALL_PRODUCT:
+                kernel, product = "numpy", KERNELS["numpy"]
+            else:
+                product = tuned_products
+        self.product, self._kernel = product, kernel
+
         self.features, self.styles, self.masks = features, styles, masks
         self.mask_areas = None if mask_areas is None else np.asarray(mask_areas)
         # ||x||² per row, float64, computed once per index version
         self.feature_sqnorms = row_sqnorms(features) if feature_sqnorms is None else feature_sqnorms
         self.style_sqnorms = None if styles is None else (
             row_sqnorms(styles) if style_sqnorms is None else style_sqnorms)
+
+    @property
+    def kernel(self) -> str | None:
+        """The kernel serving this engine's products now (None for a given product function)."""
+        if self.product is tuned_products:
+            return os.environ.get("DERMSEARCH_KERNEL") or chooser().current
+        return self._kernel
 
     @classmethod
     def of(cls, vectors: Vectors, **kwargs) -> ExactEngine:

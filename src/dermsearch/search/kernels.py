@@ -8,6 +8,11 @@ both on a matrix larger than the last-level cache, once per machine, and caches 
 (``~/.cache/dermsearch/kernels.json``, or ``$DERMSEARCH_CACHE``), keyed by CPU model, core count
 and library versions. ``DERMSEARCH_KERNEL=numpy|torch`` overrides it.
 
+A process keeps checking the choice (:class:`KernelChooser`): on a shared host the faster kernel
+changed within hours (docs/performance.md), so every few dozen single-query products over a
+matrix larger than the cache run on the other kernel, and the kernel whose recent products read
+faster serves; a switch is written back to the cache.
+
 Small matrices (below ``SMALL_PRODUCT`` values) always use numpy: there the read costs nothing
 and importing torch (~1 s) would cost a small index's search far more than the search itself.
 """
@@ -32,7 +37,7 @@ from ..errors import ConfigError
 
 __all__ = ["KERNELS", "SMALL_PRODUCT", "numpy_products", "torch_products", "kernel_for", "products", "calibrate",
            "calibration", "cpu_model", "measure", "last_level_cache_bytes", "row_parallel_products",
-           "blas_single_threaded"]
+           "blas_single_threaded", "KernelChooser", "chooser", "tuned_products"]
 
 SMALL_PRODUCT = 8_000_000        # values below which a matrix is "small" (numpy, one thread is enough)
 CALIBRATION_FORMAT = 1
@@ -213,6 +218,95 @@ def kernel_for(rows: int, width: int) -> str:
 def products(Q: np.ndarray, X: np.ndarray) -> np.ndarray:
     """``Q @ Xᵀ`` in float32 with the kernel for X's size (:func:`kernel_for`)."""
     return KERNELS[kernel_for(*np.shape(X))](Q, X)
+
+
+# ------------------------------------------------------------------- the choice, kept honest
+class KernelChooser:
+    """Which kernel serves the large products of this process, checked while it runs.
+
+    It starts from ``first`` (the calibrated choice). Every ``explore_every``-th :meth:`pick`
+    returns the other kernel; :meth:`record` keeps each kernel's read rate (bytes/s) over its last
+    ``window`` products, and once both have ``min_samples``, the other kernel takes over when its
+    median is faster by more than ``margin``. Only comparable products are recorded (one query,
+    a matrix larger than the cache: what an exact search mostly is)."""
+
+    def __init__(self, first: str, names: list[str] | None = None, explore_every: int = 24, window: int = 5,
+                 min_samples: int = 3, margin: float = 0.05, on_switch: Callable[[str, dict], None] | None = None):
+        from collections import deque
+
+        self.current, self.names = first, list(names or _available())
+        self.explore_every, self.min_samples, self.margin = explore_every, min_samples, margin
+        self.on_switch = on_switch
+        self.rates = {n: deque(maxlen=window) for n in self.names}
+        self.calls, self.switches = 0, 0
+        self._lock = threading.Lock()
+
+    def pick(self) -> str:
+        with self._lock:
+            self.calls += 1
+            if len(self.names) > 1 and self.calls % self.explore_every == 0:
+                return next(n for n in self.names if n != self.current)
+            return self.current
+
+    def record(self, name: str, nbytes: int, seconds: float) -> None:
+        switched = None
+        with self._lock:
+            self.rates[name].append(nbytes / max(seconds, 1e-9))
+            ready = {n: statistics.median(r) for n, r in self.rates.items() if len(r) >= self.min_samples}
+            best = max(ready, key=ready.get) if ready else self.current
+            if best != self.current and self.current in ready and ready[best] > ready[self.current] * (1 + self.margin):
+                self.current, self.switches = best, self.switches + 1
+                switched = {n: round(v / 1e9, 2) for n, v in ready.items()}
+        if switched is not None and self.on_switch is not None:
+            self.on_switch(best, switched)
+
+
+_CHOOSER: KernelChooser | None = None
+
+
+def _remember_switch(choice: str, gb_s: dict) -> None:
+    """Write a switch made in use into the calibration cache (so the next process starts with it)."""
+    path = _cache_path()
+    record = _read(path)
+    if record is None or record.get("machine") != _machine_key():
+        return
+    record.update(choice=choice, switched_in_use={"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                                  "median_gb_s": gb_s})
+    try:
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def chooser() -> KernelChooser:
+    """This process's :class:`KernelChooser`, started from :func:`calibration`."""
+    global _CHOOSER
+    first = calibration()
+    with _CHOICE_LOCK:
+        if _CHOOSER is None:
+            _CHOOSER = KernelChooser(first, on_switch=_remember_switch)
+        return _CHOOSER
+
+
+def tuned_products(Q: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """``Q @ Xᵀ`` in float32 for a large X with the kernel :func:`chooser` picks (or the one
+    ``$DERMSEARCH_KERNEL`` forces); one-query products over a matrix larger than the cache are
+    timed for it. Both kernels agree to float32 rounding (tested)."""
+    forced = os.environ.get("DERMSEARCH_KERNEL")
+    if forced:
+        return KERNELS[calibration()](Q, X)
+    c = chooser()
+    X = np.asarray(X) if not hasattr(X, "nbytes") else X
+    timed = np.ndim(Q) == 1 or np.shape(Q)[0] == 1
+    timed = timed and X.nbytes > max(64 << 20, last_level_cache_bytes())
+    name = c.pick() if timed else c.current
+    t = time.perf_counter()
+    out = KERNELS[name](Q, X)
+    if timed:
+        c.record(name, X.nbytes, time.perf_counter() - t)
+    return out
 
 
 # ------------------------------------------------------------ fast mode's row-parallel products
