@@ -123,3 +123,18 @@ def test_tiny_paper_preset_trains_and_indexes_end_to_end(tmp_path, capsys):
     ix = Index.open(tmp_path / "ix")
     assert len(ix) == 12 and ix.extractor_config.backbone == "efficientnet-b6"
     assert ix.manifest["feature_dim"] == 1024
+
+
+def test_one_ensemble_description_for_the_file_the_extractor_and_the_trainer():
+    from dermsearch.models.description import EnsembleDescription
+    from dermsearch.models.ensemble import default_ensemble_path
+
+    shipped = read_ensemble_spec(default_ensemble_path()).description()
+    # the packaged file, the default extractor, the extractor read from the file and the default
+    # training run describe the same ensemble (the defaults are what ships)
+    assert shipped == ExtractorConfig().description() == ExtractorConfig.for_weights("default").description()
+    assert ClassifierTrainConfig().description() == shipped
+    assert get_preset("paper").classifier.description().differences(shipped) == {
+        "backbone": ("efficientnet-b6", "efficientnet-lite0"), "image_size": (384, 224),
+        "normalization": ("imagenet", "tf")}
+    assert EnsembleDescription.of("efficientnet-b0", 1, 8, 32).normalization == "imagenet"

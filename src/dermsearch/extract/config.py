@@ -93,15 +93,21 @@ class ExtractorConfig:
             return cls(**{**base, **overrides})
         from ..models.ensemble import default_ensemble_path, read_ensemble_spec
 
-        spec = read_ensemble_spec(default_ensemble_path() if weights == "default" else weights)
-        base = {"weights": weights, "feature": "ensemble", "backbone": spec.backbone, "members": spec.members,
-                "feature_dim": spec.feature_dim, "image_size": spec.image_size}
+        d = read_ensemble_spec(default_ensemble_path() if weights == "default" else weights).description()
+        base = {"weights": weights, "feature": "ensemble", "backbone": d.backbone, "members": d.members,
+                "feature_dim": d.feature_dim, "image_size": d.image_size,
+                "colour": d.colour,                 # the network sees what it was trained on
+                "normalization": "auto" if d.normalization == backbone_normalization(d.backbone) else d.normalization}
         if weights != "default":      # the fitted layer weights belong to the packaged model
             base.update(PAPER_STYLE)
-        base["colour"] = (spec.train or {}).get("colour", "none")   # the network sees what it was trained on
-        auto = backbone_normalization(spec.backbone)
-        base["normalization"] = "auto" if spec.normalization == auto else spec.normalization
         return cls(**{**base, **overrides})
+
+    def description(self):
+        """The ensemble this config describes (:class:`~dermsearch.models.description.EnsembleDescription`)."""
+        from ..models.description import EnsembleDescription
+
+        return EnsembleDescription.of(self.backbone, self.members, self.feature_dim, self.image_size,
+                                      self.normalization, self.colour)
 
     @property
     def resolved_normalization(self) -> str:

@@ -162,13 +162,8 @@ class Extractor:
             return EnsembleFeatureNet(members, cfg.feature_dim)
         path = default_ensemble_path() if cfg.weights == "default" else Path(cfg.weights)
         net, spec = load_ensemble(path)
-        got = {"backbone": spec.backbone, "members": spec.members, "feature_dim": spec.feature_dim,
-               "image_size": spec.image_size, "normalization": spec.normalization,
-               "colour": (spec.train or {}).get("colour", "none")}
-        want = {"backbone": cfg.backbone, "members": cfg.members, "feature_dim": cfg.feature_dim,
-                "image_size": cfg.image_size, "normalization": cfg.resolved_normalization, "colour": cfg.colour}
-        if got != want:
-            diff = {k: (want[k], got[k]) for k in got if got[k] != want[k]}
+        diff = cfg.description().differences(spec.description())
+        if diff:
             raise ConfigError(f"{path}: the settings disagree with the trained ensemble (config, file): {diff}; "
                              "use ExtractorConfig.for_weights() to read them from the file")
         net.spec = spec

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..names import TTA_VIEWS
+from .description import EnsembleDescription
 from .efficientnet import Backbone
 from .registry import create_backbone
 from .weights import WeightsNotFoundError, read_metadata, save_checkpoint
@@ -84,6 +85,11 @@ class EnsembleSpec:
     normalization: str = "tf"
     train: dict = field(default_factory=dict)    # the resolved training config
     metrics: dict = field(default_factory=dict)  # validation figures at save time
+
+    def description(self) -> EnsembleDescription:
+        """What the file's networks are (:class:`~dermsearch.models.description.EnsembleDescription`)."""
+        return EnsembleDescription.of(self.backbone, self.members, self.feature_dim, self.image_size,
+                                      self.normalization, (self.train or {}).get("colour", "none"))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

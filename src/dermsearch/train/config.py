@@ -108,6 +108,14 @@ class ClassifierTrainConfig:
         if not self.labels:
             raise ConfigError("an ensemble is trained on a labels CSV: set labels")
 
+    def description(self):
+        """The ensemble this run trains (:class:`~dermsearch.models.description.EnsembleDescription`);
+        the file it writes carries the same (its spec is built from these fields)."""
+        from ..models.description import EnsembleDescription
+
+        return EnsembleDescription.of(self.backbone, self.members, self.feature_dim, self.image_size,
+                                      self.normalization, self.colour)
+
     @property
     def column(self) -> str:
         return self.label_column or self.target
