@@ -21,7 +21,7 @@ import torch
 from _common import emit, machine
 
 from dermsearch.extract.vectors import Vectors
-from dermsearch.search.device import DeviceEngine
+from dermsearch.search.device import DeviceEngine, popcount_table
 from dermsearch.search.engine import ExactEngine, Query
 from dermsearch.search.measures import MEASURES
 
@@ -44,7 +44,7 @@ def main() -> None:
         emit({"benchmark": "gpu", "skipped": "torch sees no CUDA GPU here", "machine": machine()})
         return
     F, S, M = synthetic(args.rows, args.device)
-    popcount = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32, device=args.device)
+    popcount = popcount_table(args.device)
     lut_areas = popcount[M.long()].sum(1).double()
     engine = DeviceEngine.from_tensors(F, S, M, lut_areas)        # the tensors are already on the device
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)

@@ -20,7 +20,15 @@ from ..extract.vectors import Vectors
 from .engine import QueryRanking, Ranked, rank_rows
 from .measures import COMPONENTS, RECHECK_FRACTION
 
-__all__ = ["DeviceEngine"]
+__all__ = ["DeviceEngine", "popcount_table"]
+
+
+def popcount_table(device):
+    """[256] int32 tensor on ``device``: the number of set bits of every byte value (masks are
+    bit-packed bytes; indexing this table with them counts pixels on any device)."""
+    import torch
+
+    return torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32, device=device)
 
 
 class DeviceEngine:
@@ -49,15 +57,13 @@ class DeviceEngine:
         return engine
 
     def _setup(self, features, styles, masks, mask_areas, host) -> None:
-        import torch
 
         self.device = features.device
         self.host = host                                 # the stored rows, readable on the host
         self.features, self.styles, self.masks, self.mask_areas = features, styles, masks, mask_areas
         self.feature_sqnorms = self._sqnorms(features)
         self.style_sqnorms = None if styles is None else self._sqnorms(styles)
-        self._popcount = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32,
-                                      device=self.device)
+        self._popcount = popcount_table(self.device)
 
     def _sqnorms(self, X):
         import torch

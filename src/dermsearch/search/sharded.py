@@ -303,16 +303,17 @@ class ShardedEngine:
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
             raise IndexError(f"rows outside 0..{len(self) - 1}")
         where = np.searchsorted([sh.stop for sh in self.shards], rows, side="right")
-        parts, picked = [], []
-        for n in np.unique(where):
-            sh, sel = self.shards[n], np.flatnonzero(where == n)
-            local = (rows[sel] - sh.start).tolist()
-            parts.append(self._retrying(f"fetching {len(sel)} rows", lambda sh=sh, local=local: self._gather(
-                [self._submit(_shard_rows, sh, local)], [sh])[0]))
-            picked.append(sel)
-        if not parts:
+        groups = [(self.shards[n], np.flatnonzero(where == n)) for n in np.unique(where)]
+        if not groups:
             raise IndexError("no rows asked for")
-        return Vectors.concat(parts).take(np.argsort(np.concatenate(picked), kind="stable"))
+
+        def fetch() -> list[Vectors]:           # every shard's request in flight at once
+            return self._gather([self._submit(_shard_rows, sh, (rows[sel] - sh.start).tolist()) for sh, sel in groups],
+                                [sh for sh, _ in groups])
+
+        parts = self._retrying(f"fetching {rows.size} rows", fetch)
+        picked = np.concatenate([sel for _, sel in groups])
+        return Vectors.concat(parts).take(np.argsort(picked, kind="stable"))
 
     def close(self) -> None:
         for sh in self.shards:
