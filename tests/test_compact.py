@@ -96,6 +96,16 @@ def test_fast_mode_files_are_carried_over(tmp_path, tiny_extractor, capsys):
     again = Searcher(ix, extractor=tiny_extractor, mode="fast")     # no 'optimize' needed
     assert again.snapshot.version == out["version_after"] and _results(again) == before
     assert set(before[next(iter(before))]) == set(MEASURES)
+    # files of an older format are not carried over (compaction succeeds; 'optimize' writes new ones)
+    build_index(folder, ix, extractor=tiny_extractor, config=SMALL_COMMITS)
+    _add_images(folder, range(12, 14))
+    build_index(folder, ix, extractor=tiny_extractor, config=SMALL_COMMITS)
+    optimize(Index.open(ix), FastConfig(style_dims=4, feature_dims=4, mask_grid=4, candidates=8))
+    again.close()
+    (info_path := next((ix / "fast").iterdir()) / "fast.json").write_text(
+        json.dumps({**json.loads(info_path.read_text()), "format": 1}))
+    assert main(["compact", str(ix), "--json"]) == 0
+    assert not json.loads(capsys.readouterr().out)["fast_mode_files"]
 
 
 def test_leases_of_dead_processes_and_other_hosts(tmp_path):

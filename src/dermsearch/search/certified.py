@@ -21,7 +21,8 @@ interval for LS, hence for SS (once the max-normaliser is known) and for each me
    exactly; no other row can be in the top k (its best case is below k rows' worst case).
 
 "Exactly" means in float64 from the float32 rows (``Σ (q − x)²``), so the returned style ranking
-is the float64 reference's; ES, CSnew and DC come from the float32 engine as in exact search. A
+is the float64 reference's; ES, CSnew and DC come from float32 products (torch's; exact search's
+kernel may be numpy's, so they can differ from its in float32 rounding). A
 query whose bound leaves more than ``max_checked`` rows open, or ``k = 0``, is searched by the
 exact engine instead, and its notes say so. On HAM10000 a query checks a few dozen rows.
 
@@ -139,7 +140,7 @@ class CertifiedEngine:
             raise ConfigError("a certified style pass needs style vectors (the index stores none)")
         if not _bf16_accumulates_in_float32():
             raise ConfigError("this torch build does not sum bfloat16 products in float32: use exact mode")
-        self.exact, self.max_checked, self.kernel = exact, max_checked, exact.kernel
+        self.exact, self.max_checked = exact, max_checked
         n, self.width = exact.styles.shape
         saved = _read_certified(Path(files), n, self.width) if files is not None else None
         if saved is None:
@@ -148,7 +149,7 @@ class CertifiedEngine:
         else:
             self.mu, bits, per_row = saved
         self.stored = saved is not None
-        # the features and masks (ES, CSnew, DC) in float32 as in exact search, products by torch:
+        # the features and masks (ES, CSnew, DC) in float32 like exact search, products by torch:
         # numpy's BLAS threads would spin on after their product, on the cores the bfloat16
         # product needs next (82 vs 119 ms a query at N = 10,015 on 2 cores)
         self.cheap = ExactEngine(exact.features, None, exact.masks, exact.mask_areas, exact.feature_sqnorms,
@@ -157,6 +158,11 @@ class CertifiedEngine:
         self.c_sq, self.err, self.low_norm = per_row[:, 0], per_row[:, 1], per_row[:, 2]
 
     # ------------------------------------------------------------------ contract
+    @property
+    def kernel(self) -> str:
+        """The kernel of the float32 products (features and masks; the style pass is bfloat16)."""
+        return "torch"
+
     def __len__(self) -> int:
         return len(self.exact)
 

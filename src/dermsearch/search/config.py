@@ -18,7 +18,7 @@ class FastConfig:
     mask_grid: int = 16            # mask cells per side for the Dice estimate
     candidates: int = 32           # rows per style measure re-ranked exactly (each reads a 323 KB style row)
     wide_candidates: int = 128     # rows per measure whose feature and mask components are computed exactly
-    wide_rows: int = 1024          # ... and at least this many rows in all, shared by the measures asked for
+    wide_rows: int = 1024          # ... or wide_rows / (measures asked for), if more (one measure alone: 1024)
     normaliser_candidates: int = 16  # rows measured exactly to find each max-normaliser
     fit_rows: int = 10_000         # PCA fitted on a random sample of this many rows
     seed: int = 0

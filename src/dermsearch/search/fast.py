@@ -17,8 +17,9 @@ style vector), so at 100,000 images a query reads 33 GB. Fast mode reads instead
 
 and with them estimates every component for every candidate. Then, per requested measure:
 
-- stage A: the best ``wide_candidates`` rows by the estimates (more when fewer measures are asked
-  for: ``wide_rows`` in all) get their feature and mask components computed exactly (6 KB a row);
+- stage A: per measure, the best ``wide_candidates`` rows by the estimates (or ``wide_rows`` divided
+  by the number of measures asked for, if more; k, if more still) get their feature and mask
+  components computed exactly (6 KB a row);
 - stage B (measures with style): those rows are re-scored with the exact feature and mask parts and
   the style estimate, and the best ``candidates`` get their exact style vectors read (323 KB a row,
   positioned reads of a memory-mappable file, several threads);
@@ -207,6 +208,8 @@ class FastIndexWriter:
             np.save(self.tmp / f"{name}_basis.npy", basis)
             proj = self._mm(f"{name}_proj", np.float32, (n, basis.shape[0]))
             m = min(cfg.sketch_dims, matrix.shape[1]) if name == "style" else 0
+            if name == "style":
+                info["config"]["sketch_dims"] = m           # what was stored (at most the style width)
             if m:
                 order, signs = sketch_hash(matrix.shape[1], m, cfg.seed)
                 sketch_basis = count_sketch(basis, order, signs, m)
@@ -330,6 +333,7 @@ class FastIndex:
         self.exact = ExactEngine(arrays["features"], arrays["styles"], arrays.get("masks"), arrays.get("mask_areas"),
                                  arrays["feature_sqnorms"], arrays["style_sqnorms"])
         self.style_rows = style_rows or RowReader(directory / "styles.npy")
+        self._rerank_rows: dict[str, np.ndarray] | None = None      # see _rerank_arrays
         # float32 copies of per-row numbers every query's estimates use
         self._feature_sqnorms32 = arrays["feature_sqnorms"].astype(np.float32)
         self._feature_norms = np.sqrt(self._feature_sqnorms32)
@@ -347,19 +351,14 @@ class FastIndex:
             raise FastModeMissing(f"{directory}: fast-mode format {info.get('format')} is not {FAST_FORMAT}")
         arrays = {}
         for f in directory.glob("*.npy"):
+            if f.stem.startswith("certified_"):           # certified mode's copy (search/certified.py)
+                continue
             arrays[f.stem] = np.load(f) if f.stem in SMALL else np.load(f, mmap_mode="r")
         # the arrays every query scans are small: copy them into RAM (a memory map's pages would be
         # evicted by the exact rows streaming through the page cache, then re-read from disk)
         for name in RESIDENT:
             if name in arrays:
                 arrays[name] = np.array(arrays[name])
-        # so are the exact features and masks while they are small (6 KB a row: 0.6 GB at 100k),
-        # which a query reads for ~1,000 scattered rows: from a memory map every 4 KB page would
-        # fault in (7 ms a query at 100k)
-        if sum(arrays[n].nbytes for n in ("features", "masks") if n in arrays) <= RESIDENT_EXACT_BYTES:
-            for name in ("features", "masks"):
-                if name in arrays:
-                    arrays[name] = np.array(arrays[name])
         return cls(directory, info, arrays)
 
     def __len__(self) -> int:
@@ -368,9 +367,12 @@ class FastIndex:
     def prefix(self, n: int) -> FastIndex:
         """The same files restricted to their first ``n`` rows (the PCA bases and sketches stay the
         ones fitted on all rows): a smaller archive for benchmarks, sharing the memory."""
+        if not 0 < n <= len(self):
+            raise ConfigError(f"a prefix of {n} rows: the files hold {len(self)}")
         per_row = {k for k, v in self.arrays.items() if k not in SMALL and v.ndim >= 1 and v.shape[0] == len(self)}
-        return FastIndex(self.directory, self.info, {k: v[:n] if k in per_row or k == "ids" else v
-                                                     for k, v in self.arrays.items()}, self.style_rows)
+        return FastIndex(self.directory, {**self.info, "rows": n},
+                         {k: v[:n] if k in per_row or k == "ids" else v for k, v in self.arrays.items()},
+                         self.style_rows)
 
     def rows(self, manifest: dict) -> dict[str, np.ndarray] | None:
         """The rows' labels as Snapshot columns (paths, diagnosis, melanoma, lesion_id, meta_json),
@@ -427,7 +429,7 @@ class FastIndex:
     def _search(self, query: Query, k: int, measures: Sequence[str], valid: np.ndarray) -> FastResult:
         cfg, a = self.config, self.arrays
         rows_valid = np.flatnonzero(valid)
-        if rows_valid.size == 0:
+        if rows_valid.size == 0 or not measures:
             empty = np.zeros(0, dtype=np.int64)
             return FastResult({m: empty for m in measures}, {m: np.zeros(0) for m in measures}, {}, {}, empty, {})
         needs = {c for m in measures for c in MEASURE_COMPONENTS[m]}
@@ -480,7 +482,7 @@ class FastIndex:
 
         # stage A: the best `wide_candidates` rows of every measure by the estimates; their feature
         # and mask components are then computed exactly (6 KB a row)
-        wide, per_measure = {}, max(cfg.wide_candidates, cfg.wide_rows // len(measures))
+        wide, per_measure = {}, max(cfg.wide_candidates, cfg.wide_rows // len(measures), k)
         for m in measures:
             est_scores[m][invalid] = -np.inf
             wide[m] = largest(est_scores[m], per_measure)
@@ -500,7 +502,7 @@ class FastIndex:
             picked = []
             for m in with_style:
                 pos = np.flatnonzero(np.isin(rerank, wide[m]))
-                picked.append(top(refined_scores[m][pos], rerank[pos], cfg.candidates))
+                picked.append(top(refined_scores[m][pos], rerank[pos], max(cfg.candidates, k)))
             # and the exact top k of the measures without style (known now: their components are
             # exact for these rows), whose hits report a style too: one read for all
             nonstyle = [m for m in measures if m not in with_style]
@@ -558,6 +560,18 @@ class FastIndex:
                 comp["style"] = _components({"style": ls}, normalisers)["style"]
         return FastResult(rows_out, scores_out, comp, raw, rerank, normalisers, bounds, certified)
 
+    def _rerank_arrays(self) -> dict[str, np.ndarray]:
+        """The exact features and masks fast mode re-ranks from: copied into RAM on the first fast
+        query while they are small (6 KB a row: 0.6 GB at 100k; a query reads ~1,000 scattered rows,
+        and from a memory map every 4 KB page would fault in: 7 ms a query at 100k), else the
+        memory maps. Exact search over the same files keeps reading the memory maps."""
+        if self._rerank_rows is None:
+            a = self.arrays
+            names = [n for n in ("features", "masks") if n in a]
+            small = sum(a[n].nbytes for n in names) <= RESIDENT_EXACT_BYTES
+            self._rerank_rows = {n: np.array(a[n]) if small else a[n] for n in names}
+        return self._rerank_rows
+
     def _exact_raw(self, query: Query, rows: np.ndarray, with_style: bool) -> dict[str, np.ndarray]:
         """Exact raw values for these rows (sorted), read from the memory maps: the style loss
         only (``with_style``), or the feature and mask components."""
@@ -566,7 +580,8 @@ class FastIndex:
             sub = ExactEngine(e.features[:0], self.style_rows(rows), feature_sqnorms=a["feature_sqnorms"][:0],
                               style_sqnorms=a["style_sqnorms"][rows], product=row_parallel_products)
             return {"style": sub.raw(Query.batch([query]), ["style"])["style"][0]}
-        sub = ExactEngine(e.features[rows], None, None if e.masks is None else e.masks[rows],
+        r = self._rerank_arrays()
+        sub = ExactEngine(r["features"][rows], None, None if "masks" not in r else r["masks"][rows],
                           None if e.mask_areas is None else e.mask_areas[rows], a["feature_sqnorms"][rows],
                           product=row_parallel_products)
         return {name: v[0] for name, v in sub.raw(Query.batch([query]), ["euclidean", "cosine", "dice"]).items()}
@@ -586,9 +601,8 @@ class FastIndex:
     def rank(self, batch: Vectors, valid: np.ndarray, measures: Sequence[str], k: int) -> list[QueryRanking]:
         """The contract (:class:`~dermsearch.search.engine.Engine`), one query at a time; each
         ranking's notes say how many rows were re-ranked and whether its normalisers are certified."""
-        if k <= 0 or k > self.config.candidates:
-            raise ConfigError(f"fast mode returns at most {self.config.candidates} rows per measure "
-                              f"(k=1..{self.config.candidates}); use exact mode for k=0 or a larger k")
+        if k <= 0:
+            raise ConfigError("fast mode returns the top k rows (k >= 1); use exact mode to rank every row (k=0)")
         out = []
         for j in range(len(batch)):
             r = self.search(Query.from_row(batch, j), k, measures, valid[j])
@@ -647,6 +661,12 @@ def optimize(index, config: FastConfig = FastConfig(), progress: Callable[[str],
     Reads the index's vectors once (as an exact :class:`~dermsearch.search.Searcher` does);
     :class:`FastIndexWriter` itself writes in chunks, for archives that are built elsewhere."""
     say = progress or (lambda _m: None)
+    if certified:
+        from .certified import _bf16_accumulates_in_float32
+
+        if not _bf16_accumulates_in_float32():
+            raise ConfigError("this torch build does not sum bfloat16 products in float32: certified mode "
+                              "cannot use it, so no bfloat16 copy is written")
     say("reading the index")
     s = index.snapshot()
     m = index.manifest
@@ -681,6 +701,8 @@ def carry_forward(index, old_version: int) -> FastIndex | None:
     new = index.latest_version()
     if new == old_version or not (src / "fast.json").is_file():
         return None
+    if json.loads((src / "fast.json").read_text()).get("format") != FAST_FORMAT:
+        return None                          # files of an older format: 'optimize' writes new ones
     s = index.snapshot(vectors=False)
     if not np.array_equal(s.ids.astype(str), np.load(src / "ids.npy")):
         return None

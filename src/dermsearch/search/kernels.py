@@ -210,8 +210,9 @@ def calibration() -> str:
 
 def kernel_for(rows: int, width: int) -> str:
     """The product kernel for a ``rows`` x ``width`` matrix: numpy below ``SMALL_PRODUCT``
-    values, else this machine's calibrated kernel. One engine uses one kernel for all its
-    matrices, and a sharded engine its whole index's, so shards and a local search round alike."""
+    values, else this machine's calibrated kernel (what a sharded engine gives all its shards;
+    a local :class:`~dermsearch.search.engine.ExactEngine` uses :func:`tuned_products`, which
+    starts from the same choice and may switch in use)."""
     return "numpy" if rows * width < SMALL_PRODUCT else calibration()
 
 

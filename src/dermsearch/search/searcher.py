@@ -224,11 +224,11 @@ class Searcher:
         path = fast_dir(self.index.directory, self.index.head_version())
         try:
             return FastIndex.open(path)
-        except FastModeMissing:
+        except FastModeMissing as e:
             if self.mode == "fast":
-                raise FastModeMissing(f"{self.index.directory} has no fast-mode files for version "
-                                      f"{self.index.version}; run 'dermsearch optimize {self.index.directory}'"
-                                      ) from None
+                why = str(e) if "format" in str(e) else (f"{self.index.directory} has no fast-mode files for "
+                                                         f"version {self.index.version}")
+                raise FastModeMissing(f"{why}; run 'dermsearch optimize {self.index.directory}'") from None
             return None
 
     def row(self, image_id: str) -> int | None:
