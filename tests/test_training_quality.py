@@ -60,6 +60,9 @@ def test_shades_of_gray_batch_matches_the_image_function():
     batch = shades_of_gray_batch(torch.from_numpy(images).permute(0, 3, 1, 2))
     for i in range(3):
         assert np.array_equal(batch[i].permute(1, 2, 0).numpy(), shades_of_gray(images[i]))
+    # chunked (what keeps a whole training set in memory bounds): the same, chunk by chunk
+    chunked = shades_of_gray_batch(torch.from_numpy(images).permute(0, 3, 1, 2), chunk=2)
+    assert torch.equal(chunked, batch)
 
 
 def test_colour_is_applied_identically_at_index_and_query_time():

@@ -33,15 +33,21 @@ def shades_of_gray(image: np.ndarray, p: float = 6.0) -> np.ndarray:
     return np.clip(np.rint(x * gain), 0, 255).astype(np.uint8)
 
 
-def shades_of_gray_batch(images, p: float = 6.0):
-    """[B, 3, H, W] uint8 torch tensor -> the same, each image corrected as ``shades_of_gray`` does."""
+def shades_of_gray_batch(images, p: float = 6.0, chunk: int = 256):
+    """[B, 3, H, W] uint8 torch tensor -> the same, each image corrected as ``shades_of_gray`` does.
+
+    Works ``chunk`` images at a time (float64 intermediates are 16x the uint8 input: a whole
+    training set at once would need tens of GB)."""
     import torch
 
-    x = images.to(torch.float64)
-    e = x.pow(p).mean(dim=(2, 3)).pow(1.0 / p)                     # [B, 3]
-    norm = e.norm(dim=1, keepdim=True)
-    gain = torch.where(norm > 0, norm / (3.0 ** 0.5 * e.clamp_min(1e-6)), torch.ones_like(e))
-    return (x * gain[:, :, None, None]).round().clamp(0, 255).to(torch.uint8)
+    out = torch.empty_like(images)
+    for lo in range(0, images.shape[0], chunk):
+        x = images[lo:lo + chunk].to(torch.float64)
+        e = x.pow(p).mean(dim=(2, 3)).pow(1.0 / p)                     # [b, 3]
+        norm = e.norm(dim=1, keepdim=True)
+        gain = torch.where(norm > 0, norm / (3.0 ** 0.5 * e.clamp_min(1e-6)), torch.ones_like(e))
+        out[lo:lo + chunk] = (x * gain[:, :, None, None]).round().clamp(0, 255).to(torch.uint8)
+    return out
 
 
 def apply_colour(image: np.ndarray, method: str) -> np.ndarray:
