@@ -20,14 +20,16 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from _common import DATA, emit, machine, require
 
 from dermsearch.extract import ExtractorConfig
-from dermsearch.index.build import BuildConfig, build_index
+from dermsearch.index.build import build_index
 from dermsearch.index.distributed import build_index_dask
+from dermsearch.runtime import Runtime
 from dermsearch.search.engine import ExactEngine, Query, maxima, normalise, top_k_rows
 from dermsearch.search.fast import FastIndex
 from dermsearch.search.measures import MEASURES, measure_scores
@@ -52,7 +54,7 @@ def extraction(n: int) -> dict:
     from distributed import Client, LocalCluster
 
     labels = require(DATA / "isic-uda1" / "labels.csv")
-    cfg = BuildConfig(backend="onnx")
+    cfg = Runtime(backend="onnx")
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         src = subset(labels, n, Path(tmp))
@@ -64,11 +66,11 @@ def extraction(n: int) -> dict:
             with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                               silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
                 # warm-up: every worker loads its models once (that cost is per worker, not per image)
-                build_index_dask(src, Path(tmp) / f"warm{workers}", client, ExtractorConfig(), cfg,
-                                 chunk_size=8, worker_threads=threads)
+                build_index_dask(src, Path(tmp) / f"warm{workers}", client, ExtractorConfig(),
+                                 replace(cfg, threads=threads), chunk_size=8)
                 t = time.perf_counter()
-                build_index_dask(src, Path(tmp) / f"dask{workers}", client, ExtractorConfig(), cfg,
-                                 chunk_size=16, worker_threads=threads)
+                build_index_dask(src, Path(tmp) / f"dask{workers}", client, ExtractorConfig(),
+                                 replace(cfg, threads=threads), chunk_size=16)
                 out[f"dask_{workers}_workers_x_{threads}_threads_images_per_s"] = round(
                     n / (time.perf_counter() - t), 2)
     out["speedup_2_vs_1_workers"] = round(out["dask_2_workers_x_1_threads_images_per_s"]

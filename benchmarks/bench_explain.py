@@ -23,6 +23,7 @@ from _common import DATA, cpu_model, emit, machine
 
 from dermsearch.extract import Extractor, ExtractorConfig, load_image
 from dermsearch.extract.extractor import PAPER_STYLE
+from dermsearch.runtime import Runtime
 from dermsearch.search import Searcher
 
 
@@ -34,7 +35,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=64, help="HAM10000 images for the extraction pairing (0: skip)")
     args = ap.parse_args()
     extraction = extraction_pairing(args.images) if args.images else None
-    s = Searcher(args.index, device="cpu")
+    s = Searcher(args.index, runtime=Runtime(device="cpu"))
     rng = np.random.default_rng(0)
     ids = [str(i) for i in rng.choice(s.snapshot.ids, min(args.queries, len(s.snapshot.ids)), replace=False)]
     plain, explained, png, rows = [], [], [], []
@@ -70,8 +71,8 @@ def extraction_pairing(n: int, batch: int = 16, rounds: int = 3) -> dict | None:
 
     rows = list(csv.DictReader(open(labels)))[:n]
     images = [load_image(labels.parent / r["image_path"]) for r in rows]
-    exs = {"paper": Extractor(ExtractorConfig(**PAPER_STYLE), backend="onnx"),
-           "default": Extractor(ExtractorConfig(), backend="onnx")}
+    exs = {"paper": Extractor(ExtractorConfig(**PAPER_STYLE), Runtime(backend="onnx")),
+           "default": Extractor(ExtractorConfig(), Runtime(backend="onnx"))}
     for ex in exs.values():
         ex.extract(images[:batch])                                  # export/warm-up, untimed
     times = {k: [] for k in exs}

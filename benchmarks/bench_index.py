@@ -22,6 +22,7 @@ from dermsearch.extract import Extractor, load_image
 from dermsearch.index import Index
 from dermsearch.index.build import build_index
 from dermsearch.index.sources import read_labels_csv
+from dermsearch.runtime import Runtime
 
 
 def main() -> None:
@@ -33,8 +34,8 @@ def main() -> None:
     records, _ = read_labels_csv(labels)
     if args.limit:
         records = records[: args.limit]
-    extractor = Extractor(backend="onnx")
-    runtime = extractor.runtime          # exported once (cached), not timed
+    extractor = Extractor(runtime=Runtime(backend="onnx"))
+    runtime = extractor.ort              # exported once (cached), not timed
 
     with tempfile.TemporaryDirectory() as tmp:
         src = labels
@@ -57,7 +58,7 @@ def main() -> None:
         bare = time.perf_counter() - t0
         import torch
 
-        torch_ex = Extractor()
+        torch_ex = Extractor(runtime=Runtime(backend="torch"))
         t0 = time.perf_counter()
         with torch.inference_mode():
             for b in batches:

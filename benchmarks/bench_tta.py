@@ -18,6 +18,7 @@ from pathlib import Path
 from _common import DATA, cpu_model, emit, machine, require
 
 from dermsearch.extract import Extractor, ExtractorConfig, load_image
+from dermsearch.runtime import Runtime
 
 
 def main() -> None:
@@ -29,8 +30,8 @@ def main() -> None:
     with open(labels, newline="") as f:
         rows = [r for _, r in zip(range(a.images), csv.DictReader(f))]
     images = [load_image(Path(labels).parent / r["image_path"]) for r in rows]
-    shipped = Extractor(ExtractorConfig(), backend="onnx")
-    one = Extractor(replace(ExtractorConfig(), tta=1), backend="onnx")
+    shipped = Extractor(ExtractorConfig(), Runtime(backend="onnx"))
+    one = Extractor(replace(ExtractorConfig(), tta=1), Runtime(backend="onnx"))
     prepared = [shipped.prepare(im) for im in images]
     for ex in (one, shipped):                       # export + warm-up, untimed
         ex.extract_prepared(prepared[:2])

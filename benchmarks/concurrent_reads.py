@@ -20,7 +20,7 @@ from pathlib import Path
 from _common import REPO, machine
 
 from dermsearch.extract import Extractor
-from dermsearch.index.build import BuildConfig, build_index
+from dermsearch.index.build import build_index
 from dermsearch.search import Searcher
 
 
@@ -41,8 +41,7 @@ def main() -> None:
         for r in rows[:half]:
             w.writerow({**r, "image_path": str((args.source.parent / r["image_path"]).resolve())})
     extractor = Extractor()
-    cfg = BuildConfig(commit_every=args.commit_every)
-    build_index(first, tmp / "ix", extractor=extractor, config=cfg)
+    build_index(first, tmp / "ix", extractor=extractor, commit_every=args.commit_every)
     query = str((args.source.parent / rows[0]["image_path"]).resolve())
     stats = {"searches": 0, "inconsistent": 0, "errors": [], "sizes": set()}
     lock, done = threading.Lock(), threading.Event()
@@ -69,7 +68,7 @@ def main() -> None:
     for t in threads:
         t.start()
     t0 = time.perf_counter()
-    build_index(args.source, tmp / "ix", extractor=extractor, config=cfg)
+    build_index(args.source, tmp / "ix", extractor=extractor, commit_every=args.commit_every)
     write_s = time.perf_counter() - t0
     done.set()
     for t in threads:

@@ -28,6 +28,7 @@ import torch
 from dermsearch.extract import Extractor, ExtractorConfig, load_image
 from dermsearch.extract.gram import average_grams, style_dim, style_vector
 from dermsearch.extract.masks import pack_masks, resize_mask
+from dermsearch.runtime import Runtime
 
 MARGINS = (0.0, 0.05, 0.1, 0.2)
 
@@ -48,7 +49,7 @@ def main() -> None:
         rows = rows[: args.limit]
     n = len(rows)
     torch.set_num_threads(2)
-    ex = Extractor(ExtractorConfig(), backend="torch")
+    ex = Extractor(ExtractorConfig(), Runtime(backend="torch"))
     chans = ex.tap_channels
     sd = style_dim(chans)
     variants = ["image"] + [f"lesion-m{m:g}" for m in MARGINS] + ["skin"]

@@ -10,6 +10,7 @@ from PIL import Image
 
 from dermsearch.extract import ExtractorConfig
 from dermsearch.extract.extractor import PAPER_STYLE
+from dermsearch.runtime import Runtime
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -18,6 +19,7 @@ ISIC = SHARED / "isic-uda1"
 # A tiny, fast model configuration for unit tests (real architecture, small input).
 # The paper's style definition (the packaged default's fitted layer weights belong to the packaged model).
 TINY = ExtractorConfig(weights="random", feature="pooled", members=1, image_size=64, mask_size=32, **PAPER_STYLE)
+TORCH = Runtime(backend="torch")   # tests that compare with torch, or would otherwise wait for an ONNX export
 
 
 def lesion_image(seed: int, size: int = 96) -> Image.Image:
@@ -66,7 +68,7 @@ def tiny_extractor():
     """One torch extractor of the tiny model for the whole session (building one costs seconds)."""
     from dermsearch.extract import Extractor
 
-    return Extractor(TINY)
+    return Extractor(TINY, TORCH)
 
 
 @pytest.fixture

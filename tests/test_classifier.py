@@ -20,11 +20,12 @@ from dermsearch.extract import Extractor, ExtractorConfig
 from dermsearch.index.build import build_index
 from dermsearch.models import create_backbone
 from dermsearch.models.ensemble import EnsembleFeatureNet, default_ensemble_path, load_ensemble, read_ensemble_spec
+from dermsearch.runtime import Runtime
 from dermsearch.search import Searcher
 from dermsearch.train.classifier import ClassifierTrainConfig, train_classifier
 from dermsearch.train.losses import binary_focal_loss, multiclass_focal_loss
 
-from .conftest import REPO, SHARED, lesion_image, require_data
+from .conftest import REPO, SHARED, TORCH, lesion_image, require_data
 
 HAM = SHARED / "ham10000"
 
@@ -150,7 +151,7 @@ def test_tiny_two_phase_training_melanoma(synthetic, tmp_path):
     s = net.state_dict()
     assert not torch.equal(s["members.0.head.conv.weight"], s["members.1.head.conv.weight"])
     # the extractor uses it: the 1024-d (here 32-d) Dense feature, Grams averaged over the members
-    ex = Extractor(ExtractorConfig.for_weights(str(tmp_path / "run" / "ensemble.safetensors"), masks=False))
+    ex = Extractor(ExtractorConfig.for_weights(str(tmp_path / "run" / "ensemble.safetensors"), masks=False), TORCH)
     assert ex.feature_dim == 32 and ex.has_head
     out = ex.extract([lesion_image(0, 48), lesion_image(1, 48)])
     assert out.features.shape == (2, 32) and np.isfinite(out.styles).all()
@@ -180,7 +181,7 @@ def test_interrupted_member_resumes_from_its_last_epoch(synthetic, tmp_path):
     assert not (tmp_path / "run" / "ensemble.safetensors").exists()
     logs: list[str] = []
     # another device for the second sitting (the device is not part of the resume key)
-    train_classifier(cfg, tmp_path / "run", log=logs.append, progress=False, device="cpu")
+    train_classifier(cfg, tmp_path / "run", log=logs.append, progress=False, runtime=Runtime(device="cpu"))
     assert not any("afresh" in line for line in logs)
     assert any("resuming after epoch 2" in line for line in logs)
     assert sum("member 1/1 epoch" in line for line in logs) == 2   # epochs 3 and 4 only
@@ -197,7 +198,7 @@ def test_tiny_training_diagnosis_target_and_evaluator_head_auc(synthetic, tmp_pa
     assert spec.target == "diagnosis" and spec.classes == ("bkl", "mel", "nv") and spec.head_outputs == 3
     # an index built with it reports the head's melanoma AUC next to the retrieval figures
     config = ExtractorConfig.for_weights(str(tmp_path / "run" / "ensemble.safetensors"), mask_size=32)
-    ex = Extractor(config)
+    ex = Extractor(config, TORCH)
     build_index(synthetic, tmp_path / "ix", extractor=ex)
     ev = Evaluator(Searcher(tmp_path / "ix", ex))
     report = ev.run(ev.queries_from_index(), config=EvaluationConfig(k=3, vote_k=4, bootstrap=50))
@@ -265,8 +266,8 @@ def test_phase_two_only_on_reused_members_with_a_metric_loss(synthetic, tmp_path
     assert any("x 2 view(s)" in line for line in logs)
     # the extractor indexes with the views the head was fitted on
     config = ExtractorConfig.for_weights(str(tmp_path / "head" / "ensemble.safetensors"), masks=False)
-    assert config.tta == 0 and Extractor(config).tta == 2      # "auto": the views its head was fitted on
-    assert Extractor(replace(config, tta=1)).fingerprint != Extractor(config).fingerprint
+    assert config.tta == 0 and Extractor(config, TORCH).tta == 2      # "auto": the views its head was fitted on
+    assert Extractor(replace(config, tta=1), TORCH).fingerprint != Extractor(config, TORCH).fingerprint
     # members that do not fit the config are refused with the differing setting named
     with pytest.raises(ValueError, match="members"):
         train_classifier(replace(cfg2, members=3), tmp_path / "bad", log=lambda m: None, progress=False)

@@ -12,14 +12,15 @@ import time
 
 from dermsearch.cli.main import main
 from dermsearch.index import Index
-from dermsearch.index.build import BuildConfig, build_index
+from dermsearch.index.build import build_index
 from dermsearch.index.leases import READERS, Lease, held_versions
+from dermsearch.runtime import Runtime
 from dermsearch.search import MEASURES, Searcher
 from dermsearch.search.fast import FastConfig, optimize
 
 from .conftest import lesion_image
 
-SMALL_COMMITS = BuildConfig(backend="torch", batch_size=4, commit_every=4)
+SMALL_BATCHES = Runtime(backend="torch", batch_size=4)   # with commit_every=4: many small commits
 
 
 def _add_images(folder, seeds) -> None:
@@ -49,14 +50,14 @@ def test_compaction_merges_fragments_and_keeps_what_readers_hold(tmp_path, tiny_
     folder, ix = tmp_path / "images", tmp_path / "ix"
     folder.mkdir()
     _add_images(folder, range(16))
-    build_index(folder, ix, extractor=tiny_extractor, config=SMALL_COMMITS)      # 4 commits of 4 rows
+    build_index(folder, ix, extractor=tiny_extractor, runtime=SMALL_BATCHES, commit_every=4)      # 4 commits of 4 rows
     reader = Searcher(ix, extractor=tiny_extractor)                               # holds this version
     held = reader.snapshot.version
     before = _results(reader)
     assert held_versions(ix) == [held]
     time.sleep(0.3)
     _add_images(folder, range(16, 24))
-    build_index(folder, ix, extractor=tiny_extractor, config=SMALL_COMMITS)      # 2 more commits
+    build_index(folder, ix, extractor=tiny_extractor, runtime=SMALL_BATCHES, commit_every=4)      # 2 more commits
     first = Index.open(ix).compact(margin_s=0.1)
     assert first.fragments_before >= 6 and first.fragments_after == 1
     assert first.version_after > first.version_before and first.held == [held] and first.kept_from == held
@@ -84,7 +85,7 @@ def test_fast_mode_files_are_carried_over(tmp_path, tiny_extractor, capsys):
     folder, ix = tmp_path / "images", tmp_path / "ix"
     folder.mkdir()
     _add_images(folder, range(12))
-    build_index(folder, ix, extractor=tiny_extractor, config=SMALL_COMMITS)
+    build_index(folder, ix, extractor=tiny_extractor, runtime=SMALL_BATCHES, commit_every=4)
     optimize(Index.open(ix), FastConfig(style_dims=4, feature_dims=4, mask_grid=4, candidates=8))
     fast = Searcher(ix, extractor=tiny_extractor, mode="fast")
     before = _results(fast)
@@ -97,9 +98,9 @@ def test_fast_mode_files_are_carried_over(tmp_path, tiny_extractor, capsys):
     assert again.snapshot.version == out["version_after"] and _results(again) == before
     assert set(before[next(iter(before))]) == set(MEASURES)
     # files of an older format are not carried over (compaction succeeds; 'optimize' writes new ones)
-    build_index(folder, ix, extractor=tiny_extractor, config=SMALL_COMMITS)
+    build_index(folder, ix, extractor=tiny_extractor, runtime=SMALL_BATCHES, commit_every=4)
     _add_images(folder, range(12, 14))
-    build_index(folder, ix, extractor=tiny_extractor, config=SMALL_COMMITS)
+    build_index(folder, ix, extractor=tiny_extractor, runtime=SMALL_BATCHES, commit_every=4)
     optimize(Index.open(ix), FastConfig(style_dims=4, feature_dims=4, mask_grid=4, candidates=8))
     again.close()
     (info_path := next((ix / "fast").iterdir()) / "fast.json").write_text(
@@ -139,7 +140,7 @@ def test_a_reader_that_cannot_write_its_lease_still_searches(tmp_path, tiny_extr
     folder, ix = tmp_path / "images", tmp_path / "ix"
     folder.mkdir()
     _add_images(folder, range(6))
-    build_index(folder, ix, extractor=tiny_extractor, config=SMALL_COMMITS)
+    build_index(folder, ix, extractor=tiny_extractor, runtime=SMALL_BATCHES, commit_every=4)
 
     def read_only(path, record):
         raise PermissionError(13, "Read-only file system", str(path))

@@ -4,7 +4,6 @@ costs no duplicates, and sharded search gives the local ranks and scores for all
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import sys
@@ -14,7 +13,8 @@ import numpy as np
 import pytest
 
 from dermsearch.index import Index
-from dermsearch.index.build import BuildConfig, ExtractionMapper, build_index
+from dermsearch.index.build import ExtractionMapper, build_index
+from dermsearch.runtime import Runtime
 from dermsearch.search import MEASURES, Filters, Searcher
 
 from .conftest import TINY
@@ -22,7 +22,7 @@ from .conftest import TINY
 distributed = pytest.importorskip("distributed")
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "isic-sample" / "labels.csv"
-TORCH = BuildConfig(backend="torch", batch_size=8, commit_every=16)
+TORCH = Runtime(backend="torch", batch_size=8)
 
 pytestmark = pytest.mark.slow   # a Dask cluster of worker processes per module
 
@@ -43,8 +43,8 @@ def indexes(tiny_extractor, client, tmp_path_factory):
     from dermsearch.index.distributed import build_index_dask
 
     root = tmp_path_factory.mktemp("dask")
-    local = build_index(SAMPLE, root / "local", extractor=tiny_extractor, config=TORCH)
-    remote = build_index_dask(SAMPLE, root / "remote", client, TINY, TORCH, chunk_size=10)
+    local = build_index(SAMPLE, root / "local", extractor=tiny_extractor, runtime=TORCH, commit_every=16)
+    remote = build_index_dask(SAMPLE, root / "remote", client, TINY, TORCH, commit_every=16, chunk_size=10)
     return root, local, remote
 
 
@@ -198,7 +198,7 @@ def test_killed_worker_during_indexing_leaves_no_duplicates(tmp_path):
     marker = tmp_path / "killed-once"
     with _cluster() as cluster, distributed.Client(cluster) as c:
         report = build_index_dask(SAMPLE, tmp_path / "ix", c, chunk_size=6,
-                                  mapper=KillOnce(marker, TINY, dataclasses.replace(TORCH, device="cpu")))
+                                  mapper=KillOnce(marker, TINY, TORCH.on_workers()))
     assert marker.exists()                     # a worker process really died mid-task
     assert report.added == 48 and not report.problems
     index = Index.open(tmp_path / "ix")

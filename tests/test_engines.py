@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from dermsearch.extract.vectors import Vectors
+from dermsearch.runtime import Runtime
 from dermsearch.search import MEASURES
 from dermsearch.search.config import FastConfig
 from dermsearch.search.engine import Engine, ExactEngine, Query, merge_rankings, rank_rows
@@ -229,10 +230,10 @@ def test_certified_mode_through_the_searcher_and_the_cli(tmp_path, image_folder,
     import json
 
     from dermsearch.cli.main import main
-    from dermsearch.index.build import BuildConfig, build_index
+    from dermsearch.index.build import build_index
     from dermsearch.search import Searcher
 
-    build_index(image_folder, tmp_path / "ix", extractor=tiny_extractor, config=BuildConfig(backend="torch"))
+    build_index(image_folder, tmp_path / "ix", extractor=tiny_extractor, runtime=Runtime(backend="torch"))
     exact = Searcher(tmp_path / "ix", extractor=tiny_extractor)
     certified = Searcher(tmp_path / "ix", extractor=tiny_extractor, mode="certified")
     assert type(certified.engine).__name__ == "CertifiedEngine"
@@ -289,14 +290,15 @@ def test_a_cuda_searcher_without_a_gpu_says_so(tmp_path, image_folder, tiny_extr
     import torch
 
     from dermsearch.errors import ConfigError
-    from dermsearch.index.build import BuildConfig, build_index
+    from dermsearch.index.build import build_index
     from dermsearch.search import Searcher
 
-    build_index(image_folder, tmp_path / "ix", extractor=tiny_extractor, config=BuildConfig(backend="torch"))
+    build_index(image_folder, tmp_path / "ix", extractor=tiny_extractor, runtime=Runtime(backend="torch"))
     if torch.cuda.is_available():
-        s = Searcher(tmp_path / "ix", extractor=tiny_extractor, device="cuda")
+        s = Searcher(tmp_path / "ix", extractor=tiny_extractor, runtime=Runtime(device="cuda"))
         assert type(s.engine).__name__ == "DeviceEngine"
     else:
         with pytest.raises(ConfigError, match="no CUDA GPU"):
-            Searcher(tmp_path / "ix", extractor=tiny_extractor, device="cuda")
-    assert type(Searcher(tmp_path / "ix", extractor=tiny_extractor, device="cpu").engine).__name__ == "ExactEngine"
+            Searcher(tmp_path / "ix", extractor=tiny_extractor, runtime=Runtime(device="cuda"))
+    on_cpu = Searcher(tmp_path / "ix", extractor=tiny_extractor, runtime=Runtime(device="cpu"))
+    assert type(on_cpu.engine).__name__ == "ExactEngine"

@@ -13,7 +13,7 @@ from dermsearch.index import Index, IndexLockedError, ModelMismatchError
 from dermsearch.index.build import build_index, decode_batches
 from dermsearch.index.sources import SourceError, read_folder, read_labels_csv
 
-from .conftest import TINY, lesion_image
+from .conftest import TINY, TORCH, lesion_image
 
 
 def _add_bad_files(folder):
@@ -104,7 +104,7 @@ def test_build_skips_bad_files_resumes_and_removes(tmp_path, image_folder, tiny_
 
 def test_fingerprint_mismatch_is_a_clear_error(tmp_path, image_folder, tiny_extractor):
     build_index(image_folder, tmp_path / "ix", extractor=tiny_extractor)
-    other = Extractor(dataclasses.replace(TINY, seed=1))
+    other = Extractor(dataclasses.replace(TINY, seed=1), TORCH)
     assert other.fingerprint != tiny_extractor.fingerprint
     with pytest.raises(ModelMismatchError, match="never mixes models"):
         build_index(image_folder, tmp_path / "ix", extractor=other)

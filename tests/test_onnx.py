@@ -11,7 +11,8 @@ from dermsearch.cli.main import main
 from dermsearch.extract import Extractor
 from dermsearch.extract.onnx import export_onnx
 from dermsearch.index import Index
-from dermsearch.index.build import BuildConfig, build_index
+from dermsearch.index.build import build_index
+from dermsearch.runtime import Runtime
 from dermsearch.search import Searcher
 
 from .conftest import TINY, lesion_image
@@ -30,7 +31,7 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pair(tiny_extractor, cache):
-    return tiny_extractor, Extractor(TINY, backend="onnx")
+    return tiny_extractor, Extractor(TINY, Runtime(backend="onnx"))
 
 
 @pytest.mark.slow
@@ -51,7 +52,7 @@ def test_parity_with_torch(pair):
 
 def test_export_is_cached_and_complete(pair, cache):
     _, onnx_ex = pair
-    assert onnx_ex.runtime.segmenter is not None      # exports on first use
+    assert onnx_ex.ort.segmenter is not None      # exports on first use
     first = export_onnx(onnx_ex)
     assert first.parent == cache / "onnx"
     stamp = (first / "extractor.onnx").stat().st_mtime_ns
@@ -64,7 +65,7 @@ def test_export_is_cached_and_complete(pair, cache):
 
 def test_index_with_onnx_then_search_with_torch(pair, tmp_path, image_folder):
     torch_ex, onnx_ex = pair
-    report = build_index(image_folder, tmp_path / "ix", extractor=onnx_ex, config=BuildConfig(batch_size=3))
+    report = build_index(image_folder, tmp_path / "ix", extractor=onnx_ex, runtime=Runtime(batch_size=3))
     assert report.added == 8 and not report.problems
     s = Searcher(tmp_path / "ix", extractor=torch_ex)
     for image_id in ("img02", "img05"):
@@ -76,7 +77,7 @@ def test_index_with_onnx_then_search_with_torch(pair, tmp_path, image_folder):
 
 @pytest.mark.slow
 def test_build_config_backend_and_cli_export(tiny_extractor, cache, tmp_path, image_folder, capsys):
-    report = build_index(image_folder, tmp_path / "ix", TINY, BuildConfig(backend="onnx", batch_size=4))
+    report = build_index(image_folder, tmp_path / "ix", TINY, Runtime(backend="onnx", batch_size=4))
     assert report.added == 8
     assert Index.open(tmp_path / "ix").fingerprint == tiny_extractor.fingerprint
     assert main(["export-onnx", str(tmp_path / "ix"), "--out", str(tmp_path / "exported")]) == 0
@@ -86,7 +87,7 @@ def test_build_config_backend_and_cli_export(tiny_extractor, cache, tmp_path, im
 
 def test_unknown_backend_is_clear():
     with pytest.raises(ValueError, match="backend must be one of"):
-        Extractor(TINY, backend="tensorrt")
+        Extractor(TINY, Runtime(backend="tensorrt"))
 
 
 def test_cached_encoder_is_the_index_model_without_torch(pair, cache, tmp_path, image_folder):
@@ -99,7 +100,7 @@ def test_cached_encoder_is_the_index_model_without_torch(pair, cache, tmp_path, 
     from dermsearch.extract.encoder import cached_encoder
 
     _, onnx_ex = pair
-    build_index(image_folder, tmp_path / "ix", extractor=onnx_ex, config=BuildConfig(batch_size=4))
+    build_index(image_folder, tmp_path / "ix", extractor=onnx_ex, runtime=Runtime(batch_size=4))
     manifest = Index.open(tmp_path / "ix").manifest
     encoder = cached_encoder(manifest, "cpu")
     assert encoder is not None and encoder.fingerprint == manifest["fingerprint"]
@@ -116,7 +117,8 @@ def test_cached_encoder_is_the_index_model_without_torch(pair, cache, tmp_path, 
     query = str(image_folder / "img03.png")
     expected = Searcher(tmp_path / "ix", extractor=onnx_ex).search(query, k=3)
     code = ("import json, sys; from dermsearch.search import Searcher; "
-            "r = Searcher(sys.argv[1], device='cpu').search(sys.argv[2], k=3); "
+            "from dermsearch.runtime import Runtime; "
+            "r = Searcher(sys.argv[1], runtime=Runtime(device='cpu')).search(sys.argv[2], k=3); "
             "print(json.dumps({'ids': {m: [h.id for h in r.results[m]] for m in r.results}, "
             "'loaded': [m for m in ('torch', 'lancedb') if m in sys.modules]}))")
     res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ix"), query], capture_output=True, text=True,
@@ -129,10 +131,10 @@ def test_cached_encoder_is_the_index_model_without_torch(pair, cache, tmp_path, 
 
 def test_cached_encoder_refuses_other_preprocessing_and_unloadable_exports(pair, cache, tmp_path, image_folder):
     from dermsearch.extract.encoder import cached_encoder
-    from dermsearch.extract.runtime import export_directory
+    from dermsearch.extract.ort import export_directory
 
     _, onnx_ex = pair
-    build_index(image_folder, tmp_path / "ix", extractor=onnx_ex, config=BuildConfig(batch_size=4))
+    build_index(image_folder, tmp_path / "ix", extractor=onnx_ex, runtime=Runtime(batch_size=4))
     manifest = Index.open(tmp_path / "ix").manifest
     directory = export_directory(manifest["fingerprint"])
     info_path = directory / "onnx.json"
@@ -144,7 +146,7 @@ def test_cached_encoder_refuses_other_preprocessing_and_unloadable_exports(pair,
         info_path.write_text(json.dumps(info))
         (directory / "extractor.onnx").write_bytes(b"not a model")
         assert cached_encoder(manifest, "cpu") is None         # unloadable: falls back, does not crash
-        s = Searcher(tmp_path / "ix", device="cpu")
+        s = Searcher(tmp_path / "ix", runtime=Runtime(device="cpu"))
         assert s.search(str(image_folder / "img01.png"), k=1).results["euclidean"][0].id == "img01"
     finally:
         info_path.write_text(json.dumps(info))

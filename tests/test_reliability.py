@@ -14,7 +14,8 @@ import pytest
 
 from dermsearch.cli.main import main
 from dermsearch.index import Index
-from dermsearch.index.build import BuildConfig, build_index
+from dermsearch.index.build import build_index
+from dermsearch.runtime import Runtime
 
 from .conftest import REPO, lesion_image
 
@@ -37,7 +38,7 @@ def test_searches_during_writes_see_consistent_snapshots(tiny_extractor, tmp_pat
     for i in range(40):
         lesion_image(i, 64).save(folder / f"c{i:02d}.png")
     extractor = tiny_extractor
-    build_index(folder, tmp_path / "ix", extractor=extractor, config=BuildConfig(batch_size=4, commit_every=4))
+    build_index(folder, tmp_path / "ix", extractor=extractor, runtime=Runtime(batch_size=4), commit_every=4)
     for i in range(40, 80):
         lesion_image(i, 64).save(folder / f"c{i:02d}.png")
 
@@ -59,7 +60,7 @@ def test_searches_during_writes_see_consistent_snapshots(tiny_extractor, tmp_pat
     t = threading.Thread(target=reader)
     t.start()
     try:
-        build_index(folder, tmp_path / "ix", extractor=extractor, config=BuildConfig(batch_size=4, commit_every=4))
+        build_index(folder, tmp_path / "ix", extractor=extractor, runtime=Runtime(batch_size=4), commit_every=4)
     finally:
         done.set()
         t.join()

@@ -10,7 +10,7 @@ from dermsearch.index.build import build_index
 from dermsearch.search import MEASURES, Filters, Searcher
 from dermsearch.search.measures import max_normalised
 
-from .conftest import indexed_archive
+from .conftest import TORCH, indexed_archive
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_k_limits_and_json_shape(labelled_index):
 
 def test_index_without_masks_or_style(tmp_path, image_folder):
     ex = Extractor(ExtractorConfig(weights="random", feature="pooled", members=1, image_size=64, masks=False,
-                                   style=False))
+                                   style=False), TORCH)
     build_index(image_folder, tmp_path / "ix", extractor=ex)
     s = Searcher(tmp_path / "ix", extractor=ex)
     res = s.search(s.query_for_id("img01"), k=3)

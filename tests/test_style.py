@@ -28,9 +28,10 @@ from dermsearch.extract.gram import (
     style_layout,
     style_vector,
 )
+from dermsearch.runtime import Runtime
 from dermsearch.search.explain import layer_losses
 
-from .conftest import TINY, lesion_image
+from .conftest import TINY, TORCH, lesion_image
 
 
 def _lesion_and_background(seed=0, c=6, h=8, w=8):
@@ -169,9 +170,9 @@ def test_gram_weights_file_round_trip_and_checks(tmp_path):
 def test_extractor_pools_grams_over_the_lesion_and_records_it(tiny_extractor):
     images = [lesion_image(i) for i in range(3)]
     plain = tiny_extractor
-    lesion = Extractor(dataclasses.replace(TINY, gram_pool="lesion", gram_margin=0.05))
-    assert Extractor(dataclasses.replace(TINY, gram_norm="l2")).fingerprint != plain.fingerprint
-    both = Extractor(dataclasses.replace(TINY, gram_pool="lesion+skin"))
+    lesion = Extractor(dataclasses.replace(TINY, gram_pool="lesion", gram_margin=0.05), TORCH)
+    assert Extractor(dataclasses.replace(TINY, gram_norm="l2"), TORCH).fingerprint != plain.fingerprint
+    both = Extractor(dataclasses.replace(TINY, gram_pool="lesion+skin"), TORCH)
     assert lesion.fingerprint != plain.fingerprint != both.fingerprint
     assert lesion.style_dim == plain.style_dim and both.style_dim == 2 * plain.style_dim
     a, b = plain.extract(images), lesion.extract(images)
@@ -181,7 +182,7 @@ def test_extractor_pools_grams_over_the_lesion_and_records_it(tiny_extractor):
     assert [e["region"] for e in both.style_layout[:2]] == ["lesion", "skin"]
     assert both.style_layout[-1]["offset"] + both.style_layout[-1]["size"] == both.style_dim
     with pytest.raises(ValueError, match="needs masks"):
-        Extractor(dataclasses.replace(TINY, gram_pool="lesion", masks=False))
+        Extractor(dataclasses.replace(TINY, gram_pool="lesion", masks=False), TORCH)
 
 
 def test_gram_normalisations_by_hand():
@@ -204,8 +205,8 @@ def test_onnx_backend_matches_torch_for_lesion_grams(tmp_path, monkeypatch):
     monkeypatch.setenv("DERMSEARCH_CACHE", str(tmp_path))
     cfg = dataclasses.replace(TINY, gram_pool="lesion+skin", gram_margin=0.1, gram_norm="sqrt+l2")
     images = [lesion_image(i) for i in range(4)]
-    t = Extractor(cfg).extract(images)
-    o = Extractor(cfg, backend="onnx").extract(images)
+    t = Extractor(cfg, TORCH).extract(images)
+    o = Extractor(cfg, Runtime(backend="onnx")).extract(images)
     assert np.abs(t.styles - o.styles).max() <= 1e-4 * max(1.0, float(np.abs(t.styles).max()))
 
 
@@ -218,7 +219,7 @@ def lesion_index(tmp_path_factory):
     folder.mkdir()
     for i in range(10):
         lesion_image(i).save(folder / f"img{i:02d}.png")
-    ex = Extractor(dataclasses.replace(TINY, gram_pool="lesion+skin", gram_margin=0.05))
+    ex = Extractor(dataclasses.replace(TINY, gram_pool="lesion+skin", gram_margin=0.05), TORCH)
     build_index(folder, root / "ix", extractor=ex)
     return root, ex
 
@@ -298,7 +299,7 @@ def test_fit_gram_weights_command_writes_usable_weights(tiny_extractor, tmp_path
     doc = json.loads(out.read_text())
     assert len(doc["betas"]) == 7 and doc["gram_pool"] == "image" and doc["fitted_on"]["n_queries"] == 6
     cfg = dataclasses.replace(TINY, gram_weights=str(out))
-    ex = Extractor(cfg)
+    ex = Extractor(cfg, TORCH)
     assert ex.betas == pytest.approx(doc["betas"]) and ex.fingerprint != tiny_extractor.fingerprint
     assert main(["index", str(tmp_path / "labels.csv"), "--index", str(tmp_path / "ix2"), "--weights", "random",
                  "--image-size", "64", "--mask-size", "32", "--gram-weights", str(out), "--backend", "torch"]) == 0
@@ -308,12 +309,12 @@ def test_fit_gram_weights_command_writes_usable_weights(tiny_extractor, tmp_path
     doc["style_network"] = "0" * 64               # fitted for other members: refused, with the way out
     out.write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="other member networks.*fit-gram-weights"):
-        Extractor(cfg)
+        Extractor(cfg, TORCH)
     del doc["style_network"]                      # an older file names the whole network only
     doc["network"] = "0" * 64
     out.write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="another feature network.*fit-gram-weights"):
-        Extractor(cfg)
+        Extractor(cfg, TORCH)
 
 
 def test_packaged_learned_weights_belong_to_the_packaged_default():

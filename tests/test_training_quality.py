@@ -16,11 +16,12 @@ from dermsearch.extract import Extractor, ExtractorConfig
 from dermsearch.extract.colour import apply_colour, shades_of_gray, shades_of_gray_batch
 from dermsearch.models.ensemble import EnsembleFeatureNet
 from dermsearch.models.registry import create_backbone
+from dermsearch.runtime import Runtime
 from dermsearch.train.classifier import ClassifierTrainConfig
 from dermsearch.train.head import HeadData, fit_head
 from dermsearch.train.losses import metric_loss_module
 
-from .conftest import lesion_image
+from .conftest import TORCH, lesion_image
 
 # ------------------------------------------------------------------ colour constancy
 
@@ -70,8 +71,8 @@ def test_colour_is_applied_identically_at_index_and_query_time():
     extracting an image with colour="shades-of-gray" equals extracting its corrected pixels without."""
     base = dict(weights="imagenet", feature="pooled", members=1, image_size=64, style=True, masks=False,
                 gram_pool="image", gram_margin=0.0, gram_norm="none", gram_weights="inverse-channels")
-    sog = Extractor(ExtractorConfig(**base, colour="shades-of-gray"), backend="torch")
-    plain = Extractor(ExtractorConfig(**base), backend="torch")
+    sog = Extractor(ExtractorConfig(**base, colour="shades-of-gray"), Runtime(backend="torch"))
+    plain = Extractor(ExtractorConfig(**base), Runtime(backend="torch"))
     img = lesion_image(3, 64)
     a = sog.extract([img])
     corrected = Image.fromarray(shades_of_gray(np.asarray(img.resize((64, 64), Image.Resampling.BILINEAR))))
@@ -269,9 +270,9 @@ def test_extractor_tta_torch_and_onnx_agree_and_style_is_unchanged(tmp_path):
     base = dict(weights="imagenet", feature="ensemble", members=2, feature_dim=16, image_size=64, masks=False,
                 gram_pool="image", gram_margin=0.0, gram_norm="none", gram_weights="inverse-channels")
     images = [lesion_image(5, 64), lesion_image(6, 64)]
-    t4 = Extractor(ExtractorConfig(**base, tta=4), backend="torch").extract(images)
-    o4 = Extractor(ExtractorConfig(**base, tta=4), backend="onnx").extract(images)
-    t1 = Extractor(ExtractorConfig(**base), backend="torch").extract(images)
+    t4 = Extractor(ExtractorConfig(**base, tta=4), Runtime(backend="torch")).extract(images)
+    o4 = Extractor(ExtractorConfig(**base, tta=4), Runtime(backend="onnx")).extract(images)
+    t1 = Extractor(ExtractorConfig(**base), Runtime(backend="torch")).extract(images)
     np.testing.assert_allclose(o4.features, t4.features, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(t4.styles, t1.styles, rtol=1e-5, atol=1e-8)
     assert not np.allclose(t4.features, t1.features)
@@ -290,14 +291,14 @@ def test_learned_gram_weights_follow_the_members_not_the_dense_layer(tmp_path):
     net.dense.reset_parameters()
     save_ensemble(net, spec, tmp_path / "new-head.safetensors")
     learned = dict(gram_pool="lesion", gram_margin=0.05, gram_norm="l2", gram_weights="learned")
-    ex = Extractor(ExtractorConfig.for_weights(str(tmp_path / "new-head.safetensors"), **learned))
-    packaged = Extractor(ExtractorConfig())
+    ex = Extractor(ExtractorConfig.for_weights(str(tmp_path / "new-head.safetensors"), **learned), TORCH)
+    packaged = Extractor(ExtractorConfig(), TORCH)
     assert ex.betas == packaged.betas and ex.network_fingerprint != packaged.network_fingerprint
     torch.manual_seed(2)
     net.members[1].head.conv.reset_parameters()
     save_ensemble(net, read_ensemble_spec(default_ensemble_path()), tmp_path / "new-members.safetensors")
     with pytest.raises(ValueError, match="other member networks"):
-        Extractor(ExtractorConfig.for_weights(str(tmp_path / "new-members.safetensors"), **learned))
+        Extractor(ExtractorConfig.for_weights(str(tmp_path / "new-members.safetensors"), **learned), TORCH)
 
 
 # ------------------------------------------------------------------ the harness

@@ -12,7 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from dermsearch.index.build import BuildConfig, build_index
+from dermsearch.index.build import build_index
+from dermsearch.runtime import Runtime
 from dermsearch.search import MEASURES
 from dermsearch.web.app import WebConfig, create_app
 
@@ -25,7 +26,7 @@ QUERY = REPO / "examples" / "queries" / "ISIC_0000022.jpg"
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("web") / "ix"
-    build_index(SAMPLE, d, config=BuildConfig(backend="torch"))   # no ONNX export to wait for
+    build_index(SAMPLE, d, runtime=Runtime(backend="torch"))   # no ONNX export to wait for
     return d
 
 

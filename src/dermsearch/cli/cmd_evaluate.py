@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..names import MEASURES
 from .common import UsageError, emit, err
-from .options import Common
+from .options import Common, runtime_of
 
 __all__ = ["register"]
 
@@ -104,7 +104,7 @@ def cmd_evaluate(args) -> int:
     if args.choose_on and args.query_split and set(args.choose_on) & set(args.query_split):
         raise UsageError(f"--choose-on {' '.join(args.choose_on)} overlaps the query splits: choose on other "
                          "queries than those reported")
-    evaluator = Evaluator(Searcher(args.index, device=args.device))
+    evaluator = Evaluator(Searcher(args.index, runtime=runtime_of(args)))
     snap = evaluator.searcher.snapshot
 
     def in_splits(names):
@@ -200,7 +200,7 @@ def cmd_eval_classifier(args) -> int:
     weights = default_ensemble_path() if args.weights == "default" else Path(args.weights)
     if weights.is_dir():
         weights = weights / "ensemble.safetensors"
-    evaluate_classifier(weights, args.labels, args.split, args.on, args.limit, device=args.device,
+    evaluate_classifier(weights, args.labels, args.split, args.on, args.limit, runtime=runtime_of(args),
                         log=lambda m: print(m))
     return 0
 

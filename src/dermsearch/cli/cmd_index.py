@@ -10,7 +10,7 @@ from ..names import BACKENDS, GRAM_NORMS, GRAM_POOLS
 from ..presets import PRESETS
 from ..search.config import FastConfig
 from .common import UsageError, err
-from .options import Common, given, index_dir, optional
+from .options import Common, given, index_dir, optional, runtime_of
 
 __all__ = ["register"]
 
@@ -127,7 +127,7 @@ def _build(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from ..index import Index
-    from ..index.build import BuildConfig, build_index, model_settings
+    from ..index.build import build_index, model_settings
     from ..presets import get_preset
 
     settings = given(args, _MODEL_FLAGS)
@@ -154,8 +154,7 @@ def _build(args) -> int:
                         console=err, disable=args.quiet, transient=False)
     with progress:
         task = progress.add_task("index", total=None)
-        build_config = BuildConfig(batch_size=args.batch_size, commit_every=args.commit_every, device=args.device,
-                                   backend=args.backend)
+        runtime = runtime_of(args, batch_size=args.batch_size, backend=args.backend)
 
         def show(done, total):
             progress.update(task, completed=done, total=total)
@@ -163,10 +162,11 @@ def _build(args) -> int:
         if args.dask:
             from ..index.distributed import build_index_dask
 
-            report = build_index_dask(args.source, args.index, args.dask, config, build_config,
+            report = build_index_dask(args.source, args.index, args.dask, config, runtime, args.commit_every,
                                       chunk_size=args.dask_chunk, on_problem=on_problem, progress=show)
         else:
-            report = build_index(args.source, args.index, config, build_config, on_problem=on_problem, progress=show)
+            report = build_index(args.source, args.index, config, runtime, args.commit_every, on_problem=on_problem,
+                                 progress=show)
     print(f"{report.index}: added {report.added}, already indexed {report.already_indexed}, "
           f"skipped {len(report.problems)} (of {report.found} found) in {report.seconds:.1f} s "
           f"({report.images_per_second:.1f} images/s); index holds {len(Index.open(args.index))} images")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..names import MEASURES
 from .common import UsageError
-from .options import Common
+from .options import Common, runtime_of
 
 __all__ = ["register", "filters_from"]
 
@@ -80,7 +80,7 @@ def cmd_search(args) -> int:
     from ..search import Searcher
 
     filters = filters_from(args.where, args.range)
-    searcher = Searcher(args.index, device=args.device, mode=args.mode)
+    searcher = Searcher(args.index, runtime=runtime_of(args), mode=args.mode)
     try:
         query = searcher.encode(args.query)
     except ImageError as e:

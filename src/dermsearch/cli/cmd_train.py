@@ -13,7 +13,7 @@ from pathlib import Path
 from ..names import COLOUR_METHODS
 from ..presets import PRESETS, changed, get_preset
 from .common import err
-from .options import Common, given, optional
+from .options import Common, given, optional, runtime_of
 
 __all__ = ["register"]
 
@@ -133,9 +133,9 @@ def cmd_train_segmenter(args) -> int:
 
     cfg = _config(args, get_preset(args.preset).segmenter)
     if args.dry_run:
-        return _print_dry_run(dry_run_segmenter(cfg, args.dry_run_steps, args.device))
+        return _print_dry_run(dry_run_segmenter(cfg, args.dry_run_steps, runtime_of(args)))
     result = train_segmenter(cfg, args.out, log=lambda m: err.print(m, highlight=False), progress=not args.quiet,
-                             device=args.device)
+                             runtime=runtime_of(args))
     print(f"best val Dice {result['best_val_dice']:.4f}; weights: {args.out / 'best.safetensors'}")
     return 0
 
@@ -146,9 +146,9 @@ def cmd_train_classifier(args) -> int:
 
     cfg = _config(args, get_preset(args.preset).classifier)
     if args.dry_run:
-        return _print_dry_run(dry_run_classifier(cfg, args.dry_run_steps, args.device))
+        return _print_dry_run(dry_run_classifier(cfg, args.dry_run_steps, runtime_of(args)))
     metrics = train_classifier(cfg, args.out, log=lambda m: err.print(m, highlight=False), progress=not args.quiet,
-                               cache_dir=args.cache, device=args.device)
+                               cache_dir=args.cache, runtime=runtime_of(args))
     print(json.dumps({"val": metrics["val"]["ensemble"], "weights": str(args.out / "ensemble.safetensors")}))
     return 0
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..names import DEVICE_HELP, SEARCH_MODES
 
-__all__ = ["Common", "index_dir"]
+__all__ = ["Common", "index_dir", "runtime_of"]
 
 
 def _parent() -> argparse.ArgumentParser:
@@ -25,6 +25,8 @@ class Common:
     def __init__(self) -> None:
         self.device = _parent()
         self.device.add_argument("--device", default="auto", help=DEVICE_HELP + " (default auto)")
+        self.device.add_argument("--threads", type=int, default=None, metavar="N",
+                                 help="threads for torch and ONNX Runtime (default: the cores)")
         self.json = _parent()
         self.json.add_argument("--json", action="store_true", help="print JSON instead of text")
         self.quiet = _parent()
@@ -42,6 +44,14 @@ class Common:
                                help="exact (every byte of every row), fast (compressed vectors pick candidates, "
                                     "exact ones re-rank them; needs 'dermsearch optimize DIR'), certified (exact "
                                     "answers from a bfloat16 first pass, proven per query); default exact")
+
+
+def runtime_of(args: argparse.Namespace, **more):
+    """The :class:`~dermsearch.runtime.Runtime` of a command given the ``device`` parent's flags,
+    with ``more`` (e.g. an index build's batch size and backend)."""
+    from ..runtime import Runtime
+
+    return Runtime(device=args.device, threads=args.threads, **more)
 
 
 def index_dir(parser: argparse.ArgumentParser) -> None:

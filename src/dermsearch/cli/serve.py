@@ -7,7 +7,7 @@ import sys
 import time
 
 from .common import UsageError, err
-from .options import Common, index_dir
+from .options import Common, index_dir, runtime_of
 
 __all__ = ["register", "cmd_serve", "cmd_token"]
 
@@ -99,7 +99,7 @@ def cmd_serve(args) -> int:
                                            allowed_hosts=hosts, concurrency=args.concurrency, queue=args.queue,
                                            auth="on" if not loopback else args.auth, rating_query_ids=rating_ids,
                                            rate_limit=args.rate_limit),
-                     searcher=Searcher(args.index, device=args.device, mode=args.mode,
+                     searcher=Searcher(args.index, runtime=runtime_of(args), mode=args.mode,
                                        dask=args.dask))
     if not loopback:
         err.print(f"binding {args.host}: API tokens required; serve it over TLS (a reverse proxy: docs/deploy.md) "

@@ -11,20 +11,24 @@ from sklearn.metrics import roc_auc_score
 
 from ..extract.colour import shades_of_gray_batch
 from ..extract.datasets import load_labelled
-from ..models.device import resolve_device
+from ..models.device import runtime_device
 from ..models.ensemble import load_ensemble, melanoma_probability
 from ..models.normalization import NORMALISATIONS
+from ..runtime import Runtime
 
 __all__ = ["evaluate_classifier"]
 
 
 @torch.inference_mode()
 def evaluate_classifier(weights: str | Path, labels_csv: str | Path, split_csv: str | Path | None = None,
-                        on: str | None = "test", limit: int = 0, batch_size: int = 32, device: str = "auto",
+                        on: str | None = "test", limit: int = 0, runtime: Runtime | None = None,
                         log: Callable[[str], None] = print) -> dict:
-    """Melanoma AUC of the ensemble head and of each member's own head on a split (or on every row)."""
+    """Melanoma AUC of the ensemble head and of each member's own head on a split (or on every row);
+    ``runtime``: device, threads and batch size (default ``Runtime()``)."""
+    runtime = runtime or Runtime()
+    batch_size = runtime.batch_size
     net, spec = load_ensemble(weights)
-    dev = resolve_device(device)
+    dev = runtime_device(runtime)
     net = net.to(dev)
     data = load_labelled(labels_csv, split_csv if on else None, (on,) if on else None, spec.image_size,
                          "melanoma" if spec.target == "melanoma" else "diagnosis", spec.melanoma_class, limit)

@@ -26,7 +26,7 @@ from .colour import apply_colour
 from .config import PREPROCESS_VERSION
 from .images import resize_rgb
 from .masks import pack_masks, resize_mask
-from .runtime import OnnxRuntimeBackend, export_directory, onnx_available
+from .ort import OnnxRuntimeBackend, export_directory, onnx_available
 from .vectors import Vectors
 
 __all__ = ["OnnxEncoder", "cached_encoder", "prepare_image", "finish_masks", "pool_masks", "cuda_possible"]
@@ -70,11 +70,11 @@ class OnnxEncoder:
     """Extracts images with a cached ONNX export of an index's model (CPU, ONNX Runtime)."""
 
     def __init__(self, directory: Path, config: dict, threads: int | None = None):
-        self.runtime = OnnxRuntimeBackend(directory, threads, "cpu")
+        self.ort = OnnxRuntimeBackend(directory, threads, "cpu")
         self.config = config
-        self.fingerprint = self.runtime.info["fingerprint"]
+        self.fingerprint = self.ort.info["fingerprint"]
         self._otsu = None
-        seg = self.runtime.info.get("segmenter")
+        seg = self.ort.info.get("segmenter")
         if not config["masks"]:
             self.segmenter_size = None
         elif seg:
@@ -97,11 +97,11 @@ class OnnxEncoder:
         masks = areas = pool = None
         if self.segmenter_size is not None:
             seg_in = np.stack([p[1] for p in prepared])
-            raw = self._otsu.segment_batch(seg_in) if self._otsu is not None else self.runtime.segment(seg_in)
+            raw = self._otsu.segment_batch(seg_in) if self._otsu is not None else self.ort.segment(seg_in)
             masks, areas = finish_masks(raw, cfg["mask_size"])
             if cfg["style"] and cfg.get("gram_pool", "image") != "image":
                 pool = pool_masks(raw, cfg["image_size"])
-        features, styles = self.runtime.features(pixels, pool)
+        features, styles = self.ort.features(pixels, pool)
         return Vectors(np.ascontiguousarray(features, dtype=np.float32), styles, masks, areas)
 
 

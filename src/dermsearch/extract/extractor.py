@@ -13,7 +13,7 @@ from PIL import Image
 from ..errors import ConfigError
 from ..models import create_backbone, state_fingerprint
 from ..models.baseline_segmenter import OtsuSegmenter
-from ..models.device import resolve_device
+from ..models.device import runtime_device
 from ..models.ensemble import (
     EnsembleFeatureNet,
     PooledFeatureNet,
@@ -23,7 +23,8 @@ from ..models.ensemble import (
 )
 from ..models.learned_segmenter import LearnedSegmenter, default_segmenter_path
 from ..models.normalization import NORMALISATIONS
-from ..names import BACKENDS  # auto: ONNX Runtime on CPU when installed, else torch
+from ..names import BACKENDS
+from ..runtime import Runtime
 from .config import PAPER_STYLE, PREPROCESS_VERSION, ExtractorConfig
 from .encoder import finish_masks, pool_masks, prepare_image
 from .gram import (
@@ -36,7 +37,7 @@ from .gram import (
     style_vector,
 )
 from .onnx import OnnxRuntimeBackend, export_onnx
-from .runtime import export_directory, onnx_available, onnx_export_available
+from .ort import export_directory, onnx_available, onnx_export_available
 from .vectors import Vectors
 
 __all__ = ["ExtractorConfig", "Extractor", "PAPER_STYLE", "Vectors", "PREPROCESS_VERSION", "BACKENDS",
@@ -94,16 +95,12 @@ def resolve_gram_weights(config: ExtractorConfig, tap_channels, network: str | N
 class Extractor:
     """Builds the networks of an :class:`ExtractorConfig` and extracts batches of images."""
 
-    def __init__(self, config: ExtractorConfig | None = None, threads: int | None = None,
-                 device: str | torch.device = "auto", backend: str = "torch"):
+    def __init__(self, config: ExtractorConfig | None = None, runtime: Runtime | None = None):
+        """``runtime``: where and how the networks run (device, threads, backend; default
+        ``Runtime()``). It changes no vector beyond float rounding, so it is not in the fingerprint."""
         self.config = config = config or ExtractorConfig()
-        if backend not in BACKENDS:
-            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-        if threads:
-            torch.set_num_threads(threads)
-        self._threads = threads
-        # the device changes where the networks run, not what the index means (not in the fingerprint)
-        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.runtime = runtime = runtime or Runtime()
+        self.device = runtime_device(runtime)
         self.net = self._build(config).eval()
         first = self.net.members[0]
         self.tap_channels: tuple[int, ...] = tuple(first.out_channels)
@@ -123,7 +120,7 @@ class Extractor:
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self._segmenter = self._build_segmenter(config, self.device) if config.masks else None
         self.fingerprint = self._fingerprint()
-        # the backend, like the device, changes how the networks run, not what the index means
+        backend = runtime.backend
         if backend == "auto":   # ONNX Runtime on CPU, when the model is exported or can be
             exportable = onnx_export_available() or (export_directory(self.fingerprint) / "onnx.json").is_file()
             backend = "onnx" if self.device.type == "cpu" and onnx_available() and exportable else "torch"
@@ -136,10 +133,10 @@ class Extractor:
             self._mean, self._std = self._mean.to(self.device), self._std.to(self.device)
 
     @property
-    def runtime(self):
+    def ort(self):
         """The ONNX Runtime sessions (exported to the cache on first use), for backend 'onnx'."""
         if self._ort is None:
-            self._ort = OnnxRuntimeBackend(export_onnx(self), self._threads, str(self.device))
+            self._ort = OnnxRuntimeBackend(export_onnx(self), self.runtime.threads, str(self.device))
         return self._ort
 
     @staticmethod
@@ -239,14 +236,14 @@ class Extractor:
         if self._segmenter is not None:    # first: lesion-aware Grams pool over these masks
             ms = self.config.mask_size
             seg_in = np.stack([p[1] for p in prepared])
-            if self.backend == "onnx" and self.runtime.segmenter is not None:
-                raw = self.runtime.segment(seg_in)
+            if self.backend == "onnx" and self.ort.segmenter is not None:
+                raw = self.ort.segment(seg_in)
             else:
                 raw = self._segmenter.segment_batch(seg_in)
             masks, areas = finish_masks(raw, ms)
         pool = self.pool_masks(raw) if self.config.style and self.config.gram_pool != "image" else None
         if self.backend == "onnx":
-            features, styles = self.runtime.features(pixels, pool)
+            features, styles = self.ort.features(pixels, pool)
             features = np.ascontiguousarray(features, dtype=np.float32)
         else:
             x = self._normalised(pixels)

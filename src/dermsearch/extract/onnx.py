@@ -32,7 +32,7 @@ from torch import nn
 from ..errors import MissingExtraError
 from .config import PREPROCESS_VERSION
 from .gram import average_grams, normalise_grams
-from .runtime import (
+from .ort import (
     EXPORT_VERSION,
     OnnxRuntimeBackend,
     export_directory,

@@ -14,25 +14,17 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..extract import Extractor, ExtractorConfig, ImageError, Vectors, load_image
+from ..runtime import Runtime
 from .records import IndexSchema, Record
 from .sources import Problem, read_source
 from .store import Index, IndexDirectoryError, ModelMismatchError
 
-__all__ = ["BuildConfig", "BuildReport", "BufferedWriter", "ExtractionMapper", "LocalDistributor", "build",
+__all__ = ["BuildReport", "BufferedWriter", "ExtractionMapper", "LocalDistributor", "build",
            "build_index", "decode_batches", "extract_batch", "model_settings", "own_model"]
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    batch_size: int = 16
-    commit_every: int = 128
-    decode_threads: int = 2
-    device: str = "auto"          # where the networks run: auto (CUDA when torch sees it), cpu, cuda[:N]
-    backend: str = "auto"         # torch, onnx (ONNX Runtime), auto: onnx on CPU when onnxruntime is installed
 
 
 @dataclass
@@ -164,17 +156,19 @@ class ExtractionMapper:
     settings, not the networks), so a distributor can ship it to other processes, where the
     extractor is built once per process and checked against the index's fingerprint.
 
+    ``runtime``: where and how the model runs (device, threads, backend, batch size, decode threads).
     ``extractor``: an already-built model to use in this process (local builds)."""
 
-    def __init__(self, config: ExtractorConfig, build: BuildConfig = BuildConfig(), threads: int | None = None,
-                 extractor: Extractor | None = None):
-        self.config, self.build, self.threads = config, build, threads
+    def __init__(self, config: ExtractorConfig, runtime: Runtime | None = None, extractor: Extractor | None = None):
+        self.config, self.runtime = config, runtime or Runtime()
         self._local = extractor
         self.fingerprint: str | None = None if extractor is None else extractor.fingerprint
 
     @classmethod
-    def of(cls, extractor: Extractor, build: BuildConfig = BuildConfig()) -> ExtractionMapper:
-        return cls(extractor.config, build, extractor=extractor)
+    def of(cls, extractor: Extractor, runtime: Runtime | None = None) -> ExtractionMapper:
+        """A mapper with an already-built model; ``runtime``'s batch size and decode threads apply
+        (default: the extractor's own runtime)."""
+        return cls(extractor.config, runtime or extractor.runtime, extractor=extractor)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -185,15 +179,13 @@ class ExtractionMapper:
     @property
     def extractor(self) -> Extractor:
         if self._local is None:
-            b = self.build
             if getattr(self, "_shipped", False):     # a task on a worker: reuse the process's model
-                key = json.dumps([self.config.to_dict(), b.device, b.backend, self.threads], sort_keys=True)
+                key = json.dumps([self.config.to_dict(), asdict(self.runtime)], sort_keys=True)
                 if key not in _EXTRACTORS:
-                    _EXTRACTORS[key] = Extractor(self.config, threads=self.threads, device=b.device,
-                                                 backend=b.backend)
+                    _EXTRACTORS[key] = Extractor(self.config, self.runtime)
                 self._local = _EXTRACTORS[key]
             else:                                      # this process: the files as they are now
-                self._local = Extractor(self.config, threads=self.threads, device=b.device, backend=b.backend)
+                self._local = Extractor(self.config, self.runtime)
             if self.fingerprint is not None and self._local.fingerprint != self.fingerprint:
                 raise ModelMismatchError(f"{os.uname().nodename} (pid {os.getpid()}) computes model "
                                          f"{self._local.fingerprint}, the index holds {self.fingerprint}: install "
@@ -208,8 +200,8 @@ class ExtractionMapper:
     def __call__(self, records: list[Record]) -> Step:
         """One unit of work: decode and extract ``records`` in batches (a distributed task)."""
         ex, parts, problems = self.extractor, [], []
-        for start in range(0, len(records), self.build.batch_size):
-            batch = [_decode(r, ex.prepare) for r in records[start:start + self.build.batch_size]]
+        for start in range(0, len(records), self.runtime.batch_size):
+            batch = [_decode(r, ex.prepare) for r in records[start:start + self.runtime.batch_size]]
             good, part, bad = extract_batch(ex, batch)
             problems.extend(bad)
             parts.append((good, part))
@@ -218,7 +210,7 @@ class ExtractionMapper:
     def stream(self, records: list[Record]) -> Iterator[Step]:
         """All ``records`` in this process, decoding one batch ahead of inference in threads."""
         ex = self.extractor
-        for batch in decode_batches(records, self.build.batch_size, self.build.decode_threads, ex.prepare):
+        for batch in decode_batches(records, self.runtime.batch_size, self.runtime.decode_threads, ex.prepare):
             good, part, problems = extract_batch(ex, batch)
             yield [r for r, _, _ in batch], [(good, part)], problems
 
@@ -278,7 +270,8 @@ def build_index(
     source: str | os.PathLike,
     directory: str | os.PathLike,
     extractor_config: ExtractorConfig | None = None,
-    config: BuildConfig = BuildConfig(),
+    runtime: Runtime | None = None,
+    commit_every: int = 128,
     on_problem: Callable[[Problem], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     extractor: Extractor | None = None,
@@ -286,12 +279,13 @@ def build_index(
     """:func:`build` in this process with the model ``extractor`` or ``extractor_config``.
 
     ``extractor_config``: the model for a new index; for an existing index, ``None`` means
-    "the index's own model", and a different model is a :class:`ModelMismatchError`."""
+    "the index's own model", and a different model is a :class:`ModelMismatchError`.
+    ``runtime``: where and how it runs (default ``Runtime()``; with ``extractor``, its own)."""
     if extractor is not None:
-        mapper = ExtractionMapper.of(extractor, config)
+        mapper = ExtractionMapper.of(extractor, runtime)
     else:
-        mapper = ExtractionMapper(own_model(directory, extractor_config), config)
-    return build(source, directory, mapper, LocalDistributor(), config.commit_every, on_problem, progress)
+        mapper = ExtractionMapper(own_model(directory, extractor_config), runtime)
+    return build(source, directory, mapper, LocalDistributor(), commit_every, on_problem, progress)
 
 
 def own_model(directory: str | os.PathLike, config: ExtractorConfig | None) -> ExtractorConfig:

@@ -18,13 +18,13 @@ weight files at the same paths (a shared filesystem); the packaged weights trave
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Iterator
 
 from ..errors import require
 from ..extract import ExtractorConfig
-from .build import BuildConfig, BuildReport, ExtractionMapper, Step, build, own_model
+from ..runtime import Runtime
+from .build import BuildReport, ExtractionMapper, Step, build, own_model
 from .records import Record
 from .sources import Problem
 
@@ -62,22 +62,21 @@ def build_index_dask(
     directory: str | os.PathLike,
     client,
     extractor_config: ExtractorConfig | None = None,
-    config: BuildConfig = BuildConfig(),
+    runtime: Runtime | None = None,
+    commit_every: int = 128,
     chunk_size: int = 64,
     retries: int = 3,
-    worker_threads: int | None = None,
     on_problem: Callable[[Problem], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     mapper: ExtractionMapper | None = None,
 ) -> BuildReport:
     """:func:`~dermsearch.index.build.build_index` with extraction on the Dask ``client``'s workers.
 
-    ``client``: a ``distributed.Client`` or a scheduler address. ``worker_threads``: torch/ONNX
-    threads per task (default: the worker's cores / its Dask threads). Workers run on the CPU
-    unless ``config.device`` names a device. ``mapper``: another mapper (tests inject faults so)."""
+    ``client``: a ``distributed.Client`` or a scheduler address. ``runtime``: how each task runs
+    on its worker; its ``threads`` are torch/ONNX threads per task (default: the worker's cores /
+    its Dask threads), and workers run on the CPU unless ``runtime.device`` names a device
+    (:meth:`Runtime.on_workers`). ``mapper``: another mapper (tests inject faults so)."""
     distributor = DaskDistributor(client, chunk_size, retries)
     if mapper is None:
-        device = config.device if config.device != "auto" else "cpu"
-        mapper = ExtractionMapper(own_model(directory, extractor_config), dataclasses.replace(config, device=device),
-                                  worker_threads)
-    return build(source, directory, mapper, distributor, config.commit_every, on_problem, progress)
+        mapper = ExtractionMapper(own_model(directory, extractor_config), (runtime or Runtime()).on_workers())
+    return build(source, directory, mapper, distributor, commit_every, on_problem, progress)

@@ -6,7 +6,7 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["resolve_device"]
+__all__ = ["resolve_device", "runtime_device"]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -16,3 +16,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA device; use device 'cpu' or 'auto'")
     return dev
+
+
+def runtime_device(runtime=None) -> torch.device:
+    """The device of a :class:`~dermsearch.runtime.Runtime` (default ``Runtime()``), after applying
+    its thread count to torch."""
+    from ..runtime import Runtime
+
+    runtime = runtime or Runtime()
+    if runtime.threads:
+        torch.set_num_threads(runtime.threads)
+    return resolve_device(runtime.device)

@@ -15,6 +15,7 @@ from ..errors import ConfigError, NotFoundError
 from ..extract.images import load_image
 from ..index.store import Index, Snapshot
 from ..names import SEARCH_MODES
+from ..runtime import Runtime
 from .engine import Engine, ExactEngine, Query, QueryRanking, Ranked, top_k_rows
 from .explain import mask_explanation, overlap_png, style_explanation
 from .fast import FastIndex, FastModeMissing, fast_dir
@@ -96,9 +97,14 @@ class Searcher:
     >>> result.results["style"][0].id
     """
 
-    def __init__(self, index: Index | str | os.PathLike, extractor=None, device: str = "auto",
+    def __init__(self, index: Index | str | os.PathLike, extractor=None, runtime: Runtime | None = None,
                  mode: str = "exact", dask=None):
-        """``mode``: ``exact``, ``fast`` (see :mod:`dermsearch.search.fast`) or ``certified`` (exact
+        """``runtime``: where queries are encoded and exact search runs (default ``Runtime()``: with
+        device ``auto``, on CUDA when torch sees it, the engine then holding the matrices in GPU
+        memory); with backend ``auto`` a query is encoded from the index's cached ONNX export when
+        there is one, else with torch.
+
+        ``mode``: ``exact``, ``fast`` (see :mod:`dermsearch.search.fast`) or ``certified`` (exact
         answers from a bfloat16 first pass: :mod:`dermsearch.search.certified`). ``dask``: a
         ``distributed.Client`` or scheduler address: the matrices are sharded across its workers
         and searched there (exact; :mod:`dermsearch.search.sharded`)."""
@@ -117,8 +123,7 @@ class Searcher:
         self.index = index if isinstance(index, Index) else Index.open(index)
         self._extractor = extractor
         self._encoder = None
-        self.device = device          # where queries are encoded and exact search runs (``auto``: CUDA when
-                                      # torch sees it: the engine then keeps the matrices in GPU memory)
+        self.runtime = runtime or Runtime()
         self.mode = mode              # "exact" (every row, every byte) or "fast" (see search/fast.py)
         self._lease = None            # holds the version searched against compaction (index/leases.py)
         if extractor is not None:
@@ -126,6 +131,11 @@ class Searcher:
         self.refresh()
 
     # ------------------------------------------------------------------ setup
+    @property
+    def device(self) -> str:
+        """The runtime's device name (``auto``, ``cpu``, ``cuda``, ``cuda:N``)."""
+        return self.runtime.device
+
     def refresh(self) -> None:
         """Load the index's newest version (and the row norms the measures reuse)."""
         self._hold(self.index.head_version())     # before reading: compaction keeps what readers hold
@@ -249,7 +259,8 @@ class Searcher:
         if self._encoder is None:
             from ..extract.encoder import cached_encoder
 
-            cached = None if self._extractor is not None else cached_encoder(self.index.manifest, self.device)
+            cached = (None if self._extractor is not None or self.runtime.backend == "torch"
+                      else cached_encoder(self.index.manifest, self.device, self.runtime.threads))
             self._encoder = cached or self.extractor
         return self._encoder
 
@@ -259,7 +270,11 @@ class Searcher:
         if self._extractor is None:
             from ..extract import Extractor
 
-            extractor = Extractor(self.index.extractor_config, device=self.device)
+            # backend auto: torch (an ONNX export is not worth its one-off cost for a few queries)
+            runtime = self.runtime
+            if runtime.backend == "auto":
+                runtime = dataclasses.replace(runtime, backend="torch")
+            extractor = Extractor(self.index.extractor_config, runtime)
             self.index.check_fingerprint(extractor.fingerprint, extractor.config)
             self._extractor = extractor
         return self._extractor

@@ -38,11 +38,12 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..extract.colour import shades_of_gray_batch
-from ..models.device import resolve_device
+from ..models.device import runtime_device
 from ..models.efficientnet import Backbone
 from ..models.ensemble import EnsembleFeatureNet, EnsembleSpec, build_ensemble, melanoma_probability, save_ensemble
 from ..models.registry import create_backbone
 from ..models.weights import state_fingerprint
+from ..runtime import Runtime
 from .augment import Augmenter, x7_variant
 from .config import TARGETS, ClassifierTrainConfig
 from .data import LabelledSet, load_labelled
@@ -178,8 +179,10 @@ class _Session:
 
 
 def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Callable[[str], None] = print,
-                     progress: bool = True, cache_dir: str | Path | None = None, device: str = "auto") -> dict:
-    """Train the ensemble; returns the validation metrics. Resumes where an interrupted run stopped.
+                     progress: bool = True, cache_dir: str | Path | None = None,
+                     runtime: Runtime | None = None) -> dict:
+    """Train the ensemble; returns the validation metrics. Resumes where an interrupted run stopped,
+    whatever ``runtime`` (device, threads; default ``Runtime()``) either ran on.
 
     ``cache_dir`` (default ``out_dir/cache``) holds the frozen-prefix outputs; runs that differ only
     in target or later settings can share it."""
@@ -188,7 +191,7 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Calla
     (out / "members").mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir else out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(device)
+    device = runtime_device(runtime)
     torch.manual_seed(cfg.seed)
     atomic_json(out / "config.json", cfg.to_dict())
     t_start = time.perf_counter()
@@ -455,7 +458,7 @@ def _train_head(ses: _Session, net: EnsembleFeatureNet, spec: EnsembleSpec, memb
 
 # ------------------------------------------------------------------ resource estimate
 
-def dry_run_classifier(cfg: ClassifierTrainConfig, steps: int = 3, device: str = "auto"):
+def dry_run_classifier(cfg: ClassifierTrainConfig, steps: int = 3, runtime: Runtime | None = None):
     """Parameters, memory and measured seconds per batch of ``cfg`` on its device; nothing is trained."""
     cfg.require_labels()
     from .resources import DryRun, adam_bytes, batches_for, count_rows, dry_run_steps
@@ -471,7 +474,7 @@ def dry_run_classifier(cfg: ClassifierTrainConfig, steps: int = 3, device: str =
     member = _Member(backbone, k, 1, cfg.dropout)
     trainable = member.trainable()
     n_trained = sum(p.numel() for p in trainable)
-    device = resolve_device(device)
+    device = runtime_device(runtime)
     with torch.no_grad():
         shape = backbone.forward_prefix(torch.zeros(1, 3, s, s), k)[0].shape[1:] if k else (3, s, s)
 

@@ -18,9 +18,10 @@ import torch
 
 from ..errors import ConfigError
 from ..evaluate.masks import dice_scores
-from ..models.device import resolve_device
+from ..models.device import runtime_device
 from ..models.learned_segmenter import load_segmenter_file
 from ..models.segmentation import Segmenter
+from ..runtime import Runtime
 from .augment import Augmenter
 from .config import SegTrainConfig
 from .data import PairSet, load_pairs
@@ -96,12 +97,13 @@ def _evaluate(model: Segmenter, data: PairSet, cfg: SegTrainConfig, device) -> t
 
 
 def train_segmenter(cfg: SegTrainConfig, out_dir: str | Path,
-                    log: Callable[[str], None] = print, progress: bool = True, device: str = "auto") -> dict:
-    """Train; returns the history. Resumes from ``out_dir`` when a matching run stopped there."""
+                    log: Callable[[str], None] = print, progress: bool = True, runtime: Runtime | None = None) -> dict:
+    """Train; returns the history. Resumes from ``out_dir`` when a matching run stopped there,
+    whatever ``runtime`` (device, threads) either ran on."""
     cfg.require_labels()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(device)
+    device = runtime_device(runtime)
     torch.manual_seed(cfg.seed)
     t_load = time.perf_counter()
     train = load_pairs(cfg.labels, cfg.split, (cfg.train_split,), cfg.image_size, cfg.limit)
@@ -161,7 +163,7 @@ def train_segmenter(cfg: SegTrainConfig, out_dir: str | Path,
     return {"history": history, "best_val_dice": best}
 
 
-def dry_run_segmenter(cfg: SegTrainConfig, steps: int = 3, device: str = "auto"):
+def dry_run_segmenter(cfg: SegTrainConfig, steps: int = 3, runtime: Runtime | None = None):
     """Parameters, memory and measured seconds per batch of ``cfg`` on its device; nothing is trained."""
     cfg.require_labels()
     from .resources import DryRun, adam_bytes, batches_for, count_rows, dry_run_steps
@@ -179,7 +181,7 @@ def dry_run_segmenter(cfg: SegTrainConfig, steps: int = 3, device: str = "auto")
     def loss_fn(m, x, y):
         return focal_tversky_loss(m(x), y, cfg.alpha, cfg.beta, cfg.gamma)
 
-    device = str(resolve_device(device))
+    device = str(runtime_device(runtime))
     per_batch, act, how = dry_run_steps(model, params, make_batch, loss_fn, steps, device)
     batches = batches_for(n, b, cfg.epochs)
     return DryRun(f"train segmenter ({cfg.arch}, width {cfg.width})", device, total, total, b, s, per_batch,
