@@ -19,7 +19,7 @@ from dermsearch.train.augment import Augmenter, expand_x7, grid_mask
 from dermsearch.train.losses import FocalTverskyLoss, focal_tversky_loss
 from dermsearch.train.segmenter import SegTrainConfig, train_segmenter
 
-from .conftest import SHARED, require_data
+from .conftest import SHARED, lesion_image, require_data
 
 
 def lesion_pair(seed: int, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -182,3 +182,16 @@ def test_cli_train_and_eval_on_real_subset(tmp_path, capsys):
                str(tmp_path / "run"), "--image-size", "64", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["otsu"]["images"] == 150 and 0 <= out[str(tmp_path / "run")]["dice"] <= 1
+
+
+def test_predict_masks_matches_the_segmenter_the_extractor_uses():
+    """Evaluation (eval-segmenter) and indexing normalise and threshold the same way."""
+    from dermsearch.models.learned_segmenter import load_segmenter, predict_masks
+
+    seg = LearnedSegmenter(default_segmenter_path())
+    images = np.stack([np.asarray(lesion_image(s, seg.input_size)) for s in range(3)])     # [B, S, S, 3] uint8
+    model, info = load_segmenter(default_segmenter_path())
+    masks = predict_masks(model, info, torch.from_numpy(images).permute(0, 3, 1, 2), batch_size=2)
+    assert masks.shape == (3, 1, seg.input_size, seg.input_size)
+    assert np.array_equal(masks[:, 0].numpy(), seg.segment_batch(images))
+    assert 0 < masks.float().mean() < 1          # a lesion is found, not the whole image

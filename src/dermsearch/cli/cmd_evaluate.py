@@ -206,7 +206,7 @@ def cmd_eval_classifier(args) -> int:
 
 
 def cmd_eval_segmenter(args) -> int:
-    from ..train.segmenter import compare_segmenters
+    from ..evaluate.segmenter import compare_segmenters
 
     emit(compare_segmenters(args.labels, args.split, args.on, args.image_size, args.segmenter), args.json,
          lambda name, r: f"{name}: Dice {r['dice']:.4f} (95% CI {r['dice_ci95'][0]:.4f}-{r['dice_ci95'][1]:.4f}, "

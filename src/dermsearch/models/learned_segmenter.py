@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from .segmentation import Segmenter, SegmenterConfig
 from .weights import WeightsNotFoundError, read_metadata
 
-__all__ = ["LearnedSegmenter", "default_segmenter_path", "load_segmenter_file"]
+__all__ = ["LearnedSegmenter", "default_segmenter_path", "load_segmenter_file", "load_segmenter", "predict_masks"]
 
 DEFAULT_FILE = "segmenter-unet.safetensors"
 
@@ -35,6 +35,26 @@ def load_segmenter_file(path: str | Path) -> tuple[Segmenter, dict]:
     model = Segmenter(SegmenterConfig(**info["model"]))
     model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()}, strict=True)
     return model.eval(), info
+
+
+def load_segmenter(directory_or_file: str | Path) -> tuple[Segmenter, dict]:
+    """A trained segmenter: a training run's directory (its ``best.safetensors``) or a weights file."""
+    path = Path(directory_or_file)
+    return load_segmenter_file(path / "best.safetensors" if path.is_dir() else path)
+
+
+@torch.inference_mode()
+def predict_masks(model: Segmenter, info: dict, images_u8: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Binary masks [N, 1, S, S] (logit > 0) for uint8 images [N, 3, S, S], normalised as the file
+    ``info`` says its network was trained."""
+    mean, std = float(info["input"]["mean"]), float(info["input"]["std"])
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(images_u8), batch_size):
+        x = images_u8[i:i + batch_size].to(device).float()
+        out.append((model((x / 255.0 - mean) / std) > 0).cpu())
+    return torch.cat(out)
 
 
 class LearnedSegmenter:

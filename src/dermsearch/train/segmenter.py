@@ -16,10 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError
 from ..evaluate.masks import dice_scores
 from ..models.device import runtime_device
-from ..models.learned_segmenter import load_segmenter_file
 from ..models.segmentation import Segmenter
 from ..runtime import Runtime
 from .augment import Augmenter
@@ -28,55 +26,13 @@ from .data import PairSet, load_pairs
 from .harness import Run, RunFiles, atomic_json, autocast, fit, iterate, resume_key
 from .losses import focal_tversky_loss
 
-__all__ = ["SegTrainConfig", "train_segmenter", "dry_run_segmenter", "predict_masks", "compare_segmenters",
-           "load_segmenter", "SEG_MEAN", "SEG_STD"]
+__all__ = ["SegTrainConfig", "train_segmenter", "dry_run_segmenter", "SEG_MEAN", "SEG_STD"]
 
 SEG_MEAN, SEG_STD = 0.5, 0.25   # inputs: (x/255 − 0.5) / 0.25
 
 
 def _normalise(images_u8: torch.Tensor) -> torch.Tensor:
     return (images_u8.float() / 255.0 - SEG_MEAN) / SEG_STD
-
-
-@torch.inference_mode()
-def predict_masks(model: Segmenter, images_u8: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Binary masks [N, 1, S, S] (logit > 0) for uint8 images [N, 3, S, S]."""
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(images_u8), batch_size):
-        out.append((model(_normalise(images_u8[i:i + batch_size].to(device))) > 0).cpu())
-    return torch.cat(out)
-
-
-def load_segmenter(directory_or_file: str | Path) -> tuple[Segmenter, dict]:
-    """Load a trained segmenter: a run directory (its ``best.safetensors``) or a weights file."""
-    path = Path(directory_or_file)
-    return load_segmenter_file(path / "best.safetensors" if path.is_dir() else path)
-
-
-def compare_segmenters(labels_csv, split_csv, splits, image_size: int, names, rounds: int = 1000) -> dict:
-    """Dice (mean, median, lesion-free 95% bootstrap CI) and Jaccard of each named segmenter
-    (``default``: the packaged one, ``otsu``, a run directory or a .safetensors file) against the
-    ground-truth masks of ``labels_csv``, all at ``image_size`` (masks: nearest neighbour)."""
-    from ..evaluate.masks import evaluate_masks
-    from ..evaluate.metrics import bootstrap_ci
-    from ..models.baseline_segmenter import OtsuSegmenter
-    from ..models.learned_segmenter import default_segmenter_path
-
-    data = load_pairs(labels_csv, split_csv, tuple(splits) if splits else None, image_size)
-    rows = {}
-    for name in names:
-        if name == "otsu":
-            pred = torch.from_numpy(OtsuSegmenter().segment_batch(data.images.permute(0, 2, 3, 1).numpy()))[:, None]
-        else:
-            model, _ = load_segmenter(default_segmenter_path() if name == "default" else name)
-            if model.multiple and image_size % model.multiple:
-                raise ConfigError(f"segmenter {name}: the image size must be a multiple of {model.multiple}")
-            pred = predict_masks(model, data.images)
-        rows[name], dice = evaluate_masks(pred, data.masks)
-        rows[name]["dice_ci95"] = list(bootstrap_ci(lambda i, d=dice: d[i].mean(), len(dice), rounds, seed=0))
-    return rows
 
 
 def _config_dict(cfg: SegTrainConfig) -> dict:
