@@ -153,7 +153,8 @@ def test_gram_weights_file_round_trip_and_checks(tmp_path):
     fit = fit_gram_weights(stack, valid, ql, cl, channels=[16, 24, 40])
     fit.betas = [0.1 * (i + 1) for i in range(7)]
     path = tmp_path / "w.json"
-    save_gram_weights(path, fit, {"gram_pool": "lesion", "gram_margin": 0.05, "tap_channels": list(chans)})
+    save_gram_weights(path, fit, {"gram_pool": "lesion", "gram_margin": 0.05, "tap_channels": list(chans),
+                                                                "colour": ex_cfg.colour})
     cfg = dataclasses.replace(ex_cfg, gram_weights=str(path))
     assert resolve_gram_weights(cfg, chans) == pytest.approx(fit.betas)
     with pytest.raises(ValueError, match="fitted for"):

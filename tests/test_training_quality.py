@@ -72,7 +72,7 @@ def test_colour_is_applied_identically_at_index_and_query_time():
     base = dict(weights="imagenet", feature="pooled", members=1, image_size=64, style=True, masks=False,
                 gram_pool="image", gram_margin=0.0, gram_norm="none", gram_weights="inverse-channels")
     sog = Extractor(ExtractorConfig(**base, colour="shades-of-gray"), Runtime(backend="torch"))
-    plain = Extractor(ExtractorConfig(**base), Runtime(backend="torch"))
+    plain = Extractor(ExtractorConfig(**base, colour="none"), Runtime(backend="torch"))
     img = lesion_image(3, 64)
     a = sog.extract([img])
     corrected = Image.fromarray(shades_of_gray(np.asarray(img.resize((64, 64), Image.Resampling.BILINEAR))))
@@ -82,7 +82,8 @@ def test_colour_is_applied_identically_at_index_and_query_time():
     again = sog.extract([lesion_image(3, 64), lesion_image(4, 64)])   # a batch (index) vs one query
     np.testing.assert_allclose(again.features[:1], a.features, rtol=1e-5, atol=1e-5)
     assert sog.fingerprint != plain.fingerprint
-    assert "colour" not in plain.config.to_dict() or plain.config.colour == "none"
+    assert ExtractorConfig().colour == "shades-of-gray"               # the packaged model's input
+    assert ExtractorConfig.for_weights("imagenet").colour == "none"   # ImageNet never saw corrected images
     with pytest.raises(ValueError, match="colour"):
         ExtractorConfig(**base, colour="grey-edge")
 

@@ -49,7 +49,7 @@ class ExtractorConfig:
     mask_size: int = 128
     segmenter: str = "default"    # "default" (packaged U-Net), "otsu" (classical), or a .safetensors path
     seed: int = 0                 # random initialisation only
-    colour: str = "none"          # colour constancy on the network's input: "none" or "shades-of-gray"
+    colour: str = "shades-of-gray"  # colour constancy on the network's input: "none" or "shades-of-gray"
     tta: int = 0                  # feature: members' pooled vectors averaged over 1, 2 or 4 flips/turns;
                                   # 0 = the views the ensemble's head was fitted on (1 for other models)
 
@@ -86,7 +86,8 @@ class ExtractorConfig:
         """The config for ``weights``: a trained ensemble's architecture comes from its file;
         ``imagenet``/``random`` give the single pooled backbone unless ``overrides`` say otherwise."""
         if weights in ("imagenet", "random"):
-            base = {"weights": weights, "feature": "pooled", "members": 1, **PAPER_STYLE}
+            # the ImageNet/random backbone was never trained on colour-corrected images: the paper's input
+            base = {"weights": weights, "feature": "pooled", "members": 1, "colour": "none", **PAPER_STYLE}
             if overrides.get("feature") == "ensemble":
                 base.pop("members")
                 base.pop("feature")

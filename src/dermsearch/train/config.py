@@ -72,7 +72,7 @@ class ClassifierTrainConfig:
     metric_temperature: float = 0.1   # supcon's temperature
     ema: float = 0.0                  # phase two: decay of an exponential moving average of the weights (0: off)
     head_select: str = "retrieval"    # phase two: keep the epoch best by this ("retrieval": feature P@5)
-    colour: str = "none"              # colour constancy before the network ("shades-of-gray"), as at indexing
+    colour: str = "shades-of-gray"    # colour constancy before the network ("none" or "shades-of-gray"), as at indexing
     tta: int = 4                      # phase two: pooled vectors averaged over 1, 2 or 4 flips/turns (as indexed)
     init_members: str = ""            # an ensemble file ("default": the packaged one) whose members are reused:
                                       # phase one is skipped and only phase two (BN, Dense, head) is trained
