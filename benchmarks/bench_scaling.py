@@ -41,7 +41,8 @@ from _common import REPO, emit, machine
 
 from dermsearch.index import Index
 from dermsearch.search.engine import ExactEngine, Query, maxima, normalise, rank_rows, top_k_rows
-from dermsearch.search.fast import FastConfig, FastIndex, FastIndexWriter, fast_dir
+from dermsearch.search.fast import FastConfig, FastIndex, fast_dir
+from dermsearch.search.fast_build import FastIndexWriter
 from dermsearch.search.measures import MEASURES, cosine_new, harmonic_mean, measure_scores
 
 SIZES = (1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000)

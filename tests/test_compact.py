@@ -16,7 +16,8 @@ from dermsearch.index.build import build_index
 from dermsearch.index.leases import READERS, Lease, held_versions
 from dermsearch.runtime import Runtime
 from dermsearch.search import MEASURES, Searcher
-from dermsearch.search.fast import FastConfig, optimize
+from dermsearch.search.fast import FastConfig
+from dermsearch.search.fast_build import optimize
 
 from .conftest import lesion_image
 

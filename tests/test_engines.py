@@ -17,7 +17,7 @@ from dermsearch.runtime import Runtime
 from dermsearch.search import MEASURES
 from dermsearch.search.config import FastConfig
 from dermsearch.search.engine import Engine, ExactEngine, Query, merge_rankings, rank_rows
-from dermsearch.search.fast import FastIndexWriter
+from dermsearch.search.fast_build import FastIndexWriter
 
 N, SIDE, K = 90, 16, 7
 

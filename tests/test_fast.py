@@ -14,15 +14,8 @@ from dermsearch.extract import load_image
 from dermsearch.index.build import build_index
 from dermsearch.search import MEASURES, Searcher
 from dermsearch.search.engine import Query, maxima, normalise, rank_rows
-from dermsearch.search.fast import (
-    FastConfig,
-    FastIndexWriter,
-    FastModeMissing,
-    RowReader,
-    fast_dir,
-    optimize,
-    score_error_bound,
-)
+from dermsearch.search.fast import FastConfig, FastModeMissing, RowReader, fast_dir, score_error_bound
+from dermsearch.search.fast_build import FastIndexWriter, optimize
 from dermsearch.search.measures import mask_intersections, measure_scores
 
 from .conftest import lesion_image
@@ -224,7 +217,8 @@ def test_rows_in_fast_files_serve_labels_only_for_their_own_index(indexed, tmp_p
 
 
 def test_count_sketch_against_a_naive_reference_and_the_stored_residual_sketches(tmp_path):
-    from dermsearch.search.fast import count_sketch, sketch_hash
+    from dermsearch.search.fast import count_sketch
+    from dermsearch.search.fast_build import sketch_hash
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(5, 37)).astype(np.float32)

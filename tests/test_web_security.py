@@ -364,7 +364,8 @@ def test_api_docs_are_served_from_local_files(client):
 
 def test_live_archive_in_fast_mode_falls_back_to_exact(hostile_index, tmp_path):
     from dermsearch.index import Index
-    from dermsearch.search.fast import FastConfig, optimize
+    from dermsearch.search.fast import FastConfig
+    from dermsearch.search.fast_build import optimize
 
     root, extractor = hostile_index
     ix = tmp_path / "ix"

@@ -175,7 +175,7 @@ def _build(args) -> int:
 
 def cmd_optimize(args) -> int:
     from ..index import Index
-    from ..search.fast import optimize
+    from ..search.fast_build import optimize
 
     config = FastConfig(style_dims=args.style_dims, feature_dims=args.feature_dims, mask_grid=args.mask_grid,
                         candidates=args.candidates, sketch_dims=args.sketch_dims)
@@ -195,7 +195,7 @@ def cmd_compact(args) -> int:
     import json
 
     from ..index import Index
-    from ..search.fast import carry_forward
+    from ..search.fast_build import carry_forward
 
     index = Index.open(args.index)
     report = index.compact(cleanup=not args.keep_versions)

@@ -55,12 +55,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -76,11 +74,11 @@ from .engine import (
     normalise,
     top_k_rows,
 )
-from .kernels import blas_single_threaded, products, row_parallel_products
+from .kernels import blas_single_threaded, row_parallel_products
 from .measures import MEASURE_COMPONENTS, measure_scores
 
-__all__ = ["FastConfig", "FastIndex", "FastIndexWriter", "FastResult", "FastModeMissing", "fast_dir", "optimize",
-           "carry_forward", "score_error_bound"]
+__all__ = ["FastConfig", "FastIndex", "FastResult", "FastModeMissing", "fast_dir", "score_error_bound",
+           "count_sketch", "cell_counts"]
 
 FAST_FORMAT = 2          # 2: residual sketches
 RESIDENT = ("feature_proj", "style_proj", "feature_csq", "style_csq", "feature_resid", "style_resid",
@@ -104,28 +102,7 @@ def fast_dir(index_directory: str | os.PathLike, version: int) -> Path:
     return Path(index_directory) / "fast" / f"v{version}"
 
 
-# ---------------------------------------------------------------------------------- building
-def _fit_pca(sample: np.ndarray, dims: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Mean, orthonormal basis [k, D] and explained-variance fraction of a float32 sample."""
-    from sklearn.utils.extmath import randomized_svd
-
-    mean = sample.mean(axis=0, dtype=np.float64).astype(np.float32)
-    centred = sample - mean
-    k = min(dims, centred.shape[0] - 1, centred.shape[1])
-    _, s, vt = randomized_svd(centred, k, n_iter=3, random_state=seed)
-    total = float(np.einsum("ij,ij->", centred, centred, dtype=np.float64))
-    explained = float((s.astype(np.float64) ** 2).sum() / max(total, 1e-30))
-    return mean, np.ascontiguousarray(vt, dtype=np.float32), explained
-
-
-def sketch_hash(width: int, buckets: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The count sketch's hash: a random order of the ``width`` coordinates (bucket b holds
-    positions ``b·width//buckets`` up to the next bucket's start, so every bucket is used) and a
-    random sign per coordinate (in that order)."""
-    rng = np.random.default_rng([seed, 0x5eed])
-    return rng.permutation(width).astype(np.int32), rng.choice(np.array([-1.0, 1.0], np.float32), width)
-
-
+# ---------------------------------------------------------------------------------- shared with the writer (fast_build)
 def count_sketch(x: np.ndarray, order: np.ndarray, signs: np.ndarray, buckets: int, block: int = 256) -> np.ndarray:
     """[B, buckets] float32 count sketches of the rows of ``x`` [B, D]."""
     x = np.asarray(x, dtype=np.float32)
@@ -136,131 +113,12 @@ def count_sketch(x: np.ndarray, order: np.ndarray, signs: np.ndarray, buckets: i
     return out
 
 
-def _cells(masks_packed: np.ndarray, side: int, grid: int) -> np.ndarray:
+def cell_counts(masks_packed: np.ndarray, side: int, grid: int) -> np.ndarray:
     """[B, grid²] float32 pixel counts of bit-packed square masks."""
     bits = np.unpackbits(np.asarray(masks_packed, dtype=np.uint8), axis=1)[:, : side * side]
     cell = side // grid
     return bits.reshape(-1, grid, cell, grid, cell).sum(axis=(2, 4), dtype=np.int32).reshape(-1, grid * grid
                                                                                             ).astype(np.float32)
-
-
-class FastIndexWriter:
-    """Writes a fast-mode directory in row chunks (so an archive larger than RAM can be written),
-    then fits the PCA bases on a sample and projects every row in :meth:`finish`."""
-
-    def __init__(self, directory: str | os.PathLike, n: int, feature_dim: int, style_dim: int, mask_bytes: int,
-                 mask_size: int, config: FastConfig = FastConfig(), version: int = 0, certified: bool = False):
-        """``certified``: also write the certified engine's bfloat16 style copy
-        (:func:`~dermsearch.search.certified.write_certified`), so that ``--mode certified`` opens
-        at once instead of building it (2 bytes per style value: half the styles' size again)."""
-        if not style_dim:
-            raise ConfigError("fast mode needs style vectors (the index was built with style=False)")
-        self.final = Path(directory)
-        self.tmp = self.final.with_name(self.final.name + f".tmp-{os.getpid()}")
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
-        self.n, self.config, self.version, self.certified = n, config, version, certified
-        self.mask_size = mask_size
-        if mask_bytes and mask_size % config.mask_grid:
-            raise ConfigError(f"mask_grid {config.mask_grid} must divide the mask size {mask_size}")
-
-        def mm(name, dtype, shape):
-            return np.lib.format.open_memmap(self.tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
-
-        self._mm = mm
-        self.features = mm("features", np.float32, (n, feature_dim))
-        self.styles = mm("styles", np.float32, (n, style_dim))
-        self.masks = mm("masks", np.uint8, (n, mask_bytes)) if mask_bytes else None
-        self.mask_areas = mm("mask_areas", np.int32, (n,)) if mask_bytes else None
-        self.ids = np.empty(n, dtype=object)
-        self.rows: dict | None = None    # the rows' labels (see :meth:`set_rows`), written as rows.json
-
-    def set_rows(self, identity: dict, paths, diagnosis, melanoma, lesion_id, meta_json) -> None:
-        """The rows' labels, so that a reader needs no LanceDB to show hits (one list per column,
-        in row order; melanoma NaN for unknown), and the identity of the index they belong to."""
-        self.rows = {"identity": identity, "paths": [str(p) for p in paths], "diagnosis": list(diagnosis),
-                     "melanoma": [None if np.isnan(v) else int(v) for v in melanoma],
-                     "lesion_id": list(lesion_id), "meta_json": list(meta_json)}
-
-    def write(self, start: int, ids: Sequence[str], features: np.ndarray, styles: np.ndarray,
-              masks: np.ndarray | None = None, mask_areas: np.ndarray | None = None) -> None:
-        stop = start + len(ids)
-        self.ids[start:stop] = list(ids)
-        self.features[start:stop] = features
-        self.styles[start:stop] = styles
-        if self.masks is not None:
-            self.masks[start:stop] = masks
-            self.mask_areas[start:stop] = mask_areas
-
-    def finish(self, progress: Callable[[str], None] | None = None, chunk: int = 2048) -> FastIndex:
-        cfg, n, say = self.config, self.n, progress or (lambda _m: None)
-        t0 = time.perf_counter()
-        rng = np.random.default_rng(cfg.seed)
-        sample = np.sort(rng.choice(n, size=min(n, cfg.fit_rows), replace=False))
-        info: dict = {"format": FAST_FORMAT, "rows": n, "index_version": self.version, "config": asdict(cfg),
-                      "mask_size": self.mask_size}
-        for name, matrix, dims in (("feature", self.features, cfg.feature_dims),
-                                   ("style", self.styles, cfg.style_dims)):
-            say(f"fitting the {name} PCA on {sample.size} rows")
-            mean, basis, explained = _fit_pca(np.asarray(matrix[sample]), dims, cfg.seed)
-            info[f"{name}_explained_variance"] = round(explained, 5)
-            np.save(self.tmp / f"{name}_mean.npy", mean)
-            np.save(self.tmp / f"{name}_basis.npy", basis)
-            proj = self._mm(f"{name}_proj", np.float32, (n, basis.shape[0]))
-            m = min(cfg.sketch_dims, matrix.shape[1]) if name == "style" else 0
-            if name == "style":
-                info["config"]["sketch_dims"] = m           # what was stored (at most the style width)
-            if m:
-                order, signs = sketch_hash(matrix.shape[1], m, cfg.seed)
-                sketch_basis = count_sketch(basis, order, signs, m)
-                for suffix, v in (("order", order), ("signs", signs), ("basis", sketch_basis)):
-                    np.save(self.tmp / f"{name}_sketch_{suffix}.npy", v)
-                sketch = self._mm(f"{name}_sketch", np.float32, (n, m))
-            csq = self._mm(f"{name}_csq", np.float64, (n,))
-            resid = self._mm(f"{name}_resid", np.float64, (n,))
-            sq = self._mm(f"{name}_sqnorms", np.float64, (n,))
-            say(f"projecting {n} {name} vectors")
-            for s in range(0, n, chunk):
-                block = np.asarray(matrix[s:s + chunk])
-                centred = block - mean
-                p = products(centred, basis) if centred.shape[0] > 1 else centred @ basis.T
-                proj[s:s + chunk] = p
-                if m:
-                    sketch[s:s + chunk] = count_sketch(centred, order, signs, m) - p @ sketch_basis
-                c = np.einsum("ij,ij->i", centred, centred, dtype=np.float64)
-                csq[s:s + chunk] = c
-                resid[s:s + chunk] = np.sqrt(np.maximum(c - np.einsum("ij,ij->i", p, p, dtype=np.float64), 0.0))
-                sq[s:s + chunk] = np.einsum("ij,ij->i", block, block, dtype=np.float64)
-            for a in (proj, csq, resid, sq) + ((sketch,) if m else ()):
-                a.flush()
-        if self.masks is not None:
-            cells = self._mm("mask_cells", np.float32, (n, cfg.mask_grid ** 2))
-            for s in range(0, n, chunk):
-                cells[s:s + chunk] = _cells(self.masks[s:s + chunk], self.mask_size, cfg.mask_grid)
-            cells.flush()
-        for a in (self.features, self.styles, self.masks, self.mask_areas):
-            if isinstance(a, np.memmap) and a.mode != "r":
-                a.flush()
-        if self.certified:
-            from .certified import write_certified
-
-            say("writing the bfloat16 style copy for certified mode")
-            write_certified(self.tmp, self.styles)
-        np.save(self.tmp / "ids.npy", np.array(self.ids.tolist(), dtype=str))
-        if self.rows is not None:
-            with open(self.tmp / "rows.json", "w") as f:
-                json.dump({**self.rows, "rows": n}, f)
-                f.flush()
-                os.fsync(f.fileno())
-        info["build_seconds"] = round(time.perf_counter() - t0, 1)
-        with open(self.tmp / "fast.json", "w") as f:
-            json.dump(info, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        if self.final.exists():
-            shutil.rmtree(self.final)
-        self.tmp.replace(self.final)        # atomic: the directory appears complete or not at all
-        return FastIndex.open(self.final)
 
 
 # ---------------------------------------------------------------------------------- querying
@@ -469,7 +327,7 @@ class FastIndex:
             top_s = float(np.max(est_s, where=valid, initial=0.0)) or 1.0
             comp_est["style"] = 1.0 - rank_s.astype(np.float32) / np.float32(top_s)
         if "dice" in needs and "mask_cells" in a and query.mask is not None:
-            qcells = _cells(query.mask[None], self.info["mask_size"], cfg.mask_grid)[0]
+            qcells = cell_counts(query.mask[None], self.info["mask_size"], cfg.mask_grid)[0]
             cell_px = (self.info["mask_size"] // cfg.mask_grid) ** 2
             inter = row_parallel_products(qcells[None], a["mask_cells"])[0] * np.float32(2.0 / cell_px)
             total = self._mask_areas32 + np.float32(query.mask_area)
@@ -651,77 +509,3 @@ def score_error_bound(value: float, low: float, high: float) -> float:
     if low <= 0:
         return 0.0
     return float(value) * (1.0 / low - 1.0 / high)
-
-
-def optimize(index, config: FastConfig = FastConfig(), progress: Callable[[str], None] | None = None,
-             certified: bool = False) -> FastIndex:
-    """Write the fast-mode files of ``index``'s current version (and drop older versions' files);
-    with ``certified``, also the certified engine's bfloat16 style copy.
-
-    Reads the index's vectors once (as an exact :class:`~dermsearch.search.Searcher` does);
-    :class:`FastIndexWriter` itself writes in chunks, for archives that are built elsewhere."""
-    say = progress or (lambda _m: None)
-    if certified:
-        from .certified import _bf16_accumulates_in_float32
-
-        if not _bf16_accumulates_in_float32():
-            raise ConfigError("this torch build does not sum bfloat16 products in float32: certified mode "
-                              "cannot use it, so no bfloat16 copy is written")
-    say("reading the index")
-    s = index.snapshot()
-    m = index.manifest
-    if s.styles is None:
-        raise ConfigError(f"{index.directory} stores no style vectors (built with style=False): fast mode "
-                         "compresses the style vectors, exact search is already cheap without them")
-    target = fast_dir(index.directory, s.version)
-    w = FastIndexWriter(target, len(s), m["feature_dim"], m["style_dim"], m["mask_bytes"], m["mask_size"],
-                        config, s.version, certified=certified)
-    w.set_rows(index_identity(m), s.paths, s.diagnosis, s.melanoma, s.lesion_id, s.meta_json)
-    step = 4096
-    for start in range(0, len(s), step):
-        sl = slice(start, start + step)
-        w.write(start, s.ids[sl], s.features[sl], s.styles[sl], None if s.masks is None else s.masks[sl],
-                None if s.mask_areas is None else s.mask_areas[sl])
-    fast = w.finish(say)
-    for old in target.parent.iterdir():
-        if old.name != target.name and not old.name.startswith(target.name + ".tmp"):
-            shutil.rmtree(old, ignore_errors=True)
-    return fast
-
-
-def carry_forward(index, old_version: int) -> FastIndex | None:
-    """After ``index.compact()`` (the same rows in the same order, a new version), make the
-    fast-mode files of ``old_version`` serve the new one: hard links to the same files and a new
-    ``fast.json``, in a directory renamed into place (atomic). The old version's files go unless a
-    reader still holds that version. None when there is nothing to carry (no files, or the rows
-    changed: then ``optimize`` must run again)."""
-    from ..index.leases import held_versions
-
-    src = fast_dir(index.directory, old_version)
-    new = index.latest_version()
-    if new == old_version or not (src / "fast.json").is_file():
-        return None
-    if json.loads((src / "fast.json").read_text()).get("format") != FAST_FORMAT:
-        return None                          # files of an older format: 'optimize' writes new ones
-    s = index.snapshot(vectors=False)
-    if not np.array_equal(s.ids.astype(str), np.load(src / "ids.npy")):
-        return None
-    target = fast_dir(index.directory, new)
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for f in src.iterdir():
-        if f.name != "fast.json":
-            os.link(f, tmp / f.name)
-    info = json.loads((src / "fast.json").read_text())
-    info["index_version"] = new
-    with open(tmp / "fast.json", "w") as f:
-        json.dump(info, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.replace(target)
-    if old_version not in held_versions(index.directory):
-        shutil.rmtree(src, ignore_errors=True)
-    return FastIndex.open(target)
