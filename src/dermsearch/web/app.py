@@ -74,19 +74,43 @@ def _hit_json(hit, meta: dict) -> dict:
 
 def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher: Searcher | None = None) -> FastAPI:
     index_dir = Path(index_dir)
-    live = LiveIndex(searcher or Searcher(index_dir), config.max_upload_bytes)
-    ratings = RatingStore(index_dir / "ratings.sqlite")
+    if config.auth not in ("on", "off", "auto"):
+        raise ConfigError(f"auth must be on, off or auto, not {config.auth!r}")
+    srv = _Server(config, LiveIndex(searcher or Searcher(index_dir), config.max_upload_bytes),
+                  RatingStore(index_dir / "ratings.sqlite"), TokenStore.for_index(index_dir))
     app = FastAPI(title="dermsearch", version="1", description="Reverse image search for dermoscopic images. "
                   "Ten similarity measures over an index of diagnosed lesions.", docs_url=None, redoc_url=None)
     # multipart overhead on top of the file itself; the guard refuses anything larger unread
     app.add_middleware(RequestGuard, allowed_hosts=config.allowed_hosts,
                        max_body_bytes=config.max_upload_bytes + 64 * 1024)
-    tokens = TokenStore.for_index(index_dir)
-    if config.auth not in ("on", "off", "auto"):
-        raise ConfigError(f"auth must be on, off or auto, not {config.auth!r}")
+    _auth_routes(app, srv)
+    _page_routes(app)
+    _search_routes(app, srv)
+    _image_routes(app, srv)
+    _rating_routes(app, srv)
+    return app
 
-    def auth_on() -> bool:
-        return config.auth == "on" or (config.auth == "auto" and bool(tokens.active()))
+
+class _Server:
+    """What the routes share: the settings, the index served, the ratings, the tokens, and the
+    search admission state (a bounded pool, the queue count, per-client rate buckets, thumbnails)."""
+
+    def __init__(self, config: WebConfig, live: LiveIndex, ratings: RatingStore, tokens: TokenStore):
+        self.config, self.live, self.ratings, self.tokens = config, live, ratings, tokens
+        self.limiter = anyio.CapacityLimiter(max(1, config.concurrency))
+        self.pending = {"n": 0}
+        self.buckets = RateLimiter(config.rate_limit)
+        self.thumbs: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
+        self.thumbs_lock = threading.Lock()
+
+    def auth_on(self) -> bool:
+        c = self.config
+        return c.auth == "on" or (c.auth == "auto" and bool(self.tokens.active()))
+
+
+def _auth_routes(app: FastAPI, srv: _Server) -> None:
+    """Authentication (a middleware in front of every route) and sign-in."""
+    tokens, auth_on = srv.tokens, srv.auth_on
 
     @app.middleware("http")
     async def authenticate(request: Request, call_next):
@@ -142,12 +166,10 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
     def login_page() -> str:
         return LOGIN_HTML
 
-    limiter = anyio.CapacityLimiter(max(1, config.concurrency))
-    pending = {"n": 0}
-    buckets = RateLimiter(config.rate_limit)
-    thumbs: OrderedDict[tuple[str, str], bytes] = OrderedDict()
-    thumbs_lock = threading.Lock()
 
+
+def _page_routes(app: FastAPI) -> None:
+    """The HTML pages, their scripts, the offline API docs, and the catch-all error handler."""
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):  # no stack trace to clients
         log.exception("unhandled error on %s", request.url.path)
@@ -187,6 +209,12 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
         if name not in scripts:
             raise HTTPException(404, "not found")
         return Response(scripts[name], media_type="text/javascript", headers={"Cache-Control": "no-cache"})
+
+
+
+def _search_routes(app: FastAPI, srv: _Server) -> None:
+    """Index facts and search by upload (admitted by rate and queue limits, run off the event loop)."""
+    config, live, limiter, pending, buckets = srv.config, srv.live, srv.limiter, srv.pending, srv.buckets
 
     @app.get("/api/index", summary="Facts about the index (the version served: every request uses the newest)")
     def index_facts() -> dict:
@@ -283,11 +311,11 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
             out["query_mask_png"] = "data:image/png;base64," + base64.b64encode(png).decode()
         return out
 
-    def _row(st, image_id: str) -> int:
-        pos = st.searcher.row(image_id)
-        if pos is None:
-            raise HTTPException(404, "no such image in the index")
-        return pos
+
+
+def _image_routes(app: FastAPI, srv: _Server) -> None:
+    """Indexed images and masks, by id only."""
+    config, live, thumbs, thumbs_lock = srv.config, srv.live, srv.thumbs, srv.thumbs_lock
 
     @app.get("/api/images/{image_id:path}", summary="An indexed image (thumbnail or full), by id only",
              responses={200: {"content": {"image/jpeg": {}}}})
@@ -330,6 +358,12 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
                 raise HTTPException(404, "this index stores no masks")
             png = mask_png(st.snap.masks[pos], st.searcher.index.manifest["mask_size"], MATCH_MASK)
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+
+
+def _rating_routes(app: FastAPI, srv: _Server) -> None:
+    """Blinded rating sessions, judgements, and their export (admin only)."""
+    config, live, ratings = srv.config, srv.live, srv.ratings
 
     @app.post("/api/ratings/session", summary="A blinded rating task: a random indexed query and its pooled top-k")
     def rating_session(request: Request, seed: int | None = None) -> dict:
@@ -393,7 +427,14 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
     def ratings_key() -> Response:
         return Response(ratings.export("key"), media_type="text/csv")
 
-    return app
+
+
+def _row(st, image_id: str) -> int:
+    pos = st.searcher.row(image_id)
+    if pos is None:
+        raise HTTPException(404, "no such image in the index")
+    return pos
+
 
 
 QUERY_MASK = (217, 45, 32, 120)     # the query's mask overlay: red
