@@ -84,6 +84,8 @@ def test_colour_is_applied_identically_at_index_and_query_time():
     assert sog.fingerprint != plain.fingerprint
     assert ExtractorConfig().colour == "shades-of-gray"               # the packaged model's input
     assert ExtractorConfig.for_weights("imagenet").colour == "none"   # ImageNet never saw corrected images
+    old = {k: v for k, v in ExtractorConfig().to_dict().items() if k != "colour"}   # an index from before
+    assert ExtractorConfig.from_dict(old).colour == "none"
     with pytest.raises(ValueError, match="colour"):
         ExtractorConfig(**base, colour="grey-edge")
 

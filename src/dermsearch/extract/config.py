@@ -129,4 +129,6 @@ class ExtractorConfig:
             d = {**d, "gram_pool": "image", "gram_margin": 0.0}
         if "gram_norm" not in d:
             d = {**d, "gram_norm": "none"}
+        if "colour" not in d:     # written before colour constancy existed: uncorrected input
+            d = {**d, "colour": "none"}
         return cls(**d)
