@@ -136,5 +136,5 @@ def test_one_ensemble_description_for_the_file_the_extractor_and_the_trainer():
     assert ClassifierTrainConfig().description() == shipped
     assert get_preset("paper").classifier.description().differences(shipped) == {
         "backbone": ("efficientnet-b6", "efficientnet-lite0"), "image_size": (384, 224),
-        "normalization": ("imagenet", "tf")}
+        "normalization": ("imagenet", "tf"), "colour": ("none", "shades-of-gray")}
     assert EnsembleDescription.of("efficientnet-b0", 1, 8, 32).normalization == "imagenet"

@@ -82,8 +82,10 @@ def test_colour_is_applied_identically_at_index_and_query_time():
     again = sog.extract([lesion_image(3, 64), lesion_image(4, 64)])   # a batch (index) vs one query
     np.testing.assert_allclose(again.features[:1], a.features, rtol=1e-5, atol=1e-5)
     assert sog.fingerprint != plain.fingerprint
-    assert ExtractorConfig().colour == "shades-of-gray"               # the packaged model's input
+    assert ExtractorConfig().resolved().colour == "shades-of-gray"    # the packaged model's input
     assert ExtractorConfig.for_weights("imagenet").colour == "none"   # ImageNet never saw corrected images
+    assert ExtractorConfig(weights="imagenet", feature="pooled", members=1).resolved().colour == "none"
+    assert Extractor(ExtractorConfig(**base), Runtime(backend="torch")).config.colour == "none"   # "auto"
     old = {k: v for k, v in ExtractorConfig().to_dict().items() if k != "colour"}   # an index from before
     assert ExtractorConfig.from_dict(old).colour == "none"
     with pytest.raises(ValueError, match="colour"):
@@ -360,3 +362,11 @@ def test_harness_resumes_legacy_state_and_refuses_a_half_saved_epoch(tmp_path):
     state = _toy_fit(_toy_run(tmp_path, 3, logs.append))
     assert any("unfinished epoch" in line for line in logs)
     assert [h["epoch"] for h in state["history"]] == [1, 2, 3]      # trained again from the start
+
+
+def test_an_index_of_an_earlier_packaged_model_is_refused_with_the_way_out():
+    """Settings written for the previous packaged ensemble (uncorrected input) no longer describe the
+    packaged file: the extractor refuses them and says to rebuild, instead of mixing models."""
+    old = ExtractorConfig.from_dict({k: v for k, v in ExtractorConfig().to_dict().items() if k != "colour"})
+    with pytest.raises(ValueError, match="must be rebuilt"):
+        Extractor(old, Runtime(backend="torch"))

@@ -69,7 +69,7 @@ PRESETS: dict[str, Preset] = {
         classifier=ClassifierTrainConfig(
             backbone="efficientnet-b6", weights="random", members=5, image_size=384, trainable_stages=7,
             augment="x7", epochs=10, head_epochs=20, batch_size=16, target="melanoma", metric_loss="none",
-            head_select="balanced_accuracy", tta=1),
+            head_select="balanced_accuracy", tta=1, colour="none"),
         segmenter=SegTrainConfig(arch="r2unet", width=32, depth=4, t=2, image_size=384, epochs=50, batch_size=8),
         index=ExtractorConfig(**PAPER_STYLE),
         requires=("weights", "segmenter"),

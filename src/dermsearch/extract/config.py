@@ -3,7 +3,7 @@ no network library: the CLI, the index and the cached encoder read it without lo
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 from ..errors import ConfigError
 from ..models.normalization import backbone_normalization
@@ -49,7 +49,9 @@ class ExtractorConfig:
     mask_size: int = 128
     segmenter: str = "default"    # "default" (packaged U-Net), "otsu" (classical), or a .safetensors path
     seed: int = 0                 # random initialisation only
-    colour: str = "shades-of-gray"  # colour constancy on the network's input: "none" or "shades-of-gray"
+    colour: str = "auto"          # colour constancy on the network's input: "none", "shades-of-gray", or
+                                  # "auto": what the weights were trained with (the packaged ensemble:
+                                  # shades-of-gray; ImageNet/random backbones: none); see resolved()
     tta: int = 0                  # feature: members' pooled vectors averaged over 1, 2 or 4 flips/turns;
                                   # 0 = the views the ensemble's head was fitted on (1 for other models)
 
@@ -76,8 +78,8 @@ class ExtractorConfig:
             raise ConfigError(f"tta must be 1, 2 or 4 test-time views (0: the model's own), not {self.tta}")
         if self.tta > 1 and self.feature != "ensemble":
             raise ConfigError("test-time views (tta > 1) need feature='ensemble'")
-        if self.colour not in COLOUR_METHODS:
-            raise ConfigError(f"unknown colour method {self.colour!r}; valid: {', '.join(COLOUR_METHODS)}")
+        if self.colour not in (*COLOUR_METHODS, "auto"):
+            raise ConfigError(f"unknown colour method {self.colour!r}; valid: auto, {', '.join(COLOUR_METHODS)}")
         if self.segmenter not in ("default", "otsu") and not self.segmenter.endswith(".safetensors"):
             raise ConfigError(f"unknown segmenter {self.segmenter!r}; valid: default, otsu, or a .safetensors file")
 
@@ -103,12 +105,25 @@ class ExtractorConfig:
             base.update(PAPER_STYLE)
         return cls(**{**base, **overrides})
 
+    def resolved(self) -> ExtractorConfig:
+        """This config with ``colour="auto"`` made concrete (what an :class:`Extractor` and an
+        index manifest hold): a trained ensemble's colour from its file, ``none`` for ImageNet or
+        random backbones, which never saw corrected images."""
+        if self.colour != "auto":
+            return self
+        if self.weights in ("imagenet", "random"):
+            return replace(self, colour="none")
+        from ..models.ensemble import default_ensemble_path, read_ensemble_spec
+
+        path = default_ensemble_path() if self.weights == "default" else self.weights
+        return replace(self, colour=read_ensemble_spec(path).description().colour)
+
     def description(self):
         """The ensemble this config describes (:class:`~dermsearch.models.description.EnsembleDescription`)."""
         from ..models.description import EnsembleDescription
 
         return EnsembleDescription.of(self.backbone, self.members, self.feature_dim, self.image_size,
-                                      self.normalization, self.colour)
+                                      self.normalization, self.resolved().colour)
 
     @property
     def resolved_normalization(self) -> str:

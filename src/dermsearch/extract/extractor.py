@@ -98,7 +98,7 @@ class Extractor:
     def __init__(self, config: ExtractorConfig | None = None, runtime: Runtime | None = None):
         """``runtime``: where and how the networks run (device, threads, backend; default
         ``Runtime()``). It changes no vector beyond float rounding, so it is not in the fingerprint."""
-        self.config = config = config or ExtractorConfig()
+        self.config = config = (config or ExtractorConfig()).resolved()   # colour "auto" made concrete
         self.runtime = runtime = runtime or Runtime()
         self.device = runtime_device(runtime)
         self.net = self._build(config).eval()
@@ -160,6 +160,10 @@ class Extractor:
         path = default_ensemble_path() if cfg.weights == "default" else Path(cfg.weights)
         net, spec = load_ensemble(path)
         diff = cfg.description().differences(spec.description())
+        if diff and cfg.weights == "default":
+            raise ConfigError(f"the packaged ensemble is not the one these settings describe (settings, packaged): "
+                             f"{diff}; an index built with an earlier release's packaged model must be rebuilt "
+                             "with this one, into a new directory")
         if diff:
             raise ConfigError(f"{path}: the settings disagree with the trained ensemble (config, file): {diff}; "
                              "use ExtractorConfig.for_weights() to read them from the file")
