@@ -239,7 +239,7 @@ def test_packaged_default_ensemble_matches_the_default_config_and_size_budget():
     default = ExtractorConfig()
     assert (spec.backbone, spec.members, spec.feature_dim, spec.image_size) == (
         default.backbone, default.members, default.feature_dim, default.image_size)
-    assert ExtractorConfig.for_weights("default") == default
+    assert ExtractorConfig.for_weights("default") == default.resolved()   # colour "auto": the file's
     weights = REPO / "src" / "dermsearch" / "weights"
     total = sum(p.stat().st_size for p in weights.glob("*.safetensors"))
     assert total <= 60 * 1024 * 1024, f"shipped weights are {total / 2**20:.1f} MB (budget 60 MB)"

@@ -71,7 +71,7 @@ def resolve_gram_weights(config: ExtractorConfig, tap_channels, network: str | N
         raise ConfigError(f"{path}: cannot read gram weights ({e})") from e
     betas = doc.get("betas")
     want = {"gram_pool": config.gram_pool, "gram_margin": config.gram_margin, "gram_norm": config.gram_norm,
-            "tap_channels": list(tap_channels), "colour": config.colour}
+            "tap_channels": list(tap_channels), "colour": config.resolved().colour}
     got = {k: doc.get(k, "none" if k in ("gram_norm", "colour") else None) for k in want}
     if got != want:
         raise ConfigError(f"{path}: these gram weights were fitted for {got}, not for this model's {want}")
