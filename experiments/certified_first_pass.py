@@ -83,12 +83,15 @@ def kernel_rates(n: int, width: int) -> dict:
 def rows_checked(index: str, n_queries: int, pca_dims: list[int]) -> dict:
     from dermsearch.runtime import Runtime
     from dermsearch.search.certified import CertifiedEngine
+    from dermsearch.search.engine import ExactEngine
     from dermsearch.search.measures import MEASURES
     from dermsearch.search.searcher import Searcher
 
     s = Searcher(index, mode="certified", runtime=Runtime(backend="torch"))
-    eng = s.engine
-    assert isinstance(eng, CertifiedEngine)
+    assert isinstance(s.engine, CertifiedEngine)
+    # every style column, as when this probe was first run (before zero-weight Grams were skipped)
+    x = s.engine.exact
+    eng = CertifiedEngine(ExactEngine(x.features, x.styles, x.masks, x.mask_areas, x.feature_sqnorms, x.style_sqnorms))
     n = len(eng)
     measures = list(MEASURES)
     qrows = np.random.default_rng(1).choice(n, n_queries, replace=False)

@@ -302,3 +302,97 @@ def test_a_cuda_searcher_without_a_gpu_says_so(tmp_path, image_folder, tiny_extr
             Searcher(tmp_path / "ix", extractor=tiny_extractor, runtime=Runtime(device="cuda"))
     on_cpu = Searcher(tmp_path / "ix", extractor=tiny_extractor, runtime=Runtime(device="cpu"))
     assert type(on_cpu.engine).__name__ == "ExactEngine"
+
+
+# --------------------------------------------------------- style columns that are 0 in every row
+DEAD = (10, 25)          # the columns of a Gram whose weight β is 0
+LAYOUT = [{"stage": 1, "region": "lesion", "channels": 0, "beta": 0.5, "offset": 0, "size": 10},
+          {"stage": 2, "region": "lesion", "channels": 0, "beta": 0.0, "offset": 10, "size": 9},
+          {"stage": 3, "region": "lesion", "channels": 0, "beta": 0.0, "offset": 19, "size": 6},
+          {"stage": 4, "region": "lesion", "channels": 0, "beta": 1.0, "offset": 25, "size": 15}]
+
+
+def _data_dead(seed: int = 0) -> Vectors:
+    V = _data(seed)
+    S = V.styles.copy()
+    S[:, DEAD[0]:DEAD[1]] = 0.0
+    return dataclasses.replace(V, styles=S)
+
+
+def test_zero_weight_grams_give_the_skipped_columns_only_when_every_row_is_zero_there():
+    from dermsearch.search.engine import checked_style_blocks, dead_style_ranges, live_style_blocks
+
+    assert dead_style_ranges(LAYOUT) == [DEAD]                   # adjacent zero-β Grams merged
+    assert live_style_blocks(40, [DEAD]) == ((0, 10), (25, 40))
+    assert live_style_blocks(40, []) is None and live_style_blocks(40, [(0, 5)]) == ((5, 40),)
+    V = _data_dead()
+    assert checked_style_blocks(V.styles, LAYOUT) == ((0, 10), (25, 40))
+    assert checked_style_blocks(V.styles, [dict(e, beta=1.0) for e in LAYOUT]) is None
+    S = V.styles.copy()
+    S[77, 12] = 1e-30                                            # one row not zero there: read everything
+    assert checked_style_blocks(S, LAYOUT) is None
+    with pytest.raises(ValueError):
+        ExactEngine.of(V, style_blocks=[(25, 40), (0, 10)])      # not ordered
+
+
+@pytest.mark.parametrize("kernel", ["numpy", "torch"])
+def test_exact_engine_skipping_zero_columns_matches_the_reference(kernel):
+    V = _data_dead()
+    e = ExactEngine.of(V, kernel=kernel, style_blocks=[(0, 10), (25, 40)])
+    assert e.bytes_per_query == e.stored_bytes_per_query - N * 15 * 4
+    check_engine(e, V)
+    # a query with values in the skipped columns: its LS still counts them (the rows are 0 there)
+    q = V.styles[3].astype(np.float64) + np.where(np.arange(40) == 17, 2.5, 0.0)
+    got = e.raw(Vectors(V.features[3:4], q[None].astype(np.float32)), ["style"])["style"][0]
+    ref = ((V.styles.astype(np.float64) - q.astype(np.float32).astype(np.float64)) ** 2).sum(1)
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+
+
+def test_certified_engine_over_the_live_blocks_matches_the_reference(tmp_path):
+    from dermsearch.search.certified import CertifiedEngine, write_certified
+
+    V = _data_dead()
+    exact = ExactEngine.of(V, style_blocks=[(0, 10), (25, 40)])
+    engine = CertifiedEngine(exact)
+    assert engine.low.shape == (N, 25) and engine.bytes_per_query < CertifiedEngine(ExactEngine.of(V)).bytes_per_query
+    check_engine(engine, V)
+    # a query with values in the skipped columns is still exact
+    q = V.styles[3].copy()
+    q[12] = 3.0
+    batch = Vectors(V.features[3:4], q[None], V.masks[3:4], V.mask_areas[3:4])
+    valid = np.ones((1, N), bool)
+    a, b = exact.rank(batch, valid, MEASURES, K)[0], engine.rank(batch, valid, MEASURES, K)[0]
+    assert "rows checked exactly" in b.notes[0]
+    for m in MEASURES:
+        assert a.measures[m].rows.tolist() == b.measures[m].rows.tolist(), m
+        np.testing.assert_allclose(a.measures[m].scores, b.measures[m].scores, atol=1e-6)
+    # the stored copy is read only for the same blocks
+    write_certified(tmp_path, V.styles, exact.style_blocks)
+    assert CertifiedEngine(exact, files=tmp_path).stored
+    assert not CertifiedEngine(ExactEngine.of(V), files=tmp_path).stored
+
+
+def test_fast_files_record_the_live_blocks_only_when_the_rows_are_zero_there(tmp_path):
+    V = _data_dead()
+    cfg = FastConfig(style_dims=4, feature_dims=4, mask_grid=4, candidates=N, wide_candidates=N,
+                     normaliser_candidates=N)
+
+    def write(name, V):
+        w = FastIndexWriter(tmp_path / name, N, 12, 40, V.masks.shape[1], SIDE, cfg, certified=True,
+                            style_layout=LAYOUT)
+        w.write(0, [f"r{i}" for i in range(N // 2)], *V.take(slice(0, N // 2)).arrays())
+        w.write(N // 2, [f"r{i}" for i in range(N // 2, N)], *V.take(slice(N // 2, N)).arrays())
+        return w.finish()
+
+    fast = write("a", V)
+    assert fast.info["style_blocks"] == [[0, 10], [25, 40]] and fast.exact.style_blocks == ((0, 10), (25, 40))
+    check_engine(fast.exact, V)
+    check_engine(fast, V)
+    from dermsearch.search.certified import CertifiedEngine
+    cert = CertifiedEngine(fast.exact, files=fast.directory)
+    assert cert.stored and cert.low.shape == (N, 25)
+    check_engine(cert, V)
+    S = V.styles.copy()
+    S[N - 1, 20] = 0.5                                 # a row in the second write is not zero there
+    other = write("b", dataclasses.replace(V, styles=S))
+    assert "style_blocks" not in other.info and other.exact.style_blocks is None

@@ -26,6 +26,11 @@ kernel may be numpy's, so they can differ from its in float32 rounding). A
 query whose bound leaves more than ``max_checked`` rows open, or ``k = 0``, is searched by the
 exact engine instead, and its notes say so. On HAM10000 a query checks a few dozen rows.
 
+When the exact engine skips style columns that are zero in every row (the Grams of weight 0:
+``ExactEngine.style_blocks``), the bfloat16 copy holds only the other columns, μ and the per-row
+numbers are those of the kept columns, and a query's skipped columns enter LS through their exact
+norm (``‖q_skipped‖²``, the rows being 0 there): the bound above holds on the kept columns.
+
 The bfloat16 copy and the per-row numbers are built from the float32 rows when the engine opens,
 or read (memory-mapped) from ``certified_*.npy`` beside the fast-mode files when
 ``dermsearch optimize --certified`` wrote them (:func:`write_certified`).
@@ -46,7 +51,7 @@ from .measures import MEASURE_COMPONENTS, harmonic_mean, measure_scores
 
 __all__ = ["CertifiedEngine", "style_bound", "write_certified"]
 
-CERTIFIED_FORMAT = 1
+CERTIFIED_FORMAT = 2      # 2: the copy holds the live style blocks only
 
 U32 = 2.0 ** -24          # float32 unit roundoff
 OUT = 2.0 ** -8           # bfloat16 result rounding, relative to the result (2u, conservative)
@@ -74,18 +79,28 @@ def _bf16_accumulates_in_float32() -> bool:
     return float((ones @ ones[0][:, None])[0, 0]) == 4096.0
 
 
-def _centred_bf16(S, out: np.ndarray, block: int = 512, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Write the bfloat16 bits of ``S − μ`` into ``out`` (uint16 [N, D], in RAM or a memory map);
-    return μ (the mean of a sample of rows) and the per-row [‖x − μ‖², e, ‖x̃‖] of the module doc."""
+def _columns(S, blocks, rows=slice(None)) -> np.ndarray:
+    """``S[rows]`` restricted to the column ``blocks`` (all columns for None), float32 in RAM."""
+    if blocks is None:
+        return np.asarray(S[rows], dtype=np.float32)
+    return np.concatenate([np.asarray(S[rows, a:b], dtype=np.float32) for a, b in blocks], axis=-1)
+
+
+def _centred_bf16(S, out: np.ndarray, block: int = 512, seed: int = 0,
+                  blocks=None) -> tuple[np.ndarray, np.ndarray]:
+    """Write the bfloat16 bits of ``S − μ`` (the column ``blocks`` of S, all for None) into ``out``
+    (uint16 [N, D'], in RAM or a memory map); return μ (the mean of a sample of rows) and the
+    per-row [‖x − μ‖², e, ‖x̃‖] of the module doc."""
     import torch
 
-    n, width = S.shape
+    n = S.shape[0]
+    width = out.shape[1]
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, min(n, 2000), replace=False)) if n else np.zeros(0, np.int64)
-    mu = (np.asarray(S[sample]).mean(axis=0, dtype=np.float64) if n else np.zeros(width)).astype(np.float32)
+    mu = (_columns(S, blocks, sample).mean(axis=0, dtype=np.float64) if n else np.zeros(width)).astype(np.float32)
     per_row = np.empty((n, 3))
     for a in range(0, n, block):
-        c = np.asarray(S[a:a + block], dtype=np.float32) - mu
+        c = _columns(S, blocks, slice(a, a + block)) - mu
         low = torch.from_numpy(c).to(torch.bfloat16)
         out[a:a + block] = low.view(torch.uint16).numpy()
         c64, l64 = c.astype(np.float64), low.float().numpy().astype(np.float64)
@@ -95,30 +110,41 @@ def _centred_bf16(S, out: np.ndarray, block: int = 512, seed: int = 0) -> tuple[
     return mu, per_row
 
 
-def write_certified(directory: str | Path, styles) -> None:
+def _identity(n: int, width: int, blocks) -> dict:
+    return {"format": CERTIFIED_FORMAT, "rows": n, "width": width,
+            "blocks": None if blocks is None else [list(b) for b in blocks]}
+
+
+def _kept_width(width: int, blocks) -> int:
+    return width if blocks is None else sum(b - a for a, b in blocks)
+
+
+def write_certified(directory: str | Path, styles, blocks=None) -> None:
     """Write the certified engine's bfloat16 copy of ``styles`` (float32 [N, D], RAM or memory
-    map) into ``directory`` (``certified_bits.npy`` [N, D] uint16, ``certified_mu.npy``,
+    map; only the column ``blocks`` when given: the live blocks of the exact engine) into
+    ``directory`` (``certified_bits.npy`` [N, D'] uint16, ``certified_mu.npy``,
     ``certified_rows.npy`` [N, 3], ``certified.json`` last). The caller makes the directory appear
     atomically (the fast-mode writer writes it into its temporary directory)."""
     directory = Path(directory)
     n, width = styles.shape
-    bits = np.lib.format.open_memmap(directory / "certified_bits.npy", mode="w+", dtype=np.uint16, shape=(n, width))
-    mu, per_row = _centred_bf16(styles, bits)
+    kept = _kept_width(width, blocks)
+    bits = np.lib.format.open_memmap(directory / "certified_bits.npy", mode="w+", dtype=np.uint16, shape=(n, kept))
+    mu, per_row = _centred_bf16(styles, bits, blocks=blocks)
     bits.flush()
     del bits
     np.save(directory / "certified_mu.npy", mu)
     np.save(directory / "certified_rows.npy", per_row)
-    (directory / "certified.json").write_text(json.dumps({"format": CERTIFIED_FORMAT, "rows": n, "width": width}))
+    (directory / "certified.json").write_text(json.dumps(_identity(n, width, blocks)))
 
 
-def _read_certified(directory: Path, n: int, width: int):
+def _read_certified(directory: Path, n: int, width: int, blocks=None):
     """(μ, bits memory-mapped, per-row numbers) from :func:`write_certified`'s files, or None when
-    they are missing or were written for another shape."""
+    they are missing or were written for another shape or other column blocks."""
     try:
         info = json.loads((directory / "certified.json").read_text())
     except (OSError, ValueError):
         return None
-    if info != {"format": CERTIFIED_FORMAT, "rows": n, "width": width}:
+    if info != _identity(n, width, blocks):
         return None
     # copy-on-write: torch wants a writable buffer; nothing writes to it
     return (np.load(directory / "certified_mu.npy"), np.load(directory / "certified_bits.npy", mmap_mode="c"),
@@ -141,11 +167,13 @@ class CertifiedEngine:
         if not _bf16_accumulates_in_float32():
             raise ConfigError("this torch build does not sum bfloat16 products in float32: use exact mode")
         self.exact, self.max_checked = exact, max_checked
-        n, self.width = exact.styles.shape
-        saved = _read_certified(Path(files), n, self.width) if files is not None else None
+        n, full = exact.styles.shape
+        self.blocks = exact.style_blocks                 # the columns that may be non-zero (None: all)
+        self.width = _kept_width(full, self.blocks)
+        saved = _read_certified(Path(files), n, full, self.blocks) if files is not None else None
         if saved is None:
             bits = np.empty((n, self.width), dtype=np.uint16)
-            self.mu, per_row = _centred_bf16(exact.styles, bits)
+            self.mu, per_row = _centred_bf16(exact.styles, bits, blocks=self.blocks)
         else:
             self.mu, bits, per_row = saved
         self.stored = saved is not None
@@ -210,7 +238,7 @@ class CertifiedEngine:
         """Per query: the centred products' estimates and their proven bounds, per row."""
         import torch
 
-        qc = np.asarray(styles, dtype=np.float32) - self.mu
+        qc = _columns(np.atleast_2d(styles), self.blocks) - self.mu
         qt = torch.from_numpy(np.ascontiguousarray(qc)).to(torch.bfloat16)
         with torch.inference_mode():
             p = (self.low @ qt.T).float().numpy().astype(np.float64).T          # [B, N]
@@ -220,6 +248,16 @@ class CertifiedEngine:
             bounds.append(style_bound(p[j], _norm(qc64[j]), _norm(qc64[j] - qt64[j]), _norm(qt64[j]), self.err,
                                       self.low_norm, self.width))
         return list(p), bounds
+
+    def _skipped_sq(self, q: np.ndarray) -> float:
+        """‖q‖² over the style columns the copy skips (the rows are 0 there), in float64."""
+        if self.blocks is None:
+            return 0.0
+        q64, total, at = np.asarray(q, dtype=np.float64), 0.0, 0
+        for a, b in (*self.blocks, (q64.size, q64.size)):
+            total += float(np.einsum("i,i->", q64[at:a], q64[at:a]))
+            at = b
+        return total
 
     def _exact_ls(self, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """LS of these rows in float64 from the float32 rows (read from RAM or the memory map)."""
@@ -233,8 +271,8 @@ class CertifiedEngine:
     def _rank_one(self, q: np.ndarray, cheap: dict[str, np.ndarray], p: np.ndarray, bound: np.ndarray,
                   valid: np.ndarray, measures: Sequence[str], k: int) -> QueryRanking | None:
         n = len(self)
-        qc = np.asarray(q, dtype=np.float64) - self.mu
-        base = _norm(qc) ** 2 + self.c_sq
+        qc = _columns(q[None], self.blocks)[0].astype(np.float64) - self.mu
+        base = _norm(qc) ** 2 + self._skipped_sq(q) + self.c_sq
         ls_lo, ls_hi = np.maximum(base - 2 * (p + bound), 0.0), np.maximum(base - 2 * (p - bound), 0.0)
         known = np.full(n, np.nan)                     # exact LS of the rows checked so far
         limit = max(k, min(n, 64), int(self.max_checked * n)) if self.max_checked > 0 else 0

@@ -37,7 +37,58 @@ from .measures import (
 )
 
 __all__ = ["Query", "Ranked", "QueryRanking", "Engine", "ExactEngine", "maxima", "normalise", "rank_rows",
-           "merge_rankings", "top_k_rows"]
+           "merge_rankings", "top_k_rows", "dead_style_ranges", "live_style_blocks", "checked_style_blocks"]
+
+Blocks = tuple[tuple[int, int], ...]
+
+
+def dead_style_ranges(layout: Sequence[dict]) -> list[tuple[int, int]]:
+    """Column ranges ``[a, b)`` of the packed style vector whose Gram weight β is 0 (adjacent
+    ones merged), from an index manifest's ``style_layers``: extraction multiplies those Grams by
+    0, so a row holds zeros there and a product over those columns adds nothing."""
+    out: list[tuple[int, int]] = []
+    for e in layout or []:
+        if float(e.get("beta", 1.0)) != 0.0:
+            continue
+        a, b = int(e["offset"]), int(e["offset"]) + int(e["size"])
+        if out and out[-1][1] == a:
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
+
+
+def live_style_blocks(width: int, dead: Sequence[tuple[int, int]]) -> Blocks | None:
+    """The column ranges left once ``dead`` ones are skipped; None when nothing is skipped."""
+    live, at = [], 0
+    for a, b in sorted(dead):
+        if a > at:
+            live.append((at, a))
+        at = max(at, b)
+    if at < width:
+        live.append((at, width))
+    live = [(a, b) for a, b in live if b > a]
+    return None if live == [(0, width)] or not dead else tuple(live)
+
+
+def dead_columns_zero(styles: np.ndarray, dead: Sequence[tuple[int, int]], chunk: int = 2048) -> bool:
+    """Whether every row of ``styles`` is exactly 0 in the ``dead`` column ranges."""
+    for s in range(0, styles.shape[0], chunk):
+        for a, b in dead:
+            if np.any(np.asarray(styles[s:s + chunk, a:b])):
+                return False
+    return True
+
+
+def checked_style_blocks(styles: np.ndarray | None, layout: Sequence[dict]) -> Blocks | None:
+    """The live column blocks of ``styles`` (:func:`live_style_blocks` of the zero-β Grams), after
+    checking that every row is 0 in the columns skipped: None when nothing is skipped or a row is
+    not (then every column is read, as before)."""
+    if styles is None or not (dead := dead_style_ranges(layout)):
+        return None
+    if max(b for _a, b in dead) > styles.shape[1] or not dead_columns_zero(styles, dead):
+        return None
+    return live_style_blocks(styles.shape[1], dead)
 
 
 @dataclass(frozen=True)
@@ -175,10 +226,17 @@ class ExactEngine:
 
     def __init__(self, features: np.ndarray, styles: np.ndarray | None = None, masks: np.ndarray | None = None,
                  mask_areas: np.ndarray | None = None, feature_sqnorms: np.ndarray | None = None,
-                 style_sqnorms: np.ndarray | None = None, product=None, kernel: str | None = None):
+                 style_sqnorms: np.ndarray | None = None, product=None, kernel: str | None = None,
+                 style_blocks: Sequence[Sequence[int]] | None = None):
         """``product``: a ``Q @ Xᵀ`` function; else ``kernel`` (numpy or torch; default: numpy for
         small matrices, else the kernel this process's :class:`~dermsearch.search.kernels.KernelChooser`
-        picks: the calibrated one, kept checked while the process runs)."""
+        picks: the calibrated one, kept checked while the process runs).
+
+        ``style_blocks``: the column ranges ``[a, b)`` of the style matrix where rows may be non-zero
+        (:func:`checked_style_blocks`: the caller has checked the other columns hold zeros in every
+        row). The style product reads only those (strided views of the same matrix, nothing
+        copied): the Grams whose weight β is 0 are never read. Norms and the values returned are
+        those of the whole vectors; a query may have any values in the skipped columns."""
         if product is None:
             width = max(features.shape[1], 0 if styles is None else styles.shape[1])
             if kernel is not None:
@@ -190,6 +248,13 @@ class ExactEngine:
         self.product, self._kernel = product, kernel
 
         self.features, self.styles, self.masks = features, styles, masks
+        self.style_blocks: Blocks | None = None
+        if style_blocks is not None and styles is not None:
+            blocks = tuple((int(a), int(b)) for a, b in style_blocks)
+            if any(not 0 <= a < b <= styles.shape[1] for a, b in blocks) or any(
+                    blocks[i][1] > blocks[i + 1][0] for i in range(len(blocks) - 1)):
+                raise ValueError(f"style blocks {blocks} are not ordered ranges within {styles.shape[1]} columns")
+            self.style_blocks = None if blocks == ((0, styles.shape[1]),) else blocks
         self.mask_areas = None if mask_areas is None else np.asarray(mask_areas)
         # ||x||² per row, float64, computed once per index version
         self.feature_sqnorms = row_sqnorms(features) if feature_sqnorms is None else feature_sqnorms
@@ -233,11 +298,28 @@ class ExactEngine:
         return tuple(c for c in COMPONENTS if c in have)
 
     @property
+    def style_width_read(self) -> int:
+        """Style columns a product reads (all of them, or the live blocks)."""
+        if self.styles is None:
+            return 0
+        return self.styles.shape[1] if self.style_blocks is None else sum(b - a for a, b in self.style_blocks)
+
+    @property
+    def stored_bytes_per_query(self) -> int:
+        """Bytes every stored matrix holds (what a query read before any column was skipped):
+        the yardstick of the bandwidth bound."""
+        if self.styles is None:
+            return self.bytes_per_query
+        extra = len(self) * (self.styles.shape[1] - self.style_width_read) * self.styles.itemsize
+        return self.bytes_per_query + extra
+
+    @property
     def bytes_per_query(self) -> int:
-        """Bytes one exact query (or one batch) reads: every matrix once, plus the row norms."""
+        """Bytes one exact query (or one batch) reads: every matrix once (the style matrix's live
+        blocks), plus the row norms."""
         total = self.features.nbytes + self.feature_sqnorms.nbytes
         if self.styles is not None:
-            total += self.styles.nbytes + self.style_sqnorms.nbytes
+            total += len(self) * self.style_width_read * self.styles.itemsize + self.style_sqnorms.nbytes
         if self.masks is not None:
             total += self.masks.nbytes + self.mask_areas.nbytes
         return int(total)
@@ -256,11 +338,21 @@ class ExactEngine:
                 out["cosine"] = cosines_from_dots(dots, q_sq, self.feature_sqnorms)
         if "style" in want and self.styles is not None and Q.styles is not None:
             S = np.asarray(Q.styles, dtype=np.float32)
-            out["style"] = distances_from_dots(self.product(S, self.styles), S, self.styles, row_sqnorms(S),
+            out["style"] = distances_from_dots(self.style_products(S), S, self.styles, row_sqnorms(S),
                                                self.style_sqnorms)
         if "dice" in want and self.masks is not None and Q.masks is not None:
             out["dice"] = dice_from_intersections(mask_intersections(Q.masks, self.masks), Q.mask_areas,
                                                   self.mask_areas)
+        return out
+
+    def style_products(self, S: np.ndarray) -> np.ndarray:
+        """[B, N] float32 ``S @ stylesᵀ`` over the live column blocks (all columns without them)."""
+        if self.style_blocks is None:
+            return self.product(S, self.styles)
+        out = None
+        for a, b in self.style_blocks:
+            part = self.product(S[:, a:b], self.styles[:, a:b])
+            out = part if out is None else out + part
         return out
 
 

@@ -189,7 +189,8 @@ class FastIndex:
         self.arrays = arrays
         self.ids = arrays["ids"]
         self.exact = ExactEngine(arrays["features"], arrays["styles"], arrays.get("masks"), arrays.get("mask_areas"),
-                                 arrays["feature_sqnorms"], arrays["style_sqnorms"])
+                                 arrays["feature_sqnorms"], arrays["style_sqnorms"],
+                                 style_blocks=info.get("style_blocks"))
         self.style_rows = style_rows or RowReader(directory / "styles.npy")
         self._rerank_rows: dict[str, np.ndarray] | None = None      # see _rerank_arrays
         # float32 copies of per-row numbers every query's estimates use

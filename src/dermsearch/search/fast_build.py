@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .config import FastConfig
+from .engine import dead_style_ranges, live_style_blocks
 from .fast import FAST_FORMAT, FastIndex, cell_counts, count_sketch, fast_dir, index_identity
 from .kernels import products
 
@@ -50,10 +51,14 @@ class FastIndexWriter:
     then fits the PCA bases on a sample and projects every row in :meth:`finish`."""
 
     def __init__(self, directory: str | os.PathLike, n: int, feature_dim: int, style_dim: int, mask_bytes: int,
-                 mask_size: int, config: FastConfig = FastConfig(), version: int = 0, certified: bool = False):
+                 mask_size: int, config: FastConfig = FastConfig(), version: int = 0, certified: bool = False,
+                 style_layout: Sequence[dict] | None = None):
         """``certified``: also write the certified engine's bfloat16 style copy
         (:func:`~dermsearch.search.certified.write_certified`), so that ``--mode certified`` opens
-        at once instead of building it (2 bytes per style value: half the styles' size again)."""
+        at once instead of building it (2 bytes per style value: half the styles' size again).
+        ``style_layout``: the manifest's ``style_layers``; the Grams with weight 0 are checked to
+        be 0 in every row written, and if they are, ``fast.json`` records the other columns as
+        ``style_blocks`` (exact search then never reads the zeros)."""
         if not style_dim:
             raise ConfigError("fast mode needs style vectors (the index was built with style=False)")
         self.final = Path(directory)
@@ -75,6 +80,7 @@ class FastIndexWriter:
         self.mask_areas = mm("mask_areas", np.int32, (n,)) if mask_bytes else None
         self.ids = np.empty(n, dtype=object)
         self.rows: dict | None = None    # the rows' labels (see :meth:`set_rows`), written as rows.json
+        self.dead = [r for r in dead_style_ranges(style_layout or []) if r[1] <= style_dim]
 
     def set_rows(self, identity: dict, paths, diagnosis, melanoma, lesion_id, meta_json) -> None:
         """The rows' labels, so that a reader needs no LanceDB to show hits (one list per column,
@@ -89,6 +95,8 @@ class FastIndexWriter:
         self.ids[start:stop] = list(ids)
         self.features[start:stop] = features
         self.styles[start:stop] = styles
+        if self.dead and any(np.any(styles[:, a:b]) for a, b in self.dead):
+            self.dead = []                   # not zero after all: every column stays live
         if self.masks is not None:
             self.masks[start:stop] = masks
             self.mask_areas[start:stop] = mask_areas
@@ -100,6 +108,9 @@ class FastIndexWriter:
         sample = np.sort(rng.choice(n, size=min(n, cfg.fit_rows), replace=False))
         info: dict = {"format": FAST_FORMAT, "rows": n, "index_version": self.version, "config": asdict(cfg),
                       "mask_size": self.mask_size}
+        blocks = live_style_blocks(self.styles.shape[1], self.dead)
+        if blocks is not None:
+            info["style_blocks"] = [list(b) for b in blocks]
         for name, matrix, dims in (("feature", self.features, cfg.feature_dims),
                                    ("style", self.styles, cfg.style_dims)):
             say(f"fitting the {name} PCA on {sample.size} rows")
@@ -146,7 +157,7 @@ class FastIndexWriter:
             from .certified import write_certified
 
             say("writing the bfloat16 style copy for certified mode")
-            write_certified(self.tmp, self.styles)
+            write_certified(self.tmp, self.styles, blocks)
         np.save(self.tmp / "ids.npy", np.array(self.ids.tolist(), dtype=str))
         if self.rows is not None:
             with open(self.tmp / "rows.json", "w") as f:
@@ -186,7 +197,7 @@ def optimize(index, config: FastConfig = FastConfig(), progress: Callable[[str],
                          "compresses the style vectors, exact search is already cheap without them")
     target = fast_dir(index.directory, s.version)
     w = FastIndexWriter(target, len(s), m["feature_dim"], m["style_dim"], m["mask_bytes"], m["mask_size"],
-                        config, s.version, certified=certified)
+                        config, s.version, certified=certified, style_layout=m.get("style_layers"))
     w.set_rows(index_identity(m), s.paths, s.diagnosis, s.melanoma, s.lesion_id, s.meta_json)
     step = 4096
     for start in range(0, len(s), step):

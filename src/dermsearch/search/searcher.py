@@ -16,7 +16,7 @@ from ..extract.images import load_image
 from ..index.store import Index, Snapshot
 from ..names import SEARCH_MODES
 from ..runtime import Runtime
-from .engine import Engine, ExactEngine, Query, QueryRanking, Ranked, top_k_rows
+from .engine import Engine, ExactEngine, Query, QueryRanking, Ranked, checked_style_blocks, top_k_rows
 from .explain import mask_explanation, overlap_png, style_explanation
 from .fast import FastIndex, FastModeMissing, fast_dir
 from .kernels import kernel_for
@@ -144,7 +144,8 @@ class Searcher:
         self.fast = self._open_fast()
         if self.fast is None:
             s = self.snapshot = self.index.snapshot()
-            self.engine: Engine = self._engine_for(ExactEngine.of(s.vectors))
+            blocks = checked_style_blocks(s.styles, self.index.manifest.get("style_layers"))
+            self.engine: Engine = self._engine_for(ExactEngine.of(s.vectors, style_blocks=blocks))
         elif (rows := self.fast.rows(self.index.manifest)) is not None:
             # the fast-mode files of the current version hold its rows and labels: LanceDB is not opened
             e = self.fast.exact

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import DermsearchError, require
 from ..extract.vectors import Vectors
-from .engine import ExactEngine, QueryRanking, maxima, merge_rankings, rank_rows
+from .engine import ExactEngine, QueryRanking, checked_style_blocks, maxima, merge_rankings, rank_rows
 from .measures import COMPONENTS
 
 __all__ = ["ShardedEngine", "ShardLost", "ShardTooLarge", "shard_memory_problem"]
@@ -124,7 +124,7 @@ def _load_shard(key: str, index_dir: str | None, version: int, start: int, stop:
                              None if e.masks is None else e.masks[start:stop],
                              None if e.mask_areas is None else e.mask_areas[start:stop],
                              e.feature_sqnorms[start:stop], None if e.styles is None else e.style_sqnorms[start:stop],
-                             kernel=kernel)
+                             kernel=kernel, style_blocks=e.style_blocks)
     except FastModeMissing:
         index = Index.open(index_dir)
         if index.version != version:
@@ -136,7 +136,8 @@ def _load_shard(key: str, index_dir: str | None, version: int, start: int, stop:
         arrays = [rows(s.features), rows(s.styles), rows(s.masks), rows(s.mask_areas)]
         del s
         check([])           # the whole snapshot was read to slice it: what is resident now must fit
-        engine = ExactEngine(*arrays, kernel=kernel)
+        engine = ExactEngine(*arrays, kernel=kernel,
+                             style_blocks=checked_style_blocks(arrays[1], index.manifest.get("style_layers")))
     _SHARDS[key] = engine
     return len(engine)
 
