@@ -108,19 +108,20 @@ def faiss_comparison(engine: ExactEngine, Qf: np.ndarray, repeat: int) -> dict:
 
 
 def certified_comparison(s: Searcher, engine: ExactEngine, ids, queries, bound_ms: float) -> dict:
-    """The certified engine (bfloat16 style pass + exact checks) on the same queries: latency,
+    """The certified engine (int8 style pass + exact checks) on the same queries: latency,
     ratio to the float32 bound, rows checked, and whether its answers equal exact search's."""
     from dermsearch.search.certified import CertifiedEngine
 
     t = time.perf_counter()
-    cert = CertifiedEngine(engine)
+    layout = s.index.manifest.get("style_layers")
+    cert = CertifiedEngine(engine, layout=layout)
     build = time.perf_counter() - t
     opened = None
     fast = getattr(s, "fast", None)
     if fast is not None and (fast.directory / "certified.json").is_file():
         # what a searcher gets after 'dermsearch optimize --certified': the copy memory-mapped
         t = time.perf_counter()
-        cert = CertifiedEngine(engine, files=fast.directory)
+        cert = CertifiedEngine(engine, files=fast.directory, layout=layout)
         opened = round(time.perf_counter() - t, 2)
     exact = [s.search(q, k=5, exclude_ids=[i]) for i, q in zip(ids, queries)]
     s.engine = cert

@@ -5,10 +5,12 @@ Two questions, measured in one run on one index (`dermsearch optimize IX --certi
 1. kernel rates: how fast this CPU multiplies one query by a matrix stored in float32, bfloat16
    (torch), int8 (torch ``_int_mm``, exact int32 sums) and int8 through ONNX Runtime's
    ``MatMulInteger`` (weights pre-packed), all on the index's own row count and style width;
-2. bound tightness: how many rows a query must check exactly when the first pass is bfloat16 (the
-   shipped engine), int8 with one scale per row, or the fast-mode PCA projection (the rest bounded by
-   Cauchy-Schwarz on the residuals) - the certified engine's own procedure with only ``_first_pass``
-   swapped; -1 = more than half the rows open (falls back to exact search).
+2. bound tightness: how many rows a query must check exactly when the first pass is the engine's own
+   (int8, one scale per row and Gram layer, since 2026-12-01; bfloat16 before), int8 with one scale
+   per row, int8 per layer computed here in float64 (the probe that led to the engine's pass), or
+   the fast-mode PCA projection (the rest bounded by Cauchy-Schwarz on the residuals) - the
+   certified engine's own procedure with only ``_first_pass`` swapped; -1 = more than half the rows
+   open (falls back to exact search).
 
     python experiments/certified_first_pass.py /tmp/ham-ship --queries 10 \
         > docs/results/issue21_certified_first_pass.json
@@ -91,7 +93,8 @@ def rows_checked(index: str, n_queries: int, pca_dims: list[int]) -> dict:
     assert isinstance(s.engine, CertifiedEngine)
     # every style column, as when this probe was first run (before zero-weight Grams were skipped)
     x = s.engine.exact
-    eng = CertifiedEngine(ExactEngine(x.features, x.styles, x.masks, x.mask_areas, x.feature_sqnorms, x.style_sqnorms))
+    eng = CertifiedEngine(ExactEngine(x.features, x.styles, x.masks, x.mask_areas, x.feature_sqnorms, x.style_sqnorms),
+                          layout=s.index.manifest.get("style_layers"))
     n = len(eng)
     measures = list(MEASURES)
     qrows = np.random.default_rng(1).choice(n, n_queries, replace=False)
@@ -104,8 +107,9 @@ def rows_checked(index: str, n_queries: int, pca_dims: list[int]) -> dict:
                 for r in rankings]
 
     ref = eng.rank(batch, valid, measures, 5)
-    out = {"queries": n_queries, "rows": n, "bfloat16": {"checked": checked(ref),
-           "relative_error_median": float(np.median(eng.err / np.sqrt(eng.c_sq)))}}
+    rel = np.sqrt((eng.err ** 2).sum(axis=1)) / np.sqrt(eng.c_sq)
+    out = {"queries": n_queries, "rows": n, "engine_int8_per_layer": {"checked": checked(ref),
+           "relative_error_median": float(np.median(rel))}}
     mu = eng.mu.astype(np.float64)
     styles = eng.exact.styles
     eng.max_checked = 0.5
@@ -136,6 +140,45 @@ def rows_checked(index: str, n_queries: int, pca_dims: list[int]) -> dict:
     out["int8_per_row"] = {"checked": checked(r), "same_top5": same(r),
                            "relative_error_median": float(np.median(rnorm / np.sqrt(eng.c_sq)))}
     q8 = None  # free it before the next matrix
+
+    # int8 with one scale per row and Gram layer, the query quantised the same way (one int8
+    # vector): |q·x - p| <= sum_l ||q_l||·||e_l|| + ||q_l - t_l b_l||·||x̂_l|| (the int products exact)
+    layers = [(e["offset"], e["offset"] + e["size"]) for e in s.index.manifest["style_layers"] if e["beta"] > 0]
+    L = len(layers)
+    codes = [np.empty((n, b - a), np.float32) for a, b in layers]
+    lscale, lerr, lnorm = np.empty((n, L)), np.empty((n, L)), np.empty((n, L))
+    for a0 in range(0, n, 256):
+        c = np.asarray(styles[a0:a0 + 256], np.float64) - mu
+        for li, (a, b) in enumerate(layers):
+            blk = c[:, a:b]
+            sc = np.abs(blk).max(axis=1) / 127.0
+            sc[sc == 0] = 1.0
+            qq = np.clip(np.rint(blk / sc[:, None]), -127, 127)
+            codes[li][a0:a0 + 256], lscale[a0:a0 + 256, li] = qq, sc
+            lerr[a0:a0 + 256, li] = np.linalg.norm(blk - qq * sc[:, None], axis=1)
+            lnorm[a0:a0 + 256, li] = np.linalg.norm(qq * sc[:, None], axis=1)
+
+    def int8_layer_pass(st):
+        qc = np.asarray(st, np.float64) - mu
+        ps, bs = [], []
+        for j in range(len(qc)):
+            p, bnd = np.zeros(n), np.zeros(n)
+            for li, (a, b) in enumerate(layers):
+                ql = qc[j, a:b]
+                t = max(np.abs(ql).max() / 127.0, 1e-300)
+                bq = np.clip(np.rint(ql / t), -127, 127)
+                p += t * lscale[:, li] * (codes[li] @ bq.astype(np.float32)).astype(np.float64)
+                bnd += np.linalg.norm(ql) * lerr[:, li] + np.linalg.norm(ql - t * bq) * lnorm[:, li]
+            ps.append(p)
+            bs.append(bnd * (1 + 1e-9) + 1e-12 * np.abs(p) + 1e-30)
+        return ps, bs
+
+    eng._first_pass = int8_layer_pass
+    r = eng.rank(batch, valid, measures, 5)
+    out["int8_per_layer_query_int8"] = {"checked": checked(r), "same_top5": same(r),
+                                        "relative_error_median": float(np.median(
+                                            np.sqrt((lerr ** 2).sum(1)) / np.sqrt(eng.c_sq)))}
+    codes = None  # free it before the next matrix
     fast = s.fast
     if fast is not None:
         a = fast.arrays
@@ -163,6 +206,7 @@ def main() -> None:
     ap.add_argument("index")
     ap.add_argument("--queries", type=int, default=10)
     ap.add_argument("--pca-dims", default="128,512")
+    ap.add_argument("--no-kernels", action="store_true", help="only count the rows checked")
     args = ap.parse_args()
     import torch
 
@@ -170,8 +214,9 @@ def main() -> None:
     from dermsearch.search.kernels import cpu_model
 
     m = Index.open(args.index).manifest
+    rows = len(Index.open(args.index).snapshot(vectors=False).ids)
     result = {"cpu": cpu_model(), "threads": torch.get_num_threads(),
-              "kernels": kernel_rates(len(Index.open(args.index).snapshot(vectors=False).ids), m["style_dim"]),
+              "kernels": None if args.no_kernels else kernel_rates(rows, m["style_dim"]),
               "rows_checked": rows_checked(args.index, args.queries, [int(d) for d in args.pca_dims.split(",")])}
     print(json.dumps(result, indent=1))
 

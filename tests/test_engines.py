@@ -168,27 +168,40 @@ def test_certified_engine_matches_the_reference_and_checks_few_rows():
         assert int(r.notes[0].split(", ")[1].split()[0]) < N // 2      # the bound rules most rows out
 
 
-def test_the_style_bound_holds():
+def test_the_int8_bound_holds_and_is_near_tight():
+    """Heavy-tailed rows whose groups differ in scale by orders: the true error of the int8
+    estimate never exceeds the bound, and the bound is not vacuous."""
     import torch
 
-    from dermsearch.search.certified import style_bound
+    from dermsearch.search.certified import int8_bound, quantise
 
     rng = np.random.default_rng(3)
+    groups = ((0, 700), (700, 1000), (1000, 3000))
     for scale in (1e-3, 1.0, 1e4):
-        X = (rng.lognormal(0, 2, size=(200, 3000)) * rng.choice([-1, 1], size=(200, 3000)) * scale)
-        q = X[0] * 0.7 + X[1] * 0.3
-        low = torch.from_numpy(X.astype(np.float32)).bfloat16()
-        qt = torch.from_numpy(q.astype(np.float32)).bfloat16()
-        p = (low @ qt[:, None]).float().numpy()[:, 0].astype(np.float64)
-        lo64, qt64 = low.float().numpy().astype(np.float64), qt.float().numpy().astype(np.float64)
-        b = style_bound(p, np.linalg.norm(q), np.linalg.norm(q - qt64), np.linalg.norm(qt64),
-                        np.linalg.norm(X - lo64, axis=1), np.linalg.norm(lo64, axis=1), X.shape[1])
-        assert np.all(np.abs(p - X @ q) <= b), scale
+        X = rng.lognormal(0, 2, size=(200, 3000)) * rng.choice([-1, 1], size=(200, 3000)) * scale
+        X[:, 700:1000] *= 1e-4                                    # a group far smaller than the others
+        q = X[0] * 0.7 + X[1] * 0.3 + rng.normal(size=3000) * scale
+        codes, s, e, xn = quantise(X, groups)
+        qc, t, f, _ = quantise(q[None], groups)
+        p = np.zeros(len(X))
+        p_abs = np.zeros(len(X))
+        for g, (a, b) in enumerate(groups):
+            ints = torch._int_mm(torch.from_numpy(np.ascontiguousarray(qc[:, a:b])),
+                                 torch.from_numpy(codes[:, a:b]).T).numpy()[0]
+            assert np.array_equal(ints, qc[0, a:b].astype(np.int64) @ codes[:, a:b].T.astype(np.int64))
+            p += t[0, g] * s[:, g] * ints
+            p_abs += np.abs(t[0, g] * s[:, g] * ints)
+        qn = np.array([np.linalg.norm(q[a:b]) for a, b in groups])
+        bound = int8_bound(qn, f[0], e, xn, p_abs, np.linalg.norm(q) * np.linalg.norm(X, axis=1))
+        truth = np.abs(p - X @ q)
+        assert np.all(truth <= bound), scale
+        # and it says something: a small share of what Cauchy-Schwarz alone allows
+        assert np.median(bound / (np.linalg.norm(q) * np.linalg.norm(X, axis=1))) < 0.2, scale
 
 
 def _adversarial() -> Vectors:
-    """Styles built to defeat the bfloat16 pass: around the query, rows at distances that differ
-    by 1e-4 (far below bfloat16's resolution) at rank k, and two near-equal farthest rows."""
+    """Styles built to defeat the int8 pass: around the query, rows at distances that differ
+    by 1e-4 (far below int8's resolution) at rank k, and two near-equal farthest rows."""
     V = _data(1)
     S = V.styles.astype(np.float64)
     rng = np.random.default_rng(2)
@@ -246,18 +259,18 @@ def test_certified_mode_through_the_searcher_and_the_cli(tmp_path, image_folder,
             np.testing.assert_allclose([h.score for h in a.results[m]], [h.score for h in b.results[m]], atol=2e-5)
             for x, y in zip(a.results[m], b.results[m]):
                 assert y.raw["ls"] == pytest.approx(x.raw["ls"], rel=1e-5)
-        assert any("bfloat16 style pass" in n for n in b.messages)
+        assert any("int8 style pass" in n for n in b.messages)
     assert main(["search", str(tmp_path / "ix"), str(image_folder / "img03.png"), "--mode", "certified",
                  "--json", "-k", "2", "--device", "cpu"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["results"]["style"][0]["id"] == "img03"
-    # the bfloat16 copy written by 'optimize --certified' is read, not rebuilt, and is the same copy
+    # the int8 copy written by 'optimize --certified' is read, not rebuilt, and is the same copy
     assert not certified.engine.stored
     assert main(["optimize", str(tmp_path / "ix"), "--certified", "--style-dims", "2", "--feature-dims", "2",
                  "--mask-grid", "4", "--candidates", "4", "--sketch-dims", "8"]) == 0
     stored = Searcher(tmp_path / "ix", extractor=tiny_extractor, mode="certified")
     assert stored.engine.stored
-    np.testing.assert_array_equal(stored.engine.low.float().numpy(), certified.engine.low.float().numpy())
+    np.testing.assert_array_equal(stored.engine.codes.numpy(), certified.engine.codes.numpy())
     np.testing.assert_array_equal(stored.engine.err, certified.engine.err)
     for image_id in exact.snapshot.ids[:3]:
         q = exact.query_for_id(image_id)
@@ -353,8 +366,9 @@ def test_certified_engine_over_the_live_blocks_matches_the_reference(tmp_path):
 
     V = _data_dead()
     exact = ExactEngine.of(V, style_blocks=[(0, 10), (25, 40)])
-    engine = CertifiedEngine(exact)
-    assert engine.low.shape == (N, 25) and engine.bytes_per_query < CertifiedEngine(ExactEngine.of(V)).bytes_per_query
+    engine = CertifiedEngine(exact, layout=LAYOUT)
+    assert engine.codes.shape == (N, 25) and engine.groups == ((0, 10), (25, 40))
+    assert engine.bytes_per_query < exact.bytes_per_query
     check_engine(engine, V)
     # a query with values in the skipped columns is still exact
     q = V.styles[3].copy()
@@ -367,9 +381,9 @@ def test_certified_engine_over_the_live_blocks_matches_the_reference(tmp_path):
         assert a.measures[m].rows.tolist() == b.measures[m].rows.tolist(), m
         np.testing.assert_allclose(a.measures[m].scores, b.measures[m].scores, atol=1e-6)
     # the stored copy is read only for the same blocks
-    write_certified(tmp_path, V.styles, exact.style_blocks)
-    assert CertifiedEngine(exact, files=tmp_path).stored
-    assert not CertifiedEngine(ExactEngine.of(V), files=tmp_path).stored
+    write_certified(tmp_path, V.styles, engine.groups)
+    assert CertifiedEngine(exact, files=tmp_path, layout=LAYOUT).stored
+    assert not CertifiedEngine(ExactEngine.of(V), files=tmp_path, layout=LAYOUT).stored
 
 
 def test_fast_files_record_the_live_blocks_only_when_the_rows_are_zero_there(tmp_path):
@@ -389,8 +403,8 @@ def test_fast_files_record_the_live_blocks_only_when_the_rows_are_zero_there(tmp
     check_engine(fast.exact, V)
     check_engine(fast, V)
     from dermsearch.search.certified import CertifiedEngine
-    cert = CertifiedEngine(fast.exact, files=fast.directory)
-    assert cert.stored and cert.low.shape == (N, 25)
+    cert = CertifiedEngine(fast.exact, files=fast.directory, layout=LAYOUT)
+    assert cert.stored and cert.codes.shape == (N, 25)
     check_engine(cert, V)
     S = V.styles.copy()
     S[N - 1, 20] = 0.5                                 # a row in the second write is not zero there

@@ -43,7 +43,7 @@ class Common:
         self.mode.add_argument("--mode", choices=SEARCH_MODES, default="exact",
                                help="exact (every byte of every row), fast (compressed vectors pick candidates, "
                                     "exact ones re-rank them; needs 'dermsearch optimize DIR'), certified (exact "
-                                    "answers from a bfloat16 first pass, proven per query); default exact")
+                                    "answers from an int8 first pass, proven per query); default exact")
 
 
 def runtime_of(args: argparse.Namespace, **more):

@@ -1,17 +1,22 @@
-"""Exact answers from fewer bytes: a bfloat16 first pass over the style matrix with a proven
+"""Exact answers from fewer bytes: an int8 first pass over the style matrix with a proven
 per-row error bound, then exact values for the few rows the bound cannot rule out.
 
 The style matrix is ~98% of what an exact query reads (80,712 float32 per image). This engine
-keeps a bfloat16 copy of it, centred on a mean style vector ``μ`` (centring shrinks every error
-term below by ``‖x − μ‖ / ‖x‖``, about 0.55 on HAM10000), and per row three float64 numbers:
-``‖x − μ‖²``, ``e = ‖(x − μ) − x̃‖`` (what the bfloat16 rounding lost) and ``‖x̃‖``. For a query q
-(centred: ``qc``, rounded: ``q̃``) the style loss is ``LS = ‖qc‖² + ‖x − μ‖² − 2 qc·(x − μ)``, and
-the bfloat16 product ``p = fl(q̃·x̃)`` (float32 accumulation, bfloat16 result) satisfies
+keeps an int8 copy of it, centred on a mean style vector ``μ`` and cut into column *groups* (the
+Grams of the manifest's ``style_layers``, at most ``GROUP_WIDTH`` columns each): every row has its
+own scale per group, ``s = max |x_g − μ_g| / 127``, and codes ``a = round((x_g − μ_g) / s)``. One
+scale per row for the whole vector would leave ~10% of a row's norm in rounding (the Grams differ
+in magnitude by orders); one per row and group leaves ~1.6% on HAM10000. Per row and group the
+engine keeps ``e_g = ‖(x_g − μ_g) − s·a‖`` and ``‖s·a‖``, per row ``‖x − μ‖²``, all float64.
 
-    |p − qc·(x − μ)| ≤ ‖qc‖·e + ‖qc − q̃‖·‖x̃‖ + γ_S ‖q̃‖‖x̃‖ + 2⁻⁸ |p|
+A query is centred (``qc``) and rounded the same way, one scale ``t`` per group: codes ``b``,
+rounding error ``f_g = ‖qc_g − t·b‖``. The integer products ``I_g = b·a`` are exact (int32 sums of
+at most 127²·``GROUP_WIDTH`` < 2³¹, checked), and with ``p = Σ_g t·s·I_g``
 
-(Cauchy-Schwarz on both roundings; ``γ_S = S·u/(1 − S·u)``, u = 2⁻²⁴, the worst case of summing S
-float32 terms in any order; the last term the rounding of the result). That gives every row an
+    |p − qc·(x − μ)| ≤ Σ_g ‖qc_g‖·e_g + f_g·‖s·a‖
+
+(Cauchy-Schwarz on each rounding; float64 rounding of these few sums is covered by a 1e-9
+relative margin). With ``LS = ‖qc‖² + ‖x − μ‖² − 2 qc·(x − μ)`` that gives every row an
 interval for LS, hence for SS (once the max-normaliser is known) and for each measure with style
 (a harmonic mean rises with each part). Then, per query:
 
@@ -26,13 +31,12 @@ kernel may be numpy's, so they can differ from its in float32 rounding). A
 query whose bound leaves more than ``max_checked`` rows open, or ``k = 0``, is searched by the
 exact engine instead, and its notes say so. On HAM10000 a query checks a few dozen rows.
 
-When the exact engine skips style columns that are zero in every row (the Grams of weight 0:
-``ExactEngine.style_blocks``), the bfloat16 copy holds only the other columns, μ and the per-row
-numbers are those of the kept columns, and a query's skipped columns enter LS through their exact
-norm (``‖q_skipped‖²``, the rows being 0 there): the bound above holds on the kept columns.
+Columns that are zero in every row (the Grams of weight 0: ``ExactEngine.style_blocks``) are in
+no group: the copy skips them, and a query's values there enter LS through their exact norm.
 
-The bfloat16 copy and the per-row numbers are built from the float32 rows when the engine opens,
-or read (memory-mapped) from ``certified_*.npy`` beside the fast-mode files when
+The int8 products run in torch (``torch._int_mm``: int8 × int8 → int32, exact; checked when an
+engine opens). The copy and the per-row numbers are built from the float32 rows when the engine
+opens, or read (memory-mapped) from ``certified_*.npy`` beside the fast-mode files when
 ``dermsearch optimize --certified`` wrote them (:func:`write_certified`).
 """
 
@@ -49,34 +53,76 @@ from ..extract.vectors import Vectors
 from .engine import ExactEngine, QueryRanking, Ranked, maxima, normalise, top_k_rows
 from .measures import MEASURE_COMPONENTS, harmonic_mean, measure_scores
 
-__all__ = ["CertifiedEngine", "style_bound", "write_certified"]
+__all__ = ["CertifiedEngine", "certified_groups", "int8_bound", "quantise", "write_certified"]
 
-CERTIFIED_FORMAT = 2      # 2: the copy holds the live style blocks only
+CERTIFIED_FORMAT = 3      # 3: int8 codes, one scale per row and column group
+GROUP_WIDTH = 16384       # the widest group: 127² × 16384 < 2³¹, so no int32 sum can overflow
+MARGIN = 1e-9             # relative margin for the float64 rounding of the bound's own sums
 
-U32 = 2.0 ** -24          # float32 unit roundoff
-OUT = 2.0 ** -8           # bfloat16 result rounding, relative to the result (2u, conservative)
+
+def certified_groups(width: int, layout: Sequence[dict] | None = None, blocks=None,
+                     group_width: int = GROUP_WIDTH) -> tuple[tuple[int, int], ...]:
+    """The column groups of the int8 copy: the live ``blocks`` (the exact engine's
+    ``style_blocks``: every column for None), cut at the Grams of ``layout`` (a manifest's
+    ``style_layers``, when it tiles the ``width``) and into pieces of at most ``group_width``
+    columns. The groups cover the live blocks exactly; the columns left out are 0 in every row."""
+    spans = [(int(e["offset"]), int(e["offset"]) + int(e["size"])) for e in layout or []]
+    if not spans or spans[0][0] != 0 or spans[-1][1] != width or any(
+            spans[i][1] != spans[i + 1][0] for i in range(len(spans) - 1)):
+        spans = [(0, width)]
+    live = list(blocks) if blocks is not None else [(0, width)]
+    spans = [(max(a, lo), min(b, hi)) for a, b in spans for lo, hi in live if min(b, hi) > max(a, lo)]
+    out = []
+    for a, b in spans:
+        out.extend((c, min(c + group_width, b)) for c in range(a, b, group_width))
+    return tuple(out)
 
 
-def style_bound(p: np.ndarray, qc_norm: float, q_err: float, qt_norm: float, e: np.ndarray, xt_norm: np.ndarray,
-                width: int) -> np.ndarray:
-    """The proven bound on |p − qc·(x − μ)| of the module doc, per row."""
-    gamma = width * U32 / (1.0 - width * U32)
-    return qc_norm * e + q_err * xt_norm + gamma * qt_norm * xt_norm + OUT * np.abs(p) + 1e-30
+def quantise(X: np.ndarray, groups) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Int8 codes of float64 rows ``X`` [B, D'] (the groups' columns side by side, centred), one scale
+    per row and group: (codes int8 [B, D'], scales, rounding errors ‖x_g − s·a‖, ‖s·a‖: [B, G])."""
+    B, G = X.shape[0], len(groups)
+    codes = np.empty(X.shape, dtype=np.int8)
+    scale, err, norm = np.empty((B, G)), np.empty((B, G)), np.empty((B, G))
+    at = 0
+    for g, (a, b) in enumerate(groups):
+        seg = X[:, at:at + b - a]
+        s = np.abs(seg).max(axis=1) / 127.0
+        s[s == 0] = 1.0
+        c = np.clip(np.rint(seg / s[:, None]), -127, 127)
+        codes[:, at:at + b - a] = c
+        back = c * s[:, None]
+        scale[:, g] = s
+        err[:, g] = np.sqrt(np.einsum("ij,ij->i", seg - back, seg - back))
+        norm[:, g] = np.sqrt(np.einsum("ij,ij->i", back, back))
+        at += b - a
+    return codes, scale, err, norm
+
+
+def int8_bound(q_norm: np.ndarray, q_err: np.ndarray, err: np.ndarray, norm: np.ndarray, p_abs: np.ndarray,
+               scale_prod: float) -> np.ndarray:
+    """The proven bound of the module doc, per row: ``q_norm``, ``q_err`` [G] the query's ‖qc_g‖ and
+    f_g, ``err``, ``norm`` [N, G] the rows' e_g and ‖s·a‖; ``p_abs`` [N] Σ_g |t·s·I_g|, for the
+    margin."""
+    return (err @ q_norm + norm @ q_err) * (1 + MARGIN) + MARGIN * (p_abs + scale_prod) + 1e-300
 
 
 def _norm(v: np.ndarray) -> float:
     """‖v‖ in float64 without BLAS (numpy's BLAS threads would spin on the cores torch's
-    bfloat16 product needs next)."""
+    products need next)."""
     return float(np.sqrt(np.einsum("i,i->", v, v)))
 
 
-def _bf16_accumulates_in_float32() -> bool:
-    """Whether torch's bfloat16 product sums in float32 (the bound assumes it): 4096 ones sum to
-    4096 in float32, but stall at 256 in bfloat16."""
+def _int_mm_is_exact() -> bool:
+    """Whether ``torch._int_mm`` sums int8 products exactly in int32 (the bound assumes it)."""
     import torch
 
-    ones = torch.ones((2, 4096), dtype=torch.bfloat16)
-    return float((ones @ ones[0][:, None])[0, 0]) == 4096.0
+    a = torch.full((1, 4096), 127, dtype=torch.int8)
+    b = torch.full((4096, 2), -127, dtype=torch.int8)
+    try:
+        return int(torch._int_mm(a, b)[0, 0]) == -127 * 127 * 4096
+    except (RuntimeError, AttributeError):
+        return False
 
 
 def _columns(S, blocks, rows=slice(None)) -> np.ndarray:
@@ -86,109 +132,106 @@ def _columns(S, blocks, rows=slice(None)) -> np.ndarray:
     return np.concatenate([np.asarray(S[rows, a:b], dtype=np.float32) for a, b in blocks], axis=-1)
 
 
-def _centred_bf16(S, out: np.ndarray, block: int = 512, seed: int = 0,
-                  blocks=None) -> tuple[np.ndarray, np.ndarray]:
-    """Write the bfloat16 bits of ``S − μ`` (the column ``blocks`` of S, all for None) into ``out``
-    (uint16 [N, D'], in RAM or a memory map); return μ (the mean of a sample of rows) and the
-    per-row [‖x − μ‖², e, ‖x̃‖] of the module doc."""
-    import torch
-
-    n = S.shape[0]
-    width = out.shape[1]
+def _int8_copy(S, out: np.ndarray, groups, block: int = 512, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Write the int8 codes of ``S − μ`` (the ``groups``' columns of S) into ``out`` (int8 [N, D'],
+    in RAM or a memory map); return μ (the mean of a sample of rows, float32) and the per-row numbers
+    [N, 1 + 3G]: ‖x − μ‖², then the scales, the rounding errors and ‖s·a‖ of each group."""
+    n, G = S.shape[0], len(groups)
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, min(n, 2000), replace=False)) if n else np.zeros(0, np.int64)
-    mu = (_columns(S, blocks, sample).mean(axis=0, dtype=np.float64) if n else np.zeros(width)).astype(np.float32)
-    per_row = np.empty((n, 3))
+    mu = (_columns(S, groups, sample).mean(axis=0, dtype=np.float64) if n
+          else np.zeros(out.shape[1])).astype(np.float32)
+    per_row = np.empty((n, 1 + 3 * G))
     for a in range(0, n, block):
-        c = _columns(S, blocks, slice(a, a + block)) - mu
-        low = torch.from_numpy(c).to(torch.bfloat16)
-        out[a:a + block] = low.view(torch.uint16).numpy()
-        c64, l64 = c.astype(np.float64), low.float().numpy().astype(np.float64)
-        per_row[a:a + block, 0] = np.einsum("ij,ij->i", c64, c64)
-        per_row[a:a + block, 1] = np.sqrt(np.einsum("ij,ij->i", c64 - l64, c64 - l64))
-        per_row[a:a + block, 2] = np.sqrt(np.einsum("ij,ij->i", l64, l64))
+        c = _columns(S, groups, slice(a, a + block)).astype(np.float64) - mu
+        codes, scale, err, norm = quantise(c, groups)
+        out[a:a + block] = codes
+        per_row[a:a + block, 0] = np.einsum("ij,ij->i", c, c)
+        per_row[a:a + block, 1:] = np.concatenate([scale, err, norm], axis=1)
     return mu, per_row
 
 
-def _identity(n: int, width: int, blocks) -> dict:
-    return {"format": CERTIFIED_FORMAT, "rows": n, "width": width,
-            "blocks": None if blocks is None else [list(b) for b in blocks]}
+def _identity(n: int, width: int, groups) -> dict:
+    return {"format": CERTIFIED_FORMAT, "rows": n, "width": width, "groups": [list(g) for g in groups]}
 
 
-def _kept_width(width: int, blocks) -> int:
-    return width if blocks is None else sum(b - a for a, b in blocks)
-
-
-def write_certified(directory: str | Path, styles, blocks=None) -> None:
-    """Write the certified engine's bfloat16 copy of ``styles`` (float32 [N, D], RAM or memory
-    map; only the column ``blocks`` when given: the live blocks of the exact engine) into
-    ``directory`` (``certified_bits.npy`` [N, D'] uint16, ``certified_mu.npy``,
-    ``certified_rows.npy`` [N, 3], ``certified.json`` last). The caller makes the directory appear
-    atomically (the fast-mode writer writes it into its temporary directory)."""
+def write_certified(directory: str | Path, styles, groups) -> None:
+    """Write the certified engine's int8 copy of ``styles`` (float32 [N, D], RAM or memory map),
+    the ``groups``' columns (:func:`certified_groups`), into ``directory``
+    (``certified_codes.npy`` [N, D'] int8, ``certified_mu.npy``, ``certified_rows.npy``,
+    ``certified.json`` last). The caller makes the directory appear atomically (the fast-mode
+    writer writes it into its temporary directory)."""
     directory = Path(directory)
     n, width = styles.shape
-    kept = _kept_width(width, blocks)
-    bits = np.lib.format.open_memmap(directory / "certified_bits.npy", mode="w+", dtype=np.uint16, shape=(n, kept))
-    mu, per_row = _centred_bf16(styles, bits, blocks=blocks)
-    bits.flush()
-    del bits
+    kept = sum(b - a for a, b in groups)
+    codes = np.lib.format.open_memmap(directory / "certified_codes.npy", mode="w+", dtype=np.int8, shape=(n, kept))
+    mu, per_row = _int8_copy(styles, codes, groups)
+    codes.flush()
+    del codes
     np.save(directory / "certified_mu.npy", mu)
     np.save(directory / "certified_rows.npy", per_row)
-    (directory / "certified.json").write_text(json.dumps(_identity(n, width, blocks)))
+    (directory / "certified.json").write_text(json.dumps(_identity(n, width, groups)))
 
 
-def _read_certified(directory: Path, n: int, width: int, blocks=None):
-    """(μ, bits memory-mapped, per-row numbers) from :func:`write_certified`'s files, or None when
-    they are missing or were written for another shape or other column blocks."""
+def _read_certified(directory: Path, n: int, width: int, groups):
+    """(μ, codes memory-mapped, per-row numbers) from :func:`write_certified`'s files, or None when
+    they are missing or were written for another shape or other column groups."""
     try:
         info = json.loads((directory / "certified.json").read_text())
     except (OSError, ValueError):
         return None
-    if info != _identity(n, width, blocks):
+    if info != _identity(n, width, groups):
         return None
     # copy-on-write: torch wants a writable buffer; nothing writes to it
-    return (np.load(directory / "certified_mu.npy"), np.load(directory / "certified_bits.npy", mmap_mode="c"),
+    return (np.load(directory / "certified_mu.npy"), np.load(directory / "certified_codes.npy", mmap_mode="c"),
             np.load(directory / "certified_rows.npy"))
 
 
 class CertifiedEngine:
-    """The engine contract (:class:`~dermsearch.search.engine.Engine`) with a bfloat16 first pass
+    """The engine contract (:class:`~dermsearch.search.engine.Engine`) with an int8 first pass
     over the style vectors, certified per query (see the module doc). ``exact``: the float32
     engine over the same rows (RAM or memory-mapped: only the rows checked are read from it)."""
 
-    def __init__(self, exact: ExactEngine, max_checked: float = 0.02, files: str | Path | None = None):
+    def __init__(self, exact: ExactEngine, max_checked: float = 0.02, files: str | Path | None = None,
+                 layout: Sequence[dict] | None = None):
         """``max_checked``: the largest share of rows one query may check exactly before it falls back
-        to the exact engine. ``files``: a directory where :func:`write_certified` wrote the bfloat16
-        copy of these rows (used when it matches them, else the copy is built in memory)."""
+        to the exact engine. ``files``: a directory where :func:`write_certified` wrote the int8
+        copy of these rows (used when it matches them, else the copy is built in memory).
+        ``layout``: the index manifest's ``style_layers`` (the column groups follow the Grams)."""
         import torch
 
         if exact.styles is None:
             raise ConfigError("a certified style pass needs style vectors (the index stores none)")
-        if not _bf16_accumulates_in_float32():
-            raise ConfigError("this torch build does not sum bfloat16 products in float32: use exact mode")
+        if not _int_mm_is_exact():
+            raise ConfigError("this torch build has no exact int8 product (torch._int_mm): use exact mode")
         self.exact, self.max_checked = exact, max_checked
         n, full = exact.styles.shape
         self.blocks = exact.style_blocks                 # the columns that may be non-zero (None: all)
-        self.width = _kept_width(full, self.blocks)
-        saved = _read_certified(Path(files), n, full, self.blocks) if files is not None else None
+        self.groups = certified_groups(full, layout, self.blocks)
+        self.width = sum(b - a for a, b in self.groups)
+        saved = _read_certified(Path(files), n, full, self.groups) if files is not None else None
         if saved is None:
-            bits = np.empty((n, self.width), dtype=np.uint16)
-            self.mu, per_row = _centred_bf16(exact.styles, bits, blocks=self.blocks)
+            codes = np.empty((n, self.width), dtype=np.int8)
+            self.mu, per_row = _int8_copy(exact.styles, codes, self.groups)
         else:
-            self.mu, bits, per_row = saved
+            self.mu, codes, per_row = saved
         self.stored = saved is not None
         # the features and masks (ES, CSnew, DC) in float32 like exact search, products by torch:
-        # numpy's BLAS threads would spin on after their product, on the cores the bfloat16
-        # product needs next (82 vs 119 ms a query at N = 10,015 on 2 cores)
+        # numpy's BLAS threads would spin on after their product, on the cores the int8 product
+        # needs next (82 vs 119 ms a query at N = 10,015 on 2 cores, measured with bfloat16)
         self.cheap = ExactEngine(exact.features, None, exact.masks, exact.mask_areas, exact.feature_sqnorms,
                                  kernel="torch")
-        self.low = torch.from_numpy(bits).view(torch.bfloat16)
-        self.c_sq, self.err, self.low_norm = per_row[:, 0], per_row[:, 1], per_row[:, 2]
+        self.codes = torch.from_numpy(codes)
+        cuts = np.cumsum([0] + [b - a for a, b in self.groups])
+        self._views = [self.codes[:, a:b].T for a, b in zip(cuts[:-1], cuts[1:])]     # [D_g, N] each, no copy
+        G = len(self.groups)
+        self.c_sq = per_row[:, 0]
+        self.scale, self.err, self.qnorm = per_row[:, 1:1 + G], per_row[:, 1 + G:1 + 2 * G], per_row[:, 1 + 2 * G:]
 
     # ------------------------------------------------------------------ contract
     @property
     def kernel(self) -> str:
-        """The kernel of the float32 products (features and masks; the style pass is bfloat16)."""
+        """The kernel of the float32 products (features and masks; the style pass is int8)."""
         return "torch"
 
     def __len__(self) -> int:
@@ -203,10 +246,11 @@ class CertifiedEngine:
 
     @property
     def bytes_per_query(self) -> int:
-        """Bytes the first pass reads (before the checked rows): bfloat16 styles, float32 features,
+        """Bytes the first pass reads (before the checked rows): int8 styles, float32 features,
         masks, and the per-row numbers."""
         e = self.exact
-        total = self.low.numel() * 2 + e.features.nbytes + e.feature_sqnorms.nbytes + 3 * 8 * len(self)
+        total = self.codes.numel() + e.features.nbytes + e.feature_sqnorms.nbytes + 8 * len(self) * (
+            1 + 3 * len(self.groups))
         if e.masks is not None:
             total += e.masks.nbytes + e.mask_areas.nbytes
         return int(total)
@@ -238,23 +282,31 @@ class CertifiedEngine:
         """Per query: the centred products' estimates and their proven bounds, per row."""
         import torch
 
-        qc = _columns(np.atleast_2d(styles), self.blocks) - self.mu
-        qt = torch.from_numpy(np.ascontiguousarray(qc)).to(torch.bfloat16)
+        qc = _columns(np.atleast_2d(styles), self.groups).astype(np.float64) - self.mu
+        codes, t, f, _ = quantise(qc, self.groups)
+        qn = np.stack([np.sqrt(np.einsum("ij,ij->i", qc[:, a:b], qc[:, a:b]))
+                       for a, b in zip(*self._cuts)], axis=1)                            # [B, G] ‖qc_g‖
+        B, n = len(qc), len(self)
+        p, p_abs = np.zeros((B, n)), np.zeros((B, n))
         with torch.inference_mode():
-            p = (self.low @ qt.T).float().numpy().astype(np.float64).T          # [B, N]
-        qc64, qt64 = qc.astype(np.float64), qt.float().numpy().astype(np.float64)
-        bounds = []
-        for j in range(len(qc)):
-            bounds.append(style_bound(p[j], _norm(qc64[j]), _norm(qc64[j] - qt64[j]), _norm(qt64[j]), self.err,
-                                      self.low_norm, self.width))
+            for g, ((a, b), view) in enumerate(zip(zip(*self._cuts), self._views)):
+                ints = torch._int_mm(torch.from_numpy(np.ascontiguousarray(codes[:, a:b])), view).numpy()
+                term = (t[:, g:g + 1] * self.scale[None, :, g]) * ints
+                p += term
+                p_abs += np.abs(term)
+        bounds = [int8_bound(qn[j], f[j], self.err, self.qnorm, p_abs[j], _norm(qn[j]) * np.sqrt(self.c_sq))
+                  for j in range(B)]
         return list(p), bounds
+
+    @property
+    def _cuts(self) -> tuple[np.ndarray, np.ndarray]:
+        cuts = np.cumsum([0] + [b - a for a, b in self.groups])
+        return cuts[:-1], cuts[1:]
 
     def _skipped_sq(self, q: np.ndarray) -> float:
         """‖q‖² over the style columns the copy skips (the rows are 0 there), in float64."""
-        if self.blocks is None:
-            return 0.0
         q64, total, at = np.asarray(q, dtype=np.float64), 0.0, 0
-        for a, b in (*self.blocks, (q64.size, q64.size)):
+        for a, b in (*self.groups, (q64.size, q64.size)):
             total += float(np.einsum("i,i->", q64[at:a], q64[at:a]))
             at = b
         return total
@@ -263,15 +315,16 @@ class CertifiedEngine:
         """LS of these rows in float64 from the float32 rows (read from RAM or the memory map)."""
         q64 = np.asarray(q, dtype=np.float64)
         out = np.empty(rows.size)
-        for n, i in enumerate(rows.tolist()):
-            d = np.asarray(self.exact.styles[i], dtype=np.float64) - q64
-            out[n] = np.einsum("i,i->", d, d)
+        for s in range(0, rows.size, 32):                 # sorted reads (a memory map), 32 rows at a time
+            order = np.argsort(rows[s:s + 32])
+            d = np.asarray(self.exact.styles[rows[s:s + 32][order]], dtype=np.float64) - q64
+            out[s:s + 32][order] = np.einsum("ij,ij->i", d, d)
         return out
 
     def _rank_one(self, q: np.ndarray, cheap: dict[str, np.ndarray], p: np.ndarray, bound: np.ndarray,
                   valid: np.ndarray, measures: Sequence[str], k: int) -> QueryRanking | None:
         n = len(self)
-        qc = _columns(q[None], self.blocks)[0].astype(np.float64) - self.mu
+        qc = _columns(q[None], self.groups)[0].astype(np.float64) - self.mu
         base = _norm(qc) ** 2 + self._skipped_sq(q) + self.c_sq
         ls_lo, ls_hi = np.maximum(base - 2 * (p + bound), 0.0), np.maximum(base - 2 * (p - bound), 0.0)
         known = np.full(n, np.nan)                     # exact LS of the rows checked so far
@@ -321,7 +374,7 @@ class CertifiedEngine:
             per[m] = Ranked(top, scores[m][top], {c: v[top] for c, v in comp.items()},
                             {c: v[top] for c, v in raw.items()})
         self._fill_style(q, per, known, top_ls[0], comp)
-        return QueryRanking(per, [f"certified mode: bfloat16 style pass, {checked.size} rows checked exactly"])
+        return QueryRanking(per, [f"certified mode: int8 style pass, {checked.size} rows checked exactly"])
 
     def _fill_style(self, q, per: dict[str, Ranked], known: np.ndarray, top: float, comp) -> None:
         """Every hit reports all four components: measure the style of returned rows not checked."""

@@ -1,6 +1,6 @@
 """Writing fast mode's files (:mod:`dermsearch.search.fast` reads them): PCA bases fitted on a
 sample of the index, every row's projections, residual norms and residual sketches, coarse mask
-cells, the exact rows as memory-mappable ``.npy`` files, and optionally certified mode's bfloat16
+cells, the exact rows as memory-mappable ``.npy`` files, and optionally certified mode's int8
 style copy. Everything goes into a temporary directory that is renamed into place, so a crash never
 leaves a half-written set; :func:`carry_forward` re-labels the files after a compaction."""
 
@@ -53,9 +53,9 @@ class FastIndexWriter:
     def __init__(self, directory: str | os.PathLike, n: int, feature_dim: int, style_dim: int, mask_bytes: int,
                  mask_size: int, config: FastConfig = FastConfig(), version: int = 0, certified: bool = False,
                  style_layout: Sequence[dict] | None = None):
-        """``certified``: also write the certified engine's bfloat16 style copy
+        """``certified``: also write the certified engine's int8 style copy
         (:func:`~dermsearch.search.certified.write_certified`), so that ``--mode certified`` opens
-        at once instead of building it (2 bytes per style value: half the styles' size again).
+        at once instead of building it (1 byte per style value: a quarter of the styles' size).
         ``style_layout``: the manifest's ``style_layers``; the Grams with weight 0 are checked to
         be 0 in every row written, and if they are, ``fast.json`` records the other columns as
         ``style_blocks`` (exact search then never reads the zeros)."""
@@ -80,6 +80,7 @@ class FastIndexWriter:
         self.mask_areas = mm("mask_areas", np.int32, (n,)) if mask_bytes else None
         self.ids = np.empty(n, dtype=object)
         self.rows: dict | None = None    # the rows' labels (see :meth:`set_rows`), written as rows.json
+        self.style_layout = list(style_layout or [])
         self.dead = [r for r in dead_style_ranges(style_layout or []) if r[1] <= style_dim]
 
     def set_rows(self, identity: dict, paths, diagnosis, melanoma, lesion_id, meta_json) -> None:
@@ -154,10 +155,10 @@ class FastIndexWriter:
             if isinstance(a, np.memmap) and a.mode != "r":
                 a.flush()
         if self.certified:
-            from .certified import write_certified
+            from .certified import certified_groups, write_certified
 
-            say("writing the bfloat16 style copy for certified mode")
-            write_certified(self.tmp, self.styles, blocks)
+            say("writing the int8 style copy for certified mode")
+            write_certified(self.tmp, self.styles, certified_groups(self.styles.shape[1], self.style_layout, blocks))
         np.save(self.tmp / "ids.npy", np.array(self.ids.tolist(), dtype=str))
         if self.rows is not None:
             with open(self.tmp / "rows.json", "w") as f:
@@ -178,17 +179,17 @@ class FastIndexWriter:
 def optimize(index, config: FastConfig = FastConfig(), progress: Callable[[str], None] | None = None,
              certified: bool = False) -> FastIndex:
     """Write the fast-mode files of ``index``'s current version (and drop older versions' files);
-    with ``certified``, also the certified engine's bfloat16 style copy.
+    with ``certified``, also the certified engine's int8 style copy.
 
     Reads the index's vectors once (as an exact :class:`~dermsearch.search.Searcher` does);
     :class:`FastIndexWriter` itself writes in chunks, for archives that are built elsewhere."""
     say = progress or (lambda _m: None)
     if certified:
-        from .certified import _bf16_accumulates_in_float32
+        from .certified import _int_mm_is_exact
 
-        if not _bf16_accumulates_in_float32():
-            raise ConfigError("this torch build does not sum bfloat16 products in float32: certified mode "
-                              "cannot use it, so no bfloat16 copy is written")
+        if not _int_mm_is_exact():
+            raise ConfigError("this torch build has no exact int8 product (torch._int_mm): certified mode "
+                              "cannot use it, so no int8 copy is written")
     say("reading the index")
     s = index.snapshot()
     m = index.manifest

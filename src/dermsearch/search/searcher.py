@@ -105,7 +105,7 @@ class Searcher:
         there is one, else with torch.
 
         ``mode``: ``exact``, ``fast`` (see :mod:`dermsearch.search.fast`) or ``certified`` (exact
-        answers from a bfloat16 first pass: :mod:`dermsearch.search.certified`). ``dask``: a
+        answers from an int8 first pass: :mod:`dermsearch.search.certified`). ``dask``: a
         ``distributed.Client`` or scheduler address: the matrices are sharded across its workers
         and searched there (exact; :mod:`dermsearch.search.sharded`)."""
         if mode not in MODES:
@@ -176,7 +176,8 @@ class Searcher:
         if self.mode == "certified" and exact.styles is not None:
             from .certified import CertifiedEngine
 
-            return CertifiedEngine(exact, files=None if self.fast is None else self.fast.directory)
+            return CertifiedEngine(exact, files=None if self.fast is None else self.fast.directory,
+                                   layout=self.index.manifest.get("style_layers"))
         gpu = self._search_device()
         if gpu is not None:
             from .device import DeviceEngine
