@@ -138,3 +138,24 @@ def test_one_ensemble_description_for_the_file_the_extractor_and_the_trainer():
         "backbone": ("efficientnet-b6", "efficientnet-lite0"), "image_size": (384, 224),
         "normalization": ("imagenet", "tf"), "colour": ("none", "shades-of-gray")}
     assert EnsembleDescription.of("efficientnet-b0", 1, 8, 32).normalization == "imagenet"
+
+
+def test_colour_strength_scales_the_colour_augmentation():
+    from dermsearch.cli.cmd_train import _config
+    from dermsearch.cli.main import build_parser
+    from dermsearch.presets import get_preset
+
+    base = get_preset("default").classifier
+    args = build_parser().parse_args(["train", "classifier", "--labels", "x.csv", "--out", "run",
+                                      "--colour-strength", "2"])
+    a = _config(args, base).augment_config
+    b = base.augment_config
+    assert (a.brightness, a.contrast, a.saturation, a.hue) == (2 * b.brightness, 2 * b.contrast,
+                                                               2 * b.saturation, 2 * b.hue)
+    assert (a.p_flip, a.p_gridmask, a.grid_d) == (b.p_flip, b.p_gridmask, b.grid_d)
+    plain = build_parser().parse_args(["train", "classifier", "--labels", "x.csv", "--out", "run"])
+    assert _config(plain, base).augment_config == b
+    bad = build_parser().parse_args(["train", "classifier", "--labels", "x.csv", "--out", "run",
+                                     "--colour-strength", "-1"])
+    with pytest.raises(ConfigError, match="colour-strength"):
+        _config(bad, base)

@@ -70,6 +70,9 @@ def register(sub, common: Common) -> None:
     optional(tc, "--head-select", choices=["balanced_accuracy", "retrieval"],
              help="phase two keeps the epoch best by the head's val balanced accuracy or by the val macro-P@5 of "
                   "the feature's nearest training images")
+    optional(tc, "--colour-strength", type=float, metavar="X",
+             help="scale the colour augmentation (brightness, contrast, saturation and hue ranges) by X "
+                  "(default 1: 0.2, 0.2, 0.2, 0.05)")
     optional(tc, "--colour", choices=COLOUR_METHODS,
              help="colour constancy on the network's input (indexing then applies it too)")
     optional(tc, "--tta", type=int, choices=[1, 2, 4],
@@ -118,6 +121,15 @@ def _config(args, preset_config):
     settings = given(args, {f.name for f in dataclasses.fields(preset_config)})
     if getattr(args, "no_augment", False):
         settings["augment"] = False
+    strength = getattr(args, "colour_strength", None)
+    if strength is not None:
+        if not strength >= 0:
+            from ..errors import ConfigError
+            raise ConfigError(f"--colour-strength must be >= 0, not {strength}")
+        a = preset_config.augment_config
+        settings["augment_config"] = dataclasses.replace(
+            a, brightness=a.brightness * strength, contrast=a.contrast * strength,
+            saturation=a.saturation * strength, hue=min(0.5, a.hue * strength))
     return dataclasses.replace(preset_config, **settings)
 
 
