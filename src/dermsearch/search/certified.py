@@ -104,7 +104,10 @@ def int8_bound(q_norm: np.ndarray, q_err: np.ndarray, err: np.ndarray, norm: np.
     """The proven bound of the module doc, per row: ``q_norm``, ``q_err`` [G] the query's ‖qc_g‖ and
     f_g, ``err``, ``norm`` [N, G] the rows' e_g and ‖s·a‖; ``p_abs`` [N] Σ_g |t·s·I_g|, for the
     margin."""
-    return (err @ q_norm + norm @ q_err) * (1 + MARGIN) + MARGIN * (p_abs + scale_prod) + 1e-300
+    # einsum, not BLAS: numpy's BLAS threads would spin on after a product, on the cores the next
+    # query's torch products need
+    total = np.einsum("ng,g->n", err, q_norm) + np.einsum("ng,g->n", norm, q_err)
+    return total * (1 + MARGIN) + MARGIN * (p_abs + scale_prod) + 1e-300
 
 
 def _norm(v: np.ndarray) -> float:
@@ -222,6 +225,7 @@ class CertifiedEngine:
         self.cheap = ExactEngine(exact.features, None, exact.masks, exact.mask_areas, exact.feature_sqnorms,
                                  kernel="torch")
         self.codes = torch.from_numpy(codes)
+        self._rows = np.asarray(exact.styles)               # a plain view of RAM or the memory map
         cuts = np.cumsum([0] + [b - a for a, b in self.groups])
         self._views = [self.codes[:, a:b].T for a, b in zip(cuts[:-1], cuts[1:])]     # [D_g, N] each, no copy
         G = len(self.groups)
@@ -312,13 +316,18 @@ class CertifiedEngine:
         return total
 
     def _exact_ls(self, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """LS of these rows in float64 from the float32 rows (read from RAM or the memory map)."""
+        """LS of these rows in float64 from the float32 rows (read from RAM or the memory map): the
+        groups' columns, plus the query's norm over the columns in no group (the rows are 0 there)."""
         q64 = np.asarray(q, dtype=np.float64)
+        order = np.argsort(rows)
+        X = self._rows[rows[order]]                          # one sorted gather
+        ls = np.full(rows.size, self._skipped_sq(q))
+        for a, b in self.groups:
+            d = X[:, a:b].astype(np.float64)
+            d -= q64[a:b]
+            ls += np.einsum("ij,ij->i", d, d)
         out = np.empty(rows.size)
-        for s in range(0, rows.size, 32):                 # sorted reads (a memory map), 32 rows at a time
-            order = np.argsort(rows[s:s + 32])
-            d = np.asarray(self.exact.styles[rows[s:s + 32][order]], dtype=np.float64) - q64
-            out[s:s + 32][order] = np.einsum("ij,ij->i", d, d)
+        out[order] = ls
         return out
 
     def _rank_one(self, q: np.ndarray, cheap: dict[str, np.ndarray], p: np.ndarray, bound: np.ndarray,
