@@ -91,7 +91,7 @@ def search(archive: Path, queries: int, rows_limit: int = 0, memory_limit: str =
     n = min(len(fast), rows_limit) if rows_limit else len(fast)
     full = fast.exact
     e = ExactEngine(full.features[:n], full.styles[:n], full.masks[:n], full.mask_areas[:n],
-                    full.feature_sqnorms[:n], full.style_sqnorms[:n])
+                    full.feature_sqnorms[:n], full.style_sqnorms[:n], style_blocks=full.style_blocks)
     rng = np.random.default_rng(0)
     rows = rng.choice(n, queries, replace=False)
     qs = [Query(np.array(e.features[i]), np.array(e.styles[i]), np.array(e.masks[i]), int(e.mask_areas[i]))
@@ -126,7 +126,7 @@ def search(archive: Path, queries: int, rows_limit: int = 0, memory_limit: str =
     # One shard's share alone (rows [0, n/2), local engine, warmed): what each of 2 machines would
     # spend if its shard stayed in its own RAM (the Dask rounds add the sharded-minus-local overhead).
     half = ExactEngine(e.features[: n // 2], e.styles[: n // 2], e.masks[: n // 2], e.mask_areas[: n // 2],
-                       e.feature_sqnorms[: n // 2], e.style_sqnorms[: n // 2])
+                       e.feature_sqnorms[: n // 2], e.style_sqnorms[: n // 2], style_blocks=e.style_blocks)
     valid_half = valid[:, : n // 2]
     half.raw(Query.batch(qs[:1]))
     half_lat = []

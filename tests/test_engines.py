@@ -370,6 +370,7 @@ def test_certified_engine_over_the_live_blocks_matches_the_reference(tmp_path):
     assert engine.codes.shape == (N, 25) and engine.groups == ((0, 10), (25, 40))
     assert engine.bytes_per_query < exact.bytes_per_query
     check_engine(engine, V)
+    _assert_certified_not_fallen_back(engine, V)
     # a query with values in the skipped columns is still exact
     q = V.styles[3].copy()
     q[12] = 3.0
@@ -384,6 +385,39 @@ def test_certified_engine_over_the_live_blocks_matches_the_reference(tmp_path):
     write_certified(tmp_path, V.styles, engine.groups)
     assert CertifiedEngine(exact, files=tmp_path, layout=LAYOUT).stored
     assert not CertifiedEngine(ExactEngine.of(V), files=tmp_path, layout=LAYOUT).stored
+
+
+def _assert_certified_not_fallen_back(engine, V: Vectors) -> None:
+    """Every query was answered by the int8 pass and its checks (not by the exact fallback)."""
+    batch, _, valid = _queries_and_valid(V)
+    for r in engine.rank(batch, valid, MEASURES, K):
+        assert len(r.notes) == 1 and "int8 style pass" in r.notes[0], r.notes
+        assert int(r.notes[0].split(", ")[1].split()[0]) < N // 2
+
+
+def test_every_column_is_read_when_every_gram_has_weight_zero_and_groups_cut_wide_grams():
+    from dermsearch.search.certified import GROUP_WIDTH, CertifiedEngine, certified_groups
+    from dermsearch.search.engine import checked_style_blocks, live_style_blocks
+
+    assert live_style_blocks(40, [(0, 40)]) is None                       # nothing left: read everything
+    V = _data()
+    zero = dataclasses.replace(V, styles=np.zeros_like(V.styles))
+    dead = [dict(e, beta=0.0) for e in LAYOUT]
+    assert checked_style_blocks(zero.styles, dead) is None
+    check_engine(ExactEngine.of(V, style_blocks=checked_style_blocks(V.styles, dead)), V)
+    w = 2 * GROUP_WIDTH + 100
+    assert certified_groups(w) == ((0, GROUP_WIDTH), (GROUP_WIDTH, 2 * GROUP_WIDTH), (2 * GROUP_WIDTH, w))
+    assert certified_groups(40, LAYOUT, ((0, 10), (25, 40))) == ((0, 10), (25, 40))
+    assert certified_groups(40, LAYOUT) == ((0, 10), (10, 19), (19, 25), (25, 40))   # every Gram, none skipped
+    assert certified_groups(40, LAYOUT[:2]) == ((0, 40),)                 # a layout that does not tile: one span
+    # float64 query styles are searched as the float32 they are stored as
+    engine = CertifiedEngine(ExactEngine.of(V), layout=LAYOUT)
+    batch, _, valid = _queries_and_valid(V)
+    as64 = Vectors(batch.features, batch.styles.astype(np.float64), batch.masks, batch.mask_areas)
+    for a, b in zip(engine.rank(batch, valid, MEASURES, K), engine.rank(as64, valid, MEASURES, K)):
+        for m in MEASURES:
+            assert a.measures[m].rows.tolist() == b.measures[m].rows.tolist()
+            np.testing.assert_array_equal(a.measures[m].scores, b.measures[m].scores)
 
 
 def test_fast_files_record_the_live_blocks_only_when_the_rows_are_zero_there(tmp_path):
@@ -406,6 +440,7 @@ def test_fast_files_record_the_live_blocks_only_when_the_rows_are_zero_there(tmp
     cert = CertifiedEngine(fast.exact, files=fast.directory, layout=LAYOUT)
     assert cert.stored and cert.codes.shape == (N, 25)
     check_engine(cert, V)
+    _assert_certified_not_fallen_back(cert, V)
     S = V.styles.copy()
     S[N - 1, 20] = 0.5                                 # a row in the second write is not zero there
     other = write("b", dataclasses.replace(V, styles=S))

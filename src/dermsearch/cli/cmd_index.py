@@ -76,7 +76,7 @@ def register(sub, common: Common) -> None:
                     help=f"count-sketch buckets of the style PCA residual, 0 for none (default {d.sketch_dims})")
     op.add_argument("--certified", action="store_true",
                     help="also write the int8 style copy that '--mode certified' reads (else it is built "
-                         "each time a searcher opens the index); adds 1 byte per style value")
+                         "each time a searcher opens the index); adds 1 byte per style value read")
     op.set_defaults(handler=cmd_optimize)
 
     cp = sub.add_parser("compact", parents=[common.index, common.json],

@@ -117,15 +117,23 @@ def _norm(v: np.ndarray) -> float:
 
 
 def _int_mm_is_exact() -> bool:
-    """Whether ``torch._int_mm`` sums int8 products exactly in int32 (the bound assumes it)."""
+    """Whether ``torch._int_mm`` sums int8 products exactly in int32 (the bound assumes it), on the
+    layout the engine uses (a transposed column slice of a wider matrix, the widest group, extreme
+    codes of both signs: kernels that saturate in 16-bit intermediates fail here)."""
     import torch
 
-    a = torch.full((1, 4096), 127, dtype=torch.int8)
-    b = torch.full((4096, 2), -127, dtype=torch.int8)
+    rng = np.random.default_rng(0)
+    wide = rng.choice(np.array([-127, 127, -1, 0, 1], np.int8), size=(64, GROUP_WIDTH + 96))
+    wide[:8, 48:48 + GROUP_WIDTH] = 127
+    wide[8:16, 48:48 + GROUP_WIDTH] = -127
+    q = np.stack([np.full(GROUP_WIDTH, 127, np.int8), np.full(GROUP_WIDTH, -127, np.int8),
+                  rng.choice(np.array([-127, 127], np.int8), GROUP_WIDTH)])
+    rows = torch.from_numpy(wide)[:, 48:48 + GROUP_WIDTH]
     try:
-        return int(torch._int_mm(a, b)[0, 0]) == -127 * 127 * 4096
+        got = torch._int_mm(torch.from_numpy(q), rows.T).numpy()
     except (RuntimeError, AttributeError):
         return False
+    return np.array_equal(got.astype(np.int64), q.astype(np.int64) @ wide[:, 48:48 + GROUP_WIDTH].T.astype(np.int64))
 
 
 def _columns(S, blocks, rows=slice(None)) -> np.ndarray:
@@ -262,6 +270,10 @@ class CertifiedEngine:
     def rank(self, batch: Vectors, valid: np.ndarray, measures: Sequence[str], k: int) -> list[QueryRanking]:
         if not len(self):
             return [QueryRanking({m: Ranked.empty() for m in measures}) for _ in range(len(batch))]
+        if batch.styles is not None and batch.styles.dtype != np.float32:
+            # the rows are float32, and so are queries from Query.batch: the intervals and the exact
+            # checks must describe the same query
+            batch = Vectors(batch.features, np.asarray(batch.styles, np.float32), batch.masks, batch.mask_areas)
         if k <= 0 or batch.styles is None:
             out = self.exact.rank(batch, valid, measures, k)
             for r in out:
@@ -335,7 +347,8 @@ class CertifiedEngine:
         n = len(self)
         qc = _columns(q[None], self.groups)[0].astype(np.float64) - self.mu
         base = _norm(qc) ** 2 + self._skipped_sq(q) + self.c_sq
-        ls_lo, ls_hi = np.maximum(base - 2 * (p + bound), 0.0), np.maximum(base - 2 * (p - bound), 0.0)
+        slack = 2 * bound + MARGIN * base                  # MARGIN·base: float64 rounding of base and LS
+        ls_lo, ls_hi = np.maximum(base - 2 * p - slack, 0.0), np.maximum(base - 2 * p + slack, 0.0)
         known = np.full(n, np.nan)                     # exact LS of the rows checked so far
         limit = max(k, min(n, 64), int(self.max_checked * n)) if self.max_checked > 0 else 0
 

@@ -59,7 +59,8 @@ def dead_style_ranges(layout: Sequence[dict]) -> list[tuple[int, int]]:
 
 
 def live_style_blocks(width: int, dead: Sequence[tuple[int, int]]) -> Blocks | None:
-    """The column ranges left once ``dead`` ones are skipped; None when nothing is skipped."""
+    """The column ranges left once ``dead`` ones are skipped; None when nothing is skipped or
+    nothing is left (then every column is read, as before)."""
     live, at = [], 0
     for a, b in sorted(dead):
         if a > at:
@@ -68,7 +69,7 @@ def live_style_blocks(width: int, dead: Sequence[tuple[int, int]]) -> Blocks | N
     if at < width:
         live.append((at, width))
     live = [(a, b) for a, b in live if b > a]
-    return None if live == [(0, width)] or not dead else tuple(live)
+    return None if live == [(0, width)] or not dead or not live else tuple(live)
 
 
 def dead_columns_zero(styles: np.ndarray, dead: Sequence[tuple[int, int]], chunk: int = 2048) -> bool:
