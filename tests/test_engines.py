@@ -361,6 +361,26 @@ def test_exact_engine_skipping_zero_columns_matches_the_reference(kernel):
     np.testing.assert_allclose(got, ref, rtol=1e-5)
 
 
+def test_device_engine_skipping_zero_columns_matches_the_reference():
+    from dermsearch.search.device import DeviceEngine
+
+    V = _data_dead()
+    e = DeviceEngine(V, device="cpu", style_blocks=[(0, 10), (25, 40)])
+    assert tuple(e.styles.shape) == (N, 25)                  # only the live columns on the device
+    check_engine(e, V)
+    np.testing.assert_array_equal(e.take([4, 2]).styles, V.styles[[4, 2]])
+    q = V.styles[3].astype(np.float64) + np.where(np.arange(40) == 17, 2.5, 0.0)
+    got = e.raw(Vectors(V.features[3:4], q[None].astype(np.float32)), ["style"])["style"][0]
+    ref = ((V.styles.astype(np.float64) - q.astype(np.float32).astype(np.float64)) ** 2).sum(1)
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+    # a stored row as the query: its own distance is recomputed exactly (0), skipped columns and all
+    own = e.raw(Vectors(V.features[7:8], V.styles[7:8]), ["style"])["style"][0]
+    assert own[7] == 0.0
+    near = V.styles[7:8].copy()
+    near[0, 17] = 1e-3                                        # a near-duplicate differing only where rows are 0
+    assert e.raw(Vectors(V.features[7:8], near), ["style"])["style"][0][7] == pytest.approx(1e-6, rel=1e-6)
+
+
 def test_certified_engine_over_the_live_blocks_matches_the_reference(tmp_path):
     from dermsearch.search.certified import CertifiedEngine, write_certified
 

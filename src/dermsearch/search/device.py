@@ -36,7 +36,11 @@ class DeviceEngine:
 
     kernel = "torch-device"
 
-    def __init__(self, vectors: Vectors, device: str = "cuda"):
+    def __init__(self, vectors: Vectors, device: str = "cuda", style_blocks=None):
+        """``style_blocks``: the style column ranges that may be non-zero
+        (:attr:`ExactEngine.style_blocks <dermsearch.search.engine.ExactEngine.style_blocks>`, checked
+        by the caller): only those go to the device, and a query's other columns count through
+        their norm."""
         import torch
 
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -44,8 +48,26 @@ class DeviceEngine:
 
         def put(a, dtype):
             return None if a is None else torch.as_tensor(np.ascontiguousarray(a), dtype=dtype).to(device)
-        self._setup(put(vectors.features, torch.float32), put(vectors.styles, torch.float32),
+        self.style_blocks = None if vectors.styles is None or not style_blocks else tuple(
+            (int(a), int(b)) for a, b in style_blocks)
+        styles = vectors.styles if self.style_blocks is None else self._live(vectors.styles)
+        self._setup(put(vectors.features, torch.float32), put(styles, torch.float32),
                     put(vectors.masks, torch.uint8), put(vectors.mask_areas, torch.float64), vectors)
+
+    def _live(self, S: np.ndarray) -> np.ndarray:
+        """The style blocks' columns of ``S``, side by side (every column without blocks)."""
+        if self.style_blocks is None:
+            return S
+        return np.concatenate([np.asarray(S[:, a:b], dtype=np.float32) for a, b in self.style_blocks], axis=1)
+
+    def _skipped_sq(self, S: np.ndarray) -> np.ndarray:
+        """[B] float64 ‖s‖² of each query over the style columns in no block (the rows are 0 there)."""
+        S64 = np.asarray(S, dtype=np.float64)
+        total, at = np.zeros(S64.shape[0]), 0
+        for a, b in (*(self.style_blocks or ()), (S64.shape[1], S64.shape[1])):
+            total += np.einsum("ij,ij->i", S64[:, at:a], S64[:, at:a])
+            at = b
+        return total
 
     @classmethod
     def from_tensors(cls, features, styles=None, masks=None, mask_areas=None, host: Vectors | None = None
@@ -53,6 +75,7 @@ class DeviceEngine:
         """An engine over tensors already on their device (``host``: the same rows on the host, for
         :meth:`take`; None when there is no host copy)."""
         engine = cls.__new__(cls)
+        engine.style_blocks = None
         engine._setup(features, styles, masks, None if mask_areas is None else mask_areas.double(), host)
         return engine
 
@@ -98,19 +121,22 @@ class DeviceEngine:
         return rank_rows(self.raw(batch), valid, measures, k)
 
     # ------------------------------------------------------------------ raw values
-    def _distances(self, Q, X, x_sq):
-        """[B, N] float64 squared distances: the expansion, with near-duplicates recomputed."""
+    def _distances(self, Q, X, x_sq, extra_sq=None):
+        """[B, N] float64 squared distances: the expansion, with near-duplicates recomputed.
+        ``extra_sq`` [B]: each query's norm² over columns X does not hold (X is 0 there)."""
         import torch
 
         q = torch.as_tensor(np.ascontiguousarray(Q, dtype=np.float32), device=self.device)
-        q_sq = (q.double() ** 2).sum(1)
+        extra = torch.zeros(q.shape[0], dtype=torch.float64, device=self.device) if extra_sq is None else (
+            torch.as_tensor(extra_sq, dtype=torch.float64, device=self.device))
+        q_sq = (q.double() ** 2).sum(1) + extra
         dots = (q @ X.T).double() if q.shape[0] > 1 else torch.mv(X, q[0]).double()[None]
         scale = q_sq[:, None] + x_sq[None, :]
         d = scale - 2.0 * dots
         qi, xi = torch.nonzero(d <= RECHECK_FRACTION * scale, as_tuple=True)
         for a in range(0, qi.numel(), 64):
             i, j = qi[a:a + 64], xi[a:a + 64]
-            d[i, j] = ((X[j].double() - q[i].double()) ** 2).sum(1)
+            d[i, j] = ((X[j].double() - q[i].double()) ** 2).sum(1) + extra[i]
         return d.clamp_min(0.0), dots, q_sq
 
     def raw(self, batch: Vectors, components: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -128,7 +154,9 @@ class DeviceEngine:
                     cs = torch.where(norms > 0, dots / torch.where(norms > 0, norms, 1.0), 0.0)
                     out["cosine"] = cs.clamp(-1.0, 1.0).cpu().numpy()
             if "style" in want and self.styles is not None and batch.styles is not None:
-                out["style"] = self._distances(batch.styles, self.styles, self.style_sqnorms)[0].cpu().numpy()
+                S = np.asarray(batch.styles, dtype=np.float32)
+                extra = None if self.style_blocks is None else self._skipped_sq(S)
+                out["style"] = self._distances(self._live(S), self.styles, self.style_sqnorms, extra)[0].cpu().numpy()
             if "dice" in want and self.masks is not None and batch.masks is not None:
                 qm = torch.as_tensor(np.ascontiguousarray(batch.masks, dtype=np.uint8), device=self.device)
                 inter = torch.stack([self._popcount[(self.masks & q).long()].sum(1) for q in qm]).double()

@@ -182,7 +182,7 @@ class Searcher:
         if gpu is not None:
             from .device import DeviceEngine
 
-            return DeviceEngine(exact.vectors, gpu)       # the matrices in GPU memory
+            return DeviceEngine(exact.vectors, gpu, style_blocks=exact.style_blocks)   # the matrices in GPU memory
         return exact
 
     def _search_device(self) -> str | None:
