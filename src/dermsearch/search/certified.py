@@ -50,7 +50,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..extract.vectors import Vectors
-from .engine import ExactEngine, QueryRanking, Ranked, maxima, normalise, top_k_rows
+from .engine import ExactEngine, QueryRanking, Ranked, block_columns, maxima, normalise, outside_sqnorms, top_k_rows
 from .measures import MEASURE_COMPONENTS, harmonic_mean, measure_scores
 
 __all__ = ["CertifiedEngine", "certified_groups", "int8_bound", "quantise", "write_certified"]
@@ -136,13 +136,6 @@ def _int_mm_is_exact() -> bool:
     return np.array_equal(got.astype(np.int64), q.astype(np.int64) @ wide[:, 48:48 + GROUP_WIDTH].T.astype(np.int64))
 
 
-def _columns(S, blocks, rows=slice(None)) -> np.ndarray:
-    """``S[rows]`` restricted to the column ``blocks`` (all columns for None), float32 in RAM."""
-    if blocks is None:
-        return np.asarray(S[rows], dtype=np.float32)
-    return np.concatenate([np.asarray(S[rows, a:b], dtype=np.float32) for a, b in blocks], axis=-1)
-
-
 def _int8_copy(S, out: np.ndarray, groups, block: int = 512, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Write the int8 codes of ``S − μ`` (the ``groups``' columns of S) into ``out`` (int8 [N, D'],
     in RAM or a memory map); return μ (the mean of a sample of rows, float32) and the per-row numbers
@@ -150,11 +143,11 @@ def _int8_copy(S, out: np.ndarray, groups, block: int = 512, seed: int = 0) -> t
     n, G = S.shape[0], len(groups)
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, min(n, 2000), replace=False)) if n else np.zeros(0, np.int64)
-    mu = (_columns(S, groups, sample).mean(axis=0, dtype=np.float64) if n
+    mu = (block_columns(S, groups, sample).mean(axis=0, dtype=np.float64) if n
           else np.zeros(out.shape[1])).astype(np.float32)
     per_row = np.empty((n, 1 + 3 * G))
     for a in range(0, n, block):
-        c = _columns(S, groups, slice(a, a + block)).astype(np.float64) - mu
+        c = block_columns(S, groups, slice(a, a + block)).astype(np.float64) - mu
         codes, scale, err, norm = quantise(c, groups)
         out[a:a + block] = codes
         per_row[a:a + block, 0] = np.einsum("ij,ij->i", c, c)
@@ -235,7 +228,8 @@ class CertifiedEngine:
         self.codes = torch.from_numpy(codes)
         self._rows = np.asarray(exact.styles)               # a plain view of RAM or the memory map
         cuts = np.cumsum([0] + [b - a for a, b in self.groups])
-        self._views = [self.codes[:, a:b].T for a, b in zip(cuts[:-1], cuts[1:])]     # [D_g, N] each, no copy
+        self._spans = list(zip(cuts[:-1].tolist(), cuts[1:].tolist()))   # each group's columns in the copy
+        self._views = [self.codes[:, a:b].T for a, b in self._spans]     # [D_g, N] each, no copy
         G = len(self.groups)
         self.c_sq = per_row[:, 0]
         self.scale, self.err, self.qnorm = per_row[:, 1:1 + G], per_row[:, 1 + G:1 + 2 * G], per_row[:, 1 + 2 * G:]
@@ -298,14 +292,14 @@ class CertifiedEngine:
         """Per query: the centred products' estimates and their proven bounds, per row."""
         import torch
 
-        qc = _columns(np.atleast_2d(styles), self.groups).astype(np.float64) - self.mu
+        qc = block_columns(np.atleast_2d(styles), self.groups).astype(np.float64) - self.mu
         codes, t, f, _ = quantise(qc, self.groups)
         qn = np.stack([np.sqrt(np.einsum("ij,ij->i", qc[:, a:b], qc[:, a:b]))
-                       for a, b in zip(*self._cuts)], axis=1)                            # [B, G] ‖qc_g‖
+                       for a, b in self._spans], axis=1)                            # [B, G] ‖qc_g‖
         B, n = len(qc), len(self)
         p, p_abs = np.zeros((B, n)), np.zeros((B, n))
         with torch.inference_mode():
-            for g, ((a, b), view) in enumerate(zip(zip(*self._cuts), self._views)):
+            for g, ((a, b), view) in enumerate(zip(self._spans, self._views)):
                 ints = torch._int_mm(torch.from_numpy(np.ascontiguousarray(codes[:, a:b])), view).numpy()
                 term = (t[:, g:g + 1] * self.scale[None, :, g]) * ints
                 p += term
@@ -314,26 +308,14 @@ class CertifiedEngine:
                   for j in range(B)]
         return list(p), bounds
 
-    @property
-    def _cuts(self) -> tuple[np.ndarray, np.ndarray]:
-        cuts = np.cumsum([0] + [b - a for a, b in self.groups])
-        return cuts[:-1], cuts[1:]
-
-    def _skipped_sq(self, q: np.ndarray) -> float:
-        """‖q‖² over the style columns the copy skips (the rows are 0 there), in float64."""
-        q64, total, at = np.asarray(q, dtype=np.float64), 0.0, 0
-        for a, b in (*self.groups, (q64.size, q64.size)):
-            total += float(np.einsum("i,i->", q64[at:a], q64[at:a]))
-            at = b
-        return total
-
-    def _exact_ls(self, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    def _exact_ls(self, q: np.ndarray, rows: np.ndarray, skipped: float) -> np.ndarray:
         """LS of these rows in float64 from the float32 rows (read from RAM or the memory map): the
-        groups' columns, plus the query's norm over the columns in no group (the rows are 0 there)."""
+        groups' columns, plus ``skipped``, the query's ‖q‖² over the columns in no group (the rows
+        are 0 there)."""
         q64 = np.asarray(q, dtype=np.float64)
         order = np.argsort(rows)
         X = self._rows[rows[order]]                          # one sorted gather
-        ls = np.full(rows.size, self._skipped_sq(q))
+        ls = np.full(rows.size, skipped)
         for a, b in self.groups:
             d = X[:, a:b].astype(np.float64)
             d -= q64[a:b]
@@ -345,8 +327,9 @@ class CertifiedEngine:
     def _rank_one(self, q: np.ndarray, cheap: dict[str, np.ndarray], p: np.ndarray, bound: np.ndarray,
                   valid: np.ndarray, measures: Sequence[str], k: int) -> QueryRanking | None:
         n = len(self)
-        qc = _columns(q[None], self.groups)[0].astype(np.float64) - self.mu
-        base = _norm(qc) ** 2 + self._skipped_sq(q) + self.c_sq
+        qc = block_columns(q[None], self.groups)[0].astype(np.float64) - self.mu
+        skipped = float(outside_sqnorms(q[None], self.groups)[0])   # the rows are 0 there
+        base = _norm(qc) ** 2 + skipped + self.c_sq
         slack = 2 * bound + MARGIN * base                  # MARGIN·base: float64 rounding of base and LS
         ls_lo, ls_hi = np.maximum(base - 2 * p - slack, 0.0), np.maximum(base - 2 * p + slack, 0.0)
         known = np.full(n, np.nan)                     # exact LS of the rows checked so far
@@ -356,7 +339,7 @@ class CertifiedEngine:
             rows = rows[np.isnan(known[rows])]
             if np.count_nonzero(~np.isnan(known)) + rows.size > limit:
                 return False
-            known[rows] = self._exact_ls(q, rows)
+            known[rows] = self._exact_ls(q, rows, skipped)
             ls_lo[rows] = ls_hi[rows] = known[rows]
             return True
 
@@ -395,15 +378,15 @@ class CertifiedEngine:
             top = top_k_rows(scores[m], reach.get(m, valid), k)[0]      # the top k lies within reach
             per[m] = Ranked(top, scores[m][top], {c: v[top] for c, v in comp.items()},
                             {c: v[top] for c, v in raw.items()})
-        self._fill_style(q, per, known, top_ls[0], comp)
+        self._fill_style(q, per, known, top_ls[0], skipped)
         return QueryRanking(per, [f"certified mode: int8 style pass, {checked.size} rows checked exactly"])
 
-    def _fill_style(self, q, per: dict[str, Ranked], known: np.ndarray, top: float, comp) -> None:
+    def _fill_style(self, q, per: dict[str, Ranked], known: np.ndarray, top: float, skipped: float) -> None:
         """Every hit reports all four components: measure the style of returned rows not checked."""
         hits = np.unique(np.concatenate([r.rows for r in per.values()])) if per else np.zeros(0, np.int64)
         missing = hits[np.isnan(known[hits])]
         if missing.size:
-            known[missing] = self._exact_ls(q, missing)
+            known[missing] = self._exact_ls(q, missing, skipped)
         for r in per.values():
             r.raw["style"] = known[r.rows]
             r.components["style"] = 1.0 - known[r.rows] / top

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..extract.vectors import Vectors
-from .engine import QueryRanking, Ranked, rank_rows
+from .engine import QueryRanking, Ranked, block_columns, outside_sqnorms, rank_rows
 from .measures import COMPONENTS, RECHECK_FRACTION
 
 __all__ = ["DeviceEngine", "popcount_table"]
@@ -50,24 +50,9 @@ class DeviceEngine:
             return None if a is None else torch.as_tensor(np.ascontiguousarray(a), dtype=dtype).to(device)
         self.style_blocks = None if vectors.styles is None or not style_blocks else tuple(
             (int(a), int(b)) for a, b in style_blocks)
-        styles = vectors.styles if self.style_blocks is None else self._live(vectors.styles)
+        styles = vectors.styles if self.style_blocks is None else block_columns(vectors.styles, self.style_blocks)
         self._setup(put(vectors.features, torch.float32), put(styles, torch.float32),
                     put(vectors.masks, torch.uint8), put(vectors.mask_areas, torch.float64), vectors)
-
-    def _live(self, S: np.ndarray) -> np.ndarray:
-        """The style blocks' columns of ``S``, side by side (every column without blocks)."""
-        if self.style_blocks is None:
-            return S
-        return np.concatenate([np.asarray(S[:, a:b], dtype=np.float32) for a, b in self.style_blocks], axis=1)
-
-    def _skipped_sq(self, S: np.ndarray) -> np.ndarray:
-        """[B] float64 ‖s‖² of each query over the style columns in no block (the rows are 0 there)."""
-        S64 = np.asarray(S, dtype=np.float64)
-        total, at = np.zeros(S64.shape[0]), 0
-        for a, b in (*(self.style_blocks or ()), (S64.shape[1], S64.shape[1])):
-            total += np.einsum("ij,ij->i", S64[:, at:a], S64[:, at:a])
-            at = b
-        return total
 
     @classmethod
     def from_tensors(cls, features, styles=None, masks=None, mask_areas=None, host: Vectors | None = None
@@ -155,8 +140,9 @@ class DeviceEngine:
                     out["cosine"] = cs.clamp(-1.0, 1.0).cpu().numpy()
             if "style" in want and self.styles is not None and batch.styles is not None:
                 S = np.asarray(batch.styles, dtype=np.float32)
-                extra = None if self.style_blocks is None else self._skipped_sq(S)
-                out["style"] = self._distances(self._live(S), self.styles, self.style_sqnorms, extra)[0].cpu().numpy()
+                extra = None if self.style_blocks is None else outside_sqnorms(S, self.style_blocks)
+                out["style"] = self._distances(block_columns(S, self.style_blocks), self.styles, self.style_sqnorms,
+                                               extra)[0].cpu().numpy()
             if "dice" in want and self.masks is not None and batch.masks is not None:
                 qm = torch.as_tensor(np.ascontiguousarray(batch.masks, dtype=np.uint8), device=self.device)
                 inter = torch.stack([self._popcount[(self.masks & q).long()].sum(1) for q in qm]).double()

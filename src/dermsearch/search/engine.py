@@ -37,7 +37,8 @@ from .measures import (
 )
 
 __all__ = ["Query", "Ranked", "QueryRanking", "Engine", "ExactEngine", "maxima", "normalise", "rank_rows",
-           "merge_rankings", "top_k_rows", "dead_style_ranges", "live_style_blocks", "checked_style_blocks"]
+           "merge_rankings", "top_k_rows", "dead_style_ranges", "live_style_blocks", "checked_style_blocks",
+           "block_columns", "outside_sqnorms"]
 
 Blocks = tuple[tuple[int, int], ...]
 
@@ -79,6 +80,24 @@ def dead_columns_zero(styles: np.ndarray, dead: Sequence[tuple[int, int]], chunk
             if np.any(np.asarray(styles[s:s + chunk, a:b])):
                 return False
     return True
+
+
+def block_columns(S, blocks, rows=slice(None)) -> np.ndarray:
+    """``S[rows]`` restricted to the column ``blocks`` side by side (every column for None),
+    float32 in RAM; only those columns are read from a memory map."""
+    if blocks is None:
+        return np.asarray(S[rows], dtype=np.float32)
+    return np.concatenate([np.asarray(S[rows, a:b], dtype=np.float32) for a, b in blocks], axis=-1)
+
+
+def outside_sqnorms(S: np.ndarray, blocks) -> np.ndarray:
+    """[B] float64 ‖s‖² of each row of ``S`` [B, D] over the columns in no block (0 for None)."""
+    S64 = np.asarray(S, dtype=np.float64)
+    total, at = np.zeros(S64.shape[0]), 0
+    for a, b in (*(blocks or ()), (S64.shape[1], S64.shape[1])):
+        total += np.einsum("ij,ij->i", S64[:, at:a], S64[:, at:a])
+        at = b
+    return total
 
 
 def checked_style_blocks(styles: np.ndarray | None, layout: Sequence[dict]) -> Blocks | None:

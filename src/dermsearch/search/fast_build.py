@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .config import FastConfig
-from .engine import dead_style_ranges, live_style_blocks
+from .engine import dead_columns_zero, dead_style_ranges, live_style_blocks
 from .fast import FAST_FORMAT, FastIndex, cell_counts, count_sketch, fast_dir, index_identity
 from .kernels import products
 
@@ -96,7 +96,7 @@ class FastIndexWriter:
         self.ids[start:stop] = list(ids)
         self.features[start:stop] = features
         self.styles[start:stop] = styles
-        if self.dead and any(np.any(styles[:, a:b]) for a, b in self.dead):
+        if self.dead and not dead_columns_zero(styles, self.dead):
             self.dead = []                   # not zero after all: every column stays live
         if self.masks is not None:
             self.masks[start:stop] = masks
