@@ -189,6 +189,39 @@ def test_interrupted_member_resumes_from_its_last_epoch(synthetic, tmp_path):
 
 
 @pytest.mark.slow
+def test_snapshot_ensemble_members_continue_from_the_previous_member(synthetic, tmp_path):
+    # a learning rate of ~0: each snapshot is (almost exactly) the weights it started from, so
+    # member 2 must equal member 1's last weights, heads included (a fresh member would have its own
+    # seed's head)
+    cfg = ClassifierTrainConfig(labels=str(synthetic), target="melanoma", diversity="snapshot",
+                                **{**TINY_TRAIN, "members": 3, "epochs": 2, "lr": 1e-12})
+    assert cfg.snapshot_epochs == 1 and [cfg.member_epochs(m) for m in range(3)] == [2, 1, 1]
+    logs: list[str] = []
+    train_classifier(cfg, tmp_path / "run", log=logs.append, progress=False)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [sum(r.get("member") == m for r in history) for m in (1, 2, 3)] == [2, 1, 1]
+    assert any("member 2/3 epoch 1/1" in line for line in logs)
+    members = tmp_path / "run" / "members"
+    last = [load_file(str(members / f"m{m}-last.safetensors")) for m in range(3)]
+    for m in (1, 2):
+        for name in ("head.weight", "head.bias", "backbone.head.conv.weight"):
+            torch.testing.assert_close(last[m][name], last[m - 1][name], rtol=0, atol=1e-6)
+    # the same settings without snapshots: member 2 starts from its own initialisation
+    fresh = ClassifierTrainConfig(labels=str(synthetic), target="melanoma", diversity="seed",
+                                  **{**TINY_TRAIN, "members": 2, "epochs": 1, "lr": 1e-12})
+    train_classifier(fresh, tmp_path / "seed", log=lambda m: None, progress=False)
+    a, b = (load_file(str(tmp_path / "seed" / "members" / f"m{m}-last.safetensors")) for m in (0, 1))
+    assert not torch.allclose(a["head.weight"], b["head.weight"], atol=1e-3)
+    # rerunning resumes every snapshot; a longer cycle for the later members restarts them only
+    logs.clear()
+    train_classifier(cfg, tmp_path / "run", log=logs.append, progress=False)
+    assert sum("done earlier" in line for line in logs) == 3
+    logs.clear()
+    train_classifier(replace(cfg, snapshot_epochs=2), tmp_path / "run", log=logs.append, progress=False)
+    assert sum("afresh" in line for line in logs) == 3     # the key covers snapshot_epochs (all 3 members)
+
+
+@pytest.mark.slow
 def test_tiny_training_diagnosis_target_and_evaluator_head_auc(synthetic, tmp_path):
     cfg = ClassifierTrainConfig(labels=str(synthetic), target="diagnosis", class_weights=True, balanced=True,
                                 augment="online", diversity="fold", **TINY_TRAIN)
@@ -212,6 +245,10 @@ def test_config_rejects_bad_settings():
         ClassifierTrainConfig(labels="x", trainable_stages=0)
     with pytest.raises(ValueError, match="augment"):
         ClassifierTrainConfig(labels="x", augment="x8")
+    with pytest.raises(ValueError, match="snapshot"):
+        ClassifierTrainConfig(labels="x", diversity="snapshots")
+    with pytest.raises(ValueError, match="snapshot_epochs"):
+        ClassifierTrainConfig(labels="x", diversity="snapshot", snapshot_epochs=0)
 
 
 @pytest.mark.slow

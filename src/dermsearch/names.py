@@ -4,7 +4,7 @@ nothing, so that building the command line never loads a network library."""
 from __future__ import annotations
 
 __all__ = ["GRAM_POOLS", "GRAM_NORMS", "BACKENDS", "COLOUR_METHODS", "TTA_VIEWS", "MEASURES", "SEARCH_MODES",
-           "DEVICE_HELP", "METRIC_LOSSES", "HEAD_SELECT"]
+           "DEVICE_HELP", "METRIC_LOSSES", "HEAD_SELECT", "DIVERSITY"]
 
 # Gram pooling regions: the whole image (paper), the dilated lesion mask, or lesion then skin.
 GRAM_POOLS = ("image", "lesion", "lesion+skin")
@@ -23,4 +23,6 @@ SEARCH_MODES = ("exact", "fast", "certified")
 # Training: the metric-learning objective on the search feature, and how phase two keeps an epoch.
 METRIC_LOSSES = ("none", "supcon", "proxy-anchor")
 HEAD_SELECT = ("balanced_accuracy", "retrieval")
+# How the members of an ensemble differ: bagging, left-out folds, seeds only, or snapshots of one run.
+DIVERSITY = ("bootstrap", "fold", "seed", "snapshot")
 DEVICE_HELP = "where the networks run: auto (CUDA when present, else CPU), cpu, cuda or cuda:N"

@@ -10,7 +10,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..names import COLOUR_METHODS
+from ..names import COLOUR_METHODS, DIVERSITY
 from ..presets import PRESETS, changed, get_preset
 from .common import err
 from .options import Common, given, optional, runtime_of
@@ -60,8 +60,11 @@ def register(sub, common: Common) -> None:
     optional(tc, "--balanced", action="store_true", help="class-balanced sampling")
     optional(tc, "--augment", choices=["x7", "online", "none"],
              help="x7: the paper's offline expansion (default); online: random per batch")
-    optional(tc, "--diversity", choices=["bootstrap", "fold", "seed"],
-             help="how members differ (default bootstrap: bagging)")
+    optional(tc, "--diversity", choices=list(DIVERSITY),
+             help="how members differ (default bootstrap: bagging; snapshot: each member after the first "
+                  "continues from the previous one's last weights with a warm restart, --snapshot-epochs each)")
+    optional(tc, "--snapshot-epochs", type=int, metavar="N",
+             help="diversity snapshot: phase-one epochs of each member after the first (default 1)")
     optional(tc, "--metric-loss", choices=["none", "supcon", "proxy-anchor"],
              help="phase two: a metric-learning loss on the search feature beside the head's focal loss")
     optional(tc, "--metric-weight", type=float, help="weight of the metric loss (default 1)")

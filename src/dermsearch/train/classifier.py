@@ -12,8 +12,11 @@ training image (and, with the offline x7 expansion, per variant) and cached. Tha
 training feasible on a CPU; ``trainable_stages=7`` trains whole members as the paper did.
 
 Member diversity: ``bootstrap`` (default; each member sees its own bootstrap sample of the
-training images and its own seed: bagging), ``fold`` (member i leaves out the i-th of M folds)
-or ``seed`` (all images, different seeds only).
+training images and its own seed: bagging), ``fold`` (member i leaves out the i-th of M folds),
+``seed`` (all images, different seeds only) or ``snapshot`` (a snapshot ensemble: member 0 trains
+for ``epochs``, each later member starts from the previous one's last weights and trains
+``snapshot_epochs`` more with its own one-cycle schedule, a warm restart; all images, one
+member-epoch per snapshot instead of ``epochs`` per member).
 
 Outputs in ``out_dir``: ``ensemble.safetensors`` (fp16, with its spec and metrics as metadata),
 ``config.json`` (the resolved config), ``history.json``, ``metrics.json``; ``members/`` and
@@ -305,6 +308,15 @@ def _source_members(cfg: ClassifierTrainConfig, labels: _Labels) -> EnsembleFeat
 
 PHASE_TWO_FIELDS = ("head_epochs", "head_lr", "head_variants", "head_dropout", "head_weight_decay", "feature_dim",
                     "metric_loss", "metric_weight", "metric_temperature", "ema", "head_select", "tta")
+
+
+def _member_key(cfg: ClassifierTrainConfig) -> dict:
+    """What a member's saved state depends on: the config without phase two's settings (and without
+    ``snapshot_epochs`` unless the members are snapshots, so runs from before it existed resume)."""
+    ignore = PHASE_TWO_FIELDS + (() if cfg.diversity == "snapshot" else ("snapshot_epochs",))
+    return resume_key(cfg.to_dict(), ignore)
+
+
 def _train_member(ses: _Session, m: int) -> dict:
     cfg = ses.cfg
     files = RunFiles(ses.out / "members", f"m{m}-")
@@ -314,10 +326,14 @@ def _train_member(ses: _Session, m: int) -> dict:
         # the shared prefix must be the same network for every member: member 0's initialisation
         torch.manual_seed(cfg.seed)
         member.backbone.load_state_dict(ses.fresh_backbone().state_dict())
+    if cfg.diversity == "snapshot" and m > 0:
+        # a snapshot: the previous member's weights at the end of its cycle (its last epoch)
+        member.load_state_dict(load_file(str(RunFiles(files.directory, f"m{m - 1}-").last)), strict=True)
+    epochs = cfg.member_epochs(m)
     opt = torch.optim.AdamW(member.trainable(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     base_idx = _member_indices(cfg, m, len(ses.y_train))
     steps = math.ceil(len(base_idx) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=max(1, cfg.epochs * steps), pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=max(1, epochs * steps), pct_start=0.15)
     y_np = ses.y_train.numpy()
     cw = None if ses.class_weights is None else ses.class_weights.cpu()
 
@@ -350,11 +366,11 @@ def _train_member(ses: _Session, m: int) -> dict:
 
     def describe(rec: dict, improved: bool) -> str:
         extra = f", val bal. acc {rec['val_balanced_accuracy']:.4f}" if "val_balanced_accuracy" in rec else ""
-        return (f"member {m + 1}/{cfg.members} epoch {rec['epoch']}/{cfg.epochs}: train loss {rec['train_loss']:.4f}, "
+        return (f"member {m + 1}/{cfg.members} epoch {rec['epoch']}/{epochs}: train loss {rec['train_loss']:.4f}, "
                 f"val loss {rec['val_loss']:.4f}, val melanoma AUC {rec['val_auc']:.4f}{extra}"
                 f"{' (best)' if improved else ''}, {rec['seconds']:.0f} s")
 
-    run = Run(member, opt, sched, files, resume_key(cfg.to_dict(), PHASE_TWO_FIELDS), cfg.epochs,
+    run = Run(member, opt, sched, files, _member_key(cfg), epochs,
               name=f"member {m + 1}/{cfg.members}", log=ses.log,
               # members trained before these settings existed trained as their defaults-of-then
               legacy_key=lambda old: resume_key({"colour": "none", "init_members": "", **old}, PHASE_TWO_FIELDS))
@@ -485,7 +501,7 @@ def dry_run_classifier(cfg: ClassifierTrainConfig, steps: int = 3, runtime: Runt
         return binary_focal_loss(model(x), y, cfg.focal_alpha, cfg.focal_gamma)
 
     per_batch, act, how = dry_run_steps(member, trainable, make_batch, loss_fn, steps, str(device))
-    batches = batches_for(n, b, cfg.epochs, cfg.members)
+    batches = sum(batches_for(n, b, cfg.member_epochs(m)) for m in range(cfg.members))
     estimate = per_batch * batches
     if k:   # the frozen shared stages: once per (image, variant) when cached, else on every batch
         x = torch.randn(b, 3, s, s, device=device)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..errors import ConfigError
 from ..models.normalization import backbone_normalization
-from ..names import COLOUR_METHODS, HEAD_SELECT, METRIC_LOSSES
+from ..names import COLOUR_METHODS, DIVERSITY, HEAD_SELECT, METRIC_LOSSES
 
 __all__ = ["AugmentConfig", "ClassifierTrainConfig", "SegTrainConfig", "TARGETS", "N_STAGES"]
 
@@ -62,7 +62,8 @@ class ClassifierTrainConfig:
     balanced: bool = False            # class-balanced sampling
     augment: str = "x7"               # "x7" (offline expansion), "online" (random per batch) or "none"
     augment_config: AugmentConfig = field(default_factory=AugmentConfig)
-    diversity: str = "bootstrap"      # "bootstrap", "fold" or "seed"
+    diversity: str = "bootstrap"      # "bootstrap", "fold", "seed" or "snapshot"
+    snapshot_epochs: int = 1          # diversity "snapshot": epochs of each member after the first (a warm restart)
     dropout: float = 0.2
     head_variants: bool = False       # phase two also on the x7 variants (default: the originals only)
     head_dropout: float = 0.5         # phase two: dropout on the members' pooled vectors while training
@@ -85,8 +86,10 @@ class ClassifierTrainConfig:
             raise ConfigError(f"target must be one of {TARGETS}, not {self.target!r}")
         if self.augment not in ("x7", "online", "none"):
             raise ConfigError(f"augment must be x7, online or none, not {self.augment!r}")
-        if self.diversity not in ("bootstrap", "fold", "seed"):
-            raise ConfigError(f"diversity must be bootstrap, fold or seed, not {self.diversity!r}")
+        if self.diversity not in DIVERSITY:
+            raise ConfigError(f"diversity must be one of {DIVERSITY}, not {self.diversity!r}")
+        if self.snapshot_epochs < 1:
+            raise ConfigError("snapshot_epochs must be at least 1")
         if not 1 <= self.trainable_stages <= N_STAGES:
             raise ConfigError(f"trainable_stages must be in 1..{N_STAGES}")
         if self.members < 1:
@@ -119,6 +122,11 @@ class ClassifierTrainConfig:
     @property
     def column(self) -> str:
         return self.label_column or self.target
+
+    def member_epochs(self, member: int) -> int:
+        """Phase-one epochs of member ``member`` (0-based): ``epochs``, or ``snapshot_epochs`` for the
+        members of a snapshot ensemble after the first."""
+        return self.snapshot_epochs if self.diversity == "snapshot" and member > 0 else self.epochs
 
     @property
     def shared_stages(self) -> int:
