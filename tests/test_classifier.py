@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from dermsearch.cli.main import main
 from dermsearch.evaluate import EvaluationConfig, Evaluator
@@ -22,7 +22,8 @@ from dermsearch.models import create_backbone
 from dermsearch.models.ensemble import EnsembleFeatureNet, default_ensemble_path, load_ensemble, read_ensemble_spec
 from dermsearch.runtime import Runtime
 from dermsearch.search import Searcher
-from dermsearch.train.classifier import ClassifierTrainConfig, train_classifier
+from dermsearch.train.classifier import ClassifierTrainConfig, _member_file, _member_key, train_classifier
+from dermsearch.train.harness import load_metadata
 from dermsearch.train.losses import binary_focal_loss, multiclass_focal_loss
 
 from .conftest import REPO, SHARED, TORCH, lesion_image, require_data
@@ -212,13 +213,40 @@ def test_snapshot_ensemble_members_continue_from_the_previous_member(synthetic, 
     train_classifier(fresh, tmp_path / "seed", log=lambda m: None, progress=False)
     a, b = (load_file(str(tmp_path / "seed" / "members" / f"m{m}-last.safetensors")) for m in (0, 1))
     assert not torch.allclose(a["head.weight"], b["head.weight"], atol=1e-3)
-    # rerunning resumes every snapshot; a longer cycle for the later members restarts them only
+    # rerunning resumes every snapshot
     logs.clear()
     train_classifier(cfg, tmp_path / "run", log=logs.append, progress=False)
     assert sum("done earlier" in line for line in logs) == 3
+    # a snapshot whose starting point changed is retrained, and so is every snapshot after it
+    f = members / "m0-last.safetensors"
+    meta = load_metadata(f)
+    changed = {**last[0], "head.bias": last[0]["head.bias"] + 0.1}
+    save_file(changed, str(f), meta)
+    logs.clear()
+    train_classifier(cfg, tmp_path / "run", log=logs.append, progress=False)
+    assert sum("done earlier" in line for line in logs) == 1 and sum("afresh" in line for line in logs) == 2
+    torch.testing.assert_close(load_file(str(members / "m2-last.safetensors"))["head.bias"],
+                               changed["head.bias"], rtol=0, atol=1e-6)
+    # a longer cycle for the later members restarts them only
     logs.clear()
     train_classifier(replace(cfg, snapshot_epochs=2), tmp_path / "run", log=logs.append, progress=False)
-    assert sum("afresh" in line for line in logs) == 3     # the key covers snapshot_epochs (all 3 members)
+    assert sum("done earlier" in line for line in logs) == 1 and sum("afresh" in line for line in logs) == 2
+    assert any("member 3/3 epoch 2/2" in line for line in logs)
+
+
+def test_snapshot_settings_keys_and_files(tmp_path):
+    base = ClassifierTrainConfig(labels="x")
+    snap = replace(base, diversity="snapshot", snapshot_epochs=2)
+    assert [snap.member_epochs(m) for m in range(5)] == [3, 2, 2, 2, 2]
+    assert [base.member_epochs(m) for m in range(5)] == [3] * 5
+    # other diversities, and a snapshot ensemble's first member, keep the key of runs made before
+    # snapshot_epochs existed; later snapshots depend on it and on where they start
+    assert "snapshot_epochs" not in _member_key(base, 3) and "snapshot_epochs" not in _member_key(snap, 0)
+    assert _member_key(snap, 1, "abc")["snapshot_epochs"] == 2 and _member_key(snap, 1, "abc")["snapshot_of"] == "abc"
+    assert _member_key(snap, 1, "abc") != _member_key(snap, 1, "abd")
+    # the ensemble is built from each member's best epoch, or a snapshot's last
+    assert _member_file(base, tmp_path, 2).name == "m2-best.safetensors"
+    assert _member_file(snap, tmp_path, 2).name == "m2-last.safetensors"
 
 
 @pytest.mark.slow
@@ -249,6 +277,8 @@ def test_config_rejects_bad_settings():
         ClassifierTrainConfig(labels="x", diversity="snapshots")
     with pytest.raises(ValueError, match="snapshot_epochs"):
         ClassifierTrainConfig(labels="x", diversity="snapshot", snapshot_epochs=0)
+    with pytest.raises(ValueError, match="snapshot_epochs applies"):
+        ClassifierTrainConfig(labels="x", snapshot_epochs=2)
 
 
 @pytest.mark.slow

@@ -274,7 +274,7 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Calla
         net.member_heads.load_state_dict(source.member_heads.state_dict())
         log(f"phase one: skipped, the {cfg.members} members of {cfg.init_members} are reused")
     for m in range(cfg.members if source is None else 0):
-        _load_member_into(net, m, load_file(str(out / "members" / f"m{m}-best.safetensors")))
+        _load_member_into(net, m, load_file(str(_member_file(cfg, out, m))))
     if k and source is None:
         # the shared prefix is the frozen ImageNet one
         shared = {n: p for n, p in base.state_dict().items() if n.startswith("stem.") or
@@ -310,11 +310,21 @@ PHASE_TWO_FIELDS = ("head_epochs", "head_lr", "head_variants", "head_dropout", "
                     "metric_loss", "metric_weight", "metric_temperature", "ema", "head_select", "tta")
 
 
-def _member_key(cfg: ClassifierTrainConfig) -> dict:
-    """What a member's saved state depends on: the config without phase two's settings (and without
-    ``snapshot_epochs`` unless the members are snapshots, so runs from before it existed resume)."""
-    ignore = PHASE_TWO_FIELDS + (() if cfg.diversity == "snapshot" else ("snapshot_epochs",))
-    return resume_key(cfg.to_dict(), ignore)
+def _member_key(cfg: ClassifierTrainConfig, m: int, start: str = "") -> dict:
+    """What member ``m``'s saved state depends on: the config without phase two's settings and
+    without ``snapshot_epochs`` where it plays no part (every member unless they are snapshots, and
+    a snapshot ensemble's first member, so runs from before it existed resume); a later snapshot
+    also depends on ``start``, the fingerprint of the weights it starts from (the previous member's
+    last), so it is retrained whenever that member was."""
+    ignore = PHASE_TWO_FIELDS + (() if cfg.diversity == "snapshot" and m > 0 else ("snapshot_epochs",))
+    return resume_key(cfg.to_dict(), ignore) | ({"snapshot_of": start} if start else {})
+
+
+def _member_file(cfg: ClassifierTrainConfig, out: Path, m: int) -> Path:
+    """The checkpoint of member ``m`` that the ensemble is built from: its best epoch by ``val``, or,
+    for a snapshot ensemble, the end of its cycle (its last epoch, where the next member starts)."""
+    files = RunFiles(out / "members", f"m{m}-")
+    return files.last if cfg.diversity == "snapshot" else files.best
 
 
 def _train_member(ses: _Session, m: int) -> dict:
@@ -326,9 +336,11 @@ def _train_member(ses: _Session, m: int) -> dict:
         # the shared prefix must be the same network for every member: member 0's initialisation
         torch.manual_seed(cfg.seed)
         member.backbone.load_state_dict(ses.fresh_backbone().state_dict())
+    start = ""
     if cfg.diversity == "snapshot" and m > 0:
         # a snapshot: the previous member's weights at the end of its cycle (its last epoch)
         member.load_state_dict(load_file(str(RunFiles(files.directory, f"m{m - 1}-").last)), strict=True)
+        start = state_fingerprint(member)
     epochs = cfg.member_epochs(m)
     opt = torch.optim.AdamW(member.trainable(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     base_idx = _member_indices(cfg, m, len(ses.y_train))
@@ -370,7 +382,7 @@ def _train_member(ses: _Session, m: int) -> dict:
                 f"val loss {rec['val_loss']:.4f}, val melanoma AUC {rec['val_auc']:.4f}{extra}"
                 f"{' (best)' if improved else ''}, {rec['seconds']:.0f} s")
 
-    run = Run(member, opt, sched, files, _member_key(cfg), epochs,
+    run = Run(member, opt, sched, files, _member_key(cfg, m, start), epochs,
               name=f"member {m + 1}/{cfg.members}", log=ses.log,
               # members trained before these settings existed trained as their defaults-of-then
               legacy_key=lambda old: resume_key({"colour": "none", "init_members": "", **old}, PHASE_TWO_FIELDS))

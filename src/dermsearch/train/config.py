@@ -90,6 +90,8 @@ class ClassifierTrainConfig:
             raise ConfigError(f"diversity must be one of {DIVERSITY}, not {self.diversity!r}")
         if self.snapshot_epochs < 1:
             raise ConfigError("snapshot_epochs must be at least 1")
+        if self.snapshot_epochs != 1 and self.diversity != "snapshot":
+            raise ConfigError(f"snapshot_epochs applies to diversity 'snapshot' only (diversity is {self.diversity!r})")
         if not 1 <= self.trainable_stages <= N_STAGES:
             raise ConfigError(f"trainable_stages must be in 1..{N_STAGES}")
         if self.members < 1:
