@@ -15,8 +15,8 @@ Member diversity: ``bootstrap`` (default; each member sees its own bootstrap sam
 training images and its own seed: bagging), ``fold`` (member i leaves out the i-th of M folds),
 ``seed`` (all images, different seeds only) or ``snapshot`` (a snapshot ensemble: member 0 trains
 for ``epochs``, each later member starts from the previous one's last weights and trains
-``snapshot_epochs`` more with its own one-cycle schedule, a warm restart; all images, one
-member-epoch per snapshot instead of ``epochs`` per member).
+``snapshot_epochs`` (default 1) more with its own one-cycle schedule, a warm restart; all images;
+the ensemble keeps each snapshot's last epoch).
 
 Outputs in ``out_dir``: ``ensemble.safetensors`` (fp16, with its spec and metrics as metadata),
 ``config.json`` (the resolved config), ``history.json``, ``metrics.json``; ``members/`` and
