@@ -338,3 +338,31 @@ def test_phase_two_only_on_reused_members_with_a_metric_loss(synthetic, tmp_path
     # members that do not fit the config are refused with the differing setting named
     with pytest.raises(ValueError, match="members"):
         train_classifier(replace(cfg2, members=3), tmp_path / "bad", log=lambda m: None, progress=False)
+
+
+def test_eval_classifier_leaves_out_unknown_diagnoses(synthetic, tmp_path):
+    """`eval-classifier` drops rows whose diagnosis is "unknown" (isic-uda1 marks them melanoma=0),
+    as `dermsearch evaluate` does: the AUC equals the one on a file without those rows."""
+    from dermsearch.models.ensemble import EnsembleSpec, build_ensemble, save_ensemble
+
+    torch.manual_seed(0)
+    spec = EnsembleSpec(members=2, shared_stages=5, feature_dim=16, head_outputs=3, member_heads=True,
+                        target="diagnosis", classes=("bkl", "mel", "nv"), image_size=32)
+    save_ensemble(build_ensemble(spec).eval(), spec, tmp_path / "e.safetensors")
+    rows = list(csv.DictReader(open(synthetic, newline="")))
+    for r in rows[:3]:                      # two non-melanomas and one melanoma become unknown
+        r["diagnosis"] = "unknown"
+    for name, kept in (("with.csv", rows), ("without.csv", rows[3:])):
+        with open(synthetic.parent / name, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(kept)
+    with_unknown = evaluate_classifier(tmp_path / "e.safetensors", synthetic.parent / "with.csv", on=None,
+                                       log=lambda _: None)
+    without = evaluate_classifier(tmp_path / "e.safetensors", synthetic.parent / "without.csv", on=None,
+                                  log=lambda _: None)
+    assert with_unknown["excluded_unknown"] == 3 and without["excluded_unknown"] == 0
+    assert with_unknown["images"] == without["images"] == len(rows) - 3
+    assert with_unknown["melanoma"] == without["melanoma"]
+    assert with_unknown["auc_ensemble"] == pytest.approx(without["auc_ensemble"])
+    assert with_unknown["auc_members"] == pytest.approx(without["auc_members"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from ..models.device import runtime_device
 from ..models.ensemble import load_ensemble, melanoma_probability
 from ..models.normalization import NORMALISATIONS
 from ..runtime import Runtime
+from .evaluator import is_unknown_diagnosis
 
 __all__ = ["evaluate_classifier"]
 
@@ -24,7 +26,8 @@ def evaluate_classifier(weights: str | Path, labels_csv: str | Path, split_csv: 
                         on: str | None = "test", limit: int = 0, runtime: Runtime | None = None,
                         log: Callable[[str], None] = print) -> dict:
     """Melanoma AUC of the ensemble head and of each member's own head on a split (or on every row);
-    ``runtime``: device, threads and batch size (default ``Runtime()``)."""
+    ``runtime``: device, threads and batch size (default ``Runtime()``). Rows whose diagnosis is
+    "unknown" are left out, as ``dermsearch evaluate`` leaves them out (``excluded_unknown``)."""
     runtime = runtime or Runtime()
     batch_size = runtime.batch_size
     net, spec = load_ensemble(weights)
@@ -44,13 +47,20 @@ def evaluate_classifier(weights: str | Path, labels_csv: str | Path, split_csv: 
         head.append(melanoma_probability(o.logits, spec).cpu())
         if o.member_logits is not None:
             members.append(torch.stack([melanoma_probability(lg, spec) for lg in o.member_logits], 1).cpu())
-    p = torch.cat(head).numpy()
-    y = data.melanoma
-    result = {"images": len(data), "melanoma": int(y.sum()), "target": spec.target,
-              "auc_ensemble": float(roc_auc_score(y, p))}
+    unknown = _unknown_ids(labels_csv)
+    known = [i for i, image_id in enumerate(data.ids) if image_id not in unknown]
+    p = torch.cat(head).numpy()[known]
+    y = data.melanoma[known]
+    result = {"images": len(known), "melanoma": int(y.sum()), "excluded_unknown": len(data) - len(known),
+              "target": spec.target, "auc_ensemble": float(roc_auc_score(y, p))}
     if members:
-        pm = torch.cat(members).numpy()
+        pm = torch.cat(members).numpy()[known]
         result["auc_members"] = [float(roc_auc_score(y, pm[:, j])) for j in range(pm.shape[1])]
         result["auc_member_mean_prob"] = float(roc_auc_score(y, pm.mean(1)))
     log(json.dumps(result))
     return result
+
+
+def _unknown_ids(labels_csv) -> set[str]:
+    with open(labels_csv, newline="") as f:
+        return {r["image_id"] for r in csv.DictReader(f) if is_unknown_diagnosis(r.get("diagnosis"))}

@@ -33,7 +33,7 @@ from .metrics import (
     vote_auc,
 )
 
-__all__ = ["EvaluationConfig", "EvaluationReport", "Evaluator", "QuerySet", "read_split", "choose_headline"]
+__all__ = ["EvaluationConfig", "EvaluationReport", "Evaluator", "QuerySet", "read_split", "choose_headline", "is_unknown_diagnosis"]
 
 
 @dataclass(frozen=True)
@@ -120,13 +120,15 @@ def read_split(path: str | Path) -> dict[str, str]:
         return {r["image_id"]: r["split"] for r in reader}
 
 
-def _unknown(diagnosis: str | None) -> bool:
+def is_unknown_diagnosis(diagnosis: str | None) -> bool:
+    """True for a row whose diagnosis is "unknown" (isic-uda1 has two, marked melanoma=0): its
+    melanoma status is not known either, so melanoma figures leave it out."""
     return (diagnosis or "").strip().lower() == "unknown"
 
 
 def _label(diagnosis: str | None) -> str:
     """A query's diagnosis label; "unknown" counts as unlabelled."""
-    return "" if _unknown(diagnosis) else (diagnosis or "").strip()
+    return "" if is_unknown_diagnosis(diagnosis) else (diagnosis or "").strip()
 
 
 def _stat(value: float, ci: tuple[float, float]) -> dict:
@@ -160,7 +162,7 @@ class Evaluator:
     def queries_from_index(self, ids=None) -> QuerySet:
         s = self.searcher.snapshot
         rows = np.arange(len(s)) if ids is None else np.array([self._row(i) for i in ids], dtype=np.int64)
-        mel = np.where([_unknown(d) for d in s.diagnosis[rows]], np.nan, s.melanoma[rows])
+        mel = np.where([is_unknown_diagnosis(d) for d in s.diagnosis[rows]], np.nan, s.melanoma[rows])
         return QuerySet(s.ids[rows], np.array([_label(d) for d in s.diagnosis[rows]], dtype=object),
                         mel, s.lesion_id[rows], *self.searcher.engine.take(rows).arrays(), s.paths[rows], "index")
 
@@ -200,7 +202,7 @@ class Evaluator:
         diag = np.array([_label(dmap.get(r.diagnosis or "", r.diagnosis or "")) for r in kept], dtype=object)
         # a query whose diagnosis is "unknown" has no known melanoma status either (isic-uda1 marks
         # its two unknown rows melanoma=0): leave it out of the melanoma metrics too
-        mel = np.array([np.nan if r.melanoma is None or _unknown(r.diagnosis) else float(r.melanoma) for r in kept])
+        mel = np.array([np.nan if r.melanoma is None or is_unknown_diagnosis(r.diagnosis) else float(r.melanoma) for r in kept])
         return QuerySet(np.array([r.id for r in kept], dtype=object), diag, mel,
                         np.array([r.lesion_id for r in kept], dtype=object), ex.features, ex.styles, ex.masks,
                         ex.mask_areas, np.array([r.path for r in kept], dtype=object), str(labels_csv))
