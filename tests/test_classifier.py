@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dermsearch.cli.main import main
+from dermsearch.errors import ConfigError
 from dermsearch.evaluate import EvaluationConfig, Evaluator
 from dermsearch.evaluate.classifier import evaluate_classifier
 from dermsearch.extract import Extractor, ExtractorConfig
@@ -170,8 +171,10 @@ def test_tiny_two_phase_training_melanoma(synthetic, tmp_path):
 
 
 @pytest.mark.slow
-def test_interrupted_member_resumes_from_its_last_epoch(synthetic, tmp_path):
-    cfg = ClassifierTrainConfig(labels=str(synthetic), target="melanoma", **{**TINY_TRAIN, "members": 1})
+@pytest.mark.parametrize("decay", [1.0, 0.5])   # one learning rate, or one per stage (several param groups)
+def test_interrupted_member_resumes_from_its_last_epoch(synthetic, tmp_path, decay):
+    cfg = ClassifierTrainConfig(labels=str(synthetic), target="melanoma", stage_lr_decay=decay,
+                                **{**TINY_TRAIN, "members": 1})
 
     def killer(line: str) -> None:   # the run is interrupted right after its second epoch is saved
         if "epoch 2/4" in line:
@@ -247,6 +250,28 @@ def test_snapshot_settings_keys_and_files(tmp_path):
     # the ensemble is built from each member's best epoch, or a snapshot's last
     assert _member_file(base, tmp_path, 2).name == "m2-best.safetensors"
     assert _member_file(snap, tmp_path, 2).name == "m2-last.safetensors"
+
+
+def test_stage_lr_decay_gives_each_trained_stage_its_own_rate():
+    from dermsearch.train.classifier import _Member
+
+    for k in (5, 0):              # stages 6-7 trained, or whole members (the stem joins stage 1)
+        member = _Member(create_backbone("efficientnet-lite0"), k, 3, 0.2)
+        groups = member.param_groups(1e-3, 0.5)
+        assert [g["lr"] for g in groups] == pytest.approx([1e-3 * 0.5 ** d for d in range(7 - k)])
+        ids = [id(p) for g in groups for p in g["params"]]
+        assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in member.trainable()}
+        first, last = ({id(p) for p in g["params"]} for g in (groups[0], groups[-1]))
+        assert {id(p) for p in member.backbone.stages[6].parameters()} <= first
+        assert {id(p) for p in member.backbone.stages[k].parameters()} <= last
+    # one rate keeps the resume key of runs from before the setting; another rate is another run
+    base = ClassifierTrainConfig(labels="x")
+    assert "stage_lr_decay" not in _member_key(base, 0)
+    assert _member_key(replace(base, stage_lr_decay=0.5), 0)["stage_lr_decay"] == 0.5
+    with pytest.raises(ConfigError, match="stage_lr_decay"):
+        ClassifierTrainConfig(labels="x", stage_lr_decay=0)
+    with pytest.raises(ConfigError, match="stage_lr_decay"):
+        ClassifierTrainConfig(labels="x", stage_lr_decay=1.5)
 
 
 @pytest.mark.slow

@@ -137,6 +137,19 @@ class _Member(nn.Module):
         mods = [*self.backbone.stages[self.k:], self.backbone.head, self.head]
         return [p for m in mods for p in m.parameters()]
 
+    def param_groups(self, lr: float, decay: float) -> list[dict]:
+        """The trainable parameters with discriminative learning rates: the last stage, the
+        backbone's final conv and the head at ``lr``; each trained stage below at ``decay`` times
+        the rate of the stage above it; the stem, when trained (no shared stages), as stage 1."""
+        stages = self.backbone.stages
+        groups = [{"params": [*stages[-1].parameters(), *self.backbone.head.parameters(), *self.head.parameters()],
+                   "lr": lr}]
+        for depth, i in enumerate(range(len(stages) - 2, self.k - 1, -1), start=1):
+            groups.append({"params": list(stages[i].parameters()), "lr": lr * decay ** depth})
+        if self.k == 0:
+            groups[-1]["params"] += list(self.backbone.stem.parameters())
+        return groups
+
     def set_train(self) -> None:
         self.train()
         if self.k:
@@ -311,12 +324,14 @@ PHASE_TWO_FIELDS = ("head_epochs", "head_lr", "head_variants", "head_dropout", "
 
 
 def _member_key(cfg: ClassifierTrainConfig, m: int, start: str = "") -> dict:
-    """What member ``m``'s saved state depends on: the config without phase two's settings and
-    without ``snapshot_epochs`` where it plays no part (every member unless they are snapshots, and
+    """What member ``m``'s saved state depends on: the config without phase two's settings,
+    without ``stage_lr_decay`` at 1 (one rate, as before it existed), and without ``snapshot_epochs`` where it plays no part (every member unless they are snapshots, and
     a snapshot ensemble's first member, so runs from before it existed resume); a later snapshot
     also depends on ``start``, the fingerprint of the weights it starts from (the previous member's
     last), so it is retrained whenever that member was."""
     ignore = PHASE_TWO_FIELDS + (() if cfg.diversity == "snapshot" and m > 0 else ("snapshot_epochs",))
+    if cfg.stage_lr_decay == 1:          # one learning rate, as every run before the setting existed
+        ignore += ("stage_lr_decay",)
     return resume_key(cfg.to_dict(), ignore) | ({"snapshot_of": start} if start else {})
 
 
@@ -342,10 +357,15 @@ def _train_member(ses: _Session, m: int) -> dict:
         member.load_state_dict(load_file(str(RunFiles(files.directory, f"m{m - 1}-").last)), strict=True)
         start = state_fingerprint(member)
     epochs = cfg.member_epochs(m)
-    opt = torch.optim.AdamW(member.trainable(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.stage_lr_decay == 1:
+        opt = torch.optim.AdamW(member.trainable(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(member.param_groups(cfg.lr, cfg.stage_lr_decay), lr=cfg.lr,
+                                weight_decay=cfg.weight_decay)
     base_idx = _member_indices(cfg, m, len(ses.y_train))
     steps = math.ceil(len(base_idx) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=max(1, epochs * steps), pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, [g["lr"] for g in opt.param_groups],
+                                                total_steps=max(1, epochs * steps), pct_start=0.15)
     y_np = ses.y_train.numpy()
     cw = None if ses.class_weights is None else ses.class_weights.cpu()
 

@@ -64,6 +64,8 @@ class ClassifierTrainConfig:
     augment_config: AugmentConfig = field(default_factory=AugmentConfig)
     diversity: str = "bootstrap"      # "bootstrap", "fold", "seed" or "snapshot"
     snapshot_epochs: int = 1          # diversity "snapshot": epochs of each member after the first (a warm restart)
+    stage_lr_decay: float = 1.0       # phase one, discriminative learning rates: each trained stage below the
+                                      # last learns at this times the rate of the stage above it (1: one rate)
     dropout: float = 0.2
     head_variants: bool = False       # phase two also on the x7 variants (default: the originals only)
     head_dropout: float = 0.5         # phase two: dropout on the members' pooled vectors while training
@@ -92,6 +94,8 @@ class ClassifierTrainConfig:
             raise ConfigError("snapshot_epochs must be at least 1")
         if self.snapshot_epochs != 1 and self.diversity != "snapshot":
             raise ConfigError(f"snapshot_epochs applies to diversity 'snapshot' only (diversity is {self.diversity!r})")
+        if not 0 < self.stage_lr_decay <= 1:
+            raise ConfigError(f"stage_lr_decay must be in (0, 1] (1: one learning rate), not {self.stage_lr_decay}")
         if not 1 <= self.trainable_stages <= N_STAGES:
             raise ConfigError(f"trainable_stages must be in 1..{N_STAGES}")
         if self.members < 1:
