@@ -190,6 +190,9 @@ def test_interrupted_member_resumes_from_its_last_epoch(synthetic, tmp_path, dec
     assert any("resuming after epoch 2" in line for line in logs)
     assert sum("member 1/1 epoch" in line for line in logs) == 2   # epochs 3 and 4 only
     assert (tmp_path / "run" / "ensemble.safetensors").is_file()
+    # the schedule gave each trained stage its own peak rate (stage 7 + head, then stage 6), also after the resume
+    groups = json.loads((tmp_path / "run" / "members" / "m0-state.json").read_text())["optimizer"]["param_groups"]
+    assert [g["max_lr"] for g in groups] == pytest.approx([cfg.lr * decay ** d for d in range(1 if decay == 1 else 2)])
 
 
 @pytest.mark.slow
@@ -391,3 +394,23 @@ def test_eval_classifier_leaves_out_unknown_diagnoses(synthetic, tmp_path):
     assert with_unknown["melanoma"] == without["melanoma"]
     assert with_unknown["auc_ensemble"] == pytest.approx(without["auc_ensemble"])
     assert with_unknown["auc_members"] == pytest.approx(without["auc_members"])
+    # no melanoma left once the unknown rows are out: the AUC is undefined (null), not a crash or NaN
+    for r in rows:
+        if r["melanoma"] == "1":
+            r["diagnosis"] = "unknown"
+    with open(synthetic.parent / "nomel.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    one_class = evaluate_classifier(tmp_path / "e.safetensors", synthetic.parent / "nomel.csv", on=None,
+                                    log=lambda _: None)
+    assert one_class["melanoma"] == 0 and one_class["auc_ensemble"] is None and "note" in one_class
+    json.dumps(one_class, allow_nan=False)
+    for r in rows:
+        r["diagnosis"] = "unknown"
+    with open(synthetic.parent / "all.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(ConfigError, match="all.csv: every selected row"):
+        evaluate_classifier(tmp_path / "e.safetensors", synthetic.parent / "all.csv", on=None, log=lambda _: None)

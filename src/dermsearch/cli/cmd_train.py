@@ -54,7 +54,8 @@ def register(sub, common: Common) -> None:
              help="train the last N of the 7 stages; the others are frozen and shared (7: whole members)")
     optional(tc, "--stage-lr-decay", type=float, metavar="X",
              help="discriminative learning rates: each trained stage below the last learns at X times the rate "
-                  "of the stage above it (default 1: one rate; e.g. 0.5 with --trainable-stages 7)")
+                  "of the stage above it (default 1: one rate; e.g. 0.5 with --trainable-stages 7); meant for "
+                  "ImageNet-initialised members, not --weights random")
     optional(tc, "--head-epochs", type=int, help="phase two epochs")
     optional(tc, "--head-lr", type=float)
     optional(tc, "--focal-alpha", type=float, help="binary: weight of the positive class")

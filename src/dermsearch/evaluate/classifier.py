@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from sklearn.metrics import roc_auc_score
 
+from ..errors import ConfigError
 from ..extract.colour import shades_of_gray_batch
 from ..extract.datasets import load_labelled
 from ..models.device import runtime_device
@@ -49,16 +50,25 @@ def evaluate_classifier(weights: str | Path, labels_csv: str | Path, split_csv: 
             members.append(torch.stack([melanoma_probability(lg, spec) for lg in o.member_logits], 1).cpu())
     unknown = _unknown_ids(labels_csv)
     known = [i for i, image_id in enumerate(data.ids) if image_id not in unknown]
+    if not known:
+        raise ConfigError(f"{labels_csv}: every selected row has diagnosis 'unknown': nothing to evaluate")
     p = torch.cat(head).numpy()[known]
     y = data.melanoma[known]
     result = {"images": len(known), "melanoma": int(y.sum()), "excluded_unknown": len(data) - len(known),
-              "target": spec.target, "auc_ensemble": float(roc_auc_score(y, p))}
+              "target": spec.target, "auc_ensemble": _auc(y, p)}
     if members:
         pm = torch.cat(members).numpy()[known]
-        result["auc_members"] = [float(roc_auc_score(y, pm[:, j])) for j in range(pm.shape[1])]
-        result["auc_member_mean_prob"] = float(roc_auc_score(y, pm.mean(1)))
+        result["auc_members"] = [_auc(y, pm[:, j]) for j in range(pm.shape[1])]
+        result["auc_member_mean_prob"] = _auc(y, pm.mean(1))
+    if result["auc_ensemble"] is None:
+        result["note"] = "AUC undefined: the rows hold only one class (melanoma or not)"
     log(json.dumps(result))
     return result
+
+
+def _auc(y, p) -> float | None:
+    """The melanoma AUC, or None where it is undefined (one class only)."""
+    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None
 
 
 def _unknown_ids(labels_csv) -> set[str]:

@@ -148,6 +148,9 @@ class _Member(nn.Module):
             groups.append({"params": list(stages[i].parameters()), "lr": lr * decay ** depth})
         if self.k == 0:
             groups[-1]["params"] += list(self.backbone.stem.parameters())
+        grouped = [id(p) for g in groups for p in g["params"]]
+        if len(grouped) != len(set(grouped)) or set(grouped) != {id(p) for p in self.trainable()}:
+            raise RuntimeError("param_groups does not partition the trainable parameters (a module was added?)")
         return groups
 
     def set_train(self) -> None:
