@@ -33,7 +33,8 @@ from .metrics import (
     vote_auc,
 )
 
-__all__ = ["EvaluationConfig", "EvaluationReport", "Evaluator", "QuerySet", "read_split", "choose_headline", "is_unknown_diagnosis"]
+__all__ = ["EvaluationConfig", "EvaluationReport", "Evaluator", "QuerySet", "read_split", "choose_headline",
+           "is_unknown_diagnosis"]
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,8 @@ class Evaluator:
         diag = np.array([_label(dmap.get(r.diagnosis or "", r.diagnosis or "")) for r in kept], dtype=object)
         # a query whose diagnosis is "unknown" has no known melanoma status either (isic-uda1 marks
         # its two unknown rows melanoma=0): leave it out of the melanoma metrics too
-        mel = np.array([np.nan if r.melanoma is None or is_unknown_diagnosis(r.diagnosis) else float(r.melanoma) for r in kept])
+        mel = np.array([np.nan if r.melanoma is None or is_unknown_diagnosis(r.diagnosis) else float(r.melanoma)
+                        for r in kept])
         return QuerySet(np.array([r.id for r in kept], dtype=object), diag, mel,
                         np.array([r.lesion_id for r in kept], dtype=object), ex.features, ex.styles, ex.masks,
                         ex.mask_areas, np.array([r.path for r in kept], dtype=object), str(labels_csv))

@@ -328,7 +328,8 @@ PHASE_TWO_FIELDS = ("head_epochs", "head_lr", "head_variants", "head_dropout", "
 
 def _member_key(cfg: ClassifierTrainConfig, m: int, start: str = "") -> dict:
     """What member ``m``'s saved state depends on: the config without phase two's settings,
-    without ``stage_lr_decay`` at 1 (one rate, as before it existed), and without ``snapshot_epochs`` where it plays no part (every member unless they are snapshots, and
+    without ``stage_lr_decay`` at 1 (one rate, as before it existed), and without
+    ``snapshot_epochs`` where it plays no part (every member unless they are snapshots, and
     a snapshot ensemble's first member, so runs from before it existed resume); a later snapshot
     also depends on ``start``, the fingerprint of the weights it starts from (the previous member's
     last), so it is retrained whenever that member was."""
