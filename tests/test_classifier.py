@@ -380,11 +380,15 @@ def test_eval_classifier_leaves_out_unknown_diagnoses(synthetic, tmp_path):
     rows = list(csv.DictReader(open(synthetic, newline="")))
     for r in rows[:3]:                      # two non-melanomas and one melanoma become unknown
         r["diagnosis"] = "unknown"
-    for name, kept in (("with.csv", rows), ("without.csv", rows[3:])):
+
+    def write(name: str, kept: list[dict]) -> None:      # beside the images the paths point to
         with open(synthetic.parent / name, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(kept)
+
+    write("with.csv", rows)
+    write("without.csv", rows[3:])
     with_unknown = evaluate_classifier(tmp_path / "e.safetensors", synthetic.parent / "with.csv", on=None,
                                        log=lambda _: None)
     without = evaluate_classifier(tmp_path / "e.safetensors", synthetic.parent / "without.csv", on=None,
@@ -398,19 +402,13 @@ def test_eval_classifier_leaves_out_unknown_diagnoses(synthetic, tmp_path):
     for r in rows:
         if r["melanoma"] == "1":
             r["diagnosis"] = "unknown"
-    with open(synthetic.parent / "nomel.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write("nomel.csv", rows)
     one_class = evaluate_classifier(tmp_path / "e.safetensors", synthetic.parent / "nomel.csv", on=None,
                                     log=lambda _: None)
     assert one_class["melanoma"] == 0 and one_class["auc_ensemble"] is None and "note" in one_class
     json.dumps(one_class, allow_nan=False)
     for r in rows:
         r["diagnosis"] = "unknown"
-    with open(synthetic.parent / "all.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write("all.csv", rows)
     with pytest.raises(ConfigError, match="all.csv: every selected row"):
         evaluate_classifier(tmp_path / "e.safetensors", synthetic.parent / "all.csv", on=None, log=lambda _: None)

@@ -36,28 +36,28 @@ def evaluate_classifier(weights: str | Path, labels_csv: str | Path, split_csv: 
     net = net.to(dev)
     data = load_labelled(labels_csv, split_csv if on else None, (on,) if on else None, spec.image_size,
                          "melanoma" if spec.target == "melanoma" else "diagnosis", spec.melanoma_class, limit)
-    if (spec.train or {}).get("colour", "none") == "shades-of-gray":   # as the network was trained
-        data.images = shades_of_gray_batch(data.images)
-    mean, std = (torch.tensor(v, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-                 for v in NORMALISATIONS[spec.normalization])
-    views = int((spec.train or {}).get("tta", 1))   # the test-time views its head was fitted on
-    head, members = [], []
-    for i in range(0, len(data), batch_size):
-        x = (data.images[i:i + batch_size].to(dev).float() - mean) / std
-        o = net(x, views=views)
-        head.append(melanoma_probability(o.logits, spec).cpu())
-        if o.member_logits is not None:
-            members.append(torch.stack([melanoma_probability(lg, spec) for lg in o.member_logits], 1).cpu())
     unknown = _unknown_ids(labels_csv)
     known = [i for i, image_id in enumerate(data.ids) if image_id not in unknown]
     if not known:
         raise ConfigError(f"{labels_csv}: every selected row has diagnosis 'unknown': nothing to evaluate")
-    p = torch.cat(head).numpy()[known]
-    y = data.melanoma[known]
+    images, y = data.images[known], data.melanoma[known]     # the network never sees the left-out rows
+    if (spec.train or {}).get("colour", "none") == "shades-of-gray":   # as the network was trained
+        images = shades_of_gray_batch(images)
+    mean, std = (torch.tensor(v, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+                 for v in NORMALISATIONS[spec.normalization])
+    views = int((spec.train or {}).get("tta", 1))   # the test-time views its head was fitted on
+    head, members = [], []
+    for i in range(0, len(images), batch_size):
+        x = (images[i:i + batch_size].to(dev).float() - mean) / std
+        o = net(x, views=views)
+        head.append(melanoma_probability(o.logits, spec).cpu())
+        if o.member_logits is not None:
+            members.append(torch.stack([melanoma_probability(lg, spec) for lg in o.member_logits], 1).cpu())
+    p = torch.cat(head).numpy()
     result = {"images": len(known), "melanoma": int(y.sum()), "excluded_unknown": len(data) - len(known),
               "target": spec.target, "auc_ensemble": _auc(y, p)}
     if members:
-        pm = torch.cat(members).numpy()[known]
+        pm = torch.cat(members).numpy()
         result["auc_members"] = [_auc(y, pm[:, j]) for j in range(pm.shape[1])]
         result["auc_member_mean_prob"] = _auc(y, pm.mean(1))
     if result["auc_ensemble"] is None:
