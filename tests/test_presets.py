@@ -159,3 +159,29 @@ def test_colour_strength_scales_the_colour_augmentation():
                                      "--colour-strength", "-1"])
     with pytest.raises(ConfigError, match="colour-strength"):
         _config(bad, base)
+
+
+def test_the_packaged_ensemble_was_trained_with_the_default_config():
+    """The dataclass defaults are what ships: the training config recorded in the packaged file is
+    the default one, except where the data lives."""
+    from dermsearch.models.ensemble import default_ensemble_path
+
+    recorded = read_ensemble_spec(default_ensemble_path()).train
+    default = ClassifierTrainConfig().to_dict()
+    where = {"labels", "split", "limit"}
+    differ = {k: (recorded.get(k), v) for k, v in default.items() if k not in where and recorded.get(k) != v}
+    assert not differ, f"the packaged ensemble was trained with non-default settings: {differ}"
+
+
+def test_balanced_sampling_is_the_default_and_can_be_turned_off():
+    from dermsearch.cli.cmd_train import _config
+    from dermsearch.cli.main import build_parser
+
+    base = get_preset("default").classifier
+    assert base.balanced and not get_preset("paper").classifier.balanced    # the paper sampled the natural mix
+    parse = build_parser().parse_args
+    assert _config(parse(["train", "classifier", "--labels", "x.csv", "--out", "run"]), base).balanced
+    assert not _config(parse(["train", "classifier", "--labels", "x.csv", "--out", "run", "--no-balanced"]),
+                       base).balanced
+    paper = get_preset("paper").classifier
+    assert _config(parse(["train", "classifier", "--labels", "x.csv", "--out", "run", "--balanced"]), paper).balanced

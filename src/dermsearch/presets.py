@@ -59,6 +59,7 @@ PRESETS: dict[str, Preset] = {
         notes=("the configs' own defaults (`dermsearch presets --json` prints them resolved)",
                "members: EfficientNet-Lite0 from the packaged ImageNet weights; stages 1-5 frozen and shared, "
                "stages 6-7 and the head fine-tuned per member",
+               "class-balanced sampling in both phases (each epoch draws the diagnoses alike, with replacement)",
                "phase two: focal loss on the head plus supervised contrastive loss on the 1024-d search feature, "
                "epoch kept by val macro-P@5 of the feature, on the members' pooled vectors averaged over 4 "
                "flips/quarter turns (indexing averages the same views)"),
@@ -69,7 +70,7 @@ PRESETS: dict[str, Preset] = {
         classifier=ClassifierTrainConfig(
             backbone="efficientnet-b6", weights="random", members=5, image_size=384, trainable_stages=7,
             augment="x7", epochs=10, head_epochs=20, batch_size=16, target="melanoma", metric_loss="none",
-            head_select="balanced_accuracy", tta=1, colour="none"),
+            head_select="balanced_accuracy", tta=1, colour="none", balanced=False),
         segmenter=SegTrainConfig(arch="r2unet", width=32, depth=4, t=2, image_size=384, epochs=50, batch_size=8),
         index=ExtractorConfig(**PAPER_STYLE),
         requires=("weights", "segmenter"),

@@ -6,6 +6,7 @@ given replaced (``dataclasses.replace``), so the preset, not argparse, holds the
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -61,7 +62,9 @@ def register(sub, common: Common) -> None:
     optional(tc, "--focal-alpha", type=float, help="binary: weight of the positive class")
     optional(tc, "--focal-gamma", type=float)
     optional(tc, "--class-weights", action="store_true", help="diagnosis: inverse-frequency class weights")
-    optional(tc, "--balanced", action="store_true", help="class-balanced sampling")
+    optional(tc, "--balanced", action=argparse.BooleanOptionalAction,
+             help="class-balanced sampling with replacement in both phases (default on; --no-balanced: the "
+                  "natural class mix)")
     optional(tc, "--augment", choices=["x7", "online", "none"],
              help="x7: the paper's offline expansion (default); online: random per batch")
     optional(tc, "--diversity", choices=list(DIVERSITY),
@@ -98,8 +101,6 @@ def register(sub, common: Common) -> None:
 def _run_parent():
     """What both trainers take: the run directory, the preset, the common optimisation settings
     and the dry run."""
-    import argparse
-
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="run directory (weights, config, history)")
     p.add_argument("--preset", default="default", choices=sorted(PRESETS),

@@ -59,7 +59,8 @@ class ClassifierTrainConfig:
     focal_alpha: float = 0.75         # binary: weight of positives (melanoma is ~11% of HAM10000)
     focal_gamma: float = 2.0
     class_weights: bool = False       # diagnosis: inverse-frequency weights in the loss
-    balanced: bool = False            # class-balanced sampling
+    balanced: bool = True             # class-balanced sampling (with replacement) in both phases; shipped since
+                                      # round 7 of issue #17 (chosen on val, docs/experiments.md)
     augment: str = "x7"               # "x7" (offline expansion), "online" (random per batch) or "none"
     augment_config: AugmentConfig = field(default_factory=AugmentConfig)
     diversity: str = "bootstrap"      # "bootstrap", "fold", "seed" or "snapshot"
