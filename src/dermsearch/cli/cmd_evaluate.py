@@ -38,6 +38,10 @@ def register(sub, common: Common) -> None:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--diagnosis-map", metavar="A=B,C=D", help="rename query diagnoses to the index's labels "
                     "(e.g. nevus=nv,melanoma=mel)")
+    ev.add_argument("--compare", type=Path, metavar="INDEX_B",
+                    help="paired comparison: rank the same queries in INDEX_B (another model's index of the same "
+                         "images) and report B - A per measure, for each model's measure chosen with --choose-on, "
+                         "and for the heads, with one bootstrap of the queries' lesions for both")
     ev.add_argument("--out", type=Path, metavar="REPORT_DIR", help="write report.json, report.md and PNG plots")
     ev.add_argument("--rating-sheet", type=Path, metavar="DIR", help="also write a blinded rating sheet here")
     ev.add_argument("--rating-queries", type=int, default=50, help="queries on the rating sheet (paper: 50)")
@@ -105,6 +109,8 @@ def cmd_evaluate(args) -> int:
         raise UsageError(f"--choose-on {' '.join(args.choose_on)} overlaps the query splits: choose on other "
                          "queries than those reported")
     evaluator = Evaluator(Searcher(args.index, runtime=runtime_of(args)))
+    if args.compare:
+        return _compare(args, evaluator, split)
     snap = evaluator.searcher.snapshot
 
     def in_splits(names):
@@ -154,6 +160,49 @@ def _run(args, evaluator, candidates, in_splits, EvaluationConfig):
         return evaluator.run(queries, candidates, EvaluationConfig(
             k=args.k, vote_k=args.vote_k, bootstrap=args.bootstrap, seed=args.seed, ci_unit=args.ci_unit),
             progress=lambda d, t: progress.update(task, completed=d))
+
+
+def _compare(args, evaluator, split) -> int:
+    from ..evaluate import EvaluationConfig, Evaluator
+    from ..evaluate.compare import compare, comparison_markdown
+    from ..search import Searcher
+
+    for flag in ("headline", "out", "rating_sheet"):
+        if getattr(args, flag):
+            raise UsageError(f"--compare does not combine with --{flag.replace('_', '-')}")
+    other = Evaluator(Searcher(args.compare, runtime=runtime_of(args)))
+    ids = [str(i) for i in evaluator.searcher.snapshot.ids]
+
+    def in_splits(names):
+        return [i for i in ids if split.get(i) in set(names)]
+
+    config = EvaluationConfig(k=args.k, vote_k=args.vote_k, bootstrap=args.bootstrap, seed=args.seed,
+                              ci_unit=args.ci_unit)
+    if args.queries:
+        dmap = dict(p.split("=", 1) for p in args.diagnosis_map.split(",")) if args.diagnosis_map else None
+
+        def problem(p):
+            err.print(f"skipped {p.where}: {p.reason}")
+
+        qa = evaluator.queries_from_csv(args.queries, dmap, on_problem=problem)
+        qb = other.queries_from_csv(args.queries, dmap, on_problem=problem)
+    else:
+        chosen = in_splits(args.query_split) if args.query_split else None
+        qa, qb = evaluator.queries_from_index(chosen), other.queries_from_index(chosen)
+    if len(qa) == 0 or len(qb) == 0:
+        raise UsageError("no queries")
+    candidates = in_splits(args.candidate_split) if args.candidate_split else None
+    selection = None
+    if args.choose_on:
+        picked = set(args.choose_on)
+        pool = candidates if candidates is not None else ids
+        selection = ([i for i in ids if split.get(i) in picked], [i for i in pool if split.get(i) not in picked])
+    result = compare(evaluator, other, qa, qb, candidates, config, selection, (str(args.index), str(args.compare)))
+    if args.json:
+        print(json.dumps(result.to_json(), indent=1))
+    else:
+        print(comparison_markdown(result))
+    return 0
 
 
 def _headline(args, evaluator, report, split, candidates) -> None:

@@ -33,8 +33,8 @@ from .metrics import (
     vote_auc,
 )
 
-__all__ = ["EvaluationConfig", "EvaluationReport", "Evaluator", "QuerySet", "read_split", "choose_headline",
-           "is_unknown_diagnosis"]
+__all__ = ["EvaluationConfig", "EvaluationReport", "Evaluator", "QuerySet", "QueryOutcomes", "read_split",
+           "choose_headline", "is_unknown_diagnosis", "query_clusters"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,31 @@ def is_unknown_diagnosis(diagnosis: str | None) -> bool:
 def _label(diagnosis: str | None) -> str:
     """A query's diagnosis label; "unknown" counts as unlabelled."""
     return "" if is_unknown_diagnosis(diagnosis) else (diagnosis or "").strip()
+
+
+@dataclass
+class QueryOutcomes:
+    """What each query got from one measure: ``precision`` (P@k), ``average_precision`` and
+    ``predicted`` (the k-NN majority diagnosis) for the labelled queries (``labelled``, with their
+    ``groups`` = diagnoses), ``melanoma_precision`` and ``votes`` (fraction of melanomas among the
+    vote_k neighbours) for the queries whose melanoma status is known (``mel_known``, ``melanoma``)."""
+
+    labelled: np.ndarray
+    mel_known: np.ndarray
+    groups: np.ndarray
+    precision: np.ndarray
+    average_precision: np.ndarray
+    melanoma_precision: np.ndarray
+    predicted: np.ndarray
+    melanoma: np.ndarray
+    votes: np.ndarray
+
+
+def query_clusters(queries: QuerySet, config: EvaluationConfig) -> np.ndarray | None:
+    """The bootstrap's unit per query: its lesion (``ci_unit="lesion"``) or None (images)."""
+    if config.ci_unit not in ("lesion", "image"):
+        raise ConfigError(f"ci_unit must be 'lesion' or 'image', not {config.ci_unit!r}")
+    return lesion_clusters(queries.lesion_id) if config.ci_unit == "lesion" else None
 
 
 def _stat(value: float, ci: tuple[float, float]) -> dict:
@@ -251,6 +276,32 @@ class Evaluator:
                 progress(sl.stop, len(queries))
         return top, n_relevant
 
+    def outcomes(self, queries: QuerySet, top: dict[str, np.ndarray], n_relevant: np.ndarray,
+                 config: EvaluationConfig) -> dict[str, QueryOutcomes]:
+        """Per measure, what each query got (from :meth:`rank`'s top rows): the per-query
+        figures every metric and CI of :meth:`run` (and a paired comparison) is computed from."""
+        s = self.searcher.snapshot
+        labelled = queries.diagnosis != ""
+        mel_known = ~np.isnan(queries.melanoma)
+        # row -1 (a query with fewer than K candidates) is the sentinel at the end: no label, no melanoma
+        cand_diag = np.array([d or "" for d in s.diagnosis] + [""], dtype=object)
+        cand_mel = np.append(s.melanoma, np.nan)
+        k = config.k
+        out = {}
+        for m in MEASURES:
+            if m not in top:
+                continue
+            rows = top[m]
+            rel = (cand_diag[rows[:, :k]] == queries.diagnosis[:, None])[labelled]
+            votes = np.nan_to_num(cand_mel[rows[:, :config.vote_k]][mel_known], nan=0.0)
+            out[m] = QueryOutcomes(
+                labelled=labelled, mel_known=mel_known, groups=queries.diagnosis[labelled],
+                precision=precision_at_k(rel), average_precision=average_precision_at_k(rel, n_relevant[labelled]),
+                melanoma_precision=precision_at_k((cand_mel[rows[:, :k]] == queries.melanoma[:, None])[mel_known]),
+                predicted=knn_majority(cand_diag[rows[:, :k]])[labelled],
+                melanoma=queries.melanoma[mel_known], votes=votes)
+        return out
+
     def run(self, queries: QuerySet, candidate_ids=None, config: EvaluationConfig = EvaluationConfig(),
             progress: Callable[[int, int], None] | None = None) -> EvaluationReport:
         t0 = time.perf_counter()
@@ -265,32 +316,14 @@ class Evaluator:
         labelled = queries.diagnosis != ""
         if not labelled.all():
             notes.append(f"{int((~labelled).sum())} queries without a diagnosis are left out of the diagnosis metrics")
-        mel_known = ~np.isnan(queries.melanoma)
-        # row -1 (a query with fewer than K candidates) is the sentinel at the end: no label, no melanoma
-        cand_diag = np.array([d or "" for d in s.diagnosis] + [""], dtype=object)
-        cand_mel = np.append(s.melanoma, np.nan)
         k, rounds, seed = config.k, config.bootstrap, config.seed
-        if config.ci_unit not in ("lesion", "image"):
-            raise ConfigError(f"ci_unit must be 'lesion' or 'image', not {config.ci_unit!r}")
-        clusters = lesion_clusters(queries.lesion_id) if config.ci_unit == "lesion" else None
+        clusters = query_clusters(queries, config)
         cl_lab = None if clusters is None else clusters[labelled]
-        cl_mel = None if clusters is None else clusters[mel_known]
+        cl_mel = None if clusters is None else clusters[~np.isnan(queries.melanoma)]
         results: dict[str, dict] = {}
-        for mi, m in enumerate(MEASURES):
-            if m not in top:
-                continue
-            rows = top[m]
-            rel = (cand_diag[rows[:, :k]] == queries.diagnosis[:, None])[labelled]
-            groups = queries.diagnosis[labelled]
-            p = precision_at_k(rel)
-            ap = average_precision_at_k(rel, n_relevant[labelled])
-            mel_rel = (cand_mel[rows[:, :k]] == queries.melanoma[:, None])[mel_known]
-            pb = precision_at_k(mel_rel)
-            y = queries.melanoma[mel_known]
-            votes = cand_mel[rows[:, :config.vote_k]][mel_known]
-            votes = np.nan_to_num(votes, nan=0.0)
-            predicted = knn_majority(cand_diag[rows[:, :k]])[labelled]
-            sd = seed + 1000 * mi
+        for m, o in self.outcomes(queries, top, n_relevant, config).items():
+            sd = seed + 1000 * MEASURES.index(m)
+            p, groups = o.precision, o.groups
             per_diag = {}
             for g in sorted(set(groups.tolist())):
                 per_diag[g] = _mean_stat(p[groups == g], rounds, sd, None if cl_lab is None else cl_lab[groups == g])
@@ -298,13 +331,14 @@ class Evaluator:
                 f"p@{k}": _mean_stat(p, rounds, sd, cl_lab),
                 f"macro_p@{k}": _stat(macro_mean(p, groups),
                                       bootstrap_ci(partial(_macro_at, p, groups), len(p), rounds, sd, clusters=cl_lab)),
-                f"melanoma_p@{k}": _mean_stat(pb, rounds, sd, cl_mel),
-                f"map@{k}": _mean_stat(ap, rounds, sd, cl_lab),
+                f"melanoma_p@{k}": _mean_stat(o.melanoma_precision, rounds, sd, cl_mel),
+                f"map@{k}": _mean_stat(o.average_precision, rounds, sd, cl_lab),
                 f"knn{k}_balanced_accuracy": _stat(
-                    balanced_accuracy(groups, predicted),
-                    bootstrap_ci(partial(_bacc_at, groups, predicted), len(groups), rounds, sd, clusters=cl_lab)),
+                    balanced_accuracy(groups, o.predicted),
+                    bootstrap_ci(partial(_bacc_at, groups, o.predicted), len(groups), rounds, sd, clusters=cl_lab)),
                 f"melanoma_auc_vote{config.vote_k}": _stat(
-                    vote_auc(y, votes), bootstrap_ci(partial(_auc_at, y, votes), len(y), rounds, sd, clusters=cl_mel)),
+                    vote_auc(o.melanoma, o.votes),
+                    bootstrap_ci(partial(_auc_at, o.melanoma, o.votes), len(o.melanoma), rounds, sd, clusters=cl_mel)),
                 f"per_diagnosis_p@{k}": per_diag,
             }
         n_cand = len(s) if candidate_ids is None else len(set(candidate_ids))
@@ -331,18 +365,26 @@ class Evaluator:
         report.set_headline(measure, metric, f"highest {metric} with the {label} rows as queries against the "
                             f"{len(candidate_ids)} candidates outside them ({len(selection_ids)} queries)", values)
 
-    def _head_auc(self, queries: QuerySet, config: EvaluationConfig) -> dict | None:
-        """Melanoma AUC of the ensemble's own head on the queries' feature vectors (with a CI)."""
+    def head_probabilities(self, queries: QuerySet) -> np.ndarray | None:
+        """P(melanoma) of the index model's own head for each query (None: the model has no head)."""
         cfg = self.searcher.index.extractor_config
         if cfg.feature != "ensemble" or cfg.weights in ("imagenet", "random"):
             return None
         extractor = self.searcher.extractor
         if not extractor.has_head:
             return None
+        return np.asarray(extractor.melanoma_probability(queries.features), dtype=np.float64)
+
+    def _head_auc(self, queries: QuerySet, config: EvaluationConfig) -> dict | None:
+        """Melanoma AUC of the ensemble's own head on the queries' feature vectors (with a CI)."""
+        p_all = self.head_probabilities(queries)
+        if p_all is None:
+            return None
         known = ~np.isnan(queries.melanoma)
         y = queries.melanoma[known]
-        p = extractor.melanoma_probability(queries.features[known])[:, None]
-        clusters = lesion_clusters(queries.lesion_id[known]) if config.ci_unit == "lesion" else None
+        p = p_all[known][:, None]
+        clusters = query_clusters(queries, config)
+        clusters = None if clusters is None else clusters[known]
         return {"melanoma_auc_head": _stat(vote_auc(y, p), bootstrap_ci(partial(_auc_at, y, p), len(y),
                                                                             config.bootstrap, config.seed,
                                                                             clusters=clusters))}
