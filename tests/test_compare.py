@@ -133,3 +133,25 @@ def test_cli_evaluate_compare(two_models, capsys):
     assert "B - A (95 % CI)" in capsys.readouterr().out
     assert main(base + ["--out", str(split.parent / "r")]) == 2
     assert "--compare does not combine with --out" in capsys.readouterr().err
+
+
+def test_an_index_whose_model_no_longer_loads_is_still_compared_without_its_head(two_models, monkeypatch):
+    """An index of an earlier release's packaged model keeps valid stored vectors: both `evaluate` and
+    the comparison rank with them and say why the head is missing, instead of stopping."""
+    from dermsearch.index.store import ModelMismatchError
+
+    ix_a, ix_b, _ = two_models
+    ea, eb = Evaluator(Searcher(ix_a)), Evaluator(Searcher(ix_b))
+
+    def gone(queries):
+        raise ModelMismatchError(f"{ix_b} was built with model 1234; this run uses model 5678")
+
+    monkeypatch.setattr(eb, "head_probabilities", gone)
+    q = ea.queries_from_index(_ids({"test"}))
+    cfg = EvaluationConfig(k=3, vote_k=4, bootstrap=20)
+    c = compare(ea, eb, q, eb.queries_from_index(_ids({"test"})), _ids({"train", "val"}), cfg)
+    assert c.head is None and any("heads not compared" in n and "built with model 1234" in n for n in c.notes)
+    assert c.measures["cosine"]["macro_p@3"]["b"] >= 0
+    report = eb.run(eb.queries_from_index(_ids({"test"})), _ids({"train", "val"}), cfg)
+    assert report.head is None and any(n.startswith("no head AUC: the index's model cannot be loaded")
+                                       for n in report.notes)

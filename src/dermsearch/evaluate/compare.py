@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..search import MEASURES
 from .evaluator import (
+    HEAD_UNAVAILABLE,
     EvaluationConfig,
     Evaluator,
     QueryOutcomes,
@@ -165,7 +166,7 @@ def _head(a: Evaluator, b: Evaluator, qa: QuerySet, qb: QuerySet, known: np.ndar
           notes: list[str]) -> dict | None:
     try:
         pa, pb = a.head_probabilities(qa), b.head_probabilities(qb)
-    except (ValueError, ConfigError) as e:           # e.g. an index of an earlier packaged model
+    except HEAD_UNAVAILABLE as e:                     # e.g. an index of an earlier packaged model
         notes.append(f"heads not compared: {str(e).splitlines()[0]}")
         return None
     if pa is None or pb is None:

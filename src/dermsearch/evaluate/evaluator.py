@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import ConfigError, NotFoundError
 from ..extract import ImageError, Vectors, load_image
 from ..index.sources import Problem, read_labels_csv
+from ..index.store import ModelMismatchError
 from ..search import MEASURES, Searcher
 from .metrics import (
     average_precision_at_k,
@@ -148,6 +149,11 @@ class QueryOutcomes:
     predicted: np.ndarray
     melanoma: np.ndarray
     votes: np.ndarray
+
+
+# Why an index's own model may not load although its stored vectors are fine: it was built with an
+# earlier release's packaged model (see the MODEL_CARD's "Existing indexes").
+HEAD_UNAVAILABLE = (ModelMismatchError, ConfigError)
 
 
 def query_clusters(queries: QuerySet, config: EvaluationConfig) -> np.ndarray | None:
@@ -309,10 +315,15 @@ class Evaluator:
         top, n_relevant = self.rank(queries, candidate_ids, config, progress)
         ranking_seconds = time.perf_counter() - t0
         notes = []
-        head = self._head_auc(queries, config)
-        if head is None:
-            notes.append("the index's model has no trained classification head (pretrained pooled features "
-                         "or an untrained ensemble), so no head AUC is reported")
+        try:
+            head = self._head_auc(queries, config)
+        except HEAD_UNAVAILABLE as e:       # the stored vectors still rank; only the head needs the model
+            head = None
+            notes.append(f"no head AUC: the index's model cannot be loaded ({str(e).splitlines()[0]})")
+        else:
+            if head is None:
+                notes.append("the index's model has no trained classification head (pretrained pooled features "
+                             "or an untrained ensemble), so no head AUC is reported")
         labelled = queries.diagnosis != ""
         if not labelled.all():
             notes.append(f"{int((~labelled).sum())} queries without a diagnosis are left out of the diagnosis metrics")
