@@ -89,13 +89,42 @@ def test_compare_reports_each_models_own_figures_and_their_paired_difference(two
     # each model's measure chosen on val by the same rule as `evaluate --choose-on`
     quiet = replace(cfg, bootstrap=0)
     sel_a = ea.run(ea.queries_from_index(_ids({"val"})), _ids({"train"}), quiet)
+    sel_b = eb.run(eb.queries_from_index(_ids({"val"})), _ids({"train"}), quiet)
     chosen = c.chosen["macro_p@3"]
     assert chosen["measure_a"] == choose_headline(sel_a, "macro_p@3")[0]
+    assert chosen["measure_b"] == choose_headline(sel_b, "macro_p@3")[0]
+    assert c.chosen["melanoma_auc_vote4"]["measure_b"] == choose_headline(sel_b, "melanoma_auc_vote4")[0]
     assert chosen["a"] == pytest.approx(c.measures[chosen["measure_a"]]["macro_p@3"]["a"])
     assert chosen["b"] == pytest.approx(c.measures[chosen["measure_b"]]["macro_p@3"]["b"])
     assert "heads not compared" in " ".join(c.notes)          # the tiny models have no trained head
     md = comparison_markdown(c)
     assert md.startswith("**Paired comparison**") and "`style`" in md
+
+
+def test_unlabelled_queries_and_a_partial_overlap_keep_the_pairs_aligned(two_models):
+    """Queries without a diagnosis or melanoma status leave those metrics in both models alike, and
+    only the queries both sets hold are compared: the figures stay those of `Evaluator.run` on them."""
+    ix_a, ix_b, _ = two_models
+    ea, eb = Evaluator(Searcher(ix_a)), Evaluator(Searcher(ix_b))
+    cfg = EvaluationConfig(k=3, vote_k=4, bootstrap=50)
+    candidates = _ids({"train", "val"})
+
+    def blind(q):       # e1 and e4 unlabelled: no diagnosis, melanoma unknown
+        hide = np.isin(q.ids.astype(str), ["e1", "e4"])
+        return replace(q, diagnosis=np.where(hide, "", q.diagnosis).astype(object),
+                       melanoma=np.where(hide, np.nan, q.melanoma))
+
+    qa = blind(ea.queries_from_index(_ids({"test"})))
+    qb = blind(eb.queries_from_index(_ids({"test"})[2:]))         # B lacks e0 and e1
+    c = compare(ea, eb, qa, qb, candidates, cfg)
+    assert c.queries == 6 and any("6 queries in both sets" in n for n in c.notes)
+    shared = _ids({"test"})[2:]
+    ra = ea.run(blind(ea.queries_from_index(shared)), candidates, cfg)
+    rb = eb.run(blind(eb.queries_from_index(shared)), candidates, cfg)
+    for m in ("cosine", "style", "i1_sd"):
+        for metric in ("macro_p@3", "melanoma_auc_vote4"):
+            assert c.measures[m][metric]["a"] == pytest.approx(ra.measures[m][metric]["value"], nan_ok=True)
+            assert c.measures[m][metric]["b"] == pytest.approx(rb.measures[m][metric]["value"], nan_ok=True)
 
 
 def test_a_model_against_itself_differs_by_nothing(two_models):
@@ -118,7 +147,16 @@ def test_compare_refuses_what_would_not_be_a_paired_comparison(two_models):
     with pytest.raises(ConfigError, match="not in both indexes"):
         compare(ea, eb, q, eb.queries_from_index(_ids({"test"})), ["e20", "nope"])
     with pytest.raises(ConfigError, match="chosen on other queries"):
-        compare(ea, eb, q, eb.queries_from_index(_ids({"test"})), _ids({"train"}), selection=(_ids({"test"}), []))
+        compare(ea, eb, q, eb.queries_from_index(_ids({"test"})), _ids({"train"}),
+                selection=(_ids({"test"}), _ids({"train"})))
+    with pytest.raises(ConfigError, match="no queries or no candidates to choose"):     # e.g. --choose-on vall
+        compare(ea, eb, q, eb.queries_from_index(_ids({"test"})), _ids({"train"}), selection=([], _ids({"train"})))
+    doubled = ea.queries_from_index(_ids({"test"}) + ["e0"])
+    with pytest.raises(ConfigError, match="holds e0 more than once"):
+        align_queries(doubled, q)
+    other_lesions = replace(q, lesion_id=np.array([f"X{i}" for i in range(len(q))], dtype=object))
+    with pytest.raises(ConfigError, match="diagnosis, melanoma or lesion"):
+        align_queries(q, other_lesions)
 
 
 def test_cli_evaluate_compare(two_models, capsys):
@@ -133,6 +171,8 @@ def test_cli_evaluate_compare(two_models, capsys):
     assert "B - A (95 % CI)" in capsys.readouterr().out
     assert main(base + ["--out", str(split.parent / "r")]) == 2
     assert "--compare does not combine with --out" in capsys.readouterr().err
+    assert main(base + ["--choose-on", "val", "--choose-metric", "map@k"]) == 2       # would be silently ignored
+    assert "--compare does not combine with --choose-metric" in capsys.readouterr().err
 
 
 def test_an_index_whose_model_no_longer_loads_is_still_compared_without_its_head(two_models, monkeypatch):

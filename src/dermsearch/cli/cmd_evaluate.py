@@ -30,8 +30,9 @@ def register(sub, common: Common) -> None:
     ev.add_argument("--choose-on", nargs="+", metavar="SPLIT", help="name the headline measure by a rule fixed in "
                     "advance: the best --choose-metric for these index rows (e.g. val) as queries against the "
                     "candidates outside them (needs --split)")
-    ev.add_argument("--choose-metric", default="macro_p@k", metavar="METRIC",
-                    help="the metric --choose-on maximises (default macro_p@k, k as given by -k)")
+    ev.add_argument("--choose-metric", metavar="METRIC",
+                    help="the metric --choose-on maximises (default macro_p@k, k as given by -k; with --compare "
+                         "both macro_p@k and the vote AUC are chosen)")
     ev.add_argument("--headline", choices=MEASURES, metavar="MEASURE", help="headline this measure (fixed in advance)")
     ev.add_argument("--ci-unit", choices=["lesion", "image"], default="lesion", help="what the bootstrap resamples: "
                     "lesions (all images of a lesion together; default) or single images")
@@ -85,6 +86,10 @@ def cmd_evaluate(args) -> int:
     from ..evaluate.report import to_markdown, write_report
     from ..search import Searcher
 
+    if args.compare:
+        for flag in ("headline", "out", "rating_sheet", "ratings", "choose_metric"):
+            if getattr(args, flag):
+                raise UsageError(f"--compare does not combine with --{flag.replace('_', '-')}")
     if args.ratings:
         if not args.rating_key:
             raise UsageError("--ratings needs --rating-key (the key.csv written with the sheet)")
@@ -147,7 +152,7 @@ def _run(args, evaluator, candidates, in_splits, EvaluationConfig):
                         console=err, disable=args.quiet)
     with progress:
         if args.queries:
-            dmap = dict(p.split("=", 1) for p in args.diagnosis_map.split(",")) if args.diagnosis_map else None
+            dmap = _diagnosis_map(args)
             task = progress.add_task("extracting queries", total=None)
             queries = evaluator.queries_from_csv(
                 args.queries, dmap, on_problem=lambda p: err.print(f"skipped {p.where}: {p.reason}"),
@@ -167,11 +172,9 @@ def _compare(args, evaluator, split) -> int:
     from ..evaluate.compare import compare, comparison_markdown
     from ..search import Searcher
 
-    for flag in ("headline", "out", "rating_sheet"):
-        if getattr(args, flag):
-            raise UsageError(f"--compare does not combine with --{flag.replace('_', '-')}")
     other = Evaluator(Searcher(args.compare, runtime=runtime_of(args)))
     ids = [str(i) for i in evaluator.searcher.snapshot.ids]
+    in_b = set(map(str, other.searcher.snapshot.ids))
 
     def in_splits(names):
         return [i for i in ids if split.get(i) in set(names)]
@@ -179,16 +182,17 @@ def _compare(args, evaluator, split) -> int:
     config = EvaluationConfig(k=args.k, vote_k=args.vote_k, bootstrap=args.bootstrap, seed=args.seed,
                               ci_unit=args.ci_unit)
     if args.queries:
-        dmap = dict(p.split("=", 1) for p in args.diagnosis_map.split(",")) if args.diagnosis_map else None
+        dmap = _diagnosis_map(args)
 
         def problem(p):
             err.print(f"skipped {p.where}: {p.reason}")
 
         qa = evaluator.queries_from_csv(args.queries, dmap, on_problem=problem)
-        qb = other.queries_from_csv(args.queries, dmap, on_problem=problem)
+        qb = other.queries_from_csv(args.queries, dmap)      # the same images fail for both: said once
     else:
-        chosen = in_splits(args.query_split) if args.query_split else None
-        qa, qb = evaluator.queries_from_index(chosen), other.queries_from_index(chosen)
+        chosen = in_splits(args.query_split) if args.query_split else ids
+        qa = evaluator.queries_from_index(chosen)
+        qb = other.queries_from_index([i for i in chosen if i in in_b])   # the comparison notes what is left out
     if len(qa) == 0 or len(qb) == 0:
         raise UsageError("no queries")
     candidates = in_splits(args.candidate_split) if args.candidate_split else None
@@ -205,11 +209,15 @@ def _compare(args, evaluator, split) -> int:
     return 0
 
 
+def _diagnosis_map(args) -> dict[str, str] | None:
+    return dict(p.split("=", 1) for p in args.diagnosis_map.split(",")) if args.diagnosis_map else None
+
+
 def _headline(args, evaluator, report, split, candidates) -> None:
     """Name the report's headline measure: given (--headline), or chosen on other queries (--choose-on)."""
     from ..evaluate import EvaluationConfig
 
-    metric = args.choose_metric.replace("@k", f"@{args.k}")
+    metric = (args.choose_metric or "macro_p@k").replace("@k", f"@{args.k}")
     if args.headline:
         report.set_headline(args.headline, metric, "named with --headline before the evaluation")
         return

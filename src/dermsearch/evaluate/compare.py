@@ -14,6 +14,7 @@ before it runs (docs/evaluation.md).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -28,10 +29,11 @@ from .evaluator import (
     Evaluator,
     QueryOutcomes,
     QuerySet,
-    choose_headline,
+    best_measure,
+    first_line,
     query_clusters,
 )
-from .metrics import bootstrap_ci, macro_mean, vote_auc
+from .metrics import bootstrap_ci, lesion_clusters, macro_mean, vote_auc
 
 __all__ = ["paired_difference", "Comparison", "compare", "align_queries", "comparison_markdown"]
 
@@ -82,17 +84,24 @@ class Comparison:
 def align_queries(a: QuerySet, b: QuerySet) -> tuple[np.ndarray, np.ndarray]:
     """Positions in ``a`` and ``b`` of the query ids both hold, in ``a``'s order. The labels must agree:
     a comparison of two indexes that disagree on a query's diagnosis compares two data sets."""
+    for name, q in (("first", a), ("second", b)):
+        twice = [i for i, n in Counter(map(str, q.ids)).items() if n > 1]
+        if twice:
+            raise ConfigError(f"the {name} query set holds {twice[0]} more than once: a paired comparison needs "
+                              "one row per image")
     where = {str(i): n for n, i in enumerate(b.ids)}
     ia = np.array([n for n, i in enumerate(a.ids) if str(i) in where], dtype=np.int64)
     ib = np.array([where[str(a.ids[n])] for n in ia], dtype=np.int64)
     if len(ia) == 0:
         raise ConfigError("the two query sets share no image")
-    bad = [str(a.ids[i]) for i, j in zip(ia, ib)
-           if a.diagnosis[i] != b.diagnosis[j] or not (a.melanoma[i] == b.melanoma[j]
-                                                       or (np.isnan(a.melanoma[i]) and np.isnan(b.melanoma[j])))]
+    def same(i: int, j: int) -> bool:
+        mel = a.melanoma[i] == b.melanoma[j] or (np.isnan(a.melanoma[i]) and np.isnan(b.melanoma[j]))
+        return a.diagnosis[i] == b.diagnosis[j] and mel and (a.lesion_id[i] or None) == (b.lesion_id[j] or None)
+
+    bad = [str(a.ids[i]) for i, j in zip(ia, ib) if not same(i, j)]
     if bad:
-        raise ConfigError(f"the two indexes label {len(bad)} shared queries differently (e.g. {bad[0]}); "
-                          "compare indexes of the same labelled images")
+        raise ConfigError(f"the two indexes label {len(bad)} shared queries differently (diagnosis, melanoma or "
+                          f"lesion; e.g. {bad[0]}): compare indexes of the same labelled images")
     return ia, ib
 
 
@@ -147,33 +156,47 @@ def compare(a: Evaluator, b: Evaluator, queries_a: QuerySet, queries_b: QuerySet
     result = Comparison(names[0], names[1], len(qa), len(cands), config, notes=notes)
     result.measures = {m: {macro: diff(m, m, macro), vote: diff(m, m, vote)} for m in shared}
     if selection is not None:
-        sel_ids, sel_cands = selection
-        if set(map(str, sel_ids)) & set(map(str, qa.ids)):
+        sel_ids, sel_cands = [str(i) for i in selection[0]], [str(i) for i in selection[1]]
+        if not sel_ids or not sel_cands:
+            raise ConfigError("no queries or no candidates to choose the measures on")
+        if set(sel_ids) & set(map(str, qa.ids)):
             raise ConfigError("the measures must be chosen on other queries than those compared")
-        quiet = replace(config, bootstrap=0)
-        sel_a = a.run(a.queries_from_index(sel_ids), sel_cands, quiet)
-        sel_b = b.run(b.queries_from_index(sel_ids), sel_cands, quiet)
+        absent = [i for i in sel_ids + sel_cands if i not in ids_a or i not in ids_b]
+        if absent:
+            raise ConfigError(f"{len(absent)} images to choose the measures on are not in both indexes "
+                              f"(e.g. {absent[0]})")
+        values_a = _selection_values(a, sel_ids, sel_cands, config)
+        values_b = _selection_values(b, sel_ids, sel_cands, config)
         for metric in (macro, vote):
-            ma, _ = choose_headline(sel_a, metric)
-            mb, _ = choose_headline(sel_b, metric)
+            ma, mb = best_measure(values_a[metric]), best_measure(values_b[metric])
             result.chosen[metric] = {"measure_a": ma, "measure_b": mb, "chosen_on": len(sel_ids),
                                      **diff(ma, mb, metric)}
-    result.head = _head(a, b, qa, qb, known, cl_mel, config, notes)
+    result.head = _head(a, b, qa, qb, config, notes)
     return result
 
 
-def _head(a: Evaluator, b: Evaluator, qa: QuerySet, qb: QuerySet, known: np.ndarray, clusters, config,
+def _selection_values(ev: Evaluator, ids: list[str], candidates: list[str], config: EvaluationConfig) -> dict:
+    """Each measure's macro-P@k and vote AUC on the selection queries (the values `--choose-on` ranks)."""
+    q = ev.queries_from_index(ids)
+    out = ev.outcomes(q, *ev.rank(q, candidates, config), config)
+    return {f"macro_p@{config.k}": {m: macro_mean(o.precision, o.groups) for m, o in out.items()},
+            f"melanoma_auc_vote{config.vote_k}": {m: vote_auc(o.melanoma, o.votes) for m, o in out.items()}}
+
+
+def _head(a: Evaluator, b: Evaluator, qa: QuerySet, qb: QuerySet, config: EvaluationConfig,
           notes: list[str]) -> dict | None:
     try:
         pa, pb = a.head_probabilities(qa), b.head_probabilities(qb)
     except HEAD_UNAVAILABLE as e:                     # e.g. an index of an earlier packaged model
-        notes.append(f"heads not compared: {str(e).splitlines()[0]}")
+        notes.append(f"heads not compared: {first_line(e)}")
         return None
     if pa is None or pb is None:
         notes.append("heads not compared: " + ("neither model has" if pa is None and pb is None else
                                                 "only one model has") + " a trained head")
         return None
+    known = ~np.isnan(qa.melanoma)
     y = qa.melanoma[known]
+    clusters = lesion_clusters(qa.lesion_id[known]) if config.ci_unit == "lesion" else None   # as `evaluate`'s
     return {"melanoma_auc_head": paired_difference(partial(_auc, y, pa[known]), partial(_auc, y, pb[known]),
                                                    len(y), config.bootstrap, config.seed, clusters)}
 
@@ -202,5 +225,6 @@ def comparison_markdown(c: Comparison) -> str:
               "|---|---|---|---|---|---|---|"]
     for m, d in c.measures.items():
         lines.append(f"| `{m}` | {cell(d[macro])} | {cell(d[vote])} |")
-    lines += [f"\n- {n}" for n in c.notes]
+    if c.notes:
+        lines += [""] + [f"- {n}" for n in c.notes]
     return "\n".join(lines)

@@ -35,7 +35,7 @@ from .metrics import (
 )
 
 __all__ = ["EvaluationConfig", "EvaluationReport", "Evaluator", "QuerySet", "QueryOutcomes", "read_split",
-           "choose_headline", "is_unknown_diagnosis", "query_clusters"]
+           "choose_headline", "best_measure", "is_unknown_diagnosis", "query_clusters", "first_line"]
 
 
 @dataclass(frozen=True)
@@ -109,8 +109,12 @@ def choose_headline(selection: EvaluationReport, metric: str) -> tuple[str, dict
     """The measure with the highest ``metric`` in ``selection`` (an evaluation on other queries,
     e.g. val), ties in the order of MEASURES; and every measure's value there."""
     values = {m: float(v[metric]["value"]) for m, v in selection.measures.items()}
-    best = max(values, key=lambda m: (values[m], -MEASURES.index(m)))
-    return best, values
+    return best_measure(values), values
+
+
+def best_measure(values: dict[str, float]) -> str:
+    """The measure with the highest value, ties in the order of MEASURES (the headline rule)."""
+    return max(values, key=lambda m: (values[m], -MEASURES.index(m)))
 
 
 def read_split(path: str | Path) -> dict[str, str]:
@@ -154,6 +158,11 @@ class QueryOutcomes:
 # Why an index's own model may not load although its stored vectors are fine: it was built with an
 # earlier release's packaged model (see the MODEL_CARD's "Existing indexes").
 HEAD_UNAVAILABLE = (ModelMismatchError, ConfigError)
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's first line of text (its class name when it has none)."""
+    return (str(error).splitlines() or [type(error).__name__])[0]
 
 
 def query_clusters(queries: QuerySet, config: EvaluationConfig) -> np.ndarray | None:
@@ -316,14 +325,15 @@ class Evaluator:
         ranking_seconds = time.perf_counter() - t0
         notes = []
         try:
-            head = self._head_auc(queries, config)
+            p_head = self.head_probabilities(queries)
         except HEAD_UNAVAILABLE as e:       # the stored vectors still rank; only the head needs the model
-            head = None
-            notes.append(f"no head AUC: the index's model cannot be loaded ({str(e).splitlines()[0]})")
+            p_head = None
+            notes.append(f"no head AUC: the index's model cannot be loaded ({first_line(e)})")
         else:
-            if head is None:
+            if p_head is None:
                 notes.append("the index's model has no trained classification head (pretrained pooled features "
                              "or an untrained ensemble), so no head AUC is reported")
+        head = None if p_head is None else self._head_auc(queries, p_head, config)
         labelled = queries.diagnosis != ""
         if not labelled.all():
             notes.append(f"{int((~labelled).sum())} queries without a diagnosis are left out of the diagnosis metrics")
@@ -386,16 +396,12 @@ class Evaluator:
             return None
         return np.asarray(extractor.melanoma_probability(queries.features), dtype=np.float64)
 
-    def _head_auc(self, queries: QuerySet, config: EvaluationConfig) -> dict | None:
-        """Melanoma AUC of the ensemble's own head on the queries' feature vectors (with a CI)."""
-        p_all = self.head_probabilities(queries)
-        if p_all is None:
-            return None
+    def _head_auc(self, queries: QuerySet, p_all: np.ndarray, config: EvaluationConfig) -> dict:
+        """Melanoma AUC of the ensemble's own head (``p_all``: :meth:`head_probabilities`), with a CI."""
         known = ~np.isnan(queries.melanoma)
         y = queries.melanoma[known]
         p = p_all[known][:, None]
-        clusters = query_clusters(queries, config)
-        clusters = None if clusters is None else clusters[known]
+        clusters = lesion_clusters(queries.lesion_id[known]) if config.ci_unit == "lesion" else None
         return {"melanoma_auc_head": _stat(vote_auc(y, p), bootstrap_ci(partial(_auc_at, y, p), len(y),
                                                                             config.bootstrap, config.seed,
                                                                             clusters=clusters))}
