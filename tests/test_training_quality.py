@@ -370,3 +370,28 @@ def test_an_index_of_an_earlier_packaged_model_is_refused_with_the_way_out():
     old = ExtractorConfig.from_dict({k: v for k, v in ExtractorConfig().to_dict().items() if k != "colour"})
     with pytest.raises(ValueError, match="must be rebuilt"):
         Extractor(old, Runtime(backend="torch"))
+
+
+def test_a_file_with_the_packaged_members_indexes_with_the_packaged_style_by_default(tmp_path):
+    """A new head on the packaged members (e.g. `train classifier --init-members default`) keeps the
+    packaged style by default: the file records its members' fingerprint as a load computes it (after
+    the fp16 round trip); other members get the paper's style."""
+    from dermsearch.extract.config import PAPER_STYLE
+    from dermsearch.models import state_fingerprint
+    from dermsearch.models.ensemble import default_ensemble_path, load_ensemble, read_ensemble_spec, save_ensemble
+
+    net, spec = load_ensemble(default_ensemble_path())
+    torch.manual_seed(1)
+    net.dense.reset_parameters()
+    save_ensemble(net, spec, tmp_path / "new-head.safetensors")
+    cfg = ExtractorConfig.for_weights(str(tmp_path / "new-head.safetensors"))
+    packaged_style = {k: getattr(ExtractorConfig(), k) for k in PAPER_STYLE}
+    assert {k: getattr(cfg, k) for k in PAPER_STYLE} == packaged_style and cfg.gram_weights == "learned"
+
+    net.members[1].head.conv.reset_parameters()        # fp32 values that fp16 rounds
+    save_ensemble(net, spec, tmp_path / "new-members.safetensors")
+    recorded = read_ensemble_spec(tmp_path / "new-members.safetensors").members_fingerprint
+    loaded, _ = load_ensemble(tmp_path / "new-members.safetensors")
+    assert recorded == state_fingerprint(loaded.members) != state_fingerprint(net.members)
+    cfg = ExtractorConfig.for_weights(str(tmp_path / "new-members.safetensors"))
+    assert {k: getattr(cfg, k) for k in PAPER_STYLE} == PAPER_STYLE

@@ -3,18 +3,23 @@ no network library: the CLI, the index and the cached encoder read it without lo
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 
 from ..errors import ConfigError
 from ..models.normalization import backbone_normalization
 from ..names import COLOUR_METHODS, GRAM_NORMS, GRAM_POOLS
 
-__all__ = ["ExtractorConfig", "PAPER_STYLE", "PREPROCESS_VERSION"]
+__all__ = ["ExtractorConfig", "PAPER_STYLE", "PREPROCESS_VERSION", "LEARNED_GRAM_WEIGHTS"]
 
 # Bump when decoding/resizing/normalisation changes in a way that alters extracted values (it is
 # part of the model fingerprint, and recorded in ONNX exports).
 PREPROCESS_VERSION = 1
 
+
+# The layer weights fitted on HAM10000 val for the packaged model (``dermsearch fit-gram-weights``).
+LEARNED_GRAM_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "gram-weights.json"
 
 # The paper's style measure: whole-image Grams, no normalisation, β_l = 1/C_l.
 PAPER_STYLE = {"gram_pool": "image", "gram_margin": 0.0, "gram_norm": "none", "gram_weights": "inverse-channels"}
@@ -96,13 +101,14 @@ class ExtractorConfig:
             return cls(**{**base, **overrides})
         from ..models.ensemble import default_ensemble_path, read_ensemble_spec
 
-        d = read_ensemble_spec(default_ensemble_path() if weights == "default" else weights).description()
+        spec = read_ensemble_spec(default_ensemble_path() if weights == "default" else weights)
+        d = spec.description()
         base = {"weights": weights, "feature": "ensemble", "backbone": d.backbone, "members": d.members,
                 "feature_dim": d.feature_dim, "image_size": d.image_size,
                 "colour": d.colour,                 # the network sees what it was trained on
                 "normalization": "auto" if d.normalization == backbone_normalization(d.backbone) else d.normalization}
-        if weights != "default":      # the fitted layer weights belong to the packaged model
-            base.update(PAPER_STYLE)
+        if weights != "default" and not _packaged_members(spec.members_fingerprint):
+            base.update(PAPER_STYLE)      # the fitted layer weights belong to the packaged members
         return cls(**{**base, **overrides})
 
     def resolved(self) -> ExtractorConfig:
@@ -147,3 +153,13 @@ class ExtractorConfig:
         if "colour" not in d:     # written before colour constancy existed: uncorrected input
             d = {**d, "colour": "none"}
         return cls(**d)
+
+
+def _packaged_members(fingerprint: str) -> bool:
+    """Whether a file's members (their recorded fingerprint) are those the packaged style layer
+    weights were fitted for: then the packaged style is its default too (e.g. a head retrained with
+    ``--init-members default``). The extractor still checks the real members when it loads them."""
+    if not fingerprint:
+        return False
+    doc = json.loads(LEARNED_GRAM_WEIGHTS.read_text())
+    return doc.get("style_network") == fingerprint

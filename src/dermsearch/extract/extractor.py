@@ -25,7 +25,7 @@ from ..models.learned_segmenter import LearnedSegmenter, default_segmenter_path
 from ..models.normalization import NORMALISATIONS
 from ..names import BACKENDS
 from ..runtime import Runtime
-from .config import PAPER_STYLE, PREPROCESS_VERSION, ExtractorConfig
+from .config import LEARNED_GRAM_WEIGHTS, PAPER_STYLE, PREPROCESS_VERSION, ExtractorConfig
 from .encoder import finish_masks, pool_masks, prepare_image
 from .gram import (
     average_grams,
@@ -43,8 +43,6 @@ from .vectors import Vectors
 __all__ = ["ExtractorConfig", "Extractor", "PAPER_STYLE", "Vectors", "PREPROCESS_VERSION", "BACKENDS",
            "resolve_gram_weights", "LEARNED_GRAM_WEIGHTS"]
 
-# The layer weights fitted on HAM10000 val for the packaged model (``dermsearch fit-gram-weights``).
-LEARNED_GRAM_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "gram-weights.json"
 
 
 

@@ -14,8 +14,10 @@ architecture, the target and its classes, so that :func:`load_ensemble` rebuilds
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -27,7 +29,7 @@ from ..names import TTA_VIEWS
 from .description import EnsembleDescription
 from .efficientnet import Backbone
 from .registry import create_backbone
-from .weights import WeightsNotFoundError, read_metadata, save_checkpoint
+from .weights import WeightsNotFoundError, read_metadata, save_checkpoint, state_fingerprint
 
 __all__ = ["TTA_VIEWS", "tta_views", "FeatureNetOutput", "PooledFeatureNet", "EnsembleFeatureNet", "EnsembleSpec",
            "save_ensemble", "load_ensemble", "read_ensemble_spec", "default_ensemble_path", "melanoma_probability"]
@@ -84,6 +86,8 @@ class EnsembleSpec:
     image_size: int = 224
     normalization: str = "tf"
     train: dict = field(default_factory=dict)    # the resolved training config
+    members_fingerprint: str = ""      # state_fingerprint of the members as loaded from the file (what the
+                                       # Grams depend on); written by save_ensemble, "" in older files
     metrics: dict = field(default_factory=dict)  # validation figures at save time
 
     def description(self) -> EnsembleDescription:
@@ -188,8 +192,23 @@ def build_ensemble(spec: EnsembleSpec, imagenet: bool = False) -> EnsembleFeatur
 
 
 def save_ensemble(net: EnsembleFeatureNet, spec: EnsembleSpec, path: str | Path, half: bool = True) -> None:
-    """Write the ensemble as safetensors (fp16 floats when ``half``), atomically."""
+    """Write the ensemble as safetensors (fp16 floats when ``half``), atomically. The spec records the
+    members' fingerprint as a load of the file will compute it (after the fp16 round trip), so that
+    style layer weights fitted for these members can be recognised without loading the file."""
+    spec = replace(spec, members_fingerprint=members_fingerprint(net, half))
     save_checkpoint(net, Path(path), {"ensemble": spec.to_json()}, half=half)
+
+
+def members_fingerprint(net: EnsembleFeatureNet, half: bool = True) -> str:
+    """:func:`~dermsearch.models.weights.state_fingerprint` of ``net.members`` once stored (fp16 when
+    ``half``) and loaded again (widened to fp32), without writing anything."""
+    members = copy.deepcopy(net.members).cpu()
+    if half:
+        with torch.no_grad():
+            for t in itertools.chain(members.parameters(), members.buffers()):
+                if t.is_floating_point():
+                    t.copy_(t.half().float())
+    return state_fingerprint(members)
 
 
 def read_ensemble_spec(path: str | Path) -> EnsembleSpec:
