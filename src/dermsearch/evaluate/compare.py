@@ -27,13 +27,15 @@ from .evaluator import (
     HEAD_UNAVAILABLE,
     EvaluationConfig,
     Evaluator,
-    QueryOutcomes,
     QuerySet,
+    _auc_at,
+    _macro_at,
     best_measure,
     first_line,
+    head_clusters,
     query_clusters,
 )
-from .metrics import bootstrap_ci, lesion_clusters, macro_mean, vote_auc
+from .metrics import bootstrap_ci, macro_mean, vote_auc
 
 __all__ = ["paired_difference", "Comparison", "compare", "align_queries", "comparison_markdown"]
 
@@ -46,18 +48,6 @@ def paired_difference(statistic_a: Callable[[np.ndarray], float], statistic_b: C
     a, b = float(statistic_a(every)), float(statistic_b(every))
     ci = bootstrap_ci(lambda idx: statistic_b(idx) - statistic_a(idx), n, rounds, seed, clusters=clusters)
     return {"a": a, "b": b, "b_minus_a": b - a, "ci95": [ci[0], ci[1]]}
-
-
-def _macro(o: QueryOutcomes, idx: np.ndarray) -> float:
-    return macro_mean(o.precision[idx], o.groups[idx])
-
-
-def _vote(o: QueryOutcomes, idx: np.ndarray) -> float:
-    return vote_auc(o.melanoma[idx], o.votes[idx])
-
-
-def _auc(y: np.ndarray, p: np.ndarray, idx: np.ndarray) -> float:
-    return vote_auc(y[idx], p[idx, None])
 
 
 @dataclass
@@ -94,6 +84,7 @@ def align_queries(a: QuerySet, b: QuerySet) -> tuple[np.ndarray, np.ndarray]:
     ib = np.array([where[str(a.ids[n])] for n in ia], dtype=np.int64)
     if len(ia) == 0:
         raise ConfigError("the two query sets share no image")
+
     def same(i: int, j: int) -> bool:
         mel = a.melanoma[i] == b.melanoma[j] or (np.isnan(a.melanoma[i]) and np.isnan(b.melanoma[j]))
         return a.diagnosis[i] == b.diagnosis[j] and mel and (a.lesion_id[i] or None) == (b.lesion_id[j] or None)
@@ -149,8 +140,10 @@ def compare(a: Evaluator, b: Evaluator, queries_a: QuerySet, queries_b: QuerySet
         oa, ob = out_a[ma], out_b[mb]
         sd = config.seed + 1000 * MEASURES.index(mb)
         if metric == macro:
-            return paired_difference(partial(_macro, oa), partial(_macro, ob), len(oa.precision), rounds, sd, cl_lab)
-        return paired_difference(partial(_vote, oa), partial(_vote, ob), len(oa.melanoma), rounds, sd, cl_mel)
+            return paired_difference(partial(_macro_at, oa.precision, oa.groups),
+                                     partial(_macro_at, ob.precision, ob.groups), len(oa.precision), rounds, sd, cl_lab)
+        return paired_difference(partial(_auc_at, oa.melanoma, oa.votes), partial(_auc_at, ob.melanoma, ob.votes),
+                                 len(oa.melanoma), rounds, sd, cl_mel)
 
     shared = [m for m in MEASURES if m in out_a and m in out_b]
     result = Comparison(names[0], names[1], len(qa), len(cands), config, notes=notes)
@@ -196,9 +189,9 @@ def _head(a: Evaluator, b: Evaluator, qa: QuerySet, qb: QuerySet, config: Evalua
         return None
     known = ~np.isnan(qa.melanoma)
     y = qa.melanoma[known]
-    clusters = lesion_clusters(qa.lesion_id[known]) if config.ci_unit == "lesion" else None   # as `evaluate`'s
-    return {"melanoma_auc_head": paired_difference(partial(_auc, y, pa[known]), partial(_auc, y, pb[known]),
-                                                   len(y), config.bootstrap, config.seed, clusters)}
+    return {"melanoma_auc_head": paired_difference(partial(_auc_at, y, pa[known][:, None]),
+                                                   partial(_auc_at, y, pb[known][:, None]), len(y),
+                                                   config.bootstrap, config.seed, head_clusters(qa, config))}
 
 
 def comparison_markdown(c: Comparison) -> str:

@@ -35,7 +35,7 @@ from .metrics import (
 )
 
 __all__ = ["EvaluationConfig", "EvaluationReport", "Evaluator", "QuerySet", "QueryOutcomes", "read_split",
-           "choose_headline", "best_measure", "is_unknown_diagnosis", "query_clusters", "first_line"]
+           "choose_headline", "best_measure", "is_unknown_diagnosis", "query_clusters", "head_clusters", "first_line"]
 
 
 @dataclass(frozen=True)
@@ -140,12 +140,10 @@ def _label(diagnosis: str | None) -> str:
 @dataclass
 class QueryOutcomes:
     """What each query got from one measure: ``precision`` (P@k), ``average_precision`` and
-    ``predicted`` (the k-NN majority diagnosis) for the labelled queries (``labelled``, with their
-    ``groups`` = diagnoses), ``melanoma_precision`` and ``votes`` (fraction of melanomas among the
-    vote_k neighbours) for the queries whose melanoma status is known (``mel_known``, ``melanoma``)."""
+    ``predicted`` (the k-NN majority diagnosis) for the labelled queries (with their ``groups`` =
+    diagnoses), ``melanoma_precision`` and ``votes`` (fraction of melanomas among the vote_k
+    neighbours) for the queries whose melanoma status (``melanoma``) is known."""
 
-    labelled: np.ndarray
-    mel_known: np.ndarray
     groups: np.ndarray
     precision: np.ndarray
     average_precision: np.ndarray
@@ -170,6 +168,12 @@ def query_clusters(queries: QuerySet, config: EvaluationConfig) -> np.ndarray | 
     if config.ci_unit not in ("lesion", "image"):
         raise ConfigError(f"ci_unit must be 'lesion' or 'image', not {config.ci_unit!r}")
     return lesion_clusters(queries.lesion_id) if config.ci_unit == "lesion" else None
+
+
+def head_clusters(queries: QuerySet, config: EvaluationConfig) -> np.ndarray | None:
+    """The bootstrap's unit for a head AUC: the lesions of the queries whose melanoma status is known."""
+    known = ~np.isnan(queries.melanoma)
+    return lesion_clusters(queries.lesion_id[known]) if config.ci_unit == "lesion" else None
 
 
 def _stat(value: float, ci: tuple[float, float]) -> dict:
@@ -310,7 +314,7 @@ class Evaluator:
             rel = (cand_diag[rows[:, :k]] == queries.diagnosis[:, None])[labelled]
             votes = np.nan_to_num(cand_mel[rows[:, :config.vote_k]][mel_known], nan=0.0)
             out[m] = QueryOutcomes(
-                labelled=labelled, mel_known=mel_known, groups=queries.diagnosis[labelled],
+                groups=queries.diagnosis[labelled],
                 precision=precision_at_k(rel), average_precision=average_precision_at_k(rel, n_relevant[labelled]),
                 melanoma_precision=precision_at_k((cand_mel[rows[:, :k]] == queries.melanoma[:, None])[mel_known]),
                 predicted=knn_majority(cand_diag[rows[:, :k]])[labelled],
@@ -401,7 +405,6 @@ class Evaluator:
         known = ~np.isnan(queries.melanoma)
         y = queries.melanoma[known]
         p = p_all[known][:, None]
-        clusters = lesion_clusters(queries.lesion_id[known]) if config.ci_unit == "lesion" else None
         return {"melanoma_auc_head": _stat(vote_auc(y, p), bootstrap_ci(partial(_auc_at, y, p), len(y),
                                                                             config.bootstrap, config.seed,
-                                                                            clusters=clusters))}
+                                                                            clusters=head_clusters(queries, config)))}

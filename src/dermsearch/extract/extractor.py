@@ -44,10 +44,6 @@ __all__ = ["ExtractorConfig", "Extractor", "PAPER_STYLE", "Vectors", "PREPROCESS
            "resolve_gram_weights", "LEARNED_GRAM_WEIGHTS"]
 
 
-
-
-
-
 def resolve_gram_weights(config: ExtractorConfig, tap_channels, network: str | None = None,
                          style_network: str | None = None) -> list[float]:
     """β per stored Gram for ``config.gram_weights``: a named scheme, ``learned`` (the weights
