@@ -195,6 +195,90 @@ def test_interrupted_member_resumes_from_its_last_epoch(synthetic, tmp_path, dec
     assert [g["max_lr"] for g in groups] == pytest.approx([cfg.lr * decay ** d for d in range(1 if decay == 1 else 2)])
 
 
+def test_weight_average_matches_a_naive_loop_and_round_trips():
+    from dermsearch.train.harness import WeightAverage
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    avg = WeightAverage([model], 0.9, warmup=True)
+    ref = {n: t.clone().double() for n, t in model.state_dict().items()}
+    for t in range(1, 8):
+        model.train()
+        loss = model(torch.randn(16, 4)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        avg.update()
+        d = min(0.9, (1 + t) / (10 + t))          # the warm-up: 0.18, 0.25, ..., 0.9 from the 80th update
+        for n, v in model.state_dict().items():
+            ref[n] = ref[n] * d + v.double() * (1 - d) if v.is_floating_point() else v.clone().double()
+    assert avg.updates == 7 and avg.current_decay() == pytest.approx(9 / 18)
+    live = {n: t.clone() for n, t in model.state_dict().items()}
+    avg.swap()
+    for n, v in model.state_dict().items():
+        torch.testing.assert_close(v.double(), ref[n], rtol=1e-6, atol=1e-6)
+    assert model.state_dict()["1.num_batches_tracked"] == 7      # integer buffers are copied, not averaged
+    saved = avg.tensors()          # while swapped, the shadow holds the live weights
+    avg.swap()
+    assert all(torch.equal(model.state_dict()[n], live[n]) for n in live)
+    other = WeightAverage([model], 0.9, warmup=True)
+    other.load(avg.tensors(), avg.updates)
+    assert other.updates == 7 and all(torch.equal(a, b) for a, b in zip(other.tensors().values(),
+                                                                          avg.tensors().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(saved.values(), avg.tensors().values()))
+    with pytest.raises(ValueError, match="other tensors"):
+        other.load({"0.0.weight": live["0.weight"]}, 1)
+    other.updates = 78
+    assert other.current_decay() < 0.9
+    other.updates = 79
+    assert other.current_decay() == pytest.approx(0.9)
+    assert WeightAverage([model], 0.5).current_decay() == 0.5     # no warm-up: the decay from the first step
+
+
+@pytest.mark.slow
+def test_member_weight_average_is_validated_kept_and_resumed(synthetic, tmp_path):
+    cfg = ClassifierTrainConfig(labels=str(synthetic), target="melanoma", member_ema=0.9,
+                                **{**TINY_TRAIN, "members": 1, "epochs": 3, "head_epochs": 1})
+    train_classifier(cfg, tmp_path / "whole", log=lambda m: None, progress=False)
+
+    def killer(line: str) -> None:   # interrupted right after its second epoch is saved
+        if "epoch 2/3" in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(cfg, tmp_path / "cut", log=killer, progress=False)
+    logs: list[str] = []
+    train_classifier(cfg, tmp_path / "cut", log=logs.append, progress=False)
+    assert any("resuming after epoch 2" in line for line in logs) and not any("afresh" in line for line in logs)
+    assert any("member 1/1 epoch 3/3" in line and "weight average" in line for line in logs)
+    whole, cut = tmp_path / "whole" / "members", tmp_path / "cut" / "members"
+    for name in ("m0-last", "m0-average", "m0-best"):   # the resumed run is the uninterrupted one, average included
+        a, b = load_file(str(whole / f"{name}.safetensors")), load_file(str(cut / f"{name}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert load_metadata(cut / "m0-average.safetensors")["epoch"] == "2"
+    # what is validated and kept is the average, not the live weights
+    history = json.loads((tmp_path / "whole" / "history.json").read_text())
+    best_epoch = max((r for r in history if r.get("member") == 1), key=lambda r: r["val_auc"])["epoch"]
+    best, last = load_file(str(whole / "m0-best.safetensors")), load_file(str(whole / "m0-last.safetensors"))
+    assert not torch.equal(best["head.weight"], last["head.weight"])
+    if best_epoch == 3:
+        average = load_file(str(whole / "m0-average.safetensors"))
+        assert torch.equal(best["head.weight"], average["0.head.weight"])
+    # a lost average file is an unfinished epoch: the member starts afresh rather than resume without it
+    (cut / "m0-average.safetensors").unlink()
+    logs.clear()
+    train_classifier(cfg, tmp_path / "cut", log=logs.append, progress=False)
+    assert any("unfinished epoch stopped here; starting afresh" in line for line in logs)
+    # off (0) keeps the key of runs from before the setting; snapshots cannot average
+    base = ClassifierTrainConfig(labels="x")
+    assert "member_ema" not in _member_key(base, 0) and _member_key(replace(base, member_ema=0.99), 0)["member_ema"]
+    with pytest.raises(ConfigError, match="member_ema"):
+        ClassifierTrainConfig(labels="x", member_ema=1.0)
+    with pytest.raises(ConfigError, match="snapshot"):
+        ClassifierTrainConfig(labels="x", member_ema=0.99, diversity="snapshot")
+
+
 @pytest.mark.slow
 def test_snapshot_ensemble_members_continue_from_the_previous_member(synthetic, tmp_path):
     # a learning rate of ~0: each snapshot is (almost exactly) the weights it started from, so

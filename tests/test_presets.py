@@ -163,13 +163,16 @@ def test_colour_strength_scales_the_colour_augmentation():
 
 def test_the_packaged_ensemble_was_trained_with_the_default_config():
     """The dataclass defaults are what ships: the training config recorded in the packaged file is
-    the default one, except where the data lives."""
+    the default one, except where the data lives (a setting added since it was trained must be absent at
+    its neutral value)."""
     from dermsearch.models.ensemble import default_ensemble_path
+    from dermsearch.train.config import NEUTRAL_SETTINGS
 
     recorded = read_ensemble_spec(default_ensemble_path()).train
     default = ClassifierTrainConfig().to_dict()
     where = {"labels", "split", "limit"}
-    differ = {k: (recorded.get(k), v) for k, v in default.items() if k not in where and recorded.get(k) != v}
+    differ = {k: (recorded.get(k), v) for k, v in default.items()
+              if k not in where and recorded.get(k, NEUTRAL_SETTINGS.get(k)) != v}
     assert not differ, f"the packaged ensemble was trained with non-default settings: {differ}"
 
 

@@ -57,6 +57,9 @@ def register(sub, common: Common) -> None:
              help="discriminative learning rates: each trained stage below the last learns at X times the rate "
                   "of the stage above it (default 1: one rate; e.g. 0.5 with --trainable-stages 7); meant for "
                   "ImageNet-initialised members, not --weights random")
+    optional(tc, "--member-ema", type=float, metavar="DECAY",
+             help="phase one: keep a moving average of each member's weights (decay e.g. 0.99, with a warm-up); the "
+                  "average is validated and kept (default 0: off)")
     optional(tc, "--head-epochs", type=int, help="phase two epochs")
     optional(tc, "--head-lr", type=float)
     optional(tc, "--focal-alpha", type=float, help="binary: weight of the positive class")

@@ -48,9 +48,9 @@ from ..models.registry import create_backbone
 from ..models.weights import state_fingerprint
 from ..runtime import Runtime
 from .augment import Augmenter, x7_variant
-from .config import TARGETS, ClassifierTrainConfig
+from .config import NEUTRAL_SETTINGS, TARGETS, ClassifierTrainConfig
 from .data import LabelledSet, load_labelled
-from .harness import Run, RunFiles, atomic_json, autocast, fit, iterate, machine, resume_key
+from .harness import Run, RunFiles, WeightAverage, atomic_json, autocast, fit, iterate, machine, resume_key
 from .head import HeadData, epoch_sample, fit_head, head_loss, pooled_encoder
 from .losses import binary_focal_loss
 from .prefix import FrozenPrefix
@@ -328,14 +328,14 @@ PHASE_TWO_FIELDS = ("head_epochs", "head_lr", "head_variants", "head_dropout", "
 
 def _member_key(cfg: ClassifierTrainConfig, m: int, start: str = "") -> dict:
     """What member ``m``'s saved state depends on: the config without phase two's settings,
-    without ``stage_lr_decay`` at 1 (one rate, as before it existed), and without
-    ``snapshot_epochs`` where it plays no part (every member unless they are snapshots, and
-    a snapshot ensemble's first member, so runs from before it existed resume); a later snapshot
-    also depends on ``start``, the fingerprint of the weights it starts from (the previous member's
-    last), so it is retrained whenever that member was."""
+    without the settings at their neutral value (``NEUTRAL_SETTINGS``: one rate, no weight average,
+    as before they existed), and without ``snapshot_epochs`` where it plays no part (every member
+    unless they are snapshots, and a snapshot ensemble's first member, so runs from before it existed
+    resume); a later snapshot also depends on ``start``, the fingerprint of the weights it starts from
+    (the previous member's last), so it is retrained whenever that member was."""
     ignore = PHASE_TWO_FIELDS + (() if cfg.diversity == "snapshot" and m > 0 else ("snapshot_epochs",))
-    if cfg.stage_lr_decay == 1:          # one learning rate, as every run before the setting existed
-        ignore += ("stage_lr_decay",)
+    # settings at their neutral value (one learning rate, no average) keep the key of runs made before they existed
+    ignore += tuple(k for k, v in NEUTRAL_SETTINGS.items() if getattr(cfg, k) == v)
     return resume_key(cfg.to_dict(), ignore) | ({"snapshot_of": start} if start else {})
 
 
@@ -372,6 +372,7 @@ def _train_member(ses: _Session, m: int) -> dict:
                                                 total_steps=max(1, epochs * steps), pct_start=0.15)
     y_np = ses.y_train.numpy()
     cw = None if ses.class_weights is None else ses.class_weights.cpu()
+    average = WeightAverage([member], cfg.member_ema, warmup=True) if cfg.member_ema else None
 
     def train_epoch(epoch: int) -> float:
         member.set_train()
@@ -390,6 +391,8 @@ def _train_member(ses: _Session, m: int) -> dict:
             loss.backward()
             opt.step()
             sched.step()
+            if average is not None:
+                average.update()
             total += float(loss.detach()) * len(idx)
         return total / len(order)
 
@@ -403,11 +406,12 @@ def _train_member(ses: _Session, m: int) -> dict:
     def describe(rec: dict, improved: bool) -> str:
         extra = f", val bal. acc {rec['val_balanced_accuracy']:.4f}" if "val_balanced_accuracy" in rec else ""
         return (f"member {m + 1}/{cfg.members} epoch {rec['epoch']}/{epochs}: train loss {rec['train_loss']:.4f}, "
-                f"val loss {rec['val_loss']:.4f}, val melanoma AUC {rec['val_auc']:.4f}{extra}"
+                f"{'weight average: ' if average is not None else ''}val loss {rec['val_loss']:.4f}, "
+                f"val melanoma AUC {rec['val_auc']:.4f}{extra}"
                 f"{' (best)' if improved else ''}, {rec['seconds']:.0f} s")
 
     run = Run(member, opt, sched, files, _member_key(cfg, m, start), epochs,
-              name=f"member {m + 1}/{cfg.members}", log=ses.log,
+              name=f"member {m + 1}/{cfg.members}", log=ses.log, average=average,
               # members trained before these settings existed trained as their defaults-of-then
               legacy_key=lambda old: resume_key({"colour": "none", "init_members": "", **old}, PHASE_TWO_FIELDS))
     state = fit(run, train_epoch, validate, describe)

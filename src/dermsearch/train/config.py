@@ -16,10 +16,13 @@ from ..errors import ConfigError
 from ..models.normalization import backbone_normalization
 from ..names import COLOUR_METHODS, DIVERSITY, HEAD_SELECT, METRIC_LOSSES
 
-__all__ = ["AugmentConfig", "ClassifierTrainConfig", "SegTrainConfig", "TARGETS", "N_STAGES"]
+__all__ = ["AugmentConfig", "ClassifierTrainConfig", "SegTrainConfig", "TARGETS", "N_STAGES", "NEUTRAL_SETTINGS"]
 
 TARGETS = ("melanoma", "diagnosis")
 N_STAGES = 7
+# classifier settings added after runs were made, at the value that trains as before they existed: a run
+# (or a recorded config) without the setting is the same run as one with it at this value
+NEUTRAL_SETTINGS = {"stage_lr_decay": 1.0, "member_ema": 0.0}
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,8 @@ class ClassifierTrainConfig:
     snapshot_epochs: int = 1          # diversity "snapshot": epochs of each member after the first (a warm restart)
     stage_lr_decay: float = 1.0       # phase one, discriminative learning rates: each trained stage below the
                                       # last learns at this times the rate of the stage above it (1: one rate)
+    member_ema: float = 0.0           # phase one: decay of a moving average of each member's weights, with a
+                                      # warm-up; the average is validated and kept (0: off)
     dropout: float = 0.2
     head_variants: bool = False       # phase two also on the x7 variants (default: the originals only)
     head_dropout: float = 0.5         # phase two: dropout on the members' pooled vectors while training
@@ -113,6 +118,11 @@ class ClassifierTrainConfig:
             raise ConfigError("head_variants trains phase two on the x7 variants; it cannot be combined with tta > 1")
         if not 0 <= self.ema < 1:
             raise ConfigError("ema must be in [0, 1)")
+        if not 0 <= self.member_ema < 1:
+            raise ConfigError(f"member_ema must be in [0, 1) (0: off), not {self.member_ema}")
+        if self.member_ema and self.diversity == "snapshot":
+            raise ConfigError("member_ema cannot be combined with diversity 'snapshot': a snapshot continues from "
+                              "the previous member's live weights, not its average")
 
     def require_labels(self) -> None:
         if not self.labels:

@@ -26,8 +26,8 @@ from torch import nn
 
 from ..models.weights import save_checkpoint
 
-__all__ = ["RUNTIME_FIELDS", "resume_key", "atomic_json", "RunFiles", "Run", "fit", "iterate", "autocast",
-           "dump_optimizer", "load_optimizer", "machine"]
+__all__ = ["RUNTIME_FIELDS", "resume_key", "atomic_json", "RunFiles", "Run", "WeightAverage", "fit", "iterate",
+           "autocast", "dump_optimizer", "load_optimizer", "machine"]
 
 RUNTIME_FIELDS = ("device",)   # how a run executes, not what it computes: never part of a resume key
 
@@ -90,6 +90,62 @@ class RunFiles:
     def state(self) -> Path:
         return self._p("state.json")
 
+    @property
+    def average(self) -> Path:
+        return self._p("average.safetensors")
+
+
+class WeightAverage:
+    """An exponential moving average of modules' weights: parameters and floating-point buffers are
+    averaged, integer buffers (BatchNorm's batch counts) copied. The trainer calls :meth:`update` after
+    each optimiser step. With ``warmup`` the decay of the t-th update is ``min(decay, (1 + t) / (10 + t))``,
+    so a run of a few hundred steps is not dominated by its initial weights; without it, ``decay``
+    from the first step."""
+
+    def __init__(self, modules: list[nn.Module], decay: float, warmup: bool = False):
+        if not 0 < decay < 1:
+            raise ValueError(f"a weight average's decay must be in (0, 1), not {decay}")
+        self.modules, self.decay, self.warmup, self.updates = modules, decay, warmup, 0
+        self.shadow = [{n: t.detach().clone() for n, t in m.state_dict().items()} for m in modules]
+
+    def current_decay(self) -> float:
+        """The decay the next update uses."""
+        t = self.updates + 1
+        return min(self.decay, (1 + t) / (10 + t)) if self.warmup else self.decay
+
+    @torch.no_grad()
+    def update(self) -> None:
+        d = self.current_decay()
+        for m, sh in zip(self.modules, self.shadow):
+            for n, t in m.state_dict().items():
+                if t.dtype.is_floating_point:
+                    sh[n].mul_(d).add_(t.detach(), alpha=1 - d)
+                else:
+                    sh[n].copy_(t)
+        self.updates += 1
+
+    def swap(self) -> None:
+        """Exchange the live weights and the average (call twice to restore)."""
+        for m, sh in zip(self.modules, self.shadow):
+            live = {n: t.detach().clone() for n, t in m.state_dict().items()}
+            m.load_state_dict(sh)
+            sh.clear()
+            sh.update(live)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The average as a flat, safetensors-storable dict (see :meth:`load`)."""
+        return {f"{i}.{n}": t.detach().cpu().contiguous() for i, sh in enumerate(self.shadow) for n, t in sh.items()}
+
+    def load(self, tensors: dict[str, torch.Tensor], updates: int) -> None:
+        want = set(self.tensors())
+        if set(tensors) != want:
+            raise ValueError(f"the saved weight average has other tensors than these modules "
+                             f"(missing {sorted(want - set(tensors))[:3]}, extra {sorted(set(tensors) - want)[:3]})")
+        for i, sh in enumerate(self.shadow):
+            for n in sh:
+                sh[n].copy_(tensors[f"{i}.{n}"])
+        self.updates = updates
+
 
 @dataclass
 class Run:
@@ -106,6 +162,8 @@ class Run:
     last_metadata: dict = field(default_factory=dict)
     legacy_key: Callable[[dict], dict] | None = None   # state files from before the harness: old config -> key
     after_epoch: Callable[[dict], None] | None = None  # called with the state after each saved epoch
+    average: WeightAverage | None = None   # a moving average of ``model``'s weights (updated by the trainer):
+                                           # what is validated and kept as "best"; saved with every epoch
 
 
 def load_metadata(path: Path) -> dict:
@@ -122,13 +180,23 @@ def _read_state(run: Run) -> dict | None:
         state = {**state, "key": run.legacy_key(state["config"]),
                  "best": state.get("best", state.get("best_dice", -math.inf))}
     saved = load_metadata(f.last).get("epoch")
-    if state.get("key") != run.key or (saved is not None and int(saved) != state["epoch"]):
+    unfinished = saved is not None and int(saved) != state["epoch"]
+    if run.average is not None:      # the average is saved after the last weights, before the state
+        unfinished = unfinished or not f.average.is_file() or \
+            load_metadata(f.average).get("epoch") != str(state["epoch"])
+    if state.get("key") != run.key or unfinished:
         why = "another config" if state.get("key") != run.key else "an unfinished epoch"
         run.log(f"{run.name + ': ' if run.name else ''}a run with {why} stopped here; starting afresh")
-        for path in (f.best, f.last, f.optimizer, f.state):      # nothing of it may pass for this run's
+        for path in (f.best, f.last, f.optimizer, f.state, f.average):   # nothing of it may pass for this run's
             path.unlink(missing_ok=True)
         return None
     return state
+
+
+def _atomic_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata)
+    tmp.replace(path)
 
 
 def fit(run: Run, train_epoch: Callable[[int], float], validate: Callable[[], tuple[dict, float]],
@@ -148,6 +216,8 @@ def fit(run: Run, train_epoch: Callable[[int], float], validate: Callable[[], tu
         run.model.load_state_dict(load_file(str(f.last)), strict=True)
         load_optimizer(run.optimizer, load_file(str(f.optimizer)), state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
+        if run.average is not None:
+            run.average.load(load_file(str(f.average)), int(load_metadata(f.average)["updates"]))
         if "rng" in state:
             torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
         start, best, history = state["epoch"] + 1, state["best"], state["history"]
@@ -155,6 +225,8 @@ def fit(run: Run, train_epoch: Callable[[int], float], validate: Callable[[], tu
     for epoch in range(start, run.epochs):
         t0 = time.perf_counter()
         train_loss = train_epoch(epoch)
+        if run.average is not None:   # validated and kept as "best": the average; saved as "last": the live weights
+            run.average.swap()
         metrics, score = validate()
         rec = {"epoch": epoch + 1, "train_loss": train_loss, **{f"val_{k}": v for k, v in metrics.items()},
                "seconds": time.perf_counter() - t0}
@@ -164,11 +236,14 @@ def fit(run: Run, train_epoch: Callable[[int], float], validate: Callable[[], tu
         if improved:
             best = score
             save_checkpoint(run.model, f.best, run.best_metadata(rec))
+        if run.average is not None:
+            run.average.swap()
         save_checkpoint(run.model, f.last, {**run.last_metadata, "epoch": str(epoch)})
         tensors, meta = dump_optimizer(run.optimizer)
-        tmp = f.optimizer.with_name(f.optimizer.name + ".tmp")
-        save_file(tensors, str(tmp))
-        tmp.replace(f.optimizer)
+        _atomic_safetensors(f.optimizer, tensors)
+        if run.average is not None:
+            _atomic_safetensors(f.average, run.average.tensors(),
+                                {"epoch": str(epoch), "updates": str(run.average.updates)})
         state = {"key": run.key, "epoch": epoch, "best": best, "history": history, "optimizer": meta,
                  "scheduler": run.scheduler.state_dict(), "rng": torch.get_rng_state().tolist()}
         atomic_json(f.state, state)

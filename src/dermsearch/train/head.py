@@ -25,6 +25,7 @@ from ..errors import ConfigError
 from ..evaluate.feature_knn import feature_retrieval
 from ..models.normalization import NORMALISATIONS
 from ..names import HEAD_SELECT
+from .harness import WeightAverage
 from .losses import binary_focal_loss, metric_loss_module, multiclass_focal_loss
 
 __all__ = ["HeadData", "HEAD_SELECT", "fit_head", "head_loss", "epoch_sample", "PooledGraph", "pooled_encoder"]
@@ -61,31 +62,6 @@ def epoch_sample(balanced: bool, base: np.ndarray, y: np.ndarray, rng: np.random
     return rng.choice(base, size=len(base), replace=True, p=w / w.sum())
 
 
-class _Ema:
-    """Exponential moving average of a set of modules' parameters and buffers."""
-
-    def __init__(self, modules: list[nn.Module], decay: float):
-        self.modules, self.decay = modules, decay
-        self.shadow = [{n: t.detach().clone() for n, t in m.state_dict().items()} for m in modules]
-
-    @torch.no_grad()
-    def update(self) -> None:
-        for m, sh in zip(self.modules, self.shadow):
-            for n, t in m.state_dict().items():
-                if t.dtype.is_floating_point:
-                    sh[n].mul_(self.decay).add_(t.detach(), alpha=1 - self.decay)
-                else:
-                    sh[n].copy_(t)
-
-    def swap(self) -> None:
-        """Exchange the live weights and the average (call twice to restore)."""
-        for m, sh in zip(self.modules, self.shadow):
-            live = {n: t.detach().clone() for n, t in m.state_dict().items()}
-            m.load_state_dict(sh)
-            sh.clear()
-            sh.update(live)
-
-
 def fit_head(net, cfg, data: HeadData, metrics_fn: Callable, score_fn: Callable, class_weights, device,
              log: Callable[[str], None] = print) -> tuple[dict, list[dict]]:
     """Train ``net``'s norms, dense layer and head on ``data``; loads the selected epoch's weights into
@@ -105,7 +81,7 @@ def fit_head(net, cfg, data: HeadData, metrics_fn: Callable, score_fn: Callable,
     steps = math.ceil(len(data.x_train) / bs)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, [g.get("lr", cfg.head_lr) for g in groups],
                                                 total_steps=max(1, cfg.head_epochs * steps))
-    ema = _Ema(modules, cfg.ema) if cfg.ema > 0 else None
+    ema = WeightAverage(modules, cfg.ema) if cfg.ema > 0 else None
     rows = np.arange(len(data.x_train)) if data.train_rows is None else data.train_rows
     y_np = data.y_train.numpy()
 
