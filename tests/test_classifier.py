@@ -240,16 +240,18 @@ def test_weight_average_matches_a_naive_loop_and_round_trips():
 def test_member_weight_average_is_validated_kept_and_resumed(synthetic, tmp_path):
     cfg = ClassifierTrainConfig(labels=str(synthetic), target="melanoma", member_ema=0.9,
                                 **{**TINY_TRAIN, "members": 1, "epochs": 3, "head_epochs": 1})
-    train_classifier(cfg, tmp_path / "whole", log=lambda m: None, progress=False)
+    cpu = Runtime(device="cpu")        # bit for bit is a CPU's promise (a GPU's bf16 kernels need not repeat)
+    train_classifier(cfg, tmp_path / "whole", log=lambda m: None, progress=False, runtime=cpu)
 
     def killer(line: str) -> None:   # interrupted right after its second epoch is saved
         if "epoch 2/3" in line:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        train_classifier(cfg, tmp_path / "cut", log=killer, progress=False)
+    for run in ("cut", "lost"):
+        with pytest.raises(KeyboardInterrupt):
+            train_classifier(cfg, tmp_path / run, log=killer, progress=False, runtime=cpu)
     logs: list[str] = []
-    train_classifier(cfg, tmp_path / "cut", log=logs.append, progress=False)
+    train_classifier(cfg, tmp_path / "cut", log=logs.append, progress=False, runtime=cpu)
     assert any("resuming after epoch 2" in line for line in logs) and not any("afresh" in line for line in logs)
     assert any("member 1/1 epoch 3/3" in line and "weight average" in line for line in logs)
     whole, cut = tmp_path / "whole" / "members", tmp_path / "cut" / "members"
@@ -265,11 +267,21 @@ def test_member_weight_average_is_validated_kept_and_resumed(synthetic, tmp_path
     if best_epoch == 3:
         average = load_file(str(whole / "m0-average.safetensors"))
         assert torch.equal(best["head.weight"], average["0.head.weight"])
-    # a lost average file is an unfinished epoch: the member starts afresh rather than resume without it
+    # an unfinished member whose average is lost starts afresh rather than resume without it ...
+    (tmp_path / "lost" / "members" / "m0-average.safetensors").unlink()
+    logs.clear()
+    train_classifier(cfg, tmp_path / "lost", log=logs.append, progress=False, runtime=cpu)
+    assert any("unfinished epoch stopped here; starting afresh" in line for line in logs)
+    # ... a finished one no longer needs it
     (cut / "m0-average.safetensors").unlink()
     logs.clear()
-    train_classifier(cfg, tmp_path / "cut", log=logs.append, progress=False)
-    assert any("unfinished epoch stopped here; starting afresh" in line for line in logs)
+    train_classifier(cfg, tmp_path / "cut", log=logs.append, progress=False, runtime=cpu)
+    assert any("done earlier" in line for line in logs) and not any("afresh" in line for line in logs)
+    # a decay the warm-up cannot reach in the member's steps is named (tiny data: 3 epochs of 3 batches of 8)
+    logs.clear()
+    train_classifier(replace(cfg, member_ema=0.99), tmp_path / "far", log=logs.append, progress=False, runtime=cpu)
+    assert any("member_ema 0.99 is not reached in 9 steps; the warm-up ends at 0.526" in line   # (1 + 9) / (10 + 9)
+               for line in logs)
     # off (0) keeps the key of runs from before the setting; snapshots cannot average
     base = ClassifierTrainConfig(labels="x")
     assert "member_ema" not in _member_key(base, 0) and _member_key(replace(base, member_ema=0.99), 0)["member_ema"]

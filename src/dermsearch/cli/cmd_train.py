@@ -58,8 +58,8 @@ def register(sub, common: Common) -> None:
                   "of the stage above it (default 1: one rate; e.g. 0.5 with --trainable-stages 7); meant for "
                   "ImageNet-initialised members, not --weights random")
     optional(tc, "--member-ema", type=float, metavar="DECAY",
-             help="phase one: keep a moving average of each member's weights (decay e.g. 0.99, with a warm-up); the "
-                  "average is validated and kept (default 0: off)")
+             help="phase one: keep a moving average of each member's weights (e.g. 0.95; the warm-up caps the t-th "
+                  "step's decay at (1 + t) / (10 + t)); the average is validated and kept (default 0: off)")
     optional(tc, "--head-epochs", type=int, help="phase two epochs")
     optional(tc, "--head-lr", type=float)
     optional(tc, "--focal-alpha", type=float, help="binary: weight of the positive class")

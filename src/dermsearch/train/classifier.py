@@ -373,6 +373,11 @@ def _train_member(ses: _Session, m: int) -> dict:
     y_np = ses.y_train.numpy()
     cw = None if ses.class_weights is None else ses.class_weights.cpu()
     average = WeightAverage([member], cfg.member_ema, warmup=True) if cfg.member_ema else None
+    if average is not None:
+        reach = (1 + epochs * steps) / (10 + epochs * steps)   # the warm-up's decay at this member's last step
+        if cfg.member_ema > reach:
+            ses.log(f"member {m + 1}/{cfg.members}: member_ema {cfg.member_ema} is not reached in {epochs * steps} "
+                    f"steps; the warm-up ends at {reach:.3f} (any decay above it trains the same)")
 
     def train_epoch(epoch: int) -> float:
         member.set_train()
@@ -541,6 +546,8 @@ def dry_run_classifier(cfg: ClassifierTrainConfig, steps: int = 3, runtime: Runt
         return binary_focal_loss(model(x), y, cfg.focal_alpha, cfg.focal_gamma)
 
     per_batch, act, how = dry_run_steps(member, trainable, make_batch, loss_fn, steps, str(device))
+    if cfg.member_ema:   # the average of a member's weights and the copy each swap makes
+        act += 2 * 4 * sum(t.numel() for t in member.state_dict().values())
     batches = sum(batches_for(n, b, cfg.member_epochs(m)) for m in range(cfg.members))
     estimate = per_batch * batches
     if k:   # the frozen shared stages: once per (image, variant) when cached, else on every batch

@@ -181,7 +181,8 @@ def _read_state(run: Run) -> dict | None:
                  "best": state.get("best", state.get("best_dice", -math.inf))}
     saved = load_metadata(f.last).get("epoch")
     unfinished = saved is not None and int(saved) != state["epoch"]
-    if run.average is not None:      # the average is saved after the last weights, before the state
+    finished = state["epoch"] + 1 >= run.epochs and f.best.is_file()   # its average no longer matters
+    if run.average is not None and not finished:   # the average is saved after the last weights, before the state
         unfinished = unfinished or not f.average.is_file() or \
             load_metadata(f.average).get("epoch") != str(state["epoch"])
     if state.get("key") != run.key or unfinished:
@@ -220,6 +221,8 @@ def fit(run: Run, train_epoch: Callable[[int], float], validate: Callable[[], tu
             run.average.load(load_file(str(f.average)), int(load_metadata(f.average)["updates"]))
         if "rng" in state:
             torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
+        if state.get("cuda_rng") and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([torch.tensor(r, dtype=torch.uint8) for r in state["cuda_rng"]])
         start, best, history = state["epoch"] + 1, state["best"], state["history"]
         run.log(f"{run.name + ': ' if run.name else ''}resuming after epoch {start} (best val {best:.4f})")
     for epoch in range(start, run.epochs):
@@ -245,7 +248,9 @@ def fit(run: Run, train_epoch: Callable[[int], float], validate: Callable[[], tu
             _atomic_safetensors(f.average, run.average.tensors(),
                                 {"epoch": str(epoch), "updates": str(run.average.updates)})
         state = {"key": run.key, "epoch": epoch, "best": best, "history": history, "optimizer": meta,
-                 "scheduler": run.scheduler.state_dict(), "rng": torch.get_rng_state().tolist()}
+                 "scheduler": run.scheduler.state_dict(), "rng": torch.get_rng_state().tolist(),
+                 # dropout on a GPU draws from its own generators (bf16 kernels may still differ after a resume)
+                 "cuda_rng": [r.tolist() for r in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else []}
         atomic_json(f.state, state)
         if run.after_epoch is not None:
             run.after_epoch(state)
