@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from torch import nn
 
@@ -50,7 +50,18 @@ from ..runtime import Runtime
 from .augment import Augmenter, x7_variant
 from .config import NEUTRAL_SETTINGS, TARGETS, ClassifierTrainConfig
 from .data import LabelledSet, load_labelled
-from .harness import Run, RunFiles, WeightAverage, atomic_json, autocast, fit, iterate, machine, resume_key
+from .harness import (
+    Run,
+    RunFiles,
+    WeightAverage,
+    atomic_json,
+    atomic_safetensors,
+    autocast,
+    fit,
+    iterate,
+    machine,
+    resume_key,
+)
 from .head import HeadData, epoch_sample, fit_head, head_loss, pooled_encoder
 from .losses import binary_focal_loss
 from .prefix import FrozenPrefix
@@ -486,8 +497,7 @@ def _train_head(ses: _Session, net: EnsembleFeatureNet, spec: EnsembleSpec, memb
             x_val = pooled_of(val_inputs())
         # stored as fp16; this run uses the stored values too, so a rerun computes exactly the same
         x_tr, x_val = x_tr.half().contiguous(), x_val.half().contiguous()
-        save_file({"train": x_tr, "val": x_val}, str(cache_file) + ".tmp")
-        Path(str(cache_file) + ".tmp").replace(cache_file)
+        atomic_safetensors(cache_file, {"train": x_tr, "val": x_val})
         x_tr, x_val = x_tr.float(), x_val.float()
     y_tr = y_train.repeat_interleave(variants)
     log(f"phase two: pooled vectors of {len(x_tr)} training rows and {len(x_val)} val images "

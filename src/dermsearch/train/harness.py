@@ -26,8 +26,8 @@ from torch import nn
 
 from ..models.weights import save_checkpoint
 
-__all__ = ["RUNTIME_FIELDS", "resume_key", "atomic_json", "RunFiles", "Run", "WeightAverage", "fit", "iterate",
-           "autocast", "dump_optimizer", "load_optimizer", "machine"]
+__all__ = ["RUNTIME_FIELDS", "resume_key", "atomic_json", "atomic_safetensors", "RunFiles", "Run", "WeightAverage",
+           "fit", "iterate", "autocast", "dump_optimizer", "load_optimizer", "machine"]
 
 RUNTIME_FIELDS = ("device",)   # how a run executes, not what it computes: never part of a resume key
 
@@ -137,7 +137,7 @@ class WeightAverage:
         return {f"{i}.{n}": t.detach().cpu().contiguous() for i, sh in enumerate(self.shadow) for n, t in sh.items()}
 
     def load(self, tensors: dict[str, torch.Tensor], updates: int) -> None:
-        want = set(self.tensors())
+        want = {f"{i}.{n}" for i, sh in enumerate(self.shadow) for n in sh}
         if set(tensors) != want:
             raise ValueError(f"the saved weight average has other tensors than these modules "
                              f"(missing {sorted(want - set(tensors))[:3]}, extra {sorted(set(tensors) - want)[:3]})")
@@ -194,7 +194,7 @@ def _read_state(run: Run) -> dict | None:
     return state
 
 
-def _atomic_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+def atomic_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata)
     tmp.replace(path)
@@ -243,9 +243,9 @@ def fit(run: Run, train_epoch: Callable[[int], float], validate: Callable[[], tu
             run.average.swap()
         save_checkpoint(run.model, f.last, {**run.last_metadata, "epoch": str(epoch)})
         tensors, meta = dump_optimizer(run.optimizer)
-        _atomic_safetensors(f.optimizer, tensors)
+        atomic_safetensors(f.optimizer, tensors)
         if run.average is not None:
-            _atomic_safetensors(f.average, run.average.tensors(),
+            atomic_safetensors(f.average, run.average.tensors(),
                                 {"epoch": str(epoch), "updates": str(run.average.updates)})
         state = {"key": run.key, "epoch": epoch, "best": best, "history": history, "optimizer": meta,
                  "scheduler": run.scheduler.state_dict(), "rng": torch.get_rng_state().tolist(),
