@@ -373,6 +373,90 @@ def test_stage_lr_decay_gives_each_trained_stage_its_own_rate():
         ClassifierTrainConfig(labels="x", stage_lr_decay=1.5)
 
 
+@pytest.mark.parametrize("name", ["supcon", "proxy-anchor"])
+def test_member_metric_loss_on_the_pooled_vector_falls_with_a_few_steps(name):
+    from dermsearch.train.classifier import _Member
+    from dermsearch.train.losses import metric_loss_module
+
+    torch.manual_seed(0)
+    backbone = create_backbone("efficientnet-lite0")
+    backbone.classifier = None
+    k = 6                          # stage 7 trained on stage 6's outputs: a few cheap steps
+    member = _Member(backbone, k, 3, 0.2, metric_loss_module(name, 3, backbone.pooled_dim))
+    member.set_train()
+    with torch.no_grad():
+        shape = backbone.forward_prefix(torch.zeros(1, 3, 64, 64), k)[0].shape[1:]
+    g = torch.Generator().manual_seed(1)
+    y = torch.arange(3).repeat(8)
+    h = torch.randn(len(y), *shape, generator=g) + 2 * y.view(-1, 1, 1, 1) * torch.randn(1, *shape, generator=g)
+    proxies = member.metric_parameters()
+    assert len(proxies) == (1 if name == "proxy-anchor" else 0)
+    assert {id(p) for p in proxies}.isdisjoint(id(p) for p in member.trainable())
+    opt = torch.optim.AdamW([{"params": member.trainable()}, *([{"params": proxies, "lr": 0.1}] if proxies else [])],
+                            lr=1e-3)
+
+    def metric_loss() -> torch.Tensor:
+        pooled, logits = member.forward_both(h)
+        assert logits.shape == (len(y), 3)
+        return member.metric(pooled, y)
+
+    first = float(metric_loss().detach())
+    for _ in range(8):
+        loss = metric_loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(metric_loss().detach()) < first
+    # the proxies are saved with the member (its resume state), never with the ensemble's members
+    assert any(key.startswith("metric.") for key in member.state_dict()) == (name == "proxy-anchor")
+
+
+def test_member_metric_loss_settings_and_resume_key():
+    base = ClassifierTrainConfig(labels="x")
+    key = _member_key(base, 0)
+    # off keeps the key of runs from before the setting: neither the weight nor the temperature enters it
+    assert not {"member_metric_loss", "member_metric_weight", "metric_temperature"} & set(key)
+    supcon = _member_key(replace(base, member_metric_loss="supcon", member_metric_weight=0.5), 0)
+    assert supcon["member_metric_loss"] == "supcon" and supcon["member_metric_weight"] == 0.5
+    assert supcon["metric_temperature"] == 0.1        # supcon's temperature now shapes the members too
+    assert "metric_temperature" not in _member_key(replace(base, member_metric_loss="proxy-anchor"), 0)
+    # phase two's loss does not touch the members
+    assert _member_key(replace(base, metric_loss="proxy-anchor"), 0) == key
+    for bad in ({"member_metric_loss": "triplet"}, {"member_metric_weight": 0}, {"metric_temperature": 0}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            ClassifierTrainConfig(labels="x", **bad)
+
+
+@pytest.mark.slow
+def test_member_metric_loss_trains_and_resumes_with_its_proxies(synthetic, tmp_path):
+    cfg = ClassifierTrainConfig(labels=str(synthetic), target="diagnosis", member_metric_loss="proxy-anchor",
+                                **{**TINY_TRAIN, "members": 1, "epochs": 3, "head_epochs": 1})
+    cpu = Runtime(device="cpu")
+    train_classifier(cfg, tmp_path / "whole", log=lambda m: None, progress=False, runtime=cpu)
+
+    def killer(line: str) -> None:
+        if "epoch 2/3" in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(cfg, tmp_path / "cut", log=killer, progress=False, runtime=cpu)
+    logs: list[str] = []
+    train_classifier(cfg, tmp_path / "cut", log=logs.append, progress=False, runtime=cpu)
+    assert any("resuming after epoch 2" in line for line in logs) and not any("afresh" in line for line in logs)
+    whole = load_file(str(tmp_path / "whole" / "members" / "m0-last.safetensors"))
+    cut = load_file(str(tmp_path / "cut" / "members" / "m0-last.safetensors"))
+    assert "metric.proxies" in whole and whole.keys() == cut.keys()
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)     # proxies and Adam state resumed with the member
+    # the loss changes what is trained: without it the member ends elsewhere
+    plain = replace(cfg, member_metric_loss="none")
+    train_classifier(plain, tmp_path / "plain", log=lambda m: None, progress=False, runtime=cpu)
+    other = load_file(str(tmp_path / "plain" / "members" / "m0-last.safetensors"))
+    assert not torch.equal(other["head.weight"], whole["head.weight"])
+    # the ensemble holds the network only
+    ens = load_file(str(tmp_path / "whole" / "ensemble.safetensors"))
+    assert not any("proxies" in k for k in ens)
+
+
 @pytest.mark.slow
 def test_tiny_training_diagnosis_target_and_evaluator_head_auc(synthetic, tmp_path):
     cfg = ClassifierTrainConfig(labels=str(synthetic), target="diagnosis", class_weights=True, balanced=True,

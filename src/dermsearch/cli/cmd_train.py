@@ -11,7 +11,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..names import COLOUR_METHODS, DIVERSITY
+from ..names import COLOUR_METHODS, DIVERSITY, METRIC_LOSSES
 from ..presets import PRESETS, changed, get_preset
 from .common import err
 from .options import Common, given, optional, runtime_of
@@ -60,6 +60,10 @@ def register(sub, common: Common) -> None:
     optional(tc, "--member-ema", type=float, metavar="DECAY",
              help="phase one: keep a moving average of each member's weights (e.g. 0.95; the warm-up caps the t-th "
                   "step's decay at (1 + t) / (10 + t)); the average is validated and kept (default 0: off)")
+    optional(tc, "--member-metric-loss", choices=list(METRIC_LOSSES),
+             help="phase one: a metric-learning loss on each member's pooled vector beside its focal loss "
+                  "(supcon at --metric-temperature; default none)")
+    optional(tc, "--member-metric-weight", type=float, help="phase one: weight of that loss (default 1)")
     optional(tc, "--head-epochs", type=int, help="phase two epochs")
     optional(tc, "--head-lr", type=float)
     optional(tc, "--focal-alpha", type=float, help="binary: weight of the positive class")
@@ -75,10 +79,10 @@ def register(sub, common: Common) -> None:
                   "continues from the previous one's last weights with a warm restart, --snapshot-epochs each)")
     optional(tc, "--snapshot-epochs", type=int, metavar="N",
              help="diversity snapshot: phase-one epochs of each member after the first (default 1)")
-    optional(tc, "--metric-loss", choices=["none", "supcon", "proxy-anchor"],
+    optional(tc, "--metric-loss", choices=list(METRIC_LOSSES),
              help="phase two: a metric-learning loss on the search feature beside the head's focal loss")
     optional(tc, "--metric-weight", type=float, help="weight of the metric loss (default 1)")
-    optional(tc, "--metric-temperature", type=float, help="supcon temperature (default 0.1)")
+    optional(tc, "--metric-temperature", type=float, help="supcon temperature, both phases (default 0.1)")
     optional(tc, "--ema", type=float, metavar="DECAY", help="phase two: moving average of the weights (0: off)")
     optional(tc, "--head-select", choices=["balanced_accuracy", "retrieval"],
              help="phase two keeps the epoch best by the head's val balanced accuracy or by the val macro-P@5 of "

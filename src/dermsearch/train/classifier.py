@@ -63,7 +63,7 @@ from .harness import (
     resume_key,
 )
 from .head import HeadData, epoch_sample, fit_head, head_loss, pooled_encoder
-from .losses import binary_focal_loss
+from .losses import binary_focal_loss, metric_loss_module
 from .prefix import FrozenPrefix
 
 __all__ = ["ClassifierTrainConfig", "train_classifier", "dry_run_classifier", "TARGETS"]
@@ -128,11 +128,14 @@ def _fingerprint(*parts) -> str:
 class _Member(nn.Module):
     """One member in phase one: its backbone (prefix unused when shared) and its own head."""
 
-    def __init__(self, backbone: Backbone, k: int, outputs: int, dropout: float):
+    def __init__(self, backbone: Backbone, k: int, outputs: int, dropout: float, metric: nn.Module | None = None):
         super().__init__()
         self.backbone, self.k = backbone, k
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(backbone.pooled_dim, outputs)
+        # phase one's metric loss on the pooled vector; its learned proxies (proxy-anchor) are saved and resumed
+        # with the member but are not part of the ensemble
+        self.metric = metric
 
     def pooled(self, h: torch.Tensor) -> torch.Tensor:
         if self.k == 0:
@@ -142,9 +145,19 @@ class _Member(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.pooled(h)))
 
+    def forward_both(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the pooled vector, the logits), for training with a metric loss on the pooled vector."""
+        pooled = self.pooled(h)
+        return pooled, self.head(self.dropout(pooled))
+
+    def metric_parameters(self) -> list[nn.Parameter]:
+        return [] if self.metric is None else list(self.metric.parameters())
+
     def trainable(self) -> list[nn.Parameter]:
+        """The network's trained parameters (the metric loss's proxies are apart: ``metric_parameters``)."""
         if self.k == 0:
-            return list(self.parameters())
+            skip = {id(p) for p in self.metric_parameters()}
+            return [p for p in self.parameters() if id(p) not in skip]
         mods = [*self.backbone.stages[self.k:], self.backbone.head, self.head]
         return [p for m in mods for p in m.parameters()]
 
@@ -347,6 +360,10 @@ def _member_key(cfg: ClassifierTrainConfig, m: int, start: str = "") -> dict:
     ignore = PHASE_TWO_FIELDS + (() if cfg.diversity == "snapshot" and m > 0 else ("snapshot_epochs",))
     # settings at their neutral value (one learning rate, no average) keep the key of runs made before they existed
     ignore += tuple(k for k, v in NEUTRAL_SETTINGS.items() if getattr(cfg, k) == v)
+    if cfg.member_metric_loss == "none":
+        ignore += ("member_metric_weight",)
+    elif cfg.member_metric_loss == "supcon":   # phase one's SupCon uses the temperature too
+        ignore = tuple(k for k in ignore if k != "metric_temperature")
     return resume_key(cfg.to_dict(), ignore) | ({"snapshot_of": start} if start else {})
 
 
@@ -361,7 +378,10 @@ def _train_member(ses: _Session, m: int) -> dict:
     cfg = ses.cfg
     files = RunFiles(ses.out / "members", f"m{m}-")
     torch.manual_seed(cfg.seed * 1000 + m)
-    member = _Member(ses.fresh_backbone(), ses.k, ses.labels.outputs, cfg.dropout).to(ses.device)
+    backbone = ses.fresh_backbone()
+    metric = metric_loss_module(cfg.member_metric_loss, max(ses.labels.outputs, 2), backbone.pooled_dim,
+                                cfg.metric_temperature)
+    member = _Member(backbone, ses.k, ses.labels.outputs, cfg.dropout, metric).to(ses.device)
     if cfg.weights == "random" and ses.k:
         # the shared prefix must be the same network for every member: member 0's initialisation
         torch.manual_seed(cfg.seed)
@@ -372,11 +392,11 @@ def _train_member(ses: _Session, m: int) -> dict:
         member.load_state_dict(load_file(str(RunFiles(files.directory, f"m{m - 1}-").last)), strict=True)
         start = state_fingerprint(member)
     epochs = cfg.member_epochs(m)
-    if cfg.stage_lr_decay == 1:
-        opt = torch.optim.AdamW(member.trainable(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.AdamW(member.param_groups(cfg.lr, cfg.stage_lr_decay), lr=cfg.lr,
-                                weight_decay=cfg.weight_decay)
+    groups = ([{"params": member.trainable(), "lr": cfg.lr}] if cfg.stage_lr_decay == 1 else
+              member.param_groups(cfg.lr, cfg.stage_lr_decay))
+    if member.metric_parameters():   # proxies learn fast, as in phase two
+        groups.append({"params": member.metric_parameters(), "lr": cfg.lr * 100, "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     base_idx = _member_indices(cfg, m, len(ses.y_train))
     steps = math.ceil(len(base_idx) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, [g["lr"] for g in opt.param_groups],
@@ -399,10 +419,12 @@ def _train_member(ses: _Session, m: int) -> dict:
         for i in iterate(len(order), cfg.batch_size, f"member {m + 1}/{cfg.members} epoch {epoch + 1}", ses.progress):
             idx = order[i:i + cfg.batch_size]
             h = ses.batch_input(idx, rng.integers(0, 8, len(idx)), g)
+            y = ses.y_train[torch.from_numpy(idx)].to(ses.device)
             with autocast(ses.device):
-                logits = member(h)
-            loss = head_loss(cfg, logits.float(), ses.y_train[torch.from_numpy(idx)].to(ses.device),
-                             ses.class_weights)
+                pooled, logits = member.forward_both(h)
+            loss = head_loss(cfg, logits.float(), y, ses.class_weights)
+            if member.metric is not None:
+                loss = loss + cfg.member_metric_weight * member.metric(pooled.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -542,8 +564,9 @@ def dry_run_classifier(cfg: ClassifierTrainConfig, steps: int = 3, runtime: Runt
     torch.manual_seed(cfg.seed)
     backbone = create_backbone(cfg.backbone)
     backbone.classifier = None
-    member = _Member(backbone, k, 1, cfg.dropout)
-    trainable = member.trainable()
+    member = _Member(backbone, k, 1, cfg.dropout,
+                     metric_loss_module(cfg.member_metric_loss, 2, backbone.pooled_dim, cfg.metric_temperature))
+    trainable = member.trainable() + member.metric_parameters()
     n_trained = sum(p.numel() for p in trainable)
     device = runtime_device(runtime)
     with torch.no_grad():
@@ -553,7 +576,11 @@ def dry_run_classifier(cfg: ClassifierTrainConfig, steps: int = 3, runtime: Runt
         return torch.randn(b, *shape, device=dev), (torch.rand(b, device=dev) < 0.2).float()
 
     def loss_fn(model, x, y):
-        return binary_focal_loss(model(x), y, cfg.focal_alpha, cfg.focal_gamma)
+        pooled, logits = model.forward_both(x)
+        loss = binary_focal_loss(logits, y, cfg.focal_alpha, cfg.focal_gamma)
+        if model.metric is not None:   # phase one's metric loss costs its share too
+            loss = loss + cfg.member_metric_weight * model.metric(pooled.float(), y.long())
+        return loss
 
     per_batch, act, how = dry_run_steps(member, trainable, make_batch, loss_fn, steps, str(device))
     if cfg.member_ema:   # the average of a member's weights and the copy each swap makes

@@ -22,7 +22,7 @@ TARGETS = ("melanoma", "diagnosis")
 N_STAGES = 7
 # classifier settings added after runs were made, at the value that trains as before they existed: a run
 # (or a recorded config) without the setting is the same run as one with it at this value
-NEUTRAL_SETTINGS = {"stage_lr_decay": 1.0, "member_ema": 0.0}
+NEUTRAL_SETTINGS = {"stage_lr_decay": 1.0, "member_ema": 0.0, "member_metric_loss": "none"}
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,9 @@ class ClassifierTrainConfig:
                                       # last learns at this times the rate of the stage above it (1: one rate)
     member_ema: float = 0.0           # phase one: decay of a moving average of each member's weights, with a
                                       # warm-up; the average is validated and kept (0: off)
+    member_metric_loss: str = "none"  # phase one: "none", "supcon" or "proxy-anchor" on each member's pooled vector,
+                                      # beside its focal loss (supcon at metric_temperature)
+    member_metric_weight: float = 1.0 # phase one: weight of that loss
     dropout: float = 0.2
     head_variants: bool = False       # phase two also on the x7 variants (default: the originals only)
     head_dropout: float = 0.5         # phase two: dropout on the members' pooled vectors while training
@@ -108,6 +111,12 @@ class ClassifierTrainConfig:
             raise ConfigError("members must be at least 1")
         if self.metric_loss not in METRIC_LOSSES:
             raise ConfigError(f"metric_loss must be one of {METRIC_LOSSES}, not {self.metric_loss!r}")
+        if self.member_metric_loss not in METRIC_LOSSES:
+            raise ConfigError(f"member_metric_loss must be one of {METRIC_LOSSES}, not {self.member_metric_loss!r}")
+        if self.member_metric_weight <= 0:
+            raise ConfigError(f"member_metric_weight must be positive, not {self.member_metric_weight}")
+        if self.metric_temperature <= 0:
+            raise ConfigError(f"metric_temperature must be positive, not {self.metric_temperature}")
         if self.head_select not in HEAD_SELECT:
             raise ConfigError(f"head_select must be one of {HEAD_SELECT}, not {self.head_select!r}")
         if self.colour not in COLOUR_METHODS:
