@@ -22,7 +22,7 @@ TARGETS = ("melanoma", "diagnosis")
 N_STAGES = 7
 # classifier settings added after runs were made, at the value that trains as before they existed: a run
 # (or a recorded config) without the setting is the same run as one with it at this value
-NEUTRAL_SETTINGS = {"stage_lr_decay": 1.0, "member_ema": 0.0, "member_metric_loss": "none"}
+NEUTRAL_SETTINGS = {"stage_lr_decay": 1.0, "member_ema": 0.0, "member_metric_loss": "none", "member_metric_weight": 1.0}
 
 
 @dataclass(frozen=True)
