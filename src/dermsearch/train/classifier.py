@@ -146,9 +146,19 @@ class _Member(nn.Module):
         return self.head(self.dropout(self.pooled(h)))
 
     def forward_both(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the pooled vector, the logits), for training with a metric loss on the pooled vector."""
+        """(the pooled vector, the logits)."""
         pooled = self.pooled(h)
         return pooled, self.head(self.dropout(pooled))
+
+    def loss(self, h: torch.Tensor, y: torch.Tensor, head_loss_fn: Callable, metric_weight: float) -> torch.Tensor:
+        """Phase one's training loss: ``head_loss_fn(logits, y)`` plus, with a metric loss, ``metric_weight``
+        times it on the pooled vector (``y``: integer class labels)."""
+        with autocast(h.device):
+            pooled, logits = self.forward_both(h)
+        loss = head_loss_fn(logits.float(), y)
+        if self.metric is not None:
+            loss = loss + metric_weight * self.metric(pooled.float(), y.long())
+        return loss
 
     def metric_parameters(self) -> list[nn.Parameter]:
         return [] if self.metric is None else list(self.metric.parameters())
@@ -420,11 +430,8 @@ def _train_member(ses: _Session, m: int) -> dict:
             idx = order[i:i + cfg.batch_size]
             h = ses.batch_input(idx, rng.integers(0, 8, len(idx)), g)
             y = ses.y_train[torch.from_numpy(idx)].to(ses.device)
-            with autocast(ses.device):
-                pooled, logits = member.forward_both(h)
-            loss = head_loss(cfg, logits.float(), y, ses.class_weights)
-            if member.metric is not None:
-                loss = loss + cfg.member_metric_weight * member.metric(pooled.float(), y)
+            loss = member.loss(h, y, lambda logits, y: head_loss(cfg, logits, y, ses.class_weights),
+                               cfg.member_metric_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -575,12 +582,9 @@ def dry_run_classifier(cfg: ClassifierTrainConfig, steps: int = 3, runtime: Runt
     def make_batch(dev):
         return torch.randn(b, *shape, device=dev), (torch.rand(b, device=dev) < 0.2).float()
 
-    def loss_fn(model, x, y):
-        pooled, logits = model.forward_both(x)
-        loss = binary_focal_loss(logits, y, cfg.focal_alpha, cfg.focal_gamma)
-        if model.metric is not None:   # phase one's metric loss costs its share too
-            loss = loss + cfg.member_metric_weight * model.metric(pooled.float(), y.long())
-        return loss
+    def loss_fn(model, x, y):   # phase one's metric loss, when set, costs its share too
+        return model.loss(x, y, lambda logits, y: binary_focal_loss(logits, y, cfg.focal_alpha, cfg.focal_gamma),
+                          cfg.member_metric_weight)
 
     per_batch, act, how = dry_run_steps(member, trainable, make_batch, loss_fn, steps, str(device))
     if cfg.member_ema:   # the average of a member's weights and the copy each swap makes
