@@ -184,9 +184,11 @@ def test_interrupted_member_resumes_from_its_last_epoch(synthetic, tmp_path, dec
         train_classifier(cfg, tmp_path / "run", log=killer, progress=False)
     assert not (tmp_path / "run" / "ensemble.safetensors").exists()
     logs: list[str] = []
-    # another device for the second sitting (the device is not part of the resume key)
-    train_classifier(cfg, tmp_path / "run", log=logs.append, progress=False, runtime=Runtime(device="cpu"))
+    # another device and another precision for the second sitting (neither is part of the resume key)
+    train_classifier(cfg, tmp_path / "run", log=logs.append, progress=False,
+                     runtime=Runtime(device="cpu", precision="bf16"))
     assert not any("afresh" in line for line in logs)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["machine"]["precision"] == "bf16"
     assert any("resuming after epoch 2" in line for line in logs)
     assert sum("member 1/1 epoch" in line for line in logs) == 2   # epochs 3 and 4 only
     assert (tmp_path / "run" / "ensemble.safetensors").is_file()

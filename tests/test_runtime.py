@@ -15,6 +15,8 @@ def test_runtime_checks_its_fields_and_names_the_valid_choices():
     assert Runtime() == Runtime(device="auto", threads=None, backend="auto", batch_size=16, decode_threads=2)
     with pytest.raises(ConfigError, match="torch, onnx, auto"):
         Runtime(backend="tensorrt")
+    with pytest.raises(ConfigError, match="auto, fp32, bf16"):
+        Runtime(precision="fp16")
     for bad in ({"threads": 0}, {"batch_size": 0}, {"decode_threads": 0}, {"device": ""}):
         with pytest.raises(ConfigError):
             Runtime(**bad)
@@ -45,3 +47,7 @@ def test_every_runtime_command_spells_device_and_threads_once():
         assert runtime_of(args) == Runtime(device="cpu", threads=2), argv
     args = parser.parse_args(["search", "ix", "q.jpg"])
     assert runtime_of(args) == Runtime()                  # the one default policy
+    for what in ("classifier", "segmenter"):               # training alone takes a precision
+        args = parser.parse_args(["train", what, "--labels", "l.csv", "--out", "o", "--precision", "bf16"])
+        assert args.precision == "bf16"
+        assert parser.parse_args(["train", what, "--labels", "l.csv", "--out", "o"]).precision == "auto"

@@ -233,16 +233,52 @@ def test_training_config_rejects_unknown_options():
             ClassifierTrainConfig(labels="-", **bad)
 
 
-def test_autocast_is_a_no_op_on_cpu_and_bf16_on_cuda():
-    from dermsearch.train.harness import autocast
+def test_autocast_follows_the_runtime_precision():
+    from dermsearch.train.harness import autocast, resolved_precision
 
-    with autocast(torch.device("cpu")):
-        y = torch.nn.Linear(4, 4)(torch.randn(2, 4))
-    assert y.dtype == torch.float32
+    def out_dtype(device: str, precision: str) -> torch.dtype:
+        layer = torch.nn.Linear(4, 4).to(device)
+        with autocast(torch.device(device), precision):
+            return layer(torch.randn(2, 4, device=device)).dtype
+
+    assert out_dtype("cpu", "auto") == torch.float32          # the default on the CPU: float32 as before
+    assert out_dtype("cpu", "fp32") == torch.float32
+    assert out_dtype("cpu", "bf16") == torch.bfloat16         # asked for: bfloat16 autocast on the CPU too
+    assert [resolved_precision(torch.device(d), p) for d, p in
+            (("cpu", "auto"), ("cuda", "auto"), ("cuda", "fp32"), ("cpu", "bf16"))] == ["fp32", "bf16", "fp32", "bf16"]
+    with pytest.raises(ValueError, match="auto, fp32 or bf16"):
+        resolved_precision(torch.device("cpu"), "fp16")
     if torch.cuda.is_available():   # exercised on a GPU machine only
-        with autocast(torch.device("cuda")):
-            z = torch.nn.Linear(4, 4).cuda()(torch.randn(2, 4, device="cuda"))
-        assert z.dtype == torch.bfloat16
+        assert out_dtype("cuda", "auto") == torch.bfloat16
+        assert out_dtype("cuda", "fp32") == torch.float32
+
+
+def test_a_bf16_member_step_on_the_cpu_lowers_the_loss_in_float32():
+    """Phase one's loss under ``precision="bf16"``: the network runs in bfloat16, the loss and the
+    weights stay float32, and a few steps on a fixed batch lower the loss."""
+    from dermsearch.models import create_backbone
+    from dermsearch.train.classifier import _Member
+    from dermsearch.train.losses import multiclass_focal_loss
+
+    torch.manual_seed(0)
+    backbone = create_backbone("efficientnet-lite0")
+    backbone.classifier = None
+    member = _Member(backbone, 6, 3, 0.0)        # stage 7 trained on stage-6 outputs, as with a frozen prefix
+    with torch.no_grad():
+        h = backbone.forward_prefix(torch.rand(8, 3, 64, 64) * 255, 6)[0]
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    opt = torch.optim.AdamW(member.trainable(), lr=1e-3)
+    losses = []
+    for _ in range(8):
+        member.set_train()
+        loss = member.loss(h, y, lambda logits, y: multiclass_focal_loss(logits, y), 1.0, "bf16")
+        assert loss.dtype == torch.float32
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0]
+    assert all(p.dtype == torch.float32 for p in member.parameters())
 
 
 # ------------------------------------------------------------------ test-time views

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from .errors import ConfigError
-from .names import BACKENDS
+from .names import BACKENDS, PRECISIONS
 
 __all__ = ["Runtime"]
 
@@ -27,6 +27,7 @@ class Runtime:
     backend: str = "auto"          # extraction: torch, onnx (ONNX Runtime), auto (see below)
     batch_size: int = 16           # images per forward pass when extracting (not a training batch)
     decode_threads: int = 2        # image-decoding threads that run ahead of inference when indexing
+    precision: str = "auto"        # training's arithmetic: auto (bf16 autocast on CUDA, fp32 on the CPU), fp32, bf16
 
     # backend "auto": ONNX Runtime on the CPU when onnxruntime is installed. Building an index (or an
     # Extractor) exports the model once when needed; a Searcher encodes a query with an existing export,
@@ -41,6 +42,8 @@ class Runtime:
             raise ConfigError(f"threads must be at least 1 (or unset), not {self.threads}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, not {self.batch_size}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.decode_threads < 1:
             raise ConfigError(f"decode_threads must be at least 1, not {self.decode_threads}")
 

@@ -150,10 +150,12 @@ class _Member(nn.Module):
         pooled = self.pooled(h)
         return pooled, self.head(self.dropout(pooled))
 
-    def loss(self, h: torch.Tensor, y: torch.Tensor, head_loss_fn: Callable, metric_weight: float) -> torch.Tensor:
+    def loss(self, h: torch.Tensor, y: torch.Tensor, head_loss_fn: Callable, metric_weight: float,
+             precision: str = "auto") -> torch.Tensor:
         """Phase one's training loss: ``head_loss_fn(logits, y)`` plus, with a metric loss, ``metric_weight``
-        times it on the pooled vector (``y``: integer class labels)."""
-        with autocast(h.device):
+        times it on the pooled vector (``y``: integer class labels); the network runs under ``precision``'s
+        autocast (``Runtime.precision``), the losses in float32."""
+        with autocast(h.device, precision):
             pooled, logits = self.forward_both(h)
         loss = head_loss_fn(logits.float(), y)
         if self.metric is not None:
@@ -214,6 +216,7 @@ class _Session:
     cfg: ClassifierTrainConfig
     out: Path
     device: torch.device
+    precision: str
     log: Callable[[str], None]
     progress: bool
     train: LabelledSet
@@ -307,7 +310,8 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Calla
                 yield prefix.normalise(val.images[i:i + 128].to(device).float() / 255.0)
 
     # ---- phase one
-    ses = _Session(cfg, out, device, log, progress, train, val, labels, y_train, y_val, class_weights, k,
+    precision = runtime.precision if runtime else "auto"
+    ses = _Session(cfg, out, device, precision, log, progress, train, val, labels, y_train, y_val, class_weights, k,
                    fresh_backbone, batch_input, val_inputs, prefix, pool, n_var)
     members_state = [] if source is not None else [_train_member(ses, m) for m in range(cfg.members)]
 
@@ -431,7 +435,7 @@ def _train_member(ses: _Session, m: int) -> dict:
             h = ses.batch_input(idx, rng.integers(0, 8, len(idx)), g)
             y = ses.y_train[torch.from_numpy(idx)].to(ses.device)
             loss = member.loss(h, y, lambda logits, y: head_loss(cfg, logits, y, ses.class_weights),
-                               cfg.member_metric_weight)
+                               cfg.member_metric_weight, ses.precision)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -546,7 +550,7 @@ def _train_head(ses: _Session, net: EnsembleFeatureNet, spec: EnsembleSpec, memb
     best_metrics, history = fit_head(
         net, cfg, data, lambda logits: _metrics(cfg, logits, y_val, val.melanoma, labels.classes, cw),
         lambda vm: _score(cfg, vm), class_weights, device, log)
-    metrics = {"val": {"ensemble": best_metrics, "members": member_metrics}, "machine": machine(device)}
+    metrics = {"val": {"ensemble": best_metrics, "members": member_metrics}, "machine": machine(device, ses.precision)}
     spec = EnsembleSpec(**{**asdict(spec), "metrics": metrics})
     save_ensemble(net.cpu(), spec, out / "ensemble.safetensors")
     phase_one = [rec for st in members_state for rec in st["history"]]
@@ -584,7 +588,7 @@ def dry_run_classifier(cfg: ClassifierTrainConfig, steps: int = 3, runtime: Runt
 
     def loss_fn(model, x, y):   # phase one's metric loss, when set, costs its share too
         return model.loss(x, y, lambda logits, y: binary_focal_loss(logits, y, cfg.focal_alpha, cfg.focal_gamma),
-                          cfg.member_metric_weight)
+                          cfg.member_metric_weight, runtime.precision if runtime else "auto")
 
     per_batch, act, how = dry_run_steps(member, trainable, make_batch, loss_fn, steps, str(device))
     if cfg.member_ema:   # the average of a member's weights and the copy each swap makes

@@ -27,9 +27,9 @@ from torch import nn
 from ..models.weights import save_checkpoint
 
 __all__ = ["RUNTIME_FIELDS", "resume_key", "atomic_json", "atomic_safetensors", "RunFiles", "Run", "WeightAverage",
-           "fit", "iterate", "autocast", "dump_optimizer", "load_optimizer", "machine"]
+           "fit", "iterate", "autocast", "resolved_precision", "dump_optimizer", "load_optimizer", "machine"]
 
-RUNTIME_FIELDS = ("device",)   # how a run executes, not what it computes: never part of a resume key
+RUNTIME_FIELDS = ("device", "precision")   # how a run executes, not what it computes: never part of a resume key
 
 
 def resume_key(config: dict, ignore: tuple[str, ...] = ()) -> dict:
@@ -271,17 +271,30 @@ def iterate(n: int, step: int, desc: str, progress: bool):
     return track(batches, description=desc, transient=True, console=Console(stderr=True))  # stdout: results
 
 
-def autocast(device: torch.device):
-    """Mixed precision where it pays: bfloat16 autocast on CUDA (no loss scaling needed), nothing on CPU."""
+def autocast(device: torch.device, precision: str = "auto"):
+    """Training's mixed precision (``Runtime.precision``): ``auto`` is bfloat16 autocast on CUDA (no loss
+    scaling needed) and nothing on the CPU; ``bf16`` is bfloat16 autocast on either (worth it on CPUs
+    with AMX or AVX512-BF16, much slower elsewhere); ``fp32`` is nothing on either."""
     import contextlib
 
-    if torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    kind = torch.device(device).type
+    if resolved_precision(device, precision) == "bf16":
+        return torch.autocast(kind, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def machine(device: torch.device) -> dict:
-    """Which machine made a run's weights: device, processor or GPU model, thread count, torch version."""
+def resolved_precision(device: torch.device, precision: str = "auto") -> str:
+    """``bf16`` or ``fp32``: what ``precision`` means on ``device``."""
+    if precision == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, not {precision!r}")
+    return precision
+
+
+def machine(device: torch.device, precision: str = "auto") -> dict:
+    """Which machine made a run's weights: device, processor or GPU model, thread count, torch version,
+    and the arithmetic of its training steps."""
     import os
     import platform
 
@@ -291,7 +304,8 @@ def machine(device: torch.device) -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    out = {"device": str(device), "cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__}
+    out = {"device": str(device), "cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
+           "precision": resolved_precision(device, precision)}
     if torch.device(device).type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(device)
     return out

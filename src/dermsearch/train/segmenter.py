@@ -55,11 +55,12 @@ def _evaluate(model: Segmenter, data: PairSet, cfg: SegTrainConfig, device) -> t
 def train_segmenter(cfg: SegTrainConfig, out_dir: str | Path,
                     log: Callable[[str], None] = print, progress: bool = True, runtime: Runtime | None = None) -> dict:
     """Train; returns the history. Resumes from ``out_dir`` when a matching run stopped there,
-    whatever ``runtime`` (device, threads) either ran on."""
+    whatever ``runtime`` (device, threads, precision) either ran on."""
     cfg.require_labels()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = runtime_device(runtime)
+    precision = runtime.precision if runtime else "auto"
     torch.manual_seed(cfg.seed)
     t_load = time.perf_counter()
     train = load_pairs(cfg.labels, cfg.split, (cfg.train_split,), cfg.image_size, cfg.limit)
@@ -88,7 +89,7 @@ def train_segmenter(cfg: SegTrainConfig, out_dir: str | Path,
             if augment is not None:
                 x, y = augment(x, y)
                 y = (y > 0.5).float()
-            with autocast(device):
+            with autocast(device, precision):
                 logits = model((x - SEG_MEAN) / SEG_STD)
             loss = focal_tversky_loss(logits.float(), y, cfg.alpha, cfg.beta, cfg.gamma)
             opt.zero_grad(set_to_none=True)
@@ -134,8 +135,10 @@ def dry_run_segmenter(cfg: SegTrainConfig, steps: int = 3, runtime: Runtime | No
     def make_batch(dev):
         return torch.randn(b, 3, s, s, device=dev), (torch.rand(b, 1, s, s, device=dev) < 0.3).float()
 
-    def loss_fn(m, x, y):
-        return focal_tversky_loss(m(x), y, cfg.alpha, cfg.beta, cfg.gamma)
+    def loss_fn(m, x, y):   # as a training step: the network under the run's autocast, the loss in float32
+        with autocast(x.device, runtime.precision if runtime else "auto"):
+            logits = m(x)
+        return focal_tversky_loss(logits.float(), y, cfg.alpha, cfg.beta, cfg.gamma)
 
     device = str(runtime_device(runtime))
     per_batch, act, how = dry_run_steps(model, params, make_batch, loss_fn, steps, device)
