@@ -99,6 +99,23 @@ def test_dry_run_measures_real_steps_and_explicit_flags_override_the_preset(tmp_
     assert not (tmp_path / "run" / "ensemble.safetensors").exists()
 
 
+def test_dry_run_counts_the_real_classes_proxies_and_runs_in_bf16(tmp_path, capsys):
+    labels = _synthetic_set(tmp_path / "data")         # 3 diagnoses: mel, nv, bkl
+    small = ["--labels", str(labels), "--out", str(tmp_path / "run"), "--members", "2", "--image-size", "32",
+             "--batch-size", "4", "--dry-run", "--dry-run-steps", "1"]
+    trained = {}
+    for loss in ("none", "proxy-anchor"):
+        assert main(["train", "classifier", *small, "--member-metric-loss", loss, "--precision", "bf16"]) == 0
+        trained[loss] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["trainable"]
+    assert trained["proxy-anchor"] - trained["none"] == 3 * 1280     # one proxy per diagnosis, Lite0's pooled dim
+    assert main(["train", "segmenter", "--labels", str(labels), "--out", str(tmp_path / "seg"), "--image-size", "32",
+                 "--width", "4", "--batch-size", "2", "--precision", "bf16", "--dry-run", "--dry-run-steps", "1"]) == 0
+    est = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert est["seconds_per_batch"] > 0 and est["batches"] == 12 * 50     # ceil(24 / 2) x the preset's 50 epochs
+    assert not (tmp_path / "run" / "ensemble.safetensors").exists()
+    assert not (tmp_path / "seg" / "best.safetensors").exists()
+
+
 @pytest.mark.slow
 def test_tiny_paper_preset_trains_and_indexes_end_to_end(tmp_path, capsys):
     require_data(HAM / "labels.csv")

@@ -160,7 +160,8 @@ def _print_dry_run(estimate) -> int:
 
 def cmd_train_segmenter(args) -> int:
     _require_train()
-    from ..train.segmenter import dry_run_segmenter, train_segmenter
+    from ..train.resources import dry_run_segmenter
+    from ..train.segmenter import train_segmenter
 
     cfg = _config(args, get_preset(args.preset).segmenter)
     runtime = runtime_of(args, precision=args.precision)
@@ -174,7 +175,8 @@ def cmd_train_segmenter(args) -> int:
 
 def cmd_train_classifier(args) -> int:
     _require_train()
-    from ..train.classifier import dry_run_classifier, train_classifier
+    from ..train.classifier import train_classifier
+    from ..train.resources import dry_run_classifier
 
     cfg = _config(args, get_preset(args.preset).classifier)
     runtime = runtime_of(args, precision=args.precision)

@@ -63,10 +63,10 @@ from .harness import (
     resume_key,
 )
 from .head import HeadData, epoch_sample, fit_head, head_loss, pooled_encoder
-from .losses import binary_focal_loss, metric_loss_module
+from .losses import metric_loss_module
 from .prefix import FrozenPrefix
 
-__all__ = ["ClassifierTrainConfig", "train_classifier", "dry_run_classifier", "TARGETS"]
+__all__ = ["ClassifierTrainConfig", "train_classifier", "TARGETS"]
 
 
 
@@ -558,53 +558,3 @@ def _train_head(ses: _Session, net: EnsembleFeatureNet, spec: EnsembleSpec, memb
     log(f"ensemble: val melanoma AUC {best_metrics['auc']:.4f} (members "
         + ", ".join(f"{mm['auc']:.4f}" for mm in member_metrics) + f") -> {out / 'ensemble.safetensors'}")
     return metrics
-
-
-# ------------------------------------------------------------------ resource estimate
-
-def dry_run_classifier(cfg: ClassifierTrainConfig, steps: int = 3, runtime: Runtime | None = None):
-    """Parameters, memory and measured seconds per batch of ``cfg`` on its device; nothing is trained."""
-    cfg.require_labels()
-    from .resources import DryRun, adam_bytes, batches_for, count_rows, dry_run_steps
-
-    n = count_rows(cfg.labels, cfg.split, cfg.train_split, cfg.limit)
-    k, b, s = cfg.shared_stages, cfg.batch_size, cfg.image_size
-    spec = EnsembleSpec(backbone=cfg.backbone, members=cfg.members, shared_stages=k, feature_dim=cfg.feature_dim,
-                        head_outputs=1, member_heads=True)
-    total = sum(p.numel() for p in build_ensemble(spec).parameters())
-    torch.manual_seed(cfg.seed)
-    backbone = create_backbone(cfg.backbone)
-    backbone.classifier = None
-    member = _Member(backbone, k, 1, cfg.dropout,
-                     metric_loss_module(cfg.member_metric_loss, 2, backbone.pooled_dim, cfg.metric_temperature))
-    trainable = member.trainable() + member.metric_parameters()
-    n_trained = sum(p.numel() for p in trainable)
-    device = runtime_device(runtime)
-    with torch.no_grad():
-        shape = backbone.forward_prefix(torch.zeros(1, 3, s, s), k)[0].shape[1:] if k else (3, s, s)
-
-    def make_batch(dev):
-        return torch.randn(b, *shape, device=dev), (torch.rand(b, device=dev) < 0.2).float()
-
-    def loss_fn(model, x, y):   # phase one's metric loss, when set, costs its share too
-        return model.loss(x, y, lambda logits, y: binary_focal_loss(logits, y, cfg.focal_alpha, cfg.focal_gamma),
-                          cfg.member_metric_weight, runtime.precision if runtime else "auto")
-
-    per_batch, act, how = dry_run_steps(member, trainable, make_batch, loss_fn, steps, str(device))
-    if cfg.member_ema:   # the average of a member's weights and the copy each swap makes
-        act += 2 * 4 * sum(t.numel() for t in member.state_dict().values())
-    batches = sum(batches_for(n, b, cfg.member_epochs(m)) for m in range(cfg.members))
-    estimate = per_batch * batches
-    if k:   # the frozen shared stages: once per (image, variant) when cached, else on every batch
-        x = torch.randn(b, 3, s, s, device=device)
-        backbone.to(device).eval()
-        with torch.no_grad():
-            backbone.forward_prefix(x, k)
-            t0 = time.perf_counter()
-            backbone.forward_prefix(x, k)
-            prefix_s = time.perf_counter() - t0
-        cached = cfg.augment != "online"
-        estimate += prefix_s * (math.ceil(n * (8 if cfg.augment == "x7" else 1) / b) if cached else batches)
-    return DryRun(f"train classifier ({cfg.members} x {cfg.backbone}, {cfg.trainable_stages} trained stages)",
-                  str(device), total, n_trained, b, s, per_batch, adam_bytes(n_trained, total - n_trained) + act, how,
-                  batches, estimate)

@@ -1,7 +1,8 @@
 """Resource estimates before a long training run: parameters, memory, measured seconds per batch.
 
 ``--dry-run`` builds the real model of a training config, runs a few real optimisation steps on
-random inputs of the configured batch and image size on the chosen device, and extrapolates.
+random inputs of the configured batch and image size on the chosen device (with the run's loss and
+precision), and extrapolates: :func:`dry_run_classifier`, :func:`dry_run_segmenter`.
 """
 
 from __future__ import annotations
@@ -16,10 +17,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models.device import resolve_device
+from ..models.device import resolve_device, runtime_device
+from ..models.ensemble import EnsembleSpec, build_ensemble
+from ..models.registry import create_backbone
+from ..models.segmentation import Segmenter
+from ..runtime import Runtime
+from .classifier import _Member
+from .config import ClassifierTrainConfig, SegTrainConfig
 from .data import read_split_map
+from .harness import autocast
+from .head import head_loss
+from .losses import focal_tversky_loss, metric_loss_module
 
-__all__ = ["DryRun", "dry_run_steps", "count_rows"]
+__all__ = ["DryRun", "dry_run_steps", "count_rows", "dry_run_classifier", "dry_run_segmenter"]
 
 
 @dataclass
@@ -50,17 +60,21 @@ class DryRun:
                 f"run: about {human}.")
 
 
-def count_rows(labels_csv: str | Path, split_csv: str | Path | None, split: str, limit: int = 0) -> int:
-    """Rows of ``split`` (all rows without a split file) in a labels CSV."""
+def split_rows(labels_csv: str | Path, split_csv: str | Path | None, split: str, limit: int = 0) -> list[dict]:
+    """The rows of ``split`` (all rows without a split file) in a labels CSV, the first ``limit`` if set."""
     with open(labels_csv, newline="") as f:
         rows = list(csv.DictReader(f))
-    ids = [r["image_id"] for r in rows]
     if split_csv is None and rows and "split" in rows[0]:
-        ids = [r["image_id"] for r in rows if r["split"] == split]
+        rows = [r for r in rows if r["split"] == split]
     elif split_csv is not None:
         s = read_split_map(split_csv)
-        ids = [i for i in ids if s.get(i) == split]
-    return min(len(ids), limit) if limit else len(ids)
+        rows = [r for r in rows if s.get(r["image_id"]) == split]
+    return rows[:limit] if limit else rows
+
+
+def count_rows(labels_csv: str | Path, split_csv: str | Path | None, split: str, limit: int = 0) -> int:
+    """Rows of ``split`` (all rows without a split file) in a labels CSV."""
+    return len(split_rows(labels_csv, split_csv, split, limit))
 
 
 def _peak_rss() -> int:
@@ -104,3 +118,82 @@ def adam_bytes(trainable: int, frozen: int) -> int:
 
 def batches_for(n: int, batch: int, epochs: int, repeats: int = 1) -> int:
     return math.ceil(n / batch) * epochs * repeats
+
+
+def dry_run_classifier(cfg: ClassifierTrainConfig, steps: int = 3, runtime: Runtime | None = None) -> DryRun:
+    """Parameters, memory and measured seconds per batch of ``cfg``'s phase one on its device (a member
+    with its head and, when set, its metric loss and proxies for the real classes); nothing is trained."""
+    cfg.require_labels()
+    rows = split_rows(cfg.labels, cfg.split, cfg.train_split, cfg.limit)
+    n = len(rows)
+    classes = 1 if cfg.target == "melanoma" else max(2, len({r.get(cfg.column, "") for r in rows}))
+    k, b, s = cfg.shared_stages, cfg.batch_size, cfg.image_size
+    spec = EnsembleSpec(backbone=cfg.backbone, members=cfg.members, shared_stages=k, feature_dim=cfg.feature_dim,
+                        head_outputs=classes, member_heads=True)
+    total = sum(p.numel() for p in build_ensemble(spec).parameters())
+    torch.manual_seed(cfg.seed)
+    backbone = create_backbone(cfg.backbone)
+    backbone.classifier = None
+    member = _Member(backbone, k, classes, cfg.dropout,
+                     metric_loss_module(cfg.member_metric_loss, max(classes, 2), backbone.pooled_dim,
+                                        cfg.metric_temperature))
+    trainable = member.trainable() + member.metric_parameters()
+    n_trained = sum(p.numel() for p in trainable)
+    device = runtime_device(runtime)
+    precision = runtime.precision if runtime else "auto"
+    with torch.no_grad():
+        shape = backbone.forward_prefix(torch.zeros(1, 3, s, s), k)[0].shape[1:] if k else (3, s, s)
+
+    def make_batch(dev):
+        y = ((torch.rand(b, device=dev) < 0.2).float() if cfg.target == "melanoma"
+             else torch.randint(0, classes, (b,), device=dev))
+        return torch.randn(b, *shape, device=dev), y
+
+    def loss_fn(model, x, y):   # phase one's own loss (with its metric loss, when set) and precision
+        return model.loss(x, y, lambda logits, y: head_loss(cfg, logits, y, None), cfg.member_metric_weight,
+                          precision)
+
+    per_batch, act, how = dry_run_steps(member, trainable, make_batch, loss_fn, steps, str(device))
+    if cfg.member_ema:   # the average of a member's weights and the copy each swap makes
+        act += 2 * 4 * sum(t.numel() for t in member.state_dict().values())
+    batches = sum(batches_for(n, b, cfg.member_epochs(m)) for m in range(cfg.members))
+    estimate = per_batch * batches
+    if k:   # the frozen shared stages: once per (image, variant) when cached, else on every batch
+        x = torch.randn(b, 3, s, s, device=device)
+        backbone.to(device).eval()
+        with torch.no_grad():
+            backbone.forward_prefix(x, k)
+            t0 = time.perf_counter()
+            backbone.forward_prefix(x, k)
+            prefix_s = time.perf_counter() - t0
+        cached = cfg.augment != "online"
+        estimate += prefix_s * (math.ceil(n * (8 if cfg.augment == "x7" else 1) / b) if cached else batches)
+    return DryRun(f"train classifier ({cfg.members} x {cfg.backbone}, {cfg.trainable_stages} trained stages)",
+                  str(device), total, n_trained, b, s, per_batch, adam_bytes(n_trained, total - n_trained) + act, how,
+                  batches, estimate)
+
+
+def dry_run_segmenter(cfg: SegTrainConfig, steps: int = 3, runtime: Runtime | None = None) -> DryRun:
+    """Parameters, memory and measured seconds per batch of ``cfg`` on its device; nothing is trained."""
+    cfg.require_labels()
+    n = count_rows(cfg.labels, cfg.split, cfg.train_split, cfg.limit)
+    torch.manual_seed(cfg.seed)
+    model = Segmenter(cfg.segmenter_config())
+    params = list(model.parameters())
+    total = sum(p.numel() for p in params)
+    b, s = cfg.batch_size, cfg.image_size
+    precision = runtime.precision if runtime else "auto"
+
+    def make_batch(dev):
+        return torch.randn(b, 3, s, s, device=dev), (torch.rand(b, 1, s, s, device=dev) < 0.3).float()
+
+    def loss_fn(m, x, y):   # as a training step: the network under the run's autocast, the loss in float32
+        with autocast(x.device, precision):
+            logits = m(x)
+        return focal_tversky_loss(logits.float(), y, cfg.alpha, cfg.beta, cfg.gamma)
+
+    device = str(runtime_device(runtime))
+    per_batch, act, how = dry_run_steps(model, params, make_batch, loss_fn, steps, device)
+    batches = batches_for(n, b, cfg.epochs)
+    return DryRun(f"train segmenter ({cfg.arch}, width {cfg.width})", device, total, total, b, s, per_batch,
+                  adam_bytes(total, 0) + act, how, batches, per_batch * batches)

@@ -26,7 +26,7 @@ from .data import PairSet, load_pairs
 from .harness import Run, RunFiles, atomic_json, autocast, fit, iterate, resume_key
 from .losses import focal_tversky_loss
 
-__all__ = ["SegTrainConfig", "train_segmenter", "dry_run_segmenter", "SEG_MEAN", "SEG_STD"]
+__all__ = ["SegTrainConfig", "train_segmenter", "SEG_MEAN", "SEG_STD"]
 
 SEG_MEAN, SEG_STD = 0.5, 0.25   # inputs: (x/255 − 0.5) / 0.25
 
@@ -118,30 +118,3 @@ def train_segmenter(cfg: SegTrainConfig, out_dir: str | Path,
     history, best = state["history"], state["best"]
     atomic_json(out / "history.json", history)
     return {"history": history, "best_val_dice": best}
-
-
-def dry_run_segmenter(cfg: SegTrainConfig, steps: int = 3, runtime: Runtime | None = None):
-    """Parameters, memory and measured seconds per batch of ``cfg`` on its device; nothing is trained."""
-    cfg.require_labels()
-    from .resources import DryRun, adam_bytes, batches_for, count_rows, dry_run_steps
-
-    n = count_rows(cfg.labels, cfg.split, cfg.train_split, cfg.limit)
-    torch.manual_seed(cfg.seed)
-    model = Segmenter(cfg.segmenter_config())
-    params = list(model.parameters())
-    total = sum(p.numel() for p in params)
-    b, s = cfg.batch_size, cfg.image_size
-
-    def make_batch(dev):
-        return torch.randn(b, 3, s, s, device=dev), (torch.rand(b, 1, s, s, device=dev) < 0.3).float()
-
-    def loss_fn(m, x, y):   # as a training step: the network under the run's autocast, the loss in float32
-        with autocast(x.device, runtime.precision if runtime else "auto"):
-            logits = m(x)
-        return focal_tversky_loss(logits.float(), y, cfg.alpha, cfg.beta, cfg.gamma)
-
-    device = str(runtime_device(runtime))
-    per_batch, act, how = dry_run_steps(model, params, make_batch, loss_fn, steps, device)
-    batches = batches_for(n, b, cfg.epochs)
-    return DryRun(f"train segmenter ({cfg.arch}, width {cfg.width})", device, total, total, b, s, per_batch,
-                  adam_bytes(total, 0) + act, how, batches, per_batch * batches)
