@@ -40,6 +40,45 @@ def machine() -> dict:
             "python": platform.python_version(), "torch": torch.__version__}
 
 
+def ham_images(n: int) -> list:
+    """The first ``n`` HAM10000 images of ``labels.csv``, decoded (exits with "skipped" without the data)."""
+    import csv
+
+    from dermsearch.extract import load_image
+
+    labels = require(DATA / "ham10000" / "labels.csv")
+    with open(labels, newline="") as f:
+        rows = [r for _, r in zip(range(n), csv.DictReader(f))]
+    return [load_image(labels.parent / r["image_path"]) for r in rows]
+
+
+def time_extractors(extractors: dict, images: list, rounds: int) -> dict:
+    """Median ms per image of each named :class:`~dermsearch.extract.Extractor` over ``images``, in
+    batches of 16 (an index build) and one at a time (a query; the first 16 images), interleaved
+    rounds after an untimed warm-up (which also exports the ONNX model)."""
+    import statistics
+    import time
+
+    prepared = {name: [ex.prepare(im) for im in images] for name, ex in extractors.items()}
+    for name, ex in extractors.items():
+        ex.extract_prepared(prepared[name][:2])
+    timing = {name: {"batch16": [], "batch1": []} for name in extractors}
+    for _ in range(rounds):
+        for name, ex in extractors.items():
+            p = prepared[name]
+            t0 = time.perf_counter()
+            for i in range(0, len(p), 16):
+                ex.extract_prepared(p[i:i + 16])
+            t1 = time.perf_counter()
+            for one in p[:16]:
+                ex.extract_prepared([one])
+            t2 = time.perf_counter()
+            timing[name]["batch16"].append((t1 - t0) / len(p) * 1e3)
+            timing[name]["batch1"].append((t2 - t1) / min(16, len(p)) * 1e3)
+    return {name: {f"ms_per_image_{b}": round(statistics.median(v), 2) for b, v in d.items()}
+            for name, d in timing.items()}
+
+
 def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 

@@ -14,16 +14,13 @@ vectors, is what matters here. Prints JSON; the CPU model is in "machine".
 from __future__ import annotations
 
 import argparse
-import csv
-import statistics
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
-from _common import DATA, cpu_model, emit, machine, require
+from _common import cpu_model, emit, ham_images, machine, time_extractors
 
-from dermsearch.extract import Extractor, ExtractorConfig, load_image
+from dermsearch.extract import Extractor, ExtractorConfig
 from dermsearch.runtime import Runtime
 
 STYLE = {"gram_pool": "lesion", "gram_margin": 0.05, "gram_norm": "l2"}   # the shipped style flags
@@ -50,34 +47,15 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
-    labels = require(DATA / "ham10000" / "labels.csv")
-    with open(labels, newline="") as f:
-        rows = [r for _, r in zip(range(a.images), csv.DictReader(f))]
-    images = [load_image(Path(labels).parent / r["image_path"]) for r in rows]
+    images = ham_images(a.images)
     with tempfile.TemporaryDirectory() as tmp:
         candidate = a.candidate or whole_member_standin(Path(tmp))
         runtime = Runtime(backend="onnx")
         extractors = {"shipped": Extractor(ExtractorConfig(), runtime),
                       "candidate": Extractor(ExtractorConfig.for_weights(str(candidate), **STYLE,
                                                                         gram_weights="inverse-channels"), runtime)}
-        prepared = {name: [ex.prepare(im) for im in images] for name, ex in extractors.items()}
-        for name, ex in extractors.items():            # export + warm-up, untimed
-            ex.extract_prepared(prepared[name][:2])
-        timing = {name: {"batch16": [], "batch1": []} for name in extractors}
-        for _ in range(a.rounds):
-            for name, ex in extractors.items():
-                p = prepared[name]
-                t0 = time.perf_counter()
-                for i in range(0, len(p), 16):
-                    ex.extract_prepared(p[i:i + 16])
-                t1 = time.perf_counter()
-                for one in p[:16]:
-                    ex.extract_prepared([one])
-                t2 = time.perf_counter()
-                timing[name]["batch16"].append((t1 - t0) / len(p) * 1e3)
-                timing[name]["batch1"].append((t2 - t1) / 16 * 1e3)
+        out = time_extractors(extractors, images, a.rounds)
         shapes = {name: {"shared_stages": ex.net.shared_stages, "views": ex.tta} for name, ex in extractors.items()}
-    out = {k: {f"ms_per_image_{b}": round(statistics.median(v), 2) for b, v in d.items()} for k, d in timing.items()}
     emit({"images": len(images), "rounds": a.rounds, "candidate": "whole-member stand-in" if a.whole_members
           else str(a.candidate), "extraction": out, "models": shapes,
           "ratio_batch16": round(out["candidate"]["ms_per_image_batch16"] / out["shipped"]["ms_per_image_batch16"], 2),
