@@ -189,6 +189,8 @@ def test_interrupted_member_resumes_from_its_last_epoch(synthetic, tmp_path, dec
                      runtime=Runtime(device="cpu", precision="bf16"))
     assert not any("afresh" in line for line in logs)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["machine"]["precision"] == "bf16"
+    history = json.loads((tmp_path / "run" / "history.json").read_text())   # each epoch says what it ran in
+    assert [rec["precision"] for rec in history if "member" in rec] == ["fp32", "fp32", "bf16", "bf16"]
     assert any("resuming after epoch 2" in line for line in logs)
     assert sum("member 1/1 epoch" in line for line in logs) == 2   # epochs 3 and 4 only
     assert (tmp_path / "run" / "ensemble.safetensors").is_file()

@@ -106,11 +106,18 @@ def test_dry_run_counts_the_real_classes_proxies_and_runs_in_bf16(tmp_path, caps
     trained = {}
     for loss in ("none", "proxy-anchor"):
         assert main(["train", "classifier", *small, "--member-metric-loss", loss, "--precision", "bf16"]) == 0
-        trained[loss] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["trainable"]
+        est = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert est["precision"] == "bf16"
+        trained[loss] = est["trainable"]
     assert trained["proxy-anchor"] - trained["none"] == 3 * 1280     # one proxy per diagnosis, Lite0's pooled dim
+    assert main(["train", "classifier", *small]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["precision"] == "fp32"   # auto on the CPU
+    assert main(["train", "classifier", *small, "--label-column", "grade"]) == 2
+    assert "no 'grade' column" in capsys.readouterr().err
     assert main(["train", "segmenter", "--labels", str(labels), "--out", str(tmp_path / "seg"), "--image-size", "32",
                  "--width", "4", "--batch-size", "2", "--precision", "bf16", "--dry-run", "--dry-run-steps", "1"]) == 0
     est = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert est["precision"] == "bf16"
     assert est["seconds_per_batch"] > 0 and est["batches"] == 12 * 50     # ceil(24 / 2) x the preset's 50 epochs
     assert not (tmp_path / "run" / "ensemble.safetensors").exists()
     assert not (tmp_path / "seg" / "best.safetensors").exists()

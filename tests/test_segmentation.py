@@ -150,6 +150,7 @@ def test_tiny_training_lowers_loss_and_resumes(tmp_path):
     assert any("resuming after epoch 2" in m for m in logs)
     h = result["history"]
     assert [r["epoch"] for r in h] == [1, 2, 3, 4]
+    assert {r["precision"] for r in h} == {"fp32"}           # each epoch records its arithmetic (auto on the CPU)
     assert h[-1]["train_loss"] < h[0]["train_loss"]
     assert (tmp_path / "run/best.safetensors").is_file()
     seg = LearnedSegmenter(tmp_path / "run/best.safetensors")

@@ -268,6 +268,8 @@ def test_a_bf16_member_step_on_the_cpu_lowers_the_loss_in_float32():
         h = backbone.forward_prefix(torch.rand(8, 3, 64, 64) * 255, 6)[0]
     y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     opt = torch.optim.AdamW(member.trainable(), lr=1e-3)
+    seen = []
+    member.head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     losses = []
     for _ in range(8):
         member.set_train()
@@ -276,8 +278,9 @@ def test_a_bf16_member_step_on_the_cpu_lowers_the_loss_in_float32():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
+    assert seen == [torch.bfloat16] * 8                    # the network did run in bfloat16
     assert all(p.dtype == torch.float32 for p in member.parameters())
 
 

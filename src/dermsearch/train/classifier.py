@@ -60,6 +60,7 @@ from .harness import (
     fit,
     iterate,
     machine,
+    resolved_precision,
     resume_key,
 )
 from .head import HeadData, epoch_sample, fit_head, head_loss, pooled_encoder
@@ -461,6 +462,7 @@ def _train_member(ses: _Session, m: int) -> dict:
 
     run = Run(member, opt, sched, files, _member_key(cfg, m, start), epochs,
               name=f"member {m + 1}/{cfg.members}", log=ses.log, average=average,
+              record={"precision": resolved_precision(ses.device, ses.precision)},
               # members trained before these settings existed trained as their defaults-of-then
               legacy_key=lambda old: resume_key({"colour": "none", "init_members": "", **old}, PHASE_TWO_FIELDS))
     state = fit(run, train_epoch, validate, describe)

@@ -164,6 +164,7 @@ class Run:
     after_epoch: Callable[[dict], None] | None = None  # called with the state after each saved epoch
     average: WeightAverage | None = None   # a moving average of ``model``'s weights (updated by the trainer):
                                            # what is validated and kept as "best"; saved with every epoch
+    record: dict = field(default_factory=dict)   # added to each epoch's history record (e.g. its precision)
 
 
 def load_metadata(path: Path) -> dict:
@@ -232,7 +233,7 @@ def fit(run: Run, train_epoch: Callable[[int], float], validate: Callable[[], tu
             run.average.swap()
         metrics, score = validate()
         rec = {"epoch": epoch + 1, "train_loss": train_loss, **{f"val_{k}": v for k, v in metrics.items()},
-               "seconds": time.perf_counter() - t0}
+               **run.record, "seconds": time.perf_counter() - t0}
         history.append(rec)
         score = -math.inf if math.isnan(score) else score
         improved = not f.best.is_file() or score > best

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..models.device import resolve_device, runtime_device
 from ..models.ensemble import EnsembleSpec, build_ensemble
 from ..models.registry import create_backbone
@@ -25,7 +26,7 @@ from ..runtime import Runtime
 from .classifier import _Member
 from .config import ClassifierTrainConfig, SegTrainConfig
 from .data import read_split_map
-from .harness import autocast
+from .harness import autocast, resolved_precision
 from .head import head_loss
 from .losses import focal_tversky_loss, metric_loss_module
 
@@ -45,6 +46,7 @@ class DryRun:
     memory_measured: str        # how the activation part was measured
     batches: int                # in the whole run
     estimated_seconds: float
+    precision: str = "fp32"     # the arithmetic of the measured steps (``Runtime.precision`` on that device)
 
     def to_json(self) -> dict:
         return {**self.__dict__, "estimated_hours": self.estimated_seconds / 3600}
@@ -53,7 +55,7 @@ class DryRun:
         est = self.estimated_seconds
         human = f"{est / 86400:.1f} days" if est > 2 * 86400 else f"{est / 3600:.1f} hours" if est > 3600 \
             else f"{est / 60:.0f} minutes"
-        return (f"{self.what} on {self.device}: {self.parameters / 1e6:.1f} M parameters "
+        return (f"{self.what} on {self.device} in {self.precision}: {self.parameters / 1e6:.1f} M parameters "
                 f"({self.trainable / 1e6:.1f} M trained per step), batch {self.batch_size} at "
                 f"{self.image_size} px: {self.seconds_per_batch:.2f} s per batch (measured), about "
                 f"{self.memory_bytes / 2**30:.2f} GiB ({self.memory_measured}); {self.batches} batches in the "
@@ -126,7 +128,9 @@ def dry_run_classifier(cfg: ClassifierTrainConfig, steps: int = 3, runtime: Runt
     cfg.require_labels()
     rows = split_rows(cfg.labels, cfg.split, cfg.train_split, cfg.limit)
     n = len(rows)
-    classes = 1 if cfg.target == "melanoma" else max(2, len({r.get(cfg.column, "") for r in rows}))
+    if rows and cfg.column not in rows[0]:
+        raise ConfigError(f"{cfg.labels}: no {cfg.column!r} column (the label column of target {cfg.target!r})")
+    classes = 1 if cfg.target == "melanoma" else max(2, len({r[cfg.column].strip() for r in rows}))
     k, b, s = cfg.shared_stages, cfg.batch_size, cfg.image_size
     spec = EnsembleSpec(backbone=cfg.backbone, members=cfg.members, shared_stages=k, feature_dim=cfg.feature_dim,
                         head_outputs=classes, member_heads=True)
@@ -170,7 +174,7 @@ def dry_run_classifier(cfg: ClassifierTrainConfig, steps: int = 3, runtime: Runt
         estimate += prefix_s * (math.ceil(n * (8 if cfg.augment == "x7" else 1) / b) if cached else batches)
     return DryRun(f"train classifier ({cfg.members} x {cfg.backbone}, {cfg.trainable_stages} trained stages)",
                   str(device), total, n_trained, b, s, per_batch, adam_bytes(n_trained, total - n_trained) + act, how,
-                  batches, estimate)
+                  batches, estimate, resolved_precision(device, precision))
 
 
 def dry_run_segmenter(cfg: SegTrainConfig, steps: int = 3, runtime: Runtime | None = None) -> DryRun:
@@ -196,4 +200,5 @@ def dry_run_segmenter(cfg: SegTrainConfig, steps: int = 3, runtime: Runtime | No
     per_batch, act, how = dry_run_steps(model, params, make_batch, loss_fn, steps, device)
     batches = batches_for(n, b, cfg.epochs)
     return DryRun(f"train segmenter ({cfg.arch}, width {cfg.width})", device, total, total, b, s, per_batch,
-                  adam_bytes(total, 0) + act, how, batches, per_batch * batches)
+                  adam_bytes(total, 0) + act, how, batches, per_batch * batches,
+                  resolved_precision(torch.device(device), precision))

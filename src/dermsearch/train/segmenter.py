@@ -23,7 +23,7 @@ from ..runtime import Runtime
 from .augment import Augmenter
 from .config import SegTrainConfig
 from .data import PairSet, load_pairs
-from .harness import Run, RunFiles, atomic_json, autocast, fit, iterate, resume_key
+from .harness import Run, RunFiles, atomic_json, autocast, fit, iterate, resolved_precision, resume_key
 from .losses import focal_tversky_loss
 
 __all__ = ["SegTrainConfig", "train_segmenter", "SEG_MEAN", "SEG_STD"]
@@ -112,6 +112,7 @@ def train_segmenter(cfg: SegTrainConfig, out_dir: str | Path,
               best_metadata=lambda rec: {"segmenter": json.dumps({**info, "epoch": rec["epoch"],
                                                                   "val_dice": rec["val_dice"]})},
               last_metadata={"segmenter": json.dumps(info)},
+              record={"precision": resolved_precision(device, precision)},
               legacy_key=lambda old: resume_key(old),
               after_epoch=lambda state: atomic_json(out / "history.json", state["history"]))
     state = fit(run, train_epoch, validate, describe)
