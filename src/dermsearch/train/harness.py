@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..models.weights import save_checkpoint
+from ..names import PRECISIONS
 
 __all__ = ["RUNTIME_FIELDS", "resume_key", "atomic_json", "atomic_safetensors", "RunFiles", "Run", "WeightAverage",
            "fit", "iterate", "autocast", "resolved_precision", "dump_optimizer", "load_optimizer", "machine"]
@@ -288,8 +289,8 @@ def resolved_precision(device: torch.device, precision: str = "auto") -> str:
     """``bf16`` or ``fp32``: what ``precision`` means on ``device``."""
     if precision == "auto":
         return "bf16" if torch.device(device).type == "cuda" else "fp32"
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be auto, fp32 or bf16, not {precision!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, not {precision!r}")
     return precision
 
 
