@@ -248,7 +248,8 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Calla
     (out / "members").mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir else out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
-    device = runtime_device(runtime)
+    runtime = runtime or Runtime()
+    device, precision = runtime_device(runtime), runtime.precision
     torch.manual_seed(cfg.seed)
     atomic_json(out / "config.json", cfg.to_dict())
     t_start = time.perf_counter()
@@ -311,7 +312,6 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Calla
                 yield prefix.normalise(val.images[i:i + 128].to(device).float() / 255.0)
 
     # ---- phase one
-    precision = runtime.precision if runtime else "auto"
     ses = _Session(cfg, out, device, precision, log, progress, train, val, labels, y_train, y_val, class_weights, k,
                    fresh_backbone, batch_input, val_inputs, prefix, pool, n_var)
     members_state = [] if source is not None else [_train_member(ses, m) for m in range(cfg.members)]

@@ -143,8 +143,8 @@ def dry_run_classifier(cfg: ClassifierTrainConfig, steps: int = 3, runtime: Runt
                                         cfg.metric_temperature))
     trainable = member.trainable() + member.metric_parameters()
     n_trained = sum(p.numel() for p in trainable)
-    device = runtime_device(runtime)
-    precision = runtime.precision if runtime else "auto"
+    runtime = runtime or Runtime()
+    device, precision = runtime_device(runtime), runtime.precision
     with torch.no_grad():
         shape = backbone.forward_prefix(torch.zeros(1, 3, s, s), k)[0].shape[1:] if k else (3, s, s)
 
@@ -186,7 +186,8 @@ def dry_run_segmenter(cfg: SegTrainConfig, steps: int = 3, runtime: Runtime | No
     params = list(model.parameters())
     total = sum(p.numel() for p in params)
     b, s = cfg.batch_size, cfg.image_size
-    precision = runtime.precision if runtime else "auto"
+    runtime = runtime or Runtime()
+    precision = runtime.precision
 
     def make_batch(dev):
         return torch.randn(b, 3, s, s, device=dev), (torch.rand(b, 1, s, s, device=dev) < 0.3).float()

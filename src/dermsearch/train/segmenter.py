@@ -59,8 +59,8 @@ def train_segmenter(cfg: SegTrainConfig, out_dir: str | Path,
     cfg.require_labels()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = runtime_device(runtime)
-    precision = runtime.precision if runtime else "auto"
+    runtime = runtime or Runtime()
+    device, precision = runtime_device(runtime), runtime.precision
     torch.manual_seed(cfg.seed)
     t_load = time.perf_counter()
     train = load_pairs(cfg.labels, cfg.split, (cfg.train_split,), cfg.image_size, cfg.limit)
