@@ -23,8 +23,15 @@ from dermsearch.models import create_backbone
 from dermsearch.models.ensemble import EnsembleFeatureNet, default_ensemble_path, load_ensemble, read_ensemble_spec
 from dermsearch.runtime import Runtime
 from dermsearch.search import Searcher
-from dermsearch.train.classifier import ClassifierTrainConfig, _member_file, _member_key, train_classifier
+from dermsearch.train.classifier import (
+    ClassifierTrainConfig,
+    _member_file,
+    _member_key,
+    pooled_cache_key,
+    train_classifier,
+)
 from dermsearch.train.harness import load_metadata
+from dermsearch.train.head import epoch_sample
 from dermsearch.train.losses import binary_focal_loss, multiclass_focal_loss
 
 from .conftest import REPO, SHARED, TORCH, lesion_image, require_data
@@ -596,3 +603,37 @@ def test_eval_classifier_leaves_out_unknown_diagnoses(synthetic, tmp_path):
     write("all.csv", rows)
     with pytest.raises(ConfigError, match="all.csv: every selected row"):
         evaluate_classifier(tmp_path / "e.safetensors", synthetic.parent / "all.csv", on=None, log=lambda _: None)
+
+
+def test_phase_two_cache_key_follows_what_the_pooled_vectors_are_computed_from():
+    """A cached pooled vector is reused only for the same members, images and presentation: another
+    split (names or file), image size, colour, normalisation or view count computes them afresh, while
+    settings that only phase two uses share them."""
+    cfg = ClassifierTrainConfig(labels="l.csv", split="s.csv")
+    key = pooled_cache_key(cfg, ["a", "b"], 7)
+    assert key == pooled_cache_key(replace(cfg), ["a", "b"], 7)
+    for change in [dict(val_split="test"), dict(train_split="trainval"), dict(split="other.csv"),
+                   dict(labels="other.csv"), dict(image_size=160), dict(colour="none" if cfg.colour != "none"
+                                                                          else "shades-of-gray"),
+                   dict(tta=1 if cfg.tta != 1 else 4), dict(limit=48)]:
+        assert pooled_cache_key(replace(cfg, **change), ["a", "b"], 7) != key, change
+    assert pooled_cache_key(cfg, ["a", "c"], 7) != key and pooled_cache_key(cfg, ["a", "b"], 1) != key
+    assert pooled_cache_key(replace(cfg, backbone="efficientnet-b1"), ["a", "b"], 7) != key   # its normalisation
+    for phase_two_only in [dict(head_lr=cfg.head_lr * 2), dict(head_epochs=cfg.head_epochs + 1),
+                           dict(metric_loss="none" if cfg.metric_loss != "none" else "supcon")]:
+        assert pooled_cache_key(replace(cfg, **phase_two_only), ["a", "b"], 7) == key, phase_two_only
+
+
+def test_balanced_epoch_draws_every_class_about_equally_and_only_from_its_rows():
+    """Class-balanced sampling (the shipped default): an epoch of as many draws as rows, with each
+    class drawn about equally often however rare, and only rows of the epoch's base."""
+    y = np.array([0] * 900 + [1] * 90 + [2] * 10)
+    base = np.arange(0, 1000, 1)[::-1][:995]                 # 5 rows of class 2 are left out of the base
+    rng = np.random.default_rng(0)
+    draws = np.concatenate([epoch_sample(True, base, y, rng) for _ in range(20)])
+    assert len(draws) == 20 * len(base) and set(draws.tolist()) <= set(base.tolist())
+    share = np.bincount(y[draws], minlength=3) / len(draws)
+    assert np.allclose(share, 1 / 3, atol=0.02), share          # natural mix: 0.90 / 0.09 / 0.01
+    plain = epoch_sample(False, base, y, np.random.default_rng(0))
+    assert sorted(plain.tolist()) == sorted(base.tolist()) and not np.array_equal(plain, base)
+

@@ -192,6 +192,17 @@ def test_unknown_diagnosis_queries_leave_the_melanoma_metrics(lesion_index, tmp_
     q = Evaluator(searcher).queries_from_csv(tmp_path / "q.csv")
     assert list(q.diagnosis) == ["mel", "nv", "", "nv"]
     assert np.isnan(q.melanoma[2]) and q.melanoma.tolist()[:2] == [1.0, 0.0]
+    # ...and the melanoma figures are computed over the three known queries only
+    ev, cfg = Evaluator(searcher), EvaluationConfig(bootstrap=0)
+    top, n_rel = ev.rank(q, config=cfg)
+    outcomes = ev.outcomes(q, top, n_rel, cfg)
+    report = ev.run(q, config=cfg)
+    for m, o in outcomes.items():
+        assert o.melanoma.tolist() == [1.0, 0.0, 0.0] and len(o.votes) == 3 and len(o.melanoma_precision) == 3
+        assert len(o.groups) == 3 and "unknown" not in o.groups      # and the diagnosis metrics over three too
+        expected = roc_auc_score([1, 0, 0], o.votes.mean(axis=1))          # by hand: the share of melanomas
+        assert report.measures[m]["melanoma_auc_vote16"]["value"] == pytest.approx(expected, nan_ok=True)
+    assert any("1 queries without a diagnosis" in n for n in report.notes)
 
 
 def test_knn_majority_and_balanced_accuracy_by_hand():

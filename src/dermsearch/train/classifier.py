@@ -126,6 +126,14 @@ def _fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def pooled_cache_key(cfg: ClassifierTrainConfig, member_states: list[str], variants: int) -> str:
+    """The key of phase two's cached pooled vectors: what they are computed from (the trained members'
+    states, the images that are ``train`` and ``val`` and how each is presented), nothing that only
+    phase two uses, so that phase-two variants share them."""
+    return _fingerprint(member_states, variants, cfg.limit, cfg.labels, cfg.split, cfg.train_split, cfg.val_split,
+                        cfg.colour, cfg.tta, cfg.image_size, cfg.normalization)
+
+
 class _Member(nn.Module):
     """One member in phase one: its backbone (prefix unused when shared) and its own head."""
 
@@ -516,8 +524,7 @@ def _train_head(ses: _Session, net: EnsembleFeatureNet, spec: EnsembleSpec, memb
 
     t0 = time.perf_counter()
     # the pooled vectors depend only on the trained members: cached, so phase two can be rerun cheaply
-    key = _fingerprint([state_fingerprint(m) for m in net.members], variants, cfg.limit, cfg.labels, cfg.split,
-                       cfg.train_split, cfg.val_split, cfg.colour, cfg.tta)
+    key = pooled_cache_key(cfg, [state_fingerprint(m) for m in net.members], variants)
     cache_file = out / "members" / f"pooled-{key}.safetensors"
     from_images = cfg.tta > 1 or pool is None    # whole images through the members (test-time views need them)
     if cache_file.is_file():
