@@ -110,6 +110,11 @@ def test_dry_run_counts_the_real_classes_proxies_and_runs_in_bf16(tmp_path, caps
         assert est["precision"] == "bf16"
         trained[loss] = est["trainable"]
     assert trained["proxy-anchor"] - trained["none"] == 3 * 1280     # one proxy per diagnosis, Lite0's pooled dim
+    # the estimate covers the whole run: phase one, the frozen stages, validation and phase two's pooled vectors
+    assert set(est["parts"]) == {"phase one", "frozen stages", "validation", "phase two"}
+    assert all(v > 0 for v in est["parts"].values())
+    assert est["estimated_seconds"] == pytest.approx(sum(est["parts"].values()))
+    assert est["parts"]["phase one"] == pytest.approx(est["seconds_per_batch"] * est["batches"])
     assert main(["train", "classifier", *small]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["precision"] == "fp32"   # auto on the CPU
     assert main(["train", "classifier", *small, "--label-column", "grade"]) == 2

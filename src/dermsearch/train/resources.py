@@ -11,7 +11,7 @@ import csv
 import math
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -47,6 +47,7 @@ class DryRun:
     batches: int                # in the whole run
     estimated_seconds: float
     precision: str = "fp32"     # the arithmetic of the measured steps (``Runtime.precision`` on that device)
+    parts: dict[str, float] = field(default_factory=dict)   # estimated seconds per part; they sum to the estimate
 
     def to_json(self) -> dict:
         return {**self.__dict__, "estimated_hours": self.estimated_seconds / 3600}
@@ -59,7 +60,12 @@ class DryRun:
                 f"({self.trainable / 1e6:.1f} M trained per step), batch {self.batch_size} at "
                 f"{self.image_size} px: {self.seconds_per_batch:.2f} s per batch (measured), about "
                 f"{self.memory_bytes / 2**30:.2f} GiB ({self.memory_measured}); {self.batches} batches in the "
-                f"run: about {human}.")
+                f"run: about {human}" + (" (" + ", ".join(f"{k} {_human(v)}" for k, v in self.parts.items()) + ")"
+                                         if len(self.parts) > 1 else "") + ".")
+
+
+def _human(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds > 3600 else f"{seconds / 60:.0f} min"
 
 
 def split_rows(labels_csv: str | Path, split_csv: str | Path | None, split: str, limit: int = 0) -> list[dict]:
@@ -161,7 +167,7 @@ def dry_run_classifier(cfg: ClassifierTrainConfig, steps: int = 3, runtime: Runt
     if cfg.member_ema:   # the average of a member's weights and the copy each swap makes
         act += 2 * 4 * sum(t.numel() for t in member.state_dict().values())
     batches = sum(batches_for(n, b, cfg.member_epochs(m)) for m in range(cfg.members))
-    estimate = per_batch * batches
+    parts = {"phase one": per_batch * batches}
     if k:   # the frozen shared stages: once per (image, variant) when cached, else on every batch
         x = torch.randn(b, 3, s, s, device=device)
         backbone.to(device).eval()
@@ -171,10 +177,45 @@ def dry_run_classifier(cfg: ClassifierTrainConfig, steps: int = 3, runtime: Runt
             backbone.forward_prefix(x, k)
             prefix_s = time.perf_counter() - t0
         cached = cfg.augment != "online"
-        estimate += prefix_s * (math.ceil(n * (8 if cfg.augment == "x7" else 1) / b) if cached else batches)
+        parts["frozen stages"] = prefix_s * (math.ceil(n * (8 if cfg.augment == "x7" else 1) / b) if cached
+                                             else batches)
+    n_val = count_rows(cfg.labels, cfg.split, cfg.val_split, cfg.limit)
+    member_epochs = sum(cfg.member_epochs(m) for m in range(cfg.members))
+    parts["validation"] = _forward_seconds(member, make_batch, device) / b * n_val * member_epochs
+    parts["phase two"] = _pooled_seconds_per_image(build_ensemble(spec), cfg, device) * (n + n_val)
     return DryRun(f"train classifier ({cfg.members} x {cfg.backbone}, {cfg.trainable_stages} trained stages)",
                   str(device), total, n_trained, b, s, per_batch, adam_bytes(n_trained, total - n_trained) + act, how,
-                  batches, estimate, resolved_precision(device, precision))
+                  batches, sum(parts.values()), resolved_precision(device, precision), parts)
+
+
+def _forward_seconds(member: nn.Module, make_batch, device) -> float:
+    """One validation batch through a member (no gradients, float32, as validation runs)."""
+    member.to(device).eval()
+    x, _ = make_batch(device)
+    with torch.no_grad():
+        member(x)
+        t0 = time.perf_counter()
+        member(x)
+        return time.perf_counter() - t0
+
+
+def _pooled_seconds_per_image(net: nn.Module, cfg: ClassifierTrainConfig, device: torch.device) -> float:
+    """Phase two's main cost, measured with its own encoder (ONNX Runtime on a CPU): the members'
+    pooled vectors of one image in all ``cfg.tta`` views. An upper bound when phase two can read
+    cached stage outputs instead (one view, cached frozen stages); its head epochs are left out
+    (seconds on the pooled vectors)."""
+    import tempfile
+
+    from .head import pooled_encoder
+
+    s, quiet = cfg.image_size, (lambda *_: None)
+    images = torch.randint(0, 256, (8, 3, s, s), dtype=torch.uint8)
+    with tempfile.TemporaryDirectory() as d:
+        encode = pooled_encoder(net.eval(), cfg.normalization, cfg.tta, s, device, Path(d), quiet)
+        encode(images[:2], quiet)                       # warm-up (and, on a CPU, the one-off export before it)
+        t0 = time.perf_counter()
+        encode(images, quiet)
+        return (time.perf_counter() - t0) / len(images)
 
 
 def dry_run_segmenter(cfg: SegTrainConfig, steps: int = 3, runtime: Runtime | None = None) -> DryRun:
@@ -202,4 +243,4 @@ def dry_run_segmenter(cfg: SegTrainConfig, steps: int = 3, runtime: Runtime | No
     batches = batches_for(n, b, cfg.epochs)
     return DryRun(f"train segmenter ({cfg.arch}, width {cfg.width})", device, total, total, b, s, per_batch,
                   adam_bytes(total, 0) + act, how, batches, per_batch * batches,
-                  resolved_precision(torch.device(device), precision))
+                  resolved_precision(torch.device(device), precision), {"training": per_batch * batches})
