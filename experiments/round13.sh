@@ -3,18 +3,22 @@
 # judged on `val` by the rule fixed before the run. Every step is idempotent and the training resumes per
 # member-epoch, so the same command finishes the round across sittings:
 #
-#   nohup bash experiments/round13.sh > "$R13/log" 2>&1 &      # R13 defaults to /tmp/runs17i
+#   mkdir -p /tmp/runs17i && nohup bash experiments/round13.sh > /tmp/runs17i/log 2>&1 &
 #
-# It needs ../shared (HAM10000) and the venv's dermsearch. Markers in $R13 say which steps are done:
+# R13 (default /tmp/runs17i) holds the run's state; it must outlive the machine for the round to span
+# sittings. /tmp was the only place here (it survived nine changes of sitting, not the tenth); elsewhere
+# set R13 to storage that persists. It needs ../shared (HAM10000) and the venv's dermsearch (PY and DS
+# may name others). Markers in $R13 say which steps are done:
 # trained, r13-indexed, r7-indexed, compared, cost, done. The decision itself is made by a person
 # reading $R13/r13_vs_r7_val.json against the rule; nothing here computes `test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R13=${R13:-/tmp/runs17i}
 D=../shared/data/ham10000
-PY=${PY:-.venv/bin/python}
-DS=${DS:-.venv/bin/dermsearch}
+PY=$(realpath "${PY:-.venv/bin/python}")
+DS=$(realpath "${DS:-.venv/bin/dermsearch}")
 mkdir -p "$R13"
+R13=$(realpath "$R13")
 say() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
 if [ ! -e "$R13/trained" ]; then
@@ -67,8 +71,9 @@ fi
 
 if [ ! -e "$R13/cost" ]; then
     say "extraction cost against the packaged model"
-    (cd benchmarks && "../$PY" bench_ensemble_cost.py --candidate "$R13/whole/ensemble.safetensors" \
-        --images 32 --rounds 2 > "$R13/cost.json.tmp") && mv "$R13/cost.json.tmp" "$R13/cost.json"
+    (cd benchmarks && "$PY" bench_ensemble_cost.py --candidate "$R13/whole/ensemble.safetensors" \
+        --images 32 --rounds 2 > "$R13/cost.json.tmp") || exit 1
+    mv "$R13/cost.json.tmp" "$R13/cost.json"
     touch "$R13/cost"
 fi
 touch "$R13/done"

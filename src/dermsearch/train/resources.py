@@ -65,7 +65,8 @@ class DryRun:
 
 
 def _human(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h" if seconds > 3600 else f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h" if seconds > 3600 else f"{seconds / 60:.0f} min" if seconds >= 90 \
+        else f"{seconds:.0f} s"
 
 
 def split_rows(labels_csv: str | Path, split_csv: str | Path | None, split: str, limit: int = 0) -> list[dict]:
@@ -173,8 +174,10 @@ def dry_run_classifier(cfg: ClassifierTrainConfig, steps: int = 3, runtime: Runt
         backbone.to(device).eval()
         with torch.no_grad():
             backbone.forward_prefix(x, k)
+            _sync(device)
             t0 = time.perf_counter()
             backbone.forward_prefix(x, k)
+            _sync(device)
             prefix_s = time.perf_counter() - t0
         cached = cfg.augment != "online"
         parts["frozen stages"] = prefix_s * (math.ceil(n * (8 if cfg.augment == "x7" else 1) / b) if cached
@@ -194,16 +197,24 @@ def _forward_seconds(member: nn.Module, make_batch, device) -> float:
     x, _ = make_batch(device)
     with torch.no_grad():
         member(x)
+        _sync(device)
         t0 = time.perf_counter()
         member(x)
+        _sync(device)
         return time.perf_counter() - t0
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _pooled_seconds_per_image(net: nn.Module, cfg: ClassifierTrainConfig, device: torch.device) -> float:
     """Phase two's main cost, measured with its own encoder (ONNX Runtime on a CPU): the members'
-    pooled vectors of one image in all ``cfg.tta`` views. An upper bound when phase two can read
-    cached stage outputs instead (one view, cached frozen stages); its head epochs are left out
-    (seconds on the pooled vectors)."""
+    pooled vectors of one image in all ``cfg.tta`` views, times ``train`` + ``val`` by the caller.
+    With one view and cached frozen stages phase two reads the cache instead: cheaper per row, but
+    with ``head_variants`` it encodes all 8 rows of each training image, which this leaves out. Its
+    head epochs (seconds on the pooled vectors) are left out too."""
     import tempfile
 
     from .head import pooled_encoder
