@@ -241,6 +241,33 @@ def test_cli_headline_is_chosen_on_other_queries(lesion_index, tmp_path, capsys)
     assert "overlaps the query splits" in capsys.readouterr().err
 
 
+def test_cli_cross_source_headline_is_chosen_on_the_index_val_rows(lesion_index, tmp_path, capsys):
+    """External queries (another source, its own label names) get a headline chosen on the index's
+    own `val` rows, never on themselves: the cross-source report tunes nothing on its queries."""
+    root, _ = lesion_index
+    split = tmp_path / "split.csv"
+    names = ["test"] * 6 + ["val"] * 4 + ["train"] * 8
+    split.write_text("image_id,split\n" + "".join(f"e{i},{s}\n" for i, s in enumerate(names)))
+    with open(tmp_path / "q.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image_id", "image_path", "diagnosis", "melanoma"])
+        for i, (d, m) in enumerate([("melanoma", 1), ("nevus", 0), ("unknown", 0), ("nevus", 0), ("melanoma", 1)]):
+            lesion_image(200 + i).save(tmp_path / f"x{i}.png")
+            w.writerow([f"x{i}", f"x{i}.png", d, m])
+    assert main(["evaluate", str(root / "ix"), "--queries", str(tmp_path / "q.csv"), "--diagnosis-map",
+                 "nevus=nv,melanoma=mel", "--split", str(split), "--candidate-split", "train", "val",
+                 "--choose-on", "val", "--choose-metric", "melanoma_auc_vote4", "-k", "3", "--vote-k", "4",
+                 "--bootstrap", "20", "--json", "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    h = out["headline"]
+    assert out["queries"] == 5 and out["candidates"] == 12
+    assert h["metric"] == "melanoma_auc_vote4" and "against the 8 candidates outside them (4 queries)" in h["rule"]
+    assert h["measure"] == max(h["selection"], key=lambda m: h["selection"][m])
+    assert h["value"] == out["measures"][h["measure"]]["melanoma_auc_vote4"]["value"]
+    assert set(out["measures"]["cosine"]["per_diagnosis_p@3"]) == {"mel", "nv"}       # mapped; unknown left out
+    assert any("1 queries without a diagnosis" in n for n in out["notes"])
+
+
 def test_item_bootstrap_agrees_with_scipy():
     """The item-level percentile bootstrap is scipy's (the cluster one has no scipy counterpart)."""
     from scipy.stats import bootstrap
