@@ -40,6 +40,8 @@ def real_subset(tmp_path_factory):
         w.writerows(nev + mel)
         w.writerow({**nev[0], "image_id": "ISIC_broken", "image_path": "images/ISIC_broken.jpg"})
         w.writerow({**nev[0], "image_id": "ISIC_missing", "image_path": "images/ISIC_missing.jpg"})
+        # a name that reads as terminal markup: printed as it is, never parsed (once, it broke the batch)
+        w.writerow({**nev[0], "image_id": "ISIC_[/b]odd", "image_path": "images/ISIC_[/b]odd[bold].jpg"})
     index = root / "ix"
     res = run("index", str(root / "labels.csv"), "--index", str(index), "--quiet")
     assert res.returncode == 0, res.stderr
@@ -49,9 +51,10 @@ def real_subset(tmp_path_factory):
 @pytest.mark.slow
 def test_index_reports_bad_files_and_indexes_the_rest(real_subset):
     root, index, res, *_ = real_subset
-    assert "added 30" in res.stdout and "skipped 2" in res.stdout
+    assert "added 30" in res.stdout and "skipped 3" in res.stdout
     assert "ISIC_broken.jpg: corrupt or truncated" in res.stderr
     assert "ISIC_missing.jpg: file not found" in res.stderr
+    assert "ISIC_[/b]odd[bold].jpg: file not found" in res.stderr
     check = run("index", "--index", str(index), "--check")
     assert check.returncode == 0 and "30 images" in check.stdout and "OK" in check.stdout
 
@@ -173,3 +176,28 @@ def test_programming_errors_keep_their_traceback(monkeypatch, capsys):
     monkeypatch.setattr(cmd_index, "cmd_backbones", usage)
     assert main(["backbones"]) == 2
     assert "backbones: error: a setting that cannot work" in capsys.readouterr().err
+
+
+def test_terminal_output_prints_data_as_it_is():
+    """Ids, diagnoses, query names and messages come from the data: a table shows them literally,
+    and bracketed text is neither swallowed nor a markup error."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from dermsearch.cli.common import err
+    from dermsearch.cli.render import print_tables
+
+    hit = SimpleNamespace(rank=1, id="ISIC_[/b]x", diagnosis="[red]nevus", score=0.5,
+                          components={"euclidean": 0.5, "cosine": 0.5, "style": None, "dice": None})
+    result = SimpleNamespace(query="q[/i].jpg", candidates=1, k=1, messages=["mask [bold]none"],
+                             results={"cosine": [hit]})
+    console = Console(record=True, width=200)
+    print_tables(result, console)
+    text = console.export_text()
+    for literal in ("ISIC_[/b]x", "[red]nevus", "q[/i].jpg", "mask [bold]none"):
+        assert literal in text, literal
+    with err.capture() as cap:
+        err.print("pip install 'dermsearch[plots]' for images/[/b].jpg")
+    assert "dermsearch[plots]" in cap.get() and "[/b].jpg" in cap.get()
+

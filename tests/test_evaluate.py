@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -150,6 +151,19 @@ def test_cli_evaluate_writes_report(lesion_index, tmp_path, capsys):
         assert (tmp_path / "rep" / name).stat().st_size > 0
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| Style Score (`style`) |" in md and "macro-P@3" in md
+
+
+def test_cli_evaluate_out_writes_the_report_without_the_plots_extra(lesion_index, tmp_path, capsys, monkeypatch):
+    """A core install (no matplotlib) writes report.json and report.md and says what the PNGs need."""
+    root, _ = lesion_index
+    monkeypatch.setitem(sys.modules, "matplotlib", None)          # import matplotlib -> ImportError
+    rc = main(["evaluate", str(root / "ix"), "-k", "3", "--vote-k", "4", "--bootstrap", "10", "--quiet",
+               "--out", str(tmp_path / "rep")])
+    captured = capsys.readouterr()
+    assert rc == 0 and "report written to" in captured.out and "report.json, report.md)" in captured.out
+    assert "no plots" in captured.err and "dermsearch[plots]" in captured.err
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["queries"] == 18
+    assert (tmp_path / "rep" / "report.md").stat().st_size > 0 and not (tmp_path / "rep" / "measures.png").exists()
 
 
 def test_cluster_bootstrap_resamples_lesions_not_images():

@@ -180,9 +180,14 @@ def test_cli_train_and_eval_on_real_subset(tmp_path, capsys):
     cfg = json.loads((tmp_path / "run/config.json").read_text())
     assert cfg["model"]["arch"] == "r2unet" and cfg["train"]["epochs"] == 1
     rc = main(["eval-segmenter", "--labels", str(SHARED / "ham10000-600/labels.csv"), "--segmenter", "otsu",
-               str(tmp_path / "run"), "--image-size", "64", "--json"])
+               str(tmp_path / "run"), "--image-size", "64", "--device", "cpu", "--threads", "1", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["otsu"]["images"] == 150 and 0 <= out[str(tmp_path / "run")]["dice"] <= 1
+    if not torch.cuda.is_available():   # like every command that runs a network: a clear refusal, no traceback
+        rc = main(["eval-segmenter", "--labels", str(SHARED / "ham10000-600/labels.csv"), "--segmenter", "default",
+                   "--image-size", "64", "--device", "cuda"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "no CUDA device" in err and "Traceback" not in err
 
 
 def test_predict_masks_matches_the_segmenter_the_extractor_uses():

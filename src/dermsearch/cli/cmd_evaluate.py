@@ -70,7 +70,7 @@ def register(sub, common: Common) -> None:
     ec.add_argument("--limit", type=int, default=0)
     ec.set_defaults(handler=cmd_eval_classifier)
 
-    es = sub.add_parser("eval-segmenter", parents=[common.labels, common.split, common.json],
+    es = sub.add_parser("eval-segmenter", parents=[common.labels, common.split, common.device, common.json],
                         help="Dice and Jaccard of a segmenter against ground-truth masks")
     es.add_argument("--on", nargs="+", default=None, metavar="NAME", help="splits to evaluate (default: all rows)")
     es.add_argument("--segmenter", nargs="+", default=["default"], metavar="S",
@@ -97,10 +97,6 @@ def cmd_evaluate(args) -> int:
              lambda m, v: f"{m:10s} success rate {100 * v['success_rate']:.1f}% (95% CI {100 * v['ci95'][0]:.1f}-"
                           f"{100 * v['ci95'][1]:.1f}) over {v['queries']} queries")
         return 0
-    if args.out:
-        from ..errors import require
-
-        require("matplotlib", "plots", "evaluate --out (its PNG plots)")
     if args.diagnosis_map and not all("=" in p for p in args.diagnosis_map.split(",")):
         raise UsageError(f"--diagnosis-map expects A=B,C=D, got {args.diagnosis_map!r}")
     split = read_split(args.split) if args.split else None
@@ -135,9 +131,16 @@ def cmd_evaluate(args) -> int:
         index = evaluator.searcher.index
         extra = {"command": sys.argv, "index": str(args.index), "index_fingerprint": index.fingerprint,
                  "extractor": index.manifest["extractor"]}
-        write_report(report, args.out, extra)
+        from ..errors import MissingExtraError
+
+        try:
+            write_report(report, args.out, extra)
+            written = "report.json, report.md, measures.png, per_diagnosis.png"
+        except MissingExtraError as e:   # the core writes the report; only its plots need the extra
+            err.print(f"no plots: {e}")
+            written = "report.json, report.md"
         if not args.json:
-            print(f"report written to {args.out}/ (report.json, report.md, measures.png, per_diagnosis.png)")
+            print(f"report written to {args.out}/ ({written})")
     if args.rating_sheet:
         write_rating_sheet(report, dict(zip(snap.ids, snap.paths)), args.rating_sheet, args.rating_queries, args.seed)
         if not args.json:
@@ -265,7 +268,8 @@ def cmd_eval_classifier(args) -> int:
 def cmd_eval_segmenter(args) -> int:
     from ..evaluate.segmenter import compare_segmenters
 
-    emit(compare_segmenters(args.labels, args.split, args.on, args.image_size, args.segmenter), args.json,
+    emit(compare_segmenters(args.labels, args.split, args.on, args.image_size, args.segmenter,
+                            runtime=runtime_of(args)), args.json,
          lambda name, r: f"{name}: Dice {r['dice']:.4f} (95% CI {r['dice_ci95'][0]:.4f}-{r['dice_ci95'][1]:.4f}, "
                          f"median {r['dice_median']:.4f}), Jaccard {r['jaccard']:.4f} on {r['images']} images")
     return 0

@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+from rich.markup import escape
+
 from ..names import BACKENDS, GRAM_NORMS, GRAM_POOLS
 from ..presets import PRESETS
 from ..search.config import FastConfig
@@ -106,7 +108,7 @@ def cmd_index(args) -> int:
         index = Index.open(args.index)
         problems = index.check()
         for p in problems:
-            err.print(f"[red]problem:[/red] {p}")
+            err.print(f"[red]problem:[/red] {escape(str(p))}", markup=True)
         print(f"{args.index}: {len(index)} images, version {index.version}: "
               + ("OK" if not problems else f"{len(problems)} problem(s)"))
         return 1 if problems else 0
@@ -115,7 +117,7 @@ def cmd_index(args) -> int:
         with index.writing():
             removed, unknown = index.remove(args.remove)
         for i in unknown:
-            err.print(f"[yellow]not in the index:[/yellow] {i}")
+            err.print(f"[yellow]not in the index:[/yellow] {escape(str(i))}", markup=True)
         print(f"removed {len(removed)} image(s); {len(index)} remain")
         return 0
     if not args.source:
@@ -148,7 +150,7 @@ def _build(args) -> int:
         err.print(f"note: {note}")
 
     def on_problem(p):  # printed with or without the progress bar
-        progress.console.print(f"[yellow]skipped[/yellow] {p.where}: {p.reason}", highlight=False)
+        progress.console.print(f"[yellow]skipped[/yellow] {escape(f'{p.where}: {p.reason}')}", markup=True)
 
     progress = Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=err, disable=args.quiet, transient=False)

@@ -6,7 +6,9 @@ from ..errors import ConfigError
 
 __all__ = ["err", "UsageError", "emit"]
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# markup off: messages carry file names, ids and reasons from the data, printed as they are; the few
+# that colour a prefix pass markup=True and escape what they interpolate (``rich.markup.escape``)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 class UsageError(ConfigError):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..search import SearchResult
 from ..search.sheet import write_contact_sheet
@@ -24,10 +26,11 @@ def _fmt(v: float | None) -> str:
 
 def print_tables(result: SearchResult, console: Console | None = None) -> None:
     console = console or Console()
-    header = f"[bold]Query[/bold] {result.query}   candidates: {result.candidates}   k: {result.k or 'all'}"
+    header = (f"[bold]Query[/bold] {escape(str(result.query))}   candidates: {result.candidates}   "
+              f"k: {result.k or 'all'}")
     console.print(header, soft_wrap=True)
     for msg in result.messages:
-        console.print(f"[yellow]note:[/yellow] {msg}", soft_wrap=True)
+        console.print(f"[yellow]note:[/yellow] {escape(str(msg))}", soft_wrap=True)
     for measure, hits in result.results.items():
         table = Table(title=f"{measure} — {_LABELS[measure]}", title_justify="left", expand=False)
         for col, just in (("#", "right"), ("id", "left"), ("diagnosis", "left"), ("score", "right"),
@@ -35,8 +38,8 @@ def print_tables(result: SearchResult, console: Console | None = None) -> None:
             table.add_column(col, justify=just)
         for h in hits:
             c = h.components
-            table.add_row(str(h.rank), h.id, h.diagnosis or "-", f"{h.score:.4f}", _fmt(c["euclidean"]),
-                          _fmt(c["cosine"]), _fmt(c["style"]), _fmt(c["dice"]))
+            table.add_row(str(h.rank), Text(str(h.id)), Text(h.diagnosis or "-"), f"{h.score:.4f}",
+                          _fmt(c["euclidean"]), _fmt(c["cosine"]), _fmt(c["style"]), _fmt(c["dice"]))
         console.print(table)
 
 

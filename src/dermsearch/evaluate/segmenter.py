@@ -7,6 +7,7 @@ import torch
 from ..errors import ConfigError
 from ..extract.datasets import load_pairs
 from ..models.baseline_segmenter import OtsuSegmenter
+from ..models.device import runtime_device
 from ..models.learned_segmenter import default_segmenter_path, load_segmenter, predict_masks
 from .masks import evaluate_masks
 from .metrics import bootstrap_ci
@@ -14,10 +15,13 @@ from .metrics import bootstrap_ci
 __all__ = ["compare_segmenters"]
 
 
-def compare_segmenters(labels_csv, split_csv, splits, image_size: int, names, rounds: int = 1000) -> dict:
+def compare_segmenters(labels_csv, split_csv, splits, image_size: int, names, rounds: int = 1000,
+                       runtime=None) -> dict:
     """Dice (mean, median, lesion-free 95% bootstrap CI) and Jaccard of each named segmenter
     (``default``: the packaged one, ``otsu``, a run directory or a .safetensors file) against the
-    ground-truth masks of ``labels_csv``, all at ``image_size`` (masks: nearest neighbour)."""
+    ground-truth masks of ``labels_csv``, all at ``image_size`` (masks: nearest neighbour). The
+    networks run on ``runtime``'s device and threads (default ``Runtime()``)."""
+    device = runtime_device(runtime)
     data = load_pairs(labels_csv, split_csv, tuple(splits) if splits else None, image_size)
     rows = {}
     for name in names:
@@ -27,7 +31,7 @@ def compare_segmenters(labels_csv, split_csv, splits, image_size: int, names, ro
             model, info = load_segmenter(default_segmenter_path() if name == "default" else name)
             if model.multiple and image_size % model.multiple:
                 raise ConfigError(f"segmenter {name}: the image size must be a multiple of {model.multiple}")
-            pred = predict_masks(model, info, data.images)
+            pred = predict_masks(model.to(device), info, data.images)
         rows[name], dice = evaluate_masks(pred, data.masks)
         rows[name]["dice_ci95"] = list(bootstrap_ci(lambda i, d=dice: d[i].mean(), len(dice), rounds, seed=0))
     return rows
