@@ -10,7 +10,7 @@ __all__ = ["GRAM_POOLS", "GRAM_NORMS", "BACKENDS", "COLOUR_METHODS", "TTA_VIEWS"
 GRAM_POOLS = ("image", "lesion", "lesion+skin")
 # Entry-wise normalisation of each Gram before the layer weights.
 GRAM_NORMS = ("none", "l2", "sqrt", "sqrt+l2")
-# How the networks run: torch, ONNX Runtime, or auto (ONNX Runtime on CPU when installed).
+# How the networks run: torch, ONNX Runtime, or auto (ONNX Runtime on CPU when the model is exported or can be).
 BACKENDS = ("torch", "onnx", "auto")
 # Colour constancy on the network's input.
 COLOUR_METHODS = ("none", "shades-of-gray")

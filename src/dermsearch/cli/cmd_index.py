@@ -52,7 +52,8 @@ def register(sub, common: Common) -> None:
     ix.add_argument("--batch-size", type=int, default=16)
     ix.add_argument("--backend", choices=BACKENDS, default="auto", help="run the networks with torch or ONNX "
                     "Runtime (exported once to ~/.cache/dermsearch; same vectors to float32 rounding, "
-                    "~3x faster on CPU); auto: onnx on CPU when onnxruntime is installed (default)")
+                    "~3x faster on CPU); auto: onnx on CPU when the model is exported or the [onnx] extra "
+                    "can export it (default)")
     ix.add_argument("--commit-every", type=int, default=128, help="images per atomic commit (default 128)")
     ix.add_argument("--dask", metavar="SCHEDULER_ADDRESS", help="extract on the workers of this Dask cluster "
                     "(e.g. tcp://10.0.0.5:8786); this process writes the index (docs/distributed.md)")
