@@ -156,6 +156,8 @@ def test_cli_evaluate_writes_report(lesion_index, tmp_path, capsys):
 def test_cli_evaluate_out_writes_the_report_without_the_plots_extra(lesion_index, tmp_path, capsys, monkeypatch):
     """A core install (no matplotlib) writes report.json and report.md and says what the PNGs need."""
     root, _ = lesion_index
+    (tmp_path / "rep").mkdir()
+    (tmp_path / "rep" / "measures.png").write_bytes(b"an earlier report's plot")
     monkeypatch.setitem(sys.modules, "matplotlib", None)          # import matplotlib -> ImportError
     rc = main(["evaluate", str(root / "ix"), "-k", "3", "--vote-k", "4", "--bootstrap", "10", "--quiet",
                "--out", str(tmp_path / "rep")])

@@ -80,6 +80,12 @@ def test_device_auto_falls_back_to_cpu_and_cuda_fails_cleanly(image_folder, tmp_
                "--image-size", "64", "--device", "cuda", "-q"])
     err = capsys.readouterr().err
     assert rc == 2 and "no CUDA device" in err and "Traceback" not in err
+    for bad in ("gpu", "cuda:x", "meta"):   # not a device, or none this tool runs on: a clear refusal too
+        with pytest.raises(ValueError, match="device must be auto, cpu, cuda or cuda:N"):
+            resolve_device(bad)
+    rc = main(["index", str(image_folder), "--index", str(tmp_path / "ix"), "--weights", "random", "--device", "gpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'gpu'" in err and "Traceback" not in err
     assert main(["index", str(image_folder), "--index", str(tmp_path / "ix"), "--weights", "random",
                  "--image-size", "64", "--mask-size", "32", "--device", "auto", "--backend", "torch", "-q"]) == 0
 

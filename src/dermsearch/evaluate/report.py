@@ -67,7 +67,7 @@ def to_markdown(report: EvaluationReport) -> str:
 
 
 def _plots(report: EvaluationReport, out: Path) -> list[Path]:
-    matplotlib = require("matplotlib", "plots", "the evaluation plots")
+    matplotlib = require("matplotlib", "plots", "drawing the evaluation plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -121,4 +121,6 @@ def write_report(report: EvaluationReport, out: str | Path, extra: dict | None =
     data = {**report.to_json(), **(extra or {})}
     (out / "report.json").write_text(json.dumps(data, indent=1, allow_nan=True))
     (out / "report.md").write_text(to_markdown(report))
+    for old in ("measures.png", "per_diagnosis.png"):   # an earlier report's plots never pass for this one's
+        (out / old).unlink(missing_ok=True)
     return [out / "report.json", out / "report.md", *_plots(report, out)]

@@ -12,7 +12,12 @@ __all__ = ["resolve_device", "runtime_device"]
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, not {name!r} ({e})") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, not {name!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA device; use device 'cpu' or 'auto'")
     return dev
