@@ -90,6 +90,9 @@ def register(sub, common: Common) -> None:
     optional(tc, "--colour-strength", type=float, metavar="X",
              help="scale the colour augmentation (brightness, contrast, saturation and hue ranges) by X "
                   "(default 1: 0.2, 0.2, 0.2, 0.05)")
+    optional(tc, "--scale-jitter", type=float, metavar="S",
+             help="scale augmentation: zoom the augmented images by a factor log-uniform in [1/(1+S), 1+S] "
+                  "(x7: variants 1-7; online: every draw; default 0: none)")
     optional(tc, "--colour", choices=COLOUR_METHODS,
              help="colour constancy on the network's input (indexing then applies it too)")
     optional(tc, "--tta", type=int, choices=[1, 2, 4],

@@ -14,7 +14,31 @@ import torch
 
 from .config import AugmentConfig
 
-__all__ = ["AugmentConfig", "Augmenter", "grid_mask", "expand_x7", "x7_variant"]
+__all__ = ["AugmentConfig", "Augmenter", "grid_mask", "random_zoom", "expand_x7", "x7_variant"]
+
+
+def zoom_factors(n: int, jitter: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` zoom factors, log-uniform in [1/(1+jitter), 1+jitter] (so zooming in and out are alike)."""
+    r = torch.log1p(torch.tensor(float(jitter)))
+    return torch.exp((2 * torch.rand(n, generator=generator) - 1) * r)
+
+
+def random_zoom(images: torch.Tensor, jitter: float, generator: torch.Generator | None = None,
+                masks: torch.Tensor | None = None, factors: torch.Tensor | None = None):
+    """Scale augmentation: each image zoomed about its centre by its own factor (> 1 magnifies, < 1
+    shrinks, the border filled by reflection), as a lesion looks under another dermatoscope or
+    distance. Masks (optional) follow, nearest-neighbour. ``factors`` fixes them (else drawn with
+    :func:`zoom_factors`)."""
+    from kornia.geometry.transform import scale
+
+    if jitter <= 0 and factors is None:
+        return images if masks is None else (images, masks)
+    f = (zoom_factors(images.shape[0], jitter, generator) if factors is None else factors).to(images)
+    zoomed = scale(images, f, padding_mode="reflection", align_corners=True)
+    if masks is None:
+        return zoomed
+    return zoomed, scale(masks.float(), f.to(masks.device), mode="nearest", padding_mode="border",
+                         align_corners=True)
 
 
 def grid_mask(images: torch.Tensor, d_min: int, d_max: int, ratio: float, generator: torch.Generator | None = None,
@@ -38,8 +62,9 @@ def grid_mask(images: torch.Tensor, d_min: int, d_max: int, ratio: float, genera
 class Augmenter:
     """Online random augmentation of a batch in [0, 1]; masks (optional) follow the geometry."""
 
-    def __init__(self, config: AugmentConfig = AugmentConfig()):
+    def __init__(self, config: AugmentConfig = AugmentConfig(), scale_jitter: float = 0.0):
         self.config = c = config
+        self.scale_jitter = scale_jitter
         self.geometric = K.AugmentationSequential(
             K.RandomHorizontalFlip(p=c.p_flip), K.RandomVerticalFlip(p=c.p_flip), data_keys=["input", "mask"])
         self.color = K.ColorJiggle(c.brightness, c.contrast, c.saturation, c.hue, p=c.p_color)
@@ -51,6 +76,9 @@ class Augmenter:
             images = self.geometric(images, torch.zeros_like(images[:, :1]))[0]
         else:
             images, masks = self.geometric(images, masks.float())
+        if self.scale_jitter > 0:
+            zoomed = random_zoom(images, self.scale_jitter, generator, masks)
+            images, masks = zoomed if masks is not None else (zoomed, None)
         images = self.color(images).clamp(0, 1)
         if c.p_gridmask > 0:
             pick = (torch.rand(images.shape[0], generator=generator) < c.p_gridmask).to(images.device)
@@ -63,12 +91,18 @@ class Augmenter:
 
 
 def x7_variant(images: torch.Tensor, variant: int, config: AugmentConfig = AugmentConfig(),
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, scale_jitter: float = 0.0) -> torch.Tensor:
     """Variant ``variant`` of a batch in [0, 1]: 0 the original, then GridMask, flip left-right, flip
-    up-down, brightness, contrast, hue, saturation (1..7)."""
-    c = config
+    up-down, brightness, contrast, hue, saturation (1..7); with ``scale_jitter``, variants 1..7 are
+    also zoomed (:func:`random_zoom`)."""
     if variant == 0:
         return images
+    out = _x7_operation(images, variant, config, generator)
+    return random_zoom(out, scale_jitter, generator) if scale_jitter > 0 else out
+
+
+def _x7_operation(images: torch.Tensor, variant: int, config: AugmentConfig, generator) -> torch.Tensor:
+    c = config
     if variant == 1:
         return grid_mask(images, *c.grid_d, c.grid_ratio, generator)[0]
     if variant == 2:

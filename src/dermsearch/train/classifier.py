@@ -292,14 +292,15 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Calla
         base.load_state_dict(source.members[0].state_dict(), strict=False)
     prefix = FrozenPrefix(base, k, cfg, device)
     key = _fingerprint(cfg.labels, cfg.split, cfg.limit, cfg.backbone, cfg.weights, k, cfg.image_size,
-                       asdict(cfg.augment_config), cfg.seed, *([cfg.colour] if cfg.colour != "none" else []))
+                       asdict(cfg.augment_config), cfg.seed, *([cfg.colour] if cfg.colour != "none" else []),
+                       *([f"zoom {cfg.scale_jitter}"] if cfg.scale_jitter else []))
     n_var = 8 if cfg.augment == "x7" else 1
     cached = k > 0 and cfg.augment != "online" and source is None   # reused members: no phase one to feed
     pool = prefix.cache(train, n_var, cache / f"train-{cfg.train_split}-x{n_var}-{key}.npy", log,
                         progress) if cached else None
     val_h = (prefix.cache(val, 1, cache / f"val-{cfg.val_split}-{key}.npy", log, progress)
              if k and source is None else None)   # reused members: phase two encodes whole images
-    augmenter = Augmenter(cfg.augment_config) if cfg.augment == "online" else None
+    augmenter = Augmenter(cfg.augment_config, cfg.scale_jitter) if cfg.augment == "online" else None
 
     def batch_input(idx: np.ndarray, variants: np.ndarray, g: torch.Generator) -> torch.Tensor:
         if pool is not None:
@@ -308,7 +309,7 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Calla
         if augmenter is not None:
             unit = augmenter(unit.to(device), generator=g)
         elif n_var == 8:
-            unit = torch.cat([x7_variant(unit[j:j + 1], int(v), cfg.augment_config, g)
+            unit = torch.cat([x7_variant(unit[j:j + 1], int(v), cfg.augment_config, g, cfg.scale_jitter)
                               for j, v in enumerate(variants)])
         return prefix.run(unit).float() if k else prefix.normalise(unit.to(device))
 

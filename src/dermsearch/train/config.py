@@ -22,7 +22,8 @@ TARGETS = ("melanoma", "diagnosis")
 N_STAGES = 7
 # classifier settings added after runs were made, at the value that trains as before they existed: a run
 # (or a recorded config) without the setting is the same run as one with it at this value
-NEUTRAL_SETTINGS = {"stage_lr_decay": 1.0, "member_ema": 0.0, "member_metric_loss": "none", "member_metric_weight": 1.0}
+NEUTRAL_SETTINGS = {"stage_lr_decay": 1.0, "member_ema": 0.0, "member_metric_loss": "none", "member_metric_weight": 1.0,
+                    "scale_jitter": 0.0}
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ class ClassifierTrainConfig:
                                       # round 7 of issue #17 (chosen on val, docs/experiments.md)
     augment: str = "x7"               # "x7" (offline expansion), "online" (random per batch) or "none"
     augment_config: AugmentConfig = field(default_factory=AugmentConfig)
+    scale_jitter: float = 0.0         # zoom augmented images by a factor log-uniform in [1/(1+s), 1+s] (0: none):
+                                      # the x7 variants 1-7 (the original stays) or every online draw
     diversity: str = "bootstrap"      # "bootstrap", "fold", "seed" or "snapshot"
     snapshot_epochs: int = 1          # diversity "snapshot": epochs of each member after the first (a warm restart)
     stage_lr_decay: float = 1.0       # phase one, discriminative learning rates: each trained stage below the
@@ -121,6 +124,8 @@ class ClassifierTrainConfig:
             raise ConfigError(f"head_select must be one of {HEAD_SELECT}, not {self.head_select!r}")
         if self.colour not in COLOUR_METHODS:
             raise ConfigError(f"colour must be one of {COLOUR_METHODS}, not {self.colour!r}")
+        if not 0 <= self.scale_jitter <= 1:
+            raise ConfigError(f"scale_jitter must be in [0, 1] (0: no zoom), not {self.scale_jitter}")
         if self.tta not in (1, 2, 4):
             raise ConfigError(f"tta must be 1, 2 or 4 test-time views, not {self.tta}")
         if self.tta > 1 and self.head_variants:
