@@ -31,9 +31,10 @@ def test_zoom_about_the_centre_by_hand(f):
     assert torch.allclose(out[0][:, inside], expected[inside].expand(size, -1), atol=1e-3)   # columns
     assert torch.allclose(out[1][inside, :], expected[inside, None].expand(-1, size), atol=1e-3)   # rows
     assert torch.allclose(out[2], torch.full((size, size), 7.0), atol=1e-4)   # reflection fills, no black border
-    if f < 1:
-        assert not inside.all()          # shrinking reaches outside the image: filled by reflection
-        assert out[0].min() >= 0 and out[0].max() <= size - 1
+    if f < 1:   # shrinking reaches outside the image: filled by reflection about the edge, x -> -x (left)
+        assert not inside.all()
+        src = expected[~inside & (expected < 0)]
+        assert torch.allclose(out[0][:, ~inside & (expected < 0)], (-src).expand(size, -1), atol=1e-3)
 
 
 def test_zoom_factors_are_log_uniform_within_bounds_and_seeded():
@@ -60,6 +61,10 @@ def test_masks_follow_the_images_and_stay_binary():
     out, m2 = Augmenter(AugmentConfig(p_color=0.0, p_gridmask=0.0), scale_jitter=0.5)(img, mask)
     assert (m2[:, 0] == (out[:, 0] > 0.5)).float().mean() > 0.97
     assert not torch.equal(m2.sum((1, 2, 3)), mask.sum((1, 2, 3)))       # some were zoomed
+    edge = torch.zeros(1, 3, 32, 32, dtype=torch.float64)                   # a lesion at the edge, shrunk: the
+    edge[..., :, :6] = 1.0                                                   # mirrored fill is lesion in both
+    z, m = random_zoom(edge, 0.0, masks=(edge[:, :1] > 0.5).float(), factors=torch.tensor([0.6]))
+    assert m.dtype == z.dtype and torch.equal(m[:, 0] > 0.5, z[:, 0] > 0.5)
 
 
 def test_x7_zooms_the_variants_but_never_the_original():
@@ -81,9 +86,9 @@ def test_scale_jitter_setting_is_neutral_by_default_and_checked():
     cfg = ClassifierTrainConfig(labels="l.csv")
     assert "scale_jitter" not in _member_key(cfg, 0)      # runs made before it existed keep their key
     assert _member_key(ClassifierTrainConfig(labels="l.csv", scale_jitter=0.2), 0)["scale_jitter"] == 0.2
-    for bad in (-0.1, 1.5):
+    for bad in (dict(scale_jitter=-0.1), dict(scale_jitter=1.5), dict(scale_jitter=0.2, augment="none")):
         with pytest.raises(ConfigError, match="scale_jitter"):
-            ClassifierTrainConfig(scale_jitter=bad)
+            ClassifierTrainConfig(**bad)
     args = build_parser().parse_args(["train", "classifier", "--labels", "x.csv", "--out", "run",
                                       "--scale-jitter", "0.25"])
     assert _config(args, get_preset("default").classifier).scale_jitter == 0.25

@@ -37,8 +37,9 @@ def random_zoom(images: torch.Tensor, jitter: float, generator: torch.Generator 
     zoomed = scale(images, f, padding_mode="reflection", align_corners=True)
     if masks is None:
         return zoomed
-    return zoomed, scale(masks.float(), f.to(masks.device), mode="nearest", padding_mode="border",
-                         align_corners=True)
+    m = scale(masks.to(images.dtype), f.to(masks.device), mode="nearest", padding_mode="reflection",
+              align_corners=True)   # the same fill as the image, so a lesion at the edge is mirrored in both
+    return zoomed, m
 
 
 def grid_mask(images: torch.Tensor, d_min: int, d_max: int, ratio: float, generator: torch.Generator | None = None,

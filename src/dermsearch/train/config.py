@@ -126,6 +126,8 @@ class ClassifierTrainConfig:
             raise ConfigError(f"colour must be one of {COLOUR_METHODS}, not {self.colour!r}")
         if not 0 <= self.scale_jitter <= 1:
             raise ConfigError(f"scale_jitter must be in [0, 1] (0: no zoom), not {self.scale_jitter}")
+        if self.scale_jitter and self.augment == "none":
+            raise ConfigError("scale_jitter zooms augmented images: it needs augment x7 or online, not none")
         if self.tta not in (1, 2, 4):
             raise ConfigError(f"tta must be 1, 2 or 4 test-time views, not {self.tta}")
         if self.tta > 1 and self.head_variants:
