@@ -114,6 +114,7 @@ def test_training_with_scale_jitter_caches_zoomed_variants_apart(tmp_path):
     import numpy as np
     a, b = (np.load(f, mmap_mode="r") for f in files)
     assert np.array_equal(a[0::8], b[0::8]) and not np.array_equal(a[2::8], b[2::8])   # originals alike, variants not
+    assert len(list(cache.glob("val-*.npy"))) == 1           # val holds originals only: shared by both
     train_classifier(ClassifierTrainConfig(**tiny, augment="online", scale_jitter=0.3), tmp_path / "online",
                      log=lambda m: None, progress=False)
     assert (tmp_path / "online" / "ensemble.safetensors").is_file()

@@ -291,12 +291,13 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | Path, log: Calla
     if source is not None:       # the frozen prefix is the source ensemble's own
         base.load_state_dict(source.members[0].state_dict(), strict=False)
     prefix = FrozenPrefix(base, k, cfg, device)
-    key = _fingerprint(cfg.labels, cfg.split, cfg.limit, cfg.backbone, cfg.weights, k, cfg.image_size,
-                       asdict(cfg.augment_config), cfg.seed, *([cfg.colour] if cfg.colour != "none" else []),
-                       *([f"zoom {cfg.scale_jitter}"] if cfg.scale_jitter else []))
+    parts = (cfg.labels, cfg.split, cfg.limit, cfg.backbone, cfg.weights, k, cfg.image_size, asdict(cfg.augment_config),
+             cfg.seed, *([cfg.colour] if cfg.colour != "none" else []))
+    key = _fingerprint(*parts)      # val holds the originals only: its outputs never depend on the zoom
+    train_key = _fingerprint(*parts, f"zoom {cfg.scale_jitter}") if cfg.scale_jitter else key
     n_var = 8 if cfg.augment == "x7" else 1
     cached = k > 0 and cfg.augment != "online" and source is None   # reused members: no phase one to feed
-    pool = prefix.cache(train, n_var, cache / f"train-{cfg.train_split}-x{n_var}-{key}.npy", log,
+    pool = prefix.cache(train, n_var, cache / f"train-{cfg.train_split}-x{n_var}-{train_key}.npy", log,
                         progress) if cached else None
     val_h = (prefix.cache(val, 1, cache / f"val-{cfg.val_split}-{key}.npy", log, progress)
              if k and source is None else None)   # reused members: phase two encodes whole images
