@@ -77,9 +77,10 @@ class Augmenter:
             images = self.geometric(images, torch.zeros_like(images[:, :1]))[0]
         else:
             images, masks = self.geometric(images, masks.float())
-        if self.scale_jitter > 0:
-            zoomed = random_zoom(images, self.scale_jitter, generator, masks)
-            images, masks = zoomed if masks is not None else (zoomed, None)
+        if masks is None:
+            images = random_zoom(images, self.scale_jitter, generator)
+        else:
+            images, masks = random_zoom(images, self.scale_jitter, generator, masks)
         images = self.color(images).clamp(0, 1)
         if c.p_gridmask > 0:
             pick = (torch.rand(images.shape[0], generator=generator) < c.p_gridmask).to(images.device)
@@ -98,8 +99,7 @@ def x7_variant(images: torch.Tensor, variant: int, config: AugmentConfig = Augme
     also zoomed (:func:`random_zoom`)."""
     if variant == 0:
         return images
-    out = _x7_operation(images, variant, config, generator)
-    return random_zoom(out, scale_jitter, generator) if scale_jitter > 0 else out
+    return random_zoom(_x7_operation(images, variant, config, generator), scale_jitter, generator)
 
 
 def _x7_operation(images: torch.Tensor, variant: int, config: AugmentConfig, generator) -> torch.Tensor:

@@ -53,20 +53,21 @@ class DryRun:
         return {**self.__dict__, "estimated_hours": self.estimated_seconds / 3600}
 
     def describe(self) -> str:
-        est = self.estimated_seconds
-        human = f"{est / 86400:.1f} days" if est > 2 * 86400 else f"{est / 3600:.1f} hours" if est > 3600 \
-            else f"{est / 60:.0f} minutes"
         return (f"{self.what} on {self.device} in {self.precision}: {self.parameters / 1e6:.1f} M parameters "
                 f"({self.trainable / 1e6:.1f} M trained per step), batch {self.batch_size} at "
                 f"{self.image_size} px: {self.seconds_per_batch:.2f} s per batch (measured), about "
                 f"{self.memory_bytes / 2**30:.2f} GiB ({self.memory_measured}); {self.batches} batches in the "
-                f"run: about {human}" + (" (" + ", ".join(f"{k} {_human(v)}" for k, v in self.parts.items()) + ")"
-                                         if len(self.parts) > 1 else "") + ".")
+                f"run: about {_human(self.estimated_seconds)}"
+                + (" (" + ", ".join(f"{k} {_human(v)}" for k, v in self.parts.items()) + ")"
+                   if len(self.parts) > 1 else "") + ".")
 
 
 def _human(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h" if seconds > 3600 else f"{seconds / 60:.0f} min" if seconds >= 90 \
-        else f"{seconds:.0f} s"
+    if seconds > 2 * 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds > 3600:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / 60:.0f} minutes" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def split_rows(labels_csv: str | Path, split_csv: str | Path | None, split: str, limit: int = 0) -> list[dict]:
@@ -171,35 +172,29 @@ def dry_run_classifier(cfg: ClassifierTrainConfig, steps: int = 3, runtime: Runt
     parts = {"phase one": per_batch * batches}
     if k:   # the frozen shared stages: once per (image, variant) when cached, else on every batch
         x = torch.randn(b, 3, s, s, device=device)
-        backbone.to(device).eval()
-        with torch.no_grad():
-            backbone.forward_prefix(x, k)
-            _sync(device)
-            t0 = time.perf_counter()
-            backbone.forward_prefix(x, k)
-            _sync(device)
-            prefix_s = time.perf_counter() - t0
+        prefix_s = _forward_seconds(lambda: backbone.forward_prefix(x, k), backbone, device)
         cached = cfg.augment != "online"
         parts["frozen stages"] = prefix_s * (math.ceil(n * (8 if cfg.augment == "x7" else 1) / b) if cached
                                              else batches)
     n_val = count_rows(cfg.labels, cfg.split, cfg.val_split, cfg.limit)
     member_epochs = sum(cfg.member_epochs(m) for m in range(cfg.members))
-    parts["validation"] = _forward_seconds(member, make_batch, device) / b * n_val * member_epochs
+    x_val, _ = make_batch(device)
+    parts["validation"] = _forward_seconds(lambda: member(x_val), member, device) / b * n_val * member_epochs
     parts["phase two"] = _pooled_seconds_per_image(build_ensemble(spec), cfg, device) * (n + n_val)
     return DryRun(f"train classifier ({cfg.members} x {cfg.backbone}, {cfg.trainable_stages} trained stages)",
                   str(device), total, n_trained, b, s, per_batch, adam_bytes(n_trained, total - n_trained) + act, how,
                   batches, sum(parts.values()), resolved_precision(device, precision), parts)
 
 
-def _forward_seconds(member: nn.Module, make_batch, device) -> float:
-    """One validation batch through a member (no gradients, float32, as validation runs)."""
-    member.to(device).eval()
-    x, _ = make_batch(device)
+def _forward_seconds(forward, model: nn.Module, device) -> float:
+    """Seconds of one ``forward()`` of ``model`` in eval mode without gradients, in float32 (as
+    validation and the frozen stages run), after one untimed warm-up call."""
+    model.to(device).eval()
     with torch.no_grad():
-        member(x)
+        forward()
         _sync(device)
         t0 = time.perf_counter()
-        member(x)
+        forward()
         _sync(device)
         return time.perf_counter() - t0
 
