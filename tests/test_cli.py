@@ -185,19 +185,23 @@ def test_terminal_output_prints_data_as_it_is():
 
     from rich.console import Console
 
-    from dermsearch.cli.common import err
+    from dermsearch.cli.common import err, tagged
     from dermsearch.cli.render import print_tables
 
     hit = SimpleNamespace(rank=1, id="ISIC_[/b]x", diagnosis="[red]nevus", score=0.5,
                           components={"euclidean": 0.5, "cosine": 0.5, "style": None, "dice": None})
-    result = SimpleNamespace(query="q[/i].jpg", candidates=1, k=1, messages=["mask [bold]none"],
+    result = SimpleNamespace(query="q[/i].jpg\\", candidates=1, k=1, messages=["mask [bold]none\\"],
                              results={"cosine": [hit]})
     console = Console(record=True, width=200)
     print_tables(result, console)
     text = console.export_text()
-    for literal in ("ISIC_[/b]x", "[red]nevus", "q[/i].jpg", "mask [bold]none"):
+    # a trailing backslash stays single (markup escaping would have doubled it)
+    for literal in ("ISIC_[/b]x", "[red]nevus", "q[/i].jpg\\ ", "mask [bold]none\\\n"):
         assert literal in text, literal
+    assert "\\\\" not in text
     with err.capture() as cap:
         err.print("pip install 'dermsearch[plots]' for images/[/b].jpg")
+        err.print(tagged("skipped", "yellow", "dir\\[x]\\"))
     assert "dermsearch[plots]" in cap.get() and "[/b].jpg" in cap.get()
+    assert "skipped dir\\[x]\\\n" in cap.get()
 

@@ -6,12 +6,10 @@ import json
 import time
 from pathlib import Path
 
-from rich.markup import escape
-
 from ..names import BACKENDS, GRAM_NORMS, GRAM_POOLS
 from ..presets import PRESETS
 from ..search.config import FastConfig
-from .common import UsageError, err
+from .common import UsageError, err, tagged
 from .options import Common, given, index_dir, optional, runtime_of
 
 __all__ = ["register"]
@@ -109,7 +107,7 @@ def cmd_index(args) -> int:
         index = Index.open(args.index)
         problems = index.check()
         for p in problems:
-            err.print(f"[red]problem:[/red] {escape(str(p))}", markup=True)
+            err.print(tagged("problem:", "red", p))
         print(f"{args.index}: {len(index)} images, version {index.version}: "
               + ("OK" if not problems else f"{len(problems)} problem(s)"))
         return 1 if problems else 0
@@ -118,7 +116,7 @@ def cmd_index(args) -> int:
         with index.writing():
             removed, unknown = index.remove(args.remove)
         for i in unknown:
-            err.print(f"[yellow]not in the index:[/yellow] {escape(str(i))}", markup=True)
+            err.print(tagged("not in the index:", "yellow", i))
         print(f"removed {len(removed)} image(s); {len(index)} remain")
         return 0
     if not args.source:
@@ -151,7 +149,7 @@ def _build(args) -> int:
         err.print(f"note: {note}")
 
     def on_problem(p):  # printed with or without the progress bar
-        progress.console.print(f"[yellow]skipped[/yellow] {escape(f'{p.where}: {p.reason}')}", markup=True)
+        progress.console.print(tagged("skipped", "yellow", f"{p.where}: {p.reason}"), soft_wrap=True)
 
     progress = Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=err, disable=args.quiet, transient=False)

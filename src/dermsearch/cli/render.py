@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from ..search import SearchResult
 from ..search.sheet import write_contact_sheet
+from .common import tagged
 
 __all__ = ["print_tables", "write_contact_sheet"]   # the sheet lives in search/sheet.py (the web app uses it too)
 
@@ -26,11 +26,10 @@ def _fmt(v: float | None) -> str:
 
 def print_tables(result: SearchResult, console: Console | None = None) -> None:
     console = console or Console()
-    header = (f"[bold]Query[/bold] {escape(str(result.query))}   candidates: {result.candidates}   "
-              f"k: {result.k or 'all'}")
+    header = tagged("Query", "bold", f"{result.query}   candidates: {result.candidates}   k: {result.k or 'all'}")
     console.print(header, soft_wrap=True)
     for msg in result.messages:
-        console.print(f"[yellow]note:[/yellow] {escape(str(msg))}", soft_wrap=True)
+        console.print(tagged("note:", "yellow", msg), soft_wrap=True)
     for measure, hits in result.results.items():
         table = Table(title=f"{measure} — {_LABELS[measure]}", title_justify="left", expand=False)
         for col, just in (("#", "right"), ("id", "left"), ("diagnosis", "left"), ("score", "right"),
