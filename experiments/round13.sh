@@ -10,7 +10,8 @@
 # set R13 to storage that persists. It needs ../shared (HAM10000) and the venv's dermsearch (PY and DS
 # may name others). Markers in $R13 say which steps are done:
 # trained, r13-indexed, r7-indexed, compared, cost, done. The decision itself is made by a person
-# reading $R13/r13_vs_r7_val.json against the rule; nothing here computes `test`.
+# reading $R13/r13_vs_r7_val.json against the rule; nothing here computes `test` (experiments/round13_test.sh
+# does, once, and only after that person has marked the round passed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R13=${R13:-/tmp/runs17i}
@@ -29,23 +30,7 @@ if [ ! -e "$R13/trained" ]; then
 fi
 
 if [ ! -e "$R13/labels_trval.csv" ]; then   # the train + val rows: what both indexes hold
-    "$PY" - "$D/labels.csv" "$D/split.csv" "$R13/labels_trval.csv" <<'EOF'
-import csv, os, sys
-labels, split, out = sys.argv[1:]
-keep = {r["image_id"] for r in csv.DictReader(open(split)) if r["split"] in ("train", "val")}
-rows = [r for r in csv.DictReader(open(labels)) if r["image_id"] in keep]
-root = os.path.dirname(os.path.abspath(labels))
-for r in rows:   # paths relative to the labels file: absolute, since the copy lives elsewhere
-    for col in ("image_path", "mask_path"):
-        if r.get(col) and not os.path.isabs(r[col]):
-            r[col] = os.path.join(root, r[col])
-with open(out + ".tmp", "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-os.replace(out + ".tmp", out)
-print(f"{len(rows)} train + val rows")
-EOF
+    "$PY" experiments/split_labels.py $D/labels.csv $D/split.csv "$R13/labels_trval.csv" train val
 fi
 
 if [ ! -e "$R13/r13-indexed" ]; then
