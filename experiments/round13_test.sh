@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 R13=$(realpath "${R13:-/tmp/runs17i}")
 D=../shared/data/ham10000
-PY=$(realpath "${PY:-.venv/bin/python}")
+PY=$(realpath -s "${PY:-.venv/bin/python}")   # -s: a venv's python is a symlink; resolved, it loses the venv
 DS=$(realpath "${DS:-.venv/bin/dermsearch}")
 say() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
