@@ -9,12 +9,15 @@ import csv
 import os
 import sys
 
+from dermsearch.extract.datasets import read_split_map
+
 
 def main(labels: str, split: str, out: str, *names: str) -> None:
     if not names:
         sys.exit("name at least one split")
-    keep = {r["image_id"] for r in csv.DictReader(open(split, newline="")) if r["split"] in names}
-    rows = [r for r in csv.DictReader(open(labels, newline="")) if r["image_id"] in keep]
+    where = read_split_map(split)   # the package's reader (it checks the columns)
+    with open(labels, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if where.get(r["image_id"]) in names]
     if not rows:
         sys.exit(f"{labels}: no rows in split(s) {', '.join(names)} of {split}")
     root = os.path.dirname(os.path.abspath(labels))
