@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Issue #17: train one pre-registered variant and judge it on `val` against the shipped model (round 7),
+# the procedure of round 13 (experiments/round13.sh) with the variant's training flags as arguments.
+# Every step is idempotent and the training resumes per member-epoch, so the same command finishes a round
+# across sittings. Round 14 (docs/experiments.md):
+#
+#   mkdir -p /tmp/runs17j && RUN=/tmp/runs17j NAME=r14 nohup bash experiments/val_round.sh \
+#       --scale-jitter 0.25 > /tmp/runs17j/log 2>&1 &
+#
+# RUN holds the run's state (it must outlive the machine for a round to span sittings); NAME names the
+# variant's index and compare. Markers in $RUN say which steps are done: trained, $NAME-indexed,
+# r7-indexed, compared, done. The decision is made by a person reading $RUN/${NAME}_vs_r7_val.json against
+# the rule fixed in the ledger before the run; nothing here computes `test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${RUN:?set RUN to the run folder}" "${NAME:?set NAME, e.g. r14}"
+D=../shared/data/ham10000
+PY=$(realpath -s "${PY:-.venv/bin/python}")   # -s: a venv's python is a symlink; resolved, it loses the venv
+DS=$(realpath -s "${DS:-.venv/bin/dermsearch}")
+mkdir -p "$RUN"
+RUN=$(realpath "$RUN")
+say() { echo "[$(date -u +%H:%M:%S)] $*"; }
+
+if [ ! -e "$RUN/trained" ]; then
+    say "training $NAME (resumes from the last saved member-epoch): $*"
+    "$DS" train classifier --labels $D/labels.csv --split $D/split.csv "$@" --out "$RUN/train" --quiet
+    touch "$RUN/trained"
+fi
+
+if [ ! -e "$RUN/labels_trval.csv" ]; then   # the train + val rows: what both indexes hold
+    "$PY" experiments/split_labels.py $D/labels.csv $D/split.csv "$RUN/labels_trval.csv" train val
+fi
+
+# a new network has no fitted style weights ("learned" is the packaged model's), so it gets the paper's
+# beta = 1/C_l with the shipped pooling; the rule's lines (cosine, head) do not depend on style settings
+if [ ! -e "$RUN/$NAME-indexed" ]; then
+    say "indexing train + val with $NAME's ensemble"
+    "$DS" index "$RUN/labels_trval.csv" --index "$RUN/ham-$NAME" --weights "$RUN/train/ensemble.safetensors" \
+        --gram-pool lesion --gram-margin 0.05 --gram-norm l2 --gram-weights inverse-channels --quiet
+    touch "$RUN/$NAME-indexed"
+fi
+
+if [ ! -e "$RUN/r7-indexed" ]; then
+    say "indexing train + val with the shipped model (round 7), every default"
+    "$DS" index "$RUN/labels_trval.csv" --index "$RUN/ham-r7" --quiet
+    touch "$RUN/r7-indexed"
+fi
+
+if [ ! -e "$RUN/compared" ]; then
+    say "paired compare on val (982 queries vs train)"
+    "$DS" evaluate "$RUN/ham-r7" --compare "$RUN/ham-$NAME" --split $D/split.csv \
+        --query-split val --candidate-split train --json > "$RUN/${NAME}_vs_r7_val.json.tmp"
+    mv "$RUN/${NAME}_vs_r7_val.json.tmp" "$RUN/${NAME}_vs_r7_val.json"
+    touch "$RUN/compared"
+fi
+touch "$RUN/done"
+say "done: read $RUN/${NAME}_vs_r7_val.json against the rule in docs/experiments.md"
