@@ -3,7 +3,7 @@
 
     python experiments/split_labels.py LABELS SPLIT OUT SPLIT_NAME [SPLIT_NAME ...]
 
-Used by experiments/round13*.sh to index HAM10000's ``train`` + ``val`` (and ``test``) rows."""
+Used by experiments/val_round*.sh to index HAM10000's ``train`` + ``val`` (and ``test``) rows."""
 
 import csv
 import os

@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# Issue #17: train one pre-registered variant and judge it on `val` against the shipped model (round 7),
-# the procedure of round 13 (experiments/round13.sh) with the variant's training flags as arguments.
-# Every step is idempotent and the training resumes per member-epoch, so the same command finishes a round
-# across sittings. Round 14 (docs/experiments.md):
+# Issue #17: train one pre-registered variant and judge it on `val` against the shipped model (round 7).
+# The variant's training flags are the arguments. Every step is idempotent and the training resumes per
+# member-epoch, so the same command finishes a round across sittings. Round 14 (docs/experiments.md):
 #
 #   mkdir -p /tmp/runs17j && RUN=/tmp/runs17j NAME=r14 nohup bash experiments/val_round.sh \
 #       --scale-jitter 0.25 > /tmp/runs17j/log 2>&1 &
 #
+# Round 13 ran the same steps (as experiments/round13.sh, folded into this file afterwards):
+#   RUN=/tmp/runs17i NAME=r13 TRAIN_DIR=whole COST=1 bash experiments/val_round.sh \
+#       --trainable-stages 7 --stage-lr-decay 0.5 --batch-size 32 --precision bf16
+#
 # RUN holds the run's state (it must outlive the machine for a round to span sittings); NAME names the
-# variant's index and compare. Markers in $RUN say which steps are done: trained, $NAME-indexed,
-# r7-indexed, compared, done. The decision is made by a person reading $RUN/${NAME}_vs_r7_val.json against
-# the rule fixed in the ledger before the run; nothing here computes `test`.
+# variant's index and compare; TRAIN_DIR (default train) is the training's folder under RUN; COST=1 adds
+# the extraction-cost benchmark against the packaged model. Markers in $RUN say which steps are done:
+# trained, $NAME-indexed, r7-indexed, compared, cost, done. The decision is made by a person reading
+# $RUN/${NAME}_vs_r7_val.json against the rule fixed in the ledger before the run; nothing here computes
+# `test` (experiments/val_round_test.sh does, once, and only for a round marked passed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${RUN:?set RUN to the run folder}" "${NAME:?set NAME, e.g. r14}"
+TRAIN_DIR=${TRAIN_DIR:-train}
 D=../shared/data/ham10000
 PY=$(realpath -s "${PY:-.venv/bin/python}")   # -s: a venv's python is a symlink; resolved, it loses the venv
 DS=$(realpath -s "${DS:-.venv/bin/dermsearch}")
@@ -23,7 +29,7 @@ say() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
 if [ ! -e "$RUN/trained" ]; then
     say "training $NAME (resumes from the last saved member-epoch): $*"
-    "$DS" train classifier --labels $D/labels.csv --split $D/split.csv "$@" --out "$RUN/train" --quiet
+    "$DS" train classifier --labels $D/labels.csv --split $D/split.csv "$@" --out "$RUN/$TRAIN_DIR" --quiet
     touch "$RUN/trained"
 fi
 
@@ -35,7 +41,7 @@ fi
 # beta = 1/C_l with the shipped pooling; the rule's lines (cosine, head) do not depend on style settings
 if [ ! -e "$RUN/$NAME-indexed" ]; then
     say "indexing train + val with $NAME's ensemble"
-    "$DS" index "$RUN/labels_trval.csv" --index "$RUN/ham-$NAME" --weights "$RUN/train/ensemble.safetensors" \
+    "$DS" index "$RUN/labels_trval.csv" --index "$RUN/ham-$NAME" --weights "$RUN/$TRAIN_DIR/ensemble.safetensors" \
         --gram-pool lesion --gram-margin 0.05 --gram-norm l2 --gram-weights inverse-channels --quiet
     touch "$RUN/$NAME-indexed"
 fi
@@ -52,6 +58,14 @@ if [ ! -e "$RUN/compared" ]; then
         --query-split val --candidate-split train --json > "$RUN/${NAME}_vs_r7_val.json.tmp"
     mv "$RUN/${NAME}_vs_r7_val.json.tmp" "$RUN/${NAME}_vs_r7_val.json"
     touch "$RUN/compared"
+fi
+
+if [ "${COST:-0}" = 1 ] && [ ! -e "$RUN/cost" ]; then
+    say "extraction cost against the packaged model"
+    (cd benchmarks && "$PY" bench_ensemble_cost.py --candidate "$RUN/$TRAIN_DIR/ensemble.safetensors" \
+        --images 32 --rounds 2 > "$RUN/cost.json.tmp") || exit 1
+    mv "$RUN/cost.json.tmp" "$RUN/cost.json"
+    touch "$RUN/cost"
 fi
 touch "$RUN/done"
 say "done: read $RUN/${NAME}_vs_r7_val.json against the rule in docs/experiments.md"
