@@ -13,19 +13,12 @@
 # RUN holds the run's state (it must outlive the machine for a round to span sittings); NAME names the
 # variant's index and compare; TRAIN_DIR (default train) is the training's folder under RUN; COST=1 adds
 # the extraction-cost benchmark against the packaged model. Markers in $RUN say which steps are done:
-# trained, $NAME-indexed, r7-indexed, compared, cost, done. The decision is made by a person reading
+# trained, $NAME-indexed, r7-indexed, ${NAME}_vs_r7_val.json, cost, done. The decision is made by a person reading
 # $RUN/${NAME}_vs_r7_val.json against the rule fixed in the ledger before the run; nothing here computes
 # `test` (experiments/val_round_test.sh does, once, and only for a round marked passed).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-: "${RUN:?set RUN to the run folder}" "${NAME:?set NAME, e.g. r14}"
+source "$(dirname "$0")/round_lib.sh"
 TRAIN_DIR=${TRAIN_DIR:-train}
-D=../shared/data/ham10000
-PY=$(realpath -s "${PY:-.venv/bin/python}")   # -s: a venv's python is a symlink; resolved, it loses the venv
-DS=$(realpath -s "${DS:-.venv/bin/dermsearch}")
 mkdir -p "$RUN"
-RUN=$(realpath "$RUN")
-say() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
 if [ ! -e "$RUN/trained" ]; then
     say "training $NAME (resumes from the last saved member-epoch): $*"
@@ -52,13 +45,9 @@ if [ ! -e "$RUN/r7-indexed" ]; then
     touch "$RUN/r7-indexed"
 fi
 
-if [ ! -e "$RUN/compared" ]; then
-    say "paired compare on val (982 queries vs train)"
-    "$DS" evaluate "$RUN/ham-r7" --compare "$RUN/ham-$NAME" --split $D/split.csv \
-        --query-split val --candidate-split train --json > "$RUN/${NAME}_vs_r7_val.json.tmp"
-    mv "$RUN/${NAME}_vs_r7_val.json.tmp" "$RUN/${NAME}_vs_r7_val.json"
-    touch "$RUN/compared"
-fi
+# the paired compare on val (982 queries vs train); its JSON is its marker
+evaluate_once "${NAME}_vs_r7_val" "$RUN/ham-r7" --compare "$RUN/ham-$NAME" --split $D/split.csv \
+    --query-split val --candidate-split train
 
 if [ "${COST:-0}" = 1 ] && [ ! -e "$RUN/cost" ]; then
     say "extraction cost against the packaged model"

@@ -12,14 +12,7 @@
 #   ${NAME}_vs_r7_test.json   the paired compare, test queries vs train+val, measures chosen on val
 #   ${NAME}_test.json         the variant alone, its headline chosen on val (as the shipped model's table)
 #   ${NAME}_isic.json         isic-uda1 queries vs the variant's train+val rows, headline chosen on HAM val
-set -euo pipefail
-cd "$(dirname "$0")/.."
-: "${RUN:?set RUN to the run folder}" "${NAME:?set NAME, e.g. r14}"
-RUN=$(realpath "$RUN")
-D=../shared/data/ham10000
-PY=$(realpath -s "${PY:-.venv/bin/python}")   # -s: a venv's python is a symlink; resolved, it loses the venv
-DS=$(realpath -s "${DS:-.venv/bin/dermsearch}")
-say() { echo "[$(date -u +%H:%M:%S)] $*"; }
+source "$(dirname "$0")/round_lib.sh"
 
 if [ ! -e "$RUN/passed" ]; then
     echo "$NAME is not marked passed ($RUN/passed): test is computed only for a round that passed on val" >&2
@@ -35,18 +28,11 @@ for m in r7 "$NAME"; do
     fi
 done
 
-run() {   # run FILE ARGS...: dermsearch evaluate ARGS --json > $RUN/FILE.json, once
-    local name=$1; shift
-    if [ ! -e "$RUN/$name.json" ]; then
-        say "$name"
-        "$DS" evaluate "$@" --json > "$RUN/$name.json.tmp"
-        mv "$RUN/$name.json.tmp" "$RUN/$name.json"
-    fi
-}
-run "${NAME}_vs_r7_test" "$RUN/ham-r7" --compare "$RUN/ham-$NAME" --split $D/split.csv \
+evaluate_once "${NAME}_vs_r7_test" "$RUN/ham-r7" --compare "$RUN/ham-$NAME" --split $D/split.csv \
     --query-split test --candidate-split train val --choose-on val
-run "${NAME}_test" "$RUN/ham-$NAME" --split $D/split.csv --query-split test --candidate-split train val --choose-on val
-run "${NAME}_isic" "$RUN/ham-$NAME" --queries ../shared/data/isic-uda1/labels.csv \
+evaluate_once "${NAME}_test" "$RUN/ham-$NAME" --split $D/split.csv --query-split test \
+    --candidate-split train val --choose-on val
+evaluate_once "${NAME}_isic" "$RUN/ham-$NAME" --queries ../shared/data/isic-uda1/labels.csv \
     --diagnosis-map nevus=nv,melanoma=mel --split $D/split.csv --candidate-split train val --choose-on val \
     --choose-metric melanoma_auc_vote16
 say "done: $RUN/${NAME}_vs_r7_test.json, ${NAME}_test.json, ${NAME}_isic.json"
