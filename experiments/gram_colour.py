@@ -51,6 +51,16 @@ def _rows(data: Path) -> list[dict]:
     return rows
 
 
+def _ordered(rows: list[dict]) -> list[dict]:
+    """isic-uda1, then HAM ``val``, then HAM ``train`` in a seeded random order (so that any prefix
+    of the train rows is a uniform sample of them); HAM ``test`` is left for the once-only report."""
+    isic = [r for r in rows if r["source"] == "isic"]
+    val = [r for r in rows if r["source"] == "ham" and r["split"] == "val"]
+    train = [r for r in rows if r["source"] == "ham" and r["split"] == "train"]
+    order = np.random.default_rng(40).permutation(len(train))
+    return isic + val + [train[i] for i in order]
+
+
 def extract(args) -> None:
     import torch
 
@@ -62,7 +72,7 @@ def extract(args) -> None:
 
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [r for r in _rows(data) if r["split"] != "test"]     # HAM test: extracted once, at the end
+    rows = _ordered(_rows(data))
     if args.limit:
         rows = rows[: args.limit // 2] + rows[-args.limit // 2:]
     n = len(rows)

@@ -132,6 +132,23 @@ def test_fit_puts_the_informative_layer_first():
     assert cv["mean"] > 0.9 and len(cv["folds"]) == 2
 
 
+def test_fit_follows_a_given_objective():
+    """An objective that rewards layer 3 alone (the macro-P@k fit would pick layer 2) is followed,
+    and the fit's score is that objective's value."""
+    stack, valid, ql, cl = _synthetic_layers()
+    seen = []
+
+    def objective(w):
+        seen.append(w.dtype)
+        return float(w[2] / w.sum()) if w.sum() > 0 else -1.0
+
+    fit = fit_gram_weights(stack, valid, ql, cl, k=5, channels=[16, 24, 40], objective=objective)
+    assert int(np.argmax(fit.shares)) == 2 and fit.shares[2] > 0.99
+    w = np.asarray(fit.betas, dtype=np.float64) ** 2
+    assert fit.score == pytest.approx(w[2] / w.sum(), rel=1e-5)
+    assert seen and all(d == np.float32 for d in seen)
+
+
 def test_layer_distance_stack_divides_out_the_betas():
     rng = np.random.default_rng(3)
     betas = [0.5, 3.0]

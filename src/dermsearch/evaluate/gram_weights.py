@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -72,8 +72,13 @@ def layer_distance_stack(queries: np.ndarray, candidates: np.ndarray, layout: Se
 
 def fit_gram_weights(stack: np.ndarray, valid: np.ndarray, query_labels: np.ndarray,
                      candidate_labels: np.ndarray, k: int = 5, channels: Sequence[int] | None = None,
-                     factors: Sequence[float] = (3.0, 1.5), rounds: int = 4) -> GramWeightFit:
+                     factors: Sequence[float] = (3.0, 1.5), rounds: int = 4,
+                     objective: Callable[[np.ndarray], float] | None = None) -> GramWeightFit:
     """Fit w_l = β_l² >= 0 to maximise macro-P@k of ranking by Σ_l w_l D_l.
+
+    ``objective``, when given, replaces macro-P@k: it takes the per-layer weights w [L] (float32,
+    on the scale of ``stack``) and returns the score to maximise, e.g. one that also looks at the
+    queries of another source (issue #40's joint rule); ``score`` then holds its value.
 
     ``stack`` [L, Q, N]: per-layer distances with β = 1 (:func:`layer_distance_stack`). Starts:
     equal shares, β = 1/C_l when ``channels`` are given, and each layer alone; the two best are
@@ -91,6 +96,8 @@ def fit_gram_weights(stack: np.ndarray, valid: np.ndarray, query_labels: np.ndar
         if not (u > 0).any():
             return -1.0
         w = (u * scale).astype(np.float32)
+        if objective is not None:
+            return float(objective(w))
         return macro_precision_at_k(np.tensordot(w, stack, axes=1), valid, query_labels, candidate_labels, k)
 
     starts: dict[str, np.ndarray] = {"equal": np.ones(L)}
