@@ -15,7 +15,8 @@ definition, the layer weights) on HAM10000 ``val`` (vs ``train``) and isic-uda1 
 ``train``+``val``), and the fits the pre-registered rule calls for (docs/experiments.md, issue #40).
 
     python experiments/gram_colour.py extract ../shared/data /work/gramcol
-    python experiments/gram_colour.py evaluate ../shared/data /work/gramcol --out docs/results/issue40_gram_colour_val.json
+    python experiments/gram_colour.py evaluate ../shared/data /work/gramcol \
+        --out docs/results/issue40_gram_colour_val.json
 """
 
 from __future__ import annotations
@@ -132,6 +133,134 @@ def extract(args) -> None:
     print(json.dumps({"images": n, "seconds": round(time.time() - t0, 1)}))
 
 
+# ---------------------------------------------------------------- step 2: the rule's figures
+
+K_VOTE = 16
+
+
+def _stack(a: np.ndarray, b: np.ndarray, layout: list[dict], layers: list[int]) -> np.ndarray:
+    """[len(layers), len(a), len(b)] float32 squared distances per layer (β = 1)."""
+    out = np.empty((len(layers), len(a), len(b)), np.float32)
+    for i, li in enumerate(layers):
+        e = layout[li]
+        sl = slice(e["offset"], e["offset"] + e["size"])
+        q = np.asarray(a[:, sl], np.float32)
+        c = np.asarray(b[:, sl], np.float32)
+        out[i] = np.maximum((q * q).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2.0 * (q @ c.T), 0.0)
+    return out
+
+
+def _vote_auc(dist: np.ndarray, q_mel: np.ndarray, c_mel: np.ndarray) -> float:
+    from dermsearch.evaluate.metrics import vote_auc
+
+    top = np.argpartition(dist, K_VOTE - 1, axis=1)[:, :K_VOTE]
+    return vote_auc(q_mel, c_mel[top])
+
+
+def evaluate(args) -> None:
+    from dermsearch.evaluate.gram_weights import fit_gram_weights, macro_precision_at_k
+    from dermsearch.extract.gram import style_layout
+
+    out = Path(args.out_dir)
+    meta = json.loads((out / "meta.json").read_text())
+    done = json.loads((out / "done.json").read_text())["done"]
+    rows = meta["rows"][:done]
+    chans = meta["channels"]
+    layout = style_layout(chans, "lesion", [1.0] * len(chans))
+    L = len(layout)
+    src = np.array([r["source"] for r in rows])
+    split = np.array([r["split"] for r in rows])
+    diag = np.array([r["diagnosis"] for r in rows])
+    mel = np.array([r["melanoma"] for r in rows])
+    lesion = np.array([r["lesion"] for r in rows])
+    hv = np.flatnonzero((src == "ham") & (split == "val"))
+    ht = np.flatnonzero((src == "ham") & (split == "train"))
+    hc = np.concatenate([hv, ht])                        # isic's candidates: HAM val + the train sample
+    xq = np.flatnonzero((src == "isic") & (split == "xval") & (diag != "unknown"))
+    t0 = time.time()
+    arr = {v: np.load(out / f"{v}.npy", mmap_mode="r") for v in ("sog-lesion", "none-lesion", "sog-image")}
+    both = list(range(L))
+    frozen = list(range(5))
+    stacks = {}
+    for name, (va, vb) in {"sog": ("sog-lesion", "sog-lesion"), "paper": ("sog-image", "sog-image")}.items():
+        stacks[name] = (_stack(arr[va][hv], arr[vb][ht], layout, both), _stack(arr[va][xq], arr[vb][hc], layout, both))
+    s_val, s_x = stacks["sog"]
+    n_val = _stack(arr["none-lesion"][hv], arr["none-lesion"][ht], layout, frozen)
+    n_x = _stack(arr["none-lesion"][xq], arr["none-lesion"][hc], layout, frozen)
+    stacks["split"] = (np.concatenate([n_val, s_val[5:]]), np.concatenate([n_x, s_x[5:]]))
+    print(f"stacks in {time.time() - t0:.0f} s: val {len(hv)} x {len(ht)}, xval {len(xq)} x {len(hc)}", file=sys.stderr)
+    valid_val = lesion[hv][:, None] != lesion[ht][None, :]
+
+    def figures(name: str, w: np.ndarray, qv=None, qx=None) -> dict:
+        """mP, vA on HAM val queries ``qv`` and xA on isic xval queries ``qx`` (positions), weights w [L]."""
+        qv = np.arange(len(hv)) if qv is None else qv
+        qx = np.arange(len(xq)) if qx is None else qx
+        sv, sx = stacks[name]
+        dv = np.where(valid_val[qv], np.tensordot(w, sv[:, qv], 1), np.inf)
+        dx = np.tensordot(w, sx[:, qx], 1)
+        return {"mP": macro_precision_at_k(dv, valid_val[qv], diag[hv][qv], diag[ht]),
+                "vA": _vote_auc(dv, mel[hv][qv], mel[ht]), "xA": _vote_auc(dx, mel[xq][qx], mel[hc])}
+
+    shipped = json.loads((Path(__file__).resolve().parents[1] / "src/dermsearch/weights/gram-weights.json").read_text())
+    w_s0 = np.asarray(shipped["betas"], np.float32) ** 2
+    w_paper = (1.0 / np.asarray(chans, np.float32)) ** 2
+    report = {"rows": {"val_queries": len(hv), "train_candidates": len(ht), "xval_queries": len(xq),
+                       "isic_candidates": len(hc)}}
+    report["P"] = figures("paper", w_paper)
+    report["S0"] = figures("sog", w_s0)
+    floor = report["P"]["xA"]
+
+    def fit(name: str, joint: bool, qv, qx):
+        sv, sx = stacks[name]
+        sv_q, vv = sv[:, qv], valid_val[qv]
+        objective = None
+        if joint:
+            def objective(w):
+                dx = np.tensordot(w, sx[:, qx], 1)
+                xa = _vote_auc(dx, mel[xq][qx], mel[hc])
+                if xa < floor:
+                    return xa - 1.0
+                return macro_precision_at_k(np.tensordot(w, sv_q, 1), vv, diag[hv][qv], diag[ht])
+        return fit_gram_weights(sv_q, vv, diag[hv][qv], diag[ht], 5, chans, objective=objective)
+
+    rng = np.random.default_rng(0)
+    les = np.unique(lesion[hv])
+    half = set(rng.permutation(les)[: len(les) // 2].tolist())
+    fold_v = np.array([x in half for x in lesion[hv]])
+    fold_x = np.zeros(len(xq), bool)
+    fold_x[rng.permutation(len(xq))[: len(xq) // 2]] = True
+    for cand, (name, joint) in {"S-J": ("sog", True), "H-P": ("split", False), "H-J": ("split", True)}.items():
+        t1 = time.time()
+        dv_all = np.full((len(hv), len(ht)), np.inf, np.float32)
+        dx_all = np.empty((len(xq), len(hc)), np.float32)
+        folds = []
+        for part in (True, False):       # fit on the other fold's queries, rank this fold's with them
+            fv, fx = np.flatnonzero(fold_v != part), np.flatnonzero(fold_x != part)
+            tv, tx = np.flatnonzero(fold_v == part), np.flatnonzero(fold_x == part)
+            f = fit(name, joint, fv, fx)
+            w = np.asarray(f.betas, np.float32) ** 2
+            sv, sx = stacks[name]
+            dv_all[tv] = np.where(valid_val[tv], np.tensordot(w, sv[:, tv], 1), np.inf)
+            dx_all[tx] = np.tensordot(w, sx[:, tx], 1)
+            folds.append({"shares": f.shares, "score": f.score, "start": f.start})
+        held = {"mP": macro_precision_at_k(dv_all, valid_val, diag[hv], diag[ht]),
+                "vA": _vote_auc(dv_all, mel[hv], mel[ht]), "xA": _vote_auc(dx_all, mel[xq], mel[hc])}
+        full = fit(name, joint, np.arange(len(hv)), np.arange(len(xq)))
+        report[cand] = {**held, "folds": folds, "in_sample_all": figures(name, np.asarray(full.betas, np.float32) ** 2),
+                        "betas_all": full.betas, "shares_all": full.shares, "seconds": round(time.time() - t1)}
+        print(cand, json.dumps({k: report[cand][k] for k in ("mP", "vA", "xA")}), file=sys.stderr, flush=True)
+    s0 = report["S0"]
+    verdict = {}
+    for c in ("S-J", "H-P", "H-J"):
+        r = report[c]
+        verdict[c] = {"eligible": bool(r["xA"] >= floor and r["mP"] >= s0["mP"] - 0.02 and r["vA"] >= s0["vA"] - 0.01),
+                      "joint": r["vA"] + r["xA"]}
+    report["rule"] = {"floor_xA": floor, "S0_joint": s0["vA"] + s0["xA"], "candidates": verdict}
+    text = json.dumps(report, indent=2)
+    Path(args.out).write_text(text)
+    print(text)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -141,5 +270,9 @@ if __name__ == "__main__":
     a.add_argument("--batch", type=int, default=32)
     a.add_argument("--threads", type=int, default=2)
     a.add_argument("--limit", type=int, default=0)
+    b = sub.add_parser("evaluate")
+    b.add_argument("data")
+    b.add_argument("out_dir")
+    b.add_argument("--out", required=True)
     args = ap.parse_args()
-    {"extract": extract}[args.cmd](args)
+    {"extract": extract, "evaluate": evaluate}[args.cmd](args)
