@@ -32,7 +32,7 @@ def index_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(index_dir):
-    return TestClient(create_app(index_dir, WebConfig(max_upload_bytes=300_000)), base_url="http://localhost")
+    return TestClient(create_app(index_dir, WebConfig(max_upload_bytes=300_000, auth="off")), base_url="http://localhost")
 
 
 def test_index_facts(client):
@@ -133,7 +133,7 @@ def test_rating_api_round_trip(client, index_dir):
 # ------------------------------------------------------------------ real browser
 @pytest.fixture(scope="module")
 def live_server(index_dir, chromium):
-    with running_server(create_app(index_dir)) as url:
+    with running_server(create_app(index_dir, WebConfig(auth="off"))) as url:
         yield url
 
 
