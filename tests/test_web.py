@@ -115,8 +115,10 @@ def test_openapi_docs(client):
 
 
 def test_rating_api_round_trip(client, index_dir):
-    task = client.post("/api/ratings/session", params={"seed": 3}).json()
-    assert task["items"] and all(it["image"].startswith("/api/images/") for it in task["items"])
+    task = client.post("/api/ratings/session").json()
+    assert task["items"] and all(it["image"].startswith(f"/api/ratings/{task['session']}/images/")
+                                 for it in task["items"])
+    assert all(client.get(it["image"]).status_code == 200 for it in task["items"])
     marks = [{"item": it["item"], "similar": i % 2 == 0} for i, it in enumerate(task["items"])]
     r = client.post("/api/ratings", json={"session": task["session"], "query_id": task["query_id"],
                                           "ratings": marks, "rater": "t"})
