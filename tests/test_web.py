@@ -195,13 +195,23 @@ def test_serve_command_binds_loopback(index_dir):
     proc = subprocess.Popen([sys.executable, "-m", "dermsearch.cli.main", "serve", str(index_dir), "--port",
                              str(port)], stderr=subprocess.PIPE, text=True)
     try:
+        # no token yet: serve creates one for an admin and prints its sign-in link, once
+        lines = []
+        while not any("#token=" in line for line in lines):
+            line = proc.stderr.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        token = next(line for line in lines if "#token=" in line).split("#token=")[1].strip()
+        assert f"http://127.0.0.1:{port}/login#token=" in "".join(lines)
         for _ in range(240):
             try:
                 r = httpx.get(f"http://127.0.0.1:{port}/api/index", timeout=1)
                 break
             except httpx.HTTPError:
-                assert proc.poll() is None, proc.stderr.read()
+                assert proc.poll() is None
                 time.sleep(0.25)
+        assert r.status_code == 401                                   # fails closed by default
+        r = httpx.get(f"http://127.0.0.1:{port}/api/index", headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 200 and r.json()["images"] == 48
         assert "<title>dermsearch</title>" in httpx.get(f"http://127.0.0.1:{port}/").text
     finally:

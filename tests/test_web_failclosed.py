@@ -287,15 +287,17 @@ def test_5_rating_posts_are_capped_off_the_loop_and_refuse_duplicates(archive, t
 
 # ---------------------------------------------------------------- 7: headers on every response
 def test_7_refusals_and_errors_carry_the_security_headers(archive, tmp_path):
-    from dermsearch.web.state import server
-
     ix, extractor = _copy(archive, tmp_path)
     rater = TokenStore.for_index(ix).create("ana", "rater")
-    app = _app(ix, extractor)
+    app = _app(ix, extractor, auth="on")
     c = TestClient(app, base_url="http://localhost")
     r401 = c.get("/api/index")
     r403 = c.get("/api/ratings-key.csv", headers={"Authorization": f"Bearer {rater}"})
     assert (r401.status_code, r403.status_code) == (401, 403)
+    for r in (r401, r403):
+        assert all(h in r.headers for h in SECURITY), r.status_code
+    assert c.get("/api/index", headers={"Host": "evil.example"}).status_code == 400   # before authentication
+    from dermsearch.web.state import server
 
     def broken():
         raise RuntimeError("boom")
@@ -307,7 +309,6 @@ def test_7_refusals_and_errors_carry_the_security_headers(archive, tmp_path):
         for h in SECURITY:
             assert h in r.headers, (r.status_code, h)
         assert r.headers["cross-origin-resource-policy"] == "same-origin"
-    assert c.get("/api/index", headers={"Host": "evil.example"}).status_code == 400   # before authentication
 
 
 # ---------------------------------------------------------------- 8: sessions, not tokens, in cookies
@@ -416,3 +417,32 @@ def test_15_rating_urls_reveal_nothing_and_judgements_are_kept(archive, tmp_path
     rows = c.get("/api/ratings.csv").text.splitlines()[1:]
     assert len(rows) == len(post["ratings"]) and all(r.split(",")[2] == "0" for r in rows)
     assert json.loads(c.get("/api/whoami").text)["auth"] is False
+
+
+# ---------------------------------------------------------------- 13: no external request from a bundled page
+@pytest.mark.slow
+def test_13_bundled_pages_make_no_external_request(chromium, archive, tmp_path):
+    from .conftest import running_server
+
+    ix, extractor = _copy(archive, tmp_path)
+    outside: list[str] = []
+    page = chromium.new_page()
+    with running_server(_app(ix, extractor, auth="off")) as base:
+        def record(route):
+            url = route.request.url
+            if url.startswith(("http:", "https:")) and not url.startswith(base):
+                outside.append(url)
+                return route.abort()
+            return route.continue_()
+
+        page.route("**/*", record)
+        page.goto(base + "/redoc")
+        page.get_by_text("Search with an uploaded image").first.wait_for()     # ReDoc rendered the API
+        page.wait_for_timeout(1500)
+        page.goto(base + "/docs")
+        page.locator(".opblock").first.wait_for()                            # so did Swagger UI
+        for path in ("/", "/rate", "/login"):
+            page.goto(base + path)
+            page.wait_for_load_state("networkidle")
+    page.close()
+    assert outside == []
