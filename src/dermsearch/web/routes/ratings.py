@@ -61,7 +61,7 @@ def rating_image(session: str, item: str, request: Request, srv: Server = Depend
     if cid is None:
         raise HTTPException(404, "no such item in your rating sessions")
     with srv.live.current() as st:
-        return image_response(srv, st, cid, "thumb" if item != "query" else "full")
+        return image_response(srv, st, cid, "thumb")
 
 
 @router.post("/api/ratings", summary="Store a person's judgements for a rating session (one per item; "

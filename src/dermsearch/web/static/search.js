@@ -138,3 +138,8 @@ $('dlsheet').onclick = async () => {
   const r = await fetch('/api/search', {method: 'POST', body: fd});
   if (r.ok) download(await r.blob(), 'dermsearch-search.html');
 };
+fetch('/api/whoami').then(r => r.json()).then(w => {    // a signed-in user may end the session here
+  if (!w.user) return;
+  const a = $('signout'); a.hidden = false; a.textContent = 'sign out (' + String(w.user) + ')';
+  a.onclick = async e => { e.preventDefault(); await fetch('/api/logout', {method: 'POST'}); location.href = '/login'; };
+});
