@@ -291,6 +291,12 @@ def test_browser_sign_in_flow(chromium, auth_index):
         page.wait_for_url(base + "/")
         page.locator("#facts", has_text="8 images").wait_for()
         assert page.request.get(base + "/api/whoami").json()["user"] == "ana"
+        page.locator("#signout", has_text="sign out (ana)").click()         # ends the session on the server
+        page.wait_for_url("**/login")
+        assert page.request.get(base + "/api/whoami").json()["user"] is None
+        page.goto(base + f"/login#token={tokens['bo']}")                     # the link 'serve' prints
+        page.wait_for_url(base + "/")
+        assert "token" not in page.url and page.request.get(base + "/api/whoami").json()["user"] == "bo"
     page.close()
 
 

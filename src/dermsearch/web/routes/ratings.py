@@ -42,10 +42,10 @@ def _new_session(srv: Server, owner: str | None) -> dict:
             pooled.setdefault(h.id, []).append((m, h.rank))
     cands = list(pooled)
     rng.shuffle(cands)
-    session = secrets.token_urlsafe(12)
+    session = secrets.token_hex(16)          # hex: never starts like a spreadsheet formula
     rows, items = [], []
     for cid in cands:
-        item = secrets.token_urlsafe(9)
+        item = secrets.token_hex(8)
         rows += [(qid, item, cid, m, r) for m, r in pooled[cid]]
         items.append({"item": item, "image": f"/api/ratings/{session}/images/{item}"})
     srv.ratings.add_session(session, rows, owner, keep_open=config.open_rating_sessions)
