@@ -8,5 +8,9 @@ async function signIn(token) {
 document.getElementById('go').onclick = () => signIn(document.getElementById('token').value);
 // the sign-in link 'dermsearch serve' prints carries the token in the fragment (never sent to a server):
 // sign in with it once and drop it from the address bar and the history
-const fromLink = new URLSearchParams(location.hash.slice(1)).get('token');
-if (fromLink) { history.replaceState(null, '', '/login'); signIn(fromLink); }
+function fromLink() {
+  const token = new URLSearchParams(location.hash.slice(1)).get('token');
+  if (token) { history.replaceState(null, '', '/login'); signIn(token); }
+}
+window.addEventListener('hashchange', fromLink);      // the link opened where this page already is
+fromLink();
