@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -38,8 +39,9 @@ def query_images(limit: int = 200) -> list[bytes]:
     return [p.read_bytes() for p in paths]
 
 
-def _first_id(base: str, image: bytes) -> str:
-    r = httpx.post(base + "/api/search", files={"file": ("q.jpg", image, "image/jpeg")}, data={"k": "1"}, timeout=120)
+def _first_id(base: str, image: bytes, headers: dict) -> str:
+    r = httpx.post(base + "/api/search", files={"file": ("q.jpg", image, "image/jpeg")}, data={"k": "1"}, timeout=120,
+                   headers=headers)
     return next(iter(r.json()["results"].values()))[0]["id"]
 
 
@@ -59,18 +61,23 @@ def main() -> None:
     if args.no_rate_limit:            # all clients share 127.0.0.1: the per-client limit would be the figure
         cmd += ["--rate-limit", "0"]
     server = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    said: list[str] = []            # the server's stderr, drained (the access log must not fill the pipe)
+    threading.Thread(target=lambda: said.extend(server.stderr), daemon=True).start()
     base = f"http://127.0.0.1:{port}"
     t_start = time.perf_counter()
     while True:
         try:
-            if httpx.get(base + "/api/index", timeout=1).status_code == 200:
+            if httpx.get(base + "/api/index", timeout=1).status_code in (200, 401):
                 break
         except httpx.HTTPError:
             pass
         if server.poll() is not None or time.perf_counter() - t_start > 300:
-            raise SystemExit(f"server did not start: {server.stderr.read() if server.stderr else ''}")
+            raise SystemExit(f"server did not start: {''.join(said)}")
         time.sleep(0.5)
     startup = time.perf_counter() - t_start
+    # a server that signs in (the default since issue #41) printed an admin token's link at start
+    link = next((line for line in said if "#token=" in line), None)
+    auth = {"Authorization": "Bearer " + link.split("#token=")[1].strip()} if link else {}
 
     lat: list[float] = []
     errors: list[str] = []
@@ -78,11 +85,11 @@ def main() -> None:
     lock = threading.Lock()
     deadline = time.perf_counter() + args.seconds
     probes: dict[str, list[float]] = {"index": [], "thumbnail": []}
-    first_id = _first_id(base, images[0])
+    first_id = quote(_first_id(base, images[0], auth), safe="")
 
     def prober() -> None:
         """While the searches run: the page's small requests, as a user would make them."""
-        with httpx.Client(base_url=base, timeout=120) as c:
+        with httpx.Client(base_url=base, timeout=120, headers=auth) as c:
             while time.perf_counter() < deadline:
                 for name, url in (("index", "/api/index"), ("thumbnail", f"/api/images/{first_id}")):
                     t = time.perf_counter()
@@ -93,7 +100,7 @@ def main() -> None:
 
     def client(seed: int) -> None:
         rng = np.random.default_rng(seed)
-        with httpx.Client(base_url=base, timeout=120) as c:
+        with httpx.Client(base_url=base, timeout=120, headers=auth) as c:
             while time.perf_counter() < deadline:
                 img = images[int(rng.integers(len(images)))]
                 t = time.perf_counter()
@@ -143,7 +150,7 @@ def main() -> None:
                            for name, v in probes.items()},
         "baseline_api_sequential_ms_median": round(1000 * statistics.median(seq), 1),
         "baseline_api_sequential_rps": round(1 / statistics.median(seq), 2),
-        "server_startup_seconds": round(startup, 1),
+        "server_startup_seconds": round(startup, 1), "signed_in": bool(auth),
         "machine": machine(),
     })
 

@@ -84,7 +84,7 @@ def image_cases() -> list[tuple[str, str, bytes, str]]:
         ("greyscale + alpha PNG", "la.png", _png(base.convert("LA")), "ok"),
         ("1-bit PNG", "bw.png", _png(base.convert("1")), "ok"),
         ("EXIF-rotated JPEG", "rotated.jpg", _save(base, "JPEG", exif=exif.tobytes()), "ok"),
-        ("animated GIF", "anim.gif", gif.getvalue(), "ok"),
+        ("animated GIF", "anim.gif", gif.getvalue(), "not an allowed image format"),
         ("multi-page TIFF", "pages.tiff", tiff.getvalue(), "ok"),
         ("float TIFF", "float.tif", _save(Image.fromarray(np.asarray(base.convert("L"), np.float32)), "TIFF"), "ok"),
         ("BMP", "bitmap.bmp", _save(base, "BMP"), "ok"),
@@ -92,7 +92,8 @@ def image_cases() -> list[tuple[str, str, bytes, str]]:
         ("progressive JPEG", "progressive.jpg", _save(base, "JPEG", progressive=True), "ok"),
         ("JPEG named .png", "wrongext.png", jpeg, "ok"),
         ("unicode file name", "läsion_ü_日本.jpg", jpeg, "ok"),
-        ("GIF with transparency", "transparent.gif", _save(base.convert("P"), "GIF", transparency=0), "ok"),
+        ("GIF with transparency", "transparent.gif", _save(base.convert("P"), "GIF", transparency=0),
+         "not an allowed image format"),
     ]
 
 

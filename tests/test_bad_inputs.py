@@ -14,7 +14,7 @@ from dermsearch.cli.main import main
 from dermsearch.extract import ImageError, load_image
 from dermsearch.index import Index
 from dermsearch.index.build import build_index
-from dermsearch.web.app import create_app
+from dermsearch.web.app import WebConfig, create_app
 
 from .badinputs import _lesion, _save, csv_cases, image_cases
 
@@ -98,7 +98,8 @@ _CLIENTS = {}
 def _client(corpus, extractor):
     if "c" not in _CLIENTS:
         from dermsearch.search import Searcher
-        _CLIENTS["c"] = TestClient(create_app(corpus / "ix", searcher=Searcher(corpus / "ix", extractor=extractor)),
+        _CLIENTS["c"] = TestClient(create_app(corpus / "ix", WebConfig(auth="off"),
+                                              searcher=Searcher(corpus / "ix", extractor=extractor)),
                                    base_url="http://localhost")
     return _CLIENTS["c"]
 

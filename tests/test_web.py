@@ -32,7 +32,7 @@ def index_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(index_dir):
-    return TestClient(create_app(index_dir, WebConfig(max_upload_bytes=300_000)), base_url="http://localhost")
+    return TestClient(create_app(index_dir, WebConfig(max_upload_bytes=300_000, auth="off")), base_url="http://localhost")
 
 
 def test_index_facts(client):
@@ -115,8 +115,10 @@ def test_openapi_docs(client):
 
 
 def test_rating_api_round_trip(client, index_dir):
-    task = client.post("/api/ratings/session", params={"seed": 3}).json()
-    assert task["items"] and all(it["image"].startswith("/api/images/") for it in task["items"])
+    task = client.post("/api/ratings/session").json()
+    assert task["items"] and all(it["image"].startswith(f"/api/ratings/{task['session']}/images/")
+                                 for it in task["items"])
+    assert all(client.get(it["image"]).status_code == 200 for it in task["items"])
     marks = [{"item": it["item"], "similar": i % 2 == 0} for i, it in enumerate(task["items"])]
     r = client.post("/api/ratings", json={"session": task["session"], "query_id": task["query_id"],
                                           "ratings": marks, "rater": "t"})
@@ -133,7 +135,7 @@ def test_rating_api_round_trip(client, index_dir):
 # ------------------------------------------------------------------ real browser
 @pytest.fixture(scope="module")
 def live_server(index_dir, chromium):
-    with running_server(create_app(index_dir)) as url:
+    with running_server(create_app(index_dir, WebConfig(auth="off"))) as url:
         yield url
 
 
@@ -193,13 +195,23 @@ def test_serve_command_binds_loopback(index_dir):
     proc = subprocess.Popen([sys.executable, "-m", "dermsearch.cli.main", "serve", str(index_dir), "--port",
                              str(port)], stderr=subprocess.PIPE, text=True)
     try:
+        # no token yet: serve creates one for an admin and prints its sign-in link, once
+        lines = []
+        while not any("#token=" in line for line in lines):
+            line = proc.stderr.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        token = next(line for line in lines if "#token=" in line).split("#token=")[1].strip()
+        assert f"http://127.0.0.1:{port}/login#token=" in "".join(lines)
         for _ in range(240):
             try:
                 r = httpx.get(f"http://127.0.0.1:{port}/api/index", timeout=1)
                 break
             except httpx.HTTPError:
-                assert proc.poll() is None, proc.stderr.read()
+                assert proc.poll() is None
                 time.sleep(0.25)
+        assert r.status_code == 401                                   # fails closed by default
+        r = httpx.get(f"http://127.0.0.1:{port}/api/index", headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 200 and r.json()["images"] == 48
         assert "<title>dermsearch</title>" in httpx.get(f"http://127.0.0.1:{port}/").text
     finally:

@@ -37,6 +37,7 @@ def hostile_index(tiny_extractor, tmp_path_factory):
 
 def _app(hostile_index, **cfg):
     root, extractor = hostile_index
+    cfg.setdefault("auth", "off")                    # these tests are about other guards; auth has its own
     return create_app(root / "ix", WebConfig(**cfg), searcher=Searcher(root / "ix", extractor=extractor))
 
 
@@ -223,10 +224,11 @@ def test_auth_on_every_endpoint_and_roles(auth_index):
     ana, bo, root = tokens["ana"], tokens["bo"], tokens["root"]
     app = create_app(ix, WebConfig(), searcher=Searcher(ix, extractor=extractor))
     c = TestClient(app, base_url="http://localhost")
-    spec_paths = [r.path for r in app.routes if r.path.startswith("/api/") and r.path not in
+    spec_paths = [p for p in app.openapi()["paths"] if p.startswith("/api/") and p not in
                   ("/api/login", "/api/logout", "/api/whoami")]
-    for path in [*spec_paths, "/openapi.json", "/docs"]:
-        p = path.replace("{image_id:path}", "plain0").replace("{image_id}", "plain0")
+    assert len(spec_paths) >= 9
+    for path in [*spec_paths, "/openapi.json", "/docs", "/redoc"]:
+        p = path.replace("{image_id}", "plain0").replace("{session}", "s").replace("{item}", "query")
         for method in ("GET", "POST"):
             r = c.request(method, p)
             assert r.status_code in (401, 405), (method, p, r.status_code)
@@ -263,12 +265,14 @@ def test_csv_exports_are_formula_safe(client):
     assert any(r["rater"] == "'=1+2" for r in rows) and not any(r["rater"].startswith("=") for r in rows)
 
 
-def test_serve_refuses_to_expose_an_index_without_tokens(hostile_index, capsys):
+def test_serve_refuses_to_expose_an_index_without_authentication(hostile_index, capsys):
     from dermsearch.cli.main import main
 
     root, _ = hostile_index
-    assert main(["serve", str(root / "ix"), "--host", "0.0.0.0", "--port", "1"]) == 2
-    assert "dermsearch token create" in capsys.readouterr().err
+    assert main(["serve", str(root / "ix"), "--host", "0.0.0.0", "--port", "1", "--auth", "off"]) == 2
+    assert "without authentication" in capsys.readouterr().err
+    assert main(["serve", str(root / "ix"), "--port", "1", "--auth", "off", "--trusted-proxy", "127.0.0.1"]) == 2
+    assert "--auth on" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -287,6 +291,12 @@ def test_browser_sign_in_flow(chromium, auth_index):
         page.wait_for_url(base + "/")
         page.locator("#facts", has_text="8 images").wait_for()
         assert page.request.get(base + "/api/whoami").json()["user"] == "ana"
+        page.locator("#signout", has_text="sign out (ana)").click()         # ends the session on the server
+        page.wait_for_url("**/login")
+        assert page.request.get(base + "/api/whoami").json()["user"] is None
+        page.goto(base + f"/login#token={tokens['bo']}")                     # the link 'serve' prints
+        page.wait_for_url(base + "/")
+        assert "token" not in page.url and page.request.get(base + "/api/whoami").json()["user"] == "bo"
     page.close()
 
 
@@ -297,7 +307,7 @@ def test_live_archive_removed_image_is_gone_at_once(hostile_index, tmp_path):
     root, extractor = hostile_index
     ix = tmp_path / "ix"
     shutil.copytree(root / "ix", ix)
-    c = TestClient(create_app(ix, WebConfig(max_k=8), searcher=Searcher(ix, extractor=extractor)),
+    c = TestClient(create_app(ix, WebConfig(max_k=8, auth="off"), searcher=Searcher(ix, extractor=extractor)),
                    base_url="http://localhost")
     before = c.get("/api/index").json()
     victim = "plain3"
@@ -323,7 +333,7 @@ def test_rating_protocol_sessions_unrated_and_strict(hostile_index, tmp_path):
     shutil.copytree(root / "ix", ix)
     (ix / "ratings.sqlite").unlink(missing_ok=True)
     one = "plain3"
-    c = TestClient(create_app(ix, WebConfig(rating_k=3, rating_query_ids=frozenset({one})),
+    c = TestClient(create_app(ix, WebConfig(rating_k=3, rating_query_ids=frozenset({one}), auth="off"),
                               searcher=Searcher(ix, extractor=extractor)), base_url="http://localhost")
     a, b, unrated = (c.post("/api/ratings/session").json() for _ in range(3))
     assert a["query_id"] == b["query_id"] == unrated["query_id"] == one         # --query-split honoured
@@ -373,7 +383,7 @@ def test_live_archive_in_fast_mode_falls_back_to_exact(hostile_index, tmp_path):
     optimize(Index.open(ix), FastConfig(style_dims=2, feature_dims=2, mask_grid=4, candidates=8,
                                         normaliser_candidates=2))
     searcher = Searcher(ix, extractor=extractor, mode="fast")
-    c = TestClient(create_app(ix, WebConfig(), searcher=searcher), base_url="http://localhost")
+    c = TestClient(create_app(ix, WebConfig(auth="off"), searcher=searcher), base_url="http://localhost")
     assert c.post("/api/search", files={"file": ("q.png", _png())}, data={"k": "3"}).status_code == 200
     other = Index.open(ix)
     with other.writing():

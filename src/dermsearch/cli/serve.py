@@ -20,15 +20,19 @@ def register(sub, common: Common) -> None:
     sv.add_argument("--max-upload-mb", type=float, default=20.0)
     sv.add_argument("--allowed-host", action="append", default=[], metavar="NAME", help="a name this server may be "
                     "reached by (Host header), besides localhost, 127.0.0.1, ::1 and --host; repeatable")
-    sv.add_argument("--auth", choices=["auto", "on", "off"], default="auto", help="require an API token: auto "
-                    "(default) when the index has active tokens ('dermsearch token create'); a non-loopback --host "
-                    "always requires them")
+    sv.add_argument("--auth", choices=["on", "off"], default="on", help="on (default): every data path needs an API "
+                    "token or a sign-in (with no active token, one is created for 'admin' and its sign-in link printed "
+                    "once); off: anyone who reaches the port reads everything, so only with a loopback --host and "
+                    "no --trusted-proxy")
+    sv.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR", help="a reverse proxy's address "
+                    "or network (e.g. 127.0.0.1): only from it are X-Forwarded-For/-Proto believed; repeatable "
+                    "(default: none, the TCP peer is the client)")
     sv.add_argument("--query-split", nargs="+", metavar="NAME", help="/rate draws its queries from these splits "
                     "only (needs --split)")
     sv.add_argument("--concurrency", type=int, default=2, help="searches computed at once (default 2)")
     sv.add_argument("--queue", type=int, default=8, help="searches waiting beyond those; more get 429 (default 8)")
-    sv.add_argument("--rate-limit", type=int, default=120, metavar="N", help="searches per minute per client (the "
-                    "token's user, else the address); 0: no limit (default 120)")
+    sv.add_argument("--rate-limit", type=int, default=120, metavar="N", help="searches, rating sessions and rating "
+                    "posts per minute per client (the token's user, else the address); 0: no limit (default 120)")
     sv.add_argument("--dask", metavar="SCHEDULER_ADDRESS", help="shard the index across this Dask cluster's "
                     "workers and search there (exact, same results as local)")
     sv.set_defaults(handler=cmd_serve)
@@ -70,21 +74,54 @@ def cmd_token(args) -> int:
     return 0
 
 
-def cmd_serve(args) -> int:
-    from ..errors import require
+def server_config(app, host: str, port: int):
+    """uvicorn's settings for ``serve``: no proxy headers at the server level (the app believes them
+    only from ``--trusted-proxy``), no Server header, logs by the app."""
+    import uvicorn
 
-    uvicorn = require("uvicorn", "web", "dermsearch serve")
-    require("fastapi", "web", "dermsearch serve")
-    from ..search import Searcher
-    from ..web.app import WebConfig, create_app
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", proxy_headers=False, server_header=False,
+                          forwarded_allow_ips="")
+
+
+def _auth_check(args) -> int:
+    """Refuse an open server beyond loopback; the number of active tokens (a corrupt file: an error)."""
     from ..web.auth import TokenStore
 
     loopback = args.host in ("127.0.0.1", "localhost", "::1")
-    if not loopback and (args.auth == "off" or not TokenStore.for_index(args.index).active()):
-        raise UsageError(f"--host {args.host} would expose the archive beyond this machine without authentication. "
-                         f"Create tokens first ('dermsearch token create {args.index} --name NAME --role rater', "
-                         f"and one with --role admin), then serve with --auth auto or on; see docs/deploy.md")
+    if args.auth == "off" and (not loopback or args.trusted_proxy):
+        where = f"--host {args.host}" if not loopback else "a --trusted-proxy"
+        raise UsageError(f"--auth off with {where} would expose the archive beyond this machine without "
+                         f"authentication; serve with --auth on (the default; see docs/deploy.md)")
+    return TokenStore.for_index(args.index).check() if args.auth == "on" else 0
 
+
+def _announce(args, active: int) -> None:
+    """The start-up message: how to sign in (a new admin token's link, once), or a loud warning."""
+    from ..web.auth import TokenStore
+
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    url = f"http://{shown}:{args.port}/" if ":" not in shown else f"http://[{shown}]:{args.port}/"
+    if args.auth == "off":
+        err.print(f"WARNING: authentication is OFF (--auth off): any user or program on this machine can read every "
+                  f"image, rating and key at {url}", style="bold red", highlight=False)
+    elif not active:
+        token = TokenStore.for_index(args.index).create("admin", "admin")
+        err.print(f"no active API token for {args.index}: created one for user 'admin' (role admin); it is shown "
+                  f"only now. Sign in at:", highlight=False)
+        print(f"    {url}login#token={token}", file=sys.stderr, flush=True)
+    state = "authentication OFF" if args.auth == "off" else "sign-in required"
+    err.print(f"serving {args.index} on {url} ({state}; API docs at /docs)", highlight=False)
+
+
+def cmd_serve(args) -> int:
+    from ..errors import require
+
+    require("uvicorn", "web", "dermsearch serve")
+    require("fastapi", "web", "dermsearch serve")
+    from ..search import Searcher
+    from ..web.app import WebConfig, create_app
+
+    active = _auth_check(args)
     rating_ids = None
     if args.query_split:
         from ..evaluate import read_split
@@ -97,18 +134,20 @@ def cmd_serve(args) -> int:
              *args.allowed_host)
     app = create_app(args.index, WebConfig(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                                            allowed_hosts=hosts, concurrency=args.concurrency, queue=args.queue,
-                                           auth="on" if not loopback else args.auth, rating_query_ids=rating_ids,
-                                           rate_limit=args.rate_limit),
+                                           auth=args.auth, rating_query_ids=rating_ids, rate_limit=args.rate_limit,
+                                           trusted_proxies=tuple(args.trusted_proxy)),
                      searcher=Searcher(args.index, runtime=runtime_of(args), mode=args.mode,
                                        dask=args.dask))
-    if not loopback:
-        err.print(f"binding {args.host}: API tokens required; serve it over TLS (a reverse proxy: docs/deploy.md) "
-                  "and name the proxy's host with --allowed-host", highlight=False)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"binding {args.host}: serve it over TLS (a reverse proxy: docs/deploy.md) and name the proxy's "
+                  "host with --allowed-host", highlight=False)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    access = logging.getLogger("dermsearch.web.access")   # one line per request, with the user
+    access = logging.getLogger("dermsearch.web.access")   # one line per request, with the user, fields escaped
     access.addHandler(handler)
     access.setLevel(logging.INFO)
-    err.print(f"serving {args.index} on http://{args.host}:{args.port}/ (API docs at /docs)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    _announce(args, active)
+    import uvicorn
+
+    uvicorn.Server(server_config(app, args.host, args.port)).run()
     return 0

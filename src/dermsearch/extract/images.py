@@ -1,5 +1,11 @@
 """Image decoding and preprocessing: Pillow with the decompression-bomb guard on,
-EXIF orientation applied, every mode converted to RGB."""
+EXIF orientation applied, every mode converted to RGB.
+
+Only the decoders of :data:`ALLOWED_FORMATS` are ever used (queries, uploads and indexing alike):
+the file's leading bytes are checked against them before Pillow opens it, and Pillow is then told to
+try no other plugin, so no format that shells out (EPS/PostScript via Ghostscript) or that nobody
+photographs skin with can reach a decoder. Decoded images carry no metadata (JPEG comments, EXIF,
+ICC, XMP are dropped), so nothing but pixels is passed on or served."""
 
 from __future__ import annotations
 
@@ -15,15 +21,40 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DermsearchError
 
-__all__ = ["ImageError", "load_image", "resize_rgb", "thumbnail_data_uri", "MAX_PIXELS"]
+__all__ = ["ImageError", "load_image", "resize_rgb", "thumbnail_data_uri", "sniff_format", "MAX_PIXELS",
+           "ALLOWED_FORMATS"]
 
 # Images above this many pixels are refused (Pillow's own guard raises at twice its limit;
 # dermsearch refuses at the limit itself).
 MAX_PIXELS = 89_478_485
 
 
+# Pillow's format ids of the only decoders used, with the leading bytes that identify each.
+ALLOWED_FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
+_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+          (b"BM", "BMP"))
+# formats that are recognised only to name them in the refusal
+_REFUSED = ((b"GIF8", "GIF"), (b"%!PS", "PostScript/EPS"), (b"\xc5\xd0\xd3\xc6", "PostScript/EPS"),
+            (b"%PDF", "PDF"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (b"\xffO\xffQ", "JPEG 2000"),
+            (b"8BPS", "Photoshop"), (b"\x00\x00\x01\x00", "ICO"))
+
+
 class ImageError(DermsearchError, ValueError):
     """An input that cannot be used as an image; the message says why."""
+
+
+def sniff_format(head: bytes) -> str:
+    """The allowed format that ``head`` (a file's first 16 bytes or more) starts as; raises
+    :class:`ImageError` for anything else, naming a known but refused format."""
+    for magic, fmt in _MAGIC:
+        if head.startswith(magic):
+            return fmt
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    for magic, fmt in _REFUSED:
+        if head.startswith(magic):
+            raise ImageError(f"not an allowed image format ({fmt}); use JPEG, PNG, TIFF, BMP or WebP")
+    raise ImageError("not a recognised image format (JPEG, PNG, TIFF, BMP or WebP)")
 
 
 def load_image(source: str | os.PathLike | bytes | BinaryIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -47,17 +78,19 @@ def load_image(source: str | os.PathLike | bytes | BinaryIO, max_pixels: int = M
     else:
         fp = source
     try:
+        fmt = sniff_format(_head(fp))       # before Pillow sees a byte
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(fp) as img:
+            with Image.open(fp, formats=[fmt]) as img:
                 w, h = img.size
                 if w * h > max_pixels:
                     raise ImageError(f"image too large ({w}x{h} pixels > {max_pixels})")
                 if w < 1 or h < 1:
                     raise ImageError("image has no pixels")
                 img.load()
-                img = ImageOps.exif_transpose(img)
-                return _to_rgb(img)
+                img = _to_rgb(ImageOps.exif_transpose(img))
+                img.info.clear()            # comments, EXIF, ICC, XMP: pixels only from here on
+                return img
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -66,6 +99,16 @@ def load_image(source: str | os.PathLike | bytes | BinaryIO, max_pixels: int = M
         raise ImageError("not a recognised image format") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(f"corrupt or truncated image ({e})") from None
+
+
+def _head(fp) -> bytes:
+    if isinstance(fp, str):
+        with open(fp, "rb") as f:
+            return f.read(16)
+    pos = fp.tell()
+    head = fp.read(16)
+    fp.seek(pos)
+    return head
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

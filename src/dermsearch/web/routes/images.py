@@ -1,0 +1,44 @@
+"""Indexed images and masks, by id only (any id: the path segment takes every character)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException, Response
+from starlette.convertors import Convertor, register_url_convertor
+
+from ...search.explain import mask_png
+from ..state import Server, image_response, row_of, server
+
+MATCH_MASK = (0, 255, 255, 140)     # an indexed image's mask overlay: cyan
+
+
+class AnyId(Convertor):
+    """Every character, newlines included (an id is percent-encoded in the URL)."""
+    regex = "[\\s\\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anyid", AnyId())
+router = APIRouter()
+
+
+@router.get("/api/images/{image_id:anyid}", summary="An indexed image (thumbnail or full), by id only",
+            responses={200: {"content": {"image/jpeg": {}}}})
+def image(image_id: str, size: str = "thumb", srv: Server = Depends(server)) -> Response:
+    with srv.live.current() as st:          # a removed image is gone at once
+        return image_response(srv, st, image_id, size)
+
+
+@router.get("/api/masks/{image_id:anyid}", summary="The stored lesion mask of an indexed image (PNG overlay)",
+            responses={200: {"content": {"image/png": {}}}})
+def mask(image_id: str, srv: Server = Depends(server)) -> Response:
+    with srv.live.current() as st:
+        pos = row_of(st, image_id)
+        if st.snap.masks is None:
+            raise HTTPException(404, "this index stores no masks")
+        png = mask_png(st.snap.masks[pos], st.searcher.index.manifest["mask_size"], MATCH_MASK)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

@@ -1,0 +1,112 @@
+"""Index facts and search by upload. Admission (rate, queue) happened in the gate, from the headers;
+decoding, extraction and ranking run in the bounded pool, never on the event loop."""
+
+from __future__ import annotations
+
+import base64
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
+from fastapi.responses import HTMLResponse
+
+from ...extract import load_image
+from ...search import MEASURES, Filters
+from ...search.explain import mask_png
+from ...search.sheet import contact_sheet_html
+from ..state import Server, server
+
+QUERY_MASK = (217, 45, 32, 120)     # the query's mask overlay: red
+_HIDDEN_META = {"image_id", "image_path", "mask_path", "diagnosis", "lesion_id", "melanoma"}
+router = APIRouter()
+
+
+@router.get("/api/index", summary="Facts about the index (the version served: every request uses the newest)")
+def index_facts(srv: Server = Depends(server)) -> dict:
+    with srv.live.current() as st:
+        return st.facts
+
+
+@router.post("/api/search", summary="Search with an uploaded image",
+             responses={413: {"description": "upload too large"}, 415: {"description": "not an allowed image"},
+                        429: {"description": "busy: retry later"}})
+async def search(file: UploadFile = File(..., description="the query image (JPEG, PNG, TIFF, BMP or WebP)"),
+                 k: int = Form(5, description="results per measure, 1..max_k; 0: all, capped at max_k"),
+                 measures: list[str] = Form([], description="repeat the field once per measure, or comma-separate "
+                                                            "them; default all"),
+                 diagnosis: list[str] = Form([], description="repeat the field once per value (any of them)"),
+                 site: list[str] = Form([]), sex: list[str] = Form([]),
+                 age_min: float | None = Form(None), age_max: float | None = Form(None),
+                 query_mask: str = Form("none", description="none, or png: the query's mask as a PNG data URI"),
+                 format: str = Form("json", description="json, or html: the contact sheet as a download"),
+                 srv: Server = Depends(server)):
+    config, live = srv.config, srv.live
+    if not 0 <= k <= config.max_k:
+        raise HTTPException(422, f"k must be between 0 and {config.max_k}")
+    if query_mask not in ("none", "png"):
+        raise HTTPException(422, "query_mask must be none or png")
+    if format not in ("json", "html"):
+        raise HTTPException(422, "format must be json or html")
+    wanted = [m.strip() for v in measures for m in v.split(",") if m.strip()] or None
+    if wanted:
+        unknown = [m for m in wanted if m not in MEASURES]
+        if unknown:
+            raise HTTPException(422, f"unknown measure(s) {unknown}; valid: {', '.join(MEASURES)}")
+    data = await file.read(config.max_upload_bytes + 1)
+    if len(data) > config.max_upload_bytes:
+        raise HTTPException(413, f"upload larger than {config.max_upload_bytes} bytes")
+    equals = {}
+    for col, values in (("diagnosis", diagnosis), (live.site_col, site), ("sex", sex)):
+        vals = tuple(v for v in values if v != "")        # each field one value, verbatim: commas are data
+        if vals:
+            equals[col] = vals
+    ranges = {live.age_col: (age_min, age_max)} if age_min is not None or age_max is not None else {}
+    out = await anyio.to_thread.run_sync(_search_work, srv, data, k, wanted, Filters(equals, ranges),
+                                         query_mask == "png", format == "html", limiter=srv.limiter)
+    if format == "html":
+        return HTMLResponse(out, headers={"Content-Disposition": 'attachment; filename="dermsearch-search.html"'})
+    return out
+
+
+def _search_work(srv: Server, data: bytes, k: int, wanted, filters: Filters, with_mask: bool, sheet: bool):
+    image = load_image(data, max_pixels=srv.config.max_pixels)    # an ImageError is a 415 (the app's handler)
+    with srv.live.current() as st:
+        return _search_in(srv, st, image, k, wanted, filters, with_mask, sheet)
+
+
+def _hit_json(hit, meta: dict) -> dict:
+    d = hit.to_json()
+    d.pop("path", None)            # ids only: server paths never reach a client
+    d["melanoma"] = hit.melanoma
+    d["lesion_id"] = hit.lesion_id
+    d["meta"] = {k: v for k, v in meta.items() if k not in _HIDDEN_META and v not in ("", None)}
+    return d
+
+
+def _search_in(srv: Server, st, image, k: int, wanted, filters: Filters, with_mask: bool, sheet: bool):
+    searcher, meta, max_k = st.searcher, st.meta, srv.config.max_k
+    query = searcher.encode(image, label="upload")
+    try:
+        result = searcher.search(query, k=k if k else max_k, measures=wanted, filters=filters, explain=True)
+    except ValueError as e:
+        raise HTTPException(422, str(e)) from None
+    if sheet:                # the contact sheet of this search, as the CLI's --html writes it
+        overlays = {h.id: searcher.mask_overlay(query, h.id) for hits in result.results.values() for h in hits}
+        return contact_sheet_html(result, image, overlays)
+    out = result.to_json()
+    out["k"] = k
+    out["k_shown"] = k if k else max_k
+    out["results"] = {m: [_hit_json(h, meta[searcher.row(h.id)]) for h in hits] for m, hits in result.results.items()}
+    overlays: dict[str, str | None] = {}
+    for hits in out["results"].values():
+        for h in hits:
+            if "explain" in h and "mask" in h["explain"]:
+                if h["id"] not in overlays:
+                    png = searcher.mask_overlay(query, h["id"])
+                    overlays[h["id"]] = None if png is None else \
+                        "data:image/png;base64," + base64.b64encode(png).decode()
+                h["explain"] = {**h["explain"], "overlap_png": overlays[h["id"]]}
+    out["melanoma_in_top_k"] = {m: sum(1 for h in hits if h.melanoma == 1) for m, hits in result.results.items()}
+    if with_mask and query.mask is not None:
+        png = mask_png(query.mask, searcher.index.manifest["mask_size"], QUERY_MASK)
+        out["query_mask_png"] = "data:image/png;base64," + base64.b64encode(png).decode()
+    return out

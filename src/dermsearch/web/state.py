@@ -1,0 +1,100 @@
+"""What the routes share, reached through FastAPI's ``Depends``: the settings, the index served, the
+ratings, the tokens and sessions, and the admission state (a bounded pool, the queue count,
+per-client rate buckets, failed sign-ins, thumbnails)."""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import anyio
+from fastapi import HTTPException, Request, Response
+
+from ..extract import ImageError, load_image
+from .auth import FailureThrottle, SessionStore, TokenStore, User
+from .live import LiveIndex, RateLimiter
+from .ratings import RatingStore
+
+__all__ = ["WebConfig", "Server", "server", "current_user", "row_of", "image_response"]
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 25_000_000          # uploads above this are refused before decoding (Pillow's guard: 179 M)
+    max_k: int = 50                       # also caps k = 0 ("all") in the web API
+    thumb_size: int = 192
+    rating_k: int = 5
+    # the names this server answers to (Host header); None: any (only behind a proxy that checks it)
+    allowed_hosts: tuple[str, ...] | None = ("localhost", "127.0.0.1", "::1")
+    concurrency: int = 2                  # searches computed at once, off the event loop
+    queue: int = 8                        # searches waiting beyond those; more get 429 + Retry-After
+    thumb_cache: int = 512                # encoded thumbnails kept in memory
+    auth: str = "on"                      # "on": an API token or a sign-in session for every data path; "off"
+    rating_query_ids: frozenset[str] | None = None   # /rate draws its queries from these ids only (e.g. a split)
+    rate_limit: int = 0                   # searches, rating sessions and posts a minute per client; 0: off
+    trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-For is believed
+    session_hours: float = 12.0           # a sign-in session's lifetime
+    open_rating_sessions: int = 20        # unrated rating sessions kept per user; older ones are dropped
+    max_ratings_per_post: int = 200
+    sign_in_failures: int = 5             # failed sign-ins per address (and per name) in 5 minutes before 429
+
+
+class Server:
+    def __init__(self, config: WebConfig, live: LiveIndex, ratings: RatingStore, tokens: TokenStore):
+        self.config, self.live, self.ratings, self.tokens = config, live, ratings, tokens
+        self.sessions = SessionStore(tokens, hours=config.session_hours)
+        self.failures = FailureThrottle(limit=config.sign_in_failures)
+        self.limiter = anyio.CapacityLimiter(max(1, config.concurrency))
+        self.pending = {"n": 0}
+        self.buckets = RateLimiter(config.rate_limit)
+        self.thumbs: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
+        self.thumbs_lock = threading.Lock()
+
+
+def server(request: Request) -> Server:
+    return request.app.state.server
+
+
+def current_user(request: Request) -> User | None:
+    return getattr(request.state, "user", None)
+
+
+def row_of(st, image_id: str) -> int:
+    pos = st.searcher.row(image_id)
+    if pos is None:
+        raise HTTPException(404, "no such image in the index")
+    return pos
+
+
+def image_response(srv: Server, st, image_id: str, size: str) -> Response:
+    """An indexed image as a fresh JPEG (pixels only: no comment, EXIF or ICC from the archive's file),
+    thumbnails cached per index version; never cached by a shared proxy."""
+    config = srv.config
+    pos = row_of(st, image_id)
+    if size not in ("thumb", "full"):
+        raise HTTPException(422, "size must be thumb or full")
+    key = (image_id, size, st.version)
+    with srv.thumbs_lock:
+        body = srv.thumbs.get(key) if size == "thumb" else None
+        if body is not None:
+            srv.thumbs.move_to_end(key)
+    if body is None:
+        try:
+            img = load_image(st.snap.paths[pos])
+        except ImageError as e:
+            raise HTTPException(410, f"the indexed file can no longer be read: {e}") from None
+        if size == "thumb":
+            img.thumbnail((config.thumb_size, config.thumb_size))
+        img.info.clear()
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=88)
+        body = buf.getvalue()
+        if size == "thumb" and config.thumb_cache > 0:
+            with srv.thumbs_lock:
+                srv.thumbs[key] = body
+                while len(srv.thumbs) > config.thumb_cache:
+                    srv.thumbs.popitem(last=False)
+    return Response(body, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
