@@ -11,17 +11,9 @@ import torch
 
 from dermsearch.extract.gram import gram_matrix, style_vector
 from dermsearch.extract.masks import pack_masks
-from dermsearch.search.measures import (
-    MEASURES,
-    cosine_new,
-    cosine_similarities,
-    dice_coefficients,
-    euclidean_distances,
-    harmonic_mean,
-    max_normalised,
-    measure_scores,
-    style_losses,
-)
+from dermsearch.search.measures import MEASURES, cosine_new, harmonic_mean, measure_scores
+
+from .one_query import cosine_similarities, dice_coefficients, euclidean_distances, max_normalised, style_losses
 
 
 # ----------------------------------------------------------------- naive references

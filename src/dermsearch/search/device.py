@@ -17,8 +17,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..extract.vectors import Vectors
-from .engine import QueryRanking, Ranked, block_columns, outside_sqnorms, rank_rows
-from .measures import COMPONENTS, RECHECK_FRACTION
+from .engine import ExhaustiveEngine, block_columns, outside_sqnorms
+from .measures import RECHECK_FRACTION, dice
 
 __all__ = ["DeviceEngine", "popcount_table"]
 
@@ -31,7 +31,7 @@ def popcount_table(device):
     return torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32, device=device)
 
 
-class DeviceEngine:
+class DeviceEngine(ExhaustiveEngine):
     """The engine contract on torch tensors resident on ``device`` (``cuda``, ``cuda:N``, ``cpu``)."""
 
     kernel = "torch-device"
@@ -84,12 +84,6 @@ class DeviceEngine:
     def __len__(self) -> int:
         return self.features.shape[0]
 
-    @property
-    def components(self) -> tuple[str, ...]:
-        have = {"euclidean", "cosine"} | ({"style"} if self.styles is not None else set()) | (
-            {"dice"} if self.masks is not None else set())
-        return tuple(c for c in COMPONENTS if c in have)
-
     def take(self, rows) -> Vectors:
         import torch
 
@@ -99,11 +93,6 @@ class DeviceEngine:
         idx = torch.as_tensor(rows, device=self.device)
         return Vectors(*(None if a is None else a[idx].cpu().numpy() for a in
                          (self.features, self.styles, self.masks, self.mask_areas)))
-
-    def rank(self, batch: Vectors, valid: np.ndarray, measures: Sequence[str], k: int) -> list[QueryRanking]:
-        if not len(self):
-            return [QueryRanking({m: Ranked.empty() for m in measures}) for _ in range(len(batch))]
-        return rank_rows(self.raw(batch), valid, measures, k)
 
     # ------------------------------------------------------------------ raw values
     def _distances(self, Q, X, x_sq, extra_sq=None):
@@ -147,7 +136,5 @@ class DeviceEngine:
                 qm = torch.as_tensor(np.ascontiguousarray(batch.masks, dtype=np.uint8), device=self.device)
                 inter = torch.stack([self._popcount[(self.masks & q).long()].sum(1) for q in qm]).double()
                 areas = torch.as_tensor(np.asarray(batch.mask_areas, dtype=np.float64), device=self.device)
-                total = areas[:, None] + self.mask_areas[None, :]
-                out["dice"] = torch.where(total > 0, 2.0 * inter / torch.where(total > 0, total, 1.0),
-                                          1.0).cpu().numpy()
+                out["dice"] = dice(inter, areas[:, None] + self.mask_areas[None, :]).cpu().numpy()
         return out
