@@ -97,6 +97,7 @@ class OpenVersion:
     fast: FastIndex | None = None
     sharded: Any = None
     layout: Sequence[dict] | None = None
+    directory: str | None = None          # the index directory (None for a snapshot alone)
     _engines: dict = field(default_factory=dict, repr=False)
 
     def engine(self, spec: EngineSpec) -> Engine:
@@ -123,7 +124,9 @@ def _choose(v: OpenVersion, spec: EngineSpec) -> Engine:
     exact = v.exact
     if spec.mode == "fast":
         if v.fast is None:
-            raise FastModeMissing("no fast-mode files serve this index version; run 'dermsearch optimize'")
+            where = f"{v.directory} (version {v.snapshot.version})" if v.directory else "these rows"
+            raise FastModeMissing(f"no fast-mode files serve {where}; run 'dermsearch optimize "
+                                  f"{v.directory or 'INDEX'}'")
         return v.fast
     if spec.mode == "certified":
         if exact.styles is None:
@@ -194,20 +197,20 @@ def open_version(index: Index, spec: EngineSpec = EngineSpec()) -> OpenVersion:
             snap = Snapshot(fast.info["index_version"], fast.ids.astype(object), rows["paths"], rows["diagnosis"],
                             rows["melanoma"], rows["lesion_id"], rows["meta_json"], e.features, e.styles, e.masks,
                             e.mask_areas)
-            return OpenVersion(snap, e, fast, layout=layout)
+            return OpenVersion(snap, e, fast, layout=layout, directory=str(index.directory))
         # the fast-mode files hold the exact rows memory-mapped: only the metadata is read here
         s = index.snapshot(vectors=False)
         if s.version == fast.info["index_version"] and np.array_equal(s.ids.astype(str), fast.ids):
             e = fast.exact
             snap = dataclasses.replace(s, features=e.features, styles=e.styles, masks=e.masks,
                                        mask_areas=e.mask_areas)
-            return OpenVersion(snap, e, fast, layout=layout)
+            return OpenVersion(snap, e, fast, layout=layout, directory=str(index.directory))
         if spec.mode == "fast":
             raise FastModeMissing(f"the fast-mode files of {index.directory} do not match its current "
                                   f"version; run 'dermsearch optimize {index.directory}'")
     s = index.snapshot()           # no fast-mode files serve this version: the rows from LanceDB
     return OpenVersion(s, ExactEngine.of(s.vectors, style_blocks=checked_style_blocks(s.styles, layout)),
-                       layout=layout)
+                       layout=layout, directory=str(index.directory))
 
 
 def _fast_files(index: Index, required: bool) -> FastIndex | None:
@@ -230,4 +233,4 @@ def _sharded(index: Index, spec: EngineSpec, layout) -> OpenVersion:
     m = index.manifest
     engine = ShardedEngine(spec.dask, index.directory, s.version, len(s), components=index_components(m),
                            kernel=kernel_for(len(s), max(m["feature_dim"], m["style_dim"])))
-    return OpenVersion(s, None, sharded=engine, layout=layout)
+    return OpenVersion(s, None, sharded=engine, layout=layout, directory=str(index.directory))
