@@ -37,8 +37,8 @@ from .measures import (
 )
 
 __all__ = ["Query", "Ranked", "QueryRanking", "Engine", "RawEngine", "ExhaustiveEngine", "ExactEngine", "maxima",
-           "normalise", "rank_rows", "empty_rankings", "merge_rankings", "top_k_rows", "largest", "kth_largest",
-           "dead_style_ranges", "live_style_blocks", "checked_style_blocks",
+           "normalise", "rank_rows", "empty_rankings", "merge_rankings", "top_k_rows", "largest", "smallest",
+           "kth_largest", "dead_style_ranges", "live_style_blocks", "checked_style_blocks",
            "block_columns", "outside_sqnorms"]
 
 Blocks = tuple[tuple[int, int], ...]
@@ -425,7 +425,17 @@ def kth_largest(values: np.ndarray, k: int) -> float:
 
 def largest(scores: np.ndarray, c: int) -> np.ndarray:
     """Positions of the ``c`` largest ``scores``, in no order (every position when ``c`` >= their
-    number): how approximate engines choose candidates, where the order does not matter."""
+    number): how approximate engines choose candidates, where the order does not matter. Which of
+    tied scores are chosen is numpy's introselect's (deterministic): see :func:`smallest`."""
     if c >= scores.size:
         return np.arange(scores.size)
     return np.argpartition(scores, scores.size - c)[scores.size - c:]
+
+
+def smallest(values: np.ndarray, c: int) -> np.ndarray:
+    """Positions of the ``c`` smallest ``values``, in no order (every position when ``c`` >= their
+    number). ``smallest(-s, c)`` and ``largest(s, c)`` choose the same scores but may choose
+    different rows among ties at the cut: each caller keeps the one its results were built on."""
+    if c >= values.size:
+        return np.arange(values.size)
+    return np.argpartition(values, c - 1)[:c]

@@ -71,6 +71,7 @@ from .engine import (
     QueryRanking,
     Ranked,
     largest,
+    smallest,
     top_k_rows,
 )
 from .fast_parts import (
@@ -342,7 +343,7 @@ class FastIndex:
         for m in with_style:
             pos = np.flatnonzero(np.isin(rerank, wide[m]))
             c = min(max(self.config.candidates, k), pos.size)
-            picked.append(rerank[pos][largest(refined_scores[m][pos], c)])
+            picked.append(rerank[pos][smallest(-refined_scores[m][pos], c)])
         nonstyle = [m for m in p.measures if m not in with_style]
         if nonstyle:
             e2v = np.where(valid[rerank], e2, np.nan)
