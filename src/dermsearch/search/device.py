@@ -1,7 +1,8 @@
 """The exact engine on torch tensors, on any torch device: a CUDA GPU when one is there.
 
 The same arithmetic as :class:`~dermsearch.search.engine.ExactEngine` (float32 products, float64
-after them, near-duplicates recomputed from their differences, Dice from bit counts), with the
+after them, near-duplicates recomputed from their differences, Dice from bit counts: the functions of
+:mod:`~dermsearch.search.measures`, which take numpy arrays or torch tensors), with the
 index matrices resident on the device, so a query reads them at the device's memory bandwidth
 (an H200 reads ~4.8 TB/s: all ten measures over 100k rows is ~33 GB). Ranking then runs on the
 host over the [B, N] values (:func:`~dermsearch.search.engine.rank_rows`), exactly as for the
@@ -18,7 +19,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..extract.vectors import Vectors
 from .engine import ExhaustiveEngine, block_columns, outside_sqnorms
-from .measures import RECHECK_FRACTION, dice
+from .measures import cosines_from_dots, dice, distances_from_dots
 
 __all__ = ["DeviceEngine", "popcount_table"]
 
@@ -105,13 +106,7 @@ class DeviceEngine(ExhaustiveEngine):
             torch.as_tensor(extra_sq, dtype=torch.float64, device=self.device))
         q_sq = (q.double() ** 2).sum(1) + extra
         dots = (q @ X.T).double() if q.shape[0] > 1 else torch.mv(X, q[0]).double()[None]
-        scale = q_sq[:, None] + x_sq[None, :]
-        d = scale - 2.0 * dots
-        qi, xi = torch.nonzero(d <= RECHECK_FRACTION * scale, as_tuple=True)
-        for a in range(0, qi.numel(), 64):
-            i, j = qi[a:a + 64], xi[a:a + 64]
-            d[i, j] = ((X[j].double() - q[i].double()) ** 2).sum(1) + extra[i]
-        return d.clamp_min(0.0), dots, q_sq
+        return distances_from_dots(dots, q, X, q_sq, x_sq, extra), dots, q_sq
 
     def raw(self, batch: Vectors, components: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         import torch
@@ -124,9 +119,7 @@ class DeviceEngine(ExhaustiveEngine):
                 if "euclidean" in want:
                     out["euclidean"] = d.sqrt().cpu().numpy()
                 if "cosine" in want:
-                    norms = q_sq.sqrt()[:, None] * self.feature_sqnorms.sqrt()[None, :]
-                    cs = torch.where(norms > 0, dots / torch.where(norms > 0, norms, 1.0), 0.0)
-                    out["cosine"] = cs.clamp(-1.0, 1.0).cpu().numpy()
+                    out["cosine"] = cosines_from_dots(dots, q_sq, self.feature_sqnorms).cpu().numpy()
             if "style" in want and self.styles is not None and batch.styles is not None:
                 S = np.asarray(batch.styles, dtype=np.float32)
                 extra = None if self.style_blocks is None else outside_sqnorms(S, self.style_blocks)

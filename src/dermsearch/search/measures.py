@@ -76,28 +76,68 @@ def row_sqnorms(X: np.ndarray) -> np.ndarray:
 
 
 def distances_from_dots(dots: np.ndarray, Q: np.ndarray, X: np.ndarray, q_sqnorms: np.ndarray,
-                        x_sqnorms: np.ndarray) -> np.ndarray:
+                        x_sqnorms: np.ndarray, extra_sq=None) -> np.ndarray:
     """[B, N] squared distances from the float32 products ``dots = Q @ X.T``.
 
     ||q||² + ||x||² − 2 q·x in float64; pairs where that expansion cancels (near-duplicates:
     distance below ``RECHECK_FRACTION`` of the norms) are recomputed from their differences in
     float64, so a near-duplicate's distance keeps full precision (an image's distance to itself is 0).
+    ``extra_sq`` [B]: each query's ‖q‖² over columns X does not hold (X is 0 there; in
+    ``q_sqnorms`` already). numpy arrays, or torch tensors on any device (the device engine's):
+    one arithmetic for both.
     """
+    ops = _ops(dots)
     scale = q_sqnorms[:, None] + x_sqnorms[None, :]
-    d = scale - 2.0 * dots.astype(np.float64)
-    qi, xi = np.nonzero(d <= RECHECK_FRACTION * scale)
-    for start in range(0, qi.size, 64):
+    d = scale - 2.0 * ops.f64(dots)
+    qi, xi = ops.nonzero(d <= RECHECK_FRACTION * scale)
+    for start in range(0, len(qi), 64):
         a, b = qi[start:start + 64], xi[start:start + 64]
-        diff = np.asarray(X[b], dtype=np.float64) - Q[a].astype(np.float64)
-        d[a, b] = np.einsum("ij,ij->i", diff, diff)
-    return np.maximum(d, 0.0)
+        exact = ops.sqsum(ops.f64(X[b]) - ops.f64(Q[a]))
+        d[a, b] = exact if extra_sq is None else exact + extra_sq[a]
+    return ops.clamp0(d)
 
 
 def cosines_from_dots(dots: np.ndarray, q_sqnorms: np.ndarray, x_sqnorms: np.ndarray) -> np.ndarray:
-    """[B, N] cosine similarities from the products; a zero vector has cosine 0."""
-    norms = np.sqrt(q_sqnorms)[:, None] * np.sqrt(x_sqnorms)[None, :]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.clip(np.where(norms > 0, dots.astype(np.float64) / norms, 0.0), -1.0, 1.0)
+    """[B, N] cosine similarities from the products; a zero vector has cosine 0 (numpy arrays or
+    torch tensors, as :func:`distances_from_dots`)."""
+    ops = _ops(dots)
+    norms = ops.sqrt(q_sqnorms)[:, None] * ops.sqrt(x_sqnorms)[None, :]
+    ok = norms > 0
+    return ops.clip1(ops.where(ok, ops.f64(dots) / ops.where(ok, norms, 1.0), 0.0))
+
+
+class _NumpyOps:
+    """The array operations the shared formulas need, for numpy (float64 sums by einsum)."""
+
+    f64 = staticmethod(lambda a: np.asarray(a, dtype=np.float64))
+    nonzero = staticmethod(np.nonzero)
+    sqsum = staticmethod(lambda diff: np.einsum("ij,ij->i", diff, diff))
+    clamp0 = staticmethod(lambda d: np.maximum(d, 0.0))
+    sqrt = staticmethod(np.sqrt)
+    where = staticmethod(np.where)
+    clip1 = staticmethod(lambda c: np.clip(c, -1.0, 1.0))
+
+
+class _TorchOps:
+    """The same for torch tensors (no import: only tensor methods and the module of the tensor)."""
+
+    f64 = staticmethod(lambda a: a.double())
+    nonzero = staticmethod(lambda m: m.nonzero(as_tuple=True))
+    sqsum = staticmethod(lambda diff: (diff ** 2).sum(1))
+    clamp0 = staticmethod(lambda d: d.clamp_min(0.0))
+    sqrt = staticmethod(lambda a: a.sqrt())
+    where = staticmethod(lambda c, a, b: _torch().where(c, a, b))
+    clip1 = staticmethod(lambda c: c.clamp(-1.0, 1.0))
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _ops(a):
+    return _TorchOps if hasattr(a, "new_ones") else _NumpyOps
 
 
 def dice(inter, total):
