@@ -56,7 +56,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,13 +69,13 @@ from .engine import (
     Query,
     QueryRanking,
     Ranked,
-    largest,
     smallest,
     top_k_rows,
 )
 from .fast_parts import (
     FastResult,
     RowReader,
+    SearchPass,
     cell_counts,
     components_of,
     count_sketch,
@@ -100,32 +99,6 @@ SMALL = ("ids", "feature_mean", "feature_basis", "style_mean", "style_basis", "s
 
 class FastModeMissing(DermsearchError, RuntimeError):
     """The index has no fast-mode files for its current version."""
-
-
-@dataclass
-class _Pass:
-    """One query on its way through :meth:`FastIndex._search`: what it asks, and its estimates of
-    every row (PCA squared distances, their proven radii, the sketch-refined style estimate)."""
-
-    query: Query
-    k: int
-    measures: tuple[str, ...]
-    valid: np.ndarray
-    rows_valid: np.ndarray
-    invalid: np.ndarray
-    est_f: np.ndarray | None = None
-    rad_f: np.ndarray | None = None
-    est_s: np.ndarray | None = None
-    rad_s: np.ndarray | None = None
-    rank_s: np.ndarray | None = None
-
-    @property
-    def needs(self) -> set[str]:
-        return {c for m in self.measures for c in MEASURE_COMPONENTS[m]}
-
-    def largest(self, scores: np.ndarray, c: int) -> np.ndarray:
-        """The rows of the ``c`` largest valid ``scores`` (invalid rows already -inf)."""
-        return self.rows_valid if c >= self.rows_valid.size else largest(scores, c)
 
 
 class FastIndex:
@@ -267,16 +240,16 @@ class FastIndex:
             self._fill_style(query, rows_out, rerank, raw, comp, normalisers)
         return FastResult(rows_out, scores_out, comp, raw, rerank, normalisers, bounds, certified)
 
-    def _pass(self, query: Query, k: int, measures: Sequence[str], valid: np.ndarray) -> _Pass:
+    def _pass(self, query: Query, k: int, measures: Sequence[str], valid: np.ndarray) -> SearchPass:
         """The query's estimates for every row (nothing computed when there is nothing to rank)."""
-        p = _Pass(query, k, tuple(measures), valid, np.flatnonzero(valid), np.flatnonzero(~valid))
+        p = SearchPass(query, k, tuple(measures), valid, np.flatnonzero(valid), np.flatnonzero(~valid))
         if p.rows_valid.size and measures:
             p.est_f, p.rad_f, _ = self._estimate("feature", query.feature)
             if query.style is not None:
                 p.est_s, p.rad_s, p.rank_s = self._estimate("style", query.style)
         return p
 
-    def _normaliser_candidates(self, p: _Pass) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    def _normaliser_candidates(self, p: SearchPass) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """1. max-normalisers: per normalised component (ED, and LS with a query style), the rows
         with the largest upper bounds to measure exactly, and every row's upper bound (invalid rows
         -inf: chosen over every row at once, cheaper than gathering the valid)."""
@@ -290,7 +263,7 @@ class FastIndex:
             check_rows[comp], upper[comp] = p.largest(hi, self.config.normaliser_candidates), hi
         return check_rows, upper
 
-    def _estimated_components(self, p: _Pass) -> dict[str, np.ndarray]:
+    def _estimated_components(self, p: SearchPass) -> dict[str, np.ndarray]:
         """2. candidates: every row's estimated components in float32 (they only choose rows)."""
         query, valid, est_f, a = p.query, p.valid, p.est_f, self.arrays
         qf = float(np.dot(query.feature.astype(np.float64), query.feature))
@@ -313,7 +286,7 @@ class FastIndex:
             comp_est["dice"] = np.divide(inter, total, out=np.ones_like(inter), where=total > 0)
         return comp_est
 
-    def _wide_rows(self, p: _Pass, comp_est: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _wide_rows(self, p: SearchPass, comp_est: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Stage A: per measure, the best ``wide_candidates`` rows by the estimates (or more: see
         the module doc)."""
         cfg = self.config
@@ -325,7 +298,7 @@ class FastIndex:
             wide[m] = p.largest(est_scores[m], per_measure)
         return wide
 
-    def _style_candidates(self, p: _Pass, raw: dict[str, np.ndarray], rerank: np.ndarray,
+    def _style_candidates(self, p: SearchPass, raw: dict[str, np.ndarray], rerank: np.ndarray,
                           wide: dict[str, np.ndarray], comp_est: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Stage B: the rows whose exact style rows are read (323 KB each). Per measure with style,
         stage A's rows re-scored with their exact feature and mask components and the style
@@ -353,7 +326,7 @@ class FastIndex:
                        for m in nonstyle]
         return picked
 
-    def _normaliser(self, p: _Pass, comp_name: str, raw: dict[str, np.ndarray], rerank: np.ndarray,
+    def _normaliser(self, p: SearchPass, comp_name: str, raw: dict[str, np.ndarray], rerank: np.ndarray,
                     known_rows: np.ndarray, upper: np.ndarray) -> tuple[float, tuple[float, float], bool]:
         """The max-normaliser of ED or LS from the rows measured exactly, its certified interval
         and whether it is certified exact. Rows whose upper bound still exceeds the largest exact

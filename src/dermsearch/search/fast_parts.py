@@ -1,6 +1,7 @@
 """The pieces of fast mode (:mod:`dermsearch.search.fast`) outside its search steps: what its reader
 and writer (:mod:`~dermsearch.search.fast_build`) share (count sketches, mask cell counts), the
-positioned-read row reader, the result of one query, and the arithmetic on estimates."""
+positioned-read row reader, one query's state through the search steps and its result, and the
+arithmetic on estimates."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import normalise
+from .engine import Query, largest, normalise
 from .measures import MEASURE_COMPONENTS, normalised_by
 
-__all__ = ["count_sketch", "cell_counts", "RowReader", "FastResult", "rough_scores", "score_error_bound"]
+__all__ = ["count_sketch", "cell_counts", "RowReader", "SearchPass", "FastResult", "rough_scores",
+           "score_error_bound"]
 
 
 def count_sketch(x: np.ndarray, order: np.ndarray, signs: np.ndarray, buckets: int, block: int = 256) -> np.ndarray:
@@ -80,6 +82,33 @@ class RowReader:
     def close(self) -> None:
         self.pool.shutdown(wait=False)
         os.close(self.fd)
+
+
+@dataclass
+class SearchPass:
+    """One query on its way through the steps of fast mode's search (:class:`~dermsearch.search.fast.FastIndex`):
+    what it asks, and its estimates of every row (PCA squared distances, their proven radii, the
+    sketch-refined style estimate)."""
+
+    query: Query
+    k: int
+    measures: tuple[str, ...]
+    valid: np.ndarray
+    rows_valid: np.ndarray
+    invalid: np.ndarray
+    est_f: np.ndarray | None = None
+    rad_f: np.ndarray | None = None
+    est_s: np.ndarray | None = None
+    rad_s: np.ndarray | None = None
+    rank_s: np.ndarray | None = None
+
+    @property
+    def needs(self) -> set[str]:
+        return {c for m in self.measures for c in MEASURE_COMPONENTS[m]}
+
+    def largest(self, scores: np.ndarray, c: int) -> np.ndarray:
+        """The rows of the ``c`` largest valid ``scores`` (invalid rows already -inf)."""
+        return self.rows_valid if c >= self.rows_valid.size else largest(scores, c)
 
 
 @dataclass
