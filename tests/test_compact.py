@@ -118,15 +118,21 @@ def test_the_versions_a_cleanup_keeps():
     assert cleanup_cutoff(aware, [4], 7, now_utc, 5.0) == (4, timedelta(seconds=65))
 
 
-def test_compact_as_a_library_call_keeps_the_fast_mode_files(tmp_path, tiny_extractor):
+def _optimized(tmp_path, extractor, images: int):
+    """An index of ``images`` images in commits of 4, with fast-mode files; and its fast results."""
     folder, ix = tmp_path / "images", tmp_path / "ix"
     folder.mkdir()
-    _add_images(folder, range(8))
-    build_index(folder, ix, extractor=tiny_extractor, runtime=SMALL_BATCHES, commit_every=4)
+    _add_images(folder, range(images))
+    build_index(folder, ix, extractor=extractor, runtime=SMALL_BATCHES, commit_every=4)
     optimize(Index.open(ix), FastConfig(style_dims=4, feature_dims=4, mask_grid=4, candidates=8))
-    fast = Searcher(ix, extractor=tiny_extractor, mode="fast")
+    fast = Searcher(ix, extractor=extractor, mode="fast")
     before = _results(fast)
     fast.close()
+    return folder, ix, before
+
+
+def test_compact_as_a_library_call_keeps_the_fast_mode_files(tmp_path, tiny_extractor):
+    _, ix, before = _optimized(tmp_path, tiny_extractor, 8)
     report = Index.open(ix).compact()
     assert report.version_after > report.version_before
     assert report.fast_mode_files == str(ix / "fast" / f"v{report.version_after}")
@@ -136,14 +142,7 @@ def test_compact_as_a_library_call_keeps_the_fast_mode_files(tmp_path, tiny_extr
 
 
 def test_fast_mode_files_are_carried_over(tmp_path, tiny_extractor, capsys):
-    folder, ix = tmp_path / "images", tmp_path / "ix"
-    folder.mkdir()
-    _add_images(folder, range(12))
-    build_index(folder, ix, extractor=tiny_extractor, runtime=SMALL_BATCHES, commit_every=4)
-    optimize(Index.open(ix), FastConfig(style_dims=4, feature_dims=4, mask_grid=4, candidates=8))
-    fast = Searcher(ix, extractor=tiny_extractor, mode="fast")
-    before = _results(fast)
-    fast.close()
+    folder, ix, before = _optimized(tmp_path, tiny_extractor, 12)
     assert main(["compact", str(ix), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["fragments_before"] == 3 and out["fragments_after"] == 1 and out["fast_mode_files"]

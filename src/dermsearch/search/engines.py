@@ -9,8 +9,8 @@ its rows live and how it reads them. :func:`open_engine` chooses by an :class:`E
 - ``fast``: compressed vectors choose candidates, the exact rows re-rank them (the fast-mode files
   of the index's current version, written by ``dermsearch optimize``: :mod:`.fast`);
 - ``certified``: exact answers from an int8 first pass over the style vectors (:mod:`.certified`).
-  An index without style vectors has nothing for that pass: it is searched exactly, and every
-  result says so in its notes;
+  An index without style vectors has nothing for that pass: it is searched exactly (by the engine
+  exact mode would use), and every result says so in its notes;
 - with a Dask client, the sharded exact engine: the rows live on the workers (:mod:`.sharded`).
 
 :func:`open_version` loads one index version for search (an :class:`OpenVersion`: the snapshot of
@@ -22,6 +22,7 @@ keeps it, so a searcher can take the mode per request.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,13 +100,16 @@ class OpenVersion:
     layout: Sequence[dict] | None = None
     directory: str | None = None          # the index directory (None for a snapshot alone)
     _engines: dict = field(default_factory=dict, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def engine(self, spec: EngineSpec) -> Engine:
-        """The engine of ``spec``'s mode over this version (opened once, then kept)."""
+        """The engine of ``spec``'s mode over this version (opened once, then kept; requests on
+        several threads share it)."""
         key = (spec.mode, spec.device, spec.max_checked)
-        if key not in self._engines:
-            self._engines[key] = _choose(self, spec)
-        return self._engines[key]
+        with self._lock:
+            if key not in self._engines:
+                self._engines[key] = _choose(self, spec)
+            return self._engines[key]
 
     def close(self) -> None:
         """Let go of the shards on a Dask cluster (nothing else holds outside resources)."""
@@ -130,7 +134,7 @@ def _choose(v: OpenVersion, spec: EngineSpec) -> Engine:
         return v.fast
     if spec.mode == "certified":
         if exact.styles is None:
-            return _Noted(exact, CERTIFIED_WITHOUT_STYLE)
+            return _Noted(v.engine(spec.with_mode("exact")), CERTIFIED_WITHOUT_STYLE)
         from .certified import CertifiedEngine
 
         return CertifiedEngine(exact, max_checked=spec.max_checked,

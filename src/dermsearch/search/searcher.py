@@ -157,7 +157,7 @@ class Searcher:
 
     def engine_for(self, mode: str | None = None) -> Engine:
         """The engine a search in ``mode`` (None: the default) runs on."""
-        return self._open.engine(EngineSpec(mode, self.device, self.dask) if mode else self._spec)
+        return self._open.engine(self._spec.with_mode(mode))
 
     def refresh(self, mode: str | None = None) -> None:
         """Load the index's newest version (and the row norms the measures reuse). ``mode``: the
