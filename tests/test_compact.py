@@ -9,11 +9,13 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 
 from dermsearch.cli.main import main
 from dermsearch.index import Index
 from dermsearch.index.build import build_index
 from dermsearch.index.leases import READERS, Lease, held_versions
+from dermsearch.index.store import cleanup_cutoff
 from dermsearch.runtime import Runtime
 from dermsearch.search import MEASURES, Searcher
 from dermsearch.search.fast import FastConfig
@@ -47,7 +49,10 @@ def _can_read(directory, version: int) -> bool:
         return False
 
 
-def test_compaction_merges_fragments_and_keeps_what_readers_hold(tmp_path, tiny_extractor):
+def test_compaction_merges_fragments_and_keeps_what_readers_hold(tmp_path, tiny_extractor, monkeypatch):
+    """Deterministic: the clock is injected and the age handed to LanceDB's cleanup is checked
+    (LanceDB deletes by age against its own clock, so which versions go depends on when they were
+    committed; :func:`test_the_versions_a_cleanup_keeps` checks that choice on given versions)."""
     folder, ix = tmp_path / "images", tmp_path / "ix"
     folder.mkdir()
     _add_images(folder, range(16))
@@ -56,15 +61,18 @@ def test_compaction_merges_fragments_and_keeps_what_readers_hold(tmp_path, tiny_
     held = reader.snapshot.version
     before = _results(reader)
     assert held_versions(ix) == [held]
-    time.sleep(0.3)
     _add_images(folder, range(16, 24))
     build_index(folder, ix, extractor=tiny_extractor, runtime=SMALL_BATCHES, commit_every=4)      # 2 more commits
-    first = Index.open(ix).compact(margin_s=0.1)
+    index = Index.open(ix)
+    ages = _record_cleanup_ages(index, monkeypatch)
+    stamps = {v["version"]: v["timestamp"] for v in index._table.list_versions()}
+    now = stamps[held].timestamp() + 30.0             # the injected clock: 30 s after the reader's version
+    first = index.compact(margin_s=5.0, clock=lambda: now)
     assert first.fragments_before >= 6 and first.fragments_after == 1
     assert first.version_after > first.version_before and first.held == [held] and first.kept_from == held
-    assert first.versions_after < first.versions_before
+    assert ages == [timedelta(days=365 * 100), timedelta(seconds=35.0)]    # compaction only, then held's age + 5 s
+    assert first.fast_mode_files is None                                  # the index has none
     assert _can_read(ix, held)                        # the reader's version survived
-    assert not _can_read(ix, held - 2)                # versions before it did not
     assert _results(reader) == before                 # and the reader goes on
     # the compacted version holds the same rows in the same order, and searches alike
     index = Index.open(ix)
@@ -73,24 +81,68 @@ def test_compaction_merges_fragments_and_keeps_what_readers_hold(tmp_path, tiny_
     reader.refresh()
     assert list(fresh.snapshot.ids) == list(reader.snapshot.ids)
     assert _results(fresh) == _results(reader)
-    # once the readers let go, every version but the newest goes
+    # once the readers let go, every version but the newest goes (age 0: no clock involved)
     reader.close()
     fresh.close()
     assert held_versions(ix) == []
     second = index.compact()
     assert second.versions_after == 1 and second.held == [] and not _can_read(ix, held)
-    assert second.bytes_after <= first.bytes_after
+    assert not _can_read(ix, held - 2) and second.bytes_after <= first.bytes_after
+
+
+def _record_cleanup_ages(index: Index, monkeypatch) -> list:
+    """The ``cleanup_older_than`` of every LanceDB optimize the index runs (which then runs)."""
+    table, ages = index._table, []
+    optimize = table.optimize
+
+    def recording(**kwargs):
+        ages.append(kwargs.get("cleanup_older_than"))
+        return optimize(**kwargs)
+    monkeypatch.setattr(table, "optimize", recording)
+    return ages
+
+
+def test_the_versions_a_cleanup_keeps():
+    """From the oldest version a reader holds (its age plus the margin), else the newest only."""
+    t0 = datetime(2026, 1, 1, 12, 0, 0)
+    stamps = {v: t0 + timedelta(seconds=10 * v) for v in range(1, 8)}       # versions 1-7, 10 s apart
+    now = (t0 + timedelta(seconds=100)).timestamp()
+    assert cleanup_cutoff(stamps, [5, 6], 7, now, 5.0) == (5, timedelta(seconds=100 - 50 + 5))
+    assert cleanup_cutoff(stamps, [3, 99], 7, now, 0.5) == (3, timedelta(seconds=70.5))   # 99: not a version
+    assert cleanup_cutoff(stamps, [], 7, now, 5.0) == (7, timedelta(0))
+    assert cleanup_cutoff(stamps, [7], 7, now, 5.0) == (7, timedelta(0))
+    # a clock behind the commit times never gives a negative age
+    assert cleanup_cutoff(stamps, [5], 7, (t0 + timedelta(seconds=40)).timestamp(), 5.0) == (5, timedelta(seconds=5))
+    aware = {v: (t0 + timedelta(seconds=10 * v)).replace(tzinfo=UTC) for v in range(1, 8)}
+    now_utc = (t0 + timedelta(seconds=100)).replace(tzinfo=UTC).timestamp()
+    assert cleanup_cutoff(aware, [4], 7, now_utc, 5.0) == (4, timedelta(seconds=65))
+
+
+def _optimized(tmp_path, extractor, images: int):
+    """An index of ``images`` images in commits of 4, with fast-mode files; and its fast results."""
+    folder, ix = tmp_path / "images", tmp_path / "ix"
+    folder.mkdir()
+    _add_images(folder, range(images))
+    build_index(folder, ix, extractor=extractor, runtime=SMALL_BATCHES, commit_every=4)
+    optimize(Index.open(ix), FastConfig(style_dims=4, feature_dims=4, mask_grid=4, candidates=8))
+    fast = Searcher(ix, extractor=extractor, mode="fast")
+    before = _results(fast)
+    fast.close()
+    return folder, ix, before
+
+
+def test_compact_as_a_library_call_keeps_the_fast_mode_files(tmp_path, tiny_extractor):
+    _, ix, before = _optimized(tmp_path, tiny_extractor, 8)
+    report = Index.open(ix).compact()
+    assert report.version_after > report.version_before
+    assert report.fast_mode_files == str(ix / "fast" / f"v{report.version_after}")
+    assert sorted(p.name for p in (ix / "fast").iterdir()) == [f"v{report.version_after}"]
+    again = Searcher(ix, extractor=tiny_extractor, mode="fast")     # no 'optimize' needed
+    assert again.snapshot.version == report.version_after and _results(again) == before
 
 
 def test_fast_mode_files_are_carried_over(tmp_path, tiny_extractor, capsys):
-    folder, ix = tmp_path / "images", tmp_path / "ix"
-    folder.mkdir()
-    _add_images(folder, range(12))
-    build_index(folder, ix, extractor=tiny_extractor, runtime=SMALL_BATCHES, commit_every=4)
-    optimize(Index.open(ix), FastConfig(style_dims=4, feature_dims=4, mask_grid=4, candidates=8))
-    fast = Searcher(ix, extractor=tiny_extractor, mode="fast")
-    before = _results(fast)
-    fast.close()
+    folder, ix, before = _optimized(tmp_path, tiny_extractor, 12)
     assert main(["compact", str(ix), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["fragments_before"] == 3 and out["fragments_after"] == 1 and out["fast_mode_files"]

@@ -465,3 +465,57 @@ def test_fast_files_record_the_live_blocks_only_when_the_rows_are_zero_there(tmp
     S[N - 1, 20] = 0.5                                 # a row in the second write is not zero there
     other = write("b", dataclasses.replace(V, styles=S))
     assert "style_blocks" not in other.info and other.exact.style_blocks is None
+
+
+def _snapshot(V: Vectors):
+    from dermsearch.index.store import Snapshot
+
+    ids = np.array([f"r{i}" for i in range(N)], dtype=object)
+    none = np.array([None] * N, dtype=object)
+    return Snapshot(3, ids, ids, none, np.full(N, np.nan), none, np.array(["{}"] * N, dtype=object), *V.arrays())
+
+
+def test_open_engine_chooses_by_the_spec_and_says_when_certified_has_no_style():
+    from dermsearch.search.engine import RawEngine
+    from dermsearch.search.engines import CERTIFIED_WITHOUT_STYLE, EngineSpec, open_engine
+
+    V = _data()
+    exact = open_engine(_snapshot(V), EngineSpec())
+    assert type(exact).__name__ == "ExactEngine" and isinstance(exact, RawEngine)
+    check_engine(exact, V)
+    assert type(open_engine(_snapshot(V), EngineSpec(mode="certified"))).__name__ == "CertifiedEngine"
+    # no style vectors: no int8 style pass, so the exact engine ranks, and every ranking says so
+    plain = Vectors(V.features, None, V.masks, V.mask_areas)
+    certified = open_engine(_snapshot(plain), EngineSpec(mode="certified"))
+    batch, _, valid = _queries_and_valid(V)
+    batch = Vectors(batch.features, None, batch.masks, batch.mask_areas)
+    got = certified.rank(batch, valid, ["euclidean", "i1_ecd"], K)
+    want = ExactEngine.of(plain).rank(batch, valid, ["euclidean", "i1_ecd"], K)
+    assert certified.components == ("euclidean", "cosine", "dice") and len(certified) == N
+    for g, w in zip(got, want):
+        assert g.notes == [CERTIFIED_WITHOUT_STYLE]
+        for m in ("euclidean", "i1_ecd"):
+            np.testing.assert_array_equal(g.measures[m].rows, w.measures[m].rows)
+            np.testing.assert_array_equal(g.measures[m].scores, w.measures[m].scores)
+    with pytest.raises(ValueError, match="opens an index"):
+        open_engine(_snapshot(V), EngineSpec(mode="fast"))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        EngineSpec(mode="approximate")
+    with pytest.raises(ValueError, match="sharded"):
+        EngineSpec(mode="fast", dask=object())
+
+
+def test_a_cluster_without_workers_is_a_message_not_a_traceback():
+    from dermsearch.errors import DermsearchError
+    from dermsearch.search.sharded import ClusterError, ShardedEngine
+
+    class NoWorkers:
+        class scheduler:
+            address = "tcp://10.0.0.5:8786"
+
+        def scheduler_info(self):
+            return {"workers": {}}
+
+    with pytest.raises(ClusterError, match="tcp://10.0.0.5:8786 has no workers: start some") as e:
+        ShardedEngine(NoWorkers(), None, 0, N)
+    assert isinstance(e.value, DermsearchError) and isinstance(e.value, RuntimeError)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from dermsearch.cli.main import main
-from dermsearch.extract import load_image
 from dermsearch.index.build import build_index
 from dermsearch.search import MEASURES, Searcher
 from dermsearch.search.engine import Query, maxima, normalise, rank_rows
@@ -186,7 +185,8 @@ def test_cli_optimize_and_search_fast(indexed, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["results"]["style"][0]["id"] == "x03"
     assert any(m.startswith("fast mode") for m in out["messages"])
-    assert load_image(query) is not None
+    assert out["query"] == str(query) and out["k"] == 2
+    assert all(len(hits) == 2 for hits in out["results"].values()) and set(out["results"]) == set(MEASURES)
     assert fast_dir(root / "ix", 0).parent.is_dir()
 
 
@@ -280,3 +280,37 @@ def test_more_normaliser_rounds_certify_more_and_prefixes_and_large_k_match_exac
     for m in ("euclidean", "style"):
         assert len(got.rows[m]) == 40
         assert got.rows[m][:5].tolist() == ranked.measures[m].rows[:5].tolist()
+
+
+def test_files_that_keep_mismatching_are_read_once_and_mode_is_per_request(indexed, tmp_path):
+    """Fast-mode files for the current version whose ids do not match it (and no labels in them):
+    exact mode reads LanceDB instead, once (no retry loop); fast mode refuses. With matching files
+    an exact searcher serves fast mode per request, its own mode unchanged."""
+    import shutil
+
+    from dermsearch.index import Index
+
+    root, extractor = indexed
+    ix = tmp_path / "ix"
+    shutil.copytree(root / "ix", ix)
+    optimize(Index.open(ix), FastConfig(style_dims=4, feature_dims=4, mask_grid=4, candidates=16))
+    s = Searcher(ix, extractor=extractor)
+    q = s.query_for_id("x03")
+    exact, fast = s.search(q, k=3), s.search(q, k=3, mode="fast")
+    assert s.mode == "exact" and s.fast is not None
+    assert any(m.startswith("fast mode") for m in fast.messages) and not exact.messages
+    assert [h.id for h in fast.results["style"]] == [h.id for h in exact.results["style"]]
+    assert s.search_batch([q], k=3, mode="exact")[0].to_json() == exact.to_json()
+    with pytest.raises(ValueError, match="mode must be one of"):
+        s.search(q, k=3, mode="quick")
+    files = fast_dir(ix, s.snapshot.version)
+    ids = np.load(files / "ids.npy")
+    np.save(files / "ids.npy", ids[::-1])
+    (files / "rows.json").unlink()
+    again = Searcher(ix, extractor=extractor)
+    assert again.fast is None and list(again.snapshot.ids) == list(s.snapshot.ids)
+    assert again.search(q, k=3).to_json() == exact.to_json()
+    with pytest.raises(FastModeMissing, match="do not match"):
+        Searcher(ix, extractor=extractor, mode="fast")
+    with pytest.raises(FastModeMissing, match="optimize"):
+        again.search(q, k=3, mode="fast")

@@ -11,17 +11,9 @@ import torch
 
 from dermsearch.extract.gram import gram_matrix, style_vector
 from dermsearch.extract.masks import pack_masks
-from dermsearch.search.measures import (
-    MEASURES,
-    cosine_new,
-    cosine_similarities,
-    dice_coefficients,
-    euclidean_distances,
-    harmonic_mean,
-    max_normalised,
-    measure_scores,
-    style_losses,
-)
+from dermsearch.search.measures import MEASURES, cosine_new, harmonic_mean, measure_scores
+
+from .one_query import cosine_similarities, dice_coefficients, euclidean_distances, max_normalised, style_losses
 
 
 # ----------------------------------------------------------------- naive references
@@ -181,3 +173,20 @@ def test_near_duplicates_keep_precision():
     y[0] += 1e-3
     ls = style_losses(x, y[None])[0]
     assert ls == pytest.approx(float(np.float32(y[0]) - np.float32(x[0])) ** 2, rel=1e-3)
+
+
+def test_one_dice_for_numbers_arrays_and_tensors():
+    from dermsearch.evaluate.masks import dice_scores
+    from dermsearch.search.explain import mask_explanation
+    from dermsearch.search.measures import dice
+
+    inter, total = np.array([[3.0, 0.0, 0.0]]), np.array([[7.0, 0.0, 5.0]])
+    np.testing.assert_array_equal(dice(inter, total), [[6 / 7, 1.0, 0.0]])
+    np.testing.assert_array_equal(dice(torch.from_numpy(inter), torch.from_numpy(total)).numpy(), dice(inter, total))
+    assert float(dice(3, 7)) == 6 / 7 and float(dice(0, 0)) == 1.0
+    a, b = np.zeros((8, 8), bool), np.zeros((8, 8), bool)
+    a[:2, :3], b[:2, :2] = True, True                       # areas 6 and 4, overlap 4: Dice 0.8
+    assert mask_explanation(pack_masks(a[None])[0], pack_masks(b[None])[0], 8)["dice"] == pytest.approx(0.8)
+    pred, target = torch.from_numpy(np.stack([a, a, np.zeros_like(a)])[:, None]), torch.from_numpy(
+        np.stack([b, np.zeros_like(b), np.zeros_like(b)])[:, None])
+    np.testing.assert_allclose(dice_scores(pred, target).numpy(), [0.8, 0.0, 1.0])

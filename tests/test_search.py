@@ -8,9 +8,9 @@ import pytest
 from dermsearch.extract import Extractor, ExtractorConfig
 from dermsearch.index.build import build_index
 from dermsearch.search import MEASURES, Filters, Searcher
-from dermsearch.search.measures import max_normalised
 
 from .conftest import TORCH, indexed_archive
+from .one_query import max_normalised, top_k
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,6 @@ def test_all_candidates_excluded(labelled_index):
 
 
 def test_deterministic_tie_order():
-    from dermsearch.search.searcher import top_k
     scores = np.array([0.5, 0.9, 0.5, 0.9, 0.1])
     assert top_k(scores, 3).tolist() == [1, 3, 0]
     assert top_k(scores, 0).tolist() == [1, 3, 0, 2, 4]

@@ -196,14 +196,11 @@ def cmd_compact(args) -> int:
     import json
 
     from ..index import Index
-    from ..search.fast_build import carry_forward
 
     index = Index.open(args.index)
-    report = index.compact(cleanup=not args.keep_versions)
-    fast = None
-    if (index.directory / "fast").is_dir():
-        fast = carry_forward(index, report.version_before)
-    out = {**dataclasses.asdict(report), "fast_mode_files": None if fast is None else str(fast.directory)}
+    report = index.compact(cleanup=not args.keep_versions)       # carries the fast-mode files over too
+    fast = report.fast_mode_files
+    out = dataclasses.asdict(report)
     if args.json:
         print(json.dumps(out, indent=1))
         return 0

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..search.measures import dice
+
 __all__ = ["dice_scores", "jaccard_scores", "evaluate_masks"]
 
 
 def dice_scores(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-image Dice of binary masks [B, 1, H, W]; both empty -> 1."""
     p, t = pred.bool().flatten(1), target.bool().flatten(1)
-    inter = (p & t).sum(1).double()
-    total = (p.sum(1) + t.sum(1)).double()
-    return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
+    return dice((p & t).sum(1).double(), (p.sum(1) + t.sum(1)).double())
 
 
 def jaccard_scores(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -17,9 +17,10 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +29,11 @@ import pyarrow as pa
 from ..errors import DermsearchError
 from ..extract.config import ExtractorConfig
 from ..extract.vectors import Vectors
+from .fastfiles import carry_forward_files
 from .records import IndexSchema, Record
 
-__all__ = [
-    "CompactionReport", "Index", "IndexDirectoryError", "IndexLockedError", "ModelMismatchError", "Record",
-    "Snapshot", "FORMAT",
-]
+__all__ = ["CompactionReport", "Index", "IndexDirectoryError", "IndexLockedError", "ModelMismatchError", "Record",
+           "Snapshot", "FORMAT", "cleanup_cutoff"]
 
 FORMAT = 1
 MANIFEST = "dermsearch.json"
@@ -120,6 +120,22 @@ class CompactionReport:
     bytes_after: int
     held: list[int]
     kept_from: int
+    fast_mode_files: str | None = None       # the fast-mode files carried over to version_after
+
+
+def cleanup_cutoff(stamps: dict, held: Sequence[int], head: int, now: float, margin_s: float
+                   ) -> tuple[int, timedelta]:
+    """Which versions a compaction's cleanup keeps: from the oldest version a reader holds
+    (``held``, those still in ``stamps``: version -> commit time), else only the newest (``head``).
+    Returns that version and the age LanceDB's cleanup gets (it deletes versions by age, not by
+    number): 0 when only the newest stays, else the held version's age at ``now`` (seconds since
+    the epoch) plus ``margin_s``, so that the versions committed up to ``margin_s`` seconds before
+    it are kept too (the margin covers the time between choosing the age and LanceDB applying it)."""
+    floor = min([v for v in held if v in stamps] + [head])
+    if floor == head:
+        return floor, timedelta(0)
+    stamp = stamps[floor]          # LanceDB's: naive local time (or aware): .timestamp() reads both
+    return floor, timedelta(seconds=max(now - stamp.timestamp(), 0.0) + margin_s)
 
 
 def _version_facts(table) -> dict:
@@ -280,24 +296,22 @@ class Index:
         finally:
             os.close(fd)
 
-    def compact(self, cleanup: bool = True, stale_after: float = 24 * 3600, margin_s: float = 5.0
-                ) -> CompactionReport:
+    def compact(self, cleanup: bool = True, stale_after: float = 24 * 3600, margin_s: float = 5.0,
+                clock: Callable[[], float] = time.time) -> CompactionReport:
         """Merge the table's small data files (many small commits leave many) into a new
         version with the same rows in the same order, then (``cleanup``) delete the versions
         older than every version a reader holds (:mod:`~dermsearch.index.leases`; a lease from
-        another host counts until ``stale_after`` seconds old), and the files only they use.
-
-        LanceDB deletes versions by age, not by number, so when a reader holds an older version
-        the versions committed up to ``margin_s`` seconds before it are kept too (the margin
-        covers the time between choosing the age and LanceDB applying it). When no reader holds
-        an older version, every version but the newest goes.
+        another host counts until ``stale_after`` seconds old), and the files only they use
+        (:func:`cleanup_cutoff`; ``clock``: the time now, in seconds since the epoch). The
+        fast-mode files of the version compacted are carried over to the new one
+        (:func:`~dermsearch.index.fastfiles.carry_forward_files`: same rows, no 'optimize' needed);
+        the report names them.
 
         Holds the write lock. Crash-safe like every write: the compacted version is one atomic
         commit (a crash before it leaves the old version current and at most unreferenced files,
         which a later cleanup removes once they are a week old); cleanup deletes only files that no
         kept version refers to."""
         import warnings
-        from datetime import UTC, datetime, timedelta
 
         from .leases import held_versions
 
@@ -311,20 +325,19 @@ class Index:
             floor = t.version
             if cleanup:
                 stamps = {v["version"]: v["timestamp"] for v in t.list_versions()}
-                floor = min([v for v in held if v in stamps] + [t.version])
-                if floor == t.version:
-                    age = timedelta(0)              # nobody holds an older version: all but the newest go
-                else:
-                    stamp = stamps[floor]
-                    now = datetime.now(UTC) if stamp.tzinfo else datetime.now()
-                    age = max(now - stamp, timedelta(0)) + timedelta(seconds=margin_s)
+                floor, age = cleanup_cutoff(stamps, held, t.version, clock(), margin_s)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)    # "0 removes every older version": checked
                     t.optimize(cleanup_older_than=age)
                 t.checkout_latest()
             after = _version_facts(t)
+            fast = None
+            if (self.directory / "fast").is_dir():
+                fast = carry_forward_files(self.directory, before["version"], after["version"],
+                                           self.snapshot(vectors=False).ids, held_versions(self.directory))
         return CompactionReport(before["version"], after["version"], before["fragments"], after["fragments"],
-                                before["versions"], after["versions"], before["bytes"], after["bytes"], held, floor)
+                                before["versions"], after["versions"], before["bytes"], after["bytes"], held, floor,
+                                None if fast is None else str(fast))
 
     def _columns(self, columns: list[str]) -> pa.Table:
         """Only these columns of every row (the vectors are not read)."""

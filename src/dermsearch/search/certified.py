@@ -50,8 +50,19 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..extract.vectors import Vectors
-from .engine import ExactEngine, QueryRanking, Ranked, block_columns, maxima, normalise, outside_sqnorms, top_k_rows
-from .measures import MEASURE_COMPONENTS, harmonic_mean, measure_scores
+from .engine import (
+    ExactEngine,
+    QueryRanking,
+    Ranked,
+    block_columns,
+    empty_rankings,
+    kth_largest,
+    maxima,
+    normalise,
+    outside_sqnorms,
+    top_k_rows,
+)
+from .measures import MEASURE_COMPONENTS, harmonic_mean, measure_scores, normalised_by
 
 __all__ = ["CertifiedEngine", "certified_groups", "int8_bound", "quantise", "write_certified"]
 
@@ -263,7 +274,7 @@ class CertifiedEngine:
 
     def rank(self, batch: Vectors, valid: np.ndarray, measures: Sequence[str], k: int) -> list[QueryRanking]:
         if not len(self):
-            return [QueryRanking({m: Ranked.empty() for m in measures}) for _ in range(len(batch))]
+            return empty_rankings(len(batch), measures)
         if batch.styles is not None and batch.styles.dtype != np.float32:
             # the rows are float32, and so are queries from Query.batch: the intervals and the exact
             # checks must describe the same query
@@ -345,7 +356,7 @@ class CertifiedEngine:
 
         rows_valid = np.flatnonzero(valid)
         if rows_valid.size == 0:
-            return QueryRanking({m: Ranked.empty() for m in measures}, ["certified mode: no candidates"])
+            return empty_rankings(1, measures, ["certified mode: no candidates"])[0]
         # 1. the max-normaliser of SS
         floor = ls_lo[rows_valid].max()
         if not check(rows_valid[ls_hi[rows_valid] >= floor]):
@@ -363,15 +374,13 @@ class CertifiedEngine:
                 # 2. rows whose best case reaches the k-th best worst case; of those, the ones whose
                 # score the style can still change (not those another component holds at 0)
                 others = [comp[c] for c in parts if c != "style"]
-                lo = harmonic_mean(1.0 - ls_hi / top_ls[0], *others)
-                hi = harmonic_mean(1.0 - ls_lo / top_ls[0], *others)
-                kk = min(k, rows_valid.size)
-                kth = np.partition(lo[rows_valid], rows_valid.size - kk)[rows_valid.size - kk]
-                reach[m] = valid & (hi >= kth)
+                lo = harmonic_mean(_ss(ls_hi, top_ls), *others)
+                hi = harmonic_mean(_ss(ls_lo, top_ls), *others)
+                reach[m] = valid & (hi >= kth_largest(lo[rows_valid], min(k, rows_valid.size)))
                 if not check(np.flatnonzero(reach[m] & (lo < hi))):
                     return None
         checked = np.flatnonzero(~np.isnan(known))
-        comp["style"] = 1.0 - np.where(np.isnan(known), ls_hi, known) / top_ls[0]
+        comp["style"] = _ss(np.where(np.isnan(known), ls_hi, known), top_ls)
         scores = measure_scores(comp, measures)
         raw = {**cheap, "style": known}
         for m in measures:
@@ -389,4 +398,9 @@ class CertifiedEngine:
             known[missing] = self._exact_ls(q, missing, skipped)
         for r in per.values():
             r.raw["style"] = known[r.rows]
-            r.components["style"] = 1.0 - known[r.rows] / top
+            r.components["style"] = _ss(known[r.rows], np.array([top]))
+
+
+def _ss(ls: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """SS of one query's LS values [n] for its max-normaliser ``top`` ([1], > 0)."""
+    return normalised_by(ls[None], top)[0]

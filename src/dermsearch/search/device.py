@@ -1,7 +1,8 @@
 """The exact engine on torch tensors, on any torch device: a CUDA GPU when one is there.
 
 The same arithmetic as :class:`~dermsearch.search.engine.ExactEngine` (float32 products, float64
-after them, near-duplicates recomputed from their differences, Dice from bit counts), with the
+after them, near-duplicates recomputed from their differences, Dice from bit counts: the functions of
+:mod:`~dermsearch.search.measures`, which take numpy arrays or torch tensors), with the
 index matrices resident on the device, so a query reads them at the device's memory bandwidth
 (an H200 reads ~4.8 TB/s: all ten measures over 100k rows is ~33 GB). Ranking then runs on the
 host over the [B, N] values (:func:`~dermsearch.search.engine.rank_rows`), exactly as for the
@@ -17,8 +18,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..extract.vectors import Vectors
-from .engine import QueryRanking, Ranked, block_columns, outside_sqnorms, rank_rows
-from .measures import COMPONENTS, RECHECK_FRACTION
+from .engine import ExhaustiveEngine, block_columns, outside_sqnorms
+from .measures import cosines_from_dots, dice, distances_from_dots
 
 __all__ = ["DeviceEngine", "popcount_table"]
 
@@ -31,7 +32,7 @@ def popcount_table(device):
     return torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32, device=device)
 
 
-class DeviceEngine:
+class DeviceEngine(ExhaustiveEngine):
     """The engine contract on torch tensors resident on ``device`` (``cuda``, ``cuda:N``, ``cpu``)."""
 
     kernel = "torch-device"
@@ -84,12 +85,6 @@ class DeviceEngine:
     def __len__(self) -> int:
         return self.features.shape[0]
 
-    @property
-    def components(self) -> tuple[str, ...]:
-        have = {"euclidean", "cosine"} | ({"style"} if self.styles is not None else set()) | (
-            {"dice"} if self.masks is not None else set())
-        return tuple(c for c in COMPONENTS if c in have)
-
     def take(self, rows) -> Vectors:
         import torch
 
@@ -99,11 +94,6 @@ class DeviceEngine:
         idx = torch.as_tensor(rows, device=self.device)
         return Vectors(*(None if a is None else a[idx].cpu().numpy() for a in
                          (self.features, self.styles, self.masks, self.mask_areas)))
-
-    def rank(self, batch: Vectors, valid: np.ndarray, measures: Sequence[str], k: int) -> list[QueryRanking]:
-        if not len(self):
-            return [QueryRanking({m: Ranked.empty() for m in measures}) for _ in range(len(batch))]
-        return rank_rows(self.raw(batch), valid, measures, k)
 
     # ------------------------------------------------------------------ raw values
     def _distances(self, Q, X, x_sq, extra_sq=None):
@@ -116,13 +106,7 @@ class DeviceEngine:
             torch.as_tensor(extra_sq, dtype=torch.float64, device=self.device))
         q_sq = (q.double() ** 2).sum(1) + extra
         dots = (q @ X.T).double() if q.shape[0] > 1 else torch.mv(X, q[0]).double()[None]
-        scale = q_sq[:, None] + x_sq[None, :]
-        d = scale - 2.0 * dots
-        qi, xi = torch.nonzero(d <= RECHECK_FRACTION * scale, as_tuple=True)
-        for a in range(0, qi.numel(), 64):
-            i, j = qi[a:a + 64], xi[a:a + 64]
-            d[i, j] = ((X[j].double() - q[i].double()) ** 2).sum(1) + extra[i]
-        return d.clamp_min(0.0), dots, q_sq
+        return distances_from_dots(dots, q, X, q_sq, x_sq, extra), dots, q_sq
 
     def raw(self, batch: Vectors, components: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         import torch
@@ -135,9 +119,7 @@ class DeviceEngine:
                 if "euclidean" in want:
                     out["euclidean"] = d.sqrt().cpu().numpy()
                 if "cosine" in want:
-                    norms = q_sq.sqrt()[:, None] * self.feature_sqnorms.sqrt()[None, :]
-                    cs = torch.where(norms > 0, dots / torch.where(norms > 0, norms, 1.0), 0.0)
-                    out["cosine"] = cs.clamp(-1.0, 1.0).cpu().numpy()
+                    out["cosine"] = cosines_from_dots(dots, q_sq, self.feature_sqnorms).cpu().numpy()
             if "style" in want and self.styles is not None and batch.styles is not None:
                 S = np.asarray(batch.styles, dtype=np.float32)
                 extra = None if self.style_blocks is None else outside_sqnorms(S, self.style_blocks)
@@ -147,7 +129,5 @@ class DeviceEngine:
                 qm = torch.as_tensor(np.ascontiguousarray(batch.masks, dtype=np.uint8), device=self.device)
                 inter = torch.stack([self._popcount[(self.masks & q).long()].sum(1) for q in qm]).double()
                 areas = torch.as_tensor(np.asarray(batch.mask_areas, dtype=np.float64), device=self.device)
-                total = areas[:, None] + self.mask_areas[None, :]
-                out["dice"] = torch.where(total > 0, 2.0 * inter / torch.where(total > 0, total, 1.0),
-                                          1.0).cpu().numpy()
+                out["dice"] = dice(inter, areas[:, None] + self.mask_areas[None, :]).cpu().numpy()
         return out

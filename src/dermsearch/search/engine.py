@@ -24,7 +24,6 @@ import numpy as np
 from ..extract.vectors import Vectors
 from .kernels import KERNELS, SMALL_PRODUCT, chooser, tuned_products
 from .measures import (
-    COMPONENTS,
     cosine_new,
     cosines_from_dots,
     dice_from_intersections,
@@ -34,10 +33,12 @@ from .measures import (
     normalised_by,
     row_maxima,
     row_sqnorms,
+    stored_components,
 )
 
-__all__ = ["Query", "Ranked", "QueryRanking", "Engine", "ExactEngine", "maxima", "normalise", "rank_rows",
-           "merge_rankings", "top_k_rows", "dead_style_ranges", "live_style_blocks", "checked_style_blocks",
+__all__ = ["Query", "Ranked", "QueryRanking", "Engine", "RawEngine", "ExhaustiveEngine", "ExactEngine", "maxima",
+           "normalise", "rank_rows", "empty_rankings", "merge_rankings", "top_k_rows", "largest", "smallest",
+           "kth_largest", "dead_style_ranges", "live_style_blocks", "checked_style_blocks",
            "block_columns", "outside_sqnorms"]
 
 Blocks = tuple[tuple[int, int], ...]
@@ -189,6 +190,46 @@ class Engine(Protocol):
     def take(self, rows: Sequence[int]) -> Vectors: ...
 
 
+@runtime_checkable
+class RawEngine(Engine, Protocol):
+    """An engine that computes every row's raw values (exact and device): ``raw`` gives [B, N]
+    ED, CS, LS and DC of a batch over all rows (the ``components`` asked for, default all it
+    stores), and ``rank`` is :func:`rank_rows` over them. The fast, certified and sharded engines
+    build on an exact engine's ``raw`` for the rows they measure; they keep only :class:`Engine`."""
+
+    def raw(self, batch: Vectors, components: Sequence[str] | None = None) -> dict[str, np.ndarray]: ...
+
+
+class ExhaustiveEngine:
+    """What the engines that compute every row (:class:`RawEngine`) share: the empty-index guard,
+    the ranking of their raw values, and the components their stored matrices allow. A subclass
+    has ``styles`` and ``masks`` (None when the index stores none) and ``raw``."""
+
+    styles: object
+    masks: object
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def raw(self, batch: Vectors, components: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return stored_components(self.styles is not None, self.masks is not None)
+
+    def rank(self, batch: Vectors, valid: np.ndarray, measures: Sequence[str], k: int) -> list[QueryRanking]:
+        """The contract (:class:`Engine`): one pass over the matrices for the whole batch."""
+        if not len(self):
+            return empty_rankings(len(batch), measures)
+        return rank_rows(self.raw(batch), valid, measures, k)
+
+
+def empty_rankings(queries: int, measures: Sequence[str], notes: Sequence[str] = ()) -> list[QueryRanking]:
+    """What any engine returns over no rows: every measure empty, for each of ``queries``."""
+    return [QueryRanking({m: Ranked.empty() for m in measures}, list(notes)) for _ in range(queries)]
+
+
 def maxima(raw: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, np.ndarray]:
     """[B] max-normalisers of ES (max ED) and SS (max LS) over each query's valid rows."""
     return {c: row_maxima(raw[c], valid) for c in ("euclidean", "style") if c in raw}
@@ -241,7 +282,7 @@ def merge_rankings(parts: Sequence[QueryRanking], k: int) -> QueryRanking:
     return QueryRanking(merged, [n for p in parts for n in p.notes])
 
 
-class ExactEngine:
+class ExactEngine(ExhaustiveEngine):
     """Exact components over matrices that stay where they are (RAM or memory map)."""
 
     def __init__(self, features: np.ndarray, styles: np.ndarray | None = None, masks: np.ndarray | None = None,
@@ -301,21 +342,6 @@ class ExactEngine:
 
     def take(self, rows: Sequence[int]) -> Vectors:
         return self.vectors.take(np.asarray(rows, dtype=np.int64))
-
-    def rank(self, batch: Vectors, valid: np.ndarray, measures: Sequence[str], k: int) -> list[QueryRanking]:
-        """The contract (:class:`Engine`): one pass over the matrices for the whole batch."""
-        if not len(self):
-            return [QueryRanking({m: Ranked.empty() for m in measures}) for _ in range(len(batch))]
-        return rank_rows(self.raw(batch), valid, measures, k)
-
-    @property
-    def components(self) -> tuple[str, ...]:
-        have = {"euclidean", "cosine"}
-        if self.styles is not None:
-            have.add("style")
-        if self.masks is not None:
-            have.add("dice")
-        return tuple(c for c in COMPONENTS if c in have)
 
     @property
     def style_width_read(self) -> int:
@@ -378,7 +404,7 @@ class ExactEngine:
 
 def top_k_rows(scores: np.ndarray, valid: np.ndarray, k: int) -> list[np.ndarray]:
     """Per query, the valid rows with the k best scores, best first; ties keep row order.
-    ``k <= 0`` ranks every valid row."""
+    ``k <= 0`` ranks every valid row. The one ordered top-k of every engine."""
     out = []
     for s, v in zip(np.atleast_2d(scores), np.atleast_2d(valid)):
         rows = np.flatnonzero(v)
@@ -386,8 +412,30 @@ def top_k_rows(scores: np.ndarray, valid: np.ndarray, k: int) -> list[np.ndarray
         if k <= 0 or k >= rows.size:
             order = np.argsort(neg, kind="stable")
         else:
-            kth = np.partition(neg, k - 1)[k - 1]
-            cand = np.flatnonzero(neg <= kth)
+            cand = np.flatnonzero(neg <= -kth_largest(s[rows], k))
             order = cand[np.argsort(neg[cand], kind="stable")][:k]
         out.append(rows[order])
     return out
+
+
+def kth_largest(values: np.ndarray, k: int) -> float:
+    """The k-th largest of ``values`` (1 <= k <= size): the score a row must reach to be in a top k."""
+    return -np.partition(-np.asarray(values), k - 1)[k - 1]
+
+
+def largest(scores: np.ndarray, c: int) -> np.ndarray:
+    """Positions of the ``c`` largest ``scores``, in no order (every position when ``c`` >= their
+    number): how approximate engines choose candidates, where the order does not matter. Which of
+    tied scores are chosen is numpy's introselect's (deterministic): see :func:`smallest`."""
+    if c >= scores.size:
+        return np.arange(scores.size)
+    return np.argpartition(scores, scores.size - c)[scores.size - c:]
+
+
+def smallest(values: np.ndarray, c: int) -> np.ndarray:
+    """Positions of the ``c`` smallest ``values``, in no order (every position when ``c`` >= their
+    number). ``smallest(-s, c)`` and ``largest(s, c)`` choose the same scores but may choose
+    different rows among ties at the cut: each caller keeps the one its results were built on."""
+    if c >= values.size:
+        return np.arange(values.size)
+    return np.argpartition(values, c - 1)[:c]

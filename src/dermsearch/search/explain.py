@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from ..extract.masks import unpack_mask
+from .measures import dice
 
 __all__ = ["layer_losses", "style_explanation", "mask_explanation", "overlap_png", "mask_png", "OVERLAP_COLOURS"]
 
@@ -43,8 +44,7 @@ def style_explanation(query_style: np.ndarray, row_styles: np.ndarray, layout: S
 def mask_explanation(query_packed: np.ndarray, row_packed: np.ndarray, size: int) -> dict:
     q, m = unpack_mask(query_packed, size), unpack_mask(row_packed, size)
     qa, ma, both = int(q.sum()), int(m.sum()), int((q & m).sum())
-    dice = 1.0 if qa + ma == 0 else 2.0 * both / (qa + ma)
-    return {"size": size, "query_area": qa, "match_area": ma, "overlap": both, "dice": dice}
+    return {"size": size, "query_area": qa, "match_area": ma, "overlap": both, "dice": float(dice(both, qa + ma))}
 
 
 def overlap_png(query_packed: np.ndarray, row_packed: np.ndarray, size: int) -> bytes:

@@ -55,32 +55,40 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError, DermsearchError
 from ..extract.vectors import Vectors
+from ..index.fastfiles import FAST_FORMAT, fast_dir, index_identity
 from .config import FastConfig
 from .engine import (
     ExactEngine,
     Query,
     QueryRanking,
     Ranked,
-    normalise,
+    smallest,
     top_k_rows,
+)
+from .fast_parts import (
+    FastResult,
+    RowReader,
+    SearchPass,
+    cell_counts,
+    components_of,
+    count_sketch,
+    estimated_component,
+    rough_scores,
+    score_error_bound,
 )
 from .kernels import blas_single_threaded, row_parallel_products
 from .measures import MEASURE_COMPONENTS, measure_scores
 
 __all__ = ["FastConfig", "FastIndex", "FastResult", "FastModeMissing", "fast_dir", "score_error_bound",
-           "count_sketch", "cell_counts"]
+           "count_sketch", "cell_counts", "FAST_FORMAT", "index_identity", "RowReader"]
 
-FAST_FORMAT = 2          # 2: residual sketches
 RESIDENT = ("feature_proj", "style_proj", "feature_csq", "style_csq", "feature_resid", "style_resid",
             "feature_sqnorms", "style_sqnorms", "mask_cells", "mask_areas", "style_sketch")
 RESIDENT_EXACT_BYTES = 2 << 30
@@ -91,93 +99,6 @@ SMALL = ("ids", "feature_mean", "feature_basis", "style_mean", "style_basis", "s
 
 class FastModeMissing(DermsearchError, RuntimeError):
     """The index has no fast-mode files for its current version."""
-
-
-def index_identity(manifest: dict) -> dict:
-    """What tells one index from another in the same directory: its model and creation time."""
-    return {"fingerprint": manifest.get("fingerprint"), "created": manifest.get("created")}
-
-
-def fast_dir(index_directory: str | os.PathLike, version: int) -> Path:
-    return Path(index_directory) / "fast" / f"v{version}"
-
-
-# ---------------------------------------------------------------------------------- shared with the writer (fast_build)
-def count_sketch(x: np.ndarray, order: np.ndarray, signs: np.ndarray, buckets: int, block: int = 256) -> np.ndarray:
-    """[B, buckets] float32 count sketches of the rows of ``x`` [B, D]."""
-    x = np.asarray(x, dtype=np.float32)
-    starts = (np.arange(buckets, dtype=np.int64) * x.shape[1]) // buckets
-    out = np.empty((x.shape[0], buckets), dtype=np.float32)
-    for a in range(0, x.shape[0], block):
-        out[a:a + block] = np.add.reduceat(x[a:a + block, order] * signs, starts, axis=1)
-    return out
-
-
-def cell_counts(masks_packed: np.ndarray, side: int, grid: int) -> np.ndarray:
-    """[B, grid²] float32 pixel counts of bit-packed square masks."""
-    bits = np.unpackbits(np.asarray(masks_packed, dtype=np.uint8), axis=1)[:, : side * side]
-    cell = side // grid
-    return bits.reshape(-1, grid, cell, grid, cell).sum(axis=(2, 4), dtype=np.int32).reshape(-1, grid * grid
-                                                                                            ).astype(np.float32)
-
-
-# ---------------------------------------------------------------------------------- querying
-class RowReader:
-    """Reads chosen rows of a 2-D ``.npy`` file with positioned reads from a few threads.
-
-    Faster than fancy-indexing a memory map for scattered rows: no page-table work per 4 KB page,
-    and reads from disk overlap when the file is larger than the page cache."""
-
-    def __init__(self, path: Path, threads: int = 4):
-        mm = np.load(path, mmap_mode="r")
-        self.shape, self.dtype, self.offset = mm.shape, mm.dtype, mm.offset
-        self.row_bytes = int(np.prod(mm.shape[1:])) * mm.dtype.itemsize
-        del mm
-        self.fd = os.open(path, os.O_RDONLY)
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="dermsearch-rows")
-        self._local = threading.local()
-
-    def __call__(self, rows: np.ndarray) -> np.ndarray:
-        """The rows, in a buffer owned by the calling thread and reused by its next call (a fresh
-        array per query would cost a page fault per 4 KB)."""
-        buf = getattr(self._local, "buffer", None)
-        if buf is None or buf.shape[0] < len(rows):
-            buf = self._local.buffer = np.zeros((max(len(rows), 2 * (0 if buf is None else buf.shape[0])),)
-                                                + tuple(self.shape[1:]), dtype=self.dtype)
-        out = buf[:len(rows)]
-        self._read(rows, out)
-        return out
-
-    def _read(self, rows: np.ndarray, out: np.ndarray) -> None:
-        flat = out.reshape(len(rows), -1).view(np.uint8)
-
-        def read(part: np.ndarray) -> None:
-            for j in part:
-                view = memoryview(flat[j])
-                got = os.preadv(self.fd, [view], self.offset + int(rows[j]) * self.row_bytes)
-                if got != self.row_bytes:
-                    raise OSError(f"short read of row {rows[j]}")
-
-        parts = np.array_split(np.arange(len(rows)), min(len(rows), self.pool._max_workers) or 1)
-        list(self.pool.map(read, parts))
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=False)
-        os.close(self.fd)
-
-
-@dataclass
-class FastResult:
-    """Per measure, the returned rows (best first) and their exact scores; plus what the query read."""
-
-    rows: dict[str, np.ndarray]
-    scores: dict[str, np.ndarray]
-    components: dict[str, np.ndarray]          # [n_reranked] exact normalised components of `reranked`
-    raw: dict[str, np.ndarray]
-    reranked: np.ndarray                        # rows scored exactly
-    normalisers: dict[str, float]               # the maxima used (ED for ES, LS for SS)
-    normaliser_bounds: dict[str, tuple[float, float]] = field(default_factory=dict)  # certified [low, high]
-    certified: dict[str, bool] = field(default_factory=dict)
 
 
 class FastIndex:
@@ -286,138 +207,159 @@ class FastIndex:
             return self._search(query, k, measures, valid)
 
     def _search(self, query: Query, k: int, measures: Sequence[str], valid: np.ndarray) -> FastResult:
-        cfg, a = self.config, self.arrays
-        rows_valid = np.flatnonzero(valid)
-        if rows_valid.size == 0 or not measures:
+        p = self._pass(query, k, measures, valid)
+        if p.rows_valid.size == 0 or not measures:
             empty = np.zeros(0, dtype=np.int64)
             return FastResult({m: empty for m in measures}, {m: np.zeros(0) for m in measures}, {}, {}, empty, {})
-        needs = {c for m in measures for c in MEASURE_COMPONENTS[m]}
-        est_f, rad_f, _ = self._estimate("feature", query.feature)
-        est_s, rad_s, rank_s = self._estimate("style", query.style) if query.style is not None else (None,) * 3
+        check_rows, upper = self._normaliser_candidates(p)
+        comp_est = self._estimated_components(p)
+        wide = self._wide_rows(p, comp_est)
+        # stage A's rows and the normaliser checks: their feature and mask components exactly (6 KB a row)
+        rerank = np.unique(np.concatenate(list(wide.values()) + list(check_rows.values())))
+        raw = self._exact_raw(query, rerank, with_style=False)
+        style_rows = np.zeros(0, dtype=np.int64)
+        if p.est_s is not None:
+            style_rows = np.unique(np.concatenate(self._style_candidates(p, raw, rerank, wide, comp_est)
+                                                  + [check_rows["style"]]))
+            # 3. exact style losses of those rows, from the memory-mapped exact vectors
+            raw["style"] = np.full(rerank.size, np.nan)
+            raw["style"][np.searchsorted(rerank, style_rows)] = self._exact_raw(query, style_rows, True)["style"]
+        normalisers, bounds, certified = {}, {}, {}
+        for comp_name, known_rows in (("euclidean", rerank), ("style", style_rows)):
+            if comp_name in upper:
+                normalisers[comp_name], bounds[comp_name], certified[comp_name] = self._normaliser(
+                    p, comp_name, raw, rerank, known_rows, upper[comp_name])
+        comp = components_of(raw, normalisers)
+        scores = measure_scores(comp, measures)
+        rows_out, scores_out = {}, {}
+        in_valid = valid[rerank]
+        for m in measures:
+            order = top_k_rows(scores[m], in_valid & ~np.isnan(scores[m]), k)[0]    # rerank is sorted: ties by row
+            rows_out[m], scores_out[m] = rerank[order], scores[m][order]
+        if p.est_s is not None:
+            self._fill_style(query, rows_out, rerank, raw, comp, normalisers)
+        return FastResult(rows_out, scores_out, comp, raw, rerank, normalisers, bounds, certified)
 
-        # 1. max-normalisers: measure exactly the rows with the largest upper bounds. Candidates are
-        # chosen over every row at once, invalid rows scored -inf (cheaper than gathering the valid)
-        n_valid = rows_valid.size
-        invalid = np.flatnonzero(~valid)
+    def _pass(self, query: Query, k: int, measures: Sequence[str], valid: np.ndarray) -> SearchPass:
+        """The query's estimates for every row (nothing computed when there is nothing to rank)."""
+        p = SearchPass(query, k, tuple(measures), valid, np.flatnonzero(valid), np.flatnonzero(~valid))
+        if p.rows_valid.size and measures:
+            p.est_f, p.rad_f, _ = self._estimate("feature", query.feature)
+            if query.style is not None:
+                p.est_s, p.rad_s, p.rank_s = self._estimate("style", query.style)
+        return p
 
-        def largest(scores: np.ndarray, c: int) -> np.ndarray:
-            """The rows of the ``c`` largest valid ``scores`` (invalid rows already -inf)."""
-            if c >= n_valid:
-                return rows_valid
-            return np.argpartition(scores, scores.size - c)[scores.size - c:]
-
-        checks = {"euclidean": (est_f, rad_f)}
-        if est_s is not None:
-            checks["style"] = (est_s, rad_s)
+    def _normaliser_candidates(self, p: SearchPass) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """1. max-normalisers: per normalised component (ED, and LS with a query style), the rows
+        with the largest upper bounds to measure exactly, and every row's upper bound (invalid rows
+        -inf: chosen over every row at once, cheaper than gathering the valid)."""
+        checks = {"euclidean": (p.est_f, p.rad_f)}
+        if p.est_s is not None:
+            checks["style"] = (p.est_s, p.rad_s)
         check_rows, upper = {}, {}
         for comp, (est, rad) in checks.items():
             hi = est + rad
-            hi[invalid] = -np.inf
-            check_rows[comp], upper[comp] = largest(hi, cfg.normaliser_candidates), hi
+            hi[p.invalid] = -np.inf
+            check_rows[comp], upper[comp] = p.largest(hi, self.config.normaliser_candidates), hi
+        return check_rows, upper
 
-        # 2. candidates: estimated components in float32 (they only choose rows)
+    def _estimated_components(self, p: SearchPass) -> dict[str, np.ndarray]:
+        """2. candidates: every row's estimated components in float32 (they only choose rows)."""
+        query, valid, est_f, a = p.query, p.valid, p.est_f, self.arrays
         qf = float(np.dot(query.feature.astype(np.float64), query.feature))
         f32 = est_f.astype(np.float32)
         max_f_est = float(np.sqrt(np.max(est_f, where=valid, initial=0.0))) or 1.0
-        comp_est: dict[str, np.ndarray] = {"euclidean": 1.0 - np.sqrt(f32) / np.float32(max_f_est)}
+        comp_est: dict[str, np.ndarray] = {"euclidean": estimated_component(np.sqrt(f32), max_f_est)}
         denom = self._feature_norms * np.float32(2.0 * np.sqrt(qf))
         cos = np.divide(self._feature_sqnorms32 + np.float32(qf) - f32, denom, out=np.zeros_like(f32),
                         where=denom > 0)
         comp_est["cosine"] = (np.clip(cos, -1.0, 1.0) + 1.0) * np.float32(0.5)
-        if est_s is not None:
-            top_s = float(np.max(est_s, where=valid, initial=0.0)) or 1.0
-            comp_est["style"] = 1.0 - rank_s.astype(np.float32) / np.float32(top_s)
-        if "dice" in needs and "mask_cells" in a and query.mask is not None:
-            qcells = cell_counts(query.mask[None], self.info["mask_size"], cfg.mask_grid)[0]
-            cell_px = (self.info["mask_size"] // cfg.mask_grid) ** 2
+        if p.est_s is not None:
+            top_s = float(np.max(p.est_s, where=valid, initial=0.0)) or 1.0
+            comp_est["style"] = estimated_component(p.rank_s.astype(np.float32), top_s)
+        if "dice" in p.needs and "mask_cells" in a and query.mask is not None:
+            grid = self.config.mask_grid
+            qcells = cell_counts(query.mask[None], self.info["mask_size"], grid)[0]
+            cell_px = (self.info["mask_size"] // grid) ** 2
             inter = row_parallel_products(qcells[None], a["mask_cells"])[0] * np.float32(2.0 / cell_px)
             total = self._mask_areas32 + np.float32(query.mask_area)
             comp_est["dice"] = np.divide(inter, total, out=np.ones_like(inter), where=total > 0)
-        est_scores = rough_scores({c: v for c, v in comp_est.items() if c in needs}, measures)
+        return comp_est
 
-        def top(scores: np.ndarray, rows: np.ndarray, c: int) -> np.ndarray:
-            c = min(c, rows.size)
-            return rows[np.argpartition(-scores, c - 1)[:c]] if c < rows.size else rows
+    def _wide_rows(self, p: SearchPass, comp_est: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Stage A: per measure, the best ``wide_candidates`` rows by the estimates (or more: see
+        the module doc)."""
+        cfg = self.config
+        est_scores = rough_scores({c: v for c, v in comp_est.items() if c in p.needs}, p.measures)
+        per_measure = max(cfg.wide_candidates, cfg.wide_rows // len(p.measures), p.k)
+        wide = {}
+        for m in p.measures:
+            est_scores[m][p.invalid] = -np.inf
+            wide[m] = p.largest(est_scores[m], per_measure)
+        return wide
 
-        # stage A: the best `wide_candidates` rows of every measure by the estimates; their feature
-        # and mask components are then computed exactly (6 KB a row)
-        wide, per_measure = {}, max(cfg.wide_candidates, cfg.wide_rows // len(measures), k)
-        for m in measures:
-            est_scores[m][invalid] = -np.inf
-            wide[m] = largest(est_scores[m], per_measure)
-        rerank = np.unique(np.concatenate(list(wide.values()) + list(check_rows.values())))
-        raw = self._exact_raw(query, rerank, with_style=False)
-        # stage B (style measures): re-score stage A's rows with their exact feature and mask
-        # components and the style estimate, keep the best `candidates`, and read their style rows
-        # (323 KB each) with the normaliser checks
-        with_style = [m for m in measures if "style" in MEASURE_COMPONENTS[m]]
-        style_rows = np.zeros(0, dtype=np.int64)
-        if est_s is not None:
-            e2 = raw["euclidean"] ** 2
-            max_f = float(np.sqrt(max(e2[valid[rerank]].max(), float(np.max(est_f, where=valid, initial=0.0)))))
-            refined = _components({c: v for c, v in raw.items() if c != "style"}, {"euclidean": max_f})
-            refined["style"] = comp_est["style"][rerank]
-            refined_scores = measure_scores(refined, with_style)
-            picked = []
-            for m in with_style:
-                pos = np.flatnonzero(np.isin(rerank, wide[m]))
-                picked.append(top(refined_scores[m][pos], rerank[pos], max(cfg.candidates, k)))
-            # and the exact top k of the measures without style (known now: their components are
-            # exact for these rows), whose hits report a style too: one read for all
-            nonstyle = [m for m in measures if m not in with_style]
-            if nonstyle:
-                e2v = np.where(valid[rerank], raw["euclidean"] ** 2, np.nan)
-                ed_top = float(np.sqrt(np.nanmax(e2v))) if np.isfinite(e2v).any() else 0.0
-                exact_scores = measure_scores(_components({c: v for c, v in raw.items() if c != "style"},
-                                                          {"euclidean": ed_top}), nonstyle)
-                picked += [rerank[top_k_rows(exact_scores[m], valid[rerank] & ~np.isnan(exact_scores[m]), k)[0]]
-                           for m in nonstyle]
-            style_rows = np.unique(np.concatenate(picked + [check_rows["style"]]))
+    def _style_candidates(self, p: SearchPass, raw: dict[str, np.ndarray], rerank: np.ndarray,
+                          wide: dict[str, np.ndarray], comp_est: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Stage B: the rows whose exact style rows are read (323 KB each). Per measure with style,
+        stage A's rows re-scored with their exact feature and mask components and the style
+        estimate, the best ``candidates`` kept; and the exact top k of the measures without style
+        (known now: their components are exact for these rows), whose hits report a style too."""
+        valid, k = p.valid, p.k
+        with_style = [m for m in p.measures if "style" in MEASURE_COMPONENTS[m]]
+        no_style = {c: v for c, v in raw.items() if c != "style"}
+        e2 = raw["euclidean"] ** 2
+        max_f = float(np.sqrt(max(e2[valid[rerank]].max(), float(np.max(p.est_f, where=valid, initial=0.0)))))
+        refined = components_of(no_style, {"euclidean": max_f})
+        refined["style"] = comp_est["style"][rerank]
+        refined_scores = measure_scores(refined, with_style)
+        picked = []
+        for m in with_style:
+            pos = np.flatnonzero(np.isin(rerank, wide[m]))
+            c = min(max(self.config.candidates, k), pos.size)
+            picked.append(rerank[pos][smallest(-refined_scores[m][pos], c)])
+        nonstyle = [m for m in p.measures if m not in with_style]
+        if nonstyle:
+            e2v = np.where(valid[rerank], e2, np.nan)
+            ed_top = float(np.sqrt(np.nanmax(e2v))) if np.isfinite(e2v).any() else 0.0
+            exact_scores = measure_scores(components_of(no_style, {"euclidean": ed_top}), nonstyle)
+            picked += [rerank[top_k_rows(exact_scores[m], valid[rerank] & ~np.isnan(exact_scores[m]), k)[0]]
+                       for m in nonstyle]
+        return picked
 
-        # 3. exact style losses of those rows, from the memory-mapped exact vectors
-        ls = np.full(rerank.size, np.nan)
-        if est_s is not None:
-            ls[np.searchsorted(rerank, style_rows)] = self._exact_raw(query, style_rows, with_style=True)["style"]
-            raw["style"] = ls
-        normalisers, bounds, certified = {}, {}, {}
-        in_valid = valid[rerank]
-        for comp_name, known_rows in (("euclidean", rerank), ("style", style_rows)):
-            if comp_name not in checks:
-                continue
-            vals = raw["style"] if comp_name == "style" else raw["euclidean"] ** 2   # squared, like the bounds
-            found = float(np.nanmax(np.where(in_valid, vals, np.nan)))
-            unchecked_hi = upper[comp_name].copy()
-            unchecked_hi[known_rows] = -np.inf
-            # rows whose upper bound still exceeds the largest exact value: measure them too (the
-            # largest bounds first, a few rounds), so that the normaliser is certified more often;
-            # such far rows matter only for the maximum, not for any top k
-            for _ in range(NORMALISER_ROUNDS):
-                over = np.flatnonzero(unchecked_hi > found)
-                if not over.size:
-                    break
-                more = np.sort(over[np.argsort(-unchecked_hi[over], kind="stable")[:cfg.normaliser_candidates]])
-                exact_more = (self._exact_raw(query, more, with_style=True)["style"] if comp_name == "style"
-                              else self._exact_raw(query, more, with_style=False)["euclidean"] ** 2)
-                found = max(found, float(exact_more.max()))
-                unchecked_hi[more] = -np.inf
-            hi = max(found, float(unchecked_hi.max()))
-            certified[comp_name] = hi <= found
-            root = (lambda v: v) if comp_name == "style" else np.sqrt
-            normalisers[comp_name], bounds[comp_name] = float(root(found)), (float(root(found)), float(root(hi)))
-        comp = _components(raw, normalisers)
-        scores = measure_scores(comp, measures)
-        rows_out, scores_out = {}, {}
-        for m in measures:
-            order = top_k_rows(scores[m], in_valid & ~np.isnan(scores[m]), k)[0]    # rerank is sorted: ties by row
-            rows_out[m], scores_out[m] = rerank[order], scores[m][order]
-        # every hit reports all four components: fill the style of returned rows not read yet
-        if est_s is not None:
-            hits = np.unique(np.concatenate(list(rows_out.values())))
-            missing = hits[np.isnan(ls[np.searchsorted(rerank, hits)])]
-            if missing.size:
-                ls[np.searchsorted(rerank, missing)] = self._exact_raw(query, missing, with_style=True)["style"]
-                comp["style"] = _components({"style": ls}, normalisers)["style"]
-        return FastResult(rows_out, scores_out, comp, raw, rerank, normalisers, bounds, certified)
+    def _normaliser(self, p: SearchPass, comp_name: str, raw: dict[str, np.ndarray], rerank: np.ndarray,
+                    known_rows: np.ndarray, upper: np.ndarray) -> tuple[float, tuple[float, float], bool]:
+        """The max-normaliser of ED or LS from the rows measured exactly, its certified interval
+        and whether it is certified exact. Rows whose upper bound still exceeds the largest exact
+        value are measured too (the largest bounds first, up to ``NORMALISER_ROUNDS`` rounds), so
+        that it is certified more often; such far rows matter only for the maximum, not a top k."""
+        style = comp_name == "style"
+        vals = raw["style"] if style else raw["euclidean"] ** 2          # squared, like the bounds
+        found = float(np.nanmax(np.where(p.valid[rerank], vals, np.nan)))
+        unchecked_hi = upper.copy()
+        unchecked_hi[known_rows] = -np.inf
+        for _ in range(NORMALISER_ROUNDS):
+            over = np.flatnonzero(unchecked_hi > found)
+            if not over.size:
+                break
+            valid_over = np.ones(over.size, dtype=bool)
+            more = np.sort(over[top_k_rows(unchecked_hi[over], valid_over, self.config.normaliser_candidates)[0]])
+            exact_more = (self._exact_raw(p.query, more, with_style=True)["style"] if style
+                          else self._exact_raw(p.query, more, with_style=False)["euclidean"] ** 2)
+            found = max(found, float(exact_more.max()))
+            unchecked_hi[more] = -np.inf
+        hi = max(found, float(unchecked_hi.max()))
+        root = (lambda v: v) if style else np.sqrt
+        return float(root(found)), (float(root(found)), float(root(hi))), hi <= found
+
+    def _fill_style(self, query: Query, rows_out: dict[str, np.ndarray], rerank: np.ndarray,
+                    raw: dict[str, np.ndarray], comp: dict[str, np.ndarray], normalisers: dict[str, float]) -> None:
+        """Every hit reports all four components: the style of returned rows not read yet."""
+        ls = raw["style"]
+        hits = np.unique(np.concatenate(list(rows_out.values())))
+        missing = hits[np.isnan(ls[np.searchsorted(rerank, hits)])]
+        if missing.size:
+            ls[np.searchsorted(rerank, missing)] = self._exact_raw(query, missing, with_style=True)["style"]
+            comp["style"] = components_of({"style": ls}, normalisers)["style"]
 
     def _rerank_arrays(self) -> dict[str, np.ndarray]:
         """The exact features and masks fast mode re-ranks from: copied into RAM on the first fast
@@ -479,34 +421,3 @@ class FastIndex:
         return out
 
 
-def rough_scores(components: dict[str, np.ndarray], measures: Sequence[str]) -> dict[str, np.ndarray]:
-    """The measures of estimated components, in float32 and without the exact function's guards (a
-    part <= 0 gives a score of about 0): they only choose candidates, over every row."""
-    inv = {c: np.reciprocal(np.maximum(v.astype(np.float32), np.float32(1e-12)))
-           for c, v in components.items() if any(len(MEASURE_COMPONENTS[m]) > 1 and c in MEASURE_COMPONENTS[m]
-                                                  for m in measures)}
-    out = {}
-    for m in measures:
-        parts = MEASURE_COMPONENTS[m]
-        if len(parts) == 1:
-            out[m] = components[parts[0]].copy()
-            continue
-        total = inv[parts[0]].copy()
-        for c in parts[1:]:
-            total += inv[c]
-        out[m] = np.float32(len(parts)) / total
-    return out
-
-
-def _components(raw: dict[str, np.ndarray], tops: dict[str, float]) -> dict[str, np.ndarray]:
-    """ES, CSnew, SS, DC of one query's raw values (1-D) for scalar maxima."""
-    comp = normalise({c: v[None] for c, v in raw.items()}, {c: np.array([t]) for c, t in tops.items()})
-    return {c: v[0] for c, v in comp.items()}
-
-
-def score_error_bound(value: float, low: float, high: float) -> float:
-    """Largest |returned − exact| of a max-normalised score 1 − v/max, when the max used is
-    ``low`` and the exact max lies in [low, high]."""
-    if low <= 0:
-        return 0.0
-    return float(value) * (1.0 / low - 1.0 / high)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..index.fastfiles import carry_forward_files
 from .config import FastConfig
 from .engine import dead_columns_zero, dead_style_ranges, live_style_blocks
 from .fast import FAST_FORMAT, FastIndex, cell_counts, count_sketch, fast_dir, index_identity
@@ -213,38 +214,12 @@ def optimize(index, config: FastConfig = FastConfig(), progress: Callable[[str],
 
 
 def carry_forward(index, old_version: int) -> FastIndex | None:
-    """After ``index.compact()`` (the same rows in the same order, a new version), make the
-    fast-mode files of ``old_version`` serve the new one: hard links to the same files and a new
-    ``fast.json``, in a directory renamed into place (atomic). The old version's files go unless a
-    reader still holds that version. None when there is nothing to carry (no files, or the rows
-    changed: then ``optimize`` must run again)."""
+    """After a compaction of ``index`` from ``old_version`` (the same rows in the same order, a new
+    version), the fast-mode files of ``old_version`` made to serve the new one
+    (:func:`~dermsearch.index.fastfiles.carry_forward_files`), opened; None when there is nothing to
+    carry. :meth:`Index.compact <dermsearch.index.store.Index.compact>` does this itself."""
     from ..index.leases import held_versions
 
-    src = fast_dir(index.directory, old_version)
-    new = index.latest_version()
-    if new == old_version or not (src / "fast.json").is_file():
-        return None
-    if json.loads((src / "fast.json").read_text()).get("format") != FAST_FORMAT:
-        return None                          # files of an older format: 'optimize' writes new ones
-    s = index.snapshot(vectors=False)
-    if not np.array_equal(s.ids.astype(str), np.load(src / "ids.npy")):
-        return None
-    target = fast_dir(index.directory, new)
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for f in src.iterdir():
-        if f.name != "fast.json":
-            os.link(f, tmp / f.name)
-    info = json.loads((src / "fast.json").read_text())
-    info["index_version"] = new
-    with open(tmp / "fast.json", "w") as f:
-        json.dump(info, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.replace(target)
-    if old_version not in held_versions(index.directory):
-        shutil.rmtree(src, ignore_errors=True)
-    return FastIndex.open(target)
+    target = carry_forward_files(index.directory, old_version, index.latest_version(),
+                                 index.snapshot(vectors=False).ids, held_versions(index.directory))
+    return None if target is None else FastIndex.open(target)

@@ -14,12 +14,11 @@ from .. import names
 __all__ = [
     "MEASURE_INFO",
     "MEASURES", "COMPONENTS", "MEASURE_COMPONENTS",
-    "row_sqnorms", "squared_distances", "distances_from_dots", "cosines_from_dots",
-    "mask_intersections", "dice_from_intersections",
+    "stored_components",
+    "row_sqnorms", "distances_from_dots", "cosines_from_dots",
+    "mask_intersections", "dice", "dice_from_intersections",
     "row_maxima", "normalised_by",
-    "euclidean_distances", "cosine_similarities", "style_losses",
-    "dice_coefficients",
-    "max_normalised", "cosine_new", "harmonic_mean", "measure_scores",
+    "cosine_new", "harmonic_mean", "measure_scores",
 ]
 
 COMPONENTS = ("euclidean", "cosine", "style", "dice")  # ES, CSnew, SS, DC
@@ -36,6 +35,13 @@ MEASURE_COMPONENTS: dict[str, tuple[str, ...]] = {
     "i1_sd": ("style", "dice"),
 }
 MEASURES = tuple(MEASURE_COMPONENTS)
+
+
+def stored_components(style: bool, masks: bool) -> tuple[str, ...]:
+    """The components an index (or an engine) can compute: ED and CS always, LS with style
+    vectors, DC with masks, in ``COMPONENTS`` order."""
+    have = {"euclidean": True, "cosine": True, "style": bool(style), "dice": bool(masks)}
+    return tuple(c for c in COMPONENTS if have[c])
 assert MEASURES == names.MEASURES, "dermsearch.names.MEASURES must list the measures in this order"
 
 # For people: a plain-language name and one line on what each measure compares (pages, sheets).
@@ -69,49 +75,85 @@ def row_sqnorms(X: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", X, X, dtype=np.float64)
 
 
-def squared_distances(q: np.ndarray, X: np.ndarray, x_sqnorms: np.ndarray | None = None) -> np.ndarray:
-    """||x − q||² for every row x of X, as float64.
-
-    ||x||² + ||q||² − 2 x·q with one float32 matrix-vector product (memory-bound: X is read
-    once); rows where that expansion would cancel (near-duplicates, distance below
-    ``RECHECK_FRACTION`` of the norms) are recomputed exactly from their differences.
-    """
-    q32 = np.asarray(q, dtype=np.float32)[None, :]
-    if x_sqnorms is None:
-        x_sqnorms = row_sqnorms(X)
-    return distances_from_dots((X @ q32[0])[None, :], q32, X, row_sqnorms(q32), x_sqnorms)[0]
-
-
 def distances_from_dots(dots: np.ndarray, Q: np.ndarray, X: np.ndarray, q_sqnorms: np.ndarray,
-                        x_sqnorms: np.ndarray) -> np.ndarray:
+                        x_sqnorms: np.ndarray, extra_sq=None) -> np.ndarray:
     """[B, N] squared distances from the float32 products ``dots = Q @ X.T``.
 
     ||q||² + ||x||² − 2 q·x in float64; pairs where that expansion cancels (near-duplicates:
     distance below ``RECHECK_FRACTION`` of the norms) are recomputed from their differences in
     float64, so a near-duplicate's distance keeps full precision (an image's distance to itself is 0).
+    ``extra_sq`` [B]: each query's ‖q‖² over columns X does not hold (X is 0 there; in
+    ``q_sqnorms`` already). numpy arrays, or torch tensors on any device (the device engine's):
+    one arithmetic for both.
     """
+    ops = _ops(dots)
     scale = q_sqnorms[:, None] + x_sqnorms[None, :]
-    d = scale - 2.0 * dots.astype(np.float64)
-    qi, xi = np.nonzero(d <= RECHECK_FRACTION * scale)
-    for start in range(0, qi.size, 64):
+    d = scale - 2.0 * ops.f64(dots)
+    qi, xi = ops.nonzero(d <= RECHECK_FRACTION * scale)
+    for start in range(0, len(qi), 64):
         a, b = qi[start:start + 64], xi[start:start + 64]
-        diff = np.asarray(X[b], dtype=np.float64) - Q[a].astype(np.float64)
-        d[a, b] = np.einsum("ij,ij->i", diff, diff)
-    return np.maximum(d, 0.0)
+        exact = ops.sqsum(ops.f64(X[b]) - ops.f64(Q[a]))
+        d[a, b] = exact if extra_sq is None else exact + extra_sq[a]
+    return ops.clamp0(d)
 
 
 def cosines_from_dots(dots: np.ndarray, q_sqnorms: np.ndarray, x_sqnorms: np.ndarray) -> np.ndarray:
-    """[B, N] cosine similarities from the products; a zero vector has cosine 0."""
-    norms = np.sqrt(q_sqnorms)[:, None] * np.sqrt(x_sqnorms)[None, :]
+    """[B, N] cosine similarities from the products; a zero vector has cosine 0 (numpy arrays or
+    torch tensors, as :func:`distances_from_dots`)."""
+    ops = _ops(dots)
+    norms = ops.sqrt(q_sqnorms)[:, None] * ops.sqrt(x_sqnorms)[None, :]
+    ok = norms > 0
+    return ops.clip1(ops.where(ok, ops.f64(dots) / ops.where(ok, norms, 1.0), 0.0))
+
+
+class _NumpyOps:
+    """The array operations the shared formulas need, for numpy (float64 sums by einsum)."""
+
+    f64 = staticmethod(lambda a: np.asarray(a, dtype=np.float64))
+    nonzero = staticmethod(np.nonzero)
+    sqsum = staticmethod(lambda diff: np.einsum("ij,ij->i", diff, diff))
+    clamp0 = staticmethod(lambda d: np.maximum(d, 0.0))
+    sqrt = staticmethod(np.sqrt)
+    where = staticmethod(np.where)
+    clip1 = staticmethod(lambda c: np.clip(c, -1.0, 1.0))
+
+
+class _TorchOps:
+    """The same for torch tensors (no import: only tensor methods and the module of the tensor)."""
+
+    f64 = staticmethod(lambda a: a.double())
+    nonzero = staticmethod(lambda m: m.nonzero(as_tuple=True))
+    sqsum = staticmethod(lambda diff: (diff ** 2).sum(1))
+    clamp0 = staticmethod(lambda d: d.clamp_min(0.0))
+    sqrt = staticmethod(lambda a: a.sqrt())
+    where = staticmethod(lambda c, a, b: _torch().where(c, a, b))
+    clip1 = staticmethod(lambda c: c.clamp(-1.0, 1.0))
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _ops(a):
+    return _TorchOps if hasattr(a, "new_ones") else _NumpyOps
+
+
+def dice(inter, total):
+    """The Dice coefficient (eq. 8) 2|A∩B| / (|A| + |B|) from overlap counts ``inter`` and the
+    sums of the two areas ``total``; both masks empty -> 1. Numbers, numpy arrays or torch tensors
+    (the same formula on every device: search, explanations, segmenter evaluation)."""
+    if hasattr(total, "new_ones"):                    # a torch tensor: stays on its device
+        one = total.new_ones(())
+        return (2.0 * inter / total.where(total > 0, one)).where(total > 0, one)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.clip(np.where(norms > 0, dots.astype(np.float64) / norms, 0.0), -1.0, 1.0)
+        return np.where(np.asarray(total) > 0, 2.0 * np.asarray(inter) / total, 1.0)
 
 
 def dice_from_intersections(inter: np.ndarray, q_areas: np.ndarray, areas: np.ndarray) -> np.ndarray:
     """[B, N] Dice from overlap counts: 2|A∩B| / (|A| + |B|); both empty -> 1."""
-    total = np.asarray(q_areas, np.float64)[:, None] + np.asarray(areas, np.float64)[None, :]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, 2.0 * inter / total, 1.0)
+    return dice(inter, np.asarray(q_areas, np.float64)[:, None] + np.asarray(areas, np.float64)[None, :])
 
 
 def mask_intersections(Q_packed: np.ndarray, M_packed: np.ndarray, block: int = 2048) -> np.ndarray:
@@ -152,49 +194,13 @@ def row_maxima(D: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def normalised_by(D: np.ndarray, top: np.ndarray) -> np.ndarray:
-    """Row-wise 1 − d / top (eqs. 2 and 7) for given maxima; a max of 0 (or none) gives 1."""
-    top = np.asarray(top, dtype=np.float64)[:, None]
+    """Row-wise 1 − d / top (eqs. 2 and 7) for given maxima ``top`` [B] of [B, N] values; a max of
+    0 (or none) gives 1. The one max-normalisation of every engine: float64, or float32 when both
+    ``D`` and ``top`` are (fast mode's estimates, which only choose candidates)."""
+    single = np.asarray(D).dtype == np.float32 and np.asarray(top).dtype == np.float32
+    top = np.asarray(top, dtype=np.float32 if single else np.float64)[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(top > 0, 1.0 - D / np.where(top > 0, top, 1.0), 1.0)
-
-
-def euclidean_distances(q: np.ndarray, X: np.ndarray, x_sqnorms: np.ndarray | None = None) -> np.ndarray:
-    """ED(q, y) for every row y of X (eq. 1)."""
-    return np.sqrt(squared_distances(q, X, x_sqnorms))
-
-
-def cosine_similarities(q: np.ndarray, X: np.ndarray, x_sqnorms: np.ndarray | None = None) -> np.ndarray:
-    """CS(q, y) (eq. 3). A zero vector has cosine 0 with everything (no direction)."""
-    q32 = np.asarray(q, dtype=np.float32)
-    if x_sqnorms is None:
-        x_sqnorms = row_sqnorms(X)
-    dots = (X @ q32).astype(np.float64)
-    norms = np.sqrt(x_sqnorms) * np.linalg.norm(q32.astype(np.float64))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cs = np.where(norms > 0, dots / norms, 0.0)
-    return np.clip(cs, -1.0, 1.0)
-
-
-def style_losses(q: np.ndarray, S: np.ndarray, s_sqnorms: np.ndarray | None = None) -> np.ndarray:
-    """LS(q, y) of eq. 6, given style vectors packed as in ``extract.gram``."""
-    return squared_distances(q, S, s_sqnorms)
-
-
-def dice_coefficients(q_packed: np.ndarray, q_area: int, M_packed: np.ndarray, areas: np.ndarray) -> np.ndarray:
-    """DC (eq. 8) of one bit-packed mask against every row; both empty -> 1, one empty -> 0."""
-    inter = mask_intersections(np.asarray(q_packed, dtype=np.uint8)[None, :], M_packed)
-    return dice_from_intersections(inter, np.array([q_area]), areas)[0]
-
-
-def max_normalised(distances: np.ndarray) -> np.ndarray:
-    """1 − d / max d over the candidates (eqs. 2 and 7); all distances 0 -> score 1."""
-    d = np.asarray(distances, dtype=np.float64)
-    if d.size == 0:
-        return d.copy()
-    top = d.max()
-    if top <= 0:
-        return np.ones_like(d)
-    return 1.0 - d / top
 
 
 def cosine_new(cs: np.ndarray) -> np.ndarray:

@@ -16,13 +16,13 @@ from ..extract.images import load_image
 from ..index.store import Index, Snapshot
 from ..names import SEARCH_MODES
 from ..runtime import Runtime
-from .engine import Engine, ExactEngine, Query, QueryRanking, Ranked, checked_style_blocks, top_k_rows
+from .engine import Engine, Query, Ranked, empty_rankings
+from .engines import EngineSpec, OpenVersion, index_components, open_version
 from .explain import mask_explanation, overlap_png, style_explanation
-from .fast import FastIndex, FastModeMissing, fast_dir
-from .kernels import kernel_for
+from .fast import FastIndex
 from .measures import COMPONENTS, MEASURE_COMPONENTS, MEASURES
 
-__all__ = ["Filters", "Hit", "Query", "SearchResult", "Searcher", "top_k"]
+__all__ = ["Filters", "Hit", "Query", "SearchResult", "Searcher"]
 
 MODES = SEARCH_MODES
 _RAW_KEYS = {"euclidean": "ed", "cosine": "cs", "style": "ls", "dice": "dice"}
@@ -83,14 +83,9 @@ class SearchResult:
         return out
 
 
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k best scores, best first; ties keep index order (deterministic).
-    ``k <= 0`` ranks everything."""
-    return top_k_rows(scores[None, :], np.ones((1, scores.shape[0]), dtype=bool), k)[0]
-
-
 class Searcher:
-    """Exact search over one consistent version of an index.
+    """Search over one consistent version of an index: the measures, the candidate filters and
+    the hits. Which engine ranks is :mod:`dermsearch.search.engines`' choice (``mode`` per request).
 
     >>> s = Searcher("my-index")
     >>> result = s.search("lesion.jpg", k=5)
@@ -104,28 +99,24 @@ class Searcher:
         memory); with backend ``auto`` a query is encoded from the index's cached ONNX export when
         there is one, else with torch.
 
-        ``mode``: ``exact``, ``fast`` (see :mod:`dermsearch.search.fast`) or ``certified`` (exact
-        answers from an int8 first pass: :mod:`dermsearch.search.certified`). ``dask``: a
-        ``distributed.Client`` or scheduler address: the matrices are sharded across its workers
-        and searched there (exact; :mod:`dermsearch.search.sharded`)."""
-        if mode not in MODES:
-            raise ConfigError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-        if dask is not None and mode != "exact":
-            raise ConfigError("sharded (Dask) search is exact: use mode='exact' with dask")
-        self.sharded = None
+        ``mode``: the default of every search: ``exact``, ``fast`` (see :mod:`dermsearch.search.fast`)
+        or ``certified`` (exact answers from an int8 first pass: :mod:`dermsearch.search.certified`);
+        a search may ask for another. ``dask``: a ``distributed.Client`` or scheduler address: the
+        matrices are sharded across its workers and searched there (exact; :mod:`dermsearch.search.sharded`)."""
+        self.runtime = runtime or Runtime()
+        EngineSpec(mode, self.runtime.device, dask)       # checks the mode before connecting anywhere
         if dask is not None:
             from ..errors import require
 
             require("distributed", "dask", "searching on a Dask cluster")
             from distributed import Client
             dask = dask if isinstance(dask, Client) else Client(dask)
-        self.dask = dask
+        self._spec = EngineSpec(mode, self.runtime.device, dask)
         self.index = index if isinstance(index, Index) else Index.open(index)
         self._extractor = extractor
         self._encoder = None
-        self.runtime = runtime or Runtime()
-        self.mode = mode              # "exact" (every row, every byte) or "fast" (see search/fast.py)
         self._lease = None            # holds the version searched against compaction (index/leases.py)
+        self._open: OpenVersion | None = None
         if extractor is not None:
             self.index.check_fingerprint(extractor.fingerprint, extractor.config)
         self.refresh()
@@ -136,68 +127,53 @@ class Searcher:
         """The runtime's device name (``auto``, ``cpu``, ``cuda``, ``cuda:N``)."""
         return self.runtime.device
 
-    def refresh(self) -> None:
-        """Load the index's newest version (and the row norms the measures reuse)."""
+    @property
+    def mode(self) -> str:
+        """The mode a search uses when it names none."""
+        return self._spec.mode
+
+    @property
+    def dask(self):
+        return self._spec.dask
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._open.snapshot
+
+    @property
+    def fast(self) -> FastIndex | None:
+        """The fast-mode files serving the current version (None when there are none)."""
+        return self._open.fast
+
+    @property
+    def sharded(self):
+        """The sharded engine on the Dask cluster (None without one)."""
+        return self._open.sharded if self._open is not None else None
+
+    @property
+    def engine(self) -> Engine:
+        """The engine of the default mode."""
+        return self._open.engine(self._spec)
+
+    def engine_for(self, mode: str | None = None) -> Engine:
+        """The engine a search in ``mode`` (None: the default) runs on."""
+        return self._open.engine(self._spec.with_mode(mode))
+
+    def refresh(self, mode: str | None = None) -> None:
+        """Load the index's newest version (and the row norms the measures reuse). ``mode``: the
+        default mode from now on (e.g. ``exact`` once the fast-mode files no longer match)."""
+        spec = self._spec.with_mode(mode)
         self._hold(self.index.head_version())     # before reading: compaction keeps what readers hold
-        if self.dask is not None:
-            return self._refresh_sharded()
-        self.fast = self._open_fast()
-        if self.fast is None:
-            s = self.snapshot = self.index.snapshot()
-            blocks = checked_style_blocks(s.styles, self.index.manifest.get("style_layers"))
-            self.engine: Engine = self._engine_for(ExactEngine.of(s.vectors, style_blocks=blocks))
-        elif (rows := self.fast.rows(self.index.manifest)) is not None:
-            # the fast-mode files of the current version hold its rows and labels: LanceDB is not opened
-            e = self.fast.exact
-            self.engine = self._engine_for(e)
-            self.snapshot = Snapshot(self.fast.info["index_version"], self.fast.ids.astype(object), rows["paths"],
-                                     rows["diagnosis"], rows["melanoma"], rows["lesion_id"], rows["meta_json"],
-                                     e.features, e.styles, e.masks, e.mask_areas)
-        else:
-            # the fast-mode files hold the exact rows memory-mapped: only the metadata is read here
-            s = self.index.snapshot(vectors=False)
-            if s.version != self.fast.info["index_version"] or not np.array_equal(s.ids.astype(str), self.fast.ids):
-                self.fast = None
-                if self.mode == "fast":
-                    raise FastModeMissing(f"the fast-mode files of {self.index.directory} do not match its current "
-                                          f"version; run 'dermsearch optimize {self.index.directory}'")
-                return self.refresh()
-            e = self.fast.exact
-            self.engine = self._engine_for(e)
-            self.snapshot = dataclasses.replace(s, features=e.features, styles=e.styles, masks=e.masks,
-                                                mask_areas=e.mask_areas)
+        if self.dask is not None and self._open is not None:
+            self._open.close()                    # the shards of the old version leave the workers
+        opened = open_version(self.index, spec)
+        opened.engine(spec)                       # the default mode's engine: fails here, not in a search
+        old, self._open, self._spec = self._open, opened, spec
+        if old is not None and old is not opened:
+            old.close()
         self._positions = {i: n for n, i in enumerate(self.snapshot.ids)}
         self._meta_cache: list[dict] | None = None
         self._hold(self.snapshot.version)
-
-    def _engine_for(self, exact: ExactEngine) -> Engine:
-        if self.mode == "fast":
-            return self.fast
-        if self.mode == "certified" and exact.styles is not None:
-            from .certified import CertifiedEngine
-
-            return CertifiedEngine(exact, files=None if self.fast is None else self.fast.directory,
-                                   layout=self.index.manifest.get("style_layers"))
-        gpu = self._search_device()
-        if gpu is not None:
-            from .device import DeviceEngine
-
-            return DeviceEngine(exact.vectors, gpu, style_blocks=exact.style_blocks)   # the matrices in GPU memory
-        return exact
-
-    def _search_device(self) -> str | None:
-        """The CUDA device exact search runs on: ``device`` when it names one, or the first GPU
-        for ``auto`` when torch sees one; None for the CPU engine."""
-        if self.device.startswith("cuda"):
-            return self.device
-        if self.device == "auto":
-            from ..extract.encoder import cuda_possible
-
-            if cuda_possible():
-                import torch
-
-                return "cuda" if torch.cuda.is_available() else None
-        return None
 
     def _hold(self, version: int) -> None:
         if self._lease is None:
@@ -209,39 +185,10 @@ class Searcher:
 
     def close(self) -> None:
         """Let go of the index version (and of the shards on a Dask cluster)."""
-        if self.sharded is not None:
-            self.sharded.close()
-            self.sharded = None
+        if self._open is not None:
+            self._open.close()
         if self._lease is not None:
             self._lease.release()
-
-    def _refresh_sharded(self) -> None:
-        from .sharded import ShardedEngine
-
-        if self.sharded is not None:
-            self.sharded.close()
-        s = self.snapshot = self.index.snapshot(vectors=False)     # the vectors stay on the workers
-        self.fast = None
-        m = self.index.manifest
-        self.engine = self.sharded = ShardedEngine(
-            self.dask, self.index.directory, s.version, len(s), components=self.available_components,
-            kernel=kernel_for(len(s), max(m["feature_dim"], m["style_dim"])))
-        self._positions = {i: n for n, i in enumerate(s.ids)}
-        self._meta_cache = None
-        self._hold(s.version)
-
-    def _open_fast(self) -> FastIndex | None:
-        """The fast-mode files of the current version: required in fast mode; in exact mode they
-        are used when present (the exact rows memory-mapped: opening reads no vectors)."""
-        path = fast_dir(self.index.directory, self.index.head_version())
-        try:
-            return FastIndex.open(path)
-        except FastModeMissing as e:
-            if self.mode == "fast":
-                why = str(e) if "format" in str(e) else (f"{self.index.directory} has no fast-mode files for "
-                                                         f"version {self.index.version}")
-                raise FastModeMissing(f"{why}; run 'dermsearch optimize {self.index.directory}'") from None
-            return None
 
     def row(self, image_id: str) -> int | None:
         """Position of an id in the current snapshot (None when absent)."""
@@ -283,9 +230,7 @@ class Searcher:
 
     @property
     def available_components(self) -> tuple[str, ...]:
-        m = self.index.manifest
-        stored = {"style": bool(m["style_dim"]), "dice": bool(m["mask_bytes"])}
-        return tuple(c for c in COMPONENTS if stored.get(c, True))
+        return index_components(self.index.manifest)
 
     def available_measures(self) -> tuple[str, ...]:
         have = set(self.available_components)
@@ -343,19 +288,21 @@ class Searcher:
     # ----------------------------------------------------------------- search
     def search(self, query: Query | str | os.PathLike | bytes | Image.Image, k: int = 5,
                measures: list[str] | tuple[str, ...] | None = None, exclude_ids=(),
-               filters: Filters | None = None, explain: bool = False) -> SearchResult:
+               filters: Filters | None = None, explain: bool = False, mode: str | None = None) -> SearchResult:
         """Rank every candidate by each requested measure; return the top ``k`` (0 = all).
-        ``explain``: attach each hit's per-layer style loss and mask overlap (search/explain.py)."""
-        return self.search_batch([query], k, measures, [exclude_ids], filters, explain)[0]
+        ``explain``: attach each hit's per-layer style loss and mask overlap (search/explain.py).
+        ``mode``: this search's engine (None: the searcher's :attr:`mode`)."""
+        return self.search_batch([query], k, measures, [exclude_ids], filters, explain, mode)[0]
 
     def search_batch(self, queries: list, k: int = 5, measures: list[str] | tuple[str, ...] | None = None,
                      exclude_ids: list | None = None, filters: Filters | None = None,
-                     explain: bool = False) -> list[SearchResult]:
+                     explain: bool = False, mode: str | None = None) -> list[SearchResult]:
         """:meth:`search` for several queries at once: the index matrices are read once for the
         whole batch (matrix-matrix products), so a batch costs far less than its queries one by
         one. ``exclude_ids``: one list of ids per query (or None)."""
+        engine = self.engine_for(mode)
         queries = [q if isinstance(q, Query) else self.encode(q) for q in queries]
-        results = self._search_batch(queries, k, measures, exclude_ids, filters)
+        results = self._search_batch(engine, queries, k, measures, exclude_ids, filters)
         if explain:
             for q, r in zip(queries, results):
                 self.explain(q, r)
@@ -396,7 +343,8 @@ class Searcher:
         row = self.engine.take([i]).masks[0]
         return overlap_png(query.mask, row, self.index.manifest["mask_size"])
 
-    def _search_batch(self, queries: list[Query], k, measures, exclude_ids, filters) -> list[SearchResult]:
+    def _search_batch(self, engine: Engine, queries: list[Query], k, measures, exclude_ids, filters
+                      ) -> list[SearchResult]:
         if k < 0:
             raise ConfigError("k must be >= 0")
         if exclude_ids is not None and len(exclude_ids) != len(queries):
@@ -413,9 +361,9 @@ class Searcher:
         # Every available component is computed: each hit reports all four (SPEC section 3).
         # The max-normalisers see each query's candidates only.
         if len(s):
-            rankings = self.engine.rank(Query.batch(queries), valid, wanted, k)
+            rankings = engine.rank(Query.batch(queries), valid, wanted, k)
         else:
-            rankings = [QueryRanking({m: Ranked.empty() for m in wanted}) for _ in queries]
+            rankings = empty_rankings(len(queries), wanted)
         return [SearchResult(q.label, k, int(valid[j].sum()),
                              {m: self._hits(r) for m, r in ranking.measures.items()}, list(messages) + ranking.notes)
                 for j, (q, ranking) in enumerate(zip(queries, rankings))]

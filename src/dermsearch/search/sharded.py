@@ -36,7 +36,7 @@ from ..extract.vectors import Vectors
 from .engine import ExactEngine, QueryRanking, checked_style_blocks, maxima, merge_rankings, rank_rows
 from .measures import COMPONENTS
 
-__all__ = ["ShardedEngine", "ShardLost", "ShardTooLarge", "shard_memory_problem"]
+__all__ = ["ShardedEngine", "ShardLost", "ShardTooLarge", "ClusterError", "shard_memory_problem"]
 
 _SHARDS: dict[str, ExactEngine] = {}      # per worker process
 _RAW: dict[str, dict] = {}                # per worker: raw components of a query batch between the rounds
@@ -52,6 +52,10 @@ class ShardLost(DermsearchError, RuntimeError):
 
     def __reduce__(self):                 # raised on a worker, re-raised on the client
         return ShardLost, (self.keys, self.why)
+
+
+class ClusterError(DermsearchError, RuntimeError):
+    """The Dask cluster cannot serve the search: it has no workers, or they keep leaving."""
 
 
 class ShardTooLarge(DermsearchError, MemoryError):
@@ -225,17 +229,24 @@ class ShardedEngine:
         self.reloads = 0
         workers = self._workers()
         if not workers:
-            raise RuntimeError("the Dask cluster has no workers")
+            raise ClusterError(f"the Dask cluster{self._address()} has no workers: start some "
+                               "('dask worker SCHEDULER') and search again")
         bounds = np.linspace(0, n_rows, len(workers) + 1).astype(int)
         tag = f"dermsearch-{next(self._ids)}-{id(self)}"
         self.shards = [Shard(f"{tag}-{a}", int(a), int(b), w) for w, (a, b) in zip(workers, itertools.pairwise(bounds))]
         loaded = self._load(self.shards)
         if sum(loaded) != n_rows:
-            raise RuntimeError(f"the shards hold {sum(loaded)} rows, the index {n_rows}")
+            raise ClusterError(f"the shards hold {sum(loaded)} rows, the index {n_rows}: the index changed while "
+                               "its shards were loading; open it again")
         self._queries = itertools.count()
         # concurrent searches from this client (web server threads): fewer than the round-one results
         # a worker keeps, so that none is dropped while its round two is still coming
         self._in_flight = threading.BoundedSemaphore(_RAW_KEPT // 2)
+
+    def _address(self) -> str:
+        """`` at SCHEDULER-ADDRESS`` (empty when the client does not say)."""
+        address = getattr(getattr(self.client, "scheduler", None), "address", None)
+        return f" at {address}" if address else ""
 
     def _workers(self) -> list[str]:
         return sorted(self.client.scheduler_info()["workers"])
@@ -269,7 +280,8 @@ class ShardedEngine:
         """Load the lost shards again on the live workers holding the fewest shards."""
         alive = self._workers()
         if not alive:
-            raise RuntimeError("the Dask cluster has no workers left")
+            raise ClusterError(f"the Dask cluster{self._address()} has no workers left: start some "
+                               "('dask worker SCHEDULER') and search again")
         lost = [sh for sh in self.shards if sh.key in set(keys) or sh.worker not in alive]
         held = {w: sum(sh.worker == w for sh in self.shards if sh not in lost) for w in alive}
         for sh in lost:
@@ -285,7 +297,8 @@ class ShardedEngine:
                 return fn()
             except ShardLost as e:
                 if attempt == self.retries:
-                    raise RuntimeError(f"{what} failed: shards lost {self.retries + 1} times (last: {e})") from e
+                    raise ClusterError(f"{what} failed: shards lost {self.retries + 1} times (last: {e}); the "
+                                       "workers keep leaving: check their memory limits and logs") from e
                 try:
                     self._replace(e.keys)
                 except ShardLost:

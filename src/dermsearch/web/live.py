@@ -98,8 +98,7 @@ class LiveIndex:
                         # must go at once) with exact search until 'dermsearch optimize' is run again
                         log.warning("the index changed and its fast-mode files are stale: serving exact search "
                                     "until 'dermsearch optimize %s' is run", self.searcher.index.directory)
-                        self.searcher.mode = "exact"
-                        self.searcher.refresh()
+                        self.searcher.refresh(mode="exact")
                     self._load()
             finally:
                 with self._cond:
