@@ -294,4 +294,6 @@ def read_table(path: Path, options: ReadOptions | None = None):
             continue
         seen.add(record.id)
         records.append(record)
+    if layout.name == "ham10000":        # HAM10000's file lists by lesion; its images (and labels) by id
+        records.sort(key=lambda r: r.id)
     return records, problems
