@@ -259,8 +259,9 @@ def _headline(args, evaluator, report, split, candidates) -> None:
     pool = candidates if candidates is not None else list(ids)
     evaluator.headline_from(report, [i for i in ids if split.get(i) in chosen],
                             [i for i in pool if split.get(i) not in chosen], metric,
-                            EvaluationConfig(k=args.k, vote_k=args.vote_k, seed=args.seed, exclude_same=args.exclude_same,
-                                             label_column=args.label_column), "+".join(args.choose_on))
+                            EvaluationConfig(k=args.k, vote_k=args.vote_k, seed=args.seed,
+                                             exclude_same=args.exclude_same, label_column=args.label_column),
+                            "+".join(args.choose_on))
 
 
 def cmd_fit_gram_weights(args) -> int:
