@@ -17,7 +17,7 @@ from ..extract.images import ImageError
 from .readers import ReadOptions, read_table
 from .records import Record
 
-__all__ = ["IMAGE_SUFFIXES", "Problem", "ReadOptions", "SourceError", "read_source", "read_folder",
+__all__ = ["IMAGE_SUFFIXES", "Problem", "ReadOptions", "Source", "SourceError", "read_source", "read_folder",
            "read_labels_csv"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
@@ -36,10 +36,25 @@ class Problem:
         return f"{self.where}: {self.reason}"
 
 
-def read_source(source: str | os.PathLike, options: ReadOptions | None = None) -> tuple[list[Record], list[Problem]]:
+@dataclass(frozen=True)
+class Source:
+    """A source path with the options to read it with: what :func:`~dermsearch.index.build.build`
+    takes wherever it takes a path (``build_index(Source(csv, ReadOptions(format="ham10000")), ...)``)."""
+
+    path: str | os.PathLike
+    options: ReadOptions = ReadOptions()
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def read_source(source: str | os.PathLike | Source, options: ReadOptions | None = None
+                ) -> tuple[list[Record], list[Problem]]:
     """The records of ``source``: a folder of images (DICOM files among them), a folder holding an
     ISIC Archive download (``metadata.csv`` beside the images), or a labels CSV in any layout of
     :mod:`~dermsearch.index.readers`; ``options`` forces a format, maps columns, says where images are."""
+    if isinstance(source, Source):
+        source, options = source.path, options or source.options
     options = options or ReadOptions()
     source = Path(source)
     if source.is_dir():
