@@ -163,7 +163,8 @@ def layout_for(path: Path, header: list[str], options: ReadOptions) -> Layout:
                           f"{', '.join(missing)} (found: {found})")
     name = options.format if options.format not in ("auto", "folder", "dicom") else detect_layout(header)
     if name is None and not options.columns:
-        raise SourceError(f"{path}: columns not recognised as dermsearch (image_id, image_path), ISIC Archive "
+        raise SourceError(f"{path}: missing column(s) image_id, image_path: the columns are not those of a "
+                          f"dermsearch labels CSV (image_id, image_path), an ISIC Archive metadata.csv "
                           f"(isic_id), HAM10000 (image_id, dx) or ISIC challenge ground truth (found: {found}); "
                           "map them with columns (--columns image_id=COL,diagnosis=COL,...)")
     layout = _layouts(header)[name] if name else Layout("columns", {})
