@@ -111,8 +111,11 @@ def write_dicom(path: Path, rgb: np.ndarray | None = None, jpeg: bytes | None = 
     ds.PatientID, ds.PatientSex, ds.PatientAge, ds.BodyPartExamined = patient, sex, age, site
     ds.Modality, ds.StudyInstanceUID = "XC", generate_uid()
     if pixel:
-        h, w = (rgb.shape[:2] if rgb is not None else Image.open(io.BytesIO(jpeg)).size[::-1])
-        ds.Rows, ds.Columns = rows or h, cols or w
+        if rows and cols:
+            h, w = rows, cols
+        else:
+            h, w = rgb.shape[:2] if rgb is not None else Image.open(io.BytesIO(jpeg)).size[::-1]
+        ds.Rows, ds.Columns = h, w
         ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 3, 8, 8, 7
         ds.PixelRepresentation, ds.PlanarConfiguration = 0, 0
         if jpeg is not None:
@@ -132,5 +135,5 @@ def dicom_folder(root: Path) -> Path:
     for i, (name, rgb, jpeg) in enumerate(sample_rgb(6)):
         write_dicom(root / f"{name}.dcm", rgb=None if i % 2 else rgb, jpeg=jpeg if i % 2 else None,
                     patient=f"DP{i // 2}", sex="F" if i % 2 else "M", age=f"0{40 + i}Y",
-                    site=("TORSO", "UPPER EXTREMITY", "HEAD/NECK")[i // 2])
+                    site=("TORSO", "ARM", "HEAD")[i // 2])
     return root
