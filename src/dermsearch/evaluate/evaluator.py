@@ -337,6 +337,9 @@ class Evaluator:
             progress: Callable[[int, int], None] | None = None) -> EvaluationReport:
         t0 = time.perf_counter()
         s = self.searcher.snapshot
+        if len(queries) and not (queries.diagnosis != "").any() and np.isnan(queries.melanoma).all():
+            raise ConfigError(f"none of the {len(queries)} queries has a diagnosis or a melanoma status: "
+                              "evaluation needs labelled images (index a labels CSV, or name the label column)")
         by_default = config.exclude_same is None
         config = dataclasses.replace(config, exclude_same=check(config.exclude_same or strictest(self.searcher)))
         top, n_relevant = self.rank(queries, candidate_ids, config, progress)

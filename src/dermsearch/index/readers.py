@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..extract.images import ImageError
 from ..labels import LabelError, melanoma_status
 from .records import Record
 
@@ -260,6 +261,12 @@ def row_record(row: dict[str, str], layout: Layout, base: Path, finder: ImageFin
                   lesion_id=get("lesion_id") or None, meta=meta)
 
 
+def _dicom_facts(path: str) -> dict[str, str]:
+    from ..extract.dicom import dicom_header
+
+    return dicom_header(path)
+
+
 def read_table(path: Path, options: ReadOptions | None = None):
     """(records, problems) of a labels CSV in any of the layouts (see the module text)."""
     from .sources import Problem, SourceError
@@ -293,6 +300,12 @@ def read_table(path: Path, options: ReadOptions | None = None):
         if record.id in seen:
             problems.append(Problem(where, f"duplicate image_id {record.id!r}"))
             continue
+        if Path(record.path).suffix.lower() in (".dcm", ".dicom"):
+            try:                            # a DICOM image: its header's patient, sex, age, site (the CSV wins)
+                record = replace(record, meta={**_dicom_facts(record.path), **record.meta})
+            except ImageError as e:
+                problems.append(Problem(where, f"{record.path}: {e}"))
+                continue
         seen.add(record.id)
         records.append(record)
     if layout.name == "ham10000":        # HAM10000's file lists by lesion; its images (and labels) by id
