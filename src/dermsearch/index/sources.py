@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DermsearchError
+from ..errors import DermsearchError, MissingExtraError
 from ..extract.images import ImageError
 from .readers import ReadOptions, read_table
 from .records import Record
@@ -112,6 +112,11 @@ def read_folder(folder: Path, dicom_only: bool = False, options: ReadOptions | N
             try:
                 meta.update(dicom_meta(path))
             except ImageError as e:
+                problems.append(Problem(str(path), str(e)))
+                continue
+            except MissingExtraError as e:          # a stray .dcm among images: said, the rest goes on
+                if dicom_only:
+                    raise
                 problems.append(Problem(str(path), str(e)))
                 continue
         meta.update({k: v for k, v in (("license", options.license), ("attribution", options.attribution)) if v})
