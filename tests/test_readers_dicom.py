@@ -85,3 +85,24 @@ def test_dicom_folder_reader(tmp_path):
     first = sorted(dicom_only, key=lambda r: r.id)[0]
     assert first.meta["patient_id"] == "DP0" and first.meta["sex"] == "M" and first.meta["age"] == "40"
     assert first.meta["body_site"] == "TORSO"
+
+
+def test_without_the_dicom_extra(tmp_path, monkeypatch):
+    """A stray DICOM file in a folder of images is a problem line; a DICOM folder names the extra."""
+    from PIL import Image
+
+    from dermsearch.errors import MissingExtraError
+    from dermsearch.extract import dicom
+
+    root = dicom_folder(tmp_path / "dcm")
+    Image.new("RGB", (8, 8)).save(root / "photo.png")
+
+    def missing():
+        raise MissingExtraError("reading DICOM files needs the 'dicom' extra (pydicom is not installed)")
+
+    monkeypatch.setattr(dicom, "_pydicom", missing)
+    records, problems = read_source(root)
+    assert [r.id for r in records] == ["photo"] and len(problems) == 6
+    assert all("'dicom' extra" in p.reason for p in problems)
+    with pytest.raises(MissingExtraError, match="'dicom' extra"):
+        read_source(Source(root, ReadOptions(format="dicom")))
