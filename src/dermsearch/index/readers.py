@@ -30,7 +30,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..extract.images import ImageError
 from ..labels import LabelError, melanoma_status
 from .records import Record
 
@@ -269,6 +268,7 @@ def _dicom_facts(path: str) -> dict[str, str]:
 
 def read_table(path: Path, options: ReadOptions | None = None):
     """(records, problems) of a labels CSV in any of the layouts (see the module text)."""
+    from ..extract.images import ImageError
     from .sources import Problem, SourceError
 
     options = options or ReadOptions()
