@@ -21,7 +21,16 @@ def register(sub, common: Common) -> None:
                                     "melanoma P@k, mAP@k and the melanoma AUC of a neighbour vote.")
     ev.add_argument("--queries", type=Path, metavar="CSV", help="external labelled query images (a labels CSV); "
                     "default: rows of the index")
-    ev.add_argument("--query-split", nargs="+", metavar="NAME", help="index rows of these splits are the queries")
+    ev.add_argument("--query-split", nargs="+", metavar="NAME", help="index rows of these splits are the queries "
+                    "(with --queries: the rows of these splits in --query-split-csv)")
+    ev.add_argument("--query-split-csv", type=Path, metavar="CSV", help="image_id,split file of the --queries "
+                    "images (e.g. isic-uda1/split.csv with --query-split xval); rows outside the chosen splits "
+                    "are never queries")
+    ev.add_argument("--label-column", metavar="COL", help="relevance by this stored column instead of the "
+                    "diagnosis (e.g. diagnosis_1 for benign/malignant, diagnosis_3)")
+    ev.add_argument("--exclude-same", choices=["lesion", "patient"], help="leave out of each query's candidates "
+                    "its lesion's other images (lesion) or every image of its patient (patient); default: the "
+                    "strictest the data allows (patient when the index stores patient ids), said in the report")
     ev.add_argument("--candidate-split", nargs="+", metavar="NAME",
                     help="index rows of these splits are the candidates")
     ev.add_argument("-k", type=int, default=5)
@@ -100,8 +109,12 @@ def cmd_evaluate(args) -> int:
     if args.diagnosis_map and not all("=" in p for p in args.diagnosis_map.split(",")):
         raise UsageError(f"--diagnosis-map expects A=B,C=D, got {args.diagnosis_map!r}")
     split = read_split(args.split) if args.split else None
-    if (args.query_split or args.candidate_split) and split is None:
+    if ((args.query_split and not args.queries) or args.candidate_split) and split is None:
         raise UsageError("--query-split / --candidate-split need --split")
+    if args.queries and args.query_split and not args.query_split_csv:
+        raise UsageError("with --queries, --query-split needs --query-split-csv (the queries' own split file)")
+    if args.query_split_csv and not (args.queries and args.query_split):
+        raise UsageError("--query-split-csv needs --queries and --query-split")
     if args.choose_on and args.headline:
         raise UsageError("give either --headline or --choose-on, not both")
     if args.choose_on and split is None:
@@ -159,15 +172,28 @@ def _run(args, evaluator, candidates, in_splits, EvaluationConfig):
             task = progress.add_task("extracting queries", total=None)
             queries = evaluator.queries_from_csv(
                 args.queries, dmap, on_problem=lambda p: err.print(f"skipped {p.where}: {p.reason}"),
-                progress=lambda d, t: progress.update(task, completed=d, total=t))
+                progress=lambda d, t: progress.update(task, completed=d, total=t), only_ids=_external_ids(args),
+                label_column=args.label_column)
         else:
-            queries = evaluator.queries_from_index(in_splits(args.query_split) if args.query_split else None)
+            queries = evaluator.queries_from_index(in_splits(args.query_split) if args.query_split else None,
+                                                   args.label_column)
         if len(queries) == 0:
             raise UsageError("no queries")
         task = progress.add_task("ranking", total=len(queries))
         return evaluator.run(queries, candidates, EvaluationConfig(
-            k=args.k, vote_k=args.vote_k, bootstrap=args.bootstrap, seed=args.seed, ci_unit=args.ci_unit),
+            k=args.k, vote_k=args.vote_k, bootstrap=args.bootstrap, seed=args.seed, ci_unit=args.ci_unit,
+            exclude_same=args.exclude_same, label_column=args.label_column),
             progress=lambda d, t: progress.update(task, completed=d))
+
+
+def _external_ids(args) -> set[str] | None:
+    """The --queries ids in --query-split (from --query-split-csv); None: every row."""
+    if not args.query_split_csv:
+        return None
+    from ..labels import read_split
+
+    chosen = set(args.query_split)
+    return {i for i, name in read_split(args.query_split_csv).items() if name in chosen}
 
 
 def _compare(args, evaluator, split) -> int:
@@ -183,19 +209,23 @@ def _compare(args, evaluator, split) -> int:
         return [i for i in ids if split.get(i) in set(names)]
 
     config = EvaluationConfig(k=args.k, vote_k=args.vote_k, bootstrap=args.bootstrap, seed=args.seed,
-                              ci_unit=args.ci_unit)
+                              ci_unit=args.ci_unit, exclude_same=args.exclude_same, label_column=args.label_column)
     if args.queries:
         dmap = _diagnosis_map(args)
 
         def problem(p):
             err.print(f"skipped {p.where}: {p.reason}")
 
-        qa = evaluator.queries_from_csv(args.queries, dmap, on_problem=problem)
-        qb = other.queries_from_csv(args.queries, dmap)      # the same images fail for both: said once
+        only = _external_ids(args)
+        qa = evaluator.queries_from_csv(args.queries, dmap, on_problem=problem, only_ids=only,
+                                        label_column=args.label_column)
+        qb = other.queries_from_csv(args.queries, dmap, only_ids=only,   # the same images fail for both: said once
+                                    label_column=args.label_column)
     else:
         chosen = in_splits(args.query_split) if args.query_split else ids
-        qa = evaluator.queries_from_index(chosen)
-        qb = other.queries_from_index([i for i in chosen if i in in_b])   # the comparison notes what is left out
+        qa = evaluator.queries_from_index(chosen, args.label_column)
+        qb = other.queries_from_index([i for i in chosen if i in in_b],   # the comparison notes what is left out
+                                      args.label_column)
     if len(qa) == 0 or len(qb) == 0:
         raise UsageError("no queries")
     candidates = in_splits(args.candidate_split) if args.candidate_split else None
@@ -229,7 +259,9 @@ def _headline(args, evaluator, report, split, candidates) -> None:
     pool = candidates if candidates is not None else list(ids)
     evaluator.headline_from(report, [i for i in ids if split.get(i) in chosen],
                             [i for i in pool if split.get(i) not in chosen], metric,
-                            EvaluationConfig(k=args.k, vote_k=args.vote_k, seed=args.seed), "+".join(args.choose_on))
+                            EvaluationConfig(k=args.k, vote_k=args.vote_k, seed=args.seed,
+                                             exclude_same=args.exclude_same, label_column=args.label_column),
+                            "+".join(args.choose_on))
 
 
 def cmd_fit_gram_weights(args) -> int:

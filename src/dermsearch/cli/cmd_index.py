@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+from ..index.readers import FIELDS as SOURCE_FIELDS
+from ..index.readers import FORMATS as SOURCE_FORMATS
 from ..names import BACKENDS, GRAM_NORMS, GRAM_POOLS
 from ..presets import PRESETS
 from ..search.config import FastConfig
@@ -24,7 +26,19 @@ def register(sub, common: Common) -> None:
                         help="build or extend an index from a folder or a labels CSV",
                         description="Index SOURCE (a folder of images or a labels CSV) into --index DIR. "
                                     "Images already in the index are skipped, so an interrupted run resumes.")
-    ix.add_argument("source", nargs="?", help="folder of images, or labels CSV (image_id, image_path, ...)")
+    ix.add_argument("source", nargs="?", help="folder of images (DICOM too; an ISIC Archive download folder), "
+                    "or a labels CSV: dermsearch's, an ISIC Archive metadata.csv, HAM10000_metadata.csv, ISIC "
+                    "challenge ground truth (detected from the columns)")
+    src = ix.add_argument_group("source (docs/usage.md, 'Archives dermsearch reads')")
+    src.add_argument("--format", default="auto", choices=SOURCE_FORMATS,
+                     help="read SOURCE as this format instead of detecting it from its columns")
+    src.add_argument("--columns", metavar="FIELD=COL,...", help="map the CSV's columns: image_id=isic_id,"
+                     "diagnosis=diagnosis_3,... (fields: " + ", ".join(SOURCE_FIELDS) + ")")
+    src.add_argument("--images", type=Path, metavar="DIR", help="folder of the image files, found by id, when "
+                     "the CSV has no image_path (default: beside the CSV and its images/ folder)")
+    src.add_argument("--license", metavar="TEXT", help="licence of the images whose rows name none "
+                     "(e.g. 'CC BY-NC 4.0')")
+    src.add_argument("--attribution", metavar="TEXT", help="attribution of the images whose rows name none")
     ix.add_argument("--index", required=True, type=Path, metavar="DIR")
     ix.add_argument("--remove", nargs="+", metavar="ID", help="remove these image ids from the index")
     ix.add_argument("--check", action="store_true", help="verify the index's integrity and exit")
@@ -148,6 +162,8 @@ def _build(args) -> int:
     for note in notes:
         err.print(f"note: {note}")
 
+    source = _source(args)
+
     def on_problem(p):  # printed with or without the progress bar
         progress.console.print(tagged("skipped", "yellow", f"{p.where}: {p.reason}"), soft_wrap=True)
 
@@ -163,15 +179,24 @@ def _build(args) -> int:
         if args.dask:
             from ..index.distributed import build_index_dask
 
-            report = build_index_dask(args.source, args.index, args.dask, config, runtime, args.commit_every,
+            report = build_index_dask(source, args.index, args.dask, config, runtime, args.commit_every,
                                       chunk_size=args.dask_chunk, on_problem=on_problem, progress=show)
         else:
-            report = build_index(args.source, args.index, config, runtime, args.commit_every, on_problem=on_problem,
+            report = build_index(source, args.index, config, runtime, args.commit_every, on_problem=on_problem,
                                  progress=show)
     print(f"{report.index}: added {report.added}, already indexed {report.already_indexed}, "
           f"skipped {len(report.problems)} (of {report.found} found) in {report.seconds:.1f} s "
           f"({report.images_per_second:.1f} images/s); index holds {len(Index.open(args.index))} images")
     return 0
+
+
+def _source(args):
+    """SOURCE with the reading flags (--format, --columns, --images, --license, --attribution)."""
+    from ..index.readers import ReadOptions, parse_columns
+    from ..index.sources import Source
+
+    return Source(args.source, ReadOptions(format=args.format, columns=parse_columns(args.columns),
+                                           images=args.images, license=args.license, attribution=args.attribution))
 
 
 def cmd_optimize(args) -> int:
@@ -244,8 +269,27 @@ def cmd_info(args) -> int:
     print(json.dumps({"directory": str(args.index), "images": len(snap), "version": snap.version,
                       "fingerprint": m["fingerprint"], "extractor": m["extractor"],
                       "feature_dim": m["feature_dim"], "style_dim": m["style_dim"], "mask_size": m["mask_size"],
-                      "diagnoses": dict(sorted(diagnoses.items()))}, indent=1))
+                      "diagnoses": dict(sorted(diagnoses.items())), **_rights(snap)}, indent=1))
     return 0
+
+
+def _rights(snap) -> dict:
+    """Licences (with counts), attributions and patients of the index's images, from their metadata."""
+    licenses: dict[str, int] = {}
+    attributions: dict[str, int] = {}
+    patients, lesions = set(), set()
+    for text, lesion in zip(snap.meta_json, snap.lesion_id):
+        meta = json.loads(text) if text else {}
+        lic = meta.get("license") or "(none)"
+        licenses[lic] = licenses.get(lic, 0) + 1
+        if meta.get("attribution"):
+            attributions[meta["attribution"]] = attributions.get(meta["attribution"], 0) + 1
+        if meta.get("patient_id"):
+            patients.add(meta["patient_id"])
+        if lesion:
+            lesions.add(lesion)
+    return {"licenses": dict(sorted(licenses.items())), "attributions": dict(sorted(attributions.items())),
+            "lesions": len(lesions), "patients": len(patients)}
 
 
 def cmd_backbones(args) -> int:

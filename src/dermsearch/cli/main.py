@@ -17,12 +17,12 @@ import sys
 
 from .. import __version__
 from ..errors import DermsearchError
-from . import cmd_evaluate, cmd_index, cmd_search, cmd_train, serve
+from . import cmd_evaluate, cmd_export, cmd_index, cmd_search, cmd_train, serve
 from .options import Common
 
 __all__ = ["main", "build_parser"]
 
-GROUPS = (cmd_index, cmd_search, cmd_evaluate, cmd_train, serve)
+GROUPS = (cmd_index, cmd_search, cmd_evaluate, cmd_train, serve, cmd_export)
 
 
 def build_parser() -> argparse.ArgumentParser:

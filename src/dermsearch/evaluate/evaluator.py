@@ -3,12 +3,12 @@
 For every query, every candidate is ranked by each measure, exactly as :class:`Searcher` does
 (same normalisation over the query's own candidate set, same tie order), but for batches of
 queries at once with matrix-matrix products. The query itself and every image of the same
-lesion (``lesion_id``) are never candidates.
+lesion (``lesion_id``) are never candidates; nor, with ``exclude_same="patient"`` (the default
+when the index stores patients), any image of the query's patient (:mod:`.exclusion`).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import time
 from collections.abc import Callable
@@ -22,7 +22,9 @@ from ..errors import ConfigError, NotFoundError
 from ..extract import ImageError, Vectors, load_image
 from ..index.sources import Problem, read_labels_csv
 from ..index.store import ModelMismatchError
+from ..labels import read_split
 from ..search import MEASURES, Searcher
+from .exclusion import check, exclusion_note, labels_of, meta_column, patients_of, strictest
 from .metrics import (
     average_precision_at_k,
     balanced_accuracy,
@@ -47,6 +49,8 @@ class EvaluationConfig:
     seed: int = 0
     batch_size: int = 64
     exclude_same_lesion: bool = True
+    exclude_same: str | None = None     # "lesion" or "patient"; None: the strictest the data allows
+    label_column: str | None = None     # relevance by this stored column instead of the diagnosis
 
 
 @dataclass
@@ -63,6 +67,7 @@ class QuerySet:
     mask_areas: np.ndarray | None
     paths: np.ndarray | None = None
     source: str = "index"
+    patient_id: np.ndarray | None = None   # object ("" when unknown)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -115,15 +120,6 @@ def choose_headline(selection: EvaluationReport, metric: str) -> tuple[str, dict
 def best_measure(values: dict[str, float]) -> str:
     """The measure with the highest value, ties in the order of MEASURES (the headline rule)."""
     return max(values, key=lambda m: (values[m], -MEASURES.index(m)))
-
-
-def read_split(path: str | Path) -> dict[str, str]:
-    """image_id -> split name, from a CSV with columns image_id and split."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"image_id", "split"} <= set(reader.fieldnames):
-            raise ConfigError(f"{path}: a split CSV needs columns image_id and split")
-        return {r["image_id"]: r["split"] for r in reader}
 
 
 def is_unknown_diagnosis(diagnosis: str | None) -> bool:
@@ -204,12 +200,15 @@ class Evaluator:
         self.searcher = searcher if isinstance(searcher, Searcher) else Searcher(searcher)
 
     # ---------------------------------------------------------------- queries
-    def queries_from_index(self, ids=None) -> QuerySet:
+    def queries_from_index(self, ids=None, label_column: str | None = None) -> QuerySet:
+        """Index rows as queries (all, or ``ids``); labelled by ``label_column`` when given."""
         s = self.searcher.snapshot
         rows = np.arange(len(s)) if ids is None else np.array([self._row(i) for i in ids], dtype=np.int64)
         mel = np.where([is_unknown_diagnosis(d) for d in s.diagnosis[rows]], np.nan, s.melanoma[rows])
-        return QuerySet(s.ids[rows], np.array([_label(d) for d in s.diagnosis[rows]], dtype=object),
-                        mel, s.lesion_id[rows], *self.searcher.engine.take(rows).arrays(), s.paths[rows], "index")
+        labels = labels_of(self.searcher, label_column)[rows]
+        return QuerySet(s.ids[rows], np.array([_label(d) for d in labels], dtype=object),
+                        mel, s.lesion_id[rows], *self.searcher.engine.take(rows).arrays(), s.paths[rows], "index",
+                        patients_of(self.searcher)[rows])
 
     def _row(self, image_id: str) -> int:
         pos = self.searcher.row(image_id)
@@ -219,9 +218,15 @@ class Evaluator:
 
     def queries_from_csv(self, labels_csv: str | Path, diagnosis_map: dict[str, str] | None = None,
                          on_problem: Callable[[Problem], None] | None = None,
-                         progress: Callable[[int, int], None] | None = None) -> QuerySet:
-        """External labelled images, extracted with the index's own model."""
+                         progress: Callable[[int, int], None] | None = None, only_ids=None,
+                         label_column: str | None = None) -> QuerySet:
+        """External labelled images (a labels CSV in any layout the index reads), extracted with the
+        index's own model; only the rows whose id is in ``only_ids`` (e.g. one split), when given."""
         records, problems = read_labels_csv(Path(labels_csv))
+        if only_ids is not None:
+            records = [r for r in records if r.id in only_ids]
+        if label_column and records and not any((r.meta.get(label_column) or "").strip() for r in records):
+            raise ConfigError(f"{labels_csv}: no query has a value in column {label_column!r}")
         extractor = self.searcher.extractor
         parts, kept = [], []
         for start in range(0, len(records), 16):
@@ -244,14 +249,16 @@ class Evaluator:
             raise ConfigError(f"{labels_csv}: no usable query images")
         ex = Vectors.concat(parts)
         dmap = diagnosis_map or {}
-        diag = np.array([_label(dmap.get(r.diagnosis or "", r.diagnosis or "")) for r in kept], dtype=object)
+        raw = [(r.meta.get(label_column) or "").strip() if label_column else (r.diagnosis or "") for r in kept]
+        diag = np.array([_label(dmap.get(d, d)) for d in raw], dtype=object)
         # a query whose diagnosis is "unknown" has no known melanoma status either (isic-uda1 marks
         # its two unknown rows melanoma=0): leave it out of the melanoma metrics too
         mel = np.array([np.nan if r.melanoma is None or is_unknown_diagnosis(r.diagnosis) else float(r.melanoma)
                         for r in kept])
         return QuerySet(np.array([r.id for r in kept], dtype=object), diag, mel,
                         np.array([r.lesion_id for r in kept], dtype=object), ex.features, ex.styles, ex.masks,
-                        ex.mask_areas, np.array([r.path for r in kept], dtype=object), str(labels_csv))
+                        ex.mask_areas, np.array([r.path for r in kept], dtype=object), str(labels_csv),
+                        meta_column([r.meta for r in kept], "patient_id"))
 
     # -------------------------------------------------------------------- run
     def rank(self, queries: QuerySet, candidate_ids=None, config: EvaluationConfig = EvaluationConfig(),
@@ -270,8 +277,11 @@ class Evaluator:
         measures = self.searcher.available_measures()
         K = max(config.k, config.vote_k)
         engine = self.searcher.engine          # any engine: exact, fast or sharded (Dask)
-        cand_diag = np.array([d or "" for d in s.diagnosis], dtype=object)
+        cand_diag = labels_of(self.searcher, config.label_column)
         lesions = np.array([lid if lid else f"\0row{i}" for i, lid in enumerate(s.lesion_id)], dtype=object)
+        by_patient = check(config.exclude_same or strictest(self.searcher)) == "patient"
+        patients = patients_of(self.searcher)
+        q_patients = queries.patient_id if queries.patient_id is not None else np.full(len(queries), "", object)
         top = {m: np.full((len(queries), K), -1, dtype=np.int64) for m in measures}   # -1: fewer than K candidates
         n_relevant = np.zeros(len(queries), dtype=np.int64)
         vectors = queries.vectors
@@ -285,6 +295,8 @@ class Evaluator:
                     valid[j, pos] = False
                 if config.exclude_same_lesion and qles:
                     valid[j] &= lesions != qles
+                if by_patient and q_patients[sl][j]:
+                    valid[j] &= patients != q_patients[sl][j]
             for j, ranking in enumerate(engine.rank(vectors.take(sl), valid, measures, K)):
                 for m in measures:
                     rows = ranking.measures[m].rows
@@ -303,7 +315,7 @@ class Evaluator:
         labelled = queries.diagnosis != ""
         mel_known = ~np.isnan(queries.melanoma)
         # row -1 (a query with fewer than K candidates) is the sentinel at the end: no label, no melanoma
-        cand_diag = np.array([d or "" for d in s.diagnosis] + [""], dtype=object)
+        cand_diag = np.append(labels_of(self.searcher, config.label_column), "").astype(object)
         cand_mel = np.append(s.melanoma, np.nan)
         k = config.k
         out = {}
@@ -325,9 +337,17 @@ class Evaluator:
             progress: Callable[[int, int], None] | None = None) -> EvaluationReport:
         t0 = time.perf_counter()
         s = self.searcher.snapshot
+        if len(queries) and not (queries.diagnosis != "").any() and np.isnan(queries.melanoma).all():
+            raise ConfigError(f"none of the {len(queries)} queries has a diagnosis or a melanoma status: "
+                              "evaluation needs labelled images (index a labels CSV, or name the label column)")
+        by_default = config.exclude_same is None
+        config = dataclasses.replace(config, exclude_same=check(config.exclude_same or strictest(self.searcher)))
         top, n_relevant = self.rank(queries, candidate_ids, config, progress)
         ranking_seconds = time.perf_counter() - t0
-        notes = []
+        with_patient = 0 if queries.patient_id is None else int(queries.patient_id.astype(bool).sum())
+        notes = [exclusion_note(config.exclude_same, by_default, with_patient, len(queries))]
+        if config.label_column:
+            notes.append(f"relevance: same value in column {config.label_column!r} (not the diagnosis)")
         try:
             p_head = self.head_probabilities(queries)
         except HEAD_UNAVAILABLE as e:       # the stored vectors still rank; only the head needs the model
@@ -380,7 +400,7 @@ class Evaluator:
             raise ConfigError("the headline must be chosen on other queries than those reported")
         if not selection_ids or not candidate_ids:
             raise ConfigError(f"{label}: no selection queries or no candidates outside them")
-        sel = self.run(self.queries_from_index(selection_ids), candidate_ids,
+        sel = self.run(self.queries_from_index(selection_ids, config.label_column), candidate_ids,
                        dataclasses.replace(config, bootstrap=0))
         first = next(iter(sel.measures.values()))
         if metric not in first:

@@ -48,7 +48,8 @@ def to_markdown(report: EvaluationReport) -> str:
                  f"({report.config.bootstrap} resamples of the query "
                  f"{'lesions, each with all its images' if report.config.ci_unit == 'lesion' else 'images'}); "
                  f"the query and images of the same "
-                 f"lesion are never candidates.")
+                 f"{'lesion or patient' if report.config.exclude_same == 'patient' else 'lesion'} "
+                 f"are never candidates.")
     diags = sorted({d for s in report.measures.values() for d in s[f"per_diagnosis_p@{k}"]})
     if diags:
         lines += ["", f"Per-diagnosis P@{k}:", "", f"| Measure | {' | '.join(diags)} |",

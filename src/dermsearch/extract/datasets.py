@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from ..errors import ConfigError
+from ..labels import is_melanoma_name, melanoma_status, read_split
 from .images import load_image, resize_rgb
 from .masks import resize_mask
 
@@ -34,14 +35,9 @@ class PairSet:
 
 
 def read_split_map(split_csv: str | Path | None) -> dict[str, str] | None:
-    """image_id -> split name from an ``image_id,split`` CSV; None without one."""
-    if split_csv is None:
-        return None
-    with open(split_csv, newline="") as f:
-        reader = csv.DictReader(f)
-        if not {"image_id", "split"} <= set(reader.fieldnames or ()):
-            raise ConfigError(f"{split_csv}: a split CSV needs columns image_id and split")
-        return {r["image_id"]: r["split"] for r in reader}
+    """image_id -> split name from an ``image_id,split`` CSV (:func:`dermsearch.labels.read_split`,
+    the package's one split reader); None without one."""
+    return None if split_csv is None else read_split(split_csv)
 
 
 def _require_columns(path, reader: csv.DictReader, columns) -> None:
@@ -102,13 +98,17 @@ class LabelledSet:
         return len(self.ids)
 
 
-def _truthy(value: str) -> int:
-    v = value.strip().lower()
-    if v in ("1", "1.0", "true", "yes", "malignant"):
+def _melanoma(row: dict[str, str], label_column: str, melanoma_class: str) -> int:
+    """The package's one melanoma rule (:func:`dermsearch.labels.melanoma_status`): the ``melanoma``
+    column when the row has one, else the label (``melanoma_class`` counts as a melanoma name too)."""
+    label = (row.get(label_column) or "").strip()
+    if not (row.get("melanoma") or "").strip() and label == melanoma_class and not is_melanoma_name(label):
         return 1
-    if v in ("0", "0.0", "false", "no", "benign"):
-        return 0
-    raise ConfigError(f"not a 0/1 value: {value!r}")
+    status = melanoma_status(row.get("melanoma"), [label])
+    if status is None:
+        raise ConfigError(f"image {row.get('image_id')!r}: its melanoma status is unknown (label {label!r}); "
+                          "give it a 0/1 melanoma column or leave it out")
+    return status
 
 
 def load_labelled(labels_csv, split_csv=None, splits=None, size: int = 224, label_column: str = "melanoma",
@@ -134,10 +134,7 @@ def load_labelled(labels_csv, split_csv=None, splits=None, size: int = 224, labe
         rows = rows[:limit]
     if not rows:
         raise ConfigError(f"{labels_csv}: no rows for splits {splits}")
-    if "melanoma" in rows[0]:
-        mel = np.array([_truthy(r["melanoma"]) for r in rows], dtype=np.int64)
-    else:
-        mel = np.array([int(r[label_column] == melanoma_class) for r in rows], dtype=np.int64)
+    mel = np.array([_melanoma(r, label_column, melanoma_class) for r in rows], dtype=np.int64)
     with ThreadPoolExecutor(threads) as pool:
         arrays = list(pool.map(lambda r: resize_rgb(load_image(labels_csv.parent / r["image_path"]), size), rows))
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()

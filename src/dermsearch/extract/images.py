@@ -65,6 +65,10 @@ def load_image(source: str | os.PathLike | bytes | BinaryIO, max_pixels: int = M
     if isinstance(source, bytes):
         if not source:
             raise ImageError("empty data (0 bytes)")
+        if source[128:132] == b"DICM":          # DICOM (extract/dicom.py: the same limits)
+            from .dicom import load_dicom
+
+            return load_dicom(source, max_pixels)
         fp: BinaryIO | str = io.BytesIO(source)
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -74,6 +78,10 @@ def load_image(source: str | os.PathLike | bytes | BinaryIO, max_pixels: int = M
             raise ImageError("not a regular file")
         if path.stat().st_size == 0:
             raise ImageError("empty file (0 bytes)")
+        from .dicom import is_dicom, load_dicom
+
+        if is_dicom(path):                      # DICOM (extract/dicom.py: the same limits)
+            return load_dicom(path, max_pixels)
         fp = str(path)
     else:
         fp = source

@@ -56,10 +56,13 @@ class Hit:
     melanoma: int | None = None
     lesion_id: str | None = None
     explain: dict | None = None       # see search/explain.py; set when asked for
+    license: str | None = None        # the image's licence and attribution, when its source named them
+    attribution: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = {"rank": self.rank, "id": self.id, "score": self.score, "path": self.path,
                "diagnosis": self.diagnosis, "components": self.components, "raw": self.raw}
+        out.update({k: v for k, v in (("license", self.license), ("attribution", self.attribution)) if v})
         if self.explain is not None:
             out["explain"] = self.explain
         return out
@@ -386,12 +389,14 @@ class Searcher:
         hits = []
         for n, i in enumerate(r.rows.tolist()):
             mel = s.melanoma[i]
+            meta = json.loads(s.meta_json[i]) if s.meta_json[i] else {}
             hits.append(Hit(rank=n + 1, id=str(s.ids[i]), score=float(r.scores[n]), path=str(s.paths[i]),
                             diagnosis=s.diagnosis[i],
                             components={c: (float(r.components[c][n]) if c in r.components else None)
                                         for c in COMPONENTS},
                             raw={_RAW_KEYS[c]: (float(r.raw[c][n]) if c in r.raw else None) for c in COMPONENTS},
-                            melanoma=None if np.isnan(mel) else int(mel), lesion_id=s.lesion_id[i]))
+                            melanoma=None if np.isnan(mel) else int(mel), lesion_id=s.lesion_id[i],
+                            license=meta.get("license") or None, attribution=meta.get("attribution") or None))
         return hits
 
     def _missing_message(self, measures: list[str]) -> str:

@@ -13,7 +13,8 @@ from ..extract.images import thumbnail_data_uri
 from .measures import MEASURE_INFO
 from .searcher import SearchResult
 
-__all__ = ["contact_sheet_html", "write_contact_sheet", "style_bar_html", "mask_html", "STAGE_COLOURS"]
+__all__ = ["contact_sheet_html", "write_contact_sheet", "style_bar_html", "mask_html", "rights_html",
+           "STAGE_COLOURS"]
 
 
 def _fmt(v: float | None) -> str:
@@ -34,6 +35,7 @@ td{padding:0 .4em 0 0} .s{font-weight:600}
 .pic img.ov{opacity:0;image-rendering:pixelated} .pic:hover img.ov{opacity:1}
 .bar{display:flex;height:9px;width:160px;background:#eee;margin:.25em 0 .1em;border-radius:2px;overflow:hidden}
 .bar span{display:block;height:100%} .why{font-size:.9em;color:#555}
+.lic{font-size:.85em;color:#555;overflow-wrap:anywhere}
 """
 
 # one colour per Gram tap stage (1-7); a skin Gram is drawn lighter than its lesion Gram
@@ -56,6 +58,13 @@ def style_bar_html(style: dict) -> str:
     return (f"<div class='bar' title='share of the style loss per layer'>{''.join(spans)}</div>"
             f"<div class='why'>LS {style['ls']:.4g}; most from stage {top['stage']} {esc(top['region'])} "
             f"({100 * top['share']:.0f}%)</div>")
+
+
+def rights_html(hit) -> str:
+    """The hit's licence and attribution (escaped; nothing when its source named neither)."""
+    lines = [f"licence: {html.escape(hit.license)}" if getattr(hit, "license", None) else "",
+             f"&copy; {html.escape(hit.attribution)}" if getattr(hit, "attribution", None) else ""]
+    return "".join(f"<div class='lic'>{line}</div>" for line in lines if line)
 
 
 def mask_html(mask: dict) -> str:
@@ -110,7 +119,7 @@ def contact_sheet_html(result: SearchResult, query_image, overlays: dict[str, by
                     mask_html(h.explain["mask"]) if "mask" in h.explain else "")
             parts.append(f"<div class='{cls}'>{pic}"
                          f"<div>#{h.rank} <b>{esc(h.id)}</b></div><div>{esc(h.diagnosis or '-')}</div>"
-                         f"<div class='s'>score {h.score:.4f}</div><table>{comps}</table>{why}</div>")
+                         f"<div class='s'>score {h.score:.4f}</div><table>{comps}</table>{why}{rights_html(h)}</div>")
         parts.append("</div>")
     parts.append("</body></html>")
     return "\n".join(parts)

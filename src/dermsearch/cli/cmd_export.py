@@ -1,0 +1,37 @@
+"""`export`: an index out again as one Parquet file (ids, metadata, the feature; --style adds the Grams)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .common import err
+from .options import Common, index_dir
+
+__all__ = ["register"]
+
+
+def register(sub, common: Common) -> None:
+    ex = sub.add_parser("export", parents=[common.json],
+                        help="write an index's rows to a Parquet file (pandas, polars and datasets read it as is)",
+                        description="One row per image: id, path, diagnosis, melanoma, lesion_id, patient_id, "
+                                    "license, attribution, meta (every stored column, JSON text) and the feature "
+                                    "vector (list of float32); --style adds the stored Gram (style) vector.")
+    index_dir(ex)
+    ex.add_argument("out", type=Path, metavar="OUT.parquet")
+    ex.add_argument("--style", action="store_true", help="also export the style vectors (about 330 KB per image)")
+    ex.set_defaults(handler=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from ..index import Index
+    from ..index.export import export_parquet
+
+    written = export_parquet(Index.open(args.index), args.out, style=args.style)
+    if args.json:
+        print(json.dumps(written, indent=1))
+    else:
+        err.print(f"exported {written['rows']} images (version {written['version']}) to {written['file']}: "
+                  f"{written['bytes'] / 1e6:.1f} MB, feature {written['feature_dim']}-d"
+                  + (f", style {written['style_dim']}-d" if written["style_dim"] else ""))
+    return 0
