@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..io import replace_dir, temp_dir_for
 from .config import FastConfig
 from .engine import dead_columns_zero, dead_style_ranges, live_style_blocks
 from .fast import FAST_FORMAT, FastIndex, cell_counts, count_sketch, fast_dir, index_identity
@@ -62,9 +63,7 @@ class FastIndexWriter:
         if not style_dim:
             raise ConfigError("fast mode needs style vectors (the index was built with style=False)")
         self.final = Path(directory)
-        self.tmp = self.final.with_name(self.final.name + f".tmp-{os.getpid()}")
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
+        self.tmp = temp_dir_for(self.final)
         self.n, self.config, self.version, self.certified = n, config, version, certified
         self.mask_size = mask_size
         if mask_bytes and mask_size % config.mask_grid:
@@ -170,9 +169,7 @@ class FastIndexWriter:
             json.dump(info, f, indent=2)
             f.flush()
             os.fsync(f.fileno())
-        if self.final.exists():
-            shutil.rmtree(self.final)
-        self.tmp.replace(self.final)        # atomic: the directory appears complete or not at all
+        replace_dir(self.tmp, self.final)   # atomic: the directory appears complete or not at all
         return FastIndex.open(self.final)
 
 
@@ -230,9 +227,7 @@ def carry_forward(index, old_version: int) -> FastIndex | None:
     if not np.array_equal(s.ids.astype(str), np.load(src / "ids.npy")):
         return None
     target = fast_dir(index.directory, new)
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = temp_dir_for(target)
     for f in src.iterdir():
         if f.name != "fast.json":
             os.link(f, tmp / f.name)
@@ -242,9 +237,7 @@ def carry_forward(index, old_version: int) -> FastIndex | None:
         json.dump(info, f, indent=2)
         f.flush()
         os.fsync(f.fileno())
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.replace(target)
+    replace_dir(tmp, target)
     if old_version not in held_versions(index.directory):
         shutil.rmtree(src, ignore_errors=True)
     return FastIndex.open(target)

@@ -24,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..io import atomic_path, write_json
 from ..models.weights import save_checkpoint
 from ..names import PRECISIONS
 
@@ -39,9 +40,7 @@ def resume_key(config: dict, ignore: tuple[str, ...] = ()) -> dict:
 
 
 def atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
+    write_json(path, obj, indent=1)
 
 
 def dump_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -197,9 +196,8 @@ def _read_state(run: Run) -> dict | None:
 
 
 def atomic_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata)
 
 
 def fit(run: Run, train_epoch: Callable[[int], float], validate: Callable[[], tuple[dict, float]],

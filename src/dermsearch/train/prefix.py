@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..extract.datasets import LabelledSet
+from ..io import replace_file
 from ..models.efficientnet import Backbone
 from ..models.normalization import NORMALISATIONS
 from .augment import x7_variant
@@ -87,7 +88,7 @@ class FrozenPrefix:
                 atomic_json(done_path, {"images": hi})
         mm.flush()
         del mm
-        partial.replace(path)
+        replace_file(partial, path)
         done_path.unlink(missing_ok=True)
         log(f"prefix cache: {rows} rows {tuple(shape[1:])} in {time.perf_counter() - t0:.0f} s")
         return torch.from_numpy(np.load(path))
