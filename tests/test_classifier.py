@@ -23,16 +23,14 @@ from dermsearch.models import create_backbone
 from dermsearch.models.ensemble import EnsembleFeatureNet, default_ensemble_path, load_ensemble, read_ensemble_spec
 from dermsearch.runtime import Runtime
 from dermsearch.search import Searcher
-from dermsearch.train.classifier import (
-    ClassifierTrainConfig,
-    _member_file,
-    _member_key,
-    pooled_cache_key,
-    train_classifier,
-)
+from dermsearch.train.classifier import ClassifierTrainConfig, train_classifier
+from dermsearch.train.ensemble import pooled_cache_key
 from dermsearch.train.harness import load_metadata
 from dermsearch.train.head import epoch_sample
 from dermsearch.train.losses import binary_focal_loss, multiclass_focal_loss
+from dermsearch.train.members import Member
+from dermsearch.train.members import member_file as _member_file
+from dermsearch.train.members import member_key as _member_key
 
 from .conftest import REPO, SHARED, TORCH, lesion_image, require_data
 
@@ -347,6 +345,49 @@ def test_snapshot_ensemble_members_continue_from_the_previous_member(synthetic, 
     assert any("member 3/3 epoch 2/2" in line for line in logs)
 
 
+# a member's state.json as main 0a4206d wrote it (TINY_TRAIN, 1 member, melanoma; stopped after epoch 2 of 4)
+STATE_0A4206D = Path(__file__).parent / "data" / "member_state_0a4206d.json"
+
+
+def test_resume_key_of_a_run_started_before_the_split_of_the_trainer():
+    """The member key is what runs started on main 0a4206d saved: they resume, not restart."""
+    saved = json.loads(STATE_0A4206D.read_text())
+    cfg = ClassifierTrainConfig(labels=saved["key"]["labels"], target="melanoma", **{**TINY_TRAIN, "members": 1})
+    assert _member_key(cfg, 0) == saved["key"]
+    assert set(saved) == {"key", "epoch", "best", "history", "optimizer", "scheduler", "rng", "cuda_rng"}
+
+
+@pytest.mark.slow
+def test_a_member_checkpoint_in_the_format_of_0a4206d_resumes(synthetic, tmp_path):
+    """A run interrupted on main 0a4206d (its state.json, with the weights and optimiser tensors of
+    the same epoch) resumes after its last saved epoch and finishes."""
+    cfg = ClassifierTrainConfig(labels=str(synthetic), target="melanoma", **{**TINY_TRAIN, "members": 1})
+
+    def killer(line: str) -> None:   # the weights and optimiser files of epoch 2
+        if "epoch 2/4" in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(cfg, tmp_path / "run", log=killer, progress=False)
+    members = tmp_path / "run" / "members"
+    ours = json.loads((members / "m0-state.json").read_text())
+    saved = json.loads(STATE_0A4206D.read_text())
+    saved["key"]["labels"] = str(synthetic)          # the same run, in this test's folder
+    assert ours["key"] == saved["key"] and set(ours) == set(saved) and ours["epoch"] == saved["epoch"] == 1
+    assert sorted(p.name for p in members.iterdir()) == ["m0-best.safetensors", "m0-last.safetensors",
+                                                        "m0-optimizer.safetensors", "m0-state.json"]
+    (members / "m0-state.json").write_text(json.dumps(saved))
+    logs: list[str] = []
+    train_classifier(cfg, tmp_path / "run", log=logs.append, progress=False)
+    assert any("member 1/1: resuming after epoch 2" in line for line in logs)
+    assert not any("afresh" in line for line in logs)
+    assert sum("member 1/1 epoch" in line for line in logs) == 2   # epochs 3 and 4 only
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [r["epoch"] for r in history if r.get("member") == 1] == [1, 2, 3, 4]
+    assert history[:2] == [{**r, "member": 1} for r in saved["history"]]   # its first two epochs are the saved ones
+    assert (tmp_path / "run" / "ensemble.safetensors").is_file()
+
+
 def test_snapshot_settings_keys_and_files(tmp_path):
     base = ClassifierTrainConfig(labels="x")
     snap = replace(base, diversity="snapshot", snapshot_epochs=2)
@@ -363,10 +404,9 @@ def test_snapshot_settings_keys_and_files(tmp_path):
 
 
 def test_stage_lr_decay_gives_each_trained_stage_its_own_rate():
-    from dermsearch.train.classifier import _Member
 
     for k in (5, 0):              # stages 6-7 trained, or whole members (the stem joins stage 1)
-        member = _Member(create_backbone("efficientnet-lite0"), k, 3, 0.2)
+        member = Member(create_backbone("efficientnet-lite0"), k, 3, 0.2)
         groups = member.param_groups(1e-3, 0.5)
         assert [g["lr"] for g in groups] == pytest.approx([1e-3 * 0.5 ** d for d in range(7 - k)])
         ids = [id(p) for g in groups for p in g["params"]]
@@ -386,14 +426,13 @@ def test_stage_lr_decay_gives_each_trained_stage_its_own_rate():
 
 @pytest.mark.parametrize("name", ["supcon", "proxy-anchor"])
 def test_member_metric_loss_on_the_pooled_vector_falls_with_a_few_steps(name):
-    from dermsearch.train.classifier import _Member
     from dermsearch.train.losses import metric_loss_module
 
     torch.manual_seed(0)
     backbone = create_backbone("efficientnet-lite0")
     backbone.classifier = None
     k = 6                          # stage 7 trained on stage 6's outputs: a few cheap steps
-    member = _Member(backbone, k, 3, 0.2, metric_loss_module(name, 3, backbone.pooled_dim))
+    member = Member(backbone, k, 3, 0.2, metric_loss_module(name, 3, backbone.pooled_dim))
     member.set_train()
     with torch.no_grad():
         shape = backbone.forward_prefix(torch.zeros(1, 3, 64, 64), k)[0].shape[1:]

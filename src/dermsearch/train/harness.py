@@ -24,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..errors import DermsearchError
 from ..io import atomic_path, write_json
 from ..models.weights import save_checkpoint
 from ..names import PRECISIONS
@@ -160,7 +161,6 @@ class Run:
     log: Callable[[str], None] = print
     best_metadata: Callable[[dict], dict] = field(default=lambda rec: {})   # safetensors metadata of "best"
     last_metadata: dict = field(default_factory=dict)
-    legacy_key: Callable[[dict], dict] | None = None   # state files from before the harness: old config -> key
     after_epoch: Callable[[dict], None] | None = None  # called with the state after each saved epoch
     average: WeightAverage | None = None   # a moving average of ``model``'s weights (updated by the trainer):
                                            # what is validated and kept as "best"; saved with every epoch
@@ -177,9 +177,10 @@ def _read_state(run: Run) -> dict | None:
     if not (f.state.is_file() and f.last.is_file() and f.optimizer.is_file()):
         return None
     state = json.loads(f.state.read_text())
-    if "key" not in state and "config" in state and run.legacy_key is not None:   # written before the harness
-        state = {**state, "key": run.legacy_key(state["config"]),
-                 "best": state.get("best", state.get("best_dice", -math.inf))}
+    if "key" not in state and "config" in state:   # written before the harness: its settings under "config"
+        raise DermsearchError(f"{f.state}: the state of a run started before resumable training (no resume key); "
+                              f"convert it with 'python -m dermsearch.train.migrate {f.state}' to resume it, or "
+                              "delete it to train afresh")
     saved = load_metadata(f.last).get("epoch")
     unfinished = saved is not None and int(saved) != state["epoch"]
     finished = state["epoch"] + 1 >= run.epochs and f.best.is_file()   # its average no longer matters

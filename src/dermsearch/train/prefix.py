@@ -18,6 +18,7 @@ from ..extract.datasets import LabelledSet
 from ..io import replace_file
 from ..models.efficientnet import Backbone
 from ..models.normalization import NORMALISATIONS
+from . import seeds
 from .augment import x7_variant
 from .harness import atomic_json, iterate
 
@@ -80,7 +81,7 @@ class FrozenPrefix:
             lo = start + i
             hi = min(lo + batch, n)
             for v in range(n_variants):
-                g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + lo * 8 + v)
+                g = seeds.prefix_variant_generator(self.cfg.seed, lo, v)
                 out = self.run(self.variants(data.images[lo:hi], v, g)).half().cpu().numpy()
                 mm[np.arange(lo, hi) * n_variants + v] = out
             if (hi // batch) % 32 == 0 or hi == n:
