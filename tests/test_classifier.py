@@ -166,13 +166,20 @@ def test_tiny_two_phase_training_melanoma(synthetic, tmp_path):
     result = evaluate_classifier(tmp_path / "run" / "ensemble.safetensors", synthetic, on="val", log=logs.append)
     assert result["images"] == 12 and len(result["auc_members"]) == 2 and 0 <= result["auc_ensemble"] <= 1
 
-    # rerunning the same command resumes: finished members are not retrained
+    # rerunning the same command resumes: finished members are not retrained, nor is phase two, and the
+    # ensemble written again is the same
     before = load_file(str(tmp_path / "run" / "members" / "m1-best.safetensors"))
+    ensemble = load_file(str(tmp_path / "run" / "ensemble.safetensors"))
     logs.clear()
-    train_classifier(cfg, tmp_path / "run", log=logs.append, progress=False)
-    assert sum("done earlier" in line for line in logs) == 2
+    again = train_classifier(cfg, tmp_path / "run", log=logs.append, progress=False)
+    assert sum(line.startswith("member ") and "done earlier" in line for line in logs) == 2
+    assert any(line.startswith("phase two: done earlier") for line in logs)
+    assert not any(line.startswith("head epoch") for line in logs)
     after = load_file(str(tmp_path / "run" / "members" / "m1-best.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before)
+    rewritten = load_file(str(tmp_path / "run" / "ensemble.safetensors"))
+    assert ensemble.keys() == rewritten.keys() and all(torch.equal(ensemble[k], rewritten[k]) for k in ensemble)
+    assert again["val"] == metrics["val"]
 
 
 @pytest.mark.slow
@@ -202,6 +209,38 @@ def test_interrupted_member_resumes_from_its_last_epoch(synthetic, tmp_path, dec
     # the schedule gave each trained stage its own peak rate (stage 7 + head, then stage 6), also after the resume
     groups = json.loads((tmp_path / "run" / "members" / "m0-state.json").read_text())["optimizer"]["param_groups"]
     assert [g["max_lr"] for g in groups] == pytest.approx([cfg.lr * decay ** d for d in range(1 if decay == 1 else 2)])
+
+
+@pytest.mark.slow
+def test_phase_two_resumes_after_its_last_saved_epoch_as_if_not_stopped(synthetic, tmp_path):
+    cfg = ClassifierTrainConfig(labels=str(synthetic), target="melanoma", ema=0.5,
+                                **{**TINY_TRAIN, "members": 1, "epochs": 1, "head_epochs": 3})
+    cpu = Runtime(device="cpu")        # bit for bit is a CPU's promise
+    whole = train_classifier(cfg, tmp_path / "whole", log=lambda m: None, progress=False, runtime=cpu)
+
+    def killer(line: str) -> None:   # interrupted right after phase two's second epoch is saved
+        if line.startswith("head epoch 2/3"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(cfg, tmp_path / "cut", log=killer, progress=False, runtime=cpu)
+    assert load_metadata(tmp_path / "cut" / "members" / "head-last.safetensors")["epoch"] == "1"
+    logs: list[str] = []
+    cut = train_classifier(cfg, tmp_path / "cut", log=logs.append, progress=False, runtime=cpu)
+    assert any(line.startswith("phase two: resuming after epoch 2") for line in logs)
+    assert sum(line.startswith("head epoch") for line in logs) == 1
+    a, b = (load_file(str(tmp_path / run / "ensemble.safetensors")) for run in ("whole", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert cut["val"] == whole["val"]
+    history = [r for r in json.loads((tmp_path / "cut" / "history.json").read_text()) if r.get("phase") == 2]
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    # another phase-two setting: phase two starts afresh, the members are kept
+    logs.clear()
+    train_classifier(replace(cfg, head_lr=cfg.head_lr / 2), tmp_path / "cut", log=logs.append, progress=False,
+                     runtime=cpu)
+    assert any(line.startswith("member 1/1: done earlier") for line in logs)
+    assert any(line.startswith("phase two: a run with another config stopped here") for line in logs)
+    assert sum(line.startswith("head epoch") for line in logs) == 3
 
 
 def test_weight_average_matches_a_naive_loop_and_round_trips():
@@ -327,7 +366,7 @@ def test_snapshot_ensemble_members_continue_from_the_previous_member(synthetic, 
     # rerunning resumes every snapshot
     logs.clear()
     train_classifier(cfg, tmp_path / "run", log=logs.append, progress=False)
-    assert sum("done earlier" in line for line in logs) == 3
+    assert sum(line.startswith("member ") and "done earlier" in line for line in logs) == 3
     # a snapshot whose starting point changed is retrained, and so is every snapshot after it
     f = members / "m0-last.safetensors"
     meta = load_metadata(f)
@@ -335,13 +374,15 @@ def test_snapshot_ensemble_members_continue_from_the_previous_member(synthetic, 
     save_file(changed, str(f), meta)
     logs.clear()
     train_classifier(cfg, tmp_path / "run", log=logs.append, progress=False)
-    assert sum("done earlier" in line for line in logs) == 1 and sum("afresh" in line for line in logs) == 2
+    assert sum(line.startswith("member ") and "done earlier" in line for line in logs) == 1
+    assert sum(line.startswith("member ") and "afresh" in line for line in logs) == 2
     torch.testing.assert_close(load_file(str(members / "m2-last.safetensors"))["head.bias"],
                                changed["head.bias"], rtol=0, atol=1e-6)
     # a longer cycle for the later members restarts them only
     logs.clear()
     train_classifier(replace(cfg, snapshot_epochs=2), tmp_path / "run", log=logs.append, progress=False)
-    assert sum("done earlier" in line for line in logs) == 1 and sum("afresh" in line for line in logs) == 2
+    assert sum(line.startswith("member ") and "done earlier" in line for line in logs) == 1
+    assert sum(line.startswith("member ") and "afresh" in line for line in logs) == 2
     assert any("member 3/3 epoch 2/2" in line for line in logs)
 
 

@@ -1,4 +1,4 @@
-"""One resumable epoch loop for every trainer (segmenter, ensemble members).
+"""One resumable epoch loop for every trainer (segmenter, ensemble members, ensemble phase two).
 
 A :class:`Run` names what a loop trains (model, optimiser, schedule), where its files go
 (:class:`RunFiles`: ``best``/``last`` weights, optimiser tensors, ``state.json``), the settings it
@@ -6,8 +6,9 @@ resumes against (its *resume key*: the config without runtime fields such as the
 many epochs it runs. :func:`fit` drives it: it resumes after the last saved epoch when the key
 matches (and starts afresh, saying so, when it does not), runs ``train_epoch`` and ``validate``
 for each remaining epoch, keeps the best checkpoint by the validation score, and writes every
-file atomically (temporary name, then rename), so an interruption at any point leaves a run that
-resumes.
+file atomically (:mod:`dermsearch.io`: temporary name, flushed, then renamed), so an interruption at
+any point leaves a run that resumes. A state written before the harness (no resume key) is refused
+with the command that converts it (:mod:`.migrate`).
 """
 
 from __future__ import annotations
