@@ -54,7 +54,9 @@ def migrate(paths: list[str | Path]) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dermsearch.train.migrate", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m dermsearch.train.migrate",
+                                 description="convert run states written before resumable training (no resume "
+                                             "key) so that the trainers resume them")
     ap.add_argument("paths", nargs="+", help="state files or run directories")
     done = migrate(ap.parse_args(argv).paths)
     for f in done:
