@@ -18,8 +18,8 @@ import torch
 from _common import cpu_model, emit, machine
 
 from dermsearch.models import create_backbone
-from dermsearch.train.classifier import _Member
 from dermsearch.train.losses import multiclass_focal_loss
+from dermsearch.train.members import Member as _Member
 
 
 def cpu_flags() -> list[str]:

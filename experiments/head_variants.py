@@ -24,7 +24,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from dermsearch.evaluate.feature_knn import feature_retrieval
 from dermsearch.models.ensemble import default_ensemble_path, load_ensemble, melanoma_probability
 from dermsearch.train.classifier import ClassifierTrainConfig
-from dermsearch.train.head import HeadData, fit_head, head_loss
+from dermsearch.train.head import HeadData, HeadTask, fit_head, head_loss
 
 VARIANTS = {
     "shipped": None,                                   # the packaged head, not retrained
@@ -96,7 +96,7 @@ def main() -> None:
 
             data = HeadData(x_tr, y_tr, x_ham[va], y[va], mel[va], dx[tr], dx[va], mel[tr],
                             None if tviews == a.views else np.arange(0, len(x_tr), len(tviews)))
-            _, history = fit_head(net, cfg, data, metrics_fn, lambda vm: vm["balanced_accuracy"], None, "cpu",
+            _, history = fit_head(net, cfg, HeadTask(data, metrics_fn, lambda vm: vm["balanced_accuracy"]),
                                   log=lambda s: None)
         net.eval()
         with torch.inference_mode():

@@ -23,16 +23,14 @@ from dermsearch.models import create_backbone
 from dermsearch.models.ensemble import EnsembleFeatureNet, default_ensemble_path, load_ensemble, read_ensemble_spec
 from dermsearch.runtime import Runtime
 from dermsearch.search import Searcher
-from dermsearch.train.classifier import (
-    ClassifierTrainConfig,
-    _member_file,
-    _member_key,
-    pooled_cache_key,
-    train_classifier,
-)
+from dermsearch.train.classifier import ClassifierTrainConfig, train_classifier
+from dermsearch.train.ensemble import pooled_cache_key
 from dermsearch.train.harness import load_metadata
 from dermsearch.train.head import epoch_sample
 from dermsearch.train.losses import binary_focal_loss, multiclass_focal_loss
+from dermsearch.train.members import Member
+from dermsearch.train.members import member_file as _member_file
+from dermsearch.train.members import member_key as _member_key
 
 from .conftest import REPO, SHARED, TORCH, lesion_image, require_data
 
@@ -168,13 +166,20 @@ def test_tiny_two_phase_training_melanoma(synthetic, tmp_path):
     result = evaluate_classifier(tmp_path / "run" / "ensemble.safetensors", synthetic, on="val", log=logs.append)
     assert result["images"] == 12 and len(result["auc_members"]) == 2 and 0 <= result["auc_ensemble"] <= 1
 
-    # rerunning the same command resumes: finished members are not retrained
+    # rerunning the same command resumes: finished members are not retrained, nor is phase two, and the
+    # ensemble written again is the same
     before = load_file(str(tmp_path / "run" / "members" / "m1-best.safetensors"))
+    ensemble = load_file(str(tmp_path / "run" / "ensemble.safetensors"))
     logs.clear()
-    train_classifier(cfg, tmp_path / "run", log=logs.append, progress=False)
-    assert sum("done earlier" in line for line in logs) == 2
+    again = train_classifier(cfg, tmp_path / "run", log=logs.append, progress=False)
+    assert sum(line.startswith("member ") and "done earlier" in line for line in logs) == 2
+    assert any(line.startswith("phase two: done earlier") for line in logs)
+    assert not any(line.startswith("head epoch") for line in logs)
     after = load_file(str(tmp_path / "run" / "members" / "m1-best.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before)
+    rewritten = load_file(str(tmp_path / "run" / "ensemble.safetensors"))
+    assert ensemble.keys() == rewritten.keys() and all(torch.equal(ensemble[k], rewritten[k]) for k in ensemble)
+    assert again["val"] == metrics["val"]
 
 
 @pytest.mark.slow
@@ -204,6 +209,38 @@ def test_interrupted_member_resumes_from_its_last_epoch(synthetic, tmp_path, dec
     # the schedule gave each trained stage its own peak rate (stage 7 + head, then stage 6), also after the resume
     groups = json.loads((tmp_path / "run" / "members" / "m0-state.json").read_text())["optimizer"]["param_groups"]
     assert [g["max_lr"] for g in groups] == pytest.approx([cfg.lr * decay ** d for d in range(1 if decay == 1 else 2)])
+
+
+@pytest.mark.slow
+def test_phase_two_resumes_after_its_last_saved_epoch_as_if_not_stopped(synthetic, tmp_path):
+    cfg = ClassifierTrainConfig(labels=str(synthetic), target="melanoma", ema=0.5,
+                                **{**TINY_TRAIN, "members": 1, "epochs": 1, "head_epochs": 3})
+    cpu = Runtime(device="cpu")        # bit for bit is a CPU's promise
+    whole = train_classifier(cfg, tmp_path / "whole", log=lambda m: None, progress=False, runtime=cpu)
+
+    def killer(line: str) -> None:   # interrupted right after phase two's second epoch is saved
+        if line.startswith("head epoch 2/3"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(cfg, tmp_path / "cut", log=killer, progress=False, runtime=cpu)
+    assert load_metadata(tmp_path / "cut" / "members" / "head-last.safetensors")["epoch"] == "1"
+    logs: list[str] = []
+    cut = train_classifier(cfg, tmp_path / "cut", log=logs.append, progress=False, runtime=cpu)
+    assert any(line.startswith("phase two: resuming after epoch 2") for line in logs)
+    assert sum(line.startswith("head epoch") for line in logs) == 1
+    a, b = (load_file(str(tmp_path / run / "ensemble.safetensors")) for run in ("whole", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert cut["val"] == whole["val"]
+    history = [r for r in json.loads((tmp_path / "cut" / "history.json").read_text()) if r.get("phase") == 2]
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    # another phase-two setting: phase two starts afresh, the members are kept
+    logs.clear()
+    train_classifier(replace(cfg, head_lr=cfg.head_lr / 2), tmp_path / "cut", log=logs.append, progress=False,
+                     runtime=cpu)
+    assert any(line.startswith("member 1/1: done earlier") for line in logs)
+    assert any(line.startswith("phase two: a run with another config stopped here") for line in logs)
+    assert sum(line.startswith("head epoch") for line in logs) == 3
 
 
 def test_weight_average_matches_a_naive_loop_and_round_trips():
@@ -329,7 +366,7 @@ def test_snapshot_ensemble_members_continue_from_the_previous_member(synthetic, 
     # rerunning resumes every snapshot
     logs.clear()
     train_classifier(cfg, tmp_path / "run", log=logs.append, progress=False)
-    assert sum("done earlier" in line for line in logs) == 3
+    assert sum(line.startswith("member ") and "done earlier" in line for line in logs) == 3
     # a snapshot whose starting point changed is retrained, and so is every snapshot after it
     f = members / "m0-last.safetensors"
     meta = load_metadata(f)
@@ -337,14 +374,59 @@ def test_snapshot_ensemble_members_continue_from_the_previous_member(synthetic, 
     save_file(changed, str(f), meta)
     logs.clear()
     train_classifier(cfg, tmp_path / "run", log=logs.append, progress=False)
-    assert sum("done earlier" in line for line in logs) == 1 and sum("afresh" in line for line in logs) == 2
+    assert sum(line.startswith("member ") and "done earlier" in line for line in logs) == 1
+    assert sum(line.startswith("member ") and "afresh" in line for line in logs) == 2
     torch.testing.assert_close(load_file(str(members / "m2-last.safetensors"))["head.bias"],
                                changed["head.bias"], rtol=0, atol=1e-6)
     # a longer cycle for the later members restarts them only
     logs.clear()
     train_classifier(replace(cfg, snapshot_epochs=2), tmp_path / "run", log=logs.append, progress=False)
-    assert sum("done earlier" in line for line in logs) == 1 and sum("afresh" in line for line in logs) == 2
+    assert sum(line.startswith("member ") and "done earlier" in line for line in logs) == 1
+    assert sum(line.startswith("member ") and "afresh" in line for line in logs) == 2
     assert any("member 3/3 epoch 2/2" in line for line in logs)
+
+
+# a member's state.json as main 0a4206d wrote it (TINY_TRAIN, 1 member, melanoma; stopped after epoch 2 of 4)
+STATE_0A4206D = Path(__file__).parent / "data" / "member_state_0a4206d.json"
+
+
+def test_resume_key_of_a_run_started_before_the_split_of_the_trainer():
+    """The member key is what runs started on main 0a4206d saved: they resume, not restart."""
+    saved = json.loads(STATE_0A4206D.read_text())
+    cfg = ClassifierTrainConfig(labels=saved["key"]["labels"], target="melanoma", **{**TINY_TRAIN, "members": 1})
+    assert _member_key(cfg, 0) == saved["key"]
+    assert set(saved) == {"key", "epoch", "best", "history", "optimizer", "scheduler", "rng", "cuda_rng"}
+
+
+@pytest.mark.slow
+def test_a_member_checkpoint_in_the_format_of_0a4206d_resumes(synthetic, tmp_path):
+    """A run interrupted on main 0a4206d (its state.json, with the weights and optimiser tensors of
+    the same epoch) resumes after its last saved epoch and finishes."""
+    cfg = ClassifierTrainConfig(labels=str(synthetic), target="melanoma", **{**TINY_TRAIN, "members": 1})
+
+    def killer(line: str) -> None:   # the weights and optimiser files of epoch 2
+        if "epoch 2/4" in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(cfg, tmp_path / "run", log=killer, progress=False)
+    members = tmp_path / "run" / "members"
+    ours = json.loads((members / "m0-state.json").read_text())
+    saved = json.loads(STATE_0A4206D.read_text())
+    saved["key"]["labels"] = str(synthetic)          # the same run, in this test's folder
+    assert ours["key"] == saved["key"] and set(ours) == set(saved) and ours["epoch"] == saved["epoch"] == 1
+    assert sorted(p.name for p in members.iterdir()) == ["m0-best.safetensors", "m0-last.safetensors",
+                                                        "m0-optimizer.safetensors", "m0-state.json"]
+    (members / "m0-state.json").write_text(json.dumps(saved))
+    logs: list[str] = []
+    train_classifier(cfg, tmp_path / "run", log=logs.append, progress=False)
+    assert any("member 1/1: resuming after epoch 2" in line for line in logs)
+    assert not any("afresh" in line for line in logs)
+    assert sum("member 1/1 epoch" in line for line in logs) == 2   # epochs 3 and 4 only
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [r["epoch"] for r in history if r.get("member") == 1] == [1, 2, 3, 4]
+    assert history[:2] == [{**r, "member": 1} for r in saved["history"]]   # its first two epochs are the saved ones
+    assert (tmp_path / "run" / "ensemble.safetensors").is_file()
 
 
 def test_snapshot_settings_keys_and_files(tmp_path):
@@ -363,10 +445,9 @@ def test_snapshot_settings_keys_and_files(tmp_path):
 
 
 def test_stage_lr_decay_gives_each_trained_stage_its_own_rate():
-    from dermsearch.train.classifier import _Member
 
     for k in (5, 0):              # stages 6-7 trained, or whole members (the stem joins stage 1)
-        member = _Member(create_backbone("efficientnet-lite0"), k, 3, 0.2)
+        member = Member(create_backbone("efficientnet-lite0"), k, 3, 0.2)
         groups = member.param_groups(1e-3, 0.5)
         assert [g["lr"] for g in groups] == pytest.approx([1e-3 * 0.5 ** d for d in range(7 - k)])
         ids = [id(p) for g in groups for p in g["params"]]
@@ -386,14 +467,13 @@ def test_stage_lr_decay_gives_each_trained_stage_its_own_rate():
 
 @pytest.mark.parametrize("name", ["supcon", "proxy-anchor"])
 def test_member_metric_loss_on_the_pooled_vector_falls_with_a_few_steps(name):
-    from dermsearch.train.classifier import _Member
     from dermsearch.train.losses import metric_loss_module
 
     torch.manual_seed(0)
     backbone = create_backbone("efficientnet-lite0")
     backbone.classifier = None
     k = 6                          # stage 7 trained on stage 6's outputs: a few cheap steps
-    member = _Member(backbone, k, 3, 0.2, metric_loss_module(name, 3, backbone.pooled_dim))
+    member = Member(backbone, k, 3, 0.2, metric_loss_module(name, 3, backbone.pooled_dim))
     member.set_train()
     with torch.no_grad():
         shape = backbone.forward_prefix(torch.zeros(1, 3, 64, 64), k)[0].shape[1:]

@@ -81,7 +81,7 @@ def test_scale_jitter_setting_is_neutral_by_default_and_checked():
     from dermsearch.cli.cmd_train import _config
     from dermsearch.cli.main import build_parser
     from dermsearch.presets import get_preset
-    from dermsearch.train.classifier import _member_key
+    from dermsearch.train.members import member_key as _member_key
 
     cfg = ClassifierTrainConfig(labels="l.csv")
     assert "scale_jitter" not in _member_key(cfg, 0)      # runs made before it existed keep their key

@@ -18,7 +18,7 @@ from dermsearch.models.ensemble import EnsembleFeatureNet
 from dermsearch.models.registry import create_backbone
 from dermsearch.runtime import Runtime
 from dermsearch.train.classifier import ClassifierTrainConfig
-from dermsearch.train.head import HeadData, fit_head
+from dermsearch.train.head import HeadData, HeadTask, fit_head
 from dermsearch.train.losses import metric_loss_module
 
 from .conftest import TORCH, lesion_image
@@ -211,7 +211,7 @@ def test_phase_two_with_metric_loss_learns_and_selects(overrides):
     def metrics(logits):
         return {"loss": 0.0, "auc": 0.5, "balanced_accuracy": float((logits.argmax(1) == data.y_val).float().mean())}
 
-    best, history = fit_head(net, cfg, data, metrics, lambda vm: vm["balanced_accuracy"], None, "cpu",
+    best, history = fit_head(net, cfg, HeadTask(data, metrics, lambda vm: vm["balanced_accuracy"]),
                              log=lambda s: None)
     assert len(history) == 4 and history[-1]["train_loss"] < history[0]["train_loss"]
     key = "retrieval_macro_p_at_5" if cfg.head_select == "retrieval" else "balanced_accuracy"
@@ -257,8 +257,8 @@ def test_a_bf16_member_step_on_the_cpu_lowers_the_loss_in_float32():
     """Phase one's loss under ``precision="bf16"``: the network runs in bfloat16, the loss and the
     weights stay float32, and a few steps on a fixed batch lower the loss."""
     from dermsearch.models import create_backbone
-    from dermsearch.train.classifier import _Member
     from dermsearch.train.losses import multiclass_focal_loss
+    from dermsearch.train.members import Member as _Member
 
     torch.manual_seed(0)
     backbone = create_backbone("efficientnet-lite0")
@@ -348,14 +348,14 @@ def test_learned_gram_weights_follow_the_members_not_the_dense_layer(tmp_path):
 # ------------------------------------------------------------------ the harness
 
 
-def _toy_run(directory, epochs, log, legacy_key=None):
+def _toy_run(directory, epochs, log, prefix="m0-"):
     from dermsearch.train.harness import Run, RunFiles
 
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.StepLR(opt, 1)
-    return Run(model, opt, sched, RunFiles(directory, "m0-"), {"lr": 0.1}, epochs, log=log, legacy_key=legacy_key)
+    return Run(model, opt, sched, RunFiles(directory, prefix), {"lr": 0.1}, epochs, log=log)
 
 
 def _toy_fit(run):
@@ -379,21 +379,42 @@ def _toy_fit(run):
     return fit(run, train_epoch, validate, lambda rec, imp: f"epoch {rec['epoch']}")
 
 
-def test_harness_resumes_legacy_state_and_refuses_a_half_saved_epoch(tmp_path):
+def test_harness_refuses_legacy_state_until_migrated_and_refuses_a_half_saved_epoch(tmp_path, capsys):
     import json
 
+    from dermsearch.errors import DermsearchError
+    from dermsearch.train import migrate
+
     logs: list[str] = []
-    state = _toy_fit(_toy_run(tmp_path, 2, logs.append))
+    state = _toy_fit(_toy_run(tmp_path, 2, logs.append, prefix=""))
     assert [h["epoch"] for h in state["history"]] == [1, 2]
-    # a state file from before the harness: "config" instead of "key", no rng; it resumes
-    st = json.loads((tmp_path / "m0-state.json").read_text())
-    legacy = {"config": {"lr": 0.1, "device": "cuda"}, **{k: st[k] for k in ("epoch", "best", "history",
-                                                                               "optimizer", "scheduler")}}
-    (tmp_path / "m0-state.json").write_text(json.dumps(legacy))
+    # a state file from before the harness (a segmenter's): "config" instead of "key", "best_dice", no rng
+    st = json.loads((tmp_path / "state.json").read_text())
+    legacy = {"config": {"lr": 0.1, "device": "cuda"}, "best_dice": st["best"],
+              **{k: st[k] for k in ("epoch", "history", "optimizer", "scheduler")}}
+    (tmp_path / "state.json").write_text(json.dumps(legacy))
+    # refused with the way out, and nothing of it is removed
+    with pytest.raises(DermsearchError, match=r"python -m dermsearch\.train\.migrate .*state\.json"):
+        _toy_fit(_toy_run(tmp_path, 3, logs.append, prefix=""))
+    assert json.loads((tmp_path / "state.json").read_text()) == legacy and (tmp_path / "last.safetensors").is_file()
+    # the migration gives it the key it resumed against (its config without runtime fields) and its best
+    assert migrate.main([str(tmp_path)]) == 0 and "1 state file(s) converted" in capsys.readouterr().out
+    migrated = json.loads((tmp_path / "state.json").read_text())
+    assert migrated["key"] == {"lr": 0.1} and migrated["best"] == st["best"]
+    assert migrate.migrate([tmp_path]) == []            # converting again finds nothing to do
     logs.clear()
-    state = _toy_fit(_toy_run(tmp_path, 3, logs.append, legacy_key=lambda old: {"lr": old["lr"]}))
+    state = _toy_fit(_toy_run(tmp_path, 3, logs.append, prefix=""))
     assert any("resuming after epoch 2" in line for line in logs) and [h["epoch"] for h in state["history"]] == [
         1, 2, 3]
+    # a classifier member's legacy key: its config as trained then (no colour, no reused members), without
+    # phase two's settings
+    member = tmp_path / "members" / "m3-state.json"
+    member.parent.mkdir()
+    member.write_text(json.dumps({"config": {"lr": 0.1, "device": "cpu", "head_epochs": 9, "members": 5},
+                                  "epoch": 0, "best": 0.5, "history": []}))
+    assert migrate.migrate([tmp_path]) == [member]
+    assert json.loads(member.read_text())["key"] == {"colour": "none", "init_members": "", "lr": 0.1, "members": 5}
+    _toy_fit(_toy_run(tmp_path, 3, logs.append))       # m0-: the half-saved epoch below
     # the weights of epoch 3 were saved but the run stopped before its state: nothing of it is trusted
     st = json.loads((tmp_path / "m0-state.json").read_text())
     (tmp_path / "m0-state.json").write_text(json.dumps({**st, "epoch": 1, "history": st["history"][:2]}))

@@ -14,7 +14,6 @@ one half of the val lesions and scoring on the other.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..io import write_json
 
 __all__ = ["GramWeightFit", "IndexFit", "macro_precision_at_k", "fit_gram_weights", "cross_validated",
            "layer_distance_stack", "save_gram_weights", "fit_index_gram_weights"]
@@ -210,6 +210,4 @@ def save_gram_weights(path: str | os.PathLike, fit: GramWeightFit, info: dict) -
     """Write a weights file that ``--gram-weights FILE`` reads (atomically)."""
     path = Path(path)
     doc = {"betas": fit.betas, **info, "fit": {k: v for k, v in fit.to_json().items() if k != "betas"}}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(path)
+    write_json(path, doc, indent=2)

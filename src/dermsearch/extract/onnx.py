@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import MissingExtraError
+from ..io import replace_dir, temp_dir_for
 from .config import PREPROCESS_VERSION
 from .gram import average_grams, normalise_grams
 from .ort import (
@@ -109,9 +109,7 @@ def export_onnx(extractor, directory: str | os.PathLike | None = None) -> Path:
     if not onnx_export_available():
         raise MissingExtraError("exporting the networks to ONNX needs the 'onnx' extra (onnx, onnxscript): "
                                 "pip install 'dermsearch[onnx]', or use the torch backend")
-    tmp = directory.with_name(directory.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = temp_dir_for(directory)
     cfg = extractor.config
     size = cfg.image_size
     pooled = cfg.style and cfg.gram_pool != "image"
@@ -131,7 +129,5 @@ def export_onnx(extractor, directory: str | os.PathLike | None = None) -> Path:
         info["segmenter"] = {"input_size": ss}
     with open(tmp / "onnx.json", "w") as f:
         json.dump(info, f, indent=2)
-    if directory.exists():
-        shutil.rmtree(directory)
-    tmp.replace(directory)
+    replace_dir(tmp, directory)
     return directory

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import replace_dir, temp_dir_for, write_json
+
 __all__ = ["FAST_FORMAT", "fast_dir", "index_identity", "carry_forward_files"]
 
 FAST_FORMAT = 2          # 2: residual sketches
@@ -46,20 +48,13 @@ def carry_forward_files(directory: str | os.PathLike, old_version: int, new_vers
     if not np.array_equal(np.asarray(ids).astype(str), np.load(src / "ids.npy")):
         return None
     target = fast_dir(directory, new_version)
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = temp_dir_for(target)
     for f in src.iterdir():
         if f.name != "fast.json":
             os.link(f, tmp / f.name)
     info["index_version"] = new_version
-    with open(tmp / "fast.json", "w") as f:
-        json.dump(info, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.replace(target)
+    write_json(tmp / "fast.json", info, indent=2)
+    replace_dir(tmp, target)
     if old_version not in held:
         shutil.rmtree(src, ignore_errors=True)
     return target

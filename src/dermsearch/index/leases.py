@@ -21,6 +21,8 @@ import time
 import weakref
 from pathlib import Path
 
+from ..io import write_json
+
 __all__ = ["Lease", "held_versions", "READERS"]
 
 READERS = "readers"
@@ -29,9 +31,7 @@ _LOCK = threading.Lock()
 
 
 def _write(path: Path, record: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, path)
+    write_json(path, record, indent=None)
 
 
 def _remove(path: Path) -> None:

@@ -29,6 +29,7 @@ import pyarrow as pa
 from ..errors import DermsearchError
 from ..extract.config import ExtractorConfig
 from ..extract.vectors import Vectors
+from ..io import write_json
 from .fastfiles import carry_forward_files
 from .records import IndexSchema, Record
 
@@ -97,12 +98,7 @@ def _schema(manifest: dict) -> pa.Schema:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    write_json(path, data, indent=2, sort_keys=True)
 
 
 @dataclass

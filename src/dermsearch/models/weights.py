@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import ConfigError, DermsearchError
+from ..io import atomic_path
 
 __all__ = [
     "WeightsNotFoundError",
@@ -81,11 +82,10 @@ def save_checkpoint(model: nn.Module, path: Path, metadata: dict[str, str] | Non
     """Write a model's state as safetensors (atomic: written aside, then renamed); ``half`` stores
     floating-point tensors as fp16 (a strict load widens them back)."""
     path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().contiguous().cpu()
              for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
 
 
 def read_metadata(path: str | Path, key: str, what: str) -> str:

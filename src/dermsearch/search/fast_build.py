@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..index.fastfiles import carry_forward_files
+from ..io import replace_dir, temp_dir_for
 from .config import FastConfig
 from .engine import dead_columns_zero, dead_style_ranges, live_style_blocks
 from .fast import FAST_FORMAT, FastIndex, cell_counts, count_sketch, fast_dir, index_identity
@@ -63,9 +64,7 @@ class FastIndexWriter:
         if not style_dim:
             raise ConfigError("fast mode needs style vectors (the index was built with style=False)")
         self.final = Path(directory)
-        self.tmp = self.final.with_name(self.final.name + f".tmp-{os.getpid()}")
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
+        self.tmp = temp_dir_for(self.final)
         self.n, self.config, self.version, self.certified = n, config, version, certified
         self.mask_size = mask_size
         if mask_bytes and mask_size % config.mask_grid:
@@ -171,9 +170,7 @@ class FastIndexWriter:
             json.dump(info, f, indent=2)
             f.flush()
             os.fsync(f.fileno())
-        if self.final.exists():
-            shutil.rmtree(self.final)
-        self.tmp.replace(self.final)        # atomic: the directory appears complete or not at all
+        replace_dir(self.tmp, self.final)   # atomic: the directory appears complete or not at all
         return FastIndex.open(self.final)
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..io import write_json
 
 __all__ = ["KERNELS", "SMALL_PRODUCT", "numpy_products", "torch_products", "kernel_for", "products", "calibrate",
            "calibration", "cpu_model", "measure", "last_level_cache_bytes", "row_parallel_products",
@@ -174,9 +175,7 @@ def calibrate(force: bool = False, megabytes: int | None = None) -> dict:
               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, path)                # atomic: a reader sees the old record or the new one
+        write_json(path, record, indent=1)   # atomic: a reader sees the old record or the new one
     except OSError as e:                     # a read-only home: use the choice, say it was not kept
         record["not_cached"] = str(e)
     return {**record, "cached": False, "path": str(path)}
@@ -274,9 +273,7 @@ def _remember_switch(choice: str, gb_s: dict) -> None:
     record.update(choice=choice, switched_in_use={"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                                   "median_gb_s": gb_s})
     try:
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, path)
+        write_json(path, record, indent=1)
     except OSError:
         pass
 

@@ -10,6 +10,7 @@ import html
 from pathlib import Path
 
 from ..extract.images import thumbnail_data_uri
+from ..io import write_text
 from .measures import MEASURE_INFO
 from .searcher import SearchResult
 
@@ -76,9 +77,7 @@ def write_contact_sheet(result: SearchResult, query_image, path: str | Path,
                         overlays: dict[str, bytes | None] | None = None) -> Path:
     """Write :func:`contact_sheet_html` to ``path`` atomically."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(contact_sheet_html(result, query_image, overlays), encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, contact_sheet_html(result, query_image, overlays))
     return path
 
 

@@ -1,4 +1,4 @@
-"""One resumable epoch loop for every trainer (segmenter, ensemble members).
+"""One resumable epoch loop for every trainer (segmenter, ensemble members, ensemble phase two).
 
 A :class:`Run` names what a loop trains (model, optimiser, schedule), where its files go
 (:class:`RunFiles`: ``best``/``last`` weights, optimiser tensors, ``state.json``), the settings it
@@ -6,8 +6,9 @@ resumes against (its *resume key*: the config without runtime fields such as the
 many epochs it runs. :func:`fit` drives it: it resumes after the last saved epoch when the key
 matches (and starts afresh, saying so, when it does not), runs ``train_epoch`` and ``validate``
 for each remaining epoch, keeps the best checkpoint by the validation score, and writes every
-file atomically (temporary name, then rename), so an interruption at any point leaves a run that
-resumes.
+file atomically (:mod:`dermsearch.io`: temporary name, flushed, then renamed), so an interruption at
+any point leaves a run that resumes. A state written before the harness (no resume key) is refused
+with the command that converts it (:mod:`.migrate`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..errors import DermsearchError
+from ..io import atomic_path, write_json
 from ..models.weights import save_checkpoint
 from ..names import PRECISIONS
 
@@ -39,9 +42,7 @@ def resume_key(config: dict, ignore: tuple[str, ...] = ()) -> dict:
 
 
 def atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
+    write_json(path, obj, indent=1)
 
 
 def dump_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -161,7 +162,6 @@ class Run:
     log: Callable[[str], None] = print
     best_metadata: Callable[[dict], dict] = field(default=lambda rec: {})   # safetensors metadata of "best"
     last_metadata: dict = field(default_factory=dict)
-    legacy_key: Callable[[dict], dict] | None = None   # state files from before the harness: old config -> key
     after_epoch: Callable[[dict], None] | None = None  # called with the state after each saved epoch
     average: WeightAverage | None = None   # a moving average of ``model``'s weights (updated by the trainer):
                                            # what is validated and kept as "best"; saved with every epoch
@@ -178,9 +178,10 @@ def _read_state(run: Run) -> dict | None:
     if not (f.state.is_file() and f.last.is_file() and f.optimizer.is_file()):
         return None
     state = json.loads(f.state.read_text())
-    if "key" not in state and "config" in state and run.legacy_key is not None:   # written before the harness
-        state = {**state, "key": run.legacy_key(state["config"]),
-                 "best": state.get("best", state.get("best_dice", -math.inf))}
+    if "key" not in state and "config" in state:   # written before the harness: its settings under "config"
+        raise DermsearchError(f"{f.state}: the state of a run started before resumable training (no resume key); "
+                              f"convert it with 'python -m dermsearch.train.migrate {f.state}' to resume it, or "
+                              "delete it to train afresh")
     saved = load_metadata(f.last).get("epoch")
     unfinished = saved is not None and int(saved) != state["epoch"]
     finished = state["epoch"] + 1 >= run.epochs and f.best.is_file()   # its average no longer matters
@@ -197,9 +198,8 @@ def _read_state(run: Run) -> dict | None:
 
 
 def atomic_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata)
 
 
 def fit(run: Run, train_epoch: Callable[[int], float], validate: Callable[[], tuple[dict, float]],

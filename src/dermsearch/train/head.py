@@ -11,7 +11,9 @@ macro-P@5 of the feature's Euclidean neighbours among the training images (``ret
 
 from __future__ import annotations
 
+import json
 import math
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,16 +21,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import ConfigError
 from ..evaluate.feature_knn import feature_retrieval
 from ..models.normalization import NORMALISATIONS
 from ..names import HEAD_SELECT
-from .harness import WeightAverage
+from . import seeds
+from .harness import Run, RunFiles, WeightAverage, fit, load_metadata, resume_key
 from .losses import binary_focal_loss, metric_loss_module, multiclass_focal_loss
 
-__all__ = ["HeadData", "HEAD_SELECT", "fit_head", "head_loss", "epoch_sample", "PooledGraph", "pooled_encoder"]
+__all__ = ["HeadData", "HeadTask", "HEAD_SELECT", "fit_head", "head_loss", "epoch_sample", "PooledGraph",
+           "pooled_encoder"]
 
 
 
@@ -62,85 +67,117 @@ def epoch_sample(balanced: bool, base: np.ndarray, y: np.ndarray, rng: np.random
     return rng.choice(base, size=len(base), replace=True, p=w / w.sum())
 
 
-def fit_head(net, cfg, data: HeadData, metrics_fn: Callable, score_fn: Callable, class_weights, device,
-             log: Callable[[str], None] = print) -> tuple[dict, list[dict]]:
-    """Train ``net``'s norms, dense layer and head on ``data``; loads the selected epoch's weights into
-    ``net`` and returns (its val metrics, the per-epoch history)."""
-    if cfg.head_select not in HEAD_SELECT:
-        raise ConfigError(f"head_select must be one of {HEAD_SELECT}, not {cfg.head_select!r}")
-    modules = [net.norms, net.dense, net.head]
-    outputs = net.head.out_features
-    metric = metric_loss_module(cfg.metric_loss, max(outputs, 2), net.feature_dim, cfg.metric_temperature)
-    params = [p for m in modules for p in m.parameters()]
-    groups = [{"params": params}]
-    if metric is not None and any(True for _ in metric.parameters()):
-        metric = metric.to(device)
-        groups.append({"params": list(metric.parameters()), "lr": cfg.head_lr * 100})   # proxies learn fast
-    opt = torch.optim.AdamW(groups, lr=cfg.head_lr, weight_decay=cfg.head_weight_decay)
-    bs = max(cfg.batch_size, 256)
-    steps = math.ceil(len(data.x_train) / bs)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, [g.get("lr", cfg.head_lr) for g in groups],
-                                                total_steps=max(1, cfg.head_epochs * steps))
-    ema = WeightAverage(modules, cfg.ema) if cfg.ema > 0 else None
-    rows = np.arange(len(data.x_train)) if data.train_rows is None else data.train_rows
-    y_np = data.y_train.numpy()
+@dataclass(frozen=True)
+class HeadTask:
+    """What phase two learns from and is judged by: the pooled vectors, ``metrics`` (val logits on the
+    CPU -> figures) and ``score`` (figures -> selection score, higher better; used unless ``head_select``
+    is ``retrieval``), the loss's ``class_weights`` (on the net's device) and ``source``: what the pooled
+    vectors were computed from (part of the resume key: another source starts afresh)."""
+    data: HeadData
+    metrics: Callable[[torch.Tensor], dict]
+    score: Callable[[dict], float]
+    class_weights: torch.Tensor | None = None
+    source: str = ""
 
-    def forward(xb: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        if train and cfg.head_dropout > 0:
-            xb = nn.functional.dropout(xb, cfg.head_dropout, training=True)
-        return net.combine(list(xb.unbind(1)))
+
+class _HeadLoop:
+    """Phase two's trained modules (norms, dense layer, head and the metric loss's proxies), optimiser
+    and schedule, and the three steps :func:`~.harness.fit` calls."""
+
+    def __init__(self, net, cfg, task: HeadTask, files: RunFiles, log: Callable[[str], None]):
+        if cfg.head_select not in HEAD_SELECT:
+            raise ConfigError(f"head_select must be one of {HEAD_SELECT}, not {cfg.head_select!r}")
+        self.net, self.cfg, self.task, self.data = net, cfg, task, task.data
+        self.device = device = next(net.head.parameters()).device
+        modules = [net.norms, net.dense, net.head]
+        metric = metric_loss_module(cfg.metric_loss, max(net.head.out_features, 2), net.feature_dim,
+                                    cfg.metric_temperature)
+        groups = [{"params": [p for m in modules for p in m.parameters()]}]
+        if metric is not None and any(True for _ in metric.parameters()):
+            metric = metric.to(device)
+            groups.append({"params": list(metric.parameters()), "lr": cfg.head_lr * 100})   # proxies learn fast
+        self.metric = metric
+        opt = torch.optim.AdamW(groups, lr=cfg.head_lr, weight_decay=cfg.head_weight_decay)
+        self.batch = max(cfg.batch_size, 256)
+        steps = math.ceil(len(self.data.x_train) / self.batch)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, [g.get("lr", cfg.head_lr) for g in groups],
+                                                    total_steps=max(1, cfg.head_epochs * steps))
+        ema = WeightAverage(modules, cfg.ema) if cfg.ema > 0 else None
+        parts = {"norms": net.norms, "dense": net.dense, "head": net.head}
+        if metric is not None:
+            parts["metric"] = metric
+        self.run = Run(nn.ModuleDict(parts), opt, sched, files,
+                       {**resume_key(cfg.to_dict()), "pooled_vectors": task.source}, cfg.head_epochs,
+                       name="phase two", log=log, average=ema,
+                       best_metadata=lambda rec: {"record": json.dumps(rec)})   # its figures, for a resumed run
+
+    def forward(self, xb: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        if train and self.cfg.head_dropout > 0:
+            xb = nn.functional.dropout(xb, self.cfg.head_dropout, training=True)
+        return self.net.combine(list(xb.unbind(1)))
 
     @torch.inference_mode()
-    def features(x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-        f, lg = zip(*(forward(x[i:i + 2048].to(device)) for i in range(0, len(x), 2048)))
+    def features(self, x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+        f, lg = zip(*(self.forward(x[i:i + 2048].to(self.device)) for i in range(0, len(x), 2048)))
         return torch.cat(f).float().cpu().numpy(), torch.cat(lg).float().cpu()
 
-    best, best_state, best_metrics, history = -math.inf, None, None, []
-    for epoch in range(cfg.head_epochs):
-        t1 = time.perf_counter()
-        for mod in modules:
+    def train_epoch(self, epoch: int) -> float:
+        cfg, data, run = self.cfg, self.data, self.run
+        for mod in (self.net.norms, self.net.dense, self.net.head):
             mod.train()
-        rng = np.random.default_rng([cfg.seed, 99, epoch])
-        order = epoch_sample(cfg.balanced, np.arange(len(data.x_train)), y_np, rng)
+        order = epoch_sample(cfg.balanced, np.arange(len(data.x_train)), data.y_train.numpy(),
+                             seeds.head_epoch_rng(cfg.seed, epoch))
         total = 0.0
-        for i in range(0, len(order), bs):
-            idx = torch.from_numpy(order[i:i + bs])
-            y = data.y_train[idx].to(device)
-            feature, logits = forward(data.x_train[idx].to(device), train=True)
-            loss = head_loss(cfg, logits, y, class_weights)
-            if metric is not None:
-                loss = loss + cfg.metric_weight * metric(feature, y)
-            opt.zero_grad(set_to_none=True)
+        for i in range(0, len(order), self.batch):
+            idx = torch.from_numpy(order[i:i + self.batch])
+            y = data.y_train[idx].to(self.device)
+            feature, logits = self.forward(data.x_train[idx].to(self.device), train=True)
+            loss = head_loss(cfg, logits, y, self.task.class_weights)
+            if self.metric is not None:
+                loss = loss + cfg.metric_weight * self.metric(feature, y)
+            run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
-            sched.step()
-            if ema is not None:
-                ema.update()
+            run.optimizer.step()
+            run.scheduler.step()
+            if run.average is not None:
+                run.average.update()
             total += float(loss.detach()) * len(idx)
-        net.eval()
-        if ema is not None:
-            ema.swap()
-        f_val, logits = features(data.x_val)
-        vm = metrics_fn(logits)
-        f_tr, _ = features(data.x_train[torch.from_numpy(rows)])
-        r = feature_retrieval(f_val, data.val_labels, data.val_melanoma, f_tr, data.train_labels,
-                              data.train_melanoma)
+        return total / len(order)
+
+    def validate(self) -> tuple[dict, float]:
+        data = self.data
+        self.net.eval()
+        f_val, logits = self.features(data.x_val)
+        vm = self.task.metrics(logits)
+        rows = np.arange(len(data.x_train)) if data.train_rows is None else data.train_rows
+        f_tr, _ = self.features(data.x_train[torch.from_numpy(rows)])
+        r = feature_retrieval(f_val, data.val_labels, data.val_melanoma, f_tr, data.train_labels, data.train_melanoma)
         vm.update({f"retrieval_{a}": b for a, b in r.items()})
-        score = vm["retrieval_macro_p_at_5"] if cfg.head_select == "retrieval" else score_fn(vm)
-        history.append({"phase": 2, "epoch": epoch + 1, "train_loss": total / len(order),
-                        **{f"val_{a}": b for a, b in vm.items()}, "seconds": time.perf_counter() - t1})
-        if best_state is None or score > best:
-            best, best_metrics = score, vm
-            best_state = {n: v.detach().clone() for n, v in net.state_dict().items()}
-        if ema is not None:
-            ema.swap()
-        log(f"head epoch {epoch + 1}/{cfg.head_epochs}: train loss {total / len(order):.4f}, "
-            f"val loss {vm['loss']:.4f}, val melanoma AUC {vm['auc']:.4f}"
-            + (f", val bal. acc {vm['balanced_accuracy']:.4f}" if "balanced_accuracy" in vm else "")
-            + f", val feature macro-P@5 {vm['retrieval_macro_p_at_5']:.4f}")
-    net.load_state_dict(best_state)
+        return vm, vm["retrieval_macro_p_at_5"] if self.cfg.head_select == "retrieval" else self.task.score(vm)
+
+    def describe(self, rec: dict, improved: bool) -> str:
+        return (f"head epoch {rec['epoch']}/{self.cfg.head_epochs}: train loss {rec['train_loss']:.4f}, "
+                f"val loss {rec['val_loss']:.4f}, val melanoma AUC {rec['val_auc']:.4f}"
+                + (f", val bal. acc {rec['val_balanced_accuracy']:.4f}" if "val_balanced_accuracy" in rec else "")
+                + f", val feature macro-P@5 {rec['val_retrieval_macro_p_at_5']:.4f}")
+
+
+def fit_head(net, cfg, task: HeadTask, files: RunFiles | None = None,
+             log: Callable[[str], None] = print) -> tuple[dict, list[dict]]:
+    """Train ``net``'s norms, dense layer and head on ``task`` through :func:`~.harness.fit`, keeping the
+    epoch best by ``cfg.head_select``; loads its weights into ``net`` and returns (its val metrics, the
+    per-epoch history). ``files``: where the loop's resumable state goes (default: a temporary directory,
+    removed afterwards)."""
+    if files is None:
+        with tempfile.TemporaryDirectory(prefix="dermsearch-head-") as d:
+            return fit_head(net, cfg, task, RunFiles(Path(d)), log)
+    loop = _HeadLoop(net, cfg, task, files, log)
+    state = fit(loop.run, loop.train_epoch, loop.validate, loop.describe)
+    loop.run.model.load_state_dict(load_file(str(files.best)), strict=True)
     net.eval()
-    return best_metrics, history
+    record = json.loads(load_metadata(files.best)["record"])
+    best = {k[len("val_"):]: v for k, v in record.items() if k.startswith("val_")}
+    return best, [{"phase": 2, **rec} for rec in state["history"]]
 
 
 # ------------------------------------------------------------------ the members' pooled vectors

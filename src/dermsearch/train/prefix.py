@@ -15,8 +15,10 @@ import numpy as np
 import torch
 
 from ..extract.datasets import LabelledSet
+from ..io import replace_file
 from ..models.efficientnet import Backbone
 from ..models.normalization import NORMALISATIONS
+from . import seeds
 from .augment import x7_variant
 from .harness import atomic_json, iterate
 
@@ -79,7 +81,7 @@ class FrozenPrefix:
             lo = start + i
             hi = min(lo + batch, n)
             for v in range(n_variants):
-                g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + lo * 8 + v)
+                g = seeds.prefix_variant_generator(self.cfg.seed, lo, v)
                 out = self.run(self.variants(data.images[lo:hi], v, g)).half().cpu().numpy()
                 mm[np.arange(lo, hi) * n_variants + v] = out
             if (hi // batch) % 32 == 0 or hi == n:
@@ -87,7 +89,7 @@ class FrozenPrefix:
                 atomic_json(done_path, {"images": hi})
         mm.flush()
         del mm
-        partial.replace(path)
+        replace_file(partial, path)
         done_path.unlink(missing_ok=True)
         log(f"prefix cache: {rows} rows {tuple(shape[1:])} in {time.perf_counter() - t0:.0f} s")
         return torch.from_numpy(np.load(path))

@@ -23,12 +23,13 @@ from ..models.ensemble import EnsembleSpec, build_ensemble
 from ..models.registry import create_backbone
 from ..models.segmentation import Segmenter
 from ..runtime import Runtime
-from .classifier import _Member
+from . import seeds
 from .config import ClassifierTrainConfig, SegTrainConfig
 from .data import read_split_map
 from .harness import autocast, resolved_precision
 from .head import head_loss
 from .losses import focal_tversky_loss, metric_loss_module
+from .members import Member
 
 __all__ = ["DryRun", "dry_run_steps", "count_rows", "dry_run_classifier", "dry_run_segmenter"]
 
@@ -143,10 +144,10 @@ def dry_run_classifier(cfg: ClassifierTrainConfig, steps: int = 3, runtime: Runt
     spec = EnsembleSpec(backbone=cfg.backbone, members=cfg.members, shared_stages=k, feature_dim=cfg.feature_dim,
                         head_outputs=classes, member_heads=True)
     total = sum(p.numel() for p in build_ensemble(spec).parameters())
-    torch.manual_seed(cfg.seed)
+    seeds.seed_torch(cfg.seed)
     backbone = create_backbone(cfg.backbone)
     backbone.classifier = None
-    member = _Member(backbone, k, classes, cfg.dropout,
+    member = Member(backbone, k, classes, cfg.dropout,
                      metric_loss_module(cfg.member_metric_loss, max(classes, 2), backbone.pooled_dim,
                                         cfg.metric_temperature))
     trainable = member.trainable() + member.metric_parameters()
@@ -228,7 +229,7 @@ def dry_run_segmenter(cfg: SegTrainConfig, steps: int = 3, runtime: Runtime | No
     """Parameters, memory and measured seconds per batch of ``cfg`` on its device; nothing is trained."""
     cfg.require_labels()
     n = count_rows(cfg.labels, cfg.split, cfg.train_split, cfg.limit)
-    torch.manual_seed(cfg.seed)
+    seeds.seed_torch(cfg.seed)
     model = Segmenter(cfg.segmenter_config())
     params = list(model.parameters())
     total = sum(p.numel() for p in params)

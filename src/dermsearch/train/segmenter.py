@@ -20,6 +20,7 @@ from ..evaluate.masks import dice_scores
 from ..models.device import runtime_device
 from ..models.segmentation import Segmenter
 from ..runtime import Runtime
+from . import seeds
 from .augment import Augmenter
 from .config import SegTrainConfig
 from .data import PairSet, load_pairs
@@ -61,7 +62,7 @@ def train_segmenter(cfg: SegTrainConfig, out_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     runtime = runtime or Runtime()
     device, precision = runtime_device(runtime), runtime.precision
-    torch.manual_seed(cfg.seed)
+    seeds.seed_torch(cfg.seed)
     t_load = time.perf_counter()
     train = load_pairs(cfg.labels, cfg.split, (cfg.train_split,), cfg.image_size, cfg.limit)
     val = load_pairs(cfg.labels, cfg.split, (cfg.val_split,), cfg.image_size, cfg.limit)
@@ -79,7 +80,7 @@ def train_segmenter(cfg: SegTrainConfig, out_dir: str | Path,
 
     def train_epoch(epoch: int) -> float:
         model.train()
-        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        g = seeds.segmenter_epoch_generator(cfg.seed, epoch)
         order = torch.randperm(len(train), generator=g)
         total = 0.0
         for i in iterate(len(train), cfg.batch_size, f"epoch {epoch + 1}/{cfg.epochs}", progress):
@@ -113,7 +114,6 @@ def train_segmenter(cfg: SegTrainConfig, out_dir: str | Path,
                                                                   "val_dice": rec["val_dice"]})},
               last_metadata={"segmenter": json.dumps(info)},
               record={"precision": resolved_precision(device, precision)},
-              legacy_key=lambda old: resume_key(old),
               after_epoch=lambda state: atomic_json(out / "history.json", state["history"]))
     state = fit(run, train_epoch, validate, describe)
     history, best = state["history"], state["best"]

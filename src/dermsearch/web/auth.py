@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..io import write_json
 
 __all__ = ["TokenStore", "User", "ROLES", "TOKEN_FILE", "COOKIE", "SessionStore", "FailureThrottle"]
 
@@ -82,11 +83,7 @@ class TokenStore:
         return len(self.active())
 
     def _write(self, tokens: list[dict]) -> None:
-        tmp = self.path.with_name(self.path.name + f".tmp-{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"tokens": tokens}, f, indent=1)
-        tmp.replace(self.path)
+        write_json(self.path, {"tokens": tokens}, indent=1, mode=0o600)
         self._cache = None
 
     def all(self) -> list[dict]:

@@ -1,0 +1,138 @@
+"""Atomic writes (dermsearch.io): the content after a write, nothing left behind and the old file
+untouched when a write fails part way, fsync of the file and of its directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from dermsearch import io
+
+
+def _names(directory) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_writes_have_their_content_and_leave_only_the_target(tmp_path):
+    io.write_bytes(tmp_path / "a.bin", b"\x00\x01 bytes")
+    io.write_text(tmp_path / "b.txt", "tekst ünïcode")
+    io.write_json(tmp_path / "c.json", {"z": 1, "a": [1.5, None]}, indent=2, sort_keys=True)
+    assert (tmp_path / "a.bin").read_bytes() == b"\x00\x01 bytes"
+    assert (tmp_path / "b.txt").read_text(encoding="utf-8") == "tekst ünïcode"
+    assert (tmp_path / "c.json").read_text() == json.dumps({"a": [1.5, None], "z": 1}, indent=2)
+    # over an existing file: replaced whole
+    io.write_text(tmp_path / "b.txt", "short")
+    assert (tmp_path / "b.txt").read_text() == "short"
+    assert _names(tmp_path) == ["a.bin", "b.txt", "c.json"]
+
+
+def test_mode_is_the_files_from_the_start(tmp_path):
+    io.write_json(tmp_path / "tokens.json", {"tokens": []}, mode=0o600)
+    assert stat.S_IMODE((tmp_path / "tokens.json").stat().st_mode) == 0o600
+
+
+class _Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("how", ["writer", "fsync", "rename"])
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch, how):
+    target = tmp_path / "state.json"
+    io.write_json(target, {"epoch": 1})
+    before = target.read_bytes()
+    if how == "writer":                       # the writer dies half way through its file
+        with pytest.raises(_Boom), io.atomic_path(target) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(b'{"epoch": 2, "hal')
+            raise _Boom
+    else:                                     # the disk refuses the flush, or the rename
+        name = "fsync" if how == "fsync" else "replace"
+
+        def fail(*a, **k):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(io.os, name, fail)
+        with pytest.raises(OSError, match="No space"):
+            io.write_json(target, {"epoch": 2})
+        monkeypatch.undo()
+    assert target.read_bytes() == before
+    assert _names(tmp_path) == ["state.json"]
+    # and the next write works
+    io.write_json(target, {"epoch": 3})
+    assert json.loads(target.read_text()) == {"epoch": 3}
+
+
+def test_a_failed_first_write_creates_nothing(tmp_path, monkeypatch):
+    def fail(fd):
+        raise OSError(5, "I/O error")
+
+    monkeypatch.setattr(io.os, "fsync", fail)
+    with pytest.raises(OSError, match="I/O error"):
+        io.write_bytes(tmp_path / "new.bin", b"x" * 1000)
+    assert _names(tmp_path) == []
+
+
+def test_the_file_and_its_directory_are_flushed(tmp_path, monkeypatch):
+    flushed = []
+    real = os.fsync
+
+    def spy(fd):
+        flushed.append(os.path.realpath(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(io.os, "fsync", spy)
+    io.write_text(tmp_path / "f.txt", "x")
+    assert len(flushed) == 2
+    assert os.path.dirname(flushed[0]) == str(tmp_path.resolve()) and flushed[0] != str(tmp_path / "f.txt")  # the temp
+    assert flushed[1] == str(tmp_path.resolve())                                                             # the dir
+
+
+def test_replace_file_moves_a_finished_file_into_place(tmp_path):
+    (tmp_path / "cache.npy.partial").write_bytes(b"done")
+    (tmp_path / "cache.npy").write_bytes(b"old")
+    io.replace_file(tmp_path / "cache.npy.partial", tmp_path / "cache.npy")
+    assert (tmp_path / "cache.npy").read_bytes() == b"done" and _names(tmp_path) == ["cache.npy"]
+
+
+def test_replace_dir_swaps_a_whole_directory(tmp_path, monkeypatch):
+    target = tmp_path / "fast-v3"
+    target.mkdir()
+    (target / "old.npy").write_bytes(b"old")
+    tmp = io.temp_dir_for(target)
+    assert tmp.parent == tmp_path and tmp.name.startswith("fast-v3.tmp") and _names(tmp) == []
+    (tmp / "sub").mkdir()
+    (tmp / "sub" / "a.npy").write_bytes(b"a")
+    (tmp / "fast.json").write_text("{}")
+    flushed = []
+    real = os.fsync
+    monkeypatch.setattr(io.os, "fsync", lambda fd: (flushed.append(os.path.realpath(f"/proc/self/fd/{fd}")),
+                                                    real(fd)))
+    assert io.replace_dir(tmp, target) == target
+    assert _names(tmp_path) == ["fast-v3"] and _names(target) == ["fast.json", "sub"]
+    assert (target / "sub" / "a.npy").read_bytes() == b"a" and not (target / "old.npy").exists()
+    # every file and directory of the new tree was flushed before the rename, then the parent after it
+    assert {os.path.basename(p) for p in flushed[:-1]} >= {"a.npy", "fast.json", "sub", tmp.name}
+    assert flushed[-1] == str(tmp_path.resolve())
+    # a leftover of a crashed build with this process id is cleared, not reused
+    again = io.temp_dir_for(target)
+    (again / "junk").write_text("x")
+    assert _names(io.temp_dir_for(target)) == []
+
+
+def test_a_failed_directory_flush_keeps_the_old_directory(tmp_path, monkeypatch):
+    target = tmp_path / "onnx"
+    target.mkdir()
+    (target / "onnx.json").write_text("old")
+    tmp = io.temp_dir_for(target)
+    (tmp / "onnx.json").write_text("new")
+
+    def fail(fd):
+        raise OSError(5, "I/O error")
+
+    monkeypatch.setattr(io.os, "fsync", fail)
+    with pytest.raises(OSError):
+        io.replace_dir(tmp, target)
+    assert (target / "onnx.json").read_text() == "old"
