@@ -45,6 +45,16 @@ def test_header_facts(tmp_path, sample):
         "patient_id": "PAT-7", "sex": "F", "age": "45", "body_site": "TORSO", "modality": "XC"}
 
 
+def test_dicom_is_read_from_archives_but_refused_where_only_images_are_allowed(tmp_path, sample):
+    """The web app decodes uploads with dicom=False: a DICOM upload meets the image allow-list."""
+    data = write_dicom(tmp_path / "n.dcm", rgb=sample[0][1]).read_bytes()
+    assert load_image(data).size == (sample[0][1].shape[1], sample[0][1].shape[0])
+    with pytest.raises(ImageError, match="not a recognised image format"):
+        load_image(data, dicom=False)
+    with pytest.raises(ImageError, match="not a recognised image format"):
+        load_image(tmp_path / "n.dcm", dicom=False)
+
+
 def test_dicom_bombs_and_non_images_are_refused(tmp_path, sample):
     (_, rgb, jpeg), _ = sample
     # a header claiming 60000 x 60000 pixels over a few bytes: refused before any decoding

@@ -57,15 +57,19 @@ def sniff_format(head: bytes) -> str:
     raise ImageError("not a recognised image format (JPEG, PNG, TIFF, BMP or WebP)")
 
 
-def load_image(source: str | os.PathLike | bytes | BinaryIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_image(source: str | os.PathLike | bytes | BinaryIO, max_pixels: int = MAX_PIXELS,
+               dicom: bool = True) -> Image.Image:
     """Decode ``source`` (a path, bytes or a binary file object) to an RGB ``PIL.Image``.
+
+    ``dicom``: whether a DICOM file is read (extract/dicom.py). The web app passes False: an upload
+    is one of the allowed image formats and nothing else.
 
     Raises :class:`ImageError` with a one-line reason for anything that is not a usable image.
     """
     if isinstance(source, bytes):
         if not source:
             raise ImageError("empty data (0 bytes)")
-        if source[128:132] == b"DICM":          # DICOM (extract/dicom.py: the same limits)
+        if source[128:132] == b"DICM" and dicom:     # DICOM (extract/dicom.py: the same limits)
             from .dicom import load_dicom
 
             return load_dicom(source, max_pixels)
@@ -80,7 +84,7 @@ def load_image(source: str | os.PathLike | bytes | BinaryIO, max_pixels: int = M
             raise ImageError("empty file (0 bytes)")
         from .dicom import is_dicom, load_dicom
 
-        if is_dicom(path):                      # DICOM (extract/dicom.py: the same limits)
+        if dicom and is_dicom(path):            # DICOM (extract/dicom.py: the same limits)
             return load_dicom(path, max_pixels)
         fp = str(path)
     else:

@@ -68,7 +68,7 @@ async def search(file: UploadFile = File(..., description="the query image (JPEG
 
 
 def _search_work(srv: Server, data: bytes, k: int, wanted, filters: Filters, with_mask: bool, sheet: bool):
-    image = load_image(data, max_pixels=srv.config.max_pixels)    # an ImageError is a 415 (the app's handler)
+    image = load_image(data, max_pixels=srv.config.max_pixels, dicom=False)   # an ImageError is a 415
     with srv.live.current() as st:
         return _search_in(srv, st, image, k, wanted, filters, with_mask, sheet)
 
