@@ -224,18 +224,11 @@ def cmd_compact(args) -> int:
 
 
 def cmd_export_onnx(args) -> int:
-    from ..extract import Extractor
-    from ..extract.onnx import export_onnx
     from ..index import Index
+    from .export import describe, export_index
 
     index = Index.open(args.index)
-    extractor = Extractor(index.extractor_config)
-    index.check_fingerprint(extractor.fingerprint, extractor.config)
-    out = export_onnx(extractor, args.out)
-    info = json.loads((out / "onnx.json").read_text())
-    print(f"exported model {info['fingerprint']} to {out}: extractor.onnx (pixels [B,3,{info['image_size']},"
-          f"{info['image_size']}] 0..255 -> {', '.join(info['outputs'])})"
-          + (", segmenter.onnx" if info["segmenter"] else ""))
+    print(describe(export_index(index, args.out), index))
     return 0
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import MissingExtraError
+from ..errors import MissingExtraError, install_hint
 from .config import PREPROCESS_VERSION
 from .gram import average_grams, normalise_grams
 from .ort import (
@@ -108,7 +108,7 @@ def export_onnx(extractor, directory: str | os.PathLike | None = None) -> Path:
         return directory
     if not onnx_export_available():
         raise MissingExtraError("exporting the networks to ONNX needs the 'onnx' extra (onnx, onnxscript): "
-                                "pip install 'dermsearch[onnx]', or use the torch backend")
+                                f"{install_hint('onnx')}; or use the torch backend")
     tmp = directory.with_name(directory.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
