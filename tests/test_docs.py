@@ -9,7 +9,6 @@ the missing-extra messages, and usage.md names every command the parser has."""
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import re
 import shlex
@@ -35,6 +34,8 @@ SKIPPED = {
                                                 "(../shared/data); tests/test_segmentation.py runs eval-segmenter",
     r"--compare other-index": "needs a second index of the same images built with another model; "
                               "tests/test_compare.py runs the comparison",
+    r"ic-index": "a second build of the sample with every style layer weighted (minutes here) and a split of its "
+                 "rows; tests/test_style.py fits weights on a small index",
 }
 
 
@@ -167,10 +168,6 @@ def test_usage_commands_and_code_run(tour, monkeypatch, capsys):
     assert out.returncode == 0, out.stderr[-3000:]
     assert '"results"' in out.stdout and '"explain"' in out.stdout    # JSON, as search --json prints it
 
-    with open(REPO / "examples" / "isic-sample" / "labels.csv") as f:    # fit-gram-weights' split.csv
-        ids = [r["image_id"] for r in csv.DictReader(f)]
-    (root / "split.csv").write_text("image_id,split\n" + "".join(f"{i},{'val' if n % 3 == 0 else 'train'}\n"
-                                                                 for n, i in enumerate(ids)))
     ran = []
     for block in _blocks(_usage(), "bash"):
         for command in _commands(block):
@@ -183,14 +180,14 @@ def test_usage_commands_and_code_run(tour, monkeypatch, capsys):
             ran.append(command)
     assert len(ran) >= 25
     assert (root / "sheet.html").is_file() and (root / "report" / "report.json").is_file()
-    assert (root / "onnx" / "preprocess.json").is_file() and (root / "gram-weights.json").is_file()
+    assert (root / "onnx" / "preprocess.json").is_file()
 
     onnx = next(b for b in blocks if "def encode(" in b)
     out = subprocess.run([sys.executable, "-c", onnx], cwd=root, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split("\n")[0] == "(1024,) (80712,)"
     written = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir()
-                     if p.name not in ("examples", ".venv", "split.csv"))
+                     if p.name not in ("examples", ".venv"))
     check = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=REPO, input="\n".join(written),
                            capture_output=True, text=True)
     assert sorted(check.stdout.split()) == written, f"not ignored by git: {set(written) - set(check.stdout.split())}"

@@ -171,7 +171,7 @@ def _run(args, evaluator, candidates, in_splits, EvaluationConfig):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=err, disable=args.quiet)
+                        console=err, disable=args.quiet, transient=True)   # an error stays one line
     with progress:
         if args.queries:
             dmap = _diagnosis_map(args)
@@ -256,8 +256,13 @@ def cmd_fit_gram_weights(args) -> int:
     from ..evaluate.gram_weights import fit_index_gram_weights, save_gram_weights
     from ..index import Index
 
-    r = fit_index_gram_weights(Index.open(args.index), read_split(args.split), args.query_split,
-                               args.candidate_split, args.k)
+    index = Index.open(args.index)
+    unweighted = [e["stage"] for e in index.manifest.get("style_layers") or [] if e["beta"] <= 0]
+    if unweighted:
+        raise UsageError(f"{args.index} weights style stage(s) {', '.join(map(str, unweighted))} by 0 (built with "
+                         f"--gram-weights {index.manifest['extractor'].get('gram_weights')}), so their distances "
+                         "are not stored: fit on an index built with --gram-weights inverse-channels")
+    r = fit_index_gram_weights(index, read_split(args.split), args.query_split, args.candidate_split, args.k)
     save_gram_weights(args.out, r.fit, r.info)
     print(f"style macro-P@{args.k} on {'+'.join(args.query_split)} vs {'+'.join(args.candidate_split)}: "
           f"{r.before:.3f} with the index's weights, {r.fit.score:.3f} fitted "
