@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+from ..index.defaults import COMMIT_EVERY, DASK_CHUNK
 from ..names import BACKENDS, GRAM_NORMS, GRAM_POOLS
 from ..presets import PRESETS
 from ..runtime import Runtime
@@ -55,10 +56,10 @@ def register(sub, common: Common) -> None:
                     "Runtime (exported once to ~/.cache/dermsearch; same vectors to float32 rounding, "
                     "~3x faster on CPU); auto: onnx on CPU when the model is exported or the [onnx] extra "
                     "can export it (default)")
-    ix.add_argument("--commit-every", type=positive_int, default=128, help="images per atomic commit")
+    ix.add_argument("--commit-every", type=positive_int, default=COMMIT_EVERY, help="images per atomic commit")
     ix.add_argument("--dask", metavar="SCHEDULER_ADDRESS", help="extract on the workers of this Dask cluster "
                     "(e.g. tcp://10.0.0.5:8786); this process writes the index (docs/distributed.md)")
-    ix.add_argument("--dask-chunk", type=positive_int, default=64, help="images per Dask task")
+    ix.add_argument("--dask-chunk", type=positive_int, default=DASK_CHUNK, help="images per Dask task")
     ix.set_defaults(handler=cmd_index)
 
     op = sub.add_parser("optimize", parents=[common.index],
