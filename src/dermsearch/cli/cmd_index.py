@@ -229,7 +229,7 @@ def cmd_export_onnx(args) -> int:
     from .export import describe, export_index
 
     index = Index.open(args.index)
-    print(describe(export_index(index, args.out), index))
+    print(describe(export_index(index, args.out)))
     return 0
 
 

@@ -27,7 +27,7 @@ def export_index(index, out: Path) -> dict:
     return _write_contract(out, index, json.loads((out / "onnx.json").read_text()))
 
 
-def describe(contract: dict, index) -> str:
+def describe(contract: dict) -> str:
     """One line: what was written, the inputs and outputs of each graph."""
     s = contract["image_size"]
     ins = ["pixels [B,3,S,S] float32 RGB 0..255"] + (["masks [B,1,S,S] float32 0/1"] if contract["masks_input"] else [])

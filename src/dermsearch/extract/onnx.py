@@ -2,7 +2,8 @@
 
 Two graphs per model, exported from the very modules the torch backend runs:
 
-- ``extractor.onnx``: raw pixels [B, 3, S, S] float32 (0..255) -> the feature vector [B, D] and, when
+- ``extractor.onnx``: raw pixels [B, 3, S, S] float32 (0..255), and for lesion-pooled Grams the
+  ``masks`` [B, 1, S, S] float32 0/1 (docs/usage.md, "ONNX export") -> the feature vector [B, D] and, when
   the model stores style, the packed style vector [B, Σ C(C+1)/2] (input normalisation, the
   members' Grams, their average, β weights and packing are all inside the graph);
 - ``segmenter.onnx`` (learned segmenters only): raw pixels at the segmenter's size -> logits.
