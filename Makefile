@@ -1,15 +1,19 @@
 # dermsearch: `make demo` and `make test` work on a fresh machine (they create .venv themselves).
+# After `make demo`, `. .venv/bin/activate` puts the `dermsearch` command on PATH for the README's tour.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
+# torch's CPU build comes from PyTorch's CPU index (the pin alone picks the CUDA build on Linux);
+# `make demo TORCH_INDEX=https://pypi.org/simple` installs the CUDA build instead
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: demo test test-fast lint bench clean
 
-# torch first, pinned exactly: the CPU build (an unpinned torch would pull a CUDA build)
+# torch first, pinned exactly, from TORCH_INDEX; later installs keep it (the pin is satisfied)
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet $(TORCH) --index-url $(TORCH_INDEX)
 
 # the demo needs the core and the ONNX export (the default, faster CPU backend)
 $(VENV)/.demo: pyproject.toml | $(BIN)/python
@@ -27,6 +31,7 @@ demo: $(VENV)/.demo
 	$(BIN)/dermsearch optimize demo-output/index
 	$(BIN)/dermsearch search demo-output/index examples/queries/ISIC_0000022.jpg -k 5 \
 		--html demo-output/results.html
+	@echo "next: . .venv/bin/activate (puts dermsearch on PATH), then the tour in README.md"
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check src tests benchmarks examples experiments

@@ -2,6 +2,8 @@
 
     python benchmarks/bench_web.py INDEX_DIR [--clients 20] [--seconds 60]
 
+Needs the ``[web]`` extra (the server) and ``[bench]`` (httpx, the clients): pip install -e '.[web,bench]'.
+
 The server (``dermsearch serve``) runs in its own process on 127.0.0.1; the clients upload
 HAM10000 `test` images (or the bundled queries when ../shared/data is absent) and, when the
 server answers 429, wait as its Retry-After asks. Meanwhile a prober requests ``/api/index`` and a

@@ -15,7 +15,7 @@ import pytest
 from dermsearch.cli.main import main
 from dermsearch.search import MEASURES
 
-from .conftest import REPO, require_isic
+from .conftest import REPO, lesion_image, require_isic
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -114,6 +114,7 @@ def test_remove_and_readd(real_subset, tmp_path):
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
+    lesion_image(0).save(tmp_path / "q.jpg")
     assert main(["search", str(tmp_path), str(tmp_path / "q.jpg")]) == 2
     assert "not a dermsearch index" in capsys.readouterr().err
     assert main(["index", str(tmp_path / "nothing"), "--index", str(tmp_path / "ix")]) == 2

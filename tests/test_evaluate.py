@@ -163,7 +163,7 @@ def test_cli_evaluate_out_writes_the_report_without_the_plots_extra(lesion_index
                "--out", str(tmp_path / "rep")])
     captured = capsys.readouterr()
     assert rc == 0 and "report written to" in captured.out and "report.json, report.md)" in captured.out
-    assert "no plots" in captured.err and "dermsearch[plots]" in captured.err
+    assert "no plots" in captured.err and "pip install -e '.[plots]'" in captured.err
     assert json.loads((tmp_path / "rep" / "report.json").read_text())["queries"] == 18
     assert (tmp_path / "rep" / "report.md").stat().st_size > 0 and not (tmp_path / "rep" / "measures.png").exists()
 

@@ -181,16 +181,16 @@ def test_colour_strength_scales_the_colour_augmentation():
     from dermsearch.presets import get_preset
 
     base = get_preset("default").classifier
-    args = build_parser().parse_args(["train", "classifier", "--labels", "x.csv", "--out", "run",
+    args = build_parser().parse_args(["train", "classifier", "--labels", __file__, "--out", "run",
                                       "--colour-strength", "2"])
     a = _config(args, base).augment_config
     b = base.augment_config
     assert (a.brightness, a.contrast, a.saturation, a.hue) == (2 * b.brightness, 2 * b.contrast,
                                                                2 * b.saturation, 2 * b.hue)
     assert (a.p_flip, a.p_gridmask, a.grid_d) == (b.p_flip, b.p_gridmask, b.grid_d)
-    plain = build_parser().parse_args(["train", "classifier", "--labels", "x.csv", "--out", "run"])
+    plain = build_parser().parse_args(["train", "classifier", "--labels", __file__, "--out", "run"])
     assert _config(plain, base).augment_config == b
-    bad = build_parser().parse_args(["train", "classifier", "--labels", "x.csv", "--out", "run",
+    bad = build_parser().parse_args(["train", "classifier", "--labels", __file__, "--out", "run",
                                      "--colour-strength", "-1"])
     with pytest.raises(ConfigError, match="colour-strength"):
         _config(bad, base)
@@ -218,8 +218,8 @@ def test_balanced_sampling_is_the_default_and_can_be_turned_off():
     base = get_preset("default").classifier
     assert base.balanced and not get_preset("paper").classifier.balanced    # the paper sampled the natural mix
     parse = build_parser().parse_args
-    assert _config(parse(["train", "classifier", "--labels", "x.csv", "--out", "run"]), base).balanced
-    assert not _config(parse(["train", "classifier", "--labels", "x.csv", "--out", "run", "--no-balanced"]),
+    assert _config(parse(["train", "classifier", "--labels", __file__, "--out", "run"]), base).balanced
+    assert not _config(parse(["train", "classifier", "--labels", __file__, "--out", "run", "--no-balanced"]),
                        base).balanced
     paper = get_preset("paper").classifier
-    assert _config(parse(["train", "classifier", "--labels", "x.csv", "--out", "run", "--balanced"]), paper).balanced
+    assert _config(parse(["train", "classifier", "--labels", __file__, "--out", "run", "--balanced"]), paper).balanced

@@ -10,7 +10,7 @@ ids), never of command-line flags: the CLI adds those.
 
 from __future__ import annotations
 
-__all__ = ["DermsearchError", "ConfigError", "NotFoundError", "MissingExtraError", "require"]
+__all__ = ["DermsearchError", "ConfigError", "NotFoundError", "MissingExtraError", "require", "install_hint"]
 
 
 class DermsearchError(Exception):
@@ -37,6 +37,15 @@ class MissingExtraError(DermsearchError, ImportError):
     exit_code = 3
 
 
+def install_hint(extra: str) -> str:
+    """How to install an extra, in the words the docs use (docs/usage.md, "Installing"): from a
+    clone, or from a built wheel. dermsearch is not on a package index."""
+    from . import __version__
+
+    return (f"pip install -e '.[{extra}]' in a clone of dermsearch, or "
+            f"pip install 'dist/dermsearch-{__version__}-py3-none-any.whl[{extra}]' from a built wheel")
+
+
 def require(module: str, extra: str, purpose: str):
     """Import ``module``, or raise :class:`MissingExtraError` naming the extra that provides it."""
     import importlib
@@ -45,4 +54,4 @@ def require(module: str, extra: str, purpose: str):
         return importlib.import_module(module)
     except ImportError as e:
         raise MissingExtraError(f"{purpose} needs the '{extra}' extra ({module} is not installed): "
-                                f"pip install 'dermsearch[{extra}]'") from e
+                                f"{install_hint(extra)}") from e

@@ -6,8 +6,20 @@ import json
 import sys
 from pathlib import Path
 
+from ..evaluate.config import CI_UNITS, EvaluationConfig
 from ..names import MEASURES
-from .common import UsageError, emit, err
+from .common import (
+    UsageError,
+    at_least,
+    count,
+    emit,
+    err,
+    existing_dir,
+    existing_file,
+    file_to_write,
+    folder_to_write,
+    positive_int,
+)
 from .options import Common, runtime_of
 
 __all__ = ["register"]
@@ -19,7 +31,8 @@ def register(sub, common: Common) -> None:
                         description="Rank all candidates for each query by each measure (the query and images of "
                                     "the same lesion_id excluded) and report P@k, macro-P@k, per-diagnosis and "
                                     "melanoma P@k, mAP@k and the melanoma AUC of a neighbour vote.")
-    ev.add_argument("--queries", type=Path, metavar="CSV", help="external labelled query images (a labels CSV); "
+    ev.add_argument("--queries", type=existing_file, metavar="CSV",
+                    help="external labelled query images (a labels CSV); "
                     "default: rows of the index")
     ev.add_argument("--query-split", nargs="+", metavar="NAME", help="index rows of these splits are the queries "
                     "(with --queries: the rows of these splits in --query-split-csv)")
@@ -33,30 +46,35 @@ def register(sub, common: Common) -> None:
                     "strictest the data allows (patient when the index stores patient ids), said in the report")
     ev.add_argument("--candidate-split", nargs="+", metavar="NAME",
                     help="index rows of these splits are the candidates")
-    ev.add_argument("-k", type=int, default=5)
-    ev.add_argument("--vote-k", type=int, default=16, help="neighbours in the melanoma vote (default 16)")
-    ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    d = EvaluationConfig()
+    ev.add_argument("-k", type=positive_int, default=d.k, help="ranks counted in P@k, macro-P@k and mAP@k")
+    ev.add_argument("--vote-k", type=positive_int, default=d.vote_k, help="neighbours in the melanoma vote")
+    ev.add_argument("--bootstrap", type=positive_int, default=d.bootstrap,
+                    help="bootstrap resamples for the 95%% CIs")
     ev.add_argument("--choose-on", nargs="+", metavar="SPLIT", help="name the headline measure by a rule fixed in "
                     "advance: the best --choose-metric for these index rows (e.g. val) as queries against the "
                     "candidates outside them (needs --split)")
     ev.add_argument("--choose-metric", metavar="METRIC",
-                    help="the metric --choose-on maximises (default macro_p@k, k as given by -k; with --compare "
-                         "both macro_p@k and the vote AUC are chosen)")
+                    help="the metric --choose-on maximises (default macro_p@k, k as given by -k, so macro_p@5 with "
+                         "the default -k; with --compare both macro_p@k and the vote AUC are chosen)")
     ev.add_argument("--headline", choices=MEASURES, metavar="MEASURE", help="headline this measure (fixed in advance)")
-    ev.add_argument("--ci-unit", choices=["lesion", "image"], default="lesion", help="what the bootstrap resamples: "
-                    "lesions (all images of a lesion together; default) or single images")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--ci-unit", choices=CI_UNITS, default=d.ci_unit, help="what the bootstrap resamples: "
+                    "lesions (all images of a lesion together) or single images")
+    ev.add_argument("--seed", type=int, default=d.seed, help="seed of the bootstrap and the rating sheet")
     ev.add_argument("--diagnosis-map", metavar="A=B,C=D", help="rename query diagnoses to the index's labels "
                     "(e.g. nevus=nv,melanoma=mel)")
-    ev.add_argument("--compare", type=Path, metavar="INDEX_B",
+    ev.add_argument("--compare", type=existing_dir, metavar="INDEX_B",
                     help="paired comparison: rank the same queries in INDEX_B (another model's index of the same "
                          "images) and report B - A per measure, for each model's measure chosen with --choose-on, "
                          "and for the heads, with one bootstrap of the queries' lesions for both")
-    ev.add_argument("--out", type=Path, metavar="REPORT_DIR", help="write report.json, report.md and PNG plots")
-    ev.add_argument("--rating-sheet", type=Path, metavar="DIR", help="also write a blinded rating sheet here")
-    ev.add_argument("--rating-queries", type=int, default=50, help="queries on the rating sheet (paper: 50)")
-    ev.add_argument("--ratings", type=Path, metavar="CSV", help="score a filled rating sheet (needs --rating-key)")
-    ev.add_argument("--rating-key", type=Path, metavar="CSV", help="the key.csv written with the rating sheet")
+    ev.add_argument("--out", type=folder_to_write, metavar="REPORT_DIR",
+                    help="write report.json, report.md and PNG plots")
+    ev.add_argument("--rating-sheet", type=folder_to_write, metavar="DIR",
+                    help="also write a blinded rating sheet here")
+    ev.add_argument("--rating-queries", type=positive_int, default=50, help="queries on the rating sheet (paper: 50)")
+    ev.add_argument("--ratings", type=existing_file, metavar="CSV",
+                    help="score a filled rating sheet (needs --rating-key)")
+    ev.add_argument("--rating-key", type=existing_file, metavar="CSV", help="the key.csv written with the rating sheet")
     ev.set_defaults(handler=cmd_evaluate)
 
     fw = sub.add_parser("fit-gram-weights", parents=[common.index],
@@ -65,18 +83,19 @@ def register(sub, common: Common) -> None:
                                     "style measure's macro-P@k for the query rows against the candidate rows "
                                     "(same lesion excluded), and write them as JSON for 'index --gram-weights "
                                     "FILE'. Fit on val, report test once.")
-    fw.add_argument("--split", required=True, type=Path, metavar="CSV", help="image_id,split file")
-    fw.add_argument("--query-split", nargs="+", default=["val"], metavar="NAME", help="default: val")
-    fw.add_argument("--candidate-split", nargs="+", default=["train"], metavar="NAME", help="default: train")
-    fw.add_argument("-k", type=int, default=5)
-    fw.add_argument("--out", required=True, type=Path, metavar="JSON")
+    fw.add_argument("--split", required=True, type=existing_file, metavar="CSV", help="image_id,split file")
+    fw.add_argument("--query-split", nargs="+", default=["val"], metavar="NAME", help="the query rows' splits")
+    fw.add_argument("--candidate-split", nargs="+", default=["train"], metavar="NAME",
+                    help="the candidate rows' splits")
+    fw.add_argument("-k", type=positive_int, default=d.k, help="the k of the macro-P@k fitted")
+    fw.add_argument("--out", required=True, type=file_to_write, metavar="JSON", help="the weights file to write")
     fw.set_defaults(handler=cmd_fit_gram_weights)
 
     ec = sub.add_parser("eval-classifier", parents=[common.labels, common.split, common.device],
                         help="melanoma AUC of a trained ensemble's head and of each member")
     ec.add_argument("weights", nargs="?", default="default", help="default (packaged) or a .safetensors / run dir")
     ec.add_argument("--on", metavar="NAME", help="split to evaluate (default: every row)")
-    ec.add_argument("--limit", type=int, default=0)
+    ec.add_argument("--limit", type=count, default=0, help="use only the first N images (0: all)")
     ec.set_defaults(handler=cmd_eval_classifier)
 
     es = sub.add_parser("eval-segmenter", parents=[common.labels, common.split, common.device, common.json],
@@ -84,8 +103,8 @@ def register(sub, common: Common) -> None:
     es.add_argument("--on", nargs="+", default=None, metavar="NAME", help="splits to evaluate (default: all rows)")
     es.add_argument("--segmenter", nargs="+", default=["default"], metavar="S",
                     help="default (packaged), otsu, a run directory or a .safetensors file; several compare")
-    es.add_argument("--image-size", type=int, default=128,
-                    help="evaluation side in pixels (masks: nearest-neighbour; default 128)")
+    es.add_argument("--image-size", type=at_least(8), default=128,
+                    help="evaluation side in pixels (masks: nearest-neighbour)")
     es.set_defaults(handler=cmd_eval_segmenter)
 
 
@@ -165,7 +184,7 @@ def _run(args, evaluator, candidates, in_splits, EvaluationConfig):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=err, disable=args.quiet)
+                        console=err, disable=args.quiet, transient=True)   # an error stays one line
     with progress:
         if args.queries:
             dmap = _diagnosis_map(args)
@@ -269,8 +288,13 @@ def cmd_fit_gram_weights(args) -> int:
     from ..evaluate.gram_weights import fit_index_gram_weights, save_gram_weights
     from ..index import Index
 
-    r = fit_index_gram_weights(Index.open(args.index), read_split(args.split), args.query_split,
-                               args.candidate_split, args.k)
+    index = Index.open(args.index)
+    unweighted = [e["stage"] for e in index.manifest.get("style_layers") or [] if e["beta"] <= 0]
+    if unweighted:
+        raise UsageError(f"{args.index} weights style stage(s) {', '.join(map(str, unweighted))} by 0 (built with "
+                         f"--gram-weights {index.manifest['extractor'].get('gram_weights')}), so their distances "
+                         "are not stored: fit on an index built with --gram-weights inverse-channels")
+    r = fit_index_gram_weights(index, read_split(args.split), args.query_split, args.candidate_split, args.k)
     save_gram_weights(args.out, r.fit, r.info)
     print(f"style macro-P@{args.k} on {'+'.join(args.query_split)} vs {'+'.join(args.candidate_split)}: "
           f"{r.before:.3f} with the index's weights, {r.fit.score:.3f} fitted "

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
+from ..index.defaults import COMMIT_EVERY, DASK_CHUNK
 from ..index.readers import FIELDS as SOURCE_FIELDS
 from ..index.readers import FORMATS as SOURCE_FORMATS
 from ..names import BACKENDS, GRAM_NORMS, GRAM_POOLS
 from ..presets import PRESETS
+from ..runtime import Runtime
 from ..search.config import FastConfig
-from .common import UsageError, err, tagged
+from .common import UsageError, err, existing_path, folder_to_write, positive_int, tagged
 from .options import Common, given, index_dir, optional, runtime_of
 
 __all__ = ["register"]
@@ -26,28 +27,30 @@ def register(sub, common: Common) -> None:
                         help="build or extend an index from a folder or a labels CSV",
                         description="Index SOURCE (a folder of images or a labels CSV) into --index DIR. "
                                     "Images already in the index are skipped, so an interrupted run resumes.")
-    ix.add_argument("source", nargs="?", help="folder of images (DICOM too; an ISIC Archive download folder), "
-                    "or a labels CSV: dermsearch's, an ISIC Archive metadata.csv, HAM10000_metadata.csv, ISIC "
+    ix.add_argument("source", nargs="?", type=existing_path,
+                    help="folder of images (DICOM too; an ISIC Archive download folder), or a labels CSV: "
+                    "dermsearch's, an ISIC Archive metadata.csv, HAM10000_metadata.csv, ISIC "
                     "challenge ground truth (detected from the columns)")
     src = ix.add_argument_group("source (docs/usage.md, 'Archives dermsearch reads')")
     src.add_argument("--format", default="auto", choices=SOURCE_FORMATS,
                      help="read SOURCE as this format instead of detecting it from its columns")
     src.add_argument("--columns", metavar="FIELD=COL,...", help="map the CSV's columns: image_id=isic_id,"
                      "diagnosis=diagnosis_3,... (fields: " + ", ".join(SOURCE_FIELDS) + ")")
-    src.add_argument("--images", type=Path, metavar="DIR", help="folder of the image files, found by id, when "
+    src.add_argument("--images", type=existing_path, metavar="DIR", help="folder of the image files, found by id, when "
                      "the CSV has no image_path (default: beside the CSV and its images/ folder)")
     src.add_argument("--license", metavar="TEXT", help="licence of the images whose rows name none "
                      "(e.g. 'CC BY-NC 4.0')")
     src.add_argument("--attribution", metavar="TEXT", help="attribution of the images whose rows name none")
-    ix.add_argument("--index", required=True, type=Path, metavar="DIR")
+    ix.add_argument("--index", required=True, type=folder_to_write, metavar="DIR",
+                    help="the index folder (created when missing; an existing index is added to)")
     ix.add_argument("--remove", nargs="+", metavar="ID", help="remove these image ids from the index")
     ix.add_argument("--check", action="store_true", help="verify the index's integrity and exit")
     m = ix.add_argument_group("model (new index only; an existing index keeps its own)")
     optional(m, "--backbone", metavar="NAME", help="default efficientnet-lite0 ('dermsearch backbones' lists them)")
     optional(m, "--weights", help="default (the packaged trained ensemble), imagenet (untrained Lite, pooled "
              "feature), random, or a trained ensemble .safetensors (its architecture is read from the file)")
-    optional(m, "--image-size", type=int)
-    optional(m, "--mask-size", type=int, help="stored mask side in pixels (multiple of 8; default 128)")
+    optional(m, "--image-size", type=positive_int)
+    optional(m, "--mask-size", type=positive_int, help="stored mask side in pixels (multiple of 8; default 128)")
     optional(m, "--gram-weights", metavar="W", help="style layer weights: inverse-channels (paper default), ones, "
              "learned (fitted on HAM10000 val for the packaged model), or a .json from fit-gram-weights")
     optional(m, "--gram-pool", choices=GRAM_POOLS, help="Gram statistics over the whole image (paper), over the "
@@ -61,15 +64,16 @@ def register(sub, common: Common) -> None:
     m.add_argument("--no-masks", action="store_true", help="store no lesion masks")
     optional(m, "--preset", choices=sorted(PRESETS), help="paper: needs --weights and --segmenter from "
              "`train ... --preset paper` runs (see `dermsearch presets`)")
-    ix.add_argument("--batch-size", type=int, default=16)
+    ix.add_argument("--batch-size", type=positive_int, default=Runtime.batch_size,
+                    help="images per forward pass")
     ix.add_argument("--backend", choices=BACKENDS, default="auto", help="run the networks with torch or ONNX "
                     "Runtime (exported once to ~/.cache/dermsearch; same vectors to float32 rounding, "
                     "~3x faster on CPU); auto: onnx on CPU when the model is exported or the [onnx] extra "
                     "can export it (default)")
-    ix.add_argument("--commit-every", type=int, default=128, help="images per atomic commit (default 128)")
+    ix.add_argument("--commit-every", type=positive_int, default=COMMIT_EVERY, help="images per atomic commit")
     ix.add_argument("--dask", metavar="SCHEDULER_ADDRESS", help="extract on the workers of this Dask cluster "
                     "(e.g. tcp://10.0.0.5:8786); this process writes the index (docs/distributed.md)")
-    ix.add_argument("--dask-chunk", type=int, default=64, help="images per Dask task (default 64)")
+    ix.add_argument("--dask-chunk", type=positive_int, default=DASK_CHUNK, help="images per Dask task")
     ix.set_defaults(handler=cmd_index)
 
     op = sub.add_parser("optimize", parents=[common.index],
@@ -104,7 +108,8 @@ def register(sub, common: Common) -> None:
 
     ex = sub.add_parser("export-onnx", parents=[common.index],
                         help="export an index's networks to ONNX (for ONNX Runtime elsewhere)")
-    ex.add_argument("--out", type=Path, required=True, metavar="OUT_DIR")
+    ex.add_argument("--out", type=folder_to_write, required=True, metavar="OUT_DIR",
+                    help="folder for extractor.onnx, segmenter.onnx and onnx.json (docs/usage.md: the contract)")
     ex.set_defaults(handler=cmd_export_onnx)
 
     inf = sub.add_parser("info", help="facts about an index")
@@ -168,7 +173,7 @@ def _build(args) -> int:
         progress.console.print(tagged("skipped", "yellow", f"{p.where}: {p.reason}"), soft_wrap=True)
 
     progress = Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=err, disable=args.quiet, transient=False)
+                        console=err, disable=args.quiet, transient=True)   # an error stays one line
     with progress:
         task = progress.add_task("index", total=None)
         runtime = runtime_of(args, batch_size=args.batch_size, backend=args.backend)
@@ -242,18 +247,11 @@ def cmd_compact(args) -> int:
 
 
 def cmd_export_onnx(args) -> int:
-    from ..extract import Extractor
-    from ..extract.onnx import export_onnx
     from ..index import Index
+    from .export import describe, export_index
 
     index = Index.open(args.index)
-    extractor = Extractor(index.extractor_config)
-    index.check_fingerprint(extractor.fingerprint, extractor.config)
-    out = export_onnx(extractor, args.out)
-    info = json.loads((out / "onnx.json").read_text())
-    print(f"exported model {info['fingerprint']} to {out}: extractor.onnx (pixels [B,3,{info['image_size']},"
-          f"{info['image_size']}] 0..255 -> {', '.join(info['outputs'])})"
-          + (", segmenter.onnx" if info["segmenter"] else ""))
+    print(describe(export_index(index, args.out)))
     return 0
 
 

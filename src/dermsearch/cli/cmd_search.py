@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from ..names import MEASURES
-from .common import UsageError
+from .common import UsageError, count, existing_file, file_to_write
 from .options import Common, runtime_of
 
 __all__ = ["register", "filters_from"]
@@ -17,16 +16,19 @@ __all__ = ["register", "filters_from"]
 def register(sub, common: Common) -> None:
     s = sub.add_parser("search", parents=[common.index, common.device, common.json, common.mode],
                        help="find the most similar indexed images for a query image")
-    s.add_argument("query", metavar="QUERY_IMAGE")
-    s.add_argument("-k", type=int, default=5, help="results per measure; 0 ranks every candidate")
+    s.add_argument("query", type=existing_file, metavar="QUERY_IMAGE")
+    s.add_argument("-k", type=count, default=5, help="results per measure; 0 ranks every candidate")
     s.add_argument("--measure", nargs="+", choices=MEASURES, metavar="NAME",
                    help=f"measures to compute (default all): {', '.join(MEASURES)}")
-    s.add_argument("--exclude-id", nargs="+", default=[], metavar="ID", help="leave these ids out of the candidates")
+    s.add_argument("--exclude-id", nargs="+", default=[], metavar="ID", help="leave these ids out of the candidates "
+                   "(default none)")
     s.add_argument("--where", action="append", default=[], metavar="COL=V1,V2",
-                   help="keep candidates whose COL is one of the values (e.g. diagnosis=mel,nv; sex=female)")
+                   help="keep candidates whose COL is one of the values, case-insensitive (e.g. "
+                        "diagnosis=melanoma,nevus; sex=female); repeatable")
     s.add_argument("--range", action="append", default=[], metavar="COL=LO:HI",
-                   help="keep candidates with LO <= COL <= HI (e.g. age=30:60; either end may be empty)")
-    s.add_argument("--html", type=Path, metavar="FILE", help="write an HTML contact sheet")
+                   help="keep candidates with LO <= COL <= HI (e.g. age_approx=30:60; either end may be empty); "
+                        "repeatable")
+    s.add_argument("--html", type=file_to_write, metavar="FILE", help="write an HTML contact sheet")
     s.add_argument("--no-explain", action="store_true", help="leave out each hit's per-layer style loss and mask "
                    "overlap (the 'explain' block; never computed for -k 0)")
     s.set_defaults(handler=cmd_search)
@@ -75,12 +77,46 @@ def filters_from(where: list[str], ranges: list[str]):
     return Filters(equals, bounds)
 
 
+def check_filters(searcher, filters, exclude_ids=()) -> None:
+    """Refuse a filter on a column the index does not have (naming the ones it has), and a filter
+    that leaves no candidate (naming the values there are), before the query is encoded."""
+    if not filters:
+        return
+    meta = searcher.metadata()
+    columns = {"diagnosis", "lesion_id", "melanoma"} | {c for row in meta for c in row}
+    hidden = {"image_id", "image_path", "mask_path"}
+    for flag, cols in (("--where", filters.equals), ("--range", filters.ranges)):
+        for col in cols:
+            if col not in columns or col in hidden:
+                raise UsageError(f"{flag} {col}: the index has no such column; its columns: "
+                                 f"{', '.join(sorted(columns - hidden))}")
+    if searcher.candidate_mask(exclude_ids, filters).any():
+        return
+    seen = []
+    for col in filters.equals:
+        values = sorted({str(v) for v in searcher._column(col) if v not in (None, "")})
+        seen.append(f"{col} here is one of {', '.join(values[:12])}{' ...' if len(values) > 12 else ''}")
+    for col in filters.ranges:
+        values = [v for v in (_number(x) for x in searcher._column(col)) if v is not None]
+        seen.append(f"{col} here spans {min(values):g}..{max(values):g}" if values else f"{col} holds no numbers")
+    raise UsageError("the filters leave no candidate (" + "; ".join(seen) + "); loosen --where / --range")
+
+
+def _number(value) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if v == v else None
+
+
 def cmd_search(args) -> int:
     from ..extract.images import ImageError
     from ..search import Searcher
 
     filters = filters_from(args.where, args.range)
     searcher = Searcher(args.index, runtime=runtime_of(args), mode=args.mode)
+    check_filters(searcher, filters, args.exclude_id)
     try:
         query = searcher.encode(args.query)
     except ImageError as e:

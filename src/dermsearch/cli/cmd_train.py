@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from pathlib import Path
 
-from ..names import COLOUR_METHODS, DIVERSITY, METRIC_LOSSES, PRECISIONS
+from ..names import COLOUR_METHODS, DIVERSITY, HEAD_SELECT, METRIC_LOSSES, PRECISIONS
 from ..presets import PRESETS, changed, get_preset
-from .common import err
+from .common import count, err, folder_to_write, positive_int
 from .options import Common, given, optional, runtime_of
 
 __all__ = ["register"]
@@ -30,14 +29,14 @@ def register(sub, common: Common) -> None:
                                     "column). The checkpoint with the best val Dice is kept; rerunning the same "
                                     "command resumes.")
     optional(ts, "--arch", choices=["unet", "runet", "r2unet"])
-    optional(ts, "--depth", type=int)
-    optional(ts, "--width", type=int)
+    optional(ts, "--depth", type=positive_int)
+    optional(ts, "--width", type=positive_int)
     optional(ts, "--t", type=int, help="recurrence steps (runet, r2unet)")
     optional(ts, "--alpha", type=float, help="Tversky weight of false negatives")
     optional(ts, "--beta", type=float, help="Tversky weight of false positives")
     optional(ts, "--gamma", type=float, help="focal exponent: loss = (1 - TI)^(1/gamma)")
     ts.add_argument("--no-augment", action="store_true")
-    ts.add_argument("--limit", type=int, default=0, help="use only the first N pairs per split (smoke runs)")
+    ts.add_argument("--limit", type=count, default=0, help="use only the first N pairs per split (smoke runs)")
     ts.set_defaults(handler=cmd_train_segmenter)
 
     tc = trs.add_parser("classifier", parents=[common.labels, common.split, run, common.device, common.quiet],
@@ -50,7 +49,7 @@ def register(sub, common: Common) -> None:
     optional(tc, "--label-column", help="default: melanoma / diagnosis, after --target")
     optional(tc, "--backbone", metavar="NAME", help="a registered backbone ('dermsearch backbones')")
     optional(tc, "--weights", choices=["imagenet", "random"], help="member initialisation")
-    optional(tc, "--members", type=int)
+    optional(tc, "--members", type=positive_int)
     optional(tc, "--trainable-stages", type=int, metavar="N",
              help="train the last N of the 7 stages; the others are frozen and shared (7: whole members)")
     optional(tc, "--stage-lr-decay", type=float, metavar="X",
@@ -64,7 +63,7 @@ def register(sub, common: Common) -> None:
              help="phase one: a metric-learning loss on each member's pooled vector beside its focal loss "
                   "(supcon at --metric-temperature; default none)")
     optional(tc, "--member-metric-weight", type=float, help="phase one: weight of that loss (default 1)")
-    optional(tc, "--head-epochs", type=int, help="phase two epochs")
+    optional(tc, "--head-epochs", type=positive_int, help="phase two epochs")
     optional(tc, "--head-lr", type=float)
     optional(tc, "--focal-alpha", type=float, help="binary: weight of the positive class")
     optional(tc, "--focal-gamma", type=float)
@@ -84,7 +83,7 @@ def register(sub, common: Common) -> None:
     optional(tc, "--metric-weight", type=float, help="weight of the metric loss (default 1)")
     optional(tc, "--metric-temperature", type=float, help="supcon temperature, both phases (default 0.1)")
     optional(tc, "--ema", type=float, metavar="DECAY", help="phase two: moving average of the weights (0: off)")
-    optional(tc, "--head-select", choices=["balanced_accuracy", "retrieval"],
+    optional(tc, "--head-select", choices=HEAD_SELECT,
              help="phase two keeps the epoch best by the head's val balanced accuracy or by the val macro-P@5 of "
                   "the feature's nearest training images")
     optional(tc, "--colour-strength", type=float, metavar="X",
@@ -100,8 +99,9 @@ def register(sub, common: Common) -> None:
                   "then averages the same views")
     optional(tc, "--init-members", metavar="ENSEMBLE",
              help="reuse the members of this ensemble file ('default': the packaged one) and train phase two only")
-    tc.add_argument("--cache", type=Path, metavar="DIR", help="frozen-stage cache (default OUT/cache; shareable)")
-    optional(tc, "--limit", type=int, help="use only the first N images per split (smoke runs)")
+    tc.add_argument("--cache", type=folder_to_write, metavar="DIR",
+                    help="frozen-stage cache (default OUT/cache; shareable)")
+    optional(tc, "--limit", type=count, help="use only the first N images per split (smoke runs)")
     tc.set_defaults(handler=cmd_train_classifier)
 
     pr = sub.add_parser("presets", parents=[common.json], help="list the presets and what they set")
@@ -112,13 +112,14 @@ def _run_parent():
     """What both trainers take: the run directory, the preset, the common optimisation settings
     and the dry run."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="run directory (weights, config, history)")
+    p.add_argument("--out", required=True, type=folder_to_write, metavar="DIR",
+                   help="run directory (weights, config, history)")
     p.add_argument("--preset", default="default", choices=sorted(PRESETS),
                    help="default (what ships, trainable on a CPU) or paper (the paper's scale); explicit flags "
                         "override it; see `dermsearch presets`")
-    optional(p, "--image-size", type=int)
-    optional(p, "--epochs", type=int, help="epochs (classifier: phase one epochs per member)")
-    optional(p, "--batch-size", type=int)
+    optional(p, "--image-size", type=positive_int)
+    optional(p, "--epochs", type=positive_int, help="epochs (classifier: phase one epochs per member)")
+    optional(p, "--batch-size", type=positive_int)
     optional(p, "--lr", type=float)
     optional(p, "--seed", type=int)
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -127,7 +128,7 @@ def _run_parent():
                         "Not part of what a run computes: a run resumes under another precision")
     p.add_argument("--dry-run", action="store_true", help="print parameters, memory and measured seconds per "
                    "batch from a few real steps on this device, then the estimated training time; train nothing")
-    p.add_argument("--dry-run-steps", type=int, default=3, metavar="N")
+    p.add_argument("--dry-run-steps", type=positive_int, default=3, metavar="N", help="steps measured by --dry-run")
     return p
 
 

@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from ..names import DEVICE_HELP, SEARCH_MODES
+from .common import existing_dir, existing_file, positive_int
 
 __all__ = ["Common", "index_dir", "runtime_of"]
 
@@ -25,17 +26,17 @@ class Common:
     def __init__(self) -> None:
         self.device = _parent()
         self.device.add_argument("--device", default="auto", help=DEVICE_HELP + " (default auto)")
-        self.device.add_argument("--threads", type=int, default=None, metavar="N",
+        self.device.add_argument("--threads", type=positive_int, default=None, metavar="N",
                                  help="threads for torch and ONNX Runtime (default: the cores)")
         self.json = _parent()
         self.json.add_argument("--json", action="store_true", help="print JSON instead of text")
         self.quiet = _parent()
         self.quiet.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
         self.labels = _parent()
-        self.labels.add_argument("--labels", required=True, type=Path, metavar="CSV",
+        self.labels.add_argument("--labels", required=True, type=existing_file, metavar="CSV",
                                  help="labels CSV (image_id, image_path, diagnosis, ...)")
         self.split = _parent()
-        self.split.add_argument("--split", type=Path, metavar="CSV", help="image_id,split file "
+        self.split.add_argument("--split", type=existing_file, metavar="CSV", help="image_id,split file "
                                 "(e.g. ham10000/split.csv)")
         self.index = _parent()
         index_dir(self.index)
@@ -56,7 +57,7 @@ def runtime_of(args: argparse.Namespace, **more):
 
 def index_dir(parser: argparse.ArgumentParser) -> None:
     """The positional index directory that most commands act on."""
-    parser.add_argument("index", type=Path, metavar="DIR", help="an index directory")
+    parser.add_argument("index", type=existing_dir, metavar="DIR", help="an index directory")
 
 
 def optional(parser: argparse.ArgumentParser, *flags: str, **kwargs) -> None:

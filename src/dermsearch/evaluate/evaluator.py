@@ -24,6 +24,7 @@ from ..index.sources import Problem, read_labels_csv
 from ..index.store import ModelMismatchError
 from ..labels import read_split
 from ..search import MEASURES, Searcher
+from .config import EvaluationConfig
 from .exclusion import check, exclusion_note, labels_of, meta_column, patients_of, strictest
 from .metrics import (
     average_precision_at_k,
@@ -38,19 +39,6 @@ from .metrics import (
 
 __all__ = ["EvaluationConfig", "EvaluationReport", "Evaluator", "QuerySet", "QueryOutcomes", "read_split",
            "choose_headline", "best_measure", "is_unknown_diagnosis", "query_clusters", "head_clusters", "first_line"]
-
-
-@dataclass(frozen=True)
-class EvaluationConfig:
-    k: int = 5                 # P@k, mAP@k (the paper used k = 5)
-    vote_k: int = 16           # neighbours voting for melanoma (Tschandl et al. 2019)
-    bootstrap: int = 1000      # resamples for 95 % CIs
-    ci_unit: str = "lesion"    # "lesion": resample lesions (all of a lesion's images together); "image": images
-    seed: int = 0
-    batch_size: int = 64
-    exclude_same_lesion: bool = True
-    exclude_same: str | None = None     # "lesion" or "patient"; None: the strictest the data allows
-    label_column: str | None = None     # relevance by this stored column instead of the diagnosis
 
 
 @dataclass

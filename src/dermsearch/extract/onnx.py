@@ -2,7 +2,8 @@
 
 Two graphs per model, exported from the very modules the torch backend runs:
 
-- ``extractor.onnx``: raw pixels [B, 3, S, S] float32 (0..255) -> the feature vector [B, D] and, when
+- ``extractor.onnx``: raw pixels [B, 3, S, S] float32 (0..255), and for lesion-pooled Grams the
+  ``masks`` [B, 1, S, S] float32 0/1 (docs/usage.md, "ONNX export") -> the feature vector [B, D] and, when
   the model stores style, the packed style vector [B, Σ C(C+1)/2] (input normalisation, the
   members' Grams, their average, β weights and packing are all inside the graph);
 - ``segmenter.onnx`` (learned segmenters only): raw pixels at the segmenter's size -> logits.
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import MissingExtraError
+from ..errors import MissingExtraError, install_hint
 from ..io import replace_dir, temp_dir_for
 from .config import PREPROCESS_VERSION
 from .gram import average_grams, normalise_grams
@@ -108,7 +109,7 @@ def export_onnx(extractor, directory: str | os.PathLike | None = None) -> Path:
         return directory
     if not onnx_export_available():
         raise MissingExtraError("exporting the networks to ONNX needs the 'onnx' extra (onnx, onnxscript): "
-                                "pip install 'dermsearch[onnx]', or use the torch backend")
+                                f"{install_hint('onnx')}; or use the torch backend")
     tmp = temp_dir_for(directory)
     cfg = extractor.config
     size = cfg.image_size

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..extract import Extractor, ExtractorConfig, ImageError, Vectors, load_image
 from ..runtime import Runtime
+from .defaults import COMMIT_EVERY
 from .records import IndexSchema, Record
 from .sources import Problem, read_source
 from .store import Index, IndexDirectoryError, ModelMismatchError
@@ -223,7 +224,7 @@ class LocalDistributor:
 
 
 def build(source, directory: str | os.PathLike, mapper: ExtractionMapper, distributor=None,
-          commit_every: int = 128, on_problem: Callable[[Problem], None] | None = None,
+          commit_every: int = COMMIT_EVERY, on_problem: Callable[[Problem], None] | None = None,
           progress: Callable[[int, int], None] | None = None) -> BuildReport:
     """Index ``source`` (a folder or labels CSV) into ``directory``: reader -> mapper -> writer.
 
@@ -271,7 +272,7 @@ def build_index(
     directory: str | os.PathLike,
     extractor_config: ExtractorConfig | None = None,
     runtime: Runtime | None = None,
-    commit_every: int = 128,
+    commit_every: int = COMMIT_EVERY,
     on_problem: Callable[[Problem], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     extractor: Extractor | None = None,

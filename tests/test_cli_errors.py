@@ -1,0 +1,233 @@
+"""The CLI's error contract, swept over every subcommand: each user-fixable mistake (a missing
+file or folder, a file where a folder belongs and the reverse, an output whose folder does not
+exist, a number out of range, an unknown name, a filter the index cannot satisfy) ends in ONE
+line, ``dermsearch COMMAND: error: ...`` naming the thing, and exit 2; never a traceback, never
+another code. In-process (``cli.main.main`` with argv), so the sweep takes seconds."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from dermsearch.cli.main import build_parser, main
+
+from .conftest import indexed_archive, lesion_image
+from .test_docs import _command_names
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory, tiny_extractor):
+    root = tmp_path_factory.mktemp("bad")
+    rows = [{"image_id": f"im{i}", "diagnosis": "melanoma" if i % 2 else "nevus", "age_approx": 30 + 5 * i}
+            for i in range(6)]
+    ix = indexed_archive(root, rows, tiny_extractor)
+    (root / "split.csv").write_text("image_id,split\n" + "".join(f"im{i},{'val' if i < 2 else 'train'}\n"
+                                                                 for i in range(6)))
+    (root / "notes.txt").write_text("not an image, not a CSV of labels\n")
+    (root / "adir").mkdir()
+    (root / "notix").mkdir()
+    lesion_image(7).save(root / "q.png")
+    p = {"ix": ix, "labels": root / "labels.csv", "split": root / "split.csv", "img": root / "q.png",
+         "file": root / "notes.txt", "dir": root / "adir", "notix": root / "notix", "missing": root / "nope",
+         "out": root / "out", "root": root}
+    return {k: str(v) for k, v in p.items()}
+
+
+def cases(p: dict) -> list[tuple[str, list[str], str]]:
+    """(command, argv, a piece of the one-line message)."""
+    ix, img, labels, split, f, d, notix, miss, out = (p[k] for k in ("ix", "img", "labels", "split", "file", "dir",
+                                                                      "notix", "missing", "out"))
+    ev = ["evaluate", ix, "--quiet"]
+    srch = ["search", ix, img]
+    tr_seg = ["train", "segmenter", "--labels", labels, "--out", out]
+    tr_cls = ["train", "classifier", "--labels", labels, "--out", out]
+    return [
+        ("index", ["index", miss, "--index", out], "no such file or folder"),
+        ("index", ["index", labels, "--index", f], "is a file, not a folder"),
+        ("index", ["index", labels, "--index", f"{f}/sub"], "is a file, not a folder"),
+        ("index", ["index", labels, "--index", out, "--batch-size", "0"], "at least 1"),
+        ("index", ["index", labels, "--index", out, "--commit-every", "-3"], "at least 1"),
+        ("index", ["index", labels, "--index", out, "--dask-chunk", "0"], "at least 1"),
+        ("index", ["index", labels, "--index", out, "--image-size", "x"], "not a whole number"),
+        ("index", ["index", labels, "--index", out, "--backend", "tensorrt"], "invalid choice"),
+        ("index", ["index", labels, "--index", out, "--gram-pool", "everything"], "invalid choice"),
+        ("index", ["index", labels, "--index", out, "--preset", "nope"], "invalid choice"),
+        ("index", ["index", "--index", out], "needs a SOURCE"),
+        ("index", ["index", "--index", notix, "--check"], "notix"),
+        ("index", ["index", "--index", notix, "--remove", "im1"], "notix"),
+        # found by the work, not the parser: still one line (progress bars included)
+        ("index", ["index", f, "--index", out], "labels .csv"),
+        ("index", ["index", labels, "--index", out, "--segmenter", "nope"], "unknown segmenter"),
+        ("index", ["index", labels, "--index", out, "--mask-size", "100"], "multiple of 8"),
+        ("index", ["index", labels, "--index", out, "--weights", f"{miss}.safetensors"], "not found"),
+        ("index", ["index", labels, "--index", out, "--weights", "random", "--gram-weights", f"{miss}.json"],
+         "cannot read gram weights"),
+        ("optimize", ["optimize", ix, "--style-dims", "0"], "must be positive"),
+        ("search", [*srch, "--mode", "fast"], "dermsearch optimize"),
+        ("evaluate", ["evaluate", ix, "--split", split, "--query-split", "test"], "no queries"),
+        ("evaluate", ["evaluate", ix, "--queries", f], "missing column"),
+        ("evaluate", ["evaluate", ix, "--split", f], "split CSV needs"),
+        ("fit-gram-weights", ["fit-gram-weights", ix, "--split", split, "--query-split", "test", "--out",
+                              f"{out}.json"], "no labelled rows"),
+        ("eval-classifier", ["eval-classifier", f"{miss}.safetensors", "--labels", labels], "not found"),
+        ("eval-segmenter", ["eval-segmenter", "--labels", labels], "no image/mask pairs"),
+        ("train classifier", [*tr_cls, "--label-column", "nope", "--dry-run"], "no 'nope' column"),
+        ("optimize", ["optimize", miss], "no such folder"),
+        ("optimize", ["optimize", f], "is a file, not a folder"),
+        ("optimize", ["optimize", notix], "notix"),
+        ("compact", ["compact", miss], "no such folder"),
+        ("compact", ["compact", notix], "notix"),
+        ("export-onnx", ["export-onnx", miss, "--out", out], "no such folder"),
+        ("export-onnx", ["export-onnx", ix, "--out", f], "is a file, not a folder"),
+        ("export-onnx", ["export-onnx", notix, "--out", out], "notix"),
+        ("info", ["info", miss], "no such folder"),
+        ("info", ["info", f], "is a file, not a folder"),
+        ("info", ["info", notix], "notix"),
+        ("backbones", ["backbones", "extra"], "unrecognized arguments"),
+        ("calibrate", ["calibrate", "--forse"], "unrecognized arguments"),
+        ("presets", ["presets", "paper"], "unrecognized arguments"),
+        ("search", ["search", ix, f"{miss}.jpg"], "no such file"),
+        ("search", ["search", ix, d], "is a folder, not a file"),
+        ("search", ["search", ix, f], "not a recognised image"),
+        ("search", ["search", miss, img], "no such folder"),
+        ("search", ["search", f, img], "is a file, not a folder"),
+        ("search", ["search", notix, img], "notix"),
+        ("search", [*srch, "-k", "-1"], "at least 0"),
+        ("search", [*srch, "--measure", "nope"], "invalid choice"),
+        ("search", [*srch, "--mode", "quick"], "invalid choice"),
+        ("search", [*srch, "--threads", "0"], "at least 1"),
+        ("search", [*srch, "--html", f"{miss}/x.html"], "does not exist"),
+        ("search", [*srch, "--html", d], "is a folder, not a file"),
+        ("search", [*srch, "--where", "nosuchcol=x"], "age_approx, diagnosis"),
+        ("search", [*srch, "--range", "age=30:60"], "no such column"),
+        ("search", [*srch, "--where", "diagnosis=mel,nv"], "melanoma, nevus"),
+        ("search", [*srch, "--range", "age_approx=90:99"], "spans 30..55"),
+        ("search", [*srch, "--range", "age_approx=old"], "COL=LO:HI"),
+        ("search", [*srch, "--where", "diagnosis"], "COL=V1,V2"),
+        ("evaluate", [*ev, "-k", "0"], "at least 1"),
+        ("evaluate", [*ev, "--bootstrap", "0"], "at least 1"),
+        ("evaluate", [*ev, "--vote-k", "0"], "at least 1"),
+        ("evaluate", [*ev, "--rating-queries", "0"], "at least 1"),
+        ("evaluate", [*ev, "--split", miss], "no such file"),
+        ("evaluate", [*ev, "--split", d], "is a folder, not a file"),
+        ("evaluate", [*ev, "--queries", miss], "no such file"),
+        ("evaluate", [*ev, "--out", f], "is a file, not a folder"),
+        ("evaluate", [*ev, "--rating-sheet", f], "is a file, not a folder"),
+        ("evaluate", [*ev, "--compare", miss], "no such folder"),
+        ("evaluate", [*ev, "--compare", f], "is a file, not a folder"),
+        ("evaluate", [*ev, "--ci-unit", "patient"], "invalid choice"),
+        ("evaluate", [*ev, "--headline", "best"], "invalid choice"),
+        ("evaluate", [*ev, "--ratings", f], "--rating-key"),
+        ("evaluate", [*ev, "--ratings", f, "--rating-key", miss], "no such file"),
+        ("evaluate", [*ev, "--query-split", "val"], "need --split"),
+        ("evaluate", [*ev, "--choose-on", "val"], "needs --split"),
+        ("evaluate", [*ev, "--diagnosis-map", "mel"], "A=B,C=D"),
+        ("evaluate", ["evaluate", notix], "notix"),
+        ("fit-gram-weights", ["fit-gram-weights", ix, "--split", miss, "--out", f"{out}.json"], "no such file"),
+        ("fit-gram-weights", ["fit-gram-weights", ix, "--split", split, "--out", f"{miss}/w.json"], "does not exist"),
+        ("fit-gram-weights", ["fit-gram-weights", ix, "--split", split, "--out", d], "is a folder, not a file"),
+        ("fit-gram-weights", ["fit-gram-weights", ix, "--split", split, "--out", f"{out}.json", "-k", "0"],
+         "at least 1"),
+        ("eval-classifier", ["eval-classifier", "--labels", miss], "no such file"),
+        ("eval-classifier", ["eval-classifier", "--labels", d], "is a folder, not a file"),
+        ("eval-classifier", ["eval-classifier", "--labels", labels, "--limit", "-1"], "at least 0"),
+        ("eval-classifier", ["eval-classifier", "--labels", labels, "--split", miss], "no such file"),
+        ("eval-segmenter", ["eval-segmenter", "--labels", miss], "no such file"),
+        ("eval-segmenter", ["eval-segmenter", "--labels", labels, "--image-size", "0"], "at least 8"),
+        ("eval-segmenter", ["eval-segmenter", "--labels", labels, "--split", d], "is a folder, not a file"),
+        ("train segmenter", ["train", "segmenter", "--labels", miss, "--out", out], "no such file"),
+        ("train segmenter", ["train", "segmenter", "--labels", labels, "--out", f], "is a file, not a folder"),
+        ("train segmenter", [*tr_seg, "--epochs", "0"], "at least 1"),
+        ("train segmenter", [*tr_seg, "--arch", "vnet"], "invalid choice"),
+        ("train segmenter", [*tr_seg, "--preset", "huge"], "invalid choice"),
+        ("train segmenter", [*tr_seg, "--split", miss], "no such file"),
+        ("train classifier", ["train", "classifier", "--labels", d, "--out", out], "is a folder, not a file"),
+        ("train classifier", [*tr_cls, "--members", "0"], "at least 1"),
+        ("train classifier", [*tr_cls, "--batch-size", "0"], "at least 1"),
+        ("train classifier", [*tr_cls, "--head-select", "loss"], "invalid choice"),
+        ("train classifier", [*tr_cls, "--cache", f], "is a file, not a folder"),
+        ("train classifier", [*tr_cls, "--precision", "fp8"], "invalid choice"),
+        ("serve", ["serve", miss], "no such folder"),
+        ("serve", ["serve", f], "is a file, not a folder"),
+        ("serve", ["serve", ix, "--port", "http"], "invalid int"),
+        ("serve", ["serve", ix, "--split", miss], "no such file"),
+        ("serve", ["serve", ix, "--query-split", "val"], "needs --split"),
+        ("serve", ["serve", ix, "--host", "0.0.0.0", "--auth", "off"], "without authentication"),
+        ("serve", ["serve", ix, "--auth", "maybe"], "invalid choice"),
+        ("token create", ["token", "create", miss, "--name", "ana"], "no such folder"),
+        ("token create", ["token", "create", notix, "--name", "ana"], "notix"),
+        ("token create", ["token", "create", ix, "--name", "ana", "--role", "owner"], "invalid choice"),
+        ("token revoke", ["token", "revoke", ix, "--name", "nobody"], "no active token"),
+        ("token revoke", ["token", "revoke", f, "--name", "ana"], "is a file, not a folder"),
+        ("token list", ["token", "list", miss], "no such folder"),
+        ("token list", ["token", "list", notix], "notix"),
+        ("(none)", ["nosuchcommand"], "invalid choice"),
+    ]
+
+
+def test_every_mistake_is_one_line_and_exit_2(paths, capsys):
+    failures = []
+    all_cases = cases(paths)
+    for _, argv, expected in all_cases:
+        capsys.readouterr()
+        try:
+            code = main(argv)
+        except BaseException as e:  # noqa: BLE001 - a traceback is exactly what the sweep looks for
+            failures.append(f"{argv}: raised {type(e).__name__}: {e}")
+            continue
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        if code != 2 or len(lines) != 1 or not lines[0].startswith("dermsearch") or expected not in lines[0]:
+            failures.append(f"{argv}: exit {code}, stderr {err!r} (wanted one line with {expected!r})")
+    assert not failures, "\n".join(failures)
+    # every subcommand is swept, and with several kinds of mistake
+    swept = {c for c, _, _ in all_cases}
+    names = {n.removeprefix("dermsearch ") for n in _command_names(build_parser())}
+    assert names <= swept, names - swept
+    assert len(all_cases) >= 100, len(all_cases)
+
+
+def test_a_port_in_use_is_a_usage_error():
+    from dermsearch.cli.common import UsageError, check_port_free
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(UsageError, match=f"--port {port}: the port is in use on 127.0.0.1"):
+            check_port_free("127.0.0.1", port)
+    check_port_free("127.0.0.1", port)              # free again: no error
+    with pytest.raises(UsageError, match="not an address of this machine"):
+        check_port_free("no-such-host.invalid", 8000)
+
+
+def test_help_shows_every_default():
+    """Each option with a default says it in --help, and CLI defaults come from the configs."""
+    import argparse
+
+    from dermsearch.evaluate.config import EvaluationConfig
+    from dermsearch.runtime import Runtime
+
+    missing = []
+
+    def walk(parser, name):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    walk(sub, f"{name} {sub_name}")
+            elif action.option_strings and action.default not in (None, False, [], argparse.SUPPRESS):
+                if "default" not in (action.help or ""):
+                    missing.append(f"{name} {action.option_strings[0]}")
+        return parser
+
+    parser = walk(build_parser(), "dermsearch")
+    assert not missing, missing
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    defaults = {a.dest: a.default for a in sub["evaluate"]._actions}
+    d = EvaluationConfig()
+    assert (defaults["k"], defaults["vote_k"], defaults["bootstrap"], defaults["ci_unit"]) == \
+        (d.k, d.vote_k, d.bootstrap, d.ci_unit)
+    assert {a.dest: a.default for a in sub["index"]._actions}["batch_size"] == Runtime().batch_size
+    text = " ".join(sub["search"].format_help().split())
+    assert "diagnosis=melanoma,nevus" in text and "age_approx=30:60" in text and "(default 5)" in text
