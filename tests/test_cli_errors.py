@@ -150,7 +150,10 @@ def cases(p: dict) -> list[tuple[str, list[str], str]]:
         ("train classifier", [*tr_cls, "--precision", "fp8"], "invalid choice"),
         ("serve", ["serve", miss], "no such folder"),
         ("serve", ["serve", f], "is a file, not a folder"),
-        ("serve", ["serve", ix, "--port", "http"], "invalid int"),
+        ("serve", ["serve", ix, "--port", "http"], "is not a whole number"),
+        ("serve", ["serve", ix, "--port", "70000"], "a port is 0..65535"),
+        ("serve", ["serve", ix, "--concurrency", "0"], "at least 1"),
+        ("serve", ["serve", ix, "--max-upload-mb", "0"], "must be above 0"),
         ("serve", ["serve", ix, "--split", miss], "no such file"),
         ("serve", ["serve", ix, "--query-split", "val"], "needs --split"),
         ("serve", ["serve", ix, "--host", "0.0.0.0", "--auth", "off"], "without authentication"),
@@ -162,6 +165,10 @@ def cases(p: dict) -> list[tuple[str, list[str], str]]:
         ("token revoke", ["token", "revoke", f, "--name", "ana"], "is a file, not a folder"),
         ("token list", ["token", "list", miss], "no such folder"),
         ("token list", ["token", "list", notix], "notix"),
+        ("export", ["export", miss, f"{out}.parquet"], "no such folder"),
+        ("export", ["export", notix, f"{out}.parquet"], "notix"),
+        ("export", ["export", ix, f"{miss}/x.parquet"], "does not exist"),
+        ("export", ["export", ix, d], "is a folder"),
         ("(none)", ["nosuchcommand"], "invalid choice"),
     ]
 
@@ -200,6 +207,20 @@ def test_a_port_in_use_is_a_usage_error():
     check_port_free("127.0.0.1", port)              # free again: no error
     with pytest.raises(UsageError, match="not an address of this machine"):
         check_port_free("no-such-host.invalid", 8000)
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_exit_2(paths, capsys):
+    """Before anything says "serving": the busy port is named, exit 2 (not uvicorn's exit 3)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        capsys.readouterr()
+        code = main(["serve", paths["ix"], "--port", str(port), "--auth", "off"])
+        err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and f"--port {port}: the port is in use" in lines[0], err
+    assert "serving" not in err
 
 
 def test_help_shows_every_default():

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from .common import err
+from .common import err, file_to_write
 from .options import Common, index_dir
 
 __all__ = ["register"]
@@ -18,7 +17,8 @@ def register(sub, common: Common) -> None:
                                     "license, attribution, meta (every stored column, JSON text) and the feature "
                                     "vector (list of float32); --style adds the stored Gram (style) vector.")
     index_dir(ex)
-    ex.add_argument("out", type=Path, metavar="OUT.parquet")
+    ex.add_argument("out", type=file_to_write, metavar="OUT.parquet", help="the Parquet file to write (replaced "
+                    "only when complete)")
     ex.add_argument("--style", action="store_true", help="also export the style vectors (about 330 KB per image)")
     ex.set_defaults(handler=cmd_export)
 

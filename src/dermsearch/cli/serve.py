@@ -6,7 +6,7 @@ import logging
 import sys
 import time
 
-from .common import UsageError, err
+from .common import UsageError, check_port_free, count, err, positive_float, positive_int
 from .options import Common, index_dir, runtime_of
 
 __all__ = ["register", "cmd_serve", "cmd_token"]
@@ -16,8 +16,8 @@ def register(sub, common: Common) -> None:
     sv = sub.add_parser("serve", parents=[common.index, common.split, common.device, common.mode],
                         help="run the web app and REST API (FastAPI) on an index")
     sv.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--max-upload-mb", type=float, default=20.0)
+    sv.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
+    sv.add_argument("--max-upload-mb", type=positive_float, default=20.0, help="largest upload (default 20.0)")
     sv.add_argument("--allowed-host", action="append", default=[], metavar="NAME", help="a name this server may be "
                     "reached by (Host header), besides localhost, 127.0.0.1, ::1 and --host; repeatable")
     sv.add_argument("--auth", choices=["on", "off"], default="on", help="on (default): every data path needs an API "
@@ -29,9 +29,9 @@ def register(sub, common: Common) -> None:
                     "(default: none, the TCP peer is the client)")
     sv.add_argument("--query-split", nargs="+", metavar="NAME", help="/rate draws its queries from these splits "
                     "only (needs --split)")
-    sv.add_argument("--concurrency", type=int, default=2, help="searches computed at once (default 2)")
-    sv.add_argument("--queue", type=int, default=8, help="searches waiting beyond those; more get 429 (default 8)")
-    sv.add_argument("--rate-limit", type=int, default=120, metavar="N", help="searches, rating sessions and rating "
+    sv.add_argument("--concurrency", type=positive_int, default=2, help="searches computed at once (default 2)")
+    sv.add_argument("--queue", type=count, default=8, help="searches waiting beyond those; more get 429 (default 8)")
+    sv.add_argument("--rate-limit", type=count, default=120, metavar="N", help="searches, rating sessions and rating "
                     "posts per minute per client (the token's user, else the address); 0: no limit (default 120)")
     sv.add_argument("--dask", metavar="SCHEDULER_ADDRESS", help="shard the index across this Dask cluster's "
                     "workers and search there (exact, same results as local)")
@@ -50,6 +50,15 @@ def register(sub, common: Common) -> None:
     listing = tks.add_parser("list", help="users, roles, dates (never the tokens)")
     index_dir(listing)
     tk.set_defaults(handler=cmd_token)
+
+
+def _port(text: str) -> int:
+    import argparse
+
+    port = count(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"{text}: a port is 0..65535")
+    return port
 
 
 def cmd_token(args) -> int:
@@ -122,6 +131,7 @@ def cmd_serve(args) -> int:
     from ..web.app import WebConfig, create_app
 
     active = _auth_check(args)
+    check_port_free(args.host, args.port)      # in use: one line and exit 2, before "serving ..." is printed
     rating_ids = None
     if args.query_split:
         from ..evaluate import read_split
