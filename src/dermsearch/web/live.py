@@ -82,7 +82,8 @@ class LiveIndex:
                 "extractor": s.index.manifest["extractor"], "measures": list(s.available_measures()),
                 "diagnoses": dict(sorted(diag.items())), "sites": values("localization") or values("site"),
                 "sexes": values("sex"), "age_range": [min(ages), max(ages)] if ages else None,
-                "has_masks": snap.masks is not None, "has_patients": bool(self.patients), "max_upload_bytes": self.max_upload_bytes}
+                "has_masks": snap.masks is not None, "has_patients": bool(self.patients),
+                "max_upload_bytes": self.max_upload_bytes}
 
     @contextmanager
     def current(self):
