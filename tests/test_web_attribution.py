@@ -30,9 +30,9 @@ def archive(tiny_extractor, tmp_path_factory):
     return root, tiny_extractor
 
 
-def _app(archive):
+def _app(archive, **cfg):
     root, extractor = archive
-    return create_app(root / "ix", WebConfig(auth="off"), searcher=Searcher(root / "ix", extractor=extractor))
+    return create_app(root / "ix", WebConfig(auth="off", **cfg), searcher=Searcher(root / "ix", extractor=extractor))
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +98,18 @@ def test_search_by_id_refusals_and_contact_sheet(client):
     assert "im1'" not in page and "im2'" not in page and "licence: CC-0" in page
 
 
+def test_rating_task_credits_its_images_without_unblinding_and_leaves_out_the_patient(archive):
+    app = _app(archive, rating_query_ids=frozenset({"im0"}))
+    c = TestClient(app, base_url="http://localhost")
+    task = c.post("/api/ratings/session").json()
+    assert task["query_id"] == "im0" and all(set(it) == {"item", "image"} for it in task["items"])
+    cands = {app.state.server.ratings.candidate(task["session"], it["item"], None) for it in task["items"]}
+    assert cands and not cands & {"im0", "im1", "im2"}         # the query's patient: none of its images
+    rights = {i: (["CC-BY", "CC-0", "CC-BY-NC"][i % 3], [SCRIPT, IMG, None][i % 3]) for i in range(10)}
+    expected = sorted({rights[int(i[2:])] for i in cands | {"im0"}}, key=lambda r: (r[0], r[1] or ""))
+    assert [(cr["license"], cr["attribution"]) for cr in task["credits"]] == expected
+
+
 @pytest.mark.slow
 def test_attribution_renders_escaped_and_patient_switch_in_chromium(chromium, archive, tmp_path):
     query = tmp_path / "q.png"
@@ -105,7 +117,7 @@ def test_attribution_renders_escaped_and_patient_switch_in_chromium(chromium, ar
     dialogs = []
     page = chromium.new_page()
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    with running_server(_app(archive)) as base:
+    with running_server(_app(archive, rating_query_ids=frozenset({"im0"}))) as base:   # im0: credits SCRIPT
         page.goto(base + "/")
         page.locator("#patientbox:not([hidden])").wait_for()        # the index has patients: switch shown, on
         assert page.is_checked("#hidepatient")
@@ -132,4 +144,11 @@ def test_attribution_renders_escaped_and_patient_switch_in_chromium(chromium, ar
         ids = set(page.locator("#results .hid").all_inner_texts())
         assert {"im1", "im2"} <= ids and "im0" not in ids
         assert page.locator("[onerror]").count() == 0 and dialogs == []
+        # the rating page credits its images as text, tied to no item
+        page.goto(base + "/rate")
+        page.locator("#credits:not([hidden])").wait_for()
+        page.wait_for_timeout(300)
+        assert SCRIPT in page.inner_text("#credits") and page.locator("#items .item .lic").count() == 0
+        assert page.locator("[onerror]").count() == 0 and page.locator("script:not([src])").count() == 0
+        assert dialogs == []
     page.close()
