@@ -62,6 +62,10 @@ class LiveIndex:
         self.snap, self.meta, self.version = s.snapshot, s.metadata(), s.snapshot.version
         self.site_col = "localization" if any("localization" in m for m in self.meta) else "site"
         self.age_col = "age" if any(is_number(m.get("age")) for m in self.meta) else "age_approx"
+        self.patients: dict[str, list[str]] = {}     # patient id -> the ids of that patient's images
+        for image_id, m in zip(self.snap.ids, self.meta):
+            if m.get("patient_id"):
+                self.patients.setdefault(str(m["patient_id"]), []).append(str(image_id))
         self.facts = self._facts()
 
     def _facts(self) -> dict:
@@ -78,7 +82,8 @@ class LiveIndex:
                 "extractor": s.index.manifest["extractor"], "measures": list(s.available_measures()),
                 "diagnoses": dict(sorted(diag.items())), "sites": values("localization") or values("site"),
                 "sexes": values("sex"), "age_range": [min(ages), max(ages)] if ages else None,
-                "has_masks": snap.masks is not None, "max_upload_bytes": self.max_upload_bytes}
+                "has_masks": snap.masks is not None, "has_patients": bool(self.patients),
+                "max_upload_bytes": self.max_upload_bytes}
 
     @contextmanager
     def current(self):

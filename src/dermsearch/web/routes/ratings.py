@@ -33,9 +33,12 @@ def _new_session(srv: Server, owner: str | None) -> dict:
         if not pool:
             raise HTTPException(409, "no indexed image is in the rating query set")
         qid = rng.choice(pool)
-        lesion = snap.lesion_id[row_of(st, qid)]
+        pos = row_of(st, qid)
+        lesion, patient = snap.lesion_id[pos], str(st.meta[pos].get("patient_id") or "")
         same = [str(i) for i, les in zip(snap.ids, snap.lesion_id) if les and les == lesion]
+        same += st.patients.get(patient, []) if patient else []     # as evaluate does: other people's images
         result = searcher.search(searcher.query_for_id(qid), k=config.rating_k, exclude_ids=[qid, *same])
+        credits = _credits(st, [qid, *(h.id for hits in result.results.values() for h in hits)])
     pooled: dict[str, list[tuple[str, int]]] = {}
     for m, hits in result.results.items():
         for h in hits:
@@ -50,7 +53,19 @@ def _new_session(srv: Server, owner: str | None) -> dict:
         items.append({"item": item, "image": f"/api/ratings/{session}/images/{item}"})
     srv.ratings.add_session(session, rows, owner, keep_open=config.open_rating_sessions)
     return {"session": session, "query_id": qid, "query_image": f"/api/ratings/{session}/images/query",
-            "items": items}
+            "items": items, "credits": credits}
+
+
+def _credits(st, ids) -> list[dict]:
+    """The licences and attributions of a task's images, for the whole page: sorted and without
+    repeats, tied to no item, so they credit the images without unblinding any of them."""
+    seen = set()
+    for image_id in ids:
+        m = st.meta[st.searcher.row(image_id)]
+        lic, attr = str(m.get("license") or ""), str(m.get("attribution") or "")
+        if lic or attr:
+            seen.add((lic, attr))
+    return [{"license": lic or None, "attribution": attr or None} for lic, attr in sorted(seen)]
 
 
 @router.get("/api/ratings/{session}/images/{item}", summary="The image of a rating item (or of the query), by "

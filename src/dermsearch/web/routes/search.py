@@ -1,22 +1,27 @@
-"""Index facts and search by upload. Admission (rate, queue) happened in the gate, from the headers;
-decoding, extraction and ranking run in the bounded pool, never on the event loop."""
+"""Index facts and search, by upload or by an indexed image's id. Admission (rate, queue) happened in
+the gate, from the headers; decoding, extraction and ranking run in the bounded pool, never on the
+event loop. A search by id leaves out the query image itself and, unless asked not to, every other
+image of the query's patient (its other lesions too); an upload has no patient, and the answer says so."""
 
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
 from fastapi.responses import HTMLResponse
 
-from ...extract import load_image
+from ...extract import ImageError, load_image
 from ...search import MEASURES, Filters
 from ...search.explain import mask_png
 from ...search.sheet import contact_sheet_html
-from ..state import Server, server
+from ..state import Server, row_of, server
 
 QUERY_MASK = (217, 45, 32, 120)     # the query's mask overlay: red
-_HIDDEN_META = {"image_id", "image_path", "mask_path", "diagnosis", "lesion_id", "melanoma"}
+# shown elsewhere (licence and attribution have their own fields) or never (paths)
+_HIDDEN_META = {"image_id", "image_path", "mask_path", "diagnosis", "lesion_id", "melanoma", "license",
+                "attribution"}
 router = APIRouter()
 
 
@@ -26,19 +31,24 @@ def index_facts(srv: Server = Depends(server)) -> dict:
         return st.facts
 
 
-@router.post("/api/search", summary="Search with an uploaded image",
-             responses={413: {"description": "upload too large"}, 415: {"description": "not an allowed image"},
-                        429: {"description": "busy: retry later"}})
-async def search(file: UploadFile = File(..., description="the query image (JPEG, PNG, TIFF, BMP or WebP)"),
-                 k: int = Form(5, description="results per measure, 1..max_k; 0: all, capped at max_k"),
-                 measures: list[str] = Form([], description="repeat the field once per measure, or comma-separate "
-                                                            "them; default all"),
-                 diagnosis: list[str] = Form([], description="repeat the field once per value (any of them)"),
-                 site: list[str] = Form([]), sex: list[str] = Form([]),
-                 age_min: float | None = Form(None), age_max: float | None = Form(None),
-                 query_mask: str = Form("none", description="none, or png: the query's mask as a PNG data URI"),
-                 format: str = Form("json", description="json, or html: the contact sheet as a download"),
-                 srv: Server = Depends(server)):
+@dataclass(frozen=True)
+class SearchParams:
+    k: int
+    wanted: list[str] | None
+    filters: Filters
+    with_mask: bool
+    sheet: bool
+
+
+def search_params(k: int = Form(5, description="results per measure, 1..max_k; 0: all, capped at max_k"),
+                  measures: list[str] = Form([], description="repeat the field once per measure, or "
+                                                             "comma-separate them; default all"),
+                  diagnosis: list[str] = Form([], description="repeat the field once per value (any of them)"),
+                  site: list[str] = Form([]), sex: list[str] = Form([]),
+                  age_min: float | None = Form(None), age_max: float | None = Form(None),
+                  query_mask: str = Form("none", description="none, or png: the query's mask as a PNG data URI"),
+                  format: str = Form("json", description="json, or html: the contact sheet as a download"),
+                  srv: Server = Depends(server)) -> SearchParams:
     config, live = srv.config, srv.live
     if not 0 <= k <= config.max_k:
         raise HTTPException(422, f"k must be between 0 and {config.max_k}")
@@ -51,26 +61,66 @@ async def search(file: UploadFile = File(..., description="the query image (JPEG
         unknown = [m for m in wanted if m not in MEASURES]
         if unknown:
             raise HTTPException(422, f"unknown measure(s) {unknown}; valid: {', '.join(MEASURES)}")
-    data = await file.read(config.max_upload_bytes + 1)
-    if len(data) > config.max_upload_bytes:
-        raise HTTPException(413, f"upload larger than {config.max_upload_bytes} bytes")
     equals = {}
     for col, values in (("diagnosis", diagnosis), (live.site_col, site), ("sex", sex)):
         vals = tuple(v for v in values if v != "")        # each field one value, verbatim: commas are data
         if vals:
             equals[col] = vals
     ranges = {live.age_col: (age_min, age_max)} if age_min is not None or age_max is not None else {}
-    out = await anyio.to_thread.run_sync(_search_work, srv, data, k, wanted, Filters(equals, ranges),
-                                         query_mask == "png", format == "html", limiter=srv.limiter)
-    if format == "html":
+    return SearchParams(k, wanted, Filters(equals, ranges), query_mask == "png", format == "html")
+
+
+@router.post("/api/search", summary="Search with an uploaded image, or with an indexed image by its id",
+             responses={404: {"description": "no such indexed image"}, 413: {"description": "upload too large"},
+                        415: {"description": "not an allowed image"}, 429: {"description": "busy: retry later"}})
+async def search(file: UploadFile | None = File(None, description="the query image (JPEG, PNG, TIFF, BMP or "
+                                                                   "WebP); or give image_id"),
+                 image_id: str = Form("", description="search with this indexed image instead of an upload"),
+                 hide_same_patient: bool = Form(True, description="with image_id: leave out every image of the "
+                                                "query's patient (its other lesions too), when it has one"),
+                 params: SearchParams = Depends(search_params), srv: Server = Depends(server)):
+    if (file is None) == (image_id == ""):
+        raise HTTPException(422, "give either an uploaded file or an image_id, not both")
+    if file is not None:
+        data = await file.read(srv.config.max_upload_bytes + 1)
+        if len(data) > srv.config.max_upload_bytes:
+            raise HTTPException(413, f"upload larger than {srv.config.max_upload_bytes} bytes")
+        out = await anyio.to_thread.run_sync(_upload_work, srv, data, params, limiter=srv.limiter)
+    else:
+        out = await anyio.to_thread.run_sync(_id_work, srv, image_id, hide_same_patient, params,
+                                             limiter=srv.limiter)
+    if params.sheet:
         return HTMLResponse(out, headers={"Content-Disposition": 'attachment; filename="dermsearch-search.html"'})
     return out
 
 
-def _search_work(srv: Server, data: bytes, k: int, wanted, filters: Filters, with_mask: bool, sheet: bool):
+def _upload_work(srv: Server, data: bytes, params: SearchParams):
     image = load_image(data, max_pixels=srv.config.max_pixels, dicom=False)   # an ImageError is a 415
     with srv.live.current() as st:
-        return _search_in(srv, st, image, k, wanted, filters, with_mask, sheet)
+        query = st.searcher.encode(image, label="upload")
+        note = {"query_patient": False, "hidden": 0, "note": "an uploaded image has no patient: no match is "
+                "hidden for being the same patient's"}
+        return _search_in(srv, st, query, image, (), params, note)
+
+
+def _id_work(srv: Server, image_id: str, hide: bool, params: SearchParams):
+    with srv.live.current() as st:
+        pos = row_of(st, image_id)
+        try:
+            image = load_image(st.snap.paths[pos]) if params.sheet else None
+        except ImageError as e:
+            raise HTTPException(410, f"the indexed file can no longer be read: {e}") from None
+        patient = str(st.meta[pos].get("patient_id") or "")
+        same = [i for i in st.patients.get(patient, ()) if i != image_id] if patient else []
+        if not patient:
+            note = "the query image has no patient id: no match is hidden for being the same patient's"
+        elif hide:
+            note = f"{len(same)} other image(s) of the query's patient are hidden"
+        else:
+            note = f"the query's patient has {len(same)} other image(s); they are not hidden"
+        exclude = [image_id, *same] if hide else [image_id]
+        info = {"query_patient": bool(patient), "hidden": len(same) if hide else 0, "note": note}
+        return _search_in(srv, st, st.searcher.query_for_id(image_id), image, exclude, params, info)
 
 
 def _hit_json(hit, meta: dict) -> dict:
@@ -78,23 +128,25 @@ def _hit_json(hit, meta: dict) -> dict:
     d.pop("path", None)            # ids only: server paths never reach a client
     d["melanoma"] = hit.melanoma
     d["lesion_id"] = hit.lesion_id
+    d["license"], d["attribution"] = hit.license, hit.attribution     # None when the source named none
     d["meta"] = {k: v for k, v in meta.items() if k not in _HIDDEN_META and v not in ("", None)}
     return d
 
 
-def _search_in(srv: Server, st, image, k: int, wanted, filters: Filters, with_mask: bool, sheet: bool):
+def _search_in(srv: Server, st, query, image, exclude, params: SearchParams, same_patient: dict):
     searcher, meta, max_k = st.searcher, st.meta, srv.config.max_k
-    query = searcher.encode(image, label="upload")
     try:
-        result = searcher.search(query, k=k if k else max_k, measures=wanted, filters=filters, explain=True)
+        result = searcher.search(query, k=params.k if params.k else max_k, measures=params.wanted,
+                                 exclude_ids=exclude, filters=params.filters, explain=True)
     except ValueError as e:
         raise HTTPException(422, str(e)) from None
-    if sheet:                # the contact sheet of this search, as the CLI's --html writes it
+    if params.sheet:         # the contact sheet of this search, as the CLI's --html writes it
         overlays = {h.id: searcher.mask_overlay(query, h.id) for hits in result.results.values() for h in hits}
         return contact_sheet_html(result, image, overlays)
     out = result.to_json()
-    out["k"] = k
-    out["k_shown"] = k if k else max_k
+    out["k"] = params.k
+    out["k_shown"] = params.k if params.k else max_k
+    out["same_patient"] = same_patient
     out["results"] = {m: [_hit_json(h, meta[searcher.row(h.id)]) for h in hits] for m, hits in result.results.items()}
     overlays: dict[str, str | None] = {}
     for hits in out["results"].values():
@@ -106,7 +158,7 @@ def _search_in(srv: Server, st, image, k: int, wanted, filters: Filters, with_ma
                         "data:image/png;base64," + base64.b64encode(png).decode()
                 h["explain"] = {**h["explain"], "overlap_png": overlays[h["id"]]}
     out["melanoma_in_top_k"] = {m: sum(1 for h in hits if h.melanoma == 1) for m, hits in result.results.items()}
-    if with_mask and query.mask is not None:
+    if params.with_mask and query.mask is not None:
         png = mask_png(query.mask, searcher.index.manifest["mask_size"], QUERY_MASK)
         out["query_mask_png"] = "data:image/png;base64," + base64.b64encode(png).decode()
     return out

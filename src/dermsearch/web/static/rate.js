@@ -13,6 +13,11 @@ async function next() {
     d.append(img, document.createElement('br'), box2, document.createTextNode(' similar (' + it.item + ')'));
     box.appendChild(d);
   }
+  // licences and attributions of this page's images, sorted and tied to no item (blinding kept); text only
+  const credits = (task.credits || []).map(c => [c.license ? 'licence: ' + String(c.license) : '',
+    c.attribution ? '\u00a9 ' + String(c.attribution) : ''].filter(Boolean).join(', '));
+  const cr = document.getElementById('credits');
+  cr.textContent = credits.length ? 'Images on this page: ' + credits.join('; ') : ''; cr.hidden = !credits.length;
 }
 document.getElementById('save').onclick = async () => {
   const ratings = [...document.querySelectorAll('#items .item')].map(d => ({item: d.dataset.item,

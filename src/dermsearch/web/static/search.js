@@ -7,11 +7,21 @@ fetch('/api/index').then(r => { if (r.status === 401) { location.href = '/login'
   for (const d of Object.keys(f.diagnoses)) $('diagnosis').add(new Option(d + ' (' + f.diagnoses[d] + ')', d));
   for (const s of f.sites) $('site').add(new Option(s, s));
   for (const s of f.sexes) $('sex').add(new Option(s, s));
+  $('patientbox').hidden = !f.has_patients;    // the switch exists only where patient ids do (default on)
 });
 function pick(file) {
-  current = file; $('go').disabled = !file;
-  $('qimg').src = URL.createObjectURL(file); $('qimg').hidden = false; search();
+  current = {file: file}; $('go').disabled = !file;
+  $('qimg').src = URL.createObjectURL(file); $('qimg').hidden = false; $('qmask').hidden = true; search();
 }
+function pickId(id) {       // an indexed image as the query: its patient's other images can be hidden
+  if (!id) return;
+  current = {id: String(id)}; $('go').disabled = false; $('qid').value = current.id;
+  $('qimg').src = '/api/images/' + encodeURIComponent(current.id); $('qimg').hidden = false; $('qmask').hidden = true;
+  search();
+}
+$('goid').onclick = () => pickId($('qid').value);
+$('qid').onkeydown = e => { if (e.key === 'Enter') pickId($('qid').value); };
+$('hidepatient').onchange = () => current && current.id && search();
 $('file').onchange = e => e.target.files[0] && pick(e.target.files[0]);
 const drop = $('drop');
 drop.ondragover = e => { e.preventDefault(); drop.classList.add('over'); };
@@ -44,7 +54,9 @@ function styleBar(st) {     // each stored Gram's share of the style loss (numbe
 async function search() {
   if (!current) return;
   const fd = new FormData();
-  fd.append('file', current); fd.append('k', $('k').value); fd.append('query_mask', 'png');
+  if (current.file) fd.append('file', current.file);
+  else { fd.append('image_id', current.id); fd.append('hide_same_patient', $('hidepatient').checked ? 'true' : 'false'); }
+  fd.append('k', $('k').value); fd.append('query_mask', 'png');
   for (const o of $('diagnosis').selectedOptions) fd.append('diagnosis', o.value);   // one field per value
   if ($('site').value) fd.append('site', $('site').value);
   if ($('sex').value) fd.append('sex', $('sex').value);
@@ -60,7 +72,8 @@ async function search() {
     $('status').textContent = 'No indexed image matches these filters: widen or clear them (diagnosis, site, sex, age).';
     $('status').className = 'err'; $('consensus').hidden = true; $('export').hidden = true; return;
   }
-  $('status').textContent = body.candidates + ' candidates' + (body.messages ? ' · ' + body.messages.join(' ') : '');
+  const sp = body.same_patient, note = sp && facts && facts.has_patients ? ' · ' + String(sp.note) : '';
+  $('status').textContent = body.candidates + ' candidates' + note + (body.messages ? ' · ' + body.messages.join(' ') : '');
   if (typeof body.query_mask_png === 'string' && body.query_mask_png.startsWith('data:image/png;base64,')) {
     $('qmask').src = body.query_mask_png; $('qmask').hidden = false;
   }
@@ -99,9 +112,19 @@ async function search() {
       card.querySelector('.thumb').onclick = () => compare(h, m);
       card.querySelector('.dx').textContent = (h.diagnosis || '-') + (h.lesion_id ? ' · ' + h.lesion_id : '');
       card.querySelector('.meta').textContent = Object.entries(h.meta || {}).map(([k, v]) => k + ' ' + v).join(' · ');
+      rights(card, h);
+      const more = document.createElement('button'); more.className = 'more'; more.textContent = 'search with this image';
+      more.onclick = () => pickId(h.id); card.appendChild(more);
       col.appendChild(card);
     }
     res.appendChild(col);
+  }
+}
+function rights(card, h) {  // licence and attribution, as text only (never markup)
+  for (const [cls, text] of [['lic', h.license ? 'licence: ' + String(h.license) : ''],
+                             ['attr', h.attribution ? '\u00a9 ' + String(h.attribution) : '']]) {
+    if (!text) continue;
+    const d = document.createElement('div'); d.className = 'lic ' + cls; d.textContent = text; card.appendChild(d);
   }
 }
 function consensus(body) {   // how many of the measures put a melanoma in their top k, and which
