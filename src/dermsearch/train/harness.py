@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import DermsearchError
+from ..errors import ConfigError, DermsearchError
 from ..io import atomic_path, write_json
 from ..models.weights import save_checkpoint
 from ..names import PRECISIONS
@@ -106,7 +106,7 @@ class WeightAverage:
 
     def __init__(self, modules: list[nn.Module], decay: float, warmup: bool = False):
         if not 0 < decay < 1:
-            raise ValueError(f"a weight average's decay must be in (0, 1), not {decay}")
+            raise ConfigError(f"a weight average's decay must be in (0, 1), not {decay}")
         self.modules, self.decay, self.warmup, self.updates = modules, decay, warmup, 0
         self.shadow = [{n: t.detach().clone() for n, t in m.state_dict().items()} for m in modules]
 
@@ -141,7 +141,7 @@ class WeightAverage:
     def load(self, tensors: dict[str, torch.Tensor], updates: int) -> None:
         want = {f"{i}.{n}" for i, sh in enumerate(self.shadow) for n in sh}
         if set(tensors) != want:
-            raise ValueError(f"the saved weight average has other tensors than these modules "
+            raise ConfigError(f"the saved weight average has other tensors than these modules "
                              f"(missing {sorted(want - set(tensors))[:3]}, extra {sorted(set(tensors) - want)[:3]})")
         for i, sh in enumerate(self.shadow):
             for n in sh:
@@ -258,7 +258,7 @@ def fit(run: Run, train_epoch: Callable[[int], float], validate: Callable[[], tu
             run.after_epoch(state)
         run.log(describe(rec, improved))
     if state is None:
-        raise RuntimeError(f"{f.state}: no epochs to run (epochs = {run.epochs})")
+        raise ConfigError(f"{f.state}: no epochs to run (epochs = {run.epochs}); set epochs above 0")
     return state
 
 
@@ -290,7 +290,7 @@ def resolved_precision(device: torch.device, precision: str = "auto") -> str:
     if precision == "auto":
         return "bf16" if torch.device(device).type == "cuda" else "fp32"
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, not {precision!r}")
+        raise ConfigError(f"precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, not {precision!r}")
     return precision
 
 
