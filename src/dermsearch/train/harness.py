@@ -202,6 +202,20 @@ def atomic_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: d
         save_file(tensors, str(tmp), metadata)
 
 
+def _restore(run: Run, state: dict) -> None:
+    """Put the model, optimizer, scheduler, weight average and torch RNGs back as ``state`` left them."""
+    f = run.files
+    run.model.load_state_dict(load_file(str(f.last)), strict=True)
+    load_optimizer(run.optimizer, load_file(str(f.optimizer)), state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if run.average is not None:
+        run.average.load(load_file(str(f.average)), int(load_metadata(f.average)["updates"]))
+    if "rng" in state:
+        torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
+    if state.get("cuda_rng") and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([torch.tensor(r, dtype=torch.uint8) for r in state["cuda_rng"]])
+
+
 def fit(run: Run, train_epoch: Callable[[int], float], validate: Callable[[], tuple[dict, float]],
         describe: Callable[[dict, bool], str]) -> dict:
     """Train ``run`` to its last epoch; returns its state (``epoch``, ``best``, ``history``).
@@ -216,15 +230,7 @@ def fit(run: Run, train_epoch: Callable[[int], float], validate: Callable[[], tu
         if state["epoch"] + 1 >= run.epochs and f.best.is_file():
             run.log(f"{run.name + ': ' if run.name else ''}done earlier (best val {state['best']:.4f})")
             return state
-        run.model.load_state_dict(load_file(str(f.last)), strict=True)
-        load_optimizer(run.optimizer, load_file(str(f.optimizer)), state["optimizer"])
-        run.scheduler.load_state_dict(state["scheduler"])
-        if run.average is not None:
-            run.average.load(load_file(str(f.average)), int(load_metadata(f.average)["updates"]))
-        if "rng" in state:
-            torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
-        if state.get("cuda_rng") and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all([torch.tensor(r, dtype=torch.uint8) for r in state["cuda_rng"]])
+        _restore(run, state)
         start, best, history = state["epoch"] + 1, state["best"], state["history"]
         run.log(f"{run.name + ': ' if run.name else ''}resuming after epoch {start} (best val {best:.4f})")
     for epoch in range(start, run.epochs):
