@@ -189,16 +189,24 @@ class KillOnce(ExtractionMapper):
         os._exit(1)
 
 
-def test_killed_worker_during_indexing_leaves_no_duplicates(tmp_path):
+def test_killed_worker_during_indexing_leaves_no_duplicates(tmp_path, monkeypatch):
     import cloudpickle
 
+    from dermsearch.index import distributed as dist
     from dermsearch.index.distributed import build_index_dask
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])     # workers need not import the tests
     marker = tmp_path / "killed-once"
+    made = []
+
+    def kill_once(model, runtime):                  # the fault injected where build_index_dask makes its mapper
+        made.append(KillOnce(marker, model, runtime))
+        return made[-1]
+
+    monkeypatch.setattr(dist, "ExtractionMapper", kill_once)
     with _cluster() as cluster, distributed.Client(cluster) as c:
-        report = build_index_dask(SAMPLE, tmp_path / "ix", c, chunk_size=6,
-                                  mapper=KillOnce(marker, TINY, TORCH.on_workers()))
+        report = build_index_dask(SAMPLE, tmp_path / "ix", c, extractor_config=TINY, runtime=TORCH, chunk_size=6)
+    assert len(made) == 1
     assert marker.exists()                     # a worker process really died mid-task
     assert report.added == 48 and not report.problems
     index = Index.open(tmp_path / "ix")

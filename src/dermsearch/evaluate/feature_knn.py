@@ -42,7 +42,8 @@ def feature_neighbours(queries: np.ndarray, candidates: np.ndarray, k: int, metr
     return out
 
 
-def feature_retrieval(queries: np.ndarray, query_labels, query_melanoma, candidates: np.ndarray,
+# the query side and the candidate side each take vectors, labels, melanoma and groups (PLR0913's limit is 10)
+def feature_retrieval(queries: np.ndarray, query_labels, query_melanoma, candidates: np.ndarray,  # noqa: PLR0913
                       candidate_labels, candidate_melanoma, metric: str = "euclidean", query_groups=None,
                       candidate_groups=None, k: int = 5, vote_k: int = 16) -> dict:
     """{macro_p_at_5, p_at_5, vote_auc, knn_balanced_accuracy} of ``queries`` against ``candidates``.

@@ -70,6 +70,28 @@ def layer_distance_stack(queries: np.ndarray, candidates: np.ndarray, layout: Se
     return out
 
 
+def _coordinate_search(u: np.ndarray, s: float, score: Callable[[np.ndarray], float], factors: Sequence[float],
+                       rounds: int) -> tuple[np.ndarray, float]:
+    """Refine the weights ``u`` (scoring ``s``): multiply or divide one w_l by each factor, or set it
+    to 0 (a zero one is tried back at fractions of the others' mean); keep a change only when it
+    strictly improves the score; stop after a round that changes nothing or after ``rounds``."""
+    for _ in range(rounds):
+        changed = False
+        for i in range(len(u)):
+            candidates = [u[i] * f for f in factors] + [u[i] / f for f in factors] + [0.0]
+            if u[i] == 0:
+                candidates = [u[u > 0].mean() * f for f in (0.05, 0.2, 1.0)]
+            for v in candidates:
+                trial = u.copy()
+                trial[i] = v
+                t = score(trial)
+                if t > s:
+                    u, s, changed = trial, t, True
+        if not changed:
+            break
+    return u, s
+
+
 def fit_gram_weights(stack: np.ndarray, valid: np.ndarray, query_labels: np.ndarray,
                      candidate_labels: np.ndarray, k: int = 5, channels: Sequence[int] | None = None,
                      factors: Sequence[float] = (3.0, 1.5), rounds: int = 4,
@@ -110,22 +132,7 @@ def fit_gram_weights(stack: np.ndarray, valid: np.ndarray, query_labels: np.ndar
     start_scores = {name: score(u) for name, u in starts.items()}
     best_name, best_u, best = None, None, -1.0
     for name in sorted(start_scores, key=lambda n: -start_scores[n])[:2]:
-        u = starts[name].copy()
-        s = start_scores[name]
-        for _ in range(rounds):
-            changed = False
-            for i in range(L):
-                candidates = [u[i] * f for f in factors] + [u[i] / f for f in factors] + [0.0]
-                if u[i] == 0:
-                    candidates = [u[u > 0].mean() * f for f in (0.05, 0.2, 1.0)]
-                for v in candidates:
-                    trial = u.copy()
-                    trial[i] = v
-                    t = score(trial)
-                    if t > s:
-                        u, s, changed = trial, t, True
-            if not changed:
-                break
+        u, s = _coordinate_search(starts[name].copy(), start_scores[name], score, factors, rounds)
         if s > best:
             best_name, best_u, best = name, u, s
     shares = best_u / best_u.sum()

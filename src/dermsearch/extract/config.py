@@ -61,6 +61,11 @@ class ExtractorConfig:
                                   # 0 = the views the ensemble's head was fitted on (1 for other models)
 
     def __post_init__(self) -> None:
+        self._check_network()
+        self._check_style()
+        self._check_inputs()
+
+    def _check_network(self) -> None:
         if self.feature not in ("pooled", "ensemble"):
             raise ConfigError(f"feature must be 'pooled' or 'ensemble', not {self.feature!r}")
         if self.feature == "pooled" and self.members != 1:
@@ -71,6 +76,8 @@ class ExtractorConfig:
             raise ConfigError("mask_size must be a multiple of 8")
         if self.weights == "default" and self.feature != "ensemble":
             raise ConfigError("weights='default' is the packaged ensemble: it needs feature='ensemble'")
+
+    def _check_style(self) -> None:
         if self.gram_pool not in GRAM_POOLS:
             raise ConfigError(f"unknown gram pooling {self.gram_pool!r}; valid: {', '.join(GRAM_POOLS)}")
         if self.style and self.gram_pool != "image" and not self.masks:
@@ -79,6 +86,8 @@ class ExtractorConfig:
             raise ConfigError(f"unknown gram normalisation {self.gram_norm!r}; valid: {', '.join(GRAM_NORMS)}")
         if not 0.0 <= self.gram_margin <= 0.5:
             raise ConfigError(f"gram_margin must be in [0, 0.5] (a fraction of the image side), not {self.gram_margin}")
+
+    def _check_inputs(self) -> None:
         if self.tta not in (0, 1, 2, 4):
             raise ConfigError(f"tta must be 1, 2 or 4 test-time views (0: the model's own), not {self.tta}")
         if self.tta > 1 and self.feature != "ensemble":

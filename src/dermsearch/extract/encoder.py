@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import ConfigError
 from .colour import apply_colour
 from .config import PREPROCESS_VERSION
 from .images import resize_rgb
@@ -85,11 +86,11 @@ class OnnxEncoder:
             self._otsu = OtsuSegmenter()
             self.segmenter_size = int(config["mask_size"])
         else:
-            raise ValueError(f"{directory}: the export holds no segmenter for {config['segmenter']!r}")
+            raise ConfigError(f"{directory}: the export holds no segmenter for {config['segmenter']!r}")
 
     def extract(self, images: list[Image.Image]) -> Vectors:
         if not images:
-            raise ValueError("no images to extract")
+            raise ConfigError("no images to extract")
         cfg = self.config
         prepared = [prepare_image(img, cfg["image_size"], cfg.get("colour", "none"), self.segmenter_size)
                     for img in images]

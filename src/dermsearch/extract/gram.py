@@ -161,7 +161,8 @@ def style_layout(tap_channels: Sequence[int], pool: str, betas: Sequence[float])
     regions = {"image": ("image",), "lesion": ("lesion",), "lesion+skin": ("lesion", "skin")}[pool]
     chans = gram_channels(tap_channels, pool)
     if len(betas) != len(chans):
-        raise ValueError(f"{len(betas)} layer weights for {len(chans)} Gram matrices")
+        raise ConfigError(f"{len(betas)} layer weights for {len(chans)} Gram matrices (Gram weights fitted "
+                          f"for another backbone or pool?)")
     out, offset = [], 0
     for i, (c, beta) in enumerate(zip(chans, betas)):
         size = c * (c + 1) // 2

@@ -89,6 +89,11 @@ def load_image(source: str | os.PathLike | bytes | BinaryIO, max_pixels: int = M
         fp = str(path)
     else:
         fp = source
+    return _decode(fp, max_pixels)
+
+
+def _decode(fp: BinaryIO | str, max_pixels: int) -> Image.Image:
+    """An image file that is not DICOM (a path or a binary file object) decoded to RGB, or :class:`ImageError`."""
     try:
         fmt = sniff_format(_head(fp))       # before Pillow sees a byte
         with warnings.catch_warnings():

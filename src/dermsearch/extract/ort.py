@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
+
 __all__ = ["OnnxRuntimeBackend", "onnx_cache_dir", "onnx_available", "onnx_export_available", "export_directory",
            "EXPORT_VERSION"]
 
@@ -66,7 +68,7 @@ class OnnxRuntimeBackend:
         feeds = {"pixels": x}
         if self.info.get("masks_input"):
             if masks is None:
-                raise ValueError("this exported model pools its Grams over lesion masks: pass the masks")
+                raise ConfigError("this exported model pools its Grams over lesion masks: pass the masks")
             feeds["masks"] = np.ascontiguousarray(masks, dtype=np.float32)
         out = self.extractor.run(None, feeds)
         return out[0], (out[1] if len(out) > 1 else None)

@@ -69,15 +69,13 @@ def build_index_dask(
     retries: int = 3,
     on_problem: Callable[[Problem], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
-    mapper: ExtractionMapper | None = None,
 ) -> BuildReport:
     """:func:`~dermsearch.index.build.build_index` with extraction on the Dask ``client``'s workers.
 
     ``client``: a ``distributed.Client`` or a scheduler address. ``runtime``: how each task runs
     on its worker; its ``threads`` are torch/ONNX threads per task (default: the worker's cores /
     its Dask threads), and workers run on the CPU unless ``runtime.device`` names a device
-    (:meth:`Runtime.on_workers`). ``mapper``: another mapper (tests inject faults so)."""
+    (:meth:`Runtime.on_workers`)."""
     distributor = DaskDistributor(client, chunk_size, retries)
-    if mapper is None:
-        mapper = ExtractionMapper(own_model(directory, extractor_config), (runtime or Runtime()).on_workers())
+    mapper = ExtractionMapper(own_model(directory, extractor_config), (runtime or Runtime()).on_workers())
     return build(source, directory, mapper, distributor, commit_every, on_problem, progress)

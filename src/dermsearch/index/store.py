@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ..errors import DermsearchError
+from ..errors import ConfigError, DermsearchError
 from ..extract.config import ExtractorConfig
 from ..extract.vectors import Vectors
 from ..io import write_json
@@ -352,10 +352,10 @@ class Index:
                              f"x {self.manifest['feature_dim']}")
         ids = [r.id for r in records]
         if len(set(ids)) != n:
-            raise ValueError("duplicate ids within one add")
+            raise ConfigError("duplicate ids within one add: give each image one id")
         clash = self._existing(ids)
         if clash:
-            raise ValueError(f"ids already in the index: {sorted(clash)[:5]}")
+            raise ConfigError(f"ids already in the index: {sorted(clash)[:5]} (remove them first, or leave them out)")
         now = pa.array([int(time.time())] * n, pa.timestamp("s", tz="UTC"))
         data = {
             "id": ids,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import NotFoundError
+from ..errors import ConfigError, NotFoundError
 from .efficientnet import SPECS, Backbone, EfficientNet
 from .weights import load_checkpoint, load_imagenet_lite
 
@@ -16,7 +16,7 @@ _REGISTRY: dict[str, Callable[[int], Backbone]] = {}
 
 def register_backbone(name: str, builder: Callable[[int], Backbone]) -> None:
     if name in _REGISTRY:
-        raise ValueError(f"backbone {name!r} is already registered")
+        raise ConfigError(f"backbone {name!r} is already registered: register it under another name")
     _REGISTRY[name] = builder
 
 

@@ -21,6 +21,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..extract.vectors import Vectors
 from .kernels import KERNELS, SMALL_PRODUCT, chooser, tuned_products
 from .measures import (
@@ -134,7 +135,7 @@ class Query:
     def batch(queries: Sequence[Query]) -> Vectors:
         """Queries stacked for the matrix-matrix products (a component is kept when all have it)."""
         if not queries:
-            raise ValueError("no queries")
+            raise ConfigError("no queries")
         has_style = all(q.style is not None for q in queries)
         has_mask = all(q.mask is not None for q in queries)
         return Vectors(np.stack([np.asarray(q.feature, np.float32) for q in queries]),

@@ -114,38 +114,7 @@ class FastIndexWriter:
             info["style_blocks"] = [list(b) for b in blocks]
         for name, matrix, dims in (("feature", self.features, cfg.feature_dims),
                                    ("style", self.styles, cfg.style_dims)):
-            say(f"fitting the {name} PCA on {sample.size} rows")
-            mean, basis, explained = _fit_pca(np.asarray(matrix[sample]), dims, cfg.seed)
-            info[f"{name}_explained_variance"] = round(explained, 5)
-            np.save(self.tmp / f"{name}_mean.npy", mean)
-            np.save(self.tmp / f"{name}_basis.npy", basis)
-            proj = self._mm(f"{name}_proj", np.float32, (n, basis.shape[0]))
-            m = min(cfg.sketch_dims, matrix.shape[1]) if name == "style" else 0
-            if name == "style":
-                info["config"]["sketch_dims"] = m           # what was stored (at most the style width)
-            if m:
-                order, signs = sketch_hash(matrix.shape[1], m, cfg.seed)
-                sketch_basis = count_sketch(basis, order, signs, m)
-                for suffix, v in (("order", order), ("signs", signs), ("basis", sketch_basis)):
-                    np.save(self.tmp / f"{name}_sketch_{suffix}.npy", v)
-                sketch = self._mm(f"{name}_sketch", np.float32, (n, m))
-            csq = self._mm(f"{name}_csq", np.float64, (n,))
-            resid = self._mm(f"{name}_resid", np.float64, (n,))
-            sq = self._mm(f"{name}_sqnorms", np.float64, (n,))
-            say(f"projecting {n} {name} vectors")
-            for s in range(0, n, chunk):
-                block = np.asarray(matrix[s:s + chunk])
-                centred = block - mean
-                p = products(centred, basis) if centred.shape[0] > 1 else centred @ basis.T
-                proj[s:s + chunk] = p
-                if m:
-                    sketch[s:s + chunk] = count_sketch(centred, order, signs, m) - p @ sketch_basis
-                c = np.einsum("ij,ij->i", centred, centred, dtype=np.float64)
-                csq[s:s + chunk] = c
-                resid[s:s + chunk] = np.sqrt(np.maximum(c - np.einsum("ij,ij->i", p, p, dtype=np.float64), 0.0))
-                sq[s:s + chunk] = np.einsum("ij,ij->i", block, block, dtype=np.float64)
-            for a in (proj, csq, resid, sq) + ((sketch,) if m else ()):
-                a.flush()
+            self._project(name, matrix, dims, sample, info, chunk, say)
         if self.masks is not None:
             cells = self._mm("mask_cells", np.float32, (n, cfg.mask_grid ** 2))
             for s in range(0, n, chunk):
@@ -172,6 +141,44 @@ class FastIndexWriter:
             os.fsync(f.fileno())
         replace_dir(self.tmp, self.final)   # atomic: the directory appears complete or not at all
         return FastIndex.open(self.final)
+
+    def _project(self, name: str, matrix: np.ndarray, dims: int, sample: np.ndarray, info: dict, chunk: int,
+                 say: Callable[[str], None]) -> None:
+        """Fit one matrix's PCA on the ``sample`` rows, then write every row's projection (and for
+        the styles the count sketch of the residual), centred square norm, residual norm and square norm."""
+        cfg, n = self.config, self.n
+        say(f"fitting the {name} PCA on {sample.size} rows")
+        mean, basis, explained = _fit_pca(np.asarray(matrix[sample]), dims, cfg.seed)
+        info[f"{name}_explained_variance"] = round(explained, 5)
+        np.save(self.tmp / f"{name}_mean.npy", mean)
+        np.save(self.tmp / f"{name}_basis.npy", basis)
+        proj = self._mm(f"{name}_proj", np.float32, (n, basis.shape[0]))
+        m = min(cfg.sketch_dims, matrix.shape[1]) if name == "style" else 0
+        if name == "style":
+            info["config"]["sketch_dims"] = m           # what was stored (at most the style width)
+        if m:
+            order, signs = sketch_hash(matrix.shape[1], m, cfg.seed)
+            sketch_basis = count_sketch(basis, order, signs, m)
+            for suffix, v in (("order", order), ("signs", signs), ("basis", sketch_basis)):
+                np.save(self.tmp / f"{name}_sketch_{suffix}.npy", v)
+            sketch = self._mm(f"{name}_sketch", np.float32, (n, m))
+        csq = self._mm(f"{name}_csq", np.float64, (n,))
+        resid = self._mm(f"{name}_resid", np.float64, (n,))
+        sq = self._mm(f"{name}_sqnorms", np.float64, (n,))
+        say(f"projecting {n} {name} vectors")
+        for s in range(0, n, chunk):
+            block = np.asarray(matrix[s:s + chunk])
+            centred = block - mean
+            p = products(centred, basis) if centred.shape[0] > 1 else centred @ basis.T
+            proj[s:s + chunk] = p
+            if m:
+                sketch[s:s + chunk] = count_sketch(centred, order, signs, m) - p @ sketch_basis
+            c = np.einsum("ij,ij->i", centred, centred, dtype=np.float64)
+            csq[s:s + chunk] = c
+            resid[s:s + chunk] = np.sqrt(np.maximum(c - np.einsum("ij,ij->i", p, p, dtype=np.float64), 0.0))
+            sq[s:s + chunk] = np.einsum("ij,ij->i", block, block, dtype=np.float64)
+        for a in (proj, csq, resid, sq) + ((sketch,) if m else ()):
+            a.flush()
 
 
 def optimize(index, config: FastConfig = FastConfig(), progress: Callable[[str], None] | None = None,

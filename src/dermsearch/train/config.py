@@ -96,6 +96,11 @@ class ClassifierTrainConfig:
     # where it runs (device) is not part of what a run computes: an argument of train_classifier
 
     def __post_init__(self) -> None:
+        self._check_target_and_diversity()
+        self._check_training_values()
+        self._check_views_and_averages()
+
+    def _check_target_and_diversity(self) -> None:
         if self.target not in TARGETS:
             raise ConfigError(f"target must be one of {TARGETS}, not {self.target!r}")
         if self.augment not in ("x7", "online", "none"):
@@ -106,6 +111,8 @@ class ClassifierTrainConfig:
             raise ConfigError("snapshot_epochs must be at least 1")
         if self.snapshot_epochs != 1 and self.diversity != "snapshot":
             raise ConfigError(f"snapshot_epochs applies to diversity 'snapshot' only (diversity is {self.diversity!r})")
+
+    def _check_training_values(self) -> None:
         if not 0 < self.stage_lr_decay <= 1:
             raise ConfigError(f"stage_lr_decay must be in (0, 1] (1: one learning rate), not {self.stage_lr_decay}")
         if not 1 <= self.trainable_stages <= N_STAGES:
@@ -126,6 +133,8 @@ class ClassifierTrainConfig:
             raise ConfigError(f"colour must be one of {COLOUR_METHODS}, not {self.colour!r}")
         if not 0 <= self.scale_jitter <= 1:
             raise ConfigError(f"scale_jitter must be in [0, 1] (0: no zoom), not {self.scale_jitter}")
+
+    def _check_views_and_averages(self) -> None:
         if self.scale_jitter and self.augment == "none":
             raise ConfigError("scale_jitter zooms augmented images: it needs augment x7 or online, not none")
         if self.tta not in (1, 2, 4):

@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import DermsearchError
+from ..errors import ConfigError, DermsearchError
 from ..io import atomic_path, write_json
 from ..models.weights import save_checkpoint
 from ..names import PRECISIONS
@@ -106,7 +106,7 @@ class WeightAverage:
 
     def __init__(self, modules: list[nn.Module], decay: float, warmup: bool = False):
         if not 0 < decay < 1:
-            raise ValueError(f"a weight average's decay must be in (0, 1), not {decay}")
+            raise ConfigError(f"a weight average's decay must be in (0, 1), not {decay}")
         self.modules, self.decay, self.warmup, self.updates = modules, decay, warmup, 0
         self.shadow = [{n: t.detach().clone() for n, t in m.state_dict().items()} for m in modules]
 
@@ -141,7 +141,7 @@ class WeightAverage:
     def load(self, tensors: dict[str, torch.Tensor], updates: int) -> None:
         want = {f"{i}.{n}" for i, sh in enumerate(self.shadow) for n in sh}
         if set(tensors) != want:
-            raise ValueError(f"the saved weight average has other tensors than these modules "
+            raise ConfigError(f"the saved weight average has other tensors than these modules "
                              f"(missing {sorted(want - set(tensors))[:3]}, extra {sorted(set(tensors) - want)[:3]})")
         for i, sh in enumerate(self.shadow):
             for n in sh:
@@ -202,6 +202,20 @@ def atomic_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: d
         save_file(tensors, str(tmp), metadata)
 
 
+def _restore(run: Run, state: dict) -> None:
+    """Put the model, optimizer, scheduler, weight average and torch RNGs back as ``state`` left them."""
+    f = run.files
+    run.model.load_state_dict(load_file(str(f.last)), strict=True)
+    load_optimizer(run.optimizer, load_file(str(f.optimizer)), state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if run.average is not None:
+        run.average.load(load_file(str(f.average)), int(load_metadata(f.average)["updates"]))
+    if "rng" in state:
+        torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
+    if state.get("cuda_rng") and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([torch.tensor(r, dtype=torch.uint8) for r in state["cuda_rng"]])
+
+
 def fit(run: Run, train_epoch: Callable[[int], float], validate: Callable[[], tuple[dict, float]],
         describe: Callable[[dict, bool], str]) -> dict:
     """Train ``run`` to its last epoch; returns its state (``epoch``, ``best``, ``history``).
@@ -216,15 +230,7 @@ def fit(run: Run, train_epoch: Callable[[int], float], validate: Callable[[], tu
         if state["epoch"] + 1 >= run.epochs and f.best.is_file():
             run.log(f"{run.name + ': ' if run.name else ''}done earlier (best val {state['best']:.4f})")
             return state
-        run.model.load_state_dict(load_file(str(f.last)), strict=True)
-        load_optimizer(run.optimizer, load_file(str(f.optimizer)), state["optimizer"])
-        run.scheduler.load_state_dict(state["scheduler"])
-        if run.average is not None:
-            run.average.load(load_file(str(f.average)), int(load_metadata(f.average)["updates"]))
-        if "rng" in state:
-            torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
-        if state.get("cuda_rng") and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all([torch.tensor(r, dtype=torch.uint8) for r in state["cuda_rng"]])
+        _restore(run, state)
         start, best, history = state["epoch"] + 1, state["best"], state["history"]
         run.log(f"{run.name + ': ' if run.name else ''}resuming after epoch {start} (best val {best:.4f})")
     for epoch in range(start, run.epochs):
@@ -258,7 +264,7 @@ def fit(run: Run, train_epoch: Callable[[int], float], validate: Callable[[], tu
             run.after_epoch(state)
         run.log(describe(rec, improved))
     if state is None:
-        raise RuntimeError(f"{f.state}: no epochs to run (epochs = {run.epochs})")
+        raise ConfigError(f"{f.state}: no epochs to run (epochs = {run.epochs}); set epochs above 0")
     return state
 
 
@@ -290,7 +296,7 @@ def resolved_precision(device: torch.device, precision: str = "auto") -> str:
     if precision == "auto":
         return "bf16" if torch.device(device).type == "cuda" else "fp32"
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, not {precision!r}")
+        raise ConfigError(f"precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, not {precision!r}")
     return precision
 
 
