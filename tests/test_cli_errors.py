@@ -250,5 +250,11 @@ def test_help_shows_every_default():
     assert (defaults["k"], defaults["vote_k"], defaults["bootstrap"], defaults["ci_unit"]) == \
         (d.k, d.vote_k, d.bootstrap, d.ci_unit)
     assert {a.dest: a.default for a in sub["index"]._actions}["batch_size"] == Runtime().batch_size
+    from dermsearch.web.config import WebConfig
+
+    serve, w = {a.dest: a.default for a in sub["serve"]._actions}, WebConfig()
+    assert (serve["rate_limit"], serve["concurrency"], serve["queue"], serve["auth"]) == \
+        (w.rate_limit, w.concurrency, w.queue, w.auth)
+    assert serve["max_upload_mb"] * 2**20 == w.max_upload_bytes
     text = " ".join(sub["search"].format_help().split())
     assert "diagnosis=melanoma,nevus" in text and "age_approx=30:60" in text and "(default 5)" in text

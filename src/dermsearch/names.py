@@ -4,7 +4,7 @@ nothing, so that building the command line never loads a network library."""
 from __future__ import annotations
 
 __all__ = ["GRAM_POOLS", "GRAM_NORMS", "BACKENDS", "COLOUR_METHODS", "TTA_VIEWS", "MEASURES", "SEARCH_MODES",
-           "DEVICE_HELP", "METRIC_LOSSES", "HEAD_SELECT", "DIVERSITY", "PRECISIONS"]
+           "DEVICE_HELP", "METRIC_LOSSES", "HEAD_SELECT", "DIVERSITY", "PRECISIONS", "AUTH_MODES", "ROLES"]
 
 # Gram pooling regions: the whole image (paper), the dilated lesion mask, or lesion then skin.
 GRAM_POOLS = ("image", "lesion", "lesion+skin")
@@ -29,3 +29,7 @@ HEAD_SELECT = ("balanced_accuracy", "retrieval")
 # How the members of an ensemble differ: bagging, left-out folds, seeds only, or snapshots of one run.
 DIVERSITY = ("bootstrap", "fold", "seed", "snapshot")
 DEVICE_HELP = "where the networks run: auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
+
+# the web app (dermsearch serve / token)
+AUTH_MODES = ("on", "off")          # on: a token or a sign-in session for every data path
+ROLES = ("rater", "admin")          # admin: also exports ratings and keys

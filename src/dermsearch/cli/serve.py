@@ -6,6 +6,8 @@ import logging
 import sys
 import time
 
+from ..names import AUTH_MODES, ROLES
+from ..web.config import WebConfig
 from .common import UsageError, check_port_free, count, err, positive_float, positive_int
 from .options import Common, index_dir, runtime_of
 
@@ -13,14 +15,16 @@ __all__ = ["register", "cmd_serve", "cmd_token"]
 
 
 def register(sub, common: Common) -> None:
+    d = WebConfig()
     sv = sub.add_parser("serve", parents=[common.index, common.split, common.device, common.mode],
                         help="run the web app and REST API (FastAPI) on an index")
     sv.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
-    sv.add_argument("--max-upload-mb", type=positive_float, default=20.0, help="largest upload (default 20.0)")
+    sv.add_argument("--max-upload-mb", type=positive_float, default=d.max_upload_bytes / 2**20,
+                    help="largest upload (default %(default)s)")
     sv.add_argument("--allowed-host", action="append", default=[], metavar="NAME", help="a name this server may be "
                     "reached by (Host header), besides localhost, 127.0.0.1, ::1 and --host; repeatable")
-    sv.add_argument("--auth", choices=["on", "off"], default="on", help="on (default): every data path needs an API "
+    sv.add_argument("--auth", choices=AUTH_MODES, default=d.auth, help="on (default): every data path needs an API "
                     "token or a sign-in (with no active token, one is created for 'admin' and its sign-in link printed "
                     "once); off: anyone who reaches the port reads everything, so only with a loopback --host and "
                     "no --trusted-proxy")
@@ -29,10 +33,13 @@ def register(sub, common: Common) -> None:
                     "(default: none, the TCP peer is the client)")
     sv.add_argument("--query-split", nargs="+", metavar="NAME", help="/rate draws its queries from these splits "
                     "only (needs --split)")
-    sv.add_argument("--concurrency", type=positive_int, default=2, help="searches computed at once (default 2)")
-    sv.add_argument("--queue", type=count, default=8, help="searches waiting beyond those; more get 429 (default 8)")
-    sv.add_argument("--rate-limit", type=count, default=120, metavar="N", help="searches, rating sessions and rating "
-                    "posts per minute per client (the token's user, else the address); 0: no limit (default 120)")
+    sv.add_argument("--concurrency", type=positive_int, default=d.concurrency,
+                    help="searches computed at once (default %(default)s)")
+    sv.add_argument("--queue", type=count, default=d.queue,
+                    help="searches waiting beyond those; more get 429 (default %(default)s)")
+    sv.add_argument("--rate-limit", type=count, default=d.rate_limit, metavar="N",
+                    help="searches, rating sessions and rating posts per minute per client (the token's user, else "
+                    "the address); 0: no limit (default %(default)s)")
     sv.add_argument("--dask", metavar="SCHEDULER_ADDRESS", help="shard the index across this Dask cluster's "
                     "workers and search there (exact, same results as local)")
     sv.set_defaults(handler=cmd_serve)
@@ -43,7 +50,7 @@ def register(sub, common: Common) -> None:
     tks = tk.add_subparsers(dest="action", required=True)
     create = tks.add_parser("create", parents=[common.index], help="a new token for a user (printed once)")
     create.add_argument("--name", required=True, help="the user (a rater's identity in the ratings)")
-    create.add_argument("--role", choices=["rater", "admin"], default="rater",
+    create.add_argument("--role", choices=ROLES, default="rater",
                         help="rater (search, rate) or admin (also export ratings and keys)")
     revoke = tks.add_parser("revoke", parents=[common.index], help="revoke a user's tokens (effective at once)")
     revoke.add_argument("--name", required=True)
@@ -128,7 +135,7 @@ def cmd_serve(args) -> int:
     require("uvicorn", "web", "dermsearch serve")
     require("fastapi", "web", "dermsearch serve")
     from ..search import Searcher
-    from ..web.app import WebConfig, create_app
+    from ..web.app import create_app
 
     active = _auth_check(args)
     check_port_free(args.host, args.port)      # in use: one line and exit 2, before "serving ..." is printed
