@@ -24,6 +24,22 @@ def test_one_melanoma_rule(melanoma, levels, expected):
     assert melanoma_status(melanoma, levels) == expected
 
 
+def test_training_leaves_out_rows_of_unknown_melanoma_status_and_says_so(tmp_path):
+    """An ``unknown`` diagnosis without a melanoma column says nothing: training leaves the row out
+    with a warning naming it (before issue #43 it counted as 0, then it stopped the whole run)."""
+    from dermsearch.extract.datasets import load_labelled
+
+    csv_path = labelled_archive(tmp_path, [{"image_id": "u", "diagnosis": "unknown"},
+                                           {"image_id": "m", "diagnosis": "melanoma"},
+                                           {"image_id": "n", "diagnosis": "nevus"}])
+    with pytest.warns(UserWarning, match=r"1 row\(s\) left out.*\bu\b"):
+        data = load_labelled(csv_path, size=32, label_column="diagnosis")
+    assert data.ids == ["m", "n"] and data.melanoma.tolist() == [1, 0] and len(data.images) == 2
+    only_unknown = labelled_archive(tmp_path / "u", [{"image_id": "u", "diagnosis": "unknown"}])
+    with pytest.warns(UserWarning), pytest.raises(ConfigError, match="no row with a known melanoma status"):
+        load_labelled(only_unknown, size=32, label_column="diagnosis")
+
+
 def test_malignant_is_not_melanoma_for_the_index_or_for_training(tmp_path):
     """The disagreement of issue #42: training counted melanoma="malignant" as a melanoma, the index
     reader as unknown. Now both refuse it, naming the value, and both read a diagnosis alike."""

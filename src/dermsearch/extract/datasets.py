@@ -8,6 +8,7 @@ and evaluation see the same pixels; masks are resized with nearest-neighbour (HA
 from __future__ import annotations
 
 import csv
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,17 +99,17 @@ class LabelledSet:
         return len(self.ids)
 
 
-def _melanoma(row: dict[str, str], label_column: str, melanoma_class: str) -> int:
+def _melanoma(row: dict[str, str], label_column: str, melanoma_class: str) -> int | None:
     """The package's one melanoma rule (:func:`dermsearch.labels.melanoma_status`): the ``melanoma``
-    column when the row has one, else the label (``melanoma_class`` counts as a melanoma name too)."""
+    column when the row has one, else the label (``melanoma_class`` counts as a melanoma name too);
+    None when the row does not say (e.g. diagnosis ``unknown``)."""
     label = (row.get(label_column) or "").strip()
     if not (row.get("melanoma") or "").strip() and label == melanoma_class and not is_melanoma_name(label):
         return 1
-    status = melanoma_status(row.get("melanoma"), [label])
-    if status is None:
-        raise ConfigError(f"image {row.get('image_id')!r}: its melanoma status is unknown (label {label!r}); "
-                          "give it a 0/1 melanoma column or leave it out")
-    return status
+    try:
+        return melanoma_status(row.get("melanoma"), [label])
+    except ValueError as e:          # a melanoma value that is not 0/1: the file must be fixed
+        raise ConfigError(f"image {row.get('image_id')!r}: {e}") from None
 
 
 def load_labelled(labels_csv, split_csv=None, splits=None, size: int = 224, label_column: str = "melanoma",
@@ -134,7 +135,16 @@ def load_labelled(labels_csv, split_csv=None, splits=None, size: int = 224, labe
         rows = rows[:limit]
     if not rows:
         raise ConfigError(f"{labels_csv}: no rows for splits {splits}")
-    mel = np.array([_melanoma(r, label_column, melanoma_class) for r in rows], dtype=np.int64)
+    status = [_melanoma(r, label_column, melanoma_class) for r in rows]
+    unknown = [r["image_id"] for r, m in zip(rows, status) if m is None]
+    if unknown:                      # rows that say nothing about melanoma are left out, and said so
+        warnings.warn(f"{labels_csv}: {len(unknown)} row(s) left out, their melanoma status unknown "
+                      f"(e.g. {', '.join(unknown[:3])}); give them a 0/1 melanoma column to use them", stacklevel=2)
+        rows = [r for r, m in zip(rows, status) if m is not None]
+        status = [m for m in status if m is not None]
+        if not rows:
+            raise ConfigError(f"{labels_csv}: no row with a known melanoma status")
+    mel = np.array(status, dtype=np.int64)
     with ThreadPoolExecutor(threads) as pool:
         arrays = list(pool.map(lambda r: resize_rgb(load_image(labels_csv.parent / r["image_path"]), size), rows))
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
