@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..evaluate.config import CI_UNITS, EvaluationConfig
-from ..names import MEASURES
+from ..names import EXCLUDE_SAME, MEASURES
 from .common import (
     UsageError,
     at_least,
@@ -41,7 +41,7 @@ def register(sub, common: Common) -> None:
                     "are never queries")
     ev.add_argument("--label-column", metavar="COL", help="relevance by this stored column instead of the "
                     "diagnosis (e.g. diagnosis_1 for benign/malignant, diagnosis_3)")
-    ev.add_argument("--exclude-same", choices=["lesion", "patient"], help="leave out of each query's candidates "
+    ev.add_argument("--exclude-same", choices=EXCLUDE_SAME, help="leave out of each query's candidates "
                     "its lesion's other images (lesion) or every image of its patient (patient); default: the "
                     "strictest the data allows (patient when the index stores patient ids), said in the report")
     ev.add_argument("--candidate-split", nargs="+", metavar="NAME",
