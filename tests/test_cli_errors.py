@@ -258,3 +258,43 @@ def test_help_shows_every_default():
     assert serve["max_upload_mb"] * 2**20 == w.max_upload_bytes
     text = " ".join(sub["search"].format_help().split())
     assert "diagnosis=melanoma,nevus" in text and "age_approx=30:60" in text and "(default 5)" in text
+
+
+def test_choice_lists_are_the_ones_the_configs_check():
+    """train's and evaluate's choice lists are names.py's, which the configs and the models check."""
+    import argparse
+
+    import torch
+
+    from dermsearch.evaluate.exclusion import check
+    from dermsearch.models.ensemble import tta_views
+    from dermsearch.models.segmentation import BLOCKS
+    from dermsearch.names import AUGMENTS, BACKBONE_INITS, EXCLUDE_SAME, SEG_ARCHS, TARGETS, TTA_COUNTS
+    from dermsearch.train.config import ClassifierTrainConfig
+
+    def subparsers(parser):
+        return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+    def choices(parser):
+        return {a.dest: a.choices for a in parser._actions if a.choices is not None}
+
+    sub = subparsers(build_parser())
+    train = subparsers(sub["train"])
+    seg, clf, ev = choices(train["segmenter"]), choices(train["classifier"]), choices(sub["evaluate"])
+    assert tuple(seg["arch"]) == SEG_ARCHS == tuple(BLOCKS)
+    assert (tuple(clf["target"]), tuple(clf["augment"]), tuple(clf["weights"]), tuple(clf["tta"])) == \
+        (TARGETS, AUGMENTS, BACKBONE_INITS, TTA_COUNTS)
+    assert tuple(ev["exclude_same"]) == EXCLUDE_SAME
+    for target in TARGETS:
+        assert ClassifierTrainConfig(target=target).target == target
+    for augment in AUGMENTS:
+        assert ClassifierTrainConfig(augment=augment).augment == augment
+    for n in TTA_COUNTS:
+        assert ClassifierTrainConfig(tta=n).tta == n
+        assert len(tta_views(torch.zeros(1, 3, 4, 4), n)) == n
+    for bad in ({"target": "nevus"}, {"augment": "x8"}, {"tta": 3}):
+        with pytest.raises(ValueError):
+            ClassifierTrainConfig(**bad)
+    assert [check(e) for e in EXCLUDE_SAME] == list(EXCLUDE_SAME)
+    with pytest.raises(ValueError, match="exclude_same"):
+        check("family")

@@ -137,6 +137,37 @@ def test_rating_round_trip(lesion_index, tmp_path):
         score_ratings(tmp_path / "key.csv", tmp_path / "partial.csv")
 
 
+def test_rating_sheet_escapes_a_hostile_query_id(tmp_path):
+    from html.parser import HTMLParser
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    hostile = "x'\"><script>alert(1)</script>&amp;"
+    ids = np.array(["a", "b", "c", hostile])
+    paths = {}
+    for i, cid in enumerate(ids):
+        paths[cid] = str(tmp_path / f"{i}.png")
+        Image.new("RGB", (12, 12), (40 * i, 80, 120)).save(paths[cid])
+    nb = {"m": np.array([[ids[(q + j) % 4] for j in (1, 2)] for q in range(4)])}
+    rep = SimpleNamespace(config=SimpleNamespace(k=2), query_ids=ids, neighbours=nb, query_paths=None)
+    write_rating_sheet(rep, paths, tmp_path / "out", n_queries=4, seed=0)
+    page = (tmp_path / "out" / "sheet.html").read_text()
+    assert "<script>alert" not in page and page.count("<script>") == 1
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&amp;amp;" in page
+
+    class Boxes(HTMLParser):  # what a browser would hand the download script as data-q
+        seen: list = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "input":
+                self.seen.append(dict(attrs)["data-q"])
+
+    Boxes().feed(page)
+    assert hostile in Boxes.seen and set(Boxes.seen) == set(ids)
+    assert page.count("<section>") == 4 and page.count("data:image/jpeg;base64,") == 4 + 8
+
+
 def test_cli_evaluate_writes_report(lesion_index, tmp_path, capsys):
     root, _ = lesion_index
     split = tmp_path / "split.csv"

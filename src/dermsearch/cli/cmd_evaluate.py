@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..evaluate.config import CI_UNITS, EvaluationConfig
-from ..names import MEASURES
+from ..names import EXCLUDE_SAME, MEASURES
 from .common import (
     UsageError,
     at_least,
@@ -41,7 +41,7 @@ def register(sub, common: Common) -> None:
                     "are never queries")
     ev.add_argument("--label-column", metavar="COL", help="relevance by this stored column instead of the "
                     "diagnosis (e.g. diagnosis_1 for benign/malignant, diagnosis_3)")
-    ev.add_argument("--exclude-same", choices=["lesion", "patient"], help="leave out of each query's candidates "
+    ev.add_argument("--exclude-same", choices=EXCLUDE_SAME, help="leave out of each query's candidates "
                     "its lesion's other images (lesion) or every image of its patient (patient); default: the "
                     "strictest the data allows (patient when the index stores patient ids), said in the report")
     ev.add_argument("--candidate-split", nargs="+", metavar="NAME",
@@ -109,9 +109,7 @@ def register(sub, common: Common) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from ..evaluate import EvaluationConfig, Evaluator, read_split
-    from ..evaluate.rating import score_ratings, write_rating_sheet
-    from ..evaluate.report import to_markdown, write_report
+    from ..evaluate import EvaluationConfig, Evaluator
     from ..search import Searcher
 
     if args.compare:
@@ -119,12 +117,48 @@ def cmd_evaluate(args) -> int:
             if getattr(args, flag):
                 raise UsageError(f"--compare does not combine with --{flag.replace('_', '-')}")
     if args.ratings:
-        if not args.rating_key:
-            raise UsageError("--ratings needs --rating-key (the key.csv written with the sheet)")
-        emit(score_ratings(args.rating_key, args.ratings, args.bootstrap, args.seed), args.json,
-             lambda m, v: f"{m:10s} success rate {100 * v['success_rate']:.1f}% (95% CI {100 * v['ci95'][0]:.1f}-"
-                          f"{100 * v['ci95'][1]:.1f}) over {v['queries']} queries")
-        return 0
+        return _score_ratings(args)
+    split = _checked_split(args)
+    evaluator = Evaluator(Searcher(args.index, runtime=runtime_of(args)))
+    if args.compare:
+        return _compare(args, evaluator, split)
+    snap = evaluator.searcher.snapshot
+
+    def in_splits(names):
+        return [i for i in snap.ids if split.get(i) in set(names)]
+
+    candidates = in_splits(args.candidate_split) if args.candidate_split else None
+    report = _run(args, evaluator, candidates, in_splits, EvaluationConfig)
+    if args.choose_on or args.headline:
+        _headline(args, evaluator, report, split, candidates)
+    _print_report(args, report)
+    if args.out:
+        _write_report(args, evaluator, report)
+    if args.rating_sheet:
+        from ..evaluate.rating import write_rating_sheet
+
+        write_rating_sheet(report, dict(zip(snap.ids, snap.paths)), args.rating_sheet, args.rating_queries, args.seed)
+        if not args.json:
+            print(f"rating sheet written to {args.rating_sheet}/sheet.html (key: {args.rating_sheet}/key.csv)")
+    return 0
+
+
+def _score_ratings(args) -> int:
+    """--ratings: the success rate per measure of a filled rating sheet."""
+    from ..evaluate.rating import score_ratings
+
+    if not args.rating_key:
+        raise UsageError("--ratings needs --rating-key (the key.csv written with the sheet)")
+    emit(score_ratings(args.rating_key, args.ratings, args.bootstrap, args.seed), args.json,
+         lambda m, v: f"{m:10s} success rate {100 * v['success_rate']:.1f}% (95% CI {100 * v['ci95'][0]:.1f}-"
+                      f"{100 * v['ci95'][1]:.1f}) over {v['queries']} queries")
+    return 0
+
+
+def _checked_split(args):
+    """The --split file read (None without one), after the checks of the flags that go with it."""
+    from ..evaluate import read_split
+
     if args.diagnosis_map and not all("=" in p for p in args.diagnosis_map.split(",")):
         raise UsageError(f"--diagnosis-map expects A=B,C=D, got {args.diagnosis_map!r}")
     split = read_split(args.split) if args.split else None
@@ -141,43 +175,36 @@ def cmd_evaluate(args) -> int:
     if args.choose_on and args.query_split and set(args.choose_on) & set(args.query_split):
         raise UsageError(f"--choose-on {' '.join(args.choose_on)} overlaps the query splits: choose on other "
                          "queries than those reported")
-    evaluator = Evaluator(Searcher(args.index, runtime=runtime_of(args)))
-    if args.compare:
-        return _compare(args, evaluator, split)
-    snap = evaluator.searcher.snapshot
+    return split
 
-    def in_splits(names):
-        return [i for i in snap.ids if split.get(i) in set(names)]
 
-    candidates = in_splits(args.candidate_split) if args.candidate_split else None
-    report = _run(args, evaluator, candidates, in_splits, EvaluationConfig)
-    if args.choose_on or args.headline:
-        _headline(args, evaluator, report, split, candidates)
+def _print_report(args, report) -> None:
+    from ..evaluate.report import to_markdown
+
     if args.json:
         print(json.dumps(report.to_json(), indent=1))
     else:
         print(to_markdown(report))
         print(f"{report.queries} queries x {len(report.measures)} measures x {report.candidates} candidates "
               f"ranked in {report.ranking_seconds:.1f} s ({report.seconds:.1f} s with the bootstrap CIs)")
-    if args.out:
-        index = evaluator.searcher.index
-        extra = {"command": sys.argv, "index": str(args.index), "index_fingerprint": index.fingerprint,
-                 "extractor": index.manifest["extractor"]}
-        from ..errors import MissingExtraError
 
-        try:
-            write_report(report, args.out, extra)
-            written = "report.json, report.md, measures.png, per_diagnosis.png"
-        except MissingExtraError as e:   # the core writes the report; only its plots need the extra
-            err.print(f"no plots: {e}")
-            written = "report.json, report.md"
-        if not args.json:
-            print(f"report written to {args.out}/ ({written})")
-    if args.rating_sheet:
-        write_rating_sheet(report, dict(zip(snap.ids, snap.paths)), args.rating_sheet, args.rating_queries, args.seed)
-        if not args.json:
-            print(f"rating sheet written to {args.rating_sheet}/sheet.html (key: {args.rating_sheet}/key.csv)")
-    return 0
+
+def _write_report(args, evaluator, report) -> None:
+    """--out: report.json and report.md, and the plots when the plots extra is installed."""
+    from ..errors import MissingExtraError
+    from ..evaluate.report import write_report
+
+    index = evaluator.searcher.index
+    extra = {"command": sys.argv, "index": str(args.index), "index_fingerprint": index.fingerprint,
+             "extractor": index.manifest["extractor"]}
+    try:
+        write_report(report, args.out, extra)
+        written = "report.json, report.md, measures.png, per_diagnosis.png"
+    except MissingExtraError as e:   # the core writes the report; only its plots need the extra
+        err.print(f"no plots: {e}")
+        written = "report.json, report.md"
+    if not args.json:
+        print(f"report written to {args.out}/ ({written})")
 
 
 def _run(args, evaluator, candidates, in_splits, EvaluationConfig):

@@ -10,7 +10,18 @@ import argparse
 import dataclasses
 import json
 
-from ..names import COLOUR_METHODS, DIVERSITY, HEAD_SELECT, METRIC_LOSSES, PRECISIONS
+from ..names import (
+    AUGMENTS,
+    BACKBONE_INITS,
+    COLOUR_METHODS,
+    DIVERSITY,
+    HEAD_SELECT,
+    METRIC_LOSSES,
+    PRECISIONS,
+    SEG_ARCHS,
+    TARGETS,
+    TTA_COUNTS,
+)
 from ..presets import PRESETS, changed, get_preset
 from .common import count, err, folder_to_write, positive_int
 from .options import Common, given, optional, runtime_of
@@ -28,7 +39,7 @@ def register(sub, common: Common) -> None:
                         description="Train a lesion segmenter on image/mask pairs of a labels CSV (mask_path "
                                     "column). The checkpoint with the best val Dice is kept; rerunning the same "
                                     "command resumes.")
-    optional(ts, "--arch", choices=["unet", "runet", "r2unet"])
+    optional(ts, "--arch", choices=SEG_ARCHS)
     optional(ts, "--depth", type=positive_int)
     optional(ts, "--width", type=positive_int)
     optional(ts, "--t", type=int, help="recurrence steps (runet, r2unet)")
@@ -44,11 +55,11 @@ def register(sub, common: Common) -> None:
                         description="Phase one trains each member alone with focal loss; phase two freezes them "
                                     "and trains GAP -> BN -> concat -> Dense(1024, SELU) -> head. The best "
                                     "checkpoint by val metric is kept; rerunning the same command resumes.")
-    optional(tc, "--target", choices=["melanoma", "diagnosis"],
+    optional(tc, "--target", choices=TARGETS,
              help="diagnosis (default): softmax over the label column; melanoma: sigmoid vs rest (the paper's)")
     optional(tc, "--label-column", help="default: melanoma / diagnosis, after --target")
     optional(tc, "--backbone", metavar="NAME", help="a registered backbone ('dermsearch backbones')")
-    optional(tc, "--weights", choices=["imagenet", "random"], help="member initialisation")
+    optional(tc, "--weights", choices=BACKBONE_INITS, help="member initialisation")
     optional(tc, "--members", type=positive_int)
     optional(tc, "--trainable-stages", type=int, metavar="N",
              help="train the last N of the 7 stages; the others are frozen and shared (7: whole members)")
@@ -71,7 +82,7 @@ def register(sub, common: Common) -> None:
     optional(tc, "--balanced", action=argparse.BooleanOptionalAction,
              help="class-balanced sampling with replacement in both phases (default on; --no-balanced: the "
                   "natural class mix)")
-    optional(tc, "--augment", choices=["x7", "online", "none"],
+    optional(tc, "--augment", choices=AUGMENTS,
              help="x7: the paper's offline expansion (default); online: random per batch")
     optional(tc, "--diversity", choices=list(DIVERSITY),
              help="how members differ (default bootstrap: bagging; snapshot: each member after the first "
@@ -94,7 +105,7 @@ def register(sub, common: Common) -> None:
                   "(x7: variants 1-7; online: every draw; default 0: none)")
     optional(tc, "--colour", choices=COLOUR_METHODS,
              help="colour constancy on the network's input (indexing then applies it too)")
-    optional(tc, "--tta", type=int, choices=[1, 2, 4],
+    optional(tc, "--tta", type=int, choices=TTA_COUNTS,
              help="phase two on the members' pooled vectors averaged over 1, 2 or 4 flips/quarter turns; indexing "
                   "then averages the same views")
     optional(tc, "--init-members", metavar="ENSEMBLE",

@@ -23,6 +23,7 @@ from ..extract import ImageError, Vectors, load_image
 from ..index.sources import Problem, read_labels_csv
 from ..index.store import ModelMismatchError
 from ..labels import read_split
+from ..names import BACKBONE_INITS
 from ..search import MEASURES, Searcher
 from .config import EvaluationConfig
 from .exclusion import check, exclusion_note, labels_of, meta_column, patients_of, strictest
@@ -401,7 +402,7 @@ class Evaluator:
     def head_probabilities(self, queries: QuerySet) -> np.ndarray | None:
         """P(melanoma) of the index model's own head for each query (None: the model has no head)."""
         cfg = self.searcher.index.extractor_config
-        if cfg.feature != "ensemble" or cfg.weights in ("imagenet", "random"):
+        if cfg.feature != "ensemble" or cfg.weights in BACKBONE_INITS:
             return None
         extractor = self.searcher.extractor
         if not extractor.has_head:

@@ -16,10 +16,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
+from ..names import EXCLUDE_SAME
 
 __all__ = ["EXCLUDE_SAME", "exclusion_note", "meta_column", "patients_of", "strictest"]
-
-EXCLUDE_SAME = ("lesion", "patient")
 
 
 def meta_column(metadata: list[dict], name: str) -> np.ndarray:

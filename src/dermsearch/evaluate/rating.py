@@ -5,19 +5,26 @@ person's judgements (paper section 4.1: each of the top k counts 1/k when judged
 from __future__ import annotations
 
 import csv
-import html
 import json
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError
 from ..extract.images import thumbnail_data_uri
+from ..io import write_text
+from ..templating import package_env
 from .evaluator import EvaluationReport
 from .metrics import bootstrap_ci
 
 __all__ = ["write_rating_sheet", "score_ratings"]
+
+
+@cache
+def _env():
+    """The rating sheet's template (``evaluate/templates``), autoescaped: a query id is text, never markup."""
+    return package_env("evaluate/templates")
 
 
 def write_rating_sheet(report: EvaluationReport, paths_by_id: dict[str, str], out: str | Path,
@@ -46,14 +53,8 @@ def write_rating_sheet(report: EvaluationReport, paths_by_id: dict[str, str], ou
             sheet_rows.append([qid, item, ""])
             items.append((item, cid))
         qpath = report.query_paths[qi] if report.query_paths is not None else paths_by_id.get(qid)
-        cards = "".join(
-            f"<label class='c'><img src='{thumbnail_data_uri(paths_by_id.get(cid, ''))}' alt=''>"
-            f"<span><input type='checkbox' data-q='{html.escape(qid)}' data-item='{item}'> {item} similar"
-            "</span></label>"
-            for item, cid in items)
-        query_img = thumbnail_data_uri(qpath or "")
-        query_card = f"<div class='c q'><img src='{query_img}' alt='query'><span>query</span></div>"
-        blocks.append(f"<section><h2>Query {qn}</h2><div class='row'>{query_card}{cards}</div></section>")
+        blocks.append({"n": qn, "id": qid, "uri": thumbnail_data_uri(qpath or ""),
+                       "cards": [(item, thumbnail_data_uri(paths_by_id.get(cid, ""))) for item, cid in items]})
     with open(out / "key.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["query_id", "item", "candidate_id", "measure", "rank"])
@@ -62,28 +63,8 @@ def write_rating_sheet(report: EvaluationReport, paths_by_id: dict[str, str], ou
         w = csv.writer(f)
         w.writerow(["query_id", "item", "similar"])
         w.writerows(sheet_rows)
-    page = f"""<!doctype html><html><head><meta charset='utf-8'><title>dermsearch rating sheet</title><style>
-body{{font-family:system-ui,sans-serif;margin:1.5em}} .row{{display:flex;flex-wrap:wrap;gap:.5em}}
-.c{{border:1px solid #ccc;border-radius:6px;padding:.3em;width:170px;font-size:.8em;display:flex;flex-direction:column}}
-.c img{{width:160px;height:120px;object-fit:cover}} .q{{border:2px solid #333}}
-</style></head><body><h1>Rating sheet ({len(chosen)} queries, top {k})</h1>
-<p>For each query, tick every image you judge similar to it (colour, spread density and texture first;
-then shape, size, unique features, background, location). Which method found an image is hidden.
-When done, press the button and pass the downloaded CSV to <code>dermsearch evaluate --ratings</code>.</p>
-<button id='dl'>Download ratings CSV</button>
-{''.join(blocks)}
-<script>
-document.getElementById('dl').onclick = () => {{
-  const rows = [['query_id','item','similar']];
-  document.querySelectorAll('input[data-item]').forEach(
-    b => rows.push([b.dataset.q, b.dataset.item, b.checked ? 1 : 0]));
-  const csv = rows.map(r => r.map(v => '"' + String(v).replace(/"/g, '""') + '"').join(',')).join('\\n') + '\\n';
-  const a = document.createElement('a');
-  a.href = URL.createObjectURL(new Blob([csv], {{type: 'text/csv'}}));
-  a.download = 'ratings.csv'; a.click();
-}};
-</script></body></html>"""
-    (out / "sheet.html").write_text(page, encoding="utf-8")
+    page = _env().get_template("rating_sheet.html").render(queries=blocks, k=k)
+    write_text(out / "sheet.html", page)
     (out / "sheet.json").write_text(json.dumps({"k": k, "queries": len(chosen), "seed": seed}))
     return [out / "sheet.html", out / "sheet.csv", out / "key.csv"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..models.normalization import backbone_normalization
-from ..names import COLOUR_METHODS, GRAM_NORMS, GRAM_POOLS
+from ..names import BACKBONE_INITS, COLOUR_METHODS, GRAM_NORMS, GRAM_POOLS, TTA_COUNTS
 
 __all__ = ["ExtractorConfig", "PAPER_STYLE", "PREPROCESS_VERSION", "LEARNED_GRAM_WEIGHTS"]
 
@@ -88,7 +88,7 @@ class ExtractorConfig:
             raise ConfigError(f"gram_margin must be in [0, 0.5] (a fraction of the image side), not {self.gram_margin}")
 
     def _check_inputs(self) -> None:
-        if self.tta not in (0, 1, 2, 4):
+        if self.tta not in (0, *TTA_COUNTS):
             raise ConfigError(f"tta must be 1, 2 or 4 test-time views (0: the model's own), not {self.tta}")
         if self.tta > 1 and self.feature != "ensemble":
             raise ConfigError("test-time views (tta > 1) need feature='ensemble'")
@@ -101,7 +101,7 @@ class ExtractorConfig:
     def for_weights(cls, weights: str = "default", **overrides) -> ExtractorConfig:
         """The config for ``weights``: a trained ensemble's architecture comes from its file;
         ``imagenet``/``random`` give the single pooled backbone unless ``overrides`` say otherwise."""
-        if weights in ("imagenet", "random"):
+        if weights in BACKBONE_INITS:
             # the ImageNet/random backbone was never trained on colour-corrected images: the paper's input
             base = {"weights": weights, "feature": "pooled", "members": 1, "colour": "none", **PAPER_STYLE}
             if overrides.get("feature") == "ensemble":
@@ -126,7 +126,7 @@ class ExtractorConfig:
         random backbones, which never saw corrected images."""
         if self.colour != "auto":
             return self
-        if self.weights in ("imagenet", "random"):
+        if self.weights in BACKBONE_INITS:
             return replace(self, colour="none")
         from ..models.ensemble import default_ensemble_path, read_ensemble_spec
 

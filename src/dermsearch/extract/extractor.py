@@ -23,7 +23,7 @@ from ..models.ensemble import (
 )
 from ..models.learned_segmenter import LearnedSegmenter, default_segmenter_path
 from ..models.normalization import NORMALISATIONS
-from ..names import BACKENDS
+from ..names import BACKBONE_INITS, BACKENDS
 from ..runtime import Runtime
 from .config import LEARNED_GRAM_WEIGHTS, PAPER_STYLE, PREPROCESS_VERSION, ExtractorConfig
 from .encoder import finish_masks, pool_masks, prepare_image
@@ -144,7 +144,7 @@ class Extractor:
             else:
                 backbone = create_backbone(cfg.backbone, cfg.weights)
             return PooledFeatureNet(backbone)
-        if cfg.weights in ("imagenet", "random"):
+        if cfg.weights in BACKBONE_INITS:
             # an untrained ensemble (ImageNet or random members, random Dense): for experiments only
             members = [create_backbone(cfg.backbone, "imagenet" if cfg.weights == "imagenet" else None)
                        for _ in range(cfg.members)]

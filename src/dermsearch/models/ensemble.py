@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import ConfigError
-from ..names import TTA_VIEWS
+from ..names import TTA_COUNTS, TTA_VIEWS
 from .description import EnsembleDescription
 from .efficientnet import Backbone
 from .registry import create_backbone
@@ -43,7 +43,7 @@ DEFAULT_FILE = "classifier-ensemble.safetensors"
 
 def tta_views(x: torch.Tensor, n: int) -> list[torch.Tensor]:
     """The first ``n`` of :data:`TTA_VIEWS` applied to ``x`` (identity first)."""
-    if n not in (1, 2, 4):
+    if n not in TTA_COUNTS:
         raise ConfigError(f"test-time views must be 1, 2 or 4, not {n}")
     views = [x, x.flip(3), x.flip(2), x.rot90(1, (2, 3))]
     return views[:n]

@@ -11,10 +11,11 @@ import base64
 from functools import cache
 from pathlib import Path
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment
 
 from ..extract.images import thumbnail_data_uri
 from ..io import write_text
+from ..templating import package_env
 from .measures import MEASURE_INFO
 from .searcher import SearchResult
 
@@ -27,9 +28,7 @@ STAGE_COLOURS = ("#98a2b3", "#7a5af8", "#2e90fa", "#06aed4", "#12b76a", "#f79009
 
 @cache
 def _env() -> Environment:
-    env = Environment(loader=PackageLoader("dermsearch", "search/templates"),
-                      autoescape=select_autoescape(default=True, default_for_string=True),
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env = package_env("search/templates")
     env.globals["stage_colours"] = STAGE_COLOURS
     return env
 

@@ -14,11 +14,10 @@ from dataclasses import asdict, dataclass, field
 
 from ..errors import ConfigError
 from ..models.normalization import backbone_normalization
-from ..names import COLOUR_METHODS, DIVERSITY, HEAD_SELECT, METRIC_LOSSES
+from ..names import AUGMENTS, COLOUR_METHODS, DIVERSITY, HEAD_SELECT, METRIC_LOSSES, TARGETS, TTA_COUNTS
 
 __all__ = ["AugmentConfig", "ClassifierTrainConfig", "SegTrainConfig", "TARGETS", "N_STAGES", "NEUTRAL_SETTINGS"]
 
-TARGETS = ("melanoma", "diagnosis")
 N_STAGES = 7
 # classifier settings added after runs were made, at the value that trains as before they existed: a run
 # (or a recorded config) without the setting is the same run as one with it at this value
@@ -103,8 +102,8 @@ class ClassifierTrainConfig:
     def _check_target_and_diversity(self) -> None:
         if self.target not in TARGETS:
             raise ConfigError(f"target must be one of {TARGETS}, not {self.target!r}")
-        if self.augment not in ("x7", "online", "none"):
-            raise ConfigError(f"augment must be x7, online or none, not {self.augment!r}")
+        if self.augment not in AUGMENTS:
+            raise ConfigError(f"augment must be one of {AUGMENTS}, not {self.augment!r}")
         if self.diversity not in DIVERSITY:
             raise ConfigError(f"diversity must be one of {DIVERSITY}, not {self.diversity!r}")
         if self.snapshot_epochs < 1:
@@ -137,7 +136,7 @@ class ClassifierTrainConfig:
     def _check_views_and_averages(self) -> None:
         if self.scale_jitter and self.augment == "none":
             raise ConfigError("scale_jitter zooms augmented images: it needs augment x7 or online, not none")
-        if self.tta not in (1, 2, 4):
+        if self.tta not in TTA_COUNTS:
             raise ConfigError(f"tta must be 1, 2 or 4 test-time views, not {self.tta}")
         if self.tta > 1 and self.head_variants:
             raise ConfigError("head_variants trains phase two on the x7 variants; it cannot be combined with tta > 1")
