@@ -89,8 +89,8 @@ def test_scale_jitter_setting_is_neutral_by_default_and_checked():
     for bad in (dict(scale_jitter=-0.1), dict(scale_jitter=1.5), dict(scale_jitter=0.2, augment="none")):
         with pytest.raises(ConfigError, match="scale_jitter"):
             ClassifierTrainConfig(**bad)
-    args = build_parser().parse_args(["train", "classifier", "--labels", "x.csv", "--out", "run",
-                                      "--scale-jitter", "0.25"])
+    args = build_parser().parse_args(["train", "classifier", "--labels", __file__, "--out", "run",
+                                      "--scale-jitter", "0.25"])       # --labels must exist (checked while parsing)
     assert _config(args, get_preset("default").classifier).scale_jitter == 0.25
 
 
