@@ -127,12 +127,14 @@ class Gate:
         header = headers.get("authorization", "")
         addr = f"addr:{client_of(scope)}"
         if header.lower().startswith("bearer "):
-            wait = srv.failures.wait(addr)
-            if wait:
-                return None, (429, f"too many failed sign-ins from this address; retry in {wait} s",
-                              [(b"retry-after", str(wait).encode())])
+            # a valid token always passes (behind a proxy every client shares one address: others'
+            # failures must not lock a user out); only failures count, and over the limit get 429
             user = srv.tokens.verify(header[7:].strip())
             if user is None:
+                wait = srv.failures.wait(addr)
+                if wait:
+                    return None, (429, f"too many failed sign-ins from this address; retry in {wait} s",
+                                  [(b"retry-after", str(wait).encode())])
                 srv.failures.fail(addr)
         else:
             user = srv.sessions.user(_cookie(headers))
