@@ -239,11 +239,15 @@ def test_6_a_429_arrives_before_a_large_body_is_read(archive, tmp_path):
     big = 19 * 1024 * 1024
     head = (f"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
             f"Content-Length: {big}\r\n\r\n")
-    with serving(_app(ix, extractor, auth="off", concurrency=1, queue=0)) as port:
+    app = _app(ix, extractor, auth="off", concurrency=1, queue=0)
+    with serving(app) as port:
         # one upload under way (its headers and a first slice sent, the rest still to come) fills the pool
         with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
             slow.sendall(head.encode() + b"--b\r\n" + b"x" * 1000)
-            time.sleep(0.3)
+            deadline = time.monotonic() + 60                         # admitted: the server says so
+            while app.state.server.pending["n"] < 1:
+                assert time.monotonic() < deadline, "the first upload was never admitted"
+                time.sleep(0.01)
             t0 = time.perf_counter()
             status, reply = _raw(port, head, timeout=5)              # headers only: no body is ever sent
             assert status == 429 and "retry-after: 1" in reply.lower() and time.perf_counter() - t0 < 5
