@@ -123,7 +123,7 @@ class Gate:
     def _authenticate(self, scope, headers):
         """(user or None, None) to go on, or (user, (status, detail[, csp, headers])) to refuse."""
         srv, path = self.srv, scope["path"]
-        srv.tokens.active()           # an unreadable token file: 503 for everyone (cached by mtime: cheap)
+        srv.tokens.active()           # an unreadable token file: 503 for everyone (cached by its stat: cheap)
         header = headers.get("authorization", "")
         addr = f"addr:{client_of(scope)}"
         if header.lower().startswith("bearer "):
