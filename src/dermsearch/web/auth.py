@@ -175,7 +175,8 @@ class SessionStore:
 
 class FailureThrottle:
     """Failed sign-ins per key (an address, a user name): after ``limit`` failures within ``window``
-    seconds, further attempts wait until the oldest of them leaves the window."""
+    seconds, further failed attempts wait (429) until the oldest of them leaves the window; callers
+    check a token first, so a valid one always passes."""
 
     def __init__(self, limit: int = 5, window: float = 300.0):
         self.limit, self.window = limit, window

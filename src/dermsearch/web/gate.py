@@ -5,7 +5,7 @@ security headers too), deciding from the request line and headers alone, before 
 - **Authentication** (unless the server runs with ``auth="off"``): a bearer token, or the session
   cookie of ``/api/login``. No valid token, no access: revoked tokens, a deleted token file and no
   tokens at all lock every protected path (401); an unreadable token file answers 503. Repeated bad
-  tokens from one address are throttled (429) before they are checked.
+  tokens from one address are throttled (429); a valid token always passes.
 - **Roles**: the rating exports are for admins only (403).
 - **Admission** for the paths that do work (a search, a rating session, a rating post): the
   per-user (else per-address) rate and the pool's queue are checked before a byte of the body is
