@@ -81,6 +81,9 @@ def cases(p: dict) -> list[tuple[str, list[str], str]]:
         ("export-onnx", ["export-onnx", miss, "--out", out], "no such folder"),
         ("export-onnx", ["export-onnx", ix, "--out", f], "is a file, not a folder"),
         ("export-onnx", ["export-onnx", notix, "--out", out], "notix"),
+        # a folder of other files is refused, never emptied (the export replaces the whole folder)
+        ("export-onnx", ["export-onnx", ix, "--out", p["root"]], "not an earlier export"),
+        ("export-onnx", ["export-onnx", ix, "--out", "."], "not an earlier export"),
         ("info", ["info", miss], "no such folder"),
         ("info", ["info", f], "is a file, not a folder"),
         ("info", ["info", notix], "notix"),
@@ -193,6 +196,32 @@ def test_every_mistake_is_one_line_and_exit_2(paths, capsys):
     names = {n.removeprefix("dermsearch ") for n in _command_names(build_parser())}
     assert names <= swept, names - swept
     assert len(all_cases) >= 100, len(all_cases)
+
+
+def test_export_onnx_never_empties_a_folder_of_other_files(paths, tiny_extractor, tmp_path, capsys):
+    """An existing folder that is not an earlier export (say ``--out ~/Downloads``) is refused, by
+    the CLI and by the library, and its files stay; an empty folder or a new one is fine."""
+    from dermsearch.errors import ConfigError
+    from dermsearch.extract.onnx import export_onnx
+
+    folder = tmp_path / "Downloads"
+    folder.mkdir()
+    (folder / "thesis.pdf").write_bytes(b"precious")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "photo.jpg").write_bytes(b"also precious")
+    capsys.readouterr()
+    assert main(["export-onnx", paths["ix"], "--out", str(folder)]) == 2
+    assert "not an earlier export" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="not an earlier export"):
+        export_onnx(tiny_extractor, folder)
+    from dermsearch.cli.export import export_index
+    from dermsearch.index import Index
+
+    with pytest.raises(ConfigError, match="not an earlier export"):
+        export_index(Index.open(paths["ix"]), folder)
+    assert (folder / "thesis.pdf").read_bytes() == b"precious"
+    assert (folder / "sub" / "photo.jpg").read_bytes() == b"also precious"
+    assert sorted(p.name for p in folder.iterdir()) == ["sub", "thesis.pdf"]
 
 
 def test_a_port_in_use_is_a_usage_error():

@@ -37,12 +37,44 @@ def test_export_parquet_round_trip(isic_index, tmp_path, capsys):
     assert table.column("patient_id").to_pylist()[0] == "IP_P1"
     assert json.loads(table.column("meta")[0].as_py())["diagnosis_1"] == "Malignant"
     assert table.schema.metadata[b"feature_dim"] == str(s.features.shape[1]).encode()
-    assert "style" not in table.column_names and not list(tmp_path.glob(".*tmp"))
+    assert "style" not in table.column_names and not list(tmp_path.glob(".*tmp*"))
 
     styled = tmp_path / "styled.parquet"
     assert main(["export", str(root / "ix"), str(styled), "--style"]) == 0
     st = pq.read_table(styled, columns=["style"])
     assert np.allclose(np.array(st.column("style").to_pylist(), dtype=np.float32), s.styles)
+
+
+def test_export_reads_one_version_held_throughout(isic_index, tmp_path, monkeypatch):
+    """Rows removed (a new version committed) while the file is written change nothing: every row
+    of the version the export pinned is written, that version is reported, and a reader lease
+    holds it meanwhile (so compaction keeps it)."""
+    import shutil
+
+    from dermsearch.index import Index, export
+    from dermsearch.index.leases import held_versions
+
+    root, searcher = isic_index
+    shutil.copytree(root / "ix", tmp_path / "ix", ignore=shutil.ignore_patterns("readers"))   # no lease but ours
+    index = Index.open(tmp_path / "ix")
+    pinned = index.latest_version()
+    ids = index.snapshot(vectors=False).ids.tolist()
+    seen = []
+    real_rows = export._rows
+
+    def rows_then_remove(batch, style, schema):
+        if not seen:
+            seen.append(held_versions(tmp_path / "ix"))
+            assert index.remove(ids[:3])[0] == ids[:3]            # a new version, 5 rows, mid-export
+        return real_rows(batch, style, schema)
+
+    monkeypatch.setattr(export, "_rows", rows_then_remove)
+    written = export.export_parquet(index, tmp_path / "out.parquet", batch_rows=2)
+    assert seen == [[pinned]]
+    assert index.latest_version() > pinned and len(index) == len(ids) - 3
+    assert written["version"] == pinned and written["rows"] == len(ids)
+    assert pq.read_table(tmp_path / "out.parquet").column("id").to_pylist() == ids
+    assert held_versions(tmp_path / "ix") == []                     # the lease ends with the export
 
 
 def test_pandas_polars_and_datasets_read_it_as_is(isic_index, tmp_path):

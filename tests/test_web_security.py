@@ -219,6 +219,21 @@ def test_token_cli_hashes_at_rest_and_revokes(hostile_index, tmp_path, capsys):
     assert TokenStore.for_index(ix).verify(token) is None
 
 
+def test_a_revocation_within_one_mtime_tick_is_seen(tmp_path):
+    """A server's token store caches the file; a revocation written within the same tick of the
+    file system's clock (the same mtime) still takes effect at its next request."""
+    import os
+
+    server, cli = TokenStore(tmp_path / "web-tokens.json"), TokenStore(tmp_path / "web-tokens.json")
+    token = cli.create("ana", "rater")
+    assert server.verify(token).name == "ana"                       # cached now
+    before = (tmp_path / "web-tokens.json").stat()
+    assert cli.revoke("ana") == 1
+    os.utime(tmp_path / "web-tokens.json", ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (tmp_path / "web-tokens.json").stat().st_mtime_ns == before.st_mtime_ns
+    assert server.verify(token) is None
+
+
 def test_auth_on_every_endpoint_and_roles(auth_index):
     ix, extractor, tokens = auth_index
     ana, bo, root = tokens["ana"], tokens["bo"], tokens["root"]

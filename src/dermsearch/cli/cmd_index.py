@@ -12,7 +12,7 @@ from ..names import BACKENDS, GRAM_NORMS, GRAM_POOLS
 from ..presets import PRESETS
 from ..runtime import Runtime
 from ..search.config import FastConfig
-from .common import UsageError, err, existing_path, folder_to_write, positive_int, tagged
+from .common import UsageError, err, existing_path, export_folder, folder_to_write, positive_int, tagged
 from .options import Common, given, index_dir, optional, runtime_of
 
 __all__ = ["register"]
@@ -108,7 +108,7 @@ def register(sub, common: Common) -> None:
 
     ex = sub.add_parser("export-onnx", parents=[common.index],
                         help="export an index's networks to ONNX (for ONNX Runtime elsewhere)")
-    ex.add_argument("--out", type=folder_to_write, required=True, metavar="OUT_DIR",
+    ex.add_argument("--out", type=export_folder, required=True, metavar="OUT_DIR",
                     help="folder for extractor.onnx, segmenter.onnx and onnx.json (docs/usage.md: the contract)")
     ex.set_defaults(handler=cmd_export_onnx)
 

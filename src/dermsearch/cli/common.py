@@ -92,6 +92,16 @@ def folder_to_write(text: str) -> Path:
     return path
 
 
+def export_folder(text: str) -> Path:
+    """A folder an export replaces as a whole (resolved, so ``.`` works): missing, empty or an
+    earlier export (it holds ``onnx.json``); any other folder is refused, never emptied."""
+    path = folder_to_write(text).resolve()
+    if path.is_dir() and any(path.iterdir()) and not (path / "onnx.json").is_file():
+        raise _bad(f"{text} is a folder with other files in it (no onnx.json: not an earlier export), and the "
+                   "export replaces the whole folder; give a new or empty folder")
+    return path
+
+
 def file_to_write(text: str) -> Path:
     """A file to (over)write: not a folder, and its folder exists (checked before the work runs)."""
     path = Path(text)

@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..io import write_json
+
 __all__ = ["export_index", "describe"]
 
 
 def export_index(index, out: Path) -> dict:
     """Export ``index``'s model to ``out`` (a copy of the cached export when indexing made one, else
     a fresh export) and write ``preprocess.json``; returns the contract."""
-    from ..extract.ort import export_directory
+    from ..extract.ort import check_export_folder, export_directory
 
+    out = check_export_folder(out)          # never empties a folder that is not an earlier export
     cached = export_directory(index.fingerprint)
     if _complete_export(cached, index.fingerprint) and not (out / "onnx.json").is_file():
         _copy_export(cached, out)       # indexing on ONNX Runtime exported this very model already
@@ -52,15 +55,13 @@ def _complete_export(directory: Path, fingerprint: str) -> bool:
 
 def _copy_export(source: Path, out: Path) -> None:
     """Copy a cached export to ``out`` atomically (a temporary folder renamed into place)."""
-    import os
     import shutil
 
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.replace(out)
+    from ..io import replace_dir, temp_dir_for
+
+    tmp = temp_dir_for(out)
+    shutil.copytree(source, tmp, dirs_exist_ok=True)
+    replace_dir(tmp, out)
 
 
 def _write_contract(out: Path, index, info: dict) -> dict:
@@ -87,7 +88,5 @@ def _write_contract(out: Path, index, info: dict) -> dict:
                                  "triangles (off-diagonal x sqrt 2): squared distance = the style loss"}
                        if "style" in info["outputs"] else {})},
     }
-    tmp = out / "preprocess.json.tmp"
-    tmp.write_text(json.dumps(contract, indent=2))
-    tmp.replace(out / "preprocess.json")
+    write_json(out / "preprocess.json", contract, indent=2)
     return contract

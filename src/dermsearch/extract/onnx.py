@@ -36,6 +36,7 @@ from .gram import average_grams, normalise_grams
 from .ort import (
     EXPORT_VERSION,
     OnnxRuntimeBackend,
+    check_export_folder,
     export_directory,
     onnx_available,
     onnx_cache_dir,
@@ -104,7 +105,10 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, outputs: list[
 def export_onnx(extractor, directory: str | os.PathLike | None = None) -> Path:
     """Export ``extractor``'s networks to ``directory`` (default: the cache, by fingerprint).
     Returns the directory; an existing complete export is reused."""
-    directory = Path(directory) if directory else export_directory(extractor.fingerprint)
+    if directory:
+        directory = check_export_folder(directory)
+    else:
+        directory = export_directory(extractor.fingerprint)
     if (directory / "onnx.json").is_file():
         return directory
     if not onnx_export_available():

@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import ConfigError
 
 __all__ = ["OnnxRuntimeBackend", "onnx_cache_dir", "onnx_available", "onnx_export_available", "export_directory",
-           "EXPORT_VERSION"]
+           "check_export_folder", "EXPORT_VERSION"]
 
 EXPORT_VERSION = 1
 
@@ -40,6 +40,18 @@ def onnx_export_available() -> bool:
 def export_directory(fingerprint: str) -> Path:
     """Where the export of the model with this fingerprint is cached."""
     return onnx_cache_dir() / f"{fingerprint}-v{EXPORT_VERSION}"
+
+
+def check_export_folder(directory: str | os.PathLike) -> Path:
+    """``directory`` resolved, if an export may replace it: missing, empty or an earlier export (it
+    holds ``onnx.json``). Any other folder (say ``~/Downloads``) is refused, never emptied."""
+    path = Path(directory).resolve()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{directory} is a file, not a folder; give a folder for the ONNX export")
+    if path.is_dir() and any(path.iterdir()) and not (path / "onnx.json").is_file():
+        raise ConfigError(f"{directory} is a folder with other files in it (no onnx.json: not an earlier "
+                          "export), and the export replaces the whole folder; give a new or empty folder")
+    return path
 
 
 class OnnxRuntimeBackend:

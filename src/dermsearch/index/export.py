@@ -4,7 +4,8 @@ metadata column (``meta``, JSON text) and the ``feature`` vector (a list of floa
 ``style``, the stored Gram (style) vector too.
 
 Rows are streamed in batches (a style vector is ~330 KB, so a large index never sits in memory)
-into a temporary file that replaces ``out`` only when complete.
+into a temporary file that replaces ``out`` only when complete, all from one index version (held
+with a reader lease, so ``compact`` keeps it meanwhile).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from ..errors import ConfigError
+from ..io import atomic_path
+from .leases import Lease
 from .store import Index
 
 __all__ = ["export_parquet"]
@@ -54,9 +57,9 @@ def _rows(batch: pa.RecordBatch, style: bool, schema: pa.Schema) -> pa.RecordBat
 
 
 def export_parquet(index: Index, out: str | os.PathLike, style: bool = False, batch_rows: int = 512) -> dict:
-    """Write ``index``'s rows to the Parquet file ``out`` (atomically); returns what was written."""
-    import pyarrow.parquet as pq
-
+    """Write the rows of ``index``'s newest version to the Parquet file ``out`` (atomically), that one
+    version held (a lease) and read throughout, whatever is added meanwhile; returns what was written
+    (``version``: the version exported)."""
     if style and not index.manifest["style_dim"]:
         raise ConfigError(f"{index.directory} stores no style vectors (built with --no-style): export without style")
     out = Path(out)
@@ -66,24 +69,26 @@ def export_parquet(index: Index, out: str | os.PathLike, style: bool = False, ba
             "style_dim": str(index.manifest["style_dim"] if style else 0),
             "extractor": json.dumps(index.manifest["extractor"], sort_keys=True)}
     schema = schema.with_metadata({**(schema.metadata or {}), **{k.encode(): v.encode() for k, v in meta.items()}})
-    table = index._table
-    table.checkout_latest()
+    version = index.latest_version()
+    with Lease(index.directory, version):           # compaction keeps this version until the file is written
+        table = Index(index.directory, index.manifest)._table       # a handle of its own, pinned to it
+        table.checkout(version)
+        rows = _write(table, out, schema, style, batch_rows)
+    return {"file": str(out), "rows": rows, "version": version, "feature_dim": index.manifest["feature_dim"],
+            "style_dim": index.manifest["style_dim"] if style else 0, "bytes": out.stat().st_size}
+
+
+def _write(table, out: Path, schema: pa.Schema, style: bool, batch_rows: int) -> int:
+    """Stream the rows of ``table`` (pinned to one version) into ``out`` atomically; returns the rows."""
+    import pyarrow.parquet as pq
+
     n = table.count_rows()
     columns = _LIGHT + ["feature"] + (["style"] if style else [])
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     rows = 0
-    try:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            if n:
-                reader = table.search().select(columns).limit(n).to_batches(batch_rows)
-                for batch in reader:
-                    if batch.num_rows:
-                        writer.write_batch(_rows(batch, style, schema))
-                        rows += batch.num_rows
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return {"file": str(out), "rows": rows, "version": table.version, "feature_dim": index.manifest["feature_dim"],
-            "style_dim": index.manifest["style_dim"] if style else 0, "bytes": out.stat().st_size}
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        if n:
+            for batch in table.search().select(columns).limit(n).to_batches(batch_rows):
+                if batch.num_rows:
+                    writer.write_batch(_rows(batch, style, schema))
+                    rows += batch.num_rows
+    return rows

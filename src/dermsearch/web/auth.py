@@ -51,7 +51,7 @@ def _digest(token: str) -> str:
 class TokenStore:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._cache: tuple[float, list[dict]] | None = None
+        self._cache: tuple[tuple[int, int, int], list[dict]] | None = None
 
     @classmethod
     def for_index(cls, index_dir: str | os.PathLike) -> TokenStore:
@@ -59,11 +59,14 @@ class TokenStore:
 
     def _read(self) -> list[dict]:
         try:
-            mtime = self.path.stat().st_mtime
+            st = self.path.stat()
         except FileNotFoundError:
             return []
-        if self._cache is None or self._cache[0] != mtime:      # revocations take effect at once
-            self._cache = (mtime, self._parse())
+        # revocations take effect at once: every write is a new file (atomic), so its inode and size
+        # tell it apart from the cached one even within one tick of the file system's clock
+        key = (st.st_mtime_ns, st.st_ino, st.st_size)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._parse())
         return self._cache[1]
 
     def _parse(self) -> list[dict]:
@@ -172,7 +175,8 @@ class SessionStore:
 
 class FailureThrottle:
     """Failed sign-ins per key (an address, a user name): after ``limit`` failures within ``window``
-    seconds, further attempts wait until the oldest of them leaves the window."""
+    seconds, further failed attempts wait (429) until the oldest of them leaves the window; callers
+    check a token first, so a valid one always passes."""
 
     def __init__(self, limit: int = 5, window: float = 300.0):
         self.limit, self.window = limit, window

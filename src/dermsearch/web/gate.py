@@ -5,7 +5,7 @@ security headers too), deciding from the request line and headers alone, before 
 - **Authentication** (unless the server runs with ``auth="off"``): a bearer token, or the session
   cookie of ``/api/login``. No valid token, no access: revoked tokens, a deleted token file and no
   tokens at all lock every protected path (401); an unreadable token file answers 503. Repeated bad
-  tokens from one address are throttled (429) before they are checked.
+  tokens from one address are throttled (429); a valid token always passes.
 - **Roles**: the rating exports are for admins only (403).
 - **Admission** for the paths that do work (a search, a rating session, a rating post): the
   per-user (else per-address) rate and the pool's queue are checked before a byte of the body is
@@ -123,16 +123,18 @@ class Gate:
     def _authenticate(self, scope, headers):
         """(user or None, None) to go on, or (user, (status, detail[, csp, headers])) to refuse."""
         srv, path = self.srv, scope["path"]
-        srv.tokens.active()           # an unreadable token file: 503 for everyone (cached by mtime: cheap)
+        srv.tokens.active()           # an unreadable token file: 503 for everyone (cached by its stat: cheap)
         header = headers.get("authorization", "")
         addr = f"addr:{client_of(scope)}"
         if header.lower().startswith("bearer "):
-            wait = srv.failures.wait(addr)
-            if wait:
-                return None, (429, f"too many failed sign-ins from this address; retry in {wait} s",
-                              [(b"retry-after", str(wait).encode())])
+            # a valid token always passes (behind a proxy every client shares one address: others'
+            # failures must not lock a user out); only failures count, and over the limit get 429
             user = srv.tokens.verify(header[7:].strip())
             if user is None:
+                wait = srv.failures.wait(addr)
+                if wait:
+                    return None, (429, f"too many failed sign-ins from this address; retry in {wait} s",
+                                  [(b"retry-after", str(wait).encode())])
                 srv.failures.fail(addr)
         else:
             user = srv.sessions.user(_cookie(headers))

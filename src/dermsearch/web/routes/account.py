@@ -24,11 +24,14 @@ async def login(request: Request, srv: Server = Depends(server)) -> Response:
     except Exception:  # noqa: BLE001
         raise HTTPException(422, "expected {token, name?}") from None
     keys = [f"addr:{client_of(request.scope)}", *([f"name:{name}"] if name else [])]
-    wait = srv.failures.wait(*keys)
-    if wait:
-        raise HTTPException(429, f"too many failed sign-ins; retry in {wait} s", headers={"Retry-After": str(wait)})
-    made = srv.sessions.create(token)
+    made = srv.sessions.create(token)             # a valid sign-in always passes; only failures count
     if made is None or (name is not None and made[1].name != name):
+        if made is not None:
+            srv.sessions.end(made[0])
+        wait = srv.failures.wait(*keys)
+        if wait:
+            raise HTTPException(429, f"too many failed sign-ins; retry in {wait} s",
+                                headers={"Retry-After": str(wait)})
         srv.failures.fail(*keys)
         raise HTTPException(401, "unknown or revoked token")
     sid, user = made
