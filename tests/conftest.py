@@ -115,8 +115,9 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 @contextmanager
-def running_server(app):
-    """Serve an ASGI app with uvicorn on a free loopback port in a thread; yields its base URL."""
+def running_server(app, config=None):
+    """Serve an ASGI app with uvicorn on a free loopback port in a thread; yields its base URL.
+    ``config(app, host, port)``: the uvicorn.Config to use (default: uvicorn's, quiet)."""
     import socket
     import threading
     import time
@@ -126,7 +127,9 @@ def running_server(app):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    cfg = config(app, "127.0.0.1", port) if config else uvicorn.Config(app, host="127.0.0.1", port=port,
+                                                                        log_level="warning")
+    server = uvicorn.Server(cfg)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(200):

@@ -13,7 +13,6 @@ import logging
 import re
 import shutil
 import socket
-import threading
 import time
 from contextlib import contextmanager
 from urllib.parse import quote
@@ -25,7 +24,7 @@ from dermsearch.search import Searcher
 from dermsearch.web.app import WebConfig, create_app
 from dermsearch.web.auth import TokenStore
 
-from .conftest import labelled_archive, lesion_image
+from .conftest import labelled_archive, lesion_image, running_server
 
 COMMENT = b"PATIENT Jane Roe 1961-04-02"
 NEWLINE_ID = "new\nline"
@@ -68,26 +67,12 @@ def _png(seed: int = 7) -> bytes:
 
 @contextmanager
 def serving(app):
-    """A real uvicorn server on loopback, configured exactly as ``dermsearch serve`` configures it."""
-    import uvicorn
-
+    """A real uvicorn server on loopback, configured exactly as ``dermsearch serve`` configures it;
+    yields its port."""
     from dermsearch.cli.serve import server_config
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(server_config(app, "127.0.0.1", port))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(5)
+    with running_server(app, server_config) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 def _raw(port: int, head: str, body: bytes = b"", timeout: float = 10.0) -> tuple[int, str]:

@@ -268,6 +268,18 @@ def fit(run: Run, train_epoch: Callable[[int], float], validate: Callable[[], tu
     return state
 
 
+def optimise(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler, average: WeightAverage | None) -> float:
+    """One training step on ``loss``: gradients, the optimizer and scheduler steps, the weight
+    average's update; returns the loss as a float (both phases' inner loops)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    if average is not None:
+        average.update()
+    return float(loss.detach())
+
+
 def iterate(n: int, step: int, desc: str, progress: bool):
     """Batch starts 0, step, ... < n, with a progress bar when ``progress``."""
     batches = range(0, n, step)

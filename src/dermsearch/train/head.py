@@ -29,7 +29,7 @@ from ..evaluate.feature_knn import feature_retrieval
 from ..models.normalization import NORMALISATIONS
 from ..names import HEAD_SELECT
 from . import seeds
-from .harness import Run, RunFiles, WeightAverage, fit, load_metadata, resume_key
+from .harness import Run, RunFiles, WeightAverage, fit, load_metadata, optimise, resume_key
 from .losses import binary_focal_loss, metric_loss_module, multiclass_focal_loss
 
 __all__ = ["HeadData", "HeadTask", "HEAD_SELECT", "fit_head", "head_loss", "epoch_sample", "PooledGraph",
@@ -135,13 +135,7 @@ class _HeadLoop:
             loss = head_loss(cfg, logits, y, self.task.class_weights)
             if self.metric is not None:
                 loss = loss + cfg.metric_weight * self.metric(feature, y)
-            run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            run.optimizer.step()
-            run.scheduler.step()
-            if run.average is not None:
-                run.average.update()
-            total += float(loss.detach()) * len(idx)
+            total += optimise(loss, run.optimizer, run.scheduler, run.average) * len(idx)
         return total / len(order)
 
     def validate(self) -> tuple[dict, float]:

@@ -25,7 +25,17 @@ from ..models.registry import create_backbone
 from ..models.weights import state_fingerprint
 from . import seeds
 from .config import NEUTRAL_SETTINGS, ClassifierTrainConfig
-from .harness import Run, RunFiles, WeightAverage, autocast, fit, iterate, resolved_precision, resume_key
+from .harness import (
+    Run,
+    RunFiles,
+    WeightAverage,
+    autocast,
+    fit,
+    iterate,
+    optimise,
+    resolved_precision,
+    resume_key,
+)
 from .head import epoch_sample
 from .inputs import RunContext
 from .losses import metric_loss_module
@@ -211,13 +221,7 @@ class _MemberLoop:
             h = p.inputs.batch(idx, rng.integers(0, 8, len(idx)), g)
             y = data.y_train[torch.from_numpy(idx)].to(p.inputs.device)
             loss = member.loss(h, y, data.loss, cfg.member_metric_weight, p.precision)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            self.sched.step()
-            if self.average is not None:
-                self.average.update()
-            total += float(loss.detach()) * len(idx)
+            total += optimise(loss, self.opt, self.sched, self.average) * len(idx)
         return total / len(order)
 
     def validate(self) -> tuple[dict, float]:
