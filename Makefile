@@ -11,9 +11,17 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 .PHONY: demo test test-fast lint bench clean
 
 # torch first, pinned exactly, from TORCH_INDEX; later installs keep it (the pin is satisfied)
+# (when TORCH_INDEX does not answer within 10 s, as on a machine that reaches only PyPI or a mirror,
+# pip's own configuration is used instead: a local CPU wheel or the mirror's torch)
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet $(TORCH) --index-url $(TORCH_INDEX)
+	if $(PYTHON) -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=10)" \
+			"$(TORCH_INDEX)/" >/dev/null 2>&1; then \
+		$(BIN)/pip install --quiet $(TORCH) --index-url $(TORCH_INDEX); \
+	else \
+		echo "$(TORCH_INDEX) does not answer: $(TORCH) from pip's configured index instead"; \
+		$(BIN)/pip install --quiet $(TORCH); \
+	fi
 
 # the demo needs the core and the ONNX export (the default, faster CPU backend)
 $(VENV)/.demo: pyproject.toml | $(BIN)/python
