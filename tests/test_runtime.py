@@ -39,7 +39,12 @@ def test_the_runtime_changes_no_vector_and_no_fingerprint(tiny_extractor):
     assert np.array_equal(a.masks, b.masks)
 
 
-def test_every_runtime_command_spells_device_and_threads_once():
+def test_every_runtime_command_spells_device_and_threads_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)            # the paths below exist (the CLI checks them while parsing)
+    for folder in ("ix", "src"):
+        (tmp_path / folder).mkdir()
+    for name in ("q.jpg", "l.csv"):
+        (tmp_path / name).write_bytes(b"x")
     parser = build_parser()
     for argv in (["search", "ix", "q.jpg"], ["index", "src", "--index", "ix"], ["evaluate", "ix"],
                  ["serve", "ix"], ["train", "classifier", "--labels", "l.csv", "--out", "o"]):
