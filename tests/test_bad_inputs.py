@@ -98,7 +98,8 @@ _CLIENTS = {}
 def _client(corpus, extractor):
     if "c" not in _CLIENTS:
         from dermsearch.search import Searcher
-        _CLIENTS["c"] = TestClient(create_app(corpus / "ix", WebConfig(auth="off"),
+        # one client posts every case (30+): the rate limit is another test's business
+        _CLIENTS["c"] = TestClient(create_app(corpus / "ix", WebConfig(auth="off", rate_limit=0),
                                               searcher=Searcher(corpus / "ix", extractor=extractor)),
                                    base_url="http://localhost")
     return _CLIENTS["c"]
