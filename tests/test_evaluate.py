@@ -323,3 +323,12 @@ def test_item_bootstrap_agrees_with_scipy():
     ours = bootstrap_ci(lambda i: x[i].mean(), len(x), 4000, seed=1)
     ref = bootstrap((x,), np.mean, n_resamples=4000, method="percentile", random_state=2).confidence_interval
     assert ours == pytest.approx((ref.low, ref.high), abs=0.015)
+
+
+def test_split_selection_keeps_chosen_rows_out_of_the_candidates():
+    from dermsearch.evaluate.evaluator import split_selection
+
+    split = {"a": "train", "b": "val", "c": "val", "d": "test"}
+    ids = ["a", "b", "c", "d", "e"]                      # "e": in no split, so never chosen on
+    assert split_selection(ids, split, ["val"]) == (["b", "c"], ["a", "d", "e"])
+    assert split_selection(ids, split, ["val", "test"], ["a", "b"]) == (["b", "c", "d"], ["a"])

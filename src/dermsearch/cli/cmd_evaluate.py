@@ -245,6 +245,7 @@ def _external_ids(args) -> set[str] | None:
 def _compare(args, evaluator, split) -> int:
     from ..evaluate import EvaluationConfig, Evaluator
     from ..evaluate.compare import compare, comparison_markdown
+    from ..evaluate.evaluator import split_selection
     from ..search import Searcher
 
     other = Evaluator(Searcher(args.compare, runtime=runtime_of(args)))
@@ -275,11 +276,7 @@ def _compare(args, evaluator, split) -> int:
     if len(qa) == 0 or len(qb) == 0:
         raise UsageError("no queries")
     candidates = in_splits(args.candidate_split) if args.candidate_split else None
-    selection = None
-    if args.choose_on:
-        picked = set(args.choose_on)
-        pool = candidates if candidates is not None else ids
-        selection = ([i for i in ids if split.get(i) in picked], [i for i in pool if split.get(i) not in picked])
+    selection = split_selection(ids, split, args.choose_on, candidates) if args.choose_on else None
     result = compare(evaluator, other, qa, qb, candidates, config, selection, (str(args.index), str(args.compare)))
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
@@ -296,18 +293,13 @@ def _headline(args, evaluator, report, split, candidates) -> None:
     """Name the report's headline measure: given (--headline), or chosen on other queries (--choose-on)."""
     from ..evaluate import EvaluationConfig
 
-    metric = (args.choose_metric or "macro_p@k").replace("@k", f"@{args.k}")
+    metric = args.choose_metric or "macro_p@k"
     if args.headline:
-        report.set_headline(args.headline, metric, "named with --headline before the evaluation")
+        report.set_headline(args.headline, metric.replace("@k", f"@{args.k}"),
+                            "named with --headline before the evaluation")
         return
-    chosen = set(args.choose_on)
-    ids = evaluator.searcher.snapshot.ids
-    pool = candidates if candidates is not None else list(ids)
-    evaluator.headline_from(report, [i for i in ids if split.get(i) in chosen],
-                            [i for i in pool if split.get(i) not in chosen], metric,
-                            EvaluationConfig(k=args.k, vote_k=args.vote_k, seed=args.seed,
-                                             exclude_same=args.exclude_same, label_column=args.label_column),
-                            "+".join(args.choose_on))
+    evaluator.headline_on_splits(report, split, args.choose_on, candidates, metric, EvaluationConfig(
+        k=args.k, vote_k=args.vote_k, seed=args.seed, exclude_same=args.exclude_same, label_column=args.label_column))
 
 
 def cmd_fit_gram_weights(args) -> int:

@@ -106,6 +106,14 @@ def choose_headline(selection: EvaluationReport, metric: str) -> tuple[str, dict
     return best_measure(values), values
 
 
+def split_selection(ids, split: dict, names, candidate_ids=None) -> tuple[list, list]:
+    """The rows a rule chooses on: ``ids`` in the splits ``names`` (by ``split``, id -> split) as
+    queries, and the candidates (``candidate_ids``, default ``ids``) outside them."""
+    names = set(names)
+    pool = list(ids) if candidate_ids is None else candidate_ids
+    return [i for i in ids if split.get(i) in names], [i for i in pool if split.get(i) not in names]
+
+
 def best_measure(values: dict[str, float]) -> str:
     """The measure with the highest value, ties in the order of MEASURES (the headline rule)."""
     return max(values, key=lambda m: (values[m], -MEASURES.index(m)))
@@ -398,6 +406,13 @@ class Evaluator:
         measure, values = choose_headline(sel, metric)
         report.set_headline(measure, metric, f"highest {metric} with the {label} rows as queries against the "
                             f"{len(candidate_ids)} candidates outside them ({len(selection_ids)} queries)", values)
+
+    def headline_on_splits(self, report: EvaluationReport, split: dict, names, candidate_ids, metric: str,
+                           config: EvaluationConfig) -> None:
+        """:meth:`headline_from` with the index rows of the splits ``names`` as selection queries
+        (``metric``'s ``@k`` read as ``config.k``)."""
+        chosen, pool = split_selection(self.searcher.snapshot.ids, split, names, candidate_ids)
+        self.headline_from(report, chosen, pool, metric.replace("@k", f"@{config.k}"), config, "+".join(names))
 
     def head_probabilities(self, queries: QuerySet) -> np.ndarray | None:
         """P(melanoma) of the index model's own head for each query (None: the model has no head)."""
