@@ -136,3 +136,56 @@ def test_a_failed_directory_flush_keeps_the_old_directory(tmp_path, monkeypatch)
     with pytest.raises(OSError):
         io.replace_dir(tmp, target)
     assert (target / "onnx.json").read_text() == "old"
+
+
+def _old_and_new(tmp_path):
+    target = tmp_path / "fast-v1"
+    target.mkdir(parents=True)
+    (target / "fast.json").write_text("old")
+    tmp = io.temp_dir_for(target)
+    (tmp / "fast.json").write_text("new")
+    return target, tmp
+
+
+def test_replace_dir_is_never_missing_when_the_system_can_exchange(tmp_path, monkeypatch):
+    import platform
+
+    if platform.system() != "Linux":
+        pytest.skip("renameat2 is Linux's")
+    target, tmp = _old_and_new(tmp_path)
+    renames = []
+    monkeypatch.setattr(io.os, "replace", lambda a, b: renames.append((a, b)))   # the fallback must not run
+
+    def crash(path, ignore_errors=False):
+        raise KeyboardInterrupt("killed after the swap, before the old directory was removed")
+
+    monkeypatch.setattr(io.shutil, "rmtree", crash)
+    with pytest.raises(KeyboardInterrupt):
+        io.replace_dir(tmp, target)
+    assert renames == []
+    assert (target / "fast.json").read_text() == "new"     # the new directory is in place ...
+    assert (tmp / "fast.json").read_text() == "old"        # ... the old one under the temporary name
+    monkeypatch.undo()
+    assert io.temp_dir_for(target) == tmp and list(tmp.iterdir()) == []   # which the next build clears
+
+
+def test_replace_dir_without_exchange_keeps_the_old_files_aside(tmp_path, monkeypatch):
+    target, tmp = _old_and_new(tmp_path)
+    monkeypatch.setattr(io, "_exchange", lambda a, b: False)
+    io.replace_dir(tmp, target)
+    assert (target / "fast.json").read_text() == "new" and _names(tmp_path) == ["fast-v1"]
+    # a crash between the fallback's two renames: no target, the old files intact aside
+    target, tmp = _old_and_new(tmp_path / "again")
+    real, calls = os.replace, []
+
+    def second_fails(a, b):
+        calls.append(b)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed between the renames")
+        real(a, b)
+
+    monkeypatch.setattr(io.os, "replace", second_fails)
+    with pytest.raises(KeyboardInterrupt):
+        io.replace_dir(tmp, target)
+    aside = [p for p in (tmp_path / "again").iterdir() if p.name.startswith(".fast-v1.old-")]
+    assert not target.exists() and len(aside) == 1 and (aside[0] / "fast.json").read_text() == "old"

@@ -8,7 +8,8 @@ fails before the rename, the temporary is removed and the target is untouched.
 - :func:`write_bytes`, :func:`write_text`, :func:`write_json`: whole files from memory.
 - :func:`atomic_path`: a temporary path for writers that take a file name (safetensors, numpy, ONNX);
   :func:`replace_file`: a file finished under another name (e.g. a resumable partial) moved into place.
-- :func:`replace_dir`: a finished temporary directory renamed over a directory (its files flushed first);
+- :func:`replace_dir`: a finished temporary directory put in a directory's place (its files flushed first;
+  on Linux an atomic exchange, so the directory is never missing);
   :func:`temp_dir_for` names such a directory.
 
 Imports nothing of dermsearch: every layer may use it.
@@ -17,6 +18,7 @@ Imports nothing of dermsearch: every layer may use it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -116,20 +118,61 @@ def temp_dir_for(target: str | os.PathLike) -> Path:
     return tmp
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``, kernel 3.15+, glibc
+    2.28+). False where the system or the file system cannot; then nothing was changed."""
+    global _EXCHANGE
+    if _EXCHANGE is None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            _EXCHANGE = libc.renameat2
+            _EXCHANGE.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        except (AttributeError, OSError):          # not Linux, or a C library without renameat2
+            _EXCHANGE = False
+    if not _EXCHANGE:
+        return False
+    import ctypes
+
+    at_fdcwd, rename_exchange = -100, 2
+    if _EXCHANGE(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.ENOTSUP):   # unsupported here: the fallback
+        return False
+    raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
+
+
+_EXCHANGE = None
+
+
 def replace_dir(tmp: str | os.PathLike, target: str | os.PathLike) -> Path:
     """Make the finished directory ``tmp`` (beside ``target``) the directory ``target``: its files and
-    itself are flushed, an existing ``target`` is removed and ``tmp`` renamed in its place; the parent
-    is flushed. Returns ``target``.
+    itself are flushed, then ``tmp`` takes ``target``'s place and the parent is flushed; the old
+    directory is removed after that. Returns ``target``.
 
-    A rename cannot replace a non-empty directory, so between the removal and the rename ``target``
-    does not exist for a moment: readers must treat a missing directory as "not there yet"."""
+    On Linux the two directories are exchanged in one atomic step (``renameat2``), so a reader or a
+    crash sees the complete old or the complete new directory, never none. Where that is not
+    available (other systems, some network file systems), the old directory is first renamed aside
+    (``.{name}.old-{pid}``) and then ``tmp`` into place: a crash between those two renames leaves no
+    ``target`` and the old files aside, so readers must treat a missing directory as "not there yet"."""
     tmp, target = Path(tmp), Path(target)
     for root, _dirs, files in os.walk(tmp):
         for name in files:
             _fsync_file(Path(root) / name)
         fsync_dir(root)
+    old = None
     if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+        if _exchange(tmp, target):
+            old = tmp                               # now holds the old directory
+        else:
+            old = target.with_name(f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+    else:
+        os.replace(tmp, target)
     fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return target
