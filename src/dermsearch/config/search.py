@@ -20,8 +20,8 @@ class FastConfig:
     candidates: int = setting(32, "rows per style measure re-ranked exactly (each reads a 323 KB style row)", min=1)
     wide_candidates: int = setting(128, "rows per measure whose feature and mask components are computed exactly",
                                    min=1)
-    wide_rows: int = setting(1024, "... or this many / (measures asked for), if more (one measure alone: all of "
-                             "them)", min=1)
+    wide_rows: int = setting(1024, "...or this many rows divided among the measures asked for, when that is more "
+                             "(one measure alone: all of them)", min=1)
     normaliser_candidates: int = setting(16, "rows measured exactly to find each max-normaliser", min=1)
     fit_rows: int = setting(10_000, "the PCA is fitted on a random sample of this many rows", min=1)
     seed: int = setting(0, "seed of the PCA's sample")
