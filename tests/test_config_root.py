@@ -155,6 +155,12 @@ def test_flags_that_fall_back_on_the_preset_are_none_unless_given():
     assert all(getattr(ns, n) is None for n in ("arch", "epochs", "augment", "limit", "image_size"))
     ns = parse([*base, "--no-augment", "--arch", "r2unet", "--limit", "0"])
     assert (ns.augment, ns.arch, ns.limit) == (False, "r2unet", 0)
+    from dermsearch.cli.cmd_train import _config
+    from dermsearch.presets import get_preset
+
+    paper = get_preset("paper").segmenter          # flags given replace the preset's values, the rest stay
+    cfg = _config(parse([*base, "--no-augment", "--depth", "3"]), paper)
+    assert (cfg.augment, cfg.depth, cfg.arch, cfg.width, cfg.image_size) == (False, 3, "r2unet", 32, 384)
     ns = parse(["train", "classifier", "--labels", __file__, "--out", "run", "--no-balanced", "--class-weights"])
     assert (ns.balanced, ns.class_weights, ns.tta, ns.members) == (False, True, None, None)
     ns = parse(["index", str(Path.cwd()), "--index", "ix", "--no-style", "--gram-margin", "0.1"])

@@ -10,6 +10,7 @@ Imports only the standard library and :mod:`dermsearch.errors`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Callable
@@ -97,10 +98,15 @@ def choices_of(config, name: str) -> tuple | None:
     return field_of(config, name).metadata.get("choices")
 
 
+@functools.cache
+def _hints(cls: type) -> dict:
+    return typing.get_type_hints(cls)
+
+
 def value_type(config, name: str) -> type:
     """The type of field ``name``'s values (``int``, ``float``, ``str``, ``bool``, ``tuple``...), from
     its annotation with ``None`` left out; a ``Literal``'s values give their own type."""
-    hint = typing.get_type_hints(config if isinstance(config, type) else type(config))[name]
+    hint = _hints(config if isinstance(config, type) else type(config))[name]
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     if typing.get_origin(hint) is typing.Literal:
