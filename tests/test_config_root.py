@@ -167,6 +167,19 @@ def test_flags_that_fall_back_on_the_preset_are_none_unless_given():
     assert (ns.style, ns.masks, ns.gram_margin, ns.weights) == (False, None, 0.1, None)
 
 
+def test_presets_are_instances_of_the_root_classes():
+    from dermsearch.presets import PRESETS
+
+    for preset in PRESETS.values():
+        assert isinstance(preset.classifier, ClassifierTrainConfig) and isinstance(preset.segmenter, SegTrainConfig)
+        assert isinstance(preset.index, ExtractorConfig)
+    from dermsearch.extract.config import ExtractorConfig as Old
+    from dermsearch.runtime import Runtime as OldRuntime
+    from dermsearch.search.config import FastConfig as OldFast
+
+    assert (Old, OldRuntime, OldFast) == (ExtractorConfig, Runtime, FastConfig)     # the old homes re-export
+
+
 def test_every_option_string_of_before_the_config_root_still_exists():
     before = json.loads(OPTION_STRINGS.read_text())
     now = {command: {s for a in parser._actions for s in a.option_strings} for command, parser in _parsers()}
