@@ -63,7 +63,7 @@ def cases(p: dict) -> list[tuple[str, list[str], str]]:
         ("index", ["index", labels, "--index", out, "--weights", f"{miss}.safetensors"], "not found"),
         ("index", ["index", labels, "--index", out, "--weights", "random", "--gram-weights", f"{miss}.json"],
          "cannot read gram weights"),
-        ("optimize", ["optimize", ix, "--style-dims", "0"], "must be positive"),
+        ("optimize", ["optimize", ix, "--style-dims", "0"], "--style-dims: must be at least 1"),
         ("search", [*srch, "--mode", "fast"], "dermsearch optimize"),
         ("evaluate", ["evaluate", ix, "--split", split, "--query-split", "test"], "no queries"),
         ("evaluate", ["evaluate", ix, "--queries", f], "missing column"),

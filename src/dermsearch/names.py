@@ -5,7 +5,8 @@ from __future__ import annotations
 
 __all__ = ["GRAM_POOLS", "GRAM_NORMS", "BACKENDS", "COLOUR_METHODS", "TTA_VIEWS", "MEASURES", "SEARCH_MODES",
            "DEVICE_HELP", "METRIC_LOSSES", "HEAD_SELECT", "DIVERSITY", "PRECISIONS", "AUTH_MODES", "ROLES",
-           "TTA_COUNTS", "BACKBONE_INITS", "TARGETS", "AUGMENTS", "SEG_ARCHS", "EXCLUDE_SAME"]
+           "TTA_COUNTS", "BACKBONE_INITS", "TARGETS", "AUGMENTS", "SEG_ARCHS", "EXCLUDE_SAME", "FEATURES",
+           "CI_UNITS"]
 
 # Gram pooling regions: the whole image (paper), the dilated lesion mask, or lesion then skin.
 GRAM_POOLS = ("image", "lesion", "lesion+skin")
@@ -21,12 +22,16 @@ TTA_VIEWS = ("identity", "hflip", "vflip", "rot90")
 TTA_COUNTS = (1, 2, 4)
 # An untrained backbone's initialisation (extraction's --weights, a training member's start).
 BACKBONE_INITS = ("imagenet", "random")
+# The stored feature: one backbone's pooled vector, or the ensemble's Dense+SELU vector over its members.
+FEATURES = ("pooled", "ensemble")
 # The ten measures (SPEC section 3), in report order; search/measures.py defines them.
 MEASURES = ("euclidean", "cosine", "style", "dice", "i1_ed", "i1_cd", "i1_ecd", "i1_se", "i1_sc", "i1_sd")
 
 SEARCH_MODES = ("exact", "fast", "certified")
 # Evaluation: what is left out of a query's candidates besides itself (its lesion's or its patient's images).
 EXCLUDE_SAME = ("lesion", "patient")
+# What an evaluation's bootstrap resamples: lesions (all of a lesion's images together) or images.
+CI_UNITS = ("lesion", "image")
 # Training's arithmetic: auto (bfloat16 autocast on CUDA, float32 on the CPU), fp32 everywhere, or bf16 autocast
 # everywhere (on CPUs with AMX or AVX512-BF16 it trains whole networks about 2.5x faster; benchmarks/).
 PRECISIONS = ("auto", "fp32", "bf16")

@@ -1,8 +1,8 @@
 """Named configurations: ``default`` (the CPU-friendly one that ships) and ``paper`` (the paper's scale).
 
-A preset is a set of config *instances*: a :class:`~dermsearch.train.config.ClassifierTrainConfig`,
-a :class:`~dermsearch.train.config.SegTrainConfig` and an
-:class:`~dermsearch.extract.config.ExtractorConfig`, plus the index settings a user must supply
+A preset is a set of instances of the config root's classes (:mod:`dermsearch.config`): a
+:class:`~dermsearch.config.ClassifierTrainConfig`, a :class:`~dermsearch.config.SegTrainConfig` and an
+:class:`~dermsearch.config.ExtractorConfig`, plus the index settings a user must supply
 (trained model files). The dataclasses' defaults *are* the ``default`` preset (one source of truth),
 so the Python API and the CLI train and index the same models. Settings given explicitly (command
 line flags, keyword arguments) replace a preset's with :func:`dataclasses.replace`.
@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+from .config import PAPER_STYLE, ClassifierTrainConfig, ExtractorConfig, SegTrainConfig
 from .errors import ConfigError, NotFoundError
-from .extract.config import PAPER_STYLE, ExtractorConfig
-from .train.config import ClassifierTrainConfig, SegTrainConfig
 
 __all__ = ["Preset", "PRESETS", "get_preset", "changed"]
 

@@ -6,8 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..evaluate.config import CI_UNITS, EvaluationConfig
-from ..names import EXCLUDE_SAME, MEASURES
+from ..config import EvaluationConfig
+from ..names import MEASURES
 from .common import (
     UsageError,
     at_least,
@@ -20,63 +20,13 @@ from .common import (
     folder_to_write,
     positive_int,
 )
-from .options import Common, runtime_of
+from .options import Common, add_config_flags, runtime_of
 
 __all__ = ["register"]
 
 
 def register(sub, common: Common) -> None:
-    ev = sub.add_parser("evaluate", parents=[common.index, common.split, common.device, common.json, common.quiet],
-                        help="label-based retrieval metrics of every measure, with bootstrap CIs",
-                        description="Rank all candidates for each query by each measure (the query and images of "
-                                    "the same lesion_id excluded) and report P@k, macro-P@k, per-diagnosis and "
-                                    "melanoma P@k, mAP@k and the melanoma AUC of a neighbour vote.")
-    ev.add_argument("--queries", type=existing_file, metavar="CSV",
-                    help="external labelled query images (a labels CSV); "
-                    "default: rows of the index")
-    ev.add_argument("--query-split", nargs="+", metavar="NAME", help="index rows of these splits are the queries "
-                    "(with --queries: the rows of these splits in --query-split-csv)")
-    ev.add_argument("--query-split-csv", type=Path, metavar="CSV", help="image_id,split file of the --queries "
-                    "images (e.g. isic-uda1/split.csv with --query-split xval); rows outside the chosen splits "
-                    "are never queries")
-    ev.add_argument("--label-column", metavar="COL", help="relevance by this stored column instead of the "
-                    "diagnosis (e.g. diagnosis_1 for benign/malignant, diagnosis_3)")
-    ev.add_argument("--exclude-same", choices=EXCLUDE_SAME, help="leave out of each query's candidates "
-                    "its lesion's other images (lesion) or every image of its patient (patient); default: the "
-                    "strictest the data allows (patient when the index stores patient ids), said in the report")
-    ev.add_argument("--candidate-split", nargs="+", metavar="NAME",
-                    help="index rows of these splits are the candidates")
-    d = EvaluationConfig()
-    ev.add_argument("-k", type=positive_int, default=d.k, help="ranks counted in P@k, macro-P@k and mAP@k")
-    ev.add_argument("--vote-k", type=positive_int, default=d.vote_k, help="neighbours in the melanoma vote")
-    ev.add_argument("--bootstrap", type=positive_int, default=d.bootstrap,
-                    help="bootstrap resamples for the 95%% CIs")
-    ev.add_argument("--choose-on", nargs="+", metavar="SPLIT", help="name the headline measure by a rule fixed in "
-                    "advance: the best --choose-metric for these index rows (e.g. val) as queries against the "
-                    "candidates outside them (needs --split)")
-    ev.add_argument("--choose-metric", metavar="METRIC",
-                    help="the metric --choose-on maximises (default macro_p@k, k as given by -k, so macro_p@5 with "
-                         "the default -k; with --compare both macro_p@k and the vote AUC are chosen)")
-    ev.add_argument("--headline", choices=MEASURES, metavar="MEASURE", help="headline this measure (fixed in advance)")
-    ev.add_argument("--ci-unit", choices=CI_UNITS, default=d.ci_unit, help="what the bootstrap resamples: "
-                    "lesions (all images of a lesion together) or single images")
-    ev.add_argument("--seed", type=int, default=d.seed, help="seed of the bootstrap and the rating sheet")
-    ev.add_argument("--diagnosis-map", metavar="A=B,C=D", help="rename query diagnoses to the index's labels "
-                    "(e.g. nevus=nv,melanoma=mel)")
-    ev.add_argument("--compare", type=existing_dir, metavar="INDEX_B",
-                    help="paired comparison: rank the same queries in INDEX_B (another model's index of the same "
-                         "images) and report B - A per measure, for each model's measure chosen with --choose-on, "
-                         "and for the heads, with one bootstrap of the queries' lesions for both")
-    ev.add_argument("--out", type=folder_to_write, metavar="REPORT_DIR",
-                    help="write report.json, report.md and PNG plots")
-    ev.add_argument("--rating-sheet", type=folder_to_write, metavar="DIR",
-                    help="also write a blinded rating sheet here")
-    ev.add_argument("--rating-queries", type=positive_int, default=50, help="queries on the rating sheet (paper: 50)")
-    ev.add_argument("--ratings", type=existing_file, metavar="CSV",
-                    help="score a filled rating sheet (needs --rating-key)")
-    ev.add_argument("--rating-key", type=existing_file, metavar="CSV", help="the key.csv written with the rating sheet")
-    ev.set_defaults(handler=cmd_evaluate)
-
+    _evaluate_parser(sub, common)
     fw = sub.add_parser("fit-gram-weights", parents=[common.index],
                         help="fit the style measure's layer weights on labelled index rows",
                         description="Fit non-negative layer weights beta_l of the style loss that maximise the "
@@ -87,7 +37,7 @@ def register(sub, common: Common) -> None:
     fw.add_argument("--query-split", nargs="+", default=["val"], metavar="NAME", help="the query rows' splits")
     fw.add_argument("--candidate-split", nargs="+", default=["train"], metavar="NAME",
                     help="the candidate rows' splits")
-    fw.add_argument("-k", type=positive_int, default=d.k, help="the k of the macro-P@k fitted")
+    add_config_flags(fw, EvaluationConfig, ("k",), flags={"k": "-k"}, helps={"k": "the k of the macro-P@k fitted"})
     fw.add_argument("--out", required=True, type=file_to_write, metavar="JSON", help="the weights file to write")
     fw.set_defaults(handler=cmd_fit_gram_weights)
 
@@ -106,6 +56,51 @@ def register(sub, common: Common) -> None:
     es.add_argument("--image-size", type=at_least(8), default=128,
                     help="evaluation side in pixels (masks: nearest-neighbour)")
     es.set_defaults(handler=cmd_eval_segmenter)
+
+
+def _evaluate_parser(sub, common: Common) -> None:
+    """``evaluate``: its flags that set an :class:`EvaluationConfig` field come from the field."""
+    ev = sub.add_parser("evaluate", parents=[common.index, common.split, common.device, common.json, common.quiet],
+                        help="label-based retrieval metrics of every measure, with bootstrap CIs",
+                        description="Rank all candidates for each query by each measure (the query and images of "
+                                    "the same lesion_id excluded) and report P@k, macro-P@k, per-diagnosis and "
+                                    "melanoma P@k, mAP@k and the melanoma AUC of a neighbour vote.")
+    ev.add_argument("--queries", type=existing_file, metavar="CSV",
+                    help="external labelled query images (a labels CSV); "
+                    "default: rows of the index")
+    ev.add_argument("--query-split", nargs="+", metavar="NAME", help="index rows of these splits are the queries "
+                    "(with --queries: the rows of these splits in --query-split-csv)")
+    ev.add_argument("--query-split-csv", type=Path, metavar="CSV", help="image_id,split file of the --queries "
+                    "images (e.g. isic-uda1/split.csv with --query-split xval); rows outside the chosen splits "
+                    "are never queries")
+    add_config_flags(ev, EvaluationConfig, ("label_column", "exclude_same"))
+    ev.add_argument("--candidate-split", nargs="+", metavar="NAME",
+                    help="index rows of these splits are the candidates")
+    add_config_flags(ev, EvaluationConfig, ("k", "vote_k", "bootstrap"), flags={"k": "-k"},
+                     types={"bootstrap": positive_int}, helps={"bootstrap": "bootstrap resamples for the 95% CIs"})
+    ev.add_argument("--choose-on", nargs="+", metavar="SPLIT", help="name the headline measure by a rule fixed in "
+                    "advance: the best --choose-metric for these index rows (e.g. val) as queries against the "
+                    "candidates outside them (needs --split)")
+    ev.add_argument("--choose-metric", metavar="METRIC",
+                    help="the metric --choose-on maximises (default macro_p@k, k as given by -k, so macro_p@5 with "
+                         "the default -k; with --compare both macro_p@k and the vote AUC are chosen)")
+    ev.add_argument("--headline", choices=MEASURES, metavar="MEASURE", help="headline this measure (fixed in advance)")
+    add_config_flags(ev, EvaluationConfig, ("ci_unit", "seed"))
+    ev.add_argument("--diagnosis-map", metavar="A=B,C=D", help="rename query diagnoses to the index's labels "
+                    "(e.g. nevus=nv,melanoma=mel)")
+    ev.add_argument("--compare", type=existing_dir, metavar="INDEX_B",
+                    help="paired comparison: rank the same queries in INDEX_B (another model's index of the same "
+                         "images) and report B - A per measure, for each model's measure chosen with --choose-on, "
+                         "and for the heads, with one bootstrap of the queries' lesions for both")
+    ev.add_argument("--out", type=folder_to_write, metavar="REPORT_DIR",
+                    help="write report.json, report.md and PNG plots")
+    ev.add_argument("--rating-sheet", type=folder_to_write, metavar="DIR",
+                    help="also write a blinded rating sheet here")
+    ev.add_argument("--rating-queries", type=positive_int, default=50, help="queries on the rating sheet (paper: 50)")
+    ev.add_argument("--ratings", type=existing_file, metavar="CSV",
+                    help="score a filled rating sheet (needs --rating-key)")
+    ev.add_argument("--rating-key", type=existing_file, metavar="CSV", help="the key.csv written with the rating sheet")
+    ev.set_defaults(handler=cmd_evaluate)
 
 
 def cmd_evaluate(args) -> int:

@@ -5,21 +5,21 @@ from __future__ import annotations
 import json
 import time
 
-from ..index.defaults import COMMIT_EVERY, DASK_CHUNK
+from ..config import BuildConfig, ExtractorConfig, FastConfig, Runtime
 from ..index.readers import FIELDS as SOURCE_FIELDS
 from ..index.readers import FORMATS as SOURCE_FORMATS
-from ..names import BACKENDS, GRAM_NORMS, GRAM_POOLS
 from ..presets import PRESETS
-from ..runtime import Runtime
-from ..search.config import FastConfig
-from .common import UsageError, err, existing_path, export_folder, folder_to_write, positive_int, tagged
-from .options import Common, given, index_dir, optional, runtime_of
+from .common import UsageError, err, existing_path, export_folder, folder_to_write, tagged
+from .options import Common, add_config_flags, given, index_dir, optional, runtime_of
 
 __all__ = ["register"]
 
-# ExtractorConfig fields with a flag of the same name
-_MODEL_FLAGS = ("backbone", "weights", "image_size", "mask_size", "gram_weights", "gram_pool", "gram_margin",
-                "gram_norm", "segmenter")
+# ExtractorConfig fields set by a flag (a new index only; absent: the preset's or the config's value)
+_MODEL_FLAGS = ("backbone", "weights", "image_size", "mask_size", "gram_weights", "gram_pool", "gram_norm",
+                "gram_margin", "segmenter", "style", "masks")
+# FastConfig fields set by optimize's flags
+_FAST_FLAGS = ("style_dims", "feature_dims", "mask_grid", "candidates", "sketch_dims", "wide_candidates", "wide_rows",
+               "normaliser_candidates", "fit_rows", "seed")
 
 
 def register(sub, common: Common) -> None:
@@ -46,34 +46,16 @@ def register(sub, common: Common) -> None:
     ix.add_argument("--remove", nargs="+", metavar="ID", help="remove these image ids from the index")
     ix.add_argument("--check", action="store_true", help="verify the index's integrity and exit")
     m = ix.add_argument_group("model (new index only; an existing index keeps its own)")
-    optional(m, "--backbone", metavar="NAME", help="default efficientnet-lite0 ('dermsearch backbones' lists them)")
-    optional(m, "--weights", help="default (the packaged trained ensemble), imagenet (untrained Lite, pooled "
-             "feature), random, or a trained ensemble .safetensors (its architecture is read from the file)")
-    optional(m, "--image-size", type=positive_int)
-    optional(m, "--mask-size", type=positive_int, help="stored mask side in pixels (multiple of 8; default 128)")
-    optional(m, "--gram-weights", metavar="W", help="style layer weights: inverse-channels (paper default), ones, "
-             "learned (fitted on HAM10000 val for the packaged model), or a .json from fit-gram-weights")
-    optional(m, "--gram-pool", choices=GRAM_POOLS, help="Gram statistics over the whole image (paper), over the "
-             "lesion mask, or lesion then surrounding skin")
-    optional(m, "--gram-norm", choices=GRAM_NORMS, help="normalise each Gram before weighting: none (paper), l2 "
-             "(Frobenius), sqrt (signed square root), sqrt+l2")
-    optional(m, "--gram-margin", type=float, metavar="F", help="dilate the lesion mask by F x the image side "
-             "before pooling (with --gram-pool lesion*)")
-    optional(m, "--segmenter", metavar="S", help="masks from: default (packaged U-Net), otsu, or a .safetensors")
-    m.add_argument("--no-style", action="store_true", help="store no style vectors (smaller index)")
-    m.add_argument("--no-masks", action="store_true", help="store no lesion masks")
+    add_config_flags(m, ExtractorConfig, _MODEL_FLAGS, optional=True,
+                     flags={"style": "--no-style", "masks": "--no-masks"},
+                     helps={"style": "store no style vectors (smaller index)", "masks": "store no lesion masks"})
     optional(m, "--preset", choices=sorted(PRESETS), help="paper: needs --weights and --segmenter from "
              "`train ... --preset paper` runs (see `dermsearch presets`)")
-    ix.add_argument("--batch-size", type=positive_int, default=Runtime.batch_size,
-                    help="images per forward pass")
-    ix.add_argument("--backend", choices=BACKENDS, default="auto", help="run the networks with torch or ONNX "
-                    "Runtime (exported once to ~/.cache/dermsearch; same vectors to float32 rounding, "
-                    "~3x faster on CPU); auto: onnx on CPU when the model is exported or the [onnx] extra "
-                    "can export it (default)")
-    ix.add_argument("--commit-every", type=positive_int, default=COMMIT_EVERY, help="images per atomic commit")
+    add_config_flags(ix, Runtime, ("batch_size", "backend"), helps={"batch_size": "images per forward pass"})
+    add_config_flags(ix, BuildConfig, ("commit_every",), helps={"commit_every": "images per atomic commit"})
     ix.add_argument("--dask", metavar="SCHEDULER_ADDRESS", help="extract on the workers of this Dask cluster "
                     "(e.g. tcp://10.0.0.5:8786); this process writes the index (docs/distributed.md)")
-    ix.add_argument("--dask-chunk", type=positive_int, default=DASK_CHUNK, help="images per Dask task")
+    add_config_flags(ix, BuildConfig, ("dask_chunk",), helps={"dask_chunk": "images per Dask task"})
     ix.set_defaults(handler=cmd_index)
 
     op = sub.add_parser("optimize", parents=[common.index],
@@ -82,17 +64,7 @@ def register(sub, common: Common) -> None:
                         description="Fast mode reads a few hundred bytes per image per query instead of 329 KB "
                                     "and re-ranks its candidates exactly; see docs/performance.md. Rerun after "
                                     "adding or removing images.")
-    d = FastConfig()
-    op.add_argument("--style-dims", type=int, default=d.style_dims,
-                    help=f"PCA components of the style vectors (default {d.style_dims})")
-    op.add_argument("--feature-dims", type=int, default=d.feature_dims,
-                    help=f"PCA components of the feature vectors (default {d.feature_dims})")
-    op.add_argument("--mask-grid", type=int, default=d.mask_grid,
-                    help=f"mask cells per side for the Dice estimate (default {d.mask_grid})")
-    op.add_argument("--candidates", type=int, default=d.candidates,
-                    help=f"rows per style measure re-ranked exactly (default {d.candidates})")
-    op.add_argument("--sketch-dims", type=int, default=d.sketch_dims,
-                    help=f"count-sketch buckets of the style PCA residual, 0 for none (default {d.sketch_dims})")
+    add_config_flags(op, FastConfig, _FAST_FLAGS)
     op.add_argument("--certified", action="store_true",
                     help="also write the int8 style copy that '--mode certified' reads (else it is built "
                          "each time a searcher opens the index); adds 1 byte per style value read")
@@ -151,10 +123,6 @@ def _build(args) -> int:
     from ..presets import get_preset
 
     settings = given(args, _MODEL_FLAGS)
-    if args.no_style:
-        settings["style"] = False
-    if args.no_masks:
-        settings["masks"] = False
     if args.preset:
         preset = get_preset(args.preset)
         missing = [f"--{m}" for m in preset.missing(settings)]
@@ -208,8 +176,7 @@ def cmd_optimize(args) -> int:
     from ..index import Index
     from ..search.fast_build import optimize
 
-    config = FastConfig(style_dims=args.style_dims, feature_dims=args.feature_dims, mask_grid=args.mask_grid,
-                        candidates=args.candidates, sketch_dims=args.sketch_dims)
+    config = FastConfig(**{name: getattr(args, name) for name in _FAST_FLAGS})
     t0 = time.perf_counter()
     fast = optimize(Index.open(args.index), config, progress=lambda m: err.print(m), certified=args.certified)
     info = fast.info

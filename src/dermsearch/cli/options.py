@@ -1,5 +1,7 @@
 """The flags several commands share, declared once each (argparse parent parsers), and the one
-spelling of each: ``--device``, ``--json``, ``--quiet``, ``--labels``, ``--split``, ``--mode``.
+spelling of each: ``--device``, ``--json``, ``--quiet``, ``--labels``, ``--split``, ``--mode``; and
+:func:`add_config_flags`, which declares the flags that set a config field from the field itself
+(its type, choices, default and help: :mod:`dermsearch.config`), so none is written twice.
 
 Nothing here imports numpy, torch or lancedb: building the parser must stay instant
 (``dermsearch --help``); the command modules import what they need inside their handlers.
@@ -10,10 +12,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..names import DEVICE_HELP, SEARCH_MODES
-from .common import existing_dir, existing_file, positive_int
+from ..config import Runtime, choices_of, default_of, field_of, value_type
+from ..names import SEARCH_MODES
+from .common import at_least, existing_dir, existing_file
 
-__all__ = ["Common", "index_dir", "runtime_of"]
+__all__ = ["Common", "index_dir", "runtime_of", "add_config_flags", "optional", "given"]
 
 
 def _parent() -> argparse.ArgumentParser:
@@ -25,9 +28,7 @@ class Common:
 
     def __init__(self) -> None:
         self.device = _parent()
-        self.device.add_argument("--device", default="auto", help=DEVICE_HELP + " (default auto)")
-        self.device.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                                 help="threads for torch and ONNX Runtime (default: the cores)")
+        add_config_flags(self.device, Runtime, ("device", "threads"))
         self.json = _parent()
         self.json.add_argument("--json", action="store_true", help="print JSON instead of text")
         self.quiet = _parent()
@@ -74,3 +75,61 @@ def given(args: argparse.Namespace, names) -> dict:
         if v is not None:
             out[name] = str(v) if isinstance(v, Path) else v
     return out
+
+
+def add_config_flags(parser, config: type, names, *, flags: dict | None = None, optional: bool = False,
+                     helps: dict | None = None, types: dict | None = None) -> None:
+    """One flag per field of ``config`` in ``names``, all derived from the field: its type (``int``
+    with a ``min`` checks it while parsing; a ``bool`` is ``--x`` when it defaults to off, ``--x/--no-x``
+    when on, ``store_const False`` when spelled ``--no-x``), its choices, its default and its help
+    with "(default X)". ``flags``: a spelling other than ``--field-name`` (a string or a tuple of
+    them); ``optional``: absent means "the preset's or config's value" (default None, see :func:`given`);
+    ``helps``/``types``: a flag's own help or argument type where the command line differs."""
+    for name in names:
+        spelling = (flags or {}).get(name) or "--" + name.replace("_", "-")
+        spellings = (spelling,) if isinstance(spelling, str) else tuple(spelling)
+        kwargs = _flag_kwargs(config, name, spellings[0], optional, (types or {}).get(name))
+        text = (helps or {}).get(name) or field_of(config, name).metadata["help"]
+        kwargs["help"] = _with_default(text, default_of(config, name), spellings[0]).replace("%", "%%")
+        action = parser.add_argument(*spellings, dest=name, **kwargs)
+        action.config_field = (config, name)     # what it sets: the tests compare the two
+
+
+def _flag_kwargs(config, name: str, flag: str, optional: bool, kind) -> dict:
+    default = default_of(config, name)
+    unset = None if optional else default
+    if value_type(config, name) is bool:
+        if flag.startswith("--no-"):
+            return {"action": "store_const", "const": False, "default": unset}
+        if default is False:
+            return {"action": "store_true", "default": unset}
+        return {"action": argparse.BooleanOptionalAction, "default": unset}
+    meta = field_of(config, name).metadata
+    kwargs = {"default": unset}
+    kind = kind or _parse_type(value_type(config, name), meta.get("min"))
+    if kind is not str:
+        kwargs["type"] = kind
+    if choices_of(config, name):
+        kwargs["choices"] = (*[a for a in meta["also"] if a is not None], *meta["choices"])
+    if meta.get("metavar"):
+        kwargs["metavar"] = meta["metavar"]
+    return kwargs
+
+
+def _parse_type(kind: type, low):
+    if kind is int:
+        return at_least(low) if low is not None else int
+    return kind if kind in (float, str) else str
+
+
+def _with_default(text: str, default, flag: str) -> str:
+    """``text`` with "(default X)" unless it says its default already, or there is none to say."""
+    if "(default" in text or "default:" in text or default in (None, "", ()) or flag.startswith("--no-"):
+        return text
+    if isinstance(default, bool):
+        shown = "on" if default else "off"
+    elif isinstance(default, (list, tuple)):
+        shown = " ".join(map(str, default))
+    else:
+        shown = f"{default:g}" if isinstance(default, float) else str(default)
+    return f"{text} (default {shown})"

@@ -6,10 +6,10 @@ import logging
 import sys
 import time
 
-from ..names import AUTH_MODES, ROLES
-from ..web.config import WebConfig
-from .common import UsageError, check_port_free, count, err, positive_float, positive_int
-from .options import Common, index_dir, runtime_of
+from ..config import WebConfig
+from ..names import ROLES
+from .common import UsageError, check_port_free, count, err, positive_float
+from .options import Common, add_config_flags, index_dir, runtime_of
 
 __all__ = ["register", "cmd_serve", "cmd_token"]
 
@@ -24,22 +24,16 @@ def register(sub, common: Common) -> None:
                     help="largest upload (default %(default)s)")
     sv.add_argument("--allowed-host", action="append", default=[], metavar="NAME", help="a name this server may be "
                     "reached by (Host header), besides localhost, 127.0.0.1, ::1 and --host; repeatable")
-    sv.add_argument("--auth", choices=AUTH_MODES, default=d.auth, help="on (default): every data path needs an API "
-                    "token or a sign-in (with no active token, one is created for 'admin' and its sign-in link printed "
-                    "once); off: anyone who reaches the port reads everything, so only with a loopback --host and "
-                    "no --trusted-proxy")
+    add_config_flags(sv, WebConfig, ("auth",), helps={"auth": "on (default): every data path needs an API token or a "
+                     "sign-in (with no active token, one is created for 'admin' and its sign-in link printed once); "
+                     "off: anyone who reaches the port reads everything, so only with a loopback --host and no "
+                     "--trusted-proxy"})
     sv.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR", help="a reverse proxy's address "
                     "or network (e.g. 127.0.0.1): only from it are X-Forwarded-For/-Proto believed; repeatable "
                     "(default: none, the TCP peer is the client)")
     sv.add_argument("--query-split", nargs="+", metavar="NAME", help="/rate draws its queries from these splits "
                     "only (needs --split)")
-    sv.add_argument("--concurrency", type=positive_int, default=d.concurrency,
-                    help="searches computed at once (default %(default)s)")
-    sv.add_argument("--queue", type=count, default=d.queue,
-                    help="searches waiting beyond those; more get 429 (default %(default)s)")
-    sv.add_argument("--rate-limit", type=count, default=d.rate_limit, metavar="N",
-                    help="searches, rating sessions and rating posts per minute per client (the token's user, else "
-                    "the address); 0: no limit (default %(default)s)")
+    add_config_flags(sv, WebConfig, ("concurrency", "queue", "rate_limit"))
     sv.add_argument("--dask", metavar="SCHEDULER_ADDRESS", help="shard the index across this Dask cluster's "
                     "workers and search there (exact, same results as local)")
     sv.set_defaults(handler=cmd_serve)
