@@ -426,11 +426,21 @@ def kth_largest(values: np.ndarray, k: int) -> float:
 
 def largest(scores: np.ndarray, c: int) -> np.ndarray:
     """Positions of the ``c`` largest ``scores``, in no order (every position when ``c`` >= their
-    number): how approximate engines choose candidates, where the order does not matter. Which of
-    tied scores are chosen is numpy's introselect's (deterministic): see :func:`smallest`."""
-    if c >= scores.size:
-        return np.arange(scores.size)
-    return np.argpartition(scores, scores.size - c)[scores.size - c:]
+    number): how approximate engines choose candidates, where the order does not matter. Of
+    scores tied at the cut the lowest positions are chosen, so that the same choice made over
+    parts of the scores (shards: :mod:`dermsearch.search.fast_sharded`) and merged gives the same
+    rows; checking costs nothing unless a tie crosses the cut (see :func:`smallest`)."""
+    n = scores.size
+    if c >= n:
+        return np.arange(n)
+    if c <= 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argpartition(scores, (n - c - 1, n - c))      # the (c+1)-th and c-th largest in place
+    top, cut = order[n - c:], scores[order[n - c]]
+    if not scores[order[n - c - 1]] == cut:                  # no tie crosses the cut (or NaN: as before)
+        return top
+    above = top[scores[top] > cut]
+    return np.concatenate([above, np.flatnonzero(scores == cut)[: c - above.size]])
 
 
 def smallest(values: np.ndarray, c: int) -> np.ndarray:

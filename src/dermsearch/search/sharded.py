@@ -214,6 +214,7 @@ class ShardedEngine:
     """
 
     _ids = itertools.count()
+    mode = "exact"                # the search mode it serves (search/fast_sharded.py: "fast")
 
     def __init__(self, client, index_dir, version: int, n_rows: int, fast_path=None, poll_s: float = 1.0,
                  retries: int = 2, kernel: str | None = None, components: Sequence[str] = COMPONENTS):
