@@ -9,7 +9,8 @@ temporary directory; local fast mode (``FastIndex``) and ``ShardedFastEngine`` o
 of 2 worker processes x 1 thread each rank the same queries (all ten measures, top 5, each
 query's own row left out), each after one untimed query. Fast mode's RAM and scanned bytes per
 row are FastIndex's own figures (``resident_bytes``, ``bytes_scanned_per_query``) at two prefixes
-of the archive: their difference per row, and what does not grow with the rows.
+of the archive: their difference per row, and what does not grow with the rows. Also: one round
+with nothing to compute (a task per shard), the Dask overhead each of the rounds pays.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from _common import emit, machine
 from dermsearch.search.engine import Query
 from dermsearch.search.fast import FastConfig, FastIndex
 from dermsearch.search.fast_build import FastIndexWriter
-from dermsearch.search.fast_sharded import ShardedFastEngine
+from dermsearch.search.fast_sharded import ShardedFastEngine, _drop_state
 from dermsearch.search.measures import MEASURES
 
 
@@ -115,6 +116,11 @@ def main() -> None:
             engine.wire = {}
             sharded_lat, sharded_out = timed(lambda q: engine.rank(q[1], valid_for(q[0]), MEASURES, 5)[0], queries)
             wire = dict(engine.wire)
+            empty = []                      # a round with nothing to compute: the Dask overhead alone
+            for _ in range(10):
+                t = time.perf_counter()
+                engine._gather([engine._submit(_drop_state, sh, "none") for sh in engine.shards], engine.shards)
+                empty.append(time.perf_counter() - t)
             engine.close()
         same = sum(all(np.array_equal(a.measures[m].rows, b.measures[m].rows)
                        and np.array_equal(a.measures[m].scores, b.measures[m].scores) for m in MEASURES)
@@ -123,7 +129,7 @@ def main() -> None:
         emit({"benchmark": "dask_fast", "rows": n, "feature_dim": args.feature_dim, "style_dim": args.style_dim,
               "mask_side": args.mask_side, "queries": args.queries, "archive_write_seconds": round(write_s, 1),
               "local_fast_ms": ms(local_lat), "sharded_fast_2_workers_ms": ms(sharded_lat),
-              "shard_load_seconds": round(load_s, 2),
+              "shard_load_seconds": round(load_s, 2), "empty_round_ms": ms(empty),
               "queries_identical_rows_and_scores_all_ten": f"{same}/{args.queries}",
               "wire_bytes_per_query": {k: round(v / calls) for k, v in wire.items()},
               "fast_mode_bytes": per_row(fast), "machine": machine()})
