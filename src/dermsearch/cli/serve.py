@@ -41,7 +41,7 @@ def register(sub, common: Common) -> None:
                     help="searches, rating sessions and rating posts per minute per client (the token's user, else "
                     "the address); 0: no limit (default %(default)s)")
     sv.add_argument("--dask", metavar="SCHEDULER_ADDRESS", help="shard the index across this Dask cluster's "
-                    "workers and search there (exact, same results as local)")
+                    "workers and search there (--mode exact or fast; the same results as local)")
     sv.set_defaults(handler=cmd_serve)
 
     tk = sub.add_parser("token", help="API tokens for 'dermsearch serve' (hashed at rest)",
