@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -101,7 +102,22 @@ def test_sharded_fast_mode_equals_local_fast_mode(client, tmp_path):
         engine.rank(batch, valid, MEASURES, 0)
     nothing = engine.rank(batch, np.zeros_like(valid), ("euclidean",), 5)
     assert all(r.measures["euclidean"].rows.size == 0 for r in nothing)
+    # the workers let go of every batch's estimates once it is answered, and of the shards when closed
+    for _ in range(50):
+        held = client.run(_held)
+        if not any(states for states, _ in held.values()):
+            break
+        time.sleep(0.1)
+    assert all(states == 0 and shards == 1 for states, shards in held.values()), held
     engine.close()
+    assert all(shards == 0 for _, shards in client.run(_held).values())
+
+
+def _held() -> tuple[int, int]:
+    """On a worker: the batches kept between rounds, and the fast-mode shards held."""
+    from dermsearch.search import fast_sharded
+
+    return len(fast_sharded._STATE), sum(isinstance(v, fast_sharded._FastShard) for v in fast_sharded._SHARDS.values())
 
 
 @pytest.fixture(scope="module")

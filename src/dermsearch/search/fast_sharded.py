@@ -105,7 +105,7 @@ def open_shard(directory, start: int, stop: int) -> FastIndex:
         if not f.stem.startswith("certified_"):           # certified mode's copy
             arrays[f.stem] = np.load(f) if f.stem in SMALL and f.stem != "ids" else np.load(f, mmap_mode="r")
     n = arrays["ids"].shape[0]
-    if not 0 <= start < stop <= n:
+    if not 0 <= start <= stop <= n:
         raise ConfigError(f"rows {start}-{stop}: the fast-mode files of {directory} hold {n}")
     for name, a in arrays.items():
         if (name == "ids" or name not in SMALL) and a.ndim >= 1 and a.shape[0] == n:
@@ -371,9 +371,10 @@ class ShardedFastEngine(ShardedEngine):
                        fast_module.NORMALISER_ROUNDS)
         try:
             return plan.run(lambda stage, jobs: self._round(stages[stage], qk, jobs))
-        finally:
-            for sh in self.shards:
-                self._submit(_drop_state, sh, f"{sh.key}-{qk}")
+        finally:                            # the workers forget the batch (its estimates are large)
+            from distributed import fire_and_forget
+
+            fire_and_forget([self._submit(_drop_state, sh, f"{sh.key}-{qk}") for sh in self.shards])
 
 
 def _ranking(r: FastResult, shards: int) -> QueryRanking:
