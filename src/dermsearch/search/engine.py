@@ -429,17 +429,18 @@ def largest(scores: np.ndarray, c: int) -> np.ndarray:
     number): how approximate engines choose candidates, where the order does not matter. Of
     scores tied at the cut the lowest positions are chosen, so that the same choice made over
     parts of the scores (shards: :mod:`dermsearch.search.fast_sharded`) and merged gives the same
-    rows; checking costs nothing unless a tie crosses the cut (see :func:`smallest`)."""
+    rows; checking costs one comparison pass (see :func:`smallest`)."""
     n = scores.size
     if c >= n:
         return np.arange(n)
     if c <= 0:
         return np.zeros(0, dtype=np.int64)
-    order = np.argpartition(scores, (n - c - 1, n - c))      # the (c+1)-th and c-th largest in place
-    top, cut = order[n - c:], scores[order[n - c]]
-    if not scores[order[n - c - 1]] == cut:                  # no tie crosses the cut (or NaN: as before)
+    top = np.argpartition(scores, n - c)[n - c:]
+    values = scores[top]
+    cut = values.min()
+    if np.isnan(values).any() or np.count_nonzero(scores >= cut) == c:   # no tie crosses the cut (NaN: as before)
         return top
-    above = top[scores[top] > cut]
+    above = top[values > cut]
     return np.concatenate([above, np.flatnonzero(scores == cut)[: c - above.size]])
 
 
