@@ -502,7 +502,8 @@ def test_open_engine_chooses_by_the_spec_and_says_when_certified_has_no_style():
     with pytest.raises(ValueError, match="mode must be one of"):
         EngineSpec(mode="approximate")
     with pytest.raises(ValueError, match="sharded"):
-        EngineSpec(mode="fast", dask=object())
+        EngineSpec(mode="certified", dask=object())
+    assert EngineSpec(mode="fast", dask=object()).mode == "fast"      # sharded fast mode (tests/test_dask_fast.py)
 
 
 def test_a_cluster_without_workers_is_a_message_not_a_traceback():

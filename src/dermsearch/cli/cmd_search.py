@@ -31,6 +31,8 @@ def register(sub, common: Common) -> None:
     s.add_argument("--html", type=file_to_write, metavar="FILE", help="write an HTML contact sheet")
     s.add_argument("--no-explain", action="store_true", help="leave out each hit's per-layer style loss and mask "
                    "overlap (the 'explain' block; never computed for -k 0)")
+    s.add_argument("--dask", metavar="SCHEDULER_ADDRESS", help="shard the index across this Dask cluster's workers "
+                   "and search there (--mode exact or fast; the same results as local)")
     s.set_defaults(handler=cmd_search)
 
     c = sub.add_parser("calibrate", parents=[common.json],
@@ -111,11 +113,20 @@ def _number(value) -> float | None:
 
 
 def cmd_search(args) -> int:
-    from ..extract.images import ImageError
     from ..search import Searcher
 
     filters = filters_from(args.where, args.range)
-    searcher = Searcher(args.index, runtime=runtime_of(args), mode=args.mode)
+    searcher = Searcher(args.index, runtime=runtime_of(args), mode=args.mode, dask=args.dask)
+    try:
+        return _search(searcher, filters, args)
+    finally:
+        if args.dask:
+            searcher.close()              # the shards leave the cluster's workers
+
+
+def _search(searcher, filters, args) -> int:
+    from ..extract.images import ImageError
+
     check_filters(searcher, filters, args.exclude_id)
     try:
         query = searcher.encode(args.query)

@@ -35,7 +35,7 @@ def register(sub, common: Common) -> None:
                     "only (needs --split)")
     add_config_flags(sv, WebConfig, ("concurrency", "queue", "rate_limit"))
     sv.add_argument("--dask", metavar="SCHEDULER_ADDRESS", help="shard the index across this Dask cluster's "
-                    "workers and search there (exact, same results as local)")
+                    "workers and search there (--mode exact or fast; the same results as local)")
     sv.set_defaults(handler=cmd_serve)
 
     tk = sub.add_parser("token", help="API tokens for 'dermsearch serve' (hashed at rest)",

@@ -426,11 +426,22 @@ def kth_largest(values: np.ndarray, k: int) -> float:
 
 def largest(scores: np.ndarray, c: int) -> np.ndarray:
     """Positions of the ``c`` largest ``scores``, in no order (every position when ``c`` >= their
-    number): how approximate engines choose candidates, where the order does not matter. Which of
-    tied scores are chosen is numpy's introselect's (deterministic): see :func:`smallest`."""
-    if c >= scores.size:
-        return np.arange(scores.size)
-    return np.argpartition(scores, scores.size - c)[scores.size - c:]
+    number): how approximate engines choose candidates, where the order does not matter. Of
+    scores tied at the cut the lowest positions are chosen, so that the same choice made over
+    parts of the scores (shards: :mod:`dermsearch.search.fast_sharded`) and merged gives the same
+    rows; checking costs one comparison pass (see :func:`smallest`)."""
+    n = scores.size
+    if c >= n:
+        return np.arange(n)
+    if c <= 0:
+        return np.zeros(0, dtype=np.int64)
+    top = np.argpartition(scores, n - c)[n - c:]
+    values = scores[top]
+    cut = values.min()
+    if np.isnan(values).any() or np.count_nonzero(scores >= cut) == c:   # no tie crosses the cut (NaN: as before)
+        return top
+    above = top[values > cut]
+    return np.concatenate([above, np.flatnonzero(scores == cut)[: c - above.size]])
 
 
 def smallest(values: np.ndarray, c: int) -> np.ndarray:

@@ -11,7 +11,9 @@ its rows live and how it reads them. :func:`open_engine` chooses by an :class:`E
 - ``certified``: exact answers from an int8 first pass over the style vectors (:mod:`.certified`).
   An index without style vectors has nothing for that pass: it is searched exactly (by the engine
   exact mode would use), and every result says so in its notes;
-- with a Dask client, the sharded exact engine: the rows live on the workers (:mod:`.sharded`).
+- with a Dask client, the sharded exact engine: the rows live on the workers (:mod:`.sharded`); in
+  fast mode, the sharded fast engine: each worker holds its shard of the fast-mode files
+  (:mod:`.fast_sharded`).
 
 :func:`open_version` loads one index version for search (an :class:`OpenVersion`: the snapshot of
 ids and labels, and the rows, read from the fast-mode files when they serve that version, else
@@ -40,6 +42,7 @@ from .measures import stored_components
 
 __all__ = ["EngineSpec", "OpenVersion", "open_engine", "open_version", "search_device", "index_components"]
 
+SHARDED_MODES = ("exact", "fast")        # the modes a Dask cluster serves
 CERTIFIED_WITHOUT_STYLE = ("certified mode: this index stores no style vectors (built with style=False), so there "
                            "is no int8 style pass: searched exactly")
 
@@ -48,7 +51,7 @@ CERTIFIED_WITHOUT_STYLE = ("certified mode: this index stores no style vectors (
 class EngineSpec:
     """Which engine: ``mode`` (``exact``, ``fast``, ``certified``); ``device``, where exact search
     runs (``auto``: a CUDA GPU when torch sees one, else the CPU; ``cpu``; ``cuda``/``cuda:N``);
-    ``dask``, a ``distributed.Client`` for sharded exact search; ``max_checked``, the certified
+    ``dask``, a ``distributed.Client`` for sharded exact or fast search; ``max_checked``, the certified
     engine's largest share of rows one query may check exactly."""
 
     mode: str = "exact"
@@ -59,8 +62,8 @@ class EngineSpec:
     def __post_init__(self) -> None:
         if self.mode not in SEARCH_MODES:
             raise ConfigError(f"mode must be one of {', '.join(SEARCH_MODES)}, not {self.mode!r}")
-        if self.dask is not None and self.mode != "exact":
-            raise ConfigError("sharded (Dask) search is exact: use mode='exact' with dask")
+        if self.dask is not None and self.mode not in SHARDED_MODES:
+            raise ConfigError("sharded (Dask) search is exact or fast: use mode='exact' or mode='fast' with dask")
 
     def with_mode(self, mode: str | None) -> EngineSpec:
         return self if mode is None or mode == self.mode else dataclasses.replace(self, mode=mode)
@@ -122,8 +125,10 @@ class OpenVersion:
 def _choose(v: OpenVersion, spec: EngineSpec) -> Engine:
     """The engine choice, in one place."""
     if v.sharded is not None:
-        if spec.mode != "exact":
-            raise ConfigError("sharded (Dask) search is exact: use mode='exact' with dask")
+        if spec.mode != v.sharded.mode:
+            raise ConfigError(f"these Dask shards serve {v.sharded.mode} search, not {spec.mode}: open a searcher "
+                              f"with mode='{spec.mode}' and dask for it" if spec.mode in SHARDED_MODES else
+                              "sharded (Dask) search is exact or fast: use mode='exact' or mode='fast' with dask")
         return v.sharded
     exact = v.exact
     if spec.mode == "fast":
@@ -235,6 +240,11 @@ def _sharded(index: Index, spec: EngineSpec, layout) -> OpenVersion:
 
     s = index.snapshot(vectors=False)     # the vectors stay on the workers
     m = index.manifest
+    if spec.mode == "fast":
+        from .fast_sharded import ShardedFastEngine
+
+        engine = ShardedFastEngine.for_index(spec.dask, index, s, index_components(m))
+        return OpenVersion(s, None, sharded=engine, layout=layout, directory=str(index.directory))
     engine = ShardedEngine(spec.dask, index.directory, s.version, len(s), components=index_components(m),
                            kernel=kernel_for(len(s), max(m["feature_dim"], m["style_dim"])))
     return OpenVersion(s, None, sharded=engine, layout=layout, directory=str(index.directory))

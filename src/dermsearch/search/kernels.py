@@ -332,21 +332,48 @@ def blas_single_threaded():
         yield
 
 
+ROW_BLOCK = 16      # rows of X computed together by BLAS in row_parallel_products
+
+
+def _blocked_products(Q: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """``Q @ Xᵀ`` with every row of X inside a full block of ``ROW_BLOCK`` rows. BLAS computes the
+    rows left over at the end of a product (past the last multiple of its 4 columns at a time)
+    with another kernel whose last bits differ, so a row's value would depend on how many rows
+    were in the call; here it does not (a shard of the rows gets the whole's values:
+    :mod:`dermsearch.search.fast_sharded`). The left-over rows are computed in the block of the
+    last ``ROW_BLOCK`` rows (or, fewer in all, beside zero rows)."""
+    n = X.shape[0]
+    full = n - n % ROW_BLOCK
+    out = np.empty((Q.shape[0], n), dtype=np.float32)
+    if full:
+        out[:, :full] = Q @ np.asarray(X[:full]).T
+    if full < n:
+        if n >= ROW_BLOCK:
+            out[:, full:] = (Q @ np.asarray(X[n - ROW_BLOCK:]).T)[:, ROW_BLOCK - (n - full):]
+        else:
+            pad = np.zeros((ROW_BLOCK, *X.shape[1:]), dtype=X.dtype)
+            pad[:n] = X
+            out[:] = (Q @ pad.T)[:, :n]
+    return out
+
+
 def row_parallel_products(Q: np.ndarray, X: np.ndarray) -> np.ndarray:
     """``Q @ Xᵀ`` in float32 with numpy, X's rows split over one thread per core, each product
     single-threaded (run inside :func:`blas_single_threaded`). For fast mode's many mid-sized
     products between bits of Python, where torch's own threads stall on their wake-ups (the
-    measurements are in docs/performance.md)."""
+    measurements are in docs/performance.md). A row's value does not depend on the other rows of
+    X (:func:`_blocked_products`; the threads' parts start at multiples of ``ROW_BLOCK``)."""
     Q = np.ascontiguousarray(Q, dtype=np.float32)
     n = X.shape[0]
-    if n * X.shape[1] * Q.shape[0] < SMALL_PRODUCT // 2 or n < 2:
-        return np.asarray(Q @ np.asarray(X).T, dtype=np.float32)
+    if n * X.shape[1] * Q.shape[0] < SMALL_PRODUCT // 2 or n < 2 * ROW_BLOCK:
+        return _blocked_products(Q, X)
     pool = _pool()
-    cuts = np.linspace(0, n, pool._max_workers + 1).astype(int)
+    cuts = np.linspace(0, n // ROW_BLOCK, pool._max_workers + 1).astype(int) * ROW_BLOCK
+    cuts[-1] = n
     out = np.empty((Q.shape[0], n), dtype=np.float32)
 
     def part(a: int, b: int) -> None:
-        out[:, a:b] = Q @ np.asarray(X[a:b]).T
+        out[:, a:b] = _blocked_products(Q, X[a:b])
 
     list(pool.map(part, cuts[:-1], cuts[1:]))
     return out

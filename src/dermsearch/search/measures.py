@@ -107,11 +107,13 @@ def cosines_from_dots(dots: np.ndarray, q_sqnorms: np.ndarray, x_sqnorms: np.nda
 
 
 class _NumpyOps:
-    """The array operations the shared formulas need, for numpy (float64 sums by einsum)."""
+    """The array operations the shared formulas need, for numpy. ``sqsum`` squares its (fresh)
+    argument in place and sums each row pairwise: a row's sum does not depend on how many rows
+    are summed with it (einsum's differs for one row), so a shard of the rows gets the whole's."""
 
     f64 = staticmethod(lambda a: np.asarray(a, dtype=np.float64))
     nonzero = staticmethod(np.nonzero)
-    sqsum = staticmethod(lambda diff: np.einsum("ij,ij->i", diff, diff))
+    sqsum = staticmethod(lambda diff: np.square(diff, out=diff).sum(1))
     clamp0 = staticmethod(lambda d: np.maximum(d, 0.0))
     sqrt = staticmethod(np.sqrt)
     where = staticmethod(np.where)

@@ -105,7 +105,8 @@ class Searcher:
         ``mode``: the default of every search: ``exact``, ``fast`` (see :mod:`dermsearch.search.fast`)
         or ``certified`` (exact answers from an int8 first pass: :mod:`dermsearch.search.certified`);
         a search may ask for another. ``dask``: a ``distributed.Client`` or scheduler address: the
-        matrices are sharded across its workers and searched there (exact; :mod:`dermsearch.search.sharded`)."""
+        matrices are sharded across its workers and searched there (exact: :mod:`dermsearch.search.sharded`;
+        fast: :mod:`dermsearch.search.fast_sharded`)."""
         self.runtime = runtime or Runtime()
         EngineSpec(mode, self.runtime.device, dask)       # checks the mode before connecting anywhere
         if dask is not None:

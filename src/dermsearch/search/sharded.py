@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -184,18 +183,14 @@ def _round_two(key: str, query_key: str, valid: np.ndarray, tops: dict[str, np.n
 
 
 def _wait(futures, seconds: float) -> None:
-    """Until all ``futures`` are done or ``seconds`` have passed (through their own client)."""
-    end = time.monotonic() + seconds
-    for f in futures:
-        left = end - time.monotonic()
-        if left <= 0:
-            return
-        try:
-            f.result(timeout=left)
-        except TimeoutError:
-            return
-        except Exception:         # noqa: BLE001 - the caller inspects the future's status
-            pass
+    """Until all ``futures`` are done (finished or failed) or ``seconds`` have passed (through
+    their own client). Nothing is fetched: the results travel once, when gathered."""
+    from distributed import wait
+
+    try:
+        wait(list(futures), timeout=seconds)
+    except TimeoutError:
+        pass
 
 
 @dataclass
@@ -214,6 +209,7 @@ class ShardedEngine:
     """
 
     _ids = itertools.count()
+    mode = "exact"                # the search mode it serves (search/fast_sharded.py: "fast")
 
     def __init__(self, client, index_dir, version: int, n_rows: int, fast_path=None, poll_s: float = 1.0,
                  retries: int = 2, kernel: str | None = None, components: Sequence[str] = COMPONENTS):
