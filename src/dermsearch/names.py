@@ -5,7 +5,8 @@ from __future__ import annotations
 
 __all__ = ["GRAM_POOLS", "GRAM_NORMS", "BACKENDS", "COLOUR_METHODS", "TTA_VIEWS", "MEASURES", "SEARCH_MODES",
            "DEVICE_HELP", "METRIC_LOSSES", "HEAD_SELECT", "DIVERSITY", "PRECISIONS", "AUTH_MODES", "ROLES",
-           "TTA_COUNTS", "BACKBONE_INITS", "TARGETS", "AUGMENTS", "SEG_ARCHS", "EXCLUDE_SAME"]
+           "TTA_COUNTS", "BACKBONE_INITS", "TARGETS", "AUGMENTS", "SEG_ARCHS", "EXCLUDE_SAME",
+           "STORAGE_PRECISIONS"]
 
 # Gram pooling regions: the whole image (paper), the dilated lesion mask, or lesion then skin.
 GRAM_POOLS = ("image", "lesion", "lesion+skin")
@@ -25,6 +26,9 @@ BACKBONE_INITS = ("imagenet", "random")
 MEASURES = ("euclidean", "cosine", "style", "dice", "i1_ed", "i1_cd", "i1_ecd", "i1_se", "i1_sc", "i1_sd")
 
 SEARCH_MODES = ("exact", "fast", "certified")
+# Fast mode's re-rank rows on disk (`optimize --precision`): auto (float32 below 100,000 rows, int8 from
+# there), float32 (the exact rows, not copied), fp16, int8 (per row and Gram scales, certified mode's copy).
+STORAGE_PRECISIONS = ("auto", "float32", "fp16", "int8")
 # Evaluation: what is left out of a query's candidates besides itself (its lesion's or its patient's images).
 EXCLUDE_SAME = ("lesion", "patient")
 # Training's arithmetic: auto (bfloat16 autocast on CUDA, float32 on the CPU), fp32 everywhere, or bf16 autocast

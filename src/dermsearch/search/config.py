@@ -22,6 +22,8 @@ class FastConfig:
     normaliser_candidates: int = 16  # rows measured exactly to find each max-normaliser
     fit_rows: int = 10_000         # PCA fitted on a random sample of this many rows
     seed: int = 0
+    precision: str = "auto"        # re-rank rows on disk: names.STORAGE_PRECISIONS (search/fast_rows.py)
+    full_rows: str = ""            # the full float32 rows: "" the index's own table, else a directory or fsspec URL
 
     def __post_init__(self) -> None:
         if min(self.style_dims, self.feature_dims, self.mask_grid, self.candidates, self.wide_candidates,

@@ -1,0 +1,442 @@
+"""Where fast mode's style rows live, and at which precision it re-ranks (:mod:`.fast`).
+
+Fast mode scans its compact codes (PCA projections, sketches: a few KB per image) in RAM and
+re-ranks a few dozen rows per query with their style vectors (80,712 values: 98 % of an exact
+row). Those re-rank rows are stored at a *precision* chosen when ``dermsearch optimize`` runs
+(:data:`~dermsearch.names.STORAGE_PRECISIONS`):
+
+- ``float32``: the exact rows themselves, read per query from where the *full rows* live (below):
+  nothing is copied;
+- ``fp16``: a float16 copy in the fast-mode directory (2 bytes a value), each row's rounding error
+  ``‖x − x̂‖`` beside it;
+- ``int8``: certified mode's int8 copy (:func:`~dermsearch.search.certified.write_certified`:
+  centred on a mean row, one scale per row and Gram; 1 byte a value), read back through the same
+  files, so that ``--mode certified`` needs no copy of its own;
+- ``auto``: float32 below :data:`AUTO_COMPACT_ROWS` rows, :data:`AUTO_COMPACT` from there.
+
+The *full rows* (float32, exact) live in one of (``fast.json``'s ``full_rows``):
+
+- ``index``: the index's own LanceDB table (what ``optimize`` writes by default: the rows are
+  stored once), read per query with a ``take`` of the row offsets at the files' index version;
+- ``here``: ``styles.npy`` in the fast-mode directory (what a :class:`FastIndexWriter
+  <dermsearch.search.fast_build.FastIndexWriter>` with no index behind it writes);
+- ``tier``: ``styles-<token>.npy`` in a second location, a local directory (another disk) or any
+  fsspec URL (``FastConfig.full_rows``), read only for the rows re-ranked;
+- ``none``: nowhere (a writer told so): scores come from the compact rows and say so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, DermsearchError
+from ..extract.vectors import Vectors
+from ..index.fastfiles import index_identity
+from ..names import STORAGE_PRECISIONS
+from .engine import Query
+from .fast_parts import FastResult, RowReader, components_of, top_rows
+from .measures import measure_scores
+
+__all__ = ["AUTO_COMPACT_ROWS", "AUTO_COMPACT", "resolve_precision", "write_compact_rows", "open_compact_rows",
+           "write_tier_rows", "open_full_rows", "remove_tier_rows", "FullRowsError", "storage_facts",
+           "exact_near_max", "exact_hits", "take_rows", "ranking_notes", "fast_labels",
+           "fill_style"]
+
+AUTO_COMPACT_ROWS = 100_000      # "auto": float32 below this many rows, AUTO_COMPACT from there
+AUTO_COMPACT = "int8"
+
+
+class FullRowsError(DermsearchError, RuntimeError):
+    """The full (float32) rows fast-mode files refer to are missing or unreadable."""
+
+
+def resolve_precision(precision: str, rows: int) -> str:
+    """The stored precision ``precision`` means for an archive of ``rows`` rows."""
+    if precision not in STORAGE_PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(STORAGE_PRECISIONS)}, not {precision!r}")
+    if precision == "auto":
+        return "float32" if rows < AUTO_COMPACT_ROWS else AUTO_COMPACT
+    return precision
+
+
+def is_url(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
+
+
+# ------------------------------------------------------------------------------ compact rows
+def write_compact_rows(directory: Path, styles, precision: str, groups, chunk: int = 2048) -> None:
+    """Write the re-rank rows of ``styles`` (float32 [N, D], RAM or memory map) at ``precision``
+    into ``directory`` (nothing for float32), with each row's rounding error ``‖x − x̂‖``
+    (``style_code_err.npy``, float64)."""
+    if precision == "float32":
+        return
+    if precision not in ("fp16", "int8"):
+        raise ConfigError(f"no stored precision {precision!r}")
+    n = styles.shape[0]
+    err = np.lib.format.open_memmap(directory / "style_code_err.npy", mode="w+", dtype=np.float64, shape=(n,))
+    if precision == "fp16":
+        out = np.lib.format.open_memmap(directory / "style_fp16.npy", mode="w+", dtype=np.float16,
+                                        shape=styles.shape)
+        for a in range(0, n, chunk):
+            x = np.asarray(styles[a:a + chunk], dtype=np.float32)
+            h = x.astype(np.float16)
+            if not np.isfinite(h).all():
+                raise ConfigError("style values beyond float16's range (65504): use --precision int8 or float32")
+            out[a:a + chunk] = h
+            d = x.astype(np.float64) - h
+            err[a:a + chunk] = np.sqrt(np.einsum("ij,ij->i", d, d))
+        out.flush()
+    elif precision == "int8":
+        from .certified import write_certified
+
+        if not (directory / "certified.json").is_file():
+            write_certified(directory, styles, groups)
+        per_row = np.load(directory / "certified_rows.npy")
+        G = (per_row.shape[1] - 1) // 3
+        err[:] = np.sqrt(np.einsum("ng,ng->n", per_row[:, 1 + G:1 + 2 * G], per_row[:, 1 + G:1 + 2 * G]))
+    err.flush()
+
+
+class _Fp16Rows:
+    def __init__(self, directory: Path):
+        self.reader = RowReader(directory / "style_fp16.npy")
+        self.shape = self.reader.shape
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        return self.reader(rows).astype(np.float32)
+
+    def all(self) -> np.ndarray:
+        return np.load(self.reader.path, mmap_mode="r")
+
+
+class _Int8Rows:
+    """Certified mode's int8 copy read back as float32 rows: ``μ + s_g·a`` in each group's columns,
+    0 in the columns of no group (those are 0 in every row)."""
+
+    def __init__(self, directory: Path, width: int):
+        from .certified import _read_certified
+
+        info = json.loads((directory / "certified.json").read_text())
+        self.groups = [tuple(g) for g in info["groups"]]
+        saved = _read_certified(directory, info["rows"], width, self.groups)
+        if saved is None:
+            raise FullRowsError(f"{directory}: the int8 re-rank rows (certified_*.npy) do not match fast.json; "
+                                "run 'dermsearch optimize' again")
+        self.mu, _codes, per_row = saved
+        self.scale = per_row[:, 1:1 + len(self.groups)]
+        self.reader = RowReader(directory / "certified_codes.npy")
+        self.shape = (info["rows"], width)
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        codes = self.reader(rows)
+        out = np.zeros((len(rows), self.shape[1]), dtype=np.float32)
+        at = 0
+        for g, (a, b) in enumerate(self.groups):
+            w = b - a
+            out[:, a:b] = codes[:, at:at + w] * self.scale[rows, g][:, None].astype(np.float32) + self.mu[at:at + w]
+            at += w
+        return out
+
+    def all(self) -> np.ndarray:
+        return self(np.arange(self.shape[0]))
+
+
+def open_compact_rows(directory: Path, precision: str, width: int):
+    """The reader of the re-rank rows stored at ``precision`` (None for float32: the full rows)."""
+    if precision == "fp16":
+        return _Fp16Rows(directory)
+    if precision == "int8":
+        return _Int8Rows(directory, width)
+    return None
+
+
+# --------------------------------------------------------------------------------- full rows
+def write_tier_rows(location: str, styles, chunk: int = 2048) -> str:
+    """Write the float32 rows ``styles`` [N, D] as ``styles-<token>.npy`` under ``location`` (a
+    local directory or an fsspec URL), under a temporary name renamed into place; return the
+    file's location."""
+    name = f"styles-{uuid.uuid4().hex[:12]}.npy"
+    n, d = styles.shape
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (n, d)}
+    if is_url(location):
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(location)
+        fs.makedirs(root, exist_ok=True)
+        final, tmp = f"{root.rstrip('/')}/{name}", f"{root.rstrip('/')}/{name}.tmp"
+        with fs.open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            for a in range(0, n, chunk):
+                f.write(np.ascontiguousarray(styles[a:a + chunk], dtype=np.float32).tobytes())
+        fs.mv(tmp, final)
+        return location.rstrip("/") + "/" + name
+    folder = Path(location.removeprefix("file://"))
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"{name}.tmp"
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, d))
+    for a in range(0, n, chunk):
+        out[a:a + chunk] = styles[a:a + chunk]
+    out.flush()
+    del out
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / name)
+    return str(folder / name)
+
+
+def remove_tier_rows(full: dict | None) -> None:
+    """Delete a tier file that no fast-mode directory refers to any more (best effort)."""
+    if not full or full.get("kind") != "tier":
+        return
+    where = full["location"]
+    try:
+        if is_url(where):
+            import fsspec
+
+            fs, path = fsspec.core.url_to_fs(where)
+            fs.rm(path)
+        else:
+            Path(where.removeprefix("file://")).unlink(missing_ok=True)
+    except (OSError, ValueError, ImportError):
+        pass
+
+
+class _FsspecRows:
+    """Chosen rows of a float32 ``.npy`` at an fsspec URL: one ranged read per row, from a few threads."""
+
+    def __init__(self, url: str, shape: tuple[int, int]):
+        import fsspec
+
+        self.url, self.shape = url, shape
+        self.fs, self.path = fsspec.core.url_to_fs(url)
+        try:
+            with self.fs.open(self.path, "rb") as f:
+                np.lib.format.read_magic(f)
+                got, _, dtype = np.lib.format.read_array_header_1_0(f)
+                self.offset = f.tell()
+        except (OSError, ValueError, FileNotFoundError) as e:
+            raise FullRowsError(f"the full style rows at {url} are unreadable ({e}); restore them or run "
+                                "'dermsearch optimize' again") from None
+        if tuple(got) != tuple(shape) or dtype != np.float32:
+            raise FullRowsError(f"the full style rows at {url} hold {got} {dtype}, not {shape} float32; "
+                                "run 'dermsearch optimize' again")
+        self.row_bytes = shape[1] * 4
+        self.pool = ThreadPoolExecutor(4, thread_name_prefix="dermsearch-tier")
+
+    def _row(self, r: int) -> bytes:
+        data = self.fs.cat_file(self.path, start=self.offset + r * self.row_bytes,
+                                end=self.offset + (r + 1) * self.row_bytes)
+        if len(data) != self.row_bytes:
+            raise FullRowsError(f"the full style rows at {self.url}: short read of row {r}")
+        return data
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        parts = list(self.pool.map(self._row, [int(r) for r in rows]))
+        return np.frombuffer(b"".join(parts), dtype=np.float32).reshape(len(rows), self.shape[1]).copy()
+
+    def all(self) -> np.ndarray:
+        return self(np.arange(self.shape[0]))
+
+
+class _LanceRows:
+    """Chosen rows of the index's own LanceDB table, at the version the fast-mode files serve."""
+
+    def __init__(self, index_directory: Path, version: int, shape: tuple[int, int]):
+        self.where, self.version, self.shape = index_directory / "lance", version, shape
+        if not self.where.is_dir():
+            raise FullRowsError(f"{self.where}: the index's table, which holds the full style rows, is missing")
+        self._table = None
+
+    @property
+    def table(self):
+        if self._table is None:
+            import lancedb
+
+            try:
+                t = lancedb.connect(str(self.where)).open_table("images")
+                if t.version != self.version:
+                    t.checkout(self.version)
+            except (OSError, ValueError, RuntimeError) as e:
+                raise FullRowsError(f"{self.where}: version {self.version} of the index's table, which holds the "
+                                    f"full style rows, is unreadable ({e}); run 'dermsearch optimize' again") from None
+            if t.count_rows() != self.shape[0]:
+                raise FullRowsError(f"{self.where} version {self.version} holds {t.count_rows()} rows, the "
+                                    f"fast-mode files {self.shape[0]}; run 'dermsearch optimize' again")
+            self._table = t
+        return self._table
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        from ..index.store import _to_matrix
+
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        got = self.table.take_offsets(rows[order].tolist()).select(["style"]).to_arrow()
+        out = np.empty((len(rows), self.shape[1]), dtype=np.float32)
+        out[order] = _to_matrix(got.column("style"), self.shape[1])
+        return out
+
+    def all(self) -> np.ndarray:
+        from ..index.store import _to_matrix
+
+        t = self.table
+        got = t.search().select(["style"]).limit(max(1, self.shape[0])).to_arrow()
+        return _to_matrix(got.column("style"), self.shape[1])
+
+
+class _NpyRows(RowReader):
+    def all(self) -> np.ndarray:
+        return np.load(self.path, mmap_mode="r")
+
+
+def open_full_rows(directory: Path, info: dict, shape: tuple[int, int]):
+    """The reader of the full float32 style rows ``fast.json`` (``info``) names, or None (``none``).
+    A missing or unreadable location raises :class:`FullRowsError` naming it."""
+    full = info.get("full_rows") or {"kind": "here"}
+    kind = full["kind"]
+    if kind == "none":
+        return None
+    if kind == "index":
+        return _LanceRows(directory.parent.parent, info["index_version"], shape)
+    where = str(directory / "styles.npy") if kind == "here" else full["location"]
+    if kind == "tier" and is_url(where):
+        return _FsspecRows(where, shape)
+    path = Path(where.removeprefix("file://"))
+    try:
+        reader = _NpyRows(path)
+    except (OSError, ValueError) as e:
+        raise FullRowsError(f"the full style rows at {path} are missing or unreadable ({e}); restore them or run "
+                            "'dermsearch optimize' again") from None
+    if tuple(reader.shape) != tuple(shape) or reader.dtype != np.float32:
+        raise FullRowsError(f"the full style rows at {path} hold {reader.shape} {reader.dtype}, not {shape} "
+                            "float32; run 'dermsearch optimize' again")
+    return reader
+
+
+def storage_facts(index_directory: str | os.PathLike, fast_directory: Path | None, rows: int) -> dict:
+    """What ``dermsearch info`` says of the storage: the fast-mode precision and where the full rows
+    live, and bytes on disk per image (the index's table, the fast-mode files, a local tier file)."""
+    def size(p: Path) -> int:
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else (
+            p.stat().st_size if p.is_file() else 0)
+
+    table = size(Path(index_directory) / "lance")
+    out: dict = {"table_bytes_per_image": round(table / max(rows, 1))}
+    info = None
+    if fast_directory is not None:
+        try:
+            info = json.loads((fast_directory / "fast.json").read_text())
+        except (OSError, ValueError):
+            info = None
+    if info is None:
+        out["fast_mode"] = None
+        out["bytes_per_image"] = out["table_bytes_per_image"]
+        return out
+    full = info.get("full_rows") or {"kind": "here"}
+    fast_bytes = size(fast_directory)
+    tier = 0
+    if full["kind"] == "tier" and not is_url(full["location"]):
+        tier = size(Path(full["location"].removeprefix("file://")))
+    out["fast_mode"] = {"format": info.get("format"), "version": info.get("index_version"),
+                        "precision": info.get("precision", "float32"), "full_rows": full,
+                        "bytes_per_image": round(fast_bytes / max(rows, 1)),
+                        "tier_bytes_per_image": round(tier / max(rows, 1))}
+    out["bytes_per_image"] = round((table + fast_bytes + tier) / max(rows, 1))
+    return out
+
+
+# ------------------------------------------------------- exact scores from compact re-rank rows
+def exact_near_max(fast, query: Query, valid: np.ndarray, raw: dict[str, np.ndarray], rerank: np.ndarray,
+                    exact_ls: np.ndarray) -> None:
+    """Compact re-rank rows with the full rows at hand: the style losses of the rows that may
+    hold the maximum (their interval ``LŜ ± (2·√LŜ·e + e²)`` reaches the largest lower bound)
+    read in float32, so the SS normaliser is the exact one."""
+    if fast.full_rows is None or exact_ls.all():
+        return
+    ls = raw["style"]
+    pos = np.flatnonzero(~np.isnan(ls) & valid[rerank] & ~exact_ls)
+    if not pos.size:
+        return
+    e = fast.arrays["style_code_err"][rerank[pos]]
+    spread = 2.0 * np.sqrt(np.maximum(ls[pos], 0.0)) * e + e * e
+    near = pos[ls[pos] + spread >= np.max(ls[pos] - spread)]
+    ls[near] = fast._exact_raw(query, rerank[near], True, full=True)["style"]
+    exact_ls[near] = True
+
+def exact_hits(fast, query: Query, measures: Sequence[str], rerank: np.ndarray, valid: np.ndarray, k: int,
+                raw: dict[str, np.ndarray], normalisers: dict[str, float], exact_ls: np.ndarray,
+                rows_out: dict[str, np.ndarray]):
+    """The returned rows' style losses read in float32 and the rows re-ranked, until every
+    hit's is (a few rounds; then the last hits are scored exactly and re-sorted)."""
+    for _ in range(4):
+        hits = np.searchsorted(rerank, np.unique(np.concatenate(list(rows_out.values()))))
+        todo = hits[~exact_ls[hits]]
+        if not todo.size:
+            break
+        raw["style"][todo] = fast._exact_raw(query, rerank[todo], True, full=True)["style"]
+        exact_ls[todo] = True
+        comp = components_of(raw, normalisers)
+        rows_out, _ = top_rows(comp, measures, rerank, valid, k)
+        fill_style(fast, query, rows_out, rerank, raw, comp, normalisers)
+    comp = components_of(raw, normalisers)
+    scores = measure_scores(comp, measures)
+    scores_out = {}
+    for m in measures:
+        at = np.searchsorted(rerank, rows_out[m])
+        order = np.argsort(-scores[m][at], kind="stable")
+        rows_out[m], scores_out[m] = rows_out[m][order], scores[m][at][order]
+    return comp, rows_out, scores_out
+
+
+def take_rows(fast, rows) -> Vectors:
+    """Rows' vectors of a fast-mode index whose exact engine is not open: the style rows from the
+    full rows where there are any, else the compact re-rank rows decoded."""
+    rows = np.asarray(rows, dtype=np.int64)
+    a = fast.arrays
+    styles = np.array((fast.full_rows or fast.style_rows)(rows), dtype=np.float32)
+    masks, areas = a.get("masks"), a.get("mask_areas")
+    return Vectors(np.asarray(a["features"][rows]), styles, None if masks is None else np.asarray(masks[rows]),
+                   None if areas is None else np.asarray(areas[rows]))
+
+
+def ranking_notes(r: FastResult, precision: str) -> list[str]:
+    """The first notes of a fast-mode ranking: what it re-ranked with, and whether its style
+    scores are exact."""
+    notes = [f"fast mode: {r.reranked.size} rows re-ranked with exact vectors" if precision == "float32"
+             else f"fast mode: {r.reranked.size} rows re-ranked with {precision} style vectors"]
+    if r.style_precision == "float32":
+        notes.append("scores exact: the returned rows' style losses read from the full float32 rows")
+    elif r.style_precision is not None:
+        notes.append(f"style scores computed from the {r.style_precision} rows (no full rows kept): not exact float32")
+    return notes
+
+
+def fast_labels(directory: Path, manifest: dict, n: int) -> dict[str, np.ndarray] | None:
+    """:meth:`FastIndex.rows <dermsearch.search.fast.FastIndex.rows>`: the labels in ``rows.json``
+    when they are there, readable and of the index of ``manifest`` with ``n`` rows."""
+    try:
+        r = json.loads((directory / "rows.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if r.get("identity") != index_identity(manifest) or r.get("rows") != n:
+        return None
+    obj = {k: np.array(r[k], dtype=object) for k in ("paths", "diagnosis", "lesion_id", "meta_json")}
+    obj["melanoma"] = np.array([np.nan if v is None else v for v in r["melanoma"]], dtype=np.float64)
+    return obj
+
+
+def fill_style(fast, query: Query, rows_out: dict[str, np.ndarray], rerank: np.ndarray,
+                raw: dict[str, np.ndarray], comp: dict[str, np.ndarray], normalisers: dict[str, float]) -> None:
+    """Every hit reports all four components: the style of returned rows not read yet."""
+    ls = raw["style"]
+    hits = np.unique(np.concatenate(list(rows_out.values())))
+    missing = hits[np.isnan(ls[np.searchsorted(rerank, hits)])]
+    if missing.size:
+        ls[np.searchsorted(rerank, missing)] = fast._exact_raw(query, missing, with_style=True)["style"]
+        comp["style"] = components_of({"style": ls}, normalisers)["style"]
