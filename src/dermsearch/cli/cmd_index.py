@@ -8,7 +8,7 @@ import time
 from ..index.defaults import COMMIT_EVERY, DASK_CHUNK
 from ..index.readers import FIELDS as SOURCE_FIELDS
 from ..index.readers import FORMATS as SOURCE_FORMATS
-from ..names import BACKENDS, GRAM_NORMS, GRAM_POOLS
+from ..names import BACKENDS, GRAM_NORMS, GRAM_POOLS, STORAGE_PRECISIONS
 from ..presets import PRESETS
 from ..runtime import Runtime
 from ..search.config import FastConfig
@@ -96,7 +96,7 @@ def register(sub, common: Common) -> None:
     op.add_argument("--certified", action="store_true",
                     help="also write the int8 style copy that '--mode certified' reads (else it is built "
                          "each time a searcher opens the index); adds 1 byte per style value read")
-    op.set_defaults(handler=cmd_optimize)
+    _precision_flag(op, d)
 
     cp = sub.add_parser("compact", parents=[common.index, common.json],
                         help="merge the index's small data files and delete old versions no reader holds",
@@ -117,6 +117,15 @@ def register(sub, common: Common) -> None:
     inf.set_defaults(handler=cmd_info)
     bb = sub.add_parser("backbones", help="list the registered backbones")
     bb.set_defaults(handler=cmd_backbones)
+
+
+def _precision_flag(op, d: FastConfig) -> None:
+    """optimize's --precision (and its handler)."""
+    op.add_argument("--precision", choices=STORAGE_PRECISIONS, default=d.precision,
+                    help="the style rows fast mode re-ranks from: float32 (the index's own rows, not copied), fp16 "
+                         "or int8 (a compact copy; returned scores still exact from the index's rows); auto: "
+                         "float32 below 100,000 images, int8 from there (default auto; docs/performance.md)")
+    op.set_defaults(handler=cmd_optimize)
 
 
 def cmd_index(args) -> int:
@@ -209,7 +218,7 @@ def cmd_optimize(args) -> int:
     from ..search.fast_build import optimize
 
     config = FastConfig(style_dims=args.style_dims, feature_dims=args.feature_dims, mask_grid=args.mask_grid,
-                        candidates=args.candidates, sketch_dims=args.sketch_dims)
+                        candidates=args.candidates, sketch_dims=args.sketch_dims, precision=args.precision)
     t0 = time.perf_counter()
     fast = optimize(Index.open(args.index), config, progress=lambda m: err.print(m), certified=args.certified)
     info = fast.info
@@ -217,7 +226,8 @@ def cmd_optimize(args) -> int:
               f"{time.perf_counter() - t0:.1f} s: style PCA {fast.arrays['style_basis'].shape[0]} dims "
               f"({100 * info['style_explained_variance']:.1f}% of the variance), feature PCA "
               f"{fast.arrays['feature_basis'].shape[0]} dims ({100 * info['feature_explained_variance']:.1f}%); "
-              f"{fast.bytes_scanned_per_query / max(1, len(fast)):.0f} bytes scanned per image per query")
+              f"{fast.bytes_scanned_per_query / max(1, len(fast)):.0f} bytes scanned per image per query; "
+              f"{fast.precision} re-rank rows")
     return 0
 
 
@@ -267,8 +277,17 @@ def cmd_info(args) -> int:
     print(json.dumps({"directory": str(args.index), "images": len(snap), "version": snap.version,
                       "fingerprint": m["fingerprint"], "extractor": m["extractor"],
                       "feature_dim": m["feature_dim"], "style_dim": m["style_dim"], "mask_size": m["mask_size"],
-                      "diagnoses": dict(sorted(diagnoses.items())), **_rights(snap)}, indent=1))
+                      "diagnoses": dict(sorted(diagnoses.items())), **_rights(snap),
+                      "storage": _storage(index, len(snap))}, indent=1))
     return 0
+
+
+def _storage(index, rows: int) -> dict:
+    """Bytes on disk per image and fast mode's precision (search/fast_rows.py)."""
+    from ..search.fast import fast_dir
+    from ..search.fast_rows import storage_facts
+
+    return storage_facts(index.directory, fast_dir(index.directory, index.head_version()), rows)
 
 
 def _rights(snap) -> dict:

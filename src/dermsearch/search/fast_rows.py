@@ -327,7 +327,8 @@ def storage_facts(index_directory: str | os.PathLike, fast_directory: Path | Non
             p.stat().st_size if p.is_file() else 0)
 
     table = size(Path(index_directory) / "lance")
-    out: dict = {"table_bytes_per_image": round(table / max(rows, 1))}
+    out: dict = {"table_bytes_per_image": round(table / max(rows, 1)),
+                 "auto_precision": resolve_precision("auto", rows)}     # what 'optimize' picks by default
     info = None
     if fast_directory is not None:
         try:
