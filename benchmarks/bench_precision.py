@@ -2,7 +2,7 @@
 measure, bytes on disk per image, query time; and the cost of reading the re-rank rows from the
 index's own table instead of a second float32 copy.
 
-    python benchmarks/bench_precision.py INDEX_DIR [--rows 1000] [--queries 30] [--workdir /tmp/dermsearch-precision]
+    python benchmarks/bench_precision.py INDEX_DIR [--rows 500] [--queries 30] [--read-rows N] [--only-reads]
 
 INDEX_DIR: an index of real images (the numbers in docs/performance.md: the bundled sample,
 ``dermsearch index examples/isic-sample/labels.csv --index INDEX_DIR``). Rows beyond the real ones
@@ -120,32 +120,46 @@ def run_variant(precision, full, data, layout, side, queries, workdir: Path) -> 
             "tier_bytes_per_image": round(dir_bytes(tier) / n), "build_seconds": round(build, 1)}
 
 
-def row_reads(S: np.ndarray, workdir: Path, reads: int = 20) -> dict:
-    """32 scattered style rows: from a float32 .npy (positioned reads) and from a LanceDB table (take)."""
+def row_reads(S: np.ndarray, workdir: Path, n: int, reads: int = 20) -> dict:
+    """32 and 200 scattered style rows (one style measure's re-rank; all ten measures') of an
+    ``n``-row table (the archive's rows repeated): from a float32 .npy (positioned reads) and from a
+    LanceDB table (take)."""
     import lancedb
     import pyarrow as pa
 
-    n, d = S.shape
-    np.save(workdir / "rows.npy", S)
+    d = S.shape[1]
+    out_npy = np.lib.format.open_memmap(workdir / "rows.npy", mode="w+", dtype=np.float32, shape=(n, d))
     db = workdir / "table" / "lance"
     shutil.rmtree(db.parent, ignore_errors=True)
-    flat = pa.FixedSizeListArray.from_arrays(pa.array(S.reshape(-1)), d)
-    lancedb.connect(str(db)).create_table("images", pa.table({"style": flat}))
+    table = None
+    for a in range(0, n, 1000):
+        block = S[np.arange(a, min(n, a + 1000)) % len(S)]
+        out_npy[a:a + len(block)] = block
+        t = pa.table({"style": pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), d)})
+        if table is None:
+            table = lancedb.connect(str(db)).create_table("images", t)
+        else:
+            table.add(t)
+    out_npy.flush()
+    del out_npy
     npy = RowReader(workdir / "rows.npy")
+    table = _LanceRows(db.parent, lancedb.connect(str(db)).open_table("images").version, (n, d))
+    table.table.optimize()                 # one data file, as after 'dermsearch compact'
     table = _LanceRows(db.parent, lancedb.connect(str(db)).open_table("images").version, (n, d))
     rng = np.random.default_rng(1)
     out = {}
-    for name, reader in (("npy_copy", npy), ("lancedb_take", table)):
-        reader(np.arange(4))                               # open, warm
-        ts = []
-        for _ in range(reads):
-            rows = np.sort(rng.choice(n, min(32, n), replace=False))
-            t = time.perf_counter()
-            got = reader(rows)
-            ts.append(time.perf_counter() - t)
-            assert np.array_equal(got, S[rows])
-        out[f"{name}_ms"] = round(1000 * statistics.median(ts), 2)
-    return {"rows": n, "read": min(32, n), **out}
+    for count in (32, 200):
+        for name, reader in (("npy_copy", npy), ("lancedb_take", table)):
+            reader(np.arange(4))                               # open, warm
+            ts = []
+            for _ in range(reads):
+                rows = np.sort(rng.choice(n, min(count, n), replace=False))
+                t = time.perf_counter()
+                got = reader(rows)
+                ts.append(time.perf_counter() - t)
+                assert np.array_equal(got, S[rows % len(S)])
+            out[f"{name}_{count}_rows_ms"] = round(1000 * statistics.median(ts), 2)
+    return {"rows": n, **out}
 
 
 def table_rerank(index: Index, workdir: Path) -> dict:
@@ -182,9 +196,12 @@ def table_rerank(index: Index, workdir: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("index")
-    ap.add_argument("--rows", type=int, default=1000)
+    ap.add_argument("--rows", type=int, default=500)
     ap.add_argument("--queries", type=int, default=30)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/dermsearch-precision"))
+    ap.add_argument("--read-rows", type=int, default=None, help="rows of the table the row reads are timed on "
+                    "(default --rows)")
+    ap.add_argument("--only-reads", action="store_true", help="time the row reads only")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     index = Index.open(args.index)
@@ -195,11 +212,12 @@ def main() -> None:
     out = {"machine": machine(), "index": str(args.index), "real_rows": n_real, "rows": len(F),
            "queries": len(queries), "style_dim": S.shape[1],
            "table_bytes_per_image": facts["table_bytes_per_image"], "variants": []}
-    for precision, full in VARIANTS:
+    for precision, full in () if args.only_reads else VARIANTS:
         out["variants"].append(run_variant(precision, full, (F, S, P, A), m.get("style_layers"), m["mask_size"],
                                            queries, args.workdir))
-    out["row_reads"] = row_reads(S, args.workdir)
-    out["real_index_float32"] = table_rerank(index, args.workdir)
+    out["row_reads"] = row_reads(S, args.workdir, args.read_rows or len(F))
+    if not args.only_reads:
+        out["real_index_float32"] = table_rerank(index, args.workdir)
     emit(out)
 
 

@@ -17,7 +17,7 @@ from dermsearch.search import MEASURES, Searcher
 from dermsearch.search.engine import Query, maxima, normalise, rank_rows
 from dermsearch.search.fast import FastConfig, FastIndex, FastModeMissing, fast_dir
 from dermsearch.search.fast_build import FastIndexWriter, optimize
-from dermsearch.search.fast_rows import AUTO_COMPACT_ROWS, FullRowsError, resolve_precision
+from dermsearch.search.fast_rows import AUTO_COMPACT_ROWS, FullRowsError, default_full_rows, resolve_precision
 from dermsearch.search.measures import measure_scores
 
 from .conftest import lesion_image
@@ -49,19 +49,24 @@ def test_auto_precision_by_size():
     assert resolve_precision("auto", AUTO_COMPACT_ROWS - 1) == "float32"
     assert resolve_precision("auto", AUTO_COMPACT_ROWS) == "int8"
     assert resolve_precision("fp16", 10) == "fp16"
+    # the full rows: a float32 copy beside float32 re-rank rows of a small archive (as before), else the table
+    assert default_full_rows("auto", AUTO_COMPACT_ROWS - 1) == "here"
+    assert default_full_rows("auto", AUTO_COMPACT_ROWS) == default_full_rows("fp16", 10) == "index"
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("int4", 10)
 
 
-@pytest.mark.parametrize("precision", ["float32", "fp16", "int8"])
-def test_each_precision_with_full_rows_in_the_table_gives_the_exact_answers(indexed, precision):
+@pytest.mark.parametrize("precision,full_rows,kind", [("float32", "", "here"), ("float32", "index", "index"),
+                                                       ("fp16", "", "index"), ("int8", "", "index")])
+def test_each_precision_gives_the_exact_answers(indexed, precision, full_rows, kind):
     root, extractor = indexed
     exact = Searcher(root / "ix", extractor=extractor)
     want = _results(exact)
-    fast = optimize(Index.open(root / "ix"), FastConfig(**SMALL, precision=precision))
-    assert fast.precision == precision and fast.info["full_rows"] == {"kind": "index", "location": None}
+    fast = optimize(Index.open(root / "ix"), FastConfig(**SMALL, precision=precision, full_rows=full_rows))
+    # by default a small archive keeps its float32 copy (nothing changes); compact rows keep none
+    assert fast.precision == precision and fast.info["full_rows"] == {"kind": kind, "location": None}
     names = {f.name for f in fast.directory.iterdir()}
-    assert "styles.npy" not in names                                  # the style rows are stored once
+    assert ("styles.npy" in names) == (kind == "here")                # else the style rows are stored once
     assert ("style_fp16.npy" in names) == (precision == "fp16")
     assert ("certified_codes.npy" in names) == (precision == "int8")   # int8: certified mode's own copy
     got = _results(Searcher(root / "ix", extractor=extractor, mode="fast"), reference=exact)
@@ -75,7 +80,7 @@ def test_each_precision_with_full_rows_in_the_table_gives_the_exact_answers(inde
 def test_float32_from_the_table_is_identical_to_float32_rows_in_the_fast_directory(indexed, tmp_path):
     root, extractor = indexed
     index = Index.open(root / "ix")
-    stored = optimize(index, FastConfig(**SMALL, precision="float32"))
+    stored = optimize(index, FastConfig(**SMALL, precision="float32", full_rows="index"))
     s = index.snapshot()
     m = index.manifest
     w = FastIndexWriter(tmp_path / "here", len(s), m["feature_dim"], m["style_dim"], m["mask_bytes"], m["mask_size"],

@@ -23,7 +23,7 @@ class FastConfig:
     fit_rows: int = 10_000         # PCA fitted on a random sample of this many rows
     seed: int = 0
     precision: str = "auto"        # re-rank rows on disk: names.STORAGE_PRECISIONS (search/fast_rows.py)
-    full_rows: str = ""            # the full float32 rows: "" the index's own table, else a directory or fsspec URL
+    full_rows: str = ""            # the full float32 rows: "" by size, "here", "index", a tier (search/fast_rows.py)
 
     def __post_init__(self) -> None:
         if min(self.style_dims, self.feature_dims, self.mask_grid, self.candidates, self.wide_candidates,

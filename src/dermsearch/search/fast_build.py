@@ -24,7 +24,7 @@ from ..io import replace_dir, temp_dir_for
 from .config import FastConfig
 from .engine import dead_columns_zero, dead_style_ranges, live_style_blocks
 from .fast import FAST_FORMAT, FastIndex, cell_counts, count_sketch, fast_dir, index_identity
-from .fast_rows import remove_tier_rows, resolve_precision, write_compact_rows, write_tier_rows
+from .fast_rows import default_full_rows, remove_tier_rows, resolve_precision, write_compact_rows, write_tier_rows
 from .kernels import products
 
 __all__ = ["FastIndexWriter", "optimize", "carry_forward", "sketch_hash"]
@@ -237,7 +237,7 @@ def optimize(index, config: FastConfig = FastConfig(), progress: Callable[[str],
     previous = _full_rows_of(target.parent)
     w = FastIndexWriter(target, len(s), m["feature_dim"], m["style_dim"], m["mask_bytes"], m["mask_size"],
                         config, s.version, certified=certified, style_layout=m.get("style_layers"),
-                        full_rows=config.full_rows or "index")
+                        full_rows=config.full_rows or default_full_rows(config.precision, len(s)))
     w.set_rows(index_identity(m), s.paths, s.diagnosis, s.melanoma, s.lesion_id, s.meta_json)
     step = 4096
     for start in range(0, len(s), step):

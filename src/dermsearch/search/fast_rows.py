@@ -16,9 +16,11 @@ row). Those re-rank rows are stored at a *precision* chosen when ``dermsearch op
 
 The *full rows* (float32, exact) live in one of (``fast.json``'s ``full_rows``):
 
-- ``index``: the index's own LanceDB table (what ``optimize`` writes by default: the rows are
-  stored once), read per query with a ``take`` of the row offsets at the files' index version;
-- ``here``: ``styles.npy`` in the fast-mode directory (what a :class:`FastIndexWriter
+- ``index``: the index's own LanceDB table (the rows stored once: ``optimize``'s default for
+  compact re-rank rows or from :data:`AUTO_COMPACT_ROWS` rows, :func:`default_full_rows`), read
+  per query with a ``take`` of the row offsets at the files' index version;
+- ``here``: ``styles.npy`` in the fast-mode directory (``optimize``'s default for float32 below
+  :data:`AUTO_COMPACT_ROWS` rows, as before; and what a :class:`FastIndexWriter
   <dermsearch.search.fast_build.FastIndexWriter>` with no index behind it writes);
 - ``tier``: ``styles-<token>.npy`` in a second location, a local directory (another disk) or any
   fsspec URL (``FastConfig.full_rows``), read only for the rows re-ranked;
@@ -44,7 +46,8 @@ from .engine import Query
 from .fast_parts import FastResult, RowReader, components_of, top_rows
 from .measures import measure_scores
 
-__all__ = ["AUTO_COMPACT_ROWS", "AUTO_COMPACT", "resolve_precision", "write_compact_rows", "open_compact_rows",
+__all__ = ["AUTO_COMPACT_ROWS", "AUTO_COMPACT", "resolve_precision", "default_full_rows", "write_compact_rows",
+           "open_compact_rows",
            "write_tier_rows", "open_full_rows", "remove_tier_rows", "FullRowsError", "storage_facts",
            "exact_near_max", "exact_hits", "take_rows", "ranking_notes", "fast_labels",
            "fill_style"]
@@ -64,6 +67,15 @@ def resolve_precision(precision: str, rows: int) -> str:
     if precision == "auto":
         return "float32" if rows < AUTO_COMPACT_ROWS else AUTO_COMPACT
     return precision
+
+
+def default_full_rows(precision: str, rows: int) -> str:
+    """Where ``optimize`` keeps the full rows unless told (``FastConfig.full_rows``): a float32 copy
+    in the fast-mode directory for float32 re-rank rows below :data:`AUTO_COMPACT_ROWS` rows (as
+    before FAST_FORMAT 3: nothing changes for a clinic's archive; reading ~200 style rows a query
+    from a positioned-read copy is ~9x faster than a LanceDB ``take``, docs/performance.md), else
+    the index's own table (stored once)."""
+    return "here" if resolve_precision(precision, rows) == "float32" and rows < AUTO_COMPACT_ROWS else "index"
 
 
 def is_url(location: str) -> bool:
