@@ -66,7 +66,7 @@ import numpy as np
 from ..errors import ConfigError, DermsearchError
 from ..extract.vectors import Vectors
 from ..index.fastfiles import FAST_FORMAT, fast_dir, index_identity
-from . import fast_rows
+from . import fast_rerank, fast_rows
 from .config import FastConfig
 from .engine import (
     ExactEngine,
@@ -191,7 +191,7 @@ class FastIndex:
         """The rows' labels as Snapshot columns (paths, diagnosis, melanoma, lesion_id, meta_json),
         or None for files written without them, unreadable, or written for another index than the
         one of ``manifest`` (another model, or an index rebuilt in the same directory)."""
-        return fast_rows.fast_labels(self.directory, manifest, len(self.ids))
+        return fast_rerank.fast_labels(self.directory, manifest, len(self.ids))
 
     @property
     def bytes_scanned_per_query(self) -> int:
@@ -250,7 +250,7 @@ class FastIndex:
             # 3. style losses of those rows, from the re-rank rows at the stored precision
             raw["style"] = np.full(rerank.size, np.nan)
             raw["style"][np.searchsorted(rerank, style_rows)] = self._exact_raw(query, style_rows, True)["style"]
-            fast_rows.exact_near_max(self, query, p.valid, raw, rerank, exact_ls)
+            fast_rerank.exact_near_max(self, query, p.valid, raw, rerank, exact_ls)
         normalisers, bounds, certified = {}, {}, {}
         for comp_name, known_rows in (("euclidean", rerank), ("style", style_rows)):
             if comp_name in upper:
@@ -261,9 +261,9 @@ class FastIndex:
         comp = components_of(raw, normalisers)
         rows_out, scores_out = top_rows(comp, measures, rerank, valid, k)
         if p.est_s is not None:
-            fast_rows.fill_style(self, query, rows_out, rerank, raw, comp, normalisers)
+            fast_rerank.fill_style(self, query, rows_out, rerank, raw, comp, normalisers)
             if self.precision != "float32" and self.full_rows is not None:
-                comp, rows_out, scores_out = fast_rows.exact_hits(self, query, measures, rerank, valid, k, raw,
+                comp, rows_out, scores_out = fast_rerank.exact_hits(self, query, measures, rerank, valid, k, raw,
                                                                   normalisers, exact_ls, rows_out)
         result = FastResult(rows_out, scores_out, comp, raw, rerank, normalisers, bounds, certified)
         if self.precision != "float32":
@@ -424,7 +424,7 @@ class FastIndex:
 
     def take(self, rows) -> Vectors:
         """These rows' vectors (the style rows from the full rows where there are any)."""
-        return self._exact.take(rows) if self._exact is not None else fast_rows.take_rows(self, rows)
+        return self._exact.take(rows) if self._exact is not None else fast_rerank.take_rows(self, rows)
 
     def rank(self, batch: Vectors, valid: np.ndarray, measures: Sequence[str], k: int) -> list[QueryRanking]:
         """The contract (:class:`~dermsearch.search.engine.Engine`), one query at a time; each
@@ -439,7 +439,7 @@ class FastIndex:
                 at = np.searchsorted(r.reranked, r.rows[m])
                 per[m] = Ranked(r.rows[m], r.scores[m], {c: v[at] for c, v in r.components.items()},
                                 {c: v[at] for c, v in r.raw.items()})
-            notes = fast_rows.ranking_notes(r, self.precision)
+            notes = fast_rerank.ranking_notes(r, self.precision)
             for comp, ok in r.certified.items():
                 lo, hi = r.normaliser_bounds[comp]
                 notes.append(f"{comp} normaliser certified exact" if ok else
