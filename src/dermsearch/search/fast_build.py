@@ -248,10 +248,10 @@ def optimize(index, config: FastConfig = FastConfig(), progress: Callable[[str],
     for old in target.parent.iterdir():
         if old.name != target.name and not old.name.startswith(target.name + ".tmp"):
             shutil.rmtree(old, ignore_errors=True)
-    new = fast.info.get("full_rows")
+    still = _full_rows_of(target.parent)      # the new files' and those a reader's held version keeps
     for full in previous:
-        if full != new:
-            remove_tier_rows(full)          # after the new files are in place (a reader holds its descriptor)
+        if full not in still:
+            remove_tier_rows(full)          # after the new files are in place
     return fast
 
 
