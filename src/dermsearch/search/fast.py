@@ -266,7 +266,7 @@ class FastIndex:
                 comp, rows_out, scores_out = fast_rerank.exact_hits(self, query, measures, rerank, valid, k, raw,
                                                                   normalisers, exact_ls, rows_out)
         result = FastResult(rows_out, scores_out, comp, raw, rerank, normalisers, bounds, certified)
-        if self.precision != "float32":
+        if self.precision != "float32" and p.est_s is not None:
             result.style_precision = self.precision if self.full_rows is None else "float32"
         return result
 
