@@ -17,7 +17,13 @@ from dermsearch.search import MEASURES, Searcher
 from dermsearch.search.engine import Query, maxima, normalise, rank_rows
 from dermsearch.search.fast import FastConfig, FastIndex, FastModeMissing, fast_dir
 from dermsearch.search.fast_build import FastIndexWriter, optimize
-from dermsearch.search.fast_rows import AUTO_COMPACT_ROWS, FullRowsError, default_full_rows, resolve_precision
+from dermsearch.search.fast_rows import (
+    AUTO_COMPACT_ROWS,
+    FullRowsError,
+    default_full_rows,
+    resolve_precision,
+    storage_facts,
+)
 from dermsearch.search.measures import measure_scores
 
 from .conftest import lesion_image
@@ -220,8 +226,10 @@ def test_optimize_again_with_another_precision_is_atomic(indexed, monkeypatch):
     assert after.fast.precision == "int8" and _results(after)["x05"][0] == want["x05"][0]
 
 
-def test_old_format_files_ask_for_optimize_and_info_says_the_storage(indexed, capsys):
+def test_old_format_files_ask_for_optimize_and_info_says_the_storage(indexed, capsys, tmp_path):
     root, extractor = indexed
+    bare = storage_facts(root / "ix", tmp_path / "absent", 14)        # no fast-mode files: the table alone
+    assert bare["fast_mode"] is None and bare["bytes_per_image"] == bare["table_bytes_per_image"] > 300_000
     fast = optimize(Index.open(root / "ix"), FastConfig(**SMALL, precision="int8"))
     assert main(["info", str(root / "ix")]) == 0
     storage = json.loads(capsys.readouterr().out)["storage"]
