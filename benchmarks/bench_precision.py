@@ -10,13 +10,15 @@ are synthetic, as in bench_scaling.py (``x' = x_src + β (x_a − x_b)``, the so
 the queries are the real rows, each left out of its own candidates.
 
 Per variant (precision, where the full rows live: ``here`` = a float32 copy in the fast-mode
-directory, ``none`` = the compact rows alone, ``tier`` = a second directory), against the exact
+directory, ``none`` = the compact rows alone, ``tier`` = a second directory, ``index`` = a LanceDB
+table laid out as an index's, what ``optimize`` uses from 100,000 rows), against the exact
 engine over the float32 rows: recall@5 per measure (share of the exact top 5 returned), the
 largest |returned score − exact score of the same row| per measure, the median query time, and
 bytes on disk per image (fast-mode directory, tier). ``table_bytes_per_image``: the index's
-LanceDB table per image (the full rows stored once). ``row_reads``: 32 scattered style rows read
-from a float32 ``.npy`` (the FAST_FORMAT 2 copy) and from a LanceDB table of the same rows
-(``take``), median of 20 reads. Prints JSON.
+LanceDB table per image (the full rows stored once). ``row_reads``: 32 and 200 scattered style
+rows read from a float32 ``.npy`` (the FAST_FORMAT 2 copy) and from a LanceDB table of the same
+rows (``take``), median of 20 reads. ``real_index_float32``: fast mode on the real index, float32
+rows from a copy against from its own table. Prints JSON.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ from dermsearch.search.measures import MEASURES, measure_scores
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_scaling import shifted_masks  # noqa: E402
 
-VARIANTS = (("float32", "here"), ("fp16", "none"), ("int8", "none"), ("fp16", "tier"), ("int8", "tier"))
+VARIANTS = (("float32", "here"), ("fp16", "none"), ("int8", "none"), ("fp16", "tier"), ("int8", "tier"),
+            ("int8", "index"))
 
 
 def archive(index: Index, rows: int, seed: int = 0):
@@ -87,8 +90,12 @@ def run_variant(precision, full, data, layout, side, queries, workdir: Path) -> 
     target, tier = workdir / f"{precision}-{full}", workdir / f"{precision}-tier-rows"
     for p in (target, tier):
         shutil.rmtree(p, ignore_errors=True)
+    version = 0
+    if full == "index":            # the full rows in a LanceDB table laid out as an index's (optimize's default)
+        version = style_table(S, target / "lance")
+        target = target / "fast" / f"v{version}"
     w = FastIndexWriter(target, n, F.shape[1], S.shape[1], P.shape[1], side, FastConfig(precision=precision),
-                        style_layout=layout, full_rows=str(tier) if full == "tier" else full)
+                        version=version, style_layout=layout, full_rows=str(tier) if full == "tier" else full)
     w.write(0, [f"r{i}" for i in range(n)], F, S, P, A)
     t0 = time.perf_counter()
     fast = w.finish()
@@ -120,32 +127,39 @@ def run_variant(precision, full, data, layout, side, queries, workdir: Path) -> 
             "tier_bytes_per_image": round(dir_bytes(tier) / n), "build_seconds": round(build, 1)}
 
 
+def style_table(S: np.ndarray, db: Path, rows=None) -> int:
+    """A LanceDB table ``images`` with a ``style`` column of ``S``'s rows (``rows``: that many, the
+    rows repeated), compacted into one data file; returns its version."""
+    import lancedb
+    import pyarrow as pa
+
+    n, d = rows or len(S), S.shape[1]
+    table = None
+    for a in range(0, n, 1000):
+        block = S[np.arange(a, min(n, a + 1000)) % len(S)]
+        t = pa.table({"style": pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), d)})
+        table = lancedb.connect(str(db)).create_table("images", t) if table is None else table
+        if a:
+            table.add(t)
+    table.optimize()
+    return lancedb.connect(str(db)).open_table("images").version
+
+
 def row_reads(S: np.ndarray, workdir: Path, n: int, reads: int = 20) -> dict:
     """32 and 200 scattered style rows (one style measure's re-rank; all ten measures') of an
     ``n``-row table (the archive's rows repeated): from a float32 .npy (positioned reads) and from a
     LanceDB table (take)."""
-    import lancedb
-    import pyarrow as pa
-
     d = S.shape[1]
     out_npy = np.lib.format.open_memmap(workdir / "rows.npy", mode="w+", dtype=np.float32, shape=(n, d))
-    db = workdir / "table" / "lance"
-    shutil.rmtree(db.parent, ignore_errors=True)
-    table = None
     for a in range(0, n, 1000):
-        block = S[np.arange(a, min(n, a + 1000)) % len(S)]
-        out_npy[a:a + len(block)] = block
-        t = pa.table({"style": pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), d)})
-        if table is None:
-            table = lancedb.connect(str(db)).create_table("images", t)
-        else:
-            table.add(t)
+        out_npy[a:a + 1000] = S[np.arange(a, min(n, a + 1000)) % len(S)]
     out_npy.flush()
     del out_npy
     npy = RowReader(workdir / "rows.npy")
-    table = _LanceRows(db.parent, lancedb.connect(str(db)).open_table("images").version, (n, d))
-    table.table.optimize()                 # one data file, as after 'dermsearch compact'
-    table = _LanceRows(db.parent, lancedb.connect(str(db)).open_table("images").version, (n, d))
+    db = workdir / "table" / "lance"
+    shutil.rmtree(db.parent, ignore_errors=True)
+    table = _LanceRows(db.parent, style_table(S, db, n), (n, d))      # one data file, as after 'dermsearch compact'
+
     rng = np.random.default_rng(1)
     out = {}
     for count in (32, 200):
