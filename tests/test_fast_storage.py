@@ -199,6 +199,7 @@ def test_tier_on_an_fsspec_url_and_a_missing_or_corrupted_tier(indexed, tmp_path
     with pytest.raises(FullRowsError, match=str(tier)) as e:
         Searcher(root / "ix", extractor=extractor, mode="fast")
     assert "optimize" in str(e.value)
+    assert Searcher(root / "ix", extractor=extractor).fast is None      # exact mode reads the index's own rows
     assert main(["search", str(root / "ix"), str(root / "images" / "x01.png"), "--mode", "fast"]) == 2
 
 

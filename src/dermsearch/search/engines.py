@@ -35,6 +35,7 @@ from ..index.store import Index, Snapshot
 from ..names import SEARCH_MODES
 from .engine import Engine, ExactEngine, QueryRanking, checked_style_blocks
 from .fast import FastIndex, FastModeMissing, fast_dir
+from .fast_rows import FullRowsError
 from .kernels import kernel_for
 from .measures import stored_components
 
@@ -223,6 +224,10 @@ def _fast_files(index: Index, required: bool) -> FastIndex | None:
     format), unless ``required`` (fast mode): then :class:`FastModeMissing` says what to run."""
     try:
         return FastIndex.open(fast_dir(index.directory, index.head_version()))
+    except FullRowsError:
+        if required:
+            raise                       # names the missing or unreadable location
+        return None                     # exact and certified modes read the index's own rows
     except FastModeMissing as e:
         if required:
             why = str(e) if "format" in str(e) else (f"{index.directory} has no fast-mode files for "
