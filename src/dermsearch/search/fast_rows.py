@@ -75,6 +75,14 @@ def is_url(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
 
 
+def _fsspec():
+    try:
+        import fsspec
+    except ImportError:
+        raise ConfigError("full rows at a URL need fsspec: pip install 'dermsearch[tier]'") from None
+    return fsspec
+
+
 # ------------------------------------------------------------------------------ compact rows
 def write_compact_rows(directory: Path, styles, precision: str, groups, chunk: int = 2048) -> None:
     """Write the re-rank rows of ``styles`` (float32 [N, D], RAM or memory map) at ``precision``
@@ -175,9 +183,7 @@ def write_tier_rows(location: str, styles, chunk: int = 2048) -> str:
     n, d = styles.shape
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (n, d)}
     if is_url(location):
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(location)
+        fs, root = _fsspec().core.url_to_fs(location)
         fs.makedirs(root, exist_ok=True)
         final, tmp = f"{root.rstrip('/')}/{name}", f"{root.rstrip('/')}/{name}.tmp"
         with fs.open(tmp, "wb") as f:
@@ -207,9 +213,7 @@ def remove_tier_rows(full: dict | None) -> None:
     where = full["location"]
     try:
         if is_url(where):
-            import fsspec
-
-            fs, path = fsspec.core.url_to_fs(where)
+            fs, path = _fsspec().core.url_to_fs(where)
             fs.rm(path)
         else:
             Path(where.removeprefix("file://")).unlink(missing_ok=True)
@@ -221,10 +225,8 @@ class _FsspecRows:
     """Chosen rows of a float32 ``.npy`` at an fsspec URL: one ranged read per row, from a few threads."""
 
     def __init__(self, url: str, shape: tuple[int, int]):
-        import fsspec
-
         self.url, self.shape = url, shape
-        self.fs, self.path = fsspec.core.url_to_fs(url)
+        self.fs, self.path = _fsspec().core.url_to_fs(url)
         try:
             with self.fs.open(self.path, "rb") as f:
                 np.lib.format.read_magic(f)
