@@ -192,7 +192,7 @@ def write_tier_rows(location: str, styles, chunk: int = 2048) -> str:
                 f.write(np.ascontiguousarray(styles[a:a + chunk], dtype=np.float32).tobytes())
         fs.mv(tmp, final)
         return location.rstrip("/") + "/" + name
-    folder = Path(location.removeprefix("file://"))
+    folder = Path(location.removeprefix("file://")).expanduser().resolve()      # fast.json names it absolutely
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f"{name}.tmp"
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, d))
