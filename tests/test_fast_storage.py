@@ -73,6 +73,9 @@ def test_each_precision_gives_the_exact_answers(indexed, precision, full_rows, k
     assert fast.precision == precision and fast.info["full_rows"] == {"kind": kind, "location": None}
     names = {f.name for f in fast.directory.iterdir()}
     assert ("styles.npy" in names) == (kind == "here")                # else the style rows are stored once
+    rows = Index.open(root / "ix").snapshot()
+    np.testing.assert_array_equal(fast.exact.styles, rows.styles)     # exact mode's rows, read from where they live
+    np.testing.assert_array_equal(fast.take([9, 2]).styles, rows.styles[[9, 2]])
     assert ("style_fp16.npy" in names) == (precision == "fp16")
     assert ("certified_codes.npy" in names) == (precision == "int8")   # int8: certified mode's own copy
     got = _results(Searcher(root / "ix", extractor=extractor, mode="fast"), reference=exact)

@@ -122,9 +122,10 @@ def register(sub, common: Common) -> None:
 def _precision_flag(op, d: FastConfig) -> None:
     """optimize's --precision (and its handler)."""
     op.add_argument("--precision", choices=STORAGE_PRECISIONS, default=d.precision,
-                    help="the style rows fast mode re-ranks from: float32 (the index's own rows, not copied), fp16 "
-                         "or int8 (a compact copy; returned scores still exact from the index's rows); auto: "
-                         "float32 below 100,000 images, int8 from there (default auto; docs/performance.md)")
+                    help="the style rows fast mode re-ranks from: float32 (the exact rows), fp16 or int8 (a compact "
+                         "copy; the full rows then stay only in the index's table, and returned scores are still "
+                         "exact); auto: float32 below 100,000 images, int8 from there (default auto; "
+                         "docs/performance.md)")
     op.set_defaults(handler=cmd_optimize)
 
 
