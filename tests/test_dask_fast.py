@@ -186,3 +186,29 @@ def test_a_lost_worker_costs_a_reload_not_the_answer(tiny_extractor, optimized, 
     assert b.to_json()["results"] == a.to_json()["results"]
     sharded.close()
     client.wait_for_workers(2, timeout=60)
+
+
+@pytest.mark.slow
+def test_sharded_fast_mode_refuses_compact_rows_and_reads_full_rows_at_the_shards_place(
+        tiny_extractor, optimized, client, tmp_path):
+    """Compact (int8, fp16) re-rank rows are local fast mode's: on Dask a clear refusal. Float32
+    rows kept in the index's table (stored once) are read at the shard's own rows of the whole."""
+    from dermsearch.index import Index
+
+    ix = tmp_path / "ix"
+    shutil.copytree(optimized / "ix", ix)
+    small = dict(style_dims=4, feature_dims=4, mask_grid=4, sketch_dims=8, candidates=2, wide_candidates=3,
+                 wide_rows=6, normaliser_candidates=1)
+    optimize(Index.open(ix), FastConfig(**small, precision="int8", full_rows="index"))
+    with pytest.raises(ConfigError, match="--precision float32"):
+        Searcher(ix, extractor=tiny_extractor, mode="fast", dask=client)
+    optimize(Index.open(ix), FastConfig(**small, precision="float32", full_rows="index"))
+    local = Searcher(ix, extractor=tiny_extractor, mode="fast")
+    sharded = Searcher(ix, extractor=tiny_extractor, mode="fast", dask=client)
+    assert local.fast.info["full_rows"]["kind"] == "index"
+    for image_id in ("y02", "y13", "y22"):          # rows in both shards
+        q = local.query_for_id(image_id)
+        a, b = local.search(q, k=4), sharded.search(q, k=4)
+        assert b.to_json()["results"] == a.to_json()["results"]
+        assert b.to_json()["results"]["style"][0]["id"] == image_id     # its own row, read at its place
+    sharded.close()

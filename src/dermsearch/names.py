@@ -6,7 +6,7 @@ from __future__ import annotations
 __all__ = ["GRAM_POOLS", "GRAM_NORMS", "BACKENDS", "COLOUR_METHODS", "TTA_VIEWS", "MEASURES", "SEARCH_MODES",
            "DEVICE_HELP", "METRIC_LOSSES", "HEAD_SELECT", "DIVERSITY", "PRECISIONS", "AUTH_MODES", "ROLES",
            "TTA_COUNTS", "BACKBONE_INITS", "TARGETS", "AUGMENTS", "SEG_ARCHS", "EXCLUDE_SAME", "FEATURES",
-           "CI_UNITS"]
+           "CI_UNITS", "STORAGE_PRECISIONS"]
 
 # Gram pooling regions: the whole image (paper), the dilated lesion mask, or lesion then skin.
 GRAM_POOLS = ("image", "lesion", "lesion+skin")
@@ -28,6 +28,9 @@ FEATURES = ("pooled", "ensemble")
 MEASURES = ("euclidean", "cosine", "style", "dice", "i1_ed", "i1_cd", "i1_ecd", "i1_se", "i1_sc", "i1_sd")
 
 SEARCH_MODES = ("exact", "fast", "certified")
+# Fast mode's re-rank rows on disk (`optimize --precision`): auto (float32 below 100,000 rows, int8 from
+# there), float32 (the exact rows, not copied), fp16, int8 (per row and Gram scales, certified mode's copy).
+STORAGE_PRECISIONS = ("auto", "float32", "fp16", "int8")
 # Evaluation: what is left out of a query's candidates besides itself (its lesion's or its patient's images).
 EXCLUDE_SAME = ("lesion", "patient")
 # What an evaluation's bootstrap resamples: lesions (all of a lesion's images together) or images.

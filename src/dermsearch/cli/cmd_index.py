@@ -19,7 +19,7 @@ _MODEL_FLAGS = ("backbone", "weights", "image_size", "mask_size", "gram_weights"
                 "gram_margin", "segmenter", "style", "masks")
 # FastConfig fields set by optimize's flags
 _FAST_FLAGS = ("style_dims", "feature_dims", "mask_grid", "candidates", "sketch_dims", "wide_candidates", "wide_rows",
-               "normaliser_candidates", "fit_rows", "seed")
+               "normaliser_candidates", "fit_rows", "seed", "precision", "full_rows")
 
 
 def register(sub, common: Common) -> None:
@@ -184,7 +184,8 @@ def cmd_optimize(args) -> int:
               f"{time.perf_counter() - t0:.1f} s: style PCA {fast.arrays['style_basis'].shape[0]} dims "
               f"({100 * info['style_explained_variance']:.1f}% of the variance), feature PCA "
               f"{fast.arrays['feature_basis'].shape[0]} dims ({100 * info['feature_explained_variance']:.1f}%); "
-              f"{fast.bytes_scanned_per_query / max(1, len(fast)):.0f} bytes scanned per image per query")
+              f"{fast.bytes_scanned_per_query / max(1, len(fast)):.0f} bytes scanned per image per query; "
+              f"{fast.precision} re-rank rows")
     return 0
 
 
@@ -234,8 +235,17 @@ def cmd_info(args) -> int:
     print(json.dumps({"directory": str(args.index), "images": len(snap), "version": snap.version,
                       "fingerprint": m["fingerprint"], "extractor": m["extractor"],
                       "feature_dim": m["feature_dim"], "style_dim": m["style_dim"], "mask_size": m["mask_size"],
-                      "diagnoses": dict(sorted(diagnoses.items())), **_rights(snap)}, indent=1))
+                      "diagnoses": dict(sorted(diagnoses.items())), **_rights(snap),
+                      "storage": _storage(index, len(snap))}, indent=1))
     return 0
+
+
+def _storage(index, rows: int) -> dict:
+    """Bytes on disk per image and fast mode's precision (search/fast_rows.py)."""
+    from ..search.fast import fast_dir
+    from ..search.fast_rows import storage_facts
+
+    return storage_facts(index.directory, fast_dir(index.directory, index.head_version()), rows)
 
 
 def _rights(snap) -> dict:

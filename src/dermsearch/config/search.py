@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-from .fields import check_fields, setting
+from ..names import STORAGE_PRECISIONS
+from .fields import check_fields, choice, setting
 
 __all__ = ["FastConfig"]
 
@@ -25,6 +27,14 @@ class FastConfig:
     normaliser_candidates: int = setting(16, "rows measured exactly to find each max-normaliser", min=1)
     fit_rows: int = setting(10_000, "the PCA is fitted on a random sample of this many rows", min=1)
     seed: int = setting(0, "seed of the PCA's sample")
+    precision: Literal[*STORAGE_PRECISIONS] = choice(
+        STORAGE_PRECISIONS, "auto", "the style rows fast mode re-ranks from: float32 (the exact rows), fp16 or int8 (a "
+        "compact copy; the full rows then stay only in the index's table, and returned scores are still exact); "
+        "auto: float32 below 100,000 images, int8 from there (docs/performance.md)")
+    full_rows: str = setting("", "where the full float32 style rows stay: empty (by size: a copy beside the fast-mode "
+                             "files below 100,000 images, else the index's table), 'here', 'index', or a second "
+                             "location read only for the rows re-ranked (a directory or an fsspec URL)",
+                             metavar="PLACE")
 
     def __post_init__(self) -> None:
         check_fields(self)

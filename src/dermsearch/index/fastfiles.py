@@ -20,7 +20,7 @@ from ..io import replace_dir, temp_dir_for, write_json
 
 __all__ = ["FAST_FORMAT", "fast_dir", "index_identity", "carry_forward_files"]
 
-FAST_FORMAT = 2          # 2: residual sketches
+FAST_FORMAT = 3          # 2: residual sketches; 3: style rows stored once (full_rows), re-rank precision
 
 
 def fast_dir(index_directory: str | os.PathLike, version: int) -> Path:

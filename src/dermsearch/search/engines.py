@@ -37,6 +37,7 @@ from ..index.store import Index, Snapshot
 from ..names import SEARCH_MODES
 from .engine import Engine, ExactEngine, QueryRanking, checked_style_blocks
 from .fast import FastIndex, FastModeMissing, fast_dir
+from .fast_rows import FullRowsError
 from .kernels import kernel_for
 from .measures import stored_components
 
@@ -130,7 +131,7 @@ def _choose(v: OpenVersion, spec: EngineSpec) -> Engine:
                               f"with mode='{spec.mode}' and dask for it" if spec.mode in SHARDED_MODES else
                               "sharded (Dask) search is exact or fast: use mode='exact' or mode='fast' with dask")
         return v.sharded
-    exact = v.exact
+    exact = v.exact if v.exact is not None or v.fast is None else v.fast.exact    # read on first use
     if spec.mode == "fast":
         if v.fast is None:
             where = f"{v.directory} (version {v.snapshot.version})" if v.directory else "these rows"
@@ -200,20 +201,21 @@ def open_version(index: Index, spec: EngineSpec = EngineSpec()) -> OpenVersion:
         return _sharded(index, spec, layout)
     fast = _fast_files(index, required=spec.mode == "fast")
     if fast is not None:
+        # the exact engine over the fast-mode files' rows; when their style rows live elsewhere (the
+        # index's table, a tier) fast mode does not read them all: exact mode does, on first use
+        e = fast.exact if fast.exact_mapped or spec.mode != "fast" else None
+        a = fast.arrays
+        vec = dict(features=a["features"], styles=None if e is None else e.styles, masks=a.get("masks"),
+                   mask_areas=a.get("mask_areas"))
         if (rows := fast.rows(index.manifest)) is not None:
             # the fast-mode files of the current version hold its rows and labels: LanceDB is not opened
-            e = fast.exact
             snap = Snapshot(fast.info["index_version"], fast.ids.astype(object), rows["paths"], rows["diagnosis"],
-                            rows["melanoma"], rows["lesion_id"], rows["meta_json"], e.features, e.styles, e.masks,
-                            e.mask_areas)
+                            rows["melanoma"], rows["lesion_id"], rows["meta_json"], **vec)
             return OpenVersion(snap, e, fast, layout=layout, directory=str(index.directory))
         # the fast-mode files hold the exact rows memory-mapped: only the metadata is read here
         s = index.snapshot(vectors=False)
         if s.version == fast.info["index_version"] and np.array_equal(s.ids.astype(str), fast.ids):
-            e = fast.exact
-            snap = dataclasses.replace(s, features=e.features, styles=e.styles, masks=e.masks,
-                                       mask_areas=e.mask_areas)
-            return OpenVersion(snap, e, fast, layout=layout, directory=str(index.directory))
+            return OpenVersion(dataclasses.replace(s, **vec), e, fast, layout=layout, directory=str(index.directory))
         if spec.mode == "fast":
             raise FastModeMissing(f"the fast-mode files of {index.directory} do not match its current "
                                   f"version; run 'dermsearch optimize {index.directory}'")
@@ -227,6 +229,10 @@ def _fast_files(index: Index, required: bool) -> FastIndex | None:
     format), unless ``required`` (fast mode): then :class:`FastModeMissing` says what to run."""
     try:
         return FastIndex.open(fast_dir(index.directory, index.head_version()))
+    except FullRowsError:
+        if required:
+            raise                       # names the missing or unreadable location
+        return None                     # exact and certified modes read the index's own rows
     except FastModeMissing as e:
         if required:
             why = str(e) if "format" in str(e) else (f"{index.directory} has no fast-mode files for "

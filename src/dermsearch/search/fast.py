@@ -21,11 +21,13 @@ and with them estimates every component for every candidate. Then, per requested
   by the number of measures asked for, if more; k, if more still) get their feature and mask
   components computed exactly (6 KB a row);
 - stage B (measures with style): those rows are re-scored with the exact feature and mask parts and
-  the style estimate, and the best ``candidates`` get their exact style vectors read (323 KB a row,
-  positioned reads of a memory-mappable file, several threads);
+  the style estimate, and the best ``candidates`` get their style vectors read at the stored
+  precision (323 KB a row in float32: positioned reads of a memory-mappable file, or a ``take``
+  from the index's table; :mod:`.fast_rows` for fp16 and int8);
 
 and the returned rows are ranked and scored with exact vectors only (the exact engine on those
-rows).
+rows; from compact re-rank rows, the returned scores are made exact from the full rows where
+there are any: :func:`~.fast_rows.exact_hits`).
 
 The max-normalisers (ES and SS divide by the largest distance over all candidates) are found the
 same way: the ``normaliser_candidates`` rows with the largest upper bound on their distance are
@@ -42,7 +44,8 @@ renamed into place, so a crash never leaves a half-written set)::
 
     fast.json      config, row count, index version, explained variance
     ids.npy        row ids (fixed-width unicode), checked against the snapshot on open
-    features.npy styles.npy masks.npy mask_areas.npy feature_sqnorms.npy style_sqnorms.npy   exact rows
+    features.npy masks.npy mask_areas.npy feature_sqnorms.npy style_sqnorms.npy   exact rows
+    styles.npy (where full_rows is "here"), style_fp16.npy, certified_*.npy, style_code_err.npy: .fast_rows
     {feature,style}_{mean,basis,proj,csq,resid}.npy   PCA mean, basis [k, D], projections [N, k],
                                                        ||x − μ||², ||residual|| per row
     style_sketch.npy [N, m]    count sketches of the style residuals; style_sketch_{order,signs,basis}.npy:
@@ -63,6 +66,7 @@ import numpy as np
 from ..errors import ConfigError, DermsearchError
 from ..extract.vectors import Vectors
 from ..index.fastfiles import FAST_FORMAT, fast_dir, index_identity
+from . import fast_rerank, fast_rows
 from .config import FastConfig
 from .engine import (
     ExactEngine,
@@ -82,15 +86,16 @@ from .fast_parts import (
     estimated_component,
     rough_scores,
     score_error_bound,
+    top_rows,
 )
 from .kernels import blas_single_threaded, row_parallel_products
-from .measures import MEASURE_COMPONENTS, measure_scores
+from .measures import MEASURE_COMPONENTS, measure_scores, stored_components
 
 __all__ = ["FastConfig", "FastIndex", "FastResult", "FastModeMissing", "fast_dir", "score_error_bound",
            "count_sketch", "cell_counts", "FAST_FORMAT", "index_identity", "RowReader"]
 
 RESIDENT = ("feature_proj", "style_proj", "feature_csq", "style_csq", "feature_resid", "style_resid",
-            "feature_sqnorms", "style_sqnorms", "mask_cells", "mask_areas", "style_sketch")
+            "feature_sqnorms", "style_sqnorms", "mask_cells", "mask_areas", "style_sketch", "style_code_err")
 RESIDENT_EXACT_BYTES = 2 << 30
 NORMALISER_ROUNDS = 3       # extra rounds of exact checks for a normaliser not yet certified
 SMALL = ("ids", "feature_mean", "feature_basis", "style_mean", "style_basis", "style_sketch_order",
@@ -104,15 +109,22 @@ class FastModeMissing(DermsearchError, RuntimeError):
 class FastIndex:
     """A fast-mode directory, memory-mapped (see the module doc)."""
 
-    def __init__(self, directory: Path, info: dict, arrays: dict[str, np.ndarray], style_rows: RowReader | None = None):
+    def __init__(self, directory: Path, info: dict, arrays: dict[str, np.ndarray], style_rows: RowReader | None = None,
+                 full_rows=None):
+        """``style_rows``, ``full_rows``: readers of the re-rank and full rows (None: from ``info``)."""
         self.directory, self.info = directory, info
         self.config = FastConfig(**info["config"])
+        self.precision = info.get("precision", "float32")
         self.arrays = arrays
         self.ids = arrays["ids"]
-        self.exact = ExactEngine(arrays["features"], arrays["styles"], arrays.get("masks"), arrays.get("mask_areas"),
-                                 arrays["feature_sqnorms"], arrays["style_sqnorms"],
-                                 style_blocks=info.get("style_blocks"))
-        self.style_rows = style_rows or RowReader(directory / "styles.npy")
+        if style_rows is None:
+            shape = (len(self.ids), arrays["style_mean"].shape[0])
+            full_rows = fast_rows.open_full_rows(directory, info, shape)
+            style_rows = fast_rows.open_compact_rows(directory, self.precision, shape[1]) or full_rows
+        self.style_rows, self.full_rows = style_rows, full_rows
+        self._exact: ExactEngine | None = None
+        if "styles" in arrays:          # memory-mapped here: the exact engine costs nothing to open
+            self._exact = self._exact_engine(arrays["styles"])
         self._rerank_rows: dict[str, np.ndarray] | None = None      # see _rerank_arrays
         # float32 copies of per-row numbers every query's estimates use
         self._feature_sqnorms32 = arrays["feature_sqnorms"].astype(np.float32)
@@ -121,7 +133,10 @@ class FastIndex:
                               else np.zeros(len(self.ids), np.float32))
 
     @classmethod
-    def open(cls, directory: str | os.PathLike) -> FastIndex:
+    def open(cls, directory: str | os.PathLike, rows: tuple[int, int] | None = None) -> FastIndex:
+        """The fast-mode files in ``directory``; ``rows=(start, stop)``: those rows only, as an index
+        of their own (a shard: its per-row arrays sliced, the PCA bases and sketches those fitted on
+        all rows, the re-rank and full rows read at their place in the whole)."""
         directory = Path(directory)
         path = directory / "fast.json"
         if not path.is_file():
@@ -134,15 +149,51 @@ class FastIndex:
             if f.stem.startswith("certified_"):           # certified mode's copy (search/certified.py)
                 continue
             arrays[f.stem] = np.load(f) if f.stem in SMALL else np.load(f, mmap_mode="r")
+        n = arrays["ids"].shape[0]
+        shape = (n, arrays["style_mean"].shape[0])
+        full = fast_rows.open_full_rows(directory, info, shape)
+        style = fast_rows.open_compact_rows(directory, info.get("precision", "float32"), shape[1]) or full
+        if rows is not None:
+            start, stop = rows
+            if not 0 <= start <= stop <= n:
+                raise ConfigError(f"rows {start}-{stop}: the fast-mode files of {directory} hold {n}")
+            for name, a in arrays.items():
+                if (name == "ids" or name not in SMALL) and a.ndim >= 1 and a.shape[0] == n:
+                    arrays[name] = a[start:stop]
+            info = {**info, "rows": stop - start}
+            same = style is full
+            full = None if full is None else fast_rows.RowRange(full, start, stop)
+            style = full if same else fast_rows.RowRange(style, start, stop)
         # the arrays every query scans are small: copy them into RAM (a memory map's pages would be
         # evicted by the exact rows streaming through the page cache, then re-read from disk)
-        for name in RESIDENT:
+        for name in (*RESIDENT, "ids"):
             if name in arrays:
                 arrays[name] = np.array(arrays[name])
-        return cls(directory, info, arrays)
+        return cls(directory, info, arrays, style, full)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def _exact_engine(self, styles) -> ExactEngine:
+        a = self.arrays
+        return ExactEngine(a["features"], styles, a.get("masks"), a.get("mask_areas"), a["feature_sqnorms"],
+                           a["style_sqnorms"], style_blocks=self.info.get("style_blocks"))
+
+    @property
+    def exact(self) -> ExactEngine:
+        """The exact engine: style rows memory-mapped from here, else read whole on first use."""
+        if self._exact is None:
+            if self.full_rows is None:
+                raise ConfigError(f"{self.directory}: the fast-mode files keep no full style rows "
+                                  f"({self.precision} only): exact and certified search need them")
+            rows = self.full_rows.all()
+            self._exact = self._exact_engine(rows[:len(self)] if rows.shape[0] != len(self) else rows)
+        return self._exact
+
+    @property
+    def exact_mapped(self) -> bool:
+        """Whether :attr:`exact` opens without reading every style row."""
+        return self._exact is not None
 
     def prefix(self, n: int) -> FastIndex:
         """The same files restricted to their first ``n`` rows (the PCA bases and sketches stay the
@@ -152,21 +203,13 @@ class FastIndex:
         per_row = {k for k, v in self.arrays.items() if k not in SMALL and v.ndim >= 1 and v.shape[0] == len(self)}
         return FastIndex(self.directory, {**self.info, "rows": n},
                          {k: v[:n] if k in per_row or k == "ids" else v for k, v in self.arrays.items()},
-                         self.style_rows)
+                         self.style_rows, self.full_rows)
 
     def rows(self, manifest: dict) -> dict[str, np.ndarray] | None:
         """The rows' labels as Snapshot columns (paths, diagnosis, melanoma, lesion_id, meta_json),
         or None for files written without them, unreadable, or written for another index than the
         one of ``manifest`` (another model, or an index rebuilt in the same directory)."""
-        try:
-            r = json.loads((self.directory / "rows.json").read_text())
-        except (OSError, ValueError):
-            return None
-        if r.get("identity") != index_identity(manifest) or r.get("rows") != len(self.ids):
-            return None
-        obj = {k: np.array(r[k], dtype=object) for k in ("paths", "diagnosis", "lesion_id", "meta_json")}
-        obj["melanoma"] = np.array([np.nan if v is None else v for v in r["melanoma"]], dtype=np.float64)
-        return obj
+        return fast_rerank.fast_labels(self.directory, manifest, len(self.ids))
 
     @property
     def bytes_scanned_per_query(self) -> int:
@@ -218,27 +261,32 @@ class FastIndex:
         rerank = np.unique(np.concatenate(list(wide.values()) + list(check_rows.values())))
         raw = self._exact_raw(query, rerank, with_style=False)
         style_rows = np.zeros(0, dtype=np.int64)
+        exact_ls = np.full(rerank.size, self.precision == "float32")     # style losses from float32 rows
         if p.est_s is not None:
             style_rows = np.unique(np.concatenate(self._style_candidates(p, raw, rerank, wide, comp_est)
                                                   + [check_rows["style"]]))
-            # 3. exact style losses of those rows, from the memory-mapped exact vectors
+            # 3. style losses of those rows, from the re-rank rows at the stored precision
             raw["style"] = np.full(rerank.size, np.nan)
             raw["style"][np.searchsorted(rerank, style_rows)] = self._exact_raw(query, style_rows, True)["style"]
+            fast_rerank.exact_near_max(self, query, p.valid, raw, rerank, exact_ls)
         normalisers, bounds, certified = {}, {}, {}
         for comp_name, known_rows in (("euclidean", rerank), ("style", style_rows)):
             if comp_name in upper:
                 normalisers[comp_name], bounds[comp_name], certified[comp_name] = self._normaliser(
                     p, comp_name, raw, rerank, known_rows, upper[comp_name])
+        if self.precision != "float32" and self.full_rows is None:
+            certified.pop("style", None)        # a maximum of compact style losses: not the exact one
         comp = components_of(raw, normalisers)
-        scores = measure_scores(comp, measures)
-        rows_out, scores_out = {}, {}
-        in_valid = valid[rerank]
-        for m in measures:
-            order = top_k_rows(scores[m], in_valid & ~np.isnan(scores[m]), k)[0]    # rerank is sorted: ties by row
-            rows_out[m], scores_out[m] = rerank[order], scores[m][order]
+        rows_out, scores_out = top_rows(comp, measures, rerank, valid, k)
         if p.est_s is not None:
-            self._fill_style(query, rows_out, rerank, raw, comp, normalisers)
-        return FastResult(rows_out, scores_out, comp, raw, rerank, normalisers, bounds, certified)
+            fast_rerank.fill_style(self, query, rows_out, rerank, raw, comp, normalisers)
+            if self.precision != "float32" and self.full_rows is not None:
+                comp, rows_out, scores_out = fast_rerank.exact_hits(self, query, measures, rerank, valid, k, raw,
+                                                                  normalisers, exact_ls, rows_out)
+        result = FastResult(rows_out, scores_out, comp, raw, rerank, normalisers, bounds, certified)
+        if self.precision != "float32" and p.est_s is not None:
+            result.style_precision = self.precision if self.full_rows is None else "float32"
+        return result
 
     def _pass(self, query: Query, k: int, measures: Sequence[str], valid: np.ndarray) -> SearchPass:
         """The query's estimates for every row (nothing computed when there is nothing to rank)."""
@@ -343,23 +391,13 @@ class FastIndex:
                 break
             valid_over = np.ones(over.size, dtype=bool)
             more = np.sort(over[top_k_rows(unchecked_hi[over], valid_over, self.config.normaliser_candidates)[0]])
-            exact_more = (self._exact_raw(p.query, more, with_style=True)["style"] if style
+            exact_more = (self._exact_raw(p.query, more, with_style=True, full=True)["style"] if style
                           else self._exact_raw(p.query, more, with_style=False)["euclidean"] ** 2)
             found = max(found, float(exact_more.max()))
             unchecked_hi[more] = -np.inf
         hi = max(found, float(unchecked_hi.max()))
         root = (lambda v: v) if style else np.sqrt
         return float(root(found)), (float(root(found)), float(root(hi))), hi <= found
-
-    def _fill_style(self, query: Query, rows_out: dict[str, np.ndarray], rerank: np.ndarray,
-                    raw: dict[str, np.ndarray], comp: dict[str, np.ndarray], normalisers: dict[str, float]) -> None:
-        """Every hit reports all four components: the style of returned rows not read yet."""
-        ls = raw["style"]
-        hits = np.unique(np.concatenate(list(rows_out.values())))
-        missing = hits[np.isnan(ls[np.searchsorted(rerank, hits)])]
-        if missing.size:
-            ls[np.searchsorted(rerank, missing)] = self._exact_raw(query, missing, with_style=True)["style"]
-            comp["style"] = components_of({"style": ls}, normalisers)["style"]
 
     def _rerank_arrays(self) -> dict[str, np.ndarray]:
         """The exact features and masks fast mode re-ranks from: copied into RAM on the first fast
@@ -373,31 +411,38 @@ class FastIndex:
             self._rerank_rows = {n: np.array(a[n]) if small else a[n] for n in names}
         return self._rerank_rows
 
-    def _exact_raw(self, query: Query, rows: np.ndarray, with_style: bool) -> dict[str, np.ndarray]:
+    def _exact_raw(self, query: Query, rows: np.ndarray, with_style: bool, full: bool = False
+                   ) -> dict[str, np.ndarray]:
         """Exact raw values for these rows (sorted), read from the memory maps: the style loss
-        only (``with_style``), or the feature and mask components."""
-        e, a = self.exact, self.arrays
+        only (``with_style``: from the re-rank rows at the stored precision, or with ``full`` from
+        the full float32 rows where there are any), or the feature and mask components."""
+        a = self.arrays
         if with_style:
-            sub = ExactEngine(e.features[:0], self.style_rows(rows), feature_sqnorms=a["feature_sqnorms"][:0],
-                              style_sqnorms=a["style_sqnorms"][rows], product=row_parallel_products)
+            exact = self.precision == "float32" or (full and self.full_rows is not None)
+            styles = (self.full_rows if full and self.full_rows is not None else self.style_rows)(rows)
+            sub = ExactEngine(a["features"][:0], styles, feature_sqnorms=a["feature_sqnorms"][:0],
+                              style_sqnorms=a["style_sqnorms"][rows] if exact else None,
+                              product=row_parallel_products)
             return {"style": sub.raw(Query.batch([query]), ["style"])["style"][0]}
         r = self._rerank_arrays()
+        areas = a.get("mask_areas")
         sub = ExactEngine(r["features"][rows], None, None if "masks" not in r else r["masks"][rows],
-                          None if e.mask_areas is None else e.mask_areas[rows], a["feature_sqnorms"][rows],
+                          None if areas is None else np.asarray(areas[rows]), a["feature_sqnorms"][rows],
                           product=row_parallel_products)
         return {name: v[0] for name, v in sub.raw(Query.batch([query]), ["euclidean", "cosine", "dice"]).items()}
 
     # ------------------------------------------------------- the engine contract
     @property
     def kernel(self) -> str | None:
-        return self.exact.kernel
+        return self._exact.kernel if self._exact is not None else None
 
     @property
     def components(self) -> tuple[str, ...]:
-        return self.exact.components
+        return stored_components(True, "masks" in self.arrays)
 
     def take(self, rows) -> Vectors:
-        return self.exact.take(rows)
+        """These rows' vectors (the style rows from the full rows where there are any)."""
+        return self._exact.take(rows) if self._exact is not None else fast_rerank.take_rows(self, rows)
 
     def rank(self, batch: Vectors, valid: np.ndarray, measures: Sequence[str], k: int) -> list[QueryRanking]:
         """The contract (:class:`~dermsearch.search.engine.Engine`), one query at a time; each
@@ -412,7 +457,7 @@ class FastIndex:
                 at = np.searchsorted(r.reranked, r.rows[m])
                 per[m] = Ranked(r.rows[m], r.scores[m], {c: v[at] for c, v in r.components.items()},
                                 {c: v[at] for c, v in r.raw.items()})
-            notes = [f"fast mode: {r.reranked.size} rows re-ranked with exact vectors"]
+            notes = fast_rerank.ranking_notes(r, self.precision)
             for comp, ok in r.certified.items():
                 lo, hi = r.normaliser_bounds[comp]
                 notes.append(f"{comp} normaliser certified exact" if ok else

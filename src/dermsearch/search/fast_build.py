@@ -1,8 +1,10 @@
 """Writing fast mode's files (:mod:`dermsearch.search.fast` reads them): PCA bases fitted on a
 sample of the index, every row's projections, residual norms and residual sketches, coarse mask
-cells, the exact rows as memory-mappable ``.npy`` files, and optionally certified mode's int8
-style copy. Everything goes into a temporary directory that is renamed into place, so a crash never
-leaves a half-written set; :func:`carry_forward` re-labels the files after a compaction."""
+cells, the exact feature and mask rows as memory-mappable ``.npy`` files, the style rows fast mode
+re-ranks from at the stored precision and where the full rows live (:mod:`.fast_rows`), and
+optionally certified mode's int8 style copy. Everything goes into a temporary directory that is
+renamed into place, so a crash never leaves a half-written set; :func:`carry_forward` re-labels
+the files after a compaction."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from ..io import replace_dir, temp_dir_for
 from .config import FastConfig
 from .engine import dead_columns_zero, dead_style_ranges, live_style_blocks
 from .fast import FAST_FORMAT, FastIndex, cell_counts, count_sketch, fast_dir, index_identity
+from .fast_rows import default_full_rows, remove_tier_rows, resolve_precision, write_compact_rows, write_tier_rows
 from .kernels import products
 
 __all__ = ["FastIndexWriter", "optimize", "carry_forward", "sketch_hash"]
@@ -52,20 +55,29 @@ class FastIndexWriter:
     """Writes a fast-mode directory in row chunks (so an archive larger than RAM can be written),
     then fits the PCA bases on a sample and projects every row in :meth:`finish`."""
 
-    def __init__(self, directory: str | os.PathLike, n: int, feature_dim: int, style_dim: int, mask_bytes: int,
+    def __init__(self, directory: str | os.PathLike, n: int, feature_dim: int, style_dim: int,  # noqa: PLR0913
+                 mask_bytes: int,
                  mask_size: int, config: FastConfig = FastConfig(), version: int = 0, certified: bool = False,
-                 style_layout: Sequence[dict] | None = None):
+                 style_layout: Sequence[dict] | None = None, full_rows: str = "here"):
         """``certified``: also write the certified engine's int8 style copy
         (:func:`~dermsearch.search.certified.write_certified`), so that ``--mode certified`` opens
         at once instead of building it (1 byte per style value: a quarter of the styles' size).
         ``style_layout``: the manifest's ``style_layers``; the Grams with weight 0 are checked to
         be 0 in every row written, and if they are, ``fast.json`` records the other columns as
-        ``style_blocks`` (exact search then never reads the zeros)."""
+        ``style_blocks`` (exact search then never reads the zeros).
+        ``full_rows``: where the full float32 style rows stay (:mod:`.fast_rows`): ``here`` (this
+        directory's ``styles.npy``), ``index`` (the index's table: the caller vouches that it holds
+        these rows at ``version``), ``none``, or a directory or fsspec URL (a tier: the rows are
+        written there). ``config.precision``: the re-rank rows' precision."""
         if not style_dim:
             raise ConfigError("fast mode needs style vectors (the index was built with style=False)")
         self.final = Path(directory)
         self.tmp = temp_dir_for(self.final)
         self.n, self.config, self.version, self.certified = n, config, version, certified
+        self.precision = resolve_precision(config.precision, n)
+        self.full_rows = full_rows or "here"
+        if self.full_rows == "none" and self.precision == "float32":
+            raise ConfigError("float32 re-rank rows are the full rows: they cannot be kept nowhere (full_rows='none')")
         self.mask_size = mask_size
         if mask_bytes and mask_size % config.mask_grid:
             raise ConfigError(f"mask_grid {config.mask_grid} must divide the mask size {mask_size}")
@@ -123,11 +135,17 @@ class FastIndexWriter:
         for a in (self.features, self.styles, self.masks, self.mask_areas):
             if isinstance(a, np.memmap) and a.mode != "r":
                 a.flush()
-        if self.certified:
-            from .certified import certified_groups, write_certified
+        from .certified import certified_groups, write_certified
 
+        groups = certified_groups(self.styles.shape[1], self.style_layout, blocks)
+        if self.certified:
             say("writing the int8 style copy for certified mode")
-            write_certified(self.tmp, self.styles, certified_groups(self.styles.shape[1], self.style_layout, blocks))
+            write_certified(self.tmp, self.styles, groups)
+        info["precision"] = self.precision
+        if self.precision != "float32":
+            say(f"writing the {self.precision} re-rank rows")
+        write_compact_rows(self.tmp, self.styles, self.precision, groups)
+        info["full_rows"] = self._place_full_rows(say)
         np.save(self.tmp / "ids.npy", np.array(self.ids.tolist(), dtype=str))
         if self.rows is not None:
             with open(self.tmp / "rows.json", "w") as f:
@@ -141,6 +159,20 @@ class FastIndexWriter:
             os.fsync(f.fileno())
         replace_dir(self.tmp, self.final)   # atomic: the directory appears complete or not at all
         return FastIndex.open(self.final)
+
+    def _place_full_rows(self, say: Callable[[str], None]) -> dict:
+        """Keep the full style rows here, write them to a tier, or drop this directory's copy."""
+        kind = self.full_rows if self.full_rows in ("here", "index", "none") else "tier"
+        if kind == "here":
+            return {"kind": "here", "location": None}
+        location = None
+        if kind == "tier":
+            say(f"writing the full style rows to {self.full_rows}")
+            location = write_tier_rows(self.full_rows, self.styles)
+        path = Path(self.styles.filename)
+        self.styles = None
+        path.unlink()
+        return {"kind": kind, "location": location}
 
     def _project(self, name: str, matrix: np.ndarray, dims: int, sample: np.ndarray, info: dict, chunk: int,
                  say: Callable[[str], None]) -> None:
@@ -202,8 +234,10 @@ def optimize(index, config: FastConfig = FastConfig(), progress: Callable[[str],
         raise ConfigError(f"{index.directory} stores no style vectors (built with style=False): fast mode "
                          "compresses the style vectors, exact search is already cheap without them")
     target = fast_dir(index.directory, s.version)
+    previous = _full_rows_of(target.parent)
     w = FastIndexWriter(target, len(s), m["feature_dim"], m["style_dim"], m["mask_bytes"], m["mask_size"],
-                        config, s.version, certified=certified, style_layout=m.get("style_layers"))
+                        config, s.version, certified=certified, style_layout=m.get("style_layers"),
+                        full_rows=config.full_rows or default_full_rows(config.precision, len(s)))
     w.set_rows(index_identity(m), s.paths, s.diagnosis, s.melanoma, s.lesion_id, s.meta_json)
     step = 4096
     for start in range(0, len(s), step):
@@ -214,7 +248,25 @@ def optimize(index, config: FastConfig = FastConfig(), progress: Callable[[str],
     for old in target.parent.iterdir():
         if old.name != target.name and not old.name.startswith(target.name + ".tmp"):
             shutil.rmtree(old, ignore_errors=True)
+    still = _full_rows_of(target.parent)      # the new files' and those a reader's held version keeps
+    for full in previous:
+        if full not in still:
+            remove_tier_rows(full)          # after the new files are in place
     return fast
+
+
+def _full_rows_of(fast_root: Path) -> list[dict]:
+    """The full-rows locations of the fast-mode directories under ``fast_root`` (tier files to
+    delete once new files replace them)."""
+    out = []
+    for d in fast_root.glob("v*") if fast_root.is_dir() else ():
+        try:
+            full = json.loads((d / "fast.json").read_text()).get("full_rows")
+        except (OSError, ValueError):
+            continue
+        if full and full.get("kind") == "tier" and full not in out:
+            out.append(full)
+    return out
 
 
 def carry_forward(index, old_version: int) -> FastIndex | None:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import Query, largest, normalise
-from .measures import MEASURE_COMPONENTS, normalised_by
+from .engine import Query, largest, normalise, top_k_rows
+from .measures import MEASURE_COMPONENTS, measure_scores, normalised_by
 
 __all__ = ["count_sketch", "cell_counts", "RowReader", "SearchPass", "FastResult", "rough_scores",
-           "score_error_bound"]
+           "score_error_bound", "top_rows"]
 
 
 def count_sketch(x: np.ndarray, order: np.ndarray, signs: np.ndarray, buckets: int, block: int = 256) -> np.ndarray:
@@ -47,6 +47,7 @@ class RowReader:
     and reads from disk overlap when the file is larger than the page cache."""
 
     def __init__(self, path: Path, threads: int = 4):
+        self.path = Path(path)
         mm = np.load(path, mmap_mode="r")
         self.shape, self.dtype, self.offset = mm.shape, mm.dtype, mm.offset
         self.row_bytes = int(np.prod(mm.shape[1:])) * mm.dtype.itemsize
@@ -123,6 +124,7 @@ class FastResult:
     normalisers: dict[str, float]               # the maxima used (ED for ES, LS for SS)
     normaliser_bounds: dict[str, tuple[float, float]] = field(default_factory=dict)  # certified [low, high]
     certified: dict[str, bool] = field(default_factory=dict)
+    style_precision: str | None = None          # the style losses' rows when not all float32 (None: float32)
 
 
 def rough_scores(components: dict[str, np.ndarray], measures: Sequence[str]) -> dict[str, np.ndarray]:
@@ -161,3 +163,15 @@ def score_error_bound(value: float, low: float, high: float) -> float:
     if low <= 0:
         return 0.0
     return float(value) * (1.0 / low - 1.0 / high)
+
+
+def top_rows(comp: dict[str, np.ndarray], measures: Sequence[str], rerank: np.ndarray, valid: np.ndarray,
+         k: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The top ``k`` valid re-ranked rows per measure and their scores."""
+    scores = measure_scores(comp, measures)
+    rows_out, scores_out = {}, {}
+    in_valid = valid[rerank]
+    for m in measures:
+        order = top_k_rows(scores[m], in_valid & ~np.isnan(scores[m]), k)[0]    # rerank is sorted: ties by row
+        rows_out[m], scores_out[m] = rerank[order], scores[m][order]
+    return rows_out, scores_out

@@ -48,7 +48,7 @@ from ..index.fastfiles import FAST_FORMAT, fast_dir
 from . import fast as fast_module
 from .config import FastConfig
 from .engine import Query, QueryRanking, Ranked, top_k_rows
-from .fast import RESIDENT, SMALL, FastIndex, FastModeMissing
+from .fast import FastIndex, FastModeMissing
 from .fast_parts import FastResult, estimated_component, rough_scores
 from .fast_sharded_merge import Planner
 from .kernels import blas_single_threaded
@@ -70,19 +70,6 @@ _STATE: dict[str, list] = {}     # per worker: a batch's per-query state between
 
 
 # ------------------------------------------------------------------------------- on a worker
-class _Shifted:
-    """The row reader of the whole exact style file, addressed by a shard's row numbers."""
-
-    def __init__(self, reader, start: int):
-        self.reader, self.start = reader, start
-
-    def __call__(self, rows: np.ndarray) -> np.ndarray:
-        return self.reader(np.asarray(rows, dtype=np.int64) + self.start)
-
-    def close(self) -> None:
-        self.reader.close()
-
-
 def _info(directory: Path) -> dict:
     path = directory / "fast.json"
     if not path.is_file():
@@ -94,26 +81,9 @@ def _info(directory: Path) -> dict:
 
 
 def open_shard(directory, start: int, stop: int) -> FastIndex:
-    """Rows ``[start, stop)`` of a fast-mode directory as a :class:`FastIndex` of their own: the
-    per-row arrays sliced (those every query scans, the compact codes, copied into RAM: this range
-    only; the exact rows memory-mapped), the PCA bases and sketch hashes those fitted on all rows,
-    the exact style rows read at their place in the whole file."""
-    directory = Path(directory)
-    info = _info(directory)
-    arrays = {}
-    for f in sorted(directory.glob("*.npy")):
-        if not f.stem.startswith("certified_"):           # certified mode's copy
-            arrays[f.stem] = np.load(f) if f.stem in SMALL and f.stem != "ids" else np.load(f, mmap_mode="r")
-    n = arrays["ids"].shape[0]
-    if not 0 <= start <= stop <= n:
-        raise ConfigError(f"rows {start}-{stop}: the fast-mode files of {directory} hold {n}")
-    for name, a in arrays.items():
-        if (name == "ids" or name not in SMALL) and a.ndim >= 1 and a.shape[0] == n:
-            a = a[start:stop]
-        arrays[name] = np.array(a) if name in RESIDENT or name == "ids" else a
-    shard = FastIndex(directory, {**info, "rows": stop - start}, arrays)
-    shard.style_rows = _Shifted(shard.style_rows, start)
-    return shard
+    """Rows ``[start, stop)`` of a fast-mode directory as a :class:`FastIndex` of their own (the
+    compact codes of this range copied into RAM, the rest memory-mapped or read at their place)."""
+    return FastIndex.open(directory, (start, stop))
 
 
 @dataclass
@@ -325,6 +295,10 @@ class ShardedFastEngine(ShardedEngine):
             why = str(e) if "format" in str(e) else f"{index.directory} has no fast-mode files for version " \
                                                     f"{snapshot.version}"
             raise FastModeMissing(f"{why}; run 'dermsearch optimize {index.directory}'") from None
+        if info.get("precision", "float32") != "float32":
+            raise ConfigError(f"fast mode on Dask re-ranks from float32 rows; the fast-mode files of {index.directory} "
+                              f"keep {info['precision']} rows: run 'dermsearch optimize {index.directory} --precision "
+                              "float32' (or search without --dask)")
         ids = np.load(directory / "ids.npy", mmap_mode="r")
         if info.get("index_version") != snapshot.version or not np.array_equal(snapshot.ids.astype(str), ids):
             raise FastModeMissing(f"the fast-mode files of {index.directory} do not match its current version; "
