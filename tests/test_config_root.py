@@ -196,3 +196,22 @@ def test_help_lists_the_same_flags_and_builds_without_a_network_library():
     assert out.rstrip().endswith("[]")
     before = json.loads(OPTION_STRINGS.read_text())["serve"]
     assert all(flag in out for flag in before)
+
+
+def test_certified_modes_max_checked_is_a_flag_of_search_and_serve_and_reaches_the_engine(tiny_extractor, tmp_path):
+    from dermsearch.config import SearchConfig
+    from dermsearch.search import Searcher
+
+    from .conftest import indexed_archive
+
+    parse = build_parser().parse_args
+    (tmp_path / "q.jpg").write_bytes(b"")
+    for cmd in (["search", str(Path.cwd()), str(tmp_path / "q.jpg")], ["serve", str(Path.cwd())]):
+        assert parse(cmd).max_checked == SearchConfig().max_checked == 0.02
+        assert parse([*cmd, "--mode", "certified", "--max-checked", "0.1"]).max_checked == 0.1
+    with pytest.raises(ConfigError, match="max_checked"):
+        Searcher(tmp_path / "nowhere", max_checked=1.5)           # checked before the index is opened
+    ix = indexed_archive(tmp_path, [{"image_id": f"m{i}", "diagnosis": "nv"} for i in range(4)], tiny_extractor)
+    searcher = Searcher(ix, extractor=tiny_extractor, mode="certified", max_checked=0.5)
+    assert searcher.engine_for("certified").max_checked == 0.5
+    assert Searcher(ix, extractor=tiny_extractor).engine_for("certified").max_checked == 0.02

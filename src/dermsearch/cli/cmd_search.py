@@ -116,7 +116,8 @@ def cmd_search(args) -> int:
     from ..search import Searcher
 
     filters = filters_from(args.where, args.range)
-    searcher = Searcher(args.index, runtime=runtime_of(args), mode=args.mode, dask=args.dask)
+    searcher = Searcher(args.index, runtime=runtime_of(args), mode=args.mode, dask=args.dask,
+                        max_checked=args.max_checked)
     try:
         return _search(searcher, filters, args)
     finally:

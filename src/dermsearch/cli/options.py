@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import Runtime, choices_of, default_of, field_of, value_type
-from ..names import SEARCH_MODES
+from ..config import Runtime, SearchConfig, choices_of, default_of, field_of, value_type
 from .common import at_least, existing_dir, existing_file
 
 __all__ = ["Common", "index_dir", "runtime_of", "add_config_flags", "optional", "given"]
@@ -42,10 +41,7 @@ class Common:
         self.index = _parent()
         index_dir(self.index)
         self.mode = _parent()
-        self.mode.add_argument("--mode", choices=SEARCH_MODES, default="exact",
-                               help="exact (every byte of every row), fast (compressed vectors pick candidates, "
-                                    "exact ones re-rank them; needs 'dermsearch optimize DIR'), certified (exact "
-                                    "answers from an int8 first pass, proven per query); default exact")
+        add_config_flags(self.mode, SearchConfig, ("mode", "max_checked"))
 
 
 def runtime_of(args: argparse.Namespace, **more):

@@ -148,7 +148,7 @@ def cmd_serve(args) -> int:
                                            auth=args.auth, rating_query_ids=rating_ids, rate_limit=args.rate_limit,
                                            trusted_proxies=tuple(args.trusted_proxy)),
                      searcher=Searcher(args.index, runtime=runtime_of(args), mode=args.mode,
-                                       dask=args.dask))
+                                       dask=args.dask, max_checked=args.max_checked))
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         err.print(f"binding {args.host}: serve it over TLS (a reverse proxy: docs/deploy.md) and name the proxy's "
                   "host with --allowed-host", highlight=False)

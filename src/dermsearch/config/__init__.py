@@ -14,15 +14,15 @@ from .extract import LEARNED_GRAM_WEIGHTS, PAPER_STYLE, PREPROCESS_VERSION, Extr
 from .fields import check_fields, choice, choices_of, default_of, field_of, help_of, setting, value_type
 from .index import COMMIT_EVERY, DASK_CHUNK, BuildConfig
 from .runtime import Runtime
-from .search import FastConfig
+from .search import FastConfig, SearchConfig
 from .train import N_STAGES, NEUTRAL_SETTINGS, AugmentConfig, ClassifierTrainConfig, SegTrainConfig
 from .web import WebConfig
 
-__all__ = ["ExtractorConfig", "AugmentConfig", "ClassifierTrainConfig", "SegTrainConfig", "FastConfig",
+__all__ = ["ExtractorConfig", "AugmentConfig", "ClassifierTrainConfig", "SegTrainConfig", "FastConfig", "SearchConfig",
            "EvaluationConfig", "WebConfig", "Runtime", "BuildConfig", "CONFIG_CLASSES",
            "PAPER_STYLE", "PREPROCESS_VERSION", "LEARNED_GRAM_WEIGHTS", "N_STAGES", "NEUTRAL_SETTINGS", "CI_UNITS",
            "COMMIT_EVERY", "DASK_CHUNK",
            "setting", "choice", "check_fields", "field_of", "default_of", "help_of", "choices_of", "value_type"]
 
-CONFIG_CLASSES = (ExtractorConfig, AugmentConfig, ClassifierTrainConfig, SegTrainConfig, FastConfig,
+CONFIG_CLASSES = (ExtractorConfig, AugmentConfig, ClassifierTrainConfig, SegTrainConfig, FastConfig, SearchConfig,
                   EvaluationConfig, WebConfig, Runtime, BuildConfig)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ..names import STORAGE_PRECISIONS
+from ..names import SEARCH_MODES, STORAGE_PRECISIONS
 from .fields import check_fields, choice, setting
 
-__all__ = ["FastConfig"]
+__all__ = ["FastConfig", "SearchConfig"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,21 @@ class FastConfig:
                              "files below 100,000 images, else the index's table), 'here', 'index', or a second "
                              "location read only for the rows re-ranked (a directory or an fsspec URL)",
                              metavar="PLACE")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How a searcher ranks by default (``dermsearch search`` and ``serve``; a request may name another mode)."""
+
+    mode: Literal[*SEARCH_MODES] = choice(
+        SEARCH_MODES, "exact", "exact (every byte of every row), fast (compressed vectors pick candidates, exact ones "
+        "re-rank them; needs 'dermsearch optimize DIR'), certified (exact answers from an int8 first pass, proven "
+        "per query)")
+    max_checked: float = setting(0.02, "certified mode: the largest share of the rows one query may check exactly "
+                                 "before it is searched exactly instead", min=0.0, max=1.0, metavar="SHARE")
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config.search import SearchConfig
 from ..errors import ConfigError
 from ..extract.vectors import Vectors
 from ..index.store import Index, Snapshot
@@ -55,10 +56,10 @@ class EngineSpec:
     ``dask``, a ``distributed.Client`` for sharded exact or fast search; ``max_checked``, the certified
     engine's largest share of rows one query may check exactly."""
 
-    mode: str = "exact"
+    mode: str = SearchConfig.mode
     device: str = "cpu"
     dask: Any = None
-    max_checked: float = 0.02
+    max_checked: float = SearchConfig.max_checked
 
     def __post_init__(self) -> None:
         if self.mode not in SEARCH_MODES:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..config.search import SearchConfig
 from ..errors import ConfigError, NotFoundError
 from ..extract.images import load_image
 from ..index.store import Index, Snapshot
@@ -96,7 +97,7 @@ class Searcher:
     """
 
     def __init__(self, index: Index | str | os.PathLike, extractor=None, runtime: Runtime | None = None,
-                 mode: str = "exact", dask=None):
+                 mode: str = SearchConfig.mode, dask=None, max_checked: float = SearchConfig.max_checked):
         """``runtime``: where queries are encoded and exact search runs (default ``Runtime()``: with
         device ``auto``, on CUDA when torch sees it, the engine then holding the matrices in GPU
         memory); with backend ``auto`` a query is encoded from the index's cached ONNX export when
@@ -106,16 +107,18 @@ class Searcher:
         or ``certified`` (exact answers from an int8 first pass: :mod:`dermsearch.search.certified`);
         a search may ask for another. ``dask``: a ``distributed.Client`` or scheduler address: the
         matrices are sharded across its workers and searched there (exact: :mod:`dermsearch.search.sharded`;
-        fast: :mod:`dermsearch.search.fast_sharded`)."""
+        fast: :mod:`dermsearch.search.fast_sharded`). ``max_checked``: certified mode's largest share of
+        rows one query may check exactly (:class:`~dermsearch.config.SearchConfig`)."""
         self.runtime = runtime or Runtime()
-        EngineSpec(mode, self.runtime.device, dask)       # checks the mode before connecting anywhere
+        SearchConfig(mode, max_checked)                   # checks them, and the mode with Dask, before connecting
+        EngineSpec(mode, self.runtime.device, dask, max_checked)
         if dask is not None:
             from ..errors import require
 
             require("distributed", "dask", "searching on a Dask cluster")
             from distributed import Client
             dask = dask if isinstance(dask, Client) else Client(dask)
-        self._spec = EngineSpec(mode, self.runtime.device, dask)
+        self._spec = EngineSpec(mode, self.runtime.device, dask, max_checked)
         self.index = index if isinstance(index, Index) else Index.open(index)
         self._extractor = extractor
         self._encoder = None
