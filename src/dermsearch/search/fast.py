@@ -73,7 +73,6 @@ from .engine import (
     Query,
     QueryRanking,
     Ranked,
-    smallest,
     top_k_rows,
 )
 from .fast_parts import (
@@ -86,12 +85,13 @@ from .fast_parts import (
     estimated_component,
     rough_scores,
     score_error_bound,
+    style_candidates,
     top_rows,
 )
 from .kernels import blas_single_threaded, row_parallel_products
-from .measures import MEASURE_COMPONENTS, measure_scores, stored_components
+from .measures import stored_components
 
-__all__ = ["FastConfig", "FastIndex", "FastResult", "FastModeMissing", "fast_dir", "score_error_bound",
+__all__ = ["read_info", "FastConfig", "FastIndex", "FastResult", "FastModeMissing", "fast_dir", "score_error_bound",
            "count_sketch", "cell_counts", "FAST_FORMAT", "index_identity", "RowReader"]
 
 RESIDENT = ("feature_proj", "style_proj", "feature_csq", "style_csq", "feature_resid", "style_resid",
@@ -104,6 +104,17 @@ SMALL = ("ids", "feature_mean", "feature_basis", "style_mean", "style_basis", "s
 
 class FastModeMissing(DermsearchError, RuntimeError):
     """The index has no fast-mode files for its current version."""
+
+
+def read_info(directory: Path) -> dict:
+    """``fast.json`` of a fast-mode directory; FastModeMissing when there is none or of another format."""
+    path = directory / "fast.json"
+    if not path.is_file():
+        raise FastModeMissing(f"{directory} holds no fast-mode files")
+    info = json.loads(path.read_text())
+    if info.get("format") != FAST_FORMAT:
+        raise FastModeMissing(f"{directory}: fast-mode format {info.get('format')} is not {FAST_FORMAT}")
+    return info
 
 
 class FastIndex:
@@ -138,12 +149,7 @@ class FastIndex:
         of their own (a shard: its per-row arrays sliced, the PCA bases and sketches those fitted on
         all rows, the re-rank and full rows read at their place in the whole)."""
         directory = Path(directory)
-        path = directory / "fast.json"
-        if not path.is_file():
-            raise FastModeMissing(f"{directory} holds no fast-mode files")
-        info = json.loads(path.read_text())
-        if info.get("format") != FAST_FORMAT:
-            raise FastModeMissing(f"{directory}: fast-mode format {info.get('format')} is not {FAST_FORMAT}")
+        info = read_info(directory)
         arrays = {}
         for f in directory.glob("*.npy"):
             if f.stem.startswith("certified_"):           # certified mode's copy (search/certified.py)
@@ -263,8 +269,10 @@ class FastIndex:
         style_rows = np.zeros(0, dtype=np.int64)
         exact_ls = np.full(rerank.size, self.precision == "float32")     # style losses from float32 rows
         if p.est_s is not None:
-            style_rows = np.unique(np.concatenate(self._style_candidates(p, raw, rerank, wide, comp_est)
-                                                  + [check_rows["style"]]))
+            est_f2_max = float(np.max(p.est_f, where=p.valid, initial=0.0))     # 2. stage B (fast_parts)
+            picked = style_candidates(raw, rerank, p.valid, p.measures, wide, comp_est["style"][rerank], est_f2_max,
+                                      self.config.candidates, p.k)
+            style_rows = np.unique(np.concatenate(picked + [check_rows["style"]]))
             # 3. style losses of those rows, from the re-rank rows at the stored precision
             raw["style"] = np.full(rerank.size, np.nan)
             raw["style"][np.searchsorted(rerank, style_rows)] = self._exact_raw(query, style_rows, True)["style"]
@@ -345,34 +353,6 @@ class FastIndex:
             est_scores[m][p.invalid] = -np.inf
             wide[m] = p.largest(est_scores[m], per_measure)
         return wide
-
-    def _style_candidates(self, p: SearchPass, raw: dict[str, np.ndarray], rerank: np.ndarray,
-                          wide: dict[str, np.ndarray], comp_est: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Stage B: the rows whose exact style rows are read (323 KB each). Per measure with style,
-        stage A's rows re-scored with their exact feature and mask components and the style
-        estimate, the best ``candidates`` kept; and the exact top k of the measures without style
-        (known now: their components are exact for these rows), whose hits report a style too."""
-        valid, k = p.valid, p.k
-        with_style = [m for m in p.measures if "style" in MEASURE_COMPONENTS[m]]
-        no_style = {c: v for c, v in raw.items() if c != "style"}
-        e2 = raw["euclidean"] ** 2
-        max_f = float(np.sqrt(max(e2[valid[rerank]].max(), float(np.max(p.est_f, where=valid, initial=0.0)))))
-        refined = components_of(no_style, {"euclidean": max_f})
-        refined["style"] = comp_est["style"][rerank]
-        refined_scores = measure_scores(refined, with_style)
-        picked = []
-        for m in with_style:
-            pos = np.flatnonzero(np.isin(rerank, wide[m]))
-            c = min(max(self.config.candidates, k), pos.size)
-            picked.append(rerank[pos][smallest(-refined_scores[m][pos], c)])
-        nonstyle = [m for m in p.measures if m not in with_style]
-        if nonstyle:
-            e2v = np.where(valid[rerank], e2, np.nan)
-            ed_top = float(np.sqrt(np.nanmax(e2v))) if np.isfinite(e2v).any() else 0.0
-            exact_scores = measure_scores(components_of(no_style, {"euclidean": ed_top}), nonstyle)
-            picked += [rerank[top_k_rows(exact_scores[m], valid[rerank] & ~np.isnan(exact_scores[m]), k)[0]]
-                       for m in nonstyle]
-        return picked
 
     def _normaliser(self, p: SearchPass, comp_name: str, raw: dict[str, np.ndarray], rerank: np.ndarray,
                     known_rows: np.ndarray, upper: np.ndarray) -> tuple[float, tuple[float, float], bool]:

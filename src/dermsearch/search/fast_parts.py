@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import Query, largest, normalise, top_k_rows
+from .engine import Query, largest, normalise, smallest, top_k_rows
 from .measures import MEASURE_COMPONENTS, measure_scores, normalised_by
 
 __all__ = ["count_sketch", "cell_counts", "RowReader", "SearchPass", "FastResult", "rough_scores",
@@ -175,3 +175,34 @@ def top_rows(comp: dict[str, np.ndarray], measures: Sequence[str], rerank: np.nd
         order = top_k_rows(scores[m], in_valid & ~np.isnan(scores[m]), k)[0]    # rerank is sorted: ties by row
         rows_out[m], scores_out[m] = rerank[order], scores[m][order]
     return rows_out, scores_out
+
+
+def style_candidates(raw: dict[str, np.ndarray], rerank: np.ndarray, valid: np.ndarray, measures: Sequence[str],
+                     wide: dict[str, np.ndarray], style_est: np.ndarray, est_f2_max: float, candidates: int,
+                     k: int) -> list[np.ndarray]:
+    """Stage B: the rows whose exact style rows are read (323 KB each). Per measure with style,
+    stage A's rows (``wide``) re-scored with their exact feature and mask components (``raw``, for
+    the sorted rows ``rerank``) and the style estimate (``style_est``, for the same rows), the best
+    ``candidates`` kept; and the exact top ``k`` of the measures without style (known now: their
+    components are exact for these rows), whose hits report a style too. ``est_f2_max``: the
+    largest estimated squared feature distance over all valid rows (the ED normaliser's floor)."""
+    with_style = [m for m in measures if "style" in MEASURE_COMPONENTS[m]]
+    no_style = {c: v for c, v in raw.items() if c != "style"}
+    e2 = raw["euclidean"] ** 2
+    max_f = float(np.sqrt(max(e2[valid[rerank]].max(), est_f2_max)))
+    refined = components_of(no_style, {"euclidean": max_f})
+    refined["style"] = style_est
+    refined_scores = measure_scores(refined, with_style)
+    picked = []
+    for m in with_style:
+        pos = np.flatnonzero(np.isin(rerank, wide[m]))
+        c = min(max(candidates, k), pos.size)
+        picked.append(rerank[pos][smallest(-refined_scores[m][pos], c)])
+    nonstyle = [m for m in measures if m not in with_style]
+    if nonstyle:
+        e2v = np.where(valid[rerank], e2, np.nan)
+        ed_top = float(np.sqrt(np.nanmax(e2v))) if np.isfinite(e2v).any() else 0.0
+        exact_scores = measure_scores(components_of(no_style, {"euclidean": ed_top}), nonstyle)
+        picked += [rerank[top_k_rows(exact_scores[m], valid[rerank] & ~np.isnan(exact_scores[m]), k)[0]]
+                   for m in nonstyle]
+    return picked

@@ -34,7 +34,6 @@ tied rows reach the top k.
 
 from __future__ import annotations
 
-import json
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,11 +43,11 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..extract.vectors import Vectors
-from ..index.fastfiles import FAST_FORMAT, fast_dir
+from ..index.fastfiles import fast_dir
 from . import fast as fast_module
 from .config import FastConfig
 from .engine import Query, QueryRanking, Ranked, top_k_rows
-from .fast import FastIndex, FastModeMissing
+from .fast import FastIndex, FastModeMissing, read_info
 from .fast_parts import FastResult, estimated_component, rough_scores
 from .fast_sharded_merge import Planner
 from .kernels import blas_single_threaded
@@ -70,16 +69,6 @@ _STATE: dict[str, list] = {}     # per worker: a batch's per-query state between
 
 
 # ------------------------------------------------------------------------------- on a worker
-def _info(directory: Path) -> dict:
-    path = directory / "fast.json"
-    if not path.is_file():
-        raise FastModeMissing(f"{directory} holds no fast-mode files")
-    info = json.loads(path.read_text())
-    if info.get("format") != FAST_FORMAT:
-        raise FastModeMissing(f"{directory}: fast-mode format {info.get('format')} is not {FAST_FORMAT}")
-    return info
-
-
 def open_shard(directory, start: int, stop: int) -> FastIndex:
     """Rows ``[start, stop)`` of a fast-mode directory as a :class:`FastIndex` of their own (the
     compact codes of this range copied into RAM, the rest memory-mapped or read at their place)."""
@@ -279,7 +268,7 @@ class ShardedFastEngine(ShardedEngine):
 
     def __init__(self, client, fast_path, version: int, n_rows: int, components: Sequence[str],
                  poll_s: float = 1.0, retries: int = 2):
-        self.config = FastConfig(**_info(Path(fast_path))["config"])
+        self.config = FastConfig(**read_info(Path(fast_path))["config"])
         self.wire: dict | None = None
         super().__init__(client, None, version, n_rows, fast_path=fast_path, poll_s=poll_s, retries=retries,
                          components=components)
@@ -290,7 +279,7 @@ class ShardedFastEngine(ShardedEngine):
         run, when there are none or they do not match it)."""
         directory = fast_dir(index.directory, index.head_version())
         try:
-            info = _info(directory)
+            info = read_info(directory)
         except FastModeMissing as e:
             why = str(e) if "format" in str(e) else f"{index.directory} has no fast-mode files for version " \
                                                     f"{snapshot.version}"

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import FastConfig
-from .engine import Query, largest, smallest, top_k_rows
-from .fast_parts import FastResult, components_of
-from .measures import MEASURE_COMPONENTS, measure_scores
+from .engine import Query, largest, top_k_rows
+from .fast_parts import FastResult, components_of, style_candidates
+from .measures import measure_scores
 
 __all__ = ["Planner", "merged_top", "split_rows"]
 
@@ -139,28 +139,9 @@ class Planner:
             q.style_rows = np.unique(np.concatenate(self._style_candidates(q, style_est) + [q.check["style"]]))
 
     def _style_candidates(self, q: _Query, style_est: np.ndarray) -> list[np.ndarray]:
-        """Stage B (local fast mode's ``_style_candidates``, on the rows re-ranked)."""
-        valid, k, raw, rerank = q.valid, self.k, q.raw, q.rerank
-        with_style = [m for m in self.measures if "style" in MEASURE_COMPONENTS[m]]
-        no_style = {c: v for c, v in raw.items() if c != "style"}
-        e2 = raw["euclidean"] ** 2
-        max_f = float(np.sqrt(max(e2[valid[rerank]].max(), q.top_f)))
-        refined = components_of(no_style, {"euclidean": max_f})
-        refined["style"] = style_est
-        refined_scores = measure_scores(refined, with_style)
-        picked = []
-        for m in with_style:
-            pos = np.flatnonzero(np.isin(rerank, q.wide[m]))
-            c = min(max(self.config.candidates, k), pos.size)
-            picked.append(rerank[pos][smallest(-refined_scores[m][pos], c)])
-        nonstyle = [m for m in self.measures if m not in with_style]
-        if nonstyle:
-            e2v = np.where(valid[rerank], e2, np.nan)
-            ed_top = float(np.sqrt(np.nanmax(e2v))) if np.isfinite(e2v).any() else 0.0
-            exact_scores = measure_scores(components_of(no_style, {"euclidean": ed_top}), nonstyle)
-            picked += [rerank[top_k_rows(exact_scores[m], valid[rerank] & ~np.isnan(exact_scores[m]), k)[0]]
-                       for m in nonstyle]
-        return picked
+        """Stage B (:func:`~.fast_parts.style_candidates`) on the rows re-ranked."""
+        return style_candidates(q.raw, q.rerank, q.valid, self.measures, q.wide, style_est, q.top_f,
+                                self.config.candidates, self.k)
 
     def _third(self, q: _Query, parts: dict[int, dict]) -> None:
         """Round three: the exact style losses read, each normaliser's largest exact value so far
