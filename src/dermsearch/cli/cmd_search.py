@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import sys
 
+from ..config import SearchConfig
 from ..names import MEASURES
 from .common import UsageError, count, existing_file, file_to_write
-from .options import Common, runtime_of
+from .options import Common, add_config_flags, runtime_of
 
 __all__ = ["register", "filters_from"]
 
@@ -17,7 +18,7 @@ def register(sub, common: Common) -> None:
     s = sub.add_parser("search", parents=[common.index, common.device, common.json, common.mode],
                        help="find the most similar indexed images for a query image")
     s.add_argument("query", type=existing_file, metavar="QUERY_IMAGE")
-    s.add_argument("-k", type=count, default=5, help="results per measure; 0 ranks every candidate")
+    add_config_flags(s, SearchConfig, ("k",), flags={"k": "-k"}, types={"k": count})
     s.add_argument("--measure", nargs="+", choices=MEASURES, metavar="NAME",
                    help=f"measures to compute (default all): {', '.join(MEASURES)}")
     s.add_argument("--exclude-id", nargs="+", default=[], metavar="ID", help="leave these ids out of the candidates "

@@ -42,12 +42,14 @@ class FastConfig:
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """How a searcher ranks by default (``dermsearch search`` and ``serve``; a request may name another mode)."""
+    """How a searcher ranks by default (``dermsearch search`` and ``serve``; a request may name another
+    mode or another ``k``)."""
 
     mode: Literal[*SEARCH_MODES] = choice(
         SEARCH_MODES, "exact", "exact (every byte of every row), fast (compressed vectors pick candidates, exact ones "
         "re-rank them; needs 'dermsearch optimize DIR'), certified (exact answers from an int8 first pass, proven "
         "per query)")
+    k: int = setting(5, "results per measure; 0 ranks every candidate", min=0)
     max_checked: float = setting(0.02, "certified mode: the largest share of the rows one query may check exactly "
                                  "before it is searched exactly instead", min=0.0, max=1.0, metavar="SHARE")
 

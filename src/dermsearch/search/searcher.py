@@ -110,7 +110,7 @@ class Searcher:
         fast: :mod:`dermsearch.search.fast_sharded`). ``max_checked``: certified mode's largest share of
         rows one query may check exactly (:class:`~dermsearch.config.SearchConfig`)."""
         self.runtime = runtime or Runtime()
-        SearchConfig(mode, max_checked)                   # checks them, and the mode with Dask, before connecting
+        SearchConfig(mode=mode, max_checked=max_checked)  # checks them, and the mode with Dask, before connecting
         EngineSpec(mode, self.runtime.device, dask, max_checked)
         if dask is not None:
             from ..errors import require
@@ -293,7 +293,7 @@ class Searcher:
         return keep
 
     # ----------------------------------------------------------------- search
-    def search(self, query: Query | str | os.PathLike | bytes | Image.Image, k: int = 5,
+    def search(self, query: Query | str | os.PathLike | bytes | Image.Image, k: int = SearchConfig.k,
                measures: list[str] | tuple[str, ...] | None = None, exclude_ids=(),
                filters: Filters | None = None, explain: bool = False, mode: str | None = None) -> SearchResult:
         """Rank every candidate by each requested measure; return the top ``k`` (0 = all).
@@ -301,7 +301,7 @@ class Searcher:
         ``mode``: this search's engine (None: the searcher's :attr:`mode`)."""
         return self.search_batch([query], k, measures, [exclude_ids], filters, explain, mode)[0]
 
-    def search_batch(self, queries: list, k: int = 5, measures: list[str] | tuple[str, ...] | None = None,
+    def search_batch(self, queries: list, k: int = SearchConfig.k, measures: list[str] | tuple[str, ...] | None = None,
                      exclude_ids: list | None = None, filters: Filters | None = None,
                      explain: bool = False, mode: str | None = None) -> list[SearchResult]:
         """:meth:`search` for several queries at once: the index matrices are read once for the

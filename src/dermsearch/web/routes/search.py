@@ -12,6 +12,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
 from fastapi.responses import HTMLResponse
 
+from ...config import SearchConfig
 from ...extract import ImageError, load_image
 from ...search import MEASURES, Filters
 from ...search.explain import mask_png
@@ -40,7 +41,7 @@ class SearchParams:
     sheet: bool
 
 
-def search_params(k: int = Form(5, description="results per measure, 1..max_k; 0: all, capped at max_k"),
+def search_params(k: int = Form(SearchConfig.k, description="results per measure, 1..max_k; 0: all, capped at max_k"),
                   measures: list[str] = Form([], description="repeat the field once per measure, or "
                                                              "comma-separate them; default all"),
                   diagnosis: list[str] = Form([], description="repeat the field once per value (any of them)"),
