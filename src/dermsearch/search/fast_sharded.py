@@ -34,7 +34,6 @@ tied rows reach the top k.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,10 +308,11 @@ class ShardedFastEngine(ShardedEngine):
         shards = [self.shards[i] for i in jobs]
         futures = [self._submit(fn, sh, f"{sh.key}-{query_key}", *jobs[i]) for i, sh in zip(jobs, shards)]
         results = self._gather(futures, shards)
-        if self.wire is not None:
-            self.wire["sent"] = self.wire.get("sent", 0) + sum(len(pickle.dumps(a, protocol=5)) for a in jobs.values())
-            self.wire["received"] = self.wire.get("received", 0) + sum(len(pickle.dumps(r, protocol=5))
-                                                                       for r in results)
+        if self.wire is not None:        # as Dask pickles task arguments and results (a size, never a load)
+            from distributed.protocol.pickle import dumps
+
+            self.wire["sent"] = self.wire.get("sent", 0) + sum(len(dumps(a)) for a in jobs.values())
+            self.wire["received"] = self.wire.get("received", 0) + sum(len(dumps(r)) for r in results)
         return dict(zip(jobs, results))
 
     def rank(self, batch: Vectors, valid: np.ndarray, measures: Sequence[str], k: int) -> list[QueryRanking]:
