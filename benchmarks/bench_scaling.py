@@ -255,11 +255,21 @@ def main() -> None:
     ap.add_argument("--plot", action="store_true", help="write docs/scaling.png")
     ap.add_argument("--build-only", action="store_true", help="write the synthetic archive and stop")
     ap.add_argument("--sizes", type=int, nargs="+", help="measure only these archive sizes")
+    ap.add_argument("--method", choices=("auto", "rows", "codes"), default="auto",
+                    help="rows: synthetic rows materialised (fast-mode files of INDEX_DIR needed); codes: the "
+                    "archive in code space, no style rows stored (scaling_codes.py); auto: codes past 100,000 rows")
     args = ap.parse_args()
     import sys
 
     def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
+        print(time.strftime("%H:%M:%S ") + msg, file=sys.stderr, flush=True)
+
+    if args.method == "codes" or (args.method == "auto" and args.rows > 100_000):
+        import scaling_codes
+
+        result = scaling_codes.run(args, log)
+        emit(result if "built" in result else {**result, "machine": machine()})
+        return
 
     index = Index.open(args.index)
     real = FastIndex.open(fast_dir(index.directory, index.version))

@@ -41,7 +41,7 @@ from dermsearch.search.fast import FAST_FORMAT, FastIndex, cell_counts, count_sk
 from dermsearch.search.fast_build import FastIndexWriter, _fit_pca, sketch_hash
 from dermsearch.search.fast_parts import RowReader
 from dermsearch.search.kernels import products
-from dermsearch.search.measures import distances_from_dots, row_sqnorms
+from dermsearch.search.measures import dice_from_intersections, distances_from_dots, mask_intersections, row_sqnorms
 
 BLOCK = 65_536          # plan rows drawn per block of one seed
 REAL_FILES = ("features", "styles", "masks", "mask_areas")
@@ -144,12 +144,19 @@ def make_plan(n_real: int, rows: int, beta: float, seed: int = 0) -> Plan:
     return Plan(n_real, float(beta), src, a, b, shift, mirror)
 
 
-def combine(get, plan: Plan, rows: np.ndarray) -> np.ndarray:
+def combine(get, plan: Plan, rows: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """The float32 rows ``rows`` of the archive from ``get(real_rows)`` (sorted unique real rows ->
     their vectors): ``x_src + β (x_a − x_b)`` in float32, element-wise, so a row's values never
-    depend on the rows read with it."""
+    depend on the rows read with it (many rows: ``chunk`` at a time, into one array)."""
     rows = np.asarray(rows, dtype=np.int64)
     k = rows.size
+    if k > chunk:
+        first = combine(get, plan, rows[:chunk], chunk)
+        out = np.empty((k, *first.shape[1:]), dtype=np.float32)
+        out[:chunk] = first
+        for s in range(chunk, k, chunk):
+            out[s:s + chunk] = combine(get, plan, rows[s:s + chunk], chunk)
+        return out
     need, inv = np.unique(np.concatenate([plan.src[rows], plan.a[rows], plan.b[rows]]), return_inverse=True)
     R = np.asarray(get(need), dtype=np.float32)
     out = R[inv[:k]]
@@ -370,7 +377,8 @@ def open_archive(directory: Path) -> tuple[FastIndex, VirtualRows, Plan]:
 def exact_raw(fast: FastIndex, real: RealRows, rows: VirtualRows, queries: list[Query], say=lambda _m: None,
               block: int = 32_768) -> dict[str, np.ndarray]:
     """[B, N] exact raw values (ED, CS, LS, DC) of ``queries`` against every row of the archive:
-    ED, CS and DC by the exact engine over the materialised features and masks, LS from the real
+    ED and CS by the exact engine over the materialised features, DC by its functions over the
+    materialised masks, LS from the real
     rows' style products by linearity, turned into distances by the engine's own formula
     (:func:`~dermsearch.search.measures.distances_from_dots`, near-duplicates recomputed from
     rows synthesised by ``rows``)."""
@@ -386,10 +394,14 @@ def exact_raw(fast: FastIndex, real: RealRows, rows: VirtualRows, queries: list[
     beta = float(plan.beta32)
     for s0 in range(0, n, block):
         sl = slice(s0, min(n, s0 + block))
-        part = ExactEngine(a["features"][sl], None, a["masks"][sl], a["mask_areas"][sl], a["feature_sqnorms"][sl]
-                           ).raw(batch, ["euclidean", "cosine", "dice"])
+        part = ExactEngine(a["features"][sl], feature_sqnorms=a["feature_sqnorms"][sl]).raw(batch, ["euclidean",
+                                                                                                 "cosine"])
         for c, v in part.items():
             out[c][:, sl] = v
+        masks = np.asarray(a["masks"][sl])
+        for j in range(len(queries)):      # one query at a time: AND + popcount, 9x faster than a batch here
+            out["dice"][j, sl] = dice_from_intersections(mask_intersections(batch.masks[j:j + 1], masks),
+                                                         batch.mask_areas[j:j + 1], a["mask_areas"][sl])[0]
         src, ra, rb = plan.src[sl], plan.a[sl], plan.b[sl]
         bt = np.where(np.arange(sl.start, sl.stop) >= plan.n_real, beta, 0.0)
         dots = real_dots[:, src].astype(np.float64) + bt * (real_dots[:, ra].astype(np.float64) - real_dots[:, rb])

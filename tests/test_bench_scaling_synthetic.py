@@ -92,6 +92,8 @@ def test_virtual_rows_are_the_materialised_rows(archives):
     assert np.array_equal(virtual(rows), St[rows])
     assert np.array_equal(virtual.all(), np.load(ref.directory / "styles.npy"))
     assert virtual.served >= rows.size + N
+    real, plan = archives[:2]
+    assert np.array_equal(sa.combine(lambda r: real.styles[r], plan, np.arange(N), chunk=64), St)
 
 
 def _query(fast: FastIndex, i: int) -> Query:
