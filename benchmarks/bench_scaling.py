@@ -1,6 +1,17 @@
-"""Fast mode at 100,000 images and the scaling curve from 1k to 100k (latency and memory).
+"""Fast mode at 100,000 images and the scaling curve from 1k to 100k (latency and memory); past
+100,000 rows, the curve 10k to 1M in code space.
 
     python benchmarks/bench_scaling.py INDEX_DIR [--rows 100000] [--workdir /tmp/dermsearch-scaling]
+    python benchmarks/bench_scaling.py INDEX_DIR --rows 1000000 [--workdir DIR]     # code space
+
+Past 100,000 rows (or with ``--method codes``) the synthetic rows are never materialised: a
+million 80,712-float style rows would be 323 GB. Every code fast mode stores is linear in the row
+(or a quadratic form of it), so ``benchmarks/synthetic_archive.py`` writes fast mode's files for
+``x' = x_src + β (x_a − x_b)`` from the real rows' codes and their Gram matrix, the re-rank style
+rows are synthesised on demand from the real rows, and the exact references come from the same
+linearity (``⟨q, x'⟩ = ⟨q, x_src⟩ + β (⟨q, x_a⟩ − ⟨q, x_b⟩)``); ``scaling_codes.py`` runs that
+curve (fast mode, FAISS on the features, memory). INDEX_DIR needs no fast-mode files there: its
+rows are read once into ``WORKDIR/real``. Up to 100,000 rows, as before:
 
 INDEX_DIR: an index of real images with fast-mode files (``dermsearch optimize INDEX_DIR``); for
 the numbers in docs/performance.md, HAM10000's 10,015 images. Rows beyond the real ones are
@@ -267,6 +278,8 @@ def main() -> None:
     if args.method == "codes" or (args.method == "auto" and args.rows > 100_000):
         import scaling_codes
 
+        if args.plot:
+            log("--plot draws the curve up to 100,000 rows only (it has exact mode's figures): not drawn")
         result = scaling_codes.run(args, log)
         emit(result if "built" in result else {**result, "machine": machine()})
         return

@@ -163,7 +163,9 @@ def fast_curve(fast, rows, sizes, qrows, queries, refs, args, log) -> list[dict]
                     [len(set(refs[n][m][j]) & set(r.rows[m])) / 5 for j, r in enumerate(res_m)])), 4)}
             row["fast_one_measure_per_query"] = per
         row.update({"fast_bytes_scanned_per_query": view.bytes_scanned_per_query,
-                    "fast_resident_bytes": view.resident_bytes, "rss_bytes": proc_bytes("VmRSS")})
+                    "fast_resident_bytes": view.resident_bytes, "rss_bytes": proc_bytes("VmRSS"),
+                    # of which mapped files (the exact feature and mask rows fast mode reads, in the page cache)
+                    "rss_file_bytes": proc_bytes("RssFile")})
         log(json.dumps(row))
         curve.append(row)
     return curve
