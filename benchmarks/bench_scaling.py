@@ -52,7 +52,7 @@ from _common import REPO, emit, machine
 
 from dermsearch.index import Index
 from dermsearch.search.engine import ExactEngine, Query, maxima, normalise, rank_rows, top_k_rows
-from dermsearch.search.fast import FastConfig, FastIndex, fast_dir
+from dermsearch.search.fast import FastConfig, FastIndex, FastModeMissing, fast_dir
 from dermsearch.search.fast_build import FastIndexWriter
 from dermsearch.search.measures import MEASURES, cosine_new, harmonic_mean, measure_scores
 
@@ -285,7 +285,10 @@ def main() -> None:
         return
 
     index = Index.open(args.index)
-    real = FastIndex.open(fast_dir(index.directory, index.version))
+    try:
+        real = FastIndex.open(fast_dir(index.directory, index.version))
+    except FastModeMissing as e:
+        sys.exit(f"{e}: run 'dermsearch optimize {args.index}' on a copy you may write, or use --method codes")
     args.workdir.mkdir(parents=True, exist_ok=True)
     fast, synth = build_archive(real, args.rows, args.workdir, real.config, log)
     fast.config = FastConfig(**{**fast.info["config"], **{k: getattr(FastConfig(), k) for k in

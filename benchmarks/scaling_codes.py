@@ -92,10 +92,10 @@ def references(args, real: sa.RealRows, synth: dict, qrows: np.ndarray, log) -> 
             return {c: z[c] for c in z.files}
     log(f"exact references: {len(qrows)} queries x {args.rows} rows (by linearity)")
     t0 = time.perf_counter()
-    fast, rows, plan = sa.open_archive(args.workdir / "codes")      # its own maps, dropped after
-    raw = sa.exact_raw(fast, real, rows, queries_of(real, plan, qrows), log)
-    rows.close()
-    del fast
+    plan = sa.Plan.load(args.workdir / "codes" / "plan.npz")
+    rows = sa.VirtualRows(real.directory / "styles.npy", plan)
+    raw = sa.exact_raw(sa.archive_arrays(args.workdir / "codes"), real, rows, queries_of(real, plan, qrows), log)
+    rows.close()       # the maps go with the function's frame: the pages they read leave the RSS
     log(f"  {time.perf_counter() - t0:.0f} s")
     tmp = args.workdir / "codes_references.tmp.npz"
     np.savez(tmp, **raw)

@@ -293,12 +293,12 @@ class CodeSpaceWriter(FastIndexWriter):
         areas = self._mm("mask_areas", np.int32, (n,))
         cells = self._mm("mask_cells", np.float32, (n, cfg.mask_grid ** 2))
         for s in range(0, n, chunk):
-            rows = np.arange(s, min(n, s + chunk))
-            feats[rows] = combine(lambda r: real.features[r], plan, rows)
-            masks[rows], areas[rows] = shifted_masks(real, plan, rows)
-            cells[rows] = cell_counts(masks[rows], self.mask_size, cfg.mask_grid)
+            sl, rows = slice(s, min(n, s + chunk)), np.arange(s, min(n, s + chunk))
+            feats[sl] = combine(lambda r: real.features[r], plan, rows)
+            m, areas[sl] = shifted_masks(real, plan, rows)
+            masks[sl], cells[sl] = m, cell_counts(m, self.mask_size, cfg.mask_grid)
             if s % (20 * chunk) == 0:
-                say(f"  {rows[-1] + 1} feature and mask rows written ({time.perf_counter() - t0:.0f} s)")
+                say(f"  {sl.stop} feature and mask rows written ({time.perf_counter() - t0:.0f} s)")
         self._project("feature", feats, cfg.feature_dims, sample, info, 2048, say)
         self._style_codes(sample, info, say)
         for a in (feats, masks, areas, cells):
@@ -374,15 +374,22 @@ def open_archive(directory: Path) -> tuple[FastIndex, VirtualRows, Plan]:
 
 
 # ------------------------------------------------------------------------------ exact references
-def exact_raw(fast: FastIndex, real: RealRows, rows: VirtualRows, queries: list[Query], say=lambda _m: None,
+def archive_arrays(directory: Path) -> dict[str, np.ndarray]:
+    """The archive's per-row ``.npy`` files, memory-mapped (nothing copied into RAM)."""
+    return {f.stem: np.load(f, mmap_mode="r") for f in Path(directory).glob("*.npy")}
+
+
+def exact_raw(arrays, real: RealRows, rows: VirtualRows, queries: list[Query], say=lambda _m: None,
               block: int = 32_768) -> dict[str, np.ndarray]:
-    """[B, N] exact raw values (ED, CS, LS, DC) of ``queries`` against every row of the archive:
+    """[B, N] exact raw values (ED, CS, LS, DC) of ``queries`` against every row of the archive
+    (``arrays``: its files, :func:`archive_arrays` or a :class:`FastIndex`'s ``arrays``):
     ED and CS by the exact engine over the materialised features, DC by its functions over the
     materialised masks, LS from the real
     rows' style products by linearity, turned into distances by the engine's own formula
     (:func:`~dermsearch.search.measures.distances_from_dots`, near-duplicates recomputed from
     rows synthesised by ``rows``)."""
-    a, plan, n = fast.arrays, rows.plan, len(fast)
+    a, plan = arrays, rows.plan
+    n = a["features"].shape[0]
     batch = Query.batch(queries)
     S = np.asarray(batch.styles, dtype=np.float32)
     t0 = time.perf_counter()

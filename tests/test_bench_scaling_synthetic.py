@@ -118,7 +118,7 @@ def test_linear_exact_references_equal_the_exact_engine(archives):
     real, plan, codes, virtual, ref, _ = archives
     qrows = np.array([0, 7, 19, 33, 120])
     queries = [_query(ref, int(i)) for i in qrows]
-    got = sa.exact_raw(codes, real, virtual, queries, block=100)
+    got = sa.exact_raw(sa.archive_arrays(codes.directory), real, virtual, queries, block=100)
     want = ExactEngine(*(np.asarray(getattr(ref.exact, n)) for n in ("features", "styles", "masks", "mask_areas"))
                        ).raw(Query.batch(queries))
     assert set(got) == set(want)
