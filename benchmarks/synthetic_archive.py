@@ -168,15 +168,19 @@ def combine(get, plan: Plan, rows: np.ndarray, chunk: int = 1024) -> np.ndarray:
 
 def shifted_masks(real: RealRows, plan: Plan, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The packed masks and areas of ``rows``: the source's mask rolled by the row's shift, then
-    mirrored left-right where the plan says (a roll and a mirror keep the area)."""
+    mirrored left-right where the plan says (a roll and a mirror keep the area); one roll per
+    (shift, mirror) among the rows."""
     side = real.mask_size
     src = plan.src[rows]
     bits = np.unpackbits(real.masks[src], axis=1)[:, :side * side].reshape(-1, side, side)
-    dy, dx = plan.shift[rows, 0].astype(np.int64), plan.shift[rows, 1].astype(np.int64)
-    ax = np.arange(side)
-    Y = (ax[None] - dy[:, None]) % side
-    X = np.where(plan.mirror[rows, None], (side - 1 - ax[None] - dx[:, None]) % side, (ax[None] - dx[:, None]) % side)
-    out = bits[np.arange(len(rows))[:, None, None], Y[:, :, None], X[:, None, :]]
+    out = np.empty_like(bits)
+    dy, dx, mirror = plan.shift[rows, 0], plan.shift[rows, 1], plan.mirror[rows]
+    key = (dy.astype(np.int64) + 6) * 26 + (dx.astype(np.int64) + 6) * 2 + mirror
+    order = np.argsort(key, kind="stable")
+    for sel in np.split(order, np.flatnonzero(np.diff(key[order])) + 1):
+        i = sel[0]
+        m = np.roll(bits[sel], (int(dy[i]), int(dx[i])), axis=(1, 2))
+        out[sel] = m[:, :, ::-1] if mirror[i] else m
     return np.packbits(out.reshape(len(rows), -1), axis=1), real.mask_areas[src].astype(np.int32)
 
 

@@ -68,6 +68,19 @@ def test_plan_is_deterministic_prefix_stable_and_synthetic_rows_differ(archives)
     assert (plan.a[N_REAL:] != plan.b[N_REAL:]).mean() > 0.9
 
 
+def test_synthetic_masks_are_the_sources_rolled_then_mirrored(archives):
+    real, plan, *_ = archives
+    rows = np.arange(N)
+    packed, areas = sa.shifted_masks(real, plan, rows)
+    bits = np.unpackbits(packed, axis=1).reshape(N, SIDE, SIDE)
+    for i in rows:
+        m = np.unpackbits(real.masks[plan.src[i]]).reshape(SIDE, SIDE)
+        m = np.roll(m, tuple(int(v) for v in plan.shift[i]), axis=(0, 1))
+        assert np.array_equal(bits[i], m[:, ::-1] if plan.mirror[i] else m), i
+        assert areas[i] == m.sum()
+    assert plan.mirror[N_REAL:].any() and (plan.shift[N_REAL:] != 0).any()
+
+
 def test_code_space_files_equal_the_writers_on_the_materialised_rows(archives):
     *_, codes, _, ref, _ = archives
     names = set(ref.arrays) - {"styles"}
