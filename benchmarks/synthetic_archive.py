@@ -304,9 +304,10 @@ class CodeSpaceWriter(FastIndexWriter):
             if s % (20 * chunk) == 0:
                 say(f"  {sl.stop} feature and mask rows written ({time.perf_counter() - t0:.0f} s)")
         self._project("feature", feats, cfg.feature_dims, sample, info, 2048, say)
-        self._style_codes(sample, info, say)
         for a in (feats, masks, areas, cells):
             a.flush()
+        del feats, masks, areas, cells      # unmapped: their pages leave the resident set before the style part
+        self._style_codes(sample, info, say)
         info["precision"] = "float32"
         info["full_rows"] = {"kind": "none", "location": None}
         info["synthetic"] = {"real_rows": plan.n_real, "beta": plan.beta, "real_styles": str(real.directory /
