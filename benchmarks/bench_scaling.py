@@ -1,6 +1,17 @@
-"""Fast mode at 100,000 images and the scaling curve from 1k to 100k (latency and memory).
+"""Fast mode at 100,000 images and the scaling curve from 1k to 100k (latency and memory); past
+100,000 rows, the curve 10k to 1M in code space.
 
     python benchmarks/bench_scaling.py INDEX_DIR [--rows 100000] [--workdir /tmp/dermsearch-scaling]
+    python benchmarks/bench_scaling.py INDEX_DIR --rows 1000000 [--workdir DIR]     # code space
+
+Past 100,000 rows (or with ``--method codes``) the synthetic rows are never materialised: a
+million 80,712-float style rows would be 323 GB. Every code fast mode stores is linear in the row
+(or a quadratic form of it), so ``benchmarks/synthetic_archive.py`` writes fast mode's files for
+``x' = x_src + β (x_a − x_b)`` from the real rows' codes and their Gram matrix, the re-rank style
+rows are synthesised on demand from the real rows, and the exact references come from the same
+linearity (``⟨q, x'⟩ = ⟨q, x_src⟩ + β (⟨q, x_a⟩ − ⟨q, x_b⟩)``); ``scaling_codes.py`` runs that
+curve (fast mode, FAISS on the features, memory). INDEX_DIR needs no fast-mode files there: its
+rows are read once into ``WORKDIR/real``. Up to 100,000 rows, as before:
 
 INDEX_DIR: an index of real images with fast-mode files (``dermsearch optimize INDEX_DIR``); for
 the numbers in docs/performance.md, HAM10000's 10,015 images. Rows beyond the real ones are
@@ -41,7 +52,7 @@ from _common import REPO, emit, machine
 
 from dermsearch.index import Index
 from dermsearch.search.engine import ExactEngine, Query, maxima, normalise, rank_rows, top_k_rows
-from dermsearch.search.fast import FastConfig, FastIndex, fast_dir
+from dermsearch.search.fast import FastConfig, FastIndex, FastModeMissing, fast_dir
 from dermsearch.search.fast_build import FastIndexWriter
 from dermsearch.search.measures import MEASURES, cosine_new, harmonic_mean, measure_scores
 
@@ -255,14 +266,29 @@ def main() -> None:
     ap.add_argument("--plot", action="store_true", help="write docs/scaling.png")
     ap.add_argument("--build-only", action="store_true", help="write the synthetic archive and stop")
     ap.add_argument("--sizes", type=int, nargs="+", help="measure only these archive sizes")
+    ap.add_argument("--method", choices=("auto", "rows", "codes"), default="auto",
+                    help="rows: synthetic rows materialised (fast-mode files of INDEX_DIR needed); codes: the "
+                    "archive in code space, no style rows stored (scaling_codes.py); auto: codes past 100,000 rows")
     args = ap.parse_args()
     import sys
 
     def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
+        print(time.strftime("%H:%M:%S ") + msg, file=sys.stderr, flush=True)
+
+    if args.method == "codes" or (args.method == "auto" and args.rows > 100_000):
+        import scaling_codes
+
+        if args.plot:
+            log("--plot draws the curve up to 100,000 rows only (it has exact mode's figures): not drawn")
+        result = scaling_codes.run(args, log)
+        emit(result if "built" in result else {**result, "machine": machine()})
+        return
 
     index = Index.open(args.index)
-    real = FastIndex.open(fast_dir(index.directory, index.version))
+    try:
+        real = FastIndex.open(fast_dir(index.directory, index.version))
+    except FastModeMissing as e:
+        sys.exit(f"{e}: run 'dermsearch optimize {args.index}' on a copy you may write, or use --method codes")
     args.workdir.mkdir(parents=True, exist_ok=True)
     fast, synth = build_archive(real, args.rows, args.workdir, real.config, log)
     fast.config = FastConfig(**{**fast.info["config"], **{k: getattr(FastConfig(), k) for k in
