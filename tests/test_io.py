@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -189,3 +191,21 @@ def test_replace_dir_without_exchange_keeps_the_old_files_aside(tmp_path, monkey
         io.replace_dir(tmp, target)
     aside = [p for p in (tmp_path / "again").iterdir() if p.name.startswith(".fast-v1.old-")]
     assert not target.exists() and len(aside) == 1 and (aside[0] / "fast.json").read_text() == "old"
+
+
+def test_replace_dir_removes_the_asides_of_dead_processes_only(tmp_path, monkeypatch):
+    target, tmp = _old_and_new(tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(dead.stdout)                     # a process that has exited
+    live_pid = os.getppid()                         # one that runs (this test's parent)
+    for pid in (dead_pid, live_pid):
+        (tmp_path / f".fast-v1.old-{pid}-abcd1234").mkdir()
+        (tmp_path / f".fast-v1.old-{pid}-abcd1234" / "fast.json").write_text("older")
+    (tmp_path / ".fast-v1.old-notapid").mkdir()
+    (tmp_path / ".other.old-1-x").mkdir()           # another target's: not ours to touch
+    monkeypatch.setattr(io, "_exchange", lambda a, b: False)
+    io.replace_dir(tmp, target)
+    assert (target / "fast.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted(
+        [f".fast-v1.old-{live_pid}-abcd1234", ".fast-v1.old-notapid", ".other.old-1-x"])

@@ -156,8 +156,11 @@ def replace_dir(tmp: str | os.PathLike, target: str | os.PathLike) -> Path:
     crash sees the complete old or the complete new directory, never none. Where that is not
     available (other systems, some network file systems), the old directory is first renamed aside
     (``.{name}.old-{pid}``) and then ``tmp`` into place: a crash between those two renames leaves no
-    ``target`` and the old files aside, so readers must treat a missing directory as "not there yet"."""
+    ``target`` and the old files aside, so readers must treat a missing directory as "not there yet".
+    Such leftovers of a process that no longer runs are removed by the next ``replace_dir`` of the
+    same ``target`` (:func:`remove_stale_asides`): the directory it puts in place supersedes them."""
     tmp, target = Path(tmp), Path(target)
+    remove_stale_asides(target)
     for root, _dirs, files in os.walk(tmp):
         for name in files:
             _fsync_file(Path(root) / name)
@@ -176,3 +179,34 @@ def replace_dir(tmp: str | os.PathLike, target: str | os.PathLike) -> Path:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True                       # another user's process: it exists
+    return True
+
+
+def remove_stale_asides(target: str | os.PathLike) -> list[Path]:
+    """Remove the ``.{name}.old-{pid}-{tag}`` directories that :func:`replace_dir`'s fallback left
+    beside ``target`` when its process died before removing them (a crash between or after its
+    renames). Those of a process still running (it may be between its renames now) are kept, and so
+    are names that do not parse. Returns the directories removed."""
+    target = Path(target)
+    removed = []
+    prefix = f".{target.name}.old-"
+    if not target.parent.is_dir():
+        return removed
+    for p in target.parent.iterdir():
+        if not p.name.startswith(prefix) or not p.is_dir():
+            continue
+        pid = p.name[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _process_alive(int(pid)):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
