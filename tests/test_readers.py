@@ -92,7 +92,36 @@ def test_isic_archive_mapping_picks_another_level(tmp_path):
     root = isic_archive(tmp_path / "isic")
     records, _ = read_source(Source(root / "metadata.csv", ReadOptions(columns=parse_columns("diagnosis=diagnosis_1"))))
     assert [r.diagnosis for r in records][:3] == ["Malignant", "Malignant", "Benign"]
-    assert [r.melanoma for r in records][:3] == [None, None, 0]      # "Malignant" alone says nothing of melanoma
+    # one melanoma rule whichever level is stored: the hierarchy's other levels still say "(Melanoma)"
+    assert [r.melanoma for r in records] == [1, 1, 0, 0, 1, 0, 0, 0]
+    rows = [{"isic_id": "ISIC_9900000", "diagnosis_1": MEL[0], "diagnosis_2": MEL[1], "diagnosis_3": ""},
+            {"isic_id": "ISIC_9900002", "diagnosis_1": NEV[0], "diagnosis_2": NEV[1], "diagnosis_3": NEV[2]}]
+    short = write_csv(root / "short.csv", list(rows[0]), rows)     # diagnosis_3 empty, as on many ISIC images
+    records, _ = read_source(Source(short, ReadOptions(columns=parse_columns("diagnosis=diagnosis_3"))))
+    assert [(r.diagnosis, r.melanoma) for r in records] == [(None, 1), ("Nevus", 0)]
+
+
+def test_forced_format_without_its_label_columns_is_refused_by_name(tmp_path):
+    lesion_image(0).save(tmp_path / "ISIC_1.png")
+    plain = write_csv(tmp_path / "plain.csv", ["image_id", "label"], [{"image_id": "ISIC_1", "label": "mel"}])
+    with pytest.raises(SourceError, match=r"missing column\(s\) dx for the ham10000 format"):
+        read_source(Source(plain, ReadOptions(format="ham10000")))
+    with pytest.raises(SourceError, match="melanoma, seborrheic_keratosis for the isic-challenge format"):
+        read_source(Source(plain, ReadOptions(format="isic-challenge")))
+    mapped = read_source(Source(plain, ReadOptions(format="ham10000", columns={"diagnosis": "label"})))[0][0]
+    assert mapped.diagnosis == "mel" and mapped.melanoma == 1
+
+
+def test_unreadable_csv_names_its_line(tmp_path):
+    lesion_image(0).save(tmp_path / "a.png")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"image_id,image_path,diagnosis\na,a.png,nv\nb,a.png,n\xe9vus\n")    # saved as cp1252
+    with pytest.raises(SourceError, match=r"latin.csv line 3: not UTF-8 text.*save the CSV as UTF-8"):
+        read_source(latin)
+    huge = tmp_path / "huge.csv"
+    huge.write_text("image_id,image_path,diagnosis\na,a.png,nv\nb,a.png," + "x" * 200_000 + "\n")
+    with pytest.raises(SourceError, match=r"huge.csv line 3: malformed CSV \(field larger"):
+        read_source(huge)
 
 
 def test_reader_problems_name_file_and_line_and_the_rest_goes_on(tmp_path):

@@ -172,14 +172,28 @@ def layout_for(path: Path, header: list[str], options: ReadOptions) -> Layout:
         mapped = {**layout.columns, **options.columns}
         layout = replace(layout, name=layout.name if layout.name == "columns" else f"{layout.name}+columns",
                          columns=mapped,
-                         levels=(mapped["diagnosis"],) if "diagnosis" in options.columns else layout.levels,
+                         levels=_levels_with(layout.levels, options.columns.get("diagnosis")),
                          diagnosis=(mapped["diagnosis"],) if "diagnosis" in mapped else layout.diagnosis)
     need = ["image_id"] + (["image_path"] if layout.name == "dermsearch" else [])
     absent = [f for f in need if f not in layout.columns]
+    if layout.name == "ham10000" and "dx" not in header:     # forced: its labels must be there (or mapped)
+        absent.append("dx")
+    if layout.rest:                         # ISIC 2017 ground truth (forced): its class columns
+        absent += [c for c in layout.one_hot if c not in header]
     if absent:
         raise SourceError(f"{path}: missing column(s) {', '.join(absent)} for the {layout.name} format "
                           f"(found: {found})")
     return layout
+
+
+def _levels_with(levels: tuple[str, ...], mapped: str | None) -> tuple[str, ...]:
+    """The diagnosis levels the melanoma rule reads when ``--columns`` maps ``diagnosis`` to ``mapped``:
+    the format's own levels stay (an image is a melanoma, or not, whichever level is stored as its
+    diagnosis: ISIC's ``diagnosis=diagnosis_1`` keeps ``diagnosis_2``'s "(Melanoma)"), and the mapped
+    column is read too, as the most specific, when it is not one of them."""
+    if not mapped or mapped in levels:
+        return levels
+    return levels + (mapped,)
 
 
 class ImageFinder:
@@ -266,6 +280,17 @@ def _dicom_facts(path: str) -> dict[str, str]:
     return dicom_header(path)
 
 
+def _first_bad_line(path: Path) -> int | str:
+    """The number of the first line of ``path`` that is not UTF-8 ("?" when none is found alone)."""
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return n
+    return "?"
+
+
 def read_table(path: Path, options: ReadOptions | None = None):
     """(records, problems) of a labels CSV in any of the layouts (see the module text)."""
     from ..extract.images import ImageError
@@ -273,6 +298,7 @@ def read_table(path: Path, options: ReadOptions | None = None):
 
     options = options or ReadOptions()
     path = path.resolve()
+    reader = None
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -281,9 +307,11 @@ def read_table(path: Path, options: ReadOptions | None = None):
             layout = layout_for(path, header, options)
             rows = list(reader)
     except UnicodeDecodeError as e:
-        raise SourceError(f"{path}: not a UTF-8 text CSV ({e.reason})") from None
+        raise SourceError(f"{path} line {_first_bad_line(path)}: not UTF-8 text ({e.reason}); save the CSV "
+                          "as UTF-8 (spreadsheets: 'CSV UTF-8')") from None
     except csv.Error as e:
-        raise SourceError(f"{path}: malformed CSV ({e})") from None
+        line = f" line {reader.line_num + 1}" if reader is not None else ""     # the line it failed in
+        raise SourceError(f"{path}{line}: malformed CSV ({e})") from None
     base = options.images.resolve() if options.images else path.parent
     finder = None
     if "image_path" not in layout.columns:
