@@ -116,3 +116,35 @@ def test_without_the_dicom_extra(tmp_path, monkeypatch):
     assert all("'dicom' extra" in p.reason for p in problems)
     with pytest.raises(MissingExtraError, match="'dicom' extra"):
         read_source(Source(root, ReadOptions(format="dicom")))
+
+
+def _deflated(path, rgb, extra_zeros: int = 0):
+    """A Deflated Explicit VR Little Endian file (the data set zlib-compressed), with ``extra_zeros``
+    bytes of zeros in a private element: a few KB on disk whatever their number."""
+    from pydicom import dcmread
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = dcmread(write_dicom(path, rgb=rgb))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    if extra_zeros:
+        ds.add_new(0x00091010, "LO", "dermsearch test")          # private creator
+        ds.add_new(0x00091001, "OB", bytes(extra_zeros))         # inflates to extra_zeros bytes
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_deflated_dicom_reads_and_a_deflate_bomb_is_refused_before_pydicom(tmp_path, sample, monkeypatch):
+    import dermsearch.extract.dicom as dicom
+
+    (_, rgb, _), _ = sample
+    plain = _deflated(tmp_path / "deflated.dcm", rgb)
+    assert np.array_equal(np.asarray(load_image(plain)), rgb) and dicom_header(plain)["patient_id"] == "P1"
+    bomb = _deflated(tmp_path / "bomb.dcm", rgb, extra_zeros=8 << 20)
+    assert bomb.stat().st_size < 64 << 10                        # 8 MB of data set in a few KB
+    monkeypatch.setattr(dicom, "INFLATE_LIMIT", 4 << 20)         # the real limit is ~600 MB: the same code path
+    for read in (load_image, dicom_header, lambda p: load_image(p.read_bytes())):
+        with pytest.raises(ImageError, match="inflates to more than 4194304 bytes"):
+            read(bomb)
+    assert np.array_equal(np.asarray(load_image(plain)), rgb)     # under the limit: read as before
+    records, problems = read_source(Source(tmp_path, ReadOptions(format="dicom")))
+    assert [r.id for r in records] == ["deflated"] and [p.where.endswith("bomb.dcm") for p in problems] == [True]

@@ -7,13 +7,17 @@ pixel data must be as long as the header says. JPEG and JPEG 2000 frames (the SI
 challenge's DICOM files hold baseline JPEG) are decoded by :func:`~dermsearch.extract.images.load_image`
 itself, so Pillow's decompression-bomb guard applies as to any JPEG, and the decoded size must
 match the header. A DICOM file without pixel data (a structured report, a presentation state) is
-refused with its SOP class named.
+refused with its SOP class named. A Deflated Explicit VR Little Endian file (the whole data set
+zlib-compressed: pydicom inflates it at once, even for the header alone) is first inflated in
+bounded steps, counting bytes and keeping none: one that grows past :data:`INFLATE_LIMIT` (a
+"deflate bomb", a few MB that inflate to many GB) is refused before pydicom reads it.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import zlib
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,6 +34,9 @@ DICOM_SUFFIXES = {".dcm", ".dicom"}
 _PILLOW_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.90",
                     "1.2.840.10008.1.2.4.91"}
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+# a deflated data set may inflate to one frame of 16-bit RGB at the pixel limit, plus 64 MiB of the rest
+INFLATE_LIMIT = MAX_PIXELS * 3 * 2 + (64 << 20)
 
 
 def is_dicom(source: str | os.PathLike | bytes) -> bool:
@@ -52,9 +59,46 @@ def _pydicom():
     return require("pydicom", "dicom", "reading DICOM files")
 
 
+def _check_inflate(fp: BinaryIO, limit: int) -> None:
+    """Refuse a deflated data set that inflates past ``limit`` bytes (``fp`` at the file's start,
+    left there); any other file passes untouched (pydicom then judges it)."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    start = fp.tell()
+    try:
+        try:
+            read_preamble(fp, False)
+            syntax = str(_read_file_meta_info(fp).get("TransferSyntaxUID", ""))
+        except Exception:  # noqa: BLE001 - not DICOM or a broken header: the full read says which
+            return
+        if syntax != _DEFLATED:
+            return
+        inflate, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        while (chunk := fp.read(1 << 20)) and not inflate.eof:
+            while chunk:
+                try:
+                    total += len(inflate.decompress(chunk, 1 << 24))
+                except zlib.error:
+                    return                  # corrupt: pydicom's own read names it
+                if total > limit:
+                    raise ImageError(f"deflated DICOM data set inflates to more than {limit} bytes "
+                                     "(a decompression bomb?)")
+                chunk = inflate.unconsumed_tail
+    finally:
+        fp.seek(start)
+
+
 def _read(source, header_only: bool):
     pydicom = _pydicom()
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
+    if isinstance(fp, (str, os.PathLike)):
+        try:
+            with open(fp, "rb") as f:
+                _check_inflate(f, INFLATE_LIMIT)
+        except OSError as e:
+            raise ImageError(f"cannot read DICOM file ({e.strerror or e})") from None
+    elif hasattr(fp, "seek"):
+        _check_inflate(fp, INFLATE_LIMIT)
     try:
         return pydicom.dcmread(fp, stop_before_pixels=header_only, force=False)
     except pydicom.errors.InvalidDicomError:
