@@ -11,14 +11,17 @@ The melanoma rule (:func:`melanoma_status`):
    carcinoma is malignant too) is refused with :class:`LabelError`;
 2. otherwise the diagnosis levels decide (one level, e.g. ``diagnosis`` or HAM10000's ``dx``, or
    ISIC's hierarchical ``diagnosis_1``..``diagnosis_5``): a melanoma when any level names one
-   (``mel``, ``melanoma``, ``Melanoma in situ``, ``Melanoma Invasive``, ``Malignant melanocytic
-   proliferations (Melanoma)``, ...); unknown when there is no level, or the most specific level
-   given is ``unknown``, ``indeterminate`` or just ``malignant``; else not a melanoma.
+   (``mel``, or the word ``melanoma`` anywhere: ``Melanoma in situ``, ``Melanoma Invasive``,
+   ``Malignant melanocytic proliferations (Melanoma)``, ``malignant melanoma``, ``Superficial
+   spreading melanoma``, ...; also ``lentigo maligna``, a melanoma in situ; never ``non-melanoma``
+   or ``pseudomelanoma``); unknown when there is no level, or the most specific level given is
+   ``unknown``, ``indeterminate`` or just ``malignant``; else not a melanoma.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -30,6 +33,9 @@ TRUE = frozenset({"1", "1.0", "true", "yes"})
 FALSE = frozenset({"0", "0.0", "false", "no"})
 # a most specific diagnosis level that says nothing about melanoma
 UNDECIDED = frozenset({"", "unknown", "indeterminate", "malignant", "unk"})
+# the word "melanoma" (not "pseudomelanoma", "non-melanoma", "nonmelanoma", "non melanoma"), or lentigo maligna
+_MELANOMA = re.compile(r"(?<![\w-])melanoma\b|\blentigo maligna\b")
+_NOT_MELANOMA = re.compile(r"\bnon[\s-]?melanoma")
 
 
 class LabelError(ConfigError):
@@ -51,7 +57,7 @@ def melanoma_flag(value: str) -> int:
 def is_melanoma_name(diagnosis: str | None) -> bool:
     """True when a diagnosis (at any level of detail) names a melanoma."""
     v = (diagnosis or "").strip().lower()
-    return v in ("mel", "melanoma") or v.startswith("melanoma") or "(melanoma)" in v
+    return v == "mel" or (_MELANOMA.search(v) is not None and _NOT_MELANOMA.search(v) is None)
 
 
 def is_unknown_label(diagnosis: str | None) -> bool:
