@@ -32,6 +32,11 @@ def cmd_export(args) -> int:
         print(json.dumps(written, indent=1))
     else:
         err.print(f"exported {written['rows']} images (version {written['version']}) to {written['file']}: "
-                  f"{written['bytes'] / 1e6:.1f} MB, feature {written['feature_dim']}-d"
+                  f"{_size(written['bytes'])}, feature {written['feature_dim']}-d"
                   + (f", style {written['style_dim']}-d" if written["style_dim"] else ""))
     return 0
+
+
+def _size(n: int) -> str:
+    """A file size for people: ``812 KB``, ``2.9 MB`` (never ``0.0 MB`` for a small export)."""
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{max(1, round(n / 1e3))} KB"
