@@ -148,3 +148,33 @@ def test_deflated_dicom_reads_and_a_deflate_bomb_is_refused_before_pydicom(tmp_p
     assert np.array_equal(np.asarray(load_image(plain)), rgb)     # under the limit: read as before
     records, problems = read_source(Source(tmp_path, ReadOptions(format="dicom")))
     assert [r.id for r in records] == ["deflated"] and [p.where.endswith("bomb.dcm") for p in problems] == [True]
+
+
+def test_dicom_headers_beyond_what_is_read_are_refused(tmp_path, sample):
+    from pydicom import dcmread
+
+    (_, rgb, _), _ = sample
+
+    def variant(name, **changes):
+        ds = dcmread(write_dicom(tmp_path / name, rgb=rgb))
+        for k, v in changes.items():
+            setattr(ds, k, v)
+        ds.save_as(tmp_path / name, enforce_file_format=True)
+        return tmp_path / name
+
+    with pytest.raises(ImageError, match="200 samples per pixel"):
+        load_image(variant("s.dcm", SamplesPerPixel=200))
+    with pytest.raises(ImageError, match="64 bits allocated"):
+        load_image(variant("b.dcm", BitsAllocated=64))
+    # within the pixel limit, but 3 x 32-bit samples: more bytes than Pillow's largest image
+    with pytest.raises(ImageError, match="image too large .* bytes decoded"):
+        load_image(variant("w.dcm", Rows=7000, Columns=7000, BitsAllocated=32), max_pixels=60_000_000)
+    grey = dcmread(write_dicom(tmp_path / "g.dcm", rgb=rgb))          # 16-bit greyscale still reads
+    grey.SamplesPerPixel, grey.PhotometricInterpretation = 1, "MONOCHROME2"
+    grey.BitsAllocated, grey.BitsStored, grey.HighBit = 16, 12, 11
+    del grey.PlanarConfiguration
+    ramp = (np.arange(rgb.shape[0] * rgb.shape[1], dtype=np.uint16) % 4096).reshape(rgb.shape[:2])
+    grey.PixelData = ramp.tobytes()
+    grey.save_as(tmp_path / "g.dcm", enforce_file_format=True)
+    img = np.asarray(load_image(tmp_path / "g.dcm"))
+    assert img.shape == (*rgb.shape[:2], 3) and img.min() == 0 and img.max() == 255

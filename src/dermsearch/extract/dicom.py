@@ -149,6 +149,14 @@ def load_dicom(source: str | os.PathLike | bytes | BinaryIO, max_pixels: int = M
         raise ImageError("DICOM image has no pixels (Rows or Columns is 0)")
     if rows * cols > max_pixels:
         raise ImageError(f"image too large ({cols}x{rows} pixels > {max_pixels})")
+    samples, bits = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.get("BitsAllocated", 8) or 8)
+    if samples not in (1, 3):
+        raise ImageError(f"DICOM image has {samples} samples per pixel (1, greyscale, or 3, colour, are read)")
+    if bits not in (1, 8, 16, 32):
+        raise ImageError(f"DICOM image has {bits} bits allocated per sample (1, 8, 16 or 32 are read)")
+    if rows * cols * samples * max(1, bits // 8) > 4 * max_pixels:       # Pillow's largest (RGBA) image
+        raise ImageError(f"image too large ({cols}x{rows} pixels of {samples}x{bits} bits: more than "
+                         f"{4 * max_pixels} bytes decoded)")
     syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
     try:
         if "PixelData" in ds and syntax in _PILLOW_SYNTAXES:
@@ -197,11 +205,11 @@ def _to_rgb(a: np.ndarray, ds) -> Image.Image:
     if a.ndim == 3 and a.shape[-1] == 3:
         if a.dtype != np.uint8:
             top = float(2 ** int(ds.get("BitsStored", 16) or 16) - 1)
-            a = np.clip(a.astype(np.float64) / top * 255, 0, 255).astype(np.uint8)
+            a = np.clip(a.astype(np.float32) / top * 255, 0, 255).astype(np.uint8)
         return Image.fromarray(a, "RGB")
     if a.ndim != 2:
         raise ImageError(f"DICOM frame of shape {a.shape} is neither greyscale nor RGB")
-    a = a.astype(np.float64)
+    a = a.astype(np.float32)                 # half float64's memory; exact for 16-bit values
     lo, hi = float(a.min()), float(a.max())
     a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
     if photometric == "MONOCHROME1":
