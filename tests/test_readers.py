@@ -230,3 +230,20 @@ def test_format_forced_and_images_folder(tmp_path):
         read_source(Source(tmp_path, ReadOptions(format="ham10000")))
     plain = read_source(Source(tmp_path / "elsewhere", ReadOptions(license="CC-0", attribution="us")))[0][0]
     assert plain.meta["license"] == "CC-0" and plain.meta["attribution"] == "us"
+
+
+def test_dermsearch_csv_without_image_path_finds_images_by_id(tmp_path):
+    (tmp_path / "images").mkdir()
+    lesion_image(0).save(tmp_path / "images" / "a.png")
+    lesion_image(1).save(tmp_path / "b.jpg")
+    labels = write_csv(tmp_path / "labels.csv", ["image_id", "diagnosis", "patient_id"],
+                       [{"image_id": "a", "diagnosis": "malignant melanoma", "patient_id": "p1"},
+                        {"image_id": "b", "diagnosis": "nevus", "patient_id": "p1"},
+                        {"image_id": "c", "diagnosis": "nevus", "patient_id": "p2"}])
+    assert detect_layout(["image_id", "diagnosis"]) == "dermsearch"
+    records, problems = read_source(labels)
+    assert [(r.id, r.melanoma, r.meta["patient_id"]) for r in records] == [("a", 1, "p1"), ("b", 0, "p1")]
+    assert records[0].path.endswith("images/a.png")
+    assert [(p.where, p.reason.split(" in ")[0]) for p in problems] == [("labels.csv line 4", "no image file for c")]
+    with pytest.raises(SourceError, match="missing column image_id: "):
+        read_source(write_csv(tmp_path / "other.csv", ["name", "diagnosis"], [{"name": "a", "diagnosis": "nv"}]))

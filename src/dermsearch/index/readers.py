@@ -3,7 +3,8 @@ format name, or given column by column), then every row goes through one row rea
 
 Layouts (:data:`FORMATS`):
 
-- ``dermsearch``: ``image_id``, ``image_path`` (relative to the CSV), ``diagnosis``, ``melanoma``,
+- ``dermsearch``: ``image_id``, ``image_path`` (relative to the CSV; without it, images are found
+  by id), ``diagnosis``, ``melanoma``,
   ``lesion_id``, ``patient_id``, ``license`` (or ``licence``, ``copyright_license``), ``attribution``;
 - ``isic-archive``: the ``metadata.csv`` that ``isic image download`` writes beside the images:
   ``isic_id``, ``diagnosis`` or ``diagnosis_1``..``diagnosis_5``, ``benign_malignant``,
@@ -148,6 +149,8 @@ def detect_layout(header: list[str]) -> str | None:
     if ("image" in h and "MEL" in h) or {"image_name", "target"} <= h or {"image_id", "melanoma",
                                                                             "seborrheic_keratosis"} <= h:
         return "isic-challenge"
+    if "image_id" in h:                 # dermsearch's columns without image_path: images found by id
+        return "dermsearch"
     return None
 
 
@@ -163,7 +166,7 @@ def layout_for(path: Path, header: list[str], options: ReadOptions) -> Layout:
                           f"{', '.join(missing)} (found: {found})")
     name = options.format if options.format not in ("auto", "folder", "dicom") else detect_layout(header)
     if name is None and not options.columns:
-        raise SourceError(f"{path}: missing column(s) image_id, image_path: the columns are not those of a "
+        raise SourceError(f"{path}: missing column image_id: the columns are not those of a "
                           f"dermsearch labels CSV (image_id, image_path), an ISIC Archive metadata.csv "
                           f"(isic_id), HAM10000 (image_id, dx) or ISIC challenge ground truth (found: {found}); "
                           "map them with columns (--columns image_id=COL,diagnosis=COL,...)")
@@ -174,8 +177,7 @@ def layout_for(path: Path, header: list[str], options: ReadOptions) -> Layout:
                          columns=mapped,
                          levels=_levels_with(layout.levels, options.columns.get("diagnosis")),
                          diagnosis=(mapped["diagnosis"],) if "diagnosis" in mapped else layout.diagnosis)
-    need = ["image_id"] + (["image_path"] if layout.name == "dermsearch" else [])
-    absent = [f for f in need if f not in layout.columns]
+    absent = [f for f in ("image_id",) if f not in layout.columns]
     if layout.name == "ham10000" and "dx" not in header:     # forced: its labels must be there (or mapped)
         absent.append("dx")
     if layout.rest:                         # ISIC 2017 ground truth (forced): its class columns
