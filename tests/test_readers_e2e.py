@@ -74,6 +74,7 @@ def test_isic_archive_end_to_end(archives, capsys):
     assert info["licenses"] == {"CC-0": 2, "CC-BY": 3, "CC-BY-NC": 3}
     assert info["patients"] == 3 and info["lesions"] == 6
     assert info["diagnoses"] == {"Basal cell carcinoma": 1, "Melanoma Invasive": 3, "Nevus": 4}
+    assert info["melanoma"] == {"melanoma": 3, "not melanoma": 5, "unknown": 0}
     r = _evaluate(ix, capsys)
     assert r["queries"] == 8 and r["config"]["exclude_same"] == "patient"
     assert any("every image of its patient (the strictest the data allows; 8 of 8" in n for n in r["notes"])
@@ -104,6 +105,7 @@ def test_challenge_ground_truth_end_to_end(archives, capsys):
     ix, _ = archives["isic-challenge"]
     info = _info(ix, capsys)
     assert info["diagnoses"] == {"BCC": 1, "MEL": 2, "NV": 3} and info["licenses"] == {"(none)": 6}
+    assert info["melanoma"] == {"melanoma": 2, "not melanoma": 4, "unknown": 0}
     snap = Searcher(ix).snapshot
     assert snap.melanoma.tolist() == [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
     assert _evaluate(ix, capsys)["queries"] == 6
@@ -116,6 +118,7 @@ def test_dicom_folder_end_to_end(archives, capsys):
     assert report.added == 6
     info = _info(ix, capsys)
     assert info["patients"] == 3 and info["diagnoses"] == {"(none)": 6}
+    assert info["melanoma"] == {"melanoma": 0, "not melanoma": 0, "unknown": 6}
     meta = [json.loads(m) for m in Searcher(ix).snapshot.meta_json]
     assert {m["body_site"] for m in meta} == {"TORSO", "ARM", "HEAD"} and all(m["sex"] in "MF" for m in meta)
     assert main(["evaluate", str(ix), "--quiet"]) == 2          # unlabelled: said, not a traceback

@@ -235,7 +235,8 @@ def cmd_info(args) -> int:
     print(json.dumps({"directory": str(args.index), "images": len(snap), "version": snap.version,
                       "fingerprint": m["fingerprint"], "extractor": m["extractor"],
                       "feature_dim": m["feature_dim"], "style_dim": m["style_dim"], "mask_size": m["mask_size"],
-                      "diagnoses": dict(sorted(diagnoses.items())), **_rights(snap),
+                      "diagnoses": dict(sorted(diagnoses.items())), "melanoma": _melanoma(snap.melanoma),
+                      **_rights(snap),
                       "storage": _storage(index, len(snap))}, indent=1))
     return 0
 
@@ -246,6 +247,15 @@ def _storage(index, rows: int) -> dict:
     from ..search.fast_rows import storage_facts
 
     return storage_facts(index.directory, fast_dir(index.directory, index.head_version()), rows)
+
+
+def _melanoma(flags) -> dict:
+    """Images read as melanoma, not melanoma and of unknown status (dermsearch.labels' one rule)."""
+    import numpy as np
+
+    flags = np.asarray(flags, dtype=np.float64)
+    return {"melanoma": int((flags == 1).sum()), "not melanoma": int((flags == 0).sum()),
+            "unknown": int(np.isnan(flags).sum())}
 
 
 def _rights(snap) -> dict:
