@@ -228,6 +228,8 @@ def test_format_forced_and_images_folder(tmp_path):
     assert forced.diagnosis == "mel" and forced.melanoma == 1 and forced.path.endswith("elsewhere/ISIC_1.png")
     with pytest.raises(SourceError, match="cannot be read as ham10000"):
         read_source(Source(tmp_path, ReadOptions(format="ham10000")))
+    with pytest.raises(SourceError, match="no ISIC Archive metadata.csv .* in this folder"):
+        read_source(Source(tmp_path / "elsewhere", ReadOptions(format="isic-archive")))
     plain = read_source(Source(tmp_path / "elsewhere", ReadOptions(license="CC-0", attribution="us")))[0][0]
     assert plain.meta["license"] == "CC-0" and plain.meta["attribution"] == "us"
 

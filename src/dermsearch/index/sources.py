@@ -61,6 +61,9 @@ def read_source(source: str | os.PathLike | Source, options: ReadOptions | None 
         metadata = source / "metadata.csv"
         if options.format in ("auto", "isic-archive") and metadata.is_file() and _is_isic_metadata(metadata):
             return read_table(metadata, options)
+        if options.format == "isic-archive":
+            raise SourceError(f"{source}: no ISIC Archive metadata.csv (with an isic_id column) in this folder; "
+                              "give the CSV itself, or map its columns with --columns")
         if options.format not in ("auto", "folder", "dicom"):
             raise SourceError(f"{source}: a folder cannot be read as {options.format}; give its labels CSV")
         return read_folder(source, dicom_only=options.format == "dicom", options=options)
