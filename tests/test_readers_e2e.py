@@ -190,3 +190,28 @@ def test_external_queries_restricted_to_one_split(archives, tmp_path, capsys):
     assert all(o.melanoma.tolist() == [0.0, 1.0] for o in outcomes.values())
     assert main(["evaluate", str(ix), "--queries", str(q_csv), "--query-split", "xval", "--quiet"]) == 2
     assert "--query-split-csv" in capsys.readouterr().err
+
+
+def test_fit_gram_weights_excludes_the_query_patient_like_evaluate(archives, tmp_path, monkeypatch):
+    """fit-gram-weights follows evaluate's rule: same patient excluded by default when the index has
+    patients (folds grouped by patient), same lesion only when asked."""
+    import dermsearch.evaluate.gram_weights as gw
+    from dermsearch.index import Index
+
+    ix, _ = archives["isic-archive"]
+    index = Index.open(ix)
+    ids = sorted(Searcher(ix).snapshot.ids)
+    split = {i: "val" if n in (0, 3, 5) else "train" for n, i in enumerate(ids)}     # one query per patient
+    seen = []
+    real = gw.fit_gram_weights
+    monkeypatch.setattr(gw, "fit_gram_weights", lambda stack, valid, *a, **kw: (seen.append(valid.copy()),
+                                                                               real(stack, valid, *a, **kw))[1])
+    fit = gw.fit_index_gram_weights(index, split, k=2)
+    assert fit.info["fitted_on"]["exclude_same"] == "patient"
+    # queries ISIC_..0 (P1), ..3 (P2), ..5 (P3) against the 5 train rows 1,2 (P1), 4 (P2), 6,7 (P3)
+    assert seen[0].tolist() == [[False, False, True, True, True], [True, True, False, True, True],
+                                [True, True, True, False, False]]
+    lesion = gw.fit_index_gram_weights(index, split, k=2, exclude_same="lesion")
+    assert lesion.info["fitted_on"]["exclude_same"] == "lesion"
+    # by lesion: ..0 (L1) loses ..1 only; ..3 (L3) nothing; ..5 (L5) nothing
+    assert seen[-3].tolist() == [[False, True, True, True, True], [True] * 5, [True] * 5]

@@ -37,7 +37,8 @@ def register(sub, common: Common) -> None:
     fw.add_argument("--query-split", nargs="+", default=["val"], metavar="NAME", help="the query rows' splits")
     fw.add_argument("--candidate-split", nargs="+", default=["train"], metavar="NAME",
                     help="the candidate rows' splits")
-    add_config_flags(fw, EvaluationConfig, ("k",), flags={"k": "-k"}, helps={"k": "the k of the macro-P@k fitted"})
+    add_config_flags(fw, EvaluationConfig, ("k", "exclude_same"), flags={"k": "-k"},
+                     helps={"k": "the k of the macro-P@k fitted"})
     fw.add_argument("--out", required=True, type=file_to_write, metavar="JSON", help="the weights file to write")
     fw.set_defaults(handler=cmd_fit_gram_weights)
 
@@ -308,11 +309,13 @@ def cmd_fit_gram_weights(args) -> int:
         raise UsageError(f"{args.index} weights style stage(s) {', '.join(map(str, unweighted))} by 0 (built with "
                          f"--gram-weights {index.manifest['extractor'].get('gram_weights')}), so their distances "
                          "are not stored: fit on an index built with --gram-weights inverse-channels")
-    r = fit_index_gram_weights(index, read_split(args.split), args.query_split, args.candidate_split, args.k)
+    r = fit_index_gram_weights(index, read_split(args.split), args.query_split, args.candidate_split, args.k,
+                               exclude_same=args.exclude_same)
     save_gram_weights(args.out, r.fit, r.info)
     print(f"style macro-P@{args.k} on {'+'.join(args.query_split)} vs {'+'.join(args.candidate_split)}: "
           f"{r.before:.3f} with the index's weights, {r.fit.score:.3f} fitted "
-          f"({r.held_out['mean']:.3f} held out in 2-fold cross-validation over lesions)")
+          f"({r.held_out['mean']:.3f} held out in 2-fold cross-validation over "
+          f"{r.info['fitted_on']['exclude_same']}s, same-{r.info['fitted_on']['exclude_same']} candidates excluded)")
     for e, share in zip(r.layout, r.fit.shares):
         print(f"  stage {e['stage']} {e['region']:6s} C={e['channels']:4d}  share of the loss {share:.3f}")
     flags = f" --gram-pool {r.info['gram_pool']} --gram-margin {r.info['gram_margin']}" \

@@ -171,10 +171,16 @@ class IndexFit:
 
 
 def fit_index_gram_weights(index, split: dict[str, str], query_splits: Sequence[str] = ("val",),
-                           candidate_splits: Sequence[str] = ("train",), k: int = 5) -> IndexFit:
+                           candidate_splits: Sequence[str] = ("train",), k: int = 5,
+                           exclude_same: str | None = None) -> IndexFit:
     """Fit the layer weights on an index's labelled rows: the ``query_splits`` rows as queries
-    against the ``candidate_splits`` rows (same lesion never a candidate), from the stored style
+    against the ``candidate_splits`` rows (same lesion never a candidate; with ``exclude_same``
+    ``patient``, the default when the index stores patients, as in ``evaluate``, no image of the
+    query's patient either, and the cross-validation folds group by patient), from the stored style
     vectors (per-layer distances recovered through the index's own β)."""
+    import json
+
+    from .exclusion import check, meta_column
     from .metrics import lesion_clusters
 
     m = index.manifest
@@ -193,12 +199,19 @@ def fit_index_gram_weights(index, split: dict[str, str], query_splits: Sequence[
                          f"{list(candidate_splits)}")
     lesions = lesion_clusters(s.lesion_id)
     valid = (lesions[q][:, None] != lesions[c][None, :]) & (q[:, None] != c[None, :])
+    patients = meta_column([json.loads(t) if t else {} for t in s.meta_json], "patient_id")
+    exclude_same = check(exclude_same or ("patient" if patients.astype(bool).any() else "lesion"))
+    groups = lesions[q]
+    if exclude_same == "patient":
+        pq, pc = patients[q], patients[c]
+        valid &= ~((pq[:, None] == pc[None, :]) & (pq[:, None] != ""))
+        groups = np.array([f"\0patient {p}" if p else g for p, g in zip(pq, groups)], dtype=object)
     stack = layer_distance_stack(s.styles[q], s.styles[c], layout)
     chans = [e["channels"] for e in layout]
     before = (np.asarray([e["beta"] for e in layout]) ** 2).astype(np.float32)
     score_before = macro_precision_at_k(np.tensordot(before, stack, 1), valid, diag[q], diag[c], k)
     fit = fit_gram_weights(stack, valid, diag[q], diag[c], k, chans)
-    held_out = cross_validated(stack, valid, diag[q], diag[c], lesions[q], k, chans)
+    held_out = cross_validated(stack, valid, diag[q], diag[c], groups, k, chans)
     ext = m["extractor"]
     info = {"gram_pool": ext.get("gram_pool", "image"), "gram_margin": ext.get("gram_margin", 0.0),
             "gram_norm": ext.get("gram_norm", "none"), "tap_channels": m["tap_channels"],
@@ -208,6 +221,7 @@ def fit_index_gram_weights(index, split: dict[str, str], query_splits: Sequence[
             "fitted_on": {"index": str(index.directory), "index_fingerprint": index.fingerprint,
                           "queries": list(query_splits), "candidates": list(candidate_splits),
                           "n_queries": int(len(q)), "n_candidates": int(len(c)), "k": k,
+                          "exclude_same": exclude_same,
                           f"macro_p@{k}_index_weights": score_before, f"macro_p@{k}_fitted": fit.score,
                           f"macro_p@{k}_cv2_held_out": held_out}}
     return IndexFit(fit, held_out, score_before, layout, info)
