@@ -22,7 +22,8 @@ from .readers_fixtures import MEL, NEV, challenge_one_hot, isic_archive, write_c
     (None, ["Melanoma in situ"], 1), (None, ["melanocytic"], 0),
     # clinic and ISIC diagnosis_4/_5 names: the word melanoma anywhere, never its negations
     (None, ["malignant melanoma"], 1), (None, ["Superficial spreading melanoma"], 1), (None, ["Nodular melanoma"], 1),
-    (None, ["Melanoma, NOS"], 1), (None, ["melanoma-in-situ"], 1), (None, ["Lentigo maligna"], 1),
+    (None, ["Melanoma, NOS"], 1), (None, ["melanoma-in-situ"], 1), (None, ["amelanotic-melanoma"], 1),
+    (None, ["Lentigo maligna"], 1),
     (None, ["Lentigo maligna melanoma"], 1), (None, ["non-melanoma skin cancer"], 0), (None, ["Nonmelanoma"], 0),
     (None, ["non melanoma"], 0), (None, ["pseudomelanoma"], 0), (None, ["Solar lentigo"], 0),
     (None, ["melanocytic nevus"], 0), (None, ["Malignant", "Malignant melanocytic proliferations (Melanoma)",

@@ -34,7 +34,7 @@ FALSE = frozenset({"0", "0.0", "false", "no"})
 # a most specific diagnosis level that says nothing about melanoma
 UNDECIDED = frozenset({"", "unknown", "indeterminate", "malignant", "unk"})
 # the word "melanoma" (not "pseudomelanoma", "non-melanoma", "nonmelanoma", "non melanoma"), or lentigo maligna
-_MELANOMA = re.compile(r"(?<![\w-])melanoma\b|\blentigo maligna\b")
+_MELANOMA = re.compile(r"(?<!\w)melanoma\b|\blentigo maligna\b")
 _NOT_MELANOMA = re.compile(r"\bnon[\s-]?melanoma")
 
 
