@@ -1,8 +1,10 @@
-"""Indexed images and masks, by id only (any id: the path segment takes every character)."""
+"""Indexed images and masks, by id only. Any id: the path segment takes every character, and the
+query form (``?id=``) serves the ids no browser can put in a path segment (``.`` and ``..``: the
+URL parser drops them as dot segments, even percent-encoded); the pages use the query form."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from starlette.convertors import Convertor, register_url_convertor
 
 from ...search.explain import mask_png
@@ -24,6 +26,19 @@ class AnyId(Convertor):
 
 register_url_convertor("anyid", AnyId())
 router = APIRouter()
+
+
+@router.get("/api/images", summary="An indexed image (thumbnail or full), by id as a query parameter (every id)",
+            responses={200: {"content": {"image/jpeg": {}}}})
+def image_by_query(image_id: str = Query(..., alias="id", min_length=1), size: str = "thumb",
+                   srv: Server = Depends(server)) -> Response:
+    return image(image_id, size, srv)
+
+
+@router.get("/api/masks", summary="The stored lesion mask of an indexed image, by id as a query parameter",
+            responses={200: {"content": {"image/png": {}}}})
+def mask_by_query(image_id: str = Query(..., alias="id", min_length=1), srv: Server = Depends(server)) -> Response:
+    return mask(image_id, srv)
 
 
 @router.get("/api/images/{image_id:anyid}", summary="An indexed image (thumbnail or full), by id only",
