@@ -321,6 +321,27 @@ def test_8_the_cookie_is_a_server_side_session(archive, tmp_path):
     assert c.get("/api/index").status_code == 401                         # and so does revoking the token
 
 
+
+def test_8b_one_token_cannot_push_out_other_users_sessions(archive, tmp_path):
+    ix, extractor = _copy(archive, tmp_path)
+    store = TokenStore.for_index(ix)
+    ana, bob = store.create("ana", "rater"), store.create("bob", "rater")
+    app = _app(ix, extractor)
+    app.state.server.sessions.most = 40                     # a small table, to fill it quickly
+    first = TestClient(app, base_url="http://localhost")
+    assert first.post("/api/login", json={"token": bob}).status_code == 200
+    spam = TestClient(app, base_url="http://localhost")
+    cookies = []
+    for _ in range(60):                                     # one token signs in again and again
+        spam.post("/api/login", json={"token": ana})
+        cookies.append(spam.cookies.get("dermsearch_session"))
+    assert first.get("/api/index").status_code == 200       # bob's session is still there
+    per_token = app.state.server.sessions.per_token
+    old = TestClient(app, base_url="http://localhost", cookies={"dermsearch_session": cookies[0]})
+    assert old.get("/api/index").status_code == 401         # ana's oldest sessions ended first
+    recent = TestClient(app, base_url="http://localhost", cookies={"dermsearch_session": cookies[-per_token]})
+    assert recent.get("/api/index").status_code == 200
+
 # ---------------------------------------------------------------- 9: no JPEG comments in served images
 def test_9_served_images_carry_no_jpeg_comment(archive, tmp_path):
     root, _ = archive
