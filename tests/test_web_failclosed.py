@@ -117,6 +117,7 @@ def test_1_revoking_every_token_locks_a_running_server(archive, tmp_path):
         (ix / "web-tokens.json").write_text("{not json")           # corrupt while running: 503, not 500
         status, reply = _raw(port, "GET /api/index HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         assert status == 503 and "web-tokens.json" in reply and "content-security-policy" in reply.lower()
+        assert str(ix) not in reply and str(tmp_path) not in reply           # no server path to a client
     from dermsearch.errors import ConfigError
     with pytest.raises(ConfigError, match="not a readable token file"):   # corrupt at start: a clear error
         _app(ix, extractor)

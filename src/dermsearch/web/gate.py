@@ -26,6 +26,7 @@ from .auth import COOKIE
 __all__ = ["Gate", "PUBLIC", "ADMIN", "ADMITTED", "escape", "client_of"]
 
 access_log = logging.getLogger("dermsearch.web.access")
+log = logging.getLogger("dermsearch.web")
 PUBLIC = frozenset({"/", "/rate", "/login", "/api/login", "/api/logout", "/api/whoami", "/favicon.ico"})
 ADMIN = frozenset({"/api/ratings.csv", "/api/ratings-key.csv"})
 ADMITTED = frozenset({"/api/search", "/api/ratings/session", "/api/ratings"})
@@ -93,7 +94,11 @@ class Gate:
             try:
                 user, refusal = self._authenticate(scope, headers)
             except ConfigError as e:
-                await _reply(send, 503, f"sign-in is unavailable: {e}")
+                # the whole reason (with the server's path) in the server's log; the client learns
+                # only that sign-in is down, never where the index lives
+                log.error("%s", escape(str(e)))
+                await _reply(send, 503, "sign-in is unavailable: the server's token file (web-tokens.json) "
+                                        "cannot be read; its administrator must restore or recreate it")
                 return None
             if refusal is not None:
                 await _reply(send, *refusal)
