@@ -343,6 +343,39 @@ def test_8b_one_token_cannot_push_out_other_users_sessions(archive, tmp_path):
     recent = TestClient(app, base_url="http://localhost", cookies={"dermsearch_session": cookies[-per_token]})
     assert recent.get("/api/index").status_code == 200
 
+
+def test_no_server_path_in_any_error(archive, tmp_path, monkeypatch, caplog):
+    """An indexed file that cannot be read (the decoder's reason names its path) and a user error
+    naming the index directory: the client sees neither path; the server's log keeps the reason."""
+    from dermsearch.errors import ConfigError
+    from dermsearch.extract import ImageError
+
+    ix, extractor = _copy(archive, tmp_path)
+    app = _app(ix, extractor, auth="off")
+    c = TestClient(app, base_url="http://localhost")
+    secret = str(tmp_path / "archive" / "i3.png")
+
+    def denied(*a, **k):
+        raise ImageError(f"corrupt or truncated image ([Errno 13] Permission denied: '{secret}')")
+
+    monkeypatch.setattr("dermsearch.web.state.load_image", denied)
+    monkeypatch.setattr("dermsearch.web.routes.search.load_image", denied)
+    with caplog.at_level(logging.WARNING, logger="dermsearch.web"):
+        r = c.get("/api/images/p3")
+        sheet = c.post("/api/search", data={"image_id": "p3", "format": "html"})
+    assert (r.status_code, sheet.status_code) == (410, 410)
+    assert secret not in r.text + sheet.text and str(tmp_path) not in r.text + sheet.text
+    assert "Permission denied" in caplog.text
+    monkeypatch.undo()
+
+    def broken(*a, **k):
+        raise ConfigError(f"the index at {ix.resolve()} is being rewritten; retry")
+
+    monkeypatch.setattr(Searcher, "search", broken)
+    r = c.post("/api/search", files={"file": ("q.png", _png())})
+    assert r.status_code == 422 and "<index> is being rewritten" in r.json()["detail"]
+    assert str(tmp_path) not in r.text
+
 # ---------------------------------------------------------------- 9: no JPEG comments in served images
 def test_9_served_images_carry_no_jpeg_comment(archive, tmp_path):
     root, _ = archive
