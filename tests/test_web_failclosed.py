@@ -13,6 +13,7 @@ import logging
 import re
 import shutil
 import socket
+import subprocess
 import time
 from contextlib import contextmanager
 from urllib.parse import quote
@@ -167,6 +168,11 @@ def test_2_an_eps_upload_never_reaches_ghostscript(archive, tmp_path, monkeypatc
     with pytest.raises(ImageError, match="not an allowed image format"):
         load_image(tmp_path / "lesion.eps")
     assert not called.exists()
+    from PIL import Image
+
+    with pytest.raises(subprocess.CalledProcessError):              # the control: Pillow unrestricted
+        Image.open(io.BytesIO(EPS)).load()
+    assert called.exists()                                          # would have run the stand-in gs
     gif = io.BytesIO()
     lesion_image(1).save(gif, format="GIF")
     r = c.post("/api/search", files={"file": ("q.gif", gif.getvalue())}, data={"k": "1"})
