@@ -382,6 +382,27 @@ def test_no_server_path_in_any_error(archive, tmp_path, monkeypatch, caplog):
     assert r.status_code == 422 and "<index> is being rewritten" in r.json()["detail"]
     assert str(tmp_path) not in r.text
 
+
+def test_8c_over_https_the_cookie_is_host_only_and_secure(archive, tmp_path):
+    """Behind TLS the session cookie is '__Host-' (Secure, this host only, path /): a sibling
+    subdomain's planted 'dermsearch_session' is ignored; plain http keeps the plain name."""
+    ix, extractor = _copy(archive, tmp_path)
+    token = TokenStore.for_index(ix).create("ana", "rater")
+    app = _app(ix, extractor)
+    c = TestClient(app, base_url="https://localhost")
+    cookie = c.post("/api/login", json={"token": token}).headers["set-cookie"]
+    name, sid = cookie.split(";")[0].split("=", 1)
+    attrs = cookie.lower()
+    assert name == "__Host-dermsearch_session" and "secure" in attrs and "path=/" in attrs and "domain" not in attrs
+    assert c.get("/api/index").status_code == 200
+    planted = TestClient(app, base_url="https://localhost", cookies={"dermsearch_session": sid})
+    assert planted.get("/api/index").status_code == 401                  # only the __Host- name counts
+    out = c.post("/api/logout")
+    assert out.json() == {"signed_out": True} and "secure" in out.headers["set-cookie"].lower()
+    assert c.get("/api/index").status_code == 401
+    plain = TestClient(app, base_url="http://localhost")
+    assert plain.post("/api/login", json={"token": token}).headers["set-cookie"].startswith("dermsearch_session=")
+
 # ---------------------------------------------------------------- 9: no JPEG comments in served images
 def test_9_served_images_carry_no_jpeg_comment(archive, tmp_path):
     root, _ = archive

@@ -27,11 +27,18 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..io import write_json
 
-__all__ = ["TokenStore", "User", "ROLES", "TOKEN_FILE", "COOKIE", "SessionStore", "FailureThrottle"]
+__all__ = ["TokenStore", "User", "ROLES", "TOKEN_FILE", "COOKIE", "cookie_name", "SessionStore", "FailureThrottle"]
 
 ROLES = ("rater", "admin")
 TOKEN_FILE = "web-tokens.json"
 COOKIE = "dermsearch_session"
+
+
+def cookie_name(scheme: str) -> str:
+    """The session cookie's name: over https the ``__Host-`` form, which a browser keeps only when it is
+    Secure, for this host alone and path /; so no sibling (sub)domain can plant a session of its own.
+    Over https only that name is read."""
+    return "__Host-" + COOKIE if scheme == "https" else COOKIE
 
 
 @dataclass(frozen=True)

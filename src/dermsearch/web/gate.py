@@ -21,7 +21,7 @@ import time
 from http.cookies import CookieError, SimpleCookie
 
 from ..errors import ConfigError
-from .auth import COOKIE
+from .auth import cookie_name
 
 __all__ = ["Gate", "PUBLIC", "ADMIN", "ADMITTED", "escape", "client_of"]
 
@@ -54,12 +54,13 @@ def client_of(scope) -> str:
     return (scope.get("client") or ("-", 0))[0]
 
 
-def _cookie(headers: dict[str, str]) -> str | None:
+def _cookie(headers: dict[str, str], scheme: str) -> str | None:
     try:
         jar = SimpleCookie(headers.get("cookie", ""))
     except CookieError:
         return None
-    return jar[COOKIE].value if COOKIE in jar else None
+    name = cookie_name(scheme)
+    return jar[name].value if name in jar else None
 
 
 class Gate:
@@ -142,7 +143,7 @@ class Gate:
                                   [(b"retry-after", str(wait).encode())])
                 srv.failures.fail(addr)
         else:
-            user = srv.sessions.user(_cookie(headers))
+            user = srv.sessions.user(_cookie(headers, scope.get("scheme", "http")))
         public = path in PUBLIC or path.startswith("/static/")
         if user is None and not public:
             return None, (401, "authentication required: send 'Authorization: Bearer TOKEN' or sign in at /login",
