@@ -251,6 +251,38 @@ def test_6_a_429_arrives_before_a_large_body_is_read(archive, tmp_path):
         assert status == 429 and "a minute" in reply
 
 
+
+def test_6_b_one_user_cannot_fill_the_queue(archive, tmp_path):
+    """A signed-in user holds at most half of pool + queue: ana's uploads under way cannot lock bob out."""
+    ix, extractor = _copy(archive, tmp_path)
+    store = TokenStore.for_index(ix)
+    ana, bob = store.create("ana", "rater"), store.create("bob", "rater")
+    big = 19 * 1024 * 1024
+
+    def head(token, length=big):
+        return (f"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+                f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {length}\r\n\r\n")
+
+    app = _app(ix, extractor, concurrency=1, queue=2)                  # ana's share: 2 of the 3
+    assert app.state.server.per_user == 2
+    body = (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"q.png\"\r\n\r\n" + _png() +
+            b"\r\n--b--\r\n")
+    with serving(app) as port:
+        slow = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+        try:
+            for s in slow:                                           # two of ana's uploads under way
+                s.sendall(head(ana).encode() + b"--b\r\n" + b"x" * 1000)
+            deadline = time.monotonic() + 60
+            while app.state.server.pending["n"] < 2:
+                assert time.monotonic() < deadline, "ana's uploads were never admitted"
+                time.sleep(0.01)
+            status, reply = _raw(port, head(ana), timeout=5)           # a third: over her share, from the headers
+            assert status == 429 and "already in progress" in reply
+            assert _raw(port, head(bob, len(body)), body)[0] == 200     # bob still gets his search
+        finally:
+            for s in slow:
+                s.close()
+
 # ---------------------------------------------------------------- 5: rating posts
 def test_5_rating_posts_are_capped_off_the_loop_and_refuse_duplicates(archive, tmp_path, monkeypatch):
     from dermsearch.web.ratings import RatingStore

@@ -8,8 +8,9 @@ security headers too), deciding from the request line and headers alone, before 
   tokens from one address are throttled (429); a valid token always passes.
 - **Roles**: the rating exports are for admins only (403).
 - **Admission** for the paths that do work (a search, a rating session, a rating post): the
-  per-user (else per-address) rate and the pool's queue are checked before a byte of the body is
-  read; a refusal is a 429 with ``Retry-After``.
+  per-user (else per-address) rate, the pool's queue, and a signed-in user's share of it (at most
+  half of pool and queue in progress at once) are checked before a byte of the body is read; a
+  refusal is a 429 with ``Retry-After``.
 - **Access log**: one line per request, every field escaped (no forged lines).
 """
 
@@ -117,11 +118,24 @@ class Gate:
                 await _reply(send, 429, "too many searches in progress; retry shortly",
                              headers=[(b"retry-after", b"1")])
                 return user
+            mine = srv.in_flight.get(user.name, 0) if user else 0
+            if user and mine >= srv.per_user:
+                await _reply(send, 429, f"{mine} of your searches, rating sessions or posts are already in "
+                                        "progress; retry when one has finished", headers=[(b"retry-after", b"1")])
+                return user
             srv.pending["n"] += 1
+            if user:
+                srv.in_flight[user.name] = mine + 1
             try:
                 await self.app(scope, receive, send)
             finally:
                 srv.pending["n"] -= 1
+                if user:
+                    left = srv.in_flight[user.name] - 1
+                    if left:
+                        srv.in_flight[user.name] = left
+                    else:
+                        del srv.in_flight[user.name]
             return user
         await self.app(scope, receive, send)
         return user

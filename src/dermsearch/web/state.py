@@ -30,6 +30,9 @@ class Server:
         self.failures = FailureThrottle(limit=config.sign_in_failures)
         self.limiter = anyio.CapacityLimiter(max(1, config.concurrency))
         self.pending = {"n": 0}
+        # one signed-in user holds at most half the pool and queue, so one token cannot starve the rest
+        self.per_user = max(1, (config.concurrency + config.queue + 1) // 2)
+        self.in_flight: dict[str, int] = {}
         self.buckets = RateLimiter(config.rate_limit)
         self.thumbs: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
         self.thumbs_lock = threading.Lock()
