@@ -283,6 +283,54 @@ def test_6_b_one_user_cannot_fill_the_queue(archive, tmp_path):
             for s in slow:
                 s.close()
 
+
+def test_6_c_a_flood_of_full_size_images_waits_in_its_own_pool(archive, tmp_path, monkeypatch):
+    """Image GETs do work too (decoding an archive file): however many arrive at once, at most the
+    image pool's size are decoded at a time, and the rest wait without a thread; /api/index answers."""
+    import threading
+
+    import httpx
+
+    from dermsearch.web import state
+
+    ix, extractor = _copy(archive, tmp_path)
+    app = _app(ix, extractor, auth="off", concurrency=1)
+    most = int(app.state.server.image_limiter.total_tokens)
+    now, peak, lock, real = [0], [0], threading.Lock(), state.load_image
+
+    def slow_load(*a, **k):
+        with lock:
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+        try:
+            time.sleep(0.3)
+            return real(*a, **k)
+        finally:
+            with lock:
+                now[0] -= 1
+
+    monkeypatch.setattr(state, "load_image", slow_load)
+    with serving(app) as port:
+        base = f"http://127.0.0.1:{port}"
+        codes: list[int] = []
+
+        def get(i):
+            r = httpx.get(base + "/api/images", params={"id": f"p{i % 6}", "size": "full"}, timeout=60)
+            with lock:
+                codes.append(r.status_code)
+
+        threads = [threading.Thread(target=get, args=(i,)) for i in range(4 * most)]
+        for t in threads:
+            t.start()
+        time.sleep(0.1)
+        t0 = time.perf_counter()
+        assert httpx.get(base + "/api/index", timeout=60).status_code == 200
+        index_s = time.perf_counter() - t0
+        for t in threads:
+            t.join()
+    assert codes == [200] * len(threads) and peak[0] <= most, (peak, most)
+    assert index_s < 0.3 * len(threads) / most             # not behind the queue of decodes
+
 # ---------------------------------------------------------------- 5: rating posts
 def test_5_rating_posts_are_capped_off_the_loop_and_refuse_duplicates(archive, tmp_path, monkeypatch):
     from dermsearch.web.ratings import RatingStore

@@ -29,6 +29,8 @@ class Server:
         self.sessions = SessionStore(tokens, hours=config.session_hours)
         self.failures = FailureThrottle(limit=config.sign_in_failures)
         self.limiter = anyio.CapacityLimiter(max(1, config.concurrency))
+        # images are decoded beside the searches, in a pool of their own: at most this many at once
+        self.image_limiter = anyio.CapacityLimiter(max(2, 2 * config.concurrency))
         self.pending = {"n": 0}
         # one signed-in user holds at most half the pool and queue, so one token cannot starve the rest
         self.per_user = max(1, (config.concurrency + config.queue + 1) // 2)
