@@ -238,7 +238,7 @@ def test_browser_consensus_compare_export_and_empty_filters(browser, live_server
     page.locator("#results .card .thumb").first.click()
     page.locator("#compare").wait_for()
     assert "size=full" in page.locator("#cmp-m").get_attribute("src")
-    assert page.locator("#cmp-mm").get_attribute("src").startswith("/api/masks/")
+    assert page.locator("#cmp-mm").get_attribute("src").startswith("/api/masks?id=")
     assert page.locator("#cmp-q").get_attribute("src").startswith("blob:")
     # export: the JSON and the contact sheet of this search
     with page.expect_download() as d:

@@ -13,6 +13,7 @@ import logging
 import re
 import shutil
 import socket
+import subprocess
 import time
 from contextlib import contextmanager
 from urllib.parse import quote
@@ -117,6 +118,7 @@ def test_1_revoking_every_token_locks_a_running_server(archive, tmp_path):
         (ix / "web-tokens.json").write_text("{not json")           # corrupt while running: 503, not 500
         status, reply = _raw(port, "GET /api/index HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         assert status == 503 and "web-tokens.json" in reply and "content-security-policy" in reply.lower()
+        assert str(ix) not in reply and str(tmp_path) not in reply           # no server path to a client
     from dermsearch.errors import ConfigError
     with pytest.raises(ConfigError, match="not a readable token file"):   # corrupt at start: a clear error
         _app(ix, extractor)
@@ -166,6 +168,11 @@ def test_2_an_eps_upload_never_reaches_ghostscript(archive, tmp_path, monkeypatc
     with pytest.raises(ImageError, match="not an allowed image format"):
         load_image(tmp_path / "lesion.eps")
     assert not called.exists()
+    from PIL import Image
+
+    with pytest.raises(subprocess.CalledProcessError):              # the control: Pillow unrestricted
+        Image.open(io.BytesIO(EPS)).load()
+    assert called.exists()                                          # would have run the stand-in gs
     gif = io.BytesIO()
     lesion_image(1).save(gif, format="GIF")
     r = c.post("/api/search", files={"file": ("q.gif", gif.getvalue())}, data={"k": "1"})
@@ -244,6 +251,86 @@ def test_6_a_429_arrives_before_a_large_body_is_read(archive, tmp_path):
         assert status == 429 and "a minute" in reply
 
 
+
+def test_6_b_one_user_cannot_fill_the_queue(archive, tmp_path):
+    """A signed-in user holds at most half of pool + queue: ana's uploads under way cannot lock bob out."""
+    ix, extractor = _copy(archive, tmp_path)
+    store = TokenStore.for_index(ix)
+    ana, bob = store.create("ana", "rater"), store.create("bob", "rater")
+    big = 19 * 1024 * 1024
+
+    def head(token, length=big):
+        return (f"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+                f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {length}\r\n\r\n")
+
+    app = _app(ix, extractor, concurrency=1, queue=2)                  # ana's share: 2 of the 3
+    assert app.state.server.per_user == 2
+    body = (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"q.png\"\r\n\r\n" + _png() +
+            b"\r\n--b--\r\n")
+    with serving(app) as port:
+        slow = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+        try:
+            for s in slow:                                           # two of ana's uploads under way
+                s.sendall(head(ana).encode() + b"--b\r\n" + b"x" * 1000)
+            deadline = time.monotonic() + 60
+            while app.state.server.pending["n"] < 2:
+                assert time.monotonic() < deadline, "ana's uploads were never admitted"
+                time.sleep(0.01)
+            status, reply = _raw(port, head(ana), timeout=5)           # a third: over her share, from the headers
+            assert status == 429 and "already in progress" in reply
+            assert _raw(port, head(bob, len(body)), body)[0] == 200     # bob still gets his search
+        finally:
+            for s in slow:
+                s.close()
+
+
+def test_6_c_a_flood_of_full_size_images_waits_in_its_own_pool(archive, tmp_path, monkeypatch):
+    """Image GETs do work too (decoding an archive file): however many arrive at once, at most the
+    image pool's size are decoded at a time, and the rest wait without a thread; /api/index answers."""
+    import threading
+
+    import httpx
+
+    from dermsearch.web import state
+
+    ix, extractor = _copy(archive, tmp_path)
+    app = _app(ix, extractor, auth="off", concurrency=1)
+    most = int(app.state.server.image_limiter.total_tokens)
+    now, peak, lock, real = [0], [0], threading.Lock(), state.load_image
+
+    def slow_load(*a, **k):
+        with lock:
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+        try:
+            time.sleep(0.3)
+            return real(*a, **k)
+        finally:
+            with lock:
+                now[0] -= 1
+
+    monkeypatch.setattr(state, "load_image", slow_load)
+    with serving(app) as port:
+        base = f"http://127.0.0.1:{port}"
+        codes: list[int] = []
+
+        def get(i):
+            r = httpx.get(base + "/api/images", params={"id": f"p{i % 6}", "size": "full"}, timeout=60)
+            with lock:
+                codes.append(r.status_code)
+
+        threads = [threading.Thread(target=get, args=(i,)) for i in range(4 * most)]
+        for t in threads:
+            t.start()
+        time.sleep(0.1)
+        t0 = time.perf_counter()
+        assert httpx.get(base + "/api/index", timeout=60).status_code == 200
+        index_s = time.perf_counter() - t0
+        for t in threads:
+            t.join()
+    assert codes == [200] * len(threads) and peak[0] <= most, (peak, most)
+    assert index_s < 0.3 * len(threads) / most             # not behind the queue of decodes
+
 # ---------------------------------------------------------------- 5: rating posts
 def test_5_rating_posts_are_capped_off_the_loop_and_refuse_duplicates(archive, tmp_path, monkeypatch):
     from dermsearch.web.ratings import RatingStore
@@ -321,6 +408,81 @@ def test_8_the_cookie_is_a_server_side_session(archive, tmp_path):
     assert c.get("/api/index").status_code == 401                         # and so does revoking the token
 
 
+
+def test_8b_one_token_cannot_push_out_other_users_sessions(archive, tmp_path):
+    ix, extractor = _copy(archive, tmp_path)
+    store = TokenStore.for_index(ix)
+    ana, bob = store.create("ana", "rater"), store.create("bob", "rater")
+    app = _app(ix, extractor)
+    app.state.server.sessions.most = 40                     # a small table, to fill it quickly
+    first = TestClient(app, base_url="http://localhost")
+    assert first.post("/api/login", json={"token": bob}).status_code == 200
+    spam = TestClient(app, base_url="http://localhost")
+    cookies = []
+    for _ in range(60):                                     # one token signs in again and again
+        spam.post("/api/login", json={"token": ana})
+        cookies.append(spam.cookies.get("dermsearch_session"))
+    assert first.get("/api/index").status_code == 200       # bob's session is still there
+    per_token = app.state.server.sessions.per_token
+    old = TestClient(app, base_url="http://localhost", cookies={"dermsearch_session": cookies[0]})
+    assert old.get("/api/index").status_code == 401         # ana's oldest sessions ended first
+    recent = TestClient(app, base_url="http://localhost", cookies={"dermsearch_session": cookies[-per_token]})
+    assert recent.get("/api/index").status_code == 200
+
+
+def test_no_server_path_in_any_error(archive, tmp_path, monkeypatch, caplog):
+    """An indexed file that cannot be read (the decoder's reason names its path) and a user error
+    naming the index directory: the client sees neither path; the server's log keeps the reason."""
+    from dermsearch.errors import ConfigError
+    from dermsearch.extract import ImageError
+
+    ix, extractor = _copy(archive, tmp_path)
+    app = _app(ix, extractor, auth="off")
+    c = TestClient(app, base_url="http://localhost")
+    secret = str(tmp_path / "archive" / "i3.png")
+
+    def denied(*a, **k):
+        raise ImageError(f"corrupt or truncated image ([Errno 13] Permission denied: '{secret}')")
+
+    monkeypatch.setattr("dermsearch.web.state.load_image", denied)
+    monkeypatch.setattr("dermsearch.web.routes.search.load_image", denied)
+    with caplog.at_level(logging.WARNING, logger="dermsearch.web"):
+        r = c.get("/api/images/p3")
+        sheet = c.post("/api/search", data={"image_id": "p3", "format": "html"})
+    assert (r.status_code, sheet.status_code) == (410, 410)
+    assert secret not in r.text + sheet.text and str(tmp_path) not in r.text + sheet.text
+    assert "Permission denied" in caplog.text
+    monkeypatch.undo()
+
+    def broken(*a, **k):
+        raise ConfigError(f"the index at {ix.resolve()} is being rewritten; retry")
+
+    monkeypatch.setattr(Searcher, "search", broken)
+    r = c.post("/api/search", files={"file": ("q.png", _png())})
+    assert r.status_code == 422 and "<index> is being rewritten" in r.json()["detail"]
+    assert str(tmp_path) not in r.text
+
+
+def test_8c_over_https_the_cookie_is_host_only_and_secure(archive, tmp_path):
+    """Behind TLS the session cookie is '__Host-' (Secure, this host only, path /): a sibling
+    subdomain's planted 'dermsearch_session' is ignored; plain http keeps the plain name."""
+    ix, extractor = _copy(archive, tmp_path)
+    token = TokenStore.for_index(ix).create("ana", "rater")
+    app = _app(ix, extractor)
+    c = TestClient(app, base_url="https://localhost")
+    cookie = c.post("/api/login", json={"token": token}).headers["set-cookie"]
+    name, sid = cookie.split(";")[0].split("=", 1)
+    attrs = cookie.lower()
+    assert name == "__Host-dermsearch_session" and "secure" in attrs and "path=/" in attrs and "domain" not in attrs
+    assert c.get("/api/index").status_code == 200
+    planted = TestClient(app, base_url="https://localhost", cookies={"dermsearch_session": sid})
+    assert planted.get("/api/index").status_code == 401                  # only the __Host- name counts
+    out = c.post("/api/logout")
+    assert out.json() == {"signed_out": True} and "secure" in out.headers["set-cookie"].lower()
+    assert c.get("/api/index").status_code == 401
+    plain = TestClient(app, base_url="http://localhost")
+    assert plain.post("/api/login", json={"token": token}).headers["set-cookie"].startswith("dermsearch_session=")
+
 # ---------------------------------------------------------------- 9: no JPEG comments in served images
 def test_9_served_images_carry_no_jpeg_comment(archive, tmp_path):
     root, _ = archive
@@ -384,6 +546,31 @@ def test_11_an_id_with_a_newline_is_servable(archive, tmp_path):
     assert c.get("/api/images/" + quote(NEWLINE_ID, safe="")).status_code == 200
     assert c.get("/api/masks/" + quote(NEWLINE_ID, safe="")).status_code == 200
 
+
+
+@pytest.mark.slow
+def test_11b_dot_ids_are_servable_from_the_page(chromium, tiny_extractor, tmp_path):
+    """'.' and '..' as ids: a browser drops them from a URL path (dot segments, even percent-encoded),
+    so the page asks for every image by ``?id=``; each of the page's URLs answers 200 in Chromium."""
+    from dermsearch.index.build import build_index
+
+    from .conftest import running_server
+
+    ids = [".", "..", "%2e%2e", NEWLINE_ID, "a/b"]
+    rows = [{"image_id": i, "file": f"i{n}.png", "diagnosis": "nevus", "lesion_id": f"L{n}"} for n, i in enumerate(ids)]
+    build_index(labelled_archive(tmp_path, rows, folder="."), tmp_path / "ix", extractor=tiny_extractor)
+    page = chromium.new_page()
+    with running_server(_app(tmp_path / "ix", tiny_extractor, auth="off")) as base:
+        page.goto(base.replace("127.0.0.1", "localhost") + "/")
+        got = page.evaluate("""async ids => Promise.all(ids.flatMap(id => [imageUrl(id), imageUrl(id, 'full'),
+            maskUrl(id)]).map(async u => { const r = await fetch(u); return [u, r.status,
+            r.headers.get('content-type')]; }))""", ids)
+        # the path form cannot carry them through a browser: what the page used before
+        old = page.evaluate("async id => (await fetch('/api/images/' + encodeURIComponent(id))).status", "..")
+    page.close()
+    assert [s for _, s, _ in got] == [200] * 3 * len(ids), got
+    assert all(t == ("image/png" if "masks" in u else "image/jpeg") for u, _, t in got), got
+    assert old == 404
 
 def test_12_filter_values_with_commas_are_selectable(archive, tmp_path):
     ix, extractor = _copy(archive, tmp_path)

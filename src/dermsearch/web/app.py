@@ -66,6 +66,8 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
     async def user_error(request: Request, exc: DermsearchError):     # a problem the client can fix: 4xx
         status = 415 if isinstance(exc, ImageError) else 422
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        for where in {str(index_dir.resolve()), str(index_dir.absolute())}:   # where the index lives stays here
+            detail = detail.replace(where, "<index>")
         if isinstance(exc, ImageError):
             detail = f"not a usable image: {detail}"
         return JSONResponse({"detail": detail}, status_code=status)

@@ -27,11 +27,18 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..io import write_json
 
-__all__ = ["TokenStore", "User", "ROLES", "TOKEN_FILE", "COOKIE", "SessionStore", "FailureThrottle"]
+__all__ = ["TokenStore", "User", "ROLES", "TOKEN_FILE", "COOKIE", "cookie_name", "SessionStore", "FailureThrottle"]
 
 ROLES = ("rater", "admin")
 TOKEN_FILE = "web-tokens.json"
 COOKIE = "dermsearch_session"
+
+
+def cookie_name(scheme: str) -> str:
+    """The session cookie's name: over https the ``__Host-`` form, which a browser keeps only when it is
+    Secure, for this host alone and path /; so no sibling (sub)domain can plant a session of its own.
+    Over https only that name is read."""
+    return "__Host-" + COOKIE if scheme == "https" else COOKIE
 
 
 @dataclass(frozen=True)
@@ -136,10 +143,12 @@ class TokenStore:
 
 class SessionStore:
     """Server-side sign-in sessions: a random id (the cookie) -> the token's hash and an expiry.
-    A session is valid only while its token is: revoking the token ends every session made with it."""
+    A session is valid only while its token is: revoking the token ends every session made with it.
+    One token holds at most ``per_token`` sessions (its oldest end first), so no single token's
+    sign-ins can push every other user's sessions out of the table (``most`` in all)."""
 
-    def __init__(self, tokens: TokenStore, hours: float = 12.0, most: int = 10_000):
-        self.tokens, self.seconds, self.most = tokens, hours * 3600, most
+    def __init__(self, tokens: TokenStore, hours: float = 12.0, most: int = 10_000, per_token: int = 32):
+        self.tokens, self.seconds, self.most, self.per_token = tokens, hours * 3600, most, per_token
         self._sessions: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
 
@@ -149,12 +158,16 @@ class SessionStore:
             return None
         sid = secrets.token_urlsafe(32)
         now = time.time()
+        digest = _digest(token)
         with self._lock:
+            mine = [k for k, v in self._sessions.items() if v[0] == digest]     # oldest first (insertion order)
+            for k in mine[:max(0, len(mine) - self.per_token + 1)]:
+                self._sessions.pop(k)
             if len(self._sessions) >= self.most:              # drop expired ones, then the oldest
                 self._sessions = {k: v for k, v in self._sessions.items() if v[1] > now}
                 while len(self._sessions) >= self.most:
                     self._sessions.pop(next(iter(self._sessions)))
-            self._sessions[_digest(sid)] = (_digest(token), now + self.seconds)
+            self._sessions[_digest(sid)] = (digest, now + self.seconds)
         return sid, user
 
     def user(self, sid: str | None) -> User | None:

@@ -8,8 +8,9 @@ security headers too), deciding from the request line and headers alone, before 
   tokens from one address are throttled (429); a valid token always passes.
 - **Roles**: the rating exports are for admins only (403).
 - **Admission** for the paths that do work (a search, a rating session, a rating post): the
-  per-user (else per-address) rate and the pool's queue are checked before a byte of the body is
-  read; a refusal is a 429 with ``Retry-After``.
+  per-user (else per-address) rate, the pool's queue, and a signed-in user's share of it (at most
+  half of pool and queue in progress at once) are checked before a byte of the body is read; a
+  refusal is a 429 with ``Retry-After``.
 - **Access log**: one line per request, every field escaped (no forged lines).
 """
 
@@ -21,11 +22,12 @@ import time
 from http.cookies import CookieError, SimpleCookie
 
 from ..errors import ConfigError
-from .auth import COOKIE
+from .auth import cookie_name
 
 __all__ = ["Gate", "PUBLIC", "ADMIN", "ADMITTED", "escape", "client_of"]
 
 access_log = logging.getLogger("dermsearch.web.access")
+log = logging.getLogger("dermsearch.web")
 PUBLIC = frozenset({"/", "/rate", "/login", "/api/login", "/api/logout", "/api/whoami", "/favicon.ico"})
 ADMIN = frozenset({"/api/ratings.csv", "/api/ratings-key.csv"})
 ADMITTED = frozenset({"/api/search", "/api/ratings/session", "/api/ratings"})
@@ -53,12 +55,13 @@ def client_of(scope) -> str:
     return (scope.get("client") or ("-", 0))[0]
 
 
-def _cookie(headers: dict[str, str]) -> str | None:
+def _cookie(headers: dict[str, str], scheme: str) -> str | None:
     try:
         jar = SimpleCookie(headers.get("cookie", ""))
     except CookieError:
         return None
-    return jar[COOKIE].value if COOKIE in jar else None
+    name = cookie_name(scheme)
+    return jar[name].value if name in jar else None
 
 
 class Gate:
@@ -93,7 +96,11 @@ class Gate:
             try:
                 user, refusal = self._authenticate(scope, headers)
             except ConfigError as e:
-                await _reply(send, 503, f"sign-in is unavailable: {e}")
+                # the whole reason (with the server's path) in the server's log; the client learns
+                # only that sign-in is down, never where the index lives
+                log.error("%s", escape(str(e)))
+                await _reply(send, 503, "sign-in is unavailable: the server's token file (web-tokens.json) "
+                                        "cannot be read; its administrator must restore or recreate it")
                 return None
             if refusal is not None:
                 await _reply(send, *refusal)
@@ -111,11 +118,24 @@ class Gate:
                 await _reply(send, 429, "too many searches in progress; retry shortly",
                              headers=[(b"retry-after", b"1")])
                 return user
+            mine = srv.in_flight.get(user.name, 0) if user else 0
+            if user and mine >= srv.per_user:
+                await _reply(send, 429, f"{mine} of your searches, rating sessions or posts are already in "
+                                        "progress; retry when one has finished", headers=[(b"retry-after", b"1")])
+                return user
             srv.pending["n"] += 1
+            if user:
+                srv.in_flight[user.name] = mine + 1
             try:
                 await self.app(scope, receive, send)
             finally:
                 srv.pending["n"] -= 1
+                if user:
+                    left = srv.in_flight[user.name] - 1
+                    if left:
+                        srv.in_flight[user.name] = left
+                    else:
+                        del srv.in_flight[user.name]
             return user
         await self.app(scope, receive, send)
         return user
@@ -137,7 +157,7 @@ class Gate:
                                   [(b"retry-after", str(wait).encode())])
                 srv.failures.fail(addr)
         else:
-            user = srv.sessions.user(_cookie(headers))
+            user = srv.sessions.user(_cookie(headers, scope.get("scheme", "http")))
         public = path in PUBLIC or path.startswith("/static/")
         if user is None and not public:
             return None, (401, "authentication required: send 'Authorization: Bearer TOKEN' or sign in at /login",

@@ -5,6 +5,7 @@ per-client rate buckets, failed sign-ins, thumbnails)."""
 from __future__ import annotations
 
 import io
+import logging
 import threading
 from collections import OrderedDict
 
@@ -17,7 +18,9 @@ from .config import WebConfig
 from .live import LiveIndex, RateLimiter
 from .ratings import RatingStore
 
-__all__ = ["WebConfig", "Server", "server", "current_user", "row_of", "image_response"]
+__all__ = ["WebConfig", "Server", "server", "current_user", "row_of", "image_response", "unreadable"]
+
+log = logging.getLogger("dermsearch.web")
 
 
 class Server:
@@ -26,7 +29,12 @@ class Server:
         self.sessions = SessionStore(tokens, hours=config.session_hours)
         self.failures = FailureThrottle(limit=config.sign_in_failures)
         self.limiter = anyio.CapacityLimiter(max(1, config.concurrency))
+        # images are decoded beside the searches, in a pool of their own: at most this many at once
+        self.image_limiter = anyio.CapacityLimiter(max(2, 2 * config.concurrency))
         self.pending = {"n": 0}
+        # one signed-in user holds at most half the pool and queue, so one token cannot starve the rest
+        self.per_user = max(1, (config.concurrency + config.queue + 1) // 2)
+        self.in_flight: dict[str, int] = {}
         self.buckets = RateLimiter(config.rate_limit)
         self.thumbs: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
         self.thumbs_lock = threading.Lock()
@@ -38,6 +46,13 @@ def server(request: Request) -> Server:
 
 def current_user(request: Request) -> User | None:
     return getattr(request.state, "user", None)
+
+
+def unreadable(image_id: str, e: Exception) -> HTTPException:
+    """An indexed file that cannot be decoded any more: the reason (which may hold the file's path)
+    goes to the server's log, the client gets a 410 without it."""
+    log.warning("indexed image %s cannot be read: %s", ascii(image_id), ascii(str(e)))
+    return HTTPException(410, "the indexed file can no longer be read (the server's log says why)")
 
 
 def row_of(st, image_id: str) -> int:
@@ -63,7 +78,7 @@ def image_response(srv: Server, st, image_id: str, size: str) -> Response:
         try:
             img = load_image(st.snap.paths[pos])
         except ImageError as e:
-            raise HTTPException(410, f"the indexed file can no longer be read: {e}") from None
+            raise unreadable(image_id, e) from None
         if size == "thumb":
             img.thumbnail((config.thumb_size, config.thumb_size))
         img.info.clear()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
-from ..auth import COOKIE
+from ..auth import cookie_name
 from ..gate import client_of
 from ..state import Server, current_user, server
 
@@ -36,16 +36,19 @@ async def login(request: Request, srv: Server = Depends(server)) -> Response:
         raise HTTPException(401, "unknown or revoked token")
     sid, user = made
     response = JSONResponse({"user": user.name, "role": user.role})
-    response.set_cookie(COOKIE, sid, httponly=True, samesite="strict", secure=request.url.scheme == "https",
+    response.set_cookie(cookie_name(request.url.scheme), sid, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https",
                         path="/", max_age=int(srv.config.session_hours * 3600))
     return response
 
 
 @router.post("/api/logout", summary="End this sign-in session (its cookie stops working everywhere)")
 def logout(request: Request, srv: Server = Depends(server)) -> Response:
-    ended = srv.sessions.end(request.cookies.get(COOKIE))
+    ended = srv.sessions.end(request.cookies.get(cookie_name(request.url.scheme)))
     response = JSONResponse({"signed_out": ended})
-    response.delete_cookie(COOKIE, path="/")
+    # a __Host- cookie is replaced only by a Set-Cookie that is Secure itself
+    response.delete_cookie(cookie_name(request.url.scheme), path="/", secure=request.url.scheme == "https",
+                           httponly=True, samesite="strict")
     return response
 
 

@@ -1,8 +1,11 @@
-"""Indexed images and masks, by id only (any id: the path segment takes every character)."""
+"""Indexed images and masks, by id only. Any id: the path segment takes every character, and the
+query form (``?id=``) serves the ids no browser can put in a path segment (``.`` and ``..``: the
+URL parser drops them as dot segments, even percent-encoded); the pages use the query form."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Response
+import anyio.to_thread
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from starlette.convertors import Convertor, register_url_convertor
 
 from ...search.explain import mask_png
@@ -26,9 +29,32 @@ register_url_convertor("anyid", AnyId())
 router = APIRouter()
 
 
+@router.get("/api/images", summary="An indexed image (thumbnail or full), by id as a query parameter (every id)",
+            responses={200: {"content": {"image/jpeg": {}}}})
+async def image_by_query(image_id: str = Query(..., alias="id", min_length=1), size: str = "thumb",
+                         srv: Server = Depends(server)) -> Response:
+    return await served_image(srv, image_id, size)
+
+
+@router.get("/api/masks", summary="The stored lesion mask of an indexed image, by id as a query parameter",
+            responses={200: {"content": {"image/png": {}}}})
+def mask_by_query(image_id: str = Query(..., alias="id", min_length=1), srv: Server = Depends(server)) -> Response:
+    return mask(image_id, srv)
+
+
 @router.get("/api/images/{image_id:anyid}", summary="An indexed image (thumbnail or full), by id only",
             responses={200: {"content": {"image/jpeg": {}}}})
-def image(image_id: str, size: str = "thumb", srv: Server = Depends(server)) -> Response:
+async def image(image_id: str, size: str = "thumb", srv: Server = Depends(server)) -> Response:
+    return await served_image(srv, image_id, size)
+
+
+async def served_image(srv: Server, image_id: str, size: str) -> Response:
+    """Decoding and encoding in the images' own bounded pool: a flood of full-size requests waits
+    there (no CPU) instead of taking every worker thread from the searches."""
+    return await anyio.to_thread.run_sync(_served_image, srv, image_id, size, limiter=srv.image_limiter)
+
+
+def _served_image(srv: Server, image_id: str, size: str) -> Response:
     with srv.live.current() as st:          # a removed image is gone at once
         return image_response(srv, st, image_id, size)
 

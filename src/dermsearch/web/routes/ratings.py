@@ -70,9 +70,14 @@ def _credits(st, ids) -> list[dict]:
 
 @router.get("/api/ratings/{session}/images/{item}", summary="The image of a rating item (or of the query), by "
             "the session's opaque token", responses={200: {"content": {"image/jpeg": {}}}})
-def rating_image(session: str, item: str, request: Request, srv: Server = Depends(server)) -> Response:
+async def rating_image(session: str, item: str, request: Request, srv: Server = Depends(server)) -> Response:
     user = current_user(request)
-    cid = srv.ratings.candidate(session, item, user.name if user else None)
+    return await anyio.to_thread.run_sync(_rating_image, srv, session, item, user.name if user else None,
+                                          limiter=srv.image_limiter)
+
+
+def _rating_image(srv: Server, session: str, item: str, user: str | None) -> Response:
+    cid = srv.ratings.candidate(session, item, user)
     if cid is None:
         raise HTTPException(404, "no such item in your rating sessions")
     with srv.live.current() as st:

@@ -13,11 +13,12 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
 from fastapi.responses import HTMLResponse
 
 from ...config import SearchConfig
+from ...errors import DermsearchError
 from ...extract import ImageError, load_image
 from ...search import MEASURES, Filters
 from ...search.explain import mask_png
 from ...search.sheet import contact_sheet_html
-from ..state import Server, row_of, server
+from ..state import Server, row_of, server, unreadable
 
 QUERY_MASK = (217, 45, 32, 120)     # the query's mask overlay: red
 # shown elsewhere (licence and attribution have their own fields) or never (paths)
@@ -110,7 +111,7 @@ def _id_work(srv: Server, image_id: str, hide: bool, params: SearchParams):
         try:
             image = load_image(st.snap.paths[pos]) if params.sheet else None
         except ImageError as e:
-            raise HTTPException(410, f"the indexed file can no longer be read: {e}") from None
+            raise unreadable(image_id, e) from None
         patient = str(st.meta[pos].get("patient_id") or "")
         same = [i for i in st.patients.get(patient, ()) if i != image_id] if patient else []
         if not patient:
@@ -139,6 +140,8 @@ def _search_in(srv: Server, st, query, image, exclude, params: SearchParams, sam
     try:
         result = searcher.search(query, k=params.k if params.k else max_k, measures=params.wanted,
                                  exclude_ids=exclude, filters=params.filters, explain=True)
+    except DermsearchError:
+        raise                  # the app's one handler: a 4xx with a one-line reason and no server path
     except ValueError as e:
         raise HTTPException(422, str(e)) from None
     if params.sheet:         # the contact sheet of this search, as the CLI's --html writes it

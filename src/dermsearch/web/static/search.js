@@ -1,5 +1,9 @@
 const $ = id => document.getElementById(id);
 let current = null, facts = null, last = null;
+// an indexed image's URLs: the id as a query parameter, so every id works ('.' and '..' included,
+// which a browser drops from a path as dot segments even when percent-encoded)
+const imageUrl = (id, size) => '/api/images?id=' + encodeURIComponent(id) + (size ? '&size=' + size : '');
+const maskUrl = id => '/api/masks?id=' + encodeURIComponent(id);
 const fmt = v => v === null || v === undefined ? '-' : v.toFixed(3);
 fetch('/api/index').then(r => { if (r.status === 401) { location.href = '/login'; throw 0; } return r.json(); }).then(f => {
   facts = f;
@@ -16,7 +20,7 @@ function pick(file) {
 function pickId(id) {       // an indexed image as the query: its patient's other images can be hidden
   if (!id) return;
   current = {id: String(id)}; $('go').disabled = false; $('qid').value = current.id;
-  $('qimg').src = '/api/images/' + encodeURIComponent(current.id); $('qimg').hidden = false; $('qmask').hidden = true;
+  $('qimg').src = imageUrl(current.id); $('qimg').hidden = false; $('qmask').hidden = true;
   search();
 }
 $('goid').onclick = () => pickId($('qid').value);
@@ -90,16 +94,16 @@ async function search() {
     for (const h of hits) {
       const c = h.components, card = document.createElement('div');
       card.className = 'card' + (h.melanoma === 1 ? ' melanoma' : '');
-      const id = encodeURIComponent(h.id);
-      card.innerHTML = '<div class="thumb"><img loading="lazy" src="/api/images/' + id + '" alt="">' +
+      card.innerHTML = '<div class="thumb"><img loading="lazy" alt="">' +
         (facts && facts.has_masks ? '<img class="ov" alt="">' : '') + '</div>' +
         '<div>#' + h.rank + ' <b class="hid"></b></div><div class="dx"></div><div class="meta comp"></div>' +
         '<div><b>' + h.score.toFixed(4) + '</b></div><div class="comp">ES ' + fmt(c.euclidean) + ' · CS ' +
         fmt(c.cosine) + '<br>SS ' + fmt(c.style) + ' · DC ' + fmt(c.dice) + '</div>';
+      card.querySelector('.thumb img').src = imageUrl(h.id);
       const ov = card.querySelector('img.ov'), ex = h.explain || {};
       if (ov) {
         const png = ex.overlap_png;   // query mask over the match's: green both, red query only, blue match only
-        ov.src = (typeof png === 'string' && png.startsWith('data:image/png;base64,')) ? png : '/api/masks/' + id;
+        ov.src = (typeof png === 'string' && png.startsWith('data:image/png;base64,')) ? png : maskUrl(h.id);
         ov.title = png ? 'green: both masks · red: query only · blue: match only' : 'lesion mask';
       }
       if (ex.style) card.appendChild(styleBar(ex.style));
@@ -137,11 +141,10 @@ function consensus(body) {   // how many of the measures put a melanoma in their
     : 'No melanoma among the top ' + body.k_shown + ' of any of the ' + ms.length + ' measures.';
 }
 function compare(h, m) {
-  const id = encodeURIComponent(h.id);
   $('cmp-q').src = $('qimg').src;
   $('cmp-qm').src = $('qmask').src || ''; $('cmp-qm').hidden = !$('qmask').src;
-  $('cmp-m').src = '/api/images/' + id + '?size=full';
-  $('cmp-mm').src = '/api/masks/' + id;
+  $('cmp-m').src = imageUrl(h.id, 'full');
+  $('cmp-mm').src = maskUrl(h.id);
   $('cmp-title').textContent = h.id + ' · ' + (h.diagnosis || '-') + ' · found by ' + m;
   $('cmp-cap').textContent = h.id + ' (' + (h.diagnosis || '-') + '), score ' + h.score.toFixed(4);
   $('compare').hidden = false; $('compare').scrollIntoView({behavior: 'smooth'});
