@@ -27,6 +27,7 @@ def paths(tmp_path_factory, tiny_extractor):
     (root / "split.csv").write_text("image_id,split\n" + "".join(f"im{i},{'val' if i < 2 else 'train'}\n"
                                                                  for i in range(6)))
     (root / "notes.txt").write_text("not an image, not a CSV of labels\n")
+    (root / "bad.safetensors").write_text("not a safetensors file\n")
     (root / "adir").mkdir()
     (root / "notix").mkdir()
     (root / "noimages").mkdir()
@@ -181,6 +182,11 @@ def cases(p: dict) -> list[tuple[str, list[str], str]]:
         ("export", ["export", ix, d], "is a folder"),
         ("(none)", ["nosuchcommand"], "invalid choice"),
         ("fit-gram-weights", ["fit-gram-weights", ix, "--split", split, "--out", f"{out}.json"], "fewer than k = 5"),
+        ("search", [*srch, "--threads", "100000"], "at most 1024"),       # (it used to exhaust the memory)
+        ("index", ["index", labels, "--index", out, "--gram-margin", "0.9"], "--gram-margin: must be in [0, 0.5]"),
+        ("index", ["index", labels, "--index", out, "--weights", f"{p['root']}/bad.safetensors"], "not a readable"),
+        ("eval-classifier", ["eval-classifier", f"{p['root']}/bad.safetensors", "--labels", labels], "not a readable"),
+        ("train classifier", ["train", "classifier", "--labels", f, "--out", out], "no column image_id"),
         # nothing to work on: an empty folder, an index of no image
         ("index", ["index", p["noimages"], "--index", f"{out}-e", "--weights", "random"], "no image files found"),
         ("search", ["search", p["emptyix"], img], "holds no images"),
@@ -211,7 +217,7 @@ def unwritable(p: dict) -> list[tuple[str, list[str], str]]:
 def test_every_mistake_is_one_line_and_exit_2(paths, capsys):
     failures = []
     all_cases = cases(paths)
-    for _, argv, expected in all_cases:
+    for command, argv, expected in all_cases:
         capsys.readouterr()
         try:
             code = main(argv)
@@ -220,7 +226,10 @@ def test_every_mistake_is_one_line_and_exit_2(paths, capsys):
             continue
         err = capsys.readouterr().err
         lines = [line for line in err.splitlines() if line.strip()]
-        if code != 2 or len(lines) != 1 or not lines[0].startswith("dermsearch") or expected not in lines[0]:
+        # named as the user typed it (argparse names the top level for arguments no command takes)
+        prefix = (f"dermsearch {command}: error: " if command != "(none)" and "unrecognized" not in expected
+                  else "dermsearch: error: ")
+        if code != 2 or len(lines) != 1 or not lines[0].startswith(prefix) or expected not in lines[0]:
             failures.append(f"{argv}: exit {code}, stderr {err!r} (wanted one line with {expected!r})")
     assert not failures, "\n".join(failures)
     # every subcommand is swept, and with several kinds of mistake

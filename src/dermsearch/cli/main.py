@@ -59,6 +59,16 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
         action.help = f"{action.help} (default {shown})" if action.help else f"default {shown}"
 
 
+def _name_commands(parser: argparse.ArgumentParser) -> None:
+    """Give each command's namespace its whole name (``train classifier``, ``token create``): the
+    prefix of its one-line errors, as argparse's own usage errors have it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.set_defaults(command_name=sub.prog.removeprefix("dermsearch "))
+                _name_commands(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="dermsearch", description="Reverse image search for dermoscopic images.")
     p.add_argument("--version", action="version", version=f"dermsearch {__version__}")
@@ -67,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     for group in GROUPS:
         group.register(sub, common)
     _show_defaults(p)
+    _name_commands(p)
     return p
 
 
@@ -80,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     except DermsearchError as e:
         from .common import err
 
-        err.print(f"dermsearch {args.command}: error: {e}", highlight=False)
+        err.print(f"dermsearch {args.command_name}: error: {e}", highlight=False)
         return e.exit_code
     except OSError as e:
         message = user_path_error(e, args)
@@ -88,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from .common import err
 
-        err.print(f"dermsearch {args.command}: error: {message}", highlight=False)
+        err.print(f"dermsearch {args.command_name}: error: {message}", highlight=False)
         return 2
     except KeyboardInterrupt:
         from .common import err
