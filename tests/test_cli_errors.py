@@ -225,7 +225,7 @@ def test_every_mistake_is_one_line_and_exit_2(paths, capsys):
             failures.append(f"{argv}: raised {type(e).__name__}: {e}")
             continue
         err = capsys.readouterr().err
-        lines = [line for line in err.splitlines() if line.strip()]
+        lines = err.splitlines()                          # exactly one line: no blank one either
         # named as the user typed it (argparse names the top level for arguments no command takes)
         prefix = (f"dermsearch {command}: error: " if command != "(none)" and "unrecognized" not in expected
                   else "dermsearch: error: ")
@@ -308,7 +308,7 @@ def test_serve_on_a_port_in_use_is_one_line_and_exit_2(paths, capsys):
         capsys.readouterr()
         code = main(["serve", paths["ix"], "--port", str(port), "--auth", "off"])
         err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = err.splitlines()
     assert code == 2 and len(lines) == 1 and f"--port {port}: the port is in use" in lines[0], err
     assert "serving" not in err
 

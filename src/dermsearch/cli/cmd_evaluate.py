@@ -206,7 +206,8 @@ def _run(args, evaluator, candidates, in_splits, EvaluationConfig):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=err, disable=args.quiet, transient=True)   # an error stays one line
+                        console=err, disable=args.quiet or not err.is_interactive,   # off a terminal: no blank line
+                        transient=True)   # an error stays one line
     with progress:
         if args.queries:
             dmap = _diagnosis_map(args)

@@ -141,7 +141,8 @@ def _build(args) -> int:
         progress.console.print(tagged("skipped", "yellow", f"{p.where}: {p.reason}"), soft_wrap=True)
 
     progress = Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=err, disable=args.quiet, transient=True)   # an error stays one line
+                        console=err, disable=args.quiet or not err.is_interactive,   # off a terminal: no blank line
+                        transient=True)   # an error stays one line
     with progress:
         task = progress.add_task("index", total=None)
         runtime = runtime_of(args, batch_size=args.batch_size, backend=args.backend)
