@@ -183,6 +183,8 @@ def cases(p: dict) -> list[tuple[str, list[str], str]]:
         ("(none)", ["nosuchcommand"], "invalid choice"),
         ("fit-gram-weights", ["fit-gram-weights", ix, "--split", split, "--out", f"{out}.json"], "fewer than k = 5"),
         ("search", [*srch, "--threads", "100000"], "at most 1024"),       # (it used to exhaust the memory)
+        ("search", [*srch, "--device", "gpu"], "cuda or cuda:N, not 'gpu'"),
+        ("index", ["index", labels, "--index", out, "--device", "tpu:0"], "cuda or cuda:N, not 'tpu:0'"),
         ("index", ["index", labels, "--index", out, "--gram-margin", "0.9"], "--gram-margin: must be in [0, 0.5]"),
         ("index", ["index", labels, "--index", out, "--weights", f"{p['root']}/bad.safetensors"], "not a readable"),
         ("eval-classifier", ["eval-classifier", f"{p['root']}/bad.safetensors", "--labels", labels], "not a readable"),
