@@ -28,6 +28,7 @@ def paths(tmp_path_factory, tiny_extractor):
                                                                  for i in range(6)))
     (root / "notes.txt").write_text("not an image, not a CSV of labels\n")
     (root / "bad.safetensors").write_text("not a safetensors file\n")
+    (root / "ratings.csv").write_text("query_id,item,similar\nq1,a,1\n")
     (root / "adir").mkdir()
     (root / "notix").mkdir()
     (root / "noimages").mkdir()
@@ -35,7 +36,8 @@ def paths(tmp_path_factory, tiny_extractor):
     lesion_image(7).save(root / "q.png")
     p = {"ix": ix, "labels": root / "labels.csv", "split": root / "split.csv", "img": root / "q.png",
          "file": root / "notes.txt", "dir": root / "adir", "notix": root / "notix", "missing": root / "nope",
-         "out": root / "out", "root": root, "noimages": root / "noimages", "emptyix": root / "emptyix"}
+         "out": root / "out", "root": root, "noimages": root / "noimages", "emptyix": root / "emptyix",
+         "ratings": root / "ratings.csv"}
     from dermsearch.index.build import build_index
 
     build_index(root / "noimages", root / "emptyix", extractor=tiny_extractor)     # an index of no image
@@ -184,6 +186,10 @@ def cases(p: dict) -> list[tuple[str, list[str], str]]:
         ("fit-gram-weights", ["fit-gram-weights", ix, "--split", split, "--out", f"{out}.json"], "fewer than k = 5"),
         ("search", [*srch, "--threads", "100000"], "at most 1024"),       # (it used to exhaust the memory)
         ("search", [*srch, "--device", "gpu"], "cuda or cuda:N, not 'gpu'"),
+        ("index", ["index", labels, "--index", out, "--images", f], "is a file, not a folder"),
+        ("index", ["index", labels, "--index", out, "--images", miss], "no such folder"),
+        ("evaluate", [*ev, "--ratings", p["ratings"], "--rating-key", f], "a rating key needs columns"),
+        ("evaluate", [*ev, "--split", split, "--candidate-split", "nosuch"], "no candidates: the candidate selection"),
         ("index", ["index", labels, "--index", out, "--device", "tpu:0"], "cuda or cuda:N, not 'tpu:0'"),
         ("index", ["index", labels, "--index", out, "--gram-margin", "0.9"], "--gram-margin: must be in [0, 0.5]"),
         ("index", ["index", labels, "--index", out, "--weights", f"{p['root']}/bad.safetensors"], "not a readable"),

@@ -9,7 +9,7 @@ from ..config import BuildConfig, ExtractorConfig, FastConfig, Runtime
 from ..index.readers import FIELDS as SOURCE_FIELDS
 from ..index.readers import FORMATS as SOURCE_FORMATS
 from ..presets import PRESETS
-from .common import UsageError, err, existing_path, export_folder, folder_to_write, tagged
+from .common import UsageError, err, existing_folder, existing_path, export_folder, folder_to_write, tagged
 from .options import Common, add_config_flags, given, index_dir, optional, runtime_of
 
 __all__ = ["register"]
@@ -36,8 +36,8 @@ def register(sub, common: Common) -> None:
                      help="read SOURCE as this format instead of detecting it from its columns")
     src.add_argument("--columns", metavar="FIELD=COL,...", help="map the CSV's columns: image_id=isic_id,"
                      "diagnosis=diagnosis_3,... (fields: " + ", ".join(SOURCE_FIELDS) + ")")
-    src.add_argument("--images", type=existing_path, metavar="DIR", help="folder of the image files, found by id, when "
-                     "the CSV has no image_path (default: beside the CSV and its images/ folder)")
+    src.add_argument("--images", type=existing_folder, metavar="DIR", help="folder of the image files, found by id, "
+                     "when the CSV has no image_path (default: beside the CSV and its images/ folder)")
     src.add_argument("--license", metavar="TEXT", help="licence of the images whose rows name none "
                      "(e.g. 'CC BY-NC 4.0')")
     src.add_argument("--attribution", metavar="TEXT", help="attribution of the images whose rows name none")

@@ -13,8 +13,8 @@ from rich.text import Text
 
 from ..errors import ConfigError
 
-__all__ = ["err", "UsageError", "emit", "tagged", "existing_file", "existing_dir", "existing_path", "folder_to_write",
-           "file_to_write", "at_least", "positive_int", "count", "positive_float", "number_in",
+__all__ = ["err", "UsageError", "emit", "tagged", "existing_file", "existing_dir", "existing_folder", "existing_path",
+           "folder_to_write", "file_to_write", "at_least", "positive_int", "count", "positive_float", "number_in",
            "check_port_free"]
 
 # markup off: messages carry file names, ids and reasons from the data, printed as they are; a coloured
@@ -63,6 +63,16 @@ def existing_dir(text: str) -> Path:
     if not path.exists():
         raise _bad(f"{text}: no such folder; check the path (an index is made with 'dermsearch index SOURCE "
                    f"--index {text}')")
+    if not path.is_dir():
+        raise _bad(f"{text} is a file, not a folder; give the folder's path")
+    return path
+
+
+def existing_folder(text: str) -> Path:
+    """A folder to read that is not an index (e.g. the image files of a CSV): it exists and is a folder."""
+    path = Path(text)
+    if not path.exists():
+        raise _bad(f"{text}: no such folder; check the path")
     if not path.is_dir():
         raise _bad(f"{text} is a file, not a folder; give the folder's path")
     return path
