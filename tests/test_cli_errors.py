@@ -6,7 +6,9 @@ another code. In-process (``cli.main.main`` with argv), so the sweep takes secon
 
 from __future__ import annotations
 
+import argparse
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -25,12 +27,20 @@ def paths(tmp_path_factory, tiny_extractor):
     (root / "split.csv").write_text("image_id,split\n" + "".join(f"im{i},{'val' if i < 2 else 'train'}\n"
                                                                  for i in range(6)))
     (root / "notes.txt").write_text("not an image, not a CSV of labels\n")
+    (root / "bad.safetensors").write_text("not a safetensors file\n")
+    (root / "ratings.csv").write_text("query_id,item,similar\nq1,a,1\n")
     (root / "adir").mkdir()
     (root / "notix").mkdir()
+    (root / "noimages").mkdir()
+    (root / "noimages" / "readme.txt").write_text("no image here\n")
     lesion_image(7).save(root / "q.png")
     p = {"ix": ix, "labels": root / "labels.csv", "split": root / "split.csv", "img": root / "q.png",
          "file": root / "notes.txt", "dir": root / "adir", "notix": root / "notix", "missing": root / "nope",
-         "out": root / "out", "root": root}
+         "out": root / "out", "root": root, "noimages": root / "noimages", "emptyix": root / "emptyix",
+         "ratings": root / "ratings.csv"}
+    from dermsearch.index.build import build_index
+
+    build_index(root / "noimages", root / "emptyix", extractor=tiny_extractor)     # an index of no image
     return {k: str(v) for k, v in p.items()}
 
 
@@ -173,13 +183,49 @@ def cases(p: dict) -> list[tuple[str, list[str], str]]:
         ("export", ["export", ix, f"{miss}/x.parquet"], "does not exist"),
         ("export", ["export", ix, d], "is a folder"),
         ("(none)", ["nosuchcommand"], "invalid choice"),
+        ("fit-gram-weights", ["fit-gram-weights", ix, "--split", split, "--out", f"{out}.json"], "fewer than k = 5"),
+        ("search", [*srch, "--threads", "100000"], "at most 1024"),       # (it used to exhaust the memory)
+        ("search", [*srch, "--device", "gpu"], "cuda or cuda:N, not 'gpu'"),
+        ("index", ["index", labels, "--index", out, "--images", f], "is a file, not a folder"),
+        ("index", ["index", labels, "--index", out, "--images", miss], "no such folder"),
+        ("evaluate", [*ev, "--ratings", p["ratings"], "--rating-key", f], "a rating key needs columns"),
+        ("evaluate", [*ev, "--split", split, "--candidate-split", "nosuch"], "no candidates: the candidate selection"),
+        ("index", ["index", labels, "--index", out, "--device", "tpu:0"], "cuda or cuda:N, not 'tpu:0'"),
+        ("index", ["index", labels, "--index", out, "--gram-margin", "0.9"], "--gram-margin: must be in [0, 0.5]"),
+        ("index", ["index", labels, "--index", out, "--weights", f"{p['root']}/bad.safetensors"], "not a readable"),
+        ("eval-classifier", ["eval-classifier", f"{p['root']}/bad.safetensors", "--labels", labels], "not a readable"),
+        ("train classifier", ["train", "classifier", "--labels", f, "--out", out], "no column image_id"),
+        # nothing to work on: an empty folder, an index of no image
+        ("index", ["index", p["noimages"], "--index", f"{out}-e", "--weights", "random"], "no image files found"),
+        ("search", ["search", p["emptyix"], img], "holds no images"),
+        ("evaluate", ["evaluate", p["emptyix"], "--quiet"], "no queries: no image of"),
+    ] + (unwritable(p) if UNWRITABLE.is_dir() else [])
+
+
+# a folder no one may create files in, even root (the operating system answers ENOENT/EACCES): the
+# command runs, then its write fails; that is one line naming the path, not a traceback
+UNWRITABLE = Path("/proc")
+
+
+def unwritable(p: dict) -> list[tuple[str, list[str], str]]:
+    ix, img, labels, split = p["ix"], p["img"], p["labels"], p["split"]
+    no = str(UNWRITABLE)
+    said = "check the path, its permissions"
+    return [
+        ("index", ["index", labels, "--index", f"{no}/ix", "--weights", "random"], f"{no}/ix: "),
+        ("search", ["search", ix, img, "--html", f"{no}/x.html"], f"{no}/x.html: "),
+        ("evaluate", ["evaluate", ix, "--quiet", "--bootstrap", "2", "--out", f"{no}/report"], said),
+        ("evaluate", ["evaluate", ix, "--quiet", "--bootstrap", "2", "--rating-sheet", f"{no}/sheet"], said),
+        ("export", ["export", ix, f"{no}/x.parquet"], f"{no}/x.parquet: "),
+        ("fit-gram-weights", ["fit-gram-weights", ix, "--split", split, "--out", f"{no}/w.json", "-k", "2"], said),
+        ("export-onnx", ["export-onnx", ix, "--out", f"{no}/onnx"], f"{no}/onnx: "),
     ]
 
 
 def test_every_mistake_is_one_line_and_exit_2(paths, capsys):
     failures = []
     all_cases = cases(paths)
-    for _, argv, expected in all_cases:
+    for command, argv, expected in all_cases:
         capsys.readouterr()
         try:
             code = main(argv)
@@ -187,8 +233,11 @@ def test_every_mistake_is_one_line_and_exit_2(paths, capsys):
             failures.append(f"{argv}: raised {type(e).__name__}: {e}")
             continue
         err = capsys.readouterr().err
-        lines = [line for line in err.splitlines() if line.strip()]
-        if code != 2 or len(lines) != 1 or not lines[0].startswith("dermsearch") or expected not in lines[0]:
+        lines = err.splitlines()                          # exactly one line: no blank one either
+        # named as the user typed it (argparse names the top level for arguments no command takes)
+        prefix = (f"dermsearch {command}: error: " if command != "(none)" and "unrecognized" not in expected
+                  else "dermsearch: error: ")
+        if code != 2 or len(lines) != 1 or not lines[0].startswith(prefix) or expected not in lines[0]:
             failures.append(f"{argv}: exit {code}, stderr {err!r} (wanted one line with {expected!r})")
     assert not failures, "\n".join(failures)
     # every subcommand is swept, and with several kinds of mistake
@@ -196,6 +245,26 @@ def test_every_mistake_is_one_line_and_exit_2(paths, capsys):
     names = {n.removeprefix("dermsearch ") for n in _command_names(build_parser())}
     assert names <= swept, names - swept
     assert len(all_cases) >= 100, len(all_cases)
+
+
+def test_an_oserror_is_one_line_only_on_a_path_the_user_gave():
+    """An OSError on a path given on the command line, inside it or beside it (a write's temporary
+    file) names that path; any other OSError is a bug and keeps its traceback (None here)."""
+    from dermsearch.cli.main import user_path_error
+
+    args = argparse.Namespace(index=Path("my-index"), out=Path("/srv/out/report.json"), k=5, where=["a=b"])
+    gone = FileNotFoundError(2, "No such file or directory", "/srv/out/.report.json.tmp-12-ab")
+    assert user_path_error(gone, args).startswith("/srv/out/report.json: No such file or directory; check")
+    inside = PermissionError(13, "Permission denied", "my-index/features.npy")
+    assert user_path_error(inside, args).startswith("my-index/features.npy: Permission denied")
+    full = OSError(28, "No space left on device", "my-index")
+    assert user_path_error(full, args).startswith("my-index: No space left on device")
+    arrow = FileNotFoundError("Failed to open local file '/srv/out/.report.json.tmp-9-cd'. Detail: [errno 2] No "
+                              "such file or directory")
+    assert user_path_error(arrow, args).startswith("/srv/out/report.json: No such file or directory")
+    assert user_path_error(FileNotFoundError(2, "No such file or directory", "/usr/lib/x.so"), args) is None
+    assert user_path_error(OSError("something else"), args) is None
+    assert user_path_error(FileNotFoundError(2, "No such file", "my-index-old/x"), args) is None
 
 
 def test_export_onnx_never_empties_a_folder_of_other_files(paths, tiny_extractor, tmp_path, capsys):
@@ -247,7 +316,7 @@ def test_serve_on_a_port_in_use_is_one_line_and_exit_2(paths, capsys):
         capsys.readouterr()
         code = main(["serve", paths["ix"], "--port", str(port), "--auth", "off"])
         err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = err.splitlines()
     assert code == 2 and len(lines) == 1 and f"--port {port}: the port is in use" in lines[0], err
     assert "serving" not in err
 

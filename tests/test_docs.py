@@ -77,6 +77,48 @@ def test_install_lines_agree_with_the_makefile_and_the_messages():
     assert _commands(tour)[0] == ". .venv/bin/activate"
 
 
+def test_every_install_line_is_one_that_works():
+    """No guide, message or script names a package-index entry (dermsearch is not on one): each
+    ``pip install`` is the CPU torch line, an editable install from a clone, the built wheel, or
+    (in the package) :func:`~dermsearch.errors.install_hint`, which says both."""
+    allowed = (re.escape(TORCH_LINE), r"pip install -e '\.\[[a-z,]+\]'", r"pip install -e \.",
+               r"pip install 'dist/dermsearch-\d+\.\d+\.\d+-py3-none-any\.whl\[[a-z,]+\]'")
+    files = [REPO / "README.md", REPO / "Makefile", *sorted((REPO / "docs").glob("*.md")),
+             *sorted((REPO / "benchmarks").glob("*.py")), *sorted((REPO / "examples").rglob("*.py"))]
+    bad = []
+    for path in files:
+        for line in path.read_text().splitlines():
+            for hit in re.findall(r"pip install .*", line):
+                if "$(" in hit or "--no-index" in hit:          # the Makefile's own lines; offline copies
+                    continue
+                if not any(re.match(a, hit) for a in allowed):
+                    bad.append(f"{path.relative_to(REPO)}: {hit}")
+    for path in sorted((REPO / "src" / "dermsearch").rglob("*.py")):
+        if path.name != "errors.py" and "pip install" in path.read_text():
+            bad.append(f"{path.relative_to(REPO)}: says 'pip install' itself (use errors.install_hint)")
+    assert not bad, "\n".join(bad)
+
+
+def test_missing_extras_say_the_install_line(monkeypatch):
+    """A missing optional dependency is one :class:`MissingExtraError` (exit 3) with the install line."""
+    from dermsearch.errors import MissingExtraError, install_hint
+    from dermsearch.search.fast_rows import _fsspec
+
+    monkeypatch.setitem(sys.modules, "fsspec", None)          # as if not installed: importing it fails
+    with pytest.raises(MissingExtraError, match=re.escape(install_hint("tier"))) as caught:
+        _fsspec()
+    assert caught.value.exit_code == 3
+
+    from dermsearch.extract import Extractor, extractor
+    from dermsearch.runtime import Runtime
+
+    from .conftest import TINY
+
+    monkeypatch.setattr(extractor, "onnx_available", lambda: False)
+    with pytest.raises(MissingExtraError, match=re.escape(install_hint("onnx"))):
+        Extractor(TINY, Runtime(backend="onnx"))
+
+
 def _command_names(parser: argparse.ArgumentParser, prefix: str = "dermsearch") -> list[str]:
     names = []
     for action in parser._actions:

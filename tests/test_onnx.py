@@ -190,3 +190,28 @@ def test_exported_files_run_without_dermsearch_as_documented(cache, tmp_path, im
     assert feature.shape == expected.feature.shape and style.shape == expected.style.shape
     np.testing.assert_allclose(feature, expected.feature, rtol=0, atol=1e-4 * max(1.0, np.abs(feature).max()))
     np.testing.assert_allclose(style, expected.style, rtol=0, atol=1e-4 * max(1.0, np.abs(style).max()))
+
+    # ...and ranked against the index's stored vectors as the README defines the measures, they give
+    # the scores and the order `dermsearch search` prints (ties aside)
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "ix"), str(query), "--json", "-k", "0", "--no-explain",
+                 "--measure", "euclidean", "cosine", "style"]) == 0
+    said = json.loads(capsys.readouterr().out)["results"]
+    stored = Index.open(tmp_path / "ix").snapshot()
+    f, rows = feature.astype(np.float64), stored.features.astype(np.float64)
+    distance = np.linalg.norm(rows - f, axis=1)
+    cosine = rows @ f / (np.linalg.norm(rows, axis=1) * np.linalg.norm(f))
+    loss = ((stored.styles.astype(np.float64) - style.astype(np.float64)) ** 2).sum(1)
+    mine = {"euclidean": 1 - distance / distance.max(), "cosine": (cosine + 1) / 2, "style": 1 - loss / loss.max()}
+    position = {str(i): n for n, i in enumerate(stored.ids)}
+    for measure, scores in mine.items():
+        hits = said[measure]
+        assert len(hits) == len(stored.ids)
+        cli = np.array([h["score"] for h in hits])
+        ours = np.array([scores[position[h["id"]]] for h in hits])
+        np.testing.assert_allclose(ours, cli, rtol=0, atol=1e-3, err_msg=measure)
+        order = [str(stored.ids[n]) for n in np.argsort(-scores, kind="stable")]
+        gap = np.abs(np.diff(np.sort(scores)[::-1])) > 1e-3            # gaps no rounding can close
+        clear = np.flatnonzero(np.r_[True, gap] & np.r_[gap, True])     # ranks apart from both neighbours
+        assert len(clear) >= len(order) // 2, measure
+        assert [order[n] for n in clear] == [hits[n]["id"] for n in clear], measure

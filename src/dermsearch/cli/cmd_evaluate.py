@@ -207,7 +207,8 @@ def _run(args, evaluator, candidates, in_splits, EvaluationConfig):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=err, disable=args.quiet, transient=True)   # an error stays one line
+                        console=err, disable=args.quiet or not err.is_interactive,   # off a terminal: no blank line
+                        transient=True)   # an error stays one line
     with progress:
         if args.queries:
             dmap = _diagnosis_map(args)
@@ -220,12 +221,20 @@ def _run(args, evaluator, candidates, in_splits, EvaluationConfig):
             queries = evaluator.queries_from_index(in_splits(args.query_split) if args.query_split else None,
                                                    args.label_column)
         if len(queries) == 0:
-            raise UsageError("no queries")
+            raise UsageError(_no_queries(args))
         task = progress.add_task("ranking", total=len(queries))
         return evaluator.run(queries, candidates, EvaluationConfig(
             k=args.k, vote_k=args.vote_k, bootstrap=args.bootstrap, seed=args.seed, ci_unit=args.ci_unit,
             exclude_same=args.exclude_same, label_column=args.label_column),
             progress=lambda d, t: progress.update(task, completed=d))
+
+
+def _no_queries(args) -> str:
+    """The one line for an evaluation left without a query: where they were looked for, and what to do."""
+    where = args.queries or (f"{args.index}'s split {args.query_split!r}" if args.query_split else args.index)
+    label = args.label_column or "diagnosis"
+    return (f"no queries: no image of {where} has a {label!r} label; label the images, or give another "
+            "--queries / --query-split")
 
 
 def _external_ids(args) -> set[str] | None:
@@ -270,7 +279,7 @@ def _compare(args, evaluator, split) -> int:
         qb = other.queries_from_index([i for i in chosen if i in in_b],   # the comparison notes what is left out
                                       args.label_column)
     if len(qa) == 0 or len(qb) == 0:
-        raise UsageError("no queries")
+        raise UsageError(_no_queries(args))
     candidates = in_splits(args.candidate_split) if args.candidate_split else None
     selection = split_selection(ids, split, args.choose_on, candidates) if args.choose_on else None
     result = compare(evaluator, other, qa, qb, candidates, config, selection, (str(args.index), str(args.compare)))

@@ -9,7 +9,7 @@ from ..config import BuildConfig, ExtractorConfig, FastConfig, Runtime
 from ..index.readers import FIELDS as SOURCE_FIELDS
 from ..index.readers import FORMATS as SOURCE_FORMATS
 from ..presets import PRESETS
-from .common import UsageError, err, existing_path, export_folder, folder_to_write, tagged
+from .common import UsageError, err, existing_folder, existing_path, export_folder, folder_to_write, tagged
 from .options import Common, add_config_flags, given, index_dir, optional, runtime_of
 
 __all__ = ["register"]
@@ -36,8 +36,8 @@ def register(sub, common: Common) -> None:
                      help="read SOURCE as this format instead of detecting it from its columns")
     src.add_argument("--columns", metavar="FIELD=COL,...", help="map the CSV's columns: image_id=isic_id,"
                      "diagnosis=diagnosis_3,... (fields: " + ", ".join(SOURCE_FIELDS) + ")")
-    src.add_argument("--images", type=existing_path, metavar="DIR", help="folder of the image files, found by id, when "
-                     "the CSV has no image_path (default: beside the CSV and its images/ folder)")
+    src.add_argument("--images", type=existing_folder, metavar="DIR", help="folder of the image files, found by id, "
+                     "when the CSV has no image_path (default: beside the CSV and its images/ folder)")
     src.add_argument("--license", metavar="TEXT", help="licence of the images whose rows name none "
                      "(e.g. 'CC BY-NC 4.0')")
     src.add_argument("--attribution", metavar="TEXT", help="attribution of the images whose rows name none")
@@ -141,7 +141,8 @@ def _build(args) -> int:
         progress.console.print(tagged("skipped", "yellow", f"{p.where}: {p.reason}"), soft_wrap=True)
 
     progress = Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=err, disable=args.quiet, transient=True)   # an error stays one line
+                        console=err, disable=args.quiet or not err.is_interactive,   # off a terminal: no blank line
+                        transient=True)   # an error stays one line
     with progress:
         task = progress.add_task("index", total=None)
         runtime = runtime_of(args, batch_size=args.batch_size, backend=args.backend)
@@ -160,6 +161,9 @@ def _build(args) -> int:
     print(f"{report.index}: added {report.added}, already indexed {report.already_indexed}, "
           f"skipped {len(report.problems)} (of {report.found} found) in {report.seconds:.1f} s "
           f"({report.images_per_second:.1f} images/s); index holds {len(Index.open(args.index))} images")
+    if report.found == 0 and args.source.is_dir():
+        raise UsageError(f"{args.source}: no image files found in this folder (JPEG, PNG, TIFF, BMP, WebP, DICOM); "
+                         "give the folder that holds the images, or a labels CSV")
     return 0
 
 

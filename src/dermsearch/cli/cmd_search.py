@@ -129,6 +129,8 @@ def cmd_search(args) -> int:
 def _search(searcher, filters, args) -> int:
     from ..extract.images import ImageError
 
+    if len(searcher.snapshot) == 0:
+        raise UsageError(f"{args.index} holds no images; add some first: dermsearch index SOURCE --index {args.index}")
     check_filters(searcher, filters, args.exclude_id)
     try:
         query = searcher.encode(args.query)

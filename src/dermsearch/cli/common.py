@@ -13,8 +13,9 @@ from rich.text import Text
 
 from ..errors import ConfigError
 
-__all__ = ["err", "UsageError", "emit", "tagged", "existing_file", "existing_dir", "existing_path", "folder_to_write",
-           "file_to_write", "at_least", "positive_int", "count", "positive_float", "check_port_free"]
+__all__ = ["err", "UsageError", "emit", "tagged", "existing_file", "existing_dir", "existing_folder", "existing_path",
+           "folder_to_write", "file_to_write", "at_least", "positive_int", "count", "positive_float", "number_in",
+           "check_port_free"]
 
 # markup off: messages carry file names, ids and reasons from the data, printed as they are; a coloured
 # prefix is built with ``tagged``, never by interpolating data into markup
@@ -67,6 +68,16 @@ def existing_dir(text: str) -> Path:
     return path
 
 
+def existing_folder(text: str) -> Path:
+    """A folder to read that is not an index (e.g. the image files of a CSV): it exists and is a folder."""
+    path = Path(text)
+    if not path.exists():
+        raise _bad(f"{text}: no such folder; check the path")
+    if not path.is_dir():
+        raise _bad(f"{text} is a file, not a folder; give the folder's path")
+    return path
+
+
 def existing_path(text: str) -> Path:
     """A file or a folder to read (an index's source: a folder of images or a labels CSV)."""
     path = Path(text)
@@ -114,8 +125,8 @@ def file_to_write(text: str) -> Path:
     return path
 
 
-def at_least(low: int, what: str = "a whole number"):
-    """An int type that refuses values below ``low``."""
+def at_least(low: int, what: str = "a whole number", high: int | None = None):
+    """An int type that refuses values below ``low`` (and above ``high`` when given)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -123,6 +134,8 @@ def at_least(low: int, what: str = "a whole number"):
             raise _bad(f"{text!r} is not {what}") from None
         if value < low:
             raise _bad(f"must be at least {low}, not {value}")
+        if high is not None and value > high:
+            raise _bad(f"must be at most {high}, not {value}")
         return value
 
     parse.__name__ = f"int>={low}"
@@ -141,6 +154,25 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise _bad(f"must be above 0, not {text}")
     return value
+
+
+def number_in(low=None, high=None, above=None, below=None):
+    """A float type that refuses values outside ``[low, high]`` / ``(above, below)`` (those given)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise _bad(f"{text!r} is not a number") from None
+        bad = ((low is not None and not value >= low) or (high is not None and not value <= high)
+               or (above is not None and not value > above) or (below is not None and not value < below))
+        if bad:
+            lo = f"[{low:g}" if low is not None else f"({above:g}" if above is not None else "(-inf"
+            hi = f"{high:g}]" if high is not None else f"{below:g})" if below is not None else "inf)"
+            raise _bad(f"must be in {lo}, {hi}, not {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
 
 
 def check_port_free(host: str, port: int, flag: str = "--port") -> None:

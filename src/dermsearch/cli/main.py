@@ -8,15 +8,21 @@ Errors, one contract: a problem the user can fix prints ONE line, ``dermsearch C
 ...`` naming the thing and what to do, and exits 2. Paths and numbers are checked while the
 command line is parsed (``common``'s argument types), before any work runs; what only the work can
 find raises a :class:`~dermsearch.errors.DermsearchError`, printed the same way with its
-``exit_code`` (2; 3 for a missing optional extra). Anything else is a bug and shows its
-traceback. Exit 1 means "ran, and found problems" (``index --check``). :func:`main` returns the
-exit code in every case (parse errors included), so a caller may run it in-process.
+``exit_code`` (2; 3 for a missing optional extra). An ``OSError`` on a path given on the command
+line, or on a file inside or beside one (a folder that cannot be written, a full disk, a file
+removed while the command ran), is printed the same way too, naming that path, exit 2
+(:func:`user_path_error`). Anything else is a bug and shows its traceback. Exit 1 means "ran, and
+found problems" (``index --check``). :func:`main` returns the exit code in every case (parse errors
+included), so a caller may run it in-process.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
+from pathlib import Path
 
 from .. import __version__
 from ..errors import DermsearchError
@@ -53,6 +59,16 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
         action.help = f"{action.help} (default {shown})" if action.help else f"default {shown}"
 
 
+def _name_commands(parser: argparse.ArgumentParser) -> None:
+    """Give each command's namespace its whole name (``train classifier``, ``token create``): the
+    prefix of its one-line errors, as argparse's own usage errors have it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.set_defaults(command_name=sub.prog.removeprefix("dermsearch "))
+                _name_commands(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="dermsearch", description="Reverse image search for dermoscopic images.")
     p.add_argument("--version", action="version", version=f"dermsearch {__version__}")
@@ -61,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     for group in GROUPS:
         group.register(sub, common)
     _show_defaults(p)
+    _name_commands(p)
     return p
 
 
@@ -74,13 +91,52 @@ def main(argv: list[str] | None = None) -> int:
     except DermsearchError as e:
         from .common import err
 
-        err.print(f"dermsearch {args.command}: error: {e}", highlight=False)
+        err.print(f"dermsearch {args.command_name}: error: {e}", highlight=False)
         return e.exit_code
+    except OSError as e:
+        message = user_path_error(e, args)
+        if message is None:
+            raise
+        from .common import err
+
+        err.print(f"dermsearch {args.command_name}: error: {message}", highlight=False)
+        return 2
     except KeyboardInterrupt:
         from .common import err
 
         err.print("interrupted; committed rows are kept, rerun the command to resume")
         return 130
+
+
+def _given_paths(args: argparse.Namespace) -> list[Path]:
+    """The paths on the command line: the values the argument types made :class:`Path` objects."""
+    paths = []
+    for value in vars(args).values():
+        for v in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(v, Path):
+                paths.append(v)
+    return paths
+
+
+def user_path_error(error: OSError, args: argparse.Namespace) -> str | None:
+    """The one line for ``error`` when it concerns a path given on the command line: the path
+    itself, a file inside it (an index's own files) or beside it (the temporary file a write goes
+    through first, ``.NAME.tmp-...`` or ``NAME.tmp-...``); None otherwise (a bug: the traceback shows)."""
+    named = [str(f) for f in (error.filename, error.filename2) if f]
+    # some libraries (pyarrow) put the path in the message only
+    named += re.findall(r"'(/[^']+)'", str(error)) if not named else []
+    code = error.errno or next((int(n) for n in re.findall(r"\[errno (\d+)\]", str(error), flags=re.I)), None)
+    reason = os.strerror(code) if code else (error.strerror or str(error))
+    for given in _given_paths(args):
+        target = Path(os.path.abspath(given))
+        for name in named:
+            path = Path(os.path.abspath(name))
+            inside = path == target or target in path.parents
+            beside = path.parent == target.parent and path.name.lstrip(".").startswith(target.name + ".tmp")
+            if inside or beside:
+                shown = name if inside and path != target else str(given)
+                return f"{shown}: {reason}; check the path, its permissions and the free space there"
+    return None
 
 
 if __name__ == "__main__":

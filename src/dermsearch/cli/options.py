@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from ..config import Runtime, SearchConfig, choices_of, default_of, field_of, value_type
-from .common import at_least, existing_dir, existing_file
+from .common import at_least, existing_dir, existing_file, number_in
 
 __all__ = ["Common", "index_dir", "runtime_of", "add_config_flags", "optional", "given"]
 
@@ -102,7 +102,7 @@ def _flag_kwargs(config, name: str, flag: str, optional: bool, kind) -> dict:
         return {"action": argparse.BooleanOptionalAction, "default": unset}
     meta = field_of(config, name).metadata
     kwargs = {"default": unset}
-    kind = kind or _parse_type(value_type(config, name), meta.get("min"))
+    kind = kind or _parse_type(value_type(config, name), meta)
     if kind is not str:
         kwargs["type"] = kind
     if choices_of(config, name):
@@ -112,9 +112,14 @@ def _flag_kwargs(config, name: str, flag: str, optional: bool, kind) -> dict:
     return kwargs
 
 
-def _parse_type(kind: type, low):
+def _parse_type(kind: type, meta):
+    """The argument type of a field: bounded as the field is, so a value out of range is refused
+    while parsing, naming the flag."""
+    low, high = meta.get("min"), meta.get("max")
     if kind is int:
-        return at_least(low) if low is not None else int
+        return at_least(low, high=high) if low is not None else int
+    if kind is float and any(meta.get(b) is not None for b in ("min", "max", "above", "below")):
+        return number_in(low, high, meta.get("above"), meta.get("below"))
     return kind if kind in (float, str) else str
 
 

@@ -26,7 +26,7 @@ __all__ = ["Runtime"]
 class Runtime:
     device: str = setting("auto", DEVICE_HELP)
     threads: int | None = setting(None, "threads for torch and ONNX Runtime (default: the cores)", min=1,
-                                  metavar="N")
+                                  max=1024, metavar="N")
     backend: Literal[*BACKENDS] = choice(
         BACKENDS, "auto", "run the networks with torch or ONNX Runtime (exported once to ~/.cache/dermsearch; same "
         "vectors to float32 rounding, ~3x faster on CPU); auto: onnx on CPU when the model is exported or the [onnx] "

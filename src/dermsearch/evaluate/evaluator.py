@@ -270,7 +270,8 @@ class Evaluator:
             for i in candidate_ids:
                 allowed[self._row(i)] = True
         if not allowed.any():
-            raise ConfigError("no candidates")
+            raise ConfigError("no candidates: the candidate selection is empty (a candidate split no row of the "
+                              "split file names?); check the split's name and file")
         measures = self.searcher.available_measures()
         K = max(config.k, config.vote_k)
         engine = self.searcher.engine          # any engine: exact, fast or sharded (Dask)

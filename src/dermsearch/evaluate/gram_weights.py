@@ -197,6 +197,9 @@ def fit_index_gram_weights(index, split: dict[str, str], query_splits: Sequence[
     if not len(q) or not len(c):
         raise ConfigError(f"no labelled rows in the query splits {list(query_splits)} or the candidate splits "
                          f"{list(candidate_splits)}")
+    if len(c) < k:
+        raise ConfigError(f"{len(c)} labelled candidate rows in the splits {list(candidate_splits)}, fewer than "
+                         f"k = {k}: choose a smaller k or give more candidates")
     lesions = lesion_clusters(s.lesion_id)
     valid = (lesions[q][:, None] != lesions[c][None, :]) & (q[:, None] != c[None, :])
     patients = meta_column([json.loads(t) if t else {} for t in s.meta_json], "patient_id")

@@ -76,7 +76,12 @@ def _mean_at(values: np.ndarray, idx: np.ndarray) -> float:
 def score_ratings(key_csv: str | Path, ratings_csv: str | Path, bootstrap: int = 1000, seed: int = 0) -> dict:
     """Success rate per measure: mean over rated (query, session) pairs of (similar images in its top k) / k."""
     with open(key_csv, newline="") as f:
-        key = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        wanted = ("query_id", "item", "candidate_id", "measure", "rank")
+        if not reader.fieldnames or not set(wanted) <= set(reader.fieldnames):
+            raise ConfigError(f"{key_csv}: a rating key needs columns {', '.join(wanted)} (the key.csv written "
+                              "beside the rating sheet)")
+        key = list(reader)
     with open(ratings_csv, newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"query_id", "item", "similar"} <= set(reader.fieldnames):

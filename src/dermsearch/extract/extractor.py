@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MissingExtraError, install_hint
 from ..models import create_backbone, state_fingerprint
 from ..models.baseline_segmenter import OtsuSegmenter
 from ..models.device import runtime_device
@@ -119,7 +119,8 @@ class Extractor:
             exportable = onnx_export_available() or (export_directory(self.fingerprint) / "onnx.json").is_file()
             backend = "onnx" if self.device.type == "cpu" and onnx_available() and exportable else "torch"
         if backend == "onnx" and not onnx_available():
-            raise ConfigError("backend 'onnx' needs onnxruntime (pip install onnxruntime)")
+            raise MissingExtraError("backend 'onnx' needs onnxruntime, a dependency of dermsearch missing here: "
+                                    f"{install_hint('onnx')}; or use the torch backend")
         self.backend = backend
         self._ort = None
         if backend == "torch":

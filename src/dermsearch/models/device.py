@@ -14,8 +14,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(name)
-    except (RuntimeError, TypeError) as e:
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, not {name!r} ({e})") from None
+    except (RuntimeError, TypeError):          # torch's message lists every device type it knows
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, not {name!r}") from None
     if dev.type not in ("cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, not {name!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():

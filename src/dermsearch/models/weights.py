@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -95,8 +95,12 @@ def read_metadata(path: str | Path, key: str, what: str) -> str:
         raise WeightsNotFoundError(f"{what} weights not found: {path}")
     if path.suffix != ".safetensors":
         raise ConfigError(f"{path}: {what} weights must be a .safetensors file (pickle is not loaded)")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except SafetensorError as e:
+        raise ConfigError(f"{path}: not a readable .safetensors file ({e}); give the {what} file that "
+                          "dermsearch train wrote") from None
     if key not in meta:
         raise ConfigError(f"{path}: not a dermsearch {what} (no {key!r} metadata)")
     return meta[key]

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, DermsearchError
+from ..errors import ConfigError, DermsearchError, require
 from ..names import STORAGE_PRECISIONS
 from .fast_parts import RowReader
 
@@ -76,11 +76,7 @@ def is_url(location: str) -> bool:
 
 
 def _fsspec():
-    try:
-        import fsspec
-    except ImportError:
-        raise ConfigError("full rows at a URL need fsspec: pip install 'dermsearch[tier]'") from None
-    return fsspec
+    return require("fsspec", "tier", "full rows at a URL")
 
 
 # ------------------------------------------------------------------------------ compact rows
