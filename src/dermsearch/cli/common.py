@@ -57,25 +57,23 @@ def existing_file(text: str) -> Path:
     return path
 
 
-def existing_dir(text: str) -> Path:
-    """A folder to read (an index, a run directory): it exists and is a folder."""
+def _folder(text: str, missing: str) -> Path:
     path = Path(text)
     if not path.exists():
-        raise _bad(f"{text}: no such folder; check the path (an index is made with 'dermsearch index SOURCE "
-                   f"--index {text}')")
+        raise _bad(f"{text}: no such folder; {missing}")
     if not path.is_dir():
         raise _bad(f"{text} is a file, not a folder; give the folder's path")
     return path
+
+
+def existing_dir(text: str) -> Path:
+    """A folder to read (an index, a run directory): it exists and is a folder."""
+    return _folder(text, f"check the path (an index is made with 'dermsearch index SOURCE --index {text}')")
 
 
 def existing_folder(text: str) -> Path:
     """A folder to read that is not an index (e.g. the image files of a CSV): it exists and is a folder."""
-    path = Path(text)
-    if not path.exists():
-        raise _bad(f"{text}: no such folder; check the path")
-    if not path.is_dir():
-        raise _bad(f"{text} is a file, not a folder; give the folder's path")
-    return path
+    return _folder(text, "check the path")
 
 
 def existing_path(text: str) -> Path:
