@@ -26,6 +26,10 @@ from .readers_fixtures import MEL, NEV, challenge_one_hot, isic_archive, write_c
     (None, ["Lentigo maligna"], 1),
     (None, ["Lentigo maligna melanoma"], 1), (None, ["non-melanoma skin cancer"], 0), (None, ["Nonmelanoma"], 0),
     (None, ["non melanoma"], 0), (None, ["pseudomelanoma"], 0), (None, ["Solar lentigo"], 0),
+    # snake_case and plural spellings; negations spelled out
+    (None, ["melanoma_in_situ"], 1), (None, ["malignant_melanoma"], 1), (None, ["superficial_spreading_melanoma"], 1),
+    (None, ["Melanomas"], 1), (None, ["non_melanoma"], 0), (None, ["not melanoma"], 0), (None, ["no melanoma"], 0),
+    (None, ["nevus, melanoma excluded"], 0),
     (None, ["melanocytic nevus"], 0), (None, ["Malignant", "Malignant melanocytic proliferations (Melanoma)",
                                                "Melanoma Invasive", "Superficial spreading melanoma"], 1)])
 def test_one_melanoma_rule(melanoma, levels, expected):

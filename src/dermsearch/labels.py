@@ -11,11 +11,12 @@ The melanoma rule (:func:`melanoma_status`):
    carcinoma is malignant too) is refused with :class:`LabelError`;
 2. otherwise the diagnosis levels decide (one level, e.g. ``diagnosis`` or HAM10000's ``dx``, or
    ISIC's hierarchical ``diagnosis_1``..``diagnosis_5``): a melanoma when any level names one
-   (``mel``, or the word ``melanoma`` anywhere: ``Melanoma in situ``, ``Melanoma Invasive``,
-   ``Malignant melanocytic proliferations (Melanoma)``, ``malignant melanoma``, ``Superficial
-   spreading melanoma``, ...; also ``lentigo maligna``, a melanoma in situ; never ``non-melanoma``
-   or ``pseudomelanoma``); unknown when there is no level, or the most specific level given is
-   ``unknown``, ``indeterminate`` or just ``malignant``; else not a melanoma.
+   (``mel``, or the word ``melanoma(s)`` anywhere, ``_`` and ``-`` read as spaces: ``Melanoma in
+   situ``, ``Melanoma Invasive``, ``Malignant melanocytic proliferations (Melanoma)``, ``malignant
+   melanoma``, ``superficial_spreading_melanoma``, ...; also ``lentigo maligna``, a melanoma in
+   situ; never ``non-melanoma``, ``not melanoma``, ``melanoma excluded`` or ``pseudomelanoma``);
+   unknown when there is no level, or the most specific level given is ``unknown``,
+   ``indeterminate`` or just ``malignant``; else not a melanoma.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ TRUE = frozenset({"1", "1.0", "true", "yes"})
 FALSE = frozenset({"0", "0.0", "false", "no"})
 # a most specific diagnosis level that says nothing about melanoma
 UNDECIDED = frozenset({"", "unknown", "indeterminate", "malignant", "unk"})
-# the word "melanoma" (not "pseudomelanoma", "non-melanoma", "nonmelanoma", "non melanoma"), or lentigo maligna
-_MELANOMA = re.compile(r"(?<!\w)melanoma\b|\blentigo maligna\b")
-_NOT_MELANOMA = re.compile(r"\bnon[\s-]?melanoma")
+# matched after runs of spaces, "_" and "-" are made one space ("melanoma_in_situ", "amelanotic-melanoma"):
+# the word "melanoma(s)" (not inside "pseudomelanoma"), or lentigo maligna; never its negations
+_SEPARATORS = re.compile(r"[\s_\-]+")
+_MELANOMA = re.compile(r"(?<![a-z0-9])melanomas?\b|\blentigo maligna\b")
+_NOT_MELANOMA = re.compile(r"\b(?:non ?|not |no )melanoma|\bmelanoma (?:excluded|ruled out)")
 
 
 class LabelError(ConfigError):
@@ -56,7 +59,7 @@ def melanoma_flag(value: str) -> int:
 
 def is_melanoma_name(diagnosis: str | None) -> bool:
     """True when a diagnosis (at any level of detail) names a melanoma."""
-    v = (diagnosis or "").strip().lower()
+    v = _SEPARATORS.sub(" ", (diagnosis or "").lower()).strip()
     return v == "mel" or (_MELANOMA.search(v) is not None and _NOT_MELANOMA.search(v) is None)
 
 
