@@ -462,6 +462,21 @@ def test_no_server_path_in_any_error(archive, tmp_path, monkeypatch, caplog):
     assert r.status_code == 422 and "<index> is being rewritten" in r.json()["detail"]
     assert str(tmp_path) not in r.text
 
+    # the server's own trouble (here: full rows kept elsewhere, named by their place): a 503 that names
+    # nothing of the server, the reason in its log; a path that merely starts like the index's is not cut
+    from dermsearch.search.fast_rows import FullRowsError
+
+    elsewhere = f"{ix.resolve()}2/tier/rows.npy"
+
+    def gone(*a, **k):
+        raise FullRowsError(f"the full style rows at {elsewhere} cannot be read")
+
+    monkeypatch.setattr(Searcher, "search", gone)
+    with caplog.at_level(logging.ERROR, logger="dermsearch.web"):
+        r = c.post("/api/search", files={"file": ("q.png", _png())})
+    assert r.status_code == 503 and str(tmp_path) not in r.text and "<index>" not in r.text
+    assert elsewhere in caplog.text
+
 
 def test_8c_over_https_the_cookie_is_host_only_and_secure(archive, tmp_path):
     """Behind TLS the session cookie is '__Host-' (Secure, this host only, path /): a sibling

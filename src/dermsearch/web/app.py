@@ -13,15 +13,17 @@ one-line reason, and no stack trace ever reaches a client.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from ..errors import ConfigError, DermsearchError
+from ..errors import ConfigError, DermsearchError, NotFoundError
 from ..extract import ImageError
 from ..search import Searcher
+from ..search.fast import FastModeMissing
 from .auth import TokenStore
 from .gate import Gate
 from .live import LiveIndex, RateLimiter
@@ -33,6 +35,8 @@ from .state import Server, WebConfig
 __all__ = ["create_app", "WebConfig", "RateLimiter"]
 
 log = logging.getLogger("dermsearch.web")
+# the errors a client's request causes and can fix; every other DermsearchError is the server's
+CLIENT_ERRORS = (ConfigError, NotFoundError, ImageError, FastModeMissing)
 
 
 def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher: Searcher | None = None) -> FastAPI:
@@ -62,14 +66,23 @@ def create_app(index_dir: str | Path, config: WebConfig = WebConfig(), searcher:
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")
 
+    index_paths = re.compile("|".join(re.escape(str(p)) for p in {index_dir.resolve(), index_dir.absolute()})
+                             + r"(?=$|[/\s'\"),;:])")
+
     @app.exception_handler(DermsearchError)
-    async def user_error(request: Request, exc: DermsearchError):     # a problem the client can fix: 4xx
-        status = 415 if isinstance(exc, ImageError) else 422
+    async def dermsearch_error(request: Request, exc: DermsearchError):
+        """A problem the client can fix (a value, an id, an upload, a mode the index lacks): 4xx with
+        its one-line reason, the index's place replaced by ``<index>``. Any other (the server's
+        files, cluster, extras): the reason goes to the server's log and the client gets a 503 that
+        says nothing of the server (fail closed)."""
+        if not isinstance(exc, CLIENT_ERRORS):
+            log.error("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+            return JSONResponse({"detail": "the server could not answer this request; its log says why"},
+                                status_code=503)
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        for where in {str(index_dir.resolve()), str(index_dir.absolute())}:   # where the index lives stays here
-            detail = detail.replace(where, "<index>")
+        detail = index_paths.sub("<index>", detail)
         if isinstance(exc, ImageError):
-            detail = f"not a usable image: {detail}"
-        return JSONResponse({"detail": detail}, status_code=status)
+            return JSONResponse({"detail": f"not a usable image: {detail}"}, status_code=415)
+        return JSONResponse({"detail": detail}, status_code=422)
 
     return app
