@@ -116,6 +116,7 @@ def use_engine(s: Searcher, engine, snapshot=None) -> None:
         opened.snapshot = snapshot
     spec = s._spec
     opened._engines[(spec.mode, spec.device, spec.max_checked)] = engine
+    assert s.engine is engine, "the searcher's engine cache changed its key: update use_engine"
 
 
 def certified_comparison(s: Searcher, engine: ExactEngine, ids, queries, bound_ms: float) -> dict:

@@ -22,7 +22,7 @@ import time
 from http.cookies import CookieError, SimpleCookie
 
 from ..errors import ConfigError
-from .auth import cookie_name
+from .auth import TOKEN_FILE, cookie_name
 
 __all__ = ["Gate", "PUBLIC", "ADMIN", "ADMITTED", "escape", "client_of"]
 
@@ -99,7 +99,7 @@ class Gate:
                 # the whole reason (with the server's path) in the server's log; the client learns
                 # only that sign-in is down, never where the index lives
                 log.error("%s", escape(str(e)))
-                await _reply(send, 503, "sign-in is unavailable: the server's token file (web-tokens.json) "
+                await _reply(send, 503, f"sign-in is unavailable: the server's token file ({TOKEN_FILE}) "
                                         "cannot be read; its administrator must restore or recreate it")
                 return None
             if refusal is not None:
