@@ -312,6 +312,7 @@ def test_6_c_a_flood_of_full_size_images_waits_in_its_own_pool(archive, tmp_path
     monkeypatch.setattr(state, "load_image", slow_load)
     with serving(app) as port:
         base = f"http://127.0.0.1:{port}"
+        assert httpx.get(base + "/api/images", params={"id": "p0"}, timeout=60).status_code == 200   # now cached
         codes: list[int] = []
 
         def get(i):
@@ -326,10 +327,14 @@ def test_6_c_a_flood_of_full_size_images_waits_in_its_own_pool(archive, tmp_path
         t0 = time.perf_counter()
         assert httpx.get(base + "/api/index", timeout=60).status_code == 200
         index_s = time.perf_counter() - t0
+        t0 = time.perf_counter()        # a cached thumbnail needs no decoding: it does not wait in the pool
+        assert httpx.get(base + "/api/images", params={"id": "p0"}, timeout=60).status_code == 200
+        thumb_s = time.perf_counter() - t0
         for t in threads:
             t.join()
     assert codes == [200] * len(threads) and peak[0] <= most, (peak, most)
     assert index_s < 0.3 * len(threads) / most             # not behind the queue of decodes
+    assert thumb_s < 0.3                                    # less than one decode: it waited for none
 
 # ---------------------------------------------------------------- 5: rating posts
 def test_5_rating_posts_are_capped_off_the_loop_and_refuse_duplicates(archive, tmp_path, monkeypatch):

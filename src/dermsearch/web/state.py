@@ -18,7 +18,8 @@ from .config import WebConfig
 from .live import LiveIndex, RateLimiter
 from .ratings import RatingStore
 
-__all__ = ["WebConfig", "Server", "server", "current_user", "row_of", "image_response", "unreadable"]
+__all__ = ["WebConfig", "Server", "server", "current_user", "row_of", "cached_image", "image_response",
+           "unreadable"]
 
 log = logging.getLogger("dermsearch.web")
 
@@ -62,32 +63,48 @@ def row_of(st, image_id: str) -> int:
     return pos
 
 
+def cached_image(srv: Server, st, image_id: str, size: str) -> Response | None:
+    """What :func:`image_response` answers without decoding: the request's checks (unknown id 404,
+    bad size 422) and a cached thumbnail; None when the image must be decoded."""
+    row_of(st, image_id)
+    if size not in ("thumb", "full"):
+        raise HTTPException(422, "size must be thumb or full")
+    if size != "thumb":
+        return None
+    key = (image_id, size, st.version)
+    with srv.thumbs_lock:
+        body = srv.thumbs.get(key)
+        if body is None:
+            return None
+        srv.thumbs.move_to_end(key)
+    return _jpeg(body)
+
+
+def _jpeg(body: bytes) -> Response:
+    return Response(body, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
 def image_response(srv: Server, st, image_id: str, size: str) -> Response:
     """An indexed image as a fresh JPEG (pixels only: no comment, EXIF or ICC from the archive's file),
     thumbnails cached per index version; never cached by a shared proxy."""
     config = srv.config
+    cached = cached_image(srv, st, image_id, size)
+    if cached is not None:
+        return cached
     pos = row_of(st, image_id)
-    if size not in ("thumb", "full"):
-        raise HTTPException(422, "size must be thumb or full")
-    key = (image_id, size, st.version)
-    with srv.thumbs_lock:
-        body = srv.thumbs.get(key) if size == "thumb" else None
-        if body is not None:
-            srv.thumbs.move_to_end(key)
-    if body is None:
-        try:
-            img = load_image(st.snap.paths[pos])
-        except ImageError as e:
-            raise unreadable(image_id, e) from None
-        if size == "thumb":
-            img.thumbnail((config.thumb_size, config.thumb_size))
-        img.info.clear()
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=88)
-        body = buf.getvalue()
-        if size == "thumb" and config.thumb_cache > 0:
-            with srv.thumbs_lock:
-                srv.thumbs[key] = body
-                while len(srv.thumbs) > config.thumb_cache:
-                    srv.thumbs.popitem(last=False)
-    return Response(body, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+    try:
+        img = load_image(st.snap.paths[pos])
+    except ImageError as e:
+        raise unreadable(image_id, e) from None
+    if size == "thumb":
+        img.thumbnail((config.thumb_size, config.thumb_size))
+    img.info.clear()
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=88)
+    body = buf.getvalue()
+    if size == "thumb" and config.thumb_cache > 0:
+        with srv.thumbs_lock:
+            srv.thumbs[(image_id, size, st.version)] = body
+            while len(srv.thumbs) > config.thumb_cache:
+                srv.thumbs.popitem(last=False)
+    return _jpeg(body)

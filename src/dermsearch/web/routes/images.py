@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from starlette.convertors import Convertor, register_url_convertor
 
 from ...search.explain import mask_png
-from ..state import Server, image_response, row_of, server
+from ..state import Server, cached_image, image_response, row_of, server
 
 MATCH_MASK = (0, 255, 255, 140)     # an indexed image's mask overlay: cyan
 
@@ -50,8 +50,18 @@ async def image(image_id: str, size: str = "thumb", srv: Server = Depends(server
 
 async def served_image(srv: Server, image_id: str, size: str) -> Response:
     """Decoding and encoding in the images' own bounded pool: a flood of full-size requests waits
-    there (no CPU) instead of taking every worker thread from the searches."""
+    there (no CPU) instead of taking every worker thread from the searches. What needs no decoding
+    (a cached thumbnail, an unknown id) is answered before, outside that pool, so the thumbnails of a
+    results page never wait behind full-size decodes."""
+    hit = await anyio.to_thread.run_sync(_cached_image, srv, image_id, size)
+    if hit is not None:
+        return hit
     return await anyio.to_thread.run_sync(_served_image, srv, image_id, size, limiter=srv.image_limiter)
+
+
+def _cached_image(srv: Server, image_id: str, size: str) -> Response | None:
+    with srv.live.current() as st:
+        return cached_image(srv, st, image_id, size)
 
 
 def _served_image(srv: Server, image_id: str, size: str) -> Response:
