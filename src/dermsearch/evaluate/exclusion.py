@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..names import EXCLUDE_SAME
 
-__all__ = ["EXCLUDE_SAME", "exclusion_note", "meta_column", "patients_of", "strictest"]
+__all__ = ["EXCLUDE_SAME", "exclusion_note", "meta_column", "patients_of", "strictest", "strictest_of"]
 
 
 def meta_column(metadata: list[dict], name: str) -> np.ndarray:
@@ -46,7 +46,12 @@ def patients_of(searcher) -> np.ndarray:
 
 def strictest(searcher) -> str:
     """``patient`` when any indexed image has a patient id, else ``lesion``."""
-    return "patient" if patients_of(searcher).astype(bool).any() else "lesion"
+    return strictest_of(patients_of(searcher))
+
+
+def strictest_of(patients: np.ndarray) -> str:
+    """``patient`` when any of these rows' patient ids (``""`` when unknown) is known, else ``lesion``."""
+    return "patient" if patients.astype(bool).any() else "lesion"
 
 
 def check(exclude_same: str) -> str:

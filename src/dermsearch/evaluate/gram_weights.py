@@ -180,7 +180,7 @@ def fit_index_gram_weights(index, split: dict[str, str], query_splits: Sequence[
     vectors (per-layer distances recovered through the index's own β)."""
     import json
 
-    from .exclusion import check, meta_column
+    from .exclusion import check, meta_column, strictest_of
     from .metrics import lesion_clusters
 
     m = index.manifest
@@ -203,7 +203,7 @@ def fit_index_gram_weights(index, split: dict[str, str], query_splits: Sequence[
     lesions = lesion_clusters(s.lesion_id)
     valid = (lesions[q][:, None] != lesions[c][None, :]) & (q[:, None] != c[None, :])
     patients = meta_column([json.loads(t) if t else {} for t in s.meta_json], "patient_id")
-    exclude_same = check(exclude_same or ("patient" if patients.astype(bool).any() else "lesion"))
+    exclude_same = check(exclude_same or strictest_of(patients))
     groups = lesions[q]
     if exclude_same == "patient":
         pq, pc = patients[q], patients[c]
