@@ -195,7 +195,10 @@ def remove_stale_asides(target: str | os.PathLike) -> list[Path]:
     """Remove the ``.{name}.old-{pid}-{tag}`` directories that :func:`replace_dir`'s fallback left
     beside ``target`` when its process died before removing them (a crash between or after its
     renames). Those of a process still running (it may be between its renames now) are kept, and so
-    are names that do not parse. Returns the directories removed."""
+    are names that do not parse. A pid names a process of this machine only: on a file system that
+    several machines write, another machine's aside may be removed while it still moves it (that
+    writer then removes nothing of its own); one writer per index is the rule there. Returns the
+    directories removed."""
     target = Path(target)
     removed = []
     prefix = f".{target.name}.old-"
