@@ -40,7 +40,8 @@ def paths(tmp_path_factory, tiny_extractor):
          "ratings": root / "ratings.csv"}
     from dermsearch.index.build import build_index
 
-    build_index(root / "noimages", root / "emptyix", extractor=tiny_extractor)     # an index of no image
+    (root / "none.csv").write_text("image_id,image_path,diagnosis\n")      # a labels CSV of no row
+    build_index(root / "none.csv", root / "emptyix", extractor=tiny_extractor)     # an index of no image
     return {k: str(v) for k, v in p.items()}
 
 

@@ -126,3 +126,12 @@ def test_not_an_index(tmp_path):
     from dermsearch.index import IndexDirectoryError
     with pytest.raises(IndexDirectoryError, match="not a dermsearch index"):
         Index.open(tmp_path)
+
+
+def test_a_folder_without_images_is_refused_before_an_index_is_made(tmp_path, tiny_extractor):
+    """Nothing to index in a folder: a SourceError naming it, and no index directory left behind."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "readme.txt").write_text("no image here\n")
+    with pytest.raises(SourceError, match="no image files found in this folder"):
+        build_index(tmp_path / "docs", tmp_path / "ix", extractor=tiny_extractor)
+    assert not (tmp_path / "ix").exists()

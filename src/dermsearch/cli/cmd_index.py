@@ -161,9 +161,6 @@ def _build(args) -> int:
     print(f"{report.index}: added {report.added}, already indexed {report.already_indexed}, "
           f"skipped {len(report.problems)} (of {report.found} found) in {report.seconds:.1f} s "
           f"({report.images_per_second:.1f} images/s); index holds {len(Index.open(args.index))} images")
-    if report.found == 0 and args.source.is_dir():
-        raise UsageError(f"{args.source}: no image files found in this folder (JPEG, PNG, TIFF, BMP, WebP, DICOM); "
-                         "give the folder that holds the images, or a labels CSV")
     return 0
 
 

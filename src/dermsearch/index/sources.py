@@ -66,7 +66,11 @@ def read_source(source: str | os.PathLike | Source, options: ReadOptions | None 
                               "give the CSV itself, or map its columns with --columns")
         if options.format not in ("auto", "folder", "dicom"):
             raise SourceError(f"{source}: a folder cannot be read as {options.format}; give its labels CSV")
-        return read_folder(source, dicom_only=options.format == "dicom", options=options)
+        records, problems = read_folder(source, dicom_only=options.format == "dicom", options=options)
+        if not records and not problems:     # before any index is made or model loaded for nothing
+            raise SourceError(f"{source}: no image files found in this folder (JPEG, PNG, TIFF, BMP, WebP, DICOM); "
+                              "give the folder that holds the images, or a labels CSV")
+        return records, problems
     if source.is_file() and source.suffix.lower() == ".csv":
         if options.format in ("folder", "dicom"):
             raise SourceError(f"{source}: a CSV file cannot be read as {options.format}; give the folder")
