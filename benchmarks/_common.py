@@ -121,3 +121,16 @@ def read_bandwidth(arrays, threads: int | None = None, repeat: int = 5) -> float
         # bytes of other dtypes (masks) counted at the first probe's speed
         best = min(best, (time.perf_counter() - t) + rest * best)
     return total / best
+
+
+def timed(fn, repeat: int) -> list[float]:
+    """Seconds of ``repeat`` calls of ``fn`` after one warm-up call."""
+    import time
+
+    fn()
+    out = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out

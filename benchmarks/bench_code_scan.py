@@ -24,23 +24,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from _common import emit, machine, read_bandwidth
+from _common import emit, machine, read_bandwidth, timed
 
 from dermsearch.search.kernels import blas_single_threaded, row_parallel_products
 
 
-def timed(fn, repeat: int) -> dict:
-    fn()
-    ts = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
+def timed_ms(fn, repeat: int) -> dict:
+    ts = timed(fn, repeat)
     return {"ms_median": round(statistics.median(ts) * 1000, 2), "ms_best": round(min(ts) * 1000, 2)}
 
 
@@ -81,17 +75,17 @@ def main() -> None:
     pool = ThreadPoolExecutor(threads)
     with blas_single_threaded():
         f32 = row_parallel_products(q[None], x)[0]
-        out["float32"] = {**timed(lambda: row_parallel_products(q[None], x), args.repeat),
+        out["float32"] = {**timed_ms(lambda: row_parallel_products(q[None], x), args.repeat),
                           "bytes_per_row": 4 * args.dims, "threads": threads, "max_relative_error": err(f32)}
         scales = (np.abs(x).max(axis=1) / 127).astype(np.float32)
         codes = np.round(x / scales[:, None]).astype(np.int8)
-        out["int8"] = {**timed(lambda: int8_products(codes, scales, q, pool), args.repeat),
+        out["int8"] = {**timed_ms(lambda: int8_products(codes, scales, q, pool), args.repeat),
                        "bytes_per_row": args.dims + 4, "threads": threads,
                        "max_relative_error": err(int8_products(codes, scales, q, pool))}
     tx = torch.from_numpy(x)
     for name, dtype in (("float16", torch.float16), ("bfloat16", torch.bfloat16)):
         h, hq = tx.to(dtype), torch.from_numpy(q).to(dtype)
-        out[name] = {**timed(lambda h=h, hq=hq: h @ hq, args.repeat), "bytes_per_row": 2 * args.dims,
+        out[name] = {**timed_ms(lambda h=h, hq=hq: h @ hq, args.repeat), "bytes_per_row": 2 * args.dims,
                      "threads": torch.get_num_threads(),
                      "max_relative_error": err((h @ hq).float().numpy())}
     base = out["float32"]["ms_median"]

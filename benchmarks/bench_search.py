@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import DATA, dir_bytes, emit, machine, read_bandwidth, require
+from _common import DATA, dir_bytes, emit, machine, read_bandwidth, require, timed
 
 from dermsearch.extract.vectors import Vectors
 from dermsearch.index.build import build_index
@@ -54,16 +54,6 @@ def naive_scores(s: Searcher, q) -> dict[str, np.ndarray]:
         dc[i] = 2 * (m & qm).sum() / tot if tot else 1.0
     es, ss, csn = 1 - ed / ed.max(), 1 - ls / ls.max(), cosine_new(cs)
     return {"euclidean": es, "cosine": csn, "style": ss, "dice": dc, "i1_sd": harmonic_mean(ss, dc)}
-
-
-def timed(fn, repeat: int) -> list[float]:
-    fn()
-    out = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
 
 
 def ms(values: list[float]) -> float:
