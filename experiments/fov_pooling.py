@@ -75,9 +75,10 @@ def extract(args) -> None:
 
     from dermsearch.extract import Extractor, ExtractorConfig, load_image
     from dermsearch.extract.encoder import prepare_image
-    from dermsearch.extract.fov import field_of_view, field_weights, masked_mean
+    from dermsearch.extract.fov import field_of_view
     from dermsearch.extract.gram import average_grams, dilate_masks, normalise_grams, style_vector
     from dermsearch.models.ensemble import tta_views
+    from dermsearch.models.pooling import field_weights, masked_mean
     from dermsearch.runtime import Runtime
 
     data, out = Path(args.data), Path(args.out)
@@ -109,7 +110,7 @@ def extract(args) -> None:
             img = load_image(r["path"])
             if r["group"] == "syn":
                 img = synthetic_vignette(img)
-            pix, seg = prepare_image(img, SIZE, cfg.colour, seg_size)
+            pix, seg = prepare_image(img, SIZE, cfg.colour, seg_size)[:2]
             from dermsearch.extract.images import resize_rgb
             fov = field_of_view(resize_rgb(img, SIZE))
             out_.append((pix, seg, fov))

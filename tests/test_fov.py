@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from dermsearch.extract.fov import field_of_view, field_weights, masked_mean
+from dermsearch.extract.fov import field_of_view
+from dermsearch.models.pooling import field_weights, masked_mean
 
 SKIN = (205, 150, 125)
 

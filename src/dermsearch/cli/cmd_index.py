@@ -16,7 +16,7 @@ __all__ = ["register"]
 
 # ExtractorConfig fields set by a flag (a new index only; absent: the preset's or the config's value)
 _MODEL_FLAGS = ("backbone", "weights", "image_size", "mask_size", "gram_weights", "gram_pool", "gram_norm",
-                "gram_margin", "segmenter", "style", "masks")
+                "gram_margin", "fov", "segmenter", "style", "masks")
 # FastConfig fields set by optimize's flags
 _FAST_FLAGS = ("style_dims", "feature_dims", "mask_grid", "candidates", "sketch_dims", "wide_candidates", "wide_rows",
                "normaliser_candidates", "fit_rows", "seed", "precision", "full_rows")
@@ -47,8 +47,10 @@ def register(sub, common: Common) -> None:
     ix.add_argument("--check", action="store_true", help="verify the index's integrity and exit")
     m = ix.add_argument_group("model (new index only; an existing index keeps its own)")
     add_config_flags(m, ExtractorConfig, _MODEL_FLAGS, optional=True,
-                     flags={"style": "--no-style", "masks": "--no-masks"},
-                     helps={"style": "store no style vectors (smaller index)", "masks": "store no lesion masks"})
+                     flags={"style": "--no-style", "masks": "--no-masks", "fov": "--no-fov"},
+                     helps={"style": "store no style vectors (smaller index)", "masks": "store no lesion masks",
+                            "fov": "pool over the whole frame, a dermatoscope's dark vignette included (as "
+                                   "before 0.x field-of-view pooling; docs/usage.md)"})
     optional(m, "--preset", choices=sorted(PRESETS), help="paper: needs --weights and --segmenter from "
              "`train ... --preset paper` runs (see `dermsearch presets`)")
     add_config_flags(ix, Runtime, ("batch_size", "backend"), helps={"batch_size": "images per forward pass"})

@@ -23,7 +23,8 @@ PREPROCESS_VERSION = 1
 LEARNED_GRAM_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "gram-weights.json"
 
 # The paper's style measure: whole-image Grams, no normalisation, β_l = 1/C_l.
-PAPER_STYLE = {"gram_pool": "image", "gram_margin": 0.0, "gram_norm": "none", "gram_weights": "inverse-channels"}
+PAPER_STYLE = {"gram_pool": "image", "gram_margin": 0.0, "gram_norm": "none", "gram_weights": "inverse-channels",
+               "fov": False}
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class ExtractorConfig:
                                  "(gram pooling lesion*)", min=0.0, max=0.5, metavar="F")
     gram_norm: Literal[*GRAM_NORMS] = choice(GRAM_NORMS, "l2", "normalise each Gram before weighting: none (paper), "
                                              "l2 (Frobenius), sqrt (signed square root), sqrt+l2")
+    fov: bool = setting(True, "pool the features and the Grams over the dermatoscope's field of view, not the dark "
+                        "vignette around it (extract/fov.py); an image without a vignette is pooled as without it")
     style: bool = setting(True, "store style vectors (the Grams)")
     masks: bool = setting(True, "store lesion masks")
     mask_size: int = setting(128, "stored mask side in pixels (a multiple of 8)", min=1, multiple_of=8)
@@ -152,6 +155,8 @@ class ExtractorConfig:
             d = {**d, "gram_norm": "none"}
         if "colour" not in d:     # written before colour constancy existed: uncorrected input
             d = {**d, "colour": "none"}
+        if "fov" not in d:        # written before field-of-view pooling existed: the whole frame
+            d = {**d, "fov": False}
         return cls(**d)
 
 

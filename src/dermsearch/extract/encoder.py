@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -25,24 +26,41 @@ from PIL import Image
 from ..errors import ConfigError
 from .colour import apply_colour
 from .config import PREPROCESS_VERSION
+from .fov import field_of_view
 from .images import resize_rgb
 from .masks import pack_masks, resize_mask
 from .ort import OnnxRuntimeBackend, export_directory, onnx_available
 from .vectors import Vectors
 
-__all__ = ["OnnxEncoder", "cached_encoder", "prepare_image", "finish_masks", "pool_masks", "cuda_possible"]
+__all__ = ["OnnxEncoder", "cached_encoder", "Prepared", "prepare_image", "stack_fields", "finish_masks",
+           "pool_masks", "cuda_possible"]
 
 
-def prepare_image(image: Image.Image, image_size: int, colour: str, segmenter_size: int | None
-                  ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(pixels at the model's size, colour-corrected; pixels at the segmenter's size or None).
-    The segmenter sees the uncorrected image."""
+class Prepared(NamedTuple):
+    """One image made ready for the networks."""
+
+    pixels: np.ndarray                 # [S, S, 3] uint8 at the model's size, colour-corrected
+    segmenter: np.ndarray | None       # [s, s, 3] uint8 at the segmenter's size (uncorrected), or None
+    field: np.ndarray | None           # [S, S] bool field of view (extract/fov.py), or None
+
+
+def prepare_image(image: Image.Image, image_size: int, colour: str, segmenter_size: int | None,
+                  fov: bool = False) -> Prepared:
+    """The image at the model's size (colour-corrected), at the segmenter's size, and its field of
+    view when ``fov``. The segmenter and the field see the uncorrected image."""
     raw = resize_rgb(image, image_size)
     pixels = apply_colour(raw, colour)
     seg = None
     if segmenter_size is not None:
         seg = raw if segmenter_size == image_size else resize_rgb(image, segmenter_size)
-    return pixels, seg
+    return Prepared(pixels, seg, field_of_view(raw) if fov else None)
+
+
+def stack_fields(prepared: list[Prepared]) -> np.ndarray | None:
+    """The batch's fields of view as [B, 1, S, S] float32 0/1, or None when they were not computed."""
+    if not prepared or prepared[0].field is None:
+        return None
+    return np.stack([p.field for p in prepared])[:, None].astype(np.float32)
 
 
 def finish_masks(raw: np.ndarray, mask_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,8 +110,8 @@ class OnnxEncoder:
         if not images:
             raise ConfigError("no images to extract")
         cfg = self.config
-        prepared = [prepare_image(img, cfg["image_size"], cfg.get("colour", "none"), self.segmenter_size)
-                    for img in images]
+        prepared = [prepare_image(img, cfg["image_size"], cfg.get("colour", "none"), self.segmenter_size,
+                                  cfg.get("fov", False)) for img in images]
         pixels = np.stack([p[0] for p in prepared])
         masks = areas = pool = None
         if self.segmenter_size is not None:
@@ -102,7 +120,7 @@ class OnnxEncoder:
             masks, areas = finish_masks(raw, cfg["mask_size"])
             if cfg["style"] and cfg.get("gram_pool", "image") != "image":
                 pool = pool_masks(raw, cfg["image_size"])
-        features, styles = self.ort.features(pixels, pool)
+        features, styles = self.ort.features(pixels, pool, stack_fields(prepared))
         return Vectors(np.ascontiguousarray(features, dtype=np.float32), styles, masks, areas)
 
 

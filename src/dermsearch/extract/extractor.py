@@ -26,7 +26,7 @@ from ..models.normalization import NORMALISATIONS
 from ..names import BACKBONE_INITS, BACKENDS
 from ..runtime import Runtime
 from .config import LEARNED_GRAM_WEIGHTS, PAPER_STYLE, PREPROCESS_VERSION, ExtractorConfig
-from .encoder import finish_masks, pool_masks, prepare_image
+from .encoder import Prepared, finish_masks, pool_masks, prepare_image, stack_fields
 from .gram import (
     average_grams,
     gram_channels,
@@ -181,6 +181,8 @@ class Extractor:
             del settings["gram_norm"]
         if settings["colour"] == "none":         # indexes from before the option hash as before
             del settings["colour"]
+        if not settings["fov"]:                  # whole-frame pooling: indexes from before the option hash as before
+            del settings["fov"]
         settings["tta"] = self.tta               # "auto" hashes as what it resolves to
         if self.tta == 1:
             del settings["tta"]
@@ -206,14 +208,14 @@ class Extractor:
         logits = self.net.head(torch.from_numpy(np.asarray(features, dtype=np.float32)).to(self.device))
         return melanoma_probability(logits, self.net.spec).cpu().numpy()
 
-    def prepare(self, image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
-        """Resize one decoded image for the networks: (pixels at the model's size, pixels at the
-        segmenter's size or None). Thread-safe: the index build runs it in its decode threads,
-        in parallel with inference."""
+    def prepare(self, image: Image.Image) -> Prepared:
+        """Resize one decoded image for the networks: pixels at the model's size, pixels at the
+        segmenter's size or None, its field of view or None (:class:`~dermsearch.extract.encoder.Prepared`).
+        Thread-safe: the index build runs it in its decode threads, in parallel with inference."""
         seg_size = None
         if self._segmenter is not None:
             seg_size = self._segmenter.input_size or self.config.mask_size
-        return prepare_image(image, self.config.image_size, self.config.colour, seg_size)
+        return prepare_image(image, self.config.image_size, self.config.colour, seg_size, self.config.fov)
 
     def _normalised(self, pixels: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(pixels).to(self.device).permute(0, 3, 1, 2).float()
@@ -226,7 +228,7 @@ class Extractor:
         return self.extract_prepared([self.prepare(img) for img in images])
 
     @torch.inference_mode()
-    def extract_prepared(self, prepared: list[tuple[np.ndarray, np.ndarray | None]]) -> Vectors:
+    def extract_prepared(self, prepared: list[Prepared]) -> Vectors:
         """Extract a batch of :meth:`prepare` outputs."""
         if not prepared:
             raise ConfigError("no images to extract")
@@ -241,17 +243,21 @@ class Extractor:
                 raw = self._segmenter.segment_batch(seg_in)
             masks, areas = finish_masks(raw, ms)
         pool = self.pool_masks(raw) if self.config.style and self.config.gram_pool != "image" else None
+        fields = stack_fields(prepared) if self.config.fov else None
+        if self.config.fov and fields is None:
+            raise ConfigError("this model pools over the field of view: prepare the images with Extractor.prepare")
         if self.backend == "onnx":
-            features, styles = self.ort.features(pixels, pool)
+            features, styles = self.ort.features(pixels, pool, fields)
             features = np.ascontiguousarray(features, dtype=np.float32)
         else:
             x = self._normalised(pixels)
-            out = self.net(x, views=self.tta) if self.tta > 1 else self.net(x)
+            field = None if fields is None else torch.from_numpy(fields).to(self.device)
+            out = self.net(x, views=self.tta, field=field) if self.tta > 1 else self.net(x, field=field)
             features = out.feature.float().cpu().numpy().astype(np.float32, copy=False)
             styles = None
             if self.config.style:
                 grams = average_grams(out.member_taps, None if pool is None else torch.from_numpy(pool).to(self.device),
-                                      self.config.gram_pool, self.config.gram_margin)
+                                      self.config.gram_pool, self.config.gram_margin, field)
                 styles = style_vector([g.cpu() for g in normalise_grams(grams, self.config.gram_norm)], self.betas)
         return Vectors(features, styles, masks, areas)
 

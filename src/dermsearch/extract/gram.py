@@ -14,6 +14,10 @@ tap cell p lies inside the lesion mask (dilated by a margin):
 With a 0/1 mask aligned to the tap grid this is exactly the plain Gram of the lesion cells alone.
 An empty weight map (no lesion found, or a lesion that fills the image for ``skin``) falls back
 to the whole image. The packing, and so the exactness of LS as a squared distance, is unchanged.
+
+Field of view (``ExtractorConfig.fov``, ``extract/fov.py``): with a field given, the pixel weights
+above are multiplied by it before they are pooled to the tap grid (for "image": the weights are the
+field), so the dark vignette of a contact dermatoscope never enters a Gram.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, NotFoundError
+from ..models.pooling import field_weights
 from ..names import GRAM_NORMS, GRAM_POOLS
 
 __all__ = ["gram_matrix", "masked_gram_matrix", "gram_pool_weights", "dilate_masks", "average_grams",
@@ -67,48 +72,53 @@ def dilate_masks(masks: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 def gram_pool_weights(masks: torch.Tensor, size: tuple[int, int], margin: float = 0.0,
-                      outside: bool = False) -> torch.Tensor:
+                      outside: bool = False, field: torch.Tensor | None = None) -> torch.Tensor:
     """Per-cell pooling weights [B, 1, h, w] for a tap of spatial ``size`` from lesion masks
     [B, 1, S, S] (0/1 float, at the model's input size): the mask is dilated by ``margin`` x S
-    pixels, complemented when ``outside`` (the skin), and each tap cell gets the fraction of its
-    pixels that are set."""
+    pixels, complemented when ``outside`` (the skin), multiplied by the field of view [B, 1, S, S]
+    when one is given, and each tap cell gets the fraction of its pixels that are set."""
     s = masks.shape[-1]
     m = dilate_masks(masks, int(round(margin * s)))
     if outside:
         m = 1.0 - m
-    h, w = size
-    if s % h == 0 and masks.shape[-2] % w == 0 and s // h == masks.shape[-2] // w:
-        return F.avg_pool2d(m, s // h)
-    return F.adaptive_avg_pool2d(m, (h, w))
+    if field is not None:
+        m = m * field.to(m.dtype)
+    return field_weights(m, size)
 
 
 def average_grams(member_taps: Sequence[Sequence[torch.Tensor]], masks: torch.Tensor | None = None,
-                  pool: str = "image", margin: float = 0.0) -> list[torch.Tensor]:
+                  pool: str = "image", margin: float = 0.0, field: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Per layer, the mean over members of the members' Gram matrices. With ``pool`` "lesion"
     the Grams are pooled over ``masks`` (see :func:`gram_pool_weights`); with "lesion+skin"
-    each layer yields two Grams, the lesion's then the skin's (2 x the layers)."""
+    each layer yields two Grams, the lesion's then the skin's (2 x the layers). ``field``: the
+    field of view [B, 1, S, S]; every weight map is restricted to it (module doc)."""
     if pool not in GRAM_POOLS:
         raise NotFoundError(f"unknown gram pooling {pool!r}; valid: {', '.join(GRAM_POOLS)}")
     if pool == "image":
-        return _average_grams(member_taps, None, False, 0.0)
+        return _average_grams(member_taps, None, False, 0.0, field)
     if masks is None:
         raise ConfigError(f"gram pooling {pool!r} needs lesion masks")
-    lesion = _average_grams(member_taps, masks, False, margin)
+    lesion = _average_grams(member_taps, masks, False, margin, field)
     if pool == "lesion":
         return lesion
-    skin = _average_grams(member_taps, masks, True, 0.0)   # everything outside the lesion mask itself
+    skin = _average_grams(member_taps, masks, True, 0.0, field)   # everything outside the lesion mask itself
     return [g for pair in zip(lesion, skin) for g in pair]
 
 
-def _average_grams(member_taps, masks, outside: bool, margin: float) -> list[torch.Tensor]:
+def _average_grams(member_taps, masks, outside: bool, margin: float, field=None) -> list[torch.Tensor]:
     n_layers = {len(t) for t in member_taps}
     if len(n_layers) != 1:
         raise ValueError(f"members disagree on the number of taps: {sorted(n_layers)}")
     layers = []
     for taps in zip(*member_taps):
         grams: dict[int, torch.Tensor] = {}   # a tap shared by members (frozen shared stages) is computed once
-        weights = None if masks is None else gram_pool_weights(masks.to(taps[0].dtype), tuple(taps[0].shape[-2:]),
-                                                                 margin, outside)
+        size = tuple(taps[0].shape[-2:])
+        if masks is not None:
+            weights = gram_pool_weights(masks.to(taps[0].dtype), size, margin, outside, field)
+        elif field is not None:
+            weights = field_weights(field.to(taps[0].dtype), size)
+        else:
+            weights = None
         for t in taps:
             if id(t) not in grams:
                 grams[id(t)] = masked_gram_matrix(t, weights)

@@ -2,8 +2,9 @@
 
 Two graphs per model, exported from the very modules the torch backend runs:
 
-- ``extractor.onnx``: raw pixels [B, 3, S, S] float32 (0..255), and for lesion-pooled Grams the
-  ``masks`` [B, 1, S, S] float32 0/1 (docs/usage.md, "ONNX export") -> the feature vector [B, D] and, when
+- ``extractor.onnx``: raw pixels [B, 3, S, S] float32 (0..255), for lesion-pooled Grams the
+  ``masks`` [B, 1, S, S] float32 0/1, and for field-of-view pooling the ``fields`` [B, 1, S, S]
+  float32 0/1 (docs/usage.md, "ONNX export") -> the feature vector [B, D] and, when
   the model stores style, the packed style vector [B, Σ C(C+1)/2] (input normalisation, the
   members' Grams, their average, β weights and packing are all inside the graph);
 - ``segmenter.onnx`` (learned segmenters only): raw pixels at the segmenter's size -> logits.
@@ -52,20 +53,20 @@ class _ExtractionGraph(nn.Module):
 
     def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor, betas, style: bool,
                  pool: str = "image", margin: float = 0.0, norm: str = "none", views: int = 1):
-        super().__init__()
+        super().__init__()  # inputs: pixels, then masks (lesion-pooled Grams), then fields (fov), as exported
         self.views = views
         self.net, self.style, self.betas = net, style, [float(b) for b in betas]
         self.pool, self.margin, self.norm = pool, margin, norm
         self.register_buffer("mean", mean.detach().cpu().clone())
         self.register_buffer("std", std.detach().cpu().clone())
 
-    def forward(self, pixels: torch.Tensor, masks: torch.Tensor | None = None):
+    def forward(self, pixels: torch.Tensor, masks: torch.Tensor | None = None, fields: torch.Tensor | None = None):
         x = (pixels - self.mean) / self.std
-        out = self.net(x, views=self.views) if self.views > 1 else self.net(x)
+        out = self.net(x, views=self.views, field=fields) if self.views > 1 else self.net(x, field=fields)
         if not self.style:
             return (out.feature,)
         parts = []
-        grams = normalise_grams(average_grams(out.member_taps, masks, self.pool, self.margin), self.norm)
+        grams = normalise_grams(average_grams(out.member_taps, masks, self.pool, self.margin, fields), self.norm)
         for g, beta in zip(grams, self.betas):
             c = g.shape[-1]
             iu = torch.triu_indices(c, c, offset=1)
@@ -85,18 +86,18 @@ class _SegmenterGraph(nn.Module):
 
 
 def _export(module: nn.Module, example: torch.Tensor, path: Path, outputs: list[str],
-            masks: torch.Tensor | None = None) -> None:
+            masks: torch.Tensor | None = None, fields: torch.Tensor | None = None) -> None:
     module = module.eval().cpu()
     batch = torch.export.Dim("batch", min=1, max=4096)
-    args, names, shapes = (example,), ["pixels"], ({0: batch},)
-    if masks is not None:   # lesion-aware Grams: the pooling masks are a second input
-        args, names, shapes = (example, masks), ["pixels", "masks"], ({0: batch}, {0: batch})
+    inputs = {"pixels": example, "masks": masks, "fields": fields}   # lesion masks, fields of view: when used
+    inputs = {k: v for k, v in inputs.items() if v is not None}
+    args, names, shapes = (), list(inputs), {k: {0: batch} for k in inputs}
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     quiet.setLevel(logging.ERROR)         # "torchvision is not installed" notices: irrelevant here
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, args, dynamo=True, input_names=names, output_names=outputs,
+        program = torch.onnx.export(module, args, kwargs=inputs, dynamo=True, input_names=names, output_names=outputs,
                                     dynamic_shapes=shapes, external_data=False, verbose=False)
         program.save(str(path))
     quiet.setLevel(level)
@@ -122,10 +123,12 @@ def export_onnx(extractor, directory: str | os.PathLike | None = None) -> Path:
                              cfg.gram_pool, cfg.gram_margin, cfg.gram_norm, extractor.tta)
     outputs = ["feature", "style"] if cfg.style else ["feature"]
     example_masks = (torch.rand(2, 1, size, size) > 0.5).float() if pooled else None
-    _export(graph, torch.rand(2, 3, size, size) * 255, tmp / "extractor.onnx", outputs, example_masks)
+    example_fields = (torch.rand(2, 1, size, size) > 0.2).float() if cfg.fov else None
+    _export(graph, torch.rand(2, 3, size, size) * 255, tmp / "extractor.onnx", outputs, example_masks, example_fields)
     info = {"fingerprint": extractor.fingerprint, "export_version": EXPORT_VERSION, "image_size": size,
             "outputs": outputs, "torch": torch.__version__,
-            "preprocess_version": PREPROCESS_VERSION, "segmenter": None, "masks_input": bool(pooled)}
+            "preprocess_version": PREPROCESS_VERSION, "segmenter": None, "masks_input": bool(pooled),
+            "fields_input": bool(cfg.fov)}
     seg = extractor._segmenter
     if seg is not None and hasattr(seg, "model"):
         ss = seg.input_size

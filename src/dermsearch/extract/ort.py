@@ -73,15 +73,20 @@ class OnnxRuntimeBackend:
         if self.info["segmenter"]:
             self.segmenter = ort.InferenceSession(str(directory / "segmenter.onnx"), opts, providers=providers)
 
-    def features(self, pixels: np.ndarray, masks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """[B, S, S, 3] uint8 (and [B, 1, S, S] float 0/1 pooling masks for lesion-aware Grams)
-        -> feature [B, D], style [B, Sd] or None."""
+    def features(self, pixels: np.ndarray, masks: np.ndarray | None = None, fields: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+        """[B, S, S, 3] uint8 (and [B, 1, S, S] float 0/1 pooling masks for lesion-aware Grams, and
+        [B, 1, S, S] float 0/1 fields of view for field pooling) -> feature [B, D], style [B, Sd] or None."""
         x = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32)
         feeds = {"pixels": x}
         if self.info.get("masks_input"):
             if masks is None:
                 raise ConfigError("this exported model pools its Grams over lesion masks: pass the masks")
             feeds["masks"] = np.ascontiguousarray(masks, dtype=np.float32)
+        if self.info.get("fields_input"):
+            if fields is None:
+                raise ConfigError("this exported model pools over the field of view: pass the fields")
+            feeds["fields"] = np.ascontiguousarray(fields, dtype=np.float32)
         out = self.extractor.run(None, feeds)
         return out[0], (out[1] if len(out) > 1 else None)
 

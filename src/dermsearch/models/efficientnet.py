@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .pooling import field_weights, masked_mean
+
 __all__ = [
     "Backbone",
     "BackboneOutput",
@@ -184,7 +186,9 @@ class Backbone(nn.Module):
     pooled_dim: int
     default_size: int
 
-    def forward(self, x: torch.Tensor) -> BackboneOutput:  # pragma: no cover - interface
+    def forward(self, x: torch.Tensor, field: torch.Tensor | None = None) -> BackboneOutput:  # pragma: no cover
+        """``field``: optional [B, 1, S, S] 0/1 field of view at the input's size; the pooled vector
+        is then the head map's average over it (``models/pooling.py``), else over the whole map."""
         raise NotImplementedError
 
 
@@ -237,9 +241,9 @@ class EfficientNet(Backbone):
                 nn.init.uniform_(m.weight, -1 / math.sqrt(m.in_features), 1 / math.sqrt(m.in_features))
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> BackboneOutput:
+    def forward(self, x: torch.Tensor, field: torch.Tensor | None = None) -> BackboneOutput:
         x, features = self.forward_prefix(x, len(self.stages))
-        return self.forward_suffix(x, len(self.stages), features)
+        return self.forward_suffix(x, len(self.stages), features, field)
 
     def forward_prefix(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Stem and the first ``k`` stages: (output of stage k, the k stage taps)."""
@@ -252,13 +256,19 @@ class EfficientNet(Backbone):
             features.append(x)
         return x, features
 
-    def forward_suffix(self, x: torch.Tensor, k: int, features: list[torch.Tensor]) -> BackboneOutput:
-        """Stages ``k+1..7`` and the head on the output of stage ``k`` (``features``: the k prefix taps)."""
+    def forward_suffix(self, x: torch.Tensor, k: int, features: list[torch.Tensor],
+                       field: torch.Tensor | None = None) -> BackboneOutput:
+        """Stages ``k+1..7`` and the head on the output of stage ``k`` (``features``: the k prefix taps;
+        ``field``: as in :meth:`forward`)."""
         features = list(features)
         for stage in self.stages[k:]:
             x = stage(x)
             features.append(x)
-        pooled = F.adaptive_avg_pool2d(self.head(x), 1).flatten(1)
+        head = self.head(x)
+        if field is None:
+            pooled = F.adaptive_avg_pool2d(head, 1).flatten(1)
+        else:
+            pooled = masked_mean(head, field_weights(field.to(head.dtype), tuple(head.shape[-2:])))
         return BackboneOutput(features, pooled)
 
     def drop_prefix(self, k: int) -> None:

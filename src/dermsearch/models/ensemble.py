@@ -65,8 +65,8 @@ class PooledFeatureNet(nn.Module):
         self.members = nn.ModuleList([backbone])
         self.feature_dim = backbone.pooled_dim
 
-    def forward(self, x: torch.Tensor) -> FeatureNetOutput:
-        out = self.members[0](x)
+    def forward(self, x: torch.Tensor, field: torch.Tensor | None = None) -> FeatureNetOutput:
+        out = self.members[0](x, field)
         return FeatureNetOutput(out.pooled, [out.features])
 
 
@@ -133,13 +133,14 @@ class EnsembleFeatureNet(nn.Module):
                              if member_heads and head_outputs else None)
         self.feature_dim = feature_dim
 
-    def member_outputs(self, x: torch.Tensor):
-        """Each member's BackboneOutput; the shared prefix is computed once."""
+    def member_outputs(self, x: torch.Tensor, field: torch.Tensor | None = None):
+        """Each member's BackboneOutput (pooled over ``field`` when given, see ``Backbone.forward``);
+        the shared prefix is computed once."""
         k = self.shared_stages
         if not k:
-            return [m(x) for m in self.members]
+            return [m(x, field) for m in self.members]
         h, taps = self.members[0].forward_prefix(x, k)
-        return [m.forward_suffix(h, k, taps) for m in self.members]
+        return [m.forward_suffix(h, k, taps, field) for m in self.members]
 
     def combine(self, pooled: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(feature, head logits) from the members' pooled vectors."""
@@ -147,19 +148,23 @@ class EnsembleFeatureNet(nn.Module):
         feature = self.act(self.dense(torch.cat(normed, dim=1)))
         return feature, (self.head(feature) if self.head is not None else None)
 
-    def pooled_views(self, x: torch.Tensor, views: int) -> list[torch.Tensor]:
-        """Each member's pooled vector averaged over the first ``views`` test-time views of ``x``."""
+    def pooled_views(self, x: torch.Tensor, views: int, field: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Each member's pooled vector averaged over the first ``views`` test-time views of ``x``
+        (the field of view, when given, flipped and turned with it)."""
         total = None
-        for xv in tta_views(x, views):
-            pooled = [o.pooled for o in self.member_outputs(xv)]
+        fields = tta_views(field, views) if field is not None else [None] * views
+        for xv, fv in zip(tta_views(x, views), fields):
+            pooled = [o.pooled for o in self.member_outputs(xv, fv)]
             total = pooled if total is None else [a + b for a, b in zip(total, pooled)]
         return [t / views for t in total]
 
-    def forward(self, x: torch.Tensor, views: int = 1) -> FeatureNetOutput:
-        outs = self.member_outputs(x)
+    def forward(self, x: torch.Tensor, views: int = 1, field: torch.Tensor | None = None) -> FeatureNetOutput:
+        """``field``: optional [B, 1, S, S] field of view; the members' pooled vectors average over it."""
+        outs = self.member_outputs(x, field)
         pooled = [o.pooled for o in outs]
         if views > 1:      # test-time averaging of the pooled vectors; taps stay those of x itself
-            extra = [self.pooled_views(xv, 1) for xv in tta_views(x, views)[1:]]
+            fields = tta_views(field, views)[1:] if field is not None else [None] * (views - 1)
+            extra = [self.pooled_views(xv, 1, fv) for xv, fv in zip(tta_views(x, views)[1:], fields)]
             pooled = [sum((e[i] for e in extra), p) / views for i, p in enumerate(pooled)]
         feature, logits = self.combine(pooled)
         member_logits = None
