@@ -155,9 +155,10 @@ def test_cached_encoder_refuses_other_preprocessing_and_unloadable_exports(pair,
 
 @pytest.mark.slow
 def test_exported_files_run_without_dermsearch_as_documented(cache, tmp_path, image_folder, capsys):
-    """docs/usage.md's ONNX contract, run as written (numpy, Pillow and onnxruntime only; no
+    """docs/usage.md's ONNX contract, run as written (numpy, scipy, Pillow and onnxruntime only; no
     dermsearch module imported) on an export of a model with every preprocessing step the contract
-    names (Shades of Gray, a learned segmenter, lesion-pooled Grams: the `masks` input), gives the
+    names (Shades of Gray, a learned segmenter, lesion-pooled Grams: the `masks` input, field-of-view
+    pooling: the `fields` input, on a query with a black vignette), gives the
     feature and style vectors `dermsearch search` computes for the same image."""
     import dataclasses
     import re
@@ -166,12 +167,15 @@ def test_exported_files_run_without_dermsearch_as_documented(cache, tmp_path, im
 
     from .conftest import REPO, TORCH
 
-    config = dataclasses.replace(TINY, colour="shades-of-gray", gram_pool="lesion", gram_margin=0.05,
-                                 gram_norm="l2", segmenter="default")
+    from PIL import Image
+
+    config = dataclasses.replace(TINY, weights="imagenet", image_size=128, colour="shades-of-gray", gram_pool="lesion", gram_margin=0.05,
+                                 gram_norm="l2", segmenter="default", fov=True)
     build_index(image_folder, tmp_path / "ix", config, TORCH)
     assert main(["export-onnx", str(tmp_path / "ix"), "--out", str(tmp_path / "onnx")]) == 0
     said = capsys.readouterr().out
     assert "pixels [B,3,S,S]" in said and "masks [B,1,S,S]" in said and "segmenter.onnx" in said
+    assert "fields [B,1,S,S]" in said
 
     doc = (REPO / "docs" / "usage.md").read_text()
     (block,) = [b for b in re.findall(r"```python\n(.*?)```", doc, flags=re.S) if "def encode(" in b]
@@ -180,11 +184,15 @@ def test_exported_files_run_without_dermsearch_as_documented(cache, tmp_path, im
     code = block[:block.index(call)] + (
         "\nimport sys\nassert not [m for m in sys.modules if m.startswith('dermsearch')]\n"
         "f, s = encode(sys.argv[1], sys.argv[2])\nnp.save(sys.argv[3], f)\nnp.save(sys.argv[4], s)\n")
-    query = image_folder / "img05.png"
+    query = tmp_path / "vignetted.png"          # a contact dermatoscope's black corners: the fields input matters
+    a = np.asarray(Image.open(image_folder / "img05.png").convert("RGB")).copy()
+    yy, xx = np.mgrid[:a.shape[0], :a.shape[1]]
+    a[(yy - a.shape[0] / 2) ** 2 + (xx - a.shape[1] / 2) ** 2 > (0.45 * a.shape[0]) ** 2] = 0
+    Image.fromarray(a).save(query)
     res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "onnx"), str(query), str(tmp_path / "f.npy"),
                           str(tmp_path / "s.npy")], cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "'masks'" not in res.stderr
+    assert "'masks'" not in res.stderr and "'fields'" not in res.stderr
     expected = Searcher(tmp_path / "ix", runtime=TORCH).encode(str(query))      # what `dermsearch search` ranks by
     feature, style = np.load(tmp_path / "f.npy"), np.load(tmp_path / "s.npy")
     assert feature.shape == expected.feature.shape and style.shape == expected.style.shape

@@ -33,7 +33,8 @@ def export_index(index, out: Path) -> dict:
 def describe(contract: dict) -> str:
     """One line: what was written, the inputs and outputs of each graph."""
     s = contract["image_size"]
-    ins = ["pixels [B,3,S,S] float32 RGB 0..255"] + (["masks [B,1,S,S] float32 0/1"] if contract["masks_input"] else [])
+    ins = (["pixels [B,3,S,S] float32 RGB 0..255"] + (["masks [B,1,S,S] float32 0/1"] if contract["masks_input"] else [])
+           + (["fields [B,1,S,S] float32 0/1"] if contract.get("fields_input") else []))
     outs = ", ".join(f"{k} {v.split(' ')[0]}" for k, v in contract["outputs"].items())
     seg = contract["segmenter_input_size"]
     return (f"exported model {contract['fingerprint']} to {contract['directory']}: extractor.onnx ({' + '.join(ins)}, "
@@ -80,6 +81,11 @@ def _write_contract(out: Path, index, info: dict) -> dict:
         "masks_input": bool(info.get("masks_input")),
         "masks": ("segmenter mask (segmenter.onnx logits > 0 on the uncorrected image resized to its input_size), "
                   "nearest-neighbour resized to image_size, as float32 0/1 [B,1,S,S]") if info.get("masks_input")
+        else None,
+        "fields_input": bool(info.get("fields_input")),
+        "fields": ("field of view of the uncorrected image resized to image_size: not the dark region (every channel "
+                   "< 32 after a 5x5 median filter) joined to a corner of the frame, unless that region is under 1 % "
+                   "or over 70 % of the frame (then all 1), as float32 0/1 [B,1,S,S]") if info.get("fields_input")
         else None,
         "segmenter_input_size": seg["input_size"] if seg else None,
         "stored_mask_size": cfg.get("mask_size") if cfg.get("masks", True) else None,
