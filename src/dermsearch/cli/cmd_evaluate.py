@@ -42,6 +42,20 @@ def register(sub, common: Common) -> None:
     fw.add_argument("--out", required=True, type=file_to_write, metavar="JSON", help="the weights file to write")
     fw.set_defaults(handler=cmd_fit_gram_weights)
 
+    mh = sub.add_parser("fit-metadata-head", parents=[common.index, common.device],
+                        help="fit a melanoma head that reads age, sex and site beside the image (for evaluate "
+                             "--metadata-head)",
+                        description="Fit a logistic melanoma head over the image head's probability and each row's "
+                                    "age, sex and lesion site (whatever the archive calls them) on the --fit-split "
+                                    "rows, with the regularisation chosen by AUC on the --choose-on rows, and write "
+                                    "it as JSON. Rows without metadata are scored from the image alone.")
+    mh.add_argument("--split", required=True, type=existing_file, metavar="CSV", help="image_id,split file")
+    mh.add_argument("--fit-split", nargs="+", default=["train"], metavar="NAME", help="the rows it is fitted on")
+    mh.add_argument("--choose-on", nargs="+", default=["val"], metavar="SPLIT",
+                    help="the rows whose AUC chooses the regularisation")
+    mh.add_argument("--out", required=True, type=file_to_write, metavar="JSON", help="the head file to write")
+    mh.set_defaults(handler=cmd_fit_metadata_head)
+
     ec = sub.add_parser("eval-classifier", parents=[common.labels, common.split, common.device],
                         help="melanoma AUC of a trained ensemble's head and of each member")
     ec.add_argument("weights", nargs="?", default="default", help="default (packaged) or a .safetensors / run dir")
@@ -87,6 +101,7 @@ def _evaluate_parser(sub, common: Common) -> None:
                          "the default -k; with --compare both macro_p@k and the vote AUC are chosen)")
     ev.add_argument("--headline", choices=MEASURES, metavar="MEASURE", help="headline this measure (fixed in advance)")
     add_config_flags(ev, EvaluationConfig, ("ci_unit", "seed"))
+    add_config_flags(ev, EvaluationConfig, ("metadata_head",), types={"metadata_head": existing_file})
     ev.add_argument("--diagnosis-map", metavar="A=B,C=D", help="rename query diagnoses to the index's labels "
                     "(e.g. nevus=nv,melanoma=mel)")
     ev.add_argument("--compare", type=existing_dir, metavar="INDEX_B",
@@ -109,7 +124,7 @@ def cmd_evaluate(args) -> int:
     from ..search import Searcher
 
     if args.compare:
-        for flag in ("headline", "out", "rating_sheet", "ratings", "choose_metric"):
+        for flag in ("headline", "out", "rating_sheet", "ratings", "choose_metric", "metadata_head"):
             if getattr(args, flag):
                 raise UsageError(f"--compare does not combine with --{flag.replace('_', '-')}")
     if args.ratings:
@@ -225,7 +240,8 @@ def _run(args, evaluator, candidates, in_splits, EvaluationConfig):
         task = progress.add_task("ranking", total=len(queries))
         return evaluator.run(queries, candidates, EvaluationConfig(
             k=args.k, vote_k=args.vote_k, bootstrap=args.bootstrap, seed=args.seed, ci_unit=args.ci_unit,
-            exclude_same=args.exclude_same, label_column=args.label_column),
+            exclude_same=args.exclude_same, label_column=args.label_column,
+            metadata_head=str(args.metadata_head) if args.metadata_head else None),
             progress=lambda d, t: progress.update(task, completed=d))
 
 
@@ -332,6 +348,25 @@ def cmd_fit_gram_weights(args) -> int:
     flags += f" --gram-norm {r.info['gram_norm']}" if r.info["gram_norm"] != "none" else ""
     print(f"weights written to {args.out}; use them with: dermsearch index SOURCE --index NEW_DIR "
           f"--gram-weights {args.out}{flags}")
+    return 0
+
+
+def cmd_fit_metadata_head(args) -> int:
+    from ..evaluate import Evaluator, read_split
+    from ..evaluate.metadata_head import fit_metadata_head
+    from ..search import Searcher
+
+    evaluator = Evaluator(Searcher(args.index, runtime=runtime_of(args)))
+    fit = fit_metadata_head(evaluator, read_split(args.split), args.fit_split, args.choose_on)
+    fit.head.save(args.out)
+    r = fit.rows
+    print(f"fitted on {r['fit']} {'+'.join(args.fit_split)} rows ({r['fit_melanoma']} melanomas; "
+          f"{r['fit'] - r['fit_rows_without_age']} with an age, {r['fit_rows_with_sex']} a sex, "
+          f"{r['fit_rows_with_site']} a site)")
+    print(f"melanoma AUC on {r['choose']} {'+'.join(args.choose_on)} rows: image head {fit.auc_image_only:.3f}; "
+          + ", ".join(f"C={c:g} {a:.3f}" for c, a in fit.auc_by_c.items()) + f"; kept C={fit.head.C:g}")
+    print(f"metadata head {fit.head.fingerprint} written to {args.out}; use it with: dermsearch evaluate "
+          f"{args.index} --metadata-head {args.out} ...")
     return 0
 
 

@@ -33,7 +33,8 @@ def export_index(index, out: Path) -> dict:
 def describe(contract: dict) -> str:
     """One line: what was written, the inputs and outputs of each graph."""
     s = contract["image_size"]
-    ins = (["pixels [B,3,S,S] float32 RGB 0..255"] + (["masks [B,1,S,S] float32 0/1"] if contract["masks_input"] else [])
+    ins = (["pixels [B,3,S,S] float32 RGB 0..255"]
+           + (["masks [B,1,S,S] float32 0/1"] if contract["masks_input"] else [])
            + (["fields [B,1,S,S] float32 0/1"] if contract.get("fields_input") else []))
     outs = ", ".join(f"{k} {v.split(' ')[0]}" for k, v in contract["outputs"].items())
     seg = contract["segmenter_input_size"]

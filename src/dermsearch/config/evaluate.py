@@ -27,6 +27,9 @@ class EvaluationConfig:
         "ids), said in the report", also=(None,))
     label_column: str | None = setting(None, "relevance by this stored column instead of the diagnosis (e.g. "
                                        "diagnosis_1 for benign/malignant, diagnosis_3)", metavar="COL")
+    metadata_head: str | None = setting(None, "a melanoma head from fit-metadata-head that also reads age, sex and "
+                                        "site: its AUC is reported beside the image head's (rows without them are "
+                                        "scored from the image alone)", metavar="JSON")
 
     def __post_init__(self) -> None:
         check_fields(self)

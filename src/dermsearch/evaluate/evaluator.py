@@ -10,6 +10,7 @@ when the index stores patients), any image of the query's patient (:mod:`.exclus
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,7 @@ from ..extract import ImageError, Vectors, load_image
 from ..index.sources import Problem, read_labels_csv
 from ..index.store import ModelMismatchError
 from ..labels import read_split
+from ..models.metadata_head import read_metadata
 from ..names import BACKBONE_INITS
 from ..search import MEASURES, Searcher
 from .config import EvaluationConfig
@@ -57,6 +59,7 @@ class QuerySet:
     paths: np.ndarray | None = None
     source: str = "index"
     patient_id: np.ndarray | None = None   # object ("" when unknown)
+    meta: np.ndarray | None = None         # object: each query's stored columns (dict), for a metadata head
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -169,6 +172,21 @@ def head_clusters(queries: QuerySet, config: EvaluationConfig) -> np.ndarray | N
     return lesion_clusters(queries.lesion_id[known]) if config.ci_unit == "lesion" else None
 
 
+def _meta_dict(text) -> dict:
+    """A row's stored columns (its ``meta`` JSON) as a dict; {} when absent or unreadable."""
+    try:
+        d = json.loads(text) if text else {}
+    except (TypeError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def _object_array(items: list) -> np.ndarray:
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
+
+
 def _stat(value: float, ci: tuple[float, float]) -> dict:
     return {"value": value, "ci95": [ci[0], ci[1]]}
 
@@ -205,7 +223,7 @@ class Evaluator:
         labels = labels_of(self.searcher, label_column)[rows]
         return QuerySet(s.ids[rows], np.array([_label(d) for d in labels], dtype=object),
                         mel, s.lesion_id[rows], *self.searcher.engine.take(rows).arrays(), s.paths[rows], "index",
-                        patients_of(self.searcher)[rows])
+                        patients_of(self.searcher)[rows], _object_array([_meta_dict(m) for m in s.meta_json[rows]]))
 
     def _row(self, image_id: str) -> int:
         pos = self.searcher.row(image_id)
@@ -255,7 +273,7 @@ class Evaluator:
         return QuerySet(np.array([r.id for r in kept], dtype=object), diag, mel,
                         np.array([r.lesion_id for r in kept], dtype=object), ex.features, ex.styles, ex.masks,
                         ex.mask_areas, np.array([r.path for r in kept], dtype=object), str(labels_csv),
-                        meta_column([r.meta for r in kept], "patient_id"))
+                        meta_column([r.meta for r in kept], "patient_id"), _object_array([dict(r.meta) for r in kept]))
 
     # -------------------------------------------------------------------- run
     def rank(self, queries: QuerySet, candidate_ids=None, config: EvaluationConfig = EvaluationConfig(),
@@ -356,6 +374,8 @@ class Evaluator:
                 notes.append("the index's model has no trained classification head (pretrained pooled features "
                              "or an untrained ensemble), so no head AUC is reported")
         head = None if p_head is None else self._head_auc(queries, p_head, config)
+        if config.metadata_head:
+            head = self._metadata_head_auc(queries, p_head, config, head, notes)
         labelled = queries.diagnosis != ""
         if not labelled.all():
             notes.append(f"{int((~labelled).sum())} queries without a diagnosis are left out of the diagnosis metrics")
@@ -425,11 +445,32 @@ class Evaluator:
             return None
         return np.asarray(extractor.melanoma_probability(queries.features), dtype=np.float64)
 
-    def _head_auc(self, queries: QuerySet, p_all: np.ndarray, config: EvaluationConfig) -> dict:
+    def _metadata_head_auc(self, queries: QuerySet, p_head: np.ndarray | None, config: EvaluationConfig,
+                           head: dict | None, notes: list[str]) -> dict | None:
+        """``head`` plus the AUC of ``config.metadata_head`` (image head + age, sex, site) on the same queries."""
+        from ..models.metadata_head import MetadataHead
+
+        mh = MetadataHead.load(config.metadata_head)
+        mh.check_model(self.searcher.index.fingerprint, config.metadata_head)
+        if p_head is None:
+            notes.append("no metadata head AUC: it reads the image head's probability, which this index's model "
+                         "cannot give")
+            return head
+        metas = queries.meta if queries.meta is not None else [None] * len(queries)
+        p_meta = mh.probability(p_head, list(metas))
+        out = dict(head or {})
+        out.update(self._head_auc(queries, p_meta, config, "melanoma_auc_head_metadata"))
+        with_any = sum(any(v is not None for v in read_metadata(m)) for m in metas)
+        out["metadata_head"] = {"fingerprint": mh.fingerprint, "path": str(config.metadata_head),
+                                "queries_with_metadata": int(with_any)}
+        return out
+
+    def _head_auc(self, queries: QuerySet, p_all: np.ndarray, config: EvaluationConfig,
+                  key: str = "melanoma_auc_head") -> dict:
         """Melanoma AUC of the ensemble's own head (``p_all``: :meth:`head_probabilities`), with a CI."""
         known = ~np.isnan(queries.melanoma)
         y = queries.melanoma[known]
         p = p_all[known][:, None]
-        return {"melanoma_auc_head": _stat(vote_auc(y, p), bootstrap_ci(partial(_auc_at, y, p), len(y),
+        return {key: _stat(vote_auc(y, p), bootstrap_ci(partial(_auc_at, y, p), len(y),
                                                                             config.bootstrap, config.seed,
                                                                             clusters=head_clusters(queries, config)))}

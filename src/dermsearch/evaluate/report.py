@@ -58,9 +58,14 @@ def to_markdown(report: EvaluationReport) -> str:
             per = stats[f"per_diagnosis_p@{k}"]
             lines.append(f"| `{m}` | " + " | ".join(f"{100 * per[d]['value']:.1f}%" if d in per else "-"
                                                    for d in diags) + " |")
-    if report.head:
+    if report.head and "melanoma_auc_head" in report.head:
         h = report.head["melanoma_auc_head"]
         lines += ["", f"Melanoma AUC of the ensemble's own classification head on the same queries: "
+                      f"{h['value']:.3f} ({h['ci95'][0]:.3f}-{h['ci95'][1]:.3f})."]
+    if report.head and "melanoma_auc_head_metadata" in report.head:
+        h, mh = report.head["melanoma_auc_head_metadata"], report.head["metadata_head"]
+        lines += ["", f"Melanoma AUC of the metadata head {mh['fingerprint']} (the image head with age, sex and site; "
+                      f"{mh['queries_with_metadata']} queries have some): "
                       f"{h['value']:.3f} ({h['ci95'][0]:.3f}-{h['ci95'][1]:.3f})."]
     for note in report.notes:
         lines += ["", f"Note: {note}"]
