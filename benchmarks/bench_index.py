@@ -19,6 +19,7 @@ import numpy as np
 from _common import DATA, dir_bytes, emit, machine, require
 
 from dermsearch.extract import Extractor, load_image
+from dermsearch.extract.encoder import pool_masks, stack_fields
 from dermsearch.index import Index
 from dermsearch.index.build import build_index
 from dermsearch.index.sources import read_labels_csv
@@ -50,11 +51,18 @@ def main() -> None:
                     dst.symlink_to(r.path)
         prepared = [extractor.prepare(load_image(r.path)) for r in records]
         batches = [prepared[i:i + 16] for i in range(0, len(prepared), 16)]
-        runtime.features(np.stack([p[0] for p in batches[0]]))      # warm-up
+        size = extractor.config.image_size
+
+        def bare_onnx(b):
+            """The segmenter, then the extractor graph with every input it takes (lesion masks, fields)."""
+            raw = runtime.segment(np.stack([p.segmenter for p in b]))
+            masks = pool_masks(raw, size) if runtime.info.get("masks_input") else None
+            runtime.features(np.stack([p.pixels for p in b]), masks, stack_fields(b))
+
+        bare_onnx(batches[0])                                           # warm-up
         t0 = time.perf_counter()
         for b in batches:
-            runtime.features(np.stack([p[0] for p in b]))
-            runtime.segment(np.stack([p[1] for p in b]))
+            bare_onnx(b)
         bare = time.perf_counter() - t0
         import torch
 
@@ -62,7 +70,9 @@ def main() -> None:
         t0 = time.perf_counter()
         with torch.inference_mode():
             for b in batches:
-                torch_ex.net(torch_ex._normalised(np.stack([p[0] for p in b])))
+                fields = stack_fields(b)
+                torch_ex.net(torch_ex._normalised(np.stack([p.pixels for p in b])), views=torch_ex.tta,
+                             field=None if fields is None else torch.from_numpy(fields))
         torch_bare = time.perf_counter() - t0
 
         index_dir = Path(tmp) / "ix"

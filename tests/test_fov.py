@@ -106,3 +106,28 @@ def test_field_weights_are_cell_shares():
     assert torch.allclose(wgt[0, 0], torch.tensor([[1.0, 1.0], [0.25, 0.0]]))
     odd = field_weights(torch.ones(1, 1, 10, 10), (3, 3))   # not a whole number of pixels per cell
     assert torch.allclose(odd, torch.ones(1, 1, 3, 3))
+
+
+def reference_field(rgb):
+    """The algorithm as docs/usage.md states it (no shortcut): median 5, < 32, corner regions, 1 %/70 %."""
+    from scipy import ndimage
+
+    level = ndimage.median_filter(rgb.max(axis=2), size=5, mode="nearest")
+    labels, _ = ndimage.label(level < 32)
+    corners = [c for c in np.unique(labels[[0, 0, -1, -1], [0, -1, 0, -1]]) if c > 0]
+    vignette = np.isin(labels, corners)
+    return ~vignette if 0.01 <= vignette.mean() <= 0.70 else np.ones_like(vignette)
+
+
+def test_the_shortcut_agrees_with_the_stated_algorithm():
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        img = np.full((48, 64, 3), SKIN, np.uint8)
+        for _ in range(trial % 6):              # dark blobs, some touching corners, some not
+            y, x = rng.integers(0, 48), rng.integers(0, 64)
+            r = rng.integers(1, 14)
+            yy, xx = np.mgrid[:48, :64]
+            img[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = rng.integers(0, 40, 3)
+        if trial % 7 == 0:
+            img[:3, :3] = rng.integers(0, 60, (3, 3, 3))     # noise right at a corner
+        np.testing.assert_array_equal(field_of_view(img), reference_field(img))

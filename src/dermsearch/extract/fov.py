@@ -34,7 +34,12 @@ def field_of_view(rgb: np.ndarray, dark: int = DARK, min_vignette: float = MIN_V
         raise ValueError(f"field_of_view needs an [H, W, 3] RGB array, not shape {rgb.shape}")
     h, w = rgb.shape[:2]
     whole = np.ones((h, w), dtype=bool)
-    level = ndimage.median_filter(rgb.max(axis=2), size=MEDIAN, mode="nearest")
+    brightest = rgb.max(axis=2)
+    r = MEDIAN // 2 + 1     # a corner's filtered value is the median of raw pixels within r-1 of it
+    corners = (brightest[:r, :r], brightest[:r, -r:], brightest[-r:, :r], brightest[-r:, -r:])
+    if all(int(c.min()) >= dark for c in corners):
+        return whole        # no corner can be dark after the filter: the common case, decided without it
+    level = ndimage.median_filter(brightest, size=MEDIAN, mode="nearest")
     labels, n = ndimage.label(level < dark)
     if n == 0:
         return whole
