@@ -19,7 +19,7 @@ ISIC = SHARED / "isic-uda1"
 # A tiny, fast model configuration for unit tests (real architecture, small input).
 # The paper's style definition (the packaged default's fitted layer weights belong to the packaged model).
 TINY = ExtractorConfig(weights="random", feature="pooled", members=1, image_size=64, mask_size=32, colour="none",
-                      **PAPER_STYLE)   # as ExtractorConfig.for_weights("random") makes it
+                      **PAPER_STYLE, fov=False)   # as ExtractorConfig.for_weights("random") makes it
 TORCH = Runtime(backend="torch")   # tests that compare with torch, or would otherwise wait for an ONNX export
 
 

@@ -94,13 +94,33 @@ def test_onnx_parity_with_fields(tmp_path, monkeypatch):
         onnx_ex.ort.features(np.zeros((1, 64, 64, 3), np.uint8), np.ones((1, 1, 64, 64), np.float32))
 
 
-def test_cli_no_fov_flag(tmp_path, image_folder, monkeypatch):
+@pytest.mark.parametrize(("flags", "fov"), [([], False), (["--fov"], True), (["--fov", "--no-fov"], False)])
+def test_cli_fov_flags(tmp_path, image_folder, monkeypatch, flags, fov):
+    """--weights imagenet pools the whole frame (the paper's baseline) unless --fov asks otherwise."""
     from dermsearch.cli.main import main
 
     monkeypatch.setenv("DERMSEARCH_CACHE", str(tmp_path / "cache"))
     rc = main(["index", str(image_folder), "--index", str(tmp_path / "ix"), "--weights", "imagenet",
-               "--image-size", "128", "--mask-size", "32", "--segmenter", "otsu", "--no-fov", "--quiet",
-               "--backend", "torch"])
+               "--image-size", "64", "--mask-size", "32", "--segmenter", "otsu", "--quiet", "--backend", "torch",
+               *flags])
     assert rc == 0
     manifest = json.loads((tmp_path / "ix" / "dermsearch.json").read_text())
-    assert manifest["extractor"]["fov"] is False
+    assert manifest["extractor"]["fov"] is fov
+
+
+def test_fov_does_not_depend_on_masks(tmp_path):
+    from dermsearch.index.build import model_settings
+
+    assert model_settings(tmp_path / "new", {"masks": False})[0].fov is True    # no masks: paper Grams, fov kept
+    assert model_settings(tmp_path / "new2", {})[0].fov is True
+    assert model_settings(tmp_path / "new3", {"fov": False})[0].fov is False
+
+
+def test_a_mixed_batch_is_one_clear_error(torch_pair):
+    from dermsearch.errors import ConfigError
+
+    fov, _ = torch_pair
+    prepared = [fov.prepare(lesion_image(i)) for i in range(2)]
+    prepared[1] = prepared[1]._replace(field=None)
+    with pytest.raises(ConfigError, match="some images of the batch"):
+        fov.extract_prepared(prepared)

@@ -20,6 +20,8 @@ def test_metadata_read_whatever_the_archive_calls_it():
         (70.0, "female", "torso")                                               # ISIC Archive
     assert read_metadata({"age": "", "age_approx": "30", "sex": "F", "localization": "acral"}) == \
         (30.0, "female", "palms/soles")
+    assert read_metadata({"age": "unknown", "age_approx": "45", "anatom_site_general": "unknown",
+                          "localization": "scalp", "sex": "MALE"}) == (45.0, "male", "head/neck")   # next column read
     for bad in (None, {}, {"age": "n/a", "sex": "unknown", "localization": "unknown"},
                 {"age": "-3", "sex": "", "site": "elbow?"}, {"age": "nan"}, {"age": "400"}):
         assert read_metadata(bad) == (None, None, None)

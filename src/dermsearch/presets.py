@@ -71,7 +71,7 @@ PRESETS: dict[str, Preset] = {
             augment="x7", epochs=10, head_epochs=20, batch_size=16, target="melanoma", metric_loss="none",
             head_select="balanced_accuracy", tta=1, colour="none", balanced=False),
         segmenter=SegTrainConfig(arch="r2unet", width=32, depth=4, t=2, image_size=384, epochs=50, batch_size=8),
-        index=ExtractorConfig(**PAPER_STYLE),
+        index=ExtractorConfig(**PAPER_STYLE, fov=False),
         requires=("weights", "segmenter"),
         notes=("no ImageNet weights for EfficientNet-B6 ship offline, so members start from random weights "
                "(the paper's were ImageNet-pretrained), so expect to need more epochs than the paper",

@@ -346,6 +346,7 @@ def cmd_fit_gram_weights(args) -> int:
     flags = f" --gram-pool {r.info['gram_pool']} --gram-margin {r.info['gram_margin']}" \
         if r.info["gram_pool"] != "image" else ""
     flags += f" --gram-norm {r.info['gram_norm']}" if r.info["gram_norm"] != "none" else ""
+    flags += "" if r.info["fov"] else " --no-fov"     # the Grams were fitted as that index pooled them
     print(f"weights written to {args.out}; use them with: dermsearch index SOURCE --index NEW_DIR "
           f"--gram-weights {args.out}{flags}")
     return 0

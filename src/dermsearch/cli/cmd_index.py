@@ -47,10 +47,11 @@ def register(sub, common: Common) -> None:
     ix.add_argument("--check", action="store_true", help="verify the index's integrity and exit")
     m = ix.add_argument_group("model (new index only; an existing index keeps its own)")
     add_config_flags(m, ExtractorConfig, _MODEL_FLAGS, optional=True,
-                     flags={"style": "--no-style", "masks": "--no-masks", "fov": "--no-fov"},
+                     flags={"style": "--no-style", "masks": "--no-masks"},
                      helps={"style": "store no style vectors (smaller index)", "masks": "store no lesion masks",
-                            "fov": "pool over the whole frame, a dermatoscope's dark vignette included (as "
-                                   "before 0.x field-of-view pooling; docs/usage.md)"})
+                            "fov": "pool the features and Grams over the dermatoscope's field of view, leaving out "
+                                   "its dark vignette (--no-fov: the whole frame, as indexes made before issue #40; "
+                                   "default on, off for --weights imagenet/random and --preset paper)"})
     optional(m, "--preset", choices=sorted(PRESETS), help="paper: needs --weights and --segmenter from "
              "`train ... --preset paper` runs (see `dermsearch presets`)")
     add_config_flags(ix, Runtime, ("batch_size", "backend"), helps={"batch_size": "images per forward pass"})

@@ -23,8 +23,7 @@ PREPROCESS_VERSION = 1
 LEARNED_GRAM_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "gram-weights.json"
 
 # The paper's style measure: whole-image Grams, no normalisation, β_l = 1/C_l.
-PAPER_STYLE = {"gram_pool": "image", "gram_margin": 0.0, "gram_norm": "none", "gram_weights": "inverse-channels",
-               "fov": False}
+PAPER_STYLE = {"gram_pool": "image", "gram_margin": 0.0, "gram_norm": "none", "gram_weights": "inverse-channels"}
 
 
 @dataclass(frozen=True)
@@ -94,7 +93,8 @@ class ExtractorConfig:
         ``imagenet``/``random`` give the single pooled backbone unless ``overrides`` say otherwise."""
         if weights in BACKBONE_INITS:
             # the ImageNet/random backbone was never trained on colour-corrected images: the paper's input
-            base = {"weights": weights, "feature": "pooled", "members": 1, "colour": "none", **PAPER_STYLE}
+            base = {"weights": weights, "feature": "pooled", "members": 1, "colour": "none", **PAPER_STYLE,
+                    "fov": False}   # the paper's whole-frame pooling (--fov turns field-of-view pooling on)
             if overrides.get("feature") == "ensemble":
                 base.pop("members")
                 base.pop("feature")

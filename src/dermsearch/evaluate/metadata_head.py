@@ -5,6 +5,11 @@ the rows of ``fit_splits`` (default ``train``) for each C in :data:`C_GRID`; the
 highest melanoma AUC on the rows of ``choose_on`` (default ``val``) is kept (ties: the smaller C,
 the stronger regularisation), still fitted on ``fit_splits`` alone so that ``choose_on`` stays the
 selection set and ``test`` is never looked at. Rows of unknown diagnosis are left out, as everywhere.
+
+A caveat of the default: the packaged image head was trained on ``train``, so its probabilities there
+are more confident than on new images, and the fitted weight of the image logit leans on them. The
+head's figures on ``test`` (never used here) say what that costs; fitting on rows the image head never
+saw (``--fit-split val --choose-on ...``) is the alternative when there are enough of them.
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ def _rows(evaluator: Evaluator, split: dict[str, str], names: Sequence[str]) -> 
 def fit_metadata_head(evaluator: Evaluator, split: dict[str, str], fit_splits: Sequence[str] = ("train",),
                       choose_on: Sequence[str] = ("val",)) -> MetadataHeadFit:
     """The head fitted by the module's rule (see the module doc)."""
+    overlap = set(fit_splits) & set(choose_on)
+    if overlap:
+        raise ConfigError(f"the split(s) {', '.join(sorted(overlap))} would both fit the head and choose its "
+                          "regularisation: give disjoint --fit-split and --choose-on")
     qf, pf = _rows(evaluator, split, fit_splits)
     qc, pc = _rows(evaluator, split, choose_on)
     kf, kc = ~np.isnan(qf.melanoma), ~np.isnan(qc.melanoma)

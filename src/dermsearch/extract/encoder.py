@@ -58,7 +58,11 @@ def prepare_image(image: Image.Image, image_size: int, colour: str, segmenter_si
 
 def stack_fields(prepared: list[Prepared]) -> np.ndarray | None:
     """The batch's fields of view as [B, 1, S, S] float32 0/1, or None when they were not computed."""
-    if not prepared or prepared[0].field is None:
+    present = {p.field is not None for p in prepared}
+    if present != {True}:
+        if True in present:
+            raise ConfigError("some images of the batch were prepared with a field of view and some without: "
+                              "prepare them all with the same Extractor.prepare")
         return None
     return np.stack([p.field for p in prepared])[:, None].astype(np.float32)
 

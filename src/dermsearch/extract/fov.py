@@ -5,7 +5,7 @@ corners (often a black ring). Averaging a network's map over the whole frame mix
 the image's vector, by an amount that depends on the device, not on the lesion. :func:`field_of_view`
 finds the vignette without knowing the device: the dark pixels (every channel below ``dark`` after a
 median filter) in a connected region that holds a corner of the frame. A dark lesion inside the
-field is never cut out (it does not reach a corner), and a frame whose "vignette" is tiny, or which
+field stays in it unless it touches the black region itself, and a frame whose "vignette" is tiny, or which
 is mostly dark, counts as having none (the whole frame is the field), so that an image without a
 vignette is pooled exactly as before.
 

@@ -41,6 +41,9 @@ class IndexSchema:
         norm = ("G = F F^T / (H*W), averaged over members" if cfg.gram_pool == "image"
                 else "G = sum_p w_p f_p f_p^T / sum_p w_p, w_p = the fraction of tap cell p inside the lesion mask "
                      "(dilated by gram_margin; for skin, outside the mask), averaged over members")
+        if cfg.fov:
+            norm += ("; every weight (for image, w_p = 1) multiplied by the share of cell p inside the "
+                     "dermatoscope's field of view")
         norm += {"none": "", "l2": "; then G / ||G||_F", "sqrt": "; then sign(G) |G|^0.5",
                  "sqrt+l2": "; then sign(G) |G|^0.5, then / ||.||_F"}[cfg.gram_norm]
         return cls(

@@ -60,24 +60,25 @@ def read_metadata(meta: Mapping | None) -> tuple[float | None, str | None, str |
     that the row lacks or holds in a form not understood (never an error)."""
     meta = meta or {}
 
-    def first(columns):
+    def first(columns, read):
+        """The first column whose value ``read`` understands (an unreadable one does not hide the next)."""
         for c in columns:
             v = meta.get(c)
-            if v is not None and str(v).strip():
-                return str(v).strip()
+            value = read(str(v).strip()) if v is not None else None
+            if value is not None:
+                return value
         return None
 
-    age = None
-    raw = first(_AGE_COLUMNS)
-    if raw is not None:
+    def age_of(text):
         try:
-            value = float(raw)
+            value = float(text)
         except ValueError:
-            value = math.nan
-        if math.isfinite(value) and 0 <= value <= 120:
-            age = value
-    sex = {"male": "male", "m": "male", "female": "female", "f": "female"}.get((first(_SEX_COLUMNS) or "").lower())
-    site = _SITE_NAMES.get((first(_SITE_COLUMNS) or "").lower().replace("_", " "))
+            return None
+        return value if math.isfinite(value) and 0 <= value <= 120 else None
+
+    age = first(_AGE_COLUMNS, age_of)
+    sex = first(_SEX_COLUMNS, lambda t: {"male": "male", "m": "male", "female": "female", "f": "female"}.get(t.lower()))
+    site = first(_SITE_COLUMNS, lambda t: _SITE_NAMES.get(t.lower().replace("_", " ")))
     return age, sex, site
 
 
