@@ -34,6 +34,8 @@ SKIPPED = {
                                                 "(../shared/data); tests/test_segmentation.py runs eval-segmenter",
     r"--compare other-index": "needs a second index of the same images built with another model; "
                               "tests/test_compare.py runs the comparison",
+    r"^dermsearch fit-metadata-head ": "needs a split of the index's rows with melanomas on both sides; "
+                                       "tests/test_metadata_head.py fits one on a small index through the CLI",
     r"ic-index": "a second build of the sample with every style layer weighted (minutes here) and a split of its "
                  "rows; tests/test_style.py fits weights on a small index",
 }
