@@ -22,7 +22,6 @@ stored vectors (features from the shipped index, Grams from the Gram-colour expe
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -32,7 +31,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gram_colour import K_VOTE, _rows, _stack  # noqa: E402  (the same rows, Gram stacks and vote)
+from crosssource import (  # noqa: E402  (the same rows, groups and vote as the other #40 scripts)
+    Groups,
+    cosine_distance,
+    extract_parts,
+    load_parts,
+    main,
+    rows,
+    vote_auc,
+    write_result,
+)
+from gram_colour import _stack  # noqa: E402  (the same Gram stacks)
 
 SIZE = 224
 
@@ -55,18 +64,18 @@ def _selection(data: Path) -> list[dict]:
     from dermsearch.extract.fov import field_of_view
     from dermsearch.extract.images import resize_rgb
 
-    rows = [r for r in _rows(data) if r["source"] == "isic" or r["split"] in ("train", "val")]
+    every = [r for r in rows(data) if r["source"] == "isic" or r["split"] in ("train", "val")]
 
     def share(r):
         return 1.0 - float(field_of_view(resize_rgb(load_image(r["path"]), SIZE)).mean())
 
     with ThreadPoolExecutor(2) as pool:
-        shares = list(pool.map(share, rows))
+        shares = list(pool.map(share, every))
     chosen = []
-    for r, s in zip(rows, shares):
+    for r, s in zip(every, shares):
         if r["source"] == "isic" or s > 0:
             chosen.append({**r, "group": r["source"], "vignette": s})
-    chosen += [{**r, "group": "syn", "vignette": None} for r in rows if r["source"] == "ham" and r["split"] == "val"]
+    chosen += [{**r, "group": "syn", "vignette": None} for r in every if r["source"] == "ham" and r["split"] == "val"]
     return chosen
 
 
@@ -136,17 +145,9 @@ def extract(args) -> None:
     groups = {}
     for r in sel:
         groups.setdefault(r["group"], []).append(r)
-    pool = ThreadPoolExecutor(1)
-    t0, n_done, checked = time.time(), 0, False
-    todo = [(g, s) for g, rs in groups.items() for s in range(0, len(rs), args.batch)
-            if not (out / f"part-{g}-{s:05d}.npz").exists()]
-    fut = pool.submit(load, groups[todo[0][0]][todo[0][1]:todo[0][1] + args.batch]) if todo else None
-    for i, (g, s) in enumerate(todo):
-        batch = groups[g][s:s + args.batch]
-        prepared = fut.result()
-        if i + 1 < len(todo):
-            g2, s2 = todo[i + 1]
-            fut = pool.submit(load, groups[g2][s2:s2 + args.batch])
+    checked = []
+
+    def compute(prepared):
         pix = np.stack([p[0] for p in prepared])
         fields = torch.from_numpy(np.stack([p[2] for p in prepared])[:, None].astype(np.float32))
         with torch.inference_mode():
@@ -158,7 +159,7 @@ def extract(args) -> None:
             if not checked:     # the re-implemented pooling is the product's on the frame
                 ref = net(x, views=ex.tta).feature
                 assert torch.allclose(ref, f0, atol=1e-4), float((ref - f0).abs().max())
-                checked = True
+                checked.append(True)
             taps = net.member_outputs(x)
             taps = [o.features for o in taps]
             g0 = normalise_grams(average_grams(taps, masks, "lesion", cfg.gram_margin), cfg.gram_norm)
@@ -166,33 +167,15 @@ def extract(args) -> None:
             g1 = normalise_grams(average_grams(taps, m1, "lesion", 0.0), cfg.gram_norm)
             ones = [1.0] * len(g0)
             s0, s1 = style_vector(g0, ones), style_vector(g1, ones)
-        tmp = out / f"part-{g}-{s:05d}.tmp.npz"
-        np.savez(tmp, ids=np.array([r["id"] for r in batch]), f0=f0.numpy(), f1=f1.numpy(),
-                 s0=s0.astype(np.float16), s1=s1.astype(np.float16),
-                 field=np.array([p[2].mean() for p in prepared]))
-        tmp.replace(out / f"part-{g}-{s:05d}.npz")
-        n_done += len(batch)
-        print(f"{g} {s + len(batch)}/{len(groups[g])}  {n_done / (time.time() - t0):.2f} img/s",
-              file=sys.stderr, flush=True)
-    print(json.dumps({"images": n_done, "seconds": round(time.time() - t0, 1)}))
+        return {"f0": f0.numpy(), "f1": f1.numpy(), "s0": s0.astype(np.float16), "s1": s1.astype(np.float16),
+                "field": np.array([p[2].mean() for p in prepared])}
 
-
-def _load_parts(out: Path, group: str) -> dict:
-    parts = sorted(out.glob(f"part-{group}-*.npz"))
-    parts = [p for p in parts if ".tmp" not in p.name]
-    d = [np.load(p) for p in parts]
-    return {k: np.concatenate([x[k] for x in d]) for k in ("ids", "f0", "f1", "s0", "s1", "field")}
-
-
-def _cos_dist(q: np.ndarray, c: np.ndarray) -> np.ndarray:
-    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
-    cn = c / np.linalg.norm(c, axis=1, keepdims=True)
-    return 1.0 - qn @ cn.T
+    for g, group in groups.items():
+        extract_parts(group, out, args.batch, load, compute, prefix=f"part-{g}-")
 
 
 def evaluate(args) -> None:
     from dermsearch.evaluate.gram_weights import macro_precision_at_k
-    from dermsearch.evaluate.metrics import vote_auc
     from dermsearch.extract import Extractor, ExtractorConfig
     from dermsearch.extract.gram import style_layout
     from dermsearch.index.store import Index
@@ -206,15 +189,9 @@ def evaluate(args) -> None:
     betas = np.asarray(ex.betas, dtype=np.float64)
     layout = style_layout(meta["channels"], "lesion", [1.0] * len(meta["channels"]))
     w = (betas ** 2).astype(np.float32)
-    src = np.array([r["source"] for r in rows])
-    split = np.array([r["split"] for r in rows])
-    diag = np.array([r["diagnosis"] for r in rows])
-    mel = np.array([r["melanoma"] for r in rows])
-    lesion = np.array([r["lesion"] for r in rows])
-    hv = np.flatnonzero((src == "ham") & (split == "val"))
-    ht = np.flatnonzero((src == "ham") & (split == "train"))
-    hc = np.concatenate([hv, ht])
-    xq = np.flatnonzero((src == "isic") & (split == "xval") & (diag != "unknown"))
+    gr = Groups.of(rows)
+    src, diag, mel = gr.source, gr.diagnosis, gr.melanoma
+    hv, ht, hc, xq = gr.hv, gr.ht, gr.hc, gr.xq
 
     # features: the shipped index for HAM, this run's F0 for isic-uda1
     table = Index.open(args.index)._columns(["id", "feature"])
@@ -224,7 +201,7 @@ def evaluate(args) -> None:
     for i, r in enumerate(rows):
         if r["source"] == "ham":
             feat0[i] = fmat[fid[r["id"]]]
-    isic, ham, syn = (_load_parts(out, g) for g in ("isic", "ham", "syn"))
+    isic, ham, syn = (load_parts(out, f"part-{g}-") for g in ("isic", "ham", "syn"))
     style0 = np.load(grams / "sog-lesion.npy", mmap_mode="r")
     feat1 = feat0.copy()
     changed_style = {}
@@ -250,26 +227,22 @@ def evaluate(args) -> None:
                     s[k] = changed_style[i]
         return s
 
-    valid_val = lesion[hv][:, None] != lesion[ht][None, :]
+    valid_val = gr.valid
     all_layers = list(range(len(layout)))
-
-    def top_vote(dist, q_mel, c_mel):
-        top = np.argpartition(dist, K_VOTE - 1, axis=1)[:, :K_VOTE]
-        return float(vote_auc(q_mel, c_mel[top]))
 
     def figures(variant: int, qv_feat=None, qv_style=None) -> dict:
         feat = feat0 if variant == 0 else feat1
         qf = feat[hv] if qv_feat is None else qv_feat
         qs = style_rows(hv, variant) if qv_style is None else qv_style
-        cos_v = np.where(valid_val, _cos_dist(qf, feat[ht]), np.inf)
+        cos_v = np.where(valid_val, cosine_distance(qf, feat[ht]), np.inf)
         sty_v = np.where(valid_val, np.tensordot(w, _stack(qs, style_rows(ht, variant), layout, all_layers), 1), np.inf)
         res = {"mP": macro_precision_at_k(cos_v, valid_val, diag[hv], diag[ht]),
-               "vA": top_vote(sty_v, mel[hv], mel[ht])}
+               "vA": vote_auc(sty_v, mel[hv], mel[ht])}
         if qv_feat is None:
-            cos_x = _cos_dist(feat[xq], feat[hc])
+            cos_x = cosine_distance(feat[xq], feat[hc])
             sty_x = np.tensordot(w, _stack(style_rows(xq, variant), style_rows(hc, variant), layout, all_layers), 1)
-            res["xS"] = top_vote(sty_x, mel[xq], mel[hc])
-            res["xC"] = top_vote(cos_x, mel[xq], mel[hc])
+            res["xS"] = vote_auc(sty_x, mel[xq], mel[hc])
+            res["xC"] = vote_auc(cos_x, mel[xq], mel[hc])
         return res
 
     t0 = time.time()
@@ -294,29 +267,14 @@ def evaluate(args) -> None:
     result["rule"] = {"eligible": eligible, "xS+xC gain": gain, "stress loss F0": loss0, "stress loss F1": loss1,
                       "ships": bool(eligible and (gain >= 0.005 or (flat and protects)))}
     result["seconds"] = round(time.time() - t0, 1)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("extract")
-    e.add_argument("data")
-    e.add_argument("out")
-    e.add_argument("--batch", type=int, default=16)
-    e.add_argument("--threads", type=int, default=2)
-    v = sub.add_parser("evaluate")
-    v.add_argument("data")
-    v.add_argument("out_dir")
-    v.add_argument("--index", required=True)
-    v.add_argument("--grams", required=True)
-    v.add_argument("--out")
-    args = ap.parse_args()
-    extract(args) if args.cmd == "extract" else evaluate(args)
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":
-    main()
+    def _evaluate_args(p):
+        p.add_argument("data")
+        p.add_argument("out_dir")
+        p.add_argument("--index", required=True)
+        p.add_argument("--grams", required=True)
+
+    main(__doc__, extract, evaluate, evaluate_args=_evaluate_args)

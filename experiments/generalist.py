@@ -26,17 +26,14 @@ Step 2 (``evaluate``): the rule's figures for ``F1`` and for ``F1`` combined wit
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gram_colour import K_VOTE  # noqa: E402  (the same vote)
+from crosssource import Groups, extract_parts, load_parts, main, vote_auc, write_result  # noqa: E402
 
 SIZE = 224
 DESCRIPTORS = ("S5", "I7", "U7")
@@ -85,57 +82,27 @@ def extract(args) -> None:
             tot["U7"] = tot["U7"] + net(xr, fv).pooled
         return {d: (t / 4).numpy() for d, t in tot.items()}
 
-    pool_ = ThreadPoolExecutor(1)
-    starts = [s for s in range(0, len(rows), args.batch) if not (out / f"part-{s:05d}.npz").exists()]
-    t0, n_done = time.time(), 0
-    fut = pool_.submit(load, rows[starts[0]:starts[0] + args.batch]) if starts else None
-    for i, s in enumerate(starts):
-        batch = rows[s:s + args.batch]
-        loaded = fut.result()
-        if i + 1 < len(starts):
-            fut = pool_.submit(load, rows[starts[i + 1]:starts[i + 1] + args.batch])
+    def compute(loaded):
         with torch.inference_mode():
             fields = torch.from_numpy(np.stack([f for _, _, f in loaded])[:, None].astype(np.float32))
-            res = descriptors(norm([p for p, _, _ in loaded]), norm([p for _, p, _ in loaded]), fields)
-        tmp = out / f"part-{s:05d}.tmp.npz"
-        np.savez(tmp, ids=np.array([r["id"] for r in batch]), **res)
-        tmp.replace(out / f"part-{s:05d}.npz")
-        n_done += len(batch)
-        print(f"{s + len(batch)}/{len(rows)}  {n_done / (time.time() - t0):.2f} img/s", file=sys.stderr, flush=True)
-    print(json.dumps({"images": n_done, "seconds": round(time.time() - t0, 1)}))
+            return descriptors(norm([p for p, _, _ in loaded]), norm([p for _, p, _ in loaded]), fields)
 
-
-def _load(directory: Path) -> dict[str, np.ndarray]:
-    parts = [np.load(p) for p in sorted(directory.glob("part-*.npz")) if ".tmp" not in p.name]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0].files}
+    extract_parts(rows, out, args.batch, load, compute)
 
 
 def evaluate(args) -> None:
     from dermsearch.evaluate.gram_weights import macro_precision_at_k
-    from dermsearch.evaluate.metrics import vote_auc
 
     gdir, fdir = Path(args.out_dir), Path(args.feature_dir)
     rows = json.loads((gdir / "rows.json").read_text())
-    g, f = _load(gdir), _load(fdir)
+    g, f = load_parts(gdir), load_parts(fdir)
     ids = [r["id"] for r in rows]
     assert list(g["ids"]) == ids and list(f["ids"]) == ids, "incomplete extraction"
-    src = np.array([r["source"] for r in rows])
-    split = np.array([r["split"] for r in rows])
-    diag = np.array([r["diagnosis"] for r in rows])
-    mel = np.array([r["melanoma"] for r in rows])
-    lesion = np.array([r["lesion"] for r in rows])
-    hv = np.flatnonzero((src == "ham") & (split == "val"))
-    ht = np.flatnonzero((src == "ham") & (split == "train"))
-    hc = np.concatenate([hv, ht])
-    xq = np.flatnonzero((src == "isic") & (diag != "unknown"))
-    valid = lesion[hv][:, None] != lesion[ht][None, :]
+    gr = Groups.of(rows)
+    diag, mel, hv, ht, hc, xq, valid = gr.diagnosis, gr.melanoma, gr.hv, gr.ht, gr.hc, gr.xq, gr.valid
 
     def unit(a):
         return a / np.linalg.norm(a, axis=1, keepdims=True)
-
-    def vote(dist, qm, cm):
-        top = np.argpartition(dist, K_VOTE - 1, axis=1)[:, :K_VOTE]
-        return float(vote_auc(qm, cm[top]))
 
     def euc(a, q, c):
         return np.sqrt(np.maximum((a[q] ** 2).sum(1)[:, None] + (a[c] ** 2).sum(1)[None, :] - 2 * a[q] @ a[c].T, 0))
@@ -147,10 +114,10 @@ def evaluate(args) -> None:
     def figures(cos_all, vec):
         dv = np.where(valid, 1.0 - cos_all[np.ix_(hv, ht)], np.inf)
         ev = np.where(valid, euc(vec, hv, ht), np.inf)
-        return {"mP": macro_precision_at_k(dv, valid, diag[hv], diag[ht]), "vC": vote(dv, mel[hv], mel[ht]),
-                "vE": vote(ev, mel[hv], mel[ht]),
-                "xC": vote(1.0 - cos_all[np.ix_(xq, hc)], mel[xq], mel[hc]),
-                "xE": vote(euc(vec, xq, hc), mel[xq], mel[hc])}
+        return {"mP": macro_precision_at_k(dv, valid, diag[hv], diag[ht]), "vC": vote_auc(dv, mel[hv], mel[ht]),
+                "vE": vote_auc(ev, mel[hv], mel[ht]),
+                "xC": vote_auc(1.0 - cos_all[np.ix_(xq, hc)], mel[xq], mel[hc]),
+                "xE": vote_auc(euc(vec, xq, hc), mel[xq], mel[hc])}
 
     cos_f = fu @ fu.T
     result = {"F1": figures(cos_f, feat)}
@@ -169,28 +136,15 @@ def evaluate(args) -> None:
     best = max(eligible, key=lambda c: result[c]["vC"] + result[c]["xC"], default=None)
     result["rule"] = {"eligible": eligible, "chosen": best, "feature_scale": scale,
                       "counts": {"val": len(hv), "train_sample": len(ht), "xval": len(xq)}}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("extract")
-    e.add_argument("data")
-    e.add_argument("out")
-    e.add_argument("--rows", required=True, help="rows.json of experiments/lesion_pooling.py (the same images)")
-    e.add_argument("--batch", type=int, default=16)
-    e.add_argument("--threads", type=int, default=2)
-    v = sub.add_parser("evaluate")
-    v.add_argument("out_dir")
-    v.add_argument("feature_dir", help="experiments/lesion_pooling.py's output (the shipped F1 vectors)")
-    v.add_argument("--out")
-    args = ap.parse_args()
-    extract(args) if args.cmd == "extract" else evaluate(args)
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":
-    main()
+    def _extract_args(p):
+        p.add_argument("--rows", required=True, help="rows.json of experiments/lesion_pooling.py (the same images)")
+
+    def _evaluate_args(p):
+        p.add_argument("out_dir")
+        p.add_argument("feature_dir", help="experiments/lesion_pooling.py's output (the shipped F1 vectors)")
+
+    main(__doc__, extract, evaluate, _extract_args, _evaluate_args)

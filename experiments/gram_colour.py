@@ -21,8 +21,6 @@ definition, the layer weights) on HAM10000 ``val`` (vs ``train``) and isic-uda1 
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 import sys
 import time
@@ -31,25 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from crosssource import Groups, main, vote_auc, write_result  # noqa: E402  (shared by the #40 scripts)
+from crosssource import rows as every_row  # noqa: E402
+
 COLOURS = ("sog", "none")
 POOLS = ("lesion", "image")
-
-
-def _rows(data: Path) -> list[dict]:
-    """HAM10000 train+val+test and all of isic-uda1, with source, split and mapped labels."""
-    rows = []
-    ham_split = {r["image_id"]: r["split"] for r in csv.DictReader(open(data / "ham10000/split.csv"))}
-    for r in csv.DictReader(open(data / "ham10000/labels.csv")):
-        rows.append({"id": r["image_id"], "path": str(data / "ham10000" / r["image_path"]), "source": "ham",
-                     "split": ham_split[r["image_id"]], "diagnosis": r["diagnosis"], "lesion": r["lesion_id"],
-                     "melanoma": int(r["melanoma"])})
-    isic_split = {r["image_id"]: r["split"] for r in csv.DictReader(open(data / "isic-uda1/split.csv"))}
-    dx = {"nevus": "nv", "melanoma": "mel"}
-    for r in csv.DictReader(open(data / "isic-uda1/labels.csv")):
-        rows.append({"id": r["image_id"], "path": str(data / "isic-uda1" / r["image_path"]), "source": "isic",
-                     "split": isic_split[r["image_id"]], "diagnosis": dx.get(r["diagnosis"], "unknown"),
-                     "lesion": r["image_id"], "melanoma": int(r["melanoma"])})
-    return rows
 
 
 def _ordered(rows: list[dict]) -> list[dict]:
@@ -73,7 +58,7 @@ def extract(args) -> None:
 
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = _ordered(_rows(data))
+    rows = _ordered(every_row(data))
     if args.limit:
         rows = rows[: args.limit // 2] + rows[-args.limit // 2:]
     n = len(rows)
@@ -135,9 +120,6 @@ def extract(args) -> None:
 
 # ---------------------------------------------------------------- step 2: the rule's figures
 
-K_VOTE = 16
-
-
 def _stack(a: np.ndarray, b: np.ndarray, layout: list[dict], layers: list[int]) -> np.ndarray:
     """[len(layers), len(a), len(b)] float32 squared distances per layer (β = 1)."""
     out = np.empty((len(layers), len(a), len(b)), np.float32)
@@ -148,13 +130,6 @@ def _stack(a: np.ndarray, b: np.ndarray, layout: list[dict], layers: list[int]) 
         c = np.asarray(b[:, sl], np.float32)
         out[i] = np.maximum((q * q).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2.0 * (q @ c.T), 0.0)
     return out
-
-
-def _vote_auc(dist: np.ndarray, q_mel: np.ndarray, c_mel: np.ndarray) -> float:
-    from dermsearch.evaluate.metrics import vote_auc
-
-    top = np.argpartition(dist, K_VOTE - 1, axis=1)[:, :K_VOTE]
-    return vote_auc(q_mel, c_mel[top])
 
 
 def evaluate(args) -> None:
@@ -168,15 +143,9 @@ def evaluate(args) -> None:
     chans = meta["channels"]
     layout = style_layout(chans, "lesion", [1.0] * len(chans))
     L = len(layout)
-    src = np.array([r["source"] for r in rows])
-    split = np.array([r["split"] for r in rows])
-    diag = np.array([r["diagnosis"] for r in rows])
-    mel = np.array([r["melanoma"] for r in rows])
-    lesion = np.array([r["lesion"] for r in rows])
-    hv = np.flatnonzero((src == "ham") & (split == "val"))
-    ht = np.flatnonzero((src == "ham") & (split == "train"))
-    hc = np.concatenate([hv, ht])                        # isic's candidates: HAM val + the train sample
-    xq = np.flatnonzero((src == "isic") & (split == "xval") & (diag != "unknown"))
+    gr = Groups.of(rows)                                 # isic's candidates hc: HAM val + the train sample
+    diag, mel, lesion = gr.diagnosis, gr.melanoma, gr.lesion
+    hv, ht, hc, xq = gr.hv, gr.ht, gr.hc, gr.xq
     t0 = time.time()
     arr = {v: np.load(out / f"{v}.npy", mmap_mode="r") for v in ("sog-lesion", "none-lesion", "sog-image")}
     both = list(range(L))
@@ -199,7 +168,7 @@ def evaluate(args) -> None:
         dv = np.where(valid_val[qv], np.tensordot(w, sv[:, qv], 1), np.inf)
         dx = np.tensordot(w, sx[:, qx], 1)
         return {"mP": macro_precision_at_k(dv, valid_val[qv], diag[hv][qv], diag[ht]),
-                "vA": _vote_auc(dv, mel[hv][qv], mel[ht]), "xA": _vote_auc(dx, mel[xq][qx], mel[hc])}
+                "vA": vote_auc(dv, mel[hv][qv], mel[ht]), "xA": vote_auc(dx, mel[xq][qx], mel[hc])}
 
     shipped = json.loads((Path(__file__).resolve().parents[1] / "src/dermsearch/weights/gram-weights.json").read_text())
     w_s0 = np.asarray(shipped["betas"], np.float32) ** 2
@@ -217,7 +186,7 @@ def evaluate(args) -> None:
         if joint:
             def objective(w):
                 dx = np.tensordot(w, sx[:, qx], 1)
-                xa = _vote_auc(dx, mel[xq][qx], mel[hc])
+                xa = vote_auc(dx, mel[xq][qx], mel[hc])
                 if xa < floor:
                     return xa - 1.0
                 return macro_precision_at_k(np.tensordot(w, sv_q, 1), vv, diag[hv][qv], diag[ht])
@@ -244,7 +213,7 @@ def evaluate(args) -> None:
             dx_all[tx] = np.tensordot(w, sx[:, tx], 1)
             folds.append({"shares": f.shares, "score": f.score, "start": f.start})
         held = {"mP": macro_precision_at_k(dv_all, valid_val, diag[hv], diag[ht]),
-                "vA": _vote_auc(dv_all, mel[hv], mel[ht]), "xA": _vote_auc(dx_all, mel[xq], mel[hc])}
+                "vA": vote_auc(dv_all, mel[hv], mel[ht]), "xA": vote_auc(dx_all, mel[xq], mel[hc])}
         full = fit(name, joint, np.arange(len(hv)), np.arange(len(xq)))
         report[cand] = {**held, "folds": folds, "in_sample_all": figures(name, np.asarray(full.betas, np.float32) ** 2),
                         "betas_all": full.betas, "shares_all": full.shares, "seconds": round(time.time() - t1)}
@@ -256,23 +225,15 @@ def evaluate(args) -> None:
         verdict[c] = {"eligible": bool(r["xA"] >= floor and r["mP"] >= s0["mP"] - 0.02 and r["vA"] >= s0["vA"] - 0.01),
                       "joint": r["vA"] + r["xA"]}
     report["rule"] = {"floor_xA": floor, "S0_joint": s0["vA"] + s0["xA"], "candidates": verdict}
-    text = json.dumps(report, indent=2)
-    Path(args.out).write_text(text)
-    print(text)
+    write_result(report, args.out)
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("extract")
-    a.add_argument("data")
-    a.add_argument("out")
-    a.add_argument("--batch", type=int, default=32)
-    a.add_argument("--threads", type=int, default=2)
-    a.add_argument("--limit", type=int, default=0)
-    b = sub.add_parser("evaluate")
-    b.add_argument("data")
-    b.add_argument("out_dir")
-    b.add_argument("--out", required=True)
-    args = ap.parse_args()
-    {"extract": extract, "evaluate": evaluate}[args.cmd](args)
+    def _extract_args(p):
+        p.add_argument("--limit", type=int, default=0)
+
+    def _evaluate_args(p):
+        p.add_argument("data")
+        p.add_argument("out_dir")
+
+    main(__doc__, extract, evaluate, _extract_args, _evaluate_args)

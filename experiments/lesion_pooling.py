@@ -19,17 +19,24 @@ Step 2 (``evaluate``): the rule's figures.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gram_colour import K_VOTE, _rows  # noqa: E402  (the same rows and vote)
+from crosssource import (  # noqa: E402  (the same rows, groups and vote as the other #40 scripts)
+    Groups,
+    cosine_distance,
+    euclidean_distance,
+    extract_parts,
+    load_parts,
+    main,
+    rows,
+    vote_auc,
+    write_result,
+)
 
 SIZE = 224
 VARIANTS = ("F1", "L05", "L15", "M05")
@@ -37,10 +44,10 @@ TRAIN_SAMPLE = 3000
 
 
 def _selection(data: Path) -> list[dict]:
-    rows = _rows(data)
-    val = [r for r in rows if r["source"] == "ham" and r["split"] == "val"]
-    xval = [r for r in rows if r["source"] == "isic" and r["split"] == "xval"]
-    train = [r for r in rows if r["source"] == "ham" and r["split"] == "train"]
+    every = rows(data)
+    val = [r for r in every if r["source"] == "ham" and r["split"] == "val"]
+    xval = [r for r in every if r["source"] == "isic" and r["split"] == "xval"]
+    train = [r for r in every if r["source"] == "ham" and r["split"] == "train"]
     order = np.random.default_rng(40).permutation(len(train))[:TRAIN_SAMPLE]
     return val + xval + [train[i] for i in order]
 
@@ -57,8 +64,8 @@ def extract(args) -> None:
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
-    rows = _selection(data)
-    (out / "rows.json").write_text(json.dumps(rows))
+    selected = _selection(data)
+    (out / "rows.json").write_text(json.dumps(selected))
     ex = Extractor(ExtractorConfig(), Runtime(backend="torch", device="cpu"))
     cfg, net = ex.config, ex.net
     assert cfg.fov and ex.tta == 4 and cfg.colour == "shades-of-gray", (cfg, ex.tta)
@@ -92,15 +99,9 @@ def extract(args) -> None:
         out_["M05"] = [(a + b) / 2 for a, b in zip(out_["L05"], out_["F1"])]
         return out_
 
-    pool = ThreadPoolExecutor(1)
-    starts = [s for s in range(0, len(rows), args.batch) if not (out / f"part-{s:05d}.npz").exists()]
-    t0, n_done, checked = time.time(), 0, False
-    fut = pool.submit(load, rows[starts[0]:starts[0] + args.batch]) if starts else None
-    for i, s in enumerate(starts):
-        batch = rows[s:s + args.batch]
-        prepared = fut.result()
-        if i + 1 < len(starts):
-            fut = pool.submit(load, rows[starts[i + 1]:starts[i + 1] + args.batch])
+    checked = []
+
+    def compute(prepared):
         with torch.inference_mode():
             raw = ex._segmenter.segment_batch(np.stack([p.segmenter for p in prepared]))
             masks = torch.from_numpy(ex.pool_masks(raw))
@@ -115,48 +116,24 @@ def extract(args) -> None:
             if not checked:     # F1 is the product's own extraction
                 ref = ex.extract_prepared(prepared).features
                 assert np.allclose(ref, res["f_F1"], atol=1e-4), float(np.abs(ref - res["f_F1"]).max())
-                checked = True
-        tmp = out / f"part-{s:05d}.tmp.npz"
-        np.savez(tmp, ids=np.array([r["id"] for r in batch]), **res)
-        tmp.replace(out / f"part-{s:05d}.npz")
-        n_done += len(batch)
-        print(f"{s + len(batch)}/{len(rows)}  {n_done / (time.time() - t0):.2f} img/s", file=sys.stderr, flush=True)
-    print(json.dumps({"images": n_done, "seconds": round(time.time() - t0, 1)}))
+                checked.append(True)
+        return res
+
+    extract_parts(selected, out, args.batch, load, compute)
 
 
 def evaluate(args) -> None:
     from sklearn.metrics import roc_auc_score
 
     from dermsearch.evaluate.gram_weights import macro_precision_at_k
-    from dermsearch.evaluate.metrics import vote_auc
 
     out = Path(args.out_dir)
-    rows = json.loads((out / "rows.json").read_text())
-    parts = [np.load(p) for p in sorted(out.glob("part-*.npz")) if ".tmp" not in p.name]
-    data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0].files}
-    assert list(data["ids"]) == [r["id"] for r in rows], "incomplete extraction"
-    src = np.array([r["source"] for r in rows])
-    split = np.array([r["split"] for r in rows])
-    diag = np.array([r["diagnosis"] for r in rows])
-    mel = np.array([r["melanoma"] for r in rows])
-    lesion = np.array([r["lesion"] for r in rows])
-    hv = np.flatnonzero((src == "ham") & (split == "val"))
-    ht = np.flatnonzero((src == "ham") & (split == "train"))
-    hc = np.concatenate([hv, ht])
-    xq = np.flatnonzero((src == "isic") & (diag != "unknown"))
-    valid = lesion[hv][:, None] != lesion[ht][None, :]
-
-    def cos(q, c):
-        qn = q / np.linalg.norm(q, axis=1, keepdims=True)
-        cn = c / np.linalg.norm(c, axis=1, keepdims=True)
-        return 1.0 - qn @ cn.T
-
-    def euc(q, c):
-        return np.sqrt(np.maximum((q * q).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2 * q @ c.T, 0))
-
-    def vote(dist, qm, cm):
-        top = np.argpartition(dist, K_VOTE - 1, axis=1)[:, :K_VOTE]
-        return float(vote_auc(qm, cm[top]))
+    selected = json.loads((out / "rows.json").read_text())
+    data = load_parts(out)
+    assert list(data["ids"]) == [r["id"] for r in selected], "incomplete extraction"
+    gr = Groups.of(selected)
+    diag, mel, hv, ht, hc, xq, valid = gr.diagnosis, gr.melanoma, gr.hv, gr.ht, gr.hc, gr.xq, gr.valid
+    cos, euc, vote = cosine_distance, euclidean_distance, vote_auc
 
     result = {}
     for v in VARIANTS:
@@ -173,27 +150,12 @@ def evaluate(args) -> None:
     chosen = best if best and (result[best]["vC"] + result[best]["xC"]) - (base["vC"] + base["xC"]) >= 0.01 else None
     result["rule"] = {"eligible": eligible, "best_eligible": best, "chosen": chosen,
                       "counts": {"val": len(hv), "train_sample": len(ht), "xval": len(xq)}}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("extract")
-    e.add_argument("data")
-    e.add_argument("out")
-    e.add_argument("--batch", type=int, default=16)
-    e.add_argument("--threads", type=int, default=2)
-    v = sub.add_parser("evaluate")
-    v.add_argument("data")
-    v.add_argument("out_dir")
-    v.add_argument("--out")
-    args = ap.parse_args()
-    extract(args) if args.cmd == "extract" else evaluate(args)
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":
-    main()
+    def _evaluate_args(p):
+        p.add_argument("data")
+        p.add_argument("out_dir")
+
+    main(__doc__, extract, evaluate, evaluate_args=_evaluate_args)

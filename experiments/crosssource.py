@@ -1,0 +1,141 @@
+"""What the issue #40 experiment scripts share: the rows, the groups the rules read, the 16-NN vote,
+the distances, and the resumable batch loop that writes ``part-<n>.npz`` files.
+
+Used by ``gram_colour.py``, ``fov_pooling.py``, ``lesion_pooling.py`` and ``generalist.py``; each
+script's rule and protocol are in docs/experiments.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+K_VOTE = 16      # neighbours in the melanoma vote
+
+
+def rows(data: Path) -> list[dict]:
+    """HAM10000 train+val+test and all of isic-uda1, with source, split and mapped labels."""
+    out = []
+    ham_split = {r["image_id"]: r["split"] for r in csv.DictReader(open(data / "ham10000/split.csv"))}
+    for r in csv.DictReader(open(data / "ham10000/labels.csv")):
+        out.append({"id": r["image_id"], "path": str(data / "ham10000" / r["image_path"]), "source": "ham",
+                    "split": ham_split[r["image_id"]], "diagnosis": r["diagnosis"], "lesion": r["lesion_id"],
+                    "melanoma": int(r["melanoma"])})
+    isic_split = {r["image_id"]: r["split"] for r in csv.DictReader(open(data / "isic-uda1/split.csv"))}
+    dx = {"nevus": "nv", "melanoma": "mel"}
+    for r in csv.DictReader(open(data / "isic-uda1/labels.csv")):
+        out.append({"id": r["image_id"], "path": str(data / "isic-uda1" / r["image_path"]), "source": "isic",
+                    "split": isic_split[r["image_id"]], "diagnosis": dx.get(r["diagnosis"], "unknown"),
+                    "lesion": r["image_id"], "melanoma": int(r["melanoma"])})
+    return out
+
+
+@dataclass
+class Groups:
+    """Label arrays over ``rows`` and the positions the rules read: ``hv`` HAM ``val`` (queries), ``ht``
+    HAM ``train`` (their candidates), ``hc`` both (isic's candidates), ``xq`` labelled isic ``xval``
+    queries; ``valid`` [len(hv), len(ht)]: False where query and candidate are one lesion."""
+
+    source: np.ndarray
+    split: np.ndarray
+    diagnosis: np.ndarray
+    melanoma: np.ndarray
+    lesion: np.ndarray
+    hv: np.ndarray
+    ht: np.ndarray
+    hc: np.ndarray
+    xq: np.ndarray
+    valid: np.ndarray
+
+    @classmethod
+    def of(cls, rows: list[dict]) -> Groups:
+        src, split, diag, mel, lesion = (np.array([r[k] for r in rows])
+                                         for k in ("source", "split", "diagnosis", "melanoma", "lesion"))
+        hv = np.flatnonzero((src == "ham") & (split == "val"))
+        ht = np.flatnonzero((src == "ham") & (split == "train"))
+        xq = np.flatnonzero((src == "isic") & (split == "xval") & (diag != "unknown"))
+        return cls(src, split, diag, mel, lesion, hv, ht, np.concatenate([hv, ht]), xq,
+                   lesion[hv][:, None] != lesion[ht][None, :])
+
+
+def vote_auc(dist: np.ndarray, q_mel: np.ndarray, c_mel: np.ndarray) -> float:
+    """AUC of the melanoma share among each query's ``K_VOTE`` nearest candidates."""
+    from dermsearch.evaluate.metrics import vote_auc as auc
+
+    top = np.argpartition(dist, K_VOTE - 1, axis=1)[:, :K_VOTE]
+    return float(auc(q_mel, c_mel[top]))
+
+
+def cosine_distance(q: np.ndarray, c: np.ndarray) -> np.ndarray:
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    cn = c / np.linalg.norm(c, axis=1, keepdims=True)
+    return 1.0 - qn @ cn.T
+
+
+def euclidean_distance(q: np.ndarray, c: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.maximum((q * q).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2 * q @ c.T, 0))
+
+
+def load_parts(directory: Path, prefix: str = "part-") -> dict[str, np.ndarray]:
+    """The ``<prefix>*.npz`` files of :func:`extract_parts`, concatenated in name order."""
+    parts = [np.load(p) for p in sorted(Path(directory).glob(f"{prefix}*.npz")) if ".tmp" not in p.name]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0].files}
+
+
+def extract_parts(rows: list[dict], out: Path, batch: int, load: Callable[[list[dict]], list],
+                  compute: Callable[[list], dict[str, np.ndarray]], prefix: str = "part-") -> None:
+    """For each batch of ``rows`` without its ``OUT/<prefix><start>.npz``: ``compute(load(batch))``
+    written atomically with the rows' ids (so a cut run resumes). The next batch is decoded in a
+    thread while this one computes. Prints progress to stderr and a JSON summary to stdout."""
+    out.mkdir(parents=True, exist_ok=True)
+    starts = [s for s in range(0, len(rows), batch) if not (out / f"{prefix}{s:05d}.npz").exists()]
+    pool = ThreadPoolExecutor(1)
+    t0, n_done = time.time(), 0
+    fut = pool.submit(load, rows[starts[0]:starts[0] + batch]) if starts else None
+    for i, s in enumerate(starts):
+        loaded = fut.result()
+        if i + 1 < len(starts):
+            fut = pool.submit(load, rows[starts[i + 1]:starts[i + 1] + batch])
+        res = compute(loaded)
+        tmp = out / f"{prefix}{s:05d}.tmp.npz"
+        np.savez(tmp, ids=np.array([r["id"] for r in rows[s:s + batch]]), **res)
+        tmp.replace(out / f"{prefix}{s:05d}.npz")
+        n_done += len(loaded)
+        print(f"{prefix}{s + len(loaded)}/{len(rows)}  {n_done / (time.time() - t0):.2f} img/s",
+              file=sys.stderr, flush=True)
+    print(json.dumps({"images": n_done, "seconds": round(time.time() - t0, 1)}))
+
+
+def write_result(result: dict, out: str | None) -> None:
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
+
+
+def main(doc: str, extract: Callable, evaluate: Callable,
+         extract_args: Callable[[argparse.ArgumentParser], None] = lambda p: None,
+         evaluate_args: Callable[[argparse.ArgumentParser], None] = lambda p: None) -> None:
+    """The scripts' command line: ``extract DATA OUT [--batch] [--threads] ...`` and ``evaluate ...``."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("extract")
+    e.add_argument("data")
+    e.add_argument("out")
+    e.add_argument("--batch", type=int, default=16)
+    e.add_argument("--threads", type=int, default=2)
+    extract_args(e)
+    v = sub.add_parser("evaluate")
+    evaluate_args(v)
+    v.add_argument("--out")
+    args = ap.parse_args()
+    extract(args) if args.cmd == "extract" else evaluate(args)
