@@ -16,7 +16,7 @@ __all__ = ["register"]
 
 # ExtractorConfig fields set by a flag (a new index only; absent: the preset's or the config's value)
 _MODEL_FLAGS = ("backbone", "weights", "image_size", "mask_size", "gram_weights", "gram_pool", "gram_norm",
-                "gram_margin", "fov", "segmenter", "style", "masks")
+                "gram_margin", "fov", "max_side", "segmenter", "style", "masks")
 # FastConfig fields set by optimize's flags
 _FAST_FLAGS = ("style_dims", "feature_dims", "mask_grid", "candidates", "sketch_dims", "wide_candidates", "wide_rows",
                "normaliser_candidates", "fit_rows", "seed", "precision", "full_rows")

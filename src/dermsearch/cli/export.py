@@ -74,7 +74,10 @@ def _write_contract(out: Path, index, info: dict) -> dict:
     contract = {
         "fingerprint": info["fingerprint"], "directory": str(out), "image_size": info["image_size"],
         "decode": "RGB (alpha composited on white), EXIF orientation applied",
-        "resize": "bilinear with antialiasing (Pillow Image.resize, BILINEAR) to image_size x image_size",
+        "max_side": int(cfg.get("max_side", 0)),
+        "resize": "first, when max_side > 0 and the long side exceeds it: reduce to max_side on the long side, "
+                  "aspect kept (each side round(side * max_side / long side)); then bilinear with antialiasing "
+                  "(Pillow Image.resize, BILINEAR) to image_size x image_size",
         "colour": cfg.get("colour", "none"),
         "colour_formula": "shades-of-gray p=6 on the resized uint8 image: e_c = mean(x_c^6)^(1/6); "
                           "x_c * |e| / (sqrt(3) e_c), rounded, clipped to 0..255 (none: unchanged)",

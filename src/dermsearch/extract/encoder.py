@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from .colour import apply_colour
 from .config import PREPROCESS_VERSION
 from .fov import field_of_view
-from .images import resize_rgb
+from .images import cap_side, resize_rgb
 from .masks import pack_masks, resize_mask
 from .ort import OnnxRuntimeBackend, export_directory, onnx_available
 from .vectors import Vectors
@@ -45,9 +45,11 @@ class Prepared(NamedTuple):
 
 
 def prepare_image(image: Image.Image, image_size: int, colour: str, segmenter_size: int | None,
-                  fov: bool = False) -> Prepared:
+                  fov: bool = False, max_side: int = 0) -> Prepared:
     """The image at the model's size (colour-corrected), at the segmenter's size, and its field of
-    view when ``fov``. The segmenter and the field see the uncorrected image."""
+    view when ``fov``. The segmenter and the field see the uncorrected image. With ``max_side``, an
+    image whose long side is larger is first reduced to it (:func:`~.images.cap_side`)."""
+    image = cap_side(image, max_side)
     raw = resize_rgb(image, image_size)
     pixels = apply_colour(raw, colour)
     seg = None
@@ -115,7 +117,7 @@ class OnnxEncoder:
             raise ConfigError("no images to extract")
         cfg = self.config
         prepared = [prepare_image(img, cfg["image_size"], cfg.get("colour", "none"), self.segmenter_size,
-                                  cfg.get("fov", False)) for img in images]
+                                  cfg.get("fov", False), cfg.get("max_side", 0)) for img in images]
         pixels = np.stack([p[0] for p in prepared])
         masks = areas = pool = None
         if self.segmenter_size is not None:

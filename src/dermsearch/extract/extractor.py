@@ -183,6 +183,8 @@ class Extractor:
             del settings["colour"]
         if not settings["fov"]:                  # whole-frame pooling: indexes from before the option hash as before
             del settings["fov"]
+        if not settings["max_side"]:             # no resolution cap: indexes from before the option hash as before
+            del settings["max_side"]
         settings["tta"] = self.tta               # "auto" hashes as what it resolves to
         if self.tta == 1:
             del settings["tta"]
@@ -215,7 +217,8 @@ class Extractor:
         seg_size = None
         if self._segmenter is not None:
             seg_size = self._segmenter.input_size or self.config.mask_size
-        return prepare_image(image, self.config.image_size, self.config.colour, seg_size, self.config.fov)
+        return prepare_image(image, self.config.image_size, self.config.colour, seg_size, self.config.fov,
+                             self.config.max_side)
 
     def _normalised(self, pixels: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(pixels).to(self.device).permute(0, 3, 1, 2).float()

@@ -147,6 +147,17 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def cap_side(img: Image.Image, max_side: int) -> Image.Image:
+    """``img`` reduced so that its long side is ``max_side`` pixels (aspect kept, bilinear, which
+    Pillow antialiases when it reduces), or ``img`` itself when it is no larger or ``max_side`` is 0."""
+    w, h = img.size
+    long = max(w, h)
+    if not max_side or long <= max_side:
+        return img
+    size = (max(1, round(w * max_side / long)), max(1, round(h * max_side / long)))
+    return img.resize(size, Image.Resampling.BILINEAR)
+
+
 def resize_rgb(img: Image.Image, size: int) -> np.ndarray:
     """Resize to ``size`` x ``size`` (bilinear with antialiasing) and return HxWx3 uint8."""
     return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
