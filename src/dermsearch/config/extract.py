@@ -62,8 +62,9 @@ class ExtractorConfig:
     fov: bool = setting(True, "pool the features and the Grams over the dermatoscope's field of view, not the dark "
                         "vignette around it (extract/fov.py); an image without a vignette is pooled as without it")
     max_side: int = setting(0, "reduce an image whose long side exceeds this many pixels to it (aspect kept, "
-                            "antialiased) before anything else, so that it reaches the networks at the sharpness "
-                            "of the images they were trained on; 0: never", min=0, metavar="PX")
+                            "antialiased) before anything else, e.g. to the size of the images the model was "
+                            "trained on; 0 (default): never (issue #40 measured no gain on isic-uda1)",
+                            min=0, metavar="PX")
     style: bool = setting(True, "store style vectors (the Grams)")
     masks: bool = setting(True, "store lesion masks")
     mask_size: int = setting(128, "stored mask side in pixels (a multiple of 8)", min=1, multiple_of=8)
