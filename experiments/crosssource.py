@@ -92,27 +92,27 @@ def load_parts(directory: Path, prefix: str = "part-") -> dict[str, np.ndarray]:
 
 
 def extract_parts(rows: list[dict], out: Path, batch: int, load: Callable[[list[dict]], list],
-                  compute: Callable[[list], dict[str, np.ndarray]], prefix: str = "part-") -> None:
+                  compute: Callable[[list], dict[str, np.ndarray]], prefix: str = "part-") -> dict:
     """For each batch of ``rows`` without its ``OUT/<prefix><start>.npz``: ``compute(load(batch))``
     written atomically with the rows' ids (so a cut run resumes). The next batch is decoded in a
-    thread while this one computes. Prints progress to stderr and a JSON summary to stdout."""
+    thread while this one computes. Prints progress to stderr; returns {images, seconds}."""
     out.mkdir(parents=True, exist_ok=True)
     starts = [s for s in range(0, len(rows), batch) if not (out / f"{prefix}{s:05d}.npz").exists()]
-    pool = ThreadPoolExecutor(1)
     t0, n_done = time.time(), 0
-    fut = pool.submit(load, rows[starts[0]:starts[0] + batch]) if starts else None
-    for i, s in enumerate(starts):
-        loaded = fut.result()
-        if i + 1 < len(starts):
-            fut = pool.submit(load, rows[starts[i + 1]:starts[i + 1] + batch])
-        res = compute(loaded)
-        tmp = out / f"{prefix}{s:05d}.tmp.npz"
-        np.savez(tmp, ids=np.array([r["id"] for r in rows[s:s + batch]]), **res)
-        tmp.replace(out / f"{prefix}{s:05d}.npz")
-        n_done += len(loaded)
-        print(f"{prefix}{s + len(loaded)}/{len(rows)}  {n_done / (time.time() - t0):.2f} img/s",
-              file=sys.stderr, flush=True)
-    print(json.dumps({"images": n_done, "seconds": round(time.time() - t0, 1)}))
+    with ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(load, rows[starts[0]:starts[0] + batch]) if starts else None
+        for i, s in enumerate(starts):
+            loaded = fut.result()
+            if i + 1 < len(starts):
+                fut = pool.submit(load, rows[starts[i + 1]:starts[i + 1] + batch])
+            res = compute(loaded)
+            tmp = out / f"{prefix}{s:05d}.tmp.npz"
+            np.savez(tmp, ids=np.array([r["id"] for r in rows[s:s + batch]]), **res)
+            tmp.replace(out / f"{prefix}{s:05d}.npz")
+            n_done += len(loaded)
+            print(f"{prefix}{s + len(loaded)}/{len(rows)}  {n_done / (time.time() - t0):.2f} img/s",
+                  file=sys.stderr, flush=True)
+    return {"images": n_done, "seconds": round(time.time() - t0, 1)}
 
 
 def write_result(result: dict, out: str | None) -> None:
@@ -124,14 +124,14 @@ def write_result(result: dict, out: str | None) -> None:
 
 def main(doc: str, extract: Callable, evaluate: Callable,
          extract_args: Callable[[argparse.ArgumentParser], None] = lambda p: None,
-         evaluate_args: Callable[[argparse.ArgumentParser], None] = lambda p: None) -> None:
+         evaluate_args: Callable[[argparse.ArgumentParser], None] = lambda p: None, batch: int = 16) -> None:
     """The scripts' command line: ``extract DATA OUT [--batch] [--threads] ...`` and ``evaluate ...``."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("extract")
     e.add_argument("data")
     e.add_argument("out")
-    e.add_argument("--batch", type=int, default=16)
+    e.add_argument("--batch", type=int, default=batch)
     e.add_argument("--threads", type=int, default=2)
     extract_args(e)
     v = sub.add_parser("evaluate")

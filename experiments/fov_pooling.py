@@ -170,8 +170,8 @@ def extract(args) -> None:
         return {"f0": f0.numpy(), "f1": f1.numpy(), "s0": s0.astype(np.float16), "s1": s1.astype(np.float16),
                 "field": np.array([p[2].mean() for p in prepared])}
 
-    for g, group in groups.items():
-        extract_parts(group, out, args.batch, load, compute, prefix=f"part-{g}-")
+    done = [extract_parts(group, out, args.batch, load, compute, prefix=f"part-{g}-") for g, group in groups.items()]
+    print(json.dumps({k: round(sum(d[k] for d in done), 1) for k in ("images", "seconds")}))
 
 
 def evaluate(args) -> None:

@@ -33,7 +33,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from crosssource import Groups, extract_parts, load_parts, main, vote_auc, write_result  # noqa: E402
+from crosssource import (  # noqa: E402
+    Groups,
+    euclidean_distance,
+    extract_parts,
+    load_parts,
+    main,
+    vote_auc,
+    write_result,
+)
 
 SIZE = 224
 DESCRIPTORS = ("S5", "I7", "U7")
@@ -87,7 +95,7 @@ def extract(args) -> None:
             fields = torch.from_numpy(np.stack([f for _, _, f in loaded])[:, None].astype(np.float32))
             return descriptors(norm([p for p, _, _ in loaded]), norm([p for _, p, _ in loaded]), fields)
 
-    extract_parts(rows, out, args.batch, load, compute)
+    print(json.dumps(extract_parts(rows, out, args.batch, load, compute)))
 
 
 def evaluate(args) -> None:
@@ -105,7 +113,7 @@ def evaluate(args) -> None:
         return a / np.linalg.norm(a, axis=1, keepdims=True)
 
     def euc(a, q, c):
-        return np.sqrt(np.maximum((a[q] ** 2).sum(1)[:, None] + (a[c] ** 2).sum(1)[None, :] - 2 * a[q] @ a[c].T, 0))
+        return euclidean_distance(a[q], a[c])
 
     feat = f["f_F1"].astype(np.float64)
     fu = unit(feat)

@@ -158,7 +158,7 @@ def evaluate(args) -> None:
     n_x = _stack(arr["none-lesion"][xq], arr["none-lesion"][hc], layout, frozen)
     stacks["split"] = (np.concatenate([n_val, s_val[5:]]), np.concatenate([n_x, s_x[5:]]))
     print(f"stacks in {time.time() - t0:.0f} s: val {len(hv)} x {len(ht)}, xval {len(xq)} x {len(hc)}", file=sys.stderr)
-    valid_val = lesion[hv][:, None] != lesion[ht][None, :]
+    valid_val = gr.valid
 
     def figures(name: str, w: np.ndarray, qv=None, qx=None) -> dict:
         """mP, vA on HAM val queries ``qv`` and xA on isic xval queries ``qx`` (positions), weights w [L]."""
@@ -236,4 +236,4 @@ if __name__ == "__main__":
         p.add_argument("data")
         p.add_argument("out_dir")
 
-    main(__doc__, extract, evaluate, _extract_args, _evaluate_args)
+    main(__doc__, extract, evaluate, _extract_args, _evaluate_args, batch=32)

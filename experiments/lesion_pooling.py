@@ -119,7 +119,7 @@ def extract(args) -> None:
                 checked.append(True)
         return res
 
-    extract_parts(selected, out, args.batch, load, compute)
+    print(json.dumps(extract_parts(selected, out, args.batch, load, compute)))
 
 
 def evaluate(args) -> None:

@@ -77,14 +77,12 @@ def main() -> None:
     if "R0" in result and not args.queries:
         def v(c, k):
             return result[c][k]["value"]
-        r0 = result["R0"]
         eligible = [f"R{c}" for c in args.caps if c and all(v(f"R{c}", k) >= v("R0", k) - 0.005
                                                             for k in ("xS", "xC", "xE", "xH"))]
         best = max(eligible, key=lambda c: v(c, "xS") + v(c, "xC"), default=None)
         chosen = best if best and (v(best, "xS") + v(best, "xC")) - (v("R0", "xS") + v("R0", "xC")) >= 0.01 else None
         result["rule"] = {"eligible": eligible, "best_eligible": best, "chosen": chosen,
                           "R0_joint": v("R0", "xS") + v("R0", "xC")}
-        del r0
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -315,6 +315,57 @@ def test_cli_cross_source_headline_is_chosen_on_the_index_val_rows(lesion_index,
     assert any("1 queries without a diagnosis" in n for n in out["notes"])
 
 
+def test_cli_headline_chosen_on_both_sources(lesion_index, tmp_path, capsys):
+    """--choose-also-on: the headline is the measure with the best sum of the metric over the index's
+    `val` rows and another source's `xval` images, each set checked by hand against its own run; the
+    reported `xtest` images are never among those chosen on."""
+    from dermsearch.evaluate.evaluator import best_measure
+
+    root, _ = lesion_index
+    split = tmp_path / "split.csv"
+    names = ["test"] * 6 + ["val"] * 4 + ["train"] * 8
+    split.write_text("image_id,split\n" + "".join(f"e{i},{s}\n" for i, s in enumerate(names)))
+    xsplit = tmp_path / "xsplit.csv"
+    with open(tmp_path / "q.csv", "w", newline="") as f, open(xsplit, "w") as fs:
+        w = csv.writer(f)
+        w.writerow(["image_id", "image_path", "diagnosis", "melanoma"])
+        fs.write("image_id,split\n")
+        for i in range(10):
+            d, m = ("melanoma", 1) if i % 3 == 0 else ("nevus", 0)
+            lesion_image(300 + i).save(tmp_path / f"x{i}.png")
+            w.writerow([f"x{i}", f"x{i}.png", d, m])
+            fs.write(f"x{i},{'xval' if i < 5 else 'xtest'}\n")
+    base = ["evaluate", str(root / "ix"), "--queries", str(tmp_path / "q.csv"), "--diagnosis-map",
+            "nevus=nv,melanoma=mel", "--query-split-csv", str(xsplit), "--query-split", "xtest",
+            "--split", str(split), "--candidate-split", "train", "val", "--choose-on", "val",
+            "--choose-metric", "melanoma_auc_vote4", "-k", "3", "--vote-k", "4", "--bootstrap", "20", "--json",
+            "--quiet"]
+    assert main(base + ["--choose-also-on", str(tmp_path / "q.csv"), str(xsplit), "xval"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    h = out["headline"]
+    assert out["queries"] == 5 and "sum of melanoma_auc_vote4" in h["rule"] and "xval (5 queries vs 12" in h["rule"]
+    # by hand: each selection run on its own, the values summed, the best taken
+    ev = Evaluator(Searcher(root / "ix"))
+    ids = ev.searcher.snapshot.ids
+    sp = dict(zip([f"e{i}" for i in range(18)], names))
+    cfg = EvaluationConfig(k=3, vote_k=4, bootstrap=0)
+    val = ev.run(ev.queries_from_index([i for i in ids if sp[i] == "val"]), [i for i in ids if sp[i] == "train"], cfg)
+    xq = ev.queries_from_csv(tmp_path / "q.csv", {"nevus": "nv", "melanoma": "mel"},
+                             only_ids={f"x{i}" for i in range(5)})
+    xv = ev.run(xq, [i for i in ids if sp[i] in ("train", "val")], cfg)
+    total = {m: val.measures[m]["melanoma_auc_vote4"]["value"] + xv.measures[m]["melanoma_auc_vote4"]["value"]
+             for m in val.measures}
+    assert h["selection"] == pytest.approx(total)
+    assert h["measure"] == best_measure(total)
+    assert h["value"] == out["measures"][h["measure"]]["melanoma_auc_vote4"]["value"]
+    # choosing on the images reported is refused; the flag needs --choose-on
+    assert main(base + ["--choose-also-on", str(tmp_path / "q.csv"), str(xsplit), "xtest"]) == 2
+    assert "other queries than those reported" in capsys.readouterr().err
+    no_choose = [a for a in base if a not in ("--choose-on", "val")]
+    assert main(no_choose + ["--choose-also-on", str(tmp_path / "q.csv"), str(xsplit), "xval"]) == 2
+    assert "needs --choose-on" in capsys.readouterr().err
+
+
 def test_item_bootstrap_agrees_with_scipy():
     """The item-level percentile bootstrap is scipy's (the cluster one has no scipy counterpart)."""
     from scipy.stats import bootstrap

@@ -153,11 +153,13 @@ def test_cached_encoder_refuses_other_preprocessing_and_unloadable_exports(pair,
         (directory / "extractor.onnx").write_bytes(model)
 
 
-def _vignetted(source, out):
-    """``source`` with a contact dermatoscope's black corners (outside a centred disc), saved as ``out``."""
+def _vignetted(source, out, size=None):
+    """``source`` (resized to ``size``, when given) with a contact dermatoscope's black corners
+    (outside a centred disc), saved as ``out``."""
     from PIL import Image
 
-    a = np.asarray(Image.open(source).convert("RGB")).copy()
+    img = Image.open(source).convert("RGB")
+    a = np.asarray(img.resize(size, Image.Resampling.BILINEAR) if size else img).copy()
     yy, xx = np.mgrid[:a.shape[0], :a.shape[1]]
     a[(yy - a.shape[0] / 2) ** 2 + (xx - a.shape[1] / 2) ** 2 > (0.45 * a.shape[0]) ** 2] = 0
     Image.fromarray(a).save(out)
@@ -169,7 +171,7 @@ def test_exported_files_run_without_dermsearch_as_documented(cache, tmp_path, im
     """docs/usage.md's ONNX contract, run as written (numpy, scipy, Pillow and onnxruntime only; no
     dermsearch module imported) on an export of a model with every preprocessing step the contract
     names (Shades of Gray, a learned segmenter, lesion-pooled Grams: the `masks` input, field-of-view
-    pooling: the `fields` input, on a query with a black vignette), gives the
+    pooling: the `fields` input, on a query with a black vignette, and a cap on the long side), gives the
     feature and style vectors `dermsearch search` computes for the same image."""
     import dataclasses
     import re
@@ -179,7 +181,7 @@ def test_exported_files_run_without_dermsearch_as_documented(cache, tmp_path, im
     from .conftest import REPO, TORCH
 
     config = dataclasses.replace(TINY, weights="imagenet", image_size=128, colour="shades-of-gray", gram_pool="lesion",
-                                 gram_margin=0.05, gram_norm="l2", segmenter="default", fov=True)
+                                 gram_margin=0.05, gram_norm="l2", segmenter="default", fov=True, max_side=80)
     build_index(image_folder, tmp_path / "ix", config, TORCH)
     assert main(["export-onnx", str(tmp_path / "ix"), "--out", str(tmp_path / "onnx")]) == 0
     said = capsys.readouterr().out
@@ -193,7 +195,8 @@ def test_exported_files_run_without_dermsearch_as_documented(cache, tmp_path, im
     code = block[:block.index(call)] + (
         "\nimport sys\nassert not [m for m in sys.modules if m.startswith('dermsearch')]\n"
         "f, s = encode(sys.argv[1], sys.argv[2])\nnp.save(sys.argv[3], f)\nnp.save(sys.argv[4], s)\n")
-    query = _vignetted(image_folder / "img05.png", tmp_path / "vignetted.png")   # the fields input matters
+    # the fields input matters (a black vignette), and so does the cap: a 150x111 query is reduced to 80x59
+    query = _vignetted(image_folder / "img05.png", tmp_path / "vignetted.png", size=(150, 111))
     res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "onnx"), str(query), str(tmp_path / "f.npy"),
                           str(tmp_path / "s.npy")], cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]

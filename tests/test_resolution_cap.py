@@ -67,6 +67,7 @@ def test_small_image_is_untouched(pair):
 def test_fingerprints_and_old_manifests(pair):
     capped, full = pair
     assert capped.fingerprint != full.fingerprint
+    assert full.fingerprint == "a1aeee82a77d1edf"      # this config's fingerprint before the option existed (6820722)
     old = TINY_FULL.to_dict()
     del old["max_side"]                        # a manifest written before the option existed
     cfg = ExtractorConfig.from_dict(old)
@@ -83,6 +84,29 @@ def test_onnx_parity_with_the_cap(tmp_path, monkeypatch):
     a, b = torch_ex.extract(images), onnx_ex.extract(images)
     assert np.abs(a.features - b.features).max() <= 1e-4 * max(1.0, float(np.abs(a.features).max()))
     assert np.abs(a.styles - b.styles).max() <= 1e-4 * max(1.0, float(np.abs(a.styles).max()))
+
+
+def test_cached_encoder_applies_the_cap(tmp_path, monkeypatch, image_folder):
+    """The encoder `dermsearch search` and the web app use (the index's cached ONNX export, no torch)
+    reads the cap from the manifest: a large query gives the capped extractor's vectors."""
+    pytest.importorskip("onnxruntime")
+    from dermsearch.extract.encoder import cached_encoder
+    from dermsearch.index import Index
+    from dermsearch.index.build import build_index
+
+    monkeypatch.setenv("DERMSEARCH_CACHE", str(tmp_path / "cache"))
+    onnx_ex = Extractor(TINY_CAP, Runtime(backend="onnx"))
+    build_index(image_folder, tmp_path / "ix", extractor=onnx_ex, runtime=Runtime(batch_size=4))
+    manifest = Index.open(tmp_path / "ix").manifest
+    assert manifest["extractor"]["max_side"] == 100
+    encoder = cached_encoder(manifest, "cpu")
+    assert encoder is not None
+    big = [lesion_image(i, size=300).resize((300, 223)) for i in range(2)]
+    a, b = onnx_ex.extract(big), encoder.extract(big)
+    np.testing.assert_allclose(a.features, b.features, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(a.styles, b.styles, rtol=0, atol=1e-6)
+    uncapped = Extractor(TINY_FULL, Runtime(backend="onnx")).extract(big)
+    assert np.abs(uncapped.features - b.features).max() > 1e-3 * float(np.abs(b.features).max())
 
 
 @pytest.mark.parametrize(("flags", "cap"), [([], 0), (["--max-side", "48"], 48)])

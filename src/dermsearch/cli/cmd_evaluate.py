@@ -96,6 +96,10 @@ def _evaluate_parser(sub, common: Common) -> None:
     ev.add_argument("--choose-on", nargs="+", metavar="SPLIT", help="name the headline measure by a rule fixed in "
                     "advance: the best --choose-metric for these index rows (e.g. val) as queries against the "
                     "candidates outside them (needs --split)")
+    ev.add_argument("--choose-also-on", nargs=3, metavar=("LABELS_CSV", "SPLIT_CSV", "SPLIT"),
+                    help="with --choose-on: also weigh these external images (e.g. another clinic's isic-uda1 "
+                         "labels.csv, its split.csv, xval) as queries against the report's candidates; the headline "
+                         "is the measure with the highest sum of --choose-metric over both, equally weighted")
     ev.add_argument("--choose-metric", metavar="METRIC",
                     help="the metric --choose-on maximises (default macro_p@k, k as given by -k, so macro_p@5 with "
                          "the default -k; with --compare both macro_p@k and the vote AUC are chosen)")
@@ -124,7 +128,7 @@ def cmd_evaluate(args) -> int:
     from ..search import Searcher
 
     if args.compare:
-        for flag in ("headline", "out", "rating_sheet", "ratings", "choose_metric", "metadata_head"):
+        for flag in ("headline", "out", "rating_sheet", "ratings", "choose_metric", "metadata_head", "choose_also_on"):
             if getattr(args, flag):
                 raise UsageError(f"--compare does not combine with --{flag.replace('_', '-')}")
     if args.ratings:
@@ -183,6 +187,8 @@ def _checked_split(args):
         raise UsageError("give either --headline or --choose-on, not both")
     if args.choose_on and split is None:
         raise UsageError("--choose-on needs --split")
+    if args.choose_also_on and not args.choose_on:
+        raise UsageError("--choose-also-on needs --choose-on (the index rows it is weighed with)")
     if args.choose_on and args.query_split and set(args.choose_on) & set(args.query_split):
         raise UsageError(f"--choose-on {' '.join(args.choose_on)} overlaps the query splits: choose on other "
                          "queries than those reported")
@@ -319,8 +325,22 @@ def _headline(args, evaluator, report, split, candidates) -> None:
         report.set_headline(args.headline, metric.replace("@k", f"@{args.k}"),
                             "named with --headline before the evaluation")
         return
+    also = []
+    if args.choose_also_on:
+        from ..labels import read_split
+
+        labels, split_csv, name = args.choose_also_on
+        only = {i for i, s in read_split(split_csv).items() if s == name}
+        if not only:
+            raise UsageError(f"--choose-also-on: no row of {split_csv} is in split {name!r}")
+        queries = evaluator.queries_from_csv(labels, _diagnosis_map(args), only_ids=only,
+                                             on_problem=lambda p: err.print(f"skipped {p.where}: {p.reason}"),
+                                             label_column=args.label_column)
+        pool = candidates if candidates is not None else list(evaluator.searcher.snapshot.ids)
+        also.append((queries, pool, f"{labels} {name}"))
     evaluator.headline_on_splits(report, split, args.choose_on, candidates, metric, EvaluationConfig(
-        k=args.k, vote_k=args.vote_k, seed=args.seed, exclude_same=args.exclude_same, label_column=args.label_column))
+        k=args.k, vote_k=args.vote_k, seed=args.seed, exclude_same=args.exclude_same, label_column=args.label_column),
+        also)
 
 
 def cmd_fit_gram_weights(args) -> int:
@@ -347,6 +367,7 @@ def cmd_fit_gram_weights(args) -> int:
         if r.info["gram_pool"] != "image" else ""
     flags += f" --gram-norm {r.info['gram_norm']}" if r.info["gram_norm"] != "none" else ""
     flags += "" if r.info["fov"] else " --no-fov"     # the Grams were fitted as that index pooled them
+    flags += f" --max-side {r.info['max_side']}" if r.info["max_side"] else ""
     print(f"weights written to {args.out}; use them with: dermsearch index SOURCE --index NEW_DIR "
           f"--gram-weights {args.out}{flags}")
     return 0

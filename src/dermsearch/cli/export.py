@@ -76,7 +76,8 @@ def _write_contract(out: Path, index, info: dict) -> dict:
         "decode": "RGB (alpha composited on white), EXIF orientation applied",
         "max_side": int(cfg.get("max_side", 0)),
         "resize": "first, when max_side > 0 and the long side exceeds it: reduce to max_side on the long side, "
-                  "aspect kept (each side round(side * max_side / long side)); then bilinear with antialiasing "
+                  "aspect kept (each side max(1, round(side * max_side / long side)), Python's round: halves to "
+                  "even; Pillow BILINEAR); then bilinear with antialiasing "
                   "(Pillow Image.resize, BILINEAR) to image_size x image_size",
         "colour": cfg.get("colour", "none"),
         "colour_formula": "shades-of-gray p=6 on the resized uint8 image: e_c = mean(x_c^6)^(1/6); "

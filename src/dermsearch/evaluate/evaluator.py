@@ -411,29 +411,44 @@ class Evaluator:
                                 ranking_seconds, results, ids_top, queries.ids, queries.paths, notes, head)
 
     def headline_from(self, report: EvaluationReport, selection_ids, candidate_ids, metric: str,
-                      config: EvaluationConfig, label: str) -> None:
+                      config: EvaluationConfig, label: str, also: list[tuple[QuerySet, list, str]] = ()) -> None:
         """Name ``report``'s headline measure by a rule fixed in advance: the best ``metric`` with
-        other index rows (``selection_ids``, e.g. val) as queries against ``candidate_ids``."""
-        if set(selection_ids) & set(report.query_ids if report.query_ids is not None else ()):
-            raise ConfigError("the headline must be chosen on other queries than those reported")
+        other index rows (``selection_ids``, e.g. val) as queries against ``candidate_ids``. With
+        ``also`` (each: external queries, e.g. another clinic's ``xval``, their candidates, a label),
+        the best sum of ``metric`` over the index rows and each of those, equally weighted."""
         if not selection_ids or not candidate_ids:
             raise ConfigError(f"{label}: no selection queries or no candidates outside them")
-        sel = self.run(self.queries_from_index(selection_ids, config.label_column), candidate_ids,
-                       dataclasses.replace(config, bootstrap=0))
-        first = next(iter(sel.measures.values()))
-        if metric not in first:
-            valid = ", ".join(k for k, v in first.items() if "value" in v)
-            raise ConfigError(f"unknown metric {metric!r}; valid: {valid}")
-        measure, values = choose_headline(sel, metric)
-        report.set_headline(measure, metric, f"highest {metric} with the {label} rows as queries against the "
-                            f"{len(candidate_ids)} candidates outside them ({len(selection_ids)} queries)", values)
+        selections = [(self.queries_from_index(selection_ids, config.label_column), candidate_ids,
+                       f"the {label} rows")] + list(also)
+        reported = set(report.query_ids if report.query_ids is not None else ())
+        total: dict[str, float] = {}
+        for queries, cands, name in selections:
+            if set(queries.ids) & reported:
+                raise ConfigError("the headline must be chosen on other queries than those reported")
+            if not len(queries) or not cands:
+                raise ConfigError(f"{name}: no selection queries or no candidates")
+            sel = self.run(queries, cands, dataclasses.replace(config, bootstrap=0))
+            first = next(iter(sel.measures.values()))
+            if metric not in first:
+                valid = ", ".join(k for k, v in first.items() if "value" in v)
+                raise ConfigError(f"unknown metric {metric!r}; valid: {valid}")
+            for m, v in choose_headline(sel, metric)[1].items():
+                total[m] = total.get(m, 0.0) + v
+        measure = best_measure(total)
+        if also:
+            parts = " + ".join(f"{name} ({len(q)} queries vs {len(c)} candidates)" for q, c, name in selections)
+            rule = f"highest sum of {metric} over {parts}"
+        else:
+            rule = (f"highest {metric} with the {label} rows as queries against the {len(candidate_ids)} candidates "
+                    f"outside them ({len(selection_ids)} queries)")
+        report.set_headline(measure, metric, rule, total)
 
     def headline_on_splits(self, report: EvaluationReport, split: dict, names, candidate_ids, metric: str,
-                           config: EvaluationConfig) -> None:
+                           config: EvaluationConfig, also: list[tuple[QuerySet, list, str]] = ()) -> None:
         """:meth:`headline_from` with the index rows of the splits ``names`` as selection queries
         (``metric``'s ``@k`` read as ``config.k``)."""
         chosen, pool = split_selection(self.searcher.snapshot.ids, split, names, candidate_ids)
-        self.headline_from(report, chosen, pool, metric.replace("@k", f"@{config.k}"), config, "+".join(names))
+        self.headline_from(report, chosen, pool, metric.replace("@k", f"@{config.k}"), config, "+".join(names), also)
 
     def head_probabilities(self, queries: QuerySet) -> np.ndarray | None:
         """P(melanoma) of the index model's own head for each query (None: the model has no head)."""

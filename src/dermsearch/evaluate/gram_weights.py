@@ -219,6 +219,7 @@ def fit_index_gram_weights(index, split: dict[str, str], query_splits: Sequence[
     info = {"gram_pool": ext.get("gram_pool", "image"), "gram_margin": ext.get("gram_margin", 0.0),
             "gram_norm": ext.get("gram_norm", "none"), "tap_channels": m["tap_channels"],
             "network": m.get("network_fingerprint"), "fov": bool(ext.get("fov", False)),
+            "max_side": int(ext.get("max_side", 0)),
             "style_network": m.get("style_network_fingerprint"), "colour": ext.get("colour", "none"),
             "layers": [{"stage": e["stage"], "region": e["region"], "channels": e["channels"]} for e in layout],
             "fitted_on": {"index": str(index.directory), "index_fingerprint": index.fingerprint,

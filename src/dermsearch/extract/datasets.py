@@ -1,7 +1,8 @@
 """Labelled data sets decoded once into uint8 tensors: (image, mask) pairs and (image, label) sets.
 
-Images are resized exactly as the extractor resizes them (``resize_rgb``), so training, indexing
-and evaluation see the same pixels; masks are resized with nearest-neighbour (HAM10000's are
+Images are resized exactly as the extractor resizes them (``resize_rgb``; the extractor's optional
+``max_side`` cap, off by default, is not applied here), so training, indexing and evaluation see the
+same pixels; masks are resized with nearest-neighbour (HAM10000's are
 600x450 for 200x150 images). Used by the trainers and by the classifier and mask evaluations.
 """
 
@@ -116,7 +117,8 @@ def load_labelled(labels_csv, split_csv=None, splits=None, size: int = 224, labe
                   melanoma_class: str = "mel", limit: int = 0, threads: int = 4) -> LabelledSet:
     """Decode the images of ``splits`` (all rows when no split is given) at ``size`` x ``size``.
 
-    Images are resized exactly as the extractor resizes them, so training and indexing agree."""
+    Images are resized exactly as the extractor resizes them (without its optional ``max_side`` cap),
+    so training and indexing agree."""
     labels_csv = Path(labels_csv)
     split = read_split_map(split_csv)
     rows = []
