@@ -122,6 +122,17 @@ def write_result(result: dict, out: str | None) -> None:
         Path(out).write_text(text + "\n")
 
 
+def rows_args(p: argparse.ArgumentParser) -> None:
+    """``extract --rows``: the images of an earlier run (its rows.json)."""
+    p.add_argument("--rows", required=True, help="rows.json of experiments/lesion_pooling.py (the same images)")
+
+
+def stored_feature_args(p: argparse.ArgumentParser) -> None:
+    """``evaluate OUT_DIR FEATURE_DIR``: this run's parts and the lesion-pooling run's shipped vectors."""
+    p.add_argument("out_dir")
+    p.add_argument("feature_dir", help="experiments/lesion_pooling.py's output (the shipped F1 vectors)")
+
+
 def main(doc: str, extract: Callable, evaluate: Callable,
          extract_args: Callable[[argparse.ArgumentParser], None] = lambda p: None,
          evaluate_args: Callable[[argparse.ArgumentParser], None] = lambda p: None, batch: int = 16) -> None:

@@ -39,6 +39,8 @@ from crosssource import (  # noqa: E402
     extract_parts,
     load_parts,
     main,
+    rows_args,
+    stored_feature_args,
     vote_auc,
     write_result,
 )
@@ -154,11 +156,4 @@ def evaluate(args) -> None:
 
 
 if __name__ == "__main__":
-    def _extract_args(p):
-        p.add_argument("--rows", required=True, help="rows.json of experiments/lesion_pooling.py (the same images)")
-
-    def _evaluate_args(p):
-        p.add_argument("out_dir")
-        p.add_argument("feature_dir", help="experiments/lesion_pooling.py's output (the shipped F1 vectors)")
-
-    main(__doc__, extract, evaluate, _extract_args, _evaluate_args)
+    main(__doc__, extract, evaluate, rows_args, stored_feature_args)

@@ -81,6 +81,21 @@ def image_folder(tmp_path: Path) -> Path:
     return folder
 
 
+def cli_index_settings(tmp_path: Path, image_folder: Path, monkeypatch, *flags: str) -> dict:
+    """The extractor settings `dermsearch index` records for a small ImageNet-weights index built with
+    ``flags`` (torch, Otsu masks, 64 px)."""
+    import json
+
+    from dermsearch.cli.main import main
+
+    monkeypatch.setenv("DERMSEARCH_CACHE", str(tmp_path / "cache"))
+    rc = main(["index", str(image_folder), "--index", str(tmp_path / "ix"), "--weights", "imagenet",
+               "--image-size", "64", "--mask-size", "32", "--segmenter", "otsu", "--quiet", "--backend", "torch",
+               *flags])
+    assert rc == 0
+    return json.loads((tmp_path / "ix" / "dermsearch.json").read_text())["extractor"]
+
+
 def require_data(path: Path) -> Path:
     """``path`` under ../shared/data: the test is skipped where the data is absent, except in CI
     (``CI`` set), where a missing data set must fail the run, not thin it silently."""

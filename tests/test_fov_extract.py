@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from dermsearch.extract.images import resize_rgb
 from dermsearch.models.pooling import field_weights, masked_mean
 from dermsearch.runtime import Runtime
 
-from .conftest import TINY, lesion_image
+from .conftest import TINY, cli_index_settings, lesion_image
 
 # ImageNet weights: a random tiny backbone's pooled vectors are ~1e-9, too small to tell poolings apart
 TINY_FOV = dataclasses.replace(TINY, weights="imagenet", image_size=128, fov=True, gram_pool="lesion", gram_margin=0.05)
@@ -97,15 +96,7 @@ def test_onnx_parity_with_fields(tmp_path, monkeypatch):
 @pytest.mark.parametrize(("flags", "fov"), [([], False), (["--fov"], True), (["--fov", "--no-fov"], False)])
 def test_cli_fov_flags(tmp_path, image_folder, monkeypatch, flags, fov):
     """--weights imagenet pools the whole frame (the paper's baseline) unless --fov asks otherwise."""
-    from dermsearch.cli.main import main
-
-    monkeypatch.setenv("DERMSEARCH_CACHE", str(tmp_path / "cache"))
-    rc = main(["index", str(image_folder), "--index", str(tmp_path / "ix"), "--weights", "imagenet",
-               "--image-size", "64", "--mask-size", "32", "--segmenter", "otsu", "--quiet", "--backend", "torch",
-               *flags])
-    assert rc == 0
-    manifest = json.loads((tmp_path / "ix" / "dermsearch.json").read_text())
-    assert manifest["extractor"]["fov"] is fov
+    assert cli_index_settings(tmp_path, image_folder, monkeypatch, *flags)["fov"] is fov
 
 
 def test_fov_does_not_depend_on_masks(tmp_path):

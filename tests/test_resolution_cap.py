@@ -4,7 +4,6 @@ would, a small one is untouched; torch, ONNX Runtime, fingerprints, old manifest
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from dermsearch.extract import Extractor, ExtractorConfig
 from dermsearch.extract.images import cap_side
 from dermsearch.runtime import Runtime
 
-from .conftest import TINY, lesion_image
+from .conftest import TINY, cli_index_settings, lesion_image
 
 TINY_FULL = dataclasses.replace(TINY, weights="imagenet", image_size=64, fov=True, gram_pool="lesion", gram_margin=0.05)
 TINY_CAP = dataclasses.replace(TINY_FULL, max_side=100)
@@ -111,12 +110,4 @@ def test_cached_encoder_applies_the_cap(tmp_path, monkeypatch, image_folder):
 
 @pytest.mark.parametrize(("flags", "cap"), [([], 0), (["--max-side", "48"], 48)])
 def test_cli_flag(tmp_path, image_folder, monkeypatch, flags, cap):
-    from dermsearch.cli.main import main
-
-    monkeypatch.setenv("DERMSEARCH_CACHE", str(tmp_path / "cache"))
-    rc = main(["index", str(image_folder), "--index", str(tmp_path / "ix"), "--weights", "imagenet",
-               "--image-size", "64", "--mask-size", "32", "--segmenter", "otsu", "--quiet", "--backend", "torch",
-               *flags])
-    assert rc == 0
-    manifest = json.loads((tmp_path / "ix" / "dermsearch.json").read_text())
-    assert manifest["extractor"]["max_side"] == cap
+    assert cli_index_settings(tmp_path, image_folder, monkeypatch, *flags)["max_side"] == cap
