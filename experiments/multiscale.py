@@ -33,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from crosssource import (  # noqa: E402
+    K_VOTE,
     Groups,
     cosine_distance,
     euclidean_distance,
@@ -152,7 +153,39 @@ def evaluate(args) -> None:
         best = "Z8"
     result["rule"] = {"eligible": eligible, "chosen": best,
                       "counts": {"val": len(hv), "train_sample": len(ht), "xval": len(xq)}}
+    result["reading_Z4_minus_F1"] = paired_differences(data, gr)     # after the verdict: how sure each gain is
     write_result(result, args.out)
+
+
+def paired_differences(data: dict, gr, rounds: int = 1000, seed: int = 0) -> dict:
+    """``Z4 - F1`` per figure's AUC with a 95 % paired bootstrap CI over the queries' lesions (the
+    same resample for both): ``vC``/``hA`` on HAM ``val``, ``xC``/``xE``/``xH`` on isic ``xval``."""
+    from sklearn.metrics import roc_auc_score
+
+    def votes(f, q, c, dist, valid=None):
+        dd = dist(f[q], f[c])
+        dd = np.where(valid, dd, np.inf) if valid is not None else dd
+        return gr.melanoma[c][np.argpartition(dd, K_VOTE - 1, axis=1)[:, :K_VOTE]].mean(1)
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, q, c, dist, valid in (("vC", gr.hv, gr.ht, cosine_distance, gr.valid),
+                                    ("hA", gr.hv, None, None, None),
+                                    ("xC", gr.xq, gr.hc, cosine_distance, None),
+                                    ("xE", gr.xq, gr.hc, euclidean_distance, None),
+                                    ("xH", gr.xq, None, None, None)):
+        y = gr.melanoma[q]
+        s = {v: data[f"p_{v}"][q] if c is None else votes(data[f"f_{v}"], q, c, dist, valid) for v in ("F1", "Z4")}
+        _, inv = np.unique(gr.lesion[q], return_inverse=True)
+        members = [np.flatnonzero(inv == k) for k in range(inv.max() + 1)]
+        diffs = []
+        for _ in range(rounds):
+            idx = np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])
+            if y[idx].min() != y[idx].max():
+                diffs.append(roc_auc_score(y[idx], s["Z4"][idx]) - roc_auc_score(y[idx], s["F1"][idx]))
+        out[name] = {"value": float(roc_auc_score(y, s["Z4"]) - roc_auc_score(y, s["F1"])),
+                     "ci95": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]}
+    return out
 
 
 if __name__ == "__main__":
