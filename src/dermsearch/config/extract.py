@@ -63,7 +63,7 @@ class ExtractorConfig:
                         "vignette around it (extract/fov.py); an image without a vignette is pooled as without it")
     max_side: int = setting(0, "reduce an image whose long side exceeds this many pixels to it (aspect kept, "
                             "antialiased) before anything else, e.g. to the size of the images the model was "
-                            "trained on; 0 (default): never (issue #40 measured no gain on isic-uda1)",
+                            "trained on; 0: never, the default: issue #40 measured no gain on isic-uda1",
                             min=0, metavar="PX")
     style: bool = setting(True, "store style vectors (the Grams)")
     masks: bool = setting(True, "store lesion masks")
