@@ -261,12 +261,15 @@ def _no_queries(args) -> str:
 
 def _external_ids(args) -> set[str] | None:
     """The --queries ids in --query-split (from --query-split-csv); None: every row."""
-    if not args.query_split_csv:
-        return None
+    return _ids_in(args.query_split_csv, args.query_split) if args.query_split_csv else None
+
+
+def _ids_in(split_csv, names) -> set[str]:
+    """The ids a split file puts in any of the splits ``names``."""
     from ..labels import read_split
 
-    chosen = set(args.query_split)
-    return {i for i, name in read_split(args.query_split_csv).items() if name in chosen}
+    chosen = set(names)
+    return {i for i, name in read_split(split_csv).items() if name in chosen}
 
 
 def _compare(args, evaluator, split) -> int:
@@ -327,10 +330,8 @@ def _headline(args, evaluator, report, split, candidates) -> None:
         return
     also = []
     if args.choose_also_on:
-        from ..labels import read_split
-
         labels, split_csv, name = args.choose_also_on
-        only = {i for i, s in read_split(split_csv).items() if s == name}
+        only = _ids_in(split_csv, [name])
         if not only:
             raise UsageError(f"--choose-also-on: no row of {split_csv} is in split {name!r}")
         queries = evaluator.queries_from_csv(labels, _diagnosis_map(args), only_ids=only,
