@@ -319,7 +319,7 @@ def test_cli_headline_chosen_on_both_sources(lesion_index, tmp_path, capsys):
     """--choose-also-on: the headline is the measure with the best sum of the metric over the index's
     `val` rows and another source's `xval` images, each set checked by hand against its own run; the
     reported `xtest` images are never among those chosen on."""
-    from dermsearch.evaluate.evaluator import best_measure
+    from dermsearch.evaluate.headline import best_measure
 
     root, _ = lesion_index
     split = tmp_path / "split.csv"
@@ -377,7 +377,7 @@ def test_item_bootstrap_agrees_with_scipy():
 
 
 def test_split_selection_keeps_chosen_rows_out_of_the_candidates():
-    from dermsearch.evaluate.evaluator import split_selection
+    from dermsearch.evaluate.headline import split_selection
 
     split = {"a": "train", "b": "val", "c": "val", "d": "test"}
     ids = ["a", "b", "c", "d", "e"]                      # "e": in no split, so never chosen on

@@ -275,7 +275,7 @@ def _ids_in(split_csv, names) -> set[str]:
 def _compare(args, evaluator, split) -> int:
     from ..evaluate import EvaluationConfig, Evaluator
     from ..evaluate.compare import compare, comparison_markdown
-    from ..evaluate.evaluator import split_selection
+    from ..evaluate.headline import split_selection
     from ..search import Searcher
 
     other = Evaluator(Searcher(args.compare, runtime=runtime_of(args)))
