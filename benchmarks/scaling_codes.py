@@ -153,20 +153,8 @@ def fast_curve(fast, rows, sizes, qrows, queries, refs, args, log) -> list[dict]
                "fast_first_pass_ms_median": ms(first), "fast_first_pass_ms_p95": ms(first, 95),
                "fast_queries": count, "fast_recall_at_5": recall,
                "fast_normalisers_certified": f"{sum(all(r.certified.values()) for r in results)}/{count}",
-               "cells": None if view.cells is None else len(view.cells),
-               "rows_scanned_median": int(statistics.median(r.cells[2] if r.cells else n for r in results)),
                "style_rows_synthesised_per_query": round((rows.served - served) / count, 1),
                "style_row_synthesis_ms_median": ms(synth)}
-        if n == max(sizes) and view.cells is not None:      # the same queries scanning every row: the baseline
-            cells, view.cells = view.cells, None
-            timed(view, rows, queries[:count], valid_of, MEASURES)
-            lat_all, res_all, _ = timed(view, rows, queries[:count], valid_of, MEASURES)
-            view.cells = cells
-            row["fast_every_row"] = {
-                "ms_median": ms(lat_all), "ms_p95": ms(lat_all, 95),
-                "recall_at_5": {m: round(float(np.mean([len(set(refs[n][m][j]) & set(r.rows[m])) / 5
-                                                        for j, r in enumerate(res_all)])), 4) for m in MEASURES},
-                "normalisers_certified": f"{sum(all(r.certified.values()) for r in res_all)}/{count}"}
         if n == max(sizes):
             per = {}
             for m in MEASURES:

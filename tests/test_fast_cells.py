@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from dermsearch.search import MEASURES, fast_cells
+from dermsearch.search import MEASURES
 from dermsearch.search.engine import Query
 from dermsearch.search.fast import FastConfig, FastIndex
 from dermsearch.search.fast_build import FastIndexWriter
@@ -74,7 +74,7 @@ def test_every_member_lies_within_its_cells_bound(clustered):
 
 def test_a_view_answers_as_the_whole_index_restricted_to_its_rows(clustered):
     rows = np.sort(np.random.default_rng(0).choice(len(clustered), 300, replace=False))
-    view = fast_cells.view(clustered, rows)
+    view = clustered.view(rows)
     for i in (int(rows[3]), int(rows[200])):
         q = _query(clustered, i)
         valid = np.zeros(len(clustered), bool)

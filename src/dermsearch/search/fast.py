@@ -39,7 +39,19 @@ measure the rows with the largest such bounds.
 When it is not certified, the returned ES/SS are still within a stated bound of the exact ones
 (:attr:`FastResult.normaliser_bounds`, tested in ``tests/test_fast.py``).
 
-Files: :mod:`.fast_build` (the writer) lists them; past ``cells_from`` rows, :mod:`.fast_cells`'s too.
+Files, under ``INDEX/fast/v{version}/`` (one index version; written to a temporary directory and
+renamed into place, so a crash never leaves a half-written set)::
+
+    fast.json      config, row count, index version, explained variance
+    ids.npy        row ids (fixed-width unicode), checked against the snapshot on open
+    features.npy masks.npy mask_areas.npy feature_sqnorms.npy style_sqnorms.npy   exact rows
+    styles.npy (where full_rows is "here"), style_fp16.npy, certified_*.npy, style_code_err.npy: .fast_rows
+    {feature,style}_{mean,basis,proj,csq,resid}.npy   PCA mean, basis [k, D], projections [N, k],
+                                                       ||x − μ||², ||residual|| per row
+    style_sketch.npy [N, m]    count sketches of the style residuals; style_sketch_{order,signs,basis}.npy:
+                               the hash (a permutation cut into m equal buckets, and signs) and
+                               the basis' sketch [k, m]
+    mask_cells.npy  [N, G²] float32 pixel counts per cell
 """
 
 from __future__ import annotations
@@ -65,14 +77,13 @@ from .engine import (
 )
 from .fast_cells import CELL_ARRAYS
 from .fast_parts import (
-    RESIDENT,
     FastResult,
     RowReader,
     SearchPass,
     cell_counts,
     components_of,
     count_sketch,
-    estimated_components,
+    estimated_component,
     rough_scores,
     score_error_bound,
     style_candidates,
@@ -84,6 +95,8 @@ from .measures import stored_components
 __all__ = ["read_info", "FastConfig", "FastIndex", "FastResult", "FastModeMissing", "fast_dir", "score_error_bound",
            "count_sketch", "cell_counts", "FAST_FORMAT", "index_identity", "RowReader"]
 
+RESIDENT = ("feature_proj", "style_proj", "feature_csq", "style_csq", "feature_resid", "style_resid",
+            "feature_sqnorms", "style_sqnorms", "mask_cells", "mask_areas", "style_sketch", "style_code_err")
 RESIDENT_EXACT_BYTES = 2 << 30
 NORMALISER_ROUNDS = 3       # extra rounds of exact checks for a normaliser not yet certified
 SMALL = ("ids", "feature_mean", "feature_basis", "style_mean", "style_basis", "style_sketch_order",
@@ -203,10 +216,22 @@ class FastIndex:
         out = FastIndex(self.directory, {**self.info, "rows": n},
                         {k: v[:n] if k in per_row or k == "ids" else v for k, v in self.arrays.items()},
                         self.style_rows, self.full_rows)
-        if out.cells is not None:      # cells where optimize would make them for n rows
-            out.cells = self.cells.restrict(0, n) if fast_cells.cell_count(n, self.config) else None
         if out.cells is not None:
+            out.cells = self.cells.restrict(0, n)
             out.cells._coarse = None if self.cells._coarse is None else self.cells._coarse[:n]
+        return out
+
+    def view(self, rows: np.ndarray) -> FastIndex:
+        """These rows (ascending) as an index of their own, numbered from 0: the arrays every query
+        scans gathered, the exact and re-rank rows read at their place in the whole (the rows of
+        the cells a query scans, :mod:`.fast_cells`)."""
+        arrays = {name: np.take(a, rows, axis=0) if name in RESIDENT or name == "ids" else a
+                  for name, a in self.arrays.items() if name != "styles"}
+        full = None if self.full_rows is None else fast_rows.RowPick(self.full_rows, rows)
+        style = full if self.style_rows is self.full_rows else fast_rows.RowPick(self.style_rows, rows)
+        out = FastIndex(self.directory, {**self.info, "rows": int(rows.size)}, arrays, style, full)
+        out._rerank_rows = {name: fast_rows.RowPick(a, rows) for name, a in self._rerank_arrays().items()}
+        out.cells = None
         return out
 
     def rows(self, manifest: dict) -> dict[str, np.ndarray] | None:
@@ -273,7 +298,7 @@ class FastIndex:
             empty = np.zeros(0, dtype=np.int64)
             return FastResult({m: empty for m in measures}, {m: np.zeros(0) for m in measures}, {}, {}, empty, {})
         check_rows, upper = self._normaliser_candidates(p)
-        comp_est = estimated_components(self, p)
+        comp_est = self._estimated_components(p)
         wide = self._wide_rows(p, comp_est)
         # stage A's rows and the normaliser checks: their feature and mask components exactly (6 KB a row)
         rerank = np.unique(np.concatenate(list(wide.values()) + list(check_rows.values())))
@@ -332,6 +357,29 @@ class FastIndex:
             hi[p.invalid] = -np.inf
             check_rows[comp], upper[comp] = p.largest(hi, self.config.normaliser_candidates), hi
         return check_rows, upper
+
+    def _estimated_components(self, p: SearchPass) -> dict[str, np.ndarray]:
+        """2. candidates: every row's estimated components in float32 (they only choose rows)."""
+        query, valid, est_f, a = p.query, p.valid, p.est_f, self.arrays
+        qf = float(np.dot(query.feature.astype(np.float64), query.feature))
+        f32 = est_f.astype(np.float32)
+        max_f_est = float(np.sqrt(np.max(est_f, where=valid, initial=0.0))) or 1.0
+        comp_est: dict[str, np.ndarray] = {"euclidean": estimated_component(np.sqrt(f32), max_f_est)}
+        denom = self._feature_norms * np.float32(2.0 * np.sqrt(qf))
+        cos = np.divide(self._feature_sqnorms32 + np.float32(qf) - f32, denom, out=np.zeros_like(f32),
+                        where=denom > 0)
+        comp_est["cosine"] = (np.clip(cos, -1.0, 1.0) + 1.0) * np.float32(0.5)
+        if p.est_s is not None:
+            top_s = float(np.max(p.est_s, where=valid, initial=0.0)) or 1.0
+            comp_est["style"] = estimated_component(p.rank_s.astype(np.float32), top_s)
+        if "dice" in p.needs and "mask_cells" in a and query.mask is not None:
+            grid = self.config.mask_grid
+            qcells = cell_counts(query.mask[None], self.info["mask_size"], grid)[0]
+            cell_px = (self.info["mask_size"] // grid) ** 2
+            inter = row_parallel_products(qcells[None], a["mask_cells"])[0] * np.float32(2.0 / cell_px)
+            total = self._mask_areas32 + np.float32(query.mask_area)
+            comp_est["dice"] = np.divide(inter, total, out=np.ones_like(inter), where=total > 0)
+        return comp_est
 
     def _wide_rows(self, p: SearchPass, comp_est: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Stage A: per measure, the best ``wide_candidates`` rows by the estimates (or more: see

@@ -4,23 +4,7 @@ cells, the exact feature and mask rows as memory-mappable ``.npy`` files, the st
 re-ranks from at the stored precision and where the full rows live (:mod:`.fast_rows`), and
 optionally certified mode's int8 style copy. Everything goes into a temporary directory that is
 renamed into place, so a crash never leaves a half-written set; :func:`carry_forward` re-labels
-the files after a compaction.
-
-Files, under ``INDEX/fast/v{version}/`` (one index version; written to a temporary directory and
-renamed into place, so a crash never leaves a half-written set)::
-
-    fast.json      config, row count, index version, explained variance
-    ids.npy        row ids (fixed-width unicode), checked against the snapshot on open
-    features.npy masks.npy mask_areas.npy feature_sqnorms.npy style_sqnorms.npy   exact rows
-    styles.npy (where full_rows is "here"), style_fp16.npy, certified_*.npy, style_code_err.npy: .fast_rows
-    {feature,style}_{mean,basis,proj,csq,resid}.npy   PCA mean, basis [k, D], projections [N, k],
-                                                       ||x − μ||², ||residual|| per row
-    style_sketch.npy [N, m]    count sketches of the style residuals; style_sketch_{order,signs,basis}.npy:
-                               the hash (a permutation cut into m equal buckets, and signs) and
-                               the basis' sketch [k, m]
-    mask_cells.npy  [N, G²] float32 pixel counts per cell
-    cell_*.npy     past ``cells_from`` rows: the coarse partition (:mod:`.fast_cells`)
-"""
+the files after a compaction."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ A query then scans (:func:`search`), per component its measures rank by:
 - the two cells with the largest bound on each max-normalised distance (ED, LS), where the
   maxima are most likely to lie;
 
-and runs fast mode's own steps on those rows (:func:`view`). The
+and runs fast mode's own steps on those rows (:meth:`FastIndex.view <.fast.FastIndex.view>`). The
 returned scores are still exact; what a cell can change is *which* rows are found (recall is
 measured, not proven: ``benchmarks/bench_scaling.py``) and the max-normalisers. Those stay
 certified where they can be: every row of an unscanned cell lies within
@@ -42,12 +42,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import fast_rows
 from .engine import Query, largest
-from .fast_parts import RESIDENT, FastResult, cell_counts
+from .fast_parts import FastResult, cell_counts
 from .measures import MEASURE_COMPONENTS
 
-__all__ = ["cell_count", "write_cells", "Cells", "view", "search", "CELL_ARRAYS"]
+__all__ = ["cell_count", "write_cells", "Cells", "search", "CELL_ARRAYS"]
 
 CELL_ARRAYS = ("cell_rows", "cell_starts", "cell_feature_centre", "cell_style_centre", "cell_feature_radius",
                "cell_style_radius", "cell_feature_resid", "cell_style_resid")
@@ -193,20 +192,6 @@ class Cells:
         return self._coarse
 
 
-def view(fast, rows: np.ndarray):
-    """These rows (ascending) as an index of their own, numbered from 0: the arrays every query
-    scans gathered, the exact and re-rank rows read at their place in the whole (the rows of
-    the cells a query scans, :mod:`.fast_cells`)."""
-    arrays = {name: np.take(a, rows, axis=0) if name in RESIDENT or name == "ids" else a
-              for name, a in fast.arrays.items() if name != "styles"}
-    full = None if fast.full_rows is None else fast_rows.RowPick(fast.full_rows, rows)
-    style = full if fast.style_rows is fast.full_rows else fast_rows.RowPick(fast.style_rows, rows)
-    out = type(fast)(fast.directory, {**fast.info, "rows": int(rows.size)}, arrays, style, full)
-    out._rerank_rows = {name: fast_rows.RowPick(a, rows) for name, a in fast._rerank_arrays().items()}
-    out.cells = None
-    return out
-
-
 def _dice_rows(fast, cells: Cells, query: Query, rows: int) -> np.ndarray:
     """The ``rows`` rows with the best coarse Dice estimate (every row when there is no coarse code)."""
     a = fast.arrays
@@ -246,8 +231,8 @@ def search(fast, query: Query, k: int, measures, valid: np.ndarray) -> FastResul
         rows = np.union1d(rows, _dice_rows(fast, cells, query, per))
     if rows.size > n // 2 or not valid[rows].any():
         return fast.search_rows(query, k, measures, valid, codes)
-    part = view(fast, rows)
-    r = part.search_rows(query, k, measures, valid[rows], codes)
+    view = fast.view(rows)
+    r = view.search_rows(query, k, measures, valid[rows], codes)
     out = FastResult({m: rows[v] for m, v in r.rows.items()}, r.scores, r.components, r.raw, rows[r.reranked],
                      r.normalisers, dict(r.normaliser_bounds), dict(r.certified), r.style_precision)
     out.cells = (int(chosen.sum()), len(cells), int(rows.size))

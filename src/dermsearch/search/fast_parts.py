@@ -15,15 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from .engine import Query, largest, normalise, smallest, top_k_rows
-from .kernels import row_parallel_products
 from .measures import MEASURE_COMPONENTS, measure_scores, normalised_by
 
-__all__ = ["RESIDENT", "count_sketch", "cell_counts", "RowReader", "SearchPass", "FastResult", "rough_scores",
-           "score_error_bound", "top_rows", "estimated_components"]
-
-# the per-row arrays every query scans (copied into RAM when fast-mode files are opened)
-RESIDENT = ("feature_proj", "style_proj", "feature_csq", "style_csq", "feature_resid", "style_resid",
-            "feature_sqnorms", "style_sqnorms", "mask_cells", "mask_areas", "style_sketch", "style_code_err")
+__all__ = ["count_sketch", "cell_counts", "RowReader", "SearchPass", "FastResult", "rough_scores",
+           "score_error_bound", "top_rows"]
 
 
 def count_sketch(x: np.ndarray, order: np.ndarray, signs: np.ndarray, buckets: int, block: int = 256) -> np.ndarray:
@@ -155,30 +150,6 @@ def rough_scores(components: dict[str, np.ndarray], measures: Sequence[str]) -> 
 def estimated_component(values: np.ndarray, top: float) -> np.ndarray:
     """An estimated max-normalised component 1 − v/top of float32 estimates, in float32."""
     return normalised_by(values[None], np.array([top], dtype=np.float32))[0]
-
-
-def estimated_components(fast, p: SearchPass) -> dict[str, np.ndarray]:
-    """2. candidates: every row's estimated components in float32 (they only choose rows)."""
-    query, valid, est_f, a = p.query, p.valid, p.est_f, fast.arrays
-    qf = float(np.dot(query.feature.astype(np.float64), query.feature))
-    f32 = est_f.astype(np.float32)
-    max_f_est = float(np.sqrt(np.max(est_f, where=valid, initial=0.0))) or 1.0
-    comp_est: dict[str, np.ndarray] = {"euclidean": estimated_component(np.sqrt(f32), max_f_est)}
-    denom = fast._feature_norms * np.float32(2.0 * np.sqrt(qf))
-    cos = np.divide(fast._feature_sqnorms32 + np.float32(qf) - f32, denom, out=np.zeros_like(f32),
-                    where=denom > 0)
-    comp_est["cosine"] = (np.clip(cos, -1.0, 1.0) + 1.0) * np.float32(0.5)
-    if p.est_s is not None:
-        top_s = float(np.max(p.est_s, where=valid, initial=0.0)) or 1.0
-        comp_est["style"] = estimated_component(p.rank_s.astype(np.float32), top_s)
-    if "dice" in p.needs and "mask_cells" in a and query.mask is not None:
-        grid = fast.config.mask_grid
-        qcells = cell_counts(query.mask[None], fast.info["mask_size"], grid)[0]
-        cell_px = (fast.info["mask_size"] // grid) ** 2
-        inter = row_parallel_products(qcells[None], a["mask_cells"])[0] * np.float32(2.0 / cell_px)
-        total = fast._mask_areas32 + np.float32(query.mask_area)
-        comp_est["dice"] = np.divide(inter, total, out=np.ones_like(inter), where=total > 0)
-    return comp_est
 
 
 def components_of(raw: dict[str, np.ndarray], tops: dict[str, float]) -> dict[str, np.ndarray]:

@@ -366,14 +366,6 @@ def open_full_rows(directory: Path, info: dict, shape: tuple[int, int]):
     return reader
 
 
-def _auto_cells(rows: int) -> int:
-    """The cells ``optimize`` makes by default for ``rows`` rows (:mod:`.fast_cells`; 0: none)."""
-    from .config import FastConfig
-    from .fast_cells import cell_count
-
-    return cell_count(rows, FastConfig())
-
-
 def storage_facts(index_directory: str | os.PathLike, fast_directory: Path | None, rows: int) -> dict:
     """What ``dermsearch info`` says of the storage: the fast-mode precision and where the full rows
     live, and bytes on disk per image (the index's table, the fast-mode files, a local tier file)."""
@@ -383,8 +375,7 @@ def storage_facts(index_directory: str | os.PathLike, fast_directory: Path | Non
 
     table = size(Path(index_directory) / "lance")
     out: dict = {"table_bytes_per_image": round(table / max(rows, 1)),
-                 "auto_precision": resolve_precision("auto", rows),     # what 'optimize' picks by default
-                 "auto_cells": _auto_cells(rows)}
+                 "auto_precision": resolve_precision("auto", rows)}     # what 'optimize' picks by default
     info = None
     if fast_directory is not None:
         try:
@@ -404,8 +395,5 @@ def storage_facts(index_directory: str | os.PathLike, fast_directory: Path | Non
                         "precision": info.get("precision", "float32"), "full_rows": full,
                         "bytes_per_image": round(fast_bytes / max(rows, 1)),
                         "tier_bytes_per_image": round(tier / max(rows, 1))}
-    out["fast_mode"]["cells"] = (info.get("cells") or {}).get("count", 0)
-    # the parts, each rounded, add up to the whole as printed
-    out["bytes_per_image"] = (out["table_bytes_per_image"] + out["fast_mode"]["bytes_per_image"]
-                              + out["fast_mode"]["tier_bytes_per_image"])
+    out["bytes_per_image"] = round((table + fast_bytes + tier) / max(rows, 1))
     return out
