@@ -39,7 +39,6 @@ from dermsearch.search.config import FastConfig
 from dermsearch.search.engine import ExactEngine, Query
 from dermsearch.search.fast import FAST_FORMAT, FastIndex, cell_counts, count_sketch
 from dermsearch.search.fast_build import FastIndexWriter, _fit_pca, sketch_hash
-from dermsearch.search.fast_cells import write_cells
 from dermsearch.search.fast_parts import RowReader
 from dermsearch.search.kernels import products
 from dermsearch.search.measures import dice_from_intersections, distances_from_dots, mask_intersections, row_sqnorms
@@ -315,7 +314,6 @@ class CodeSpaceWriter(FastIndexWriter):
                                                                                              "styles.npy")}
         np.save(self.tmp / "ids.npy", np.array(row_ids(np.arange(n), plan.n_real), dtype=str))
         plan.save(self.tmp / "plan.npz")
-        write_cells(self.tmp, info, cfg, say)
         info["build_seconds"] = round(time.perf_counter() - t0, 1)
         (self.tmp / "fast.json").write_text(json.dumps(info, indent=2))
         return replace_dir(self.tmp, self.final)

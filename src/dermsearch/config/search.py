@@ -35,11 +35,6 @@ class FastConfig:
                              "files below 100,000 images, else the index's table), 'here', 'index', or a second "
                              "location read only for the rows re-ranked (a directory or an fsspec URL)",
                              metavar="PLACE")
-    cells_from: int = setting(250_000, "from this many rows, a coarse partition of the codes (cells): a query scans "
-                              "the cells nearest to it, not every row (0: never)", min=0, metavar="ROWS")
-    cell_rows: int = setting(1_000, "rows per cell, on average", min=2)
-    probe: float = setting(0.04, "share of the rows a query scans per component it ranks by (feature, style, "
-                           "mask), when there are cells", min=0.0, max=1.0, metavar="SHARE")
 
     def __post_init__(self) -> None:
         check_fields(self)

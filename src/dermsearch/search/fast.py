@@ -66,7 +66,7 @@ import numpy as np
 from ..errors import ConfigError, DermsearchError
 from ..extract.vectors import Vectors
 from ..index.fastfiles import FAST_FORMAT, fast_dir, index_identity
-from . import fast_cells, fast_rerank, fast_rows
+from . import fast_rerank, fast_rows
 from .config import FastConfig
 from .engine import (
     ExactEngine,
@@ -75,7 +75,6 @@ from .engine import (
     Ranked,
     top_k_rows,
 )
-from .fast_cells import CELL_ARRAYS
 from .fast_parts import (
     FastResult,
     RowReader,
@@ -143,7 +142,6 @@ class FastIndex:
         self._feature_norms = np.sqrt(self._feature_sqnorms32)
         self._mask_areas32 = (arrays["mask_areas"].astype(np.float32) if "mask_areas" in arrays
                               else np.zeros(len(self.ids), np.float32))
-        self.cells = fast_cells.Cells.of(arrays)                        # None: every query scans every row
 
     @classmethod
     def open(cls, directory: str | os.PathLike, rows: tuple[int, int] | None = None) -> FastIndex:
@@ -166,7 +164,7 @@ class FastIndex:
             if not 0 <= start <= stop <= n:
                 raise ConfigError(f"rows {start}-{stop}: the fast-mode files of {directory} hold {n}")
             for name, a in arrays.items():
-                if (name == "ids" or name not in SMALL) and name not in CELL_ARRAYS and a.ndim >= 1 and a.shape[0] == n:
+                if (name == "ids" or name not in SMALL) and a.ndim >= 1 and a.shape[0] == n:
                     arrays[name] = a[start:stop]
             info = {**info, "rows": stop - start}
             same = style is full
@@ -177,10 +175,7 @@ class FastIndex:
         for name in (*RESIDENT, "ids"):
             if name in arrays:
                 arrays[name] = np.array(arrays[name])
-        fast = cls(directory, info, arrays, style, full)
-        if rows is not None and fast.cells is not None:
-            fast.cells = fast.cells.restrict(*rows)
-        return fast
+        return cls(directory, info, arrays, style, full)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -211,28 +206,10 @@ class FastIndex:
         ones fitted on all rows): a smaller archive for benchmarks, sharing the memory."""
         if not 0 < n <= len(self):
             raise ConfigError(f"a prefix of {n} rows: the files hold {len(self)}")
-        per_row = {k for k, v in self.arrays.items()
-                   if k not in SMALL and k not in CELL_ARRAYS and v.ndim >= 1 and v.shape[0] == len(self)}
-        out = FastIndex(self.directory, {**self.info, "rows": n},
-                        {k: v[:n] if k in per_row or k == "ids" else v for k, v in self.arrays.items()},
-                        self.style_rows, self.full_rows)
-        if out.cells is not None:
-            out.cells = self.cells.restrict(0, n)
-            out.cells._coarse = None if self.cells._coarse is None else self.cells._coarse[:n]
-        return out
-
-    def view(self, rows: np.ndarray) -> FastIndex:
-        """These rows (ascending) as an index of their own, numbered from 0: the arrays every query
-        scans gathered, the exact and re-rank rows read at their place in the whole (the rows of
-        the cells a query scans, :mod:`.fast_cells`)."""
-        arrays = {name: np.take(a, rows, axis=0) if name in RESIDENT or name == "ids" else a
-                  for name, a in self.arrays.items() if name != "styles"}
-        full = None if self.full_rows is None else fast_rows.RowPick(self.full_rows, rows)
-        style = full if self.style_rows is self.full_rows else fast_rows.RowPick(self.style_rows, rows)
-        out = FastIndex(self.directory, {**self.info, "rows": int(rows.size)}, arrays, style, full)
-        out._rerank_rows = {name: fast_rows.RowPick(a, rows) for name, a in self._rerank_arrays().items()}
-        out.cells = None
-        return out
+        per_row = {k for k, v in self.arrays.items() if k not in SMALL and v.ndim >= 1 and v.shape[0] == len(self)}
+        return FastIndex(self.directory, {**self.info, "rows": n},
+                         {k: v[:n] if k in per_row or k == "ids" else v for k, v in self.arrays.items()},
+                         self.style_rows, self.full_rows)
 
     def rows(self, manifest: dict) -> dict[str, np.ndarray] | None:
         """The rows' labels as Snapshot columns (paths, diagnosis, melanoma, lesion_id, meta_json),
@@ -255,21 +232,15 @@ class FastIndex:
         return int(sum(v.nbytes for n, v in self.arrays.items() if n in RESIDENT or not isinstance(v, np.memmap)))
 
     # --------------------------------------------------------------- estimates
-    def query_codes(self, kind: str, vec: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
-        """A query vector centred, its PCA projection, ``‖q − μ‖²`` and its residual norm."""
-        a = self.arrays
-        centred = np.asarray(vec, np.float32) - a[f"{kind}_mean"]
-        p = row_parallel_products(centred[None], a[f"{kind}_basis"])[0]
-        cq = float(np.dot(centred.astype(np.float64), centred))
-        return centred, p, cq, float(np.sqrt(max(cq - float(np.dot(p.astype(np.float64), p)), 0.0)))
-
-    def _estimate(self, kind: str, vec: np.ndarray, codes: tuple | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _estimate(self, kind: str, vec: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per row: the PCA estimate of the squared distance, its proven error radius (2·r_x·r_q),
         and the estimate that ranks (the PCA one less twice the residual sketches' product, where
         the files have sketches; not bounded, so never used for certification)."""
         a = self.arrays
-        centred, p, cq, rq = codes or self.query_codes(kind, vec)
+        centred = np.asarray(vec, np.float32) - a[f"{kind}_mean"]
+        p = row_parallel_products(centred[None], a[f"{kind}_basis"])[0]
+        cq = float(np.dot(centred.astype(np.float64), centred))
+        rq = float(np.sqrt(max(cq - float(np.dot(p.astype(np.float64), p)), 0.0)))
         est = np.maximum(a[f"{kind}_csq"] + cq - 2.0 * row_parallel_products(p[None], a[f"{kind}_proj"])[0], 0.0)
         ranking = est
         if f"{kind}_sketch" in a:
@@ -285,15 +256,7 @@ class FastIndex:
             return self._search(query, k, measures, valid)
 
     def _search(self, query: Query, k: int, measures: Sequence[str], valid: np.ndarray) -> FastResult:
-        if self.cells is not None and measures and valid.any():
-            return fast_cells.search(self, query, k, measures, valid)
-        return self.search_rows(query, k, measures, valid)
-
-    def search_rows(self, query: Query, k: int, measures: Sequence[str], valid: np.ndarray,
-                    codes: dict[str, tuple] | None = None) -> FastResult:
-        """The search steps over every row of this index (``codes``: the query's, by kind, computed
-        already: :meth:`query_codes`)."""
-        p = self._pass(query, k, measures, valid, codes or {})
+        p = self._pass(query, k, measures, valid)
         if p.rows_valid.size == 0 or not measures:
             empty = np.zeros(0, dtype=np.int64)
             return FastResult({m: empty for m in measures}, {m: np.zeros(0) for m in measures}, {}, {}, empty, {})
@@ -333,15 +296,13 @@ class FastIndex:
             result.style_precision = self.precision if self.full_rows is None else "float32"
         return result
 
-    def _pass(self, query: Query, k: int, measures: Sequence[str], valid: np.ndarray,
-              codes: dict | None = None) -> SearchPass:
+    def _pass(self, query: Query, k: int, measures: Sequence[str], valid: np.ndarray) -> SearchPass:
         """The query's estimates for every row (nothing computed when there is nothing to rank)."""
         p = SearchPass(query, k, tuple(measures), valid, np.flatnonzero(valid), np.flatnonzero(~valid))
-        codes = codes or {}
         if p.rows_valid.size and measures:
-            p.est_f, p.rad_f, _ = self._estimate("feature", query.feature, codes.get("feature"))
+            p.est_f, p.rad_f, _ = self._estimate("feature", query.feature)
             if query.style is not None:
-                p.est_s, p.rad_s, p.rank_s = self._estimate("style", query.style, codes.get("style"))
+                p.est_s, p.rad_s, p.rank_s = self._estimate("style", query.style)
         return p
 
     def _normaliser_candidates(self, p: SearchPass) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -477,8 +438,6 @@ class FastIndex:
                 per[m] = Ranked(r.rows[m], r.scores[m], {c: v[at] for c, v in r.components.items()},
                                 {c: v[at] for c, v in r.raw.items()})
             notes = fast_rerank.ranking_notes(r, self.precision)
-            if r.cells is not None:
-                notes.append(f"fast mode: scanned {r.cells[2]} rows in {r.cells[0]} of {r.cells[1]} cells")
             for comp, ok in r.certified.items():
                 lo, hi = r.normaliser_bounds[comp]
                 notes.append(f"{comp} normaliser certified exact" if ok else

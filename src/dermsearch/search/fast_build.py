@@ -24,7 +24,6 @@ from ..io import replace_dir, temp_dir_for
 from .config import FastConfig
 from .engine import dead_columns_zero, dead_style_ranges, live_style_blocks
 from .fast import FAST_FORMAT, FastIndex, cell_counts, count_sketch, fast_dir, index_identity
-from .fast_cells import write_cells
 from .fast_rows import default_full_rows, remove_tier_rows, resolve_precision, write_compact_rows, write_tier_rows
 from .kernels import products
 
@@ -153,7 +152,6 @@ class FastIndexWriter:
                 json.dump({**self.rows, "rows": n}, f)
                 f.flush()
                 os.fsync(f.fileno())
-        write_cells(self.tmp, info, cfg, say)
         info["build_seconds"] = round(time.perf_counter() - t0, 1)
         with open(self.tmp / "fast.json", "w") as f:
             json.dump(info, f, indent=2)

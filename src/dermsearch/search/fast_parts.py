@@ -125,7 +125,6 @@ class FastResult:
     normaliser_bounds: dict[str, tuple[float, float]] = field(default_factory=dict)  # certified [low, high]
     certified: dict[str, bool] = field(default_factory=dict)
     style_precision: str | None = None          # the style losses' rows when not all float32 (None: float32)
-    cells: tuple[int, int, int] | None = None   # cells scanned, cells in all, rows scanned (:mod:`.fast_cells`)
 
 
 def rough_scores(components: dict[str, np.ndarray], measures: Sequence[str]) -> dict[str, np.ndarray]:

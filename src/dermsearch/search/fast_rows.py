@@ -43,7 +43,7 @@ from .fast_parts import RowReader
 
 __all__ = ["AUTO_COMPACT_ROWS", "AUTO_COMPACT", "resolve_precision", "default_full_rows", "write_compact_rows",
            "open_compact_rows", "write_tier_rows", "open_full_rows", "remove_tier_rows", "FullRowsError",
-           "storage_facts", "RowRange", "RowPick"]
+           "storage_facts", "RowRange"]
 
 AUTO_COMPACT_ROWS = 100_000      # "auto": float32 below this many rows, AUTO_COMPACT from there
 AUTO_COMPACT = "int8"
@@ -319,27 +319,6 @@ class RowRange:
         close = getattr(self.reader, "close", None)
         if close is not None:
             close()
-
-
-class RowPick:
-    """Chosen rows (ascending) of another reader or array, numbered from 0 (the rows a query's
-    cells hold, :mod:`.fast_cells`): read with ``reader(rows)`` or ``array[rows]``."""
-
-    def __init__(self, source, rows: np.ndarray):
-        self.source, self.rows = source, np.asarray(rows, dtype=np.int64)
-        self.shape = (self.rows.size, *tuple(getattr(source, "shape", (0, 0)))[1:])
-
-    def __call__(self, rows: np.ndarray) -> np.ndarray:
-        return self.source(self.rows[np.asarray(rows, dtype=np.int64)])
-
-    def __getitem__(self, rows) -> np.ndarray:
-        return np.asarray(self.source[self.rows[rows]])
-
-    def all(self) -> np.ndarray:
-        return np.asarray(self.source.all()[self.rows])
-
-    def close(self) -> None:
-        """Nothing: the reader belongs to the whole index."""
 
 
 def open_full_rows(directory: Path, info: dict, shape: tuple[int, int]):
