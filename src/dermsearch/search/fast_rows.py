@@ -374,5 +374,7 @@ def storage_facts(index_directory: str | os.PathLike, fast_directory: Path | Non
                         "precision": info.get("precision", "float32"), "full_rows": full,
                         "bytes_per_image": round(fast_bytes / max(rows, 1)),
                         "tier_bytes_per_image": round(tier / max(rows, 1))}
-    out["bytes_per_image"] = round((table + fast_bytes + tier) / max(rows, 1))
+    # the parts, each rounded, add up to the whole as printed
+    out["bytes_per_image"] = (out["table_bytes_per_image"] + out["fast_mode"]["bytes_per_image"]
+                              + out["fast_mode"]["tier_bytes_per_image"])
     return out
