@@ -7,6 +7,10 @@ import numpy as np
 
 __all__ = ["top_k_rows", "kth_largest", "largest", "smallest"]
 
+SAMPLED_FROM = 100_000      # from this many scores, largest() first keeps those above a sampled cut
+SAMPLE_SHARE = 50           # ...when the c wanted are at most 1/50 of them
+SAMPLE = 16_384             # scores in the strided sample that places the cut
+
 
 def top_k_rows(scores: np.ndarray, valid: np.ndarray, k: int) -> list[np.ndarray]:
     """Per query, the valid rows with the k best scores, best first; ties keep row order.
@@ -34,12 +38,41 @@ def largest(scores: np.ndarray, c: int) -> np.ndarray:
     number): how approximate engines choose candidates, where the order does not matter. Of
     scores tied at the cut the lowest positions are chosen, so that the same choice made over
     parts of the scores (shards: :mod:`dermsearch.search.fast_sharded`) and merged gives the same
-    rows; checking costs one comparison pass (see :func:`smallest`)."""
+    rows; checking costs one comparison pass (see :func:`smallest`). From :data:`SAMPLED_FROM`
+    scores, a strided sample first sets a cut below the c-th largest, and only the scores above it
+    are partitioned (the same rows: every score tied at the cut is above it; fast mode's
+    selections over a million rows, docs/performance.md)."""
     n = scores.size
     if c >= n:
         return np.arange(n)
     if c <= 0:
         return np.zeros(0, dtype=np.int64)
+    if n >= SAMPLED_FROM and c * SAMPLE_SHARE <= n:
+        pre = _above_sampled_cut(scores, c)
+        if pre is not None:
+            return pre[_partition_largest(scores[pre], c)]
+    return _partition_largest(scores, c)
+
+
+def _above_sampled_cut(scores: np.ndarray, c: int) -> np.ndarray | None:
+    """The positions (ascending) of the scores at or above a cut that a strided sample places
+    below the ``c``-th largest (about 4c of them), or None when too few pass (or any is NaN, which
+    argpartition ranks above every number): one comparison pass instead of a partition of all."""
+    n = scores.size
+    step = max(1, n // SAMPLE)
+    sample = scores[::step]
+    keep = min(sample.size, int(np.ceil(4.0 * c * sample.size / n)) + 8)
+    cut = np.partition(sample, sample.size - keep)[sample.size - keep]
+    if np.issubdtype(scores.dtype, np.floating) and (np.isnan(cut) or np.isnan(scores).any()):
+        return None
+    pre = np.flatnonzero(scores >= cut)
+    return pre if pre.size >= c else None
+
+
+def _partition_largest(scores: np.ndarray, c: int) -> np.ndarray:
+    n = scores.size
+    if c >= n:
+        return np.arange(n)
     top = np.argpartition(scores, n - c)[n - c:]
     values = scores[top]
     cut = values.min()
