@@ -129,20 +129,24 @@ class FastResult:
 
 def rough_scores(components: dict[str, np.ndarray], measures: Sequence[str]) -> dict[str, np.ndarray]:
     """The measures of estimated components, in float32 and without the exact function's guards (a
-    part <= 0 gives a score of about 0): they only choose candidates, over every row."""
-    inv = {c: np.reciprocal(np.maximum(v.astype(np.float32), np.float32(1e-12)))
-           for c, v in components.items() if any(len(MEASURE_COMPONENTS[m]) > 1 and c in MEASURE_COMPONENTS[m]
-                                                  for m in measures)}
+    part <= 0 gives a score of about 0): they only choose candidates, over every row. A measure of
+    one component *is* that component's array (not a copy: a million rows' copy costs more than
+    the choice; callers may overwrite the scores of rows they rule out, which no later step reads)."""
+    inv = {}
+    for c, v in components.items():
+        if any(len(MEASURE_COMPONENTS[m]) > 1 and c in MEASURE_COMPONENTS[m] for m in measures):
+            r = np.maximum(np.asarray(v, dtype=np.float32), np.float32(1e-12))
+            inv[c] = np.reciprocal(r, out=r)
     out = {}
     for m in measures:
         parts = MEASURE_COMPONENTS[m]
         if len(parts) == 1:
-            out[m] = components[parts[0]].copy()
+            out[m] = components[parts[0]]
             continue
-        total = inv[parts[0]].copy()
-        for c in parts[1:]:
+        total = inv[parts[0]] + inv[parts[1]]
+        for c in parts[2:]:
             total += inv[c]
-        out[m] = np.float32(len(parts)) / total
+        out[m] = np.divide(np.float32(len(parts)), total, out=total)
     return out
 
 
