@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import scaling_codes as sc
 import synthetic_archive as sa
+from _common import machine
 
 from dermsearch.search import select
 from dermsearch.search.measures import MEASURES
@@ -61,7 +61,7 @@ def main() -> None:
     ratio = [x / y for x, y in zip(lat["partition_all"], lat["sampled_cut"])]
     print(json.dumps({
         "benchmark": "fast_select", "rows": n, "queries": len(queries), "measures": "all ten at once",
-        "cpu": platform.processor() or platform.machine(),
+        "machine": machine(),
         **{k: {"ms_median": round(statistics.median(v) * 1000, 1),
                "ms_p95": round(float(np.percentile(v, 95)) * 1000, 1)} for k, v in lat.items()},
         "paired_ratio_median": round(statistics.median(ratio), 3), "same_rows_and_scores": bool(same)}, indent=1))
