@@ -50,9 +50,11 @@ def test_the_sampled_path_is_taken_and_falls_back_when_too_few_pass(monkeypatch)
     largest(s[:50_000], 100)                        # below SAMPLED_FROM: the plain partition
     largest(s, 10_000)                              # more than 1/50 of the scores: the plain partition
     assert calls == [100]
-    # a sample that places its cut too high (every sampled score is the largest): the plain partition
+    # a sample that places its cut too high (its strided scores are the only large ones, fewer than
+    # c in all): fewer than c pass the cut, so the plain partition answers
     spiky = np.zeros(200_000)
-    spiky[:: 200_000 // select.SAMPLE] = 1.0
+    spiky[::12][:1009] = 1.0
+    assert real(spiky, 3000) is None
     assert set(largest(spiky, 3000).tolist()) == _naive_largest(spiky, 3000)
 
 
