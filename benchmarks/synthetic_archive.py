@@ -37,8 +37,8 @@ import numpy as np
 from dermsearch.io import replace_dir, temp_dir_for
 from dermsearch.search.config import FastConfig
 from dermsearch.search.engine import ExactEngine, Query
-from dermsearch.search.fast import FAST_FORMAT, FastIndex, cell_counts, count_sketch
-from dermsearch.search.fast_build import FastIndexWriter, _fit_pca, sketch_hash
+from dermsearch.search.fast import FAST_FORMAT, FastIndex, count_sketch
+from dermsearch.search.fast_build import FastIndexWriter, _fit_pca, half_sketches, sketch_hash, write_mask_cells
 from dermsearch.search.fast_parts import RowReader
 from dermsearch.search.kernels import products
 from dermsearch.search.measures import dice_from_intersections, distances_from_dots, mask_intersections, row_sqnorms
@@ -295,19 +295,19 @@ class CodeSpaceWriter(FastIndexWriter):
         feats = self._mm("features", np.float32, (n, real.features.shape[1]))
         masks = self._mm("masks", np.uint8, (n, real.masks.shape[1]))
         areas = self._mm("mask_areas", np.int32, (n,))
-        cells = self._mm("mask_cells", np.float32, (n, cfg.mask_grid ** 2))
         for s in range(0, n, chunk):
             sl, rows = slice(s, min(n, s + chunk)), np.arange(s, min(n, s + chunk))
             feats[sl] = combine(lambda r: real.features[r], plan, rows)
-            m, areas[sl] = shifted_masks(real, plan, rows)
-            masks[sl], cells[sl] = m, cell_counts(m, self.mask_size, cfg.mask_grid)
+            masks[sl], areas[sl] = shifted_masks(real, plan, rows)
             if s % (20 * chunk) == 0:
                 say(f"  {sl.stop} feature and mask rows written ({time.perf_counter() - t0:.0f} s)")
+        write_mask_cells(self._mm, masks, self.mask_size, cfg, info, chunk)     # as the writer does
         self._project("feature", feats, cfg.feature_dims, sample, info, 2048, say)
-        for a in (feats, masks, areas, cells):
+        for a in (feats, masks, areas):
             a.flush()
-        del feats, masks, areas, cells      # unmapped: their pages leave the resident set before the style part
+        del feats, masks, areas      # unmapped: their pages leave the resident set before the style part
         self._style_codes(sample, info, say)
+        half_sketches(self.tmp, cfg, info, say)
         info["precision"] = "float32"
         info["full_rows"] = {"kind": "none", "location": None}
         info["synthetic"] = {"real_rows": plan.n_real, "beta": plan.beta, "real_styles": str(real.directory /

@@ -19,7 +19,7 @@ _MODEL_FLAGS = ("backbone", "weights", "image_size", "mask_size", "gram_weights"
                 "gram_margin", "fov", "max_side", "segmenter", "style", "masks")
 # FastConfig fields set by optimize's flags
 _FAST_FLAGS = ("style_dims", "feature_dims", "mask_grid", "candidates", "sketch_dims", "wide_candidates", "wide_rows",
-               "normaliser_candidates", "fit_rows", "seed", "precision", "full_rows")
+               "normaliser_candidates", "fit_rows", "seed", "precision", "full_rows", "code_precision")
 
 
 def register(sub, common: Common) -> None:

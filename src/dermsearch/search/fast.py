@@ -51,7 +51,8 @@ renamed into place, so a crash never leaves a half-written set)::
     style_sketch.npy [N, m]    count sketches of the style residuals; style_sketch_{order,signs,basis}.npy:
                                the hash (a permutation cut into m equal buckets, and signs) and
                                the basis' sketch [k, m]
-    mask_cells.npy  [N, G²] float32 pixel counts per cell
+    mask_cells.npy  [N, G²] pixel counts per cell, float32; or float16 (FastConfig.code_precision, the
+                    sketches too) each count / the cell's pixels (fast.json: mask_cells_unit "fraction")
 """
 
 from __future__ import annotations
@@ -68,13 +69,7 @@ from ..extract.vectors import Vectors
 from ..index.fastfiles import FAST_FORMAT, fast_dir, index_identity
 from . import fast_rerank, fast_rows
 from .config import FastConfig
-from .engine import (
-    ExactEngine,
-    Query,
-    QueryRanking,
-    Ranked,
-    top_k_rows,
-)
+from .engine import ExactEngine, Query, QueryRanking, Ranked, top_k_rows
 from .fast_parts import (
     FastResult,
     RowReader,
@@ -88,7 +83,7 @@ from .fast_parts import (
     style_candidates,
     top_rows,
 )
-from .kernels import blas_single_threaded, row_parallel_products
+from .kernels import blas_single_threaded, code_products, row_parallel_products
 from .measures import stored_components
 
 __all__ = ["read_info", "FastConfig", "FastIndex", "FastResult", "FastModeMissing", "fast_dir", "score_error_bound",
@@ -247,7 +242,7 @@ class FastIndex:
             sb = a[f"{kind}_sketch_basis"]
             sq = count_sketch(centred[None], a[f"{kind}_sketch_order"], a[f"{kind}_sketch_signs"], sb.shape[1])[0]
             sq -= p @ sb
-            ranking = np.maximum(est - 2.0 * row_parallel_products(sq[None], a[f"{kind}_sketch"])[0], 0.0)
+            ranking = np.maximum(est - 2.0 * code_products(sq, a[f"{kind}_sketch"]), 0.0)
         return est, 2.0 * a[f"{kind}_resid"] * rq, ranking
 
     def search(self, query: Query, k: int, measures: Sequence[str], valid: np.ndarray) -> FastResult:
@@ -337,7 +332,9 @@ class FastIndex:
             grid = self.config.mask_grid
             qcells = cell_counts(query.mask[None], self.info["mask_size"], grid)[0]
             cell_px = (self.info["mask_size"] // grid) ** 2
-            inter = row_parallel_products(qcells[None], a["mask_cells"])[0] * np.float32(2.0 / cell_px)
+            frac = self.info.get("mask_cells_unit", "count") == "fraction"      # fp16 codes: count / cell_px
+            q = qcells / np.float32(cell_px) if frac else qcells
+            inter = code_products(q, a["mask_cells"]) * np.float32(2.0 * cell_px if frac else 2.0 / cell_px)
             total = self._mask_areas32 + np.float32(query.mask_area)
             comp_est["dice"] = np.divide(inter, total, out=np.ones_like(inter), where=total > 0)
         return comp_est
