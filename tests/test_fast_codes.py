@@ -11,6 +11,7 @@ from dermsearch.search import MEASURES
 from dermsearch.search.engine import Query
 from dermsearch.search.fast import FastConfig, FastIndex, cell_counts
 from dermsearch.search.fast_build import half_sketches
+from dermsearch.search.fast_rows import resolve_code_precision
 from dermsearch.search.kernels import blas_single_threaded, code_products, row_parallel_products
 
 from .test_fast import _exact_top, _synthetic
@@ -56,11 +57,12 @@ def test_values_beyond_float16_are_computed_again_in_float32():
 def test_the_writer_stores_half_codes_by_default_and_float32_when_asked(tmp_path):
     (tmp_path / "h").mkdir()
     (tmp_path / "f").mkdir()
-    half = _synthetic(tmp_path / "h", config=FastConfig(**CONFIG))
-    full = _synthetic(tmp_path / "f", config=FastConfig(**CONFIG, code_precision="float32"))
+    half = _synthetic(tmp_path / "h", config=FastConfig(**CONFIG, code_precision="fp16"))
+    full = _synthetic(tmp_path / "f", config=FastConfig(**CONFIG))      # auto: float32 below 100,000 rows
     assert half.arrays["style_sketch"].dtype == np.float16 and half.arrays["mask_cells"].dtype == np.float16
     assert full.arrays["style_sketch"].dtype == np.float32 and full.arrays["mask_cells"].dtype == np.float32
     assert half.info["mask_cells_unit"] == "fraction" and full.info["mask_cells_unit"] == "count"
+    assert half.info["code_precision"] == "fp16" and full.info["code_precision"] == "float32"
     counts = cell_counts(np.asarray(full.exact.masks), full.info["mask_size"], 4)
     px = (full.info["mask_size"] // 4) ** 2
     assert np.array_equal(full.arrays["mask_cells"], counts)
@@ -87,17 +89,21 @@ def test_the_writer_stores_half_codes_by_default_and_float32_when_asked(tmp_path
 def test_sketches_beyond_float16_stay_float32(tmp_path):
     big = np.full((10, 8), 1e5, np.float32)
     np.save(tmp_path / "style_sketch.npy", big)
-    said = []
-    half_sketches(tmp_path, FastConfig(), {"config": {}}, said.append)
+    said, info = [], {"rows": 10}
+    half_sketches(tmp_path, FastConfig(code_precision="fp16"), info, said.append)
     assert np.load(tmp_path / "style_sketch.npy").dtype == np.float32 and "float16" in said[0]
+    assert info["code_precision"] == "float32"
     np.save(tmp_path / "style_sketch.npy", big / 1e3)
-    half_sketches(tmp_path, FastConfig(), {"config": {}}, said.append)
+    half_sketches(tmp_path, FastConfig(code_precision="fp16"), info, said.append)
     assert np.load(tmp_path / "style_sketch.npy").dtype == np.float16 and len(said) == 1
+    assert info["code_precision"] == "fp16"
     assert not list(tmp_path.glob("*.fp16.npy"))
 
 
-@pytest.mark.parametrize("precision", ["fp16", "float32"])
-def test_code_precision_is_a_checked_choice(precision):
+@pytest.mark.parametrize("precision", ["auto", "fp16", "float32"])
+def test_code_precision_is_a_checked_choice_and_auto_goes_by_size(precision):
     assert FastConfig(code_precision=precision).code_precision == precision
     with pytest.raises(Exception, match="code_precision"):
         FastConfig(code_precision="int4")
+    want = {"auto": ("float32", "fp16"), "fp16": ("fp16", "fp16"), "float32": ("float32", "float32")}[precision]
+    assert (resolve_code_precision(precision, 99_999), resolve_code_precision(precision, 100_000)) == want

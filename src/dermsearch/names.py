@@ -32,8 +32,9 @@ SEARCH_MODES = ("exact", "fast", "certified")
 # there), float32 (the exact rows, not copied), fp16, int8 (per row and Gram scales, certified mode's copy).
 STORAGE_PRECISIONS = ("auto", "float32", "fp16", "int8")
 # Fast mode's scanned codes that no bound relies on (the style residual sketches, the mask cells;
-# `optimize --code-precision`): fp16 (half the bytes, a faster product) or float32 (as before).
-CODE_PRECISIONS = ("fp16", "float32")
+# `optimize --code-precision`): auto (float32 below 100,000 rows, fp16 from there), fp16 (half the bytes,
+# a faster product) or float32 (as before).
+CODE_PRECISIONS = ("auto", "fp16", "float32")
 # Evaluation: what is left out of a query's candidates besides itself (its lesion's or its patient's images).
 EXCLUDE_SAME = ("lesion", "patient")
 # What an evaluation's bootstrap resamples: lesions (all of a lesion's images together) or images.

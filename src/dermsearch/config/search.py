@@ -36,9 +36,10 @@ class FastConfig:
                              "location read only for the rows re-ranked (a directory or an fsspec URL)",
                              metavar="PLACE")
     code_precision: Literal[*CODE_PRECISIONS] = choice(
-        CODE_PRECISIONS, "fp16", "the style sketches and mask cells every query scans: fp16 (half their bytes in RAM "
-        "and on disk, products ~2.9x faster at a million rows; they only choose candidates) or float32; the PCA "
-        "projections, which the normalisers' proven bounds use, stay float32")
+        CODE_PRECISIONS, "auto", "the style sketches and mask cells every query scans: fp16 (half their bytes in RAM "
+        "and on disk, products ~2.9x faster at a million rows; they only choose candidates), float32, or auto: "
+        "float32 below 100,000 images, fp16 from there; the PCA projections, which the normalisers' proven "
+        "bounds use, stay float32")
 
     def __post_init__(self) -> None:
         check_fields(self)

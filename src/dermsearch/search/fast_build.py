@@ -24,7 +24,14 @@ from ..io import replace_dir, temp_dir_for
 from .config import FastConfig
 from .engine import dead_columns_zero, dead_style_ranges, live_style_blocks
 from .fast import FAST_FORMAT, FastIndex, cell_counts, count_sketch, fast_dir, index_identity
-from .fast_rows import default_full_rows, remove_tier_rows, resolve_precision, write_compact_rows, write_tier_rows
+from .fast_rows import (
+    default_full_rows,
+    remove_tier_rows,
+    resolve_code_precision,
+    resolve_precision,
+    write_compact_rows,
+    write_tier_rows,
+)
 from .kernels import products
 
 __all__ = ["FastIndexWriter", "optimize", "carry_forward", "sketch_hash", "write_mask_cells", "half_sketches"]
@@ -34,12 +41,12 @@ FP16_MAX = 65504.0
 
 def write_mask_cells(mm, masks, mask_size: int, cfg: FastConfig, info: dict, chunk: int = 2048) -> None:
     """``mask_cells.npy`` of the bit-packed ``masks`` [N, bytes] (``mm(name, dtype, shape)`` makes a
-    memory map in the directory being written): float32 pixel counts per cell, or with
-    ``cfg.code_precision`` fp16 each count as a fraction of the cell's pixels (in [0, 1], exact
-    where the cell's pixels are a power of two, and a query's products stay inside float16's
-    range); ``info["mask_cells_unit"]`` says which."""
+    memory map in the directory being written): float32 pixel counts per cell, or where
+    ``cfg.code_precision`` means fp16 (:func:`resolve_code_precision`) each count as a fraction of
+    the cell's pixels (in [0, 1], exact where the cell's pixels are a power of two, and a query's
+    products stay inside float16's range); ``info["mask_cells_unit"]`` says which."""
     n, px = masks.shape[0], (mask_size // cfg.mask_grid) ** 2
-    half = cfg.code_precision == "fp16"
+    half = resolve_code_precision(cfg.code_precision, n) == "fp16"
     cells = mm("mask_cells", np.float16 if half else np.float32, (n, cfg.mask_grid ** 2))
     for s in range(0, n, chunk):
         c = cell_counts(masks[s:s + chunk], mask_size, cfg.mask_grid)
@@ -50,15 +57,18 @@ def write_mask_cells(mm, masks, mask_size: int, cfg: FastConfig, info: dict, chu
 
 def half_sketches(directory: Path, cfg: FastConfig, info: dict, say: Callable[[str], None],
                   chunk: int = 65_536) -> None:
-    """With ``cfg.code_precision`` fp16, rewrite ``style_sketch.npy`` (written in float32) in
-    float16, unless a value lies beyond float16's range (then it stays float32, and ``say`` says
-    so). No proven bound uses the sketches: they only rank candidates."""
+    """Where ``cfg.code_precision`` means fp16 for ``info["rows"]`` rows, rewrite ``style_sketch.npy``
+    (written in float32) in float16, unless a value lies beyond float16's range (then it stays
+    float32, and ``say`` says so); ``info["code_precision"]`` records what was stored. No proven
+    bound uses the sketches: they only rank candidates."""
     path = directory / "style_sketch.npy"
-    if cfg.code_precision != "fp16" or not path.is_file():
+    info["code_precision"] = resolve_code_precision(cfg.code_precision, info["rows"])
+    if info["code_precision"] != "fp16" or not path.is_file():
         return
     src = np.load(path, mmap_mode="r")
     if any(not np.all(np.abs(src[a:a + chunk]) < FP16_MAX) for a in range(0, src.shape[0], chunk)):
         say("the style sketches exceed float16's range: kept in float32")
+        info["code_precision"] = "float32"
         return
     tmp = directory / "style_sketch.fp16.npy"
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=src.shape)

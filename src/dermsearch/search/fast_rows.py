@@ -41,7 +41,8 @@ from ..errors import ConfigError, DermsearchError, require
 from ..names import STORAGE_PRECISIONS
 from .fast_parts import RowReader
 
-__all__ = ["AUTO_COMPACT_ROWS", "AUTO_COMPACT", "resolve_precision", "default_full_rows", "write_compact_rows",
+__all__ = ["AUTO_COMPACT_ROWS", "AUTO_COMPACT", "resolve_precision", "resolve_code_precision",
+           "default_full_rows", "write_compact_rows",
            "open_compact_rows", "write_tier_rows", "open_full_rows", "remove_tier_rows", "FullRowsError",
            "storage_facts", "RowRange"]
 
@@ -60,6 +61,14 @@ def resolve_precision(precision: str, rows: int) -> str:
     if precision == "auto":
         return "float32" if rows < AUTO_COMPACT_ROWS else AUTO_COMPACT
     return precision
+
+
+def resolve_code_precision(code_precision: str, rows: int) -> str:
+    """The precision ``FastConfig.code_precision`` means for the scanned codes (sketches, mask cells) of
+    an archive of ``rows`` rows: ``auto`` is float32 below :data:`AUTO_COMPACT_ROWS`, fp16 from there."""
+    if code_precision == "auto":
+        return "float32" if rows < AUTO_COMPACT_ROWS else "fp16"
+    return code_precision
 
 
 def default_full_rows(precision: str, rows: int) -> str:
@@ -372,6 +381,7 @@ def storage_facts(index_directory: str | os.PathLike, fast_directory: Path | Non
         tier = size(Path(full["location"].removeprefix("file://")))
     out["fast_mode"] = {"format": info.get("format"), "version": info.get("index_version"),
                         "precision": info.get("precision", "float32"), "full_rows": full,
+                        "code_precision": info.get("code_precision", "float32"),
                         "bytes_per_image": round(fast_bytes / max(rows, 1)),
                         "tier_bytes_per_image": round(tier / max(rows, 1))}
     # the parts, each rounded, add up to the whole as printed

@@ -381,11 +381,11 @@ def row_parallel_products(Q: np.ndarray, X: np.ndarray) -> np.ndarray:
 
 def code_products(q: np.ndarray, X: np.ndarray) -> np.ndarray:
     """``X @ q`` in float32 [N] for one query vector ``q`` [m] and fast mode's scanned codes ``X``
-    [N, m]. float16 codes (``FastConfig.code_precision``): torch's half-precision matrix-vector
-    product, 2.9x faster than numpy's float32 product of the float32 codes at a million rows on
-    the 2-core AMD EPYC (docs/performance.md), each value rounded to float16 (relative error
-    ~5e-4: they only choose candidates); a value beyond float16's range is computed again in
-    float32. A row's value does not depend on the other rows (tested), so a shard of the rows
+    [N, m]. float16 codes (``FastConfig.code_precision``; by default from 100,000 rows): torch's
+    half-precision matrix-vector product, 2.9x faster than numpy's float32 product of float32
+    codes at a million rows on the 2-core AMD EPYC (docs/performance.md), each value rounded to
+    float16 (relative error ~5e-4: they only choose candidates); a value beyond float16's range is
+    computed again in float32. A row's value does not depend on the other rows (tested), so a shard of the rows
     gets the whole's values. Other codes: :func:`row_parallel_products`."""
     if X.dtype != np.float16:
         return row_parallel_products(np.asarray(q, dtype=np.float32)[None], X)[0]
