@@ -1,14 +1,16 @@
 """Fast mode at a million rows with float32 and with float16 scanned codes (paired).
 
-Opens the code-space archive ``bench_scaling.py --rows N --workdir DIR`` leaves in ``DIR/codes``
-(written with float32 codes: ``FastConfig(code_precision="float32")``, or before the setting
-existed) and a twin of it whose style sketches and mask cells are converted in memory as
-``optimize`` writes them by default (``code_precision="fp16"``: float16 sketches, float16 mask
-cells as fractions of a cell; the PCA projections stay float32). Answers the benchmark's queries
+Opens the code-space archive ``bench_scaling.py --rows N --workdir DIR --code-precision float32``
+leaves in ``DIR/codes`` (float32 codes) and a twin of it whose style sketches and mask cells are
+converted in memory as ``optimize`` writes them from 100,000 rows (``code_precision`` fp16:
+float16 sketches scaled by a power of two, float16 mask cells as fractions of a cell; the PCA
+projections stay float32). Answers the benchmark's queries
 (all ten measures, k = 5) once with each, in turn, and prints JSON: both medians and p95s, the
 per-query ratio, recall@5 of each against exact float32 (``DIR/codes_references.npz``, which
 ``bench_scaling.py`` wrote for these queries), and how many answers are the same rows both ways.
 
+    python benchmarks/bench_scaling.py /work/ham-index --rows 1000000 --workdir /tmp/dermsearch-codes \
+        --code-precision float32
     python benchmarks/bench_fast_codes.py /tmp/dermsearch-codes --queries 100
 """
 
@@ -26,6 +28,7 @@ import scaling_codes as sc
 import synthetic_archive as sa
 from _common import machine
 
+from dermsearch.search.kernels import power_of_two_scale
 from dermsearch.search.measures import MEASURES
 
 CODES = ("style_sketch", "mask_cells")
@@ -35,12 +38,13 @@ def half_twin(fast):
     """``fast`` with its sketches and mask cells as ``optimize`` writes them with fp16 codes."""
     a = fast.arrays
     if a["mask_cells"].dtype != np.float32 or a["style_sketch"].dtype != np.float32:
-        raise SystemExit("the archive's codes are not float32: write it with FastConfig(code_precision='float32')")
+        raise SystemExit("the archive's codes are not float32: write it with bench_scaling.py --code-precision float32")
     px = (fast.info["mask_size"] // fast.config.mask_grid) ** 2
+    scale = power_of_two_scale(float(np.abs(a["style_sketch"]).max()))        # as half_sketches
     twin = copy.copy(fast)
-    twin.arrays = {**a, "style_sketch": a["style_sketch"].astype(np.float16),
+    twin.arrays = {**a, "style_sketch": (a["style_sketch"] * np.float32(scale)).astype(np.float16),
                    "mask_cells": (a["mask_cells"] / np.float32(px)).astype(np.float16)}
-    twin.info = {**fast.info, "mask_cells_unit": "fraction"}
+    twin.info = {**fast.info, "mask_cells_unit": "fraction", "style_sketch_scale": scale, "code_precision": "fp16"}
     return twin
 
 

@@ -51,6 +51,7 @@ import numpy as np
 from _common import REPO, emit, machine
 
 from dermsearch.index import Index
+from dermsearch.names import CODE_PRECISIONS
 from dermsearch.search.engine import ExactEngine, Query, maxima, normalise, rank_rows, top_k_rows
 from dermsearch.search.fast import FastConfig, FastIndex, FastModeMissing, fast_dir
 from dermsearch.search.fast_build import FastIndexWriter
@@ -266,6 +267,9 @@ def main() -> None:
     ap.add_argument("--plot", action="store_true", help="write docs/scaling.png")
     ap.add_argument("--build-only", action="store_true", help="write the synthetic archive and stop")
     ap.add_argument("--sizes", type=int, nargs="+", help="measure only these archive sizes")
+    ap.add_argument("--code-precision", choices=CODE_PRECISIONS, default="auto",
+                    help="the code-space archive's sketches and mask cells (FastConfig.code_precision; float32 "
+                    "for bench_fast_codes.py's paired comparison)")
     ap.add_argument("--method", choices=("auto", "rows", "codes"), default="auto",
                     help="rows: synthetic rows materialised (fast-mode files of INDEX_DIR needed); codes: the "
                     "archive in code space, no style rows stored (scaling_codes.py); auto: codes past 100,000 rows")

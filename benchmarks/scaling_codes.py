@@ -59,7 +59,7 @@ def prepare(args, log) -> tuple[sa.RealRows, dict]:
     index = Index.open(args.index)
     real = sa.RealRows(sa.export_real(args.index, args.workdir / "real", log), index.manifest["mask_size"])
     beta, ratio = sa.choose_beta(real.styles)
-    config = FastConfig(precision="float32")
+    config = FastConfig(precision="float32", code_precision=getattr(args, "code_precision", "auto"))
     ident = {"format": FAST_FORMAT, "rows": args.rows, "real_rows": len(real), "beta": round(beta, 6), "seed": 0,
              "config": dataclasses.asdict(config), "index": str(Path(args.index).resolve())}
     target, meta = args.workdir / "codes", args.workdir / "codes.json"

@@ -20,7 +20,8 @@ Queries: ``--queries`` real rows (seed 44); candidates: every other real row (th
 out; other images of the same lesion stay in: near-duplicates are the hard case for a code).
 Recall@5 = |exact top 5 ∩ code's top 5| / 5, averaged. Prints and writes JSON.
 
-    python experiments/style_codes.py /tmp/dermsearch-codes /work/ham-index --out docs/results/issue44_style_codes_real.json
+    python experiments/style_codes.py /tmp/dermsearch-codes /work/ham-index \
+        --out docs/results/issue44_style_codes_real.json
 """
 
 from __future__ import annotations
@@ -138,6 +139,7 @@ def main() -> None:
         est[np.arange(len(qrows)), qrows] = np.inf
         rel = np.sqrt(err) / np.sqrt(sq)
         for tag, e in ((name, est), (name + "-debiased", est - err[None])):
+            bits = code.levels.bit_length() + 1
             got = top5(e)
             rec = np.mean([len(set(truth[i]) & set(got[i])) / 5 for i in range(len(qrows))])
             finite = np.isfinite(exact)
@@ -145,7 +147,7 @@ def main() -> None:
             say["variants"][tag] = {"recall_at_5": round(float(rec), 4),
                                     "max_abs_error_over_median_d2": float(f"{dev:.3g}"),
                                     "median_row_error_over_norm": float(f"{np.median(rel):.3g}"),
-                                    "bits": {"int8": 8, "int4": 4, "int3": 3}[name.split("-")[1 if name.startswith("rot") else 0]]}
+                                    "bits": bits}
             print(tag, json.dumps(say["variants"][tag]), f"{time.time() - t:.0f}s", flush=True)
     say["seconds"] = round(time.time() - t0, 1)
     if args.out:

@@ -35,7 +35,7 @@ def client():
         yield c
 
 
-def _archive(directory, n=1500, d=24, s=60, side=16, dups=40):
+def _archive(directory, n=1500, d=24, s=60, side=16, dups=40, code_precision="auto"):
     """Low-rank rows with noise, lesion-like disc masks; the last ``dups`` rows copy earlier ones
     (exact ties in every estimate and score)."""
     rng = np.random.default_rng(7)
@@ -50,7 +50,8 @@ def _archive(directory, n=1500, d=24, s=60, side=16, dups=40):
     F[n - dups:], S[n - dups:], masks[n - dups:] = F[source], S[source], masks[source]
     packed = np.packbits(masks, axis=1)
     config = FastConfig(style_dims=2, feature_dims=2, mask_grid=4, sketch_dims=16, candidates=6,
-                        wide_candidates=8, wide_rows=30, normaliser_candidates=1)   # few rows: choices matter
+                        wide_candidates=8, wide_rows=30, normaliser_candidates=1,   # few rows: choices matter
+                        code_precision=code_precision)
     w = FastIndexWriter(directory, n, d, s, packed.shape[1], side, config)
     w.write(0, [f"r{i}" for i in range(n)], F, S, packed, masks.sum(1).astype(np.int32))
     return w.finish(), source
@@ -67,10 +68,13 @@ def _same(a, b, measures):
     assert b.notes[:-1] == a.notes and b.notes[-1] == "sharded on Dask: 2 shards"
 
 
-def test_sharded_fast_mode_equals_local_fast_mode(client, tmp_path):
+@pytest.mark.parametrize("code_precision", ["auto", "fp16"])     # auto: float32 codes at 1,500 rows
+def test_sharded_fast_mode_equals_local_fast_mode(client, tmp_path, code_precision):
     from dermsearch.search.fast_sharded import ShardedFastEngine
 
-    fast, source = _archive(tmp_path / "fast")
+    fast, source = _archive(tmp_path / "fast", code_precision=code_precision)
+    want = np.float16 if code_precision == "fp16" else np.float32
+    assert fast.arrays["style_sketch"].dtype == want and fast.arrays["mask_cells"].dtype == want
     n = len(fast)
     engine = ShardedFastEngine(client, fast.directory, 0, n, fast.exact.components)
     assert [(sh.start, sh.stop) for sh in engine.shards] == [(0, n // 2), (n // 2, n)]

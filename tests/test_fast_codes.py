@@ -28,9 +28,9 @@ def test_float16_products_match_a_float64_reference_and_do_not_depend_on_other_r
     X, q = _codes()
     got = code_products(q, X)
     assert got.dtype == np.float32 and got.shape == (X.shape[0],)
-    ref = X.astype(np.float64) @ q.astype(np.float16).astype(np.float64)
-    # one rounding to float16 of each value (accumulated in float32 or better): 2^-11 relative
-    assert np.all(np.abs(got - ref) <= 2.0 ** -10 * np.abs(ref) + 1e-6)
+    ref = X.astype(np.float64) @ q.astype(np.float64)
+    # the query and each value rounded to float16 once (accumulated in float32): about 2^-11 relative each
+    assert np.all(np.abs(got - ref) <= 2.0 ** -9 * (np.abs(X.astype(np.float64)) @ np.abs(q)) + 1e-6)
     for a, b in ((0, 17), (5, 999), (1234, 2999), (2999, 3000), (0, 3000)):     # a shard gets the whole's values
         assert np.array_equal(code_products(q, X[a:b]), got[a:b]), (a, b)
     assert code_products(q, X[:0]).shape == (0,)
@@ -43,15 +43,23 @@ def test_float32_codes_keep_the_float32_product():
         assert np.array_equal(code_products(q, X), row_parallel_products(q[None], X)[0])
 
 
-def test_values_beyond_float16_are_computed_again_in_float32():
+def test_values_beyond_float16_are_computed_again_in_float32_and_scales_are_undone():
     X, q = _codes(n=400, m=64)
-    X[7] = 60000.0                  # 60000 x 64 x ~0.5: far beyond 65504
+    X[7] = X[300] = 60000.0         # 60000 x 64 x ~0.5: far beyond 65504
     q[:] = np.abs(q)
     got = code_products(q, X)
     assert np.isfinite(got).all()
-    np.testing.assert_allclose(got[7], X[7].astype(np.float64) @ q, rtol=1e-6)
-    big = np.full(64, 1e6, np.float32)          # a query beyond float16's range: all in float32
-    np.testing.assert_allclose(code_products(big, X), X.astype(np.float64) @ big.astype(np.float64), rtol=1e-5)
+    np.testing.assert_allclose(got[[7, 300]], X[[7, 300]].astype(np.float64) @ q, rtol=1e-6)
+    for a, b in ((5, 301), (7, 8), (0, 400)):           # the fallback rows too: a shard gets the whole's values
+        assert np.array_equal(code_products(q, X[a:b]), got[a:b]), (a, b)
+    X, q = _codes(n=300, m=64, seed=1)
+    ref, size = X.astype(np.float64) @ q.astype(np.float64), np.abs(X.astype(np.float64)) @ np.abs(q)
+    for factor in (1e6, 1e-7):                          # the query is scaled into float16's range first
+        assert np.all(np.abs(code_products(q * np.float32(factor), X) - ref * factor) <= 2.0 ** -9 * size * factor)
+    assert np.all(np.abs(code_products(q, X, 0.25) - ref * 4) <= 2.0 ** -9 * size * 4)    # codes stored x 1/4
+    nan = q.copy()
+    nan[0] = np.nan
+    assert np.isnan(code_products(nan, X)).all()
 
 
 def test_the_writer_stores_half_codes_by_default_and_float32_when_asked(tmp_path):
@@ -67,7 +75,10 @@ def test_the_writer_stores_half_codes_by_default_and_float32_when_asked(tmp_path
     px = (full.info["mask_size"] // 4) ** 2
     assert np.array_equal(full.arrays["mask_cells"], counts)
     assert np.array_equal(half.arrays["mask_cells"].astype(np.float32) * px, counts)     # 16 px a cell: exact
-    np.testing.assert_allclose(half.arrays["style_sketch"], full.arrays["style_sketch"], rtol=2.0 ** -11, atol=1e-7)
+    scale = half.info["style_sketch_scale"]
+    assert 0.5 < np.abs(half.arrays["style_sketch"]).max() <= 1 and np.log2(scale) == round(np.log2(scale))
+    np.testing.assert_allclose(half.arrays["style_sketch"].astype(np.float32) / scale, full.arrays["style_sketch"],
+                               rtol=2.0 ** -11, atol=1e-7 / scale)
     assert FastIndex.open(tmp_path / "h" / "fast").arrays["style_sketch"].dtype == np.float16
 
     e, same, hits = full.exact, 0, {m: 0 for m in MEASURES}
@@ -86,18 +97,25 @@ def test_the_writer_stores_half_codes_by_default_and_float32_when_asked(tmp_path
     assert min(hits.values()) >= 0.9 * 20 * 5, hits
 
 
-def test_sketches_beyond_float16_stay_float32(tmp_path):
-    big = np.full((10, 8), 1e5, np.float32)
-    np.save(tmp_path / "style_sketch.npy", big)
-    said, info = [], {"rows": 10}
+@pytest.mark.parametrize("magnitude", [1e5, 1e-7])
+def test_sketches_of_any_scale_keep_float16_precision_and_non_finite_ones_stay_float32(tmp_path, magnitude):
+    rng = np.random.default_rng(3)
+    sketch = (rng.normal(size=(50, 8)) * magnitude).astype(np.float32)
+    np.save(tmp_path / "style_sketch.npy", sketch)
+    said, info = [], {"rows": 50}
     half_sketches(tmp_path, FastConfig(code_precision="fp16"), info, said.append)
-    assert np.load(tmp_path / "style_sketch.npy").dtype == np.float32 and "float16" in said[0]
-    assert info["code_precision"] == "float32"
-    np.save(tmp_path / "style_sketch.npy", big / 1e3)
-    half_sketches(tmp_path, FastConfig(code_precision="fp16"), info, said.append)
-    assert np.load(tmp_path / "style_sketch.npy").dtype == np.float16 and len(said) == 1
-    assert info["code_precision"] == "fp16"
+    stored = np.load(tmp_path / "style_sketch.npy")
+    assert stored.dtype == np.float16 and info["code_precision"] == "fp16" and not said
+    q = rng.normal(size=8).astype(np.float32)
+    np.testing.assert_allclose(code_products(q, stored, info["style_sketch_scale"]), sketch.astype(np.float64) @ q,
+                               rtol=4e-3, atol=4e-3 * magnitude)
     assert not list(tmp_path.glob("*.fp16.npy"))
+    sketch[3, 2] = np.inf
+    np.save(tmp_path / "style_sketch.npy", sketch)
+    info = {"rows": 50}
+    half_sketches(tmp_path, FastConfig(code_precision="fp16"), info, said.append)
+    assert np.load(tmp_path / "style_sketch.npy").dtype == np.float32 and "not finite" in said[0]
+    assert info["code_precision"] == "mixed" and "style_sketch_scale" not in info
 
 
 @pytest.mark.parametrize("precision", ["auto", "fp16", "float32"])

@@ -239,10 +239,11 @@ def test_old_format_files_ask_for_optimize_and_info_says_the_storage(indexed, ca
     storage = json.loads(capsys.readouterr().out)["storage"]
     assert storage["fast_mode"]["precision"] == "int8" and storage["auto_precision"] == "float32"
     assert storage["fast_mode"]["full_rows"]["kind"] == "index"
+    assert storage["fast_mode"]["code_precision"] == "float32"          # auto below 100,000 images
     assert storage["bytes_per_image"] == storage["table_bytes_per_image"] + storage["fast_mode"]["bytes_per_image"]
     info = json.loads((fast.directory / "fast.json").read_text())
     (fast.directory / "fast.json").write_text(json.dumps({**info, "format": 2}))
-    with pytest.raises(FastModeMissing, match="format 2 is not 3.*dermsearch optimize"):
+    with pytest.raises(FastModeMissing, match="format 2 is not 4.*dermsearch optimize"):
         Searcher(root / "ix", extractor=extractor, mode="fast")
     assert main(["optimize", str(root / "ix"), "--style-dims", "4", "--feature-dims", "4", "--mask-grid", "4",
                  "--precision", "fp16"]) == 0

@@ -18,9 +18,11 @@ import numpy as np
 
 from ..io import replace_dir, temp_dir_for, write_json
 
-__all__ = ["FAST_FORMAT", "fast_dir", "index_identity", "carry_forward_files"]
+__all__ = ["FAST_FORMAT", "READ_FAST_FORMATS", "fast_dir", "index_identity", "carry_forward_files"]
 
-FAST_FORMAT = 3          # 2: residual sketches; 3: style rows stored once (full_rows), re-rank precision
+FAST_FORMAT = 4          # 2: residual sketches; 3: style rows stored once (full_rows), re-rank precision;
+                         # 4: float16 sketches and mask cells possible (code_precision)
+READ_FAST_FORMATS = (3, 4)   # format 3 files read as before (their codes are float32)
 
 
 def fast_dir(index_directory: str | os.PathLike, version: int) -> Path:
@@ -43,7 +45,7 @@ def carry_forward_files(directory: str | os.PathLike, old_version: int, new_vers
     if new_version == old_version or not (src / "fast.json").is_file():
         return None
     info = json.loads((src / "fast.json").read_text())
-    if info.get("format") != FAST_FORMAT:
+    if info.get("format") not in READ_FAST_FORMATS:
         return None                          # files of an older format: 'optimize' writes new ones
     if not np.array_equal(np.asarray(ids).astype(str), np.load(src / "ids.npy")):
         return None

@@ -66,7 +66,7 @@ import numpy as np
 
 from ..errors import ConfigError, DermsearchError
 from ..extract.vectors import Vectors
-from ..index.fastfiles import FAST_FORMAT, fast_dir, index_identity
+from ..index.fastfiles import FAST_FORMAT, READ_FAST_FORMATS, fast_dir, index_identity
 from . import fast_rerank, fast_rows
 from .config import FastConfig
 from .engine import ExactEngine, Query, QueryRanking, Ranked, top_k_rows
@@ -107,7 +107,7 @@ def read_info(directory: Path) -> dict:
     if not path.is_file():
         raise FastModeMissing(f"{directory} holds no fast-mode files")
     info = json.loads(path.read_text())
-    if info.get("format") != FAST_FORMAT:
+    if info.get("format") not in READ_FAST_FORMATS:
         raise FastModeMissing(f"{directory}: fast-mode format {info.get('format')} is not {FAST_FORMAT}")
     return info
 
@@ -242,7 +242,8 @@ class FastIndex:
             sb = a[f"{kind}_sketch_basis"]
             sq = count_sketch(centred[None], a[f"{kind}_sketch_order"], a[f"{kind}_sketch_signs"], sb.shape[1])[0]
             sq -= p @ sb
-            ranking = np.maximum(est - 2.0 * code_products(sq, a[f"{kind}_sketch"]), 0.0)
+            scale = self.info.get(f"{kind}_sketch_scale", 1.0)          # fp16 sketches: stored x a power of two
+            ranking = np.maximum(est - 2.0 * code_products(sq, a[f"{kind}_sketch"], scale), 0.0)
         return est, 2.0 * a[f"{kind}_resid"] * rq, ranking
 
     def search(self, query: Query, k: int, measures: Sequence[str], valid: np.ndarray) -> FastResult:

@@ -32,11 +32,9 @@ from .fast_rows import (
     write_compact_rows,
     write_tier_rows,
 )
-from .kernels import products
+from .kernels import power_of_two_scale, products
 
 __all__ = ["FastIndexWriter", "optimize", "carry_forward", "sketch_hash", "write_mask_cells", "half_sketches"]
-
-FP16_MAX = 65504.0
 
 
 def write_mask_cells(mm, masks, mask_size: int, cfg: FastConfig, info: dict, chunk: int = 2048) -> None:
@@ -58,25 +56,34 @@ def write_mask_cells(mm, masks, mask_size: int, cfg: FastConfig, info: dict, chu
 def half_sketches(directory: Path, cfg: FastConfig, info: dict, say: Callable[[str], None],
                   chunk: int = 65_536) -> None:
     """Where ``cfg.code_precision`` means fp16 for ``info["rows"]`` rows, rewrite ``style_sketch.npy``
-    (written in float32) in float16, unless a value lies beyond float16's range (then it stays
-    float32, and ``say`` says so); ``info["code_precision"]`` records what was stored. No proven
-    bound uses the sketches: they only rank candidates."""
+    (written in float32) in float16, multiplied by the power of two that brings its largest
+    magnitude into (0.5, 1] (``info["style_sketch_scale"]``: float16 keeps its relative precision
+    whatever the model's scale, and no product leaves its range). ``info["code_precision"]``
+    records what was stored; a sketch with a value that is not finite stays float32 (``say`` says
+    so, and the record says ``mixed`` where the mask cells are float16). No proven bound uses the
+    sketches: they only rank candidates."""
     path = directory / "style_sketch.npy"
     info["code_precision"] = resolve_code_precision(cfg.code_precision, info["rows"])
     if info["code_precision"] != "fp16" or not path.is_file():
         return
     src = np.load(path, mmap_mode="r")
-    if any(not np.all(np.abs(src[a:a + chunk]) < FP16_MAX) for a in range(0, src.shape[0], chunk)):
-        say("the style sketches exceed float16's range: kept in float32")
-        info["code_precision"] = "float32"
-        return
+    top = 0.0
+    for a in range(0, src.shape[0], chunk):
+        part = np.abs(src[a:a + chunk])
+        if not np.isfinite(part).all():
+            say("a style sketch is not finite: the sketches stay float32")
+            info["code_precision"] = "mixed"
+            return
+        top = max(top, float(part.max(initial=0.0)))
+    scale = power_of_two_scale(top)
     tmp = directory / "style_sketch.fp16.npy"
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=src.shape)
     for a in range(0, src.shape[0], chunk):
-        out[a:a + chunk] = src[a:a + chunk]
+        out[a:a + chunk] = src[a:a + chunk] * np.float32(scale)
     out.flush()
     del out, src
     os.replace(tmp, path)
+    info["style_sketch_scale"] = scale
 
 
 def _fit_pca(sample: np.ndarray, dims: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:

@@ -38,7 +38,8 @@ from ..io import write_json
 
 __all__ = ["KERNELS", "SMALL_PRODUCT", "numpy_products", "torch_products", "kernel_for", "products", "calibrate",
            "calibration", "cpu_model", "measure", "last_level_cache_bytes", "row_parallel_products",
-           "blas_single_threaded", "KernelChooser", "chooser", "tuned_products", "code_products"]
+           "blas_single_threaded", "KernelChooser", "chooser", "tuned_products", "code_products",
+           "power_of_two_scale"]
 
 SMALL_PRODUCT = 8_000_000        # values below which a matrix is "small" (numpy, one thread is enough)
 CALIBRATION_FORMAT = 1
@@ -379,28 +380,42 @@ def row_parallel_products(Q: np.ndarray, X: np.ndarray) -> np.ndarray:
     return out
 
 
-def code_products(q: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """``X @ q`` in float32 [N] for one query vector ``q`` [m] and fast mode's scanned codes ``X``
-    [N, m]. float16 codes (``FastConfig.code_precision``; by default from 100,000 rows): torch's
-    half-precision matrix-vector product, 2.9x faster than numpy's float32 product of float32
-    codes at a million rows on the 2-core AMD EPYC (docs/performance.md), each value rounded to
-    float16 (relative error ~5e-4: they only choose candidates); a value beyond float16's range is
-    computed again in float32. A row's value does not depend on the other rows (tested), so a shard of the rows
-    gets the whole's values. Other codes: :func:`row_parallel_products`."""
-    if X.dtype != np.float16:
-        return row_parallel_products(np.asarray(q, dtype=np.float32)[None], X)[0]
+
+def power_of_two_scale(top: float) -> float:
+    """The power of two that brings a largest magnitude ``top`` into (0.5, 1] (1 for 0 or not finite):
+    multiplying by it is exact in binary floating point, and keeps float16 values and products in range."""
+    if not np.isfinite(top) or top <= 0:
+        return 1.0
+    return float(2.0 ** -np.ceil(np.log2(top)))
+
+
+def code_products(q: np.ndarray, X: np.ndarray, x_scale: float = 1.0) -> np.ndarray:
+    """``X @ q / x_scale`` in float32 [N] for one query vector ``q`` [m] and fast mode's scanned codes
+    ``X`` [N, m] stored multiplied by ``x_scale`` (a power of two). float16 codes
+    (``FastConfig.code_precision``; by default from 100,000 rows): torch's half-precision
+    matrix-vector product (float32 accumulation), 2.9x faster than numpy's float32 product of
+    float32 codes at a million rows on the 2-core AMD EPYC (docs/performance.md); the query is first
+    scaled by a power of two to a largest magnitude in (0.5, 1], and each value is rounded to
+    float16 (relative error ~5e-4: these codes only choose candidates). A value beyond float16's
+    range is computed again in float32. A row's value does not depend on the other rows in the call,
+    fallbacks included (tested), so a shard of the rows gets the whole's values. Other codes:
+    :func:`row_parallel_products`."""
+    q32 = np.asarray(q, dtype=np.float32)
+    if X.dtype != np.float16 or X.shape[0] == 0 or not np.isfinite(q32).all():
+        out = row_parallel_products(q32[None], X if X.dtype == np.float32 else np.asarray(X, np.float32))[0]
+        return out / np.float32(x_scale) if x_scale != 1.0 else out
     import torch
 
-    q32 = np.asarray(q, dtype=np.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)       # a read-only memory map: torch only reads it
-        rows = torch.from_numpy(np.asarray(X))
-    with np.errstate(over="ignore"):
-        qh = q32.astype(np.float16)
-    if X.shape[0] == 0 or not np.isfinite(qh).all():
-        return np.asarray(X, dtype=np.float32) @ q32
-    out = torch.mv(rows, torch.from_numpy(qh)).numpy().astype(np.float32)
+    q_scale = power_of_two_scale(float(np.abs(q32).max(initial=0.0)))
+    qs = q32 * np.float32(q_scale)
+    if X.flags.writeable:
+        rows = torch.from_numpy(X)
+    else:                       # a read-only memory map: torch warns, and only reads it
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            rows = torch.from_numpy(X)
+    out = torch.mv(rows, torch.from_numpy(qs.astype(np.float16))).numpy().astype(np.float32)
     bad = np.flatnonzero(~np.isfinite(out))
-    if bad.size:
-        out[bad] = np.asarray(X[bad], dtype=np.float32) @ q32
-    return out
+    if bad.size:                # row_parallel_products: a row's value whatever rows share the call
+        out[bad] = row_parallel_products(qs[None], np.asarray(X[bad], dtype=np.float32))[0]
+    return out / np.float32(q_scale * x_scale)
