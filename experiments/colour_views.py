@@ -39,7 +39,8 @@ from crosssource import (  # noqa: E402
     extract_parts,
     load_parts,
     main,
-    rows,
+    sample_selection,
+    views_rule,
     vote_auc,
     write_result,
 )
@@ -47,16 +48,6 @@ from crosssource import (  # noqa: E402
 TRAIN_SAMPLE = 1000
 VARIANTS = ("C2", "C3")
 MULTISCALE = Path(__file__).resolve().parents[1] / "docs/results/issue40_multiscale_val.json"
-
-
-def _selection(data: Path) -> list[dict]:
-    """HAM ``val``, isic ``xval`` and the multi-scale run's 1,000 ``train`` images, in that order."""
-    every = rows(data)
-    val = [r for r in every if r["source"] == "ham" and r["split"] == "val"]
-    xval = [r for r in every if r["source"] == "isic" and r["split"] == "xval"]
-    train = [r for r in every if r["source"] == "ham" and r["split"] == "train"]
-    order = np.random.default_rng(40).permutation(len(train))[:TRAIN_SAMPLE]
-    return val + xval + [train[i] for i in order]
 
 
 def extract(args) -> None:
@@ -71,7 +62,7 @@ def extract(args) -> None:
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
-    selected = _selection(data)
+    selected = sample_selection(data, TRAIN_SAMPLE)      # the multi-scale run's images
     (out / "rows.json").write_text(json.dumps(selected))
     ex = Extractor(ExtractorConfig(), Runtime(backend="torch", device="cpu"))
     cfg, net = ex.config, ex.net
@@ -137,17 +128,7 @@ def evaluate(args) -> None:
                      "xH": float(roc_auc_score(mel[xq], p[xq]))}
     earlier = json.loads(MULTISCALE.read_text())["F1"]
     result["F1_max_abs_diff_vs_multiscale_run"] = max(abs(result["F1"][k] - earlier[k]) for k in earlier)
-    base = result["F1"]
-    eligible = [v for v in VARIANTS if all(result[v][k] >= base[k] - 0.005 for k in ("mP", "vC", "hA", "xE", "xH"))
-                and result[v]["xC"] >= base["xC"] + 0.01]
-    best = None
-    if "C2" in eligible:           # the cost-neutral one wins unless C3 beats it by 0.01 on vC + xC
-        best = "C2"
-        c3, c2 = result["C3"], result["C2"]
-        if "C3" in eligible and (c3["vC"] + c3["xC"]) - (c2["vC"] + c2["xC"]) >= 0.01:
-            best = "C3"
-    elif "C3" in eligible:
-        best = "C3"
+    eligible, best = views_rule(result, "C2", "C3")
     result["rule"] = {"eligible": eligible, "chosen": best,
                       "counts": {"val": len(hv), "train_sample": len(ht), "xval": len(xq)}}
     write_result(result, args.out)

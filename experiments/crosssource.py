@@ -39,6 +39,34 @@ def rows(data: Path) -> list[dict]:
     return out
 
 
+def sample_selection(data: Path, train_sample: int) -> list[dict]:
+    """HAM ``val``, isic ``xval`` and the first ``train_sample`` of a seed-40 permutation of HAM ``train``
+    (a uniform sample; the lesion-pooling run's 3,000, whose first 1,000 the view runs use), in that order."""
+    every = rows(data)
+    val = [r for r in every if r["source"] == "ham" and r["split"] == "val"]
+    xval = [r for r in every if r["source"] == "isic" and r["split"] == "xval"]
+    train = [r for r in every if r["source"] == "ham" and r["split"] == "train"]
+    order = np.random.default_rng(40).permutation(len(train))[:train_sample]
+    return val + xval + [train[i] for i in order]
+
+
+def views_rule(result: dict, cheap: str, dear: str) -> tuple[list[str], str | None]:
+    """The test-time-view runs' rule (docs/experiments.md, "multi-scale views"): a candidate is eligible
+    when ``mP``, ``vC``, ``hA``, ``xE`` and ``xH`` are each at least ``F1``'s - 0.005 and ``xC`` at least
+    ``F1``'s + 0.01; ``cheap`` is chosen if eligible, unless ``dear`` is eligible too and beats it on
+    ``vC + xC`` by at least 0.01; else ``dear`` if eligible; else nothing. (eligible, chosen)."""
+    base = result["F1"]
+    eligible = [v for v in (cheap, dear) if all(result[v][k] >= base[k] - 0.005 for k in ("mP", "vC", "hA", "xE", "xH"))
+                and result[v]["xC"] >= base["xC"] + 0.01]
+
+    def gain(v):
+        return result[v]["vC"] + result[v]["xC"]
+
+    if cheap in eligible:
+        return eligible, dear if dear in eligible and gain(dear) - gain(cheap) >= 0.01 else cheap
+    return eligible, dear if dear in eligible else None
+
+
 @dataclass
 class Groups:
     """Label arrays over ``rows`` and the positions the rules read: ``hv`` HAM ``val`` (queries), ``ht``

@@ -33,7 +33,7 @@ from crosssource import (  # noqa: E402  (the same rows, groups and vote as the 
     extract_parts,
     load_parts,
     main,
-    rows,
+    sample_selection,
     vote_auc,
     write_result,
 )
@@ -44,12 +44,7 @@ TRAIN_SAMPLE = 3000
 
 
 def _selection(data: Path) -> list[dict]:
-    every = rows(data)
-    val = [r for r in every if r["source"] == "ham" and r["split"] == "val"]
-    xval = [r for r in every if r["source"] == "isic" and r["split"] == "xval"]
-    train = [r for r in every if r["source"] == "ham" and r["split"] == "train"]
-    order = np.random.default_rng(40).permutation(len(train))[:TRAIN_SAMPLE]
-    return val + xval + [train[i] for i in order]
+    return sample_selection(data, TRAIN_SAMPLE)
 
 
 def extract(args) -> None:

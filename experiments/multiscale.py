@@ -42,6 +42,7 @@ from crosssource import (  # noqa: E402
     main,
     rows_args,
     stored_feature_args,
+    views_rule,
     vote_auc,
     write_result,
 )
@@ -139,18 +140,7 @@ def evaluate(args) -> None:
                      "xC": vote_auc(cosine_distance(f[xq], f[hc]), mel[xq], mel[hc]),
                      "xE": vote_auc(euclidean_distance(f[xq], f[hc]), mel[xq], mel[hc]),
                      "xH": float(roc_auc_score(mel[xq], p[xq]))}
-    base = result["F1"]
-    eligible = [v for v in VARIANTS if result[v]["mP"] >= base["mP"] - 0.005 and result[v]["vC"] >= base["vC"] - 0.005
-                and result[v]["hA"] >= base["hA"] - 0.005 and result[v]["xH"] >= base["xH"] - 0.005
-                and result[v]["xE"] >= base["xE"] - 0.005 and result[v]["xC"] >= base["xC"] + 0.01]
-    best = None
-    if "Z4" in eligible:           # the cost-neutral one wins unless Z8 beats it by 0.01 on vC + xC
-        best = "Z4"
-        z8, z4 = result["Z8"], result["Z4"]
-        if "Z8" in eligible and (z8["vC"] + z8["xC"]) - (z4["vC"] + z4["xC"]) >= 0.01:
-            best = "Z8"
-    elif "Z8" in eligible:
-        best = "Z8"
+    eligible, best = views_rule(result, "Z4", "Z8")      # the cost-neutral one first
     result["rule"] = {"eligible": eligible, "chosen": best,
                       "counts": {"val": len(hv), "train_sample": len(ht), "xval": len(xq)}}
     result["reading_Z4_minus_F1"] = paired_differences(data, gr)     # after the verdict: how sure each gain is
