@@ -34,14 +34,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from crosssource import (  # noqa: E402
     Groups,
-    cosine_distance,
-    euclidean_distance,
     extract_parts,
     load_parts,
     main,
     sample_selection,
+    view_figures,
     views_rule,
-    vote_auc,
     write_result,
 )
 
@@ -107,30 +105,17 @@ def extract(args) -> None:
 
 
 def evaluate(args) -> None:
-    from sklearn.metrics import roc_auc_score
-
-    from dermsearch.evaluate.gram_weights import macro_precision_at_k
-
     out = Path(args.out_dir)
     selected = json.loads((out / "rows.json").read_text())
     data = load_parts(out)
     assert list(data["ids"]) == [r["id"] for r in selected], "incomplete extraction"
     gr = Groups.of(selected)
-    diag, mel, hv, ht, hc, xq, valid = gr.diagnosis, gr.melanoma, gr.hv, gr.ht, gr.hc, gr.xq, gr.valid
-    result = {}
-    for v in ("F1", *VARIANTS):
-        f, p = data[f"f_{v}"], data[f"p_{v}"]
-        dv = np.where(valid, cosine_distance(f[hv], f[ht]), np.inf)
-        result[v] = {"mP": macro_precision_at_k(dv, valid, diag[hv], diag[ht]), "vC": vote_auc(dv, mel[hv], mel[ht]),
-                     "hA": float(roc_auc_score(mel[hv], p[hv])),
-                     "xC": vote_auc(cosine_distance(f[xq], f[hc]), mel[xq], mel[hc]),
-                     "xE": vote_auc(euclidean_distance(f[xq], f[hc]), mel[xq], mel[hc]),
-                     "xH": float(roc_auc_score(mel[xq], p[xq]))}
+    result = view_figures(data, gr, ("F1", *VARIANTS))
     earlier = json.loads(MULTISCALE.read_text())["F1"]
     result["F1_max_abs_diff_vs_multiscale_run"] = max(abs(result["F1"][k] - earlier[k]) for k in earlier)
     eligible, best = views_rule(result, "C2", "C3")
     result["rule"] = {"eligible": eligible, "chosen": best,
-                      "counts": {"val": len(hv), "train_sample": len(ht), "xval": len(xq)}}
+                      "counts": {"val": len(gr.hv), "train_sample": len(gr.ht), "xval": len(gr.xq)}}
     write_result(result, args.out)
 
 

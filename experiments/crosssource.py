@@ -67,6 +67,27 @@ def views_rule(result: dict, cheap: str, dear: str) -> tuple[list[str], str | No
     return eligible, dear if dear in eligible else None
 
 
+def view_figures(data: dict[str, np.ndarray], gr: Groups, variants) -> dict[str, dict[str, float]]:
+    """The view runs' six figures of each variant's feature ``f_<v>`` and head probability ``p_<v>``:
+    ``mP``, ``vC`` (HAM ``val`` macro-P@5 and cosine vote AUC vs ``train``), ``hA`` (HAM ``val`` head
+    AUC), ``xC``, ``xE`` (isic ``xval`` cosine and Euclidean vote AUC vs HAM), ``xH`` (isic head AUC)."""
+    from sklearn.metrics import roc_auc_score
+
+    from dermsearch.evaluate.gram_weights import macro_precision_at_k
+
+    diag, mel, hv, ht, hc, xq, valid = gr.diagnosis, gr.melanoma, gr.hv, gr.ht, gr.hc, gr.xq, gr.valid
+    out = {}
+    for v in variants:
+        f, p = data[f"f_{v}"], data[f"p_{v}"]
+        dv = np.where(valid, cosine_distance(f[hv], f[ht]), np.inf)
+        out[v] = {"mP": macro_precision_at_k(dv, valid, diag[hv], diag[ht]), "vC": vote_auc(dv, mel[hv], mel[ht]),
+                  "hA": float(roc_auc_score(mel[hv], p[hv])),
+                  "xC": vote_auc(cosine_distance(f[xq], f[hc]), mel[xq], mel[hc]),
+                  "xE": vote_auc(euclidean_distance(f[xq], f[hc]), mel[xq], mel[hc]),
+                  "xH": float(roc_auc_score(mel[xq], p[xq]))}
+    return out
+
+
 @dataclass
 class Groups:
     """Label arrays over ``rows`` and the positions the rules read: ``hv`` HAM ``val`` (queries), ``ht``

@@ -42,8 +42,8 @@ from crosssource import (  # noqa: E402
     main,
     rows_args,
     stored_feature_args,
+    view_figures,
     views_rule,
-    vote_auc,
     write_result,
 )
 
@@ -116,10 +116,6 @@ def extract(args) -> None:
 
 
 def evaluate(args) -> None:
-    from sklearn.metrics import roc_auc_score
-
-    from dermsearch.evaluate.gram_weights import macro_precision_at_k
-
     out, fdir = Path(args.out_dir), Path(args.feature_dir)
     selected = json.loads((out / "rows.json").read_text())
     data = load_parts(out)
@@ -130,19 +126,10 @@ def evaluate(args) -> None:
     dev = float(np.abs(stored["f_F1"][take] - data["f_F1"]).max())
     assert dev < 1e-3, dev                                  # this run's F1 is the stored shipped feature
     gr = Groups.of(selected)
-    diag, mel, hv, ht, hc, xq, valid = gr.diagnosis, gr.melanoma, gr.hv, gr.ht, gr.hc, gr.xq, gr.valid
-    result = {"F1_max_abs_diff_vs_stored": dev}
-    for v in ("F1", *VARIANTS):
-        f, p = data[f"f_{v}"], data[f"p_{v}"]
-        dv = np.where(valid, cosine_distance(f[hv], f[ht]), np.inf)
-        result[v] = {"mP": macro_precision_at_k(dv, valid, diag[hv], diag[ht]), "vC": vote_auc(dv, mel[hv], mel[ht]),
-                     "hA": float(roc_auc_score(mel[hv], p[hv])),
-                     "xC": vote_auc(cosine_distance(f[xq], f[hc]), mel[xq], mel[hc]),
-                     "xE": vote_auc(euclidean_distance(f[xq], f[hc]), mel[xq], mel[hc]),
-                     "xH": float(roc_auc_score(mel[xq], p[xq]))}
+    result = {"F1_max_abs_diff_vs_stored": dev, **view_figures(data, gr, ("F1", *VARIANTS))}
     eligible, best = views_rule(result, "Z4", "Z8")      # the cost-neutral one first
     result["rule"] = {"eligible": eligible, "chosen": best,
-                      "counts": {"val": len(hv), "train_sample": len(ht), "xval": len(xq)}}
+                      "counts": {"val": len(gr.hv), "train_sample": len(gr.ht), "xval": len(gr.xq)}}
     result["reading_Z4_minus_F1"] = paired_differences(data, gr)     # after the verdict: how sure each gain is
     write_result(result, args.out)
 
