@@ -33,9 +33,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from crosssource import (  # noqa: E402
-    Groups,
     extract_parts,
-    load_parts,
+    features_and_heads,
+    load_run,
     main,
     sample_selection,
     view_figures,
@@ -54,7 +54,7 @@ def extract(args) -> None:
     from dermsearch.extract import Extractor, ExtractorConfig, load_image
     from dermsearch.extract.colour import shades_of_gray
     from dermsearch.extract.encoder import prepare_image
-    from dermsearch.models.ensemble import melanoma_probability, tta_views
+    from dermsearch.models.ensemble import tta_views
     from dermsearch.runtime import Runtime
 
     data, out = Path(args.data), Path(args.out)
@@ -88,12 +88,7 @@ def extract(args) -> None:
             gw = views([b for _, b, *_ in loaded], fields, 2)
             raw = views([c for _, _, c, _ in loaded], fields, 2)
             pooled = {"F1": mean(sog), "C2": mean(sog[:2] + raw), "C3": mean(sog[:2] + gw + raw)}
-            res = {}
-            for v, p in pooled.items():
-                feature, logits = net.combine(p)
-                res[f"f_{v}"] = feature.numpy()
-                res[f"p_{v}"] = melanoma_probability(logits, net.spec).numpy()
-        return res
+            return features_and_heads(net, pooled)
 
     first = selected[:3]           # this script's F1 is the product's feature
     got = compute(load(first))["f_F1"]
@@ -106,10 +101,7 @@ def extract(args) -> None:
 
 def evaluate(args) -> None:
     out = Path(args.out_dir)
-    selected = json.loads((out / "rows.json").read_text())
-    data = load_parts(out)
-    assert list(data["ids"]) == [r["id"] for r in selected], "incomplete extraction"
-    gr = Groups.of(selected)
+    selected, data, gr = load_run(out)
     result = view_figures(data, gr, ("F1", *VARIANTS))
     earlier = json.loads(MULTISCALE.read_text())["F1"]
     result["F1_max_abs_diff_vs_multiscale_run"] = max(abs(result["F1"][k] - earlier[k]) for k in earlier)

@@ -164,6 +164,26 @@ def extract_parts(rows: list[dict], out: Path, batch: int, load: Callable[[list[
     return {"images": n_done, "seconds": round(time.time() - t0, 1)}
 
 
+def load_run(out: Path) -> tuple[list[dict], dict[str, np.ndarray], Groups]:
+    """A finished extraction in ``out``: its rows (``rows.json``), parts and groups."""
+    selected = json.loads((Path(out) / "rows.json").read_text())
+    data = load_parts(out)
+    assert list(data["ids"]) == [r["id"] for r in selected], "incomplete extraction"
+    return selected, data, Groups.of(selected)
+
+
+def features_and_heads(net, pooled: dict) -> dict[str, np.ndarray]:
+    """Each variant's (members' pooled vectors) feature ``f_<v>`` and head melanoma probability ``p_<v>``."""
+    from dermsearch.models.ensemble import melanoma_probability
+
+    res = {}
+    for v, p in pooled.items():
+        feature, logits = net.combine(p)
+        res[f"f_{v}"] = feature.numpy()
+        res[f"p_{v}"] = melanoma_probability(logits, net.spec).numpy()
+    return res
+
+
 def write_result(result: dict, out: str | None) -> None:
     text = json.dumps(result, indent=2)
     print(text)

@@ -34,11 +34,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from crosssource import (  # noqa: E402
     K_VOTE,
-    Groups,
     cosine_distance,
     euclidean_distance,
     extract_parts,
+    features_and_heads,
     load_parts,
+    load_run,
     main,
     rows_args,
     stored_feature_args,
@@ -68,7 +69,7 @@ def extract(args) -> None:
     import torch
 
     from dermsearch.extract import Extractor, ExtractorConfig, load_image
-    from dermsearch.models.ensemble import melanoma_probability, tta_views
+    from dermsearch.models.ensemble import tta_views
     from dermsearch.runtime import Runtime
 
     out = Path(args.out)
@@ -105,27 +106,19 @@ def extract(args) -> None:
             w = per_view(*tensors([a for a, _ in loaded]))
             c = per_view(*tensors([b for _, b in loaded]))
             pooled = {"Z4": mean(w[:2] + c[:2]), "Z8": mean(w + c), "F1": mean(w)}
-            res = {}
-            for v, p in pooled.items():
-                feature, logits = net.combine(p)
-                res[f"f_{v}"] = feature.numpy()
-                res[f"p_{v}"] = melanoma_probability(logits, net.spec).numpy()
-        return res
+            return features_and_heads(net, pooled)
 
     print(json.dumps(extract_parts(selected, out, args.batch, load, compute)))
 
 
 def evaluate(args) -> None:
     out, fdir = Path(args.out_dir), Path(args.feature_dir)
-    selected = json.loads((out / "rows.json").read_text())
-    data = load_parts(out)
-    assert list(data["ids"]) == [r["id"] for r in selected], "incomplete extraction"
+    selected, data, gr = load_run(out)
     stored = load_parts(fdir)
     pos = {i: k for k, i in enumerate(stored["ids"])}
     take = np.array([pos[i] for i in data["ids"]])
     dev = float(np.abs(stored["f_F1"][take] - data["f_F1"]).max())
     assert dev < 1e-3, dev                                  # this run's F1 is the stored shipped feature
-    gr = Groups.of(selected)
     result = {"F1_max_abs_diff_vs_stored": dev, **view_figures(data, gr, ("F1", *VARIANTS))}
     eligible, best = views_rule(result, "Z4", "Z8")      # the cost-neutral one first
     result["rule"] = {"eligible": eligible, "chosen": best,
