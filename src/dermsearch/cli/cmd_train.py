@@ -24,8 +24,8 @@ _SEGMENTER = (*_RUN, "arch", "depth", "width", "t", "alpha", "beta", "gamma", "a
 _CLASSIFIER = (*_RUN, "target", "label_column", "backbone", "weights", "members", "trainable_stages", "stage_lr_decay",
                "member_ema", "member_metric_loss", "member_metric_weight", "head_epochs", "head_lr", "focal_alpha",
                "focal_gamma", "class_weights", "balanced", "augment", "diversity", "snapshot_epochs", "metric_loss",
-               "metric_weight", "metric_temperature", "ema", "head_select", "scale_jitter", "colour", "tta",
-               "init_members", "limit")
+               "metric_weight", "metric_temperature", "ema", "head_select", "scale_jitter", "vignette", "hair",
+               "colour", "tta", "init_members", "limit")
 
 
 def register(sub, common: Common) -> None:

@@ -33,7 +33,7 @@ N_STAGES = 7
 # classifier settings added after runs were made, at the value that trains as before they existed: a run
 # (or a recorded config) without the setting is the same run as one with it at this value
 NEUTRAL_SETTINGS = {"stage_lr_decay": 1.0, "member_ema": 0.0, "member_metric_loss": "none", "member_metric_weight": 1.0,
-                    "scale_jitter": 0.0}
+                    "scale_jitter": 0.0, "vignette": 0.0, "hair": 0.0}
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,11 @@ class ClassifierTrainConfig:
     scale_jitter: float = setting(0.0, "scale augmentation: zoom the augmented images by a factor log-uniform in "
                                   "[1/(1+S), 1+S] (x7: variants 1-7; online: every draw; 0: none)",
                                   min=0.0, max=1.0, metavar="S")
+    vignette: float = setting(0.0, "synthetic vignette: the probability that an augmented image gets a contact "
+                              "dermatoscope's dark vignette (x7: variants 1-7; online: every draw; 0: none)",
+                              min=0.0, max=1.0, metavar="P")
+    hair: float = setting(0.0, "synthetic hair: the probability that an augmented image gets dark hairs drawn "
+                          "over it (x7: variants 1-7; online: every draw; 0: none)", min=0.0, max=1.0, metavar="P")
     diversity: Literal[*DIVERSITY] = choice(DIVERSITY, "bootstrap", "how members differ (bootstrap: bagging; "
                                             "snapshot: each member after the first continues from the previous one's "
                                             "last weights with a warm restart, snapshot epochs each)")
@@ -143,6 +148,8 @@ class ClassifierTrainConfig:
             raise ConfigError(f"snapshot_epochs applies to diversity 'snapshot' only (diversity is {self.diversity!r})")
         if self.scale_jitter and self.augment == "none":
             raise ConfigError("scale_jitter zooms augmented images: it needs augment x7 or online, not none")
+        if (self.vignette or self.hair) and self.augment == "none":
+            raise ConfigError("vignette and hair draw on augmented images: they need augment x7 or online, not none")
         if self.tta > 1 and self.head_variants:
             raise ConfigError("head_variants trains phase two on the x7 variants; it cannot be combined with tta > 1")
         if self.member_ema and self.diversity == "snapshot":

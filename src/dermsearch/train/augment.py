@@ -14,7 +14,8 @@ import torch
 
 from .config import AugmentConfig
 
-__all__ = ["AugmentConfig", "Augmenter", "grid_mask", "random_zoom", "expand_x7", "x7_variant"]
+__all__ = ["AugmentConfig", "Augmenter", "grid_mask", "random_zoom", "expand_x7", "x7_variant", "synthetic_vignette",
+           "synthetic_hair", "hair_alpha", "vignette_and_hair"]
 
 
 def zoom_factors(n: int, jitter: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -60,12 +61,87 @@ def grid_mask(images: torch.Tensor, d_min: int, d_max: int, ratio: float, genera
     return images * keep + fill * (1 - keep), keep
 
 
+def synthetic_vignette(images: torch.Tensor, generator: torch.Generator | None = None,
+                       radius: tuple[float, float] = (0.6, 1.0), softness: float = 0.02) -> torch.Tensor:
+    """A contact dermatoscope's dark vignette: per image, everything outside a disc set to black, the
+    disc's centre within 5 % of the frame's centre and its radius a share ~ U[``radius``] of the
+    frame's half-diagonal (1: it touches the corners), its edge ramping to black over ``softness``
+    of the side. Images in [0, 1], [B, C, H, W]."""
+    b, _, h, w = images.shape
+    u = torch.rand(b, 3, generator=generator).to(images)
+    half_diag = 0.5 * (h * h + w * w) ** 0.5
+    r = (radius[0] + (radius[1] - radius[0]) * u[:, 0]) * half_diag
+    cy = (h - 1) / 2 + (u[:, 1] - 0.5) * 0.1 * h
+    cx = (w - 1) / 2 + (u[:, 2] - 0.5) * 0.1 * w
+    yy = torch.arange(h, dtype=images.dtype, device=images.device)[None, :, None]
+    xx = torch.arange(w, dtype=images.dtype, device=images.device)[None, None, :]
+    d = ((yy - cy[:, None, None]) ** 2 + (xx - cx[:, None, None]) ** 2).sqrt()
+    ramp = max(softness * min(h, w), 1e-6)
+    keep = ((r[:, None, None] - d) / ramp).clamp(0, 1)
+    return images * keep[:, None]
+
+
+def hair_alpha(h: int, w: int, p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, half_width: float,
+               segments: int = 32) -> torch.Tensor:
+    """[H, W] coverage in [0, 1] of one hair: the quadratic Bézier curve from ``p0`` through control
+    point ``p1`` to ``p2`` ((row, column) pixel coordinates), drawn as ``segments`` straight pieces,
+    ``half_width`` pixels to each side of its axis, anti-aliased over one pixel."""
+    dtype, device = p0.dtype, p0.device
+    t = torch.linspace(0, 1, segments + 1, dtype=dtype, device=device)[:, None]
+    pts = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2                     # [S+1, 2]
+    a, ab = pts[:-1], pts[1:] - pts[:-1]
+    rel_y = torch.arange(h, dtype=dtype, device=device)[:, None, None] - a[:, 0]
+    rel_x = torch.arange(w, dtype=dtype, device=device)[None, :, None] - a[:, 1]
+    # each pixel's distance to each piece: to the piece's nearest point, clamped to its ends
+    s = ((rel_y * ab[:, 0] + rel_x * ab[:, 1]) / (ab * ab).sum(1).clamp_min(1e-9)).clamp(0, 1)
+    dist = ((rel_y - s * ab[:, 0]) ** 2 + (rel_x - s * ab[:, 1]) ** 2).sqrt().amin(-1)
+    return (half_width + 0.5 - dist).clamp(0, 1)
+
+
+def synthetic_hair(images: torch.Tensor, generator: torch.Generator | None = None, count: tuple[int, int] = (2, 10),
+                   width: tuple[float, float] = (1.0, 2.5)) -> torch.Tensor:
+    """Dark hairs over the images: per image a number ~ U{``count``} of curves (:func:`hair_alpha`)
+    from one random point of the frame to another, bent by a control point near their middle, each of a width
+    ~ U[``width``] pixels and a dark brown-to-black colour. Images in [0, 1], [B, 3, H, W]."""
+    b, _, h, w = images.shape
+    out = images.clone()
+    size = torch.tensor([h - 1.0, w - 1.0], dtype=images.dtype)
+    for i in range(b):
+        for _ in range(int(torch.randint(count[0], count[1] + 1, (1,), generator=generator))):
+            p0, p2, bend = ((torch.rand(2, generator=generator).to(images.dtype) * size).to(images.device)
+                            for _ in range(3))
+            # gently curved: the control point near the middle, off it by up to 20 % of the length
+            p1 = (p0 + p2) / 2 + (bend / size.to(bend) - 0.5) * 0.4 * (p2 - p0).norm()
+            half = float(width[0] + (width[1] - width[0]) * torch.rand(1, generator=generator)) / 2
+            shade = 0.25 * float(torch.rand(1, generator=generator))
+            alpha = hair_alpha(h, w, p0, p1, p2, half)
+            colour = torch.tensor([shade, 0.75 * shade, 0.6 * shade], dtype=images.dtype, device=images.device)
+            out[i] = out[i] * (1 - alpha) + colour[:, None, None] * alpha
+    return out
+
+
+def vignette_and_hair(images: torch.Tensor, p_vignette: float, p_hair: float,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each image gets a synthetic vignette with probability ``p_vignette`` and hairs with
+    probability ``p_hair`` (issue #40: what differs between dermatoscopes besides colour)."""
+    if p_vignette <= 0 and p_hair <= 0:
+        return images
+    for p, op in ((p_hair, synthetic_hair), (p_vignette, synthetic_vignette)):   # hairs under the vignette
+        if p > 0:
+            pick = (torch.rand(images.shape[0], generator=generator) < p).to(images.device)
+            if pick.any():
+                images = images.clone()
+                images[pick] = op(images[pick], generator)
+    return images
+
+
 class Augmenter:
     """Online random augmentation of a batch in [0, 1]; masks (optional) follow the geometry."""
 
-    def __init__(self, config: AugmentConfig = AugmentConfig(), scale_jitter: float = 0.0):
+    def __init__(self, config: AugmentConfig = AugmentConfig(), scale_jitter: float = 0.0, vignette: float = 0.0,
+                 hair: float = 0.0):
         self.config = c = config
-        self.scale_jitter = scale_jitter
+        self.scale_jitter, self.vignette, self.hair = scale_jitter, vignette, hair
         self.geometric = K.AugmentationSequential(
             K.RandomHorizontalFlip(p=c.p_flip), K.RandomVerticalFlip(p=c.p_flip), data_keys=["input", "mask"])
         self.color = K.ColorJiggle(c.brightness, c.contrast, c.saturation, c.hue, p=c.p_color)
@@ -81,7 +157,7 @@ class Augmenter:
             images = random_zoom(images, self.scale_jitter, generator)
         else:
             images, masks = random_zoom(images, self.scale_jitter, generator, masks)
-        images = self.color(images).clamp(0, 1)
+        images = vignette_and_hair(self.color(images).clamp(0, 1), self.vignette, self.hair, generator)
         if c.p_gridmask > 0:
             pick = (torch.rand(images.shape[0], generator=generator) < c.p_gridmask).to(images.device)
             if pick.any():
@@ -93,13 +169,16 @@ class Augmenter:
 
 
 def x7_variant(images: torch.Tensor, variant: int, config: AugmentConfig = AugmentConfig(),
-               generator: torch.Generator | None = None, scale_jitter: float = 0.0) -> torch.Tensor:
+               generator: torch.Generator | None = None, scale_jitter: float = 0.0, vignette: float = 0.0,
+               hair: float = 0.0) -> torch.Tensor:
     """Variant ``variant`` of a batch in [0, 1]: 0 the original, then GridMask, flip left-right, flip
     up-down, brightness, contrast, hue, saturation (1..7); with ``scale_jitter``, variants 1..7 are
-    also zoomed (:func:`random_zoom`)."""
+    also zoomed (:func:`random_zoom`); with ``vignette`` / ``hair``, each image of variants 1..7 gets
+    a synthetic vignette / hairs with that probability (:func:`vignette_and_hair`)."""
     if variant == 0:
         return images
-    return random_zoom(_x7_operation(images, variant, config, generator), scale_jitter, generator)
+    out = random_zoom(_x7_operation(images, variant, config, generator), scale_jitter, generator)
+    return vignette_and_hair(out, vignette, hair, generator)
 
 
 def _x7_operation(images: torch.Tensor, variant: int, config: AugmentConfig, generator) -> torch.Tensor:

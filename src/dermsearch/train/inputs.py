@@ -47,14 +47,17 @@ class MemberInputs:
         parts = (cfg.labels, cfg.split, cfg.limit, cfg.backbone, cfg.weights, k, cfg.image_size,
                  asdict(cfg.augment_config), cfg.seed, *([cfg.colour] if cfg.colour != "none" else []))
         key = fingerprint(*parts)      # val holds the originals only: its outputs never depend on the zoom
-        train_key = fingerprint(*parts, f"zoom {cfg.scale_jitter}") if cfg.scale_jitter else key
+        extra = ([f"zoom {cfg.scale_jitter}"] if cfg.scale_jitter else []) + (
+            [f"vignette {cfg.vignette} hair {cfg.hair}"] if cfg.vignette or cfg.hair else [])
+        train_key = fingerprint(*parts, *extra) if extra else key
         n_var = 8 if cfg.augment == "x7" else 1
         cached = k > 0 and cfg.augment != "online" and not reused
         pool = prefix.cache(data.train, n_var, cache / f"train-{cfg.train_split}-x{n_var}-{train_key}.npy", log,
                             progress) if cached else None
         val_pool = (prefix.cache(data.val, 1, cache / f"val-{cfg.val_split}-{key}.npy", log, progress)
                     if k and not reused else None)
-        augmenter = Augmenter(cfg.augment_config, cfg.scale_jitter) if cfg.augment == "online" else None
+        augmenter = (Augmenter(cfg.augment_config, cfg.scale_jitter, cfg.vignette, cfg.hair)
+                     if cfg.augment == "online" else None)
         return cls(cfg, data, prefix, pool, val_pool, n_var, augmenter)
 
     @property
@@ -71,8 +74,8 @@ class MemberInputs:
             unit = self.augmenter(unit.to(self.device), generator=g)
         elif self.n_variants == 8:
             cfg = self.cfg
-            unit = torch.cat([x7_variant(unit[j:j + 1], int(v), cfg.augment_config, g, cfg.scale_jitter)
-                              for j, v in enumerate(variants)])
+            unit = torch.cat([x7_variant(unit[j:j + 1], int(v), cfg.augment_config, g, cfg.scale_jitter,
+                                         cfg.vignette, cfg.hair) for j, v in enumerate(variants)])
         return self.prefix.run(unit).float() if self.prefix.k else self.prefix.normalise(unit.to(self.device))
 
     def val_batches(self) -> Iterator[torch.Tensor]:
