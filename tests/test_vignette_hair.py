@@ -79,7 +79,11 @@ def test_probabilities_x7_and_the_online_augmenter():
     assert vignette_and_hair(x, 0.0, 0.0) is x
     every = vignette_and_hair(x, 1.0, 1.0, torch.Generator().manual_seed(1))
     assert ((every - x).abs().flatten(1).amax(1) > 0.1).all()
-    assert (every[:, :, 0, 0] == 0).all()                              # the vignette goes on top of the hairs
+    g = torch.Generator().manual_seed(1)                               # the same draws, in the stated order:
+    torch.rand(8, generator=g)                                         # who gets hairs, their hairs,
+    hairs = synthetic_hair(x, g)
+    torch.rand(8, generator=g)                                         # who gets a vignette, the vignette on top
+    assert torch.equal(every, synthetic_vignette(hairs, g))
     some = vignette_and_hair(x, 0.5, 0.0, torch.Generator().manual_seed(2))
     hit = (some[:, :, 0, 0] == 0).all(1)
     assert 0 < int(hit.sum()) < 8 and torch.equal(some[~hit], x[~hit])
@@ -100,13 +104,38 @@ def test_the_settings_are_neutral_by_default_checked_and_flags():
     cfg = ClassifierTrainConfig(labels="l.csv")
     assert "vignette" not in member_key(cfg, 0) and "hair" not in member_key(cfg, 0)    # old runs keep their key
     assert member_key(ClassifierTrainConfig(labels="l.csv", hair=0.3), 0)["hair"] == 0.3
-    for bad in (dict(vignette=1.5), dict(hair=-0.1), dict(vignette=0.2, augment="none")):
+    for bad in (dict(vignette=1.5), dict(hair=-0.1), dict(vignette=0.2, augment="none"),
+                dict(hair=0.2, init_members="default")):
         with pytest.raises(ConfigError, match="vignette|hair"):
             ClassifierTrainConfig(**bad)
     args = build_parser().parse_args(["train", "classifier", "--labels", __file__, "--out", "run",
                                       "--vignette", "0.3", "--hair", "0.4"])
     got = _config(args, get_preset("default").classifier)
     assert (got.vignette, got.hair) == (0.3, 0.4)
+
+
+def test_the_cached_x7_variants_get_them():
+    """What the frozen-stage cache is built from: FrozenPrefix.variants passes the settings on."""
+    from dermsearch.train.prefix import FrozenPrefix
+
+    u8 = (_skin(3) * 255).round().to(torch.uint8)
+    cfg = ClassifierTrainConfig(labels="l.csv", vignette=1.0)
+    prefix = FrozenPrefix(None, 0, cfg, "cpu")
+    assert torch.equal(prefix.variants(u8, 0, torch.Generator().manual_seed(0)), u8.float() / 255)
+    flipped = prefix.variants(u8, 2, torch.Generator().manual_seed(0))
+    assert (flipped[:, :, 0, 0] == 0).all() and (flipped[:, :, 48, 48] > 0).all()
+    plain = FrozenPrefix(None, 0, ClassifierTrainConfig(labels="l.csv"), "cpu")
+    assert torch.equal(plain.variants(u8, 2, torch.Generator().manual_seed(0)), (u8.float() / 255).flip(-1))
+
+
+def test_half_precision_images_get_the_float32_geometry():
+    x = _skin(2, 64)
+    for dtype in (torch.bfloat16, torch.float16):
+        a = synthetic_vignette(x.to(dtype), torch.Generator().manual_seed(0))
+        b = synthetic_vignette(x, torch.Generator().manual_seed(0))
+        assert a.dtype == dtype and (a.float() - b).abs().max() < 0.02
+        h = synthetic_hair(x.to(dtype), torch.Generator().manual_seed(0))
+        assert (h.float() - synthetic_hair(x, torch.Generator().manual_seed(0))).abs().max() < 0.02
 
 
 @pytest.mark.slow

@@ -150,6 +150,8 @@ class ClassifierTrainConfig:
             raise ConfigError("scale_jitter zooms augmented images: it needs augment x7 or online, not none")
         if (self.vignette or self.hair) and self.augment == "none":
             raise ConfigError("vignette and hair draw on augmented images: they need augment x7 or online, not none")
+        if (self.vignette or self.hair) and self.init_members:
+            raise ConfigError("vignette and hair augment phase one's inputs: with init_members there is no phase one")
         if self.tta > 1 and self.head_variants:
             raise ConfigError("head_variants trains phase two on the x7 variants; it cannot be combined with tta > 1")
         if self.member_ema and self.diversity == "snapshot":

@@ -65,56 +65,67 @@ def synthetic_vignette(images: torch.Tensor, generator: torch.Generator | None =
                        radius: tuple[float, float] = (0.6, 1.0), softness: float = 0.02) -> torch.Tensor:
     """A contact dermatoscope's dark vignette: per image, everything outside a disc set to black, the
     disc's centre within 5 % of the frame's centre and its radius a share ~ U[``radius``] of the
-    frame's half-diagonal (1: it touches the corners), its edge ramping to black over ``softness``
-    of the side. Images in [0, 1], [B, C, H, W]."""
+    frame's half-diagonal (1: it touches the corners; near 1 a corner may stay uncovered), its edge
+    ramping to black over ``softness`` of the side. Images in [0, 1], [B, C, H, W]; the geometry
+    is computed in float32 whatever their dtype."""
     b, _, h, w = images.shape
-    u = torch.rand(b, 3, generator=generator).to(images)
+    f32 = dict(dtype=torch.float32, device=images.device)
+    u = torch.rand(b, 3, generator=generator).to(**f32)
     half_diag = 0.5 * (h * h + w * w) ** 0.5
     r = (radius[0] + (radius[1] - radius[0]) * u[:, 0]) * half_diag
     cy = (h - 1) / 2 + (u[:, 1] - 0.5) * 0.1 * h
     cx = (w - 1) / 2 + (u[:, 2] - 0.5) * 0.1 * w
-    yy = torch.arange(h, dtype=images.dtype, device=images.device)[None, :, None]
-    xx = torch.arange(w, dtype=images.dtype, device=images.device)[None, None, :]
+    yy = torch.arange(h, **f32)[None, :, None]
+    xx = torch.arange(w, **f32)[None, None, :]
     d = ((yy - cy[:, None, None]) ** 2 + (xx - cx[:, None, None]) ** 2).sqrt()
     ramp = max(softness * min(h, w), 1e-6)
     keep = ((r[:, None, None] - d) / ramp).clamp(0, 1)
-    return images * keep[:, None]
+    return images * keep[:, None].to(images.dtype)
 
 
 def hair_alpha(h: int, w: int, p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, half_width: float,
-               segments: int = 32) -> torch.Tensor:
-    """[H, W] coverage in [0, 1] of one hair: the quadratic Bézier curve from ``p0`` through control
-    point ``p1`` to ``p2`` ((row, column) pixel coordinates), drawn as ``segments`` straight pieces,
-    ``half_width`` pixels to each side of its axis, anti-aliased over one pixel."""
-    dtype, device = p0.dtype, p0.device
-    t = torch.linspace(0, 1, segments + 1, dtype=dtype, device=device)[:, None]
+               segments: int = 16) -> torch.Tensor:
+    """[H, W] float32 coverage in [0, 1] of one hair: the quadratic Bézier curve from ``p0`` through
+    control point ``p1`` to ``p2`` ((row, column) pixel coordinates), drawn as ``segments`` straight
+    pieces, ``half_width`` pixels to each side of its axis, anti-aliased over one pixel. Only the
+    curve's bounding box (plus the width) is computed."""
+    device = p0.device
+    t = torch.linspace(0, 1, segments + 1, dtype=torch.float32, device=device)[:, None]
+    p0, p1, p2 = (p.to(torch.float32) for p in (p0, p1, p2))
     pts = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2                     # [S+1, 2]
+    out = torch.zeros(h, w, dtype=torch.float32, device=device)
+    reach = half_width + 1.5
+    lo = (pts.amin(0) - reach).floor().clamp_min(0).long().tolist()
+    hi = [min(int(v), n - 1) for v, n in zip((pts.amax(0) + reach).ceil().tolist(), (h, w))]
+    if lo[0] > hi[0] or lo[1] > hi[1]:
+        return out
     a, ab = pts[:-1], pts[1:] - pts[:-1]
-    rel_y = torch.arange(h, dtype=dtype, device=device)[:, None, None] - a[:, 0]
-    rel_x = torch.arange(w, dtype=dtype, device=device)[None, :, None] - a[:, 1]
+    rel_y = torch.arange(lo[0], hi[0] + 1, dtype=torch.float32, device=device)[:, None, None] - a[:, 0]
+    rel_x = torch.arange(lo[1], hi[1] + 1, dtype=torch.float32, device=device)[None, :, None] - a[:, 1]
     # each pixel's distance to each piece: to the piece's nearest point, clamped to its ends
     s = ((rel_y * ab[:, 0] + rel_x * ab[:, 1]) / (ab * ab).sum(1).clamp_min(1e-9)).clamp(0, 1)
     dist = ((rel_y - s * ab[:, 0]) ** 2 + (rel_x - s * ab[:, 1]) ** 2).sqrt().amin(-1)
-    return (half_width + 0.5 - dist).clamp(0, 1)
+    out[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1] = (half_width + 0.5 - dist).clamp(0, 1)
+    return out
 
 
 def synthetic_hair(images: torch.Tensor, generator: torch.Generator | None = None, count: tuple[int, int] = (2, 10),
                    width: tuple[float, float] = (1.0, 2.5)) -> torch.Tensor:
     """Dark hairs over the images: per image a number ~ U{``count``} of curves (:func:`hair_alpha`)
-    from one random point of the frame to another, bent by a control point near their middle, each of a width
-    ~ U[``width``] pixels and a dark brown-to-black colour. Images in [0, 1], [B, 3, H, W]."""
+    from one random point of the frame to another, bent by a control point near their middle (off
+    it by up to 20 % of the length along each axis), each of a width ~ U[``width``] pixels and a
+    dark brown-to-black colour. Images in [0, 1], [B, 3, H, W]."""
     b, _, h, w = images.shape
     out = images.clone()
-    size = torch.tensor([h - 1.0, w - 1.0], dtype=images.dtype)
+    size = torch.tensor([h - 1.0, w - 1.0], dtype=torch.float32)
     for i in range(b):
         for _ in range(int(torch.randint(count[0], count[1] + 1, (1,), generator=generator))):
-            p0, p2, bend = ((torch.rand(2, generator=generator).to(images.dtype) * size).to(images.device)
-                            for _ in range(3))
-            # gently curved: the control point near the middle, off it by up to 20 % of the length
-            p1 = (p0 + p2) / 2 + (bend / size.to(bend) - 0.5) * 0.4 * (p2 - p0).norm()
+            p0, p2, bend = (torch.rand(2, generator=generator) * size for _ in range(3))
+            # gently curved: the control point near the middle
+            p1 = (p0 + p2) / 2 + (bend / size - 0.5) * 0.4 * (p2 - p0).norm()
             half = float(width[0] + (width[1] - width[0]) * torch.rand(1, generator=generator)) / 2
             shade = 0.25 * float(torch.rand(1, generator=generator))
-            alpha = hair_alpha(h, w, p0, p1, p2, half)
+            alpha = hair_alpha(h, w, *(p.to(images.device) for p in (p0, p1, p2)), half).to(images.dtype)
             colour = torch.tensor([shade, 0.75 * shade, 0.6 * shade], dtype=images.dtype, device=images.device)
             out[i] = out[i] * (1 - alpha) + colour[:, None, None] * alpha
     return out
