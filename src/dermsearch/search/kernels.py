@@ -380,7 +380,6 @@ def row_parallel_products(Q: np.ndarray, X: np.ndarray) -> np.ndarray:
     return out
 
 
-
 def power_of_two_scale(top: float) -> float:
     """The power of two that brings a largest magnitude ``top`` into (0.5, 1] (1 for 0 or not finite):
     multiplying by it is exact in binary floating point, and keeps float16 values and products in range."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .augment import Augmenter, x7_variant
+from .augment import Augmenter
 from .config import ClassifierTrainConfig
 from .prefix import FrozenPrefix
 from .targets import TrainData
@@ -69,13 +69,13 @@ class MemberInputs:
         (augmented online with ``g`` instead, when so configured)."""
         if self.pool is not None:
             return self.pool[torch.from_numpy(idx * self.n_variants + variants)].to(self.device).float()
-        unit = self.data.train.images[torch.from_numpy(idx)].float() / 255.0
-        if self.augmenter is not None:
-            unit = self.augmenter(unit.to(self.device), generator=g)
-        elif self.n_variants == 8:
-            cfg = self.cfg
-            unit = torch.cat([x7_variant(unit[j:j + 1], int(v), cfg.augment_config, g, cfg.scale_jitter,
-                                         cfg.vignette, cfg.hair) for j, v in enumerate(variants)])
+        images = self.data.train.images[torch.from_numpy(idx)]
+        if self.n_variants == 8 and self.augmenter is None:     # the variants the cache would hold
+            unit = torch.cat([self.prefix.variants(images[j:j + 1], int(v), g) for j, v in enumerate(variants)])
+        else:
+            unit = images.float() / 255.0
+            if self.augmenter is not None:
+                unit = self.augmenter(unit.to(self.device), generator=g)
         return self.prefix.run(unit).float() if self.prefix.k else self.prefix.normalise(unit.to(self.device))
 
     def val_batches(self) -> Iterator[torch.Tensor]:
