@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -71,8 +72,9 @@ class Code:
             out[:, a:b] = scipy.fft.dct(C[:, a:b] * self.signs[a:b], type=2, norm="ortho", axis=1, workers=2)
         return out
 
-    def roundtrip(self, C: np.ndarray) -> np.ndarray:
-        """The decoded rows (in the rotated space: distances are the same there)."""
+    def roundtrip(self, C: np.ndarray, ints: list | None = None) -> np.ndarray:
+        """The decoded rows (in the rotated space: distances are the same there); with ``ints``, each
+        group's integer codes are appended to it too (for the entropy of the code)."""
         R = self.forward(C)
         out = np.empty_like(R)
         for a, b in self.spans:
@@ -82,8 +84,26 @@ class Code:
             else:
                 s = self.clip * np.sqrt((seg * seg).mean(axis=1)) / self.levels
             s[s == 0] = 1.0
-            out[:, a:b] = np.clip(np.rint(seg / s[:, None]), -self.levels, self.levels) * s[:, None]
+            c = np.clip(np.rint(seg / s[:, None]), -self.levels, self.levels)
+            if ints is not None:
+                ints.append(c.astype(np.int16))
+            out[:, a:b] = c * s[:, None]
         return out
+
+
+def entropy_bytes(ints: list[list[np.ndarray]], spans) -> tuple[float, float]:
+    """(order-0 entropy of the codes in bytes a row, each group's histogram over every row; zlib level 9
+    of the int8 codes, bytes a row over the rows given): what an entropy coder stores instead of a
+    fixed width. The scales (one float a group) are left out: 8 groups, 32 bytes."""
+    total = 0.0
+    for g in range(len(spans)):
+        v = np.concatenate([blk[g].ravel() for blk in ints])
+        _, counts = np.unique(v, return_counts=True)
+        p = counts / counts.sum()
+        total += float(-(p * np.log2(p)).sum()) * (spans[g][1] - spans[g][0]) / 8
+    rows = np.concatenate([np.concatenate(blk, axis=1) for blk in ints[:1]]).astype(np.int8)
+    z = float(np.mean([len(zlib.compress(r.tobytes(), 9)) for r in rows[:64]]))
+    return total, z
 
 
 def top5(d2: np.ndarray) -> np.ndarray:
@@ -97,6 +117,9 @@ def main() -> None:
     ap.add_argument("index", type=Path)
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--clip", type=float, default=3.0)
+    ap.add_argument("--variants", default="int8,int4,rot-int8,rot-int4,rot-int4-c,rot-int3-c",
+                    help="comma-separated: [rot-]intB[-c] (B bits; rot: signs + DCT first; -c: scale "
+                         "--clip x RMS instead of the max)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     t0 = time.time()
@@ -122,22 +145,27 @@ def main() -> None:
     truth = top5(exact)
     say = {"rows": n, "queries": len(qrows), "live_columns": X.shape[1], "groups": len(groups), "variants": {}}
     print(json.dumps({k: v for k, v in say.items() if k != "variants"}), flush=True)
-    variants = {"int8": Code(groups, 8, False, None), "int4": Code(groups, 4, False, None),
-                "rot-int8": Code(groups, 8, True, None), "rot-int4": Code(groups, 4, True, None),
-                "rot-int4-c": Code(groups, 4, True, args.clip), "rot-int3-c": Code(groups, 3, True, args.clip)}
+    variants = {}
+    for name in args.variants.split(","):
+        bits = int(name.removeprefix("rot-").split("-")[0].removeprefix("int"))
+        variants[name] = Code(groups, bits, name.startswith("rot-"), args.clip if name.endswith("-c") else None)
     for name, code in variants.items():
         t = time.time()
         Qr = code.forward(Q.astype(np.float32)).astype(np.float64)
         est = np.empty_like(exact)
         err = np.empty(n)
+        ints: list[list[np.ndarray]] = []
         for a in range(0, n, 1024):
             C = X[a:a + 1024]
-            H = code.roundtrip(C).astype(np.float64)
+            ints.append([])
+            H = code.roundtrip(C, ints[-1]).astype(np.float64)
             R = code.forward(C).astype(np.float64)
             err[a:a + 1024] = ((R - H) ** 2).sum(1)
             est[:, a:a + 1024] = (Qr * Qr).sum(1)[:, None] + (H * H).sum(1)[None] - 2 * Qr @ H.T
         est[np.arange(len(qrows)), qrows] = np.inf
         rel = np.sqrt(err) / np.sqrt(sq)
+        ent, zl = entropy_bytes(ints, code.spans)
+        del ints
         for tag, e in ((name, est), (name + "-debiased", est - err[None])):
             bits = code.levels.bit_length() + 1
             got = top5(e)
@@ -147,7 +175,8 @@ def main() -> None:
             say["variants"][tag] = {"recall_at_5": round(float(rec), 4),
                                     "max_abs_error_over_median_d2": float(f"{dev:.3g}"),
                                     "median_row_error_over_norm": float(f"{np.median(rel):.3g}"),
-                                    "bits": bits}
+                                    "bits": bits, "fixed_width_bytes": X.shape[1] * bits // 8,
+                                    "entropy_bytes": round(ent), "zlib9_bytes": round(zl)}
             print(tag, json.dumps(say["variants"][tag]), f"{time.time() - t:.0f}s", flush=True)
     say["seconds"] = round(time.time() - t0, 1)
     if args.out:
