@@ -60,10 +60,12 @@ def test_auto_precision_by_size():
     assert default_full_rows("auto", AUTO_COMPACT_ROWS) == default_full_rows("fp16", 10) == "index"
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("int4", 10)
+    assert resolve_precision("int6", AUTO_COMPACT_ROWS) == "int6"
 
 
 @pytest.mark.parametrize("precision,full_rows,kind", [("float32", "", "here"), ("float32", "index", "index"),
-                                                       ("fp16", "", "index"), ("int8", "", "index")])
+                                                       ("fp16", "", "index"), ("int8", "", "index"),
+                                                       ("int6", "", "index")])
 def test_each_precision_gives_the_exact_answers(indexed, precision, full_rows, kind):
     root, extractor = indexed
     exact = Searcher(root / "ix", extractor=extractor)
@@ -128,7 +130,7 @@ def _synthetic(tmp_path, precision, full_rows, n=400, d=24, s=600, side=16):
     return w.finish(), F, S, np.packbits(masks, axis=1), masks.sum(1).astype(np.int32)
 
 
-@pytest.mark.parametrize("precision,max_diff", [("fp16", 2e-3), ("int8", 2e-2)])
+@pytest.mark.parametrize("precision,max_diff", [("fp16", 2e-3), ("int8", 2e-2), ("int6", 5e-2)])
 def test_compact_rows_alone_rank_close_to_exact_and_say_so(tmp_path, precision, max_diff):
     ref, *_ = _synthetic(tmp_path, "float32", "here")
     fast, F, S, P, A = _synthetic(tmp_path, precision, "none")
@@ -160,7 +162,7 @@ def vectors_of(F, S, P, A, i):
     return Vectors(F[i:i + 1], S[i:i + 1], P[i:i + 1], A[i:i + 1])
 
 
-@pytest.mark.parametrize("precision", ["fp16", "int8"])
+@pytest.mark.parametrize("precision", ["fp16", "int8", "int6"])
 def test_compact_rows_with_a_tier_return_exact_scores(tmp_path, precision):
     ref, F, S, P, A = _synthetic(tmp_path, "float32", "here")
     fast, *_ = _synthetic(tmp_path, precision, str(tmp_path / "tier"))

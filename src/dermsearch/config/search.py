@@ -28,8 +28,9 @@ class FastConfig:
     fit_rows: int = setting(10_000, "the PCA is fitted on a random sample of this many rows", min=1)
     seed: int = setting(0, "seed of the PCA's sample")
     precision: Literal[*STORAGE_PRECISIONS] = choice(
-        STORAGE_PRECISIONS, "auto", "the style rows fast mode re-ranks from: float32 (the exact rows), fp16 or int8 (a "
-        "compact copy; the full rows then stay only in the index's table, and returned scores are still exact); "
+        STORAGE_PRECISIONS, "auto", "the style rows fast mode re-ranks from: float32 (the exact rows), fp16, int8 "
+        "or int6 (a compact copy; int6: 6-bit codes after a DCT, deflate-coded, about 48 KB a row; the full rows "
+        "then stay only in the index's table, and returned scores are still exact); "
         "auto: float32 below 100,000 images, int8 from there (docs/performance.md)")
     full_rows: str = setting("", "where the full float32 style rows stay: empty (by size: a copy beside the fast-mode "
                              "files below 100,000 images, else the index's table), 'here', 'index', or a second "

@@ -12,6 +12,8 @@ row). Those re-rank rows are stored at a *precision* chosen when ``dermsearch op
 - ``int8``: certified mode's int8 copy (:func:`~dermsearch.search.certified.write_certified`:
   centred on a mean row, one scale per row and Gram; 1 byte a value), read back through the same
   files, so that ``--mode certified`` needs no copy of its own;
+- ``int6``: 6-bit codes after a random-sign DCT per column group, deflate-coded row by row
+  (:mod:`.style_codec`: about 48 KB a row for the shipped model, against 70.8 KB for int8);
 - ``auto``: float32 below :data:`AUTO_COMPACT_ROWS` rows, :data:`AUTO_COMPACT` from there.
 
 The *full rows* (float32, exact) live in one of (``fast.json``'s ``full_rows``):
@@ -40,6 +42,7 @@ import numpy as np
 from ..errors import ConfigError, DermsearchError, require
 from ..names import STORAGE_PRECISIONS
 from .fast_parts import RowReader
+from .style_codec import Int6Rows, write_int6
 
 __all__ = ["AUTO_COMPACT_ROWS", "AUTO_COMPACT", "resolve_precision", "resolve_code_precision",
            "default_full_rows", "write_compact_rows",
@@ -95,7 +98,7 @@ def write_compact_rows(directory: Path, styles, precision: str, groups, chunk: i
     (``style_code_err.npy``, float64)."""
     if precision == "float32":
         return
-    if precision not in ("fp16", "int8"):
+    if precision not in ("fp16", "int8", "int6"):
         raise ConfigError(f"no stored precision {precision!r}")
     n = styles.shape[0]
     err = np.lib.format.open_memmap(directory / "style_code_err.npy", mode="w+", dtype=np.float64, shape=(n,))
@@ -119,6 +122,8 @@ def write_compact_rows(directory: Path, styles, precision: str, groups, chunk: i
         per_row = np.load(directory / "certified_rows.npy")
         G = (per_row.shape[1] - 1) // 3
         err[:] = np.sqrt(np.einsum("ng,ng->n", per_row[:, 1 + G:1 + 2 * G], per_row[:, 1 + G:1 + 2 * G]))
+    elif precision == "int6":
+        write_int6(directory, styles, groups, err)
     err.flush()
 
 
@@ -176,6 +181,12 @@ def open_compact_rows(directory: Path, precision: str, width: int):
         return _Fp16Rows(directory)
     if precision == "int8":
         return _Int8Rows(directory, width)
+    if precision == "int6":
+        try:
+            return Int6Rows(directory, width)
+        except (OSError, ValueError) as e:
+            raise FullRowsError(f"{directory}: the int6 re-rank rows cannot be read ({e}); "
+                                "run 'dermsearch optimize' again") from None
     return None
 
 

@@ -1,0 +1,175 @@
+"""Entropy-coded 6-bit style rows (``int6``): fast mode's smallest re-rank rows (:mod:`.fast_rows`).
+
+A row of the shipped model has 70,844 live style columns: 70.8 KB in int8, 323 KB in float32. This
+code stores about 48 KB of them at recall@5 0.992 against the float32 ranking on the 10,015 real rows
+(``experiments/style_codes.py``, docs/experiments.md, issue #44):
+
+- each row is centred on a mean row ``μ`` (of a sample of rows);
+- each column group (:func:`~dermsearch.search.certified.certified_groups`: inside one Gram, at most
+  16,384 columns) gets fixed random signs and an orthonormal DCT-II. The map is orthogonal, so
+  distances are unchanged, and it spreads a row's energy evenly over the group's columns;
+- one scale per row and group, ``s = CLIP · RMS / LEVELS``, and codes ``clip(rint(y / s), ±LEVELS)``
+  with ``LEVELS = 31`` (6 bits; values beyond ``CLIP`` = 3 RMS are clipped);
+- each row's codes are deflate-coded (zlib) on their own, so a query inflates only the rows it
+  re-ranks. Deflate comes within a few % of the codes' order-0 entropy here.
+
+Decoding is the reverse: inflate, times the scales, inverse DCT, times the signs, plus ``μ``; the
+columns of no group are 0 in every row, as for the int8 copy. Each row's rounding error ``‖x − x̂‖``
+(computed in the rotated space, where it is the same) goes to ``style_code_err.npy`` as for the
+other precisions.
+
+Files, in the fast-mode directory (made to appear atomically by the fast-mode writer):
+``style_int6.bin`` (the rows' deflate streams end to end), ``style_int6_offsets.npy`` (int64
+[N + 1]), ``style_int6_scales.npy`` (float32 [N, G]), ``style_int6_mu.npy`` and
+``style_int6_signs.npy`` ([D'] over the groups' columns), and ``style_int6.json`` last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import scipy.fft
+
+from ..errors import ConfigError
+
+__all__ = ["LEVELS", "CLIP", "INT6_FORMAT", "encode_rows", "decode_codes", "write_int6", "Int6Rows"]
+
+INT6_FORMAT = 1
+LEVELS = 31          # 6 bits: -31..31
+CLIP = 3.0           # the scale puts CLIP x the group's RMS at the last level
+LEVEL = 6            # zlib's level: 1.5 ms a row to write, ~0.2 ms to read
+
+
+def _spans(groups) -> list[tuple[int, int]]:
+    """Each group's columns in the packed codes [D']."""
+    out, at = [], 0
+    for a, b in groups:
+        out.append((at, at + b - a))
+        at += b - a
+    return out
+
+
+def encode_rows(C: np.ndarray, spans, signs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Codes of centred rows ``C`` (float64 [B, D'], the groups' columns side by side): (int8 codes
+    [B, D'], float32 scales [B, G], float64 rounding errors ‖y − s·c‖ [B])."""
+    codes = np.empty(C.shape, dtype=np.int8)
+    scales = np.empty((C.shape[0], len(spans)), dtype=np.float32)
+    err2 = np.zeros(C.shape[0])
+    for g, (a, b) in enumerate(spans):
+        y = scipy.fft.dct(C[:, a:b] * signs[a:b], type=2, norm="ortho", axis=1)
+        rms = np.sqrt(np.einsum("ij,ij->i", y, y) / (b - a))
+        if not np.isfinite(rms).all():
+            raise ConfigError("style rows with non-finite values cannot be stored as int6")
+        s = (CLIP * rms / LEVELS).astype(np.float32)
+        s[s == 0] = 1.0
+        c = np.clip(np.rint(y / s[:, None]), -LEVELS, LEVELS)
+        codes[:, a:b] = c
+        scales[:, g] = s
+        d = y - c * s[:, None].astype(np.float64)
+        err2 += np.einsum("ij,ij->i", d, d)
+    return codes, scales, np.sqrt(err2)
+
+
+def decode_codes(codes: np.ndarray, scales: np.ndarray, spans, signs: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """Float32 rows [B, D'] (the groups' columns side by side) from their codes: the inverse of
+    :func:`encode_rows` up to its rounding."""
+    out = np.empty(codes.shape, dtype=np.float32)
+    for g, (a, b) in enumerate(spans):
+        y = codes[:, a:b].astype(np.float32) * scales[:, g:g + 1]
+        out[:, a:b] = scipy.fft.idct(y, type=2, norm="ortho", axis=1) * signs[a:b] + mu[a:b]
+    return out
+
+
+def _identity(n: int, width: int, groups) -> dict:
+    return {"format": INT6_FORMAT, "rows": n, "width": width, "groups": [list(g) for g in groups],
+            "levels": LEVELS, "clip": CLIP}
+
+
+def write_int6(directory: Path, styles, groups, err: np.ndarray, chunk: int = 512, seed: int = 0,
+               workers: int | None = None) -> None:
+    """Write the int6 rows of ``styles`` (float32 [N, D], RAM or memory map) into ``directory`` and
+    each row's rounding error into ``err`` ([N] float64)."""
+    from .engine import block_columns
+
+    n, width = styles.shape
+    spans = _spans(groups)
+    kept = spans[-1][1] if spans else 0
+    rng = np.random.default_rng(seed)
+    signs = rng.choice(np.array([-1, 1], dtype=np.int8), size=kept)
+    sample = np.sort(rng.choice(n, min(n, 2000), replace=False)) if n else np.zeros(0, np.int64)
+    mu = np.zeros(kept, np.float64)
+    for a in range(0, len(sample), chunk):
+        mu += block_columns(styles, groups, sample[a:a + chunk]).sum(axis=0, dtype=np.float64)
+    mu = (mu / max(len(sample), 1)).astype(np.float32)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    scales = np.empty((n, len(spans)), dtype=np.float32)
+    with open(directory / "style_int6.bin", "wb") as f, ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        for a in range(0, n, chunk):
+            C = block_columns(styles, groups, slice(a, a + chunk)).astype(np.float64) - mu
+            codes, scales[a:a + len(C)], err[a:a + len(C)] = encode_rows(C, spans, signs.astype(np.float64))
+            for i, blob in enumerate(pool.map(lambda r: zlib.compress(r.tobytes(), LEVEL), codes), start=a):
+                f.write(blob)
+                offsets[i + 1] = offsets[i] + len(blob)
+        f.flush()
+        os.fsync(f.fileno())
+    np.save(directory / "style_int6_offsets.npy", offsets)
+    np.save(directory / "style_int6_scales.npy", scales)
+    np.save(directory / "style_int6_mu.npy", mu)
+    np.save(directory / "style_int6_signs.npy", signs)
+    (directory / "style_int6.json").write_text(json.dumps(_identity(n, width, groups)))
+
+
+class Int6Rows:
+    """:func:`write_int6`'s rows read back as float32 rows [k, D] (the re-rank reader contract of
+    :func:`~dermsearch.search.fast_rows.open_compact_rows`). Raises ``ValueError`` when the files
+    are missing pieces or were written for other rows."""
+
+    def __init__(self, directory: Path, width: int):
+        info = json.loads((directory / "style_int6.json").read_text())
+        n, groups = int(info["rows"]), [tuple(g) for g in info["groups"]]
+        if info != _identity(n, width, groups):
+            raise ValueError(f"{directory}: int6 rows of another format or width ({info.get('format')})")
+        self.groups, self.spans = groups, _spans(groups)
+        self.offsets = np.load(directory / "style_int6_offsets.npy")
+        self.scales = np.load(directory / "style_int6_scales.npy", mmap_mode="r")
+        self.mu = np.load(directory / "style_int6_mu.npy")
+        self.signs = np.load(directory / "style_int6_signs.npy").astype(np.float32)
+        kept = self.spans[-1][1] if self.spans else 0
+        if (self.offsets.shape != (n + 1,) or self.scales.shape != (n, len(groups)) or self.mu.shape != (kept,)
+                or self.signs.shape != (kept,) or (directory / "style_int6.bin").stat().st_size != self.offsets[-1]):
+            raise ValueError(f"{directory}: the int6 rows' files do not agree with style_int6.json")
+        self.blobs = np.memmap(directory / "style_int6.bin", dtype=np.uint8, mode="r") if self.offsets[-1] else None
+        self.shape, self.directory = (n, width), directory
+
+    def codes(self, rows: np.ndarray) -> np.ndarray:
+        """The int8 codes [k, D'] of ``rows``."""
+        kept = self.spans[-1][1] if self.spans else 0
+        out = np.empty((len(rows), kept), dtype=np.int8)
+        for i, r in enumerate(rows):
+            try:
+                raw = zlib.decompress(self.blobs[self.offsets[r]:self.offsets[r + 1]]) if kept else b""
+            except zlib.error as e:
+                raw = f"{e}".encode()
+            if len(raw) != kept:
+                from .fast_rows import FullRowsError
+
+                raise FullRowsError(f"{self.directory}: int6 row {r} is damaged ({len(raw)} bytes decoded, not "
+                                    f"{kept}); run 'dermsearch optimize' again")
+            out[i] = np.frombuffer(raw, dtype=np.int8)
+        return out
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.zeros((len(rows), self.shape[1]), dtype=np.float32)
+        packed = decode_codes(self.codes(rows), np.asarray(self.scales[rows]), self.spans, self.signs, self.mu)
+        for (a, b), (c, d) in zip(self.groups, self.spans):
+            out[:, a:b] = packed[:, c:d]
+        return out
+
+    def all(self) -> np.ndarray:
+        return self(np.arange(self.shape[0]))
