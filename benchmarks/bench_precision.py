@@ -3,6 +3,7 @@ measure, bytes on disk per image, query time; and the cost of reading the re-ran
 index's own table instead of a second float32 copy.
 
     python benchmarks/bench_precision.py INDEX_DIR [--rows 500] [--queries 30] [--read-rows N] [--only-reads]
+    python benchmarks/bench_precision.py INDEX_DIR --rows 10015 --queries 100 --variants int8:none,int6:none
 
 INDEX_DIR: an index of real images (the numbers in docs/performance.md: the bundled sample,
 ``dermsearch index examples/isic-sample/labels.csv --index INDEX_DIR``). Rows beyond the real ones
@@ -18,7 +19,8 @@ bytes on disk per image (fast-mode directory, tier). ``table_bytes_per_image``: 
 LanceDB table per image (the full rows stored once). ``row_reads``: 32 and 200 scattered style
 rows read from a float32 ``.npy`` (the FAST_FORMAT 2 copy) and from a LanceDB table of the same
 rows (``take``), median of 20 reads. ``real_index_float32``: fast mode on the real index, float32
-rows from a copy against from its own table. Prints JSON.
+rows from a copy against from its own table. ``--variants PRECISION:FULL,...`` measures those
+variants alone (no row reads, no real-index run). Prints JSON.
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ from dermsearch.search.measures import MEASURES, measure_scores
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_scaling import shifted_masks  # noqa: E402
 
-VARIANTS = (("float32", "here"), ("fp16", "none"), ("int8", "none"), ("fp16", "tier"), ("int8", "tier"),
-            ("int8", "index"))
+VARIANTS = (("float32", "here"), ("fp16", "none"), ("int8", "none"), ("int6", "none"), ("fp16", "tier"),
+            ("int8", "tier"), ("int6", "tier"), ("int8", "index"))
 
 
 def archive(index: Index, rows: int, seed: int = 0):
@@ -216,7 +218,9 @@ def main() -> None:
     ap.add_argument("--read-rows", type=int, default=None, help="rows of the table the row reads are timed on "
                     "(default --rows)")
     ap.add_argument("--only-reads", action="store_true", help="time the row reads only")
+    ap.add_argument("--variants", help="only these PRECISION:FULL variants, comma-separated (e.g. int6:none)")
     args = ap.parse_args()
+    variants = [tuple(v.split(":")) for v in args.variants.split(",")] if args.variants else VARIANTS
     args.workdir.mkdir(parents=True, exist_ok=True)
     index = Index.open(args.index)
     m = index.manifest
@@ -226,9 +230,11 @@ def main() -> None:
     out = {"machine": machine(), "index": str(args.index), "real_rows": n_real, "rows": len(F),
            "queries": len(queries), "style_dim": S.shape[1],
            "table_bytes_per_image": facts["table_bytes_per_image"], "variants": []}
-    for precision, full in () if args.only_reads else VARIANTS:
+    for precision, full in () if args.only_reads else variants:
         out["variants"].append(run_variant(precision, full, (F, S, P, A), m.get("style_layers"), m["mask_size"],
                                            queries, args.workdir))
+    if args.variants:
+        return emit(out)
     out["row_reads"] = row_reads(S, args.workdir, args.read_rows or len(F))
     if not args.only_reads:
         out["real_index_float32"] = table_rerank(index, args.workdir)

@@ -270,6 +270,9 @@ def main() -> None:
     ap.add_argument("--code-precision", choices=CODE_PRECISIONS, default="auto",
                     help="the code-space archive's sketches and mask cells (FastConfig.code_precision; float32 "
                     "for bench_fast_codes.py's paired comparison)")
+    ap.add_argument("--rerank", choices=("float32", "int6"), default="float32",
+                    help="code-space method: re-rank from the float32 rows (exact scores), or from int6 rows alone "
+                         "(each synthesised row encoded and decoded as `optimize --precision int6` stores it)")
     ap.add_argument("--method", choices=("auto", "rows", "codes"), default="auto",
                     help="rows: synthetic rows materialised (fast-mode files of INDEX_DIR needed); codes: the "
                     "archive in code space, no style rows stored (scaling_codes.py); auto: codes past 100,000 rows")

@@ -77,6 +77,16 @@ def prepare(args, log) -> tuple[sa.RealRows, dict]:
     return real, info
 
 
+def int6_rows(index_dir, rows: sa.VirtualRows) -> sa.CodedRows:
+    """The archive's re-rank rows through the int6 code, in the writer's column groups."""
+    from dermsearch.search.certified import certified_groups
+    from dermsearch.search.engine import dead_style_ranges, live_style_blocks
+
+    layout = Index.open(index_dir).manifest.get("style_layers")
+    width = rows.shape[1]
+    return sa.CodedRows(rows, certified_groups(width, layout, live_style_blocks(width, dead_style_ranges(layout))))
+
+
 def queries_of(real: sa.RealRows, plan: sa.Plan, qrows: np.ndarray) -> list[Query]:
     F, S, M, A = sa.materialise(real, plan, qrows)
     return [Query(F[j], S[j], M[j], int(A[j]), str(i)) for j, i in enumerate(qrows)]
@@ -216,6 +226,10 @@ def run(args, log) -> dict:
     reset = reset_peak()
     fast, rows, plan = sa.open_archive(args.workdir / "codes")
     fast.config = FastConfig(**{**fast.info["config"], **{k: getattr(FastConfig(), k) for k in QUERY_SETTINGS}})
+    if getattr(args, "rerank", "float32") == "int6":      # the compact rows alone: no full rows anywhere
+        rows = int6_rows(args.index, rows)
+        fast.style_rows, fast.full_rows, fast.precision = rows, None, "int6"
+        fast.info = {**fast.info, "precision": "int6"}                    # what fast.prefix(n) passes on
     queries = queries_of(real, plan, qrows)
     t0 = time.perf_counter()
     curve = fast_curve(fast, rows, sizes, qrows, queries, refs, args, log)
@@ -234,6 +248,9 @@ def run(args, log) -> dict:
             "fast_config": dataclasses.asdict(fast.config), "fast_files_config": fast.info["config"],
             "style_explained_variance": fast.info["style_explained_variance"],
             "fast_files_bytes_per_image": round(disk / len(fast)),
+            "rerank": getattr(args, "rerank", "float32"),
+            **({"rerank_int6_bytes_per_row": round(rows.bytes / max(rows.coded, 1))} if hasattr(rows, "coded")
+               else {}),
             "fast_peak_rss_bytes": fast_peak, "peak_rss_bytes_before_fast": peak_before,
             "seconds": {"references": ref_s, "fast": fast_s, "faiss": round(time.perf_counter() - t0, 1),
                         "total": round(time.perf_counter() - t_start, 1)},

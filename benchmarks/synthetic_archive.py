@@ -226,6 +226,63 @@ class VirtualRows:
         self.reader.close()
 
 
+class CodedRows:
+    """The archive's re-rank rows as fast mode reads them at ``--rerank int6`` (:mod:`dermsearch.search.
+    style_codec`): each synthesised row encoded as the writer would (its share of ``seconds``, the
+    synthesis), deflated, then inflated and decoded (the query's share: what the product pays a row).
+    ``mu`` and the signs are drawn as the writer draws them (the same rows decode to the same values)."""
+
+    def __init__(self, rows: VirtualRows, groups, seed: int = 0, chunk: int = 512):
+        from dermsearch.search.engine import block_columns
+        from dermsearch.search.style_codec import _spans
+
+        self.rows, self.groups, self.spans = rows, tuple(groups), _spans(groups)
+        n, kept = rows.shape[0], self.spans[-1][1]
+        rng = np.random.default_rng(seed)                       # the writer's draws, in its order
+        self.signs = rng.choice(np.array([-1, 1], dtype=np.int8), size=kept).astype(np.float64)
+        sample = np.sort(rng.choice(n, min(n, 2000), replace=False))
+        total = np.zeros(kept)
+        for a in range(0, len(sample), chunk):
+            total += block_columns(rows(sample[a:a + chunk]), self.groups).sum(axis=0, dtype=np.float64)
+        self.mu = (total / len(sample)).astype(np.float32)
+        self.shape, self.dtype = rows.shape, np.dtype(np.float32)
+        self.bytes, self.coded = 0, 0
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        import zlib
+
+        from dermsearch.search.engine import block_columns
+        from dermsearch.search.style_codec import LEVEL, decode_codes, encode_rows
+
+        x = self.rows(rows)
+        t = time.perf_counter()
+        codes, scales, _ = encode_rows(block_columns(x, self.groups).astype(np.float64) - self.mu, self.spans,
+                                       self.signs)
+        blobs = [zlib.compress(c.tobytes(), LEVEL) for c in codes]
+        self.bytes, self.coded = self.bytes + sum(len(b) for b in blobs), self.coded + len(blobs)
+        self.rows.seconds += time.perf_counter() - t              # the writer's work, not the query's
+        back = np.stack([np.frombuffer(zlib.decompress(b), dtype=np.int8) for b in blobs])
+        packed = decode_codes(back, scales, self.spans, self.signs.astype(np.float32), self.mu)
+        out = np.zeros((len(rows), self.shape[1]), dtype=np.float32)
+        for (a, b), (c, d) in zip(self.groups, self.spans):
+            out[:, a:b] = packed[:, c:d]
+        return out
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return self(np.atleast_1d(np.asarray(rows)))
+
+    @property
+    def served(self) -> int:
+        return self.rows.served
+
+    @property
+    def seconds(self) -> float:
+        return self.rows.seconds
+
+    def close(self) -> None:
+        self.rows.close()
+
+
 class _Shifted:
     """Rows ``start + i`` of a reader, indexed as ``X[i]`` (a block of the archive)."""
 

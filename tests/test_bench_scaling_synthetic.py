@@ -142,3 +142,20 @@ def test_linear_exact_references_equal_the_exact_engine(archives):
     for g, w in zip(rank_rows(got, valid, MEASURES, 5), rank_rows(want, valid, MEASURES, 5)):
         for m in MEASURES:
             assert np.array_equal(g.measures[m].rows, w.measures[m].rows), m
+
+
+def test_coded_rows_decode_as_the_products_int6_rows(archives, tmp_path):
+    """bench_scaling --rerank int6 synthesises each re-rank row, then encodes and decodes it: the
+    values fast mode would read from `optimize --precision int6` files of the same rows."""
+    from dermsearch.search.fast_rows import open_compact_rows, write_compact_rows
+
+    *_, virtual, _, St = archives
+    groups = ((0, 25), (25, S))
+    write_compact_rows(tmp_path, St, "int6", groups)
+    want = open_compact_rows(tmp_path, "int6", S)
+    coded = sa.CodedRows(virtual, groups)
+    rows = np.array([339, 0, 41, 200, 39])
+    before = virtual.seconds
+    np.testing.assert_allclose(coded(rows), want(rows), rtol=1e-6, atol=1e-6)
+    assert coded.coded == rows.size and coded.bytes > 0 and coded.seconds > before
+    assert not np.array_equal(coded(rows), St[rows])              # lossy: not the float32 rows
