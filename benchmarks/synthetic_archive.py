@@ -248,11 +248,12 @@ class CodedRows:
         self.shape, self.dtype = rows.shape, np.dtype(np.float32)
         self.bytes, self.coded = 0, 0
 
-    def __call__(self, rows: np.ndarray) -> np.ndarray:
+    def _coded(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(int8 codes, scales) of ``rows``, as inflated from the files a query reads."""
         import zlib
 
         from dermsearch.search.engine import block_columns
-        from dermsearch.search.style_codec import LEVEL, decode_codes, encode_rows
+        from dermsearch.search.style_codec import LEVEL, encode_rows
 
         x = self.rows(rows)
         t = time.perf_counter()
@@ -261,7 +262,19 @@ class CodedRows:
         blobs = [zlib.compress(c.tobytes(), LEVEL) for c in codes]
         self.bytes, self.coded = self.bytes + sum(len(b) for b in blobs), self.coded + len(blobs)
         self.rows.seconds += time.perf_counter() - t              # the writer's work, not the query's
-        back = np.stack([np.frombuffer(zlib.decompress(b), dtype=np.int8) for b in blobs])
+        return np.stack([np.frombuffer(zlib.decompress(b), dtype=np.int8) for b in blobs]), scales
+
+    def style_losses(self, query_style: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        from dermsearch.search.style_codec import losses_from_codes
+
+        codes, scales = self._coded(np.asarray(rows, dtype=np.int64))
+        return losses_from_codes(query_style, codes, scales, self.groups, self.spans, self.signs.astype(np.float32),
+                                 self.mu)
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        from dermsearch.search.style_codec import decode_codes
+
+        back, scales = self._coded(rows)
         packed = decode_codes(back, scales, self.spans, self.signs.astype(np.float32), self.mu)
         out = np.zeros((len(rows), self.shape[1]), dtype=np.float32)
         for (a, b), (c, d) in zip(self.groups, self.spans):

@@ -159,3 +159,4 @@ def test_coded_rows_decode_as_the_products_int6_rows(archives, tmp_path):
     np.testing.assert_allclose(coded(rows), want(rows), rtol=1e-6, atol=1e-6)
     assert coded.coded == rows.size and coded.bytes > 0 and coded.seconds > before
     assert not np.array_equal(coded(rows), St[rows])              # lossy: not the float32 rows
+    np.testing.assert_allclose(coded.style_losses(St[7], rows), want.style_losses(St[7], rows), rtol=1e-5)

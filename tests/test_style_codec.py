@@ -107,3 +107,17 @@ def test_damaged_int6_files_say_so(tmp_path):
         open_compact_rows(tmp_path, "int6", WIDTH)
     with pytest.raises(FullRowsError, match="cannot be read"):
         open_compact_rows(tmp_path, "int6", WIDTH + 1)                               # written for other rows
+
+
+def test_style_losses_in_the_rotated_space_equal_those_of_the_decoded_rows(tmp_path):
+    from dermsearch.search.engine import ExactEngine, Query
+
+    S = _rows()
+    write_compact_rows(tmp_path, S, "int6", GROUPS)
+    reader = open_compact_rows(tmp_path, "int6", WIDTH)
+    rows = np.array([1, 7, 30, 39])
+    rng = np.random.default_rng(5)
+    for q in (S[7], S[0] + rng.normal(size=WIDTH).astype(np.float32)):      # a stored row; noise in every column
+        want = ExactEngine(np.zeros((4, 1), np.float32), reader(rows)).raw(
+            Query.batch([Query(np.zeros(1, np.float32), q)]), ["style"])["style"][0]
+        np.testing.assert_allclose(reader.style_losses(q, rows), want, rtol=1e-4, atol=1e-4)

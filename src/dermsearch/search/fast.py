@@ -397,7 +397,10 @@ class FastIndex:
         a = self.arrays
         if with_style:
             exact = self.precision == "float32" or (full and self.full_rows is not None)
-            styles = (self.full_rows if full and self.full_rows is not None else self.style_rows)(rows)
+            reader = self.full_rows if full and self.full_rows is not None else self.style_rows
+            if hasattr(reader, "style_losses") and query.style is not None:     # int6: in the codes' own space
+                return {"style": reader.style_losses(query.style, rows)}
+            styles = reader(rows)
             sub = ExactEngine(a["features"][:0], styles, feature_sqnorms=a["feature_sqnorms"][:0],
                               style_sqnorms=a["style_sqnorms"][rows] if exact else None,
                               product=row_parallel_products)

@@ -30,6 +30,7 @@ import json
 import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,8 @@ import scipy.fft
 
 from ..errors import ConfigError
 
-__all__ = ["LEVELS", "CLIP", "INT6_FORMAT", "encode_rows", "decode_codes", "write_int6", "Int6Rows"]
+__all__ = ["LEVELS", "CLIP", "INT6_FORMAT", "encode_rows", "decode_codes", "losses_from_codes", "write_int6",
+           "Int6Rows"]
 
 INT6_FORMAT = 1
 LEVELS = 31          # 6 bits: -31..31
@@ -75,14 +77,36 @@ def encode_rows(C: np.ndarray, spans, signs: np.ndarray) -> tuple[np.ndarray, np
     return codes, scales, np.sqrt(err2)
 
 
-def decode_codes(codes: np.ndarray, scales: np.ndarray, spans, signs: np.ndarray, mu: np.ndarray) -> np.ndarray:
+def decode_codes(codes: np.ndarray, scales: np.ndarray, spans, signs: np.ndarray, mu: np.ndarray,
+                 workers: int = 1) -> np.ndarray:
     """Float32 rows [B, D'] (the groups' columns side by side) from their codes: the inverse of
     :func:`encode_rows` up to its rounding."""
     out = np.empty(codes.shape, dtype=np.float32)
     for g, (a, b) in enumerate(spans):
         y = codes[:, a:b].astype(np.float32) * scales[:, g:g + 1]
-        out[:, a:b] = scipy.fft.idct(y, type=2, norm="ortho", axis=1) * signs[a:b] + mu[a:b]
+        out[:, a:b] = scipy.fft.idct(y, type=2, norm="ortho", axis=1, workers=workers) * signs[a:b] + mu[a:b]
     return out
+
+
+def losses_from_codes(query_style: np.ndarray, codes: np.ndarray, scales: np.ndarray, groups, spans,
+                      signs: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """[k] float64 ``‖q − x̂‖²`` of a query's style vector (float [D]) against the rows whose codes
+    and scales are given, computed in the rotated space (the map is orthogonal, so no row is
+    decoded): per group ``s²‖c‖² − 2 s c·q̃ + ‖q̃‖²`` with ``q̃ = DCT(signs · (q − μ))``, plus the
+    query's ‖q‖² over the columns of no group (the rows are 0 there)."""
+    from .engine import block_columns
+
+    q = np.asarray(query_style, dtype=np.float64)
+    qc = block_columns(q[None], groups).astype(np.float64)[0] - mu
+    inside = sum(float(np.dot(q[a:b], q[a:b])) for a, b in groups)
+    out = np.full(len(codes), max(float(np.dot(q, q)) - inside, 0.0))
+    for g, (a, b) in enumerate(spans):
+        qt = scipy.fft.dct(qc[a:b] * signs[a:b], type=2, norm="ortho")
+        c = codes[:, a:b].astype(np.float32)
+        cc = np.einsum("ij,ij->i", c, c)           # exact in float32: at most 31² x 16,384 < 2²⁴
+        s = scales[:, g].astype(np.float64)
+        out += s * s * cc - 2.0 * s * (c @ qt.astype(np.float32)) + float(np.dot(qt, qt))
+    return np.maximum(out, 0.0)
 
 
 def _identity(n: int, width: int, groups) -> dict:
@@ -144,32 +168,49 @@ class Int6Rows:
                 or self.signs.shape != (kept,) or (directory / "style_int6.bin").stat().st_size != self.offsets[-1]):
             raise ValueError(f"{directory}: the int6 rows' files do not agree with style_int6.json")
         self.blobs = np.memmap(directory / "style_int6.bin", dtype=np.uint8, mode="r") if self.offsets[-1] else None
-        self.shape, self.directory = (n, width), directory
+        self.shape, self.directory, self.workers = (n, width), directory, os.cpu_count() or 1
 
     def codes(self, rows: np.ndarray) -> np.ndarray:
         """The int8 codes [k, D'] of ``rows``."""
         kept = self.spans[-1][1] if self.spans else 0
         out = np.empty((len(rows), kept), dtype=np.int8)
-        for i, r in enumerate(rows):
-            try:
-                raw = zlib.decompress(self.blobs[self.offsets[r]:self.offsets[r + 1]]) if kept else b""
-            except zlib.error as e:
-                raw = f"{e}".encode()
-            if len(raw) != kept:
-                from .fast_rows import FullRowsError
 
-                raise FullRowsError(f"{self.directory}: int6 row {r} is damaged ({len(raw)} bytes decoded, not "
-                                    f"{kept}); run 'dermsearch optimize' again")
-            out[i] = np.frombuffer(raw, dtype=np.int8)
+        def inflate(r):
+            try:
+                return zlib.decompress(self.blobs[self.offsets[r]:self.offsets[r + 1]]) if kept else b""
+            except zlib.error as e:
+                return f"{e}".encode()
+
+        many = len(rows) >= 16 and self.workers > 1           # zlib lets go of the GIL while it inflates
+        with ThreadPoolExecutor(self.workers) if many else nullcontext() as pool:
+            raws = pool.map(inflate, rows) if many else map(inflate, rows)
+            for i, (r, raw) in enumerate(zip(rows, raws)):
+                self._check(r, raw, kept)
+                out[i] = np.frombuffer(raw, dtype=np.int8)
         return out
+
+    def _check(self, r: int, raw: bytes, kept: int) -> None:
+        if len(raw) != kept:
+            from .fast_rows import FullRowsError
+
+            raise FullRowsError(f"{self.directory}: int6 row {r} is damaged ({len(raw)} bytes decoded, not "
+                                f"{kept}); run 'dermsearch optimize' again")
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
         out = np.zeros((len(rows), self.shape[1]), dtype=np.float32)
-        packed = decode_codes(self.codes(rows), np.asarray(self.scales[rows]), self.spans, self.signs, self.mu)
+        packed = decode_codes(self.codes(rows), np.asarray(self.scales[rows]), self.spans, self.signs, self.mu,
+                              self.workers)
         for (a, b), (c, d) in zip(self.groups, self.spans):
             out[:, a:b] = packed[:, c:d]
         return out
+
+    def style_losses(self, query_style: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """[k] float64 ``‖q − x̂‖²`` of the query's style vector against ``rows``' decoded rows
+        (:func:`losses_from_codes`: no inverse DCT per row)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return losses_from_codes(query_style, self.codes(rows), np.asarray(self.scales[rows]), self.groups,
+                                 self.spans, self.signs, self.mu)
 
     def all(self) -> np.ndarray:
         return self(np.arange(self.shape[0]))
