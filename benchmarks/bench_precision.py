@@ -221,6 +221,8 @@ def main() -> None:
     ap.add_argument("--variants", help="only these PRECISION:FULL variants, comma-separated (e.g. int6:none)")
     args = ap.parse_args()
     variants = [tuple(v.split(":")) for v in args.variants.split(",")] if args.variants else VARIANTS
+    if any(len(v) != 2 for v in variants):
+        ap.error("--variants takes PRECISION:FULL pairs, e.g. int6:none,int6:tier")
     args.workdir.mkdir(parents=True, exist_ok=True)
     index = Index.open(args.index)
     m = index.manifest

@@ -291,6 +291,8 @@ def main() -> None:
         emit(result if "built" in result else {**result, "machine": machine()})
         return
 
+    if args.rerank != "float32":
+        sys.exit("--rerank int6 needs the code-space method (--method codes, or --rows above 100,000)")
     index = Index.open(args.index)
     try:
         real = FastIndex.open(fast_dir(index.directory, index.version))

@@ -83,6 +83,21 @@ def test_constant_rows_decode_to_the_mean(tmp_path):
     assert (np.load(tmp_path / "style_int6_scales.npy") == 1).all()
 
 
+def test_shards_compute_the_losses_as_local_does(tmp_path):
+    from dermsearch.search.fast_rows import RowRange
+
+    S = _rows()
+    write_compact_rows(tmp_path, S, "int6", GROUPS)
+    whole = open_compact_rows(tmp_path, "int6", WIDTH)
+    shard = RowRange(whole, 10, 30)
+    np.testing.assert_array_equal(shard.style_losses(S[3], np.array([0, 5, 19])),
+                                  whole.style_losses(S[3], np.array([10, 15, 29])))
+    # a row against its own code: the loss is its rounding error², to float64 precision (no cancellation)
+    err = np.load(tmp_path / "style_code_err.npy")
+    own = np.array([whole.style_losses(S[i], np.array([i]))[0] for i in (0, 12, 39)])
+    np.testing.assert_allclose(own, err[[0, 12, 39]] ** 2, rtol=1e-6)
+
+
 def test_non_finite_rows_are_refused(tmp_path):
     S = _rows(4)
     S[2, 7] = np.nan
@@ -102,11 +117,19 @@ def test_damaged_int6_files_say_so(tmp_path):
     assert rows(np.array([4, 6])).shape == (2, WIDTH)                                # the others still read
     with pytest.raises(FullRowsError, match="int6 row 5 is damaged"):
         rows(np.array([4, 5]))
+    rows.workers = 2
+    with pytest.raises(FullRowsError, match="int6 row 5 is damaged"):              # inflated on threads
+        rows(np.arange(20))
+    with pytest.raises(FullRowsError, match="int6 row 5 is damaged"):
+        rows.style_losses(S[0], np.arange(3, 7))
     blob.write_bytes(bytes(data[:-10]))                                               # truncated
     with pytest.raises(FullRowsError, match="cannot be read"):
         open_compact_rows(tmp_path, "int6", WIDTH)
     with pytest.raises(FullRowsError, match="cannot be read"):
         open_compact_rows(tmp_path, "int6", WIDTH + 1)                               # written for other rows
+    (tmp_path / "style_int6_scales.npy").write_bytes(b"")
+    with pytest.raises(FullRowsError, match="cannot be read"):
+        open_compact_rows(tmp_path, "int6", WIDTH)
 
 
 def test_style_losses_in_the_rotated_space_equal_those_of_the_decoded_rows(tmp_path):

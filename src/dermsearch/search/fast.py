@@ -398,7 +398,7 @@ class FastIndex:
         if with_style:
             exact = self.precision == "float32" or (full and self.full_rows is not None)
             reader = self.full_rows if full and self.full_rows is not None else self.style_rows
-            if hasattr(reader, "style_losses") and query.style is not None:     # int6: in the codes' own space
+            if not exact and self.precision == "int6" and query.style is not None:   # in the codes' own space
                 return {"style": reader.style_losses(query.style, rows)}
             styles = reader(rows)
             sub = ExactEngine(a["features"][:0], styles, feature_sqnorms=a["feature_sqnorms"][:0],

@@ -184,8 +184,8 @@ def open_compact_rows(directory: Path, precision: str, width: int):
     if precision == "int6":
         try:
             return Int6Rows(directory, width)
-        except (OSError, ValueError) as e:
-            raise FullRowsError(f"{directory}: the int6 re-rank rows cannot be read ({e}); "
+        except (OSError, ValueError, EOFError, KeyError, TypeError) as e:
+            raise FullRowsError(f"{directory}: the int6 re-rank rows cannot be read ({e!r}); "
                                 "run 'dermsearch optimize' again") from None
     return None
 
@@ -331,6 +331,10 @@ class RowRange:
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         return self.reader(np.asarray(rows, dtype=np.int64) + self.start)
+
+    def style_losses(self, query_style: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The wrapped int6 reader's losses (a shard computes them as local does)."""
+        return self.reader.style_losses(query_style, np.asarray(rows, dtype=np.int64) + self.start)
 
     def all(self) -> np.ndarray:
         return self.reader.all()[self.start:self.stop]

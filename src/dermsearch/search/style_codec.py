@@ -45,6 +45,7 @@ INT6_FORMAT = 1
 LEVELS = 31          # 6 bits: -31..31
 CLIP = 3.0           # the scale puts CLIP x the group's RMS at the last level
 LEVEL = 6            # zlib's level: 1.5 ms a row to write, ~0.2 ms to read
+GROUP_WIDTH = 16384  # the widest column group (certified_groups'): what the reader accepts
 
 
 def _spans(groups) -> list[tuple[int, int]]:
@@ -102,10 +103,9 @@ def losses_from_codes(query_style: np.ndarray, codes: np.ndarray, scales: np.nda
     out = np.full(len(codes), max(float(np.dot(q, q)) - inside, 0.0))
     for g, (a, b) in enumerate(spans):
         qt = scipy.fft.dct(qc[a:b] * signs[a:b], type=2, norm="ortho")
-        c = codes[:, a:b].astype(np.float32)
-        cc = np.einsum("ij,ij->i", c, c)           # exact in float32: at most 31² x 16,384 < 2²⁴
+        c = codes[:, a:b].astype(np.float64)      # float64: a near-duplicate's small loss keeps its digits
         s = scales[:, g].astype(np.float64)
-        out += s * s * cc - 2.0 * s * (c @ qt.astype(np.float32)) + float(np.dot(qt, qt))
+        out += s * s * np.einsum("ij,ij->i", c, c) - 2.0 * s * (c @ qt) + float(np.dot(qt, qt))
     return np.maximum(out, 0.0)
 
 
@@ -121,6 +121,8 @@ def write_int6(directory: Path, styles, groups, err: np.ndarray, chunk: int = 51
     from .engine import block_columns
 
     n, width = styles.shape
+    if not groups:
+        raise ConfigError("no live style columns to store as int6 (every Gram has weight 0)")
     spans = _spans(groups)
     kept = spans[-1][1] if spans else 0
     rng = np.random.default_rng(seed)
@@ -132,7 +134,8 @@ def write_int6(directory: Path, styles, groups, err: np.ndarray, chunk: int = 51
     mu = (mu / max(len(sample), 1)).astype(np.float32)
     offsets = np.zeros(n + 1, dtype=np.int64)
     scales = np.empty((n, len(spans)), dtype=np.float32)
-    with open(directory / "style_int6.bin", "wb") as f, ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+    workers = workers or len(os.sched_getaffinity(0)) or 1
+    with open(directory / "style_int6.bin", "wb") as f, ThreadPoolExecutor(workers) as pool:
         for a in range(0, n, chunk):
             C = block_columns(styles, groups, slice(a, a + chunk)).astype(np.float64) - mu
             codes, scales[a:a + len(C)], err[a:a + len(C)] = encode_rows(C, spans, signs.astype(np.float64))
@@ -158,6 +161,8 @@ class Int6Rows:
         n, groups = int(info["rows"]), [tuple(g) for g in info["groups"]]
         if info != _identity(n, width, groups):
             raise ValueError(f"{directory}: int6 rows of another format or width ({info.get('format')})")
+        if not groups or any(not 0 <= a < b <= min(width, a + GROUP_WIDTH) for a, b in groups):
+            raise ValueError(f"{directory}: int6 column groups outside 1..{GROUP_WIDTH} columns of {width}")
         self.groups, self.spans = groups, _spans(groups)
         self.offsets = np.load(directory / "style_int6_offsets.npy")
         self.scales = np.load(directory / "style_int6_scales.npy", mmap_mode="r")
@@ -168,33 +173,33 @@ class Int6Rows:
                 or self.signs.shape != (kept,) or (directory / "style_int6.bin").stat().st_size != self.offsets[-1]):
             raise ValueError(f"{directory}: the int6 rows' files do not agree with style_int6.json")
         self.blobs = np.memmap(directory / "style_int6.bin", dtype=np.uint8, mode="r") if self.offsets[-1] else None
-        self.shape, self.directory, self.workers = (n, width), directory, os.cpu_count() or 1
+        self.shape, self.directory, self.workers = (n, width), directory, len(os.sched_getaffinity(0)) or 1
 
     def codes(self, rows: np.ndarray) -> np.ndarray:
         """The int8 codes [k, D'] of ``rows``."""
         kept = self.spans[-1][1] if self.spans else 0
         out = np.empty((len(rows), kept), dtype=np.int8)
+        if not kept:
+            return out
 
         def inflate(r):
             try:
-                return zlib.decompress(self.blobs[self.offsets[r]:self.offsets[r + 1]]) if kept else b""
+                return zlib.decompressobj().decompress(self.blobs[self.offsets[r]:self.offsets[r + 1]], kept + 1)
             except zlib.error as e:
-                return f"{e}".encode()
+                return e
 
         many = len(rows) >= 16 and self.workers > 1           # zlib lets go of the GIL while it inflates
         with ThreadPoolExecutor(self.workers) if many else nullcontext() as pool:
             raws = pool.map(inflate, rows) if many else map(inflate, rows)
             for i, (r, raw) in enumerate(zip(rows, raws)):
-                self._check(r, raw, kept)
+                if isinstance(raw, zlib.error) or len(raw) != kept:
+                    from .fast_rows import FullRowsError
+
+                    why = f"zlib: {raw}" if isinstance(raw, zlib.error) else f"{len(raw)} codes, not {kept}"
+                    raise FullRowsError(f"{self.directory}: int6 row {r} is damaged ({why}); "
+                                        "run 'dermsearch optimize' again")
                 out[i] = np.frombuffer(raw, dtype=np.int8)
         return out
-
-    def _check(self, r: int, raw: bytes, kept: int) -> None:
-        if len(raw) != kept:
-            from .fast_rows import FullRowsError
-
-            raise FullRowsError(f"{self.directory}: int6 row {r} is damaged ({len(raw)} bytes decoded, not "
-                                f"{kept}); run 'dermsearch optimize' again")
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
