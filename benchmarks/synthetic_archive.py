@@ -234,17 +234,12 @@ class CodedRows:
 
     def __init__(self, rows: VirtualRows, groups, seed: int = 0, chunk: int = 512):
         from dermsearch.search.engine import block_columns
-        from dermsearch.search.style_codec import _spans
+        from dermsearch.search.style_codec import _spans, fit_signs_and_mean
 
         self.rows, self.groups, self.spans = rows, tuple(groups), _spans(groups)
-        n, kept = rows.shape[0], self.spans[-1][1]
-        rng = np.random.default_rng(seed)                       # the writer's draws, in its order
-        self.signs = rng.choice(np.array([-1, 1], dtype=np.int8), size=kept).astype(np.float64)
-        sample = np.sort(rng.choice(n, min(n, 2000), replace=False))
-        total = np.zeros(kept)
-        for a in range(0, len(sample), chunk):
-            total += block_columns(rows(sample[a:a + chunk]), self.groups).sum(axis=0, dtype=np.float64)
-        self.mu = (total / len(sample)).astype(np.float32)
+        signs, self.mu = fit_signs_and_mean(lambda r: block_columns(rows(r), self.groups), rows.shape[0],
+                                            self.spans[-1][1], seed, chunk)        # the writer's draws
+        self.signs = signs.astype(np.float64)
         self.shape, self.dtype = rows.shape, np.dtype(np.float32)
         self.bytes, self.coded = 0, 0
 
@@ -272,14 +267,11 @@ class CodedRows:
                                  self.mu)
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
-        from dermsearch.search.style_codec import decode_codes
+        from dermsearch.search.style_codec import decode_codes, unpack
 
         back, scales = self._coded(rows)
         packed = decode_codes(back, scales, self.spans, self.signs.astype(np.float32), self.mu)
-        out = np.zeros((len(rows), self.shape[1]), dtype=np.float32)
-        for (a, b), (c, d) in zip(self.groups, self.spans):
-            out[:, a:b] = packed[:, c:d]
-        return out
+        return unpack(packed, self.groups, self.spans, self.shape[1])
 
     def __getitem__(self, rows) -> np.ndarray:
         return self(np.atleast_1d(np.asarray(rows)))

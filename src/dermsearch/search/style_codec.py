@@ -37,15 +37,16 @@ import numpy as np
 import scipy.fft
 
 from ..errors import ConfigError
+from .certified import GROUP_WIDTH
+from .engine import block_columns
 
-__all__ = ["LEVELS", "CLIP", "INT6_FORMAT", "encode_rows", "decode_codes", "losses_from_codes", "write_int6",
-           "Int6Rows"]
+__all__ = ["LEVELS", "CLIP", "INT6_FORMAT", "encode_rows", "decode_codes", "unpack", "losses_from_codes",
+           "fit_signs_and_mean", "write_int6", "Int6Rows"]
 
 INT6_FORMAT = 1
 LEVELS = 31          # 6 bits: -31..31
 CLIP = 3.0           # the scale puts CLIP x the group's RMS at the last level
 LEVEL = 6            # zlib's level: 1.5 ms a row to write, ~0.2 ms to read
-GROUP_WIDTH = 16384  # the widest column group (certified_groups'): what the reader accepts
 
 
 def _spans(groups) -> list[tuple[int, int]]:
@@ -89,14 +90,20 @@ def decode_codes(codes: np.ndarray, scales: np.ndarray, spans, signs: np.ndarray
     return out
 
 
+def unpack(packed: np.ndarray, groups, spans, width: int) -> np.ndarray:
+    """Rows [B, ``width``] from their groups' columns side by side (``packed`` [B, D']); 0 elsewhere."""
+    out = np.zeros((packed.shape[0], width), dtype=np.float32)
+    for (a, b), (c, d) in zip(groups, spans):
+        out[:, a:b] = packed[:, c:d]
+    return out
+
+
 def losses_from_codes(query_style: np.ndarray, codes: np.ndarray, scales: np.ndarray, groups, spans,
                       signs: np.ndarray, mu: np.ndarray) -> np.ndarray:
     """[k] float64 ``‖q − x̂‖²`` of a query's style vector (float [D]) against the rows whose codes
     and scales are given, computed in the rotated space (the map is orthogonal, so no row is
     decoded): per group ``s²‖c‖² − 2 s c·q̃ + ‖q̃‖²`` with ``q̃ = DCT(signs · (q − μ))``, plus the
     query's ‖q‖² over the columns of no group (the rows are 0 there)."""
-    from .engine import block_columns
-
     q = np.asarray(query_style, dtype=np.float64)
     qc = block_columns(q[None], groups).astype(np.float64)[0] - mu
     inside = sum(float(np.dot(q[a:b], q[a:b])) for a, b in groups)
@@ -114,31 +121,37 @@ def _identity(n: int, width: int, groups) -> dict:
             "levels": LEVELS, "clip": CLIP}
 
 
+def fit_signs_and_mean(columns, n: int, kept: int, seed: int = 0, chunk: int = 512
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The code's fixed parts for ``n`` rows: random signs (int8 [``kept``]) and the mean row μ (float32
+    [``kept``]) of a sample of at most 2,000 rows, drawn in that order from ``seed``. ``columns(rows)``
+    gives those rows' groups' columns side by side."""
+    rng = np.random.default_rng(seed)
+    signs = rng.choice(np.array([-1, 1], dtype=np.int8), size=kept)
+    sample = np.sort(rng.choice(n, min(n, 2000), replace=False)) if n else np.zeros(0, np.int64)
+    total = np.zeros(kept)
+    for a in range(0, len(sample), chunk):
+        total += np.asarray(columns(sample[a:a + chunk])).sum(axis=0, dtype=np.float64)
+    return signs, (total / max(len(sample), 1)).astype(np.float32)
+
+
 def write_int6(directory: Path, styles, groups, err: np.ndarray, chunk: int = 512, seed: int = 0,
                workers: int | None = None) -> None:
     """Write the int6 rows of ``styles`` (float32 [N, D], RAM or memory map) into ``directory`` and
     each row's rounding error into ``err`` ([N] float64)."""
-    from .engine import block_columns
-
     n, width = styles.shape
     if not groups:
         raise ConfigError("no live style columns to store as int6 (every Gram has weight 0)")
     spans = _spans(groups)
-    kept = spans[-1][1] if spans else 0
-    rng = np.random.default_rng(seed)
-    signs = rng.choice(np.array([-1, 1], dtype=np.int8), size=kept)
-    sample = np.sort(rng.choice(n, min(n, 2000), replace=False)) if n else np.zeros(0, np.int64)
-    mu = np.zeros(kept, np.float64)
-    for a in range(0, len(sample), chunk):
-        mu += block_columns(styles, groups, sample[a:a + chunk]).sum(axis=0, dtype=np.float64)
-    mu = (mu / max(len(sample), 1)).astype(np.float32)
+    signs, mu = fit_signs_and_mean(lambda rows: block_columns(styles, groups, rows), n, spans[-1][1], seed, chunk)
+    signs64 = signs.astype(np.float64)
     offsets = np.zeros(n + 1, dtype=np.int64)
     scales = np.empty((n, len(spans)), dtype=np.float32)
     workers = workers or len(os.sched_getaffinity(0)) or 1
     with open(directory / "style_int6.bin", "wb") as f, ThreadPoolExecutor(workers) as pool:
         for a in range(0, n, chunk):
             C = block_columns(styles, groups, slice(a, a + chunk)).astype(np.float64) - mu
-            codes, scales[a:a + len(C)], err[a:a + len(C)] = encode_rows(C, spans, signs.astype(np.float64))
+            codes, scales[a:a + len(C)], err[a:a + len(C)] = encode_rows(C, spans, signs64)
             for i, blob in enumerate(pool.map(lambda r: zlib.compress(r.tobytes(), LEVEL), codes), start=a):
                 f.write(blob)
                 offsets[i + 1] = offsets[i] + len(blob)
@@ -168,7 +181,7 @@ class Int6Rows:
         self.scales = np.load(directory / "style_int6_scales.npy", mmap_mode="r")
         self.mu = np.load(directory / "style_int6_mu.npy")
         self.signs = np.load(directory / "style_int6_signs.npy").astype(np.float32)
-        kept = self.spans[-1][1] if self.spans else 0
+        self.kept = kept = self.spans[-1][1]
         if (self.offsets.shape != (n + 1,) or self.scales.shape != (n, len(groups)) or self.mu.shape != (kept,)
                 or self.signs.shape != (kept,) or (directory / "style_int6.bin").stat().st_size != self.offsets[-1]):
             raise ValueError(f"{directory}: the int6 rows' files do not agree with style_int6.json")
@@ -177,10 +190,8 @@ class Int6Rows:
 
     def codes(self, rows: np.ndarray) -> np.ndarray:
         """The int8 codes [k, D'] of ``rows``."""
-        kept = self.spans[-1][1] if self.spans else 0
+        kept = self.kept
         out = np.empty((len(rows), kept), dtype=np.int8)
-        if not kept:
-            return out
 
         def inflate(r):
             try:
@@ -203,12 +214,9 @@ class Int6Rows:
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
-        out = np.zeros((len(rows), self.shape[1]), dtype=np.float32)
         packed = decode_codes(self.codes(rows), np.asarray(self.scales[rows]), self.spans, self.signs, self.mu,
                               self.workers)
-        for (a, b), (c, d) in zip(self.groups, self.spans):
-            out[:, a:b] = packed[:, c:d]
-        return out
+        return unpack(packed, self.groups, self.spans, self.shape[1])
 
     def style_losses(self, query_style: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """[k] float64 ``‖q − x̂‖²`` of the query's style vector against ``rows``' decoded rows
