@@ -25,7 +25,7 @@ _CLASSIFIER = (*_RUN, "target", "label_column", "backbone", "weights", "members"
                "member_ema", "member_metric_loss", "member_metric_weight", "head_epochs", "head_lr", "focal_alpha",
                "focal_gamma", "class_weights", "balanced", "augment", "diversity", "snapshot_epochs", "metric_loss",
                "metric_weight", "metric_temperature", "ema", "head_select", "scale_jitter", "vignette", "hair",
-               "colour", "tta", "init_members", "limit")
+               "illuminant", "colour", "tta", "init_members", "limit")
 
 
 def register(sub, common: Common) -> None:

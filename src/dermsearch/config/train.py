@@ -33,7 +33,8 @@ N_STAGES = 7
 # classifier settings added after runs were made, at the value that trains as before they existed: a run
 # (or a recorded config) without the setting is the same run as one with it at this value
 NEUTRAL_SETTINGS = {"stage_lr_decay": 1.0, "member_ema": 0.0, "member_metric_loss": "none", "member_metric_weight": 1.0,
-                    "scale_jitter": 0.0, "vignette": 0.0, "hair": 0.0}
+                    "scale_jitter": 0.0, "vignette": 0.0, "hair": 0.0,
+                    "illuminant": 0.0}
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,9 @@ class ClassifierTrainConfig:
                               min=0.0, max=1.0, metavar="P")
     hair: float = setting(0.0, "synthetic hair: the probability that an augmented image gets dark hairs drawn "
                           "over it (x7: variants 1-7; online: every draw; 0: none)", min=0.0, max=1.0, metavar="P")
+    illuminant: float = setting(0.0, "random illuminant: each channel of an augmented image times a gain "
+                                "exp(S * z), z standard normal less its channel mean (x7: variants 1-7; online: "
+                                "every draw; 0: none); meant with colour none", min=0.0, max=1.0, metavar="S")
     diversity: Literal[*DIVERSITY] = choice(DIVERSITY, "bootstrap", "how members differ (bootstrap: bagging; "
                                             "snapshot: each member after the first continues from the previous one's "
                                             "last weights with a warm restart, snapshot epochs each)")
@@ -148,10 +152,12 @@ class ClassifierTrainConfig:
             raise ConfigError(f"snapshot_epochs applies to diversity 'snapshot' only (diversity is {self.diversity!r})")
         if self.scale_jitter and self.augment == "none":
             raise ConfigError("scale_jitter zooms augmented images: it needs augment x7 or online, not none")
-        if (self.vignette or self.hair) and self.augment == "none":
-            raise ConfigError("vignette and hair draw on augmented images: they need augment x7 or online, not none")
-        if (self.vignette or self.hair) and self.init_members:
-            raise ConfigError("vignette and hair augment phase one's inputs: with init_members there is no phase one")
+        if (self.vignette or self.hair or self.illuminant) and self.augment == "none":
+            raise ConfigError("vignette, hair and illuminant change augmented images: they need augment x7 or "
+                              "online, not none")
+        if (self.vignette or self.hair or self.illuminant) and self.init_members:
+            raise ConfigError("vignette, hair and illuminant augment phase one's inputs: with init_members there is "
+                              "no phase one")
         if self.tta > 1 and self.head_variants:
             raise ConfigError("head_variants trains phase two on the x7 variants; it cannot be combined with tta > 1")
         if self.member_ema and self.diversity == "snapshot":

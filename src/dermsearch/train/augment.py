@@ -15,7 +15,7 @@ import torch
 from .config import AugmentConfig
 
 __all__ = ["AugmentConfig", "Augmenter", "grid_mask", "random_zoom", "expand_x7", "x7_variant", "synthetic_vignette",
-           "synthetic_hair", "hair_alpha", "vignette_and_hair"]
+           "synthetic_hair", "hair_alpha", "vignette_and_hair", "random_illuminant"]
 
 
 def zoom_factors(n: int, jitter: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -146,13 +146,26 @@ def vignette_and_hair(images: torch.Tensor, p_vignette: float, p_hair: float,
     return images
 
 
+def random_illuminant(images: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random illuminant (von Kries): per image, each channel times its own gain ``exp(sigma * (z_c -
+    mean(z)))`` with ``z ~ N(0, 1)^3``, so the gains' geometric mean is 1 (brightness is the colour
+    jitter's business), then clipped to [0, 1]. Issue #40: indifference to the dermatoscope's light
+    trained in, instead of a fixed Shades of Gray correction in front of the network. Images in [0, 1],
+    [B, 3, H, W]; ``sigma`` 0 returns them unchanged."""
+    if sigma <= 0:
+        return images
+    z = torch.randn(images.shape[0], 3, generator=generator)
+    gains = torch.exp(sigma * (z - z.mean(1, keepdim=True))).to(device=images.device, dtype=images.dtype)
+    return (images * gains[:, :, None, None]).clamp(0, 1)
+
+
 class Augmenter:
     """Online random augmentation of a batch in [0, 1]; masks (optional) follow the geometry."""
 
     def __init__(self, config: AugmentConfig = AugmentConfig(), scale_jitter: float = 0.0, vignette: float = 0.0,
-                 hair: float = 0.0):
+                 hair: float = 0.0, illuminant: float = 0.0):
         self.config = c = config
-        self.scale_jitter, self.vignette, self.hair = scale_jitter, vignette, hair
+        self.scale_jitter, self.vignette, self.hair, self.illuminant = scale_jitter, vignette, hair, illuminant
         self.geometric = K.AugmentationSequential(
             K.RandomHorizontalFlip(p=c.p_flip), K.RandomVerticalFlip(p=c.p_flip), data_keys=["input", "mask"])
         self.color = K.ColorJiggle(c.brightness, c.contrast, c.saturation, c.hue, p=c.p_color)
@@ -168,7 +181,8 @@ class Augmenter:
             images = random_zoom(images, self.scale_jitter, generator)
         else:
             images, masks = random_zoom(images, self.scale_jitter, generator, masks)
-        images = vignette_and_hair(self.color(images).clamp(0, 1), self.vignette, self.hair, generator)
+        images = random_illuminant(self.color(images).clamp(0, 1), self.illuminant, generator)
+        images = vignette_and_hair(images, self.vignette, self.hair, generator)
         if c.p_gridmask > 0:
             pick = (torch.rand(images.shape[0], generator=generator) < c.p_gridmask).to(images.device)
             if pick.any():
@@ -181,15 +195,16 @@ class Augmenter:
 
 def x7_variant(images: torch.Tensor, variant: int, config: AugmentConfig = AugmentConfig(),
                generator: torch.Generator | None = None, scale_jitter: float = 0.0, vignette: float = 0.0,
-               hair: float = 0.0) -> torch.Tensor:
+               hair: float = 0.0, illuminant: float = 0.0) -> torch.Tensor:
     """Variant ``variant`` of a batch in [0, 1]: 0 the original, then GridMask, flip left-right, flip
     up-down, brightness, contrast, hue, saturation (1..7); with ``scale_jitter``, variants 1..7 are
-    also zoomed (:func:`random_zoom`); with ``vignette`` / ``hair``, each image of variants 1..7 gets
-    a synthetic vignette / hairs with that probability (:func:`vignette_and_hair`)."""
+    also zoomed (:func:`random_zoom`); with ``illuminant``, lit by a random illuminant
+    (:func:`random_illuminant`); with ``vignette`` / ``hair``, each image of variants 1..7 gets a
+    synthetic vignette / hairs with that probability (:func:`vignette_and_hair`)."""
     if variant == 0:
         return images
     out = random_zoom(_x7_operation(images, variant, config, generator), scale_jitter, generator)
-    return vignette_and_hair(out, vignette, hair, generator)
+    return vignette_and_hair(random_illuminant(out, illuminant, generator), vignette, hair, generator)
 
 
 def _x7_operation(images: torch.Tensor, variant: int, config: AugmentConfig, generator) -> torch.Tensor:

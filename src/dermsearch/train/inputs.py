@@ -48,7 +48,8 @@ class MemberInputs:
                  asdict(cfg.augment_config), cfg.seed, *([cfg.colour] if cfg.colour != "none" else []))
         key = fingerprint(*parts)      # val holds the originals only: its outputs never depend on the zoom
         extra = ([f"zoom {cfg.scale_jitter}"] if cfg.scale_jitter else []) + (
-            [f"vignette {cfg.vignette} hair {cfg.hair}"] if cfg.vignette or cfg.hair else [])
+            [f"vignette {cfg.vignette} hair {cfg.hair}"] if cfg.vignette or cfg.hair else []) + (
+            [f"illuminant {cfg.illuminant}"] if cfg.illuminant else [])
         train_key = fingerprint(*parts, *extra) if extra else key
         n_var = 8 if cfg.augment == "x7" else 1
         cached = k > 0 and cfg.augment != "online" and not reused
@@ -56,7 +57,7 @@ class MemberInputs:
                             progress) if cached else None
         val_pool = (prefix.cache(data.val, 1, cache / f"val-{cfg.val_split}-{key}.npy", log, progress)
                     if k and not reused else None)
-        augmenter = (Augmenter(cfg.augment_config, cfg.scale_jitter, cfg.vignette, cfg.hair)
+        augmenter = (Augmenter(cfg.augment_config, cfg.scale_jitter, cfg.vignette, cfg.hair, cfg.illuminant)
                      if cfg.augment == "online" else None)
         return cls(cfg, data, prefix, pool, val_pool, n_var, augmenter)
 

@@ -51,7 +51,7 @@ class FrozenPrefix:
     def variants(self, images_u8: torch.Tensor, variant: int, generator: torch.Generator) -> torch.Tensor:
         unit = images_u8.float() / 255.0
         return x7_variant(unit, variant, self.cfg.augment_config, generator, self.cfg.scale_jitter, self.cfg.vignette,
-                          self.cfg.hair)
+                          self.cfg.hair, self.cfg.illuminant)
 
     def cache(self, data: LabelledSet, n_variants: int, path: Path, log, progress: bool,
               batch: int = 16) -> torch.Tensor:
