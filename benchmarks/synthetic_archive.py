@@ -248,13 +248,13 @@ class CodedRows:
         import zlib
 
         from dermsearch.search.engine import block_columns
-        from dermsearch.search.style_codec import LEVEL, encode_rows
+        from dermsearch.search.style_codec import deflate, encode_rows
 
         x = self.rows(rows)
         t = time.perf_counter()
         codes, scales, _ = encode_rows(block_columns(x, self.groups).astype(np.float64) - self.mu, self.spans,
                                        self.signs)
-        blobs = [zlib.compress(c.tobytes(), LEVEL) for c in codes]
+        blobs = [deflate(c.tobytes()) for c in codes]
         self.bytes, self.coded = self.bytes + sum(len(b) for b in blobs), self.coded + len(blobs)
         self.rows.seconds += time.perf_counter() - t              # the writer's work, not the query's
         return np.stack([np.frombuffer(zlib.decompress(b), dtype=np.int8) for b in blobs]), scales

@@ -75,6 +75,31 @@ def test_int6_rows_are_smaller_than_six_bits_a_value(tmp_path):
     assert offsets[-1] / n > 0.25 * 4096                       # and not by dropping information
 
 
+def test_rows_are_huffman_coded_near_their_entropy_and_streams_with_matches_still_read(tmp_path):
+    import zlib
+
+    from dermsearch.search.style_codec import Int6Rows, deflate
+
+    rng = np.random.default_rng(3)
+    codes = np.clip(np.rint(rng.normal(0, LEVELS / CLIP, size=20_000)), -LEVELS, LEVELS).astype(np.int8)
+    _, counts = np.unique(codes, return_counts=True)
+    p = counts / counts.sum()
+    entropy_bytes = float(-(p * np.log2(p)).sum()) * codes.size / 8
+    blob = deflate(codes.tobytes())
+    assert zlib.decompress(blob) == codes.tobytes()
+    assert len(blob) < 1.02 * entropy_bytes, (len(blob), entropy_bytes)      # Huffman: within 2 % here
+    assert len(blob) < len(zlib.compress(codes.tobytes(), 6))                # matches only cost bits here
+    # rows written with LZ77 matches (before Huffman alone) read back the same
+    S = _rows(12)
+    write_compact_rows(tmp_path, S, "int6", GROUPS)
+    rows = Int6Rows(tmp_path, WIDTH)
+    want = rows.codes(np.arange(12))
+    old = [zlib.compress(c.tobytes(), 6) for c in want]
+    (tmp_path / "style_int6.bin").write_bytes(b"".join(old))
+    np.save(tmp_path / "style_int6_offsets.npy", np.concatenate([[0], np.cumsum([len(b) for b in old])]))
+    np.testing.assert_array_equal(Int6Rows(tmp_path, WIDTH).codes(np.arange(12)), want)
+
+
 def test_constant_rows_decode_to_the_mean(tmp_path):
     S = np.tile(_rows(1), (5, 1))
     write_compact_rows(tmp_path, S, "int6", GROUPS)

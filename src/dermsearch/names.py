@@ -30,7 +30,7 @@ MEASURES = ("euclidean", "cosine", "style", "dice", "i1_ed", "i1_cd", "i1_ecd", 
 SEARCH_MODES = ("exact", "fast", "certified")
 # Fast mode's re-rank rows on disk (`optimize --precision`): auto (float32 below 100,000 rows, int8 from
 # there), float32 (the exact rows, not copied), fp16, int8 (per row and Gram scales, certified mode's copy),
-# int6 (6-bit codes after a random-sign DCT, deflate-coded per row: about 48 KB a row, search/style_codec.py).
+# int6 (6-bit codes after a random-sign DCT, deflate-coded per row: 48.2 KB a row, search/style_codec.py).
 STORAGE_PRECISIONS = ("auto", "float32", "fp16", "int8", "int6")
 # Fast mode's scanned codes that no bound relies on (the style residual sketches, the mask cells;
 # `optimize --code-precision`): auto (float32 below 100,000 rows, fp16 from there), fp16 (half the bytes,

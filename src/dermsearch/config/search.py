@@ -29,7 +29,7 @@ class FastConfig:
     seed: int = setting(0, "seed of the PCA's sample")
     precision: Literal[*STORAGE_PRECISIONS] = choice(
         STORAGE_PRECISIONS, "auto", "the style rows fast mode re-ranks from: float32 (the exact rows), fp16, int8 "
-        "or int6 (a compact copy; int6: 6-bit codes after a DCT, deflate-coded, about 48 KB a row; the full rows "
+        "or int6 (a compact copy; int6: 6-bit codes after a DCT, deflate-coded, 48.2 KB a row; the full rows "
         "then stay only in the index's table, and returned scores are still exact); "
         "auto: float32 below 100,000 images, int8 from there (docs/performance.md)")
     full_rows: str = setting("", "where the full float32 style rows stay: empty (by size: a copy beside the fast-mode "

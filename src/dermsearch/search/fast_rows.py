@@ -13,7 +13,7 @@ row). Those re-rank rows are stored at a *precision* chosen when ``dermsearch op
   centred on a mean row, one scale per row and Gram; 1 byte a value), read back through the same
   files, so that ``--mode certified`` needs no copy of its own;
 - ``int6``: 6-bit codes after a random-sign DCT per column group, deflate-coded row by row
-  (:mod:`.style_codec`: about 48 KB a row for the shipped model, against 70.8 KB for int8);
+  (:mod:`.style_codec`: 48.2 KB a row for the shipped model, against 70.8 KB for int8);
 - ``auto``: float32 below :data:`AUTO_COMPACT_ROWS` rows, :data:`AUTO_COMPACT` from there.
 
 The *full rows* (float32, exact) live in one of (``fast.json``'s ``full_rows``):
