@@ -1,16 +1,15 @@
 """The random illuminant (issue #40): colour augmentation that trains indifference to the dermatoscope's
 light instead of a fixed Shades of Gray correction. Checked against a naive per-pixel reference, for its
-seeding and neutrality, through x7, the online augmenter, the frozen-stage cache and the settings."""
+seeding and neutrality, through x7, the online augmenter and the frozen-stage cache (its setting:
+tests/test_vignette_hair.py)."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
-from dermsearch.errors import ConfigError
 from dermsearch.train.augment import AugmentConfig, Augmenter, random_illuminant, x7_variant
-from dermsearch.train.config import NEUTRAL_SETTINGS, ClassifierTrainConfig
+from dermsearch.train.config import ClassifierTrainConfig
 
 
 def _images(b: int = 5, size: int = 16, seed: int = 0) -> torch.Tensor:
@@ -74,22 +73,3 @@ def test_the_cached_variants_get_it():
     prefix = FrozenPrefix(None, 0, ClassifierTrainConfig(labels="l.csv", colour="none", illuminant=0.4), "cpu")
     got = prefix.variants(u8, 3, torch.Generator().manual_seed(5))
     assert torch.allclose(got, random_illuminant((u8.float() / 255).flip(-2), 0.4, torch.Generator().manual_seed(5)))
-
-
-def test_the_setting_is_neutral_by_default_checked_and_a_flag():
-    from dermsearch.cli.cmd_train import _config
-    from dermsearch.cli.main import build_parser
-    from dermsearch.presets import get_preset
-    from dermsearch.train.members import member_key
-
-    assert NEUTRAL_SETTINGS["illuminant"] == 0.0
-    assert "illuminant" not in member_key(ClassifierTrainConfig(labels="l.csv"), 0)     # old runs keep their key
-    assert member_key(ClassifierTrainConfig(labels="l.csv", illuminant=0.16), 0)["illuminant"] == 0.16
-    for bad in (dict(illuminant=-0.1), dict(illuminant=1.5), dict(illuminant=0.2, augment="none"),
-                dict(illuminant=0.2, init_members="default")):
-        with pytest.raises(ConfigError, match="illuminant"):
-            ClassifierTrainConfig(**bad)
-    args = build_parser().parse_args(["train", "classifier", "--labels", __file__, "--out", "run",
-                                      "--colour", "none", "--illuminant", "0.16"])
-    got = _config(args, get_preset("default").classifier)
-    assert (got.colour, got.illuminant) == ("none", 0.16)

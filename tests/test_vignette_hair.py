@@ -94,24 +94,24 @@ def test_probabilities_x7_and_the_online_augmenter():
     assert (aug(x, generator=torch.Generator().manual_seed(5))[:, :, 0, 0] == 0).all()
 
 
-def test_the_settings_are_neutral_by_default_checked_and_flags():
+@pytest.mark.parametrize("name, value, flags", [("vignette", 0.3, ()), ("hair", 0.4, ()),
+                                                  ("illuminant", 0.16, ("--colour", "none"))])
+def test_the_settings_are_neutral_by_default_checked_and_flags(name, value, flags):
+    """Each augmentation setting of issue #40 (the illuminant's own tests: tests/test_illuminant.py)."""
     from dermsearch.cli.cmd_train import _config
     from dermsearch.cli.main import build_parser
     from dermsearch.presets import get_preset
     from dermsearch.train.members import member_key
 
-    assert NEUTRAL_SETTINGS["vignette"] == 0.0 and NEUTRAL_SETTINGS["hair"] == 0.0
-    cfg = ClassifierTrainConfig(labels="l.csv")
-    assert "vignette" not in member_key(cfg, 0) and "hair" not in member_key(cfg, 0)    # old runs keep their key
-    assert member_key(ClassifierTrainConfig(labels="l.csv", hair=0.3), 0)["hair"] == 0.3
-    for bad in (dict(vignette=1.5), dict(hair=-0.1), dict(vignette=0.2, augment="none"),
-                dict(hair=0.2, init_members="default")):
-        with pytest.raises(ConfigError, match="vignette|hair"):
+    assert NEUTRAL_SETTINGS[name] == 0.0
+    assert name not in member_key(ClassifierTrainConfig(labels="l.csv"), 0)        # old runs keep their key
+    assert member_key(ClassifierTrainConfig(labels="l.csv", **{name: value}), 0)[name] == value
+    for bad in ({name: -0.1}, {name: 1.5}, {name: 0.2, "augment": "none"}, {name: 0.2, "init_members": "default"}):
+        with pytest.raises(ConfigError, match=name):
             ClassifierTrainConfig(**bad)
     args = build_parser().parse_args(["train", "classifier", "--labels", __file__, "--out", "run",
-                                      "--vignette", "0.3", "--hair", "0.4"])
-    got = _config(args, get_preset("default").classifier)
-    assert (got.vignette, got.hair) == (0.3, 0.4)
+                                      *flags, f"--{name}", str(value)])
+    assert getattr(_config(args, get_preset("default").classifier), name) == value
 
 
 def test_the_cached_x7_variants_get_them():
