@@ -33,8 +33,7 @@ N_STAGES = 7
 # classifier settings added after runs were made, at the value that trains as before they existed: a run
 # (or a recorded config) without the setting is the same run as one with it at this value
 NEUTRAL_SETTINGS = {"stage_lr_decay": 1.0, "member_ema": 0.0, "member_metric_loss": "none", "member_metric_weight": 1.0,
-                    "scale_jitter": 0.0, "vignette": 0.0, "hair": 0.0,
-                    "illuminant": 0.0}
+                    "scale_jitter": 0.0, "vignette": 0.0, "hair": 0.0, "illuminant": 0.0}
 
 
 @dataclass(frozen=True)
