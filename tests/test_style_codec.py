@@ -94,6 +94,8 @@ def test_rows_are_huffman_coded_near_their_entropy_and_streams_with_matches_stil
     write_compact_rows(tmp_path, S, "int6", GROUPS)
     rows = Int6Rows(tmp_path, WIDTH)
     want = rows.codes(np.arange(12))
+    offsets = np.load(tmp_path / "style_int6_offsets.npy")
+    assert (tmp_path / "style_int6.bin").read_bytes()[:offsets[1]] == deflate(want[0].tobytes())   # the writer's
     old = [zlib.compress(c.tobytes(), 6) for c in want]
     (tmp_path / "style_int6.bin").write_bytes(b"".join(old))
     np.save(tmp_path / "style_int6_offsets.npy", np.concatenate([[0], np.cumsum([len(b) for b in old])]))

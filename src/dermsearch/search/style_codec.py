@@ -49,7 +49,7 @@ __all__ = ["LEVELS", "CLIP", "INT6_FORMAT", "encode_rows", "decode_codes", "unpa
 INT6_FORMAT = 1
 LEVELS = 31          # 6 bits: -31..31
 CLIP = 3.0           # the scale puts CLIP x the group's RMS at the last level
-LEVEL = 6            # zlib's level (with Huffman coding alone it sets only the memory and block sizes)
+LEVEL = 6            # zlib's level: no effect with Huffman coding alone (memLevel 9 sets the block sizes)
 
 
 def deflate(codes: bytes) -> bytes:
