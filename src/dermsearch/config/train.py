@@ -103,8 +103,9 @@ class ClassifierTrainConfig:
     hair: float = setting(0.0, "synthetic hair: the probability that an augmented image gets dark hairs drawn "
                           "over it (x7: variants 1-7; online: every draw; 0: none)", min=0.0, max=1.0, metavar="P")
     illuminant: float = setting(0.0, "random illuminant: each channel of an augmented image times a gain "
-                                "exp(S * z), z a standard normal draw per channel less its mean over the three (x7: variants 1-7; online: "
-                                "every draw; 0: none); meant with colour none", min=0.0, max=1.0, metavar="S")
+                                "exp(S * z), z a standard normal draw per channel less its mean over the three "
+                                "(x7: variants 1-7; online: every draw; 0: none); meant with colour none",
+                                min=0.0, max=1.0, metavar="S")
     diversity: Literal[*DIVERSITY] = choice(DIVERSITY, "bootstrap", "how members differ (bootstrap: bagging; "
                                             "snapshot: each member after the first continues from the previous one's "
                                             "last weights with a warm restart, snapshot epochs each)")
